@@ -1,0 +1,59 @@
+//! How a command affects the connection it runs on, which decides where a session may send it.
+
+use super::flags;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Leaves no state on the connection and gets exactly one reply: safe on a shared one.
+    Stateless,
+    /// Answered by the session itself from its own state, so nothing leaks between clients.
+    Local(LocalCommand),
+    /// Leaves state on the connection (a transaction, watched keys, a blocked wait, tracking,
+    /// another user); replies still match commands one to one.
+    Dedicated,
+    /// Blocks only when the `BLOCK` option is present (`XREAD`, `XREADGROUP`).
+    DedicatedWithBlockOption,
+    /// Turns the connection into a stream whose frames no longer match commands one to one
+    /// (pub/sub in RESP2, `MONITOR`, `CLIENT REPLY`, replication).
+    Streaming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCommand {
+    Select,
+    Hello,
+    Auth,
+    Reset,
+    Quit,
+    ClientSetName,
+    ClientGetName,
+    ClientSetInfo,
+    ClientId,
+    Keyward,
+}
+
+pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
+    match name {
+        "select" => Effect::Local(LocalCommand::Select),
+        "hello" => Effect::Local(LocalCommand::Hello),
+        "auth" => Effect::Local(LocalCommand::Auth),
+        "reset" => Effect::Local(LocalCommand::Reset),
+        "quit" => Effect::Local(LocalCommand::Quit),
+        "client|setname" => Effect::Local(LocalCommand::ClientSetName),
+        "client|getname" => Effect::Local(LocalCommand::ClientGetName),
+        "client|setinfo" => Effect::Local(LocalCommand::ClientSetInfo),
+        "client|id" => Effect::Local(LocalCommand::ClientId),
+        "keyward" => Effect::Local(LocalCommand::Keyward),
+        "xread" | "xreadgroup" => Effect::DedicatedWithBlockOption,
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+        | "sunsubscribe" | "monitor" | "client|reply" | "sync" | "psync" | "replconf" => {
+            Effect::Streaming
+        }
+        "multi" | "watch" | "wait" | "waitaof" | "client|tracking" | "client|caching"
+        | "client|no-evict" | "client|no-touch" | "readonly" | "readwrite" | "asking" => {
+            Effect::Dedicated
+        }
+        _ if command_flags & flags::BLOCKING != 0 => Effect::Dedicated,
+        _ => Effect::Stateless,
+    }
+}

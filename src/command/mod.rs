@@ -1,0 +1,271 @@
+//! What keyward knows about each Redis command: arity, flags, ACL categories, where its keys
+//! are, and how it affects the connection it runs on.
+//!
+//! The data comes from a real `redis-server`'s `COMMAND` reply, stored in `commands.tsv`
+//! (regenerate it with `KEYWARD_WRITE_COMMAND_TABLE=1 cargo test --test command_table`).
+//! Commands Redis does not list (module commands, newer versions) are still forwarded; they are
+//! treated as writes with unknown keys, never as reads.
+
+mod effect;
+mod keys;
+mod table_file;
+
+pub use effect::{Effect, LocalCommand};
+pub use keys::{BeginSearch, FindKeys, KeySpec};
+
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap;
+
+use crate::resp::request::Args;
+
+/// Command flags keyward acts on, as Redis names them in `COMMAND`.
+pub mod flags {
+    pub const WRITE: u32 = 1 << 0;
+    pub const READONLY: u32 = 1 << 1;
+    pub const BLOCKING: u32 = 1 << 2;
+    pub const PUBSUB: u32 = 1 << 3;
+    pub const ADMIN: u32 = 1 << 4;
+    pub const NOSCRIPT: u32 = 1 << 5;
+    pub const MOVABLEKEYS: u32 = 1 << 6;
+    pub const FAST: u32 = 1 << 7;
+
+    pub(super) fn parse(name: &str) -> u32 {
+        match name {
+            "write" => WRITE,
+            "readonly" => READONLY,
+            "blocking" => BLOCKING,
+            "pubsub" => PUBSUB,
+            "admin" => ADMIN,
+            "noscript" => NOSCRIPT,
+            "movablekeys" => MOVABLEKEYS,
+            "fast" => FAST,
+            _ => 0,
+        }
+    }
+}
+
+/// A command's entry in the table.
+#[derive(Debug)]
+pub struct CommandInfo {
+    /// Index into the table, used to keep per-command metrics without hashing names.
+    pub id: usize,
+    /// Lowercase, with `|` between a container and its subcommand (`client|setname`), as in
+    /// Redis's own error messages.
+    pub name: Box<str>,
+    /// Redis arity: positive is exact, negative is a minimum (both count the name).
+    pub arity: i32,
+    pub flags: u32,
+    /// ACL categories without the `@`, for policy filters such as `@read`.
+    pub categories: Box<[Box<str>]>,
+    pub key_specs: Box<[KeySpec]>,
+    /// Whether the second argument selects a subcommand with its own entry.
+    pub has_subcommands: bool,
+    pub effect: Effect,
+}
+
+impl CommandInfo {
+    pub fn has_flag(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        let arity = i64::from(self.arity);
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+
+    /// Pushes the argument positions of this command's keys to `out`.
+    pub fn key_positions(&self, args: &Args<'_>, out: &mut Vec<usize>) {
+        keys::key_positions(&self.key_specs, args, out);
+    }
+}
+
+/// All known commands, looked up case-insensitively by name (and subcommand).
+pub struct CommandTable {
+    commands: Vec<CommandInfo>,
+    by_name: FxHashMap<Box<[u8]>, usize>,
+    /// Stands for every command the table does not know.
+    unknown: CommandInfo,
+}
+
+/// Names longer than this are not Redis commands; they are looked up as unknown.
+const MAX_NAME_LEN: usize = 64;
+
+impl CommandTable {
+    /// The table built from the bundled Redis data plus keyward's own command.
+    pub fn global() -> &'static CommandTable {
+        static TABLE: OnceLock<CommandTable> = OnceLock::new();
+        TABLE.get_or_init(|| {
+            CommandTable::from_tsv(include_str!("commands.tsv"))
+                .expect("the bundled command table is valid")
+        })
+    }
+
+    pub fn from_tsv(text: &str) -> Result<CommandTable, String> {
+        let mut commands = table_file::parse(text)?;
+        commands.push(table_file::Entry::keyward());
+        let commands: Vec<CommandInfo> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(id, entry)| entry.into_info(id))
+            .collect();
+        let by_name = commands
+            .iter()
+            .map(|info| (info.name.as_bytes().into(), info.id))
+            .collect();
+        let unknown = table_file::Entry::unknown().into_info(commands.len());
+        Ok(CommandTable {
+            commands,
+            by_name,
+            unknown,
+        })
+    }
+
+    /// The number of ids in use, `unknown` included.
+    pub fn len(&self) -> usize {
+        self.commands.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn by_id(&self, id: usize) -> &CommandInfo {
+        self.commands.get(id).unwrap_or(&self.unknown)
+    }
+
+    pub fn unknown(&self) -> &CommandInfo {
+        &self.unknown
+    }
+
+    /// The entry for a request, descending into a subcommand where the command has them.
+    pub fn lookup(&self, args: &Args<'_>) -> &CommandInfo {
+        let Some(name) = args.get(0) else {
+            return &self.unknown;
+        };
+        let Some(info) = self.find(name, None) else {
+            return &self.unknown;
+        };
+        if info.has_subcommands {
+            if let Some(sub) = args.get(1).and_then(|sub| self.find(name, Some(sub))) {
+                return sub;
+            }
+        }
+        info
+    }
+
+    fn find(&self, name: &[u8], sub: Option<&[u8]>) -> Option<&CommandInfo> {
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let mut len = 0;
+        let parts = std::iter::once(name).chain(sub.map(|sub| [b"|".as_slice(), sub]).into_iter().flatten());
+        for part in parts {
+            let slot = lower.get_mut(len..len + part.len())?;
+            for (dst, src) in slot.iter_mut().zip(part) {
+                *dst = src.to_ascii_lowercase();
+            }
+            len += part.len();
+        }
+        self.by_name
+            .get(&lower[..len])
+            .map(|&id| &self.commands[id])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::request::{Decoded, RequestDecoder};
+
+    fn with_args<T>(words: &[&str], f: impl FnOnce(&Args<'_>) -> T) -> T {
+        let mut input = format!("*{}\r\n", words.len());
+        for word in words {
+            input.push_str(&format!("${}\r\n{}\r\n", word.len(), word));
+        }
+        let mut decoder = RequestDecoder::default();
+        assert!(matches!(
+            decoder.decode(input.as_bytes()),
+            Ok(Decoded::Request { .. })
+        ));
+        f(&decoder.args(input.as_bytes()))
+    }
+
+    fn keys(words: &[&str]) -> Vec<String> {
+        with_args(words, |args| {
+            let info = CommandTable::global().lookup(args);
+            let mut positions = Vec::new();
+            info.key_positions(args, &mut positions);
+            positions
+                .into_iter()
+                .map(|i| String::from_utf8(args.get(i).unwrap().to_vec()).unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn looks_up_case_insensitively_with_subcommands() {
+        with_args(&["get", "k"], |args| {
+            assert_eq!(&*CommandTable::global().lookup(args).name, "get")
+        });
+        with_args(&["Client", "SETNAME", "x"], |args| {
+            assert_eq!(
+                &*CommandTable::global().lookup(args).name,
+                "client|setname"
+            )
+        });
+        with_args(&["NOSUCHCOMMAND"], |args| {
+            let info = CommandTable::global().lookup(args);
+            assert_eq!(&*info.name, "unknown");
+            assert!(info.has_flag(flags::WRITE));
+        });
+    }
+
+    #[test]
+    fn finds_keys_for_the_special_cases() {
+        assert_eq!(keys(&["GET", "a"]), ["a"]);
+        assert_eq!(keys(&["MSET", "a", "1", "b", "2"]), ["a", "b"]);
+        assert_eq!(keys(&["MGET", "a", "b", "c"]), ["a", "b", "c"]);
+        assert_eq!(keys(&["EVAL", "return 1", "2", "a", "b", "x"]), ["a", "b"]);
+        assert_eq!(keys(&["EVALSHA", "abc", "0", "x"]), Vec::<String>::new());
+        assert_eq!(
+            keys(&["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]),
+            ["s1", "s2"]
+        );
+        assert_eq!(
+            keys(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s1", ">"]),
+            ["s1"]
+        );
+        assert_eq!(
+            keys(&["ZUNIONSTORE", "dst", "2", "a", "b", "WEIGHTS", "1", "2"]),
+            ["dst", "a", "b"]
+        );
+        assert_eq!(
+            keys(&["SORT", "src", "BY", "w_*", "STORE", "dst"]),
+            ["src", "dst"]
+        );
+        assert_eq!(
+            keys(&["MIGRATE", "h", "1", "", "0", "5000", "KEYS", "a", "b"]),
+            ["", "a", "b"]
+        );
+        assert_eq!(keys(&["BLPOP", "a", "b", "0"]), ["a", "b"]);
+        assert_eq!(keys(&["OBJECT", "ENCODING", "a"]), ["a"]);
+        assert_eq!(keys(&["PING"]), Vec::<String>::new());
+        assert_eq!(
+            keys(&["SORT", "src", "GET", "store", "LIMIT", "0", "1"]),
+            ["src"]
+        );
+    }
+
+    #[test]
+    fn garbage_arguments_yield_no_keys_rather_than_a_panic() {
+        assert_eq!(keys(&["EVAL", "s", "99", "a"]), Vec::<String>::new());
+        assert_eq!(keys(&["EVAL", "s", "-3", "a"]), Vec::<String>::new());
+        assert_eq!(keys(&["EVAL", "s", "x"]), Vec::<String>::new());
+        assert_eq!(keys(&["XREAD", "STREAMS"]), Vec::<String>::new());
+        assert_eq!(keys(&["MSET", "a"]), ["a"]);
+    }
+}

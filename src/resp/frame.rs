@@ -1,0 +1,138 @@
+//! Delimiting reply frames from Redis without decoding them.
+//!
+//! keyward forwards Redis's replies byte for byte, so all it needs is where each frame ends.
+//! Nested aggregates are walked with a single counter of values still owed rather than
+//! recursion, so no reply shape can exhaust the stack.
+
+use super::parse_int;
+
+/// Why a byte stream is not valid RESP2/RESP3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError(pub String);
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// The length of the first complete frame in `buf`, `Ok(None)` if more bytes are needed.
+///
+/// A RESP3 attribute (`|`) is delimited together with the value it annotates, because a client
+/// reads the two as one reply.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let mut pos = 0;
+    let mut owed: u64 = 1;
+    while owed > 0 {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(line_end) = find_crlf(buf, pos + 1) else {
+            return Ok(None);
+        };
+        let header = &buf[pos + 1..line_end];
+        pos = line_end + 2;
+        owed -= 1;
+        match kind {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+            b'$' | b'!' | b'=' => {
+                let len = length(header, kind)?;
+                if len >= 0 {
+                    let end = pos + len as usize + 2;
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    pos = end;
+                }
+            }
+            b'*' | b'~' | b'>' => owed += length(header, kind)?.max(0) as u64,
+            b'%' => owed += 2 * length(header, kind)?.max(0) as u64,
+            b'|' => owed += 2 * length(header, kind)?.max(0) as u64 + 1,
+            other => {
+                return Err(FrameError(format!(
+                    "unexpected byte {:?} at the start of a reply",
+                    char::from(other)
+                )))
+            }
+        }
+    }
+    Ok(Some(pos))
+}
+
+/// Whether a complete frame is a RESP3 push (out-of-band data such as a pub/sub message or a
+/// tracking invalidation) rather than the reply to a command.
+pub fn is_push(frame: &[u8]) -> bool {
+    frame.first() == Some(&b'>')
+}
+
+pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let mut start = from;
+    loop {
+        let found = start + memchr::memchr(b'\r', buf.get(start..)?)?;
+        match buf.get(found + 1) {
+            Some(b'\n') => return Some(found),
+            Some(_) => start = found + 1,
+            None => return None,
+        }
+    }
+}
+
+fn length(header: &[u8], kind: u8) -> Result<i64, FrameError> {
+    match parse_int(header) {
+        Some(len) if len >= -1 => Ok(len),
+        _ => Err(FrameError(format!(
+            "invalid length {:?} in a {:?} reply",
+            String::from_utf8_lossy(header),
+            char::from(kind)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(frame: &[u8]) {
+        assert_eq!(frame_len(frame), Ok(Some(frame.len())), "{frame:?}");
+        for cut in 0..frame.len() {
+            assert_eq!(frame_len(&frame[..cut]), Ok(None), "{frame:?} cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn delimits_every_reply_type() {
+        complete(b"+OK\r\n");
+        complete(b"-ERR no\r\n");
+        complete(b":42\r\n");
+        complete(b"$5\r\nhe\r\no\r\n");
+        complete(b"$-1\r\n");
+        complete(b"*-1\r\n");
+        complete(b"*2\r\n$1\r\na\r\n:1\r\n");
+        complete(b"%1\r\n+k\r\n*1\r\n_\r\n");
+        complete(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n");
+        complete(b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n");
+        complete(b"=8\r\ntxt:abcd\r\n");
+        complete(b",1.5\r\n#t\r\n(1\r\n_\r\n"[..6].as_ref());
+    }
+
+    #[test]
+    fn stops_after_the_first_frame() {
+        assert_eq!(frame_len(b"+OK\r\n:1\r\n"), Ok(Some(5)));
+    }
+
+    #[test]
+    fn deep_nesting_needs_no_stack() {
+        let mut frame = b"*1\r\n".repeat(1_000_000);
+        frame.extend_from_slice(b":1\r\n");
+        assert_eq!(frame_len(&frame), Ok(Some(frame.len())));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(frame_len(b"hello\r\n").is_err());
+        assert!(frame_len(b"$-5\r\n").is_err());
+        assert!(frame_len(b"*x\r\n").is_err());
+    }
+}

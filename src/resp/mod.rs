@@ -1,0 +1,65 @@
+//! The Redis wire protocol, split by direction.
+//!
+//! Requests from clients are decoded just enough to route them ([`request`]); replies from
+//! Redis are only delimited, never rebuilt ([`frame`]); replies that keyward makes itself are
+//! encoded by [`reply`].
+
+pub mod frame;
+pub mod reply;
+pub mod request;
+
+/// The protocol a client session (and the upstream connection serving it) speaks.
+///
+/// Redis shapes some replies differently per protocol, so sessions of different protocols never
+/// share an upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Resp2,
+    Resp3,
+}
+
+impl Protocol {
+    pub fn version(self) -> u8 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// Parses the decimal integer of a RESP header line the way Redis's `string2ll` does: an
+/// optional minus sign and digits, nothing else, no overflow.
+pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(digit - b'0'))?;
+    }
+    Some(if negative { -value } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_int;
+
+    #[test]
+    fn parses_like_redis() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        assert_eq!(parse_int(b""), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"1a"), None);
+        assert_eq!(parse_int(b"+1"), None);
+    }
+}

@@ -1,0 +1,399 @@
+//! Decoding client requests: multibulk (what every client library sends) and inline commands
+//! (what people type into `nc` or `telnet`).
+//!
+//! A request is not copied: the decoder records where each argument lies in the read buffer,
+//! so the session can forward the original bytes and read only the few arguments it routes on.
+//! Limits and error texts follow Redis (`networking.c`), so a client sees the same
+//! `Protocol error` it would get from Redis itself.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame::find_crlf;
+use super::parse_int;
+
+/// Redis's default `proto-max-bulk-len`: the largest single argument.
+pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
+/// Redis's `PROTO_INLINE_MAX_SIZE`: the longest inline command or header line.
+pub const MAX_INLINE_LEN: usize = 64 * 1024;
+/// Redis refuses multibulk counts above `INT_MAX`.
+const MAX_MULTIBULK_LEN: i64 = i32::MAX as i64;
+
+/// A request that breaks the protocol; the connection is closed after the error is sent, as
+/// Redis does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    fn new(detail: impl Into<String>) -> Self {
+        ProtocolError(detail.into())
+    }
+
+    /// The error line Redis sends for this violation, without the trailing CRLF.
+    pub fn message(&self) -> String {
+        format!("ERR Protocol error: {}", self.0)
+    }
+}
+
+/// What the front of the read buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete request of `consumed` bytes; its arguments are in the decoder.
+    Request {
+        consumed: usize,
+        /// Inline commands are re-encoded as multibulk, because their quoting rules cannot be
+        /// forwarded as they are; `None` for multibulk requests, which are forwarded verbatim.
+        rewritten: Option<Bytes>,
+    },
+    /// `consumed` bytes that Redis ignores (an empty line or `*0`): no reply is owed.
+    Empty { consumed: usize },
+    /// More input is needed; the buffer should hold at least `needed` bytes before trying again,
+    /// which lets the reader reserve the whole of a large argument at once.
+    Incomplete { needed: usize },
+}
+
+/// Decodes requests one at a time, reusing its argument list so that decoding allocates
+/// nothing per request.
+#[derive(Default)]
+pub struct RequestDecoder {
+    ranges: Vec<(usize, usize)>,
+}
+
+impl RequestDecoder {
+    /// Decodes the first request in `input`.
+    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
+        self.ranges.clear();
+        match input.first() {
+            None => Ok(Decoded::Incomplete { needed: 1 }),
+            Some(b'*') => self.decode_multibulk(input),
+            Some(_) => self.decode_inline(input),
+        }
+    }
+
+    /// The arguments of the request just decoded. `input` is the buffer given to `decode`
+    /// (or the rewritten bytes for an inline command).
+    pub fn args<'a>(&'a self, input: &'a [u8]) -> Args<'a> {
+        Args {
+            source: input,
+            ranges: &self.ranges,
+        }
+    }
+
+    fn decode_multibulk(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
+        let Some((count, mut pos)) = header_line(input, 0, "too big mbulk count string")? else {
+            return Ok(Decoded::Incomplete {
+                needed: input.len() + 1,
+            });
+        };
+        let count = match parse_int(count) {
+            Some(count) if count <= MAX_MULTIBULK_LEN => count,
+            _ => return Err(ProtocolError::new("invalid multibulk length")),
+        };
+        if count <= 0 {
+            return Ok(Decoded::Empty { consumed: pos });
+        }
+        for _ in 0..count {
+            match input.get(pos) {
+                None => return Ok(Decoded::Incomplete { needed: pos + 1 }),
+                Some(b'$') => {}
+                Some(&other) => {
+                    return Err(ProtocolError::new(format!(
+                        "expected '$', got '{}'",
+                        char::from(other)
+                    )))
+                }
+            }
+            let Some((len, data_start)) = header_line(input, pos, "too big bulk count string")?
+            else {
+                return Ok(Decoded::Incomplete {
+                    needed: input.len() + 1,
+                });
+            };
+            let len = match parse_int(len) {
+                Some(len) if (0..=MAX_BULK_LEN).contains(&len) => len as usize,
+                _ => return Err(ProtocolError::new("invalid bulk length")),
+            };
+            let end = data_start + len + 2;
+            if input.len() < end {
+                return Ok(Decoded::Incomplete { needed: end });
+            }
+            self.ranges.push((data_start, data_start + len));
+            pos = end;
+        }
+        Ok(Decoded::Request {
+            consumed: pos,
+            rewritten: None,
+        })
+    }
+
+    fn decode_inline(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
+        let Some(newline) = memchr::memchr(b'\n', input) else {
+            if input.len() > MAX_INLINE_LEN {
+                return Err(ProtocolError::new("too big inline request"));
+            }
+            return Ok(Decoded::Incomplete {
+                needed: input.len() + 1,
+            });
+        };
+        let line = &input[..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let words = split_inline(line)
+            .ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+        if words.is_empty() {
+            return Ok(Decoded::Empty {
+                consumed: newline + 1,
+            });
+        }
+        let mut encoded = BytesMut::with_capacity(line.len() + 16 * words.len());
+        encoded.put_slice(format!("*{}\r\n", words.len()).as_bytes());
+        for word in &words {
+            encoded.put_slice(format!("${}\r\n", word.len()).as_bytes());
+            let start = encoded.len();
+            encoded.put_slice(word);
+            self.ranges.push((start, encoded.len()));
+            encoded.put_slice(b"\r\n");
+        }
+        Ok(Decoded::Request {
+            consumed: newline + 1,
+            rewritten: Some(encoded.freeze()),
+        })
+    }
+}
+
+/// The arguments of one request, borrowed from the buffer they were decoded from.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    source: &'a [u8],
+    ranges: &'a [(usize, usize)],
+}
+
+impl<'a> Args<'a> {
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&'a [u8]> {
+        let &(start, end) = self.ranges.get(index)?;
+        Some(&self.source[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.ranges.iter().map(|&(start, end)| &self.source[start..end])
+    }
+}
+
+/// Reads the header line that starts at `start` (type byte included), returning its digits and
+/// the position after its CRLF.
+fn header_line<'a>(
+    input: &'a [u8],
+    start: usize,
+    too_big: &str,
+) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
+    match find_crlf(input, start + 1) {
+        Some(end) if end - start <= MAX_INLINE_LEN => Ok(Some((&input[start + 1..end], end + 2))),
+        Some(_) => Err(ProtocolError::new(too_big)),
+        None if input.len() - start > MAX_INLINE_LEN => Err(ProtocolError::new(too_big)),
+        None => Ok(None),
+    }
+}
+
+/// Splits an inline command into words with the quoting rules of Redis's `sdssplitargs`:
+/// double quotes take C-like escapes (`\n`, `\xHH`, …), single quotes only `\'`, and a closing
+/// quote must be followed by a space or the end of the line. `None` means unbalanced quotes.
+fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut words = Vec::new();
+    let mut pos = 0;
+    loop {
+        while pos < line.len() && line[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        if pos == line.len() {
+            return Some(words);
+        }
+        let mut word = Vec::new();
+        match line[pos] {
+            b'"' => {
+                pos += 1;
+                loop {
+                    match *line.get(pos)? {
+                        b'\\' if line.get(pos + 1) == Some(&b'x')
+                            && line.get(pos + 2).is_some_and(u8::is_ascii_hexdigit)
+                            && line.get(pos + 3).is_some_and(u8::is_ascii_hexdigit) =>
+                        {
+                            let hex = std::str::from_utf8(&line[pos + 2..pos + 4]).ok()?;
+                            word.push(u8::from_str_radix(hex, 16).ok()?);
+                            pos += 4;
+                        }
+                        b'\\' if pos + 1 < line.len() => {
+                            word.push(match line[pos + 1] {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                b'b' => 8,
+                                b'a' => 7,
+                                other => other,
+                            });
+                            pos += 2;
+                        }
+                        b'"' => {
+                            pos += 1;
+                            break;
+                        }
+                        other => {
+                            word.push(other);
+                            pos += 1;
+                        }
+                    }
+                }
+                closing_quote_ends_word(line, pos)?;
+            }
+            b'\'' => {
+                pos += 1;
+                loop {
+                    match *line.get(pos)? {
+                        b'\\' if line.get(pos + 1) == Some(&b'\'') => {
+                            word.push(b'\'');
+                            pos += 2;
+                        }
+                        b'\'' => {
+                            pos += 1;
+                            break;
+                        }
+                        other => {
+                            word.push(other);
+                            pos += 1;
+                        }
+                    }
+                }
+                closing_quote_ends_word(line, pos)?;
+            }
+            _ => {
+                while pos < line.len() && !line[pos].is_ascii_whitespace() {
+                    word.push(line[pos]);
+                    pos += 1;
+                }
+            }
+        }
+        words.push(word);
+    }
+}
+
+fn closing_quote_ends_word(line: &[u8], pos: usize) -> Option<()> {
+    match line.get(pos) {
+        None => Some(()),
+        Some(byte) if byte.is_ascii_whitespace() => Some(()),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut decoder = RequestDecoder::default();
+        let mut requests = Vec::new();
+        let mut pos = 0;
+        loop {
+            match decoder.decode(&input[pos..])? {
+                Decoded::Request {
+                    consumed,
+                    rewritten,
+                } => {
+                    let source = rewritten.as_deref().unwrap_or(&input[pos..]);
+                    requests.push(decoder.args(source).iter().map(<[u8]>::to_vec).collect());
+                    pos += consumed;
+                }
+                Decoded::Empty { consumed } => pos += consumed,
+                Decoded::Incomplete { .. } => return Ok(requests),
+            }
+        }
+    }
+
+    fn words(request: &[&str]) -> Vec<Vec<u8>> {
+        request.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn decodes_pipelined_multibulk() {
+        let input = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET";
+        assert_eq!(
+            decode_all(input).unwrap(),
+            vec![words(&["GET", "k"]), words(&["PING"])]
+        );
+    }
+
+    #[test]
+    fn reports_how_much_a_large_argument_needs() {
+        let mut decoder = RequestDecoder::default();
+        let input = b"*2\r\n$3\r\nSET\r\n$1000\r\nabc";
+        assert_eq!(
+            decoder.decode(input),
+            Ok(Decoded::Incomplete {
+                needed: 13 + 7 + 1002
+            })
+        );
+    }
+
+    #[test]
+    fn skips_empty_requests() {
+        assert_eq!(
+            decode_all(b"*0\r\n\r\n*-1\r\nPING\r\n").unwrap(),
+            vec![words(&["PING"])]
+        );
+    }
+
+    #[test]
+    fn splits_inline_commands_like_redis() {
+        assert_eq!(
+            decode_all(b"SET k \"a b\\x41\\n\" 'it\\'s'\n").unwrap(),
+            vec![words(&["SET", "k", "a bA\n", "it's"])]
+        );
+        assert_eq!(
+            decode_all(b"  PING  \r\n").unwrap(),
+            vec![words(&["PING"])]
+        );
+    }
+
+    #[test]
+    fn protocol_errors_use_redis_wording() {
+        let error = |input: &[u8]| decode_all(input).unwrap_err().message();
+        assert_eq!(
+            error(b"*x\r\n"),
+            "ERR Protocol error: invalid multibulk length"
+        );
+        assert_eq!(
+            error(b"*1\r\n+PING\r\n"),
+            "ERR Protocol error: expected '$', got '+'"
+        );
+        assert_eq!(
+            error(b"*1\r\n$-3\r\n"),
+            "ERR Protocol error: invalid bulk length"
+        );
+        assert_eq!(
+            error(b"*1\r\n$536870913\r\n"),
+            "ERR Protocol error: invalid bulk length"
+        );
+        assert_eq!(
+            error(b"SET k \"open\r\n"),
+            "ERR Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            error(b"SET k \"a\"b\r\n"),
+            "ERR Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            error(&vec![b'a'; MAX_INLINE_LEN + 1]),
+            "ERR Protocol error: too big inline request"
+        );
+        let mut long_count = b"*".to_vec();
+        long_count.extend(vec![b'1'; MAX_INLINE_LEN + 1]);
+        assert_eq!(
+            error(&long_count),
+            "ERR Protocol error: too big mbulk count string"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Test harness: a private `redis-server` per test and keyward started as a real process from
+//! an inline TOML config, both on free loopback ports and both stopped on drop.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `redis-server` that keeps nothing on disk, killed when dropped (its log is printed if
+/// the test failed).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temp dir"),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A client straight to this Redis, bypassing keyward.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .expect("a connection to redis-server")
+    }
+
+    /// `kill -9`: the server disappears without a word, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(self.dir.path().join("redis.log")) {
+                eprintln!("--- redis-server log ---\n{log}");
+            }
+        }
+    }
+}
+
+/// A keyward process with a config written from a test's TOML.
+pub struct Keyward {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+impl Keyward {
+    /// Starts keyward in front of Redis at `upstream_port`; `extra` is appended to a config
+    /// that sets the listen, admin and upstream addresses (so it must not repeat those tables).
+    pub fn start(upstream_port: u16, extra: &str) -> Keyward {
+        let port = free_port();
+        let admin_port = free_port();
+        Keyward::start_with_config(
+            port,
+            admin_port,
+            &format!(
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
+                 [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
+                 connect_timeout = \"500ms\"\nrequest_timeout = \"3s\"\n\n\
+                 [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\n{extra}"
+            ),
+        )
+    }
+
+    pub fn start_with_config(port: u16, admin_port: u16, config: &str) -> Keyward {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("keyward.toml");
+        std::fs::write(&config_path, config).expect("config written");
+        let log_path = dir.path().join("keyward.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "keyward=debug")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("the keyward binary runs");
+        wait_for_port(port, "keyward");
+        Keyward {
+            child,
+            port,
+            admin_port,
+            config_path,
+            _dir: dir,
+            log_path,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        self.client_at(&self.url())
+    }
+
+    /// A client speaking RESP3 (`HELLO 3`).
+    pub fn resp3_client(&self) -> redis::Connection {
+        self.client_at(&format!("{}?protocol=resp3", self.url()))
+    }
+
+    fn client_at(&self, url: &str) -> redis::Connection {
+        let client = redis::Client::open(url).expect("a valid url");
+        let connection = client.get_connection().expect("a connection to keyward");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout set");
+        connection
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.port)
+    }
+
+    /// The body of an admin endpoint, e.g. `/metrics`.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_port, path)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("process status") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
+impl Drop for Keyward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- keyward log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A plain TCP client for protocol edge cases: it writes exact bytes and reads exact bytes.
+pub struct RawClient {
+    stream: BufReader<TcpStream>,
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout set");
+        RawClient {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// Reads one CRLF-terminated line, CRLF included.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).expect("read line");
+        line
+    }
+
+    pub fn read_exact(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        self.stream.read_exact(&mut buf).expect("read exact");
+        buf
+    }
+
+    /// True once the server has closed the connection (reads hit EOF or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.get_mut().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path)
+}
+
+pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout set");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reads a metric's value from Prometheus text, summing every series whose labels contain
+/// all of `labels` (e.g. `command="get"`).
+pub fn metric_value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|label| rest.contains(label)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
