@@ -1,2 +1,11 @@
+pub mod admin;
+pub mod app;
 pub mod command;
+pub mod config;
+pub mod context;
+pub mod metrics;
 pub mod resp;
+pub mod server;
+pub mod session;
+pub mod signals;
+pub mod upstream;

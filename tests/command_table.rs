@@ -40,14 +40,25 @@ fn number(value: Option<&Value>) -> String {
 }
 
 fn key_spec(spec: &Value) -> String {
-    let flags: Vec<String> = field(spec, "flags").map(items).unwrap_or(&[]).iter().map(text).collect();
+    let flags: Vec<String> = field(spec, "flags")
+        .map(items)
+        .unwrap_or(&[])
+        .iter()
+        .map(text)
+        .collect();
     let begin = field(spec, "begin_search");
     let begin_spec = begin.and_then(|b| field(b, "spec"));
     let begin = match begin.and_then(|b| field(b, "type")).map(text).as_deref() {
-        Some("index") => format!("index:{}", number(begin_spec.and_then(|s| field(s, "index")))),
+        Some("index") => format!(
+            "index:{}",
+            number(begin_spec.and_then(|s| field(s, "index")))
+        ),
         Some("keyword") => format!(
             "keyword:{}:{}",
-            begin_spec.and_then(|s| field(s, "keyword")).map(text).unwrap_or_default(),
+            begin_spec
+                .and_then(|s| field(s, "keyword"))
+                .map(text)
+                .unwrap_or_default(),
             number(begin_spec.and_then(|s| field(s, "startfrom")))
         ),
         _ => "unknown".into(),
@@ -56,8 +67,18 @@ fn key_spec(spec: &Value) -> String {
     let find_spec = find.and_then(|f| field(f, "spec"));
     let get = |name| number(find_spec.and_then(|s| field(s, name)));
     let find = match find.and_then(|f| field(f, "type")).map(text).as_deref() {
-        Some("range") => format!("range:{}:{}:{}", get("lastkey"), get("keystep"), get("limit")),
-        Some("keynum") => format!("keynum:{}:{}:{}", get("keynumidx"), get("firstkey"), get("keystep")),
+        Some("range") => format!(
+            "range:{}:{}:{}",
+            get("lastkey"),
+            get("keystep"),
+            get("limit")
+        ),
+        Some("keynum") => format!(
+            "keynum:{}:{}:{}",
+            get("keynumidx"),
+            get("firstkey"),
+            get("keystep")
+        ),
         _ => "unknown".into(),
     };
     format!("{}/{begin}/{find}", flags.join(","))
@@ -66,10 +87,23 @@ fn key_spec(spec: &Value) -> String {
 fn push_lines(entry: &Value, lines: &mut Vec<String>) {
     let fields = items(entry);
     let list = |index: usize| -> String {
-        fields.get(index).map(items).unwrap_or(&[]).iter().map(text).collect::<Vec<_>>().join(",")
+        fields
+            .get(index)
+            .map(items)
+            .unwrap_or(&[])
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let categories = list(6).replace('@', "");
-    let specs: Vec<String> = fields.get(8).map(items).unwrap_or(&[]).iter().map(key_spec).collect();
+    let specs: Vec<String> = fields
+        .get(8)
+        .map(items)
+        .unwrap_or(&[])
+        .iter()
+        .map(key_spec)
+        .collect();
     lines.push(format!(
         "{}\t{}\t{}\t{}\t{}",
         text(&fields[0]).to_lowercase(),
@@ -84,7 +118,10 @@ fn push_lines(entry: &Value, lines: &mut Vec<String>) {
 }
 
 fn generate(redis: &mut redis::Connection) -> String {
-    let version = redis::cmd("INFO").arg("server").query::<String>(redis).unwrap();
+    let version = redis::cmd("INFO")
+        .arg("server")
+        .query::<String>(redis)
+        .unwrap();
     let version = version
         .lines()
         .find_map(|line| line.strip_prefix("redis_version:"))
@@ -120,5 +157,8 @@ fn bundled_table_matches_redis_server() {
         );
         return;
     }
-    assert_eq!(bundled, generated, "regenerate with KEYWARD_WRITE_COMMAND_TABLE=1");
+    assert_eq!(
+        bundled, generated,
+        "regenerate with KEYWARD_WRITE_COMMAND_TABLE=1"
+    );
 }

@@ -162,7 +162,8 @@ impl CommandTable {
     fn find(&self, name: &[u8], sub: Option<&[u8]>) -> Option<&CommandInfo> {
         let mut lower = [0u8; MAX_NAME_LEN];
         let mut len = 0;
-        let parts = std::iter::once(name).chain(sub.map(|sub| [b"|".as_slice(), sub]).into_iter().flatten());
+        let parts = std::iter::once(name)
+            .chain(sub.map(|sub| [b"|".as_slice(), sub]).into_iter().flatten());
         for part in parts {
             let slot = lower.get_mut(len..len + part.len())?;
             for (dst, src) in slot.iter_mut().zip(part) {
@@ -212,10 +213,7 @@ mod tests {
             assert_eq!(&*CommandTable::global().lookup(args).name, "get")
         });
         with_args(&["Client", "SETNAME", "x"], |args| {
-            assert_eq!(
-                &*CommandTable::global().lookup(args).name,
-                "client|setname"
-            )
+            assert_eq!(&*CommandTable::global().lookup(args).name, "client|setname")
         });
         with_args(&["NOSUCHCOMMAND"], |args| {
             let info = CommandTable::global().lookup(args);

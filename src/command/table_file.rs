@@ -100,7 +100,10 @@ fn parse_spec(spec: &str) -> Result<KeySpec, String> {
     let [spec_flags, begin, find] = spec.split('/').collect::<Vec<_>>()[..] else {
         return Err(format!("bad key spec {spec:?}"));
     };
-    let number = |s: &str| s.parse::<i64>().map_err(|_| format!("bad number in {spec:?}"));
+    let number = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| format!("bad number in {spec:?}"))
+    };
     let begin_parts: Vec<&str> = begin.split(':').collect();
     let begin = match begin_parts[..] {
         ["index", pos] => BeginSearch::Index(number(pos)?.max(0) as usize),

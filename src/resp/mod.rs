@@ -42,7 +42,9 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
         if !digit.is_ascii_digit() {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(i64::from(digit - b'0'))?;
+        value = value
+            .checked_mul(10)?
+            .checked_add(i64::from(digit - b'0'))?;
     }
     Some(if negative { -value } else { value })
 }

@@ -110,8 +110,14 @@ mod tests {
                 .null()
                 .finish()
         };
-        assert_eq!(&map(Protocol::Resp2)[..], b"*2\r\n$5\r\nproto\r\n:2\r\n$-1\r\n");
-        assert_eq!(&map(Protocol::Resp3)[..], b"%1\r\n$5\r\nproto\r\n:2\r\n_\r\n");
+        assert_eq!(
+            &map(Protocol::Resp2)[..],
+            b"*2\r\n$5\r\nproto\r\n:2\r\n$-1\r\n"
+        );
+        assert_eq!(
+            &map(Protocol::Resp3)[..],
+            b"%1\r\n$5\r\nproto\r\n:2\r\n_\r\n"
+        );
         assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
     }
 }

@@ -136,8 +136,8 @@ impl RequestDecoder {
         };
         let line = &input[..newline];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let words = split_inline(line)
-            .ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+        let words =
+            split_inline(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
         if words.is_empty() {
             return Ok(Decoded::Empty {
                 consumed: newline + 1,
@@ -181,7 +181,9 @@ impl<'a> Args<'a> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.ranges.iter().map(|&(start, end)| &self.source[start..end])
+        self.ranges
+            .iter()
+            .map(|&(start, end)| &self.source[start..end])
     }
 }
 
@@ -219,9 +221,10 @@ fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                 pos += 1;
                 loop {
                     match *line.get(pos)? {
-                        b'\\' if line.get(pos + 1) == Some(&b'x')
-                            && line.get(pos + 2).is_some_and(u8::is_ascii_hexdigit)
-                            && line.get(pos + 3).is_some_and(u8::is_ascii_hexdigit) =>
+                        b'\\'
+                            if line.get(pos + 1) == Some(&b'x')
+                                && line.get(pos + 2).is_some_and(u8::is_ascii_hexdigit)
+                                && line.get(pos + 3).is_some_and(u8::is_ascii_hexdigit) =>
                         {
                             let hex = std::str::from_utf8(&line[pos + 2..pos + 4]).ok()?;
                             word.push(u8::from_str_radix(hex, 16).ok()?);
@@ -352,10 +355,7 @@ mod tests {
             decode_all(b"SET k \"a b\\x41\\n\" 'it\\'s'\n").unwrap(),
             vec![words(&["SET", "k", "a bA\n", "it's"])]
         );
-        assert_eq!(
-            decode_all(b"  PING  \r\n").unwrap(),
-            vec![words(&["PING"])]
-        );
+        assert_eq!(decode_all(b"  PING  \r\n").unwrap(), vec![words(&["PING"])]);
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! The configuration file: typed sections with their defaults, loading, and diagnostics.
+//!
+//! Values are validated while they are deserialized, so each error carries the place in the
+//! file it came from. Every top-level section is checked on its own as well, so that one run
+//! of `keyward check` reports an error for each broken section instead of stopping at the
+//! first.
+
+mod diagnostic;
+mod values;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use values::{ConfigDuration, HostPort, LogLevel};
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::de::{DeTable, Deserializer};
+use toml::Spanned;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// Where clients connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// Clients beyond this get `-ERR max number of clients reached`, as from Redis.
+    pub max_clients: NonZeroUsize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 6380)),
+            max_clients: NonZeroUsize::new(10_000).expect("nonzero"),
+        }
+    }
+}
+
+/// The Redis that keyward forwards to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub address: HostPort,
+    /// Multiplexed connections per (protocol, database); sessions are spread over them.
+    pub pool_size: NonZeroUsize,
+    pub connect_timeout: ConfigDuration,
+    /// A command without a reply after this long is answered with an error.
+    pub request_timeout: ConfigDuration,
+    pub username: Option<String>,
+    /// The name of the environment variable holding the password, so the file holds no secret.
+    pub password_env: Option<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            address: HostPort::new("127.0.0.1", 6379),
+            pool_size: NonZeroUsize::new(4).expect("nonzero"),
+            connect_timeout: ConfigDuration::from_millis(1_000),
+            request_timeout: ConfigDuration::from_millis(5_000),
+            username: None,
+            password_env: None,
+        }
+    }
+}
+
+/// The HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 9898)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `keyward=debug`; `RUST_LOG` overrides it.
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for requests in flight before exiting anyway.
+    pub grace_period: ConfigDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: ConfigDuration::from_millis(10_000),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file; all diagnostics found are returned on failure.
+    pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Unreadable {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Config::parse(&text).map_err(LoadError::Invalid)
+    }
+
+    /// Parses TOML text: the config and its warnings, or every error found.
+    pub fn parse(text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let (root, syntax_errors) = DeTable::parse_recoverable(text);
+        if !syntax_errors.is_empty() {
+            return Err(syntax_errors.iter().map(Diagnostic::from_toml).collect());
+        }
+        let mut diagnostics: Vec<Diagnostic> = root
+            .get_ref()
+            .iter()
+            .filter_map(|(key, value)| {
+                let mut section = DeTable::default();
+                section.insert(key.clone(), value.clone());
+                let section = Spanned::new(root.span(), section);
+                Config::deserialize(Deserializer::from(section)).err()
+            })
+            .map(|error| Diagnostic::from_toml(&error))
+            .collect();
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        let config = Config::deserialize(Deserializer::from(root))
+            .map_err(|error| vec![Diagnostic::from_toml(&error)])?;
+        if let Some(variable) = &config.upstream.password_env {
+            if std::env::var_os(variable).is_none() {
+                diagnostics.push(Diagnostic::warning(
+                    find_value(text, "password_env"),
+                    format!("environment variable `{variable}` (upstream.password_env) is not set"),
+                ));
+            }
+        }
+        Ok((config, diagnostics))
+    }
+
+    /// The upstream password, read from the environment variable the file names.
+    pub fn upstream_password(&self) -> Result<Option<String>, String> {
+        match &self.upstream.password_env {
+            None => Ok(None),
+            Some(variable) => std::env::var(variable)
+                .map(Some)
+                .map_err(|_| format!("upstream.password_env names `{variable}`, which is not set")),
+        }
+    }
+}
+
+/// Where a key's value starts, for diagnostics that arise after deserialization.
+fn find_value(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find(key)?;
+    Some(start..start + key.len())
+}
+
+#[derive(Debug)]
+pub enum LoadError {
+    Unreadable { path: String, error: std::io::Error },
+    Invalid(Vec<Diagnostic>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        let (config, warnings) = Config::parse("").unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(config.listen.address.to_string(), "127.0.0.1:6380");
+        assert_eq!(config.upstream.address.to_string(), "127.0.0.1:6379");
+        assert_eq!(config.upstream.request_timeout.get().as_millis(), 5000);
+    }
+
+    #[test]
+    fn reports_one_error_per_broken_section_with_its_place() {
+        let text =
+            "[listen]\nmax_clients = 0\n\n[upstream]\npool_sise = 4\nrequest_timeout = \"5x\"\n";
+        let errors = Config::parse(text).unwrap_err();
+        let rendered: Vec<String> = errors.iter().map(|d| d.render("k.toml", text)).collect();
+        assert_eq!(rendered.len(), 2, "{rendered:?}");
+        assert!(
+            rendered[0].starts_with("k.toml:2:15: error:"),
+            "{}",
+            rendered[0]
+        );
+        assert!(
+            rendered[1].starts_with("k.toml:5:1: error:"),
+            "{}",
+            rendered[1]
+        );
+        assert!(rendered[1].contains("pool_sise"), "{}", rendered[1]);
+    }
+
+    #[test]
+    fn rejects_bad_values_where_they_are() {
+        let text = "[upstream]\nrequest_timeout = \"5x\"\n";
+        let errors = Config::parse(text).unwrap_err();
+        let rendered = errors[0].render("k.toml", text);
+        assert!(rendered.starts_with("k.toml:2:19: error:"), "{rendered}");
+        assert!(rendered.contains("\"5x\""), "{rendered}");
+        let text = "[upstream]\naddress = \"redis\"\n";
+        let rendered = Config::parse(text).unwrap_err()[0].render("k.toml", text);
+        assert!(rendered.contains("host:port"), "{rendered}");
+    }
+
+    #[test]
+    fn reports_syntax_errors() {
+        let text = "[listen\naddress = 1\n";
+        let errors = Config::parse(text).unwrap_err();
+        assert!(errors[0].render("k.toml", text).starts_with("k.toml:1:"));
+    }
+}

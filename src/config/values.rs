@@ -1,0 +1,114 @@
+//! Value types of the config file that validate themselves while being read, so that an error
+//! points at the offending value.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{Deserializer, Error};
+use serde::Deserialize;
+
+/// A duration written with its unit, e.g. `"250ms"`, `"5s"`, `"1m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(Duration);
+
+impl ConfigDuration {
+    pub const fn from_millis(millis: u64) -> Self {
+        ConfigDuration(Duration::from_millis(millis))
+    }
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let duration = humantime::parse_duration(&text).map_err(|_| {
+            D::Error::custom(format!(
+                "invalid duration {text:?}: write a number with a unit, such as \"250ms\" or \"5s\""
+            ))
+        })?;
+        if duration.is_zero() {
+            return Err(D::Error::custom(format!(
+                "invalid duration {text:?}: must be greater than zero"
+            )));
+        }
+        Ok(ConfigDuration(duration))
+    }
+}
+
+/// A `host:port` address; the host may be a name, resolved when connecting (so a Redis that
+/// moves behind the same name is followed on reconnect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    pub fn new(host: &str, port: u16) -> Self {
+        HostPort {
+            host: host.to_string(),
+            port,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let invalid = || D::Error::custom(format!("invalid address {text:?}: expected host:port"));
+        let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        if host.is_empty() || port == 0 {
+            return Err(invalid());
+        }
+        Ok(HostPort::new(host, port))
+    }
+}
+
+/// A `tracing` filter directive, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel("info".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&text)
+            .map_err(|error| D::Error::custom(format!("invalid log level {text:?}: {error}")))?;
+        Ok(LogLevel(text))
+    }
+}

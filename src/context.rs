@@ -1,0 +1,45 @@
+//! State shared by every session: the upstream, settings sessions act on, counters that
+//! `KEYWARD INFO` reports, and the shutdown signal.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::command::CommandTable;
+use crate::metrics::CommandMetrics;
+use crate::upstream::Upstream;
+
+pub struct Context {
+    pub upstream: Arc<Upstream>,
+    /// Pooled requests without a reply after this long are answered with an error.
+    pub request_timeout: Duration,
+    pub command_metrics: CommandMetrics,
+    pub started: Instant,
+    /// Open client connections, for `max_clients` and `KEYWARD INFO`.
+    pub clients: AtomicUsize,
+    pub connections_received: AtomicU64,
+    next_session_id: AtomicU64,
+    /// Cancelled when keyward starts shutting down: sessions stop reading and drain.
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(upstream: Arc<Upstream>, request_timeout: Duration) -> Context {
+        Context {
+            upstream,
+            request_timeout,
+            command_metrics: CommandMetrics::new(CommandTable::global()),
+            started: Instant::now(),
+            clients: AtomicUsize::new(0),
+            connections_received: AtomicU64::new(0),
+            next_session_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

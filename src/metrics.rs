@@ -1,0 +1,115 @@
+//! Every Prometheus metric keyward exports, registered here next to the helpers that record
+//! them, so names and labels are defined once.
+//!
+//! Per-command series are resolved to handles once per command and kept in a table indexed by
+//! command id: recording on the hot path is then an atomic add, with no label hashing. Labels
+//! are command names from the command table (unknown commands share one label), which keeps
+//! cardinality bounded whatever clients send.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::command::CommandTable;
+
+const COMMAND_DURATION: &str = "keyward_command_duration_seconds";
+
+/// Installs the global recorder; the handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(COMMAND_DURATION.into()), &buckets)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    ::metrics::describe_counter!("keyward_commands_total", "Commands received, by command");
+    ::metrics::describe_histogram!(
+        COMMAND_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time from receiving a forwarded command to its reply from Redis"
+    );
+    ::metrics::describe_gauge!("keyward_client_connections", "Open client connections");
+    ::metrics::describe_gauge!("keyward_upstream_connections", "Open connections to Redis");
+    ::metrics::describe_counter!(
+        "keyward_upstream_errors_total",
+        "Upstream failures, by kind (connect, io, timeout, busy)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_protocol_errors_total",
+        "Client connections closed for breaking the protocol"
+    );
+    ::metrics::describe_counter!(
+        "keyward_rejected_clients_total",
+        "Connections refused because max_clients was reached"
+    );
+}
+
+/// Per-command counters and latency histograms, created on first use of each command.
+pub struct CommandMetrics {
+    slots: Box<[OnceLock<(Counter, Histogram)>]>,
+}
+
+impl CommandMetrics {
+    pub fn new(table: &CommandTable) -> CommandMetrics {
+        CommandMetrics {
+            slots: (0..table.len()).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn slot(&self, id: usize) -> &(Counter, Histogram) {
+        let index = id.min(self.slots.len() - 1);
+        self.slots[index].get_or_init(|| {
+            let name = CommandTable::global().by_id(id).name.to_string();
+            (
+                counter!("keyward_commands_total", "command" => name.clone()),
+                histogram!(COMMAND_DURATION, "command" => name),
+            )
+        })
+    }
+
+    pub fn received(&self, id: usize) {
+        self.slot(id).0.increment(1);
+    }
+
+    pub fn replied(&self, id: usize, elapsed: Duration) {
+        self.slot(id).1.record(elapsed.as_secs_f64());
+    }
+}
+
+pub fn client_connected() {
+    gauge!("keyward_client_connections").increment(1.0);
+}
+
+pub fn client_disconnected() {
+    gauge!("keyward_client_connections").decrement(1.0);
+}
+
+pub fn client_rejected() {
+    counter!("keyward_rejected_clients_total").increment(1);
+}
+
+pub fn protocol_error() {
+    counter!("keyward_protocol_errors_total").increment(1);
+}
+
+pub fn upstream_connection_opened() {
+    gauge!("keyward_upstream_connections").increment(1.0);
+}
+
+pub fn upstream_connection_closed() {
+    gauge!("keyward_upstream_connections").decrement(1.0);
+}
+
+pub fn upstream_error(kind: &'static str) {
+    counter!("keyward_upstream_errors_total", "kind" => kind).increment(1);
+}

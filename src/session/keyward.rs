@@ -1,0 +1,68 @@
+//! `KEYWARD <subcommand>`: keyward's own commands, so `redis-cli` users reach everything
+//! without HTTP.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use crate::context::Context;
+use crate::resp::reply::{self, ReplyWriter};
+use crate::resp::Protocol;
+
+const HELP: &[&str] = &[
+    "KEYWARD <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "INFO",
+    "    Version, uptime, clients and the state of the upstream Redis.",
+    "HELP",
+    "    Print this help.",
+];
+
+pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes {
+    let subcommand = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    match (subcommand.as_str(), args.len()) {
+        ("INFO", 2) => ReplyWriter::new(protocol)
+            .bulk(info(context).as_bytes())
+            .finish(),
+        ("HELP", 2) => {
+            let mut writer = ReplyWriter::new(protocol).array(HELP.len());
+            for line in HELP {
+                writer = writer.simple(line);
+            }
+            writer.finish()
+        }
+        _ => reply::error(&format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try KEYWARD HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+/// `KEYWARD INFO`, in the `field:value` lines of Redis's `INFO`.
+fn info(context: &Context) -> String {
+    let upstream = &context.upstream;
+    let (up, total, last_error) = upstream.pool_state();
+    let status = if upstream.is_ready() { "up" } else { "down" };
+    let mut text = format!(
+        "# Keyward\r\n\
+         keyward_version:{}\r\n\
+         uptime_in_seconds:{}\r\n\
+         connected_clients:{}\r\n\
+         total_connections_received:{}\r\n\
+         \r\n# Upstream\r\n\
+         upstream_address:{}\r\n\
+         upstream_status:{status}\r\n\
+         upstream_redis_version:{}\r\n\
+         upstream_pooled_connections_up:{up}\r\n\
+         upstream_pooled_connections:{total}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        context.started.elapsed().as_secs(),
+        context.clients.load(Ordering::Relaxed),
+        context.connections_received.load(Ordering::Relaxed),
+        upstream.settings().address,
+        upstream.facts().version,
+    );
+    if let Some(error) = last_error {
+        text.push_str(&format!("upstream_last_error:{error}\r\n"));
+    }
+    text
+}

@@ -1,0 +1,535 @@
+//! One client connection: decode requests, answer or forward each, and write replies back in
+//! request order.
+//!
+//! A session forwards over a pooled upstream connection shared with other sessions, and moves
+//! to a connection of its own when it needs connection state (`MULTI`, `WATCH`, blocking
+//! commands, pub/sub, `MONITOR`, another user…). It stays there for the rest of its life, as
+//! it would be on Redis directly. Whenever the session changes connection (a new database, a
+//! new protocol, a dedicated connection), it first waits for every reply owed on the old one,
+//! so that Redis runs its commands in the client's order.
+//!
+//! Forwarding copies nothing: consecutive forwarded requests are cut from the read buffer as
+//! one slice and handed to the upstream connection as one batch.
+
+mod keyward;
+mod local;
+mod replies;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::command::{CommandInfo, CommandTable, Effect, LocalCommand};
+use crate::context::Context;
+use crate::metrics;
+use crate::resp::reply;
+use crate::resp::request::{Args, Decoded, RequestDecoder};
+use crate::upstream::{Batch, ConnHandle, Reply, SendError};
+use local::{ClientState, LocalContext, Outcome};
+use replies::{AfterReply, ReplyQueue};
+
+/// Read in steps of this size.
+const READ_CHUNK: usize = 16 * 1024;
+/// Stop reading requests while this much output waits for a slow client.
+const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
+/// Stop reading while this much unprocessed input is buffered (a request that needs more,
+/// such as one large value, raises it to its own size).
+const INPUT_HIGH_WATER: usize = 1024 * 1024;
+
+/// The upstream connection a session currently uses.
+enum Link {
+    Pooled(ConnHandle),
+    Dedicated {
+        conn: ConnHandle,
+        /// Frames no longer match commands one to one (pub/sub, `MONITOR`): everything is
+        /// relayed as it comes and nothing is answered locally.
+        streaming: bool,
+    },
+}
+
+/// Why the session stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The client closed its side; owed replies are still written.
+    ClientDone,
+    Quit,
+    ProtocolError,
+    /// The session's dedicated upstream connection is gone.
+    UpstreamGone,
+    Shutdown,
+}
+
+/// What a request turns into.
+enum Step {
+    Forward,
+    Local(LocalCommand),
+    /// The session needs its own upstream connection before this request can run.
+    Dedicate {
+        streaming: bool,
+    },
+}
+
+pub struct Session {
+    context: Arc<Context>,
+    peer: SocketAddr,
+    client: ClientState,
+    link: Link,
+    replies: ReplyQueue,
+    reply_sender: mpsc::UnboundedSender<Reply>,
+    reply_receiver: mpsc::UnboundedReceiver<Reply>,
+    decoder: RequestDecoder,
+    input: BytesMut,
+    /// Bytes the request at the front of `input` needs before it can be decoded.
+    input_needed: usize,
+    output: BytesMut,
+    closing: Option<Closing>,
+    /// A request waits for the current connection to owe nothing before it may run.
+    waiting_for_quiet: bool,
+    /// Set when opening a dedicated connection failed: the request that asked for it is
+    /// answered with this error instead.
+    dedicated_error: Option<Bytes>,
+    /// Reused for copying a local command's arguments out of the read buffer.
+    local_args: Vec<Vec<u8>>,
+}
+
+impl Session {
+    pub fn new(context: Arc<Context>, peer: SocketAddr) -> Session {
+        let id = context.next_session_id();
+        let client = ClientState::new(id);
+        let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
+        let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
+        Session {
+            context,
+            peer,
+            client,
+            link,
+            replies: ReplyQueue::default(),
+            reply_sender,
+            reply_receiver,
+            decoder: RequestDecoder::default(),
+            input: BytesMut::with_capacity(READ_CHUNK),
+            input_needed: 0,
+            output: BytesMut::with_capacity(READ_CHUNK),
+            closing: None,
+            waiting_for_quiet: false,
+            dedicated_error: None,
+            local_args: Vec::new(),
+        }
+    }
+
+    /// Serves the client until it leaves, breaks the protocol, or keyward shuts down.
+    pub async fn run(mut self, stream: TcpStream) {
+        let peer = self.peer;
+        match self.drive(&stream).await {
+            Ok(()) => tracing::debug!(%peer, "client session ended"),
+            Err(error) => tracing::debug!(%peer, %error, "client connection failed"),
+        }
+    }
+
+    async fn drive(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let timer = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(timer);
+        let mut timer_armed = false;
+        let shutdown = self.context.shutdown.clone();
+        loop {
+            while let Some(streaming) = self.process_input() {
+                self.open_dedicated(streaming).await;
+            }
+            self.write_output(stream)?;
+            if self.closing.is_some() && self.replies.is_empty() && self.output.is_empty() {
+                return Ok(());
+            }
+            if !timer_armed {
+                if let Some(deadline) = self.replies.next_deadline() {
+                    timer.as_mut().reset(deadline.into());
+                    timer_armed = true;
+                }
+            }
+            let wants_input = self.wants_input();
+            tokio::select! {
+                biased;
+                reply = self.reply_receiver.recv() => {
+                    // The session holds a sender itself, so the channel never closes.
+                    if let Some(reply) = reply {
+                        self.on_reply(reply);
+                        while let Ok(reply) = self.reply_receiver.try_recv() {
+                            self.on_reply(reply);
+                        }
+                    }
+                }
+                readiness = stream.readable(), if wants_input => {
+                    readiness?;
+                    self.read(stream)?;
+                }
+                readiness = stream.writable(), if !self.output.is_empty() => readiness?,
+                () = &mut timer, if timer_armed => {
+                    timer_armed = false;
+                    self.expire();
+                }
+                () = shutdown.cancelled(), if self.closing.is_none() => {
+                    self.closing = Some(Closing::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        self.closing.is_none()
+            && !self.waiting_for_quiet
+            && self.output.len() < OUTPUT_HIGH_WATER
+            && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
+    }
+
+    fn read(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let wanted = READ_CHUNK.max(self.input_needed.saturating_sub(self.input.len()));
+        if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+            self.input.reserve(wanted);
+        }
+        match stream.try_read_buf(&mut self.input) {
+            Ok(0) => self.closing = Some(Closing::ClientDone),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    fn write_output(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while !self.output.is_empty() {
+            match stream.try_write(&self.output) {
+                Ok(written) => self.output.advance(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+        if self.output.is_empty() && self.output.capacity() > 4 * OUTPUT_HIGH_WATER {
+            self.output = BytesMut::with_capacity(READ_CHUNK);
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        if !self.counts_replies() {
+            match reply {
+                Reply::Frames { bytes, .. } | Reply::Push(bytes) => {
+                    self.output.extend_from_slice(&bytes)
+                }
+                Reply::Failed { .. } | Reply::Closed { .. } => {
+                    self.closing = Some(Closing::UpstreamGone)
+                }
+            }
+            return;
+        }
+        let after = self
+            .replies
+            .on_reply(reply, &mut self.output, &self.context.command_metrics);
+        if after == AfterReply::CloseClient {
+            self.closing = Some(Closing::UpstreamGone);
+        }
+    }
+
+    fn expire(&mut self) {
+        let address = &self.context.upstream.settings().address;
+        let error = reply::error(&format!(
+            "ERR upstream {address}: no reply within {:?} (request_timeout)",
+            self.context.request_timeout
+        ));
+        let expired = self
+            .replies
+            .expire(Instant::now(), &error, &mut self.output);
+        if expired > 0 {
+            metrics::upstream_error("timeout");
+        }
+    }
+
+    /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
+    /// when the request at the front needs a dedicated connection opened first.
+    fn process_input(&mut self) -> Option<bool> {
+        self.waiting_for_quiet = false;
+        let mut batch = PendingBatch::default();
+        let sent_at = Instant::now();
+        let mut dedicate = None;
+        while self.closing.is_none() {
+            let decoded = match self.decoder.decode(&self.input[batch.len..]) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    self.send_batch(&mut batch);
+                    metrics::protocol_error();
+                    tracing::debug!(peer = %self.peer, error = %error.0, "protocol error");
+                    self.replies
+                        .push_ready(reply::error(&error.message()), &mut self.output);
+                    self.closing = Some(Closing::ProtocolError);
+                    break;
+                }
+            };
+            let (consumed, rewritten) = match decoded {
+                Decoded::Incomplete { needed } => {
+                    self.input_needed = needed;
+                    break;
+                }
+                Decoded::Empty { consumed } => {
+                    if batch.len > 0 {
+                        batch.len += consumed;
+                    } else {
+                        self.input.advance(consumed);
+                    }
+                    continue;
+                }
+                Decoded::Request {
+                    consumed,
+                    rewritten,
+                } => (consumed, rewritten),
+            };
+            self.input_needed = 0;
+            let source = rewritten
+                .as_deref()
+                .unwrap_or(&self.input[batch.len..batch.len + consumed]);
+            let args = self.decoder.args(source);
+            let info = CommandTable::global().lookup(&args);
+            let step = self.step_for(info, &args);
+            if matches!(step, Step::Local(_)) {
+                self.local_args.clear();
+                self.local_args.extend(args.iter().map(<[u8]>::to_vec));
+            }
+            self.context.command_metrics.received(info.id);
+
+            match step {
+                Step::Forward => {
+                    if self.counts_replies() {
+                        self.replies.command_sent(info.id, sent_at);
+                    }
+                    match rewritten {
+                        None => {
+                            batch.len += consumed;
+                            batch.count += 1;
+                        }
+                        Some(encoded) => {
+                            self.send_batch(&mut batch);
+                            self.input.advance(consumed);
+                            self.forward(encoded, 1, sent_at);
+                        }
+                    }
+                }
+                Step::Local(command) => {
+                    self.send_batch(&mut batch);
+                    if local::may_change_connection(command) && !self.is_quiet() {
+                        self.waiting_for_quiet = true;
+                        break;
+                    }
+                    if self.run_local(command, info) {
+                        if let Some(error) = self.dedicated_error.take() {
+                            self.input.advance(consumed);
+                            self.replies.push_ready(error, &mut self.output);
+                            continue;
+                        }
+                        dedicate = Some(false);
+                        break;
+                    }
+                    self.input.advance(consumed);
+                }
+                Step::Dedicate { streaming } => {
+                    self.send_batch(&mut batch);
+                    if let Some(error) = self.dedicated_error.take() {
+                        self.input.advance(consumed);
+                        self.replies.push_ready(error, &mut self.output);
+                        continue;
+                    }
+                    if !self.is_quiet() {
+                        self.waiting_for_quiet = true;
+                        break;
+                    }
+                    if let Link::Dedicated { streaming: now, .. } = &mut self.link {
+                        // Already dedicated: this request turns the connection into a stream.
+                        *now = true;
+                        continue;
+                    }
+                    dedicate = Some(streaming);
+                    break;
+                }
+            }
+        }
+        self.send_batch(&mut batch);
+        dedicate
+    }
+
+    /// Decides what to do with a request on the session's current connection.
+    fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
+        match &self.link {
+            Link::Dedicated { streaming, .. } => match info.effect {
+                Effect::Local(LocalCommand::Keyward) if !streaming => {
+                    Step::Local(LocalCommand::Keyward)
+                }
+                Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
+                _ => Step::Forward,
+            },
+            Link::Pooled(_) => match info.effect {
+                Effect::Stateless => Step::Forward,
+                Effect::Local(command) => Step::Local(command),
+                Effect::Dedicated => Step::Dedicate { streaming: false },
+                Effect::DedicatedWithBlockOption if has_block_option(args) => {
+                    Step::Dedicate { streaming: false }
+                }
+                Effect::DedicatedWithBlockOption => Step::Forward,
+                Effect::Streaming => Step::Dedicate { streaming: true },
+            },
+        }
+    }
+
+    /// Whether replies are matched to requests (everywhere but on a streaming connection).
+    fn counts_replies(&self) -> bool {
+        !matches!(
+            self.link,
+            Link::Dedicated {
+                streaming: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether nothing is owed on the current connection, so the session may switch.
+    fn is_quiet(&self) -> bool {
+        self.replies.outstanding() == 0 && !self.replies.awaiting_late_replies()
+    }
+
+    /// Runs a local command; `true` if it must instead go to Redis on a dedicated connection.
+    fn run_local(&mut self, command: LocalCommand, info: &CommandInfo) -> bool {
+        let facts = self.context.upstream.facts();
+        let local_context = LocalContext {
+            context: &self.context,
+            facts: &facts,
+            settings: self.context.upstream.settings(),
+        };
+        let before = (self.client.protocol, self.client.db);
+        let outcome = local::execute(
+            command,
+            info,
+            &self.local_args,
+            &mut self.client,
+            &local_context,
+        );
+        match outcome {
+            Outcome::Reply(reply) => self.replies.push_ready(reply, &mut self.output),
+            Outcome::ReplyThenClose(reply) => {
+                self.replies.push_ready(reply, &mut self.output);
+                self.closing = Some(Closing::Quit);
+            }
+            Outcome::NeedsDedicated => return true,
+        }
+        if before != (self.client.protocol, self.client.db) {
+            if let Link::Pooled(_) = self.link {
+                self.link = Link::Pooled(self.context.upstream.pooled(
+                    self.client.protocol,
+                    self.client.db,
+                    self.client.id,
+                ));
+            }
+        }
+        false
+    }
+
+    async fn open_dedicated(&mut self, streaming: bool) {
+        let setup = self.client.setup_commands();
+        let opened = self
+            .context
+            .upstream
+            .dedicated(
+                self.client.protocol,
+                self.client.db,
+                &setup,
+                self.reply_sender.clone(),
+            )
+            .await;
+        match opened {
+            Ok(conn) => self.link = Link::Dedicated { conn, streaming },
+            Err(error) => {
+                let address = &self.context.upstream.settings().address;
+                self.dedicated_error = Some(reply::error(&format!(
+                    "ERR upstream {address} unavailable: {error}"
+                )));
+            }
+        }
+    }
+
+    /// Hands the requests gathered in `batch` (the front of the input) to the connection.
+    fn send_batch(&mut self, batch: &mut PendingBatch) {
+        if batch.len == 0 {
+            return;
+        }
+        let bytes = self.input.split_to(batch.len).freeze();
+        let count = batch.count;
+        *batch = PendingBatch::default();
+        self.forward(bytes, count, Instant::now());
+    }
+
+    fn forward(&mut self, bytes: Bytes, count: u32, sent_at: Instant) {
+        let (conn, deadline) = match &self.link {
+            Link::Pooled(conn) => (conn, Some(sent_at + self.context.request_timeout)),
+            Link::Dedicated { conn, .. } => (conn, None),
+        };
+        let batch = Batch {
+            bytes,
+            count,
+            reply_to: self.reply_sender.clone(),
+        };
+        match conn.send(batch) {
+            Ok(()) => {
+                if self.counts_replies() {
+                    self.replies.push_upstream(count, deadline);
+                }
+            }
+            Err(error) => {
+                let address = &self.context.upstream.settings().address;
+                let (kind, message) = match error {
+                    SendError::Busy => ("busy", "busy: too many requests in flight"),
+                    SendError::Gone => ("io", "connection closed"),
+                };
+                metrics::upstream_error(kind);
+                let error = reply::error(&format!("ERR upstream {address} {message}"));
+                self.replies.unsend(count);
+                for _ in 0..count {
+                    self.replies.push_ready(error.clone(), &mut self.output);
+                }
+            }
+        }
+    }
+}
+
+/// Forwarded requests gathered at the front of the input, not yet handed to a connection.
+#[derive(Default)]
+struct PendingBatch {
+    len: usize,
+    count: u32,
+}
+
+/// `XREAD`/`XREADGROUP` block only with a `BLOCK` option before `STREAMS`.
+fn has_block_option(args: &Args<'_>) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|arg| !arg.eq_ignore_ascii_case(b"streams"))
+        .any(|arg| arg.eq_ignore_ascii_case(b"block"))
+}
+
+/// Counts a client connection for as long as it lives.
+pub struct ClientGuard(Arc<Context>);
+
+impl ClientGuard {
+    pub fn new(context: Arc<Context>) -> ClientGuard {
+        context.clients.fetch_add(1, Ordering::Relaxed);
+        context.connections_received.fetch_add(1, Ordering::Relaxed);
+        metrics::client_connected();
+        ClientGuard(context)
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        metrics::client_disconnected();
+    }
+}

@@ -1,0 +1,268 @@
+//! The order in which a session owes replies to its client.
+//!
+//! A client must get its replies in the order of its requests, whether a reply comes from
+//! Redis, from keyward itself, or is an error keyward gives in Redis's place. Each entry is
+//! either a ready reply or a number of replies owed by the upstream connection; upstream
+//! replies arrive in order, so a count is all that is needed to match them.
+//!
+//! A timed-out batch is answered with errors at once; its late replies still arrive from the
+//! connection (which stays in order for everyone else), and are discarded by count.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::metrics::CommandMetrics;
+use crate::upstream::Reply;
+
+enum Expected {
+    Ready(Bytes),
+    Upstream {
+        remaining: u32,
+        /// `None` on a dedicated connection, where a command may legitimately block.
+        deadline: Option<Instant>,
+    },
+}
+
+/// What the session must do after an upstream event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterReply {
+    Continue,
+    /// The dedicated connection is gone: close the client as Redis would have.
+    CloseClient,
+}
+
+#[derive(Default)]
+pub struct ReplyQueue {
+    entries: VecDeque<Expected>,
+    /// Replies owed by upstream, over all entries.
+    outstanding: u64,
+    /// Late replies of timed-out batches still to be thrown away.
+    discard: u64,
+    /// (command id, time sent) of each forwarded command awaiting its reply, for latency.
+    sent: VecDeque<(usize, Instant)>,
+}
+
+impl ReplyQueue {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Replies still owed by the upstream connection (timed-out ones excluded).
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+    }
+
+    /// Whether replies of timed-out requests may still arrive from the current connection;
+    /// such a connection must not be swapped for another until they have.
+    pub fn awaiting_late_replies(&self) -> bool {
+        self.discard > 0
+    }
+
+    /// A reply keyward made itself; written at once if nothing is owed before it.
+    pub fn push_ready(&mut self, reply: Bytes, output: &mut BytesMut) {
+        if self.entries.is_empty() {
+            output.extend_from_slice(&reply);
+        } else {
+            self.entries.push_back(Expected::Ready(reply));
+        }
+    }
+
+    pub fn command_sent(&mut self, command_id: usize, at: Instant) {
+        self.sent.push_back((command_id, at));
+    }
+
+    /// Forgets the latest `count` sends, which never reached a connection.
+    pub fn unsend(&mut self, count: u32) {
+        self.sent
+            .truncate(self.sent.len().saturating_sub(count as usize));
+    }
+
+    pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>) {
+        if count == 0 {
+            return;
+        }
+        self.outstanding += u64::from(count);
+        self.entries.push_back(Expected::Upstream {
+            remaining: count,
+            deadline,
+        });
+    }
+
+    /// The earliest deadline among owed replies.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.iter().find_map(|entry| match entry {
+            Expected::Upstream { deadline, .. } => *deadline,
+            Expected::Ready(_) => None,
+        })
+    }
+
+    /// Handles one message from the upstream connection.
+    pub fn on_reply(
+        &mut self,
+        reply: Reply,
+        output: &mut BytesMut,
+        metrics: &CommandMetrics,
+    ) -> AfterReply {
+        match reply {
+            Reply::Push(bytes) => output.extend_from_slice(&bytes),
+            Reply::Frames { bytes, count } => {
+                if !self.discarded(count) {
+                    self.settle(count, output, metrics, |output| {
+                        output.extend_from_slice(&bytes)
+                    });
+                }
+            }
+            Reply::Failed { count, error } => {
+                if !self.discarded(count) {
+                    self.settle(count, output, metrics, |output| {
+                        for _ in 0..count {
+                            output.extend_from_slice(&error);
+                        }
+                    });
+                }
+            }
+            Reply::Closed { error } => {
+                self.fail_all(&error, output);
+                return AfterReply::CloseClient;
+            }
+        }
+        AfterReply::Continue
+    }
+
+    /// Answers every owed reply whose deadline has passed with `error`.
+    pub fn expire(&mut self, now: Instant, error: &Bytes, output: &mut BytesMut) -> u64 {
+        let mut expired = 0;
+        for entry in &mut self.entries {
+            match entry {
+                Expected::Upstream {
+                    remaining,
+                    deadline: Some(deadline),
+                } if *deadline <= now => {
+                    let count = std::mem::take(remaining);
+                    *entry = Expected::Ready(error.repeat(count as usize).into());
+                    self.discard += u64::from(count);
+                    self.outstanding -= u64::from(count);
+                    self.sent.drain(..(count as usize).min(self.sent.len()));
+                    expired += u64::from(count);
+                }
+                Expected::Upstream { .. } => break,
+                Expected::Ready(_) => {}
+            }
+        }
+        self.write_ready(output);
+        expired
+    }
+
+    /// Answers everything still owed with `error` (the connection is gone).
+    fn fail_all(&mut self, error: &Bytes, output: &mut BytesMut) {
+        for entry in &mut self.entries {
+            if let Expected::Upstream { remaining, .. } = entry {
+                *entry = Expected::Ready(error.repeat(*remaining as usize).into());
+            }
+        }
+        self.outstanding = 0;
+        self.sent.clear();
+        self.write_ready(output);
+    }
+
+    fn discarded(&mut self, count: u32) -> bool {
+        if self.discard == 0 {
+            return false;
+        }
+        // Batches time out whole and replies arrive per batch, so a message is either all
+        // late or all current.
+        self.discard = self.discard.saturating_sub(u64::from(count));
+        true
+    }
+
+    fn settle(
+        &mut self,
+        count: u32,
+        output: &mut BytesMut,
+        metrics: &CommandMetrics,
+        write: impl FnOnce(&mut BytesMut),
+    ) {
+        write(output);
+        let now = Instant::now();
+        for (command_id, sent_at) in self.sent.drain(..(count as usize).min(self.sent.len())) {
+            metrics.replied(command_id, now - sent_at);
+        }
+        self.outstanding = self.outstanding.saturating_sub(u64::from(count));
+        let mut owed = count;
+        while owed > 0 {
+            match self.entries.front_mut() {
+                Some(Expected::Upstream { remaining, .. }) => {
+                    let taken = owed.min(*remaining);
+                    *remaining -= taken;
+                    owed -= taken;
+                    if *remaining == 0 {
+                        self.entries.pop_front();
+                    }
+                }
+                // Frames nobody is waiting for (e.g. a RESP2 message on a dedicated
+                // connection): they were written as they came.
+                _ => break,
+            }
+        }
+        self.write_ready(output);
+    }
+
+    fn write_ready(&mut self, output: &mut BytesMut) {
+        while let Some(Expected::Ready(reply)) = self.entries.front() {
+            output.extend_from_slice(reply);
+            self.entries.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::CommandTable;
+    use std::time::Duration;
+
+    fn frames(bytes: &'static [u8], count: u32) -> Reply {
+        Reply::Frames {
+            bytes: Bytes::from_static(bytes),
+            count,
+        }
+    }
+
+    #[test]
+    fn ready_replies_wait_for_earlier_upstream_ones() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        queue.push_upstream(2, None);
+        queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
+        queue.push_upstream(1, None);
+        assert!(output.is_empty());
+        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n");
+        queue.on_reply(frames(b":2\r\n", 1), &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n:2\r\n+local\r\n");
+        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n:2\r\n+local\r\n:3\r\n");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn timed_out_replies_are_answered_then_discarded() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        let start = Instant::now();
+        queue.push_upstream(2, Some(start));
+        queue.push_upstream(1, Some(start + Duration::from_secs(60)));
+        let error = Bytes::from_static(b"-ERR timeout\r\n");
+        assert_eq!(queue.expire(start, &error, &mut output), 2);
+        assert_eq!(&output[..], b"-ERR timeout\r\n-ERR timeout\r\n");
+        assert_eq!(queue.outstanding(), 1);
+        queue.on_reply(frames(b":1\r\n:2\r\n", 2), &mut output, &metrics);
+        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics);
+        assert_eq!(&output[..], b"-ERR timeout\r\n-ERR timeout\r\n:3\r\n");
+        assert!(queue.is_empty());
+    }
+}

@@ -1,0 +1,407 @@
+//! One connection to Redis, driven by one task that writes batches of commands and routes the
+//! replies back to the sessions that sent them.
+//!
+//! Replies come back in the order commands were written, so routing needs no tags: the task
+//! keeps a queue of (session, replies still owed) and hands each run of complete frames to the
+//! session at its head, as one buffer slice. A session's batch is never interleaved with
+//! another's, so the replies to one batch are contiguous.
+//!
+//! Caveat: a session that gave up on its replies (timeout, disconnect) still has them routed to
+//! it; it discards them itself. Dropping them here would need the task to know about sessions.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::resp::frame::{frame_len, is_push};
+
+/// Commands from one session, already encoded, that expect `count` replies.
+pub struct Batch {
+    pub bytes: Bytes,
+    pub count: u32,
+    pub reply_to: ReplySender,
+}
+
+/// What a session receives from its upstream connection.
+#[derive(Debug)]
+pub enum Reply {
+    /// `count` complete reply frames, in order.
+    Frames { bytes: Bytes, count: u32 },
+    /// A RESP3 push (pub/sub message, invalidation): not a reply to any command.
+    Push(Bytes),
+    /// The connection failed before `count` replies arrived; each gets `error`.
+    Failed { count: u32, error: Bytes },
+    /// A dedicated connection ended; `error` is owed for whatever was still in flight.
+    Closed { error: Bytes },
+}
+
+pub type ReplySender = mpsc::UnboundedSender<Reply>;
+
+/// How many batches may wait for one connection before senders are told it is busy.
+const QUEUED_BATCHES: usize = 4096;
+/// Stop taking batches while this much is written but not yet accepted by the socket.
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Read in steps of this size.
+const READ_CHUNK: usize = 64 * 1024;
+/// Iovecs handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// The shared view of a connection's health.
+#[derive(Default)]
+pub struct ConnStatus {
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ConnStatus {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_down(&self, error: String) {
+        self.up.store(false, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A session's way to one upstream connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    batches: mpsc::Sender<Batch>,
+    pub status: Arc<ConnStatus>,
+}
+
+/// Why a batch could not be handed to its connection.
+pub enum SendError {
+    /// More batches are queued than the connection can take; Redis is stalled or overloaded.
+    Busy,
+    /// The connection task is gone (a dedicated connection that closed).
+    Gone,
+}
+
+impl ConnHandle {
+    pub(super) fn channel() -> (ConnHandle, mpsc::Receiver<Batch>) {
+        let (batches, receiver) = mpsc::channel(QUEUED_BATCHES);
+        (
+            ConnHandle {
+                batches,
+                status: Arc::default(),
+            },
+            receiver,
+        )
+    }
+
+    pub fn send(&self, batch: Batch) -> Result<(), SendError> {
+        self.batches.try_send(batch).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    /// Whether two handles lead to the same connection.
+    pub fn same_connection(&self, other: &ConnHandle) -> bool {
+        self.batches.same_channel(&other.batches)
+    }
+}
+
+/// Why [`serve`] returned.
+pub(super) enum ServeEnd {
+    /// Every handle was dropped: nobody will send here again.
+    Released,
+    /// The connection broke; everything in flight has been failed.
+    Broken(String),
+}
+
+struct Pending {
+    reply_to: ReplySender,
+    remaining: u32,
+}
+
+/// Runs one connection until it breaks or is released. `owner` receives frames that answer no
+/// queued batch (pushes, RESP2 pub/sub messages) on a dedicated connection; on a shared one such
+/// frames mean Redis and keyward disagree, and the connection is dropped.
+pub(super) async fn serve(
+    stream: TcpStream,
+    batches: &mut mpsc::Receiver<Batch>,
+    owner: Option<&ReplySender>,
+    broken_reply: impl Fn(&str) -> Bytes,
+) -> ServeEnd {
+    let mut pending = VecDeque::new();
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = WriteQueue::default();
+    let end = drive(
+        &stream,
+        batches,
+        owner,
+        &mut pending,
+        &mut input,
+        &mut output,
+    )
+    .await;
+    if let ServeEnd::Broken(reason) = &end {
+        let error = broken_reply(reason);
+        for waiting in pending.drain(..) {
+            let _ = waiting.reply_to.send(Reply::Failed {
+                count: waiting.remaining,
+                error: error.clone(),
+            });
+        }
+        if let Some(owner) = owner {
+            let _ = owner.send(Reply::Closed { error });
+        }
+    }
+    end
+}
+
+async fn drive(
+    stream: &TcpStream,
+    batches: &mut mpsc::Receiver<Batch>,
+    owner: Option<&ReplySender>,
+    pending: &mut VecDeque<Pending>,
+    input: &mut BytesMut,
+    output: &mut WriteQueue,
+) -> ServeEnd {
+    loop {
+        tokio::select! {
+            biased;
+            readiness = stream.readable() => {
+                if let Err(error) = readiness {
+                    return ServeEnd::Broken(error.to_string());
+                }
+                if input.capacity() - input.len() < READ_CHUNK / 4 {
+                    input.reserve(READ_CHUNK);
+                }
+                match stream.try_read_buf(input) {
+                    Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
+                    Ok(_) => {
+                        if let Err(error) = route(input, pending, owner) {
+                            return ServeEnd::Broken(error);
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return ServeEnd::Broken(error.to_string()),
+                }
+            }
+            batch = batches.recv(), if output.bytes < WRITE_HIGH_WATER => {
+                let Some(batch) = batch else {
+                    return ServeEnd::Released;
+                };
+                output.push(batch, pending);
+                while output.bytes < WRITE_HIGH_WATER {
+                    match batches.try_recv() {
+                        Ok(batch) => output.push(batch, pending),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(error) = output.flush(stream) {
+                    return ServeEnd::Broken(error.to_string());
+                }
+            }
+            readiness = stream.writable(), if !output.is_empty() => {
+                if let Err(error) = readiness.and_then(|()| output.flush(stream)) {
+                    return ServeEnd::Broken(error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Hands every complete frame in `input` to whoever is owed it.
+fn route(
+    input: &mut BytesMut,
+    pending: &mut VecDeque<Pending>,
+    owner: Option<&ReplySender>,
+) -> Result<(), String> {
+    let mut run_len = 0;
+    let mut run_count = 0;
+    while let Some(len) = frame_len(&input[run_len..]).map_err(|e| e.to_string())? {
+        let push = is_push(&input[run_len..]);
+        if push || pending.is_empty() {
+            deliver_run(input, pending, &mut run_len, &mut run_count);
+            let frame = input.split_to(len).freeze();
+            let Some(owner) = owner else {
+                return Err("Redis sent a reply nobody asked for".into());
+            };
+            let _ = owner.send(if push {
+                Reply::Push(frame)
+            } else {
+                Reply::Frames {
+                    bytes: frame,
+                    count: 1,
+                }
+            });
+            continue;
+        }
+        run_len += len;
+        run_count += 1;
+        if pending
+            .front()
+            .is_some_and(|head| head.remaining == run_count)
+        {
+            deliver_run(input, pending, &mut run_len, &mut run_count);
+        }
+    }
+    deliver_run(input, pending, &mut run_len, &mut run_count);
+    Ok(())
+}
+
+fn deliver_run(
+    input: &mut BytesMut,
+    pending: &mut VecDeque<Pending>,
+    run_len: &mut usize,
+    run_count: &mut u32,
+) {
+    if *run_count == 0 {
+        return;
+    }
+    let bytes = input.split_to(*run_len).freeze();
+    if let Some(head) = pending.front_mut() {
+        let _ = head.reply_to.send(Reply::Frames {
+            bytes,
+            count: *run_count,
+        });
+        head.remaining -= *run_count;
+        if head.remaining == 0 {
+            pending.pop_front();
+        }
+    }
+    *run_len = 0;
+    *run_count = 0;
+}
+
+/// Batches accepted but not yet fully written, kept as the sessions' own buffers so that
+/// forwarding copies nothing; written with vectored writes.
+#[derive(Default)]
+struct WriteQueue {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl WriteQueue {
+    fn push(&mut self, batch: Batch, pending: &mut VecDeque<Pending>) {
+        if batch.count > 0 {
+            pending.push_back(Pending {
+                reply_to: batch.reply_to,
+                remaining: batch.count,
+            });
+        }
+        self.bytes += batch.bytes.len();
+        self.chunks.push_back(batch.bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Writes as much as the socket takes now.
+    fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while !self.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .chunks
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|chunk| IoSlice::new(chunk))
+                .collect();
+            let written = match stream.try_write_vectored(&slices) {
+                Ok(written) => written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            self.advance(written);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if front.len() > written {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending_for(count: u32) -> (Pending, mpsc::UnboundedReceiver<Reply>) {
+        let (reply_to, replies) = mpsc::unbounded_channel();
+        (
+            Pending {
+                reply_to,
+                remaining: count,
+            },
+            replies,
+        )
+    }
+
+    fn frames(reply: Reply) -> (Vec<u8>, u32) {
+        match reply {
+            Reply::Frames { bytes, count } => (bytes.to_vec(), count),
+            other => panic!("expected frames, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_runs_of_frames_per_batch_across_partial_reads() {
+        let (first, mut first_replies) = pending_for(2);
+        let (second, mut second_replies) = pending_for(1);
+        let mut pending = VecDeque::from([first, second]);
+        let mut input = BytesMut::from(&b"+OK\r\n:1\r\n$3\r\nab"[..]);
+        route(&mut input, &mut pending, None).unwrap();
+        assert_eq!(
+            frames(first_replies.try_recv().unwrap()),
+            (b"+OK\r\n:1\r\n".to_vec(), 2)
+        );
+        assert!(second_replies.try_recv().is_err());
+        input.extend_from_slice(b"c\r\n");
+        route(&mut input, &mut pending, None).unwrap();
+        assert_eq!(
+            frames(second_replies.try_recv().unwrap()),
+            (b"$3\r\nabc\r\n".to_vec(), 1)
+        );
+        assert!(pending.is_empty() && input.is_empty());
+    }
+
+    #[test]
+    fn pushes_go_to_the_owner_between_replies() {
+        let (head, mut replies) = pending_for(2);
+        let (owner, mut owned) = mpsc::unbounded_channel();
+        let mut pending = VecDeque::from([head]);
+        let mut input = BytesMut::from(&b":1\r\n>2\r\n+invalidate\r\n*0\r\n:2\r\n"[..]);
+        route(&mut input, &mut pending, Some(&owner)).unwrap();
+        assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
+        assert!(matches!(owned.try_recv().unwrap(), Reply::Push(_)));
+        assert_eq!(frames(replies.try_recv().unwrap()), (b":2\r\n".to_vec(), 1));
+    }
+
+    #[test]
+    fn an_unexpected_reply_on_a_shared_connection_is_an_error() {
+        let mut input = BytesMut::from(&b"+OK\r\n"[..]);
+        assert!(route(&mut input, &mut VecDeque::new(), None).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Opening a connection to Redis: connect, authenticate, choose the protocol and database, and
+//! learn the facts about the server that sessions answer from (`HELLO`, `SELECT` bounds).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis_protocol::resp3::decode::complete::decode;
+use redis_protocol::resp3::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{encode_command, UpstreamError, UpstreamSettings};
+use crate::resp::Protocol;
+
+/// What Redis told us about itself; sessions answer `HELLO` and check `SELECT` with it.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub version: String,
+    pub mode: String,
+    pub role: String,
+    /// Module names and versions, as `HELLO` lists them.
+    pub modules: Vec<(String, i64)>,
+    /// `CONFIG GET databases`, or Redis's default when the user may not run `CONFIG`.
+    pub databases: u32,
+}
+
+impl Default for ServerFacts {
+    fn default() -> Self {
+        ServerFacts {
+            version: "unknown".into(),
+            mode: "standalone".into(),
+            role: "master".into(),
+            modules: Vec::new(),
+            databases: 16,
+        }
+    }
+}
+
+/// A connection ready for commands, and the server's facts when they were asked for.
+pub struct Handshaken {
+    pub stream: TcpStream,
+    pub facts: Option<ServerFacts>,
+}
+
+/// Connects and prepares a connection for `protocol` and database `db`; `setup` commands
+/// (already encoded) run last, e.g. a dedicated connection's `CLIENT SETNAME`.
+pub async fn connect(
+    settings: &UpstreamSettings,
+    protocol: Protocol,
+    db: u32,
+    setup: &[Vec<Vec<u8>>],
+    want_facts: bool,
+) -> Result<Handshaken, UpstreamError> {
+    let deadline = settings.connect_timeout;
+    tokio::time::timeout(
+        deadline,
+        handshake(settings, protocol, db, setup, want_facts),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout(deadline))?
+}
+
+async fn handshake(
+    settings: &UpstreamSettings,
+    protocol: Protocol,
+    db: u32,
+    setup: &[Vec<Vec<u8>>],
+    want_facts: bool,
+) -> Result<Handshaken, UpstreamError> {
+    let address = &settings.address;
+    let mut stream = TcpStream::connect((address.host(), address.port()))
+        .await
+        .map_err(UpstreamError::Io)?;
+    stream.set_nodelay(true).map_err(UpstreamError::Io)?;
+
+    let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut hello = vec![
+        b"HELLO".to_vec(),
+        protocol.version().to_string().into_bytes(),
+    ];
+    if let Some(password) = &settings.password {
+        hello.push(b"AUTH".to_vec());
+        hello.push(
+            settings
+                .username
+                .as_deref()
+                .unwrap_or("default")
+                .as_bytes()
+                .to_vec(),
+        );
+        hello.push(password.as_bytes().to_vec());
+    }
+    commands.push(hello);
+    if db != 0 {
+        commands.push(vec![b"SELECT".to_vec(), db.to_string().into_bytes()]);
+    }
+    if want_facts {
+        commands.push(vec![
+            b"CONFIG".to_vec(),
+            b"GET".to_vec(),
+            b"databases".to_vec(),
+        ]);
+    }
+    commands.extend(setup.iter().cloned());
+
+    let mut out = BytesMut::new();
+    for command in &commands {
+        encode_command(command, &mut out);
+    }
+    stream.write_all(&out).await.map_err(UpstreamError::Io)?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut replies = Vec::with_capacity(commands.len());
+    while replies.len() < commands.len() {
+        match decode(&buf).map_err(|e| UpstreamError::Handshake(e.to_string()))? {
+            Some((frame, used)) => {
+                let _ = buf.split_to(used);
+                replies.push(frame);
+            }
+            None => {
+                if stream.read_buf(&mut buf).await.map_err(UpstreamError::Io)? == 0 {
+                    return Err(UpstreamError::Handshake("connection closed".into()));
+                }
+            }
+        }
+    }
+
+    let mut facts = want_facts.then(ServerFacts::default);
+    for (command, reply) in commands.iter().zip(&replies) {
+        let name = String::from_utf8_lossy(&command[0]).to_uppercase();
+        if let Some(message) = error_text(reply) {
+            let is_config = name == "CONFIG";
+            if !is_config {
+                return Err(UpstreamError::Handshake(format!("{name}: {message}")));
+            }
+            continue;
+        }
+        if let Some(facts) = facts.as_mut() {
+            match name.as_str() {
+                "HELLO" => read_hello(reply, facts),
+                "CONFIG" => {
+                    if let Some(databases) = pairs(reply)
+                        .into_iter()
+                        .find(|(key, _)| text(key).as_deref() == Some("databases"))
+                        .and_then(|(_, value)| text(value)?.parse().ok())
+                    {
+                        facts.databases = databases;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Handshaken { stream, facts })
+}
+
+fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {
+    for (key, value) in pairs(reply) {
+        match text(key).as_deref() {
+            Some("version") => facts.version = text(value).unwrap_or_default(),
+            Some("mode") => facts.mode = text(value).unwrap_or_default(),
+            Some("role") => facts.role = text(value).unwrap_or_default(),
+            Some("modules") => {
+                facts.modules = elements(value)
+                    .iter()
+                    .map(|module| {
+                        let fields = pairs(module);
+                        let field = |name: &str| {
+                            fields
+                                .iter()
+                                .find(|(key, _)| text(key).as_deref() == Some(name))
+                                .map(|(_, value)| *value)
+                        };
+                        let name = field("name").and_then(text).unwrap_or_default();
+                        let version = match field("ver") {
+                            Some(OwnedFrame::Number { data, .. }) => *data,
+                            _ => 0,
+                        };
+                        (name, version)
+                    })
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+}
+
+fn error_text(frame: &OwnedFrame) -> Option<String> {
+    match frame {
+        OwnedFrame::SimpleError { data, .. } => Some(data.clone()),
+        OwnedFrame::BlobError { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+        _ => None,
+    }
+}
+
+fn text(frame: &OwnedFrame) -> Option<String> {
+    match frame {
+        OwnedFrame::BlobString { data, .. }
+        | OwnedFrame::SimpleString { data, .. }
+        | OwnedFrame::VerbatimString { data, .. } => {
+            Some(String::from_utf8_lossy(data).into_owned())
+        }
+        OwnedFrame::Number { data, .. } => Some(data.to_string()),
+        _ => None,
+    }
+}
+
+fn elements(frame: &OwnedFrame) -> &[OwnedFrame] {
+    match frame {
+        OwnedFrame::Array { data, .. } | OwnedFrame::Push { data, .. } => data,
+        _ => &[],
+    }
+}
+
+/// Key/value pairs of a RESP3 map or of the flat array RESP2 sends in its place.
+fn pairs(frame: &OwnedFrame) -> Vec<(&OwnedFrame, &OwnedFrame)> {
+    match frame {
+        OwnedFrame::Map { data, .. } => data.iter().collect(),
+        other => elements(other)
+            .chunks_exact(2)
+            .map(|pair| (&pair[0], &pair[1]))
+            .collect(),
+    }
+}
+
+/// How long to wait before the next reconnect attempt: doubling from a short first wait, capped
+/// so a Redis that comes back is used again within the cap.
+pub fn next_backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(25), Duration::from_millis(500))
+}

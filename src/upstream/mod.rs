@@ -1,0 +1,264 @@
+//! Connections to Redis: a pool of multiplexed connections per (protocol, database), and
+//! dedicated connections for sessions that hold connection state.
+//!
+//! Pooled connections reconnect by themselves with backoff; while one is down, batches sent to
+//! it fail at once with a Redis-style error rather than waiting. A dedicated connection lives
+//! as long as its session and is never reopened behind the client's back, because the state it
+//! held (a transaction, subscriptions) would be gone.
+
+mod connection;
+mod handshake;
+
+pub use connection::{Batch, ConnHandle, Reply, ReplySender, SendError};
+pub use handshake::ServerFacts;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, HostPort};
+use crate::metrics;
+use crate::resp::{reply, Protocol};
+use connection::{serve, ServeEnd};
+
+/// Everything needed to open a connection to Redis.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub address: HostPort,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl UpstreamSettings {
+    pub fn from_config(config: &Config) -> Result<UpstreamSettings, String> {
+        Ok(UpstreamSettings {
+            address: config.upstream.address.clone(),
+            pool_size: config.upstream.pool_size.get(),
+            connect_timeout: config.upstream.connect_timeout.get(),
+            username: config.upstream.username.clone(),
+            password: config.upstream_password()?,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    Io(std::io::Error),
+    Timeout(Duration),
+    Handshake(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Io(error) => write!(f, "{error}"),
+            UpstreamError::Timeout(after) => write!(f, "no connection after {after:?}"),
+            UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
+        }
+    }
+}
+
+type PoolKey = (Protocol, u32);
+
+/// The Redis server keyward fronts, as seen by sessions.
+pub struct Upstream {
+    settings: UpstreamSettings,
+    pools: Mutex<FxHashMap<PoolKey, Arc<[ConnHandle]>>>,
+    facts: RwLock<Arc<ServerFacts>>,
+}
+
+impl Upstream {
+    /// Creates the upstream and opens the default pool (RESP2, db 0) so that readiness reflects
+    /// Redis from the start. Must run inside the runtime.
+    pub fn start(settings: UpstreamSettings) -> Arc<Upstream> {
+        let upstream = Arc::new(Upstream {
+            settings,
+            pools: Mutex::default(),
+            facts: RwLock::default(),
+        });
+        upstream.pooled(Protocol::Resp2, 0, 0);
+        upstream
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// The pooled connection for a session: always the same one for the same `slot`.
+    pub fn pooled(self: &Arc<Self>, protocol: Protocol, db: u32, slot: u64) -> ConnHandle {
+        let pool = {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools
+                .entry((protocol, db))
+                .or_insert_with(|| self.open_pool(protocol, db))
+                .clone()
+        };
+        pool[(slot % pool.len() as u64) as usize].clone()
+    }
+
+    fn open_pool(self: &Arc<Self>, protocol: Protocol, db: u32) -> Arc<[ConnHandle]> {
+        (0..self.settings.pool_size)
+            .map(|_| {
+                let (handle, batches) = ConnHandle::channel();
+                tokio::spawn(run_pooled(
+                    Arc::clone(self),
+                    protocol,
+                    db,
+                    batches,
+                    Arc::clone(&handle.status),
+                ));
+                handle
+            })
+            .collect()
+    }
+
+    /// Opens a connection for one session alone. `setup` commands restore the session's state
+    /// on it (e.g. `CLIENT SETNAME`); replies and pushes go to `owner`.
+    pub async fn dedicated(
+        &self,
+        protocol: Protocol,
+        db: u32,
+        setup: &[Vec<Vec<u8>>],
+        owner: ReplySender,
+    ) -> Result<ConnHandle, UpstreamError> {
+        let connected = handshake::connect(&self.settings, protocol, db, setup, false)
+            .await
+            .inspect_err(|_| metrics::upstream_error("connect"))?;
+        let (handle, mut batches) = ConnHandle::channel();
+        handle.status.set_up();
+        let address = self.settings.address.to_string();
+        tokio::spawn(async move {
+            metrics::upstream_connection_opened();
+            let end = serve(connected.stream, &mut batches, Some(&owner), |reason| {
+                broken_error(&address, reason)
+            })
+            .await;
+            if let ServeEnd::Broken(reason) = end {
+                metrics::upstream_error("io");
+                tracing::debug!(%reason, "dedicated upstream connection closed");
+            }
+            metrics::upstream_connection_closed();
+        });
+        Ok(handle)
+    }
+
+    pub fn facts(&self) -> Arc<ServerFacts> {
+        Arc::clone(&self.facts.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Ready when a connection of the default pool is up.
+    pub fn is_ready(&self) -> bool {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(Protocol::Resp2, 0))
+            .is_some_and(|pool| pool.iter().any(|conn| conn.status.is_up()))
+    }
+
+    /// (connections up, connections in all pools, last error seen) for `KEYWARD INFO`.
+    pub fn pool_state(&self) -> (usize, usize, Option<String>) {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = pools.values().flat_map(|pool| pool.iter());
+        let (mut up, mut total, mut last_error) = (0, 0, None);
+        for conn in conns {
+            total += 1;
+            if conn.status.is_up() {
+                up += 1;
+            } else if last_error.is_none() {
+                last_error = conn.status.last_error();
+            }
+        }
+        (up, total, last_error)
+    }
+}
+
+/// Keeps one pooled connection open for as long as keyward runs.
+async fn run_pooled(
+    upstream: Arc<Upstream>,
+    protocol: Protocol,
+    db: u32,
+    mut batches: mpsc::Receiver<Batch>,
+    status: Arc<connection::ConnStatus>,
+) {
+    let address = upstream.settings.address.to_string();
+    let mut backoff = Duration::ZERO;
+    loop {
+        match handshake::connect(&upstream.settings, protocol, db, &[], true).await {
+            Ok(connected) => {
+                if let Some(facts) = connected.facts {
+                    *upstream.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);
+                }
+                status.set_up();
+                backoff = Duration::ZERO;
+                metrics::upstream_connection_opened();
+                tracing::debug!(%address, ?protocol, db, "upstream connection open");
+                let end = serve(connected.stream, &mut batches, None, |reason| {
+                    broken_error(&address, reason)
+                })
+                .await;
+                metrics::upstream_connection_closed();
+                match end {
+                    ServeEnd::Released => return,
+                    ServeEnd::Broken(reason) => {
+                        metrics::upstream_error("io");
+                        tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
+                        status.set_down(reason);
+                    }
+                }
+            }
+            Err(error) => {
+                metrics::upstream_error("connect");
+                if status.last_error().is_none() || status.is_up() {
+                    tracing::warn!(%address, %error, "cannot connect to Redis; retrying");
+                }
+                status.set_down(error.to_string());
+            }
+        }
+        backoff = handshake::next_backoff(backoff);
+        if !fail_until_retry(&mut batches, &status, &address, backoff).await {
+            return;
+        }
+    }
+}
+
+/// Answers every batch that arrives during the backoff with an error, so nobody waits for a
+/// connection that is down. `false` once every handle is gone.
+async fn fail_until_retry(
+    batches: &mut mpsc::Receiver<Batch>,
+    status: &connection::ConnStatus,
+    address: &str,
+    backoff: Duration,
+) -> bool {
+    let retry = tokio::time::sleep(backoff);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            () = &mut retry => return true,
+            batch = batches.recv() => {
+                let Some(batch) = batch else { return false };
+                let reason = status.last_error().unwrap_or_else(|| "not connected".into());
+                let error = reply::error(&format!("ERR upstream {address} unavailable: {reason}"));
+                let _ = batch.reply_to.send(Reply::Failed { count: batch.count, error });
+            }
+        }
+    }
+}
+
+fn broken_error(address: &str, reason: &str) -> Bytes {
+    reply::error(&format!("ERR upstream {address}: {reason}"))
+}
+
+/// Encodes a command as a RESP multibulk, for the few commands keyward sends on its own.
+pub fn encode_command(args: &[Vec<u8>], out: &mut BytesMut) {
+    out.put_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.put_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+}
