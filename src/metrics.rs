@@ -42,7 +42,7 @@ fn describe() {
     ::metrics::describe_gauge!("keyward_upstream_connections", "Open connections to Redis");
     ::metrics::describe_counter!(
         "keyward_upstream_errors_total",
-        "Upstream failures, by kind (connect, io, timeout, busy)"
+        "Upstream failures: failed connects and broken connections (connect, io), and requests that timed out or found the connection busy (timeout, busy)"
     );
     ::metrics::describe_counter!(
         "keyward_protocol_errors_total",
@@ -110,6 +110,8 @@ pub fn upstream_connection_closed() {
     gauge!("keyward_upstream_connections").decrement(1.0);
 }
 
-pub fn upstream_error(kind: &'static str) {
-    counter!("keyward_upstream_errors_total", "kind" => kind).increment(1);
+/// `count` is 1 for a failed connection (`connect`, `io`) and the number of requests for
+/// request-level failures (`timeout`, `busy`).
+pub fn upstream_errors(kind: &'static str, count: u64) {
+    counter!("keyward_upstream_errors_total", "kind" => kind).increment(count);
 }

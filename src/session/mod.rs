@@ -244,7 +244,7 @@ impl Session {
             .replies
             .expire(Instant::now(), &error, &mut self.output);
         if expired > 0 {
-            metrics::upstream_error("timeout");
+            metrics::upstream_errors("timeout", expired);
         }
     }
 
@@ -489,7 +489,7 @@ impl Session {
                     SendError::Busy => ("busy", "busy: too many requests in flight"),
                     SendError::Gone => ("io", "connection closed"),
                 };
-                metrics::upstream_error(kind);
+                metrics::upstream_errors(kind, u64::from(count));
                 let error = reply::error(&format!("ERR upstream {address} {message}"));
                 self.replies.unsend(count);
                 for _ in 0..count {

@@ -128,7 +128,7 @@ impl Upstream {
     ) -> Result<ConnHandle, UpstreamError> {
         let connected = handshake::connect(&self.settings, protocol, db, setup, false)
             .await
-            .inspect_err(|_| metrics::upstream_error("connect"))?;
+            .inspect_err(|_| metrics::upstream_errors("connect", 1))?;
         let (handle, mut batches) = ConnHandle::channel();
         handle.status.set_up();
         let address = self.settings.address.to_string();
@@ -139,7 +139,7 @@ impl Upstream {
             })
             .await;
             if let ServeEnd::Broken(reason) = end {
-                metrics::upstream_error("io");
+                metrics::upstream_errors("io", 1);
                 tracing::debug!(%reason, "dedicated upstream connection closed");
             }
             metrics::upstream_connection_closed();
@@ -205,14 +205,14 @@ async fn run_pooled(
                 match end {
                     ServeEnd::Released => return,
                     ServeEnd::Broken(reason) => {
-                        metrics::upstream_error("io");
+                        metrics::upstream_errors("io", 1);
                         tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
                         status.set_down(reason);
                     }
                 }
             }
             Err(error) => {
-                metrics::upstream_error("connect");
+                metrics::upstream_errors("connect", 1);
                 if status.last_error().is_none() || status.is_up() {
                     tracing::warn!(%address, %error, "cannot connect to Redis; retrying");
                 }

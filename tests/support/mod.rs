@@ -108,6 +108,11 @@ impl Keyward {
     /// Starts keyward in front of Redis at `upstream_port`; `extra` is appended to a config
     /// that sets the listen, admin and upstream addresses (so it must not repeat those tables).
     pub fn start(upstream_port: u16, extra: &str) -> Keyward {
+        Keyward::start_with_upstream(upstream_port, "", extra)
+    }
+
+    /// Like [`Keyward::start`], with `upstream` lines added to the `[upstream]` table.
+    pub fn start_with_upstream(upstream_port: u16, upstream: &str, extra: &str) -> Keyward {
         let port = free_port();
         let admin_port = free_port();
         Keyward::start_with_config(
@@ -116,7 +121,7 @@ impl Keyward {
             &format!(
                 "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
                  [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
-                 connect_timeout = \"500ms\"\nrequest_timeout = \"3s\"\n\n\
+                 connect_timeout = \"500ms\"\n{upstream}\n\
                  [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\n{extra}"
             ),
         )
@@ -305,4 +310,26 @@ pub fn metric_value(metrics: &str, name: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// A private Redis with keyward in front of it, default settings.
+pub fn redis_and_keyward() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, "");
+    (redis, keyward)
+}
+
+/// How many times Redis ran a command, from `INFO commandstats`.
+pub fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client())
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,94 @@
+//! The admin endpoint as Prometheus and Kubernetes use it.
+
+mod support;
+
+use support::{metric_value, redis_and_keyward};
+
+#[test]
+fn metrics_move_with_traffic() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut client = keyward.client();
+    for _ in 0..25 {
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut client)
+            .unwrap();
+    }
+    let _: Option<String> = redis::cmd("GET").arg("k").query(&mut client).unwrap();
+    let mut raw = keyward.raw();
+    raw.send(b"*1\r\n$-9\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert!(raw.is_closed());
+
+    let (status, metrics) = keyward.admin_get("/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_value(&metrics, "keyward_commands_total", &["command=\"set\""]),
+        25.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "keyward_commands_total", &["command=\"get\""]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "keyward_command_duration_seconds_count",
+            &["command=\"set\""]
+        ),
+        25.0
+    );
+    assert!(metric_value(&metrics, "keyward_client_connections", &[]) >= 1.0);
+    assert!(metric_value(&metrics, "keyward_upstream_connections", &[]) >= 1.0);
+    assert!(
+        metrics.contains("# TYPE keyward_command_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "keyward_protocol_errors_total", &[]),
+        1.0
+    );
+
+    for _ in 0..5 {
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut client)
+            .unwrap();
+    }
+    let (_, metrics) = keyward.admin_get("/metrics");
+    assert_eq!(
+        metric_value(&metrics, "keyward_commands_total", &["command=\"set\""]),
+        30.0
+    );
+}
+
+#[test]
+fn health_and_readiness() {
+    let (mut redis, keyward) = redis_and_keyward();
+    assert_eq!(keyward.admin_get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(keyward.admin_get("/readyz").0, 200);
+    redis.kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while keyward.admin_get("/readyz").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready without Redis"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        keyward.admin_get("/healthz").0,
+        200,
+        "alive even when Redis is not"
+    );
+    assert_eq!(keyward.admin_get("/nope").0, 404);
+    assert_eq!(
+        support::http_request(keyward.admin_port, "POST", "/metrics").0,
+        405
+    );
+}

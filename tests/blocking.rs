@@ -1,0 +1,93 @@
+//! A blocking command holds a connection of its own, never one that others share.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::{Keyward, RedisServer};
+
+fn shared_upstream() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(redis.port, "pool_size = 1", "");
+    (redis, keyward)
+}
+
+#[test]
+fn blpop_does_not_delay_other_clients() {
+    let (_redis, keyward) = shared_upstream();
+    let mut blocked = keyward.client();
+    let mut pusher = keyward.client();
+    let mut reader = keyward.client();
+    let _: () = reader.set("k", "v").unwrap();
+    let waiter = std::thread::spawn(move || {
+        let popped: Option<(String, String)> = blocked.blpop("jobs", 5.0).unwrap();
+        popped
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let value: String = reader.get("k").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(value, "v");
+    assert!(!waiter.is_finished(), "BLPOP returned early");
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "GET waited {elapsed:?} behind BLPOP"
+    );
+    let _: () = pusher.rpush("jobs", "job-1").unwrap();
+    let popped = waiter.join().unwrap();
+    assert_eq!(popped, Some(("jobs".into(), "job-1".into())));
+}
+
+#[test]
+fn blocking_commands_time_out_as_on_redis() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let popped: Option<(String, String)> = client.brpop("empty", 0.2).unwrap();
+    assert_eq!(popped, None);
+    let value: i64 = client.incr("after", 1).unwrap();
+    assert_eq!(value, 1);
+}
+
+#[test]
+fn xread_block_waits_without_stalling_the_pool() {
+    let (_redis, keyward) = shared_upstream();
+    let mut reader = keyward.client();
+    let mut writer = keyward.client();
+    let waiter = std::thread::spawn(move || {
+        let reply: redis::Value = redis::cmd("XREAD")
+            .arg(&["BLOCK", "5000", "STREAMS", "events", "$"])
+            .query(&mut reader)
+            .unwrap();
+        reply
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let _: String = redis::cmd("XADD")
+        .arg(&["events", "*", "kind", "signup"])
+        .query(&mut writer)
+        .unwrap();
+    let reply = waiter.join().unwrap();
+    assert!(format!("{reply:?}").contains("signup"), "{reply:?}");
+}
+
+#[test]
+fn pipelined_commands_after_a_blocking_one_wait_for_it() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let mut pusher = keyward.client();
+    let waiter = std::thread::spawn(move || {
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP")
+            .arg("queue")
+            .arg(5)
+            .cmd("LLEN")
+            .arg("queue");
+        let (popped, len): (Option<(String, String)>, i64) = pipe.query(&mut client).unwrap();
+        (popped, len)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let _: () = pusher.rpush("queue", &["a", "b"]).unwrap();
+    let (popped, len) = waiter.join().unwrap();
+    assert_eq!(popped, Some(("queue".into(), "a".into())));
+    assert_eq!(len, 1);
+}

@@ -1,0 +1,159 @@
+//! Upstream failures: nothing hangs, every request gets its reply or a Redis-style error, and
+//! keyward serves again once Redis is back.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{Keyward, RedisServer};
+
+fn wait_for_pong(keyward: &Keyward, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut raw = keyward.raw();
+        raw.send(b"PING\r\n");
+        if raw.read_line() == "+PONG\r\n" {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "keyward did not serve again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
+    let mut redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, "");
+    let requests = 200_000;
+    let stream = TcpStream::connect(("127.0.0.1", keyward.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let command = b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n";
+        for _ in 0..requests / 1000 {
+            writer.write_all(&command.repeat(1000)).unwrap();
+        }
+    });
+    let mut reader = BufReader::new(stream);
+    let (mut ok, mut errors) = (0, 0);
+    let mut line = String::new();
+    for reply in 0..requests {
+        if reply == 1000 {
+            redis.kill();
+        }
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .expect("a reply for every request, no hang");
+        match line.as_bytes()[0] {
+            b':' => ok += 1,
+            b'-' => {
+                assert!(line.starts_with("-ERR upstream"), "{line}");
+                errors += 1;
+            }
+            _ => panic!("unexpected reply {line:?}"),
+        }
+    }
+    sender.join().unwrap();
+    assert!(ok >= 1000 && errors > 0, "{ok} ok, {errors} errors");
+    redis.restart();
+    wait_for_pong(&keyward, Duration::from_secs(5));
+    let value: i64 = redis::cmd("INCR")
+        .arg("fresh")
+        .query(&mut keyward.client())
+        .unwrap();
+    assert_eq!(value, 1);
+}
+
+#[test]
+fn keyward_starts_without_redis_and_serves_once_it_appears() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let keyward = Keyward::start(redis.port, "");
+    let mut raw = keyward.raw();
+    let started = Instant::now();
+    raw.send(b"GET k\r\n");
+    let reply = raw.read_line();
+    assert!(reply.starts_with("-ERR upstream 127.0.0.1:"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the error took {:?}",
+        started.elapsed()
+    );
+    let (status, _) = keyward.admin_get("/readyz");
+    assert_eq!(status, 503);
+    redis.restart();
+    let took = wait_for_pong(&keyward, Duration::from_secs(5));
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?} to serve again"
+    );
+    let (status, _) = keyward.admin_get("/readyz");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_request_past_request_timeout_gets_an_error_and_the_session_goes_on() {
+    let redis = RedisServer::start();
+    let keyward =
+        Keyward::start_with_upstream(redis.port, "pool_size = 1\nrequest_timeout = \"300ms\"", "");
+    let mut raw = keyward.raw();
+    // A script that keeps Redis busy for one second, as a stalled server would.
+    let stall = "local t = redis.call('TIME') \
+                 local stop = t[1] * 1000000 + t[2] + 1000000 \
+                 repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop \
+                 return 1";
+    let mut request = format!(
+        "*3\r\n$4\r\nEVAL\r\n${}\r\n{stall}\r\n$1\r\n0\r\n",
+        stall.len()
+    );
+    request.push_str("SET after sleep\r\n");
+    raw.send(request.as_bytes());
+    let started = Instant::now();
+    assert!(raw.read_line().contains("no reply within"));
+    assert!(raw.read_line().contains("no reply within"));
+    assert!(started.elapsed() < Duration::from_millis(900));
+    std::thread::sleep(Duration::from_millis(900));
+    raw.send(b"GET after\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "$5\r\n",
+        "the late replies were not mistaken for new ones"
+    );
+    assert_eq!(raw.read_line(), "sleep\r\n");
+    let metrics = keyward.admin_get("/metrics").1;
+    assert!(
+        support::metric_value(
+            &metrics,
+            "keyward_upstream_errors_total",
+            &["kind=\"timeout\""]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn a_dedicated_connection_that_breaks_closes_its_client() {
+    let mut redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, "");
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SUBSCRIBE news\r\n");
+    for _ in 0..6 {
+        subscriber.read_line();
+    }
+    let mut in_multi = keyward.raw();
+    in_multi.send(b"MULTI\r\n");
+    assert_eq!(in_multi.read_line(), "+OK\r\n");
+    redis.kill();
+    assert!(
+        subscriber.is_closed(),
+        "the subscriber must learn its subscriptions are gone"
+    );
+    assert!(
+        in_multi.is_closed(),
+        "the transaction is gone with the connection"
+    );
+}

@@ -1,0 +1,108 @@
+//! Pub/sub through keyward: subscribers get a connection of their own; RESP2 subscribe-mode
+//! rules and RESP3 pushes are Redis's own.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::redis_and_keyward;
+
+#[test]
+fn subscribe_and_publish_between_two_clients() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut subscriber = keyward.client();
+    let mut publisher = keyward.client();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("news").unwrap();
+    pubsub.psubscribe("alerts.*").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let receivers: i64 = publisher.publish("news", "hello").unwrap();
+    assert_eq!(receivers, 1);
+    let _: i64 = publisher.publish("alerts.disk", "full").unwrap();
+    let message = pubsub.get_message().unwrap();
+    assert_eq!(message.get_channel_name(), "news");
+    assert_eq!(message.get_payload::<String>().unwrap(), "hello");
+    let message = pubsub.get_message().unwrap();
+    assert_eq!(message.get_channel_name(), "alerts.disk");
+    assert_eq!(message.get_pattern::<String>().unwrap(), "alerts.*");
+    assert_eq!(message.get_payload::<String>().unwrap(), "full");
+}
+
+#[test]
+fn resp2_subscribe_mode_replies_byte_for_byte() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut raw = keyward.raw();
+    raw.send(b"SUBSCRIBE a b\r\n");
+    let expected =
+        "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n";
+    assert_eq!(
+        String::from_utf8(raw.read_exact(expected.len())).unwrap(),
+        expected
+    );
+    raw.send(b"GET k\r\n");
+    assert!(raw.read_line().starts_with("-ERR Can't execute 'get'"));
+    raw.send(b"PING\r\n");
+    let pong = "*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+    assert_eq!(String::from_utf8(raw.read_exact(pong.len())).unwrap(), pong);
+    let _: i64 = keyward.client().publish("b", "m").unwrap();
+    let message = "*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$1\r\nm\r\n";
+    assert_eq!(
+        String::from_utf8(raw.read_exact(message.len())).unwrap(),
+        message
+    );
+}
+
+#[test]
+fn resp3_pushes_arrive_between_replies() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut raw = keyward.raw();
+    raw.send(b"HELLO 3\r\n");
+    while raw.read_line() != "modules\r\n" {}
+    assert_eq!(raw.read_line(), "*0\r\n");
+    raw.send(b"SUBSCRIBE chat\r\n");
+    let confirmation = ">3\r\n$9\r\nsubscribe\r\n$4\r\nchat\r\n:1\r\n";
+    assert_eq!(
+        String::from_utf8(raw.read_exact(confirmation.len())).unwrap(),
+        confirmation
+    );
+    let _: i64 = keyward.client().publish("chat", "hi").unwrap();
+    let push = ">3\r\n$7\r\nmessage\r\n$4\r\nchat\r\n$2\r\nhi\r\n";
+    assert_eq!(String::from_utf8(raw.read_exact(push.len())).unwrap(), push);
+    raw.send(b"SET k v\r\nGET k\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "+OK\r\n",
+        "RESP3 allows commands while subscribed"
+    );
+    assert_eq!(raw.read_line(), "$1\r\n");
+    assert_eq!(raw.read_line(), "v\r\n");
+}
+
+#[test]
+fn a_subscriber_that_leaves_frees_its_connection() {
+    let (redis, keyward) = redis_and_keyward();
+    for _ in 0..10 {
+        let mut raw = keyward.raw();
+        raw.send(b"SUBSCRIBE temp\r\n");
+        raw.read_line();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("temp")
+            .query(&mut redis.client())
+            .unwrap();
+        if subscribers[0].1 == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscriptions outlived their clients"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,110 @@
+//! MULTI/EXEC and WATCH run on a connection of the client's own, so they mean what they mean
+//! on Redis.
+
+mod support;
+
+use redis::Commands;
+use support::{Keyward, RedisServer};
+
+fn shared_upstream() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(redis.port, "pool_size = 1", "");
+    (redis, keyward)
+}
+
+#[test]
+fn multi_exec_runs_atomically() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("a")
+        .cmd("INCRBY")
+        .arg("b")
+        .arg(5)
+        .query(&mut client)
+        .unwrap();
+    assert_eq!((a, b), (1, 5));
+}
+
+#[test]
+fn a_watch_conflict_returns_nil() {
+    let (_redis, keyward) = shared_upstream();
+    let mut watcher = keyward.client();
+    let mut writer = keyward.client();
+    let _: () = watcher.set("balance", 10).unwrap();
+    let _: () = redis::cmd("WATCH")
+        .arg("balance")
+        .query(&mut watcher)
+        .unwrap();
+    let _: () = writer.set("balance", 20).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut watcher).unwrap();
+    let queued: String = redis::cmd("SET")
+        .arg("balance")
+        .arg(0)
+        .query(&mut watcher)
+        .unwrap();
+    assert_eq!(queued, "QUEUED");
+    let result: Option<Vec<String>> = redis::cmd("EXEC").query(&mut watcher).unwrap();
+    assert_eq!(result, None, "EXEC after a conflicting write must abort");
+    let balance: i64 = writer.get("balance").unwrap();
+    assert_eq!(balance, 20);
+}
+
+#[test]
+fn another_client_does_not_land_inside_a_transaction() {
+    let (_redis, keyward) = shared_upstream();
+    let mut in_multi = keyward.client();
+    let mut other = keyward.client();
+    let _: () = redis::cmd("MULTI").query(&mut in_multi).unwrap();
+    let _: String = redis::cmd("INCR").arg("n").query(&mut in_multi).unwrap();
+    let value: i64 = other.incr("n", 1).unwrap();
+    assert_eq!(
+        value, 1,
+        "the other client's INCR was queued in someone's MULTI"
+    );
+    let results: Vec<i64> = redis::cmd("EXEC").query(&mut in_multi).unwrap();
+    assert_eq!(results, [2]);
+}
+
+#[test]
+fn discard_and_errors_inside_multi() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let _: () = redis::cmd("MULTI").query(&mut client).unwrap();
+    let _: String = redis::cmd("SET")
+        .arg("x")
+        .arg(1)
+        .query(&mut client)
+        .unwrap();
+    let _: () = redis::cmd("DISCARD").query(&mut client).unwrap();
+    let value: Option<i64> = client.get("x").unwrap();
+    assert_eq!(value, None);
+    let error = redis::cmd("EXEC").query::<()>(&mut client).unwrap_err();
+    assert!(error.to_string().contains("EXEC without MULTI"), "{error}");
+    let info: String = redis::cmd("KEYWARD")
+        .arg("INFO")
+        .query(&mut client)
+        .unwrap();
+    assert!(
+        info.contains("keyward_version"),
+        "KEYWARD works on a dedicated connection"
+    );
+}
+
+#[test]
+fn a_pipelined_transaction_after_writes_sees_them() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg("seen")
+        .arg("before")
+        .cmd("MULTI")
+        .cmd("GET")
+        .arg("seen")
+        .cmd("EXEC");
+    let (_, _, _, exec): (String, String, String, Vec<String>) = pipe.query(&mut client).unwrap();
+    assert_eq!(exec, ["before"]);
+}
