@@ -1,3 +1,20 @@
+//! keyward: a Redis-protocol sidecar proxy.
+//!
+//! A request travels through these modules, in order:
+//!
+//! - [`server`] accepts client connections and starts a session for each.
+//! - [`session`] decodes a client's requests ([`resp::request`]), answers connection state
+//!   itself, forwards everything else in batches, and writes replies back in request order.
+//! - [`command`] says what each command is: its flags, where its keys are, and how it affects
+//!   the connection it runs on (generated from Redis's own `COMMAND` output).
+//! - [`upstream`] holds the connections to Redis: pools shared by sessions, and dedicated
+//!   connections for sessions with connection state.
+//! - [`resp`] is the wire protocol: request decoding, reply delimiting, reply encoding.
+//!
+//! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
+//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions),
+//! [`signals`] and [`app`] (start and stop).
+
 pub mod admin;
 pub mod app;
 pub mod command;

@@ -21,11 +21,13 @@ fn config_file(text: &str) -> (tempfile::TempDir, String) {
 }
 
 #[test]
-fn check_accepts_the_example_config() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/keyward.toml");
-    let (code, output) = keyward(&["check", "--config", example]);
-    assert_eq!(code, 0, "{output}");
-    assert!(output.contains(": ok"), "{output}");
+fn check_accepts_the_bundled_configs() {
+    for name in ["keyward.toml", "container.toml"] {
+        let path = format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"));
+        let (code, output) = keyward(&["check", "--config", &path]);
+        assert_eq!(code, 0, "{output}");
+        assert!(output.contains(": ok"), "{output}");
+    }
 }
 
 #[test]
