@@ -12,7 +12,7 @@
 //! - [`resp`] is the wire protocol: request decoding, reply delimiting, reply encoding.
 //!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
-//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions),
+//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`net`] (socket reads),
 //! [`signals`] and [`app`] (start and stop).
 
 pub mod admin;
@@ -21,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod metrics;
+pub mod net;
 pub mod resp;
 pub mod server;
 pub mod session;

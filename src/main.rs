@@ -87,7 +87,15 @@ fn run(path: Option<&Path>) -> ExitCode {
         },
     };
     init_logging(config.log.level.as_str());
-    let runtime = match tokio::runtime::Runtime::new() {
+    let threads = config.runtime.threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("keyward: cannot start the runtime: {error}");

@@ -77,12 +77,38 @@ impl CommandMetrics {
         })
     }
 
-    pub fn received(&self, id: usize) {
-        self.slot(id).0.increment(1);
+    pub fn received(&self, id: usize, count: u64) {
+        self.slot(id).0.increment(count);
     }
 
-    pub fn replied(&self, id: usize, elapsed: Duration) {
-        self.slot(id).1.record(elapsed.as_secs_f64());
+    /// `count` commands of one kind, sent together and answered together.
+    pub fn replied(&self, id: usize, elapsed: Duration, count: usize) {
+        self.slot(id).1.record_many(elapsed.as_secs_f64(), count);
+    }
+}
+
+/// Counts a run of identical commands (a pipeline of `GET`s) before recording it, so that
+/// recording costs one atomic add per run instead of one per command.
+#[derive(Default)]
+pub struct ReceivedTally {
+    run: Option<(usize, u64)>,
+}
+
+impl ReceivedTally {
+    pub fn add(&mut self, metrics: &CommandMetrics, id: usize) {
+        match &mut self.run {
+            Some((run_id, count)) if *run_id == id => *count += 1,
+            _ => {
+                self.flush(metrics);
+                self.run = Some((id, 1));
+            }
+        }
+    }
+
+    pub fn flush(&mut self, metrics: &CommandMetrics) {
+        if let Some((id, count)) = self.run.take() {
+            metrics.received(id, count);
+        }
     }
 }
 

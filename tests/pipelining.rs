@@ -103,3 +103,25 @@ fn a_client_that_leaves_mid_pipeline_disturbs_nobody() {
         assert!(value > 0);
     }
 }
+
+#[test]
+fn single_threaded_runtime_keeps_every_clients_order() {
+    let redis = support::RedisServer::start();
+    let keyward = support::Keyward::start(redis.port, "[runtime]\nworker_threads = 1\n");
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let mut client = keyward.client();
+            std::thread::spawn(move || {
+                let mut pipe = redis::pipe();
+                for _ in 0..2_000 {
+                    pipe.cmd("INCR").arg(format!("counter:{n}"));
+                }
+                let replies: Vec<i64> = pipe.query(&mut client).unwrap();
+                assert_eq!(replies, (1..=2_000).collect::<Vec<i64>>());
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}

@@ -143,6 +143,21 @@ impl CommandTable {
         &self.unknown
     }
 
+    /// Like [`CommandTable::lookup`], but first checks `previous` (the caller's last result),
+    /// which a pipeline of one command (`GET`, `GET`, …) matches without hashing.
+    pub fn lookup_after(
+        &self,
+        previous: Option<&'static CommandInfo>,
+        args: &Args<'_>,
+    ) -> &CommandInfo {
+        if let (Some(info), Some(name)) = (previous, args.get(0)) {
+            if !info.has_subcommands && name.eq_ignore_ascii_case(info.name.as_bytes()) {
+                return info;
+            }
+        }
+        self.lookup(args)
+    }
+
     /// The entry for a request, descending into a subcommand where the command has them.
     pub fn lookup(&self, args: &Args<'_>) -> &CommandInfo {
         let Some(name) = args.get(0) else {

@@ -27,6 +27,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub runtime: RuntimeConfig,
 }
 
 /// Where clients connect.
@@ -108,6 +109,24 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             grace_period: ConfigDuration::from_millis(10_000),
+        }
+    }
+}
+
+/// How many threads serve connections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// 0 means one per CPU keyward may run on. With one thread, keyward runs single-threaded,
+    /// which costs less per request than a work-stealing scheduler on one CPU.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads => threads,
         }
     }
 }

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::command::{CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
-use crate::metrics;
+use crate::metrics::{self, ReceivedTally};
+use crate::net;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::upstream::{Batch, ConnHandle, Reply, SendError};
@@ -96,6 +97,9 @@ pub struct Session {
     dedicated_error: Option<Bytes>,
     /// Reused for copying a local command's arguments out of the read buffer.
     local_args: Vec<Vec<u8>>,
+    received: ReceivedTally,
+    /// The command of the previous request: pipelines usually repeat one command.
+    last_command: Option<&'static CommandInfo>,
 }
 
 impl Session {
@@ -113,13 +117,16 @@ impl Session {
             reply_sender,
             reply_receiver,
             decoder: RequestDecoder::default(),
-            input: BytesMut::with_capacity(READ_CHUNK),
+            // Buffers grow on first use, so an idle connection costs little memory.
+            input: BytesMut::new(),
             input_needed: 0,
-            output: BytesMut::with_capacity(READ_CHUNK),
+            output: BytesMut::new(),
             closing: None,
             waiting_for_quiet: false,
             dedicated_error: None,
             local_args: Vec::new(),
+            received: ReceivedTally::default(),
+            last_command: None,
         }
     }
 
@@ -191,7 +198,7 @@ impl Session {
         if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(wanted);
         }
-        match stream.try_read_buf(&mut self.input) {
+        match net::read_available(stream, &mut self.input) {
             Ok(0) => self.closing = Some(Closing::ClientDone),
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -209,7 +216,7 @@ impl Session {
             }
         }
         if self.output.is_empty() && self.output.capacity() > 4 * OUTPUT_HIGH_WATER {
-            self.output = BytesMut::with_capacity(READ_CHUNK);
+            self.output = BytesMut::new();
         }
         Ok(())
     }
@@ -291,13 +298,14 @@ impl Session {
                 .as_deref()
                 .unwrap_or(&self.input[batch.len..batch.len + consumed]);
             let args = self.decoder.args(source);
-            let info = CommandTable::global().lookup(&args);
+            let info = CommandTable::global().lookup_after(self.last_command, &args);
+            self.last_command = Some(info);
             let step = self.step_for(info, &args);
             if matches!(step, Step::Local(_)) {
                 self.local_args.clear();
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
             }
-            self.context.command_metrics.received(info.id);
+            self.received.add(&self.context.command_metrics, info.id);
 
             match step {
                 Step::Forward => {
@@ -355,6 +363,7 @@ impl Session {
             }
         }
         self.send_batch(&mut batch);
+        self.received.flush(&self.context.command_metrics);
         dedicate
     }
 
@@ -491,7 +500,7 @@ impl Session {
                 };
                 metrics::upstream_errors(kind, u64::from(count));
                 let error = reply::error(&format!("ERR upstream {address} {message}"));
-                self.replies.unsend(count);
+                self.replies.unsend(count as usize);
                 for _ in 0..count {
                     self.replies.push_ready(error.clone(), &mut self.output);
                 }

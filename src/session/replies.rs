@@ -40,8 +40,15 @@ pub struct ReplyQueue {
     outstanding: u64,
     /// Late replies of timed-out batches still to be thrown away.
     discard: u64,
-    /// (command id, time sent) of each forwarded command awaiting its reply, for latency.
-    sent: VecDeque<(usize, Instant)>,
+    /// Forwarded commands awaiting their replies, as runs of one command sent at one time,
+    /// for latency metrics.
+    sent: VecDeque<SentRun>,
+}
+
+struct SentRun {
+    command_id: usize,
+    at: Instant,
+    count: usize,
 }
 
 impl ReplyQueue {
@@ -70,13 +77,29 @@ impl ReplyQueue {
     }
 
     pub fn command_sent(&mut self, command_id: usize, at: Instant) {
-        self.sent.push_back((command_id, at));
+        match self.sent.back_mut() {
+            Some(run) if run.command_id == command_id && run.at == at => run.count += 1,
+            _ => self.sent.push_back(SentRun {
+                command_id,
+                at,
+                count: 1,
+            }),
+        }
     }
 
     /// Forgets the latest `count` sends, which never reached a connection.
-    pub fn unsend(&mut self, count: u32) {
-        self.sent
-            .truncate(self.sent.len().saturating_sub(count as usize));
+    pub fn unsend(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(run) = self.sent.back_mut() else {
+                return;
+            };
+            let taken = count.min(run.count);
+            run.count -= taken;
+            count -= taken;
+            if run.count == 0 {
+                self.sent.pop_back();
+            }
+        }
     }
 
     pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>) {
@@ -144,7 +167,7 @@ impl ReplyQueue {
                     *entry = Expected::Ready(error.repeat(count as usize).into());
                     self.discard += u64::from(count);
                     self.outstanding -= u64::from(count);
-                    self.sent.drain(..(count as usize).min(self.sent.len()));
+                    take_sent(&mut self.sent, count as usize, |_, _, _| {});
                     expired += u64::from(count);
                 }
                 Expected::Upstream { .. } => break,
@@ -186,9 +209,11 @@ impl ReplyQueue {
     ) {
         write(output);
         let now = Instant::now();
-        for (command_id, sent_at) in self.sent.drain(..(count as usize).min(self.sent.len())) {
-            metrics.replied(command_id, now - sent_at);
-        }
+        take_sent(
+            &mut self.sent,
+            count as usize,
+            |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
+        );
         self.outstanding = self.outstanding.saturating_sub(u64::from(count));
         let mut owed = count;
         while owed > 0 {
@@ -213,6 +238,26 @@ impl ReplyQueue {
         while let Some(Expected::Ready(reply)) = self.entries.front() {
             output.extend_from_slice(reply);
             self.entries.pop_front();
+        }
+    }
+}
+
+/// Removes the oldest `count` sends, calling `replied` for each run (or part of one).
+fn take_sent(
+    sent: &mut VecDeque<SentRun>,
+    mut count: usize,
+    mut replied: impl FnMut(usize, Instant, usize),
+) {
+    while count > 0 {
+        let Some(run) = sent.front_mut() else {
+            return;
+        };
+        let taken = count.min(run.count);
+        replied(run.command_id, run.at, taken);
+        run.count -= taken;
+        count -= taken;
+        if run.count == 0 {
+            sent.pop_front();
         }
     }
 }

@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::net;
 use crate::resp::frame::{frame_len, is_push};
 
 /// Commands from one session, already encoded, that expect `count` replies.
@@ -187,7 +189,7 @@ async fn drive(
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }
-                match stream.try_read_buf(input) {
+                match net::read_available(stream, input) {
                     Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
                     Ok(_) => {
                         if let Err(error) = route(input, pending, owner) {
@@ -203,6 +205,9 @@ async fn drive(
                     return ServeEnd::Released;
                 };
                 output.push(batch, pending);
+                // Let every session woken in this tick queue its batch first, so that one
+                // write carries them all.
+                tokio::task::yield_now().await;
                 while output.bytes < WRITE_HIGH_WATER {
                     match batches.try_recv() {
                         Ok(batch) => output.push(batch, pending),
@@ -312,13 +317,15 @@ impl WriteQueue {
     /// Writes as much as the socket takes now.
     fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
         while !self.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
+            let slices: SmallVec<[IoSlice<'_>; MAX_IOVECS]> = self
                 .chunks
                 .iter()
                 .take(MAX_IOVECS)
                 .map(|chunk| IoSlice::new(chunk))
                 .collect();
-            let written = match stream.try_write_vectored(&slices) {
+            let result = stream.try_write_vectored(&slices);
+            drop(slices);
+            let written = match result {
                 Ok(written) => written,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(error) => return Err(error),

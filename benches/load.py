@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Load benchmark: Redis direct, keyward and twemproxy in one interleaved run.
+
+Starts a private redis-server (pinned to cpu0), keyward and twemproxy (pinned to cpu1, where
+redis-benchmark also runs) on free loopback ports, then runs every scenario against every
+target, target after target, for a number of rounds, and prints per-scenario medians, the
+ratios keyward/direct and keyward/twemproxy, keyward's CPU seconds per million requests and
+its memory. Absolute numbers on a shared machine are noise; the ratios are the result.
+
+    python3 benches/load.py [--rounds 5] [--requests 200000] [--quick]
+
+Installs redis-tools and nutcracker from Debian if missing, and builds keyward in release mode.
+Everything it starts listens on 127.0.0.1 and is stopped on exit.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYWARD = os.path.join(ROOT, "target", "release", "keyward")
+CLIENTS = 50
+KEYSPACE = 10_000
+VALUE_BYTES = 64
+RUN_TIMEOUT = 120
+IDLE_CONNECTIONS = 10_000
+
+MGET_KEYS = ["key:__rand_int__"] * 10
+SCENARIOS = [
+    # name, redis-benchmark arguments, requests multiplier
+    ("GET, no pipelining", ["-t", "get", "-P", "1"], 1),
+    ("SET, no pipelining", ["-t", "set", "-P", "1"], 1),
+    ("GET, pipeline 16", ["-t", "get", "-P", "16"], 4),
+    ("SET, pipeline 16", ["-t", "set", "-P", "16"], 4),
+    ("MGET 10 keys, pipeline 16", ["-P", "16", "MGET", *MGET_KEYS], 2),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_tools():
+    missing = [pkg for tool, pkg in [("redis-benchmark", "redis-tools"), ("redis-server", "redis-server"),
+                                     ("nutcracker", "nutcracker"), ("taskset", "util-linux")]
+               if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}")]
+    if missing:
+        print(f"installing {' '.join(missing)}", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "keyward"], cwd=ROOT, check=True)
+
+
+def wait_port(port, what, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start on port {port}")
+
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def benchmark(port, args, requests):
+    argv = pinned(1, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
+                      "-n", str(requests), "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "--csv", *args])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
+    rows = [line.split(",") for line in out.strip().splitlines() if line and not line.startswith('"test"')]
+    return float(rows[-1][1].strip('"'))
+
+
+def open_idle_connections(port, count):
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        sockets.append(s)
+    # One round trip on the last connection proves every earlier one was accepted.
+    sockets[-1].sendall(b"PING\r\n")
+    sockets[-1].recv(16)
+    return sockets
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=200_000, help="requests per unpipelined run")
+    parser.add_argument("--quick", action="store_true", help="1 round, 50,000 requests: a smoke run")
+    parser.add_argument("--keyward-config", help="extra TOML appended to keyward's config (policies)")
+    options = parser.parse_args()
+    if options.quick:
+        options.rounds, options.requests = 1, 50_000
+    ensure_tools()
+
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    work = tempfile.mkdtemp(prefix="keyward-load-")
+    redis_port, keyward_port, admin_port, twem_port = (free_port() for _ in range(4))
+    processes = []
+
+    def start(argv, **kwargs):
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        processes.append(process)
+        return process
+
+    try:
+        start(pinned(0, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", work]))
+        wait_port(redis_port, "redis-server")
+        config = os.path.join(work, "keyward.toml")
+        with open(config, "w") as f:
+            f.write(f'[listen]\naddress = "127.0.0.1:{keyward_port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
+                    f'[upstream]\naddress = "127.0.0.1:{redis_port}"\n'
+                    f'[admin]\naddress = "127.0.0.1:{admin_port}"\n[log]\nlevel = "warn"\n')
+            if options.keyward_config:
+                f.write(open(options.keyward_config).read())
+        keyward = start(pinned(1, [KEYWARD, "--config", config]))
+        wait_port(keyward_port, "keyward")
+        twem_config = os.path.join(work, "nutcracker.yml")
+        with open(twem_config, "w") as f:
+            f.write(f"alpha:\n  listen: 127.0.0.1:{twem_port}\n  hash: fnv1a_64\n  distribution: ketama\n"
+                    f"  redis: true\n  server_connections: 1\n  servers:\n   - 127.0.0.1:{redis_port}:1\n")
+        nutcracker = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+        start(pinned(1, [nutcracker, "-c", twem_config, "-o", os.path.join(work, "nutcracker.log")]))
+        wait_port(twem_port, "twemproxy")
+
+        time.sleep(0.5)
+        idle_rss = rss_kib(keyward.pid)
+        subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", str(KEYSPACE * 5),
+                        "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
+
+        targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port)]
+        results = {(s[0], t[0]): [] for s in SCENARIOS for t in targets}
+        cpu_per_million = {s[0]: [] for s in SCENARIOS}
+        started = time.time()
+        for round_number in range(options.rounds):
+            for name, args, multiplier in SCENARIOS:
+                requests = options.requests * multiplier
+                for target, port in targets:
+                    before = cpu_seconds(keyward.pid)
+                    rps = benchmark(port, args, requests)
+                    results[(name, target)].append(rps)
+                    if target == "keyward":
+                        cpu_per_million[name].append((cpu_seconds(keyward.pid) - before) / requests * 1e6)
+            print(f"round {round_number + 1}/{options.rounds} done ({time.time() - started:.0f}s)", flush=True)
+        loaded_rss = rss_kib(keyward.pid)
+
+        before = rss_kib(keyward.pid)
+        sockets = open_idle_connections(keyward_port, IDLE_CONNECTIONS)
+        time.sleep(0.5)
+        per_connection = (rss_kib(keyward.pid) - before) * 1024 / IDLE_CONNECTIONS
+        for s in sockets:
+            s.close()
+
+        print()
+        print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
+              f"{options.rounds} rounds, medians in requests/s")
+        print("| scenario | direct | keyward | twemproxy | keyward/direct | keyward/twemproxy | "
+              "keyward CPU s per 1M requests |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, _, _ in SCENARIOS:
+            direct, ours, twem = (statistics.median(results[(name, t)]) for t, _ in targets)
+            print(f"| {name} | {direct:,.0f} | {ours:,.0f} | {twem:,.0f} | {ours / direct:.2f} | "
+                  f"{ours / twem:.2f} | {statistics.median(cpu_per_million[name]):.2f} |")
+        print()
+        print(f"keyward RSS: idle {idle_rss / 1024:.1f} MiB, after load {loaded_rss / 1024:.1f} MiB, "
+              f"{per_connection / 1024:.1f} KiB per idle client connection ({IDLE_CONNECTIONS:,} measured)")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
