@@ -17,6 +17,20 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn run(config: Config) -> Result<(), String> {
+    serve(config, async {
+        signals::wait_for_stop()
+            .await
+            .map_err(|e| format!("cannot watch signals: {e}"))
+    })
+    .await
+}
+
+/// Runs the proxy until `stop` completes, then drains within the grace period. Embedders
+/// (benchmarks) pass their own stop; the binary passes the signal watcher.
+pub async fn serve(
+    config: Config,
+    stop: impl std::future::Future<Output = Result<Stop, String>>,
+) -> Result<(), String> {
     let prometheus = metrics::install()?;
     let settings = UpstreamSettings::from_config(&config)?;
     let listener = TcpListener::bind(config.listen.address)
@@ -51,9 +65,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
     );
 
-    let stop = signals::wait_for_stop()
-        .await
-        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    let stop = stop.await?;
     let grace = match stop {
         Stop::Terminate => config.shutdown.grace_period.get(),
         Stop::Interrupt => config.shutdown.grace_period.get().min(INTERRUPT_GRACE),
