@@ -1,0 +1,47 @@
+// Shared by the compatibility programs: the target from the environment, assertions that
+// name what deviated, and a deadline so that a hang is a failure, not a stuck CI.
+import { execSync } from "node:child_process";
+import assert from "node:assert/strict";
+
+export const host = process.env.COMPAT_HOST ?? "127.0.0.1";
+export const port = Number(process.env.COMPAT_PORT ?? "6379");
+export const url = `redis://${host}:${port}`;
+export { assert };
+
+/** A key prefix of this run, so programs never see each other's keys. */
+export const prefix = `compat:${process.pid}:${Date.now()}:`;
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Restarts the target (Redis or keyward) on the same port, when the runner allows it. */
+export function restartTarget() {
+  if (!process.env.COMPAT_RESTART) return false;
+  execSync(process.env.COMPAT_RESTART, { stdio: "inherit" });
+  return true;
+}
+
+export async function waitFor(what, predicate, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Runs a program's main with a deadline; exits non-zero on any failure. */
+export function run(main, deadlineMs = 90_000) {
+  const timer = setTimeout(() => {
+    console.error(`deadline of ${deadlineMs} ms exceeded`);
+    process.exit(2);
+  }, deadlineMs);
+  main().then(
+    () => {
+      clearTimeout(timer);
+      process.exit(0);
+    },
+    (error) => {
+      console.error(error?.stack ?? error);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every compatibility program against HOST:PORT and prints one line per library, then
+# "N passed, M failed". COMPAT_RESTART, if set, is a command that restarts the target on the
+# same port (used for the reconnect flows). Needs ./setup.sh to have run.
+#
+#   tests/compat/run.sh 127.0.0.1 6380
+set -u
+cd "$(dirname "$0")"
+host=${1:?usage: run.sh HOST PORT}
+port=${2:?usage: run.sh HOST PORT}
+passed=0
+failed=0
+for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py; do
+  if [ "$program" = redis_py ]; then
+    command=(.venv/bin/python redis_py.py)
+  else
+    command=(node "$program.mjs")
+  fi
+  log=$(mktemp)
+  started=$(date +%s.%N)
+  if COMPAT_HOST=$host COMPAT_PORT=$port timeout 150 "${command[@]}" >"$log" 2>&1; then
+    printf '%-12s ok (%.1fs)\n' "$program" "$(echo "$(date +%s.%N) - $started" | bc)"
+    passed=$((passed + 1))
+  else
+    printf '%-12s FAILED\n' "$program"
+    tail -n 25 "$log" | sed 's/^/    /'
+    failed=$((failed + 1))
+  fi
+  rm -f "$log"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
