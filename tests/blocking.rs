@@ -91,3 +91,44 @@ fn pipelined_commands_after_a_blocking_one_wait_for_it() {
     assert_eq!(popped, Some(("queue".into(), "a".into())));
     assert_eq!(len, 1);
 }
+
+#[test]
+fn a_client_that_leaves_while_blocked_is_let_go_at_once() {
+    let (redis, keyward) = shared_upstream();
+    let mut raw = keyward.raw();
+    raw.send(b"BLPOP never 30\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    raw.shutdown_write();
+    let started = Instant::now();
+    assert!(raw.is_closed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the close waited for BLPOP's timeout"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut redis.client())
+            .unwrap();
+        if !clients.contains("cmd=blpop") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the blocked upstream connection outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_half_closed_client_on_the_pool_still_gets_its_replies() {
+    let (_redis, keyward) = shared_upstream();
+    let mut raw = keyward.raw();
+    raw.send(b"PING\r\nSET k v\r\n");
+    raw.shutdown_write();
+    assert_eq!(raw.read_line(), "+PONG\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert!(raw.is_closed());
+}

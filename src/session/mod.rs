@@ -149,7 +149,7 @@ impl Session {
                 self.open_dedicated(streaming).await;
             }
             self.write_output(stream)?;
-            if self.closing.is_some() && self.replies.is_empty() && self.output.is_empty() {
+            if self.finished() {
                 return Ok(());
             }
             if !timer_armed {
@@ -183,6 +183,20 @@ impl Session {
                     self.closing = Some(Closing::Shutdown);
                 }
             }
+        }
+    }
+
+    /// Whether the session is done: it stopped reading and owes nothing more. A client that
+    /// closed its side while on a dedicated connection is let go at once, as Redis frees a
+    /// client at end of stream: its blocked command or subscriptions would otherwise hold the
+    /// session (and the client waiting for the close) until they time out. On a pooled
+    /// connection the owed replies come within `request_timeout`, so they are still written:
+    /// `printf 'PING\r\n' | nc` gets its `PONG`.
+    fn finished(&self) -> bool {
+        match self.closing {
+            None => false,
+            Some(Closing::ClientDone) if matches!(self.link, Link::Dedicated { .. }) => true,
+            Some(_) => self.replies.is_empty() && self.output.is_empty(),
         }
     }
 
