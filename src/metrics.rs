@@ -49,6 +49,10 @@ fn describe() {
         "Client connections closed for breaking the protocol"
     );
     ::metrics::describe_counter!(
+        "keyward_output_limit_disconnects_total",
+        "Clients closed for not reading their pub/sub messages (output over 32 MiB)"
+    );
+    ::metrics::describe_counter!(
         "keyward_rejected_clients_total",
         "Connections refused because max_clients was reached"
     );
@@ -122,6 +126,10 @@ pub fn client_disconnected() {
 
 pub fn client_rejected() {
     counter!("keyward_rejected_clients_total").increment(1);
+}
+
+pub fn output_limit_disconnect() {
+    counter!("keyward_output_limit_disconnects_total").increment(1);
 }
 
 pub fn protocol_error() {

@@ -62,11 +62,13 @@ fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
     assert!(ok >= 1000 && errors > 0, "{ok} ok, {errors} errors");
     redis.restart();
     wait_for_pong(&keyward, Duration::from_secs(5));
-    let value: i64 = redis::cmd("INCR")
-        .arg("fresh")
-        .query(&mut keyward.client())
-        .unwrap();
-    assert_eq!(value, 1);
+    // Each pooled connection reconnects on its own backoff (at most 500 ms apart).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client = keyward.client();
+    while redis::cmd("SET").arg("fresh").arg(1).query::<()>(&mut client).is_err() {
+        assert!(Instant::now() < deadline, "keyward did not serve every client again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -117,21 +119,33 @@ fn a_request_past_request_timeout_gets_an_error_and_the_session_goes_on() {
     assert!(raw.read_line().contains("no reply within"));
     assert!(raw.read_line().contains("no reply within"));
     assert!(started.elapsed() < Duration::from_millis(900));
-    std::thread::sleep(Duration::from_millis(900));
-    raw.send(b"GET after\r\n");
-    assert_eq!(
-        raw.read_line(),
-        "$5\r\n",
-        "the late replies were not mistaken for new ones"
-    );
-    assert_eq!(raw.read_line(), "sleep\r\n");
+    // The stalled connection is reset after request_timeout; the session goes on, and even a
+    // connection switch (SELECT) does not wait for replies that will never come.
+    raw.send(b"SELECT 1\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        raw.send(b"SET after restart\r\nGET after\r\n");
+        let (set, get) = (raw.read_line(), raw.read_line());
+        if set == "+OK\r\n" {
+            assert_eq!(get, "$7\r\n", "the late replies were mistaken for new ones");
+            assert_eq!(raw.read_line(), "restart\r\n");
+            break;
+        }
+        assert!(get.starts_with('-'), "{get}");
+        assert!(
+            Instant::now() < deadline,
+            "keyward did not serve again: {set}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let metrics = keyward.admin_get("/metrics").1;
     assert!(
         support::metric_value(
             &metrics,
             "keyward_upstream_errors_total",
             &["kind=\"timeout\""]
-        ) >= 2.0
+        ) >= 1.0
     );
 }
 

@@ -202,3 +202,67 @@ fn keyward_own_credentials_are_answered_locally() {
         "keyward's own connections are authenticated"
     );
 }
+
+#[test]
+fn select_without_config_permission_lets_redis_judge_the_index() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "app",
+            "on",
+            ">app-secret",
+            "~*",
+            "+@all",
+            "-config",
+        ])
+        .query(&mut redis.client())
+        .unwrap();
+    std::env::set_var("KEYWARD_TEST_APP_PASSWORD", "app-secret");
+    let keyward = Keyward::start_with_upstream(
+        redis.port,
+        "username = \"app\"\npassword_env = \"KEYWARD_TEST_APP_PASSWORD\"",
+        "",
+    );
+    let mut client = keyward.client();
+    let error = redis::cmd("SELECT")
+        .arg(16)
+        .query::<()>(&mut client)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("DB index is out of range"),
+        "{error}"
+    );
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut client).unwrap();
+    let _: () = client.set("in3", "yes").unwrap();
+    let mut direct = redis.client();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut direct).unwrap();
+    let stored: String = direct.get("in3").unwrap();
+    assert_eq!(stored, "yes");
+}
+
+#[test]
+fn client_setinfo_is_kept_by_the_session() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.client();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["SETINFO", "LIB-NAME", "my-lib"])
+        .query(&mut client)
+        .unwrap();
+    let error = redis::cmd("CLIENT")
+        .arg(&["SETINFO", "COLOR", "red"])
+        .query::<()>(&mut client)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("Unrecognized option 'COLOR'"),
+        "{error}"
+    );
+    let error = redis::cmd("CLIENT")
+        .arg(&["SETINFO", "LIB-VER", "1 2"])
+        .query::<()>(&mut client)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("cannot contain spaces"),
+        "{error}"
+    );
+}

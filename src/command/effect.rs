@@ -46,7 +46,9 @@ pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
         "keyward" => Effect::Local(LocalCommand::Keyward),
         "xread" | "xreadgroup" => Effect::DedicatedWithBlockOption,
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
-        | "sunsubscribe" | "monitor" | "client|reply" | "sync" | "psync" | "replconf" => {
+        | "sunsubscribe" | "monitor" | "client|reply" | "sync" | "psync" | "replconf"
+        // The Lua debugger takes over the connection's protocol.
+        | "script|debug" => {
             Effect::Streaming
         }
         "multi" | "watch" | "wait" | "waitaof" | "client|tracking" | "client|caching"

@@ -106,7 +106,10 @@ fn push_spec_keys(spec: &KeySpec, args: &Args<'_>, out: &mut Vec<usize>) -> bool
                 return false;
             };
             let first = first + *first_key as i64;
-            (first, first + count - 1, *step)
+            let Some(last) = first.checked_add(count - 1) else {
+                return false;
+            };
+            (first, last, *step)
         }
         FindKeys::Unknown => return true,
     };

@@ -93,6 +93,15 @@ pub struct CommandTable {
     unknown: CommandInfo,
 }
 
+/// Commands of Redis versions newer than the bundled table that change connection state or
+/// block. They are added when the table lacks them, so that a newer Redis behind keyward never
+/// gets them on a shared connection.
+const NEWER_THAN_TABLE: &str = "\
+client|setinfo\t4\tnoscript,loading,stale\tslow,connection\t
+client|no-touch\t3\tnoscript,loading,stale\tslow,connection\t
+waitaof\t4\tnoscript,blocking\tslow,connection\t
+";
+
 /// Names longer than this are not Redis commands; they are looked up as unknown.
 const MAX_NAME_LEN: usize = 64;
 
@@ -108,6 +117,11 @@ impl CommandTable {
 
     pub fn from_tsv(text: &str) -> Result<CommandTable, String> {
         let mut commands = table_file::parse(text)?;
+        for newer in table_file::parse(NEWER_THAN_TABLE)? {
+            if !commands.iter().any(|known| known.name() == newer.name()) {
+                commands.push(newer);
+            }
+        }
         commands.push(table_file::Entry::keyward());
         let commands: Vec<CommandInfo> = commands
             .into_iter()
@@ -238,6 +252,27 @@ mod tests {
     }
 
     #[test]
+    fn knows_connection_commands_newer_than_the_table() {
+        for (words, effect) in [
+            (
+                &["CLIENT", "SETINFO", "LIB-NAME", "x"][..],
+                Effect::Local(LocalCommand::ClientSetInfo),
+            ),
+            (&["CLIENT", "NO-TOUCH", "ON"][..], Effect::Dedicated),
+            (&["WAITAOF", "0", "1", "0"][..], Effect::Dedicated),
+            (&["SCRIPT", "DEBUG", "YES"][..], Effect::Streaming),
+        ] {
+            with_args(words, |args| {
+                assert_eq!(
+                    CommandTable::global().lookup(args).effect,
+                    effect,
+                    "{words:?}"
+                )
+            });
+        }
+    }
+
+    #[test]
     fn finds_keys_for_the_special_cases() {
         assert_eq!(keys(&["GET", "a"]), ["a"]);
         assert_eq!(keys(&["MSET", "a", "1", "b", "2"]), ["a", "b"]);
@@ -279,6 +314,10 @@ mod tests {
         assert_eq!(keys(&["EVAL", "s", "-3", "a"]), Vec::<String>::new());
         assert_eq!(keys(&["EVAL", "s", "x"]), Vec::<String>::new());
         assert_eq!(keys(&["XREAD", "STREAMS"]), Vec::<String>::new());
+        assert_eq!(
+            keys(&["EVAL", "s", "9223372036854775807", "k"]),
+            Vec::<String>::new()
+        );
         assert_eq!(keys(&["MSET", "a"]), ["a"]);
     }
 }

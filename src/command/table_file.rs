@@ -17,6 +17,10 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// keyward's own `KEYWARD <subcommand>`.
     pub(super) fn keyward() -> Entry {
         Entry {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::de::{Deserializer, Error};
 use serde::Deserialize;
 
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration written with its unit, e.g. `"250ms"`, `"5s"`, `"1m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(Duration);
@@ -29,6 +31,11 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 "invalid duration {text:?}: write a number with a unit, such as \"250ms\" or \"5s\""
             ))
         })?;
+        if duration > MAX_DURATION {
+            return Err(D::Error::custom(format!(
+                "invalid duration {text:?}: must be at most 365 days"
+            )));
+        }
         if duration.is_zero() {
             return Err(D::Error::custom(format!(
                 "invalid duration {text:?}: must be greater than zero"

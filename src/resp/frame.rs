@@ -23,42 +23,70 @@ impl std::error::Error for FrameError {}
 /// A RESP3 attribute (`|`) is delimited together with the value it annotates, because a client
 /// reads the two as one reply.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
-    let mut pos = 0;
-    let mut owed: u64 = 1;
-    while owed > 0 {
-        let Some(&kind) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let Some(line_end) = find_crlf(buf, pos + 1) else {
-            return Ok(None);
-        };
-        let header = &buf[pos + 1..line_end];
-        pos = line_end + 2;
-        owed -= 1;
-        match kind {
-            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
-            b'$' | b'!' | b'=' => {
-                let len = length(header, kind)?;
-                if len >= 0 {
-                    let end = pos + len as usize + 2;
-                    if buf.len() < end {
-                        return Ok(None);
+    FrameScanner::default().scan(buf)
+}
+
+/// Delimits one frame across partial reads without walking again what it already walked, so
+/// that a reply of millions of elements arriving in many reads costs linear time.
+///
+/// Between calls, the frame must stay at the start of the buffer (more bytes appended).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameScanner {
+    /// Where the next value header starts.
+    pos: usize,
+    /// Values still owed before the frame is complete.
+    owed: u64,
+}
+
+impl Default for FrameScanner {
+    fn default() -> Self {
+        FrameScanner { pos: 0, owed: 1 }
+    }
+}
+
+impl FrameScanner {
+    /// The frame's length once complete (the scanner is then reset for the next frame).
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        while self.owed > 0 {
+            let start = self.pos;
+            let Some(&kind) = buf.get(start) else {
+                return Ok(None);
+            };
+            let Some(line_end) = find_crlf(buf, start + 1) else {
+                return Ok(None);
+            };
+            let header = &buf[start + 1..line_end];
+            let mut next = line_end + 2;
+            let mut owed = self.owed - 1;
+            match kind {
+                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+                b'$' | b'!' | b'=' => {
+                    let len = length(header, kind)?;
+                    if len >= 0 {
+                        next += len as usize + 2;
+                        if buf.len() < next {
+                            return Ok(None);
+                        }
                     }
-                    pos = end;
+                }
+                b'*' | b'~' | b'>' => owed += length(header, kind)?.max(0) as u64,
+                b'%' => owed += 2 * length(header, kind)?.max(0) as u64,
+                b'|' => owed += 2 * length(header, kind)?.max(0) as u64 + 1,
+                other => {
+                    *self = FrameScanner::default();
+                    return Err(FrameError(format!(
+                        "unexpected byte {:?} at the start of a reply",
+                        char::from(other)
+                    )));
                 }
             }
-            b'*' | b'~' | b'>' => owed += length(header, kind)?.max(0) as u64,
-            b'%' => owed += 2 * length(header, kind)?.max(0) as u64,
-            b'|' => owed += 2 * length(header, kind)?.max(0) as u64 + 1,
-            other => {
-                return Err(FrameError(format!(
-                    "unexpected byte {:?} at the start of a reply",
-                    char::from(other)
-                )))
-            }
+            self.pos = next;
+            self.owed = owed;
         }
+        let len = self.pos;
+        *self = FrameScanner::default();
+        Ok(Some(len))
     }
-    Ok(Some(pos))
 }
 
 /// Whether a complete frame is a RESP3 push (out-of-band data such as a pub/sub message or a
@@ -115,6 +143,21 @@ mod tests {
         complete(b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n");
         complete(b"=8\r\ntxt:abcd\r\n");
         complete(b",1.5\r\n#t\r\n(1\r\n_\r\n"[..6].as_ref());
+    }
+
+    #[test]
+    fn resumes_where_it_stopped() {
+        let frame = b"*3\r\n$3\r\nabc\r\n:1\r\n*1\r\n+x\r\n";
+        let mut scanner = FrameScanner::default();
+        for cut in 0..frame.len() {
+            assert_eq!(scanner.scan(&frame[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(scanner.scan(frame), Ok(Some(frame.len())));
+        assert_eq!(
+            scanner.scan(b"+OK\r\n"),
+            Ok(Some(5)),
+            "reset for the next frame"
+        );
     }
 
     #[test]

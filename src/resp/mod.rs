@@ -27,26 +27,35 @@ impl Protocol {
     }
 }
 
-/// Parses the decimal integer of a RESP header line the way Redis's `string2ll` does: an
-/// optional minus sign and digits, nothing else, no overflow.
+/// Parses a decimal integer exactly as Redis's `string2ll` does: an optional minus sign and
+/// digits, no leading zeros, no `-0`, no overflow. Anything Redis would reject must be rejected
+/// here too, or keyward would forward a request that makes Redis drop a shared connection.
 pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
+    if digits == b"0" {
+        return Some(0);
+    }
     let (negative, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
+    match digits.first() {
+        Some(b'1'..=b'9') if digits.len() <= 19 => {}
+        _ => return None,
     }
     let mut value: i64 = 0;
     for &digit in digits {
         if !digit.is_ascii_digit() {
             return None;
         }
-        value = value
-            .checked_mul(10)?
-            .checked_add(i64::from(digit - b'0'))?;
+        let digit = i64::from(digit - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
     }
-    Some(if negative { -value } else { value })
+    Some(value)
 }
 
 #[cfg(test)]
@@ -63,5 +72,9 @@ mod tests {
         assert_eq!(parse_int(b"-"), None);
         assert_eq!(parse_int(b"1a"), None);
         assert_eq!(parse_int(b"+1"), None);
+        assert_eq!(parse_int(b"04"), None, "Redis rejects leading zeros");
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"00"), None);
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
     }
 }

@@ -17,6 +17,8 @@ pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
 pub const MAX_INLINE_LEN: usize = 64 * 1024;
 /// Redis refuses multibulk counts above `INT_MAX`.
 const MAX_MULTIBULK_LEN: i64 = i32::MAX as i64;
+/// Redis's default `client-query-buffer-limit`: the largest request it buffers.
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024 * 1024;
 
 /// A request that breaks the protocol; the connection is closed after the error is sent, as
 /// Redis does.
@@ -53,20 +55,39 @@ pub enum Decoded {
 
 /// Decodes requests one at a time, reusing its argument list so that decoding allocates
 /// nothing per request.
+///
+/// A request that arrives over many reads is not parsed again from its start each time: after
+/// `Incomplete`, the decoder resumes where it stopped. The caller must then pass the same
+/// request again, at the start of the input, with more bytes after it.
 #[derive(Default)]
 pub struct RequestDecoder {
     ranges: Vec<(usize, usize)>,
+    /// Progress through a multibulk request that was incomplete: its argument count and where
+    /// the next argument's header starts (`ranges` holds the arguments before it).
+    partial: Option<(usize, usize)>,
 }
 
 impl RequestDecoder {
     /// Decodes the first request in `input`.
     pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
-        self.ranges.clear();
-        match input.first() {
-            None => Ok(Decoded::Incomplete { needed: 1 }),
-            Some(b'*') => self.decode_multibulk(input),
-            Some(_) => self.decode_inline(input),
+        let resume = self.partial.take();
+        if resume.is_none() {
+            self.ranges.clear();
         }
+        let decoded = match input.first() {
+            None => Ok(Decoded::Incomplete { needed: 1 }),
+            Some(b'*') => self.decode_multibulk(input, resume),
+            Some(_) => self.decode_inline(input),
+        };
+        if let Ok(Decoded::Incomplete { needed }) = &decoded {
+            if *needed > MAX_REQUEST_LEN {
+                self.partial = None;
+                return Err(ProtocolError::new("request exceeds the query buffer limit"));
+            }
+        } else {
+            self.partial = None;
+        }
+        decoded
     }
 
     /// The arguments of the request just decoded. `input` is the buffer given to `decode`
@@ -78,22 +99,30 @@ impl RequestDecoder {
         }
     }
 
-    fn decode_multibulk(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
-        let Some((count, mut pos)) = header_line(input, 0, "too big mbulk count string")? else {
-            return Ok(Decoded::Incomplete {
-                needed: input.len() + 1,
-            });
+    fn decode_multibulk(
+        &mut self,
+        input: &[u8],
+        resume: Option<(usize, usize)>,
+    ) -> Result<Decoded, ProtocolError> {
+        let (count, mut pos) = match resume {
+            Some(progress) => progress,
+            None => {
+                let Some((count, pos)) = header_line(input, 0, "too big mbulk count string")?
+                else {
+                    return Ok(Decoded::Incomplete {
+                        needed: input.len() + 1,
+                    });
+                };
+                match parse_int(count) {
+                    Some(count) if count <= 0 => return Ok(Decoded::Empty { consumed: pos }),
+                    Some(count) if count <= MAX_MULTIBULK_LEN => (count as usize, pos),
+                    _ => return Err(ProtocolError::new("invalid multibulk length")),
+                }
+            }
         };
-        let count = match parse_int(count) {
-            Some(count) if count <= MAX_MULTIBULK_LEN => count,
-            _ => return Err(ProtocolError::new("invalid multibulk length")),
-        };
-        if count <= 0 {
-            return Ok(Decoded::Empty { consumed: pos });
-        }
-        for _ in 0..count {
+        while self.ranges.len() < count {
             match input.get(pos) {
-                None => return Ok(Decoded::Incomplete { needed: pos + 1 }),
+                None => return Ok(self.incomplete(count, pos, pos + 1)),
                 Some(b'$') => {}
                 Some(&other) => {
                     return Err(ProtocolError::new(format!(
@@ -104,9 +133,7 @@ impl RequestDecoder {
             }
             let Some((len, data_start)) = header_line(input, pos, "too big bulk count string")?
             else {
-                return Ok(Decoded::Incomplete {
-                    needed: input.len() + 1,
-                });
+                return Ok(self.incomplete(count, pos, input.len() + 1));
             };
             let len = match parse_int(len) {
                 Some(len) if (0..=MAX_BULK_LEN).contains(&len) => len as usize,
@@ -114,7 +141,7 @@ impl RequestDecoder {
             };
             let end = data_start + len + 2;
             if input.len() < end {
-                return Ok(Decoded::Incomplete { needed: end });
+                return Ok(self.incomplete(count, pos, end));
             }
             self.ranges.push((data_start, data_start + len));
             pos = end;
@@ -123,6 +150,12 @@ impl RequestDecoder {
             consumed: pos,
             rewritten: None,
         })
+    }
+
+    /// Remembers how far an incomplete multibulk request got.
+    fn incomplete(&mut self, count: usize, pos: usize, needed: usize) -> Decoded {
+        self.partial = Some((count, pos));
+        Decoded::Incomplete { needed }
     }
 
     fn decode_inline(&mut self, input: &[u8]) -> Result<Decoded, ProtocolError> {
@@ -338,6 +371,41 @@ mod tests {
             Ok(Decoded::Incomplete {
                 needed: 13 + 7 + 1002
             })
+        );
+    }
+
+    #[test]
+    fn resumes_a_request_split_over_many_reads() {
+        let request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n";
+        let mut decoder = RequestDecoder::default();
+        for cut in 1..request.len() {
+            assert!(matches!(
+                decoder.decode(&request[..cut]),
+                Ok(Decoded::Incomplete { .. })
+            ));
+        }
+        assert!(matches!(
+            decoder.decode(request),
+            Ok(Decoded::Request { consumed, .. }) if consumed == request.len()
+        ));
+        let args: Vec<&[u8]> = decoder.args(request).iter().collect();
+        assert_eq!(args, [&b"SET"[..], b"k", b"value"]);
+    }
+
+    #[test]
+    fn refuses_requests_beyond_the_query_buffer_limit() {
+        let mut decoder = RequestDecoder::default();
+        let header = format!("${MAX_BULK_LEN}\r\n");
+        let mut input = format!("*3\r\n{header}").into_bytes();
+        input.resize(input.len() + MAX_BULK_LEN as usize + 2, b'x');
+        assert!(matches!(
+            decoder.decode(&input),
+            Ok(Decoded::Incomplete { .. })
+        ));
+        input.extend_from_slice(header.as_bytes());
+        assert_eq!(
+            decoder.decode(&input).unwrap_err().message(),
+            "ERR Protocol error: request exceeds the query buffer limit"
         );
     }
 

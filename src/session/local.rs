@@ -121,8 +121,14 @@ fn select(args: &[Vec<u8>], state: &mut ClientState, facts: &ServerFacts) -> Out
     let Some(db) = parse_int(&args[1]) else {
         return error("ERR value is not an integer or out of range");
     };
-    if db < 0 || db >= i64::from(facts.databases) {
-        return error("ERR DB index is out of range");
+    match facts.databases {
+        _ if db < 0 => return error("ERR DB index is out of range"),
+        Some(databases) if db >= i64::from(databases) => {
+            return error("ERR DB index is out of range")
+        }
+        // Without the database count only Redis can tell whether the index exists.
+        None if db != 0 => return Outcome::NeedsDedicated,
+        _ => {}
     }
     state.db = db as u32;
     Outcome::Reply(reply::simple("OK"))

@@ -25,7 +25,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::command::{CommandInfo, CommandTable, Effect, LocalCommand};
+use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::metrics::{self, ReceivedTally};
 use crate::net;
@@ -39,6 +39,8 @@ use replies::{AfterReply, ReplyQueue};
 const READ_CHUNK: usize = 16 * 1024;
 /// Stop reading requests while this much output waits for a slow client.
 const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
+/// Redis's default `client-output-buffer-limit pubsub` hard limit.
+const STREAMING_OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
 /// Stop reading while this much unprocessed input is buffered (a request that needs more,
 /// such as one large value, raises it to its own size).
 const INPUT_HIGH_WATER: usize = 1024 * 1024;
@@ -63,6 +65,8 @@ enum Closing {
     ProtocolError,
     /// The session's dedicated upstream connection is gone.
     UpstreamGone,
+    /// The client let its output grow past the limit; it is closed without its output.
+    OutputLimit,
     Shutdown,
 }
 
@@ -100,6 +104,8 @@ pub struct Session {
     received: ReceivedTally,
     /// The command of the previous request: pipelines usually repeat one command.
     last_command: Option<&'static CommandInfo>,
+    /// A blocking command may be waiting in Redis; cleared once nothing is owed.
+    blocked: bool,
 }
 
 impl Session {
@@ -127,6 +133,7 @@ impl Session {
             local_args: Vec::new(),
             received: ReceivedTally::default(),
             last_command: None,
+            blocked: false,
         }
     }
 
@@ -187,15 +194,16 @@ impl Session {
     }
 
     /// Whether the session is done: it stopped reading and owes nothing more. A client that
-    /// closed its side while on a dedicated connection is let go at once, as Redis frees a
-    /// client at end of stream: its blocked command or subscriptions would otherwise hold the
-    /// session (and the client waiting for the close) until they time out. On a pooled
-    /// connection the owed replies come within `request_timeout`, so they are still written:
+    /// closed its side while blocked or subscribed is let go at once, as Redis frees a client
+    /// at end of stream: the blocked command or subscriptions would otherwise hold the session
+    /// (and the client waiting for the close) until they time out. Otherwise the owed replies
+    /// are still written, as Redis writes the replies to what it already ran:
     /// `printf 'PING\r\n' | nc` gets its `PONG`.
     fn finished(&self) -> bool {
         match self.closing {
             None => false,
-            Some(Closing::ClientDone) if matches!(self.link, Link::Dedicated { .. }) => true,
+            Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
+            Some(Closing::OutputLimit) => true,
             Some(_) => self.replies.is_empty() && self.output.is_empty(),
         }
     }
@@ -239,7 +247,8 @@ impl Session {
         if !self.counts_replies() {
             match reply {
                 Reply::Frames { bytes, .. } | Reply::Push(bytes) => {
-                    self.output.extend_from_slice(&bytes)
+                    self.output.extend_from_slice(&bytes);
+                    self.enforce_streaming_output_limit();
                 }
                 Reply::Failed { .. } | Reply::Closed { .. } => {
                     self.closing = Some(Closing::UpstreamGone)
@@ -252,6 +261,26 @@ impl Session {
             .on_reply(reply, &mut self.output, &self.context.command_metrics);
         if after == AfterReply::CloseClient {
             self.closing = Some(Closing::UpstreamGone);
+        }
+        if self.replies.is_empty() {
+            self.blocked = false;
+        }
+    }
+
+    /// A subscriber that does not read its messages would make keyward buffer them without
+    /// end (keyward reads Redis as fast as it can, so Redis's own limit never applies). Past
+    /// Redis's pub/sub hard limit the client is disconnected, as Redis would.
+    fn enforce_streaming_output_limit(&mut self) {
+        if self.output.len() > STREAMING_OUTPUT_LIMIT && self.closing != Some(Closing::OutputLimit)
+        {
+            tracing::warn!(
+                peer = %self.peer,
+                bytes = self.output.len(),
+                "client does not read its messages; closing it (output limit)"
+            );
+            metrics::output_limit_disconnect();
+            self.output = BytesMut::new();
+            self.closing = Some(Closing::OutputLimit);
         }
     }
 
@@ -295,11 +324,10 @@ impl Session {
                     break;
                 }
                 Decoded::Empty { consumed } => {
-                    if batch.len > 0 {
-                        batch.len += consumed;
-                    } else {
-                        self.input.advance(consumed);
-                    }
+                    // Never forwarded: Redis ignores them, and a malformed one is not worth
+                    // the risk of Redis closing a shared connection.
+                    self.send_batch(&mut batch);
+                    self.input.advance(consumed);
                     continue;
                 }
                 Decoded::Request {
@@ -319,12 +347,16 @@ impl Session {
                 self.local_args.clear();
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
             }
-            self.received.add(&self.context.command_metrics, info.id);
+            let blocks = is_blocking(info, &args);
 
             match step {
                 Step::Forward => {
+                    self.received.add(&self.context.command_metrics, info.id);
                     if self.counts_replies() {
                         self.replies.command_sent(info.id, sent_at);
+                    }
+                    if blocks {
+                        self.blocked = true;
                     }
                     match rewritten {
                         None => {
@@ -344,23 +376,22 @@ impl Session {
                         self.waiting_for_quiet = true;
                         break;
                     }
+                    if self.dedicated_error.is_some() {
+                        self.refuse_after_failed_open(consumed, info);
+                        break;
+                    }
                     if self.run_local(command, info) {
-                        if let Some(error) = self.dedicated_error.take() {
-                            self.input.advance(consumed);
-                            self.replies.push_ready(error, &mut self.output);
-                            continue;
-                        }
                         dedicate = Some(false);
                         break;
                     }
+                    self.received.add(&self.context.command_metrics, info.id);
                     self.input.advance(consumed);
                 }
                 Step::Dedicate { streaming } => {
                     self.send_batch(&mut batch);
-                    if let Some(error) = self.dedicated_error.take() {
-                        self.input.advance(consumed);
-                        self.replies.push_ready(error, &mut self.output);
-                        continue;
+                    if self.dedicated_error.is_some() {
+                        self.refuse_after_failed_open(consumed, info);
+                        break;
                     }
                     if !self.is_quiet() {
                         self.waiting_for_quiet = true;
@@ -379,6 +410,18 @@ impl Session {
         self.send_batch(&mut batch);
         self.received.flush(&self.context.command_metrics);
         dedicate
+    }
+
+    /// Answers the request that needed a dedicated connection with the error from opening one,
+    /// then closes the client: running what it pipelined after (the commands of a `MULTI`, say)
+    /// on the shared connection would change their meaning.
+    fn refuse_after_failed_open(&mut self, consumed: usize, info: &CommandInfo) {
+        self.received.add(&self.context.command_metrics, info.id);
+        self.input.advance(consumed);
+        if let Some(error) = self.dedicated_error.take() {
+            self.replies.push_ready(error, &mut self.output);
+        }
+        self.closing = Some(Closing::UpstreamGone);
     }
 
     /// Decides what to do with a request on the session's current connection.
@@ -492,7 +535,7 @@ impl Session {
 
     fn forward(&mut self, bytes: Bytes, count: u32, sent_at: Instant) {
         let (conn, deadline) = match &self.link {
-            Link::Pooled(conn) => (conn, Some(sent_at + self.context.request_timeout)),
+            Link::Pooled(conn) => (conn, sent_at.checked_add(self.context.request_timeout)),
             Link::Dedicated { conn, .. } => (conn, None),
         };
         let batch = Batch {
@@ -530,12 +573,34 @@ struct PendingBatch {
     count: u32,
 }
 
-/// `XREAD`/`XREADGROUP` block only with a `BLOCK` option before `STREAMS`.
+/// `XREAD`/`XREADGROUP` block only with a `BLOCK` option. Options are read by position
+/// (`GROUP g c`, `COUNT n`, `BLOCK ms`, `NOACK`) up to `STREAMS`, so a group or consumer
+/// named "block" or "streams" is not mistaken for one.
 fn has_block_option(args: &Args<'_>) -> bool {
-    args.iter()
-        .skip(1)
-        .take_while(|arg| !arg.eq_ignore_ascii_case(b"streams"))
-        .any(|arg| arg.eq_ignore_ascii_case(b"block"))
+    let mut index = 1;
+    while let Some(arg) = args.get(index) {
+        let skip = if arg.eq_ignore_ascii_case(b"block") {
+            return true;
+        } else if arg.eq_ignore_ascii_case(b"streams") {
+            return false;
+        } else if arg.eq_ignore_ascii_case(b"group") {
+            2
+        } else if arg.eq_ignore_ascii_case(b"count") {
+            1
+        } else {
+            0
+        };
+        index += skip + 1;
+    }
+    false
+}
+
+/// Whether the command may wait in Redis for something to happen.
+fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
+    match info.effect {
+        Effect::DedicatedWithBlockOption => has_block_option(args),
+        _ => info.has_flag(flags::BLOCKING) || &*info.name == "wait",
+    }
 }
 
 /// Counts a client connection for as long as it lives.

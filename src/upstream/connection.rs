@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -20,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::net;
-use crate::resp::frame::{frame_len, is_push};
+use crate::resp::frame::{is_push, FrameScanner};
 
 /// Commands from one session, already encoded, that expect `count` replies.
 pub struct Batch {
@@ -128,37 +129,49 @@ pub(super) enum ServeEnd {
     Released,
     /// The connection broke; everything in flight has been failed.
     Broken(String),
+    /// Redis stopped answering for longer than `request_timeout`; the connection was dropped
+    /// and everything in flight has been failed.
+    Stalled(String),
 }
 
 struct Pending {
     reply_to: ReplySender,
     remaining: u32,
+    /// When the batch was taken for writing, to notice a connection that stopped answering.
+    taken_at: Instant,
+}
+
+/// What one connection holds while it runs.
+#[derive(Default)]
+struct ConnState {
+    pending: VecDeque<Pending>,
+    input: BytesMut,
+    scanner: FrameScanner,
+    output: WriteQueue,
 }
 
 /// Runs one connection until it breaks or is released. `owner` receives frames that answer no
-/// queued batch (pushes, RESP2 pub/sub messages) on a dedicated connection; on a shared one such
-/// frames mean Redis and keyward disagree, and the connection is dropped.
+/// queued batch (pushes, RESP2 pub/sub messages) on a dedicated connection; on a shared one a
+/// reply nobody asked for means Redis and keyward disagree, and the connection is dropped.
+///
+/// `reply_timeout` (shared connections only) bounds how long the oldest batch may wait for its
+/// replies: past it the connection is dropped and everything in flight fails, so that sessions
+/// never wait without end for the late replies of a stalled server.
 pub(super) async fn serve(
     stream: TcpStream,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
+    reply_timeout: Option<Duration>,
     broken_reply: impl Fn(&str) -> Bytes,
 ) -> ServeEnd {
-    let mut pending = VecDeque::new();
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = WriteQueue::default();
-    let end = drive(
-        &stream,
-        batches,
-        owner,
-        &mut pending,
-        &mut input,
-        &mut output,
-    )
-    .await;
-    if let ServeEnd::Broken(reason) = &end {
+    let mut state = ConnState {
+        input: BytesMut::with_capacity(READ_CHUNK),
+        ..ConnState::default()
+    };
+    let end = drive(&stream, batches, owner, reply_timeout, &mut state).await;
+    if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
-        for waiting in pending.drain(..) {
+        for waiting in state.pending.drain(..) {
             let _ = waiting.reply_to.send(Reply::Failed {
                 count: waiting.remaining,
                 error: error.clone(),
@@ -175,11 +188,27 @@ async fn drive(
     stream: &TcpStream,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
-    pending: &mut VecDeque<Pending>,
-    input: &mut BytesMut,
-    output: &mut WriteQueue,
+    reply_timeout: Option<Duration>,
+    state: &mut ConnState,
 ) -> ServeEnd {
+    let ConnState {
+        pending,
+        input,
+        scanner,
+        output,
+    } = state;
+    // Armed lazily at the oldest batch's deadline; firing early only re-arms it.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut timer_armed = false;
     loop {
+        if let (false, Some(timeout), Some(oldest)) = (timer_armed, reply_timeout, pending.front())
+        {
+            if let Some(deadline) = oldest.taken_at.checked_add(timeout) {
+                timer.as_mut().reset(deadline.into());
+                timer_armed = true;
+            }
+        }
         tokio::select! {
             biased;
             readiness = stream.readable() => {
@@ -192,7 +221,7 @@ async fn drive(
                 match net::read_available(stream, input) {
                     Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
                     Ok(_) => {
-                        if let Err(error) = route(input, pending, owner) {
+                        if let Err(error) = route(input, scanner, pending, owner) {
                             return ServeEnd::Broken(error);
                         }
                     }
@@ -204,13 +233,14 @@ async fn drive(
                 let Some(batch) = batch else {
                     return ServeEnd::Released;
                 };
-                output.push(batch, pending);
+                let now = Instant::now();
+                output.push(batch, pending, now);
                 // Let every session woken in this tick queue its batch first, so that one
                 // write carries them all.
                 tokio::task::yield_now().await;
                 while output.bytes < WRITE_HIGH_WATER {
                     match batches.try_recv() {
-                        Ok(batch) => output.push(batch, pending),
+                        Ok(batch) => output.push(batch, pending, now),
                         Err(_) => break,
                     }
                 }
@@ -223,6 +253,18 @@ async fn drive(
                     return ServeEnd::Broken(error.to_string());
                 }
             }
+            () = &mut timer, if timer_armed => {
+                timer_armed = false;
+                let overdue = pending.front().zip(reply_timeout).is_some_and(|(oldest, timeout)| {
+                    oldest.taken_at.elapsed() >= timeout
+                });
+                if overdue {
+                    return ServeEnd::Stalled(format!(
+                        "no reply within {:?} (request_timeout); connection reset",
+                        reply_timeout.unwrap_or_default()
+                    ));
+                }
+            }
         }
     }
 }
@@ -230,17 +272,24 @@ async fn drive(
 /// Hands every complete frame in `input` to whoever is owed it.
 fn route(
     input: &mut BytesMut,
+    scanner: &mut FrameScanner,
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
 ) -> Result<(), String> {
     let mut run_len = 0;
     let mut run_count = 0;
-    while let Some(len) = frame_len(&input[run_len..]).map_err(|e| e.to_string())? {
+    while let Some(len) = scanner.scan(&input[run_len..]).map_err(|e| e.to_string())? {
         let push = is_push(&input[run_len..]);
         if push || pending.is_empty() {
             deliver_run(input, pending, &mut run_len, &mut run_count);
             let frame = input.split_to(len).freeze();
             let Some(owner) = owner else {
+                if push {
+                    // Out-of-band data on a shared connection (a tracking invalidation sent
+                    // here by someone's REDIRECT): nobody on it asked for it.
+                    tracing::debug!("dropping a push on a shared upstream connection");
+                    continue;
+                }
                 return Err("Redis sent a reply nobody asked for".into());
             };
             let _ = owner.send(if push {
@@ -299,11 +348,12 @@ struct WriteQueue {
 }
 
 impl WriteQueue {
-    fn push(&mut self, batch: Batch, pending: &mut VecDeque<Pending>) {
+    fn push(&mut self, batch: Batch, pending: &mut VecDeque<Pending>, taken_at: Instant) {
         if batch.count > 0 {
             pending.push_back(Pending {
                 reply_to: batch.reply_to,
                 remaining: batch.count,
+                taken_at,
             });
         }
         self.bytes += batch.bytes.len();
@@ -361,6 +411,7 @@ mod tests {
             Pending {
                 reply_to,
                 remaining: count,
+                taken_at: Instant::now(),
             },
             replies,
         )
@@ -379,14 +430,15 @@ mod tests {
         let (second, mut second_replies) = pending_for(1);
         let mut pending = VecDeque::from([first, second]);
         let mut input = BytesMut::from(&b"+OK\r\n:1\r\n$3\r\nab"[..]);
-        route(&mut input, &mut pending, None).unwrap();
+        let scanner = &mut FrameScanner::default();
+        route(&mut input, scanner, &mut pending, None).unwrap();
         assert_eq!(
             frames(first_replies.try_recv().unwrap()),
             (b"+OK\r\n:1\r\n".to_vec(), 2)
         );
         assert!(second_replies.try_recv().is_err());
         input.extend_from_slice(b"c\r\n");
-        route(&mut input, &mut pending, None).unwrap();
+        route(&mut input, scanner, &mut pending, None).unwrap();
         assert_eq!(
             frames(second_replies.try_recv().unwrap()),
             (b"$3\r\nabc\r\n".to_vec(), 1)
@@ -400,7 +452,13 @@ mod tests {
         let (owner, mut owned) = mpsc::unbounded_channel();
         let mut pending = VecDeque::from([head]);
         let mut input = BytesMut::from(&b":1\r\n>2\r\n+invalidate\r\n*0\r\n:2\r\n"[..]);
-        route(&mut input, &mut pending, Some(&owner)).unwrap();
+        route(
+            &mut input,
+            &mut FrameScanner::default(),
+            &mut pending,
+            Some(&owner),
+        )
+        .unwrap();
         assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
         assert!(matches!(owned.try_recv().unwrap(), Reply::Push(_)));
         assert_eq!(frames(replies.try_recv().unwrap()), (b":2\r\n".to_vec(), 1));
@@ -409,6 +467,20 @@ mod tests {
     #[test]
     fn an_unexpected_reply_on_a_shared_connection_is_an_error() {
         let mut input = BytesMut::from(&b"+OK\r\n"[..]);
-        assert!(route(&mut input, &mut VecDeque::new(), None).is_err());
+        assert!(route(
+            &mut input,
+            &mut FrameScanner::default(),
+            &mut VecDeque::new(),
+            None
+        )
+        .is_err());
+        let mut push = BytesMut::from(&b">2\r\n+invalidate\r\n*0\r\n"[..]);
+        assert!(route(
+            &mut push,
+            &mut FrameScanner::default(),
+            &mut VecDeque::new(),
+            None
+        )
+        .is_ok());
     }
 }

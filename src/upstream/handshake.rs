@@ -20,8 +20,8 @@ pub struct ServerFacts {
     pub role: String,
     /// Module names and versions, as `HELLO` lists them.
     pub modules: Vec<(String, i64)>,
-    /// `CONFIG GET databases`, or Redis's default when the user may not run `CONFIG`.
-    pub databases: u32,
+    /// `CONFIG GET databases`; unknown when keyward's user may not run `CONFIG`.
+    pub databases: Option<u32>,
 }
 
 impl Default for ServerFacts {
@@ -31,7 +31,7 @@ impl Default for ServerFacts {
             mode: "standalone".into(),
             role: "master".into(),
             modules: Vec::new(),
-            databases: 16,
+            databases: None,
         }
     }
 }
@@ -144,7 +144,7 @@ async fn handshake(
                         .find(|(key, _)| text(key).as_deref() == Some("databases"))
                         .and_then(|(_, value)| text(value)?.parse().ok())
                     {
-                        facts.databases = databases;
+                        facts.databases = Some(databases);
                     }
                 }
                 _ => {}

@@ -30,6 +30,8 @@ pub struct UpstreamSettings {
     pub address: HostPort,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// Shared connections whose oldest request has no reply after this long are reset.
+    pub request_timeout: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -40,6 +42,7 @@ impl UpstreamSettings {
             address: config.upstream.address.clone(),
             pool_size: config.upstream.pool_size.get(),
             connect_timeout: config.upstream.connect_timeout.get(),
+            request_timeout: config.upstream.request_timeout.get(),
             username: config.upstream.username.clone(),
             password: config.upstream_password()?,
         })
@@ -134,11 +137,15 @@ impl Upstream {
         let address = self.settings.address.to_string();
         tokio::spawn(async move {
             metrics::upstream_connection_opened();
-            let end = serve(connected.stream, &mut batches, Some(&owner), |reason| {
-                broken_error(&address, reason)
-            })
+            let end = serve(
+                connected.stream,
+                &mut batches,
+                Some(&owner),
+                None,
+                |reason| broken_error(&address, reason),
+            )
             .await;
-            if let ServeEnd::Broken(reason) = end {
+            if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = end {
                 metrics::upstream_errors("io", 1);
                 tracing::debug!(%reason, "dedicated upstream connection closed");
             }
@@ -197,19 +204,24 @@ async fn run_pooled(
                 backoff = Duration::ZERO;
                 metrics::upstream_connection_opened();
                 tracing::debug!(%address, ?protocol, db, "upstream connection open");
-                let end = serve(connected.stream, &mut batches, None, |reason| {
-                    broken_error(&address, reason)
-                })
+                let reply_timeout = Some(upstream.settings.request_timeout);
+                let end = serve(
+                    connected.stream,
+                    &mut batches,
+                    None,
+                    reply_timeout,
+                    |reason| broken_error(&address, reason),
+                )
                 .await;
                 metrics::upstream_connection_closed();
-                match end {
+                let (kind, reason) = match end {
                     ServeEnd::Released => return,
-                    ServeEnd::Broken(reason) => {
-                        metrics::upstream_errors("io", 1);
-                        tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
-                        status.set_down(reason);
-                    }
-                }
+                    ServeEnd::Broken(reason) => ("io", reason),
+                    ServeEnd::Stalled(reason) => ("timeout", reason),
+                };
+                metrics::upstream_errors(kind, 1);
+                tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
+                status.set_down(reason);
             }
             Err(error) => {
                 metrics::upstream_errors("connect", 1);

@@ -1,0 +1,156 @@
+//! Hostile or unusual requests from one client never reach the connection others share.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{metric_value, Keyward, RedisServer};
+
+fn shared_upstream() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(redis.port, "pool_size = 1", "");
+    (redis, keyward)
+}
+
+fn io_errors(keyward: &Keyward) -> f64 {
+    metric_value(
+        &keyward.admin_get("/metrics").1,
+        "keyward_upstream_errors_total",
+        &["kind=\"io\""],
+    )
+}
+
+#[test]
+fn lengths_redis_would_reject_never_reach_the_shared_connection() {
+    let (_redis, keyward) = shared_upstream();
+    let mut bystander = keyward.client();
+    for request in [
+        &b"*1\r\n$04\r\nPING\r\n"[..],
+        b"*01\r\n$4\r\nPING\r\n",
+        b"*-0\r\n",
+        b"*00\r\n",
+    ] {
+        let mut raw = keyward.raw();
+        raw.send(request);
+        assert!(
+            raw.read_line().starts_with("-ERR Protocol error"),
+            "{request:?}"
+        );
+        assert!(raw.is_closed());
+        let pong: String = redis::cmd("PING").query(&mut bystander).unwrap();
+        assert_eq!(pong, "PONG");
+    }
+    assert_eq!(io_errors(&keyward), 0.0, "the shared connection was reset");
+}
+
+#[test]
+fn script_debug_gets_a_connection_of_its_own() {
+    let (_redis, keyward) = shared_upstream();
+    let mut debugger = keyward.raw();
+    debugger.send(b"SCRIPT DEBUG YES\r\n");
+    assert_eq!(debugger.read_line(), "+OK\r\n");
+    let one: i64 = redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(0)
+        .query(&mut keyward.client())
+        .unwrap();
+    assert_eq!(one, 1, "another client's script ran under the debugger");
+    assert_eq!(io_errors(&keyward), 0.0);
+}
+
+#[test]
+fn a_transaction_that_cannot_get_its_connection_is_refused_whole() {
+    let (redis, keyward) = shared_upstream();
+    let _: String = redis::cmd("PING").query(&mut keyward.client()).unwrap();
+    let mut admin = redis.client();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(clients.lines().count())
+        .query(&mut admin)
+        .unwrap();
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\nINCR x\r\nINCR x\r\nEXEC\r\n");
+    let reply = raw.read_line();
+    assert!(reply.starts_with("-ERR upstream"), "{reply}");
+    assert!(
+        raw.is_closed(),
+        "the commands after a refused MULTI must not run alone"
+    );
+    let x: Option<i64> = redis::cmd("GET").arg("x").query(&mut admin).unwrap();
+    assert_eq!(x, None);
+}
+
+#[test]
+fn xreadgroup_block_is_found_whatever_the_group_is_called() {
+    let (_redis, keyward) = shared_upstream();
+    let mut setup = keyward.client();
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "streams", "$", "MKSTREAM"])
+        .query(&mut setup)
+        .unwrap();
+    let mut reader = keyward.client();
+    let waiter = std::thread::spawn(move || {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg(&[
+                "GROUP", "streams", "block", "BLOCK", "1500", "STREAMS", "s", ">",
+            ])
+            .query(&mut reader)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let _: String = redis::cmd("PING").query(&mut setup).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "PING waited behind XREADGROUP"
+    );
+    waiter.join().unwrap();
+}
+
+#[test]
+fn a_half_closed_transaction_still_gets_its_replies() {
+    let (_redis, keyward) = shared_upstream();
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\nINCR x\r\nEXEC\r\n");
+    raw.shutdown_write();
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    assert_eq!(raw.read_line(), "*1\r\n");
+    assert_eq!(raw.read_line(), ":1\r\n");
+    assert!(raw.is_closed());
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_disconnected_not_buffered_forever() {
+    let (_redis, keyward) = shared_upstream();
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SUBSCRIBE busy\r\n");
+    for _ in 0..6 {
+        subscriber.read_line();
+    }
+    let mut publisher = keyward.client();
+    let payload = vec![b'x'; 1024 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_value(
+        &keyward.admin_get("/metrics").1,
+        "keyward_output_limit_disconnects_total",
+        &[],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow subscriber was never cut off"
+        );
+        for _ in 0..8 {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("busy")
+                .arg(&payload)
+                .query(&mut publisher)
+                .unwrap();
+        }
+    }
+    let pong: String = redis::cmd("PING").query(&mut publisher).unwrap();
+    assert_eq!(pong, "PONG");
+}
