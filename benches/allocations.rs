@@ -96,7 +96,7 @@ fn main() {
             .build()
             .expect("runtime");
         runtime
-            .block_on(keyward::app::serve(config, async {
+            .block_on(keyward::app::serve(config, None, async {
                 let _ = stop.await;
                 Ok(Stop::Interrupt)
             }))

@@ -1,10 +1,16 @@
-//! The admin HTTP endpoint. Read-only, and bound to localhost by default.
+//! The admin HTTP endpoint, bound to localhost by default.
 //!
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: Redis answers and keyward is not shutting down (200), else 503.
+//! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
+//!   settings waiting for a restart, and the effective settings. It holds no secret: the file
+//!   only names the environment variables that hold them.
+//! - `POST /reload`: reloads the config file. It changes keyward, so it is accepted only from
+//!   the machine itself, whatever address the endpoint is bound to.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
+use crate::reload::{ReloadOutcome, Trigger};
 
 /// Histogram samples are folded into buckets this often, bounding their memory between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -33,8 +40,8 @@ pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context:
         }
     });
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -44,9 +51,10 @@ pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context:
         let prometheus = prometheus.clone();
         let context = Arc::clone(&context);
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = respond(&request, &prometheus, &context);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |request: Request<Incoming>| {
+                let prometheus = prometheus.clone();
+                let context = Arc::clone(&context);
+                async move { Ok::<_, Infallible>(respond(&request, peer, &prometheus, &context).await) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -58,11 +66,15 @@ pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context:
     }
 }
 
-fn respond(
+async fn respond(
     request: &Request<Incoming>,
+    peer: SocketAddr,
     prometheus: &PrometheusHandle,
-    context: &Context,
+    context: &Arc<Context>,
 ) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/reload" {
+        return reload(request.method(), peer, context).await;
+    }
     if request.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -87,8 +99,59 @@ fn respond(
             "upstream Redis unavailable\n".into(),
         ),
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/config" => json(StatusCode::OK, config_report(context)),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+async fn reload(
+    method: &Method,
+    peer: SocketAddr,
+    context: &Arc<Context>,
+) -> Response<Full<Bytes>> {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into());
+    }
+    if !peer.ip().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "reload is accepted from localhost only\n".into(),
+        );
+    }
+    let live = Arc::clone(&context.live);
+    let outcome =
+        tokio::task::spawn_blocking(move || live.reload(Trigger::Request("POST /reload"))).await;
+    match outcome {
+        Ok(ReloadOutcome::Applied) => {
+            json(StatusCode::OK, serde_json::json!({"outcome": "applied"}))
+        }
+        Ok(ReloadOutcome::Unchanged) => {
+            json(StatusCode::OK, serde_json::json!({"outcome": "unchanged"}))
+        }
+        Ok(ReloadOutcome::Rejected(errors)) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"outcome": "rejected", "errors": errors}),
+        ),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+/// The report behind `GET /config` and `KEYWARD CONFIG`.
+pub fn config_report(context: &Context) -> serde_json::Value {
+    let status = context.live.status();
+    serde_json::json!({
+        "status": status,
+        "config": context.live.load().config,
+    })
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(status, format!("{body:#}\n"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

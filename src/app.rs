@@ -1,5 +1,6 @@
 //! Starting keyward from a config and stopping it on a signal.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::reload::{self, LiveConfig};
 use crate::signals::{self, Stop};
 use crate::upstream::{Upstream, UpstreamSettings};
 use crate::{admin, metrics, server};
@@ -15,9 +17,13 @@ use crate::{admin, metrics, server};
 /// SIGINT means a person is waiting at a terminal: drain, but not for long.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period.
-pub async fn run(config: Config) -> Result<(), String> {
-    serve(config, async {
+/// How often idle rate-limit buckets are dropped.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period. `path` is the
+/// config file that `config` came from, watched for changes.
+pub async fn run(config: Config, path: Option<&Path>) -> Result<(), String> {
+    serve(config, path, async {
         signals::wait_for_stop()
             .await
             .map_err(|e| format!("cannot watch signals: {e}"))
@@ -29,6 +35,7 @@ pub async fn run(config: Config) -> Result<(), String> {
 /// (benchmarks) pass their own stop; the binary passes the signal watcher.
 pub async fn serve(
     config: Config,
+    path: Option<&Path>,
     stop: impl std::future::Future<Output = Result<Stop, String>>,
 ) -> Result<(), String> {
     let prometheus = metrics::install()?;
@@ -41,8 +48,16 @@ pub async fn serve(
         .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
 
     let upstream = Upstream::start(settings);
+    let live = Arc::new(LiveConfig::new(path, config.clone()));
+    let _watcher = match path {
+        Some(_) => Some(reload::watch_file(Arc::clone(&live))?),
+        None => None,
+    };
+    tokio::spawn(signals::reload_on_hangup(Arc::clone(&live)));
+    tokio::spawn(forget_idle_buckets(Arc::clone(&live)));
     let context = Arc::new(Context::new(
         upstream,
+        live,
         config.upstream.request_timeout.get(),
     ));
     tokio::spawn(admin::serve(
@@ -84,4 +99,15 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Drops rate-limit buckets that are full again, so distinct keys do not pile up.
+async fn forget_idle_buckets(live: Arc<LiveConfig>) {
+    let mut ticks = tokio::time::interval(JANITOR_INTERVAL);
+    loop {
+        ticks.tick().await;
+        for limiter in &live.load().policies.rate_limits {
+            limiter.forget_idle();
+        }
+    }
 }

@@ -9,10 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::CommandTable;
 use crate::metrics::CommandMetrics;
+use crate::reload::LiveConfig;
 use crate::upstream::Upstream;
 
 pub struct Context {
     pub upstream: Arc<Upstream>,
+    /// The config and policies in force, swapped on reload.
+    pub live: Arc<LiveConfig>,
     /// Pooled requests without a reply after this long are answered with an error.
     pub request_timeout: Duration,
     pub command_metrics: CommandMetrics,
@@ -26,9 +29,14 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(upstream: Arc<Upstream>, request_timeout: Duration) -> Context {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        live: Arc<LiveConfig>,
+        request_timeout: Duration,
+    ) -> Context {
         Context {
             upstream,
+            live,
             request_timeout,
             command_metrics: CommandMetrics::new(CommandTable::global()),
             started: Instant::now(),

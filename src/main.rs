@@ -21,14 +21,33 @@ struct Cli {
 enum Command {
     /// Validate a config file, printing FILE:LINE:COL for every problem.
     /// Exits 0 when valid, 1 when it has errors, 2 when it cannot be read.
-    Check,
+    Check {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the JSON Schema of the config file, for editor completion and checks.
+    Schema,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match &cli.config {
-            Some(path) => check(path),
+        Some(Command::Schema) => {
+            let schema = schemars::schema_for!(Config);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check { format }) => match &cli.config {
+            Some(path) => check(path, format),
             None => {
                 eprintln!("keyward check needs --config FILE");
                 ExitCode::from(2)
@@ -38,34 +57,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, format: Format) -> ExitCode {
     let file = path.display().to_string();
-    match Config::load(path) {
-        Ok((_, warnings)) => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            for warning in &warnings {
-                println!("{}", warning.render(&file, &text));
-            }
-            println!("{file}: ok");
-            ExitCode::SUCCESS
-        }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (diagnostics, code) = match Config::load(path) {
+        Ok((_, warnings)) => (warnings, ExitCode::SUCCESS),
+        Err(LoadError::Invalid(diagnostics)) => (diagnostics, ExitCode::from(1)),
         Err(LoadError::Unreadable { path, error }) => {
-            println!("{path}: error: cannot read: {error}");
-            ExitCode::from(2)
+            let message = format!("cannot read: {error}");
+            match format {
+                Format::Text => println!("{path}: error: {message}"),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"file": path, "valid": false, "diagnostics": [
+                        {"severity": "error", "message": message}
+                    ]})
+                ),
+            }
+            return ExitCode::from(2);
         }
-        Err(LoadError::Invalid(diagnostics)) => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+    };
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    match format {
+        Format::Text => {
             for diagnostic in &diagnostics {
                 println!("{}", diagnostic.render(&file, &text));
             }
-            let errors = diagnostics
+            if errors == 0 {
+                println!("{file}: ok");
+            } else {
+                println!("{file}: {errors} error(s)");
+            }
+        }
+        Format::Json => {
+            let entries: Vec<serde_json::Value> = diagnostics
                 .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            println!("{file}: {errors} error(s)");
-            ExitCode::from(1)
+                .map(|diagnostic| {
+                    let (line, column) = diagnostic.position(&text);
+                    serde_json::json!({
+                        "line": line,
+                        "column": column,
+                        "severity": match diagnostic.severity {
+                            Severity::Error => "error",
+                            Severity::Warning => "warning",
+                        },
+                        "message": diagnostic.message,
+                    })
+                })
+                .collect();
+            println!(
+                "{:#}",
+                serde_json::json!({"file": file, "valid": errors == 0, "diagnostics": entries})
+            );
         }
     }
+    code
 }
 
 fn run(path: Option<&Path>) -> ExitCode {
@@ -86,7 +135,7 @@ fn run(path: Option<&Path>) -> ExitCode {
             }
         },
     };
-    init_logging(config.log.level.as_str());
+    keyward::logging::init(config.log.level.as_str());
     let threads = config.runtime.threads();
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -102,7 +151,7 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(keyward::app::run(config)) {
+    match runtime.block_on(keyward::app::run(config, path)) {
         Ok(()) => {
             // Sessions cut short by the grace period must not delay the exit.
             runtime.shutdown_background();
@@ -113,14 +162,4 @@ fn run(path: Option<&Path>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `RUST_LOG` wins over the config file's level, so a person debugging needs no edit.
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

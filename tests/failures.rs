@@ -65,8 +65,16 @@ fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
     // Each pooled connection reconnects on its own backoff (at most 500 ms apart).
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut client = keyward.client();
-    while redis::cmd("SET").arg("fresh").arg(1).query::<()>(&mut client).is_err() {
-        assert!(Instant::now() < deadline, "keyward did not serve every client again");
+    while redis::cmd("SET")
+        .arg("fresh")
+        .arg(1)
+        .query::<()>(&mut client)
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keyward did not serve every client again"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

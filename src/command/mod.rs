@@ -91,6 +91,7 @@ pub struct CommandTable {
     by_name: FxHashMap<Box<[u8]>, usize>,
     /// Stands for every command the table does not know.
     unknown: CommandInfo,
+    categories: Vec<String>,
 }
 
 /// Commands of Redis versions newer than the bundled table that change connection state or
@@ -133,11 +134,33 @@ impl CommandTable {
             .map(|info| (info.name.as_bytes().into(), info.id))
             .collect();
         let unknown = table_file::Entry::unknown().into_info(commands.len());
+        let mut categories: Vec<String> = commands
+            .iter()
+            .flat_map(|info| info.categories.iter().map(|c| c.to_string()))
+            .collect();
+        categories.sort();
+        categories.dedup();
         Ok(CommandTable {
             commands,
             by_name,
             unknown,
+            categories,
         })
+    }
+
+    /// Every ACL category some command belongs to, sorted.
+    pub fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    /// Every command and subcommand name, lowercase.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.commands.iter().map(|info| &*info.name)
+    }
+
+    /// A command by name, case-insensitively (`get`, `CLIENT|SETNAME`).
+    pub fn find_name(&self, name: &str) -> Option<&CommandInfo> {
+        self.find(name.as_bytes(), None)
     }
 
     /// The number of ids in use, `unknown` included.

@@ -6,20 +6,23 @@
 //! first.
 
 mod diagnostic;
+pub mod rules;
 mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use rules::RateLimitRule;
 pub use values::{ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 
-use serde::Deserialize;
-use toml::de::{DeTable, Deserializer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toml::de::{DeArray, DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -28,10 +31,12 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    /// `[[rate_limit]]` rules, first match wins.
+    pub rate_limit: Vec<RateLimitRule>,
 }
 
 /// Where clients connect.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     pub address: SocketAddr,
@@ -49,7 +54,7 @@ impl Default for ListenConfig {
 }
 
 /// The Redis that keyward forwards to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub address: HostPort,
@@ -77,7 +82,7 @@ impl Default for UpstreamConfig {
 }
 
 /// The HTTP endpoint for Prometheus and health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub address: SocketAddr,
@@ -91,14 +96,14 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `keyward=debug`; `RUST_LOG` overrides it.
     pub level: LogLevel,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long SIGTERM waits for requests in flight before exiting anyway.
@@ -114,7 +119,7 @@ impl Default for ShutdownConfig {
 }
 
 /// How many threads serve connections.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// 0 means one per CPU keyward may run on. With one thread, keyward runs single-threaded,
@@ -147,22 +152,51 @@ impl Config {
         if !syntax_errors.is_empty() {
             return Err(syntax_errors.iter().map(Diagnostic::from_toml).collect());
         }
-        let mut diagnostics: Vec<Diagnostic> = root
-            .get_ref()
-            .iter()
-            .filter_map(|(key, value)| {
+        // Each table key and each array element is checked alone, so that every broken value
+        // is reported, not just the first serde meets.
+        let mut diagnostics: Vec<Diagnostic> = Vec::new();
+        for (key, value) in root.get_ref() {
+            let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
+                DeValue::Table(table) => table
+                    .iter()
+                    .map(|(field, field_value)| {
+                        let mut piece = DeTable::default();
+                        piece.insert(field.clone(), field_value.clone());
+                        Spanned::new(value.span(), DeValue::Table(piece))
+                    })
+                    .collect(),
+                DeValue::Array(elements) => elements
+                    .iter()
+                    .map(|element| {
+                        let mut piece = DeArray::new();
+                        piece.push(element.clone());
+                        Spanned::new(value.span(), DeValue::Array(piece))
+                    })
+                    .collect(),
+                _ => vec![value.clone()],
+            };
+            for piece in pieces {
                 let mut section = DeTable::default();
-                section.insert(key.clone(), value.clone());
-                let section = Spanned::new(root.span(), section);
-                Config::deserialize(Deserializer::from(section)).err()
-            })
-            .map(|error| Diagnostic::from_toml(&error))
-            .collect();
+                section.insert(key.clone(), piece);
+                if let Err(error) =
+                    Config::deserialize(Deserializer::from(Spanned::new(root.span(), section)))
+                {
+                    diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                }
+            }
+        }
         if !diagnostics.is_empty() {
+            diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
             return Err(diagnostics);
         }
         let config = Config::deserialize(Deserializer::from(root))
-            .map_err(|error| vec![Diagnostic::from_toml(&error)])?;
+            .map_err(|error| vec![Diagnostic::from_toml(&error).with_found(text)])?;
+        diagnostics.extend(rules::check_rules("rate_limit", &config.rate_limit, text));
+        diagnostics.extend(rules::check_rate_limits(&config.rate_limit));
+        diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
+        if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+            return Err(diagnostics);
+        }
         if let Some(variable) = &config.upstream.password_env {
             if std::env::var_os(variable).is_none() {
                 diagnostics.push(Diagnostic::warning(
@@ -211,12 +245,12 @@ mod tests {
     }
 
     #[test]
-    fn reports_one_error_per_broken_section_with_its_place() {
+    fn reports_every_broken_value_with_its_place() {
         let text =
             "[listen]\nmax_clients = 0\n\n[upstream]\npool_sise = 4\nrequest_timeout = \"5x\"\n";
         let errors = Config::parse(text).unwrap_err();
         let rendered: Vec<String> = errors.iter().map(|d| d.render("k.toml", text)).collect();
-        assert_eq!(rendered.len(), 2, "{rendered:?}");
+        assert_eq!(rendered.len(), 3, "{rendered:?}");
         assert!(
             rendered[0].starts_with("k.toml:2:15: error:"),
             "{}",
@@ -227,7 +261,16 @@ mod tests {
             "{}",
             rendered[1]
         );
-        assert!(rendered[1].contains("pool_sise"), "{}", rendered[1]);
+        assert!(
+            rendered[1].contains("did you mean `pool_size`?"),
+            "{}",
+            rendered[1]
+        );
+        assert!(
+            rendered[2].starts_with("k.toml:6:19: error:"),
+            "{}",
+            rendered[2]
+        );
     }
 
     #[test]

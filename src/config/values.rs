@@ -4,8 +4,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{Deserializer, Error};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -20,6 +23,26 @@ impl ConfigDuration {
 
     pub fn get(self) -> Duration {
         self.0
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl JsonSchema for ConfigDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "a duration with its unit, such as \"250ms\", \"5s\" or \"15m\"",
+            "pattern": "^([0-9]+ *[a-zµ]+ *)+$"
+        })
     }
 }
 
@@ -80,6 +103,26 @@ impl fmt::Display for HostPort {
     }
 }
 
+impl Serialize for HostPort {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl JsonSchema for HostPort {
+    fn schema_name() -> Cow<'static, str> {
+        "HostPort".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "host:port; a host name is resolved on every connect",
+            "pattern": "^.+:[0-9]+$"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for HostPort {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -107,6 +150,25 @@ impl LogLevel {
 impl Default for LogLevel {
     fn default() -> Self {
         LogLevel("info".into())
+    }
+}
+
+impl Serialize for LogLevel {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl JsonSchema for LogLevel {
+    fn schema_name() -> Cow<'static, str> {
+        "LogLevel".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "a tracing filter such as \"info\" or \"keyward=debug,info\""
+        })
     }
 }
 

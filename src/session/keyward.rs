@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use crate::admin;
 use crate::context::Context;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::Protocol;
@@ -13,6 +14,10 @@ const HELP: &[&str] = &[
     "KEYWARD <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "INFO",
     "    Version, uptime, clients and the state of the upstream Redis.",
+    "CONFIG",
+    "    The config in force (JSON): file hash, load time, last reload error, settings.",
+    "RATELIMIT STATS",
+    "    Per rate-limit rule: commands allowed and limited, buckets held.",
     "HELP",
     "    Print this help.",
 ];
@@ -22,6 +27,12 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
     match (subcommand.as_str(), args.len()) {
         ("INFO", 2) => ReplyWriter::new(protocol)
             .bulk(info(context).as_bytes())
+            .finish(),
+        ("CONFIG", 2) => ReplyWriter::new(protocol)
+            .bulk(format!("{:#}", admin::config_report(context)).as_bytes())
+            .finish(),
+        ("RATELIMIT", 3) if args[2].eq_ignore_ascii_case(b"stats") => ReplyWriter::new(protocol)
+            .bulk(rate_limit_stats(context).as_bytes())
             .finish(),
         ("HELP", 2) => {
             let mut writer = ReplyWriter::new(protocol).array(HELP.len());
@@ -35,6 +46,27 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
             String::from_utf8_lossy(&args[1])
         )),
     }
+}
+
+/// One line per rule, in rule order.
+fn rate_limit_stats(context: &Context) -> String {
+    let active = context.live.load();
+    let mut text = String::from("# Rate limits\r\n");
+    for limiter in &active.policies.rate_limits {
+        let (allowed, limited, buckets) = limiter.stats();
+        let rule = &limiter.rule;
+        text.push_str(&format!(
+            "rule:{} allowed={allowed} limited={limited} buckets={buckets} limit={} period={} burst={} bucket={} action={} mode={}\r\n",
+            limiter.name(),
+            rule.limit.get_ref(),
+            humantime::format_duration(rule.period.get()),
+            rule.burst(),
+            json_name(&rule.bucket),
+            json_name(&rule.action),
+            json_name(&rule.mode),
+        ));
+    }
+    text
 }
 
 /// `KEYWARD INFO`, in the `field:value` lines of Redis's `INFO`.
@@ -65,4 +97,12 @@ fn info(context: &Context) -> String {
         text.push_str(&format!("upstream_last_error:{error}\r\n"));
     }
     text
+}
+
+/// The name a setting has in the config file (`"key"`, `"delay"`, `"shadow"`).
+fn json_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

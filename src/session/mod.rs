@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -29,6 +29,8 @@ use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::metrics::{self, ReceivedTally};
 use crate::net;
+use crate::policy::rate_limit::{Requester, Verdict};
+use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::upstream::{Batch, ConnHandle, Reply, SendError};
@@ -106,6 +108,14 @@ pub struct Session {
     last_command: Option<&'static CommandInfo>,
     /// A blocking command may be waiting in Redis; cleared once nothing is owed.
     blocked: bool,
+    /// Reused for the key positions of commands that policies look at.
+    key_positions: Vec<usize>,
+    /// What `bucket = "client"` counts by when the client has no name: its address.
+    peer_label: Vec<u8>,
+    /// A rate limit holds the request at the front of the input until then.
+    hold_until: Option<Instant>,
+    /// When the held request was first delayed, to enforce `max_delay`.
+    delayed_since: Option<Instant>,
 }
 
 impl Session {
@@ -134,6 +144,10 @@ impl Session {
             received: ReceivedTally::default(),
             last_command: None,
             blocked: false,
+            key_positions: Vec::new(),
+            peer_label: peer.to_string().into_bytes(),
+            hold_until: None,
+            delayed_since: None,
         }
     }
 
@@ -150,6 +164,9 @@ impl Session {
         let timer = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(timer);
         let mut timer_armed = false;
+        let hold = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(hold);
+        let mut hold_armed = None;
         let shutdown = self.context.shutdown.clone();
         loop {
             while let Some(streaming) = self.process_input() {
@@ -164,6 +181,12 @@ impl Session {
                     timer.as_mut().reset(deadline.into());
                     timer_armed = true;
                 }
+            }
+            if self.hold_until != hold_armed {
+                if let Some(until) = self.hold_until {
+                    hold.as_mut().reset(until.into());
+                }
+                hold_armed = self.hold_until;
             }
             let wants_input = self.wants_input();
             tokio::select! {
@@ -185,6 +208,10 @@ impl Session {
                 () = &mut timer, if timer_armed => {
                     timer_armed = false;
                     self.expire();
+                }
+                () = &mut hold, if hold_armed.is_some() => {
+                    self.hold_until = None;
+                    hold_armed = None;
                 }
                 () = shutdown.cancelled(), if self.closing.is_none() => {
                     self.closing = Some(Closing::Shutdown);
@@ -301,7 +328,11 @@ impl Session {
     /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
     /// when the request at the front needs a dedicated connection opened first.
     fn process_input(&mut self) -> Option<bool> {
+        if self.hold_until.is_some() {
+            return None;
+        }
         self.waiting_for_quiet = false;
+        let active = self.context.live.load();
         let mut batch = PendingBatch::default();
         let sent_at = Instant::now();
         let mut dedicate = None;
@@ -348,6 +379,43 @@ impl Session {
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
             }
             let blocks = is_blocking(info, &args);
+            let verdict = match step {
+                Step::Forward if !active.policies.is_empty() => {
+                    let client = self.client.name.as_deref().unwrap_or(&self.peer_label);
+                    let delayed = self
+                        .delayed_since
+                        .map_or(Duration::ZERO, |since| since.elapsed());
+                    police(
+                        &active.policies,
+                        info,
+                        &args,
+                        &mut self.key_positions,
+                        client,
+                        delayed,
+                    )
+                }
+                _ => Verdict::Allow,
+            };
+            match verdict {
+                Verdict::Allow => self.delayed_since = None,
+                Verdict::Reject(reply) => {
+                    self.delayed_since = None;
+                    self.received.add(&self.context.command_metrics, info.id);
+                    self.send_batch(&mut batch);
+                    self.input.advance(consumed);
+                    self.replies.push_ready(reply, &mut self.output);
+                    continue;
+                }
+                Verdict::Delay(wait) => {
+                    // The request stays at the front of the input, and so does everything the
+                    // client pipelined after it.
+                    self.send_batch(&mut batch);
+                    let now = Instant::now();
+                    self.delayed_since.get_or_insert(now);
+                    self.hold_until = Some(now + wait);
+                    break;
+                }
+            }
 
             match step {
                 Step::Forward => {
@@ -593,6 +661,20 @@ fn has_block_option(args: &Args<'_>) -> bool {
         index += skip + 1;
     }
     false
+}
+
+/// Asks the policies about a command about to be forwarded.
+fn police(
+    policies: &Policies,
+    info: &CommandInfo,
+    args: &Args<'_>,
+    key_positions: &mut Vec<usize>,
+    client: &[u8],
+    delayed: Duration,
+) -> Verdict {
+    key_positions.clear();
+    info.key_positions(args, key_positions);
+    policies.rate_limit(info, args, key_positions, &Requester { client }, delayed)
 }
 
 /// Whether the command may wait in Redis for something to happen.

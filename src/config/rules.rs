@@ -1,0 +1,298 @@
+//! Policy rules as SREs write them, and the checks that look at more than one value: unknown
+//! commands and ACL categories, invalid patterns, zero limits, duplicate names, and rules that
+//! an earlier rule of the same kind shadows (within a kind, the first matching rule wins).
+
+use std::collections::HashMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::diagnostic::{closest, line_of, Diagnostic};
+use super::values::ConfigDuration;
+use crate::command::CommandTable;
+use crate::policy::glob::Glob;
+
+/// `enforce` acts on what a rule matches; `shadow` only counts and logs what it would do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// What one rate-limit bucket counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    /// Each key the command touches.
+    #[default]
+    Key,
+    /// Each client: its `CLIENT SETNAME` name, else its address.
+    Client,
+    /// The whole rule: one bucket for everything it matches.
+    Rule,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Answer `-RATELIMITED …` at once.
+    #[default]
+    Reject,
+    /// Hold the command (and what the client pipelined after it) until it conforms, up to
+    /// `max_delay`, then reject.
+    Delay,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Counted in this keyward process.
+    #[default]
+    Local,
+    /// Counted in Redis, shared by every keyward in front of it.
+    Global,
+}
+
+/// What a `global` rule does when Redis cannot be asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// `[[rate_limit]]`: at most `limit` matching commands per `period` (with `burst`), per bucket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// Names the rule in metrics, logs and errors.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Key patterns in Redis glob syntax; none means every key.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// Command names or ACL categories (`@write`); none means every command.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub commands: Vec<Spanned<String>>,
+    #[schemars(with = "u32", range(min = 1))]
+    pub limit: Spanned<u32>,
+    pub period: ConfigDuration,
+    /// Commands allowed at once after a quiet spell; defaults to `limit`.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub bucket: Bucket,
+    #[serde(default)]
+    pub action: Action,
+    /// With `action = "delay"`: the longest a command is held. Defaults to 250ms.
+    #[serde(default)]
+    #[schemars(with = "Option<ConfigDuration>")]
+    pub max_delay: Option<Spanned<ConfigDuration>>,
+    #[serde(default)]
+    #[schemars(with = "Option<Scope>")]
+    pub scope: Option<Spanned<Scope>>,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl RateLimitRule {
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .as_ref()
+            .map_or(*self.limit.get_ref(), |burst| *burst.get_ref())
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope
+            .as_ref()
+            .map_or(Scope::Local, |scope| *scope.get_ref())
+    }
+
+    pub fn max_delay(&self) -> std::time::Duration {
+        self.max_delay
+            .as_ref()
+            .map_or(std::time::Duration::from_millis(250), |delay| {
+                delay.get_ref().get()
+            })
+    }
+}
+
+/// What every kind of rule has: a name, key patterns and command filters.
+pub trait Rule {
+    fn name(&self) -> &Spanned<String>;
+    fn keys(&self) -> &[Spanned<String>];
+    fn commands(&self) -> &[Spanned<String>];
+}
+
+impl Rule for RateLimitRule {
+    fn name(&self) -> &Spanned<String> {
+        &self.name
+    }
+    fn keys(&self) -> &[Spanned<String>] {
+        &self.keys
+    }
+    fn commands(&self) -> &[Spanned<String>] {
+        &self.commands
+    }
+}
+
+/// Checks the rules of one kind (`kind` as written in the file, e.g. `rate_limit`).
+pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut names: HashMap<&str, &Spanned<String>> = HashMap::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let name = rule.name();
+        if name.get_ref().trim().is_empty() {
+            diagnostics.push(Diagnostic::error(
+                name.span(),
+                "a rule name cannot be empty".into(),
+            ));
+        } else if let Some(first) = names.insert(name.get_ref(), name) {
+            diagnostics.push(Diagnostic::error(
+                name.span(),
+                format!(
+                    "duplicate {kind} rule name {:?} (first defined at line {})",
+                    name.get_ref(),
+                    line_of(text, first.span().start)
+                ),
+            ));
+        }
+        for key in rule.keys() {
+            if let Err(error) = Glob::new(key.get_ref()) {
+                diagnostics.push(Diagnostic::error(
+                    key.span(),
+                    format!("invalid key pattern: {error}"),
+                ));
+            }
+        }
+        for command in rule.commands() {
+            if let Err(message) = check_command_filter(command.get_ref()) {
+                diagnostics.push(Diagnostic::error(command.span(), message));
+            }
+        }
+        if let Some(earlier) = rules[..index]
+            .iter()
+            .find(|earlier| shadows(*earlier, rule))
+        {
+            diagnostics.push(Diagnostic::warning(
+                Some(name.span()),
+                format!(
+                    "{kind} rule {:?} never applies: rule {:?} (line {}) comes first and matches everything it does",
+                    name.get_ref(),
+                    earlier.name().get_ref(),
+                    line_of(text, earlier.name().span().start)
+                ),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// Checks the values only rate limits have.
+pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for rule in rules {
+        let limit = *rule.limit.get_ref();
+        if limit == 0 {
+            diagnostics.push(Diagnostic::error(
+                rule.limit.span(),
+                "limit = 0 would refuse every command; use at least 1 (or remove the rule)".into(),
+            ));
+        } else if rule.period.get() / limit == std::time::Duration::ZERO {
+            diagnostics.push(Diagnostic::error(
+                rule.limit.span(),
+                format!(
+                    "limit {limit} per {:?} is finer than a nanosecond apart",
+                    rule.period.get()
+                ),
+            ));
+        }
+        if let Some(burst) = &rule.burst {
+            if *burst.get_ref() == 0 {
+                diagnostics.push(Diagnostic::error(
+                    burst.span(),
+                    "burst must be at least 1".into(),
+                ));
+            }
+        }
+        if let Some(scope) = rule
+            .scope
+            .as_ref()
+            .filter(|scope| *scope.get_ref() == Scope::Global)
+        {
+            diagnostics.push(Diagnostic::error(
+                scope.span(),
+                "scope = \"global\" is not available yet; use \"local\"".into(),
+            ));
+        }
+        if let (Action::Reject, Some(delay)) = (rule.action, &rule.max_delay) {
+            diagnostics.push(Diagnostic::warning(
+                Some(delay.span()),
+                format!(
+                    "max_delay has no effect in rule {:?}: it applies only with action = \"delay\"",
+                    rule.name.get_ref()
+                ),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// A command name (`GET`, `client|setname`) or an ACL category (`@write`) the table knows.
+fn check_command_filter(filter: &str) -> Result<(), String> {
+    let table = CommandTable::global();
+    if let Some(category) = filter.strip_prefix('@') {
+        let categories = table.categories();
+        if categories
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(category))
+        {
+            return Ok(());
+        }
+        let hint = closest(category, categories.iter().map(String::as_str))
+            .map(|c| format!("; did you mean `@{c}`?"))
+            .unwrap_or_default();
+        return Err(format!("unknown ACL category `{filter}`{hint}"));
+    }
+    if table.find_name(filter).is_some() {
+        return Ok(());
+    }
+    let hint = closest(&filter.to_ascii_lowercase(), table.names())
+        .map(|name| format!("; did you mean `{}`?", name.to_ascii_uppercase()))
+        .unwrap_or_default();
+    Err(format!("unknown command `{filter}`{hint}"))
+}
+
+/// Whether `earlier` matches every command `later` matches.
+fn shadows<R: Rule>(earlier: &R, later: &R) -> bool {
+    let compile = |keys: &[Spanned<String>]| -> Option<Vec<Glob>> {
+        keys.iter()
+            .map(|key| Glob::new(key.get_ref()).ok())
+            .collect()
+    };
+    let keys_covered = match (compile(earlier.keys()), compile(later.keys())) {
+        (Some(earlier_keys), _) if earlier_keys.is_empty() => true,
+        (Some(earlier_keys), Some(later_keys)) if !later_keys.is_empty() => later_keys
+            .iter()
+            .all(|key| earlier_keys.iter().any(|covering| key.covered_by(covering))),
+        _ => false,
+    };
+    let commands_covered = earlier.commands().is_empty()
+        || (!later.commands().is_empty()
+            && later.commands().iter().all(|command| {
+                earlier
+                    .commands()
+                    .iter()
+                    .any(|covering| covering.get_ref().eq_ignore_ascii_case(command.get_ref()))
+            }));
+    keys_covered && commands_covered
+}

@@ -1,0 +1,76 @@
+//! Policies compiled from the config's rules, and what they decide per command.
+//!
+//! A [`Policies`] value is immutable: a reload compiles a new one and swaps it in, so a command
+//! is judged by one consistent set of rules. Rules whose definition did not change keep their
+//! state (rate-limit buckets) across the swap.
+
+pub mod glob;
+pub mod matcher;
+pub mod rate_limit;
+
+use std::sync::Arc;
+
+use crate::command::CommandInfo;
+use crate::config::Config;
+use crate::resp::request::Args;
+use rate_limit::{RateLimiter, Requester, Verdict};
+
+#[derive(Default)]
+pub struct Policies {
+    pub rate_limits: Vec<Arc<RateLimiter>>,
+}
+
+impl Policies {
+    /// Compiles the rules of `config`, keeping the state of rules unchanged since `previous`.
+    pub fn compile(config: &Config, previous: Option<&Policies>) -> Policies {
+        let rate_limits = config
+            .rate_limit
+            .iter()
+            .map(|rule| {
+                previous
+                    .and_then(|previous| {
+                        previous
+                            .rate_limits
+                            .iter()
+                            .find(|kept| kept.rule == *rule)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(RateLimiter::new(rule.clone())))
+            })
+            .collect();
+        Policies { rate_limits }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rate_limits.is_empty()
+    }
+
+    /// The first rate limit that applies to the command decides.
+    pub fn rate_limit(
+        &self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        requester: &Requester<'_>,
+        delayed: std::time::Duration,
+    ) -> Verdict {
+        for limiter in &self.rate_limits {
+            let matcher = limiter.matcher();
+            if !matcher.applies_to(info) {
+                continue;
+            }
+            if matcher.has_key_patterns() {
+                let mut keys = matcher.matching_keys(args, key_positions).peekable();
+                if keys.peek().is_none() {
+                    continue;
+                }
+                return limiter.decide(keys, requester, delayed);
+            }
+            let keys = key_positions
+                .iter()
+                .filter_map(|&position| args.get(position));
+            return limiter.decide(keys, requester, delayed);
+        }
+        Verdict::Allow
+    }
+}

@@ -1,0 +1,169 @@
+//! `[[rate_limit]]`: GCRA per bucket, with the `governor` crate's keyed limiter.
+//!
+//! A rule allows `limit` commands per `period` after a burst of `burst`: one cell is replenished
+//! every `period / limit`, at most `burst` are available at once. Buckets are per key, per client
+//! or per rule. Idle buckets are dropped by [`RateLimiter::forget_idle`], so millions of
+//! distinct keys do not grow memory without bound.
+//!
+//! A command with several matching keys (`MGET a b`) must conform for each; the keys are checked
+//! in order, so keys checked before the one that refused have used a cell for a command that did
+//! not run.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+
+use super::matcher::RuleMatcher;
+use crate::config::rules::{Action, Bucket, Mode};
+use crate::config::RateLimitRule;
+use crate::resp::reply;
+
+/// What a rate limit says about one command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Reject(Bytes),
+    /// Hold the command this long, then ask again.
+    Delay(Duration),
+}
+
+/// Who is asking: what `bucket = "client"` counts by.
+pub struct Requester<'a> {
+    /// The `CLIENT SETNAME` name, else the peer address.
+    pub client: &'a [u8],
+}
+
+pub struct RateLimiter {
+    pub rule: RateLimitRule,
+    matcher: RuleMatcher,
+    limiter: DefaultKeyedRateLimiter<Box<[u8]>>,
+    clock: DefaultClock,
+    allowed: AtomicU64,
+    limited: AtomicU64,
+    allowed_metric: Counter,
+    limited_metric: Counter,
+    delay_metric: Histogram,
+}
+
+impl RateLimiter {
+    pub fn new(rule: RateLimitRule) -> RateLimiter {
+        let limit = (*rule.limit.get_ref()).max(1);
+        let interval = (rule.period.get() / limit).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(rule.burst().max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let name = rule.name.get_ref().clone();
+        let outcome = match (rule.mode, rule.action) {
+            (Mode::Shadow, _) => "shadow",
+            (Mode::Enforce, Action::Reject) => "reject",
+            (Mode::Enforce, Action::Delay) => "delay",
+        };
+        RateLimiter {
+            matcher: RuleMatcher::compile(&rule),
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            allowed: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            allowed_metric: counter!("keyward_ratelimit_allowed_total", "rule" => name.clone()),
+            limited_metric: counter!("keyward_ratelimit_limited_total", "rule" => name.clone(), "action" => outcome),
+            delay_metric: histogram!("keyward_ratelimit_delay_seconds", "rule" => name),
+            rule,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.rule.name.get_ref()
+    }
+
+    pub fn matcher(&self) -> &RuleMatcher {
+        &self.matcher
+    }
+
+    /// Decides for a command this rule matches. `keys` are the command's keys that match the
+    /// rule's patterns (ignored unless `bucket = "key"`); `delayed` is how long the command has
+    /// already been held.
+    pub fn decide<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+        requester: &Requester<'_>,
+        delayed: Duration,
+    ) -> Verdict {
+        let refusal = match self.rule.bucket {
+            Bucket::Key => keys.into_iter().find_map(|key| self.take(key)),
+            Bucket::Client => self.take(requester.client),
+            Bucket::Rule => self.take(b""),
+        };
+        let Some((bucket, wait)) = refusal else {
+            self.allowed.fetch_add(1, Ordering::Relaxed);
+            self.allowed_metric.increment(1);
+            if !delayed.is_zero() {
+                self.delay_metric.record(delayed.as_secs_f64());
+            }
+            return Verdict::Allow;
+        };
+        if self.rule.mode == Mode::Shadow {
+            self.limited.fetch_add(1, Ordering::Relaxed);
+            self.limited_metric.increment(1);
+            tracing::debug!(rule = self.name(), bucket = %String::from_utf8_lossy(&bucket), "would rate-limit (shadow)");
+            return Verdict::Allow;
+        }
+        if self.rule.action == Action::Delay && delayed + wait <= self.rule.max_delay() {
+            return Verdict::Delay(wait);
+        }
+        self.limited.fetch_add(1, Ordering::Relaxed);
+        self.limited_metric.increment(1);
+        Verdict::Reject(reply::error(&rejection(self.name(), &bucket, wait)))
+    }
+
+    /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
+    fn take(&self, bucket: &[u8]) -> Option<(Vec<u8>, Duration)> {
+        let key: Box<[u8]> = bucket.into();
+        match self.limiter.check_key(&key) {
+            Ok(()) => None,
+            Err(not_until) => Some((bucket.to_vec(), not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+
+    /// Drops buckets that are back to full, and reports how many remain.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        gauge!("keyward_ratelimit_buckets", "rule" => self.name().to_string())
+            .set(self.limiter.len() as f64);
+    }
+
+    /// (allowed, limited, buckets) for `KEYWARD RATELIMIT STATS`.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        (
+            self.allowed.load(Ordering::Relaxed),
+            self.limited.load(Ordering::Relaxed),
+            self.limiter.len(),
+        )
+    }
+}
+
+/// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
+fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
+    let mut shown: String = bucket
+        .iter()
+        .take(128)
+        .map(|&byte| {
+            if byte.is_ascii_graphic() {
+                byte as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if shown.is_empty() {
+        shown.push('-');
+    }
+    let millis = wait.as_millis().max(1);
+    format!("RATELIMITED {rule} {shown} retry in {millis} ms")
+}

@@ -1,0 +1,262 @@
+//! The configuration in force, and how it changes while keyward runs.
+//!
+//! A reload (file change, SIGHUP or `POST /reload`) reads and validates the whole file. A valid
+//! file is compiled into new policies and swapped in at once: commands already decided keep
+//! the rules they were decided by, new ones see the new rules, and no connection notices.
+//! An invalid file changes nothing; its errors are logged, shown at `GET /config` and counted
+//! in `keyward_config_reloads_total{result="error"}`. Settings that only a restart can apply
+//! (listen and admin addresses, upstream, runtime) are reported as needing one and ignored.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use metrics::counter;
+use serde::Serialize;
+
+use crate::config::{Config, LoadError};
+use crate::logging;
+use crate::policy::Policies;
+
+/// One loaded version of the config.
+pub struct Active {
+    pub config: Config,
+    pub policies: Policies,
+}
+
+/// What `GET /config` reports about loading.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub path: Option<String>,
+    /// Hash of the file contents in force, to tell versions apart.
+    pub hash: String,
+    /// When the version in force was loaded (seconds since the epoch).
+    pub loaded_at: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    /// Settings changed in the file that only apply after a restart.
+    pub needs_restart: Vec<String>,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The file watcher: one save can raise several events, so a file already judged is not
+    /// judged (and counted) again.
+    FileChange,
+    /// SIGHUP or `POST /reload`: someone asked, so the file is read and judged again.
+    Request(&'static str),
+}
+
+pub struct LiveConfig {
+    path: Option<PathBuf>,
+    /// The last save rejected (contents hash and modification time), so that the several
+    /// events one save raises are not counted as several failed reloads.
+    last_rejected: Mutex<Option<(String, Option<SystemTime>)>>,
+    active: ArcSwap<Active>,
+    status: Mutex<Status>,
+    /// Serializes reloads, which can be triggered from several places at once.
+    reloading: Mutex<()>,
+}
+
+/// How a reload ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Rejected(Vec<String>),
+}
+
+impl LiveConfig {
+    pub fn new(path: Option<&Path>, config: Config) -> LiveConfig {
+        let text = path
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default();
+        let policies = Policies::compile(&config, None);
+        LiveConfig {
+            path: path.map(Path::to_path_buf),
+            last_rejected: Mutex::new(None),
+            active: ArcSwap::from_pointee(Active { config, policies }),
+            status: Mutex::new(Status {
+                path: path.map(|path| path.display().to_string()),
+                hash: content_hash(&text),
+                loaded_at: now_seconds(),
+                last_error: None,
+                last_error_at: None,
+                needs_restart: Vec::new(),
+                reloads_ok: 0,
+                reloads_error: 0,
+            }),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// The version in force; cheap enough to call per batch of commands.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Active>> {
+        self.active.load()
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads the file again and swaps it in if it is valid.
+    pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = &self.path else {
+            return ReloadOutcome::Rejected(vec!["keyward runs without a config file".into()]);
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let hash = content_hash(&text);
+        let save = (
+            hash.clone(),
+            std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        );
+        let already_judged = hash == self.status().hash
+            || (trigger == Trigger::FileChange
+                && self
+                    .last_rejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    == Some(&save));
+        if already_judged {
+            return ReloadOutcome::Unchanged;
+        }
+        let trigger = match trigger {
+            Trigger::FileChange => "file change",
+            Trigger::Request(what) => what,
+        };
+        let file = path.display().to_string();
+        match Config::load(path) {
+            Ok((config, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!("{}", warning.render(&file, &text));
+                }
+                let current = self.active.load();
+                let (config, needs_restart) = keep_restart_only(&current.config, config);
+                for setting in &needs_restart {
+                    tracing::warn!(setting, "changed in the config; applies after a restart");
+                }
+                if config.log.level != current.config.log.level {
+                    logging::set_level(config.log.level.as_str());
+                }
+                let policies = Policies::compile(&config, Some(&current.policies));
+                self.active.store(Arc::new(Active { config, policies }));
+                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                status.hash = hash;
+                status.loaded_at = now_seconds();
+                status.needs_restart = needs_restart;
+                status.reloads_ok += 1;
+                counter!("keyward_config_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(trigger, path = %file, "config reloaded");
+                ReloadOutcome::Applied
+            }
+            Err(error) => {
+                let messages = match error {
+                    LoadError::Unreadable { path, error } => {
+                        vec![format!("{path}: cannot read: {error}")]
+                    }
+                    LoadError::Invalid(diagnostics) => diagnostics
+                        .iter()
+                        .map(|diagnostic| diagnostic.render(&file, &text))
+                        .collect(),
+                };
+                for message in &messages {
+                    tracing::error!(
+                        trigger,
+                        "config rejected, previous version stays: {message}"
+                    );
+                }
+                *self.last_rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(save);
+                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                status.last_error = Some(messages.join("\n"));
+                status.last_error_at = Some(now_seconds());
+                status.reloads_error += 1;
+                counter!("keyward_config_reloads_total", "result" => "error").increment(1);
+                ReloadOutcome::Rejected(messages)
+            }
+        }
+    }
+}
+
+/// Keeps the running values of settings that cannot change live, naming those the new file
+/// changed.
+fn keep_restart_only(running: &Config, mut new: Config) -> (Config, Vec<String>) {
+    let mut needs_restart = Vec::new();
+    if new.listen != running.listen {
+        needs_restart.push("listen".to_string());
+        new.listen = running.listen.clone();
+    }
+    if new.admin != running.admin {
+        needs_restart.push("admin".to_string());
+        new.admin = running.admin.clone();
+    }
+    if new.upstream != running.upstream {
+        needs_restart.push("upstream".to_string());
+        new.upstream = running.upstream.clone();
+    }
+    if new.runtime != running.runtime {
+        needs_restart.push("runtime".to_string());
+        new.runtime = running.runtime.clone();
+    }
+    (new, needs_restart)
+}
+
+fn content_hash(text: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Reloads when the file changes. Editors save in pieces (write a temporary file, rename it
+/// over), so the file's directory is watched and events are debounced.
+pub fn watch_file(live: Arc<LiveConfig>) -> Result<impl Drop, String> {
+    use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
+    let path = live.path().ok_or("no config file to watch")?.to_path_buf();
+    let file_name = path.file_name().map(|name| name.to_os_string());
+    let directory = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let runtime = tokio::runtime::Handle::current();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(100),
+        move |events: notify_debouncer_mini::DebounceEventResult| {
+            let touched = events.map(|events| {
+                events
+                    .iter()
+                    .any(|event| event.path.file_name().map(|n| n.to_os_string()) == file_name)
+            });
+            if let Ok(true) = touched {
+                let live = Arc::clone(&live);
+                runtime.spawn_blocking(move || live.reload(Trigger::FileChange));
+            }
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    debouncer
+        .watcher()
+        .watch(&directory, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", directory.display()))?;
+    Ok(debouncer)
+}
