@@ -7,7 +7,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-keyward=${1:-$root/target/debug/keyward}
+keyward=$(realpath "${1:-$root/target/debug/keyward}")
 "$here/setup.sh"
 
 work=$(mktemp -d)
