@@ -234,3 +234,61 @@ fn bursts_and_steady_streams_get_exactly_what_gcra_allows() {
         "allowed {allowed} in {elapsed:.2}s, GCRA allows {most:.1}"
     );
 }
+
+#[test]
+fn global_rules_share_one_limit_across_keyward_processes() {
+    let redis = RedisServer::start();
+    let rule = "[[rate_limit]]\nname = \"shared\"\nkeys = [\"api:*\"]\nlimit = 5\nperiod = \"1h\"\nscope = \"global\"\n";
+    let first = Keyward::start(redis.port, rule);
+    let second = Keyward::start(redis.port, rule);
+    let mut clients = [first.client(), second.client()];
+    let allowed = (0..12)
+        .filter(|attempt| incr(&mut clients[attempt % 2], "api:orders").is_ok())
+        .count();
+    assert_eq!(allowed, 5, "two sidecars together allowed {allowed}");
+    let error = incr(&mut clients[0], "api:orders").unwrap_err().to_string();
+    assert!(error.contains("shared api:orders retry in"), "{error}");
+    let mut direct = redis.client();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("keyward:ratelimit:{shared:api:orders}")
+        .query(&mut direct)
+        .unwrap();
+    assert!(ttl > 0, "the bucket expires once full again (pttl {ttl})");
+    assert_eq!(
+        incr(&mut clients[1], "api:other").unwrap(),
+        1,
+        "buckets are per key"
+    );
+}
+
+#[test]
+fn global_rules_fall_back_to_on_error_when_redis_cannot_decide() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-eval"])
+        .query(&mut redis.client())
+        .unwrap();
+    std::env::set_var("KEYWARD_TEST_NOSCRIPT_PASSWORD", "pw");
+    let upstream = "username = \"noscript\"\npassword_env = \"KEYWARD_TEST_NOSCRIPT_PASSWORD\"";
+    let rule = |name: &str, on_error: &str| {
+        format!(
+            "[[rate_limit]]\nname = \"{name}\"\nkeys = [\"{name}:*\"]\nlimit = 1\nperiod = \"1h\"\n\
+             scope = \"global\"\non_error = \"{on_error}\"\n"
+        )
+    };
+    let keyward = Keyward::start_with_upstream(
+        redis.port,
+        upstream,
+        &(rule("open", "allow") + &rule("closed", "deny")),
+    );
+    let mut client = keyward.client();
+    assert_eq!(incr(&mut client, "open:a").unwrap(), 1);
+    assert_eq!(
+        incr(&mut client, "open:a").unwrap(),
+        2,
+        "on_error = allow lets commands through"
+    );
+    let error = incr(&mut client, "closed:a").unwrap_err().to_string();
+    assert!(error.contains("closed closed:a unavailable"), "{error}");
+    assert!(error.contains("NOPERM"), "{error}");
+}

@@ -155,6 +155,7 @@ impl Config {
         // Each table key and each array element is checked alone, so that every broken value
         // is reported, not just the first serde meets.
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
+        let mut rate_limits = Vec::new();
         for (key, value) in root.get_ref() {
             let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
                 DeValue::Table(table) => table
@@ -178,25 +179,22 @@ impl Config {
             for piece in pieces {
                 let mut section = DeTable::default();
                 section.insert(key.clone(), piece);
-                if let Err(error) =
-                    Config::deserialize(Deserializer::from(Spanned::new(root.span(), section)))
-                {
-                    diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                match Config::deserialize(Deserializer::from(Spanned::new(root.span(), section))) {
+                    Err(error) => diagnostics.push(Diagnostic::from_toml(&error).with_found(text)),
+                    // Rules that parse alone are checked together below, even if others in
+                    // the file do not parse.
+                    Ok(piece) => rate_limits.extend(piece.rate_limit),
                 }
             }
         }
-        if !diagnostics.is_empty() {
-            diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
-            return Err(diagnostics);
-        }
-        let config = Config::deserialize(Deserializer::from(root))
-            .map_err(|error| vec![Diagnostic::from_toml(&error).with_found(text)])?;
-        diagnostics.extend(rules::check_rules("rate_limit", &config.rate_limit, text));
-        diagnostics.extend(rules::check_rate_limits(&config.rate_limit));
+        diagnostics.extend(rules::check_rules("rate_limit", &rate_limits, text));
+        diagnostics.extend(rules::check_rate_limits(&rate_limits));
         diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);
         }
+        let config = Config::deserialize(Deserializer::from(root))
+            .map_err(|error| vec![Diagnostic::from_toml(&error).with_found(text)])?;
         if let Some(variable) = &config.upstream.password_env {
             if std::env::var_os(variable).is_none() {
                 diagnostics.push(Diagnostic::warning(

@@ -224,16 +224,6 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                 ));
             }
         }
-        if let Some(scope) = rule
-            .scope
-            .as_ref()
-            .filter(|scope| *scope.get_ref() == Scope::Global)
-        {
-            diagnostics.push(Diagnostic::error(
-                scope.span(),
-                "scope = \"global\" is not available yet; use \"local\"".into(),
-            ));
-        }
         if let (Action::Reject, Some(delay)) = (rule.action, &rule.max_delay) {
             diagnostics.push(Diagnostic::warning(
                 Some(delay.span()),

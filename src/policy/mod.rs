@@ -5,6 +5,7 @@
 //! state (rate-limit buckets) across the swap.
 
 pub mod glob;
+pub mod global;
 pub mod matcher;
 pub mod rate_limit;
 
@@ -53,6 +54,7 @@ impl Policies {
         key_positions: &[usize],
         requester: &Requester<'_>,
         delayed: std::time::Duration,
+        answer: Option<global::Answer>,
     ) -> Verdict {
         for limiter in &self.rate_limits {
             let matcher = limiter.matcher();
@@ -64,12 +66,12 @@ impl Policies {
                 if keys.peek().is_none() {
                     continue;
                 }
-                return limiter.decide(keys, requester, delayed);
+                return limiter.decide(keys, requester, delayed, answer);
             }
             let keys = key_positions
                 .iter()
                 .filter_map(|&position| args.get(position));
-            return limiter.decide(keys, requester, delayed);
+            return limiter.decide(keys, requester, delayed, answer);
         }
         Verdict::Allow
     }

@@ -18,8 +18,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 
+use super::global::{self, Answer};
 use super::matcher::RuleMatcher;
-use crate::config::rules::{Action, Bucket, Mode};
+use crate::config::rules::{Action, Bucket, Mode, OnError, Scope};
 use crate::config::RateLimitRule;
 use crate::resp::reply;
 
@@ -30,6 +31,9 @@ pub enum Verdict {
     Reject(Bytes),
     /// Hold the command this long, then ask again.
     Delay(Duration),
+    /// A global rule: send this request to Redis, hold the command until the answer, then ask
+    /// again with it.
+    AskRedis(Bytes),
 }
 
 /// Who is asking: what `bucket = "client"` counts by.
@@ -42,6 +46,8 @@ pub struct RateLimiter {
     pub rule: RateLimitRule,
     matcher: RuleMatcher,
     limiter: DefaultKeyedRateLimiter<Box<[u8]>>,
+    /// Time between two cells, `period / limit`.
+    interval: Duration,
     clock: DefaultClock,
     allowed: AtomicU64,
     limited: AtomicU64,
@@ -67,6 +73,7 @@ impl RateLimiter {
         RateLimiter {
             matcher: RuleMatcher::compile(&rule),
             limiter: DefaultKeyedRateLimiter::keyed(quota),
+            interval,
             clock: DefaultClock::default(),
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
@@ -87,17 +94,38 @@ impl RateLimiter {
 
     /// Decides for a command this rule matches. `keys` are the command's keys that match the
     /// rule's patterns (ignored unless `bucket = "key"`); `delayed` is how long the command has
-    /// already been held.
+    /// already been held; `answer` is Redis's answer for a global rule, once it came.
     pub fn decide<'k>(
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
         requester: &Requester<'_>,
         delayed: Duration,
+        answer: Option<Answer>,
     ) -> Verdict {
-        let refusal = match self.rule.bucket {
-            Bucket::Key => keys.into_iter().find_map(|key| self.take(key)),
-            Bucket::Client => self.take(requester.client),
-            Bucket::Rule => self.take(b""),
+        let buckets: Vec<&[u8]> = match self.rule.bucket {
+            Bucket::Key => keys.collect(),
+            Bucket::Client => vec![requester.client],
+            Bucket::Rule => vec![b""],
+        };
+        if buckets.is_empty() {
+            return Verdict::Allow;
+        }
+        let refusal = match self.rule.scope() {
+            Scope::Local => buckets.iter().find_map(|bucket| self.take(bucket)),
+            Scope::Global => match answer {
+                None => {
+                    let owned: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
+                    return Verdict::AskRedis(global::encode_check(
+                        self.name(),
+                        &owned,
+                        self.interval,
+                        self.rule.burst(),
+                    ));
+                }
+                Some(Ok(None)) => None,
+                Some(Ok(Some(wait))) => Some((buckets[0].to_vec(), wait)),
+                Some(Err(reason)) => return self.undecided(&buckets, &reason),
+            },
         };
         let Some((bucket, wait)) = refusal else {
             self.allowed.fetch_add(1, Ordering::Relaxed);
@@ -119,6 +147,24 @@ impl RateLimiter {
         self.limited.fetch_add(1, Ordering::Relaxed);
         self.limited_metric.increment(1);
         Verdict::Reject(reply::error(&rejection(self.name(), &bucket, wait)))
+    }
+
+    /// Redis could not decide a global rule: `on_error` does.
+    fn undecided(&self, buckets: &[&[u8]], reason: &str) -> Verdict {
+        tracing::warn!(rule = self.name(), %reason, "global rate limit undecided; applying on_error");
+        match self.rule.on_error {
+            OnError::Allow => Verdict::Allow,
+            OnError::Deny => {
+                self.limited.fetch_add(1, Ordering::Relaxed);
+                self.limited_metric.increment(1);
+                Verdict::Reject(reply::error(&format!(
+                    "RATELIMITED {} {} unavailable: {}",
+                    self.name(),
+                    printable(buckets[0]),
+                    reason
+                )))
+            }
+        }
     }
 
     /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
@@ -150,7 +196,16 @@ impl RateLimiter {
 
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
 fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
-    let mut shown: String = bucket
+    let millis = wait.as_millis().max(1);
+    format!(
+        "RATELIMITED {rule} {} retry in {millis} ms",
+        printable(bucket)
+    )
+}
+
+/// A bucket as shown in an error line: printable, at most 128 bytes, `-` when empty.
+fn printable(bucket: &[u8]) -> String {
+    let shown: String = bucket
         .iter()
         .take(128)
         .map(|&byte| {
@@ -162,8 +217,8 @@ fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
         })
         .collect();
     if shown.is_empty() {
-        shown.push('-');
+        "-".into()
+    } else {
+        shown
     }
-    let millis = wait.as_millis().max(1);
-    format!("RATELIMITED {rule} {shown} retry in {millis} ms")
 }

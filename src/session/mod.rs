@@ -29,10 +29,11 @@ use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::metrics::{self, ReceivedTally};
 use crate::net;
+use crate::policy::global;
 use crate::policy::rate_limit::{Requester, Verdict};
 use crate::policy::Policies;
-use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
+use crate::resp::{reply, Protocol};
 use crate::upstream::{Batch, ConnHandle, Reply, SendError};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
@@ -116,6 +117,14 @@ pub struct Session {
     hold_until: Option<Instant>,
     /// When the held request was first delayed, to enforce `max_delay`.
     delayed_since: Option<Instant>,
+    /// Answers to the questions keyward asks Redis for its own policies (global rate limits),
+    /// apart from the client's replies.
+    policy_sender: mpsc::UnboundedSender<Reply>,
+    policy_receiver: mpsc::UnboundedReceiver<Reply>,
+    /// A question is out; the request at the front of the input waits for its answer.
+    awaiting_redis: bool,
+    /// The answer, for the request at the front of the input.
+    global_answer: Option<global::Answer>,
 }
 
 impl Session {
@@ -124,6 +133,7 @@ impl Session {
         let client = ClientState::new(id);
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
         let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
+        let (policy_sender, policy_receiver) = mpsc::unbounded_channel();
         Session {
             context,
             peer,
@@ -148,6 +158,10 @@ impl Session {
             peer_label: peer.to_string().into_bytes(),
             hold_until: None,
             delayed_since: None,
+            policy_sender,
+            policy_receiver,
+            awaiting_redis: false,
+            global_answer: None,
         }
     }
 
@@ -212,6 +226,16 @@ impl Session {
                 () = &mut hold, if hold_armed.is_some() => {
                     self.hold_until = None;
                     hold_armed = None;
+                }
+                answer = self.policy_receiver.recv(), if self.awaiting_redis => {
+                    self.awaiting_redis = false;
+                    self.global_answer = Some(match answer {
+                        Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
+                        Some(Reply::Failed { error, .. }) => {
+                            Err(String::from_utf8_lossy(&error).trim().to_string())
+                        }
+                        _ => Err("no answer from Redis".to_string()),
+                    });
                 }
                 () = shutdown.cancelled(), if self.closing.is_none() => {
                     self.closing = Some(Closing::Shutdown);
@@ -328,7 +352,7 @@ impl Session {
     /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
     /// when the request at the front needs a dedicated connection opened first.
     fn process_input(&mut self) -> Option<bool> {
-        if self.hold_until.is_some() {
+        if self.hold_until.is_some() || self.awaiting_redis {
             return None;
         }
         self.waiting_for_quiet = false;
@@ -385,6 +409,7 @@ impl Session {
                     let delayed = self
                         .delayed_since
                         .map_or(Duration::ZERO, |since| since.elapsed());
+                    let answer = self.global_answer.take();
                     police(
                         &active.policies,
                         info,
@@ -392,6 +417,7 @@ impl Session {
                         &mut self.key_positions,
                         client,
                         delayed,
+                        answer,
                     )
                 }
                 _ => Verdict::Allow,
@@ -405,6 +431,29 @@ impl Session {
                     self.input.advance(consumed);
                     self.replies.push_ready(reply, &mut self.output);
                     continue;
+                }
+                Verdict::AskRedis(question) => {
+                    self.send_batch(&mut batch);
+                    let batch = Batch {
+                        bytes: question,
+                        count: 1,
+                        reply_to: self.policy_sender.clone(),
+                    };
+                    let conn = self
+                        .context
+                        .upstream
+                        .pooled(Protocol::Resp2, 0, self.client.id);
+                    match conn.send(batch) {
+                        Ok(()) => {
+                            self.awaiting_redis = true;
+                            break;
+                        }
+                        Err(_) => {
+                            // Judged again at once, with on_error deciding.
+                            self.global_answer = Some(Err("upstream busy or gone".into()));
+                            continue;
+                        }
+                    }
                 }
                 Verdict::Delay(wait) => {
                     // The request stays at the front of the input, and so does everything the
@@ -664,6 +713,7 @@ fn has_block_option(args: &Args<'_>) -> bool {
 }
 
 /// Asks the policies about a command about to be forwarded.
+#[allow(clippy::too_many_arguments)]
 fn police(
     policies: &Policies,
     info: &CommandInfo,
@@ -671,10 +721,18 @@ fn police(
     key_positions: &mut Vec<usize>,
     client: &[u8],
     delayed: Duration,
+    answer: Option<global::Answer>,
 ) -> Verdict {
     key_positions.clear();
     info.key_positions(args, key_positions);
-    policies.rate_limit(info, args, key_positions, &Requester { client }, delayed)
+    policies.rate_limit(
+        info,
+        args,
+        key_positions,
+        &Requester { client },
+        delayed,
+        answer,
+    )
 }
 
 /// Whether the command may wait in Redis for something to happen.

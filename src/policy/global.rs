@@ -1,0 +1,117 @@
+//! `scope = "global"`: rate-limit buckets that live in Redis, so that every keyward in front of
+//! the same Redis shares them.
+//!
+//! One decision is one `EVAL` of a GCRA script: it reads the theoretical arrival time (TAT) of
+//! each bucket the command touches, refuses if any is too far ahead, and otherwise advances all
+//! of them, atomically. Time comes from Redis (`TIME`), so keyward processes on different
+//! machines agree on it. Buckets are stored as `keyward:ratelimit:{<rule>:<bucket>}` (hash-tagged
+//! per bucket) and expire once they are full again, so idle buckets take no memory in Redis.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::parse_int;
+use crate::upstream::encode_command;
+
+/// Prefix of every key keyward keeps in Redis for global rate limits.
+pub const KEY_PREFIX: &str = "keyward:ratelimit:";
+
+/// KEYS: the buckets. ARGV[1]: microseconds per cell; ARGV[2]: burst tolerance in
+/// microseconds, `(burst - 1) × interval`. Returns 0 when allowed, else the wait in
+/// microseconds.
+const SCRIPT: &str = "\
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local wait = 0
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or 0)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local over = tat - now - tolerance
+  if over > wait then wait = over end
+end
+if wait > 0 then return math.ceil(wait) end
+for i, key in ipairs(KEYS) do
+  local next_tat = tats[i] + interval
+  redis.call('SET', key, string.format('%.0f', next_tat), 'PX', math.floor((next_tat - now) / 1000) + 1)
+end
+return 0
+";
+
+/// Encodes the decision for `buckets` of `rule`.
+pub fn encode_check(rule: &str, buckets: &[Vec<u8>], interval: Duration, burst: u32) -> Bytes {
+    let interval_micros = interval.as_micros().max(1);
+    let tolerance = interval_micros * u128::from(burst.saturating_sub(1));
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(buckets.len() + 5);
+    args.push(b"EVAL".to_vec());
+    args.push(SCRIPT.as_bytes().to_vec());
+    args.push(buckets.len().to_string().into_bytes());
+    for bucket in buckets {
+        let mut key = format!("{KEY_PREFIX}{{{rule}:").into_bytes();
+        key.extend_from_slice(bucket);
+        key.push(b'}');
+        args.push(key);
+    }
+    args.push(interval_micros.to_string().into_bytes());
+    args.push(tolerance.to_string().into_bytes());
+    let mut out = BytesMut::new();
+    encode_command(&args, &mut out);
+    out.freeze()
+}
+
+/// What Redis answered: `Ok(None)` allowed, `Ok(Some(wait))` refused, `Err` when it could not
+/// decide (an error reply, or no reply at all).
+pub type Answer = Result<Option<Duration>, String>;
+
+/// Reads the script's reply frame.
+pub fn read_answer(frame: &[u8]) -> Answer {
+    let line = frame.strip_suffix(b"\r\n").unwrap_or(frame);
+    match line.split_first() {
+        Some((b':', digits)) => match parse_int(digits) {
+            Some(0) => Ok(None),
+            Some(micros) if micros > 0 => Ok(Some(Duration::from_micros(micros as u64))),
+            _ => Err(format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(frame)
+            )),
+        },
+        Some((b'-', message)) => Err(String::from_utf8_lossy(message).into_owned()),
+        _ => Err(format!(
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(frame)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_answers() {
+        assert_eq!(read_answer(b":0\r\n"), Ok(None));
+        assert_eq!(
+            read_answer(b":1500\r\n"),
+            Ok(Some(Duration::from_micros(1500)))
+        );
+        assert!(read_answer(b"-NOSCRIPT x\r\n").is_err());
+        assert!(read_answer(b"$1\r\nx\r\n").is_err());
+    }
+
+    #[test]
+    fn keys_are_prefixed_and_hash_tagged_per_bucket() {
+        let encoded = encode_check(
+            "login",
+            &[b"user:1".to_vec()],
+            Duration::from_millis(100),
+            5,
+        );
+        let text = String::from_utf8_lossy(&encoded);
+        assert!(text.contains("keyward:ratelimit:{login:user:1}"), "{text}");
+        assert!(text.ends_with("$6\r\n100000\r\n$6\r\n400000\r\n"), "{text}");
+    }
+}
