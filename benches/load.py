@@ -8,6 +8,8 @@ ratios keyward/direct and keyward/twemproxy, keyward's CPU seconds per million r
 its memory. Absolute numbers on a shared machine are noise; the ratios are the result.
 
     python3 benches/load.py [--rounds 5] [--requests 200000] [--quick]
+    python3 benches/load.py --policies            # keyward with and without policy rules
+    python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
 
 Installs redis-tools and nutcracker from Debian if missing, and builds keyward in release mode.
 Everything it starts listens on 127.0.0.1 and is stopped on exit.
@@ -33,6 +35,15 @@ RUN_TIMEOUT = 120
 IDLE_CONNECTIONS = 10_000
 
 MGET_KEYS = ["key:__rand_int__"] * 10
+# One rule matching every key the benchmark touches, with a limit it never reaches.
+NEVER_HIT_RULE = """
+[[rate_limit]]
+name = "everything"
+keys = ["key:*"]
+limit = 1000000000
+period = "1s"
+mode = "{mode}"
+"""
 SCENARIOS = [
     # name, redis-benchmark arguments, requests multiplier
     ("GET, no pipelining", ["-t", "get", "-P", "1"], 1),
@@ -109,12 +120,59 @@ def open_idle_connections(port, count):
     return sockets
 
 
+def report_policies(results, targets, scenarios, rounds):
+    print()
+    print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
+          f"{rounds} rounds, medians in requests/s; one rate-limit rule matching every key, never hit")
+    names = [name for name, _ in targets]
+    print("| scenario | " + " | ".join(names) + " | shadow/keyward | enforce/keyward |")
+    print("| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: |")
+    for scenario, _, _ in scenarios:
+        medians = [statistics.median(results[(scenario, name)]) for name in names]
+        base = medians[1]
+        print(f"| {scenario} | " + " | ".join(f"{m:,.0f}" for m in medians)
+              + f" | {medians[2] / base:.3f} | {medians[3] / base:.3f} |")
+
+
+def ratelimit_memory(redis_port, start_keyward):
+    """A million distinct keys through one rate-limit rule: buckets and RSS while they are
+    fresh, and after the janitor has dropped the idle ones."""
+    port, admin = free_port(), free_port()
+    keyward = start_keyward("keyward-memory", port, admin,
+                            '[[rate_limit]]\nname = "per-key"\nkeys = ["key:*"]\nlimit = 100\nperiod = "1s"\n')
+    def buckets():
+        stats = subprocess.run(["redis-cli", "-p", str(port), "KEYWARD", "RATELIMIT", "STATS"],
+                               capture_output=True, text=True, check=True).stdout
+        return float(stats.split("buckets=")[1].split()[0])
+
+    rows = [("before", 0, rss_kib(keyward.pid))]
+    for run in range(1, 4):
+        subprocess.run(pinned(1, ["redis-benchmark", "-p", str(port), "-c", str(CLIENTS), "-n", "2000000",
+                                  "-r", "1000000", "-P", "16", "-q", "INCR", "key:__rand_int__"]),
+                       capture_output=True, timeout=RUN_TIMEOUT * 2, check=True)
+        rows.append((f"right after load {run}", buckets(), rss_kib(keyward.pid)))
+    time.sleep(11)
+    rows.append(("11 s later (idle buckets are swept every 5 s)", buckets(), rss_kib(keyward.pid)))
+    print()
+    print("3 loads of 2,000,000 INCRs over 1,000,000 distinct keys, through one rate-limit rule "
+          "(limit 100/s per key):")
+    print("| moment | buckets held | keyward RSS |")
+    print("| --- | ---: | ---: |")
+    for moment, held, rss in rows:
+        print(f"| {moment} | {held:,.0f} | {rss / 1024:.1f} MiB |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000, help="requests per unpipelined run")
     parser.add_argument("--quick", action="store_true", help="1 round, 50,000 requests: a smoke run")
-    parser.add_argument("--keyward-config", help="extra TOML appended to keyward's config (policies)")
+    parser.add_argument("--policies", action="store_true",
+                        help="compare keyward without policies to keyward with a rate-limit rule "
+                             "matching every key, in shadow and in enforce mode")
+    parser.add_argument("--ratelimit-memory", action="store_true",
+                        help="drive a million distinct keys through a rate-limit rule and report "
+                             "buckets and RSS, before and after idle buckets are dropped")
     options = parser.parse_args()
     if options.quick:
         options.rounds, options.requests = 1, 50_000
@@ -137,15 +195,19 @@ def main():
         start(pinned(0, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                          "--appendonly", "no", "--dir", work]))
         wait_port(redis_port, "redis-server")
-        config = os.path.join(work, "keyward.toml")
-        with open(config, "w") as f:
-            f.write(f'[listen]\naddress = "127.0.0.1:{keyward_port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
-                    f'[upstream]\naddress = "127.0.0.1:{redis_port}"\n'
-                    f'[admin]\naddress = "127.0.0.1:{admin_port}"\n[log]\nlevel = "warn"\n')
-            if options.keyward_config:
-                f.write(open(options.keyward_config).read())
-        keyward = start(pinned(1, [KEYWARD, "--config", config]))
-        wait_port(keyward_port, "keyward")
+        def start_keyward(name, port, admin, extra=""):
+            config = os.path.join(work, f"{name}.toml")
+            with open(config, "w") as f:
+                f.write(f'[listen]\naddress = "127.0.0.1:{port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
+                        f'[upstream]\naddress = "127.0.0.1:{redis_port}"\n'
+                        f'[admin]\naddress = "127.0.0.1:{admin}"\n[log]\nlevel = "warn"\n{extra}')
+            process = start(pinned(1, [KEYWARD, "--config", config]))
+            wait_port(port, name)
+            return process
+
+        keyward = start_keyward("keyward", keyward_port, admin_port)
+        if options.ratelimit_memory:
+            return ratelimit_memory(redis_port, start_keyward)
         twem_config = os.path.join(work, "nutcracker.yml")
         with open(twem_config, "w") as f:
             f.write(f"alpha:\n  listen: 127.0.0.1:{twem_port}\n  hash: fnv1a_64\n  distribution: ketama\n"
@@ -160,11 +222,19 @@ def main():
                         "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
 
         targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port)]
-        results = {(s[0], t[0]): [] for s in SCENARIOS for t in targets}
-        cpu_per_million = {s[0]: [] for s in SCENARIOS}
+        scenarios = SCENARIOS
+        if options.policies:
+            targets = [("direct", redis_port), ("keyward", keyward_port)]
+            for mode in ("shadow", "enforce"):
+                port = free_port()
+                start_keyward(f"keyward-{mode}", port, free_port(), NEVER_HIT_RULE.format(mode=mode))
+                targets.append((f"rate limit ({mode})", port))
+            scenarios = SCENARIOS[:4]
+        results = {(s[0], t[0]): [] for s in scenarios for t in targets}
+        cpu_per_million = {s[0]: [] for s in scenarios}
         started = time.time()
         for round_number in range(options.rounds):
-            for name, args, multiplier in SCENARIOS:
+            for name, args, multiplier in scenarios:
                 requests = options.requests * multiplier
                 for target, port in targets:
                     before = cpu_seconds(keyward.pid)
@@ -174,6 +244,8 @@ def main():
                         cpu_per_million[name].append((cpu_seconds(keyward.pid) - before) / requests * 1e6)
             print(f"round {round_number + 1}/{options.rounds} done ({time.time() - started:.0f}s)", flush=True)
         loaded_rss = rss_kib(keyward.pid)
+        if options.policies:
+            return report_policies(results, targets, scenarios, options.rounds)
 
         before = rss_kib(keyward.pid)
         sockets = open_idle_connections(keyward_port, IDLE_CONNECTIONS)

@@ -268,7 +268,6 @@ fn global_rules_fall_back_to_on_error_when_redis_cannot_decide() {
         .arg(&["SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-eval"])
         .query(&mut redis.client())
         .unwrap();
-    std::env::set_var("KEYWARD_TEST_NOSCRIPT_PASSWORD", "pw");
     let upstream = "username = \"noscript\"\npassword_env = \"KEYWARD_TEST_NOSCRIPT_PASSWORD\"";
     let rule = |name: &str, on_error: &str| {
         format!(
@@ -276,10 +275,11 @@ fn global_rules_fall_back_to_on_error_when_redis_cannot_decide() {
              scope = \"global\"\non_error = \"{on_error}\"\n"
         )
     };
-    let keyward = Keyward::start_with_upstream(
+    let keyward = Keyward::start_with_env(
         redis.port,
         upstream,
         &(rule("open", "allow") + &rule("closed", "deny")),
+        &[("KEYWARD_TEST_NOSCRIPT_PASSWORD", "pw")],
     );
     let mut client = keyward.client();
     assert_eq!(incr(&mut client, "open:a").unwrap(), 1);

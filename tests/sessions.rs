@@ -184,9 +184,12 @@ fn keyward_own_credentials_are_answered_locally() {
         .arg(&["SET", "requirepass", "s3cret"])
         .query(&mut redis.client())
         .unwrap();
-    std::env::set_var("KEYWARD_TEST_PASSWORD", "s3cret");
-    let keyward =
-        Keyward::start_with_upstream(redis.port, "password_env = \"KEYWARD_TEST_PASSWORD\"", "");
+    let keyward = Keyward::start_with_env(
+        redis.port,
+        "password_env = \"KEYWARD_TEST_PASSWORD\"",
+        "",
+        &[("KEYWARD_TEST_PASSWORD", "s3cret")],
+    );
     let client =
         redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}", keyward.port)).unwrap();
     let mut client = client.get_connection().unwrap();
@@ -218,11 +221,11 @@ fn select_without_config_permission_lets_redis_judge_the_index() {
         ])
         .query(&mut redis.client())
         .unwrap();
-    std::env::set_var("KEYWARD_TEST_APP_PASSWORD", "app-secret");
-    let keyward = Keyward::start_with_upstream(
+    let keyward = Keyward::start_with_env(
         redis.port,
         "username = \"app\"\npassword_env = \"KEYWARD_TEST_APP_PASSWORD\"",
         "",
+        &[("KEYWARD_TEST_APP_PASSWORD", "app-secret")],
     );
     let mut client = keyward.client();
     let error = redis::cmd("SELECT")

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use governor::state::keyed::DashMapStateStore;
+use governor::Quota;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use rustc_hash::FxBuildHasher;
 
 use super::global::{self, Answer};
 use super::matcher::RuleMatcher;
@@ -42,10 +44,15 @@ pub struct Requester<'a> {
     pub client: &'a [u8],
 }
 
+/// GCRA state per bucket, keyed by the bucket's hash (see [`RateLimiter::bucket_id`]).
+type Buckets = governor::RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
+
 pub struct RateLimiter {
     pub rule: RateLimitRule,
     matcher: RuleMatcher,
-    limiter: DefaultKeyedRateLimiter<Box<[u8]>>,
+    limiter: Buckets,
+    /// Keyed with random keys, so that clients cannot choose keys that share a bucket.
+    bucket_hasher: ahash::RandomState,
     /// Time between two cells, `period / limit`.
     interval: Duration,
     clock: DefaultClock,
@@ -54,6 +61,7 @@ pub struct RateLimiter {
     allowed_metric: Counter,
     limited_metric: Counter,
     delay_metric: Histogram,
+    buckets_metric: Gauge,
 }
 
 impl RateLimiter {
@@ -72,14 +80,20 @@ impl RateLimiter {
         };
         RateLimiter {
             matcher: RuleMatcher::compile(&rule),
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            limiter: Buckets::dashmap_with_clock_and_hasher(
+                quota,
+                DefaultClock::default(),
+                FxBuildHasher,
+            ),
+            bucket_hasher: ahash::RandomState::new(),
             interval,
             clock: DefaultClock::default(),
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
             allowed_metric: counter!("keyward_ratelimit_allowed_total", "rule" => name.clone()),
             limited_metric: counter!("keyward_ratelimit_limited_total", "rule" => name.clone(), "action" => outcome),
-            delay_metric: histogram!("keyward_ratelimit_delay_seconds", "rule" => name),
+            delay_metric: histogram!("keyward_ratelimit_delay_seconds", "rule" => name.clone()),
+            buckets_metric: gauge!("keyward_ratelimit_buckets", "rule" => name),
             rule,
         }
     }
@@ -102,34 +116,37 @@ impl RateLimiter {
         delayed: Duration,
         answer: Option<Answer>,
     ) -> Verdict {
-        let buckets: Vec<&[u8]> = match self.rule.bucket {
-            Bucket::Key => keys.collect(),
-            Bucket::Client => vec![requester.client],
-            Bucket::Rule => vec![b""],
-        };
-        if buckets.is_empty() {
-            return Verdict::Allow;
-        }
-        let refusal = match self.rule.scope() {
-            Scope::Local => buckets.iter().find_map(|bucket| self.take(bucket)),
-            Scope::Global => match answer {
-                None => {
-                    let owned: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
-                    return Verdict::AskRedis(global::encode_check(
-                        self.name(),
-                        &owned,
-                        self.interval,
-                        self.rule.burst(),
-                    ));
+        let refusal = match (self.rule.scope(), self.rule.bucket) {
+            (Scope::Local, Bucket::Key) => keys.into_iter().find_map(|key| self.take(key)),
+            (Scope::Local, Bucket::Client) => self.take(requester.client),
+            (Scope::Local, Bucket::Rule) => self.take(b""),
+            (Scope::Global, bucket) => {
+                let buckets: Vec<&[u8]> = match bucket {
+                    Bucket::Key => keys.collect(),
+                    Bucket::Client => vec![requester.client],
+                    Bucket::Rule => vec![b""],
+                };
+                if buckets.is_empty() {
+                    return Verdict::Allow;
                 }
-                Some(Ok(None)) => None,
-                Some(Ok(Some(wait))) => Some((buckets[0].to_vec(), wait)),
-                Some(Err(reason)) => return self.undecided(&buckets, &reason),
-            },
+                match answer {
+                    None => {
+                        let owned: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
+                        return Verdict::AskRedis(global::encode_check(
+                            self.name(),
+                            &owned,
+                            self.interval,
+                            self.rule.burst(),
+                        ));
+                    }
+                    Some(Ok(None)) => None,
+                    Some(Ok(Some(wait))) => Some((buckets[0].to_vec(), wait)),
+                    Some(Err(reason)) => return self.undecided(buckets[0], &reason),
+                }
+            }
         };
         let Some((bucket, wait)) = refusal else {
             self.allowed.fetch_add(1, Ordering::Relaxed);
-            self.allowed_metric.increment(1);
             if !delayed.is_zero() {
                 self.delay_metric.record(delayed.as_secs_f64());
             }
@@ -137,7 +154,6 @@ impl RateLimiter {
         };
         if self.rule.mode == Mode::Shadow {
             self.limited.fetch_add(1, Ordering::Relaxed);
-            self.limited_metric.increment(1);
             tracing::debug!(rule = self.name(), bucket = %String::from_utf8_lossy(&bucket), "would rate-limit (shadow)");
             return Verdict::Allow;
         }
@@ -145,22 +161,20 @@ impl RateLimiter {
             return Verdict::Delay(wait);
         }
         self.limited.fetch_add(1, Ordering::Relaxed);
-        self.limited_metric.increment(1);
         Verdict::Reject(reply::error(&rejection(self.name(), &bucket, wait)))
     }
 
     /// Redis could not decide a global rule: `on_error` does.
-    fn undecided(&self, buckets: &[&[u8]], reason: &str) -> Verdict {
+    fn undecided(&self, bucket: &[u8], reason: &str) -> Verdict {
         tracing::warn!(rule = self.name(), %reason, "global rate limit undecided; applying on_error");
         match self.rule.on_error {
             OnError::Allow => Verdict::Allow,
             OnError::Deny => {
                 self.limited.fetch_add(1, Ordering::Relaxed);
-                self.limited_metric.increment(1);
                 Verdict::Reject(reply::error(&format!(
                     "RATELIMITED {} {} unavailable: {}",
                     self.name(),
-                    printable(buckets[0]),
+                    printable(bucket),
                     reason
                 )))
             }
@@ -169,19 +183,32 @@ impl RateLimiter {
 
     /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
     fn take(&self, bucket: &[u8]) -> Option<(Vec<u8>, Duration)> {
-        let key: Box<[u8]> = bucket.into();
-        match self.limiter.check_key(&key) {
+        match self.limiter.check_key(&self.bucket_id(bucket)) {
             Ok(()) => None,
             Err(not_until) => Some((bucket.to_vec(), not_until.wait_time_from(self.clock.now()))),
         }
     }
 
-    /// Drops buckets that are back to full, and reports how many remain.
+    /// A bucket's identity in the map: a 64-bit keyed hash, so looking one up allocates
+    /// nothing. With a million buckets the odds that two share an identity are about 3e-8.
+    fn bucket_id(&self, bucket: &[u8]) -> u64 {
+        self.bucket_hasher.hash_one(bucket)
+    }
+
+    /// Drops buckets that are back to full.
     pub fn forget_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-        gauge!("keyward_ratelimit_buckets", "rule" => self.name().to_string())
-            .set(self.limiter.len() as f64);
+    }
+
+    /// Copies the rule's counts to its Prometheus series. Counting uses plain atomics on the
+    /// hot path; the exporter reads them when it is scraped.
+    pub fn publish_metrics(&self) {
+        self.allowed_metric
+            .absolute(self.allowed.load(Ordering::Relaxed));
+        self.limited_metric
+            .absolute(self.limited.load(Ordering::Relaxed));
+        self.buckets_metric.set(self.limiter.len() as f64);
     }
 
     /// (allowed, limited, buckets) for `KEYWARD RATELIMIT STATS`.

@@ -113,11 +113,23 @@ impl Keyward {
 
     /// Like [`Keyward::start`], with `upstream` lines added to the `[upstream]` table.
     pub fn start_with_upstream(upstream_port: u16, upstream: &str, extra: &str) -> Keyward {
+        Keyward::start_with_env(upstream_port, upstream, extra, &[])
+    }
+
+    /// Like [`Keyward::start_with_upstream`], with environment variables for the process (set
+    /// on the child, never on the test process, whose other threads spawn processes too).
+    pub fn start_with_env(
+        upstream_port: u16,
+        upstream: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Keyward {
         let port = free_port();
         let admin_port = free_port();
-        Keyward::start_with_config(
+        Keyward::start_with_config_env(
             port,
             admin_port,
+            env,
             &format!(
                 "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
                  [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
@@ -128,6 +140,15 @@ impl Keyward {
     }
 
     pub fn start_with_config(port: u16, admin_port: u16, config: &str) -> Keyward {
+        Keyward::start_with_config_env(port, admin_port, &[], config)
+    }
+
+    fn start_with_config_env(
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &str)],
+        config: &str,
+    ) -> Keyward {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config_path = dir.path().join("keyward.toml");
         std::fs::write(&config_path, config).expect("config written");
@@ -137,6 +158,7 @@ impl Keyward {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "keyward=debug")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
