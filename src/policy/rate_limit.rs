@@ -66,12 +66,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rule: RateLimitRule) -> RateLimiter {
-        let limit = (*rule.limit.get_ref()).max(1);
-        let interval = (rule.period.get() / limit).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(rule.burst().max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(interval)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
+        let (quota, interval) = quota(&rule);
         let name = rule.name.get_ref().clone();
         let outcome = match (rule.mode, rule.action) {
             (Mode::Shadow, _) => "shadow",
@@ -221,6 +216,18 @@ impl RateLimiter {
     }
 }
 
+/// The GCRA quota of a rule: one cell every `period / limit`, at most `burst` at once. Also
+/// returns the interval between cells.
+fn quota(rule: &RateLimitRule) -> (Quota, Duration) {
+    let limit = (*rule.limit.get_ref()).max(1);
+    let interval = (rule.period.get() / limit).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rule.burst().max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(interval)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    (quota, interval)
+}
+
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
 fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
     let millis = wait.as_millis().max(1);
@@ -247,5 +254,71 @@ fn printable(bucket: &[u8]) -> String {
         "-".into()
     } else {
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use governor::clock::FakeRelativeClock;
+
+    fn rule(limit: u32, period: &str, burst: u32) -> RateLimitRule {
+        let text = format!(
+            "[[rate_limit]]\nname = \"r\"\nlimit = {limit}\nperiod = \"{period}\"\nburst = {burst}\n"
+        );
+        Config::parse(&text).unwrap().0.rate_limit.remove(0)
+    }
+
+    /// Offers a command every `step` for `total`, on a simulated clock; returns the times of
+    /// the allowed ones.
+    fn allowed_times(rule: &RateLimitRule, step: Duration, total: Duration) -> Vec<Duration> {
+        let clock = FakeRelativeClock::default();
+        let limiter = governor::RateLimiter::direct_with_clock(quota(rule).0, clock.clone());
+        let mut now = Duration::ZERO;
+        let mut allowed = Vec::new();
+        while now <= total {
+            if limiter.check().is_ok() {
+                allowed.push(now);
+            }
+            clock.advance(step);
+            now += step;
+        }
+        allowed
+    }
+
+    #[test]
+    fn never_more_than_the_quota_and_never_short_by_more_than_one() {
+        for (limit, period, burst) in [(5, "15m", 5), (10, "1h", 3), (60, "1m", 60), (100, "1s", 1)]
+        {
+            let rule = rule(limit, period, burst);
+            let interval = rule.period.get() / limit;
+            // A divisor of the interval, so that offers fall exactly when cells free up.
+            let step = interval / 8;
+            let total = rule.period.get() * 3;
+            let times = allowed_times(&rule, step, total);
+            // Over every window of the run, at most burst + window / interval are allowed, and
+            // at least that minus one when offered faster than the rate.
+            for window in [interval * 2, rule.period.get(), total] {
+                for start in (0..times.len()).step_by((times.len() / 20).max(1)) {
+                    let from = times[start];
+                    let count = times
+                        .iter()
+                        .filter(|&&t| t >= from && t < from + window)
+                        .count();
+                    let most = burst as usize + (window.as_nanos() / interval.as_nanos()) as usize;
+                    assert!(
+                        count <= most,
+                        "{limit}/{period} burst {burst}: {count} > {most} in {window:?}"
+                    );
+                }
+            }
+            let expected = burst as usize + (total.as_nanos() / interval.as_nanos()) as usize;
+            assert!(
+                times.len() + 1 >= expected && times.len() <= expected,
+                "{limit}/{period} burst {burst}: {} allowed over {total:?}, GCRA allows {expected}",
+                times.len()
+            );
+        }
     }
 }

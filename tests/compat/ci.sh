@@ -42,13 +42,21 @@ for _ in \$(seq 200); do (echo >/dev/tcp/127.0.0.1/$keyward_port) 2>/dev/null &&
 exit 1
 SCRIPT
 chmod +x "$work/start-redis" "$work/start-keyward"
+# The same, with every policy kind keyward has enabled in shadow mode over every key.
+cp "$work/keyward.toml" "$work/keyward-example.toml"
+cat "$work/keyward-example.toml" "$here/policies.toml" >"$work/keyward-policies.toml"
 
 "$work/start-redis"
 status=0
 echo "--- client libraries against redis-server directly"
 COMPAT_RESTART="$work/start-redis" "$here/run.sh" 127.0.0.1 "$redis_port" || status=1
+cp "$work/keyward-example.toml" "$work/keyward.toml"
 "$work/start-keyward"
 echo "--- client libraries through keyward (config/keyward.toml)"
+COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
+cp "$work/keyward-policies.toml" "$work/keyward.toml"
+"$work/start-keyward"
+echo "--- client libraries through keyward with policies (config/keyward.toml + tests/compat/policies.toml)"
 COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 if [ "$status" -ne 0 ]; then
   echo "--- keyward log (last 50 lines)"
