@@ -83,9 +83,7 @@ async fn respond(
     }
     match request.uri().path() {
         "/metrics" => {
-            for limiter in &context.live.load().policies.rate_limits {
-                limiter.publish_metrics();
-            }
+            context.live.load().policies.publish_metrics();
             let mut response = text(StatusCode::OK, prometheus.render());
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

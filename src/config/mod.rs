@@ -10,7 +10,7 @@ pub mod rules;
 mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use rules::RateLimitRule;
+pub use rules::{DenyRule, RateLimitRule};
 pub use values::{ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
@@ -33,6 +33,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[[rate_limit]]` rules, first match wins.
     pub rate_limit: Vec<RateLimitRule>,
+    /// `[[deny]]` rules: commands refused with `-NOPERM`, first match wins.
+    pub deny: Vec<DenyRule>,
 }
 
 /// Where clients connect.
@@ -156,6 +158,7 @@ impl Config {
         // is reported, not just the first serde meets.
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
         let mut rate_limits = Vec::new();
+        let mut denials = Vec::new();
         for (key, value) in root.get_ref() {
             let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
                 DeValue::Table(table) => table
@@ -183,12 +186,16 @@ impl Config {
                     Err(error) => diagnostics.push(Diagnostic::from_toml(&error).with_found(text)),
                     // Rules that parse alone are checked together below, even if others in
                     // the file do not parse.
-                    Ok(piece) => rate_limits.extend(piece.rate_limit),
+                    Ok(piece) => {
+                        rate_limits.extend(piece.rate_limit);
+                        denials.extend(piece.deny);
+                    }
                 }
             }
         }
         diagnostics.extend(rules::check_rules("rate_limit", &rate_limits, text));
         diagnostics.extend(rules::check_rate_limits(&rate_limits));
+        diagnostics.extend(rules::check_rules("deny", &denials, text));
         diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);

@@ -126,11 +126,52 @@ impl RateLimitRule {
     }
 }
 
+/// `[[deny]]`: commands refused with `-NOPERM` before they reach Redis.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Command names or ACL categories (`@dangerous`); none means every command.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub commands: Vec<Spanned<String>>,
+    /// Key patterns; none means whatever the keys (and keyless commands too).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// Client names (`CLIENT SETNAME`) or addresses, as glob patterns; none means everyone.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub clients: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl Rule for DenyRule {
+    fn name(&self) -> &Spanned<String> {
+        &self.name
+    }
+    fn keys(&self) -> &[Spanned<String>] {
+        &self.keys
+    }
+    fn commands(&self) -> &[Spanned<String>] {
+        &self.commands
+    }
+    fn clients(&self) -> &[Spanned<String>] {
+        &self.clients
+    }
+}
+
 /// What every kind of rule has: a name, key patterns and command filters.
 pub trait Rule {
     fn name(&self) -> &Spanned<String>;
     fn keys(&self) -> &[Spanned<String>];
     fn commands(&self) -> &[Spanned<String>];
+    /// Client patterns, for the kinds that choose clients; none means every client.
+    fn clients(&self) -> &[Spanned<String>] {
+        &[]
+    }
 }
 
 impl Rule for RateLimitRule {
@@ -171,6 +212,14 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
                 diagnostics.push(Diagnostic::error(
                     key.span(),
                     format!("invalid key pattern: {error}"),
+                ));
+            }
+        }
+        for client in rule.clients() {
+            if let Err(error) = Glob::new(client.get_ref()) {
+                diagnostics.push(Diagnostic::error(
+                    client.span(),
+                    format!("invalid client pattern: {error}"),
                 ));
             }
         }
@@ -284,5 +333,12 @@ fn shadows<R: Rule>(earlier: &R, later: &R) -> bool {
                     .iter()
                     .any(|covering| covering.get_ref().eq_ignore_ascii_case(command.get_ref()))
             }));
-    keys_covered && commands_covered
+    let clients_covered = earlier.clients().is_empty()
+        || (!later.clients().is_empty()
+            && later.clients().iter().all(|client| {
+                earlier.clients().iter().any(|covering| {
+                    covering.get_ref() == client.get_ref() || covering.get_ref() == "*"
+                })
+            }));
+    keys_covered && commands_covered && clients_covered
 }

@@ -4,6 +4,7 @@
 //! is judged by one consistent set of rules. Rules whose definition did not change keep their
 //! state (rate-limit buckets) across the swap.
 
+pub mod deny;
 pub mod glob;
 pub mod global;
 pub mod matcher;
@@ -14,10 +15,12 @@ use std::sync::Arc;
 use crate::command::CommandInfo;
 use crate::config::Config;
 use crate::resp::request::Args;
+use deny::{Client, Denial};
 use rate_limit::{RateLimiter, Requester, Verdict};
 
 #[derive(Default)]
 pub struct Policies {
+    pub denials: Vec<Arc<Denial>>,
     pub rate_limits: Vec<Arc<RateLimiter>>,
 }
 
@@ -39,11 +42,53 @@ impl Policies {
                     .unwrap_or_else(|| Arc::new(RateLimiter::new(rule.clone())))
             })
             .collect();
-        Policies { rate_limits }
+        let denials = config
+            .deny
+            .iter()
+            .map(|rule| {
+                previous
+                    .and_then(|previous| {
+                        previous
+                            .denials
+                            .iter()
+                            .find(|kept| kept.rule == *rule)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(Denial::new(rule.clone())))
+            })
+            .collect();
+        Policies {
+            denials,
+            rate_limits,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty()
+        self.rate_limits.is_empty() && self.denials.is_empty()
+    }
+
+    /// The first deny rule that matches the command, if any.
+    pub fn denial(
+        &self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        client: &Client<'_>,
+    ) -> Option<&Denial> {
+        self.denials
+            .iter()
+            .find(|denial| denial.matches(info, args, key_positions, client))
+            .map(|denial| &**denial)
+    }
+
+    /// Copies every rule's counts to its Prometheus series.
+    pub fn publish_metrics(&self) {
+        for denial in &self.denials {
+            denial.publish_metrics();
+        }
+        for limiter in &self.rate_limits {
+            limiter.publish_metrics();
+        }
     }
 
     /// The first rate limit that applies to the command decides.

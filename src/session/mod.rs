@@ -29,6 +29,7 @@ use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::metrics::{self, ReceivedTally};
 use crate::net;
+use crate::policy::deny::Client;
 use crate::policy::global;
 use crate::policy::rate_limit::{Requester, Verdict};
 use crate::policy::Policies;
@@ -405,7 +406,10 @@ impl Session {
             let blocks = is_blocking(info, &args);
             let verdict = match step {
                 Step::Forward if !active.policies.is_empty() => {
-                    let client = self.client.name.as_deref().unwrap_or(&self.peer_label);
+                    let caller = Client {
+                        name: self.client.name.as_deref(),
+                        address: &self.peer_label,
+                    };
                     let delayed = self
                         .delayed_since
                         .map_or(Duration::ZERO, |since| since.elapsed());
@@ -415,10 +419,26 @@ impl Session {
                         info,
                         &args,
                         &mut self.key_positions,
-                        client,
+                        &caller,
                         delayed,
                         answer,
                     )
+                }
+                Step::Dedicate { .. } if !active.policies.denials.is_empty() => {
+                    let caller = Client {
+                        name: self.client.name.as_deref(),
+                        address: &self.peer_label,
+                    };
+                    match refused_before_dedicating(
+                        &active.policies,
+                        info,
+                        &args,
+                        &mut self.key_positions,
+                        &caller,
+                    ) {
+                        Some(refusal) => Verdict::Reject(refusal),
+                        None => Verdict::Allow,
+                    }
                 }
                 _ => Verdict::Allow,
             };
@@ -712,27 +732,46 @@ fn has_block_option(args: &Args<'_>) -> bool {
     false
 }
 
-/// Asks the policies about a command about to be forwarded.
-#[allow(clippy::too_many_arguments)]
+/// Asks the policies about a command about to be sent to Redis: deny rules first, then rate
+/// limits.
 fn police(
     policies: &Policies,
     info: &CommandInfo,
     args: &Args<'_>,
     key_positions: &mut Vec<usize>,
-    client: &[u8],
+    caller: &Client<'_>,
     delayed: Duration,
     answer: Option<global::Answer>,
 ) -> Verdict {
     key_positions.clear();
     info.key_positions(args, key_positions);
-    policies.rate_limit(
-        info,
-        args,
-        key_positions,
-        &Requester { client },
-        delayed,
-        answer,
-    )
+    if let Some(refusal) = policies
+        .denial(info, args, key_positions, caller)
+        .and_then(|denial| denial.apply(info))
+    {
+        return Verdict::Reject(refusal);
+    }
+    let requester = Requester {
+        client: caller.name.unwrap_or(caller.address),
+    };
+    policies.rate_limit(info, args, key_positions, &requester, delayed, answer)
+}
+
+/// A deny rule in force refuses the command: checked before a dedicated connection is opened
+/// for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection.
+fn refused_before_dedicating(
+    policies: &Policies,
+    info: &CommandInfo,
+    args: &Args<'_>,
+    key_positions: &mut Vec<usize>,
+    caller: &Client<'_>,
+) -> Option<Bytes> {
+    key_positions.clear();
+    info.key_positions(args, key_positions);
+    policies
+        .denial(info, args, key_positions, caller)
+        .filter(|denial| denial.enforced())
+        .and_then(|denial| denial.apply(info))
 }
 
 /// Whether the command may wait in Redis for something to happen.
