@@ -40,6 +40,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let prometheus = metrics::install()?;
     let settings = UpstreamSettings::from_config(&config)?;
+    let listen_password = config.listen_password()?;
     let listener = TcpListener::bind(config.listen.address)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
@@ -59,6 +60,7 @@ pub async fn serve(
         upstream,
         live,
         config.upstream.request_timeout.get(),
+        listen_password,
     ));
     tokio::spawn(admin::serve(
         admin_listener,

@@ -18,6 +18,8 @@ pub struct Context {
     pub live: Arc<LiveConfig>,
     /// Pooled requests without a reply after this long are answered with an error.
     pub request_timeout: Duration,
+    /// The password clients must `AUTH` with, when keyward requires one.
+    pub listen_password: Option<String>,
     pub command_metrics: CommandMetrics,
     pub started: Instant,
     /// Open client connections, for `max_clients` and `KEYWARD INFO`.
@@ -33,11 +35,13 @@ impl Context {
         upstream: Arc<Upstream>,
         live: Arc<LiveConfig>,
         request_timeout: Duration,
+        listen_password: Option<String>,
     ) -> Context {
         Context {
             upstream,
             live,
             request_timeout,
+            listen_password,
             command_metrics: CommandMetrics::new(CommandTable::global()),
             started: Instant::now(),
             clients: AtomicUsize::new(0),

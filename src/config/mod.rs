@@ -44,6 +44,9 @@ pub struct ListenConfig {
     pub address: SocketAddr,
     /// Clients beyond this get `-ERR max number of clients reached`, as from Redis.
     pub max_clients: NonZeroUsize,
+    /// The name of the environment variable holding the password clients must `AUTH` with;
+    /// none means clients need not authenticate to keyward.
+    pub password_env: Option<String>,
 }
 
 impl Default for ListenConfig {
@@ -51,6 +54,7 @@ impl Default for ListenConfig {
         ListenConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 6380)),
             max_clients: NonZeroUsize::new(10_000).expect("nonzero"),
+            password_env: None,
         }
     }
 }
@@ -202,12 +206,19 @@ impl Config {
         }
         let config = Config::deserialize(Deserializer::from(root))
             .map_err(|error| vec![Diagnostic::from_toml(&error).with_found(text)])?;
-        if let Some(variable) = &config.upstream.password_env {
-            if std::env::var_os(variable).is_none() {
-                diagnostics.push(Diagnostic::warning(
-                    find_value(text, "password_env"),
-                    format!("environment variable `{variable}` (upstream.password_env) is not set"),
-                ));
+        for (section, variable) in [
+            ("listen", &config.listen.password_env),
+            ("upstream", &config.upstream.password_env),
+        ] {
+            if let Some(variable) = variable {
+                if std::env::var_os(variable).is_none() {
+                    diagnostics.push(Diagnostic::warning(
+                        find_value(text, variable),
+                        format!(
+                            "environment variable `{variable}` ({section}.password_env) is not set"
+                        ),
+                    ));
+                }
             }
         }
         Ok((config, diagnostics))
@@ -215,12 +226,21 @@ impl Config {
 
     /// The upstream password, read from the environment variable the file names.
     pub fn upstream_password(&self) -> Result<Option<String>, String> {
-        match &self.upstream.password_env {
-            None => Ok(None),
-            Some(variable) => std::env::var(variable)
-                .map(Some)
-                .map_err(|_| format!("upstream.password_env names `{variable}`, which is not set")),
-        }
+        secret("upstream", &self.upstream.password_env)
+    }
+
+    /// The password clients must authenticate with, from the environment.
+    pub fn listen_password(&self) -> Result<Option<String>, String> {
+        secret("listen", &self.listen.password_env)
+    }
+}
+
+fn secret(section: &str, variable: &Option<String>) -> Result<Option<String>, String> {
+    match variable {
+        None => Ok(None),
+        Some(variable) => std::env::var(variable)
+            .map(Some)
+            .map_err(|_| format!("{section}.password_env names `{variable}`, which is not set")),
     }
 }
 

@@ -19,10 +19,12 @@ pub struct ClientState {
     pub name: Option<Vec<u8>>,
     pub lib_name: Option<Vec<u8>>,
     pub lib_version: Option<Vec<u8>>,
+    /// Whether the client may run commands: always, unless keyward requires a password.
+    pub authenticated: bool,
 }
 
 impl ClientState {
-    pub fn new(id: u64) -> ClientState {
+    pub fn new(id: u64, authenticated: bool) -> ClientState {
         ClientState {
             id,
             protocol: Protocol::Resp2,
@@ -30,6 +32,7 @@ impl ClientState {
             name: None,
             lib_name: None,
             lib_version: None,
+            authenticated,
         }
     }
 
@@ -66,6 +69,8 @@ pub struct LocalContext<'a> {
     pub context: &'a Context,
     pub facts: &'a ServerFacts,
     pub settings: &'a UpstreamSettings,
+    /// The password clients must authenticate with, when keyward requires one.
+    pub listen_password: Option<&'a str>,
 }
 
 pub fn execute(
@@ -84,9 +89,10 @@ pub fn execute(
     match command {
         LocalCommand::Select => select(args, state, context.facts),
         LocalCommand::Hello => hello(args, state, context),
-        LocalCommand::Auth => auth(args, context.settings),
+        LocalCommand::Auth => auth(args, state, context),
         LocalCommand::Reset => {
-            *state = ClientState::new(state.id);
+            // As in Redis, RESET keeps the client's identity only if no password is needed.
+            *state = ClientState::new(state.id, context.listen_password.is_none());
             Outcome::Reply(reply::simple("RESET"))
         }
         LocalCommand::Quit => Outcome::ReplyThenClose(reply::simple("OK")),
@@ -150,8 +156,18 @@ fn hello(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) 
         let option = String::from_utf8_lossy(&args[index]).to_string();
         let remaining = args.len() - index - 1;
         if option.eq_ignore_ascii_case("auth") && remaining >= 2 {
-            if !credentials_match(&args[index + 1], &args[index + 2], context.settings) {
-                return Outcome::NeedsDedicated;
+            let (user, password) = (&args[index + 1], &args[index + 2]);
+            match context.listen_password {
+                Some(required) => {
+                    if !client_credentials_match(user, password, required) {
+                        return wrong_password();
+                    }
+                    state.authenticated = true;
+                }
+                None if !credentials_match(user, password, context.settings) => {
+                    return Outcome::NeedsDedicated
+                }
+                None => {}
             }
             index += 3;
         } else if option.eq_ignore_ascii_case("setname") && remaining >= 1 {
@@ -163,6 +179,13 @@ fn hello(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) 
         } else {
             return error(&format!("ERR Syntax error in HELLO option '{option}'"));
         }
+    }
+    if !state.authenticated {
+        return error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO AUTH <user> <pass> option can be used to authenticate the client and select \
+             the RESP protocol version at the same time",
+        );
     }
     state.protocol = protocol;
     if let Some(name) = name {
@@ -200,17 +223,34 @@ fn hello_reply(facts: &ServerFacts, state: &ClientState) -> Bytes {
     writer.finish()
 }
 
-fn auth(args: &[Vec<u8>], settings: &UpstreamSettings) -> Outcome {
+fn auth(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) -> Outcome {
     let (user, password) = match args.len() {
         2 => (&b"default"[..], &args[1]),
         3 => (&args[1][..], &args[2]),
         _ => return error("ERR syntax error"),
     };
-    if credentials_match(user, password, settings) {
-        Outcome::Reply(reply::simple("OK"))
-    } else {
-        Outcome::NeedsDedicated
+    match context.listen_password {
+        // keyward requires a password: AUTH is with keyward, which then uses its own
+        // credentials upstream.
+        Some(required) if client_credentials_match(user, password, required) => {
+            state.authenticated = true;
+            Outcome::Reply(reply::simple("OK"))
+        }
+        Some(_) => wrong_password(),
+        None if credentials_match(user, password, context.settings) => {
+            Outcome::Reply(reply::simple("OK"))
+        }
+        None => Outcome::NeedsDedicated,
     }
+}
+
+/// Clients authenticate to keyward as Redis's default user, with the listen password.
+fn client_credentials_match(user: &[u8], password: &[u8], required: &str) -> bool {
+    user == b"default" && password == required.as_bytes()
+}
+
+fn wrong_password() -> Outcome {
+    error("WRONGPASS invalid username-password pair or user is disabled.")
 }
 
 /// Whether a client authenticates as the user keyward's own connections already use.

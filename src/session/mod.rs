@@ -76,6 +76,8 @@ enum Closing {
 
 /// What a request turns into.
 enum Step {
+    /// Answered with this error at once (the client has not authenticated).
+    Refuse(Bytes),
     Forward,
     Local(LocalCommand),
     /// The session needs its own upstream connection before this request can run.
@@ -131,7 +133,7 @@ pub struct Session {
 impl Session {
     pub fn new(context: Arc<Context>, peer: SocketAddr) -> Session {
         let id = context.next_session_id();
-        let client = ClientState::new(id);
+        let client = ClientState::new(id, context.listen_password.is_none());
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
         let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
         let (policy_sender, policy_receiver) = mpsc::unbounded_channel();
@@ -398,7 +400,15 @@ impl Session {
             let args = self.decoder.args(source);
             let info = CommandTable::global().lookup_after(self.last_command, &args);
             self.last_command = Some(info);
-            let step = self.step_for(info, &args);
+            let step = if self.client.authenticated
+                || matches!(
+                    info.effect,
+                    Effect::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
+                ) {
+                self.step_for(info, &args)
+            } else {
+                Step::Refuse(reply::error("NOAUTH Authentication required."))
+            };
             if matches!(step, Step::Local(_)) {
                 self.local_args.clear();
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
@@ -487,6 +497,12 @@ impl Session {
             }
 
             match step {
+                Step::Refuse(refusal) => {
+                    self.received.add(&self.context.command_metrics, info.id);
+                    self.send_batch(&mut batch);
+                    self.input.advance(consumed);
+                    self.replies.push_ready(refusal, &mut self.output);
+                }
                 Step::Forward => {
                     self.received.add(&self.context.command_metrics, info.id);
                     if self.counts_replies() {
@@ -607,6 +623,7 @@ impl Session {
             context: &self.context,
             facts: &facts,
             settings: self.context.upstream.settings(),
+            listen_password: self.context.listen_password.as_deref(),
         };
         let before = (self.client.protocol, self.client.db);
         let outcome = local::execute(

@@ -143,7 +143,7 @@ impl Keyward {
         Keyward::start_with_config_env(port, admin_port, &[], config)
     }
 
-    fn start_with_config_env(
+    pub fn start_with_config_env(
         port: u16,
         admin_port: u16,
         env: &[(&str, &str)],

@@ -1,0 +1,74 @@
+//! Clients authenticate to keyward when `[listen] password_env` is set, as they would to Redis
+//! with `requirepass`.
+
+mod support;
+
+use support::{free_port, Keyward, RedisServer};
+
+fn protected() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let (port, admin) = (free_port(), free_port());
+    let keyward = Keyward::start_with_config_env(
+        port,
+        admin,
+        &[("KEYWARD_TEST_LISTEN_PASSWORD", "let-me-in")],
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\npassword_env = \"KEYWARD_TEST_LISTEN_PASSWORD\"\n\
+             [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
+            redis.port
+        ),
+    );
+    (redis, keyward)
+}
+
+#[test]
+fn nothing_runs_before_auth_and_errors_match_redis() {
+    let (redis, keyward) = protected();
+    let mut raw = keyward.raw();
+    raw.send(b"SET k v\r\nHELLO 3\r\nAUTH wrong\r\nAUTH default wrong\r\n");
+    assert_eq!(raw.read_line(), "-NOAUTH Authentication required.\r\n");
+    assert!(raw
+        .read_line()
+        .starts_with("-NOAUTH HELLO must be called with the client already authenticated"));
+    assert_eq!(
+        raw.read_line(),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(
+        raw.read_line(),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    raw.send(b"AUTH let-me-in\r\nSET k v\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    let stored: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(stored, "v");
+    raw.send(b"RESET\r\nGET k\r\n");
+    assert_eq!(raw.read_line(), "+RESET\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "-NOAUTH Authentication required.\r\n",
+        "RESET forgets the login"
+    );
+}
+
+#[test]
+fn client_libraries_authenticate_with_a_password_url_and_hello() {
+    let (_redis, keyward) = protected();
+    let url = format!("redis://:let-me-in@127.0.0.1:{}", keyward.port);
+    let mut client = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let pong: String = redis::cmd("PING").query(&mut client).unwrap();
+    assert_eq!(pong, "PONG");
+    let resp3 = redis::Client::open(format!("{url}?protocol=resp3")).unwrap();
+    let mut resp3 = resp3.get_connection().unwrap();
+    let hash: redis::Value = redis::cmd("HGETALL").arg("none").query(&mut resp3).unwrap();
+    assert!(matches!(hash, redis::Value::Map(_)), "{hash:?}");
+    let wrong = redis::Client::open(format!("redis://:nope@127.0.0.1:{}", keyward.port)).unwrap();
+    assert!(wrong.get_connection().is_err());
+}
