@@ -113,7 +113,7 @@ async fn reload(
     if method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into());
     }
-    if !peer.ip().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() {
         return text(
             StatusCode::FORBIDDEN,
             "reload is accepted from localhost only\n".into(),

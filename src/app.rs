@@ -20,10 +20,10 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 /// How often idle rate-limit buckets are dropped.
 const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period. `path` is the
-/// config file that `config` came from, watched for changes.
-pub async fn run(config: Config, path: Option<&Path>) -> Result<(), String> {
-    serve(config, path, async {
+/// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period. `source` is the
+/// config file that `config` came from, with its text; the file is watched for changes.
+pub async fn run(config: Config, source: Option<(&Path, &str)>) -> Result<(), String> {
+    serve(config, source, async {
         signals::wait_for_stop()
             .await
             .map_err(|e| format!("cannot watch signals: {e}"))
@@ -35,7 +35,7 @@ pub async fn run(config: Config, path: Option<&Path>) -> Result<(), String> {
 /// (benchmarks) pass their own stop; the binary passes the signal watcher.
 pub async fn serve(
     config: Config,
-    path: Option<&Path>,
+    source: Option<(&Path, &str)>,
     stop: impl std::future::Future<Output = Result<Stop, String>>,
 ) -> Result<(), String> {
     let prometheus = metrics::install()?;
@@ -49,7 +49,8 @@ pub async fn serve(
         .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
 
     let upstream = Upstream::start(settings);
-    let live = Arc::new(LiveConfig::new(path, config.clone()));
+    let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
+    let live = Arc::new(LiveConfig::new(path, config.clone(), text));
     let _watcher = match path {
         Some(_) => Some(reload::watch_file(Arc::clone(&live))?),
         None => None,
@@ -83,9 +84,11 @@ pub async fn serve(
     );
 
     let stop = stop.await?;
+    // The config in force now: the grace period may have been changed by a reload.
+    let grace_period = context.live.load().config.shutdown.grace_period.get();
     let grace = match stop {
-        Stop::Terminate => config.shutdown.grace_period.get(),
-        Stop::Interrupt => config.shutdown.grace_period.get().min(INTERRUPT_GRACE),
+        Stop::Terminate => grace_period,
+        Stop::Interrupt => grace_period.min(INTERRUPT_GRACE),
     };
     tracing::info!(
         ?stop,

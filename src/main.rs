@@ -118,22 +118,25 @@ fn check(path: &Path, format: Format) -> ExitCode {
 }
 
 fn run(path: Option<&Path>) -> ExitCode {
-    let config = match path {
-        None => Config::default(),
-        Some(path) => match Config::load(path) {
-            Ok((config, _)) => config,
-            Err(LoadError::Unreadable { path, error }) => {
-                eprintln!("keyward: cannot read {path}: {error}");
-                return ExitCode::from(2);
+    let file = path
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    // Read once: the text parsed is the text whose hash /config reports.
+    let text = match path.map(std::fs::read_to_string).transpose() {
+        Ok(text) => text.unwrap_or_default(),
+        Err(error) => {
+            eprintln!("keyward: cannot read {file}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::parse(&text) {
+        Ok((config, _)) => config,
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{}", diagnostic.render(&file, &text));
             }
-            Err(LoadError::Invalid(diagnostics)) => {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                for diagnostic in &diagnostics {
-                    eprintln!("{}", diagnostic.render(&path.display().to_string(), &text));
-                }
-                return ExitCode::from(1);
-            }
-        },
+            return ExitCode::from(1);
+        }
     };
     keyward::logging::init(config.log.level.as_str());
     let threads = config.runtime.threads();
@@ -151,7 +154,8 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(keyward::app::run(config, path)) {
+    let source = path.map(|path| (path, text.as_str()));
+    match runtime.block_on(keyward::app::run(config, source)) {
         Ok(()) => {
             // Sessions cut short by the grace period must not delay the exit.
             runtime.shutdown_background();

@@ -57,6 +57,10 @@ pub struct LiveConfig {
     /// The last save rejected (contents hash and modification time), so that the several
     /// events one save raises are not counted as several failed reloads.
     last_rejected: Mutex<Option<(String, Option<SystemTime>)>>,
+    /// The file's (modification time, length) when last read for a file event. Reading the
+    /// file raises events of its own (inotify reports opens), so an event that finds the file
+    /// unchanged must not read it again.
+    last_seen: Mutex<Option<(SystemTime, u64)>>,
     active: ArcSwap<Active>,
     status: Mutex<Status>,
     /// Serializes reloads, which can be triggered from several places at once.
@@ -72,18 +76,17 @@ pub enum ReloadOutcome {
 }
 
 impl LiveConfig {
-    pub fn new(path: Option<&Path>, config: Config) -> LiveConfig {
-        let text = path
-            .and_then(|path| std::fs::read_to_string(path).ok())
-            .unwrap_or_default();
+    /// `text` is the file as it was read for `config`, so the hash in force is that version's.
+    pub fn new(path: Option<&Path>, config: Config, text: &str) -> LiveConfig {
         let policies = Policies::compile(&config, None);
         LiveConfig {
             path: path.map(Path::to_path_buf),
             last_rejected: Mutex::new(None),
+            last_seen: Mutex::new(None),
             active: ArcSwap::from_pointee(Active { config, policies }),
             status: Mutex::new(Status {
                 path: path.map(|path| path.display().to_string()),
-                hash: content_hash(&text),
+                hash: content_hash(text),
                 loaded_at: now_seconds(),
                 last_error: None,
                 last_error_at: None,
@@ -117,7 +120,24 @@ impl LiveConfig {
         let Some(path) = &self.path else {
             return ReloadOutcome::Rejected(vec!["keyward runs without a config file".into()]);
         };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if trigger == Trigger::FileChange {
+            let stamp = std::fs::metadata(path)
+                .ok()
+                .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
+            let mut last_seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if stamp.is_some() && *last_seen == stamp {
+                return ReloadOutcome::Unchanged;
+            }
+            *last_seen = stamp;
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                let message = format!("{}: cannot read: {error}", path.display());
+                tracing::error!("config rejected, previous version stays: {message}");
+                return ReloadOutcome::Rejected(vec![message]);
+            }
+        };
         let hash = content_hash(&text);
         let save = (
             hash.clone(),
@@ -139,7 +159,7 @@ impl LiveConfig {
             Trigger::Request(what) => what,
         };
         let file = path.display().to_string();
-        match Config::load(path) {
+        match Config::parse(&text).map_err(LoadError::Invalid) {
             Ok((config, warnings)) => {
                 for warning in &warnings {
                     tracing::warn!("{}", warning.render(&file, &text));
@@ -232,7 +252,6 @@ fn now_seconds() -> u64 {
 pub fn watch_file(live: Arc<LiveConfig>) -> Result<impl Drop, String> {
     use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
     let path = live.path().ok_or("no config file to watch")?.to_path_buf();
-    let file_name = path.file_name().map(|name| name.to_os_string());
     let directory = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -242,12 +261,10 @@ pub fn watch_file(live: Arc<LiveConfig>) -> Result<impl Drop, String> {
     let mut debouncer = new_debouncer(
         Duration::from_millis(100),
         move |events: notify_debouncer_mini::DebounceEventResult| {
-            let touched = events.map(|events| {
-                events
-                    .iter()
-                    .any(|event| event.path.file_name().map(|n| n.to_os_string()) == file_name)
-            });
-            if let Ok(true) = touched {
+            // Any event in the directory counts, not just ones naming the file: a Kubernetes
+            // ConfigMap update swaps a symlink (`..data`) and never names the file. The
+            // modification stamp check in `reload` keeps unrelated events cheap.
+            if events.is_ok_and(|events| !events.is_empty()) {
                 let live = Arc::clone(&live);
                 runtime.spawn_blocking(move || live.reload(Trigger::FileChange));
             }

@@ -73,6 +73,22 @@ fn refuses_by_key_pattern() {
 fn a_refused_command_that_needs_its_own_connection_opens_none() {
     let (redis, keyward) =
         keyward_with("[[deny]]\nname = \"no-monitor\"\ncommands = [\"MONITOR\"]\n");
+    // Count connections only once the pool is complete, or its own connects look like leaks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let info: String = redis::cmd("KEYWARD")
+            .arg("INFO")
+            .query(&mut keyward.client())
+            .unwrap();
+        if info.contains("upstream_pooled_connections_up:4") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never came up: {info}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let before: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut redis.client())

@@ -81,7 +81,7 @@ fn counts_per_client_name_or_address() {
     assert!(incr(&mut anonymous, "d").is_ok());
     assert!(incr(&mut anonymous, "e").is_ok());
     let error = incr(&mut anonymous, "f").unwrap_err().to_string();
-    assert!(error.contains("per-client 127.0.0.1:"), "{error}");
+    assert!(error.contains("per-client addr:127.0.0.1 retry"), "{error}");
 }
 
 #[test]
@@ -193,11 +193,19 @@ fn every_matching_key_of_a_command_counts() {
         .query::<redis::Value>(&mut client)
         .unwrap_err();
     assert!(error.to_string().contains("keys k:a"), "{error}");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&["k:b", "k:c"])
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(deleted, 0);
     let error = redis::cmd("DEL")
-        .arg(&["k:b", "k:b"])
+        .arg(&["k:c"])
         .query::<i64>(&mut client)
         .unwrap_err();
-    assert!(error.to_string().contains("keys k:b"), "{error}");
+    assert!(
+        error.to_string().contains("keys k:c"),
+        "each key of the DEL was counted"
+    );
 }
 
 #[test]
@@ -291,4 +299,81 @@ fn global_rules_fall_back_to_on_error_when_redis_cannot_decide() {
     let error = incr(&mut client, "closed:a").unwrap_err().to_string();
     assert!(error.contains("closed closed:a unavailable"), "{error}");
     assert!(error.contains("NOPERM"), "{error}");
+}
+
+#[test]
+fn a_key_named_twice_is_charged_once() {
+    let (_redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"once\"\nkeys = [\"q\"]\nlimit = 1\nperiod = \"1h\"\n",
+    );
+    let mut client = keyward.client();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&["q", "job"])
+        .query(&mut client)
+        .unwrap();
+    let error = redis::cmd("RPOPLPUSH")
+        .arg(&["q", "q"])
+        .query::<String>(&mut client);
+    assert!(error.is_err(), "the RPUSH used the one cell");
+    let (_redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"once\"\nkeys = [\"q\"]\nlimit = 1\nperiod = \"1h\"\n",
+    );
+    let mut client = keyward.client();
+    let moved: Option<String> = redis::cmd("RPOPLPUSH")
+        .arg(&["q", "q"])
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(moved, None, "RPOPLPUSH q q costs one cell, not two");
+}
+
+#[test]
+fn a_shadow_rule_does_not_hide_the_rules_after_it() {
+    let (_redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"trial\"\nkeys = [\"user:*\"]\nlimit = 1\nperiod = \"1h\"\nmode = \"shadow\"\n\n\
+         [[rate_limit]]\nname = \"real\"\nkeys = [\"user:*\"]\nlimit = 2\nperiod = \"1h\"\n",
+    );
+    let mut client = keyward.client();
+    assert!(incr(&mut client, "user:1").is_ok());
+    assert!(incr(&mut client, "user:1").is_ok());
+    let error = incr(&mut client, "user:1").unwrap_err().to_string();
+    assert!(error.contains("real user:1"), "{error}");
+}
+
+#[test]
+fn a_refusal_inside_multi_aborts_the_transaction() {
+    let (redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"tx\"\nkeys = [\"limited\"]\nlimit = 1\nperiod = \"1h\"\n",
+    );
+    let mut client = keyward.client();
+    assert!(incr(&mut client, "limited").is_ok());
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\nINCR other\r\nINCR limited\r\nEXEC\r\nGET other\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    assert!(raw
+        .read_line()
+        .starts_with("-RATELIMITED tx limited retry in"));
+    assert!(
+        raw.read_line().starts_with("-EXECABORT"),
+        "EXEC must not commit the rest"
+    );
+    assert_eq!(raw.read_line(), "$-1\r\n");
+    let other: Option<i64> = redis::cmd("GET")
+        .arg("other")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(other, None);
+}
+
+#[test]
+fn a_held_request_is_answered_even_if_the_client_closes_its_side() {
+    let (_redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"slow\"\nkeys = [\"d:*\"]\nlimit = 5\nperiod = \"1s\"\nburst = 1\naction = \"delay\"\nmax_delay = \"1s\"\n",
+    );
+    let mut raw = keyward.raw();
+    raw.send(b"INCR d:1\r\nINCR d:1\r\n");
+    raw.shutdown_write();
+    assert_eq!(raw.read_line(), ":1\r\n");
+    assert_eq!(raw.read_line(), ":2\r\n", "the delayed INCR was dropped");
+    assert!(raw.is_closed());
 }

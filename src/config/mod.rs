@@ -165,6 +165,8 @@ impl Config {
         let mut denials = Vec::new();
         for (key, value) in root.get_ref() {
             let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
+                // An empty table is checked whole: an unknown `[lisen]` is an error too.
+                DeValue::Table(table) if table.is_empty() => vec![value.clone()],
                 DeValue::Table(table) => table
                     .iter()
                     .map(|(field, field_value)| {

@@ -197,7 +197,7 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
                 name.span(),
                 "a rule name cannot be empty".into(),
             ));
-        } else if let Some(first) = names.insert(name.get_ref(), name) {
+        } else if let Some(first) = names.get(name.get_ref().as_str()) {
             diagnostics.push(Diagnostic::error(
                 name.span(),
                 format!(
@@ -206,6 +206,8 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
                     line_of(text, first.span().start)
                 ),
             ));
+        } else {
+            names.insert(name.get_ref(), name);
         }
         for key in rule.keys() {
             if let Err(error) = Glob::new(key.get_ref()) {
@@ -261,6 +263,18 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                 rule.limit.span(),
                 format!(
                     "limit {limit} per {:?} is finer than a nanosecond apart",
+                    rule.period.get()
+                ),
+            ));
+        }
+        if rule.scope() == Scope::Global
+            && limit > 0
+            && rule.period.get() / limit < std::time::Duration::from_micros(100)
+        {
+            diagnostics.push(Diagnostic::error(
+                rule.limit.span(),
+                format!(
+                    "a global rule allows at most 10000 commands per second per bucket (each decision is a round trip to Redis); limit {limit} per {:?} is more",
                     rule.period.get()
                 ),
             ));

@@ -14,12 +14,21 @@ use crate::config::DenyRule;
 use crate::resp::reply;
 use crate::resp::request::Args;
 
-/// Who sends a command, as deny rules choose clients.
+/// Who sends a command, as policies see clients.
 pub struct Client<'a> {
     /// The `CLIENT SETNAME` name, if any.
     pub name: Option<&'a [u8]>,
-    /// The peer address, as `ip:port`.
+    /// The peer's IP address (without the port: one client, many connections).
     pub address: &'a [u8],
+    /// What `bucket = "client"` counts by: `name:<name>`, else `addr:<ip>`, so that a client
+    /// cannot name itself after another's address.
+    pub bucket: &'a [u8],
+}
+
+impl Client<'_> {
+    pub fn bucket(&self) -> &[u8] {
+        self.bucket
+    }
 }
 
 pub struct Denial {

@@ -12,6 +12,8 @@ pub mod rate_limit;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::command::CommandInfo;
 use crate::config::Config;
 use crate::resp::request::Args;
@@ -31,15 +33,16 @@ impl Policies {
             .rate_limit
             .iter()
             .map(|rule| {
-                previous
-                    .and_then(|previous| {
-                        previous
-                            .rate_limits
-                            .iter()
-                            .find(|kept| kept.rule == *rule)
-                            .cloned()
-                    })
-                    .unwrap_or_else(|| Arc::new(RateLimiter::new(rule.clone())))
+                let same_name = previous.and_then(|previous| {
+                    previous
+                        .rate_limits
+                        .iter()
+                        .find(|kept| kept.rule.name.get_ref() == rule.name.get_ref())
+                });
+                match same_name {
+                    Some(kept) if kept.rule == *rule => Arc::clone(kept),
+                    kept => Arc::new(RateLimiter::new(rule.clone(), kept.map(|kept| &**kept))),
+                }
             })
             .collect();
         let denials = config
@@ -67,18 +70,77 @@ impl Policies {
         self.rate_limits.is_empty() && self.denials.is_empty()
     }
 
-    /// The first deny rule that matches the command, if any.
-    pub fn denial(
+    /// Judges a command about to be sent to Redis: deny rules first, then rate limits. Within
+    /// each kind the first matching rule in force decides; a shadow rule only counts, and the
+    /// search goes on past it, so adding one never changes what happens.
+    pub fn judge(
         &self,
         info: &CommandInfo,
         args: &Args<'_>,
         key_positions: &[usize],
         client: &Client<'_>,
-    ) -> Option<&Denial> {
+        delayed: std::time::Duration,
+        progress: &mut Progress,
+    ) -> Verdict {
+        if !progress.denials_judged {
+            progress.denials_judged = true;
+            for denial in &self.denials {
+                if denial.matches(info, args, key_positions, client) {
+                    if let Some(refusal) = denial.apply(info) {
+                        return Verdict::Reject(refusal);
+                    }
+                }
+            }
+        }
+        let requester = Requester {
+            client: client.bucket(),
+        };
+        for (index, limiter) in self.rate_limits.iter().enumerate() {
+            let matcher = limiter.matcher();
+            if !matcher.applies_to(info) || progress.passed.contains(&index) {
+                continue;
+            }
+            let mut matching = matcher.matching_keys(args, key_positions).peekable();
+            if matcher.has_key_patterns() && matching.peek().is_none() {
+                continue;
+            }
+            let answer = progress.take_answer(index);
+            let verdict = limiter.decide(
+                index,
+                matching,
+                &requester,
+                delayed,
+                answer,
+                &mut progress.charged,
+            );
+            match verdict {
+                Verdict::Allow => {
+                    progress.passed.push(index);
+                    progress.charged.clear();
+                    if !limiter.is_shadow() {
+                        return Verdict::Allow;
+                    }
+                }
+                other => return other,
+            }
+        }
+        Verdict::Allow
+    }
+
+    /// A deny rule in force refuses the command: judged before a dedicated connection is
+    /// opened for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection.
+    pub fn refuses(
+        &self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        client: &Client<'_>,
+    ) -> Option<Bytes> {
         self.denials
             .iter()
+            .filter(|denial| denial.enforced())
             .find(|denial| denial.matches(info, args, key_positions, client))
-            .map(|denial| &**denial)
+            .and_then(|denial| denial.apply(info))
     }
 
     /// Copies every rule's counts to its Prometheus series.
@@ -90,34 +152,30 @@ impl Policies {
             limiter.publish_metrics();
         }
     }
+}
 
-    /// The first rate limit that applies to the command decides.
-    pub fn rate_limit(
-        &self,
-        info: &CommandInfo,
-        args: &Args<'_>,
-        key_positions: &[usize],
-        requester: &Requester<'_>,
-        delayed: std::time::Duration,
-        answer: Option<global::Answer>,
-    ) -> Verdict {
-        for limiter in &self.rate_limits {
-            let matcher = limiter.matcher();
-            if !matcher.applies_to(info) {
-                continue;
-            }
-            if matcher.has_key_patterns() {
-                let mut keys = matcher.matching_keys(args, key_positions).peekable();
-                if keys.peek().is_none() {
-                    continue;
-                }
-                return limiter.decide(keys, requester, delayed, answer);
-            }
-            let keys = key_positions
-                .iter()
-                .filter_map(|&position| args.get(position));
-            return limiter.decide(keys, requester, delayed, answer);
-        }
-        Verdict::Allow
+/// Where the policies stand on the request at the front of a session's input. It is kept while
+/// the request is held (delayed, or waiting for Redis's answer to a global rule) and judged
+/// again, so that judging it again neither charges a bucket twice nor counts it twice.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Rate limits (by index) that already let this request through, or counted it in shadow.
+    passed: Vec<usize>,
+    /// Buckets the rate limit judging now has already charged for this request (which also
+    /// keeps a key named twice in one command from being charged twice).
+    charged: Vec<u64>,
+    /// Redis's answers for global rules, by rule index.
+    answers: Vec<(usize, global::Answer)>,
+    denials_judged: bool,
+}
+
+impl Progress {
+    pub fn record_answer(&mut self, rule: usize, answer: global::Answer) {
+        self.answers.push((rule, answer));
+    }
+
+    fn take_answer(&mut self, rule: usize) -> Option<global::Answer> {
+        let position = self.answers.iter().position(|(index, _)| *index == rule)?;
+        Some(self.answers.swap_remove(position).1)
     }
 }

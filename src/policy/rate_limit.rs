@@ -11,6 +11,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,9 +34,9 @@ pub enum Verdict {
     Reject(Bytes),
     /// Hold the command this long, then ask again.
     Delay(Duration),
-    /// A global rule: send this request to Redis, hold the command until the answer, then ask
-    /// again with it.
-    AskRedis(Bytes),
+    /// A global rule (by index): send this request to Redis, hold the command until the
+    /// answer, then judge it again with the answer.
+    AskRedis(usize, Bytes),
 }
 
 /// Who is asking: what `bucket = "client"` counts by.
@@ -47,17 +48,28 @@ pub struct Requester<'a> {
 /// GCRA state per bucket, keyed by the bucket's hash (see [`RateLimiter::bucket_id`]).
 type Buckets = governor::RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
 
+/// The buckets of a rule, kept across reloads as long as the rule's shape (limit, period,
+/// burst, bucket, scope) does not change: switching a rule from shadow to enforce keeps what
+/// shadow mode counted.
+struct BucketState {
+    limiter: Buckets,
+    /// Keyed with random keys, so that clients cannot choose keys that share a bucket.
+    hasher: ahash::RandomState,
+}
+
 pub struct RateLimiter {
     pub rule: RateLimitRule,
     matcher: RuleMatcher,
-    limiter: Buckets,
-    /// Keyed with random keys, so that clients cannot choose keys that share a bucket.
-    bucket_hasher: ahash::RandomState,
+    state: Arc<BucketState>,
     /// Time between two cells, `period / limit`.
     interval: Duration,
     clock: DefaultClock,
-    allowed: AtomicU64,
-    limited: AtomicU64,
+    /// Counts behind the Prometheus series, kept across reloads for the same series so that
+    /// the counters never go backwards.
+    allowed: Arc<AtomicU64>,
+    limited: Arc<AtomicU64>,
+    /// The `action` label of the limited series.
+    outcome: &'static str,
     allowed_metric: Counter,
     limited_metric: Counter,
     delay_metric: Histogram,
@@ -65,7 +77,9 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(rule: RateLimitRule) -> RateLimiter {
+    /// Builds the limiter of a rule; `previous` is the limiter of the rule with the same name
+    /// before a reload, whose buckets and counts carry over where they still apply.
+    pub fn new(rule: RateLimitRule, previous: Option<&RateLimiter>) -> RateLimiter {
         let (quota, interval) = quota(&rule);
         let name = rule.name.get_ref().clone();
         let outcome = match (rule.mode, rule.action) {
@@ -73,18 +87,37 @@ impl RateLimiter {
             (Mode::Enforce, Action::Reject) => "reject",
             (Mode::Enforce, Action::Delay) => "delay",
         };
+        let same_shape = |previous: &&RateLimiter| {
+            let old = &previous.rule;
+            old.limit.get_ref() == rule.limit.get_ref()
+                && old.period == rule.period
+                && old.burst() == rule.burst()
+                && old.bucket == rule.bucket
+                && old.scope() == rule.scope()
+        };
+        let state = previous.filter(same_shape).map_or_else(
+            || {
+                Arc::new(BucketState {
+                    limiter: Buckets::dashmap_with_clock_and_hasher(
+                        quota,
+                        DefaultClock::default(),
+                        FxBuildHasher,
+                    ),
+                    hasher: ahash::RandomState::new(),
+                })
+            },
+            |previous| Arc::clone(&previous.state),
+        );
         RateLimiter {
             matcher: RuleMatcher::compile(&rule),
-            limiter: Buckets::dashmap_with_clock_and_hasher(
-                quota,
-                DefaultClock::default(),
-                FxBuildHasher,
-            ),
-            bucket_hasher: ahash::RandomState::new(),
+            state,
             interval,
             clock: DefaultClock::default(),
-            allowed: AtomicU64::new(0),
-            limited: AtomicU64::new(0),
+            allowed: previous.map_or_else(Arc::default, |previous| Arc::clone(&previous.allowed)),
+            limited: previous
+                .filter(|previous| previous.outcome == outcome)
+                .map_or_else(Arc::default, |previous| Arc::clone(&previous.limited)),
+            outcome,
             allowed_metric: counter!("keyward_ratelimit_allowed_total", "rule" => name.clone()),
             limited_metric: counter!("keyward_ratelimit_limited_total", "rule" => name.clone(), "action" => outcome),
             delay_metric: histogram!("keyward_ratelimit_delay_seconds", "rule" => name.clone()),
@@ -101,42 +134,65 @@ impl RateLimiter {
         &self.matcher
     }
 
+    pub fn is_shadow(&self) -> bool {
+        self.rule.mode == Mode::Shadow
+    }
+
     /// Decides for a command this rule matches. `keys` are the command's keys that match the
-    /// rule's patterns (ignored unless `bucket = "key"`); `delayed` is how long the command has
-    /// already been held; `answer` is Redis's answer for a global rule, once it came.
+    /// rule's patterns (used when `bucket = "key"`); `delayed` is how long the command has
+    /// already been held; `answer` is Redis's answer for a global rule, once it came; `charged`
+    /// holds the buckets already charged for this command, which are not charged again when it
+    /// is judged again after a delay (nor twice when it names a key twice).
     pub fn decide<'k>(
         &self,
+        index: usize,
         keys: impl Iterator<Item = &'k [u8]>,
         requester: &Requester<'_>,
         delayed: Duration,
         answer: Option<Answer>,
+        charged: &mut Vec<u64>,
     ) -> Verdict {
-        let refusal = match (self.rule.scope(), self.rule.bucket) {
-            (Scope::Local, Bucket::Key) => keys.into_iter().find_map(|key| self.take(key)),
-            (Scope::Local, Bucket::Client) => self.take(requester.client),
-            (Scope::Local, Bucket::Rule) => self.take(b""),
-            (Scope::Global, bucket) => {
-                let buckets: Vec<&[u8]> = match bucket {
-                    Bucket::Key => keys.collect(),
-                    Bucket::Client => vec![requester.client],
-                    Bucket::Rule => vec![b""],
-                };
-                if buckets.is_empty() {
-                    return Verdict::Allow;
+        let mut buckets: Vec<&[u8]> = match self.rule.bucket {
+            Bucket::Key => keys.collect(),
+            Bucket::Client => vec![requester.client],
+            Bucket::Rule => vec![b""],
+        };
+        let refusal = match self.rule.scope() {
+            Scope::Local => buckets.into_iter().find_map(|bucket| {
+                let id = self.bucket_id(bucket);
+                if charged.contains(&id) {
+                    return None;
                 }
+                let refusal = self.take(id, bucket);
+                if refusal.is_none() {
+                    charged.push(id);
+                }
+                refusal
+            }),
+            Scope::Global => {
+                buckets.sort_unstable();
+                buckets.dedup();
                 match answer {
                     None => {
-                        let owned: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
-                        return Verdict::AskRedis(global::encode_check(
-                            self.name(),
-                            &owned,
-                            self.interval,
-                            self.rule.burst(),
-                        ));
+                        return Verdict::AskRedis(
+                            index,
+                            global::encode_check(
+                                self.name(),
+                                &buckets,
+                                self.interval,
+                                self.rule.burst(),
+                            ),
+                        )
                     }
                     Some(Ok(None)) => None,
-                    Some(Ok(Some(wait))) => Some((buckets[0].to_vec(), wait)),
-                    Some(Err(reason)) => return self.undecided(buckets[0], &reason),
+                    Some(Ok(Some((wait, refused)))) => {
+                        let bucket = buckets.get(refused).copied().unwrap_or_default();
+                        Some((bucket.to_vec(), wait))
+                    }
+                    Some(Err(reason)) => {
+                        return self
+                            .undecided(buckets.first().copied().unwrap_or_default(), &reason)
+                    }
                 }
             }
         };
@@ -177,8 +233,8 @@ impl RateLimiter {
     }
 
     /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
-    fn take(&self, bucket: &[u8]) -> Option<(Vec<u8>, Duration)> {
-        match self.limiter.check_key(&self.bucket_id(bucket)) {
+    fn take(&self, id: u64, bucket: &[u8]) -> Option<(Vec<u8>, Duration)> {
+        match self.state.limiter.check_key(&id) {
             Ok(()) => None,
             Err(not_until) => Some((bucket.to_vec(), not_until.wait_time_from(self.clock.now()))),
         }
@@ -187,13 +243,13 @@ impl RateLimiter {
     /// A bucket's identity in the map: a 64-bit keyed hash, so looking one up allocates
     /// nothing. With a million buckets the odds that two share an identity are about 3e-8.
     fn bucket_id(&self, bucket: &[u8]) -> u64 {
-        self.bucket_hasher.hash_one(bucket)
+        self.state.hasher.hash_one(bucket)
     }
 
     /// Drops buckets that are back to full.
     pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        self.state.limiter.retain_recent();
+        self.state.limiter.shrink_to_fit();
     }
 
     /// Copies the rule's counts to its Prometheus series. Counting uses plain atomics on the
@@ -203,7 +259,7 @@ impl RateLimiter {
             .absolute(self.allowed.load(Ordering::Relaxed));
         self.limited_metric
             .absolute(self.limited.load(Ordering::Relaxed));
-        self.buckets_metric.set(self.limiter.len() as f64);
+        self.buckets_metric.set(self.state.limiter.len() as f64);
     }
 
     /// (allowed, limited, buckets) for `KEYWARD RATELIMIT STATS`.
@@ -211,7 +267,7 @@ impl RateLimiter {
         (
             self.allowed.load(Ordering::Relaxed),
             self.limited.load(Ordering::Relaxed),
-            self.limiter.len(),
+            self.state.limiter.len(),
         )
     }
 }
@@ -230,7 +286,8 @@ fn quota(rule: &RateLimitRule) -> (Quota, Duration) {
 
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
 fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
-    let millis = wait.as_millis().max(1);
+    // Rounded up: retrying after the time shown must succeed.
+    let millis = wait.as_micros().div_ceil(1000).max(1);
     format!(
         "RATELIMITED {rule} {} retry in {millis} ms",
         printable(bucket)

@@ -31,8 +31,8 @@ use crate::metrics::{self, ReceivedTally};
 use crate::net;
 use crate::policy::deny::Client;
 use crate::policy::global;
-use crate::policy::rate_limit::{Requester, Verdict};
-use crate::policy::Policies;
+use crate::policy::rate_limit::Verdict;
+use crate::policy::Progress;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
 use crate::upstream::{Batch, ConnHandle, Reply, SendError};
@@ -114,8 +114,10 @@ pub struct Session {
     blocked: bool,
     /// Reused for the key positions of commands that policies look at.
     key_positions: Vec<usize>,
-    /// What `bucket = "client"` counts by when the client has no name: its address.
-    peer_label: Vec<u8>,
+    /// The client's IP address, as policies see it (one client, many connections).
+    peer_ip: Vec<u8>,
+    /// Reused for `bucket = "client"`: `name:<name>`, else `addr:<ip>`.
+    client_bucket: Vec<u8>,
     /// A rate limit holds the request at the front of the input until then.
     hold_until: Option<Instant>,
     /// When the held request was first delayed, to enforce `max_delay`.
@@ -124,10 +126,14 @@ pub struct Session {
     /// apart from the client's replies.
     policy_sender: mpsc::UnboundedSender<Reply>,
     policy_receiver: mpsc::UnboundedReceiver<Reply>,
-    /// A question is out; the request at the front of the input waits for its answer.
-    awaiting_redis: bool,
-    /// The answer, for the request at the front of the input.
-    global_answer: Option<global::Answer>,
+    /// A question is out (for the rate limit with this index); the request at the front of
+    /// the input waits for its answer.
+    awaiting_redis: Option<usize>,
+    /// Where the policies stand on the request at the front of the input while it is held.
+    progress: Progress,
+    /// The session's dedicated connection is inside `MULTI`: a command refused there must
+    /// also make Redis abort the transaction.
+    in_transaction: bool,
 }
 
 impl Session {
@@ -158,13 +164,15 @@ impl Session {
             last_command: None,
             blocked: false,
             key_positions: Vec::new(),
-            peer_label: peer.to_string().into_bytes(),
+            peer_ip: peer.ip().to_canonical().to_string().into_bytes(),
+            client_bucket: Vec::new(),
             hold_until: None,
             delayed_since: None,
             policy_sender,
             policy_receiver,
-            awaiting_redis: false,
-            global_answer: None,
+            awaiting_redis: None,
+            progress: Progress::default(),
+            in_transaction: false,
         }
     }
 
@@ -230,9 +238,9 @@ impl Session {
                     self.hold_until = None;
                     hold_armed = None;
                 }
-                answer = self.policy_receiver.recv(), if self.awaiting_redis => {
-                    self.awaiting_redis = false;
-                    self.global_answer = Some(match answer {
+                answer = self.policy_receiver.recv(), if self.awaiting_redis.is_some() => {
+                    let rule = self.awaiting_redis.take().unwrap_or_default();
+                    self.progress.record_answer(rule, match answer {
                         Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
                         Some(Reply::Failed { error, .. }) => {
                             Err(String::from_utf8_lossy(&error).trim().to_string())
@@ -256,15 +264,23 @@ impl Session {
     fn finished(&self) -> bool {
         match self.closing {
             None => false,
+            // A held request is still owed its reply.
+            Some(Closing::ClientDone | Closing::Shutdown) if self.is_holding() => false,
             Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
             Some(Closing::OutputLimit) => true,
             Some(_) => self.replies.is_empty() && self.output.is_empty(),
         }
     }
 
+    /// A request is held by a policy: delayed, or waiting for Redis's answer.
+    fn is_holding(&self) -> bool {
+        self.hold_until.is_some() || self.awaiting_redis.is_some()
+    }
+
     fn wants_input(&self) -> bool {
         self.closing.is_none()
             && !self.waiting_for_quiet
+            && !self.is_holding()
             && self.output.len() < OUTPUT_HIGH_WATER
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
     }
@@ -355,7 +371,7 @@ impl Session {
     /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
     /// when the request at the front needs a dedicated connection opened first.
     fn process_input(&mut self) -> Option<bool> {
-        if self.hold_until.is_some() || self.awaiting_redis {
+        if self.is_holding() {
             return None;
         }
         self.waiting_for_quiet = false;
@@ -363,7 +379,10 @@ impl Session {
         let mut batch = PendingBatch::default();
         let sent_at = Instant::now();
         let mut dedicate = None;
-        while self.closing.is_none() {
+        while matches!(
+            self.closing,
+            None | Some(Closing::ClientDone | Closing::Shutdown)
+        ) {
             let decoded = match self.decoder.decode(&self.input[batch.len..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {
@@ -415,54 +434,71 @@ impl Session {
             }
             let blocks = is_blocking(info, &args);
             let verdict = match step {
-                Step::Forward if !active.policies.is_empty() => {
+                Step::Forward | Step::Dedicate { .. } if !active.policies.is_empty() => {
+                    self.client_bucket.clear();
+                    match &self.client.name {
+                        Some(name) => {
+                            self.client_bucket.extend_from_slice(b"name:");
+                            self.client_bucket.extend_from_slice(name);
+                        }
+                        None => {
+                            self.client_bucket.extend_from_slice(b"addr:");
+                            self.client_bucket.extend_from_slice(&self.peer_ip);
+                        }
+                    }
                     let caller = Client {
                         name: self.client.name.as_deref(),
-                        address: &self.peer_label,
+                        address: &self.peer_ip,
+                        bucket: &self.client_bucket,
                     };
-                    let delayed = self
-                        .delayed_since
-                        .map_or(Duration::ZERO, |since| since.elapsed());
-                    let answer = self.global_answer.take();
-                    police(
-                        &active.policies,
-                        info,
-                        &args,
-                        &mut self.key_positions,
-                        &caller,
-                        delayed,
-                        answer,
-                    )
-                }
-                Step::Dedicate { .. } if !active.policies.denials.is_empty() => {
-                    let caller = Client {
-                        name: self.client.name.as_deref(),
-                        address: &self.peer_label,
-                    };
-                    match refused_before_dedicating(
-                        &active.policies,
-                        info,
-                        &args,
-                        &mut self.key_positions,
-                        &caller,
-                    ) {
-                        Some(refusal) => Verdict::Reject(refusal),
-                        None => Verdict::Allow,
+                    self.key_positions.clear();
+                    info.key_positions(&args, &mut self.key_positions);
+                    if matches!(step, Step::Forward) {
+                        let delayed = self
+                            .delayed_since
+                            .map_or(Duration::ZERO, |since| since.elapsed());
+                        active.policies.judge(
+                            info,
+                            &args,
+                            &self.key_positions,
+                            &caller,
+                            delayed,
+                            &mut self.progress,
+                        )
+                    } else {
+                        // Before a dedicated connection is opened for it: only a refusal
+                        // matters now, the command is judged in full when it is sent.
+                        active
+                            .policies
+                            .refuses(info, &args, &self.key_positions, &caller)
+                            .map_or(Verdict::Allow, Verdict::Reject)
                     }
                 }
                 _ => Verdict::Allow,
             };
+            let is_multi = &*info.name == "multi";
+            let ends_transaction = matches!(&*info.name, "exec" | "discard" | "reset");
             match verdict {
-                Verdict::Allow => self.delayed_since = None,
-                Verdict::Reject(reply) => {
+                Verdict::Allow => {
                     self.delayed_since = None;
+                    if matches!(step, Step::Forward) {
+                        self.progress = Progress::default();
+                    }
+                }
+                Verdict::Reject(refusal) => {
+                    self.delayed_since = None;
+                    self.progress = Progress::default();
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
-                    self.replies.push_ready(reply, &mut self.output);
+                    if self.in_transaction {
+                        self.refuse_in_transaction(refusal);
+                    } else {
+                        self.replies.push_ready(refusal, &mut self.output);
+                    }
                     continue;
                 }
-                Verdict::AskRedis(question) => {
+                Verdict::AskRedis(rule, question) => {
                     self.send_batch(&mut batch);
                     let batch = Batch {
                         bytes: question,
@@ -473,17 +509,14 @@ impl Session {
                         .context
                         .upstream
                         .pooled(Protocol::Resp2, 0, self.client.id);
-                    match conn.send(batch) {
-                        Ok(()) => {
-                            self.awaiting_redis = true;
-                            break;
-                        }
-                        Err(_) => {
-                            // Judged again at once, with on_error deciding.
-                            self.global_answer = Some(Err("upstream busy or gone".into()));
-                            continue;
-                        }
+                    if conn.send(batch).is_ok() {
+                        self.awaiting_redis = Some(rule);
+                        break;
                     }
+                    // Judged again at once, with on_error deciding.
+                    self.progress
+                        .record_answer(rule, Err("upstream busy or gone".into()));
+                    continue;
                 }
                 Verdict::Delay(wait) => {
                     // The request stays at the front of the input, and so does everything the
@@ -493,6 +526,13 @@ impl Session {
                     self.delayed_since.get_or_insert(now);
                     self.hold_until = Some(now + wait);
                     break;
+                }
+            }
+            if matches!(step, Step::Forward) && matches!(self.link, Link::Dedicated { .. }) {
+                if is_multi {
+                    self.in_transaction = true;
+                } else if ends_transaction {
+                    self.in_transaction = false;
                 }
             }
 
@@ -563,6 +603,26 @@ impl Session {
         self.send_batch(&mut batch);
         self.received.flush(&self.context.command_metrics);
         dedicate
+    }
+
+    /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
+    /// refuses at queue time does: a command Redis does not know is queued in its place (so
+    /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
+    fn refuse_in_transaction(&mut self, refusal: Bytes) {
+        const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
+        let Link::Dedicated { conn, .. } = &self.link else {
+            self.replies.push_ready(refusal, &mut self.output);
+            return;
+        };
+        let batch = Batch {
+            bytes: Bytes::from_static(ABORTS_TRANSACTION),
+            count: 1,
+            reply_to: self.reply_sender.clone(),
+        };
+        match conn.send(batch) {
+            Ok(()) => self.replies.push_substitute(refusal),
+            Err(_) => self.replies.push_ready(refusal, &mut self.output),
+        }
     }
 
     /// Answers the request that needed a dedicated connection with the error from opening one,
@@ -747,48 +807,6 @@ fn has_block_option(args: &Args<'_>) -> bool {
         index += skip + 1;
     }
     false
-}
-
-/// Asks the policies about a command about to be sent to Redis: deny rules first, then rate
-/// limits.
-fn police(
-    policies: &Policies,
-    info: &CommandInfo,
-    args: &Args<'_>,
-    key_positions: &mut Vec<usize>,
-    caller: &Client<'_>,
-    delayed: Duration,
-    answer: Option<global::Answer>,
-) -> Verdict {
-    key_positions.clear();
-    info.key_positions(args, key_positions);
-    if let Some(refusal) = policies
-        .denial(info, args, key_positions, caller)
-        .and_then(|denial| denial.apply(info))
-    {
-        return Verdict::Reject(refusal);
-    }
-    let requester = Requester {
-        client: caller.name.unwrap_or(caller.address),
-    };
-    policies.rate_limit(info, args, key_positions, &requester, delayed, answer)
-}
-
-/// A deny rule in force refuses the command: checked before a dedicated connection is opened
-/// for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection.
-fn refused_before_dedicating(
-    policies: &Policies,
-    info: &CommandInfo,
-    args: &Args<'_>,
-    key_positions: &mut Vec<usize>,
-    caller: &Client<'_>,
-) -> Option<Bytes> {
-    key_positions.clear();
-    info.key_positions(args, key_positions);
-    policies
-        .denial(info, args, key_positions, caller)
-        .filter(|denial| denial.enforced())
-        .and_then(|denial| denial.apply(info))
 }
 
 /// Whether the command may wait in Redis for something to happen.

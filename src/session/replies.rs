@@ -18,6 +18,8 @@ use crate::upstream::Reply;
 
 enum Expected {
     Ready(Bytes),
+    /// One reply owed by upstream that the client must not see: this is written instead.
+    Substitute(Bytes),
     Upstream {
         remaining: u32,
         /// `None` on a dedicated connection, where a command may legitimately block.
@@ -102,6 +104,12 @@ impl ReplyQueue {
         }
     }
 
+    /// One upstream reply to be replaced by `reply` (see `Expected::Substitute`).
+    pub fn push_substitute(&mut self, reply: Bytes) {
+        self.outstanding += 1;
+        self.entries.push_back(Expected::Substitute(reply));
+    }
+
     pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>) {
         if count == 0 {
             return;
@@ -117,7 +125,7 @@ impl ReplyQueue {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.entries.iter().find_map(|entry| match entry {
             Expected::Upstream { deadline, .. } => *deadline,
-            Expected::Ready(_) => None,
+            Expected::Ready(_) | Expected::Substitute(_) => None,
         })
     }
 
@@ -131,6 +139,10 @@ impl ReplyQueue {
         match reply {
             Reply::Push(bytes) => output.extend_from_slice(&bytes),
             Reply::Frames { bytes, count } => {
+                if self.substituted() {
+                    self.write_ready(output);
+                    return AfterReply::Continue;
+                }
                 if !self.discarded(count) {
                     self.settle(count, output, metrics, |output| {
                         output.extend_from_slice(&bytes)
@@ -138,6 +150,10 @@ impl ReplyQueue {
                 }
             }
             Reply::Failed { count, error } => {
+                if self.substituted() {
+                    self.write_ready(output);
+                    return AfterReply::Continue;
+                }
                 if !self.discarded(count) {
                     self.settle(count, output, metrics, |output| {
                         for _ in 0..count {
@@ -170,7 +186,7 @@ impl ReplyQueue {
                     take_sent(&mut self.sent, count as usize, |_, _, _| {});
                     expired += u64::from(count);
                 }
-                Expected::Upstream { .. } => break,
+                Expected::Upstream { .. } | Expected::Substitute(_) => break,
                 Expected::Ready(_) => {}
             }
         }
@@ -181,13 +197,29 @@ impl ReplyQueue {
     /// Answers everything still owed with `error` (the connection is gone).
     fn fail_all(&mut self, error: &Bytes, output: &mut BytesMut) {
         for entry in &mut self.entries {
-            if let Expected::Upstream { remaining, .. } = entry {
-                *entry = Expected::Ready(error.repeat(*remaining as usize).into());
+            match entry {
+                Expected::Upstream { remaining, .. } => {
+                    *entry = Expected::Ready(error.repeat(*remaining as usize).into());
+                }
+                Expected::Substitute(_) => *entry = Expected::Ready(error.clone()),
+                Expected::Ready(_) => {}
             }
         }
         self.outstanding = 0;
         self.sent.clear();
         self.write_ready(output);
+    }
+
+    /// A substitute sent on its own is answered by exactly one frame, which it replaces.
+    fn substituted(&mut self) -> bool {
+        let Some(Expected::Substitute(reply)) = self.entries.front() else {
+            return false;
+        };
+        let reply = reply.clone();
+        self.entries.pop_front();
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.entries.push_front(Expected::Ready(reply));
+        true
     }
 
     fn discarded(&mut self, count: u32) -> bool {
