@@ -62,6 +62,7 @@ pub async fn serve(
         live,
         config.upstream.request_timeout.get(),
         listen_password,
+        config.listen.idle_timeout.map(|timeout| timeout.get()),
     ));
     tokio::spawn(admin::serve(
         admin_listener,

@@ -20,6 +20,8 @@ pub struct Context {
     pub request_timeout: Duration,
     /// The password clients must `AUTH` with, when keyward requires one.
     pub listen_password: Option<String>,
+    /// Idle clients are closed after this long, if set.
+    pub idle_timeout: Option<Duration>,
     pub command_metrics: CommandMetrics,
     pub started: Instant,
     /// Open client connections, for `max_clients` and `KEYWARD INFO`.
@@ -36,12 +38,14 @@ impl Context {
         live: Arc<LiveConfig>,
         request_timeout: Duration,
         listen_password: Option<String>,
+        idle_timeout: Option<Duration>,
     ) -> Context {
         Context {
             upstream,
             live,
             request_timeout,
             listen_password,
+            idle_timeout,
             command_metrics: CommandMetrics::new(CommandTable::global()),
             started: Instant::now(),
             clients: AtomicUsize::new(0),

@@ -154,3 +154,83 @@ fn a_subscriber_that_stops_reading_is_disconnected_not_buffered_forever() {
     let pong: String = redis::cmd("PING").query(&mut publisher).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+#[test]
+fn idle_clients_are_closed_but_active_subscribed_and_blocked_ones_are_not() {
+    let redis = RedisServer::start();
+    let (port, admin) = (support::free_port(), support::free_port());
+    let keyward = Keyward::start_with_config(
+        port,
+        admin,
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\nidle_timeout = \"300ms\"\n\
+             [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
+            redis.port
+        ),
+    );
+    let mut idle = keyward.raw();
+    let mut active = keyward.raw();
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SUBSCRIBE news\r\n");
+    for _ in 0..6 {
+        subscriber.read_line();
+    }
+    let mut blocked = keyward.raw();
+    blocked.send(b"BLPOP nothing 2\r\n");
+    for _ in 0..8 {
+        active.send(b"PING\r\n");
+        assert_eq!(active.read_line(), "+PONG\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(idle.is_closed(), "the idle client is still connected");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("still here")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(
+        subscriber.read_line(),
+        "*3\r\n",
+        "the subscriber was closed"
+    );
+    assert_eq!(
+        blocked.read_line(),
+        "*-1\r\n",
+        "the blocked client was closed before its reply"
+    );
+}
+
+#[test]
+fn slow_clients_hold_nothing_but_their_own_connection() {
+    let (_redis, keyward) = shared_upstream();
+    let request = b"*2\r\n$3\r\nGET\r\n$4\r\nslow\r\n";
+    let slow: Vec<_> = (0..30)
+        .map(|_| {
+            let mut raw = keyward.raw();
+            std::thread::spawn(move || {
+                for byte in request {
+                    raw.send(&[*byte]);
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                raw.read_line()
+            })
+        })
+        .collect();
+    let mut fast = keyward.client();
+    let started = Instant::now();
+    for _ in 0..100 {
+        let _: Option<String> = redis::cmd("GET").arg("fast").query(&mut fast).unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        slow.iter().all(|thread| !thread.is_finished()),
+        "the slow clients finished first"
+    );
+    assert!(
+        elapsed < Duration::from_millis(800),
+        "100 GETs took {elapsed:?} beside slow clients"
+    );
+    for thread in slow {
+        assert_eq!(thread.join().unwrap(), "$-1\r\n");
+    }
+}

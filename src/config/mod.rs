@@ -47,6 +47,9 @@ pub struct ListenConfig {
     /// The name of the environment variable holding the password clients must `AUTH` with;
     /// none means clients need not authenticate to keyward.
     pub password_env: Option<String>,
+    /// Close clients idle for this long (Redis's `timeout`); subscribers and clients blocked
+    /// in a command are exempt, as in Redis. None: never.
+    pub idle_timeout: Option<ConfigDuration>,
 }
 
 impl Default for ListenConfig {
@@ -55,6 +58,7 @@ impl Default for ListenConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 6380)),
             max_clients: NonZeroUsize::new(10_000).expect("nonzero"),
             password_env: None,
+            idle_timeout: None,
         }
     }
 }

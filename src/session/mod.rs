@@ -69,6 +69,8 @@ enum Closing {
     ProtocolError,
     /// The session's dedicated upstream connection is gone.
     UpstreamGone,
+    /// The client was idle for longer than `idle_timeout`.
+    IdleTimeout,
     /// The client let its output grow past the limit; it is closed without its output.
     OutputLimit,
     Shutdown,
@@ -134,6 +136,8 @@ pub struct Session {
     /// The session's dedicated connection is inside `MULTI`: a command refused there must
     /// also make Redis abort the transaction.
     in_transaction: bool,
+    /// When the client last sent something, for `idle_timeout`.
+    last_read: Instant,
 }
 
 impl Session {
@@ -173,6 +177,7 @@ impl Session {
             awaiting_redis: None,
             progress: Progress::default(),
             in_transaction: false,
+            last_read: Instant::now(),
         }
     }
 
@@ -192,6 +197,8 @@ impl Session {
         let hold = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(hold);
         let mut hold_armed = None;
+        let idle = tokio::time::sleep(self.context.idle_timeout.unwrap_or_default());
+        tokio::pin!(idle);
         let shutdown = self.context.shutdown.clone();
         loop {
             while let Some(streaming) = self.process_input() {
@@ -238,6 +245,18 @@ impl Session {
                     self.hold_until = None;
                     hold_armed = None;
                 }
+                () = &mut idle, if self.context.idle_timeout.is_some() && self.closing.is_none() => {
+                    match self.idle_deadline() {
+                        Some(deadline) if deadline > Instant::now() => {
+                            idle.as_mut().reset(deadline.into());
+                        }
+                        Some(_) => self.closing = Some(Closing::IdleTimeout),
+                        // Not idle in Redis's sense: look again after a full timeout.
+                        None => idle
+                            .as_mut()
+                            .reset((Instant::now() + self.context.idle_timeout.unwrap_or_default()).into()),
+                    }
+                }
                 answer = self.policy_receiver.recv(), if self.awaiting_redis.is_some() => {
                     let rule = self.awaiting_redis.take().unwrap_or_default();
                     self.progress.record_answer(rule, match answer {
@@ -267,9 +286,23 @@ impl Session {
             // A held request is still owed its reply.
             Some(Closing::ClientDone | Closing::Shutdown) if self.is_holding() => false,
             Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
-            Some(Closing::OutputLimit) => true,
+            Some(Closing::OutputLimit | Closing::IdleTimeout) => true,
             Some(_) => self.replies.is_empty() && self.output.is_empty(),
         }
+    }
+
+    /// When an idle client is to be closed: `None` while it may not be (it owes or is owed
+    /// something, is subscribed or blocked, as Redis exempts those).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let exempt = !self.counts_replies()
+            || self.blocked
+            || !self.replies.is_empty()
+            || self.is_holding()
+            || !self.output.is_empty();
+        if exempt {
+            return None;
+        }
+        self.last_read.checked_add(self.context.idle_timeout?)
     }
 
     /// A request is held by a policy: delayed, or waiting for Redis's answer.
@@ -292,7 +325,7 @@ impl Session {
         }
         match net::read_available(stream, &mut self.input) {
             Ok(0) => self.closing = Some(Closing::ClientDone),
-            Ok(_) => {}
+            Ok(_) => self.last_read = Instant::now(),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
         }
