@@ -179,3 +179,105 @@ fn a_dedicated_connection_that_breaks_closes_its_client() {
         "the transaction is gone with the connection"
     );
 }
+
+#[test]
+fn a_stalled_redis_gives_timely_errors_and_service_resumes() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(redis.port, "request_timeout = \"400ms\"", "");
+    let _: String = redis::cmd("PING").query(&mut keyward.client()).unwrap();
+    redis.signal("STOP");
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let mut raw = keyward.raw();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                raw.send(format!("INCR stalled:{n}\r\nINCR stalled:{n}\r\n").as_bytes());
+                let replies = [raw.read_line(), raw.read_line()];
+                (started.elapsed(), replies)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (elapsed, replies) = client.join().unwrap();
+        for reply in &replies {
+            assert!(reply.starts_with("-ERR upstream"), "{reply}");
+        }
+        assert!(elapsed < Duration::from_secs(3), "errors took {elapsed:?}");
+    }
+    redis.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client = keyward.client();
+    while redis::cmd("SET")
+        .arg("after")
+        .arg(1)
+        .query::<()>(&mut client)
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keyward did not serve again after the stall"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn acknowledged_writes_are_never_lost_while_clients_misbehave() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(redis.port, "pool_size = 2", "");
+    // Clients that vanish mid-pipeline or half-close, on the same pooled connections.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let vandals: Vec<_> = (0..3)
+        .map(|n| {
+            let port = keyward.port;
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let burst = format!("*2\r\n$4\r\nINCR\r\n$8\r\nvandal:{n}\r\n").repeat(500);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let _ = stream.write_all(burst.as_bytes());
+                    if n % 2 == 0 {
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    }
+                    drop(stream);
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..4)
+        .map(|n| {
+            let mut client = keyward.client();
+            std::thread::spawn(move || {
+                let key = format!("acknowledged:{n}");
+                let mut acknowledged = 0;
+                for _ in 0..100 {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..20 {
+                        pipe.cmd("INCR").arg(&key);
+                    }
+                    let replies: Vec<i64> = pipe.query(&mut client).unwrap();
+                    acknowledged += replies.len() as i64;
+                    assert_eq!(
+                        *replies.last().unwrap(),
+                        acknowledged,
+                        "a reply out of step"
+                    );
+                }
+                (key, acknowledged)
+            })
+        })
+        .collect();
+    let results: Vec<(String, i64)> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for vandal in vandals {
+        vandal.join().unwrap();
+    }
+    let mut direct = redis.client();
+    for (key, acknowledged) in results {
+        let stored: i64 = redis::cmd("GET").arg(&key).query(&mut direct).unwrap();
+        assert_eq!(
+            stored, acknowledged,
+            "{key}: Redis holds {stored}, keyward acknowledged {acknowledged}"
+        );
+    }
+}
