@@ -22,6 +22,25 @@ fn wait_for_pong(keyward: &Keyward, within: Duration) -> Duration {
     }
 }
 
+/// Waits until a new client's write succeeds: each pooled connection reconnects on its own
+/// backoff (at most 500 ms apart), so one PONG does not mean every client is served.
+fn wait_until_every_client_is_served(keyward: &Keyward) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client = keyward.client();
+    while redis::cmd("SET")
+        .arg("served")
+        .arg(1)
+        .query::<()>(&mut client)
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keyward did not serve every client again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
     let mut redis = RedisServer::start();
@@ -62,21 +81,7 @@ fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
     assert!(ok >= 1000 && errors > 0, "{ok} ok, {errors} errors");
     redis.restart();
     wait_for_pong(&keyward, Duration::from_secs(5));
-    // Each pooled connection reconnects on its own backoff (at most 500 ms apart).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut client = keyward.client();
-    while redis::cmd("SET")
-        .arg("fresh")
-        .arg(1)
-        .query::<()>(&mut client)
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "keyward did not serve every client again"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_every_client_is_served(&keyward);
 }
 
 #[test]
@@ -205,20 +210,7 @@ fn a_stalled_redis_gives_timely_errors_and_service_resumes() {
         assert!(elapsed < Duration::from_secs(3), "errors took {elapsed:?}");
     }
     redis.signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut client = keyward.client();
-    while redis::cmd("SET")
-        .arg("after")
-        .arg(1)
-        .query::<()>(&mut client)
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "keyward did not serve again after the stall"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_every_client_is_served(&keyward);
 }
 
 #[test]

@@ -13,6 +13,29 @@ use super::values::ConfigDuration;
 use crate::command::CommandTable;
 use crate::policy::glob::Glob;
 
+/// Implements [`Rule`] for a rule type with `name`, `keys` and `commands` fields (and
+/// `clients`, when named).
+macro_rules! impl_rule {
+    ($rule:ty $(, $clients:ident)?) => {
+        impl Rule for $rule {
+            fn name(&self) -> &Spanned<String> {
+                &self.name
+            }
+            fn keys(&self) -> &[Spanned<String>] {
+                &self.keys
+            }
+            fn commands(&self) -> &[Spanned<String>] {
+                &self.commands
+            }
+            $(
+                fn clients(&self) -> &[Spanned<String>] {
+                    &self.$clients
+                }
+            )?
+        }
+    };
+}
+
 /// `enforce` acts on what a rule matches; `shadow` only counts and logs what it would do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -148,20 +171,7 @@ pub struct DenyRule {
     pub mode: Mode,
 }
 
-impl Rule for DenyRule {
-    fn name(&self) -> &Spanned<String> {
-        &self.name
-    }
-    fn keys(&self) -> &[Spanned<String>] {
-        &self.keys
-    }
-    fn commands(&self) -> &[Spanned<String>] {
-        &self.commands
-    }
-    fn clients(&self) -> &[Spanned<String>] {
-        &self.clients
-    }
-}
+impl_rule!(DenyRule, clients);
 
 /// What every kind of rule has: a name, key patterns and command filters.
 pub trait Rule {
@@ -174,17 +184,7 @@ pub trait Rule {
     }
 }
 
-impl Rule for RateLimitRule {
-    fn name(&self) -> &Spanned<String> {
-        &self.name
-    }
-    fn keys(&self) -> &[Spanned<String>] {
-        &self.keys
-    }
-    fn commands(&self) -> &[Spanned<String>] {
-        &self.commands
-    }
-}
+impl_rule!(RateLimitRule);
 
 /// Checks the rules of one kind (`kind` as written in the file, e.g. `rate_limit`).
 pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnostic> {

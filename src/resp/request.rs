@@ -250,62 +250,8 @@ fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         let mut word = Vec::new();
         match line[pos] {
-            b'"' => {
-                pos += 1;
-                loop {
-                    match *line.get(pos)? {
-                        b'\\'
-                            if line.get(pos + 1) == Some(&b'x')
-                                && line.get(pos + 2).is_some_and(u8::is_ascii_hexdigit)
-                                && line.get(pos + 3).is_some_and(u8::is_ascii_hexdigit) =>
-                        {
-                            let hex = std::str::from_utf8(&line[pos + 2..pos + 4]).ok()?;
-                            word.push(u8::from_str_radix(hex, 16).ok()?);
-                            pos += 4;
-                        }
-                        b'\\' if pos + 1 < line.len() => {
-                            word.push(match line[pos + 1] {
-                                b'n' => b'\n',
-                                b'r' => b'\r',
-                                b't' => b'\t',
-                                b'b' => 8,
-                                b'a' => 7,
-                                other => other,
-                            });
-                            pos += 2;
-                        }
-                        b'"' => {
-                            pos += 1;
-                            break;
-                        }
-                        other => {
-                            word.push(other);
-                            pos += 1;
-                        }
-                    }
-                }
-                closing_quote_ends_word(line, pos)?;
-            }
-            b'\'' => {
-                pos += 1;
-                loop {
-                    match *line.get(pos)? {
-                        b'\\' if line.get(pos + 1) == Some(&b'\'') => {
-                            word.push(b'\'');
-                            pos += 2;
-                        }
-                        b'\'' => {
-                            pos += 1;
-                            break;
-                        }
-                        other => {
-                            word.push(other);
-                            pos += 1;
-                        }
-                    }
-                }
-                closing_quote_ends_word(line, pos)?;
-            }
+            b'"' => (word, pos) = quoted(line, pos + 1, b'"', double_quote_escape)?,
+            b'\'' => (word, pos) = quoted(line, pos + 1, b'\'', single_quote_escape)?,
             _ => {
                 while pos < line.len() && !line[pos].is_ascii_whitespace() {
                     word.push(line[pos]);
@@ -315,6 +261,64 @@ fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         words.push(word);
     }
+}
+
+/// Reads the escape sequence at a backslash in a quoted word: the byte it stands for and its
+/// length, or `None` when the backslash is a plain character.
+type EscapeReader = fn(&[u8], usize) -> Option<(u8, usize)>;
+
+/// Reads a quoted word from just after its opening quote to just after its closing one, which
+/// must end the word.
+fn quoted(
+    line: &[u8],
+    mut pos: usize,
+    quote: u8,
+    escape: EscapeReader,
+) -> Option<(Vec<u8>, usize)> {
+    let mut word = Vec::new();
+    loop {
+        let byte = *line.get(pos)?;
+        if byte == quote {
+            closing_quote_ends_word(line, pos + 1)?;
+            return Some((word, pos + 1));
+        }
+        if byte == b'\\' {
+            if let Some((escaped, len)) = escape(line, pos) {
+                word.push(escaped);
+                pos += len;
+                continue;
+            }
+        }
+        word.push(byte);
+        pos += 1;
+    }
+}
+
+/// Double quotes take C-like escapes: `\n`, `\r`, `\t`, `\b`, `\a`, `\xHH`, and `\` before
+/// any other character stands for that character.
+fn double_quote_escape(line: &[u8], pos: usize) -> Option<(u8, usize)> {
+    let next = *line.get(pos + 1)?;
+    if next == b'x' {
+        let hex = line.get(pos + 2..pos + 4)?;
+        if hex.iter().all(u8::is_ascii_hexdigit) {
+            let hex = std::str::from_utf8(hex).ok()?;
+            return Some((u8::from_str_radix(hex, 16).ok()?, 4));
+        }
+    }
+    let escaped = match next {
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'b' => 8,
+        b'a' => 7,
+        other => other,
+    };
+    Some((escaped, 2))
+}
+
+/// Single quotes take only `\'`.
+fn single_quote_escape(line: &[u8], pos: usize) -> Option<(u8, usize)> {
+    (line.get(pos + 1) == Some(&b'\'')).then_some((b'\'', 2))
 }
 
 fn closing_quote_ends_word(line: &[u8], pos: usize) -> Option<()> {
