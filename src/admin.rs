@@ -6,6 +6,7 @@
 //! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
 //!   settings waiting for a restart, and the effective settings. It holds no secret: the file
 //!   only names the environment variables that hold them.
+//! - `GET /hotkeys?window=1m&by=requests&limit=20`: the hottest keys and key patterns (JSON).
 //! - `POST /reload`: reloads the config file. It changes keyward, so it is accepted only from
 //!   the machine itself, whatever address the endpoint is bound to.
 
@@ -83,8 +84,13 @@ async fn respond(
     }
     match request.uri().path() {
         "/metrics" => {
-            context.live.load().policies.publish_metrics();
-            let mut response = text(StatusCode::OK, prometheus.render());
+            let active = context.live.load();
+            active.policies.publish_metrics();
+            let mut body = prometheus.render();
+            if let Some(hotkeys) = &active.policies.hotkeys {
+                hotkeys.render_prometheus(&mut body);
+            }
+            let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -101,6 +107,7 @@ async fn respond(
         ),
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/config" => json(StatusCode::OK, config_report(context)),
+        "/hotkeys" => hotkeys(request.uri().query().unwrap_or_default(), context),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -135,6 +142,50 @@ async fn reload(
         ),
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
     }
+}
+
+fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
+    let parameter = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    };
+    let limit = parameter("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20);
+    match hotkeys_report(context, parameter("window"), parameter("by"), limit) {
+        Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
+        Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    }
+}
+
+/// The report behind `GET /hotkeys` and `KEYWARD HOTKEYS`.
+pub fn hotkeys_report(
+    context: &Context,
+    window: Option<&str>,
+    by: Option<&str>,
+    limit: usize,
+) -> Result<crate::hotkeys::Report, String> {
+    let active = context.live.load();
+    let hotkeys = active
+        .policies
+        .hotkeys
+        .as_ref()
+        .ok_or("hot keys are disabled ([hotkeys] enabled = false)")?;
+    if by.is_some_and(|by| !by.eq_ignore_ascii_case("requests")) {
+        return Err("only by=requests is available".into());
+    }
+    let wanted = window
+        .map(|text| humantime::parse_duration(text).map_err(|_| format!("bad window {text:?}")))
+        .transpose()?;
+    let length = hotkeys
+        .window(wanted)
+        .ok_or_else(|| format!("window {window:?} is not one of [hotkeys] windows"))?;
+    hotkeys
+        .report(length, limit)
+        .ok_or_else(|| "no such window".to_string())
 }
 
 /// The report behind `GET /config` and `KEYWARD CONFIG`.

@@ -20,6 +20,7 @@ pub mod app;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod hotkeys;
 pub mod logging;
 pub mod metrics;
 pub mod net;

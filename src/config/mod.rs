@@ -35,6 +35,39 @@ pub struct Config {
     pub rate_limit: Vec<RateLimitRule>,
     /// `[[deny]]` rules: commands refused with `-NOPERM`, first match wins.
     pub deny: Vec<DenyRule>,
+    pub hotkeys: HotKeysConfig,
+}
+
+/// `[hotkeys]`: which keys and key patterns take the most requests.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotKeysConfig {
+    pub enabled: bool,
+    /// Counters per window and summary: bounds memory, and the error of every count to the
+    /// window's requests divided by this.
+    pub capacity: NonZeroUsize,
+    /// Sliding windows reported (each covers between one and two of its lengths).
+    pub windows: Vec<ConfigDuration>,
+    /// Fraction of commands counted, in (0, 1]; counts are scaled back up.
+    pub sample_rate: f64,
+    /// Keys per window exported to Prometheus (bounds label cardinality).
+    pub export_top: usize,
+}
+
+impl Default for HotKeysConfig {
+    fn default() -> Self {
+        HotKeysConfig {
+            enabled: false,
+            capacity: NonZeroUsize::new(1024).expect("nonzero"),
+            windows: vec![
+                ConfigDuration::from_millis(10_000),
+                ConfigDuration::from_millis(60_000),
+                ConfigDuration::from_millis(300_000),
+            ],
+            sample_rate: 1.0,
+            export_top: 10,
+        }
+    }
 }
 
 /// Where clients connect.
@@ -212,6 +245,25 @@ impl Config {
         }
         let config = Config::deserialize(Deserializer::from(root))
             .map_err(|error| vec![Diagnostic::from_toml(&error).with_found(text)])?;
+        let hotkeys = &config.hotkeys;
+        if !(hotkeys.sample_rate > 0.0 && hotkeys.sample_rate <= 1.0) {
+            diagnostics.push(Diagnostic::error(
+                find_value(text, "sample_rate").unwrap_or(0..0),
+                format!(
+                    "sample_rate must be in (0, 1], found {}",
+                    hotkeys.sample_rate
+                ),
+            ));
+        }
+        if hotkeys.windows.is_empty() {
+            diagnostics.push(Diagnostic::error(
+                find_value(text, "windows").unwrap_or(0..0),
+                "windows needs at least one duration".into(),
+            ));
+        }
+        if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+            return Err(diagnostics);
+        }
         for (section, variable) in [
             ("listen", &config.listen.password_env),
             ("upstream", &config.upstream.password_env),

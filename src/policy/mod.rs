@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::command::CommandInfo;
+use crate::command::{flags, CommandInfo};
 use crate::config::Config;
+use crate::hotkeys::HotKeys;
 use crate::resp::request::Args;
 use deny::{Client, Denial};
 use rate_limit::{RateLimiter, Requester, Verdict};
@@ -24,6 +25,8 @@ use rate_limit::{RateLimiter, Requester, Verdict};
 pub struct Policies {
     pub denials: Vec<Arc<Denial>>,
     pub rate_limits: Vec<Arc<RateLimiter>>,
+    /// Hot-key counting, when `[hotkeys] enabled`.
+    pub hotkeys: Option<Arc<HotKeys>>,
 }
 
 impl Policies {
@@ -60,14 +63,22 @@ impl Policies {
                     .unwrap_or_else(|| Arc::new(Denial::new(rule.clone())))
             })
             .collect();
+        let hotkeys = config.hotkeys.enabled.then(|| {
+            previous
+                .and_then(|previous| previous.hotkeys.as_ref())
+                .filter(|kept| kept.config == config.hotkeys)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(HotKeys::new(config.hotkeys.clone())))
+        });
         Policies {
             denials,
             rate_limits,
+            hotkeys,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty() && self.denials.is_empty()
+        self.rate_limits.is_empty() && self.denials.is_empty() && self.hotkeys.is_none()
     }
 
     /// Judges a command about to be sent to Redis: deny rules first, then rate limits. Within
@@ -82,6 +93,15 @@ impl Policies {
         delayed: std::time::Duration,
         progress: &mut Progress,
     ) -> Verdict {
+        if let Some(hotkeys) = self.hotkeys.as_ref().filter(|_| !progress.observed) {
+            progress.observed = true;
+            if hotkeys.sampled() {
+                let keys = key_positions
+                    .iter()
+                    .filter_map(|&position| args.get(position));
+                hotkeys.observe(keys, info.has_flag(flags::WRITE));
+            }
+        }
         if !progress.denials_judged {
             progress.denials_judged = true;
             for denial in &self.denials {
@@ -167,6 +187,8 @@ pub struct Progress {
     /// Redis's answers for global rules, by rule index.
     answers: Vec<(usize, global::Answer)>,
     denials_judged: bool,
+    /// Hot keys have counted this request.
+    observed: bool,
 }
 
 impl Progress {

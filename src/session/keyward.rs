@@ -16,6 +16,8 @@ const HELP: &[&str] = &[
     "    Version, uptime, clients and the state of the upstream Redis.",
     "CONFIG",
     "    The config in force (JSON): file hash, load time, last reload error, settings.",
+    "HOTKEYS [WINDOW <duration>] [BY requests] [COUNT <n>]",
+    "    The hottest keys and key patterns in a window: requests (upper bound), error, reads, writes.",
     "RATELIMIT STATS",
     "    Per rate-limit rule: commands allowed and limited, buckets held.",
     "HELP",
@@ -34,6 +36,10 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
         ("RATELIMIT", 3) if args[2].eq_ignore_ascii_case(b"stats") => ReplyWriter::new(protocol)
             .bulk(rate_limit_stats(context).as_bytes())
             .finish(),
+        ("HOTKEYS", _) => match hotkeys(args, context) {
+            Ok(text) => ReplyWriter::new(protocol).bulk(text.as_bytes()).finish(),
+            Err(message) => reply::error(&format!("ERR {message}")),
+        },
         ("HELP", 2) => {
             let mut writer = ReplyWriter::new(protocol).array(HELP.len());
             for line in HELP {
@@ -46,6 +52,42 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
             String::from_utf8_lossy(&args[1])
         )),
     }
+}
+
+/// `KEYWARD HOTKEYS [WINDOW w] [BY requests] [COUNT n]`, one line per key, then per pattern.
+fn hotkeys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
+    let (mut window, mut by, mut count) = (None, None, 20);
+    let mut options = args[2..].chunks(2);
+    for option in options.by_ref() {
+        let [name, value] = option else {
+            return Err("syntax error".into());
+        };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match String::from_utf8_lossy(name).to_ascii_uppercase().as_str() {
+            "WINDOW" => window = Some(value),
+            "BY" => by = Some(value),
+            "COUNT" => {
+                count = value
+                    .parse()
+                    .map_err(|_| "COUNT must be a number".to_string())?
+            }
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    let report = admin::hotkeys_report(context, window.as_deref(), by.as_deref(), count)?;
+    let mut text = format!(
+        "# Hot keys, last {} (requests: {}, counts may exceed the truth by at most {})\r\n",
+        report.window, report.requests, report.error_bound
+    );
+    for (title, entries) in [("key", &report.keys), ("pattern", &report.patterns)] {
+        for entry in entries {
+            text.push_str(&format!(
+                "{title}:{} requests={} error={} reads={} writes={}\r\n",
+                entry.key, entry.requests, entry.error, entry.reads, entry.writes
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// One line per rule, in rule order.
