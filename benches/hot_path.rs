@@ -120,10 +120,39 @@ fn reply_delimiting(c: &mut Criterion) {
     group.finish();
 }
 
+/// Counts one key in the hot-key summaries of three windows, steady state: summaries full of
+/// other keys, and either a key already counted or a new one taking over a counter.
+fn hotkey_update(c: &mut Criterion) {
+    let (config, _) = keyward::config::Config::parse(
+        "[hotkeys]\nenabled = true\ncapacity = 1024\nwindows = [\"10s\", \"1m\", \"5m\"]\n",
+    )
+    .expect("valid config");
+    let hotkeys = keyward::hotkeys::HotKeys::new(config.hotkeys);
+    for n in 0..5000 {
+        let key = format!("user:{n}:profile");
+        hotkeys.observe(std::iter::once(key.as_bytes()), false);
+    }
+    let mut group = c.benchmark_group("hotkey_update");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("known_key", |b| {
+        b.iter(|| hotkeys.observe(std::iter::once(black_box(&b"user:4999:profile"[..])), false))
+    });
+    let mut n = 0u64;
+    group.bench_function("new_key", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = format!("session:{n}");
+            hotkeys.observe(std::iter::once(black_box(key.as_bytes())), false)
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     decode_and_classify,
     key_extraction,
-    reply_delimiting
+    reply_delimiting,
+    hotkey_update
 );
 criterion_main!(benches);
