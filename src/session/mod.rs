@@ -125,9 +125,8 @@ pub struct Session {
     /// When the held request was first delayed, to enforce `max_delay`.
     delayed_since: Option<Instant>,
     /// Answers to the questions keyward asks Redis for its own policies (global rate limits),
-    /// apart from the client's replies.
-    policy_sender: mpsc::UnboundedSender<Reply>,
-    policy_receiver: mpsc::UnboundedReceiver<Reply>,
+    /// apart from the client's replies. Opened on first use: most sessions never ask.
+    policy_channel: Option<(mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>)>,
     /// A question is out (for the rate limit with this index); the request at the front of
     /// the input waits for its answer.
     awaiting_redis: Option<usize>,
@@ -146,7 +145,6 @@ impl Session {
         let client = ClientState::new(id, context.listen_password.is_none());
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
         let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
-        let (policy_sender, policy_receiver) = mpsc::unbounded_channel();
         Session {
             context,
             peer,
@@ -172,8 +170,7 @@ impl Session {
             client_bucket: Vec::new(),
             hold_until: None,
             delayed_since: None,
-            policy_sender,
-            policy_receiver,
+            policy_channel: None,
             awaiting_redis: None,
             progress: Progress::default(),
             in_transaction: false,
@@ -257,7 +254,12 @@ impl Session {
                             .reset((Instant::now() + self.context.idle_timeout.unwrap_or_default()).into()),
                     }
                 }
-                answer = self.policy_receiver.recv(), if self.awaiting_redis.is_some() => {
+                answer = async {
+                    match &mut self.policy_channel {
+                        Some((_, answers)) => answers.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.awaiting_redis.is_some() => {
                     let rule = self.awaiting_redis.take().unwrap_or_default();
                     self.progress.record_answer(rule, match answer {
                         Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
@@ -536,7 +538,11 @@ impl Session {
                     let batch = Batch {
                         bytes: question,
                         count: 1,
-                        reply_to: self.policy_sender.clone(),
+                        reply_to: self
+                            .policy_channel
+                            .get_or_insert_with(mpsc::unbounded_channel)
+                            .0
+                            .clone(),
                     };
                     let conn = self
                         .context
