@@ -13,7 +13,7 @@
 //!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
 //! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`net`] (socket reads),
-//! [`signals`] and [`app`] (start and stop).
+//! [`signals`] and [`app`] (start and stop), [`top`] (the `keyward top` view).
 
 pub mod admin;
 pub mod app;
@@ -30,4 +30,5 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod top;
 pub mod upstream;

@@ -27,6 +27,22 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editor completion and checks.
     Schema,
+    /// A live view of the hottest keys of a running keyward, read from its admin endpoint.
+    Top {
+        /// The admin endpoint; defaults to the --config file's [admin] address.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// One of the configured [hotkeys] windows, e.g. 1m; defaults to the first.
+        #[arg(long)]
+        window: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +61,41 @@ fn main() -> ExitCode {
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
             );
             ExitCode::SUCCESS
+        }
+        Some(Command::Top {
+            admin,
+            window,
+            count,
+            interval,
+            once,
+        }) => {
+            let admin = match admin {
+                Some(admin) => admin,
+                None => match cli.config.as_deref().map(Config::load).transpose() {
+                    Ok(config) => config
+                        .map(|(config, _)| config.admin.address)
+                        .unwrap_or_else(|| Config::default().admin.address)
+                        .to_string(),
+                    Err(_) => {
+                        eprintln!("keyward top: cannot read the config; give --admin HOST:PORT");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let options = keyward::top::TopOptions {
+                admin,
+                window,
+                count,
+                interval,
+                once,
+            };
+            match keyward::top::run(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("keyward top: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::Check { format }) => match &cli.config {
             Some(path) => check(path, format),

@@ -120,3 +120,30 @@ fn sampling_scales_counts_back_up() {
         "20 sampled of 40, scaled by 2"
     );
 }
+
+#[test]
+fn keyward_top_shows_the_hottest_keys() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    drive(&keyward);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["top", "--once", "--window", "1m", "--count", "3"])
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{}", keyward.admin_port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("last 1m - 102 requests"), "{text}");
+    // The key's line comes first; its pattern (the same text) follows under PATTERN.
+    let line = text.lines().find(|line| line.ends_with("hot:a")).unwrap();
+    assert!(
+        line.split_whitespace().eq(["50", "0", "50", "0", "hot:a"]),
+        "{text}"
+    );
+    assert!(text.contains("user:*:profile"), "{text}");
+}

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::HotKeysConfig;
 use space_saving::SpaceSaving;
@@ -52,7 +52,7 @@ impl Summaries {
 }
 
 /// One line of a report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
     pub key: String,
     /// Requests, an upper bound.
@@ -63,7 +63,7 @@ pub struct Entry {
     pub writes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub window: String,
     /// Requests counted in the window, scaled for sampling.

@@ -134,19 +134,22 @@ impl Keyward {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Keyward {
-        let port = free_port();
-        let admin_port = free_port();
-        Keyward::start_with_config_env(
-            port,
-            admin_port,
-            env,
-            &format!(
+        // A free port can be taken by a parallel test before keyward binds it: try again
+        // with fresh ports when keyward exits at start.
+        for _ in 0..3 {
+            let port = free_port();
+            let admin_port = free_port();
+            let config = format!(
                 "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
                  [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
                  connect_timeout = \"500ms\"\n{upstream}\n\
                  [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\n{extra}"
-            ),
-        )
+            );
+            if let Some(keyward) = Keyward::try_start(port, admin_port, env, &config) {
+                return keyward;
+            }
+        }
+        panic!("keyward exited at start three times");
     }
 
     pub fn start_with_config(port: u16, admin_port: u16, config: &str) -> Keyward {
@@ -159,6 +162,16 @@ impl Keyward {
         env: &[(&str, &str)],
         config: &str,
     ) -> Keyward {
+        Keyward::try_start(port, admin_port, env, config).expect("keyward exited at start")
+    }
+
+    /// Starts keyward; `None` if it exits before it listens (its ports were taken).
+    fn try_start(
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &str)],
+        config: &str,
+    ) -> Option<Keyward> {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config_path = dir.path().join("keyward.toml");
         std::fs::write(&config_path, config).expect("config written");
@@ -173,15 +186,27 @@ impl Keyward {
             .stderr(log)
             .spawn()
             .expect("the keyward binary runs");
-        wait_for_port(port, "keyward");
-        Keyward {
+        let mut keyward = Keyward {
             child,
             port,
             admin_port,
             config_path,
             _dir: dir,
             log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if keyward.child.try_wait().ok().flatten().is_some() {
+                eprintln!("keyward exited at start:\n{}", keyward.log());
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyward did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
+        Some(keyward)
     }
 
     pub fn url(&self) -> String {
