@@ -72,3 +72,18 @@ fn client_libraries_authenticate_with_a_password_url_and_hello() {
     let wrong = redis::Client::open(format!("redis://:nope@127.0.0.1:{}", keyward.port)).unwrap();
     assert!(wrong.get_connection().is_err());
 }
+
+#[test]
+fn reset_on_a_dedicated_connection_logs_out_of_keyward_not_keyward_out_of_redis() {
+    let (_redis, keyward) = protected();
+    let mut raw = keyward.raw();
+    raw.send(
+        b"AUTH let-me-in\r\nBLPOP nothing 0.01\r\nRESET\r\nGET k\r\nAUTH let-me-in\r\nGET k\r\n",
+    );
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "*-1\r\n");
+    assert_eq!(raw.read_line(), "+RESET\r\n");
+    assert_eq!(raw.read_line(), "-NOAUTH Authentication required.\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "$-1\r\n");
+}

@@ -128,3 +128,20 @@ fn shadow_mode_only_counts() {
         1.0
     );
 }
+
+#[test]
+fn commands_keyward_answers_itself_are_refused_too() {
+    let (_redis, keyward) = keyward_with("[[deny]]\nname = \"one-db\"\ncommands = [\"SELECT\"]\n");
+    let mut raw = keyward.raw();
+    raw.send(b"SELECT 5\r\nBLPOP nothing 0.01\r\nSELECT 5\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "-NOPERM keyward rule 'one-db' refuses the 'select' command\r\n"
+    );
+    assert_eq!(raw.read_line(), "*-1\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "-NOPERM keyward rule 'one-db' refuses the 'select' command\r\n",
+        "the same on a dedicated connection"
+    );
+}

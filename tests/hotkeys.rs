@@ -108,16 +108,17 @@ fn sampling_scales_counts_back_up() {
     );
     let mut client = keyward.client();
     let mut pipe = redis::pipe();
-    for _ in 0..40 {
+    for _ in 0..1000 {
         pipe.cmd("GET").arg("sampled").ignore();
     }
     let () = pipe.query(&mut client).unwrap();
     let (_, body) = http_get(keyward.admin_port, "/hotkeys?window=1m");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["keys"][0]["key"], "sampled");
-    assert_eq!(
-        report["keys"][0]["requests"], 40,
-        "20 sampled of 40, scaled by 2"
+    let estimate = report["keys"][0]["requests"].as_u64().unwrap();
+    assert!(
+        (800..=1200).contains(&estimate),
+        "about half of 1000 sampled, scaled by 2: {estimate}"
     );
 }
 

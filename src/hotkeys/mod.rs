@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::hash::BuildHasher;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -95,25 +97,37 @@ impl HotKeys {
         }
     }
 
-    /// Whether this command is one of the sampled ones (exactly `sample_rate` of them).
+    /// Whether this command is sampled: a pseudo-random draw, so that no repeating pattern of
+    /// commands falls in step with the sampling.
     pub fn sampled(&self) -> bool {
         let rate = self.config.sample_rate;
         if rate >= 1.0 {
             return true;
         }
-        let n = self.offered.fetch_add(1, Ordering::Relaxed) as f64;
-        (n * rate).floor() != ((n + 1.0) * rate).floor()
+        // SplitMix64 over a shared counter: cheap, lock-free, well spread.
+        let mut z = self
+            .offered
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
     }
 
-    /// Counts one command's keys.
+    /// Counts one command's keys (at most [`MAX_KEYS_PER_COMMAND`] of them, each cut to
+    /// [`MAX_KEY_LEN`] bytes), so that neither memory nor the time the lock is held depends on
+    /// what a client sends.
     pub fn observe<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, write: bool) {
         let mut pattern = Vec::new();
+        let mut shortened = Vec::new();
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         for window in windows.iter_mut() {
             window.rotate(now);
         }
-        for key in keys {
+        for key in keys.take(MAX_KEYS_PER_COMMAND) {
+            let key = shorten(key, &mut shortened);
             fold::fold(key, &mut pattern);
             for window in windows.iter_mut() {
                 window.current.keys.observe(key, 1, write);
@@ -203,10 +217,11 @@ impl HotKeys {
 impl Window {
     fn rotate(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.started);
-        if elapsed < self.length {
+        let periods = (elapsed.as_nanos() / self.length.as_nanos().max(1)) as u32;
+        if periods == 0 {
             return;
         }
-        if elapsed >= self.length * 2 {
+        if periods >= 2 {
             self.previous.keys.clear();
             self.previous.patterns.clear();
         } else {
@@ -214,8 +229,25 @@ impl Window {
         }
         self.current.keys.clear();
         self.current.patterns.clear();
-        self.started = now;
+        // On the window's own schedule, so a late rotation never stretches a period.
+        self.started += self.length * periods;
     }
+}
+
+/// Keys counted per command at most (`MGET` of a million keys counts the first ones).
+pub const MAX_KEYS_PER_COMMAND: usize = 64;
+/// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
+pub const MAX_KEY_LEN: usize = 200;
+
+fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let hash = rustc_hash::FxBuildHasher.hash_one(key);
+    buffer.clear();
+    buffer.extend_from_slice(&key[..MAX_KEY_LEN]);
+    buffer.extend_from_slice(format!("...#{hash:016x}").as_bytes());
+    buffer
 }
 
 /// Adds two summaries. A key missing from one may still have had up to that one's floor

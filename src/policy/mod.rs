@@ -189,9 +189,23 @@ pub struct Progress {
     denials_judged: bool,
     /// Hot keys have counted this request.
     observed: bool,
+    /// The policies this progress was made under (their address): rule indices mean nothing
+    /// under others, so a reload starts the judgement over.
+    policies: usize,
 }
 
 impl Progress {
+    /// Starts over if the policies in force are not the ones this progress was made under.
+    pub fn follow(&mut self, policies: &Policies) {
+        let identity = policies as *const Policies as usize;
+        if self.policies != identity {
+            *self = Progress {
+                policies: identity,
+                ..Progress::default()
+            };
+        }
+    }
+
     pub fn record_answer(&mut self, rule: usize, answer: global::Answer) {
         self.answers.push((rule, answer));
     }

@@ -135,8 +135,8 @@ pub struct Session {
     /// The session's dedicated connection is inside `MULTI`: a command refused there must
     /// also make Redis abort the transaction.
     in_transaction: bool,
-    /// When the client last sent something, for `idle_timeout`.
-    last_read: Instant,
+    /// When the client last sent something or was last sent something, for `idle_timeout`.
+    last_active: Instant,
 }
 
 impl Session {
@@ -174,7 +174,7 @@ impl Session {
             awaiting_redis: None,
             progress: Progress::default(),
             in_transaction: false,
-            last_read: Instant::now(),
+            last_active: Instant::now(),
         }
     }
 
@@ -300,11 +300,13 @@ impl Session {
             || self.blocked
             || !self.replies.is_empty()
             || self.is_holding()
+            || self.waiting_for_quiet
+            || !self.input.is_empty()
             || !self.output.is_empty();
         if exempt {
             return None;
         }
-        self.last_read.checked_add(self.context.idle_timeout?)
+        self.last_active.checked_add(self.context.idle_timeout?)
     }
 
     /// A request is held by a policy: delayed, or waiting for Redis's answer.
@@ -327,7 +329,7 @@ impl Session {
         }
         match net::read_available(stream, &mut self.input) {
             Ok(0) => self.closing = Some(Closing::ClientDone),
-            Ok(_) => self.last_read = Instant::now(),
+            Ok(_) => self.last_active = Instant::now(),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
         }
@@ -337,7 +339,10 @@ impl Session {
     fn write_output(&mut self, stream: &TcpStream) -> io::Result<()> {
         while !self.output.is_empty() {
             match stream.try_write(&self.output) {
-                Ok(written) => self.output.advance(written),
+                Ok(written) => {
+                    self.output.advance(written);
+                    self.last_active = Instant::now();
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => return Err(error),
             }
@@ -489,6 +494,7 @@ impl Session {
                     self.key_positions.clear();
                     info.key_positions(&args, &mut self.key_positions);
                     if matches!(step, Step::Forward) {
+                        self.progress.follow(&active.policies);
                         let delayed = self
                             .delayed_since
                             .map_or(Duration::ZERO, |since| since.elapsed());
@@ -509,6 +515,19 @@ impl Session {
                             .map_or(Verdict::Allow, Verdict::Reject)
                     }
                 }
+                Step::Local(_) if !active.policies.denials.is_empty() => {
+                    let caller = Client {
+                        name: self.client.name.as_deref(),
+                        address: &self.peer_ip,
+                        bucket: &self.peer_ip,
+                    };
+                    self.key_positions.clear();
+                    info.key_positions(&args, &mut self.key_positions);
+                    active
+                        .policies
+                        .refuses(info, &args, &self.key_positions, &caller)
+                        .map_or(Verdict::Allow, Verdict::Reject)
+                }
                 _ => Verdict::Allow,
             };
             let is_multi = &*info.name == "multi";
@@ -526,9 +545,11 @@ impl Session {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
-                    if self.in_transaction {
+                    if self.in_transaction && self.counts_replies() {
                         self.refuse_in_transaction(refusal);
                     } else {
+                        // On a streaming link replies are relayed as they come, so the refusal
+                        // is too.
                         self.replies.push_ready(refusal, &mut self.output);
                     }
                     continue;
@@ -567,7 +588,10 @@ impl Session {
                     break;
                 }
             }
-            if matches!(step, Step::Forward) && matches!(self.link, Link::Dedicated { .. }) {
+            if matches!(step, Step::Forward)
+                && self.counts_replies()
+                && matches!(self.link, Link::Dedicated { .. })
+            {
                 if is_multi {
                     self.in_transaction = true;
                 } else if ends_transaction {
@@ -660,7 +684,12 @@ impl Session {
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
-            Err(_) => self.replies.push_ready(refusal, &mut self.output),
+            Err(_) => {
+                // Without the marker the transaction would commit the rest: close the client,
+                // so Redis discards it with the connection.
+                self.replies.push_ready(refusal, &mut self.output);
+                self.closing = Some(Closing::UpstreamGone);
+            }
         }
     }
 
@@ -682,6 +711,16 @@ impl Session {
             Link::Dedicated { streaming, .. } => match info.effect {
                 Effect::Local(LocalCommand::Keyward) if !streaming => {
                     Step::Local(LocalCommand::Keyward)
+                }
+                // RESET ends every state that made the connection the session's own: the
+                // session goes back to the pool (and logs out of keyward, if it requires a
+                // password). Redis would log keyward's own connection out instead.
+                Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
+                // With a listen password, AUTH is with keyward, wherever the session is.
+                Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
+                    if self.context.listen_password.is_some() && !streaming =>
+                {
+                    Step::Local(command)
                 }
                 Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
                 _ => Step::Forward,
@@ -740,7 +779,16 @@ impl Session {
             }
             Outcome::NeedsDedicated => return true,
         }
-        if before != (self.client.protocol, self.client.db) {
+        if command == LocalCommand::Reset {
+            // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
+            self.link = Link::Pooled(self.context.upstream.pooled(
+                self.client.protocol,
+                self.client.db,
+                self.client.id,
+            ));
+            self.in_transaction = false;
+            self.blocked = false;
+        } else if before != (self.client.protocol, self.client.db) {
             if let Link::Pooled(_) = self.link {
                 self.link = Link::Pooled(self.context.upstream.pooled(
                     self.client.protocol,
