@@ -44,18 +44,20 @@ SCRIPT
 chmod +x "$work/start-redis" "$work/start-keyward"
 # The same, with every policy kind keyward has enabled in shadow mode over every key.
 cp "$work/keyward.toml" "$work/keyward-example.toml"
-cat "$work/keyward-example.toml" "$here/policies.toml" >"$work/keyward-policies.toml"
+sed '/^\[hotkeys\]/,/^\[/ s/^enabled = false/enabled = true/' "$work/keyward-example.toml" \
+  | cat - "$here/policies.toml" >"$work/keyward-policies.toml"
 
 "$work/start-redis"
 status=0
 echo "--- client libraries against redis-server directly"
 COMPAT_RESTART="$work/start-redis" "$here/run.sh" 127.0.0.1 "$redis_port" || status=1
 cp "$work/keyward-example.toml" "$work/keyward.toml"
-"$work/start-keyward"
+start_keyward() { "$work/start-keyward" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }; }
+start_keyward
 echo "--- client libraries through keyward (config/keyward.toml)"
 COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 cp "$work/keyward-policies.toml" "$work/keyward.toml"
-"$work/start-keyward"
+start_keyward
 echo "--- client libraries through keyward with policies (config/keyward.toml + tests/compat/policies.toml)"
 COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 if [ "$status" -ne 0 ]; then
