@@ -89,20 +89,5 @@ fn a_subscriber_that_leaves_frees_its_connection() {
         raw.send(b"SUBSCRIBE temp\r\n");
         raw.read_line();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("temp")
-            .query(&mut redis.client())
-            .unwrap();
-        if subscribers[0].1 == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "subscriptions outlived their clients"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_until_unsubscribed(&redis, "temp", "subscriptions outlived their clients");
 }

@@ -282,20 +282,5 @@ fn reset_brings_a_dedicated_session_back_to_the_pool() {
     assert_eq!(raw.read_line(), "+RESET\r\n");
     assert_eq!(raw.read_line(), "+OK\r\n", "back to normal commands");
     assert_eq!(raw.read_line(), "$5\r\n");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("news")
-            .query(&mut redis.client())
-            .unwrap();
-        if subscribers[0].1 == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dedicated connection outlived RESET"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until_unsubscribed(&redis, "news", "the dedicated connection outlived RESET");
 }

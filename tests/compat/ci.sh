@@ -28,8 +28,9 @@ for _ in \$(seq 200); do redis-cli -p $redis_port ping >/dev/null 2>&1 && exit 0
 exit 1
 SCRIPT
 # keyward with the documented example config, pointed at the private ports.
-sed -e "s/127.0.0.1:6380/127.0.0.1:$keyward_port/" -e "s/127.0.0.1:6379/127.0.0.1:$redis_port/" \
-    -e "s/127.0.0.1:9898/127.0.0.1:$admin_port/" "$root/config/keyward.toml" >"$work/keyward.toml"
+address_in() { echo "/^\\[$1\\]/,/^\\[/ s/^address = .*/address = \"127.0.0.1:$2\"/"; }
+sed -e "$(address_in listen "$keyward_port")" -e "$(address_in upstream "$redis_port")" \
+    -e "$(address_in admin "$admin_port")" "$root/config/keyward.toml" >"$work/keyward.toml"
 cat >"$work/start-keyward" <<SCRIPT
 #!/usr/bin/env bash
 if [ -f "$work/keyward.pid" ]; then

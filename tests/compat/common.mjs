@@ -4,7 +4,8 @@ import { execSync } from "node:child_process";
 import assert from "node:assert/strict";
 
 export const host = process.env.COMPAT_HOST ?? "127.0.0.1";
-export const port = Number(process.env.COMPAT_PORT ?? "6379");
+if (!process.env.COMPAT_PORT) throw new Error("COMPAT_PORT is not set: run these through run.sh");
+export const port = Number(process.env.COMPAT_PORT);
 export const url = `redis://${host}:${port}`;
 export { assert };
 

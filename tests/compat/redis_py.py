@@ -9,7 +9,7 @@ import time
 import redis
 
 HOST = os.environ.get("COMPAT_HOST", "127.0.0.1")
-PORT = int(os.environ.get("COMPAT_PORT", "6379"))
+PORT = int(os.environ["COMPAT_PORT"])  # set by run.sh; no default that could reach someone's Redis
 PREFIX = f"compat:{os.getpid()}:{time.time_ns()}:"
 
 

@@ -376,6 +376,24 @@ pub fn redis_and_keyward() -> (RedisServer, Keyward) {
     (redis, keyward)
 }
 
+/// Waits until no connection is subscribed to `channel` in Redis (a client left, and keyward
+/// dropped its dedicated connection).
+pub fn wait_until_unsubscribed(redis: &RedisServer, channel: &str, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut redis.client())
+            .expect("PUBSUB NUMSUB");
+        if subscribers[0].1 == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How many times Redis ran a command, from `INFO commandstats`.
 pub fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
     let stats: String = redis::cmd("INFO")
