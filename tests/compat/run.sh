@@ -12,7 +12,7 @@ passed=0
 failed=0
 for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py; do
   if [ "$program" = redis_py ]; then
-    command=(.venv/bin/python redis_py.py)
+    command=(../../target/compat/venv/bin/python redis_py.py)
   else
     command=(node "$program.mjs")
   fi
