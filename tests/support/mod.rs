@@ -15,14 +15,6 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A `redis-server` that keeps nothing on disk, killed when dropped (its log is printed if
 /// the test failed).
 pub struct RedisServer {
@@ -38,12 +30,20 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
         };
-        server.launch();
-        server
+        // A free port can be taken by a parallel test before redis-server binds it; it then
+        // exits, and the port answers for someone else. Try again on a fresh port.
+        for _ in 0..3 {
+            if server.launch() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server exited at start three times");
     }
 
-    fn launch(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts redis-server on `self.port`; `false` if it exited before listening.
+    fn launch(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -53,8 +53,27 @@ impl RedisServer {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        self.child = Some(child);
-        wait_for_port(self.port, "redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Listening, and still ours: it did not exit for want of the port.
+                std::thread::sleep(Duration::from_millis(20));
+                if child.try_wait().ok().flatten().is_none() {
+                    self.child = Some(child);
+                    return true;
+                }
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -89,7 +108,11 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.launch();
+        assert!(
+            self.launch(),
+            "redis-server could not start again on {}",
+            self.port
+        );
     }
 }
 
