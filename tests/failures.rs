@@ -51,9 +51,15 @@ fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut writer = stream.try_clone().unwrap();
+    // The second half of the pipeline is written only once Redis is gone, so the kill always
+    // lands mid-pipeline, however fast the first half was answered.
+    let (killed, on_kill) = std::sync::mpsc::channel::<()>();
     let sender = std::thread::spawn(move || {
         let command = b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n";
-        for _ in 0..requests / 1000 {
+        for batch in 0..requests / 1000 {
+            if batch == requests / 2000 {
+                on_kill.recv().unwrap();
+            }
             writer.write_all(&command.repeat(1000)).unwrap();
         }
     });
@@ -63,6 +69,7 @@ fn killing_redis_mid_pipeline_fails_requests_and_keyward_recovers() {
     for reply in 0..requests {
         if reply == 1000 {
             redis.kill();
+            killed.send(()).unwrap();
         }
         line.clear();
         reader
