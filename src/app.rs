@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::context::Context;
 use crate::reload::{self, LiveConfig};
-use crate::signals::{self, Stop};
+use crate::signals::{self, Stop, StopSignals};
 use crate::upstream::{Upstream, UpstreamSettings};
 use crate::{admin, metrics, server};
 
@@ -23,12 +23,8 @@ const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period. `source` is the
 /// config file that `config` came from, with its text; the file is watched for changes.
 pub async fn run(config: Config, source: Option<(&Path, &str)>) -> Result<(), String> {
-    serve(config, source, async {
-        signals::wait_for_stop()
-            .await
-            .map_err(|e| format!("cannot watch signals: {e}"))
-    })
-    .await
+    let signals = StopSignals::install().map_err(|e| format!("cannot watch signals: {e}"))?;
+    serve(config, source, async move { Ok(signals.wait().await) }).await
 }
 
 /// Runs the proxy until `stop` completes, then drains within the grace period. Embedders
@@ -41,13 +37,6 @@ pub async fn serve(
     let prometheus = metrics::install()?;
     let settings = UpstreamSettings::from_config(&config)?;
     let listen_password = config.listen_password()?;
-    let listener = TcpListener::bind(config.listen.address)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
-
     let upstream = Upstream::start(settings);
     let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
     let live = Arc::new(LiveConfig::new(path, config.clone(), text));
@@ -55,7 +44,16 @@ pub async fn serve(
         Some(_) => Some(reload::watch_file(Arc::clone(&live))?),
         None => None,
     };
-    tokio::spawn(signals::reload_on_hangup(Arc::clone(&live)));
+    signals::reload_on_hangup(Arc::clone(&live))
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    // Listen last, once every signal has its handler.
+    let listener = TcpListener::bind(config.listen.address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
+    let admin_listener = TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
+
     tokio::spawn(forget_idle_buckets(Arc::clone(&live)));
     let context = Arc::new(Context::new(
         upstream,
