@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::cache;
 use crate::config::Config;
 use crate::context::Context;
 use crate::reload::{self, LiveConfig};
@@ -62,6 +63,7 @@ pub async fn serve(
         listen_password,
         config.listen.idle_timeout.map(|timeout| timeout.get()),
     ));
+    tokio::spawn(cache::invalidation::run(Arc::clone(&context)));
     tokio::spawn(admin::serve(
         admin_listener,
         prometheus,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Coherence;
 use crate::command::CommandTable;
 use crate::metrics::CommandMetrics;
 use crate::reload::LiveConfig;
@@ -14,6 +15,8 @@ use crate::upstream::Upstream;
 
 pub struct Context {
     pub upstream: Arc<Upstream>,
+    /// Cache fills in flight and invalidations, across config reloads.
+    pub cache: Arc<Coherence>,
     /// The config and policies in force, swapped on reload.
     pub live: Arc<LiveConfig>,
     /// Pooled requests without a reply after this long are answered with an error.
@@ -41,6 +44,7 @@ impl Context {
         idle_timeout: Option<Duration>,
     ) -> Context {
         Context {
+            cache: Arc::new(Coherence::new(Arc::clone(&upstream.tracking))),
             upstream,
             live,
             request_timeout,

@@ -11,12 +11,15 @@
 //!   connections for sessions with connection state.
 //! - [`resp`] is the wire protocol: request decoding, reply delimiting, reply encoding.
 //!
+//! - [`cache`] answers cacheable reads from memory, kept coherent by Redis's invalidations.
+//!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
 //! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`net`] (socket reads),
 //! [`signals`] and [`app`] (start and stop), [`top`] (the `keyward top` view).
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod command;
 pub mod config;
 pub mod context;

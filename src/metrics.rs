@@ -53,6 +53,31 @@ fn describe() {
         "Clients closed for not reading their pub/sub messages (output over 32 MiB)"
     );
     ::metrics::describe_counter!(
+        "keyward_cache_invalidation_connection_lost_total",
+        "Times the cache's invalidation connection failed or dropped (each flushes every cache rule)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cache_hits_total",
+        "Cacheable reads answered from the cache (counted, not served, in shadow mode)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cache_misses_total",
+        "Cacheable reads the cache could not answer"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cache_invalidations_total",
+        "Cached keys dropped because Redis or a write through keyward said they changed"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cache_evictions_total",
+        "Cached keys dropped to stay within max_memory"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_cache_bytes",
+        "Bytes of keys and replies a cache rule holds"
+    );
+    ::metrics::describe_gauge!("keyward_cache_entries", "Keys a cache rule holds");
+    ::metrics::describe_counter!(
         "keyward_rejected_clients_total",
         "Connections refused because max_clients was reached"
     );
@@ -130,6 +155,11 @@ pub fn client_rejected() {
 
 pub fn output_limit_disconnect() {
     counter!("keyward_output_limit_disconnects_total").increment(1);
+}
+
+/// The cache's invalidation connection failed or dropped: the cache was flushed.
+pub fn cache_invalidation_connection_lost() {
+    counter!("keyward_cache_invalidation_connection_lost_total").increment(1);
 }
 
 pub fn protocol_error() {

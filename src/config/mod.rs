@@ -10,8 +10,8 @@ pub mod rules;
 mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use rules::{DenyRule, RateLimitRule};
-pub use values::{ConfigDuration, HostPort, LogLevel};
+pub use rules::{CacheRule, DenyRule, RateLimitRule};
+pub use values::{ConfigBytes, ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -35,6 +35,8 @@ pub struct Config {
     pub rate_limit: Vec<RateLimitRule>,
     /// `[[deny]]` rules: commands refused with `-NOPERM`, first match wins.
     pub deny: Vec<DenyRule>,
+    /// `[[cache]]` rules: reads answered from memory, first match wins.
+    pub cache: Vec<CacheRule>,
     pub hotkeys: HotKeysConfig,
 }
 
@@ -200,6 +202,7 @@ impl Config {
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
         let mut rate_limits = Vec::new();
         let mut denials = Vec::new();
+        let mut caches = Vec::new();
         for (key, value) in root.get_ref() {
             let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
                 // An empty table is checked whole: an unknown `[lisen]` is an error too.
@@ -232,6 +235,7 @@ impl Config {
                     Ok(piece) => {
                         rate_limits.extend(piece.rate_limit);
                         denials.extend(piece.deny);
+                        caches.extend(piece.cache);
                     }
                 }
             }
@@ -239,6 +243,8 @@ impl Config {
         diagnostics.extend(rules::check_rules("rate_limit", &rate_limits, text));
         diagnostics.extend(rules::check_rate_limits(&rate_limits));
         diagnostics.extend(rules::check_rules("deny", &denials, text));
+        diagnostics.extend(rules::check_rules("cache", &caches, text));
+        diagnostics.extend(rules::check_caches(&caches));
         diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::diagnostic::{closest, line_of, Diagnostic};
-use super::values::ConfigDuration;
+use super::values::{ConfigBytes, ConfigDuration};
+use crate::cache::cacheable;
 use crate::command::CommandTable;
 use crate::policy::glob::Glob;
 
@@ -185,6 +186,57 @@ pub trait Rule {
 }
 
 impl_rule!(RateLimitRule);
+
+/// `[[cache]]`: reads of matching keys answered from keyward's memory until Redis says the key
+/// changed, or `ttl` passes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Key patterns in Redis glob syntax; none means every key.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// Cacheable read commands (`GET`, `HGETALL`, `MGET`…); none means every one.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub commands: Vec<Spanned<String>>,
+    /// The longest an entry is served, whatever Redis says.
+    pub ttl: ConfigDuration,
+    /// Bytes of keys and replies this rule may hold; the least used entries go first.
+    pub max_memory: ConfigBytes,
+    /// Whether a nil reply (a missing key) is cached too.
+    #[serde(default)]
+    pub cache_nil: bool,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl_rule!(CacheRule);
+
+/// Checks the values only cache rules have: their commands must be cacheable reads.
+pub fn check_caches(rules: &[CacheRule]) -> Vec<Diagnostic> {
+    let table = CommandTable::global();
+    let mut diagnostics = Vec::new();
+    for rule in rules {
+        for command in &rule.commands {
+            let name = command.get_ref();
+            let known = table.find_name(name);
+            if known.is_some_and(|info| cacheable::kind(info).is_none()) {
+                diagnostics.push(Diagnostic::error(
+                    command.span(),
+                    format!(
+                        "`{}` cannot be cached; cacheable reads are {}",
+                        name.to_ascii_uppercase(),
+                        cacheable::NAMES.join(", ").to_ascii_uppercase()
+                    ),
+                ));
+            }
+        }
+    }
+    diagnostics
+}
 
 /// Checks the rules of one kind (`kind` as written in the file, e.g. `rate_limit`).
 pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnostic> {

@@ -181,3 +181,50 @@ impl<'de> Deserialize<'de> for LogLevel {
         Ok(LogLevel(text))
     }
 }
+
+/// An amount of memory written with its unit, e.g. `"64MB"` or `"512KiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigBytes(u64);
+
+impl ConfigBytes {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl Serialize for ConfigBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&bytesize::ByteSize(self.0).display().si())
+    }
+}
+
+impl JsonSchema for ConfigBytes {
+    fn schema_name() -> Cow<'static, str> {
+        "Bytes".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "an amount of memory with its unit, such as \"64MB\" or \"512KiB\"",
+            "pattern": "^[0-9.]+ *[A-Za-z]*$"
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let size: bytesize::ByteSize = text.parse().map_err(|_| {
+            D::Error::custom(format!(
+                "invalid size {text:?}: write a number with a unit, such as \"64MB\" or \"512KiB\""
+            ))
+        })?;
+        if size.as_u64() == 0 {
+            return Err(D::Error::custom(format!(
+                "invalid size {text:?}: must be greater than zero"
+            )));
+        }
+        Ok(ConfigBytes(size.as_u64()))
+    }
+}

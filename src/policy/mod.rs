@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::cache::RuleCache;
 use crate::command::{flags, CommandInfo};
 use crate::config::Config;
 use crate::hotkeys::HotKeys;
@@ -27,6 +28,7 @@ pub struct Policies {
     pub rate_limits: Vec<Arc<RateLimiter>>,
     /// Hot-key counting, when `[hotkeys] enabled`.
     pub hotkeys: Option<Arc<HotKeys>>,
+    pub caches: Vec<Arc<RuleCache>>,
 }
 
 impl Policies {
@@ -70,15 +72,34 @@ impl Policies {
                 .cloned()
                 .unwrap_or_else(|| Arc::new(HotKeys::new(config.hotkeys.clone())))
         });
+        let caches = config
+            .cache
+            .iter()
+            .map(|rule| {
+                previous
+                    .and_then(|previous| {
+                        previous
+                            .caches
+                            .iter()
+                            .find(|kept| kept.rule == *rule)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(RuleCache::new(rule.clone())))
+            })
+            .collect();
         Policies {
             denials,
             rate_limits,
             hotkeys,
+            caches,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty() && self.denials.is_empty() && self.hotkeys.is_none()
+        self.rate_limits.is_empty()
+            && self.denials.is_empty()
+            && self.hotkeys.is_none()
+            && self.caches.is_empty()
     }
 
     /// Judges a command about to be sent to Redis: deny rules first, then rate limits. Within
@@ -170,6 +191,9 @@ impl Policies {
         }
         for limiter in &self.rate_limits {
             limiter.publish_metrics();
+        }
+        for cache in &self.caches {
+            cache.publish_metrics();
         }
     }
 }

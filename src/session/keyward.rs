@@ -9,6 +9,7 @@ use crate::admin;
 use crate::context::Context;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::Protocol;
+use crate::upstream::Invalidations;
 
 const HELP: &[&str] = &[
     "KEYWARD <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -20,6 +21,10 @@ const HELP: &[&str] = &[
     "    The hottest keys and key patterns in a window: requests (upper bound), error, reads, writes.",
     "RATELIMIT STATS",
     "    Per rate-limit rule: commands allowed and limited, buckets held.",
+    "CACHE STATS",
+    "    The invalidation connection's state, and per cache rule: hits, misses, invalidations, evictions, bytes, entries.",
+    "CACHE FLUSH [<rule>]",
+    "    Drop every cached entry, or those of one rule.",
     "HELP",
     "    Print this help.",
 ];
@@ -36,6 +41,15 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
         ("RATELIMIT", 3) if args[2].eq_ignore_ascii_case(b"stats") => ReplyWriter::new(protocol)
             .bulk(rate_limit_stats(context).as_bytes())
             .finish(),
+        ("CACHE", 3) if args[2].eq_ignore_ascii_case(b"stats") => ReplyWriter::new(protocol)
+            .bulk(cache_stats(context).as_bytes())
+            .finish(),
+        ("CACHE", 3 | 4) if args[2].eq_ignore_ascii_case(b"flush") => {
+            match cache_flush(context, args.get(3)) {
+                Ok(()) => reply::simple("OK"),
+                Err(message) => reply::error(&format!("ERR {message}")),
+            }
+        }
         ("HOTKEYS", _) => match hotkeys(args, context) {
             Ok(text) => ReplyWriter::new(protocol).bulk(text.as_bytes()).finish(),
             Err(message) => reply::error(&format!("ERR {message}")),
@@ -109,6 +123,54 @@ fn rate_limit_stats(context: &Context) -> String {
         ));
     }
     text
+}
+
+/// The invalidation connection's state, then one line per cache rule, in rule order.
+fn cache_stats(context: &Context) -> String {
+    let state = match context.upstream.tracking.state() {
+        Invalidations::Down => "down",
+        Invalidations::Unsupported => "unsupported",
+        Invalidations::RedirectTo(_) => "up",
+    };
+    let active = context.live.load();
+    let mut text = format!("# Cache\r\ninvalidations:{state}\r\n");
+    for cache in &active.policies.caches {
+        let stats = cache.stats();
+        let rule = &cache.rule;
+        text.push_str(&format!(
+            "rule:{} hits={} misses={} invalidations={} evictions={} bytes={} entries={} max_memory={} ttl={} mode={}\r\n",
+            cache.name(),
+            stats.hits,
+            stats.misses,
+            stats.invalidations,
+            stats.evictions,
+            stats.bytes,
+            stats.entries,
+            rule.max_memory.get(),
+            humantime::format_duration(rule.ttl.get()),
+            json_name(&rule.mode),
+        ));
+    }
+    text
+}
+
+/// `KEYWARD CACHE FLUSH [rule]`.
+fn cache_flush(context: &Context, rule: Option<&Vec<u8>>) -> Result<(), String> {
+    let active = context.live.load();
+    let caches = &active.policies.caches;
+    match rule {
+        None => context.cache.flush_all(caches),
+        Some(name) => {
+            let cache = caches
+                .iter()
+                .find(|cache| cache.name().as_bytes() == name.as_slice())
+                .ok_or_else(|| {
+                    format!("no cache rule named '{}'", String::from_utf8_lossy(name))
+                })?;
+            context.cache.flush_all(std::slice::from_ref(cache));
+        }
+    }
+    Ok(())
 }
 
 /// `KEYWARD INFO`, in the `field:value` lines of Redis's `INFO`.

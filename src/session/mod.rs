@@ -25,6 +25,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::cache::coherence::Read;
+use crate::cache::{cacheable, Lookup, RuleCache};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::metrics::{self, ReceivedTally};
@@ -137,6 +139,8 @@ pub struct Session {
     in_transaction: bool,
     /// When the client last sent something or was last sent something, for `idle_timeout`.
     last_active: Instant,
+    /// Reused for the shape of cacheable reads.
+    cache_shape: Vec<u8>,
 }
 
 impl Session {
@@ -175,6 +179,7 @@ impl Session {
             progress: Progress::default(),
             in_transaction: false,
             last_active: Instant::now(),
+            cache_shape: Vec::new(),
         }
     }
 
@@ -356,7 +361,7 @@ impl Session {
     fn on_reply(&mut self, reply: Reply) {
         if !self.counts_replies() {
             match reply {
-                Reply::Frames { bytes, .. } | Reply::Push(bytes) => {
+                Reply::Frames { bytes, .. } | Reply::Push(bytes) | Reply::Fetched { bytes, .. } => {
                     self.output.extend_from_slice(&bytes);
                     self.enforce_streaming_output_limit();
                 }
@@ -468,6 +473,16 @@ impl Session {
             } else {
                 Step::Refuse(reply::error("NOAUTH Authentication required."))
             };
+            if matches!(step, Step::Forward)
+                && self.replies.awaiting_shared_reads()
+                && !info.has_flag(flags::READONLY)
+            {
+                // An earlier read of this client rides on another session's cache fill, on
+                // another connection: this command must not reach Redis before it.
+                self.send_batch(&mut batch);
+                self.waiting_for_quiet = true;
+                break;
+            }
             if matches!(step, Step::Local(_)) {
                 self.local_args.clear();
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
@@ -530,6 +545,37 @@ impl Session {
                 }
                 _ => Verdict::Allow,
             };
+            let lookup = match (&step, &self.link) {
+                (Step::Forward, Link::Pooled(_)) if !active.policies.caches.is_empty() => {
+                    match cacheable::request_kind(info, &args) {
+                        Some(kind) => {
+                            let read = Read {
+                                info,
+                                args: &args,
+                                db: self.client.db,
+                                protocol: self.client.protocol,
+                                reply_to: &self.reply_sender,
+                                ticket: self.replies.next_ticket(),
+                            };
+                            self.context.cache.consult(
+                                &active.policies.caches,
+                                read,
+                                kind,
+                                &mut self.cache_shape,
+                            )
+                        }
+                        None => {
+                            self.invalidate_written(&active.policies.caches, info, &args);
+                            Lookup::Bypass
+                        }
+                    }
+                }
+                (Step::Forward, _) if !active.policies.caches.is_empty() => {
+                    self.invalidate_written(&active.policies.caches, info, &args);
+                    Lookup::Bypass
+                }
+                _ => Lookup::Bypass,
+            };
             let is_multi = &*info.name == "multi";
             let ends_transaction = matches!(&*info.name, "exec" | "discard" | "reset");
             match verdict {
@@ -564,6 +610,7 @@ impl Session {
                             .get_or_insert_with(mpsc::unbounded_channel)
                             .0
                             .clone(),
+                        tracked: false,
                     };
                     let conn = self
                         .context
@@ -599,6 +646,12 @@ impl Session {
                 }
             }
 
+            if !matches!(lookup, Lookup::Bypass) {
+                self.received.add(&self.context.command_metrics, info.id);
+                self.send_batch(&mut batch);
+                self.answer_from_cache(lookup, consumed, rewritten);
+                continue;
+            }
             match step {
                 Step::Refuse(refusal) => {
                     self.received.add(&self.context.command_metrics, info.id);
@@ -668,6 +721,56 @@ impl Session {
         dedicate
     }
 
+    /// A write through keyward drops the cached reads of its keys at once, before Redis's own
+    /// invalidation arrives; a flush drops everything.
+    fn invalidate_written(&self, caches: &[Arc<RuleCache>], info: &CommandInfo, args: &Args<'_>) {
+        if info.has_flag(flags::READONLY) {
+            return;
+        }
+        if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
+            self.context.cache.flush_all(caches);
+            return;
+        }
+        for key in self
+            .key_positions
+            .iter()
+            .filter_map(|&position| args.get(position))
+        {
+            self.context.cache.invalidate(caches, key);
+        }
+    }
+
+    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
+    fn answer_from_cache(&mut self, lookup: Lookup, consumed: usize, rewritten: Option<Bytes>) {
+        let request = match rewritten {
+            Some(encoded) => {
+                self.input.advance(consumed);
+                encoded
+            }
+            None => self.input.split_to(consumed).freeze(),
+        };
+        match lookup {
+            Lookup::Bypass => {}
+            Lookup::Hit(reply) => self.replies.push_ready(reply, &mut self.output),
+            Lookup::Joined => self.replies.push_fetched(true),
+            Lookup::Fetch(flight) => {
+                let Link::Pooled(conn) = &self.link else {
+                    return;
+                };
+                self.replies.push_fetched(false);
+                let address = &self.context.upstream.settings().address;
+                self.context.cache.fetch(flight, conn, request, |error| {
+                    let (kind, message) = match error {
+                        SendError::Busy => ("busy", "busy: too many requests in flight"),
+                        SendError::Gone => ("io", "connection closed"),
+                    };
+                    metrics::upstream_errors(kind, 1);
+                    reply::error(&format!("ERR upstream {address} {message}"))
+                });
+            }
+        }
+    }
+
     /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
     /// refuses at queue time does: a command Redis does not know is queued in its place (so
     /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
@@ -681,6 +784,7 @@ impl Session {
             bytes: Bytes::from_static(ABORTS_TRANSACTION),
             count: 1,
             reply_to: self.reply_sender.clone(),
+            tracked: false,
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -751,7 +855,9 @@ impl Session {
 
     /// Whether nothing is owed on the current connection, so the session may switch.
     fn is_quiet(&self) -> bool {
-        self.replies.outstanding() == 0 && !self.replies.awaiting_late_replies()
+        self.replies.outstanding() == 0
+            && !self.replies.awaiting_late_replies()
+            && !self.replies.awaiting_fetches()
     }
 
     /// Runs a local command; `true` if it must instead go to Redis on a dedicated connection.
@@ -843,6 +949,7 @@ impl Session {
             bytes,
             count,
             reply_to: self.reply_sender.clone(),
+            tracked: false,
         };
         match conn.send(batch) {
             Ok(()) => {

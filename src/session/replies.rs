@@ -25,6 +25,13 @@ enum Expected {
         /// `None` on a dedicated connection, where a command may legitimately block.
         deadline: Option<Instant>,
     },
+    /// A cacheable read whose reply a cache fill brings (`Reply::Fetched`), apart from the
+    /// connection's replies. `shared`: the fill is another session's read, on another
+    /// connection.
+    Fetched {
+        ticket: u64,
+        shared: bool,
+    },
 }
 
 /// What the session must do after an upstream event.
@@ -45,6 +52,10 @@ pub struct ReplyQueue {
     /// Forwarded commands awaiting their replies, as runs of one command sent at one time,
     /// for latency metrics.
     sent: VecDeque<SentRun>,
+    /// Entries awaiting a cache fill, and how many of them ride on another session's read.
+    fetching: u32,
+    fetching_shared: u32,
+    next_ticket: u64,
 }
 
 struct SentRun {
@@ -61,6 +72,30 @@ impl ReplyQueue {
     /// Replies still owed by the upstream connection (timed-out ones excluded).
     pub fn outstanding(&self) -> u64 {
         self.outstanding
+    }
+
+    /// Cache fills still to answer a request of this session.
+    pub fn awaiting_fetches(&self) -> bool {
+        self.fetching > 0
+    }
+
+    /// Some request waits for a read made on another connection: a write must not overtake
+    /// it there.
+    pub fn awaiting_shared_reads(&self) -> bool {
+        self.fetching_shared > 0
+    }
+
+    /// The ticket the next [`push_fetched`](Self::push_fetched) will carry.
+    pub fn next_ticket(&self) -> u64 {
+        self.next_ticket
+    }
+
+    pub fn push_fetched(&mut self, shared: bool) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.fetching += 1;
+        self.fetching_shared += u32::from(shared);
+        self.entries.push_back(Expected::Fetched { ticket, shared });
     }
 
     /// Whether replies of timed-out requests may still arrive from the current connection;
@@ -125,7 +160,7 @@ impl ReplyQueue {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.entries.iter().find_map(|entry| match entry {
             Expected::Upstream { deadline, .. } => *deadline,
-            Expected::Ready(_) | Expected::Substitute(_) => None,
+            Expected::Ready(_) | Expected::Substitute(_) | Expected::Fetched { .. } => None,
         })
     }
 
@@ -144,9 +179,7 @@ impl ReplyQueue {
                     return AfterReply::Continue;
                 }
                 if !self.discarded(count) {
-                    self.settle(count, output, metrics, |output| {
-                        output.extend_from_slice(&bytes)
-                    });
+                    self.settle(count, bytes, output, metrics);
                 }
             }
             Reply::Failed { count, error } => {
@@ -155,19 +188,31 @@ impl ReplyQueue {
                     return AfterReply::Continue;
                 }
                 if !self.discarded(count) {
-                    self.settle(count, output, metrics, |output| {
-                        for _ in 0..count {
-                            output.extend_from_slice(&error);
-                        }
-                    });
+                    let errors = error.repeat(count as usize).into();
+                    self.settle(count, errors, output, metrics);
                 }
             }
             Reply::Closed { error } => {
                 self.fail_all(&error, output);
                 return AfterReply::CloseClient;
             }
+            Reply::Fetched { ticket, bytes } => self.fetched(ticket, bytes, output),
         }
         AfterReply::Continue
+    }
+
+    fn fetched(&mut self, ticket: u64, bytes: Bytes, output: &mut BytesMut) {
+        let entry = self.entries.iter_mut().find(
+            |entry| matches!(entry, Expected::Fetched { ticket: waiting, .. } if *waiting == ticket),
+        );
+        if let Some(entry) = entry {
+            if let Expected::Fetched { shared, .. } = entry {
+                self.fetching -= 1;
+                self.fetching_shared -= u32::from(*shared);
+            }
+            *entry = Expected::Ready(bytes);
+            self.write_ready(output);
+        }
     }
 
     /// Answers every owed reply whose deadline has passed with `error`.
@@ -187,7 +232,7 @@ impl ReplyQueue {
                     expired += u64::from(count);
                 }
                 Expected::Upstream { .. } | Expected::Substitute(_) => break,
-                Expected::Ready(_) => {}
+                Expected::Ready(_) | Expected::Fetched { .. } => {}
             }
         }
         self.write_ready(output);
@@ -202,7 +247,8 @@ impl ReplyQueue {
                     *entry = Expected::Ready(error.repeat(*remaining as usize).into());
                 }
                 Expected::Substitute(_) => *entry = Expected::Ready(error.clone()),
-                Expected::Ready(_) => {}
+                // A fill answers them whatever becomes of this connection.
+                Expected::Ready(_) | Expected::Fetched { .. } => {}
             }
         }
         self.outstanding = 0;
@@ -232,14 +278,15 @@ impl ReplyQueue {
         true
     }
 
+    /// Hands `count` upstream replies to the requests they answer: written at once when those
+    /// are first in line, else kept in place behind the cache fills still awaited before them.
     fn settle(
         &mut self,
         count: u32,
+        bytes: Bytes,
         output: &mut BytesMut,
         metrics: &CommandMetrics,
-        write: impl FnOnce(&mut BytesMut),
     ) {
-        write(output);
         let now = Instant::now();
         take_sent(
             &mut self.sent,
@@ -247,20 +294,32 @@ impl ReplyQueue {
             |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
         );
         self.outstanding = self.outstanding.saturating_sub(u64::from(count));
+        let owed_by = self
+            .entries
+            .iter()
+            .position(|entry| matches!(entry, Expected::Upstream { .. }));
+        let Some(mut index) = owed_by else {
+            // Frames nobody is waiting for (e.g. a RESP2 message on a dedicated connection):
+            // written as they come.
+            output.extend_from_slice(&bytes);
+            return;
+        };
+        if index == 0 {
+            output.extend_from_slice(&bytes);
+        } else {
+            self.entries.insert(index, Expected::Ready(bytes));
+            index += 1;
+        }
         let mut owed = count;
         while owed > 0 {
-            match self.entries.front_mut() {
-                Some(Expected::Upstream { remaining, .. }) => {
-                    let taken = owed.min(*remaining);
-                    *remaining -= taken;
-                    owed -= taken;
-                    if *remaining == 0 {
-                        self.entries.pop_front();
-                    }
-                }
-                // Frames nobody is waiting for (e.g. a RESP2 message on a dedicated
-                // connection): they were written as they came.
-                _ => break,
+            let Some(Expected::Upstream { remaining, .. }) = self.entries.get_mut(index) else {
+                break;
+            };
+            let taken = owed.min(*remaining);
+            *remaining -= taken;
+            owed -= taken;
+            if *remaining == 0 {
+                self.entries.remove(index);
             }
         }
         self.write_ready(output);

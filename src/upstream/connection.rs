@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::tracking::{self, TrackingTarget};
 use crate::net;
 use crate::resp::frame::{is_push, FrameScanner};
 
@@ -28,6 +29,9 @@ pub struct Batch {
     pub bytes: Bytes,
     pub count: u32,
     pub reply_to: ReplySender,
+    /// A cache fill: Redis must track the keys it reads, so that keyward hears when they
+    /// change (see `tracking`).
+    pub tracked: bool,
 }
 
 /// What a session receives from its upstream connection.
@@ -41,6 +45,9 @@ pub enum Reply {
     Failed { count: u32, error: Bytes },
     /// A dedicated connection ended; `error` is owed for whatever was still in flight.
     Closed { error: Bytes },
+    /// The reply to a read that a cache fill made on the session's behalf (it may have been
+    /// another session's read of the same thing), for the session's request `ticket`.
+    Fetched { ticket: u64, bytes: Bytes },
 }
 
 pub type ReplySender = mpsc::UnboundedSender<Reply>;
@@ -135,7 +142,9 @@ pub(super) enum ServeEnd {
 }
 
 struct Pending {
-    reply_to: ReplySender,
+    /// `None` for keyward's own tracking commands before a fill: their replies are checked,
+    /// not delivered.
+    reply_to: Option<ReplySender>,
     remaining: u32,
     /// When the batch was taken for writing, to notice a connection that stopped answering.
     taken_at: Instant,
@@ -148,6 +157,8 @@ struct ConnState {
     input: BytesMut,
     scanner: FrameScanner,
     output: WriteQueue,
+    /// The invalidation connection this one redirects tracking to (0: none yet).
+    tracking_redirect: i64,
 }
 
 /// Runs one connection until it breaks or is released. `owner` receives frames that answer no
@@ -162,17 +173,21 @@ pub(super) async fn serve(
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
     reply_timeout: Option<Duration>,
+    tracking: &TrackingTarget,
     broken_reply: impl Fn(&str) -> Bytes,
 ) -> ServeEnd {
     let mut state = ConnState {
         input: BytesMut::with_capacity(READ_CHUNK),
         ..ConnState::default()
     };
-    let end = drive(&stream, batches, owner, reply_timeout, &mut state).await;
+    let end = drive(&stream, batches, owner, reply_timeout, tracking, &mut state).await;
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
-            let _ = waiting.reply_to.send(Reply::Failed {
+            let Some(reply_to) = waiting.reply_to else {
+                continue;
+            };
+            let _ = reply_to.send(Reply::Failed {
                 count: waiting.remaining,
                 error: error.clone(),
             });
@@ -189,6 +204,7 @@ async fn drive(
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
     reply_timeout: Option<Duration>,
+    tracking: &TrackingTarget,
     state: &mut ConnState,
 ) -> ServeEnd {
     let ConnState {
@@ -196,6 +212,7 @@ async fn drive(
         input,
         scanner,
         output,
+        tracking_redirect,
     } = state;
     // Armed lazily at the oldest batch's deadline; firing early only re-arms it.
     let timer = tokio::time::sleep(Duration::ZERO);
@@ -221,7 +238,7 @@ async fn drive(
                 match net::read_available(stream, input) {
                     Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
                     Ok(_) => {
-                        if let Err(error) = route(input, scanner, pending, owner) {
+                        if let Err(error) = route(input, scanner, pending, owner, tracking) {
                             return ServeEnd::Broken(error);
                         }
                     }
@@ -234,13 +251,15 @@ async fn drive(
                     return ServeEnd::Released;
                 };
                 let now = Instant::now();
-                output.push(batch, pending, now);
+                output.take(batch, pending, now, tracking, tracking_redirect);
                 // Let every session woken in this tick queue its batch first, so that one
                 // write carries them all.
                 tokio::task::yield_now().await;
                 while output.bytes < WRITE_HIGH_WATER {
                     match batches.try_recv() {
-                        Ok(batch) => output.push(batch, pending, now),
+                        Ok(batch) => {
+                            output.take(batch, pending, now, tracking, tracking_redirect)
+                        }
                         Err(_) => break,
                     }
                 }
@@ -275,13 +294,14 @@ fn route(
     scanner: &mut FrameScanner,
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
+    tracking: &TrackingTarget,
 ) -> Result<(), String> {
     let mut run_len = 0;
     let mut run_count = 0;
     while let Some(len) = scanner.scan(&input[run_len..]).map_err(|e| e.to_string())? {
         let push = is_push(&input[run_len..]);
         if push || pending.is_empty() {
-            deliver_run(input, pending, &mut run_len, &mut run_count);
+            deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
             let frame = input.split_to(len).freeze();
             let Some(owner) = owner else {
                 if push {
@@ -308,10 +328,10 @@ fn route(
             .front()
             .is_some_and(|head| head.remaining == run_count)
         {
-            deliver_run(input, pending, &mut run_len, &mut run_count);
+            deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
         }
     }
-    deliver_run(input, pending, &mut run_len, &mut run_count);
+    deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
     Ok(())
 }
 
@@ -320,16 +340,31 @@ fn deliver_run(
     pending: &mut VecDeque<Pending>,
     run_len: &mut usize,
     run_count: &mut u32,
+    tracking: &TrackingTarget,
 ) {
     if *run_count == 0 {
         return;
     }
     let bytes = input.split_to(*run_len).freeze();
     if let Some(head) = pending.front_mut() {
-        let _ = head.reply_to.send(Reply::Frames {
-            bytes,
-            count: *run_count,
-        });
+        match &head.reply_to {
+            Some(reply_to) => {
+                let _ = reply_to.send(Reply::Frames {
+                    bytes,
+                    count: *run_count,
+                });
+            }
+            // Tracking could not be turned on: the fill after it is not tracked, so it must
+            // not be stored.
+            None if bytes.first() == Some(&b'-') => {
+                tracing::warn!(
+                    reply = %String::from_utf8_lossy(&bytes).trim_end(),
+                    "Redis refused to track a cache fill"
+                );
+                tracking.lose_invalidations();
+            }
+            None => {}
+        }
         head.remaining -= *run_count;
         if head.remaining == 0 {
             pending.pop_front();
@@ -348,16 +383,47 @@ struct WriteQueue {
 }
 
 impl WriteQueue {
+    /// Queues a batch, preceded by the tracking commands a cache fill needs.
+    fn take(
+        &mut self,
+        batch: Batch,
+        pending: &mut VecDeque<Pending>,
+        taken_at: Instant,
+        tracking: &TrackingTarget,
+        tracking_redirect: &mut i64,
+    ) {
+        if batch.tracked {
+            for command in tracking::commands_before_fill(tracking, tracking_redirect) {
+                self.push_own(command, pending, taken_at);
+            }
+        }
+        self.push(batch, pending, taken_at);
+    }
+
     fn push(&mut self, batch: Batch, pending: &mut VecDeque<Pending>, taken_at: Instant) {
         if batch.count > 0 {
             pending.push_back(Pending {
-                reply_to: batch.reply_to,
+                reply_to: Some(batch.reply_to),
                 remaining: batch.count,
                 taken_at,
             });
         }
-        self.bytes += batch.bytes.len();
-        self.chunks.push_back(batch.bytes);
+        self.append(batch.bytes);
+    }
+
+    /// One command of keyward's own, whose reply is checked rather than delivered.
+    fn push_own(&mut self, command: Bytes, pending: &mut VecDeque<Pending>, taken_at: Instant) {
+        pending.push_back(Pending {
+            reply_to: None,
+            remaining: 1,
+            taken_at,
+        });
+        self.append(command);
+    }
+
+    fn append(&mut self, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.chunks.push_back(bytes);
     }
 
     fn is_empty(&self) -> bool {
@@ -409,7 +475,7 @@ mod tests {
         let (reply_to, replies) = mpsc::unbounded_channel();
         (
             Pending {
-                reply_to,
+                reply_to: Some(reply_to),
                 remaining: count,
                 taken_at: Instant::now(),
             },
@@ -431,14 +497,28 @@ mod tests {
         let mut pending = VecDeque::from([first, second]);
         let mut input = BytesMut::from(&b"+OK\r\n:1\r\n$3\r\nab"[..]);
         let scanner = &mut FrameScanner::default();
-        route(&mut input, scanner, &mut pending, None).unwrap();
+        route(
+            &mut input,
+            scanner,
+            &mut pending,
+            None,
+            &TrackingTarget::default(),
+        )
+        .unwrap();
         assert_eq!(
             frames(first_replies.try_recv().unwrap()),
             (b"+OK\r\n:1\r\n".to_vec(), 2)
         );
         assert!(second_replies.try_recv().is_err());
         input.extend_from_slice(b"c\r\n");
-        route(&mut input, scanner, &mut pending, None).unwrap();
+        route(
+            &mut input,
+            scanner,
+            &mut pending,
+            None,
+            &TrackingTarget::default(),
+        )
+        .unwrap();
         assert_eq!(
             frames(second_replies.try_recv().unwrap()),
             (b"$3\r\nabc\r\n".to_vec(), 1)
@@ -457,6 +537,7 @@ mod tests {
             &mut FrameScanner::default(),
             &mut pending,
             Some(&owner),
+            &TrackingTarget::default(),
         )
         .unwrap();
         assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
@@ -471,7 +552,8 @@ mod tests {
             &mut input,
             &mut FrameScanner::default(),
             &mut VecDeque::new(),
-            None
+            None,
+            &TrackingTarget::default(),
         )
         .is_err());
         let mut push = BytesMut::from(&b">2\r\n+invalidate\r\n*0\r\n"[..]);
@@ -479,7 +561,8 @@ mod tests {
             &mut push,
             &mut FrameScanner::default(),
             &mut VecDeque::new(),
-            None
+            None,
+            &TrackingTarget::default(),
         )
         .is_ok());
     }

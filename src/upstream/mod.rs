@@ -8,9 +8,11 @@
 
 mod connection;
 mod handshake;
+pub mod tracking;
 
 pub use connection::{Batch, ConnHandle, Reply, ReplySender, SendError};
-pub use handshake::ServerFacts;
+pub use handshake::{connect, next_backoff, ServerFacts};
+pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -73,6 +75,8 @@ pub struct Upstream {
     settings: UpstreamSettings,
     pools: Mutex<FxHashMap<PoolKey, Arc<[ConnHandle]>>>,
     facts: RwLock<Arc<ServerFacts>>,
+    /// Where pooled connections redirect the tracking of cache fills.
+    pub tracking: Arc<TrackingTarget>,
 }
 
 impl Upstream {
@@ -83,6 +87,7 @@ impl Upstream {
             settings,
             pools: Mutex::default(),
             facts: RwLock::default(),
+            tracking: Arc::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
         upstream
@@ -135,6 +140,7 @@ impl Upstream {
         let (handle, mut batches) = ConnHandle::channel();
         handle.status.set_up();
         let address = self.settings.address.to_string();
+        let tracking = Arc::clone(&self.tracking);
         tokio::spawn(async move {
             metrics::upstream_connection_opened();
             let end = serve(
@@ -142,6 +148,7 @@ impl Upstream {
                 &mut batches,
                 Some(&owner),
                 None,
+                &tracking,
                 |reason| broken_error(&address, reason),
             )
             .await;
@@ -210,6 +217,7 @@ async fn run_pooled(
                     &mut batches,
                     None,
                     reply_timeout,
+                    &upstream.tracking,
                     |reason| broken_error(&address, reason),
                 )
                 .await;
@@ -266,9 +274,10 @@ fn broken_error(address: &str, reason: &str) -> Bytes {
 }
 
 /// Encodes a command as a RESP multibulk, for the few commands keyward sends on its own.
-pub fn encode_command(args: &[Vec<u8>], out: &mut BytesMut) {
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
     out.put_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
+        let arg = arg.as_ref();
         out.put_slice(format!("${}\r\n", arg.len()).as_bytes());
         out.put_slice(arg);
         out.put_slice(b"\r\n");

@@ -61,6 +61,8 @@ cp "$work/keyward-policies.toml" "$work/keyward.toml"
 start_keyward
 echo "--- client libraries through keyward with policies (config/keyward.toml + tests/compat/policies.toml)"
 COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
+echo "--- cache figures of that pass (since keyward's restart during it)"
+redis-cli -p "$keyward_port" KEYWARD CACHE STATS | tr -d '\r' | grep -v '^$' || true
 if [ "$status" -ne 0 ]; then
   echo "--- keyward log (last 50 lines)"
   tail -n 50 "$work/keyward.log"

@@ -1,0 +1,74 @@
+//! Which reads may be answered from the cache: commands whose reply depends only on one key's
+//! value. Time-dependent reads (`TTL`, `PTTL`) and random ones (`RANDOMKEY`, `SRANDMEMBER`,
+//! `SCAN`) are never cached.
+
+use std::sync::OnceLock;
+
+use crate::command::{CommandInfo, CommandTable};
+use crate::resp::request::Args;
+
+/// The cacheable reads, as the command table names them.
+pub const NAMES: &[&str] = &[
+    "get",
+    "mget",
+    "hget",
+    "hmget",
+    "hgetall",
+    "hlen",
+    "exists",
+    "strlen",
+    "getrange",
+    "lrange",
+    "llen",
+    "smembers",
+    "sismember",
+    "scard",
+    "zscore",
+    "zrange",
+    "zcard",
+    "type",
+];
+
+/// How a cacheable read names its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The key is the first argument; the reply is one entry.
+    OneKey,
+    /// `MGET`: every argument is a key, and each key's element of the reply is an entry.
+    PerKey,
+}
+
+/// The cacheable kind of each command, by command id.
+fn kinds() -> &'static [Option<Kind>] {
+    static KINDS: OnceLock<Box<[Option<Kind>]>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        let table = CommandTable::global();
+        (0..table.len())
+            .map(|id| {
+                let name = &*table.by_id(id).name;
+                match name {
+                    "mget" => Some(Kind::PerKey),
+                    _ if NAMES.contains(&name) => Some(Kind::OneKey),
+                    _ => None,
+                }
+            })
+            .collect()
+    })
+}
+
+pub fn kind(info: &CommandInfo) -> Option<Kind> {
+    kinds().get(info.id).copied().flatten()
+}
+
+/// The kind of this request, if it can be cached: `EXISTS` only with one key (its reply counts
+/// keys), and never a request with too few arguments (Redis answers it with an error).
+pub fn request_kind(info: &CommandInfo, args: &Args<'_>) -> Option<Kind> {
+    let kind = kind(info)?;
+    if !info.arity_ok(args.len()) || args.len() < 2 {
+        return None;
+    }
+    if &*info.name == "exists" && args.len() != 2 {
+        return None;
+    }
+    Some(kind)
+}

@@ -1,0 +1,311 @@
+//! Keeping the cache coherent with Redis while reads are in flight, and reading each missing
+//! entry once.
+//!
+//! A miss starts a *flight*: the request is sent as a tracked fill on the reader's connection,
+//! and a small task waits for its reply. Readers of the same thing that miss meanwhile join the
+//! flight instead of reading again (single flight). When the reply comes, it goes to every
+//! reader, and is stored only if no invalidation or write for its key arrived while it was in
+//! flight, and no invalidations may have been lost since it started (the epoch). Invalidating
+//! and storing take the same lock, so an invalidation can never slip between the check and the
+//! store.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+use tokio::sync::mpsc;
+
+use super::{rule_for, write_shape, Kind, RuleCache};
+use crate::command::CommandInfo;
+use crate::resp::frame::frame_len;
+use crate::resp::request::Args;
+use crate::resp::{reply, Protocol};
+use crate::upstream::{
+    Batch, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
+};
+
+/// What to do with a read.
+pub enum Lookup {
+    /// Not the cache's: forward it as usual.
+    Bypass,
+    /// Answered from the cache.
+    Hit(Bytes),
+    /// The same read is in flight; its reply will come as `Reply::Fetched` with the ticket.
+    Joined,
+    /// Send the request as a fill with [`Coherence::fetch`]; the reply comes as
+    /// `Reply::Fetched` with the ticket.
+    Fetch(u64),
+}
+
+/// A read as the cache sees it.
+pub struct Read<'a, 'b> {
+    pub info: &'a CommandInfo,
+    pub args: &'a Args<'b>,
+    pub db: u32,
+    pub protocol: Protocol,
+    /// Where the reply goes if the read joins or starts a flight, and the ticket it carries.
+    pub reply_to: &'a ReplySender,
+    pub ticket: u64,
+}
+
+struct Flight {
+    rule: Arc<RuleCache>,
+    kind: Kind,
+    /// The key under which readers find this flight in `open`.
+    open_key: Bytes,
+    keys: SmallVec<[Bytes; 1]>,
+    /// The shape the reply is stored under (per key for `MGET`).
+    shape: Bytes,
+    epoch: u64,
+    /// A key was written or invalidated while the read was in flight.
+    poisoned: bool,
+    readers: SmallVec<[(ReplySender, u64); 1]>,
+}
+
+#[derive(Default)]
+struct Flights {
+    next_id: u64,
+    running: FxHashMap<u64, Flight>,
+    /// Flights new readers may join, by what they read.
+    open: FxHashMap<Bytes, u64>,
+    /// Running flights by the keys they read, to poison them.
+    by_key: FxHashMap<Bytes, SmallVec<[u64; 1]>>,
+}
+
+impl Flights {
+    fn forget(&mut self, id: u64) -> Option<Flight> {
+        let flight = self.running.remove(&id)?;
+        if self.open.get(&flight.open_key) == Some(&id) {
+            self.open.remove(&flight.open_key);
+        }
+        for key in &flight.keys {
+            if let Some(ids) = self.by_key.get_mut(key) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+        Some(flight)
+    }
+}
+
+pub struct Coherence {
+    pub tracking: Arc<TrackingTarget>,
+    flights: Mutex<Flights>,
+}
+
+impl Coherence {
+    pub fn new(tracking: Arc<TrackingTarget>) -> Coherence {
+        Coherence {
+            tracking,
+            flights: Mutex::default(),
+        }
+    }
+
+    fn flights(&self) -> MutexGuard<'_, Flights> {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides how to answer a cacheable read. `shape` is a buffer the caller reuses.
+    pub fn consult(
+        &self,
+        rules: &[Arc<RuleCache>],
+        read: Read<'_, '_>,
+        kind: Kind,
+        shape: &mut Vec<u8>,
+    ) -> Lookup {
+        if self.tracking.state() == Invalidations::Down {
+            return Lookup::Bypass;
+        }
+        let Some(rule) = rule_for(rules, read.info, read.args, kind) else {
+            return Lookup::Bypass;
+        };
+        write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
+        let keys = (1..read.args.len()).filter_map(|index| read.args.get(index));
+        let cached = match kind {
+            Kind::OneKey => read.args.get(1).and_then(|key| rule.get(key, shape)),
+            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape))),
+        };
+        rule.count(cached.is_some());
+        if let Some(reply) = cached {
+            return if rule.is_shadow() {
+                Lookup::Bypass
+            } else {
+                Lookup::Hit(reply)
+            };
+        }
+        let mut open_key = shape.clone();
+        for key in keys.clone() {
+            open_key.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            open_key.extend_from_slice(key);
+        }
+        let mut flights = self.flights();
+        if let Some(id) = flights.open.get(&open_key[..]).copied() {
+            if rule.is_shadow() {
+                return Lookup::Bypass;
+            }
+            if let Some(flight) = flights.running.get_mut(&id) {
+                flight.readers.push((read.reply_to.clone(), read.ticket));
+                return Lookup::Joined;
+            }
+        }
+        let id = flights.next_id;
+        flights.next_id += 1;
+        let keys: SmallVec<[Bytes; 1]> = keys.map(Bytes::copy_from_slice).collect();
+        for key in &keys {
+            flights.by_key.entry(key.clone()).or_default().push(id);
+        }
+        let open_key = Bytes::from(open_key);
+        flights.open.insert(open_key.clone(), id);
+        flights.running.insert(
+            id,
+            Flight {
+                rule: Arc::clone(rule),
+                kind,
+                open_key,
+                keys,
+                shape: Bytes::copy_from_slice(shape),
+                epoch: self.tracking.epoch(),
+                poisoned: false,
+                readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
+            },
+        );
+        Lookup::Fetch(id)
+    }
+
+    /// Sends a fill for flight `id` on `conn`; a task hands its reply to the flight's readers.
+    /// On error the flight is over (answered with `error`) and the caller answers nobody.
+    pub fn fetch(
+        self: &Arc<Self>,
+        id: u64,
+        conn: &ConnHandle,
+        request: Bytes,
+        error: impl FnOnce(SendError) -> Bytes,
+    ) {
+        let (reply_to, mut replies) = mpsc::unbounded_channel();
+        let batch = Batch {
+            bytes: request,
+            count: 1,
+            reply_to,
+            tracked: true,
+        };
+        if let Err(failure) = conn.send(batch) {
+            self.complete(id, error(failure));
+            return;
+        }
+        let coherence = Arc::clone(self);
+        tokio::spawn(async move {
+            let reply = match replies.recv().await {
+                Some(Reply::Frames { bytes, .. }) => bytes,
+                Some(Reply::Failed { error, .. } | Reply::Closed { error }) => error,
+                _ => reply::error("ERR upstream connection closed"),
+            };
+            coherence.complete(id, reply);
+        });
+    }
+
+    /// Ends flight `id` with `reply`: stores it if nothing invalidated it, and answers every
+    /// reader.
+    fn complete(&self, id: u64, reply: Bytes) {
+        let flight = {
+            let mut flights = self.flights();
+            let Some(flight) = flights.forget(id) else {
+                return;
+            };
+            let current = !flight.poisoned
+                && flight.epoch == self.tracking.epoch()
+                && self.tracking.state() != Invalidations::Down;
+            if current {
+                match flight.kind {
+                    Kind::OneKey => {
+                        flight
+                            .rule
+                            .insert(&flight.keys[0], &flight.shape, reply.clone())
+                    }
+                    Kind::PerKey => {
+                        for (key, element) in
+                            flight.keys.iter().zip(elements(&reply, flight.keys.len()))
+                        {
+                            flight.rule.insert(key, &flight.shape, element);
+                        }
+                    }
+                }
+            }
+            flight
+        };
+        for (reader, ticket) in flight.readers {
+            let _ = reader.send(Reply::Fetched {
+                ticket,
+                bytes: reply.clone(),
+            });
+        }
+    }
+
+    /// A key was written through keyward or invalidated by Redis: its entries go, and reads of
+    /// it in flight are not stored.
+    pub fn invalidate(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
+        let mut flights = self.flights();
+        if let Some(ids) = flights.by_key.get(key).cloned() {
+            for id in ids {
+                if let Some(flight) = flights.running.get_mut(&id) {
+                    flight.poisoned = true;
+                    let open_key = flight.open_key.clone();
+                    if flights.open.get(&open_key) == Some(&id) {
+                        flights.open.remove(&open_key);
+                    }
+                }
+            }
+        }
+        for rule in rules {
+            rule.invalidate(key);
+        }
+    }
+
+    /// Drops everything (a flush, or invalidations that may have been lost).
+    pub fn flush_all(&self, rules: &[Arc<RuleCache>]) {
+        let mut flights = self.flights();
+        self.tracking.lose_invalidations();
+        flights.open.clear();
+        for flight in flights.running.values_mut() {
+            flight.poisoned = true;
+        }
+        for rule in rules {
+            rule.flush();
+        }
+    }
+}
+
+/// An `MGET` reply from cached elements, if every one is cached.
+fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
+    let mut count = 0;
+    let mut body = Vec::new();
+    for element in elements {
+        body.extend_from_slice(&element?);
+        count += 1;
+    }
+    let mut reply = format!("*{count}\r\n").into_bytes();
+    reply.extend_from_slice(&body);
+    Some(reply.into())
+}
+
+/// The elements of an array reply of `expected` elements (none if it is anything else).
+fn elements(reply: &Bytes, expected: usize) -> Vec<Bytes> {
+    let header = format!("*{expected}\r\n");
+    let Some(mut rest) = reply.strip_prefix(header.as_bytes()) else {
+        return Vec::new();
+    };
+    let mut offset = header.len();
+    let mut found = Vec::with_capacity(expected);
+    while let Ok(Some(len)) = frame_len(rest) {
+        found.push(reply.slice(offset..offset + len));
+        offset += len;
+        rest = &rest[len..];
+    }
+    if found.len() == expected && rest.is_empty() {
+        found
+    } else {
+        Vec::new()
+    }
+}

@@ -1,0 +1,203 @@
+//! keyward's invalidation connection: the one that Redis tells, on every pooled connection's
+//! behalf, which cached keys changed.
+//!
+//! It subscribes to `__redis__:invalidate`, and pooled connections redirect their tracking to
+//! its client id. While it is down nothing is served from the cache, and when it drops
+//! everything cached is flushed: invalidations sent meanwhile are lost. A Redis that cannot
+//! track keys (before 6.0) leaves `ttl` as the only bound on staleness, and keyward says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::context::Context;
+use crate::resp::Protocol;
+use crate::upstream::{self, encode_command, Invalidations};
+
+/// How often keyward looks whether cache rules are in force while none are.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// The channel Redis publishes redirected invalidations on.
+const CHANNEL: &[u8] = b"__redis__:invalidate";
+/// The name the connection shows in `CLIENT LIST`.
+pub const CLIENT_NAME: &str = "keyward-invalidations";
+
+/// Keeps the invalidation connection open while any cache rule is in force.
+pub async fn run(context: Arc<Context>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        while context.live.load().policies.caches.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = context.shutdown.cancelled() => return,
+            }
+        }
+        let ended = tokio::select! {
+            ended = listen(&context) => ended,
+            () = context.shutdown.cancelled() => return,
+        };
+        let was_up = context.upstream.tracking.state() != Invalidations::Down;
+        context.upstream.tracking.set(Invalidations::Down);
+        context
+            .cache
+            .flush_all(&context.live.load().policies.caches);
+        if was_up {
+            backoff = Duration::ZERO;
+            tracing::warn!(reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
+        } else {
+            tracing::debug!(reason = %ended, "cache invalidation connection unavailable");
+        }
+        crate::metrics::cache_invalidation_connection_lost();
+        backoff = upstream::next_backoff(backoff);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = context.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Opens the connection, subscribes, and applies invalidations until it fails.
+async fn listen(context: &Context) -> String {
+    let setup = [vec![
+        b"CLIENT".to_vec(),
+        b"SETNAME".to_vec(),
+        CLIENT_NAME.as_bytes().to_vec(),
+    ]];
+    let settings = context.upstream.settings();
+    let connected = match upstream::connect(settings, Protocol::Resp2, 0, &setup, false).await {
+        Ok(connected) => connected,
+        Err(error) => return error.to_string(),
+    };
+    let mut stream = connected.stream;
+    let mut input = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
+    encode_command(&[&b"CLIENT"[..], b"ID"], &mut out);
+    // Asks whether Redis knows tracking at all, without turning anything on.
+    encode_command(&[&b"CLIENT"[..], b"TRACKING", b"OFF"], &mut out);
+    encode_command(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
+    if let Err(error) = stream.write_all(&out).await {
+        return error.to_string();
+    }
+    let id = match next_frame(&mut stream, &mut input).await {
+        Ok(OwnedFrame::Integer(id)) => id,
+        Ok(other) => return format!("unexpected reply to CLIENT ID: {other:?}"),
+        Err(error) => return error,
+    };
+    let tracking = match next_frame(&mut stream, &mut input).await {
+        Ok(OwnedFrame::Error(message)) => {
+            tracing::warn!(%message, "Redis cannot track keys (CLIENT TRACKING needs Redis 6 or later): cached entries are bounded only by their rule's ttl");
+            Invalidations::Unsupported
+        }
+        Ok(_) => Invalidations::RedirectTo(id),
+        Err(error) => return error,
+    };
+    match next_frame(&mut stream, &mut input).await {
+        Ok(OwnedFrame::Array(_)) => {}
+        Ok(other) => return format!("unexpected reply to SUBSCRIBE: {other:?}"),
+        Err(error) => return error,
+    }
+    context.upstream.tracking.set(tracking);
+    tracing::info!(client_id = id, "cache invalidation connection up");
+    loop {
+        let frame = match next_frame(&mut stream, &mut input).await {
+            Ok(frame) => frame,
+            Err(error) => return error,
+        };
+        let active = context.live.load();
+        let rules = &active.policies.caches;
+        match invalidated_keys(frame) {
+            Some(Invalidated::Keys(keys)) => {
+                for key in keys {
+                    context.cache.invalidate(rules, &key);
+                }
+            }
+            Some(Invalidated::Everything) => context.cache.flush_all(rules),
+            None => {}
+        }
+    }
+}
+
+enum Invalidated {
+    Keys(Vec<Vec<u8>>),
+    /// `FLUSHALL`/`FLUSHDB`, or Redis's tracking table overflowed.
+    Everything,
+}
+
+/// Reads a `message` on the invalidation channel: its keys, or a nil for "everything".
+fn invalidated_keys(frame: OwnedFrame) -> Option<Invalidated> {
+    let OwnedFrame::Array(mut parts) = frame else {
+        return None;
+    };
+    if parts.len() != 3 {
+        return None;
+    }
+    let payload = parts.pop()?;
+    match (&parts[0], &parts[1]) {
+        (OwnedFrame::BulkString(kind), OwnedFrame::BulkString(channel))
+            if kind.eq_ignore_ascii_case(b"message") && channel == CHANNEL => {}
+        _ => return None,
+    }
+    match payload {
+        OwnedFrame::Null => Some(Invalidated::Everything),
+        OwnedFrame::Array(keys) => Some(Invalidated::Keys(
+            keys.into_iter()
+                .filter_map(|key| match key {
+                    OwnedFrame::BulkString(key) => Some(key),
+                    _ => None,
+                })
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+async fn next_frame(stream: &mut TcpStream, input: &mut BytesMut) -> Result<OwnedFrame, String> {
+    loop {
+        if let Some((frame, used)) = decode(input).map_err(|error| error.to_string())? {
+            let _ = input.split_to(used);
+            return Ok(frame);
+        }
+        match stream.read_buf(input).await {
+            Ok(0) => return Err("connection closed by Redis".into()),
+            Ok(_) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> OwnedFrame {
+        OwnedFrame::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_keys_and_flushes() {
+        let message = OwnedFrame::Array(vec![
+            bulk("message"),
+            bulk("__redis__:invalidate"),
+            OwnedFrame::Array(vec![bulk("a"), bulk("b")]),
+        ]);
+        assert!(matches!(
+            invalidated_keys(message),
+            Some(Invalidated::Keys(keys)) if keys == vec![b"a".to_vec(), b"b".to_vec()]
+        ));
+        let flush = OwnedFrame::Array(vec![
+            bulk("message"),
+            bulk("__redis__:invalidate"),
+            OwnedFrame::Null,
+        ]);
+        assert!(matches!(
+            invalidated_keys(flush),
+            Some(Invalidated::Everything)
+        ));
+        let other = OwnedFrame::Array(vec![bulk("message"), bulk("news"), bulk("x")]);
+        assert!(invalidated_keys(other).is_none());
+    }
+}

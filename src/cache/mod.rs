@@ -1,0 +1,280 @@
+//! Read caching: `[[cache]]` rules answer matching reads from keyward's memory.
+//!
+//! Correctness comes from Redis itself. Every fill is read on the client's own pooled
+//! connection with tracking on (so Redis runs it in the client's order), and Redis then tells
+//! keyward's invalidation connection when the key changes: a write by anyone, an expiry, an
+//! eviction, a flush. A fill is stored only if nothing invalidated its key while it was in
+//! flight ([`coherence`]); when the invalidation connection drops, everything is flushed and
+//! the cache is bypassed until it is back ([`invalidation`]).
+//!
+//! Entries are kept per Redis key, so that one invalidation drops every cached read of that
+//! key: each entry holds the replies of the reads made of it, told apart by their *shape*
+//! (database, protocol, command and the arguments after the key).
+
+pub mod cacheable;
+pub mod coherence;
+pub mod invalidation;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes};
+use metrics::{counter, gauge, Counter, Gauge};
+use moka::notification::RemovalCause;
+use smallvec::SmallVec;
+
+use crate::command::CommandInfo;
+use crate::config::rules::Mode;
+use crate::config::CacheRule;
+use crate::policy::matcher::RuleMatcher;
+use crate::resp::request::Args;
+use crate::resp::Protocol;
+pub use cacheable::Kind;
+pub use coherence::{Coherence, Lookup};
+
+/// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
+const ENTRY_OVERHEAD: usize = 96;
+/// Bytes each cached reply of an entry costs beyond its shape and reply.
+const VARIANT_OVERHEAD: usize = 48;
+
+/// The cached replies for one Redis key.
+#[derive(Clone, Default)]
+struct KeyEntries {
+    variants: SmallVec<[Variant; 1]>,
+}
+
+#[derive(Clone)]
+struct Variant {
+    shape: Bytes,
+    reply: Bytes,
+    stored_at: Instant,
+}
+
+impl KeyEntries {
+    fn weight(&self, key: &[u8]) -> u32 {
+        let variants: usize = self
+            .variants
+            .iter()
+            .map(|variant| variant.shape.len() + variant.reply.len() + VARIANT_OVERHEAD)
+            .sum();
+        u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+/// What a rule has counted.
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// A rule's Prometheus series, updated when `/metrics` is scraped.
+struct RuleMetrics {
+    hits: Counter,
+    misses: Counter,
+    invalidations: Counter,
+    evictions: Counter,
+    bytes: Gauge,
+    entries: Gauge,
+}
+
+/// One `[[cache]]` rule and the entries it holds.
+pub struct RuleCache {
+    pub rule: CacheRule,
+    matcher: RuleMatcher,
+    store: moka::sync::Cache<Bytes, Arc<KeyEntries>>,
+    counters: Arc<Counters>,
+    metrics: RuleMetrics,
+}
+
+/// A rule's figures, for `KEYWARD CACHE STATS`.
+pub struct RuleStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub invalidations: u64,
+    pub evictions: u64,
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl RuleCache {
+    pub fn new(rule: CacheRule) -> RuleCache {
+        let counters = Arc::new(Counters::default());
+        let evicted = Arc::clone(&counters);
+        let store = moka::sync::Cache::builder()
+            .max_capacity(rule.max_memory.get())
+            .weigher(|key: &Bytes, entries: &Arc<KeyEntries>| entries.weight(key))
+            .time_to_live(rule.ttl.get())
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    evicted.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        let name = rule.name.get_ref().clone();
+        let metrics = RuleMetrics {
+            hits: counter!("keyward_cache_hits_total", "rule" => name.clone()),
+            misses: counter!("keyward_cache_misses_total", "rule" => name.clone()),
+            invalidations: counter!("keyward_cache_invalidations_total", "rule" => name.clone()),
+            evictions: counter!("keyward_cache_evictions_total", "rule" => name.clone()),
+            bytes: gauge!("keyward_cache_bytes", "rule" => name.clone()),
+            entries: gauge!("keyward_cache_entries", "rule" => name),
+        };
+        RuleCache {
+            matcher: RuleMatcher::compile(&rule),
+            rule,
+            store,
+            counters,
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.rule.name.get_ref()
+    }
+
+    fn is_shadow(&self) -> bool {
+        self.rule.mode == Mode::Shadow
+    }
+
+    fn ttl(&self) -> Duration {
+        self.rule.ttl.get()
+    }
+
+    /// Whether this rule caches `info` on `key`.
+    fn covers(&self, info: &CommandInfo, key: &[u8]) -> bool {
+        self.matcher.applies_to(info) && self.matcher.matches_key(key)
+    }
+
+    /// The reply cached for `shape` of `key`, if it is younger than `ttl`.
+    fn get(&self, key: &[u8], shape: &[u8]) -> Option<Bytes> {
+        let entries = self.store.get(key)?;
+        let ttl = self.ttl();
+        entries
+            .variants
+            .iter()
+            .find(|variant| &variant.shape[..] == shape && variant.stored_at.elapsed() < ttl)
+            .map(|variant| variant.reply.clone())
+    }
+
+    /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
+    fn insert(&self, key: &Bytes, shape: &Bytes, reply: Bytes) {
+        if !self.keeps(&reply) {
+            return;
+        }
+        let ttl = self.ttl();
+        let mut entries = self
+            .store
+            .get(key)
+            .map(|entries| (*entries).clone())
+            .unwrap_or_default();
+        entries
+            .variants
+            .retain(|variant| variant.shape != *shape && variant.stored_at.elapsed() < ttl);
+        entries.variants.push(Variant {
+            shape: shape.clone(),
+            reply,
+            stored_at: Instant::now(),
+        });
+        self.store.insert(key.clone(), Arc::new(entries));
+    }
+
+    fn keeps(&self, reply: &[u8]) -> bool {
+        match reply.first() {
+            None | Some(b'-' | b'!') => false,
+            Some(b'_') => self.rule.cache_nil,
+            Some(b'$' | b'*') if reply.starts_with(b"$-1\r\n") || reply.starts_with(b"*-1\r\n") => {
+                self.rule.cache_nil
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Drops every cached read of `key`.
+    fn invalidate(&self, key: &[u8]) {
+        if self.store.remove(key).is_some() {
+            self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn flush(&self) {
+        self.store.invalidate_all();
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> RuleStats {
+        self.store.run_pending_tasks();
+        RuleStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            invalidations: self.counters.invalidations.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            bytes: self.store.weighted_size(),
+            entries: self.store.entry_count(),
+        }
+    }
+
+    pub fn publish_metrics(&self) {
+        let stats = self.stats();
+        self.metrics.hits.absolute(stats.hits);
+        self.metrics.misses.absolute(stats.misses);
+        self.metrics.invalidations.absolute(stats.invalidations);
+        self.metrics.evictions.absolute(stats.evictions);
+        self.metrics.bytes.set(stats.bytes as f64);
+        self.metrics.entries.set(stats.entries as f64);
+    }
+}
+
+/// The rule that caches a read, with the read's keys: `None` when no rule does (for `MGET`,
+/// one rule must cover every key).
+fn rule_for<'r, 'a>(
+    rules: &'r [Arc<RuleCache>],
+    info: &CommandInfo,
+    args: &Args<'a>,
+    kind: Kind,
+) -> Option<&'r Arc<RuleCache>> {
+    let first = args.get(1)?;
+    let rule = rules.iter().find(|rule| rule.covers(info, first))?;
+    match kind {
+        Kind::OneKey => Some(rule),
+        Kind::PerKey => (2..args.len())
+            .filter_map(|index| args.get(index))
+            .all(|key| rule.matcher.matches_key(key))
+            .then_some(rule),
+    }
+}
+
+/// Writes the shape of a read into `out`: database, protocol, command, and for a one-key
+/// read the arguments after the key (an `MGET` element's shape has none).
+fn write_shape(
+    out: &mut Vec<u8>,
+    db: u32,
+    protocol: Protocol,
+    info: &CommandInfo,
+    args: &Args<'_>,
+    kind: Kind,
+) {
+    out.clear();
+    out.put_u32(db);
+    out.put_u8(protocol.version());
+    out.put_u32(info.id as u32);
+    if kind == Kind::OneKey {
+        for arg in (2..args.len()).filter_map(|index| args.get(index)) {
+            // Arguments are compared as written: command options are case-insensitive in
+            // Redis, so `withscores` and `WITHSCORES` are cached apart, which is only a miss.
+            out.put_u32(arg.len() as u32);
+            out.put_slice(arg);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Where Redis sends invalidations for the keys keyward caches, as pooled connections need to
+//! know it.
+//!
+//! Cache fills run on the reading session's own pooled connection (so that Redis runs them in
+//! the client's order), and Redis tracks the keys a connection reads. Each pooled connection
+//! therefore turns tracking on, redirected to keyward's invalidation connection, before its
+//! first fill, and again whenever that connection has been replaced (its client id changed).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+use super::encode_command;
+
+/// The state of keyward's invalidation connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidations {
+    /// Not connected: nothing may be served from or stored into the cache.
+    Down,
+    /// Redis cannot track keys (before 6.0, or tracking refused): only `ttl` bounds entries.
+    Unsupported,
+    /// Invalidations go to the connection with this client id.
+    RedirectTo(i64),
+}
+
+const DOWN: i64 = 0;
+const UNSUPPORTED: i64 = -1;
+
+#[derive(Debug, Default)]
+pub struct TrackingTarget {
+    /// `DOWN`, `UNSUPPORTED` or a client id.
+    redirect: AtomicI64,
+    /// Bumped whenever invalidations may have been lost; a fill started under an older epoch
+    /// is not stored.
+    epoch: AtomicU64,
+}
+
+impl TrackingTarget {
+    pub fn state(&self) -> Invalidations {
+        match self.redirect.load(Ordering::Acquire) {
+            DOWN => Invalidations::Down,
+            UNSUPPORTED => Invalidations::Unsupported,
+            id => Invalidations::RedirectTo(id),
+        }
+    }
+
+    pub fn set(&self, state: Invalidations) {
+        let value = match state {
+            Invalidations::Down => DOWN,
+            Invalidations::Unsupported => UNSUPPORTED,
+            Invalidations::RedirectTo(id) => id,
+        };
+        self.redirect.store(value, Ordering::Release);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Invalidations may have been lost (the invalidation connection dropped, or a connection
+    /// could not turn tracking on): fills in flight must not be stored.
+    pub fn lose_invalidations(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The commands a pooled connection writes before a fill: tracking on (when the redirect
+/// target changed since it last did), then `CLIENT CACHING YES`, which makes Redis track the
+/// keys of the next command only. `registered` is the target the connection last named.
+pub fn commands_before_fill(target: &TrackingTarget, registered: &mut i64) -> Vec<Bytes> {
+    const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
+    let Invalidations::RedirectTo(id) = target.state() else {
+        return Vec::new();
+    };
+    let mut commands = Vec::with_capacity(2);
+    if *registered != id {
+        *registered = id;
+        let mut tracking = BytesMut::new();
+        let id = id.to_string();
+        let args: [&[u8]; 6] = [
+            b"CLIENT",
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            id.as_bytes(),
+            b"OPTIN",
+        ];
+        encode_command(&args, &mut tracking);
+        commands.push(tracking.freeze());
+    }
+    commands.push(Bytes::from_static(CACHING_YES));
+    commands
+}

@@ -1,0 +1,480 @@
+//! Read caching through a running keyward, checked against Redis's own `INFO commandstats`:
+//! hits never reach Redis, and no write, expiry or flush leaves a stale value behind.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use support::{http_get, metric_value, redis_calls, Keyward, RedisServer};
+
+const PROFILES: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"user:*\", \"counter:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\n";
+
+/// Starts keyward with `rules` and waits until its invalidation connection is up (until then
+/// the cache is bypassed).
+fn cached_keyward(redis: &RedisServer, rules: &str) -> Keyward {
+    let keyward = Keyward::start(redis.port, rules);
+    wait_for(
+        Duration::from_secs(5),
+        "the invalidation connection is up",
+        || stats(&keyward).contains("invalidations:up"),
+    );
+    keyward
+}
+
+fn stats(keyward: &Keyward) -> String {
+    redis::cmd("KEYWARD")
+        .arg(&["CACHE", "STATS"])
+        .query(&mut keyward.client())
+        .expect("KEYWARD CACHE STATS")
+}
+
+/// A figure of the first rule in `KEYWARD CACHE STATS` (e.g. `hits`).
+fn stat(keyward: &Keyward, name: &str) -> u64 {
+    let text = stats(keyward);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("rule:"))
+        .expect("a rule line");
+    line.split(' ')
+        .find_map(|field| field.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn get(connection: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(connection).unwrap()
+}
+
+fn set(connection: &mut redis::Connection, key: &str, value: &str) {
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query(connection)
+        .unwrap();
+}
+
+#[test]
+fn hits_are_answered_without_redis() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    set(&mut redis.client(), "user:1", "alice");
+    let mut client = keyward.client();
+    for _ in 0..5 {
+        assert_eq!(get(&mut client, "user:1").as_deref(), Some("alice"));
+    }
+    assert_eq!(redis_calls(&redis, "get"), 1);
+    assert_eq!((stat(&keyward, "hits"), stat(&keyward, "misses")), (4, 1));
+
+    // Keys no rule names are never cached.
+    for _ in 0..3 {
+        assert_eq!(get(&mut client, "session:1"), None);
+    }
+    assert_eq!(redis_calls(&redis, "get"), 4);
+}
+
+#[test]
+fn writes_through_keyward_invalidate_at_once() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let (mut reader, mut writer) = (keyward.client(), keyward.client());
+    set(&mut writer, "user:1", "alice");
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("alice"));
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("alice"));
+    set(&mut writer, "user:1", "bob");
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("bob"));
+
+    let () = redis::cmd("HSET")
+        .arg(&["user:2", "name", "carol"])
+        .query(&mut writer)
+        .unwrap();
+    let read = |reader: &mut redis::Connection| -> Vec<String> {
+        redis::cmd("HGETALL").arg("user:2").query(reader).unwrap()
+    };
+    assert_eq!(read(&mut reader), ["name", "carol"]);
+    assert_eq!(read(&mut reader), ["name", "carol"]);
+    let () = redis::cmd("HSET")
+        .arg(&["user:2", "name", "dave"])
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(read(&mut reader), ["name", "dave"]);
+
+    let () = redis::cmd("DEL").arg("user:1").query(&mut writer).unwrap();
+    assert_eq!(get(&mut reader, "user:1"), None);
+
+    // A script's declared keys count as written.
+    set(&mut writer, "counter:1", "1");
+    assert_eq!(get(&mut reader, "counter:1").as_deref(), Some("1"));
+    let _: i64 = redis::cmd("EVAL")
+        .arg(&["return redis.call('INCR', KEYS[1])", "1", "counter:1"])
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(get(&mut reader, "counter:1").as_deref(), Some("2"));
+}
+
+#[test]
+fn writes_straight_to_redis_are_seen_within_milliseconds() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut direct = redis.client();
+    let mut reader = keyward.client();
+    let mut slowest = Duration::ZERO;
+    let rounds = 2000;
+    for round in 0..rounds {
+        let previous = get(&mut reader, "user:7");
+        if round > 0 {
+            assert_eq!(previous, Some((round - 1).to_string()));
+        }
+        set(&mut direct, "user:7", &round.to_string());
+        let acknowledged = Instant::now();
+        // The invalidation travels from Redis to keyward while the write's reply travels to
+        // this client: a read right after may still see the old value, but not for long.
+        loop {
+            if get(&mut reader, "user:7") == Some(round.to_string()) {
+                break;
+            }
+            assert!(
+                acknowledged.elapsed() < Duration::from_millis(50),
+                "round {round}: still the old value 50 ms after the write"
+            );
+        }
+        slowest = slowest.max(acknowledged.elapsed());
+    }
+    eprintln!("slowest invalidation seen: {slowest:?}");
+    assert!(
+        stat(&keyward, "hits") >= rounds / 2,
+        "the cache was in use: {}",
+        stats(&keyward)
+    );
+}
+
+#[test]
+fn expiry_and_flushes_invalidate() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut direct = redis.client();
+    let mut reader = keyward.client();
+
+    let () = redis::cmd("SET")
+        .arg(&["user:1", "short-lived", "PX", "100"])
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("short-lived"));
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("short-lived"));
+    // Redis expires the key by itself (its active expiry cycle) and tells keyward; the
+    // rule's ttl is 30 s, so only the invalidation can end the entry this soon.
+    wait_for(
+        Duration::from_secs(3),
+        "the expired key reads as nil",
+        || get(&mut reader, "user:1").is_none(),
+    );
+
+    set(&mut direct, "user:2", "kept");
+    assert_eq!(get(&mut reader, "user:2").as_deref(), Some("kept"));
+    let () = redis::cmd("FLUSHALL").query(&mut direct).unwrap();
+    wait_for(
+        Duration::from_millis(500),
+        "FLUSHALL reaches the cache",
+        || get(&mut reader, "user:2").is_none(),
+    );
+
+    // A flush through keyward drops everything at once.
+    set(&mut direct, "user:3", "kept");
+    assert_eq!(get(&mut reader, "user:3").as_deref(), Some("kept"));
+    let () = redis::cmd("FLUSHDB").query(&mut keyward.client()).unwrap();
+    assert_eq!(get(&mut reader, "user:3"), None);
+}
+
+#[test]
+fn losing_the_invalidation_connection_flushes_the_cache() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut direct = redis.client();
+    let mut reader = keyward.client();
+    set(&mut direct, "user:1", "before");
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("before"));
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("before"));
+
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
+    let id = clients
+        .lines()
+        .find(|line| line.contains("name=keyward-invalidations"))
+        .and_then(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+        .expect("keyward's invalidation connection in CLIENT LIST")
+        .to_string();
+    let () = redis::cmd("CLIENT")
+        .arg(&["KILL", "ID", &id])
+        .query(&mut direct)
+        .map(|_: i64| ())
+        .unwrap();
+    wait_for(Duration::from_secs(5), "keyward notices the loss", || {
+        let (_, metrics) = http_get(keyward.admin_port, "/metrics");
+        metric_value(
+            &metrics,
+            "keyward_cache_invalidation_connection_lost_total",
+            &[],
+        ) >= 1.0
+    });
+    // Written while no invalidation could reach keyward: the flush makes it visible.
+    set(&mut direct, "user:1", "after");
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("after"));
+
+    // Back in service once the connection is.
+    wait_for(
+        Duration::from_secs(5),
+        "the invalidation connection is back",
+        || stats(&keyward).contains("invalidations:up"),
+    );
+    let calls = redis_calls(&redis, "get");
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("after"));
+    assert_eq!(get(&mut reader, "user:1").as_deref(), Some("after"));
+    assert_eq!(redis_calls(&redis, "get"), calls + 1);
+    set(&mut direct, "user:1", "later");
+    wait_for(
+        Duration::from_millis(500),
+        "the new connection invalidates",
+        || get(&mut reader, "user:1").as_deref() == Some("later"),
+    );
+}
+
+#[test]
+fn concurrent_misses_share_one_read() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    set(&mut redis.client(), "user:1", "popular");
+    let mut readers: Vec<redis::Connection> = (0..100).map(|_| keyward.client()).collect();
+    // While Redis is stopped, every reader's miss arrives before the first read is answered.
+    redis.signal("STOP");
+    let handles: Vec<_> = readers
+        .drain(..)
+        .map(|mut reader| std::thread::spawn(move || get(&mut reader, "user:1")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.signal("CONT");
+    for handle in handles {
+        assert_eq!(handle.join().unwrap().as_deref(), Some("popular"));
+    }
+    assert_eq!(redis_calls(&redis, "get"), 1);
+}
+
+#[test]
+fn memory_stays_within_max_memory() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(
+        &redis,
+        "[[cache]]\nname = \"blobs\"\nkeys = [\"blob:*\"]\nttl = \"1m\"\nmax_memory = \"256KB\"\n",
+    );
+    let value = "x".repeat(20_000);
+    let mut direct = redis.client();
+    let mut reader = keyward.client();
+    for index in 0..100 {
+        let key = format!("blob:{index}");
+        set(&mut direct, &key, &value);
+        assert_eq!(get(&mut reader, &key).map(|v| v.len()), Some(value.len()));
+    }
+    assert!(stat(&keyward, "bytes") <= 256_000, "{}", stats(&keyward));
+    assert!(stat(&keyward, "evictions") > 0, "{}", stats(&keyward));
+    assert!(stat(&keyward, "entries") >= 5, "{}", stats(&keyward));
+}
+
+#[test]
+fn each_protocol_gets_its_own_reply_shape() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let () = redis::cmd("HSET")
+        .arg(&["user:1", "name", "alice"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut resp2 = keyward.raw();
+    let mut resp3 = keyward.raw();
+    resp3.send(b"HELLO 3\r\n");
+    let hello = resp3.read_line();
+    assert!(hello.starts_with('%'), "{hello}");
+    // Skip the rest of HELLO's map by asking for something with a known reply after it.
+    resp3.send(b"PING\r\n");
+    while resp3.read_line() != "+PONG\r\n" {}
+    let reply = |client: &mut support::RawClient| -> String {
+        client.send(b"HGETALL user:1\r\n");
+        (0..5).map(|_| client.read_line()).collect()
+    };
+    for _ in 0..2 {
+        assert_eq!(reply(&mut resp2), "*2\r\n$4\r\nname\r\n$5\r\nalice\r\n");
+        assert_eq!(reply(&mut resp3), "%1\r\n$4\r\nname\r\n$5\r\nalice\r\n");
+    }
+    assert_eq!(redis_calls(&redis, "hgetall"), 2);
+}
+
+#[test]
+fn transactions_neither_read_nor_fill_the_cache() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut client = keyward.client();
+    set(&mut client, "user:1", "alice");
+    let (hits, misses) = (stat(&keyward, "hits"), stat(&keyward, "misses"));
+    let (value,): (String,) = redis::pipe()
+        .atomic()
+        .cmd("GET")
+        .arg("user:1")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(value, "alice");
+    assert_eq!(
+        (stat(&keyward, "hits"), stat(&keyward, "misses")),
+        (hits, misses)
+    );
+    // Cached now, and still not served inside MULTI.
+    assert_eq!(get(&mut client, "user:1").as_deref(), Some("alice"));
+    let calls = redis_calls(&redis, "get");
+    let (value,): (String,) = redis::pipe()
+        .atomic()
+        .cmd("GET")
+        .arg("user:1")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(value, "alice");
+    assert_eq!(redis_calls(&redis, "get"), calls + 1);
+}
+
+#[test]
+fn pipelines_mix_hits_and_misses_in_order() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut client = keyward.client();
+    set(&mut client, "user:1", "one");
+    set(&mut client, "user:2", "two");
+    assert_eq!(get(&mut client, "user:1").as_deref(), Some("one"));
+    let (a, (), b, c, all, counter, a_again): (
+        String,
+        (),
+        String,
+        Option<String>,
+        Vec<Option<String>>,
+        i64,
+        String,
+    ) = redis::pipe()
+        .cmd("GET")
+        .arg("user:1")
+        .cmd("SET")
+        .arg(&["user:2", "deux"])
+        .cmd("GET")
+        .arg("user:2")
+        .cmd("GET")
+        .arg("user:3")
+        .cmd("MGET")
+        .arg(&["user:1", "user:2", "user:3"])
+        .cmd("INCR")
+        .arg("plain")
+        .cmd("GET")
+        .arg("user:1")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!((a.as_str(), b.as_str(), c), ("one", "deux", None));
+    assert_eq!(all, [Some("one".into()), Some("deux".into()), None]);
+    assert_eq!((counter, a_again.as_str()), (1, "one"));
+
+    // MGET elements are cached per key: an MGET of keys the last one filled is a hit.
+    let mgets = redis_calls(&redis, "mget");
+    for _ in 0..2 {
+        let both: Vec<String> = redis::cmd("MGET")
+            .arg(&["user:2", "user:1"])
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(both, ["deux", "one"]);
+    }
+    assert_eq!(redis_calls(&redis, "mget"), mgets);
+}
+
+#[test]
+fn nil_is_cached_only_when_asked() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(
+        &redis,
+        "[[cache]]\nname = \"with-nil\"\nkeys = [\"nil:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\ncache_nil = true\n\n\
+         [[cache]]\nname = \"without-nil\"\nkeys = [\"plain:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\n",
+    );
+    let mut client = keyward.client();
+    for _ in 0..3 {
+        assert_eq!(get(&mut client, "nil:1"), None);
+    }
+    assert_eq!(redis_calls(&redis, "get"), 1);
+    for _ in 0..3 {
+        assert_eq!(get(&mut client, "plain:1"), None);
+    }
+    assert_eq!(redis_calls(&redis, "get"), 4);
+    // A cached nil goes when the key is written.
+    set(&mut redis.client(), "nil:1", "now");
+    wait_for(
+        Duration::from_millis(500),
+        "the cached nil is invalidated",
+        || get(&mut client, "nil:1").as_deref() == Some("now"),
+    );
+}
+
+#[test]
+fn shadow_mode_counts_but_never_serves() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, &format!("{PROFILES}mode = \"shadow\"\n"));
+    set(&mut redis.client(), "user:1", "alice");
+    let mut client = keyward.client();
+    for _ in 0..4 {
+        assert_eq!(get(&mut client, "user:1").as_deref(), Some("alice"));
+    }
+    assert_eq!(redis_calls(&redis, "get"), 4);
+    assert_eq!((stat(&keyward, "hits"), stat(&keyward, "misses")), (3, 1));
+}
+
+#[test]
+fn flush_command_and_metrics() {
+    let redis = RedisServer::start();
+    let keyward = cached_keyward(&redis, PROFILES);
+    let mut client = keyward.client();
+    set(&mut client, "user:1", "alice");
+    get(&mut client, "user:1");
+    get(&mut client, "user:1");
+    let flushed: Value = redis::cmd("KEYWARD")
+        .arg(&["CACHE", "FLUSH", "profiles"])
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(flushed, Value::Okay);
+    let calls = redis_calls(&redis, "get");
+    get(&mut client, "user:1");
+    assert_eq!(redis_calls(&redis, "get"), calls + 1);
+    let unknown = redis::cmd("KEYWARD")
+        .arg(&["CACHE", "FLUSH", "nope"])
+        .query::<Value>(&mut client)
+        .unwrap_err();
+    assert!(
+        unknown.to_string().contains("no cache rule named 'nope'"),
+        "{unknown}"
+    );
+
+    let (_, metrics) = http_get(keyward.admin_port, "/metrics");
+    let rule = "rule=\"profiles\"";
+    assert_eq!(
+        metric_value(&metrics, "keyward_cache_hits_total", &[rule]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "keyward_cache_misses_total", &[rule]),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "keyward_cache_entries", &[rule]),
+        1.0
+    );
+    assert!(metric_value(&metrics, "keyward_cache_bytes", &[rule]) > 0.0);
+    for series in [
+        "keyward_cache_invalidations_total",
+        "keyward_cache_evictions_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}
