@@ -10,6 +10,7 @@ its memory. Absolute numbers on a shared machine are noise; the ratios are the r
     python3 benches/load.py [--rounds 5] [--requests 200000] [--quick]
     python3 benches/load.py --policies            # keyward with and without policy rules
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
+    python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
 
 Installs redis-tools and nutcracker from Debian if missing, and builds keyward in release mode.
 Everything it starts listens on 127.0.0.1 and is stopped on exit.
@@ -120,6 +121,67 @@ def open_idle_connections(port, count):
     return sockets
 
 
+ZIPF_KEYS = 100_000
+ZIPF_SCENARIOS = [("Zipf GET, no pipelining", 1), ("Zipf GET, pipeline 16", 16)]
+CACHE_RULE = """
+[[cache]]
+name = "zipf"
+keys = ["zipf:*"]
+ttl = "10m"
+max_memory = "64MB"
+"""
+
+
+def zipf_tool():
+    """Builds the Zipf load generator (benches/zipf_get.rs) and returns its path."""
+    import json
+    out = subprocess.run(["cargo", "bench", "--no-run", "--bench", "zipf_get", "--message-format=json"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and message.get("executable") \
+                and message["target"]["name"] == "zipf_get":
+            return message["executable"]
+    raise RuntimeError("zipf_get was not built")
+
+
+def zipf_run(tool, port, pipeline, seconds):
+    out = subprocess.run(pinned(1, [tool, "--port", str(port), "--keys", str(ZIPF_KEYS), "--clients",
+                                     str(CLIENTS), "--pipeline", str(pipeline), "--seconds", str(seconds)]),
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
+    return float(out.split("rps=")[1].split()[0])
+
+
+def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
+    """Zipf(1.0) GETs over 100,000 keys: Redis direct, keyward, keyward with a cache rule."""
+    tool = zipf_tool()
+    subprocess.run([tool, "--port", str(redis_port), "--keys", str(ZIPF_KEYS), "--populate"], check=True)
+    cached_port = free_port()
+    start_keyward("keyward-cache", cached_port, free_port(), CACHE_RULE)
+    time.sleep(0.5)
+    targets = [("direct", redis_port), ("keyward", keyward_port), ("keyward + cache", cached_port)]
+    results = {(s, t): [] for s, _ in ZIPF_SCENARIOS for t, _ in targets}
+    for round_number in range(rounds):
+        for scenario, pipeline in ZIPF_SCENARIOS:
+            for target, port in targets:
+                results[(scenario, target)].append(zipf_run(tool, port, pipeline, seconds))
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    stats = subprocess.run(["redis-cli", "-p", str(cached_port), "KEYWARD", "CACHE", "STATS"],
+                           capture_output=True, text=True, check=True).stdout
+    hits = float(stats.split("hits=")[1].split()[0])
+    misses = float(stats.split("misses=")[1].split()[0])
+    print()
+    print(f"Zipf(1.0) GETs over {ZIPF_KEYS:,} keys, {VALUE_BYTES}-byte values, {CLIENTS} clients, "
+          f"{seconds} s per run, {rounds} rounds, medians in requests/s; cache hit ratio "
+          f"{hits / (hits + misses):.3f} over the whole run")
+    print("| scenario | direct | keyward | keyward + cache | cache/direct | cache/keyward |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for scenario, _ in ZIPF_SCENARIOS:
+        direct, plain, cached = (statistics.median(results[(scenario, t)]) for t, _ in targets)
+        print(f"| {scenario} | {direct:,.0f} | {plain:,.0f} | {cached:,.0f} | {cached / direct:.2f} | "
+              f"{cached / plain:.2f} |")
+
+
 def report_policies(results, targets, scenarios, rounds):
     print()
     print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
@@ -170,6 +232,9 @@ def main():
     parser.add_argument("--policies", action="store_true",
                         help="compare keyward without policies to keyward with a rate-limit rule "
                              "matching every key, in shadow and in enforce mode")
+    parser.add_argument("--cache", action="store_true",
+                        help="Zipf-distributed GETs over 100,000 keys: Redis direct, keyward, and "
+                             "keyward with a cache rule")
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
@@ -208,6 +273,9 @@ def main():
         keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
+        if options.cache:
+            seconds = 2 if options.quick else 5
+            return cache_benchmark(redis_port, keyward_port, start_keyward, options.rounds, seconds)
         twem_config = os.path.join(work, "nutcracker.yml")
         with open(twem_config, "w") as f:
             f.write(f"alpha:\n  listen: 127.0.0.1:{twem_port}\n  hash: fnv1a_64\n  distribution: ketama\n"

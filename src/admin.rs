@@ -108,6 +108,10 @@ async fn respond(
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/config" => json(StatusCode::OK, config_report(context)),
         "/hotkeys" => hotkeys(request.uri().query().unwrap_or_default(), context),
+        "/locks" => json(
+            StatusCode::OK,
+            serde_json::json!({ "locks": context.locks.report() }),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }

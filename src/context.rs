@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Coherence;
 use crate::command::CommandTable;
+use crate::lock::LockTable;
 use crate::metrics::CommandMetrics;
 use crate::reload::LiveConfig;
 use crate::upstream::Upstream;
@@ -17,6 +18,8 @@ pub struct Context {
     pub upstream: Arc<Upstream>,
     /// Cache fills in flight and invalidations, across config reloads.
     pub cache: Arc<Coherence>,
+    /// Waiters for contended locks, across config reloads.
+    pub locks: Arc<LockTable>,
     /// The config and policies in force, swapped on reload.
     pub live: Arc<LiveConfig>,
     /// Pooled requests without a reply after this long are answered with an error.
@@ -45,6 +48,7 @@ impl Context {
     ) -> Context {
         Context {
             cache: Arc::new(Coherence::new(Arc::clone(&upstream.tracking))),
+            locks: Arc::default(),
             upstream,
             live,
             request_timeout,

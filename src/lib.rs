@@ -12,6 +12,7 @@
 //! - [`resp`] is the wire protocol: request decoding, reply delimiting, reply encoding.
 //!
 //! - [`cache`] answers cacheable reads from memory, kept coherent by Redis's invalidations.
+//! - [`lock`] queues losing lock attempts and hands the lock to them in arrival order.
 //!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
 //! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`net`] (socket reads),
@@ -24,6 +25,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod hotkeys;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod net;

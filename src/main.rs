@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyward::config::{Config, LoadError, Severity};
+use keyward::config::{Config, Diagnostic, LoadError, Severity};
+use keyward::upstream::UpstreamSettings;
 
 #[derive(Parser)]
 #[command(name = "keyward", version, about = "A Redis-protocol sidecar proxy")]
@@ -112,7 +113,10 @@ fn check(path: &Path, format: Format) -> ExitCode {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (diagnostics, code) = match Config::load(path) {
-        Ok((_, warnings)) => (warnings, ExitCode::SUCCESS),
+        Ok((config, mut warnings)) => {
+            warnings.extend(check_tracking(&config));
+            (warnings, ExitCode::SUCCESS)
+        }
         Err(LoadError::Invalid(diagnostics)) => (diagnostics, ExitCode::from(1)),
         Err(LoadError::Unreadable { path, error }) => {
             let message = format!("cannot read: {error}");
@@ -166,6 +170,33 @@ fn check(path: &Path, format: Format) -> ExitCode {
         }
     }
     code
+}
+
+/// Cache rules rely on Redis tracking keys: asks the upstream whether it can, and says so when
+/// it cannot (or cannot be reached to tell).
+fn check_tracking(config: &Config) -> Option<Diagnostic> {
+    if config.cache.is_empty() {
+        return None;
+    }
+    let address = &config.upstream.address;
+    let answer = UpstreamSettings::from_config(config).and_then(|settings| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())?
+            .block_on(keyward::cache::invalidation::probe(&settings))
+    });
+    let message = match answer {
+        Ok(None) => return None,
+        Ok(Some(refusal)) => format!(
+            "upstream {address}: {} ({refusal})",
+            keyward::cache::invalidation::UNSUPPORTED
+        ),
+        Err(error) => format!(
+            "cannot reach upstream {address} to check that it can track keys for [[cache]] rules: {error}"
+        ),
+    };
+    Some(Diagnostic::warning(None, message))
 }
 
 fn run(path: Option<&Path>) -> ExitCode {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::context::Context;
 use crate::resp::Protocol;
-use crate::upstream::{self, encode_command, Invalidations};
+use crate::upstream::{self, encode_command, Invalidations, UpstreamSettings};
 
 /// How often keyward looks whether cache rules are in force while none are.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -30,7 +30,7 @@ pub const CLIENT_NAME: &str = "keyward-invalidations";
 pub async fn run(context: Arc<Context>) {
     let mut backoff = Duration::ZERO;
     loop {
-        while context.live.load().policies.caches.is_empty() {
+        while !needs_invalidations(&context) {
             tokio::select! {
                 () = tokio::time::sleep(IDLE_POLL) => {}
                 () = context.shutdown.cancelled() => return,
@@ -45,6 +45,7 @@ pub async fn run(context: Arc<Context>) {
         context
             .cache
             .flush_all(&context.live.load().policies.caches);
+        context.locks.wake_all();
         if was_up {
             backoff = Duration::ZERO;
             tracing::warn!(reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
@@ -58,6 +59,12 @@ pub async fn run(context: Arc<Context>) {
             () = context.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Cache rules and lock rules both learn from Redis when keys change.
+fn needs_invalidations(context: &Context) -> bool {
+    let active = context.live.load();
+    !active.policies.caches.is_empty() || !active.policies.locks.is_empty()
 }
 
 /// Opens the connection, subscribes, and applies invalidations until it fails.
@@ -74,10 +81,12 @@ async fn listen(context: &Context) -> String {
     };
     let mut stream = connected.stream;
     let mut input = BytesMut::with_capacity(4096);
+    let refusal = match tracking_refusal(&mut stream, &mut input).await {
+        Ok(refusal) => refusal,
+        Err(error) => return error,
+    };
     let mut out = BytesMut::new();
     encode_command(&[&b"CLIENT"[..], b"ID"], &mut out);
-    // Asks whether Redis knows tracking at all, without turning anything on.
-    encode_command(&[&b"CLIENT"[..], b"TRACKING", b"OFF"], &mut out);
     encode_command(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
     if let Err(error) = stream.write_all(&out).await {
         return error.to_string();
@@ -87,13 +96,12 @@ async fn listen(context: &Context) -> String {
         Ok(other) => return format!("unexpected reply to CLIENT ID: {other:?}"),
         Err(error) => return error,
     };
-    let tracking = match next_frame(&mut stream, &mut input).await {
-        Ok(OwnedFrame::Error(message)) => {
-            tracing::warn!(%message, "Redis cannot track keys (CLIENT TRACKING needs Redis 6 or later): cached entries are bounded only by their rule's ttl");
+    let tracking = match refusal {
+        Some(message) => {
+            tracing::warn!(%message, "{UNSUPPORTED}");
             Invalidations::Unsupported
         }
-        Ok(_) => Invalidations::RedirectTo(id),
-        Err(error) => return error,
+        None => Invalidations::RedirectTo(id),
     };
     match next_frame(&mut stream, &mut input).await {
         Ok(OwnedFrame::Array(_)) => {}
@@ -113,12 +121,47 @@ async fn listen(context: &Context) -> String {
             Some(Invalidated::Keys(keys)) => {
                 for key in keys {
                     context.cache.invalidate(rules, &key);
+                    context.locks.released(&key);
                 }
             }
-            Some(Invalidated::Everything) => context.cache.flush_all(rules),
+            Some(Invalidated::Everything) => {
+                context.cache.flush_all(rules);
+                context.locks.wake_all();
+            }
             None => {}
         }
     }
+}
+
+/// What keyward says when Redis cannot track keys.
+pub const UNSUPPORTED: &str = "Redis cannot track keys (CLIENT TRACKING needs Redis 6 or later, and a user that may run it): cached entries are bounded only by their rule's ttl";
+
+/// Asks Redis whether it can track keys, without turning anything on: `CLIENT TRACKING OFF`
+/// is harmless where it exists. `Ok(Some(reason))` when Redis refuses.
+async fn tracking_refusal(
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> Result<Option<String>, String> {
+    let mut out = BytesMut::new();
+    encode_command(&[&b"CLIENT"[..], b"TRACKING", b"OFF"], &mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|error| error.to_string())?;
+    match next_frame(stream, input).await? {
+        OwnedFrame::Error(message) => Ok(Some(message)),
+        _ => Ok(None),
+    }
+}
+
+/// For `keyward check`: whether the upstream in `settings` can track keys (`Ok(None)`), or
+/// why not.
+pub async fn probe(settings: &UpstreamSettings) -> Result<Option<String>, String> {
+    let connected = upstream::connect(settings, Protocol::Resp2, 0, &[], false)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut stream = connected.stream;
+    tracking_refusal(&mut stream, &mut BytesMut::new()).await
 }
 
 enum Invalidated {

@@ -10,7 +10,7 @@ pub mod rules;
 mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use rules::{CacheRule, DenyRule, RateLimitRule};
+pub use rules::{CacheRule, DenyRule, LockRule, RateLimitRule};
 pub use values::{ConfigBytes, ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
@@ -37,6 +37,8 @@ pub struct Config {
     pub deny: Vec<DenyRule>,
     /// `[[cache]]` rules: reads answered from memory, first match wins.
     pub cache: Vec<CacheRule>,
+    /// `[[lock]]` rules: lock keys whose losing attempts wait in line, first match wins.
+    pub lock: Vec<LockRule>,
     pub hotkeys: HotKeysConfig,
 }
 
@@ -203,6 +205,7 @@ impl Config {
         let mut rate_limits = Vec::new();
         let mut denials = Vec::new();
         let mut caches = Vec::new();
+        let mut locks = Vec::new();
         for (key, value) in root.get_ref() {
             let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
                 // An empty table is checked whole: an unknown `[lisen]` is an error too.
@@ -236,6 +239,7 @@ impl Config {
                         rate_limits.extend(piece.rate_limit);
                         denials.extend(piece.deny);
                         caches.extend(piece.cache);
+                        locks.extend(piece.lock);
                     }
                 }
             }
@@ -245,6 +249,7 @@ impl Config {
         diagnostics.extend(rules::check_rules("deny", &denials, text));
         diagnostics.extend(rules::check_rules("cache", &caches, text));
         diagnostics.extend(rules::check_caches(&caches));
+        diagnostics.extend(rules::check_rules("lock", &locks, text));
         diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);

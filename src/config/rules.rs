@@ -215,6 +215,48 @@ pub struct CacheRule {
 
 impl_rule!(CacheRule);
 
+/// `[[lock]]`: keys used as locks (`SET key token NX PX ms`). A losing attempt waits in a FIFO
+/// queue for the key, up to `max_wait`, instead of failing at once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockRule {
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Key patterns in Redis glob syntax.
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// The longest a losing attempt is held before it gets the nil Redis gave. Default 5s.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: ConfigDuration,
+    /// Waiters per key; beyond it, an attempt gets Redis's answer at once. Default 1000.
+    #[serde(default = "default_max_waiters")]
+    #[schemars(with = "u32", range(min = 1))]
+    pub max_waiters: std::num::NonZeroU32,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+fn default_max_wait() -> ConfigDuration {
+    ConfigDuration::from_millis(5000)
+}
+
+fn default_max_waiters() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(1000).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
+impl Rule for LockRule {
+    fn name(&self) -> &Spanned<String> {
+        &self.name
+    }
+    fn keys(&self) -> &[Spanned<String>] {
+        &self.keys
+    }
+    /// Lock rules apply to `SET … NX` only.
+    fn commands(&self) -> &[Spanned<String>] {
+        &[]
+    }
+}
+
 /// Checks the values only cache rules have: their commands must be cacheable reads.
 pub fn check_caches(rules: &[CacheRule]) -> Vec<Diagnostic> {
     let table = CommandTable::global();

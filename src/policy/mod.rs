@@ -18,6 +18,7 @@ use crate::cache::RuleCache;
 use crate::command::{flags, CommandInfo};
 use crate::config::Config;
 use crate::hotkeys::HotKeys;
+use crate::lock::RuleLocks;
 use crate::resp::request::Args;
 use deny::{Client, Denial};
 use rate_limit::{RateLimiter, Requester, Verdict};
@@ -29,6 +30,7 @@ pub struct Policies {
     /// Hot-key counting, when `[hotkeys] enabled`.
     pub hotkeys: Option<Arc<HotKeys>>,
     pub caches: Vec<Arc<RuleCache>>,
+    pub locks: Vec<Arc<RuleLocks>>,
 }
 
 impl Policies {
@@ -87,11 +89,17 @@ impl Policies {
                     .unwrap_or_else(|| Arc::new(RuleCache::new(rule.clone())))
             })
             .collect();
+        let locks = config
+            .lock
+            .iter()
+            .map(|rule| Arc::new(RuleLocks::new(rule.clone())))
+            .collect();
         Policies {
             denials,
             rate_limits,
             hotkeys,
             caches,
+            locks,
         }
     }
 
@@ -100,6 +108,7 @@ impl Policies {
             && self.denials.is_empty()
             && self.hotkeys.is_none()
             && self.caches.is_empty()
+            && self.locks.is_empty()
     }
 
     /// Judges a command about to be sent to Redis: deny rules first, then rate limits. Within

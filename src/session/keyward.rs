@@ -23,6 +23,8 @@ const HELP: &[&str] = &[
     "    Per rate-limit rule: commands allowed and limited, buckets held.",
     "CACHE STATS",
     "    The invalidation connection's state, and per cache rule: hits, misses, invalidations, evictions, bytes, entries.",
+    "LOCKS",
+    "    Contended locks: key, rule, holder token (if keyward granted it), waiters, oldest wait.",
     "CACHE FLUSH [<rule>]",
     "    Drop every cached entry, or those of one rule.",
     "HELP",
@@ -50,6 +52,9 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
                 Err(message) => reply::error(&format!("ERR {message}")),
             }
         }
+        ("LOCKS", 2) => ReplyWriter::new(protocol)
+            .bulk(locks(context).as_bytes())
+            .finish(),
         ("HOTKEYS", _) => match hotkeys(args, context) {
             Ok(text) => ReplyWriter::new(protocol).bulk(text.as_bytes()).finish(),
             Err(message) => reply::error(&format!("ERR {message}")),
@@ -149,6 +154,23 @@ fn cache_stats(context: &Context) -> String {
             rule.max_memory.get(),
             humantime::format_duration(rule.ttl.get()),
             json_name(&rule.mode),
+        ));
+    }
+    text
+}
+
+/// One line per contended lock, longest wait first.
+fn locks(context: &Context) -> String {
+    let mut text = String::from("# Locks\r\n");
+    for lock in context.locks.report() {
+        text.push_str(&format!(
+            "key:{} rule={} db={} holder={} waiters={} oldest_wait_ms={}\r\n",
+            lock.key,
+            lock.rule,
+            lock.db,
+            lock.holder.as_deref().unwrap_or("-"),
+            lock.waiters,
+            lock.oldest_wait_ms
         ));
     }
     text

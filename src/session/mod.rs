@@ -29,6 +29,7 @@ use crate::cache::coherence::Read;
 use crate::cache::{cacheable, Lookup, RuleCache};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
+use crate::lock::attempt::{self, LockAttempt};
 use crate::metrics::{self, ReceivedTally};
 use crate::net;
 use crate::policy::deny::Client;
@@ -141,6 +142,9 @@ pub struct Session {
     last_active: Instant,
     /// Reused for the shape of cacheable reads.
     cache_shape: Vec<u8>,
+    /// A lock attempt (by its reply ticket) waits in a lock queue; the requests after it wait
+    /// with it.
+    awaiting_lock: Option<u64>,
 }
 
 impl Session {
@@ -180,6 +184,7 @@ impl Session {
             in_transaction: false,
             last_active: Instant::now(),
             cache_shape: Vec::new(),
+            awaiting_lock: None,
         }
     }
 
@@ -290,6 +295,8 @@ impl Session {
     fn finished(&self) -> bool {
         match self.closing {
             None => false,
+            // A client that leaves while waiting for a lock leaves the lock's queue.
+            Some(Closing::ClientDone) if self.awaiting_lock.is_some() => true,
             // A held request is still owed its reply.
             Some(Closing::ClientDone | Closing::Shutdown) if self.is_holding() => false,
             Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
@@ -316,13 +323,15 @@ impl Session {
 
     /// A request is held by a policy: delayed, or waiting for Redis's answer.
     fn is_holding(&self) -> bool {
-        self.hold_until.is_some() || self.awaiting_redis.is_some()
+        self.hold_until.is_some() || self.awaiting_redis.is_some() || self.awaiting_lock.is_some()
     }
 
     fn wants_input(&self) -> bool {
+        // A client waiting for a lock is still read (what it sends waits in the input), so
+        // that its leaving is noticed and it leaves the lock's queue at once.
         self.closing.is_none()
             && !self.waiting_for_quiet
-            && !self.is_holding()
+            && (!self.is_holding() || self.awaiting_lock.is_some())
             && self.output.len() < OUTPUT_HIGH_WATER
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
     }
@@ -370,6 +379,11 @@ impl Session {
                 }
             }
             return;
+        }
+        if let Reply::Fetched { ticket, .. } = &reply {
+            if self.awaiting_lock == Some(*ticket) {
+                self.awaiting_lock = None;
+            }
         }
         let after = self
             .replies
@@ -576,6 +590,26 @@ impl Session {
                 }
                 _ => Lookup::Bypass,
             };
+            let lock = match (&step, &self.link) {
+                (Step::Forward, Link::Pooled(_))
+                    if !active.policies.locks.is_empty() && &*info.name == "set" =>
+                {
+                    attempt::set_nx(&args).and_then(|set| {
+                        let rule = active
+                            .policies
+                            .locks
+                            .iter()
+                            .find(|rule| rule.matches_key(set.key))?;
+                        Some((
+                            Arc::clone(rule),
+                            Bytes::copy_from_slice(set.key),
+                            Bytes::copy_from_slice(set.token),
+                            set.with_get,
+                        ))
+                    })
+                }
+                _ => None,
+            };
             let is_multi = &*info.name == "multi";
             let ends_transaction = matches!(&*info.name, "exec" | "discard" | "reset");
             match verdict {
@@ -646,6 +680,29 @@ impl Session {
                 }
             }
 
+            if let Some((rule, key, token, with_get)) = lock {
+                self.received.add(&self.context.command_metrics, info.id);
+                self.send_batch(&mut batch);
+                let request = self.take_request(consumed, rewritten);
+                let Link::Pooled(conn) = &self.link else {
+                    break;
+                };
+                let ticket = self.replies.next_ticket();
+                let attempt = LockAttempt {
+                    key,
+                    token,
+                    with_get,
+                    db: self.client.db,
+                    request,
+                    conn: conn.clone(),
+                    reply_to: self.reply_sender.clone(),
+                    ticket,
+                };
+                self.replies.push_fetched(false);
+                self.awaiting_lock = Some(ticket);
+                self.context.locks.attempt(attempt, &rule);
+                break;
+            }
             if !matches!(lookup, Lookup::Bypass) {
                 self.received.add(&self.context.command_metrics, info.id);
                 self.send_batch(&mut batch);
@@ -740,15 +797,20 @@ impl Session {
         }
     }
 
-    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
-    fn answer_from_cache(&mut self, lookup: Lookup, consumed: usize, rewritten: Option<Bytes>) {
-        let request = match rewritten {
+    /// Takes the request at the front of the input out of it, to send on its own.
+    fn take_request(&mut self, consumed: usize, rewritten: Option<Bytes>) -> Bytes {
+        match rewritten {
             Some(encoded) => {
                 self.input.advance(consumed);
                 encoded
             }
             None => self.input.split_to(consumed).freeze(),
-        };
+        }
+    }
+
+    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
+    fn answer_from_cache(&mut self, lookup: Lookup, consumed: usize, rewritten: Option<Bytes>) {
+        let request = self.take_request(consumed, rewritten);
         match lookup {
             Lookup::Bypass => {}
             Lookup::Hit(reply) => self.replies.push_ready(reply, &mut self.output),

@@ -385,6 +385,28 @@ mod tests {
     }
 
     #[test]
+    fn upstream_replies_wait_behind_a_cache_fill() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        queue.push_upstream(1, None);
+        let ticket = queue.next_ticket();
+        queue.push_fetched(true);
+        queue.push_upstream(2, None);
+        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n");
+        assert!(queue.awaiting_shared_reads() && queue.outstanding() == 0);
+        let fetched = Reply::Fetched {
+            ticket,
+            bytes: Bytes::from_static(b"$4\r\nfill\r\n"),
+        };
+        queue.on_reply(fetched, &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n$4\r\nfill\r\n:2\r\n:3\r\n");
+        assert!(queue.is_empty() && !queue.awaiting_fetches());
+    }
+
+    #[test]
     fn timed_out_replies_are_answered_then_discarded() {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();

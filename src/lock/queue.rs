@@ -1,0 +1,296 @@
+//! One contended lock key: its waiters in arrival order, and the task that hands the lock to
+//! them one by one.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use super::{LockReport, Waiter};
+use crate::resp::reply;
+use crate::upstream::{Batch, ConnHandle, Reply};
+
+/// The longest a queue waits without hearing from Redis before it looks at the lock again: a
+/// lost invalidation costs at most this much.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+pub struct Queue {
+    key: Bytes,
+    state: Mutex<State>,
+    wake: Notify,
+    max_waiters: usize,
+}
+
+#[derive(Default)]
+struct State {
+    waiters: VecDeque<Waiter>,
+    /// The driver has finished: a new attempt needs a new queue.
+    closed: bool,
+    /// The token keyward last granted the lock with.
+    holder: Option<Bytes>,
+}
+
+/// What a try of a waiter's `SET … NX` came to.
+enum Outcome {
+    Acquired(Bytes),
+    Lost(Bytes),
+    /// An error, or a reply that is not a lock answer: passed on as it is.
+    Other(Bytes),
+}
+
+impl Queue {
+    pub fn new(key: Bytes, first: Option<Waiter>, max_waiters: usize) -> Queue {
+        Queue {
+            key,
+            state: Mutex::new(State {
+                waiters: first.into_iter().collect(),
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            max_waiters,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a waiter behind the others; gives it back if the queue has closed. Beyond
+    /// `max_waiters` the attempt goes to Redis once and its answer is passed on.
+    pub fn push(&self, waiter: Waiter) -> Option<Waiter> {
+        let mut state = self.state();
+        if state.closed {
+            return Some(waiter);
+        }
+        if state.waiters.len() >= self.max_waiters {
+            drop(state);
+            try_once(waiter);
+            return None;
+        }
+        waiter.rule.metrics.waiters.increment(1.0);
+        state.waiters.push_back(waiter);
+        None
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn report(&self, db: u32) -> Option<LockReport> {
+        let state = self.state();
+        let oldest = state.waiters.front()?;
+        Some(LockReport {
+            key: String::from_utf8_lossy(&self.key).into_owned(),
+            rule: oldest.rule.name().to_string(),
+            db,
+            holder: state
+                .holder
+                .as_ref()
+                .map(|token| String::from_utf8_lossy(token).into_owned()),
+            waiters: state.waiters.len(),
+            oldest_wait_ms: oldest.since.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Answers the waiters past `max_wait` and drops those whose client left; the head
+    /// waiter's request and connection, or `None` (and the queue closes) once nobody waits.
+    fn next_head(&self) -> Option<(Bytes, ConnHandle, bool, Instant)> {
+        let mut state = self.state();
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(state.waiters.len());
+        for waiter in state.waiters.drain(..) {
+            let deadline = waiter.since + waiter.rule.max_wait();
+            if waiter.reply_to.is_closed() {
+                waiter.rule.metrics.waiters.decrement(1.0);
+            } else if deadline <= now {
+                waiter.rule.metrics.waiters.decrement(1.0);
+                time_out(waiter);
+            } else {
+                kept.push_back(waiter);
+            }
+        }
+        state.waiters = kept;
+        let Some(head) = state.waiters.front() else {
+            state.closed = true;
+            return None;
+        };
+        let earliest = state
+            .waiters
+            .iter()
+            .map(|waiter| waiter.since + waiter.rule.max_wait())
+            .min()
+            .unwrap_or(now);
+        Some((
+            head.request.clone(),
+            head.conn.clone(),
+            head.with_get,
+            earliest,
+        ))
+    }
+
+    /// Settles the head waiter after a try; `true` if the lock is free of waiters' claims (the
+    /// head won or failed), `false` if the head lost and keeps waiting.
+    fn settle_head(&self, outcome: Outcome) -> bool {
+        let mut state = self.state();
+        let Some(head) = state.waiters.front_mut() else {
+            return true;
+        };
+        let reply = match outcome {
+            Outcome::Lost(reply) => {
+                if head.lost_reply.is_none() {
+                    // The client would now have slept and tried again, maybe many times.
+                    head.rule.metrics.retries_saved.increment(1);
+                    head.rule.metrics.contended.increment(1);
+                    head.lost_reply = Some(reply);
+                }
+                return false;
+            }
+            Outcome::Acquired(reply) => {
+                let waited = head.since.elapsed();
+                let metrics = &head.rule.metrics;
+                metrics.wait.record(waited.as_secs_f64());
+                if head.lost_reply.is_some() {
+                    metrics.after_wait.increment(1);
+                } else {
+                    metrics.immediate.increment(1);
+                }
+                state.holder = Some(head.token.clone());
+                reply
+            }
+            Outcome::Other(reply) => reply,
+        };
+        let Some(head) = state.waiters.pop_front() else {
+            return true;
+        };
+        head.rule.metrics.waiters.decrement(1.0);
+        let _ = head.reply_to.send(Reply::Fetched {
+            ticket: head.ticket,
+            bytes: reply,
+        });
+        true
+    }
+}
+
+/// Hands the lock to the queue's waiters in order, until nobody waits.
+pub async fn drive(queue: &Queue) {
+    // Right after a grant the lock is held: wait for its release before trying again.
+    let mut held = false;
+    while let Some((request, conn, with_get, earliest_deadline)) = queue.next_head() {
+        if !held {
+            let outcome = classify(send(&conn, request, false).await, with_get);
+            let granted = matches!(outcome, Outcome::Acquired(_));
+            if queue.settle_head(outcome) {
+                held = granted;
+                continue;
+            }
+        }
+        held = false;
+        // Read the holder's token with tracking on, so that Redis tells keyward when the key
+        // is deleted, overwritten or expires; and its remaining time, for the safety timer.
+        let holder = send(&conn, command(&[b"GET", &queue.key]), true).await;
+        queue.state().holder = bulk_string(&holder);
+        let answer = send(&conn, command(&[b"PTTL", &queue.key]), false).await;
+        let wait = match read_integer(&answer) {
+            // The key is gone already: try at once.
+            Some(-2) => continue,
+            Some(ms) if ms >= 0 => Duration::from_millis(ms as u64 + 1).min(SAFETY_POLL),
+            _ => SAFETY_POLL,
+        };
+        let until = (Instant::now() + wait).min(earliest_deadline);
+        tokio::select! {
+            () = queue.wake.notified() => {}
+            () = tokio::time::sleep_until(until.into()) => {}
+        }
+    }
+}
+
+/// Sends one attempt and passes Redis's answer on, whatever it is (shadow mode, or a queue
+/// that is full).
+pub fn try_once(waiter: Waiter) {
+    tokio::spawn(async move {
+        let reply = send(&waiter.conn, waiter.request.clone(), false).await;
+        let metrics = &waiter.rule.metrics;
+        match classify(reply.clone(), waiter.with_get) {
+            Outcome::Acquired(_) => metrics.immediate.increment(1),
+            Outcome::Lost(_) => metrics.contended.increment(1),
+            Outcome::Other(_) => {}
+        }
+        let _ = waiter.reply_to.send(Reply::Fetched {
+            ticket: waiter.ticket,
+            bytes: reply,
+        });
+    });
+}
+
+/// A waiter past `max_wait` gets the answer Redis gave its last try; one that never tried
+/// (it queued behind others) tries once now, so its answer is Redis's own.
+fn time_out(waiter: Waiter) {
+    waiter.rule.metrics.timeout.increment(1);
+    waiter
+        .rule
+        .metrics
+        .wait
+        .record(waiter.since.elapsed().as_secs_f64());
+    match waiter.lost_reply {
+        Some(reply) => {
+            let _ = waiter.reply_to.send(Reply::Fetched {
+                ticket: waiter.ticket,
+                bytes: reply,
+            });
+        }
+        None => try_once(waiter),
+    }
+}
+
+/// Sends one command on `conn` and waits for its reply (an error reply if there is none).
+async fn send(conn: &ConnHandle, request: Bytes, tracked: bool) -> Bytes {
+    let (reply_to, mut replies) = mpsc::unbounded_channel();
+    let batch = Batch {
+        bytes: request,
+        count: 1,
+        reply_to,
+        tracked,
+    };
+    if conn.send(batch).is_err() {
+        return reply::error("ERR upstream busy or unavailable");
+    }
+    match replies.recv().await {
+        Some(Reply::Frames { bytes, .. }) => bytes,
+        Some(Reply::Failed { error, .. } | Reply::Closed { error }) => error,
+        _ => reply::error("ERR upstream connection closed"),
+    }
+}
+
+fn classify(reply: Bytes, with_get: bool) -> Outcome {
+    let nil = reply.starts_with(b"$-1\r\n") || reply.starts_with(b"_\r\n");
+    match (with_get, reply.first()) {
+        (false, Some(b'+')) => Outcome::Acquired(reply),
+        (false, _) if nil => Outcome::Lost(reply),
+        (true, _) if nil => Outcome::Acquired(reply),
+        (true, Some(b'$')) => Outcome::Lost(reply),
+        _ => Outcome::Other(reply),
+    }
+}
+
+fn command(args: &[&[u8]]) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    crate::upstream::encode_command(args, &mut out);
+    out.freeze()
+}
+
+/// The value of a bulk string reply (`None` for nil, an error or another type).
+fn bulk_string(reply: &Bytes) -> Option<Bytes> {
+    let rest = reply.strip_prefix(b"$")?;
+    let end = rest.iter().position(|&byte| byte == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    let start = 1 + end + 2;
+    (reply.len() >= start + len).then(|| reply.slice(start..start + len))
+}
+
+fn read_integer(reply: &[u8]) -> Option<i64> {
+    let line = reply.strip_prefix(b":")?;
+    let end = line.iter().position(|&byte| byte == b'\r')?;
+    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
+}
