@@ -11,6 +11,7 @@ its memory. Absolute numbers on a shared machine are noise; the ratios are the r
     python3 benches/load.py --policies            # keyward with and without policy rules
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
+    python3 benches/load.py --locks               # 50 clients contending for one lock
 
 Installs redis-tools and nutcracker from Debian if missing, and builds keyward in release mode.
 Everything it starts listens on 127.0.0.1 and is stopped on exit.
@@ -132,17 +133,17 @@ max_memory = "64MB"
 """
 
 
-def zipf_tool():
-    """Builds the Zipf load generator (benches/zipf_get.rs) and returns its path."""
+def bench_tool(name):
+    """Builds a load generator in benches/ (a bench target without harness); returns its path."""
     import json
-    out = subprocess.run(["cargo", "bench", "--no-run", "--bench", "zipf_get", "--message-format=json"],
+    out = subprocess.run(["cargo", "bench", "--no-run", "--bench", name, "--message-format=json"],
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         message = json.loads(line)
         if message.get("reason") == "compiler-artifact" and message.get("executable") \
-                and message["target"]["name"] == "zipf_get":
+                and message["target"]["name"] == name:
             return message["executable"]
-    raise RuntimeError("zipf_get was not built")
+    raise RuntimeError(f"{name} was not built")
 
 
 def zipf_run(tool, port, pipeline, seconds):
@@ -154,7 +155,7 @@ def zipf_run(tool, port, pipeline, seconds):
 
 def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
     """Zipf(1.0) GETs over 100,000 keys: Redis direct, keyward, keyward with a cache rule."""
-    tool = zipf_tool()
+    tool = bench_tool("zipf_get")
     subprocess.run([tool, "--port", str(redis_port), "--keys", str(ZIPF_KEYS), "--populate"], check=True)
     cached_port = free_port()
     start_keyward("keyward-cache", cached_port, free_port(), CACHE_RULE)
@@ -180,6 +181,41 @@ def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
         direct, plain, cached = (statistics.median(results[(scenario, t)]) for t, _ in targets)
         print(f"| {scenario} | {direct:,.0f} | {plain:,.0f} | {cached:,.0f} | {cached / direct:.2f} | "
               f"{cached / plain:.2f} |")
+
+
+LOCK_RULE = """
+[[lock]]
+name = "bench"
+keys = ["lock:*"]
+max_wait = "10s"
+"""
+
+
+def lock_benchmark(redis_port, start_keyward, rounds, seconds):
+    """50 clients spin-retrying one lock: Redis direct against keyward with a lock rule."""
+    tool = bench_tool("lock_contention")
+    locked_port = free_port()
+    start_keyward("keyward-locks", locked_port, free_port(), LOCK_RULE)
+    time.sleep(0.5)
+    rows = {"direct": [], "keyward + lock rule": []}
+    for round_number in range(rounds):
+        for target, port in [("direct", redis_port), ("keyward + lock rule", locked_port)]:
+            out = subprocess.run(pinned(1, [tool, "--port", str(port), "--redis-port", str(redis_port),
+                                            "--clients", str(CLIENTS), "--seconds", str(seconds)]),
+                                 capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
+            rows[target].append(dict(pair.split("=") for pair in out.split()))
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    print()
+    print(f"{CLIENTS} clients, one key: SET NX PX 1000, on nil sleep 1-10 ms and retry, hold 1 ms, release "
+          f"by compare-and-delete script; {seconds} s per run, {rounds} rounds, medians")
+    print("| target | acquisitions/s | p50 wait | p99 wait | max wait | Jain's fairness | "
+          "Redis commands per acquisition |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for target, runs in rows.items():
+        median = lambda field: statistics.median(float(run[field]) for run in runs)
+        print(f"| {target} | {median('per_second'):,.0f} | {median('p50_ms'):.1f} ms | "
+              f"{median('p99_ms'):.1f} ms | {median('max_ms'):.1f} ms | {median('jain'):.3f} | "
+              f"{median('commands_per_acquisition'):.2f} |")
 
 
 def report_policies(results, targets, scenarios, rounds):
@@ -235,6 +271,9 @@ def main():
     parser.add_argument("--cache", action="store_true",
                         help="Zipf-distributed GETs over 100,000 keys: Redis direct, keyward, and "
                              "keyward with a cache rule")
+    parser.add_argument("--locks", action="store_true",
+                        help="50 clients contending for one lock: Redis direct and keyward with a "
+                             "lock rule")
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
@@ -273,6 +312,8 @@ def main():
         keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
+        if options.locks:
+            return lock_benchmark(redis_port, start_keyward, options.rounds, 2 if options.quick else 5)
         if options.cache:
             seconds = 2 if options.quick else 5
             return cache_benchmark(redis_port, keyward_port, start_keyward, options.rounds, seconds)

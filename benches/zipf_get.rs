@@ -56,28 +56,26 @@ fn options() -> Options {
 
 /// Key ranks drawn from Zipf(exponent) over `keys` keys, by inverting the cumulative weights.
 struct Zipf {
-    cumulative: Vec<f64>,
+    cumulative: &'static [f64],
     state: u64,
 }
 
-impl Zipf {
-    fn new(keys: usize, exponent: f64, seed: u64) -> Zipf {
-        let mut total = 0.0;
-        let mut cumulative: Vec<f64> = (1..=keys)
-            .map(|rank| {
-                total += 1.0 / (rank as f64).powf(exponent);
-                total
-            })
-            .collect();
-        for weight in &mut cumulative {
-            *weight /= total;
-        }
-        Zipf {
-            cumulative,
-            state: seed | 1,
-        }
+/// The cumulative Zipf weights of ranks 1..=keys, normalised to end at 1.
+fn cumulative_weights(keys: usize, exponent: f64) -> Vec<f64> {
+    let mut total = 0.0;
+    let mut cumulative: Vec<f64> = (1..=keys)
+        .map(|rank| {
+            total += 1.0 / (rank as f64).powf(exponent);
+            total
+        })
+        .collect();
+    for weight in &mut cumulative {
+        *weight /= total;
     }
+    cumulative
+}
 
+impl Zipf {
     fn next(&mut self) -> usize {
         // SplitMix64: fast, and good enough to pick keys.
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -106,7 +104,8 @@ async fn read_replies(stream: &mut TcpStream, input: &mut Vec<u8>, count: usize)
     let mut at = 0;
     loop {
         while done < count {
-            let Some(end) = input[at..].windows(2).position(|w| w == b"\r\n") else {
+            let Some(end) = memchr::memchr(b'\n', &input[at..]).map(|lf| lf.saturating_sub(1))
+            else {
                 break;
             };
             let line = &input[at..at + end];
@@ -137,19 +136,38 @@ async fn read_replies(stream: &mut TcpStream, input: &mut Vec<u8>, count: usize)
     }
 }
 
-async fn client(options: &Options, seed: u64, until: Instant) -> u64 {
+/// Every key's `GET`, encoded once, so that the load generator spends its time on sockets.
+fn encoded_gets(keys: usize) -> Vec<Vec<u8>> {
+    (0..keys)
+        .map(|key| {
+            let mut out = Vec::new();
+            command(&mut out, &[b"GET", format!("zipf:{key}").as_bytes()]);
+            out
+        })
+        .collect()
+}
+
+async fn client(
+    options: &Options,
+    gets: &[Vec<u8>],
+    cumulative: &'static [f64],
+    seed: u64,
+    until: Instant,
+) -> u64 {
     let mut stream = TcpStream::connect(("127.0.0.1", options.port))
         .await
         .expect("a connection");
     stream.set_nodelay(true).expect("nodelay");
-    let mut zipf = Zipf::new(options.keys, options.exponent, seed);
+    let mut zipf = Zipf {
+        cumulative,
+        state: seed | 1,
+    };
     let (mut out, mut input) = (Vec::new(), Vec::new());
     let mut requests = 0;
     while Instant::now() < until {
         out.clear();
         for _ in 0..options.pipeline {
-            let key = format!("zipf:{}", zipf.next());
-            command(&mut out, &[b"GET", key.as_bytes()]);
+            out.extend_from_slice(&gets[zipf.next()]);
         }
         stream.write_all(&out).await.expect("a write");
         read_replies(&mut stream, &mut input, options.pipeline).await;
@@ -189,10 +207,13 @@ fn main() {
         if options.populate {
             return populate(options).await;
         }
+        let gets: &'static [Vec<u8>] = Box::leak(encoded_gets(options.keys).into_boxed_slice());
+        let cumulative: &'static [f64] =
+            Box::leak(cumulative_weights(options.keys, options.exponent).into_boxed_slice());
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(options.seconds);
         let clients: Vec<_> = (0..options.clients)
-            .map(|index| tokio::spawn(client(options, index as u64 + 1, until)))
+            .map(|index| tokio::spawn(client(options, gets, cumulative, index as u64 + 1, until)))
             .collect();
         let mut requests = 0;
         for client in clients {

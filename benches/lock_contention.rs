@@ -1,0 +1,210 @@
+//! A contended lock: `--clients` tasks loop "SET lock NX PX, on nil sleep 1–10 ms and retry,
+//! hold `--hold-ms`, release with a compare-and-delete script" on one key. `load.py --locks`
+//! runs it against Redis directly and through keyward with a lock rule.
+//!
+//!     cargo bench --bench lock_contention -- --port 6380 --redis-port 6379 --seconds 10
+//!
+//! Prints one line of `name=value` pairs: acquisitions per second, p50/p99/max wait (from a
+//! client's first attempt to its acquisition), Jain's fairness index over the clients'
+//! acquisition counts, and the commands Redis ran per acquisition (from `INFO commandstats`
+//! on `--redis-port`).
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+struct Options {
+    port: u16,
+    redis_port: u16,
+    clients: usize,
+    seconds: f64,
+    hold_ms: u64,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        port: 6379,
+        redis_port: 6379,
+        clients: 50,
+        seconds: 10.0,
+        hold_ms: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().expect("a value after the flag");
+        match flag.as_str() {
+            "--port" => options.port = value().parse().expect("a port"),
+            "--redis-port" => options.redis_port = value().parse().expect("a port"),
+            "--clients" => options.clients = value().parse().expect("a client count"),
+            "--seconds" => options.seconds = value().parse().expect("seconds"),
+            "--hold-ms" => options.hold_ms = value().parse().expect("milliseconds"),
+            // `cargo bench` adds it to every bench's arguments.
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    options
+}
+
+struct Connection {
+    stream: TcpStream,
+    input: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(port: u16) -> Connection {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("a connection");
+        stream.set_nodelay(true).expect("nodelay");
+        Connection {
+            stream,
+            input: Vec::new(),
+        }
+    }
+
+    /// Sends one command and returns its reply's first line (and a bulk's body).
+    async fn call(&mut self, args: &[&[u8]]) -> String {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out).await.expect("a write");
+        loop {
+            if let Some(reply) = self.complete_reply() {
+                return reply;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = self.stream.read(&mut chunk).await.expect("a reply");
+            assert!(read > 0, "the server closed the connection");
+            self.input.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn complete_reply(&mut self) -> Option<String> {
+        let end = memchr::memchr(b'\n', &self.input)?;
+        let line = String::from_utf8_lossy(&self.input[..end.saturating_sub(1)]).into_owned();
+        let mut used = end + 1;
+        if let Some(len) = line
+            .strip_prefix('$')
+            .and_then(|len| len.parse::<usize>().ok())
+        {
+            if self.input.len() < used + len + 2 {
+                return None;
+            }
+            let body = String::from_utf8_lossy(&self.input[used..used + len]).into_owned();
+            used += len + 2;
+            self.input.drain(..used);
+            return Some(body);
+        }
+        self.input.drain(..used);
+        Some(line)
+    }
+}
+
+/// (acquisitions, waits) of one client until `until`.
+async fn client(options: &Options, index: usize, until: Instant) -> (u64, Vec<Duration>) {
+    let mut connection = Connection::open(options.port).await;
+    let token = format!("client-{index}");
+    let mut state = index as u64 * 0x9e37_79b9 + 1;
+    let mut waits = Vec::new();
+    while Instant::now() < until {
+        let first_attempt = Instant::now();
+        loop {
+            let reply = connection
+                .call(&[
+                    b"SET",
+                    b"lock:bench",
+                    token.as_bytes(),
+                    b"NX",
+                    b"PX",
+                    b"1000",
+                ])
+                .await;
+            if reply == "+OK" {
+                break;
+            }
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            tokio::time::sleep(Duration::from_millis(1 + (state >> 33) % 10)).await;
+        }
+        waits.push(first_attempt.elapsed());
+        tokio::time::sleep(Duration::from_millis(options.hold_ms)).await;
+        connection
+            .call(&[
+                b"EVAL",
+                RELEASE.as_bytes(),
+                b"1",
+                b"lock:bench",
+                token.as_bytes(),
+            ])
+            .await;
+    }
+    (waits.len() as u64, waits)
+}
+
+/// Commands Redis has run so far, from `INFO commandstats`.
+async fn redis_commands(port: u16) -> u64 {
+    let stats = Connection::open(port)
+        .await
+        .call(&[b"INFO", b"commandstats"])
+        .await;
+    stats
+        .lines()
+        .filter_map(|line| line.split_once(":calls="))
+        .filter(|(name, _)| !name.contains("info"))
+        .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn main() {
+    // Lives as long as the process; the client tasks borrow it.
+    let options: &'static Options = Box::leak(Box::new(options()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let commands_before = redis_commands(options.redis_port).await;
+        let started = Instant::now();
+        let until = started + Duration::from_secs_f64(options.seconds);
+        let clients: Vec<_> = (0..options.clients)
+            .map(|index| tokio::spawn(client(options, index, until)))
+            .collect();
+        let mut counts = Vec::new();
+        let mut waits = Vec::new();
+        for client in clients {
+            let (count, client_waits) = client.await.expect("a client task");
+            counts.push(count as f64);
+            waits.extend(client_waits);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let commands = redis_commands(options.redis_port).await - commands_before;
+        waits.sort();
+        let percentile = |p: f64| {
+            waits
+                .get(((waits.len() as f64 * p) as usize).min(waits.len().saturating_sub(1)))
+                .map_or(0.0, |wait| wait.as_secs_f64() * 1000.0)
+        };
+        let sum: f64 = counts.iter().sum();
+        let squares: f64 = counts.iter().map(|count| count * count).sum();
+        let jain = sum * sum / (counts.len() as f64 * squares).max(f64::MIN_POSITIVE);
+        println!(
+            "acquisitions={} per_second={:.1} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} jain={:.3} commands_per_acquisition={:.2}",
+            waits.len(),
+            waits.len() as f64 / seconds,
+            percentile(0.5),
+            percentile(0.99),
+            percentile(1.0),
+            jain,
+            commands as f64 / (waits.len() as f64).max(1.0),
+        );
+    });
+}
