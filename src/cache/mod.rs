@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use metrics::{counter, gauge, Counter, Gauge};
-use moka::notification::RemovalCause;
 use smallvec::SmallVec;
 
 use crate::command::CommandInfo;
@@ -42,6 +41,8 @@ const VARIANT_OVERHEAD: usize = 48;
 #[derive(Clone, Default)]
 struct KeyEntries {
     variants: SmallVec<[Variant; 1]>,
+    /// What the entry counts against `max_memory`, fixed when it is stored.
+    weight: u64,
 }
 
 #[derive(Clone)]
@@ -52,15 +53,44 @@ struct Variant {
 }
 
 impl KeyEntries {
-    fn weight(&self, key: &[u8]) -> u32 {
+    fn weigh(&mut self, key: &[u8]) {
         let variants: usize = self
             .variants
             .iter()
             .map(|variant| variant.shape.len() + variant.reply.len() + VARIANT_OVERHEAD)
             .sum();
-        u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        self.weight = (key.len() + variants + ENTRY_OVERHEAD) as u64;
     }
 }
+
+#[derive(Clone)]
+struct EntryWeighter;
+
+impl quick_cache::Weighter<Bytes, Arc<KeyEntries>> for EntryWeighter {
+    fn weight(&self, _: &Bytes, entries: &Arc<KeyEntries>) -> u64 {
+        entries.weight
+    }
+}
+
+/// Counts the entries the cache drops to stay within `max_memory`.
+#[derive(Clone)]
+struct CountEvictions(Arc<Counters>);
+
+impl quick_cache::Lifecycle<Bytes, Arc<KeyEntries>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: Bytes, _: Arc<KeyEntries>) {
+        self.0.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Store = quick_cache::sync::Cache<
+    Bytes,
+    Arc<KeyEntries>,
+    EntryWeighter,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 /// What a rule has counted.
 #[derive(Default)]
@@ -85,7 +115,7 @@ struct RuleMetrics {
 pub struct RuleCache {
     pub rule: CacheRule,
     matcher: RuleMatcher,
-    store: moka::sync::Cache<Bytes, Arc<KeyEntries>>,
+    store: Store,
     counters: Arc<Counters>,
     metrics: RuleMetrics,
 }
@@ -103,17 +133,14 @@ pub struct RuleStats {
 impl RuleCache {
     pub fn new(rule: CacheRule) -> RuleCache {
         let counters = Arc::new(Counters::default());
-        let evicted = Arc::clone(&counters);
-        let store = moka::sync::Cache::builder()
-            .max_capacity(rule.max_memory.get())
-            .weigher(|key: &Bytes, entries: &Arc<KeyEntries>| entries.weight(key))
-            .time_to_live(rule.ttl.get())
-            .eviction_listener(move |_, _, cause| {
-                if cause == RemovalCause::Size {
-                    evicted.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build();
+        let capacity = rule.max_memory.get();
+        let store = Store::with(
+            (capacity / 256).clamp(16, 1 << 24) as usize,
+            capacity,
+            EntryWeighter,
+            quick_cache::DefaultHashBuilder::default(),
+            CountEvictions(Arc::clone(&counters)),
+        );
         let name = rule.name.get_ref().clone();
         let metrics = RuleMetrics {
             hits: counter!("keyward_cache_hits_total", "rule" => name.clone()),
@@ -179,6 +206,7 @@ impl RuleCache {
             reply,
             stored_at: Instant::now(),
         });
+        entries.weigh(key);
         self.store.insert(key.clone(), Arc::new(entries));
     }
 
@@ -201,7 +229,7 @@ impl RuleCache {
     }
 
     pub fn flush(&self) {
-        self.store.invalidate_all();
+        self.store.clear();
     }
 
     fn count(&self, hit: bool) {
@@ -214,14 +242,13 @@ impl RuleCache {
     }
 
     pub fn stats(&self) -> RuleStats {
-        self.store.run_pending_tasks();
         RuleStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),
             invalidations: self.counters.invalidations.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
-            bytes: self.store.weighted_size(),
-            entries: self.store.entry_count(),
+            bytes: self.store.weight(),
+            entries: self.store.len() as u64,
         }
     }
 
