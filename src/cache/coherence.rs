@@ -71,6 +71,9 @@ struct Flights {
     open: FxHashMap<Bytes, u64>,
     /// Running flights by the keys they read, to poison them.
     by_key: FxHashMap<Bytes, SmallVec<[u64; 1]>>,
+    /// Keys written through keyward whose writes Redis has not answered yet: no read of them
+    /// is stored or shared until it has.
+    writing: FxHashMap<Bytes, u32>,
 }
 
 impl Flights {
@@ -116,6 +119,9 @@ impl Coherence {
         kind: Kind,
         shape: &mut Vec<u8>,
     ) -> Lookup {
+        // Read before the state: if the state changes after, so has the epoch, and a read
+        // started now is not stored.
+        let epoch = self.tracking.epoch();
         if self.tracking.state() == Invalidations::Down {
             return Lookup::Bypass;
         }
@@ -123,10 +129,14 @@ impl Coherence {
             return Lookup::Bypass;
         };
         write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
-        let keys = (1..read.args.len()).filter_map(|index| read.args.get(index));
+        let last_key = match kind {
+            Kind::OneKey => 1,
+            Kind::PerKey => read.args.len() - 1,
+        };
+        let keys = (1..=last_key).filter_map(|index| read.args.get(index));
         let cached = match kind {
-            Kind::OneKey => read.args.get(1).and_then(|key| rule.get(key, shape)),
-            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape))),
+            Kind::OneKey => read.args.get(1).and_then(|key| rule.get(key, shape, epoch)),
+            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape, epoch))),
         };
         rule.count(cached.is_some());
         if let Some(reply) = cached {
@@ -142,6 +152,9 @@ impl Coherence {
             open_key.extend_from_slice(key);
         }
         let mut flights = self.flights();
+        if keys.clone().any(|key| flights.writing.contains_key(key)) {
+            return Lookup::Bypass;
+        }
         if let Some(id) = flights.open.get(&open_key[..]).copied() {
             if rule.is_shadow() {
                 return Lookup::Bypass;
@@ -167,7 +180,7 @@ impl Coherence {
                 open_key,
                 keys,
                 shape: Bytes::copy_from_slice(shape),
-                epoch: self.tracking.epoch(),
+                epoch,
                 poisoned: false,
                 readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
             },
@@ -219,16 +232,19 @@ impl Coherence {
                 && self.tracking.state() != Invalidations::Down;
             if current {
                 match flight.kind {
-                    Kind::OneKey => {
-                        flight
-                            .rule
-                            .insert(&flight.keys[0], &flight.shape, reply.clone())
-                    }
+                    Kind::OneKey => flight.rule.insert(
+                        &flight.keys[0],
+                        &flight.shape,
+                        reply.clone(),
+                        flight.epoch,
+                    ),
                     Kind::PerKey => {
                         for (key, element) in
                             flight.keys.iter().zip(elements(&reply, flight.keys.len()))
                         {
-                            flight.rule.insert(key, &flight.shape, element);
+                            flight
+                                .rule
+                                .insert(key, &flight.shape, element, flight.epoch);
                         }
                     }
                 }
@@ -246,7 +262,35 @@ impl Coherence {
     /// A key was written through keyward or invalidated by Redis: its entries go, and reads of
     /// it in flight are not stored.
     pub fn invalidate(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
+        Self::invalidate_locked(&mut self.flights(), rules, key);
+    }
+
+    /// A write of `key` through keyward is on its way to Redis: the key's entries go now, and
+    /// until [`end_write`](Self::end_write) no read of it is stored, shared or answered from
+    /// the cache. Without this, a read another client started just after the write was sent
+    /// could overtake it on another connection, and be served to the writer after its `OK`.
+    pub fn begin_write(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
         let mut flights = self.flights();
+        Self::invalidate_locked(&mut flights, rules, key);
+        *flights
+            .writing
+            .entry(Bytes::copy_from_slice(key))
+            .or_default() += 1;
+    }
+
+    /// Redis answered a write of `key` (or it failed): reads of it may be cached again.
+    pub fn end_write(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
+        let mut flights = self.flights();
+        if let Some(count) = flights.writing.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                flights.writing.remove(key);
+            }
+        }
+        Self::invalidate_locked(&mut flights, rules, key);
+    }
+
+    fn invalidate_locked(flights: &mut Flights, rules: &[Arc<RuleCache>], key: &[u8]) {
         if let Some(ids) = flights.by_key.get(key).cloned() {
             for id in ids {
                 if let Some(flight) = flights.running.get_mut(&id) {

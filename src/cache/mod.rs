@@ -32,6 +32,14 @@ use crate::resp::Protocol;
 pub use cacheable::Kind;
 pub use coherence::{Coherence, Lookup};
 
+/// A key a client wrote through keyward, remembered until Redis answers the write.
+#[derive(Debug)]
+pub struct WrittenKey {
+    pub key: Bytes,
+    /// A cache rule covers it: [`Coherence::begin_write`] was called for it.
+    pub cached: bool,
+}
+
 /// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
 const ENTRY_OVERHEAD: usize = 96;
 /// Bytes each cached reply of an entry costs beyond its shape and reply.
@@ -50,6 +58,8 @@ struct Variant {
     shape: Bytes,
     reply: Bytes,
     stored_at: Instant,
+    /// The tracking epoch it was read in: served only while that epoch lasts.
+    epoch: u64,
 }
 
 impl KeyEntries {
@@ -171,24 +181,34 @@ impl RuleCache {
         self.rule.ttl.get()
     }
 
+    /// Whether this rule caches reads of `key` (by some command).
+    pub fn matches_key(&self, key: &[u8]) -> bool {
+        self.matcher.matches_key(key)
+    }
+
     /// Whether this rule caches `info` on `key`.
     fn covers(&self, info: &CommandInfo, key: &[u8]) -> bool {
         self.matcher.applies_to(info) && self.matcher.matches_key(key)
     }
 
-    /// The reply cached for `shape` of `key`, if it is younger than `ttl`.
-    fn get(&self, key: &[u8], shape: &[u8]) -> Option<Bytes> {
+    /// The reply cached for `shape` of `key`, if it is younger than `ttl` and was read in
+    /// the current tracking `epoch`.
+    fn get(&self, key: &[u8], shape: &[u8], epoch: u64) -> Option<Bytes> {
         let entries = self.store.get(key)?;
         let ttl = self.ttl();
         entries
             .variants
             .iter()
-            .find(|variant| &variant.shape[..] == shape && variant.stored_at.elapsed() < ttl)
+            .find(|variant| {
+                variant.epoch == epoch
+                    && &variant.shape[..] == shape
+                    && variant.stored_at.elapsed() < ttl
+            })
             .map(|variant| variant.reply.clone())
     }
 
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
-    fn insert(&self, key: &Bytes, shape: &Bytes, reply: Bytes) {
+    fn insert(&self, key: &Bytes, shape: &Bytes, reply: Bytes, epoch: u64) {
         if !self.keeps(&reply) {
             return;
         }
@@ -198,13 +218,14 @@ impl RuleCache {
             .get(key)
             .map(|entries| (*entries).clone())
             .unwrap_or_default();
-        entries
-            .variants
-            .retain(|variant| variant.shape != *shape && variant.stored_at.elapsed() < ttl);
+        entries.variants.retain(|variant| {
+            variant.shape != *shape && variant.epoch == epoch && variant.stored_at.elapsed() < ttl
+        });
         entries.variants.push(Variant {
             shape: shape.clone(),
             reply,
             stored_at: Instant::now(),
+            epoch,
         });
         entries.weigh(key);
         self.store.insert(key.clone(), Arc::new(entries));

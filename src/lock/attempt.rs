@@ -1,4 +1,4 @@
-//! Recognising a lock attempt: `SET key token NX [GET] [PX ms | EX s | PXAT | EXAT | KEEPTTL]`.
+//! Recognising a lock attempt: `SET key token NX [GET] [PX ms | EX s | KEEPTTL]`.
 
 use bytes::Bytes;
 
@@ -21,14 +21,19 @@ pub fn set_nx<'a>(args: &Args<'a>) -> Option<SetNx<'a>> {
     let (mut nx, mut with_get) = (false, false);
     let mut index = 3;
     while let Some(option) = args.get(index) {
-        let takes_value = [&b"ex"[..], b"px", b"exat", b"pxat"]
+        let takes_value = [&b"ex"[..], b"px"]
             .iter()
             .any(|name| option.eq_ignore_ascii_case(name));
         if option.eq_ignore_ascii_case(b"nx") {
             nx = true;
         } else if option.eq_ignore_ascii_case(b"get") {
             with_get = true;
-        } else if option.eq_ignore_ascii_case(b"xx") {
+        } else if option.eq_ignore_ascii_case(b"xx")
+            || option.eq_ignore_ascii_case(b"exat")
+            || option.eq_ignore_ascii_case(b"pxat")
+        {
+            // An absolute expiry may pass while the attempt waits: granting it then would
+            // answer OK for a lock that has already expired.
             return None;
         } else if takes_value {
             args.get(index + 1)?;
@@ -97,6 +102,7 @@ mod tests {
         assert_eq!(parse("SET lock:a t1 NX XX"), None);
         assert_eq!(parse("SET lock:a t1 NX PX"), None);
         assert_eq!(parse("SET lock:a t1 NX BOGUS"), None);
+        assert_eq!(parse("SET lock:a t1 NX PXAT 1700000000000"), None);
         assert_eq!(parse("SET lock:a"), None);
     }
 }

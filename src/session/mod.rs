@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
-use crate::cache::{cacheable, Lookup, RuleCache};
+use crate::cache::{cacheable, Coherence, Lookup, WrittenKey};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::lock::attempt::{self, LockAttempt};
@@ -35,7 +35,7 @@ use crate::net;
 use crate::policy::deny::Client;
 use crate::policy::global;
 use crate::policy::rate_limit::Verdict;
-use crate::policy::Progress;
+use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
 use crate::upstream::{Batch, ConnHandle, Reply, SendError};
@@ -145,6 +145,8 @@ pub struct Session {
     /// A lock attempt (by its reply ticket) waits in a lock queue; the requests after it wait
     /// with it.
     awaiting_lock: Option<u64>,
+    /// Keys written by requests in the batch being gathered (see `note_writes`).
+    written_keys: Vec<WrittenKey>,
 }
 
 impl Session {
@@ -185,6 +187,7 @@ impl Session {
             last_active: Instant::now(),
             cache_shape: Vec::new(),
             awaiting_lock: None,
+            written_keys: Vec::new(),
         }
     }
 
@@ -388,6 +391,7 @@ impl Session {
         let after = self
             .replies
             .on_reply(reply, &mut self.output, &self.context.command_metrics);
+        self.finish_writes();
         if after == AfterReply::CloseClient {
             self.closing = Some(Closing::UpstreamGone);
         }
@@ -422,6 +426,7 @@ impl Session {
         let expired = self
             .replies
             .expire(Instant::now(), &error, &mut self.output);
+        self.finish_writes();
         if expired > 0 {
             metrics::upstream_errors("timeout", expired);
         }
@@ -559,57 +564,6 @@ impl Session {
                 }
                 _ => Verdict::Allow,
             };
-            let lookup = match (&step, &self.link) {
-                (Step::Forward, Link::Pooled(_)) if !active.policies.caches.is_empty() => {
-                    match cacheable::request_kind(info, &args) {
-                        Some(kind) => {
-                            let read = Read {
-                                info,
-                                args: &args,
-                                db: self.client.db,
-                                protocol: self.client.protocol,
-                                reply_to: &self.reply_sender,
-                                ticket: self.replies.next_ticket(),
-                            };
-                            self.context.cache.consult(
-                                &active.policies.caches,
-                                read,
-                                kind,
-                                &mut self.cache_shape,
-                            )
-                        }
-                        None => {
-                            self.invalidate_written(&active.policies.caches, info, &args);
-                            Lookup::Bypass
-                        }
-                    }
-                }
-                (Step::Forward, _) if !active.policies.caches.is_empty() => {
-                    self.invalidate_written(&active.policies.caches, info, &args);
-                    Lookup::Bypass
-                }
-                _ => Lookup::Bypass,
-            };
-            let lock = match (&step, &self.link) {
-                (Step::Forward, Link::Pooled(_))
-                    if !active.policies.locks.is_empty() && &*info.name == "set" =>
-                {
-                    attempt::set_nx(&args).and_then(|set| {
-                        let rule = active
-                            .policies
-                            .locks
-                            .iter()
-                            .find(|rule| rule.matches_key(set.key))?;
-                        Some((
-                            Arc::clone(rule),
-                            Bytes::copy_from_slice(set.key),
-                            Bytes::copy_from_slice(set.token),
-                            set.with_get,
-                        ))
-                    })
-                }
-                _ => None,
-            };
             let is_multi = &*info.name == "multi";
             let ends_transaction = matches!(&*info.name, "exec" | "discard" | "reset");
             match verdict {
@@ -669,6 +623,67 @@ impl Session {
                     break;
                 }
             }
+            // Only a request the policies let through may read, fill or wait: a refused or
+            // held one must not start (or join) a read others would wait on.
+            let lock = match (&step, &self.link) {
+                (Step::Forward, Link::Pooled(_))
+                    if !active.policies.locks.is_empty() && &*info.name == "set" =>
+                {
+                    attempt::set_nx(&args).and_then(|set| {
+                        let rule = active
+                            .policies
+                            .locks
+                            .iter()
+                            .find(|rule| rule.matches_key(set.key))?;
+                        Some((
+                            Arc::clone(rule),
+                            Bytes::copy_from_slice(set.key),
+                            Bytes::copy_from_slice(set.token),
+                            set.with_get,
+                        ))
+                    })
+                }
+                _ => None,
+            };
+            let cacheable = match (&step, &self.link, &lock) {
+                (Step::Forward, Link::Pooled(_), None) if !active.policies.caches.is_empty() => {
+                    cacheable::request_kind(info, &args)
+                }
+                _ => None,
+            };
+            let lookup = match cacheable {
+                Some(kind) => {
+                    let read = Read {
+                        info,
+                        args: &args,
+                        db: self.client.db,
+                        protocol: self.client.protocol,
+                        reply_to: &self.reply_sender,
+                        ticket: self.replies.next_ticket(),
+                    };
+                    self.context.cache.consult(
+                        &active.policies.caches,
+                        read,
+                        kind,
+                        &mut self.cache_shape,
+                    )
+                }
+                None => {
+                    let watched =
+                        !active.policies.caches.is_empty() || !active.policies.locks.is_empty();
+                    if matches!(step, Step::Forward) && lock.is_none() && watched {
+                        note_writes(
+                            &self.context.cache,
+                            &active.policies,
+                            info,
+                            &args,
+                            &self.key_positions,
+                            &mut self.written_keys,
+                        );
+                    }
+                    Lookup::Bypass
+                }
+            };
             if matches!(step, Step::Forward)
                 && self.counts_replies()
                 && matches!(self.link, Link::Dedicated { .. })
@@ -778,23 +793,11 @@ impl Session {
         dedicate
     }
 
-    /// A write through keyward drops the cached reads of its keys at once, before Redis's own
-    /// invalidation arrives; a flush drops everything.
-    fn invalidate_written(&self, caches: &[Arc<RuleCache>], info: &CommandInfo, args: &Args<'_>) {
-        if info.has_flag(flags::READONLY) {
-            return;
-        }
-        if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
-            self.context.cache.flush_all(caches);
-            return;
-        }
-        for key in self
-            .key_positions
-            .iter()
-            .filter_map(|&position| args.get(position))
-        {
-            self.context.cache.invalidate(caches, key);
-        }
+    /// Hands on the written keys whose writes Redis has answered: reads of them may be
+    /// cached again, and waiters for a lock they name try again.
+    fn finish_writes(&mut self) {
+        let written = self.replies.take_finished_writes();
+        end_writes(&self.context, written);
     }
 
     /// Takes the request at the front of the input out of it, to send on its own.
@@ -1015,8 +1018,11 @@ impl Session {
         };
         match conn.send(batch) {
             Ok(()) => {
+                let written = std::mem::take(&mut self.written_keys);
                 if self.counts_replies() {
-                    self.replies.push_upstream(count, deadline);
+                    self.replies.push_upstream(count, deadline, written);
+                } else {
+                    end_writes(&self.context, written);
                 }
             }
             Err(error) => {
@@ -1027,12 +1033,72 @@ impl Session {
                 };
                 metrics::upstream_errors(kind, u64::from(count));
                 let error = reply::error(&format!("ERR upstream {address} {message}"));
+                end_writes(&self.context, std::mem::take(&mut self.written_keys));
                 self.replies.unsend(count as usize);
                 for _ in 0..count {
                     self.replies.push_ready(error.clone(), &mut self.output);
                 }
             }
         }
+    }
+}
+
+impl Drop for Session {
+    /// Writes still unanswered when the client goes end here: their keys must not stay
+    /// uncacheable, nor their locks' waiters unwoken.
+    fn drop(&mut self) {
+        let mut written = self.replies.take_all_writes();
+        written.append(&mut self.written_keys);
+        end_writes(&self.context, written);
+    }
+}
+
+/// A write through keyward: the cached reads of its keys go at once, and no read of them is
+/// stored until Redis has answered it; keys that cache or lock rules watch are remembered in
+/// `written` until then. A flush drops everything.
+fn note_writes(
+    cache: &Coherence,
+    policies: &Policies,
+    info: &CommandInfo,
+    args: &Args<'_>,
+    key_positions: &[usize],
+    written: &mut Vec<WrittenKey>,
+) {
+    if info.has_flag(flags::READONLY) {
+        return;
+    }
+    if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
+        cache.flush_all(&policies.caches);
+        return;
+    }
+    for key in key_positions
+        .iter()
+        .filter_map(|&position| args.get(position))
+    {
+        let cached = policies.caches.iter().any(|rule| rule.matches_key(key));
+        let locked = policies.locks.iter().any(|rule| rule.matches_key(key));
+        if cached {
+            cache.begin_write(&policies.caches, key);
+        }
+        if cached || locked {
+            written.push(WrittenKey {
+                key: Bytes::copy_from_slice(key),
+                cached,
+            });
+        }
+    }
+}
+
+fn end_writes(context: &Context, written: Vec<WrittenKey>) {
+    if written.is_empty() {
+        return;
+    }
+    let active = context.live.load();
+    for write in written {
+        if write.cached {
+            context.cache.end_write(&active.policies.caches, &write.key);
+        }
+        context.locks.released(&write.key);
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cache::WrittenKey;
 use crate::metrics::CommandMetrics;
 use crate::upstream::Reply;
 
@@ -24,6 +25,8 @@ enum Expected {
         remaining: u32,
         /// `None` on a dedicated connection, where a command may legitimately block.
         deadline: Option<Instant>,
+        /// Keys written by these commands that cache or lock rules watch.
+        written: Vec<WrittenKey>,
     },
     /// A cacheable read whose reply a cache fill brings (`Reply::Fetched`), apart from the
     /// connection's replies. `shared`: the fill is another session's read, on another
@@ -56,6 +59,8 @@ pub struct ReplyQueue {
     fetching: u32,
     fetching_shared: u32,
     next_ticket: u64,
+    /// Written keys whose writes Redis has answered (or that failed), to be handed on.
+    finished_writes: Vec<WrittenKey>,
 }
 
 struct SentRun {
@@ -145,15 +150,38 @@ impl ReplyQueue {
         self.entries.push_back(Expected::Substitute(reply));
     }
 
-    pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>) {
+    pub fn push_upstream(
+        &mut self,
+        count: u32,
+        deadline: Option<Instant>,
+        written: Vec<WrittenKey>,
+    ) {
         if count == 0 {
+            self.finished_writes.extend(written);
             return;
         }
         self.outstanding += u64::from(count);
         self.entries.push_back(Expected::Upstream {
             remaining: count,
             deadline,
+            written,
         });
+    }
+
+    /// Written keys whose writes are over, since the last call.
+    pub fn take_finished_writes(&mut self) -> Vec<WrittenKey> {
+        std::mem::take(&mut self.finished_writes)
+    }
+
+    /// Every written key still remembered, over or not (the session is ending).
+    pub fn take_all_writes(&mut self) -> Vec<WrittenKey> {
+        let mut all = std::mem::take(&mut self.finished_writes);
+        for entry in &mut self.entries {
+            if let Expected::Upstream { written, .. } = entry {
+                all.append(written);
+            }
+        }
+        all
     }
 
     /// The earliest deadline among owed replies.
@@ -223,7 +251,9 @@ impl ReplyQueue {
                 Expected::Upstream {
                     remaining,
                     deadline: Some(deadline),
+                    written,
                 } if *deadline <= now => {
+                    self.finished_writes.append(written);
                     let count = std::mem::take(remaining);
                     *entry = Expected::Ready(error.repeat(count as usize).into());
                     self.discard += u64::from(count);
@@ -243,7 +273,10 @@ impl ReplyQueue {
     fn fail_all(&mut self, error: &Bytes, output: &mut BytesMut) {
         for entry in &mut self.entries {
             match entry {
-                Expected::Upstream { remaining, .. } => {
+                Expected::Upstream {
+                    remaining, written, ..
+                } => {
+                    self.finished_writes.append(written);
                     *entry = Expected::Ready(error.repeat(*remaining as usize).into());
                 }
                 Expected::Substitute(_) => *entry = Expected::Ready(error.clone()),
@@ -312,13 +345,17 @@ impl ReplyQueue {
         }
         let mut owed = count;
         while owed > 0 {
-            let Some(Expected::Upstream { remaining, .. }) = self.entries.get_mut(index) else {
+            let Some(Expected::Upstream {
+                remaining, written, ..
+            }) = self.entries.get_mut(index)
+            else {
                 break;
             };
             let taken = owed.min(*remaining);
             *remaining -= taken;
             owed -= taken;
             if *remaining == 0 {
+                self.finished_writes.append(written);
                 self.entries.remove(index);
             }
         }
@@ -371,9 +408,9 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(2, None);
+        queue.push_upstream(2, None, Vec::new());
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
-        queue.push_upstream(1, None);
+        queue.push_upstream(1, None, Vec::new());
         assert!(output.is_empty());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n");
@@ -389,10 +426,10 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(1, None);
+        queue.push_upstream(1, None, Vec::new());
         let ticket = queue.next_ticket();
         queue.push_fetched(true);
-        queue.push_upstream(2, None);
+        queue.push_upstream(2, None, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n");
@@ -412,8 +449,8 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
         let start = Instant::now();
-        queue.push_upstream(2, Some(start));
-        queue.push_upstream(1, Some(start + Duration::from_secs(60)));
+        queue.push_upstream(2, Some(start), Vec::new());
+        queue.push_upstream(1, Some(start + Duration::from_secs(60)), Vec::new());
         let error = Bytes::from_static(b"-ERR timeout\r\n");
         assert_eq!(queue.expire(start, &error, &mut output), 2);
         assert_eq!(&output[..], b"-ERR timeout\r\n-ERR timeout\r\n");

@@ -181,6 +181,11 @@ pub(super) async fn serve(
         ..ConnState::default()
     };
     let end = drive(&stream, batches, owner, reply_timeout, tracking, &mut state).await;
+    if state.tracking_redirect != 0 {
+        // Redis forgets what a closed connection was tracking: invalidations for the keys
+        // filled through it will never come, so their entries must not be served.
+        tracking.lose_invalidations();
+    }
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
@@ -238,7 +243,9 @@ async fn drive(
                 match net::read_available(stream, input) {
                     Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
                     Ok(_) => {
-                        if let Err(error) = route(input, scanner, pending, owner, tracking) {
+                        if let Err(error) =
+                            route(input, scanner, pending, owner, tracking, tracking_redirect)
+                        {
                             return ServeEnd::Broken(error);
                         }
                     }
@@ -295,13 +302,21 @@ fn route(
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
     tracking: &TrackingTarget,
+    tracking_redirect: &mut i64,
 ) -> Result<(), String> {
     let mut run_len = 0;
     let mut run_count = 0;
     while let Some(len) = scanner.scan(&input[run_len..]).map_err(|e| e.to_string())? {
         let push = is_push(&input[run_len..]);
         if push || pending.is_empty() {
-            deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
+            deliver_run(
+                input,
+                pending,
+                &mut run_len,
+                &mut run_count,
+                tracking,
+                tracking_redirect,
+            );
             let frame = input.split_to(len).freeze();
             let Some(owner) = owner else {
                 if push {
@@ -328,10 +343,24 @@ fn route(
             .front()
             .is_some_and(|head| head.remaining == run_count)
         {
-            deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
+            deliver_run(
+                input,
+                pending,
+                &mut run_len,
+                &mut run_count,
+                tracking,
+                tracking_redirect,
+            );
         }
     }
-    deliver_run(input, pending, &mut run_len, &mut run_count, tracking);
+    deliver_run(
+        input,
+        pending,
+        &mut run_len,
+        &mut run_count,
+        tracking,
+        tracking_redirect,
+    );
     Ok(())
 }
 
@@ -341,6 +370,7 @@ fn deliver_run(
     run_len: &mut usize,
     run_count: &mut u32,
     tracking: &TrackingTarget,
+    tracking_redirect: &mut i64,
 ) {
     if *run_count == 0 {
         return;
@@ -355,13 +385,14 @@ fn deliver_run(
                 });
             }
             // Tracking could not be turned on: the fill after it is not tracked, so it must
-            // not be stored.
+            // not be stored, and the next fill turns tracking on again first.
             None if bytes.first() == Some(&b'-') => {
                 tracing::warn!(
                     reply = %String::from_utf8_lossy(&bytes).trim_end(),
                     "Redis refused to track a cache fill"
                 );
                 tracking.lose_invalidations();
+                *tracking_redirect = 0;
             }
             None => {}
         }
@@ -503,6 +534,7 @@ mod tests {
             &mut pending,
             None,
             &TrackingTarget::default(),
+            &mut 0,
         )
         .unwrap();
         assert_eq!(
@@ -517,6 +549,7 @@ mod tests {
             &mut pending,
             None,
             &TrackingTarget::default(),
+            &mut 0,
         )
         .unwrap();
         assert_eq!(
@@ -538,6 +571,7 @@ mod tests {
             &mut pending,
             Some(&owner),
             &TrackingTarget::default(),
+            &mut 0,
         )
         .unwrap();
         assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
@@ -554,6 +588,7 @@ mod tests {
             &mut VecDeque::new(),
             None,
             &TrackingTarget::default(),
+            &mut 0,
         )
         .is_err());
         let mut push = BytesMut::from(&b">2\r\n+invalidate\r\n*0\r\n"[..]);
@@ -563,6 +598,7 @@ mod tests {
             &mut VecDeque::new(),
             None,
             &TrackingTarget::default(),
+            &mut 0,
         )
         .is_ok());
     }

@@ -31,7 +31,7 @@ pub struct TrackingTarget {
     /// `DOWN`, `UNSUPPORTED` or a client id.
     redirect: AtomicI64,
     /// Bumped whenever invalidations may have been lost; a fill started under an older epoch
-    /// is not stored.
+    /// is not stored, and an entry stored under one is not served.
     epoch: AtomicU64,
 }
 
@@ -44,6 +44,8 @@ impl TrackingTarget {
         }
     }
 
+    /// Every change starts a new epoch: a read that began under another state (one that may
+    /// have gone untracked) is never stored.
     pub fn set(&self, state: Invalidations) {
         let value = match state {
             Invalidations::Down => DOWN,
@@ -51,6 +53,7 @@ impl TrackingTarget {
             Invalidations::RedirectTo(id) => id,
         };
         self.redirect.store(value, Ordering::Release);
+        self.lose_invalidations();
     }
 
     pub fn epoch(&self) -> u64 {
