@@ -210,6 +210,16 @@ fn expiry_and_flushes_invalidate() {
         "the expired key reads as nil",
         || get(&mut reader, "user:1").is_none(),
     );
+    // And an entry never outlives the key as it was when read, whenever Redis's own expiry
+    // cycle gets to the key.
+    let () = redis::cmd("SET")
+        .arg(&["user:5", "brief", "PX", "100"])
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(get(&mut reader, "user:5").as_deref(), Some("brief"));
+    assert_eq!(get(&mut reader, "user:5").as_deref(), Some("brief"));
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(get(&mut reader, "user:5"), None);
 
     set(&mut direct, "user:2", "kept");
     assert_eq!(get(&mut reader, "user:2").as_deref(), Some("kept"));

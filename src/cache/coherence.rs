@@ -11,7 +11,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::mpsc;
@@ -22,7 +24,7 @@ use crate::resp::frame::frame_len;
 use crate::resp::request::Args;
 use crate::resp::{reply, Protocol};
 use crate::upstream::{
-    Batch, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
+    encode_command, Batch, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
 };
 
 /// What to do with a read.
@@ -197,31 +199,70 @@ impl Coherence {
         request: Bytes,
         error: impl FnOnce(SendError) -> Bytes,
     ) {
+        // A one-key read also asks for the key's remaining time to live, so that an entry
+        // never outlives the key: Redis's own expiry of it may come much later.
+        let expiring_key = {
+            let flights = self.flights();
+            flights
+                .running
+                .get(&id)
+                .filter(|flight| flight.kind == Kind::OneKey)
+                .map(|flight| flight.keys[0].clone())
+        };
+        let (bytes, count) = match &expiring_key {
+            Some(key) => {
+                let mut out = BytesMut::from(&request[..]);
+                encode_command(&[&b"PTTL"[..], key], &mut out);
+                (out.freeze(), 2)
+            }
+            None => (request, 1),
+        };
         let (reply_to, mut replies) = mpsc::unbounded_channel();
         let batch = Batch {
-            bytes: request,
-            count: 1,
+            bytes,
+            count,
             reply_to,
             tracked: true,
         };
         if let Err(failure) = conn.send(batch) {
-            self.complete(id, error(failure));
+            self.complete(id, error(failure), None);
             return;
         }
         let coherence = Arc::clone(self);
         tokio::spawn(async move {
-            let reply = match replies.recv().await {
-                Some(Reply::Frames { bytes, .. }) => bytes,
-                Some(Reply::Failed { error, .. } | Reply::Closed { error }) => error,
-                _ => reply::error("ERR upstream connection closed"),
+            let mut frames = BytesMut::new();
+            let mut received = 0;
+            while received < count {
+                match replies.recv().await {
+                    Some(Reply::Frames { bytes, count }) => {
+                        frames.extend_from_slice(&bytes);
+                        received += count;
+                    }
+                    Some(Reply::Failed { error, .. } | Reply::Closed { error }) => {
+                        return coherence.complete(id, error, None);
+                    }
+                    _ => {
+                        let error = reply::error("ERR upstream connection closed");
+                        return coherence.complete(id, error, None);
+                    }
+                }
+            }
+            let mut frames = frames.freeze();
+            let reply_len = match frame_len(&frames) {
+                Ok(Some(len)) if count == 2 => len,
+                _ => frames.len(),
             };
-            coherence.complete(id, reply);
+            let reply = frames.split_to(reply_len);
+            let lifetime = read_integer(&frames)
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis);
+            coherence.complete(id, reply, lifetime);
         });
     }
 
-    /// Ends flight `id` with `reply`: stores it if nothing invalidated it, and answers every
-    /// reader.
-    fn complete(&self, id: u64, reply: Bytes) {
+    /// Ends flight `id` with `reply`: stores it (for at most `lifetime`, the key's own time to
+    /// live) if nothing invalidated it, and answers every reader.
+    fn complete(&self, id: u64, reply: Bytes, lifetime: Option<Duration>) {
         let flight = {
             let mut flights = self.flights();
             let Some(flight) = flights.forget(id) else {
@@ -237,6 +278,7 @@ impl Coherence {
                         &flight.shape,
                         reply.clone(),
                         flight.epoch,
+                        lifetime,
                     ),
                     Kind::PerKey => {
                         for (key, element) in
@@ -244,7 +286,7 @@ impl Coherence {
                         {
                             flight
                                 .rule
-                                .insert(key, &flight.shape, element, flight.epoch);
+                                .insert(key, &flight.shape, element, flight.epoch, None);
                         }
                     }
                 }
@@ -319,6 +361,13 @@ impl Coherence {
             rule.flush();
         }
     }
+}
+
+/// An integer reply's value.
+fn read_integer(reply: &[u8]) -> Option<i64> {
+    let line = reply.strip_prefix(b":")?;
+    let end = line.iter().position(|&byte| byte == b'\r')?;
+    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
 }
 
 /// An `MGET` reply from cached elements, if every one is cached.

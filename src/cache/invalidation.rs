@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::context::Context;
@@ -23,6 +23,8 @@ use crate::upstream::{self, encode_command, Invalidations, UpstreamSettings};
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// The channel Redis publishes redirected invalidations on.
 const CHANNEL: &[u8] = b"__redis__:invalidate";
+/// How often the connection proves it is alive; a `PING` unanswered by the next one ends it.
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// The name the connection shows in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "keyward-invalidations";
 
@@ -110,11 +112,34 @@ async fn listen(context: &Context) -> String {
     }
     context.upstream.tracking.set(tracking);
     tracing::info!(client_id = id, "cache invalidation connection up");
+    let (mut reader, mut writer) = stream.into_split();
+    // A connection that silently died (a dropped NAT entry, a crashed host) would otherwise
+    // look up forever while its invalidations go nowhere.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut unanswered_ping = false;
     loop {
-        let frame = match next_frame(&mut stream, &mut input).await {
-            Ok(frame) => frame,
-            Err(error) => return error,
+        let frame = tokio::select! {
+            frame = next_frame(&mut reader, &mut input) => match frame {
+                Ok(frame) => frame,
+                Err(error) => return error,
+            },
+            _ = ping.tick() => {
+                if unanswered_ping {
+                    return format!("no answer to PING within {PING_EVERY:?}");
+                }
+                let mut out = BytesMut::new();
+                encode_command(&[&b"PING"[..]], &mut out);
+                if let Err(error) = writer.write_all(&out).await {
+                    return error.to_string();
+                }
+                unanswered_ping = true;
+                continue;
+            }
         };
+        if is_pong(&frame) {
+            unanswered_ping = false;
+            continue;
+        }
         let active = context.live.load();
         let rules = &active.policies.caches;
         match invalidated_keys(frame) {
@@ -198,7 +223,17 @@ fn invalidated_keys(frame: OwnedFrame) -> Option<Invalidated> {
     }
 }
 
-async fn next_frame(stream: &mut TcpStream, input: &mut BytesMut) -> Result<OwnedFrame, String> {
+/// A subscribed connection answers `PING` with `["pong", ""]`.
+fn is_pong(frame: &OwnedFrame) -> bool {
+    matches!(frame, OwnedFrame::Array(parts)
+        if matches!(parts.first(), Some(OwnedFrame::BulkString(kind)) if kind.eq_ignore_ascii_case(b"pong")))
+}
+
+/// Reads the next frame; cancel-safe (what was read stays in `input`).
+async fn next_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    input: &mut BytesMut,
+) -> Result<OwnedFrame, String> {
     loop {
         if let Some((frame, used)) = decode(input).map_err(|error| error.to_string())? {
             let _ = input.split_to(used);

@@ -57,7 +57,8 @@ struct KeyEntries {
 struct Variant {
     shape: Bytes,
     reply: Bytes,
-    stored_at: Instant,
+    /// When it stops being served: `ttl` after it was read, or sooner if the key expires.
+    expires_at: Instant,
     /// The tracking epoch it was read in: served only while that epoch lasts.
     epoch: u64,
 }
@@ -191,40 +192,46 @@ impl RuleCache {
         self.matcher.applies_to(info) && self.matcher.matches_key(key)
     }
 
-    /// The reply cached for `shape` of `key`, if it is younger than `ttl` and was read in
-    /// the current tracking `epoch`.
+    /// The reply cached for `shape` of `key`, if it has not expired and was read in the
+    /// current tracking `epoch`.
     fn get(&self, key: &[u8], shape: &[u8], epoch: u64) -> Option<Bytes> {
         let entries = self.store.get(key)?;
-        let ttl = self.ttl();
         entries
             .variants
             .iter()
             .find(|variant| {
                 variant.epoch == epoch
                     && &variant.shape[..] == shape
-                    && variant.stored_at.elapsed() < ttl
+                    && Instant::now() < variant.expires_at
             })
             .map(|variant| variant.reply.clone())
     }
 
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
-    fn insert(&self, key: &Bytes, shape: &Bytes, reply: Bytes, epoch: u64) {
+    fn insert(
+        &self,
+        key: &Bytes,
+        shape: &Bytes,
+        reply: Bytes,
+        epoch: u64,
+        lifetime: Option<Duration>,
+    ) {
         if !self.keeps(&reply) {
             return;
         }
-        let ttl = self.ttl();
+        let (now, ttl) = (Instant::now(), self.ttl());
         let mut entries = self
             .store
             .get(key)
             .map(|entries| (*entries).clone())
             .unwrap_or_default();
         entries.variants.retain(|variant| {
-            variant.shape != *shape && variant.epoch == epoch && variant.stored_at.elapsed() < ttl
+            variant.shape != *shape && variant.epoch == epoch && now < variant.expires_at
         });
         entries.variants.push(Variant {
             shape: shape.clone(),
             reply,
-            stored_at: Instant::now(),
+            expires_at: now + lifetime.map_or(ttl, |lifetime| lifetime.min(ttl)),
             epoch,
         });
         entries.weigh(key);
@@ -284,23 +291,28 @@ impl RuleCache {
     }
 }
 
-/// The rule that caches a read, with the read's keys: `None` when no rule does (for `MGET`,
-/// one rule must cover every key).
-fn rule_for<'r, 'a>(
+/// The rule that caches a read: the first rule in force that covers it, else the first
+/// shadow rule that does, so that adding a shadow rule never stops a rule in force from
+/// serving. `None` when no rule does (for `MGET`, one rule must cover every key).
+fn rule_for<'r>(
     rules: &'r [Arc<RuleCache>],
     info: &CommandInfo,
-    args: &Args<'a>,
+    args: &Args<'_>,
     kind: Kind,
 ) -> Option<&'r Arc<RuleCache>> {
     let first = args.get(1)?;
-    let rule = rules.iter().find(|rule| rule.covers(info, first))?;
-    match kind {
-        Kind::OneKey => Some(rule),
-        Kind::PerKey => (2..args.len())
-            .filter_map(|index| args.get(index))
-            .all(|key| rule.matcher.matches_key(key))
-            .then_some(rule),
-    }
+    let covers = |rule: &&Arc<RuleCache>| {
+        rule.covers(info, first)
+            && (kind == Kind::OneKey
+                || (2..args.len())
+                    .filter_map(|index| args.get(index))
+                    .all(|key| rule.matcher.matches_key(key)))
+    };
+    rules
+        .iter()
+        .filter(covers)
+        .find(|rule| !rule.is_shadow())
+        .or_else(|| rules.iter().find(covers))
 }
 
 /// Writes the shape of a read into `out`: database, protocol, command, and for a one-key

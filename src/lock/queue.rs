@@ -12,6 +12,10 @@ use super::{LockReport, Waiter};
 use crate::resp::reply;
 use crate::upstream::{Batch, ConnHandle, Reply};
 
+/// Deletes the lock only if it still holds the token (a waiter that left won it).
+const RELEASE: &[u8] =
+    b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
 /// The longest a queue waits without hearing from Redis before it looks at the lock again: a
 /// lost invalidation costs at most this much.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
@@ -130,14 +134,13 @@ impl Queue {
         ))
     }
 
-    /// Settles the head waiter after a try; `true` if the lock is free of waiters' claims (the
-    /// head won or failed), `false` if the head lost and keeps waiting.
-    fn settle_head(&self, outcome: Outcome) -> bool {
+    /// Settles the head waiter after a try.
+    fn settle_head(&self, outcome: Outcome) -> Settled {
         let mut state = self.state();
         let Some(head) = state.waiters.front_mut() else {
-            return true;
+            return Settled::Answered { granted: false };
         };
-        let reply = match outcome {
+        let (reply, granted) = match outcome {
             Outcome::Lost(reply) => {
                 if head.lost_reply.is_none() {
                     // The client would now have slept and tried again, maybe many times.
@@ -145,7 +148,18 @@ impl Queue {
                     head.rule.metrics.contended.increment(1);
                     head.lost_reply = Some(reply);
                 }
-                return false;
+                return Settled::StillWaiting;
+            }
+            Outcome::Acquired(_) if head.reply_to.is_closed() => {
+                // The client left while its try was on the way: nobody would release it.
+                let Some(head) = state.waiters.pop_front() else {
+                    return Settled::Answered { granted: false };
+                };
+                head.rule.metrics.waiters.decrement(1.0);
+                return Settled::Abandoned {
+                    conn: head.conn,
+                    token: head.token,
+                };
             }
             Outcome::Acquired(reply) => {
                 let waited = head.since.elapsed();
@@ -157,20 +171,30 @@ impl Queue {
                     metrics.immediate.increment(1);
                 }
                 state.holder = Some(head.token.clone());
-                reply
+                (reply, true)
             }
-            Outcome::Other(reply) => reply,
+            Outcome::Other(reply) => (reply, false),
         };
         let Some(head) = state.waiters.pop_front() else {
-            return true;
+            return Settled::Answered { granted: false };
         };
         head.rule.metrics.waiters.decrement(1.0);
         let _ = head.reply_to.send(Reply::Fetched {
             ticket: head.ticket,
             bytes: reply,
         });
-        true
+        Settled::Answered { granted }
     }
+}
+
+/// What became of the head waiter after a try.
+enum Settled {
+    /// It lost and keeps waiting.
+    StillWaiting,
+    /// It got its answer (the lock, or an error).
+    Answered { granted: bool },
+    /// It won the lock, but its client has left: the lock must be given back.
+    Abandoned { conn: ConnHandle, token: Bytes },
 }
 
 /// Hands the lock to the queue's waiters in order, until nobody waits.
@@ -180,10 +204,17 @@ pub async fn drive(queue: &Queue) {
     while let Some((request, conn, with_get, earliest_deadline)) = queue.next_head() {
         if !held {
             let outcome = classify(send(&conn, request, false).await, with_get);
-            let granted = matches!(outcome, Outcome::Acquired(_));
-            if queue.settle_head(outcome) {
-                held = granted;
-                continue;
+            match queue.settle_head(outcome) {
+                Settled::StillWaiting => {}
+                Settled::Answered { granted } => {
+                    held = granted;
+                    continue;
+                }
+                Settled::Abandoned { conn, token } => {
+                    let release = command(&[b"EVAL", RELEASE, b"1", &queue.key, &token]);
+                    send(&conn, release, false).await;
+                    continue;
+                }
             }
         }
         held = false;
