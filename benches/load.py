@@ -46,6 +46,23 @@ limit = 1000000000
 period = "1s"
 mode = "{mode}"
 """
+# Every policy kind at once, in shadow mode, on the keys the benchmark touches.
+ALL_POLICIES_SHADOW = NEVER_HIT_RULE.format(mode="shadow") + """
+[[cache]]
+name = "everything"
+keys = ["key:*"]
+ttl = "1m"
+max_memory = "64MB"
+mode = "shadow"
+
+[[lock]]
+name = "everything"
+keys = ["key:*"]
+mode = "shadow"
+
+[hotkeys]
+enabled = true
+"""
 SCENARIOS = [
     # name, redis-benchmark arguments, requests multiplier
     ("GET, no pipelining", ["-t", "get", "-P", "1"], 1),
@@ -221,15 +238,16 @@ def lock_benchmark(redis_port, start_keyward, rounds, seconds):
 def report_policies(results, targets, scenarios, rounds):
     print()
     print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
-          f"{rounds} rounds, medians in requests/s; one rate-limit rule matching every key, never hit")
+          f"{rounds} rounds, medians in requests/s; one rate-limit rule matching every key, never hit; "
+          f"'all policies': that rule, a cache rule, a lock rule (all shadow) and hot keys")
     names = [name for name, _ in targets]
-    print("| scenario | " + " | ".join(names) + " | shadow/keyward | enforce/keyward |")
-    print("| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: |")
+    print("| scenario | " + " | ".join(names) + " | shadow/keyward | enforce/keyward | all (shadow)/keyward |")
+    print("| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: | ---: |")
     for scenario, _, _ in scenarios:
         medians = [statistics.median(results[(scenario, name)]) for name in names]
         base = medians[1]
         print(f"| {scenario} | " + " | ".join(f"{m:,.0f}" for m in medians)
-              + f" | {medians[2] / base:.3f} | {medians[3] / base:.3f} |")
+              + f" | {medians[2] / base:.3f} | {medians[3] / base:.3f} | {medians[4] / base:.3f} |")
 
 
 def ratelimit_memory(redis_port, start_keyward):
@@ -338,6 +356,9 @@ def main():
                 port = free_port()
                 start_keyward(f"keyward-{mode}", port, free_port(), NEVER_HIT_RULE.format(mode=mode))
                 targets.append((f"rate limit ({mode})", port))
+            port = free_port()
+            start_keyward("keyward-all-shadow", port, free_port(), ALL_POLICIES_SHADOW)
+            targets.append(("all policies (shadow)", port))
             scenarios = SCENARIOS[:4]
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
         cpu_per_million = {s[0]: [] for s in scenarios}

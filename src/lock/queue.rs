@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 
 use super::{LockReport, Waiter};
 use crate::resp::reply;
@@ -23,7 +23,10 @@ const SAFETY_POLL: Duration = Duration::from_secs(1);
 pub struct Queue {
     key: Bytes,
     state: Mutex<State>,
-    wake: Notify,
+    /// Bumped when the lock may have been released; the driver waits for a bump after it last
+    /// looked at the lock, so that one release heard twice (through keyward and from Redis)
+    /// costs one try, not two.
+    wake: watch::Sender<u64>,
     max_waiters: usize,
 }
 
@@ -52,7 +55,7 @@ impl Queue {
                 waiters: first.into_iter().collect(),
                 ..State::default()
             }),
-            wake: Notify::new(),
+            wake: watch::Sender::new(0),
             max_waiters,
         }
     }
@@ -79,7 +82,7 @@ impl Queue {
     }
 
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.wake.send_modify(|wakes| *wakes += 1);
     }
 
     pub fn report(&self, db: u32) -> Option<LockReport> {
@@ -199,6 +202,7 @@ enum Settled {
 
 /// Hands the lock to the queue's waiters in order, until nobody waits.
 pub async fn drive(queue: &Queue) {
+    let mut released = queue.wake.subscribe();
     // Right after a grant the lock is held: wait for its release before trying again.
     let mut held = false;
     while let Some((request, conn, with_get, earliest_deadline)) = queue.next_head() {
@@ -218,6 +222,8 @@ pub async fn drive(queue: &Queue) {
             }
         }
         held = false;
+        // Releases heard before this look at the lock are stale.
+        released.borrow_and_update();
         // Read the holder's token with tracking on, so that Redis tells keyward when the key
         // is deleted, overwritten or expires; and its remaining time, for the safety timer.
         let holder = send(&conn, command(&[b"GET", &queue.key]), true).await;
@@ -231,7 +237,7 @@ pub async fn drive(queue: &Queue) {
         };
         let until = (Instant::now() + wait).min(earliest_deadline);
         tokio::select! {
-            () = queue.wake.notified() => {}
+            _ = released.changed() => {}
             () = tokio::time::sleep_until(until.into()) => {}
         }
     }
