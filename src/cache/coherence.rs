@@ -320,8 +320,10 @@ impl Coherence {
             .or_default() += 1;
     }
 
-    /// Redis answered a write of `key` (or it failed): reads of it may be cached again.
-    pub fn end_write(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
+    /// Redis answered a write of `key` (or it failed): reads of it may be cached again. Nothing
+    /// was stored for the key meanwhile (fills in flight were poisoned, new ones not shared or
+    /// stored), so there is nothing to drop.
+    pub fn end_write(&self, key: &[u8]) {
         let mut flights = self.flights();
         if let Some(count) = flights.writing.get_mut(key) {
             *count -= 1;
@@ -329,7 +331,6 @@ impl Coherence {
                 flights.writing.remove(key);
             }
         }
-        Self::invalidate_locked(&mut flights, rules, key);
     }
 
     fn invalidate_locked(flights: &mut Flights, rules: &[Arc<RuleCache>], key: &[u8]) {

@@ -174,7 +174,7 @@ impl RuleCache {
         self.rule.name.get_ref()
     }
 
-    fn is_shadow(&self) -> bool {
+    pub fn is_shadow(&self) -> bool {
         self.rule.mode == Mode::Shadow
     }
 

@@ -75,7 +75,7 @@ impl RuleLocks {
         self.matcher.matches_key(key)
     }
 
-    fn is_shadow(&self) -> bool {
+    pub fn is_shadow(&self) -> bool {
         self.rule.mode == Mode::Shadow
     }
 

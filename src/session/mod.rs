@@ -1075,10 +1075,23 @@ fn note_writes(
         .iter()
         .filter_map(|&position| args.get(position))
     {
-        let cached = policies.caches.iter().any(|rule| rule.matches_key(key));
-        let locked = policies.locks.iter().any(|rule| rule.matches_key(key));
+        // Only rules in force serve or hold anything: for shadow rules, dropping the entries
+        // is enough (their counts may be off by a read that raced the write).
+        let covering = |shadow: bool| {
+            policies
+                .caches
+                .iter()
+                .any(|rule| rule.is_shadow() == shadow && rule.matches_key(key))
+        };
+        let cached = covering(false);
+        let locked = policies
+            .locks
+            .iter()
+            .any(|rule| !rule.is_shadow() && rule.matches_key(key));
         if cached {
             cache.begin_write(&policies.caches, key);
+        } else if covering(true) {
+            cache.invalidate(&policies.caches, key);
         }
         if cached || locked {
             written.push(WrittenKey {
@@ -1093,10 +1106,9 @@ fn end_writes(context: &Context, written: Vec<WrittenKey>) {
     if written.is_empty() {
         return;
     }
-    let active = context.live.load();
     for write in written {
         if write.cached {
-            context.cache.end_write(&active.policies.caches, &write.key);
+            context.cache.end_write(&write.key);
         }
         context.locks.released(&write.key);
     }
