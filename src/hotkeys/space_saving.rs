@@ -23,18 +23,26 @@ pub struct Counted {
 #[derive(Debug, Clone)]
 pub struct SpaceSaving {
     capacity: usize,
-    /// Min-heap by count.
-    heap: Vec<Counted>,
-    position: FxHashMap<Box<[u8]>, usize>,
+    /// The counters, each in a fixed slot for as long as it lives.
+    slots: Vec<Counted>,
+    /// Slot numbers as a min-heap by count. Heap moves touch only these numbers and
+    /// `heap_position`, never the key index: with many keys of equal count (a uniform stream)
+    /// a new key sinks through many levels, and rehashing keys at each step dominated.
+    heap: Vec<u32>,
+    /// Each slot's place in `heap`.
+    heap_position: Vec<u32>,
+    slot_of: FxHashMap<Box<[u8]>, u32>,
     total: u64,
 }
 
 impl SpaceSaving {
     pub fn new(capacity: usize) -> SpaceSaving {
         SpaceSaving {
-            capacity: capacity.max(1),
+            capacity: capacity.clamp(1, u32::MAX as usize),
+            slots: Vec::new(),
             heap: Vec::new(),
-            position: FxHashMap::default(),
+            heap_position: Vec::new(),
+            slot_of: FxHashMap::default(),
             total: 0,
         }
     }
@@ -47,29 +55,32 @@ impl SpaceSaving {
     pub fn observe(&mut self, key: &[u8], weight: u64, write: bool) {
         self.total += weight;
         let writes = if write { weight } else { 0 };
-        if let Some(&index) = self.position.get(key) {
-            let counted = &mut self.heap[index];
+        if let Some(&slot) = self.slot_of.get(key) {
+            let counted = &mut self.slots[slot as usize];
             counted.count += weight;
             counted.writes += writes;
-            self.sift_down(index);
+            self.sift_down(self.heap_position[slot as usize] as usize);
             return;
         }
         let key: Box<[u8]> = key.into();
-        if self.heap.len() < self.capacity {
-            self.heap.push(Counted {
+        if self.slots.len() < self.capacity {
+            let slot = self.slots.len() as u32;
+            self.slots.push(Counted {
                 key: key.clone(),
                 count: weight,
                 error: 0,
                 writes,
             });
-            let index = self.heap.len() - 1;
-            self.position.insert(key, index);
-            self.sift_up(index);
+            self.heap.push(slot);
+            self.heap_position.push(self.heap.len() as u32 - 1);
+            self.slot_of.insert(key, slot);
+            self.sift_up(self.heap.len() - 1);
             return;
         }
-        let floor = self.heap[0].count;
+        let slot = self.heap[0];
+        let floor = self.slots[slot as usize].count;
         let replaced = std::mem::replace(
-            &mut self.heap[0],
+            &mut self.slots[slot as usize],
             Counted {
                 key: key.clone(),
                 count: floor + weight,
@@ -77,34 +88,43 @@ impl SpaceSaving {
                 writes,
             },
         );
-        self.position.remove(&replaced.key);
-        self.position.insert(key, 0);
+        self.slot_of.remove(&replaced.key);
+        self.slot_of.insert(key, slot);
         self.sift_down(0);
     }
 
     /// The smallest count held: the most a key not held can have been seen.
     pub fn floor(&self) -> u64 {
-        if self.heap.len() < self.capacity {
+        if self.slots.len() < self.capacity {
             0
         } else {
-            self.heap.first().map_or(0, |counted| counted.count)
+            self.heap
+                .first()
+                .map_or(0, |&slot| self.slots[slot as usize].count)
         }
     }
 
+    /// Every counter, in no particular order.
     pub fn counters(&self) -> &[Counted] {
-        &self.heap
+        &self.slots
     }
 
     pub fn clear(&mut self) {
+        self.slots.clear();
         self.heap.clear();
-        self.position.clear();
+        self.heap_position.clear();
+        self.slot_of.clear();
         self.total = 0;
+    }
+
+    fn count_at(&self, index: usize) -> u64 {
+        self.slots[self.heap[index] as usize].count
     }
 
     fn sift_up(&mut self, mut index: usize) {
         while index > 0 {
             let parent = (index - 1) / 2;
-            if self.heap[parent].count <= self.heap[index].count {
+            if self.count_at(parent) <= self.count_at(index) {
                 break;
             }
             self.swap(parent, index);
@@ -116,10 +136,10 @@ impl SpaceSaving {
         loop {
             let (left, right) = (2 * index + 1, 2 * index + 2);
             let mut smallest = index;
-            if left < self.heap.len() && self.heap[left].count < self.heap[smallest].count {
+            if left < self.heap.len() && self.count_at(left) < self.count_at(smallest) {
                 smallest = left;
             }
-            if right < self.heap.len() && self.heap[right].count < self.heap[smallest].count {
+            if right < self.heap.len() && self.count_at(right) < self.count_at(smallest) {
                 smallest = right;
             }
             if smallest == index {
@@ -132,11 +152,8 @@ impl SpaceSaving {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        for index in [a, b] {
-            if let Some(slot) = self.position.get_mut(&self.heap[index].key) {
-                *slot = index;
-            }
-        }
+        self.heap_position[self.heap[a] as usize] = a as u32;
+        self.heap_position[self.heap[b] as usize] = b as u32;
     }
 }
 
