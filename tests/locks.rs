@@ -320,3 +320,23 @@ fn contended_locks_are_reported() {
         assert!(waiter.join().unwrap());
     }
 }
+
+#[test]
+fn a_waiter_that_half_closes_gets_its_answer_at_once() {
+    let redis = RedisServer::start();
+    let keyward = locking_keyward(&redis, LOCKS);
+    assert!(try_lock(&mut redis.client(), "lock:a", "holder", 60_000));
+    let mut client = keyward.raw();
+    client.send(b"SET lock:a waiter NX PX 1000\r\nPING\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    // As `printf ... | nc` does: the client is done sending and waits for its replies.
+    let started = Instant::now();
+    client.shutdown_write();
+    assert_eq!(client.read_line(), "$-1\r\n");
+    assert_eq!(client.read_line(), "+PONG\r\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -76,6 +76,9 @@ struct Flights {
     /// Keys written through keyward whose writes Redis has not answered yet: no read of them
     /// is stored or shared until it has.
     writing: FxHashMap<Bytes, u32>,
+    /// Flushes sent through keyward that Redis has not answered yet: no read is stored or
+    /// shared until it has.
+    flushing: u32,
 }
 
 impl Flights {
@@ -154,7 +157,7 @@ impl Coherence {
             open_key.extend_from_slice(key);
         }
         let mut flights = self.flights();
-        if keys.clone().any(|key| flights.writing.contains_key(key)) {
+        if flights.flushing > 0 || keys.clone().any(|key| flights.writing.contains_key(key)) {
             return Lookup::Bypass;
         }
         if let Some(id) = flights.open.get(&open_key[..]).copied() {
@@ -348,6 +351,18 @@ impl Coherence {
         for rule in rules {
             rule.invalidate(key);
         }
+    }
+
+    /// A flush through keyward is on its way to Redis: everything goes now, and until
+    /// [`end_flush`](Self::end_flush) nothing is stored or shared, so no read can overtake it.
+    pub fn begin_flush(&self, rules: &[Arc<RuleCache>]) {
+        self.flush_all(rules);
+        self.flights().flushing += 1;
+    }
+
+    pub fn end_flush(&self) {
+        let mut flights = self.flights();
+        flights.flushing = flights.flushing.saturating_sub(1);
     }
 
     /// Drops everything (a flush, or invalidations that may have been lost).

@@ -71,45 +71,13 @@ fn needs_invalidations(context: &Context) -> bool {
 
 /// Opens the connection, subscribes, and applies invalidations until it fails.
 async fn listen(context: &Context) -> String {
-    let setup = [vec![
-        b"CLIENT".to_vec(),
-        b"SETNAME".to_vec(),
-        CLIENT_NAME.as_bytes().to_vec(),
-    ]];
     let settings = context.upstream.settings();
-    let connected = match upstream::connect(settings, Protocol::Resp2, 0, &setup, false).await {
-        Ok(connected) => connected,
-        Err(error) => return error.to_string(),
+    let setup = tokio::time::timeout(settings.connect_timeout, subscribe(settings)).await;
+    let (stream, mut input, id, tracking) = match setup {
+        Ok(Ok(subscribed)) => subscribed,
+        Ok(Err(error)) => return error,
+        Err(_) => return format!("no subscription within {:?}", settings.connect_timeout),
     };
-    let mut stream = connected.stream;
-    let mut input = BytesMut::with_capacity(4096);
-    let refusal = match tracking_refusal(&mut stream, &mut input).await {
-        Ok(refusal) => refusal,
-        Err(error) => return error,
-    };
-    let mut out = BytesMut::new();
-    encode_command(&[&b"CLIENT"[..], b"ID"], &mut out);
-    encode_command(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
-    if let Err(error) = stream.write_all(&out).await {
-        return error.to_string();
-    }
-    let id = match next_frame(&mut stream, &mut input).await {
-        Ok(OwnedFrame::Integer(id)) => id,
-        Ok(other) => return format!("unexpected reply to CLIENT ID: {other:?}"),
-        Err(error) => return error,
-    };
-    let tracking = match refusal {
-        Some(message) => {
-            tracing::warn!(%message, "{UNSUPPORTED}");
-            Invalidations::Unsupported
-        }
-        None => Invalidations::RedirectTo(id),
-    };
-    match next_frame(&mut stream, &mut input).await {
-        Ok(OwnedFrame::Array(_)) => {}
-        Ok(other) => return format!("unexpected reply to SUBSCRIBE: {other:?}"),
-        Err(error) => return error,
-    }
     context.upstream.tracking.set(tracking);
     tracing::info!(client_id = id, "cache invalidation connection up");
     let (mut reader, mut writer) = stream.into_split();
@@ -158,6 +126,46 @@ async fn listen(context: &Context) -> String {
     }
 }
 
+/// Opens the connection, learns its client id and whether Redis can track keys, and
+/// subscribes to the invalidation channel.
+async fn subscribe(
+    settings: &UpstreamSettings,
+) -> Result<(TcpStream, BytesMut, i64, Invalidations), String> {
+    let setup = [vec![
+        b"CLIENT".to_vec(),
+        b"SETNAME".to_vec(),
+        CLIENT_NAME.as_bytes().to_vec(),
+    ]];
+    let connected = upstream::connect(settings, Protocol::Resp2, 0, &setup, false)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut stream = connected.stream;
+    let mut input = BytesMut::with_capacity(4096);
+    let refusal = tracking_refusal(&mut stream, &mut input).await?;
+    let mut out = BytesMut::new();
+    encode_command(&[&b"CLIENT"[..], b"ID"], &mut out);
+    encode_command(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|error| error.to_string())?;
+    let id = match next_frame(&mut stream, &mut input).await? {
+        OwnedFrame::Integer(id) => id,
+        other => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
+    };
+    let tracking = match refusal {
+        Some(message) => {
+            tracing::warn!(%message, "{UNSUPPORTED}");
+            Invalidations::Unsupported
+        }
+        None => Invalidations::RedirectTo(id),
+    };
+    match next_frame(&mut stream, &mut input).await? {
+        OwnedFrame::Array(_) => Ok((stream, input, id, tracking)),
+        other => Err(format!("unexpected reply to SUBSCRIBE: {other:?}")),
+    }
+}
+
 /// What keyward says when Redis cannot track keys.
 pub const UNSUPPORTED: &str = "Redis cannot track keys (CLIENT TRACKING needs Redis 6 or later, and a user that may run it): cached entries are bounded only by their rule's ttl";
 
@@ -182,11 +190,16 @@ async fn tracking_refusal(
 /// For `keyward check`: whether the upstream in `settings` can track keys (`Ok(None)`), or
 /// why not.
 pub async fn probe(settings: &UpstreamSettings) -> Result<Option<String>, String> {
-    let connected = upstream::connect(settings, Protocol::Resp2, 0, &[], false)
+    let ask = async {
+        let connected = upstream::connect(settings, Protocol::Resp2, 0, &[], false)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut stream = connected.stream;
+        tracking_refusal(&mut stream, &mut BytesMut::new()).await
+    };
+    tokio::time::timeout(settings.connect_timeout, ask)
         .await
-        .map_err(|error| error.to_string())?;
-    let mut stream = connected.stream;
-    tracking_refusal(&mut stream, &mut BytesMut::new()).await
+        .map_err(|_| format!("no answer within {:?}", settings.connect_timeout))?
 }
 
 enum Invalidated {

@@ -32,12 +32,16 @@ use crate::resp::Protocol;
 pub use cacheable::Kind;
 pub use coherence::{Coherence, Lookup};
 
-/// A key a client wrote through keyward, remembered until Redis answers the write.
+/// A write through keyward that cache or lock rules watch, remembered until Redis answers it.
 #[derive(Debug)]
-pub struct WrittenKey {
-    pub key: Bytes,
-    /// A cache rule covers it: [`Coherence::begin_write`] was called for it.
-    pub cached: bool,
+pub enum Written {
+    Key {
+        key: Bytes,
+        /// A cache rule in force covers it: [`Coherence::begin_write`] was called for it.
+        cached: bool,
+    },
+    /// `FLUSHALL`, `FLUSHDB` or `SWAPDB`: [`Coherence::begin_flush`] was called.
+    Flush,
 }
 
 /// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).

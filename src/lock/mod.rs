@@ -100,6 +100,8 @@ struct Waiter {
     since: Instant,
     /// The reply Redis gave to the first losing try, answered on `max_wait`.
     lost_reply: Option<Bytes>,
+    /// The client closed its side: it is answered now, not when its turn comes.
+    gave_up: bool,
 }
 
 /// A lock: a key in a database. Clients of both protocols wait in one queue (each waiter is
@@ -138,6 +140,7 @@ impl LockTable {
             with_get: attempt.with_get,
             since: Instant::now(),
             lost_reply: None,
+            gave_up: false,
         };
         if rule.is_shadow() {
             queue::try_once(waiter);
@@ -177,6 +180,15 @@ impl LockTable {
             if &name[..] == key {
                 queue.wake();
             }
+        }
+    }
+
+    /// The client waiting with `ticket` for the lock on `key` closed its side: it gets Redis's
+    /// answer now (the nil it got, or one more try) instead of waiting for its turn.
+    pub fn give_up(&self, db: u32, key: &Bytes, reply_to: &ReplySender, ticket: u64) {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = queues.get(&(db, key.clone())) {
+            queue.give_up(reply_to, ticket);
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{LockReport, Waiter};
 use crate::resp::reply;
-use crate::upstream::{Batch, ConnHandle, Reply};
+use crate::upstream::{Batch, ConnHandle, Reply, ReplySender};
 
 /// Deletes the lock only if it still holds the token (a waiter that left won it).
 const RELEASE: &[u8] =
@@ -81,6 +81,19 @@ impl Queue {
         None
     }
 
+    pub fn give_up(&self, reply_to: &ReplySender, ticket: u64) {
+        let mut state = self.state();
+        if let Some(waiter) = state
+            .waiters
+            .iter_mut()
+            .find(|waiter| waiter.ticket == ticket && waiter.reply_to.same_channel(reply_to))
+        {
+            waiter.gave_up = true;
+        }
+        drop(state);
+        self.wake();
+    }
+
     pub fn wake(&self) {
         self.wake.send_modify(|wakes| *wakes += 1);
     }
@@ -111,7 +124,7 @@ impl Queue {
             let deadline = waiter.since + waiter.rule.max_wait();
             if waiter.reply_to.is_closed() {
                 waiter.rule.metrics.waiters.decrement(1.0);
-            } else if deadline <= now {
+            } else if deadline <= now || waiter.gave_up {
                 waiter.rule.metrics.waiters.decrement(1.0);
                 time_out(waiter);
             } else {

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
-use crate::cache::{cacheable, Coherence, Lookup, WrittenKey};
+use crate::cache::{cacheable, Coherence, Lookup, Written};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
 use crate::lock::attempt::{self, LockAttempt};
@@ -142,11 +142,12 @@ pub struct Session {
     last_active: Instant,
     /// Reused for the shape of cacheable reads.
     cache_shape: Vec<u8>,
-    /// A lock attempt (by its reply ticket) waits in a lock queue; the requests after it wait
-    /// with it.
-    awaiting_lock: Option<u64>,
+    /// A lock attempt waits in a lock queue; the requests after it wait with it.
+    awaiting_lock: Option<AwaitedLock>,
+    /// What the waiting lock attempt writes, ended when it is answered.
+    lock_writes: Vec<Written>,
     /// Keys written by requests in the batch being gathered (see `note_writes`).
-    written_keys: Vec<WrittenKey>,
+    written_keys: Vec<Written>,
 }
 
 impl Session {
@@ -187,6 +188,7 @@ impl Session {
             last_active: Instant::now(),
             cache_shape: Vec::new(),
             awaiting_lock: None,
+            lock_writes: Vec::new(),
             written_keys: Vec::new(),
         }
     }
@@ -298,8 +300,6 @@ impl Session {
     fn finished(&self) -> bool {
         match self.closing {
             None => false,
-            // A client that leaves while waiting for a lock leaves the lock's queue.
-            Some(Closing::ClientDone) if self.awaiting_lock.is_some() => true,
             // A held request is still owed its reply.
             Some(Closing::ClientDone | Closing::Shutdown) if self.is_holding() => false,
             Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
@@ -345,7 +345,15 @@ impl Session {
             self.input.reserve(wanted);
         }
         match net::read_available(stream, &mut self.input) {
-            Ok(0) => self.closing = Some(Closing::ClientDone),
+            Ok(0) => {
+                self.closing = Some(Closing::ClientDone);
+                // A client that closed (or half-closed) its side no longer waits in line: it
+                // gets Redis's answer now, as it would directly.
+                if let Some(lock) = &self.awaiting_lock {
+                    let locks = &self.context.locks;
+                    locks.give_up(lock.db, &lock.key, &self.reply_sender, lock.ticket);
+                }
+            }
             Ok(_) => self.last_active = Instant::now(),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
@@ -384,8 +392,13 @@ impl Session {
             return;
         }
         if let Reply::Fetched { ticket, .. } = &reply {
-            if self.awaiting_lock == Some(*ticket) {
+            if self
+                .awaiting_lock
+                .as_ref()
+                .is_some_and(|lock| lock.ticket == *ticket)
+            {
                 self.awaiting_lock = None;
+                end_writes(&self.context, std::mem::take(&mut self.lock_writes));
             }
         }
         let after = self
@@ -651,6 +664,7 @@ impl Session {
                 }
                 _ => None,
             };
+            let mut command_writes = Vec::new();
             let lookup = match cacheable {
                 Some(kind) => {
                     let read = Read {
@@ -671,14 +685,14 @@ impl Session {
                 None => {
                     let watched =
                         !active.policies.caches.is_empty() || !active.policies.locks.is_empty();
-                    if matches!(step, Step::Forward) && lock.is_none() && watched {
+                    if matches!(step, Step::Forward) && watched {
                         note_writes(
                             &self.context.cache,
                             &active.policies,
                             info,
                             &args,
                             &self.key_positions,
-                            &mut self.written_keys,
+                            &mut command_writes,
                         );
                     }
                     Lookup::Bypass
@@ -703,6 +717,12 @@ impl Session {
                     break;
                 };
                 let ticket = self.replies.next_ticket();
+                self.awaiting_lock = Some(AwaitedLock {
+                    ticket,
+                    db: self.client.db,
+                    key: key.clone(),
+                });
+                self.lock_writes = command_writes;
                 let attempt = LockAttempt {
                     key,
                     token,
@@ -714,7 +734,6 @@ impl Session {
                     ticket,
                 };
                 self.replies.push_fetched(false);
-                self.awaiting_lock = Some(ticket);
                 self.context.locks.attempt(attempt, &rule);
                 break;
             }
@@ -739,14 +758,17 @@ impl Session {
                     if blocks {
                         self.blocked = true;
                     }
+                    // The command's writes end with its own reply, not an earlier batch's.
                     match rewritten {
                         None => {
+                            self.written_keys.append(&mut command_writes);
                             batch.len += consumed;
                             batch.count += 1;
                         }
                         Some(encoded) => {
                             self.send_batch(&mut batch);
                             self.input.advance(consumed);
+                            self.written_keys.append(&mut command_writes);
                             self.forward(encoded, 1, sent_at);
                         }
                     }
@@ -1049,6 +1071,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
+        written.append(&mut self.lock_writes);
         end_writes(&self.context, written);
     }
 }
@@ -1062,13 +1085,14 @@ fn note_writes(
     info: &CommandInfo,
     args: &Args<'_>,
     key_positions: &[usize],
-    written: &mut Vec<WrittenKey>,
+    written: &mut Vec<Written>,
 ) {
     if info.has_flag(flags::READONLY) {
         return;
     }
     if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
-        cache.flush_all(&policies.caches);
+        cache.begin_flush(&policies.caches);
+        written.push(Written::Flush);
         return;
     }
     for key in key_positions
@@ -1094,7 +1118,7 @@ fn note_writes(
             cache.invalidate(&policies.caches, key);
         }
         if cached || locked {
-            written.push(WrittenKey {
+            written.push(Written::Key {
                 key: Bytes::copy_from_slice(key),
                 cached,
             });
@@ -1102,16 +1126,31 @@ fn note_writes(
     }
 }
 
-fn end_writes(context: &Context, written: Vec<WrittenKey>) {
+fn end_writes(context: &Context, written: Vec<Written>) {
     if written.is_empty() {
         return;
     }
     for write in written {
-        if write.cached {
-            context.cache.end_write(&write.key);
+        match write {
+            Written::Key { key, cached } => {
+                if cached {
+                    context.cache.end_write(&key);
+                }
+                context.locks.released(&key);
+            }
+            Written::Flush => {
+                context.cache.end_flush();
+                context.locks.wake_all();
+            }
         }
-        context.locks.released(&write.key);
     }
+}
+
+/// The lock attempt a session waits for.
+struct AwaitedLock {
+    ticket: u64,
+    db: u32,
+    key: Bytes,
 }
 
 /// Forwarded requests gathered at the front of the input, not yet handed to a connection.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::cache::WrittenKey;
+use crate::cache::Written;
 use crate::metrics::CommandMetrics;
 use crate::upstream::Reply;
 
@@ -26,7 +26,7 @@ enum Expected {
         /// `None` on a dedicated connection, where a command may legitimately block.
         deadline: Option<Instant>,
         /// Keys written by these commands that cache or lock rules watch.
-        written: Vec<WrittenKey>,
+        written: Vec<Written>,
     },
     /// A cacheable read whose reply a cache fill brings (`Reply::Fetched`), apart from the
     /// connection's replies. `shared`: the fill is another session's read, on another
@@ -60,7 +60,7 @@ pub struct ReplyQueue {
     fetching_shared: u32,
     next_ticket: u64,
     /// Written keys whose writes Redis has answered (or that failed), to be handed on.
-    finished_writes: Vec<WrittenKey>,
+    finished_writes: Vec<Written>,
 }
 
 struct SentRun {
@@ -150,12 +150,7 @@ impl ReplyQueue {
         self.entries.push_back(Expected::Substitute(reply));
     }
 
-    pub fn push_upstream(
-        &mut self,
-        count: u32,
-        deadline: Option<Instant>,
-        written: Vec<WrittenKey>,
-    ) {
+    pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>, written: Vec<Written>) {
         if count == 0 {
             self.finished_writes.extend(written);
             return;
@@ -169,12 +164,12 @@ impl ReplyQueue {
     }
 
     /// Written keys whose writes are over, since the last call.
-    pub fn take_finished_writes(&mut self) -> Vec<WrittenKey> {
+    pub fn take_finished_writes(&mut self) -> Vec<Written> {
         std::mem::take(&mut self.finished_writes)
     }
 
     /// Every written key still remembered, over or not (the session is ending).
-    pub fn take_all_writes(&mut self) -> Vec<WrittenKey> {
+    pub fn take_all_writes(&mut self) -> Vec<Written> {
         let mut all = std::mem::take(&mut self.finished_writes);
         for entry in &mut self.entries {
             if let Expected::Upstream { written, .. } = entry {
