@@ -220,6 +220,29 @@ fn expiry_and_flushes_invalidate() {
     assert_eq!(get(&mut reader, "user:5").as_deref(), Some("brief"));
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(get(&mut reader, "user:5"), None);
+    // The same for each element of an MGET.
+    let () = redis::cmd("SET")
+        .arg(&["user:6", "brief", "PX", "100"])
+        .query(&mut direct)
+        .unwrap();
+    set(&mut direct, "user:8", "kept");
+    let mget = |reader: &mut redis::Connection| -> Vec<Option<String>> {
+        redis::cmd("MGET")
+            .arg(&["user:6", "user:8"])
+            .query(reader)
+            .unwrap()
+    };
+    let both = [Some("brief".to_string()), Some("kept".to_string())];
+    assert_eq!(mget(&mut reader), both);
+    let mgets = redis_calls(&redis, "mget");
+    assert_eq!(mget(&mut reader), both);
+    assert_eq!(
+        redis_calls(&redis, "mget"),
+        mgets,
+        "the second MGET is a hit"
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(mget(&mut reader), [None, Some("kept".to_string())]);
 
     set(&mut direct, "user:2", "kept");
     assert_eq!(get(&mut reader, "user:2").as_deref(), Some("kept"));

@@ -202,24 +202,22 @@ impl Coherence {
         request: Bytes,
         error: impl FnOnce(SendError) -> Bytes,
     ) {
-        // A one-key read also asks for the key's remaining time to live, so that an entry
-        // never outlives the key: Redis's own expiry of it may come much later.
-        let expiring_key = {
+        // The read also asks for each key's remaining time to live, so that no entry outlives
+        // its key: Redis's own expiry of it may come much later.
+        let keys = {
             let flights = self.flights();
             flights
                 .running
                 .get(&id)
-                .filter(|flight| flight.kind == Kind::OneKey)
-                .map(|flight| flight.keys[0].clone())
+                .map(|flight| flight.keys.clone())
+                .unwrap_or_default()
         };
-        let (bytes, count) = match &expiring_key {
-            Some(key) => {
-                let mut out = BytesMut::from(&request[..]);
-                encode_command(&[&b"PTTL"[..], key], &mut out);
-                (out.freeze(), 2)
-            }
-            None => (request, 1),
-        };
+        let mut out = BytesMut::from(&request[..]);
+        for key in &keys {
+            encode_command(&[&b"PTTL"[..], key], &mut out);
+        }
+        let count = 1 + keys.len() as u32;
+        let bytes = out.freeze();
         let (reply_to, mut replies) = mpsc::unbounded_channel();
         let batch = Batch {
             bytes,
@@ -228,7 +226,7 @@ impl Coherence {
             tracked: true,
         };
         if let Err(failure) = conn.send(batch) {
-            self.complete(id, error(failure), None);
+            self.complete(id, error(failure), &[]);
             return;
         }
         let coherence = Arc::clone(self);
@@ -242,36 +240,41 @@ impl Coherence {
                         received += count;
                     }
                     Some(Reply::Failed { error, .. } | Reply::Closed { error }) => {
-                        return coherence.complete(id, error, None);
+                        return coherence.complete(id, error, &[]);
                     }
                     _ => {
                         let error = reply::error("ERR upstream connection closed");
-                        return coherence.complete(id, error, None);
+                        return coherence.complete(id, error, &[]);
                     }
                 }
             }
             let mut frames = frames.freeze();
-            let reply_len = match frame_len(&frames) {
-                Ok(Some(len)) if count == 2 => len,
-                _ => frames.len(),
+            let reply = match frame_len(&frames) {
+                Ok(Some(len)) => frames.split_to(len),
+                _ => return coherence.complete(id, frames, &[]),
             };
-            let reply = frames.split_to(reply_len);
-            let lifetime = read_integer(&frames)
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map(Duration::from_millis);
-            coherence.complete(id, reply, lifetime);
+            let mut lifetimes = Vec::with_capacity(keys.len());
+            while let Ok(Some(len)) = frame_len(&frames) {
+                let lifetime = read_integer(&frames.split_to(len))
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(Duration::from_millis);
+                lifetimes.push(lifetime);
+            }
+            coherence.complete(id, reply, &lifetimes);
         });
     }
 
-    /// Ends flight `id` with `reply`: stores it (for at most `lifetime`, the key's own time to
-    /// live) if nothing invalidated it, and answers every reader.
-    fn complete(&self, id: u64, reply: Bytes, lifetime: Option<Duration>) {
+    /// Ends flight `id` with `reply`: stores it (for at most each key's own time to live, from
+    /// `lifetimes`, when known) if nothing invalidated it, and answers every reader. Without
+    /// the lifetimes (a failed fill) nothing is stored.
+    fn complete(&self, id: u64, reply: Bytes, lifetimes: &[Option<Duration>]) {
         let flight = {
             let mut flights = self.flights();
             let Some(flight) = flights.forget(id) else {
                 return;
             };
             let current = !flight.poisoned
+                && lifetimes.len() == flight.keys.len()
                 && flight.epoch == self.tracking.epoch()
                 && self.tracking.state() != Invalidations::Down;
             if current {
@@ -281,15 +284,20 @@ impl Coherence {
                         &flight.shape,
                         reply.clone(),
                         flight.epoch,
-                        lifetime,
+                        lifetimes[0],
                     ),
                     Kind::PerKey => {
-                        for (key, element) in
-                            flight.keys.iter().zip(elements(&reply, flight.keys.len()))
+                        let elements = elements(&reply, flight.keys.len());
+                        for ((key, element), lifetime) in
+                            flight.keys.iter().zip(elements).zip(lifetimes)
                         {
-                            flight
-                                .rule
-                                .insert(key, &flight.shape, element, flight.epoch, None);
+                            flight.rule.insert(
+                                key,
+                                &flight.shape,
+                                element,
+                                flight.epoch,
+                                *lifetime,
+                            );
                         }
                     }
                 }
