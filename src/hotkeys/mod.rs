@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HotKeysConfig;
-use space_saving::SpaceSaving;
+use space_saving::{key_hash, SpaceSaving};
 
 pub struct HotKeys {
     pub config: HotKeysConfig,
@@ -129,9 +129,13 @@ impl HotKeys {
         for key in keys.take(MAX_KEYS_PER_COMMAND) {
             let key = shorten(key, &mut shortened);
             fold::fold(key, &mut pattern);
+            let (key_hash, pattern_hash) = (key_hash(key), key_hash(&pattern));
             for window in windows.iter_mut() {
-                window.current.keys.observe(key, 1, write);
-                window.current.patterns.observe(&pattern, 1, write);
+                window.current.keys.observe_hashed(key, key_hash, 1, write);
+                window
+                    .current
+                    .patterns
+                    .observe_hashed(&pattern, pattern_hash, 1, write);
             }
         }
     }

@@ -6,7 +6,10 @@
 //! key whose true count exceeds `total / capacity` is always present. Counters live in a
 //! min-heap (indexed by key), so an update costs O(log capacity).
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 /// One counted key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +28,23 @@ pub struct SpaceSaving {
     capacity: usize,
     /// The counters, each in a fixed slot for as long as it lives.
     slots: Vec<Counted>,
+    /// Each slot's key hash.
+    hashes: Vec<u64>,
     /// Slot numbers as a min-heap by count. Heap moves touch only these numbers and
     /// `heap_position`, never the key index: with many keys of equal count (a uniform stream)
     /// a new key sinks through many levels, and rehashing keys at each step dominated.
     heap: Vec<u32>,
     /// Each slot's place in `heap`.
     heap_position: Vec<u32>,
-    slot_of: FxHashMap<Box<[u8]>, u32>,
+    /// Slot numbers by key hash. The hash is computed once per key and shared by every summary
+    /// the key goes to (see [`key_hash`]).
+    index: HashTable<u32>,
     total: u64,
+}
+
+/// The hash summaries index a key by.
+pub fn key_hash(key: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 impl SpaceSaving {
@@ -40,9 +52,10 @@ impl SpaceSaving {
         SpaceSaving {
             capacity: capacity.clamp(1, u32::MAX as usize),
             slots: Vec::new(),
+            hashes: Vec::new(),
             heap: Vec::new(),
             heap_position: Vec::new(),
-            slot_of: FxHashMap::default(),
+            index: HashTable::new(),
             total: 0,
         }
     }
@@ -53,44 +66,56 @@ impl SpaceSaving {
     }
 
     pub fn observe(&mut self, key: &[u8], weight: u64, write: bool) {
+        self.observe_hashed(key, key_hash(key), weight, write);
+    }
+
+    /// [`observe`](Self::observe) with the key's [`key_hash`] already computed.
+    pub fn observe_hashed(&mut self, key: &[u8], hash: u64, weight: u64, write: bool) {
         self.total += weight;
         let writes = if write { weight } else { 0 };
-        if let Some(&slot) = self.slot_of.get(key) {
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find(hash, |&slot| &*slots[slot as usize].key == key)
+            .copied();
+        if let Some(slot) = found {
             let counted = &mut self.slots[slot as usize];
             counted.count += weight;
             counted.writes += writes;
             self.sift_down(self.heap_position[slot as usize] as usize);
             return;
         }
-        let key: Box<[u8]> = key.into();
-        if self.slots.len() < self.capacity {
+        let counted = |count, error| Counted {
+            key: key.into(),
+            count,
+            error,
+            writes,
+        };
+        let slot = if self.slots.len() < self.capacity {
             let slot = self.slots.len() as u32;
-            self.slots.push(Counted {
-                key: key.clone(),
-                count: weight,
-                error: 0,
-                writes,
-            });
+            self.slots.push(counted(weight, 0));
+            self.hashes.push(hash);
             self.heap.push(slot);
             self.heap_position.push(self.heap.len() as u32 - 1);
-            self.slot_of.insert(key, slot);
             self.sift_up(self.heap.len() - 1);
-            return;
-        }
-        let slot = self.heap[0];
-        let floor = self.slots[slot as usize].count;
-        let replaced = std::mem::replace(
-            &mut self.slots[slot as usize],
-            Counted {
-                key: key.clone(),
-                count: floor + weight,
-                error: floor,
-                writes,
-            },
-        );
-        self.slot_of.remove(&replaced.key);
-        self.slot_of.insert(key, slot);
-        self.sift_down(0);
+            slot
+        } else {
+            let slot = self.heap[0];
+            let floor = self.slots[slot as usize].count;
+            if let Ok(entry) = self
+                .index
+                .find_entry(self.hashes[slot as usize], |&held| held == slot)
+            {
+                entry.remove();
+            }
+            self.slots[slot as usize] = counted(floor + weight, floor);
+            self.hashes[slot as usize] = hash;
+            self.sift_down(0);
+            slot
+        };
+        let hashes = &self.hashes;
+        self.index
+            .insert_unique(hash, slot, |&held| hashes[held as usize]);
     }
 
     /// The smallest count held: the most a key not held can have been seen.
@@ -111,9 +136,10 @@ impl SpaceSaving {
 
     pub fn clear(&mut self) {
         self.slots.clear();
+        self.hashes.clear();
         self.heap.clear();
         self.heap_position.clear();
-        self.slot_of.clear();
+        self.index.clear();
         self.total = 0;
     }
 
@@ -160,6 +186,7 @@ impl SpaceSaving {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustc_hash::FxHashMap;
 
     /// A Zipf(s = 1.0) stream over `keys` keys, from a fixed seed.
     fn zipf_stream(keys: usize, length: usize, mut seed: u64) -> Vec<usize> {
