@@ -2,110 +2,43 @@
 //! hold `--hold-ms`, release with a compare-and-delete script" on one key. `load.py --locks`
 //! runs it against Redis directly and through keyward with a lock rule.
 //!
-//!     cargo bench --bench lock_contention -- --port 6380 --redis-port 6379 --seconds 10
+//!     cargo bench --bench lock_contention -- --port <keyward port> --redis-port <redis port>
 //!
 //! Prints one line of `name=value` pairs: acquisitions per second, p50/p99/max wait (from a
 //! client's first attempt to its acquisition), Jain's fairness index over the clients'
 //! acquisition counts, and the commands Redis ran per acquisition (from `INFO commandstats`
 //! on `--redis-port`).
 
+#[path = "support/connection.rs"]
+#[allow(dead_code)]
+mod connection;
+
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use clap::Parser;
+
+use connection::Connection;
 
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
+#[derive(Parser)]
 struct Options {
+    /// Where the clients connect (no default: never someone else's Redis by accident).
+    #[arg(long)]
     port: u16,
+    /// The Redis whose `INFO commandstats` counts the commands run.
+    #[arg(long)]
     redis_port: u16,
+    #[arg(long, default_value_t = 50)]
     clients: usize,
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 1)]
     hold_ms: u64,
-}
-
-fn options() -> Options {
-    let mut options = Options {
-        port: 6379,
-        redis_port: 6379,
-        clients: 50,
-        seconds: 10.0,
-        hold_ms: 1,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().expect("a value after the flag");
-        match flag.as_str() {
-            "--port" => options.port = value().parse().expect("a port"),
-            "--redis-port" => options.redis_port = value().parse().expect("a port"),
-            "--clients" => options.clients = value().parse().expect("a client count"),
-            "--seconds" => options.seconds = value().parse().expect("seconds"),
-            "--hold-ms" => options.hold_ms = value().parse().expect("milliseconds"),
-            // `cargo bench` adds it to every bench's arguments.
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    options
-}
-
-struct Connection {
-    stream: TcpStream,
-    input: Vec<u8>,
-}
-
-impl Connection {
-    async fn open(port: u16) -> Connection {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("a connection");
-        stream.set_nodelay(true).expect("nodelay");
-        Connection {
-            stream,
-            input: Vec::new(),
-        }
-    }
-
-    /// Sends one command and returns its reply's first line (and a bulk's body).
-    async fn call(&mut self, args: &[&[u8]]) -> String {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.stream.write_all(&out).await.expect("a write");
-        loop {
-            if let Some(reply) = self.complete_reply() {
-                return reply;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let read = self.stream.read(&mut chunk).await.expect("a reply");
-            assert!(read > 0, "the server closed the connection");
-            self.input.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    fn complete_reply(&mut self) -> Option<String> {
-        let end = memchr::memchr(b'\n', &self.input)?;
-        let line = String::from_utf8_lossy(&self.input[..end.saturating_sub(1)]).into_owned();
-        let mut used = end + 1;
-        if let Some(len) = line
-            .strip_prefix('$')
-            .and_then(|len| len.parse::<usize>().ok())
-        {
-            if self.input.len() < used + len + 2 {
-                return None;
-            }
-            let body = String::from_utf8_lossy(&self.input[used..used + len]).into_owned();
-            used += len + 2;
-            self.input.drain(..used);
-            return Some(body);
-        }
-        self.input.drain(..used);
-        Some(line)
-    }
+    /// `cargo bench` passes it to every bench.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// (acquisitions, waits) of one client until `until`.
@@ -127,7 +60,7 @@ async fn client(options: &Options, index: usize, until: Instant) -> (u64, Vec<Du
                     b"1000",
                 ])
                 .await;
-            if reply == "+OK" {
+            if reply.starts_with(b"+OK") {
                 break;
             }
             state = state
@@ -152,11 +85,11 @@ async fn client(options: &Options, index: usize, until: Instant) -> (u64, Vec<Du
 
 /// Commands Redis has run so far, from `INFO commandstats`.
 async fn redis_commands(port: u16) -> u64 {
-    let stats = Connection::open(port)
+    let reply = Connection::open(port)
         .await
         .call(&[b"INFO", b"commandstats"])
         .await;
-    stats
+    String::from_utf8_lossy(&reply)
         .lines()
         .filter_map(|line| line.split_once(":calls="))
         .filter(|(name, _)| !name.contains("info"))
@@ -166,7 +99,7 @@ async fn redis_commands(port: u16) -> u64 {
 
 fn main() {
     // Lives as long as the process; the client tasks borrow it.
-    let options: &'static Options = Box::leak(Box::new(options()));
+    let options: &'static Options = Box::leak(Box::new(Options::parse()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
