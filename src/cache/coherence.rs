@@ -16,15 +16,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
 
 use super::{rule_for, write_shape, Kind, RuleCache};
 use crate::command::CommandInfo;
-use crate::resp::frame::frame_len;
+use crate::resp::frame::{self, frame_len};
 use crate::resp::request::Args;
-use crate::resp::{reply, Protocol};
+use crate::resp::Protocol;
 use crate::upstream::{
-    encode_command, Batch, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
+    encode_command, send_own, ConnHandle, Invalidations, Reply, ReplySender, SendError,
+    TrackingTarget,
 };
 
 /// What to do with a read.
@@ -216,46 +216,23 @@ impl Coherence {
         for key in &keys {
             encode_command(&[&b"PTTL"[..], key], &mut out);
         }
-        let count = 1 + keys.len() as u32;
-        let bytes = out.freeze();
-        let (reply_to, mut replies) = mpsc::unbounded_channel();
-        let batch = Batch {
-            bytes,
-            count,
-            reply_to,
-            tracked: true,
+        let replies = match send_own(conn, out.freeze(), 1 + keys.len() as u32, true) {
+            Ok(replies) => replies,
+            Err(failure) => return self.complete(id, error(failure), &[]),
         };
-        if let Err(failure) = conn.send(batch) {
-            self.complete(id, error(failure), &[]);
-            return;
-        }
         let coherence = Arc::clone(self);
         tokio::spawn(async move {
-            let mut frames = BytesMut::new();
-            let mut received = 0;
-            while received < count {
-                match replies.recv().await {
-                    Some(Reply::Frames { bytes, count }) => {
-                        frames.extend_from_slice(&bytes);
-                        received += count;
-                    }
-                    Some(Reply::Failed { error, .. } | Reply::Closed { error }) => {
-                        return coherence.complete(id, error, &[]);
-                    }
-                    _ => {
-                        let error = reply::error("ERR upstream connection closed");
-                        return coherence.complete(id, error, &[]);
-                    }
-                }
-            }
-            let mut frames = frames.freeze();
+            let mut frames = match replies.all().await {
+                Ok(frames) => frames,
+                Err(error) => return coherence.complete(id, error, &[]),
+            };
             let reply = match frame_len(&frames) {
                 Ok(Some(len)) => frames.split_to(len),
                 _ => return coherence.complete(id, frames, &[]),
             };
             let mut lifetimes = Vec::with_capacity(keys.len());
             while let Ok(Some(len)) = frame_len(&frames) {
-                let lifetime = read_integer(&frames.split_to(len))
+                let lifetime = frame::integer(&frames.split_to(len))
                     .and_then(|ms| u64::try_from(ms).ok())
                     .map(Duration::from_millis);
                 lifetimes.push(lifetime);
@@ -385,13 +362,6 @@ impl Coherence {
             rule.flush();
         }
     }
-}
-
-/// An integer reply's value.
-fn read_integer(reply: &[u8]) -> Option<i64> {
-    let line = reply.strip_prefix(b":")?;
-    let end = line.iter().position(|&byte| byte == b'\r')?;
-    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
 }
 
 /// An `MGET` reply from cached elements, if every one is cached.

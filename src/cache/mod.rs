@@ -27,6 +27,7 @@ use crate::command::CommandInfo;
 use crate::config::rules::Mode;
 use crate::config::CacheRule;
 use crate::policy::matcher::RuleMatcher;
+use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use cacheable::Kind;
@@ -245,10 +246,7 @@ impl RuleCache {
     fn keeps(&self, reply: &[u8]) -> bool {
         match reply.first() {
             None | Some(b'-' | b'!') => false,
-            Some(b'_') => self.rule.cache_nil,
-            Some(b'$' | b'*') if reply.starts_with(b"$-1\r\n") || reply.starts_with(b"*-1\r\n") => {
-                self.rule.cache_nil
-            }
+            Some(_) if frame::is_nil(reply) => self.rule.cache_nil,
             Some(_) => true,
         }
     }

@@ -6,11 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{LockReport, Waiter};
-use crate::resp::reply;
-use crate::upstream::{Batch, ConnHandle, Reply, ReplySender};
+use crate::resp::{frame, reply};
+use crate::upstream::{send_own, ConnHandle, Reply, ReplySender};
 
 /// Deletes the lock only if it still holds the token (a waiter that left won it).
 const RELEASE: &[u8] =
@@ -240,9 +240,9 @@ pub async fn drive(queue: &Queue) {
         // Read the holder's token with tracking on, so that Redis tells keyward when the key
         // is deleted, overwritten or expires; and its remaining time, for the safety timer.
         let holder = send(&conn, command(&[b"GET", &queue.key]), true).await;
-        queue.state().holder = bulk_string(&holder);
+        queue.state().holder = frame::bulk(&holder);
         let answer = send(&conn, command(&[b"PTTL", &queue.key]), false).await;
-        let wait = match read_integer(&answer) {
+        let wait = match frame::integer(&answer) {
             // The key is gone already: try at once.
             Some(-2) => continue,
             Some(ms) if ms >= 0 => Duration::from_millis(ms as u64 + 1).min(SAFETY_POLL),
@@ -296,25 +296,14 @@ fn time_out(waiter: Waiter) {
 
 /// Sends one command on `conn` and waits for its reply (an error reply if there is none).
 async fn send(conn: &ConnHandle, request: Bytes, tracked: bool) -> Bytes {
-    let (reply_to, mut replies) = mpsc::unbounded_channel();
-    let batch = Batch {
-        bytes: request,
-        count: 1,
-        reply_to,
-        tracked,
-    };
-    if conn.send(batch).is_err() {
-        return reply::error("ERR upstream busy or unavailable");
-    }
-    match replies.recv().await {
-        Some(Reply::Frames { bytes, .. }) => bytes,
-        Some(Reply::Failed { error, .. } | Reply::Closed { error }) => error,
-        _ => reply::error("ERR upstream connection closed"),
+    match send_own(conn, request, 1, tracked) {
+        Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
+        Err(_) => reply::error("ERR upstream busy or unavailable"),
     }
 }
 
 fn classify(reply: Bytes, with_get: bool) -> Outcome {
-    let nil = reply.starts_with(b"$-1\r\n") || reply.starts_with(b"_\r\n");
+    let nil = frame::is_nil(&reply);
     match (with_get, reply.first()) {
         (false, Some(b'+')) => Outcome::Acquired(reply),
         (false, _) if nil => Outcome::Lost(reply),
@@ -328,19 +317,4 @@ fn command(args: &[&[u8]]) -> Bytes {
     let mut out = bytes::BytesMut::new();
     crate::upstream::encode_command(args, &mut out);
     out.freeze()
-}
-
-/// The value of a bulk string reply (`None` for nil, an error or another type).
-fn bulk_string(reply: &Bytes) -> Option<Bytes> {
-    let rest = reply.strip_prefix(b"$")?;
-    let end = rest.iter().position(|&byte| byte == b'\r')?;
-    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    let start = 1 + end + 2;
-    (reply.len() >= start + len).then(|| reply.slice(start..start + len))
-}
-
-fn read_integer(reply: &[u8]) -> Option<i64> {
-    let line = reply.strip_prefix(b":")?;
-    let end = line.iter().position(|&byte| byte == b'\r')?;
-    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
 }

@@ -4,6 +4,8 @@
 //! Nested aggregates are walked with a single counter of values still owed rather than
 //! recursion, so no reply shape can exhaust the stack.
 
+use bytes::Bytes;
+
 use super::parse_int;
 
 /// Why a byte stream is not valid RESP2/RESP3.
@@ -95,6 +97,26 @@ pub fn is_push(frame: &[u8]) -> bool {
     frame.first() == Some(&b'>')
 }
 
+/// Whether a reply is a nil (RESP2 null bulk or array, RESP3 null).
+pub fn is_nil(frame: &[u8]) -> bool {
+    frame.starts_with(b"$-1\r\n") || frame.starts_with(b"*-1\r\n") || frame.starts_with(b"_\r\n")
+}
+
+/// The value of an integer reply.
+pub fn integer(frame: &[u8]) -> Option<i64> {
+    let line = frame.strip_prefix(b":")?;
+    parse_int(&line[..find_crlf(line, 0)?])
+}
+
+/// The value of a bulk string reply (`None` for a nil, an error or any other type).
+pub fn bulk(frame: &Bytes) -> Option<Bytes> {
+    let header_end = find_crlf(frame, 0)?;
+    let len = usize::try_from(parse_int(frame.get(1..header_end)?)?).ok()?;
+    let start = header_end + 2;
+    (frame.first() == Some(&b'$') && frame.len() >= start + len)
+        .then(|| frame.slice(start..start + len))
+}
+
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let mut start = from;
     loop {
@@ -121,6 +143,21 @@ fn length(header: &[u8], kind: u8) -> Result<i64, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_nils_integers_and_bulk_strings() {
+        assert!(is_nil(b"$-1\r\n") && is_nil(b"*-1\r\n") && is_nil(b"_\r\n"));
+        assert!(!is_nil(b"$0\r\n\r\n") && !is_nil(b"+OK\r\n"));
+        assert_eq!(integer(b":-2\r\n"), Some(-2));
+        assert_eq!(integer(b":1500\r\n"), Some(1500));
+        assert_eq!(integer(b"+1\r\n"), None);
+        assert_eq!(integer(b":1x\r\n"), None);
+        let token = Bytes::from_static(b"$5\r\ntoken\r\n");
+        assert_eq!(bulk(&token).as_deref(), Some(&b"token"[..]));
+        assert_eq!(bulk(&Bytes::from_static(b"$-1\r\n")), None);
+        assert_eq!(bulk(&Bytes::from_static(b"$9\r\nshort\r\n")), None);
+        assert_eq!(bulk(&Bytes::from_static(b":5\r\n")), None);
+    }
 
     fn complete(frame: &[u8]) {
         assert_eq!(frame_len(frame), Ok(Some(frame.len())), "{frame:?}");

@@ -38,7 +38,7 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{Batch, ConnHandle, Reply, SendError};
+use crate::upstream::{Batch, ConnHandle, Reply};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -846,14 +846,9 @@ impl Session {
                 };
                 self.replies.push_fetched(false);
                 let address = &self.context.upstream.settings().address;
-                self.context.cache.fetch(flight, conn, request, |error| {
-                    let (kind, message) = match error {
-                        SendError::Busy => ("busy", "busy: too many requests in flight"),
-                        SendError::Gone => ("io", "connection closed"),
-                    };
-                    metrics::upstream_errors(kind, 1);
-                    reply::error(&format!("ERR upstream {address} {message}"))
-                });
+                self.context
+                    .cache
+                    .fetch(flight, conn, request, |error| error.reply(address, 1));
             }
         }
     }
@@ -1049,12 +1044,7 @@ impl Session {
             }
             Err(error) => {
                 let address = &self.context.upstream.settings().address;
-                let (kind, message) = match error {
-                    SendError::Busy => ("busy", "busy: too many requests in flight"),
-                    SendError::Gone => ("io", "connection closed"),
-                };
-                metrics::upstream_errors(kind, u64::from(count));
-                let error = reply::error(&format!("ERR upstream {address} {message}"));
+                let error = error.reply(address, u64::from(count));
                 end_writes(&self.context, std::mem::take(&mut self.written_keys));
                 self.replies.unsend(count as usize);
                 for _ in 0..count {
