@@ -6,21 +6,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use support::{http_get, metric_value, redis_calls, Keyward, RedisServer};
+use support::{
+    http_get, keyward_with_invalidations, metric_value, redis_calls, wait_for, Keyward, RedisServer,
+};
 
 const PROFILES: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"user:*\", \"counter:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\n";
-
-/// Starts keyward with `rules` and waits until its invalidation connection is up (until then
-/// the cache is bypassed).
-fn cached_keyward(redis: &RedisServer, rules: &str) -> Keyward {
-    let keyward = Keyward::start(redis.port, rules);
-    wait_for(
-        Duration::from_secs(5),
-        "the invalidation connection is up",
-        || stats(&keyward).contains("invalidations:up"),
-    );
-    keyward
-}
 
 fn stats(keyward: &Keyward) -> String {
     redis::cmd("KEYWARD")
@@ -42,14 +32,6 @@ fn stat(keyward: &Keyward, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
 }
 
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn get(connection: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(connection).unwrap()
 }
@@ -65,7 +47,7 @@ fn set(connection: &mut redis::Connection, key: &str, value: &str) {
 #[test]
 fn hits_are_answered_without_redis() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     set(&mut redis.client(), "user:1", "alice");
     let mut client = keyward.client();
     for _ in 0..5 {
@@ -84,7 +66,7 @@ fn hits_are_answered_without_redis() {
 #[test]
 fn writes_through_keyward_invalidate_at_once() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let (mut reader, mut writer) = (keyward.client(), keyward.client());
     set(&mut writer, "user:1", "alice");
     assert_eq!(get(&mut reader, "user:1").as_deref(), Some("alice"));
@@ -123,7 +105,7 @@ fn writes_through_keyward_invalidate_at_once() {
 #[test]
 fn a_pipelined_write_is_never_overtaken_by_a_cached_read() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut writer = keyward.client();
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -157,7 +139,7 @@ fn a_pipelined_write_is_never_overtaken_by_a_cached_read() {
 #[test]
 fn writes_straight_to_redis_are_seen_within_milliseconds() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut direct = redis.client();
     let mut reader = keyward.client();
     let mut slowest = Duration::ZERO;
@@ -193,7 +175,7 @@ fn writes_straight_to_redis_are_seen_within_milliseconds() {
 #[test]
 fn expiry_and_flushes_invalidate() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut direct = redis.client();
     let mut reader = keyward.client();
 
@@ -263,7 +245,7 @@ fn expiry_and_flushes_invalidate() {
 #[test]
 fn losing_the_invalidation_connection_flushes_the_cache() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut direct = redis.client();
     let mut reader = keyward.client();
     set(&mut direct, "user:1", "before");
@@ -315,7 +297,7 @@ fn losing_the_invalidation_connection_flushes_the_cache() {
 #[test]
 fn concurrent_misses_share_one_read() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     set(&mut redis.client(), "user:1", "popular");
     let mut readers: Vec<redis::Connection> = (0..100).map(|_| keyward.client()).collect();
     // While Redis is stopped, every reader's miss arrives before the first read is answered.
@@ -335,7 +317,7 @@ fn concurrent_misses_share_one_read() {
 #[test]
 fn memory_stays_within_max_memory() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(
+    let keyward = keyward_with_invalidations(
         &redis,
         "[[cache]]\nname = \"blobs\"\nkeys = [\"blob:*\"]\nttl = \"1m\"\nmax_memory = \"256KB\"\n",
     );
@@ -355,7 +337,7 @@ fn memory_stays_within_max_memory() {
 #[test]
 fn each_protocol_gets_its_own_reply_shape() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let () = redis::cmd("HSET")
         .arg(&["user:1", "name", "alice"])
         .query(&mut redis.client())
@@ -382,7 +364,7 @@ fn each_protocol_gets_its_own_reply_shape() {
 #[test]
 fn transactions_neither_read_nor_fill_the_cache() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut client = keyward.client();
     set(&mut client, "user:1", "alice");
     let (hits, misses) = (stat(&keyward, "hits"), stat(&keyward, "misses"));
@@ -413,7 +395,7 @@ fn transactions_neither_read_nor_fill_the_cache() {
 #[test]
 fn pipelines_mix_hits_and_misses_in_order() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut client = keyward.client();
     set(&mut client, "user:1", "one");
     set(&mut client, "user:2", "two");
@@ -463,7 +445,7 @@ fn pipelines_mix_hits_and_misses_in_order() {
 #[test]
 fn nil_is_cached_only_when_asked() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(
+    let keyward = keyward_with_invalidations(
         &redis,
         "[[cache]]\nname = \"with-nil\"\nkeys = [\"nil:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\ncache_nil = true\n\n\
          [[cache]]\nname = \"without-nil\"\nkeys = [\"plain:*\"]\nttl = \"30s\"\nmax_memory = \"1MB\"\n",
@@ -489,7 +471,7 @@ fn nil_is_cached_only_when_asked() {
 #[test]
 fn shadow_mode_counts_but_never_serves() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, &format!("{PROFILES}mode = \"shadow\"\n"));
+    let keyward = keyward_with_invalidations(&redis, &format!("{PROFILES}mode = \"shadow\"\n"));
     set(&mut redis.client(), "user:1", "alice");
     let mut client = keyward.client();
     for _ in 0..4 {
@@ -502,7 +484,7 @@ fn shadow_mode_counts_but_never_serves() {
 #[test]
 fn flush_command_and_metrics() {
     let redis = RedisServer::start();
-    let keyward = cached_keyward(&redis, PROFILES);
+    let keyward = keyward_with_invalidations(&redis, PROFILES);
     let mut client = keyward.client();
     set(&mut client, "user:1", "alice");
     get(&mut client, "user:1");

@@ -6,7 +6,7 @@ mod support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{http_get, metric_value, redis_calls, Keyward, RedisServer};
+use support::{http_get, keyward_with_invalidations, metric_value, redis_calls, RedisServer};
 
 const LOCKS: &str =
     "[[lock]]\nname = \"bookings\"\nkeys = [\"lock:*\"]\nmax_wait = \"5s\"\nmax_waiters = 1000\n";
@@ -14,24 +14,6 @@ const LOCKS: &str =
 /// Deletes the lock only if it still holds `token`, as redlock and redis-py release.
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
-/// Starts keyward with `rules` and waits until its invalidation connection is up.
-fn locking_keyward(redis: &RedisServer, rules: &str) -> Keyward {
-    let keyward = Keyward::start(redis.port, rules);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !redis_client_names(redis).contains("keyward-invalidations") {
-        assert!(Instant::now() < deadline, "no invalidation connection");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    keyward
-}
-
-fn redis_client_names(redis: &RedisServer) -> String {
-    redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut redis.client())
-        .unwrap()
-}
 
 fn try_lock(connection: &mut redis::Connection, key: &str, token: &str, px: u64) -> bool {
     let reply: Option<String> = redis::cmd("SET")
@@ -88,7 +70,7 @@ fn contend(port: u16, clients: usize) -> (Vec<usize>, Vec<usize>) {
 #[test]
 fn spin_retry_locks_become_a_fifo_queue() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     let clients = 20;
 
     let before = redis_calls(&redis, "set");
@@ -125,7 +107,7 @@ fn spin_retry_locks_become_a_fifo_queue() {
 #[test]
 fn an_abandoned_lock_passes_on_when_it_expires() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     assert!(try_lock(&mut keyward.client(), "lock:a", "crashed", 300));
     let started = Instant::now();
     assert!(try_lock(&mut keyward.client(), "lock:a", "next", 1000));
@@ -139,7 +121,7 @@ fn an_abandoned_lock_passes_on_when_it_expires() {
 #[test]
 fn a_release_straight_to_redis_is_noticed() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     assert!(try_lock(&mut redis.client(), "lock:a", "holder", 60_000));
     let waiter = {
         let mut connection = keyward.client();
@@ -164,7 +146,7 @@ fn a_release_straight_to_redis_is_noticed() {
 #[test]
 fn max_wait_answers_the_nil_redis_gave() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(
+    let keyward = keyward_with_invalidations(
         &redis,
         "[[lock]]\nname = \"short\"\nkeys = [\"lock:*\"]\nmax_wait = \"200ms\"\n",
     );
@@ -190,7 +172,7 @@ fn max_wait_answers_the_nil_redis_gave() {
 #[test]
 fn pipelined_commands_wait_with_the_lock_attempt() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     let mut direct = redis.client();
     assert!(try_lock(&mut direct, "lock:a", "holder", 60_000));
     let waiter = {
@@ -224,7 +206,7 @@ fn pipelined_commands_wait_with_the_lock_attempt() {
 #[test]
 fn a_waiter_that_leaves_is_skipped() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     let mut direct = redis.client();
     assert!(try_lock(&mut direct, "lock:a", "holder", 60_000));
     let mut leaver = keyward.raw();
@@ -246,8 +228,8 @@ fn a_waiter_that_leaves_is_skipped() {
 #[test]
 fn two_keywards_never_grant_one_lock_twice() {
     let redis = RedisServer::start();
-    let first = locking_keyward(&redis, LOCKS);
-    let second = locking_keyward(&redis, LOCKS);
+    let first = keyward_with_invalidations(&redis, LOCKS);
+    let second = keyward_with_invalidations(&redis, LOCKS);
     let handles: Vec<_> = (0..8)
         .map(|index| {
             let port = if index % 2 == 0 {
@@ -284,7 +266,7 @@ fn two_keywards_never_grant_one_lock_twice() {
 #[test]
 fn contended_locks_are_reported() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     let mut holder = keyward.client();
     assert!(try_lock(&mut holder, "lock:report", "first", 60_000));
     let waiters: Vec<_> = (0..2)
@@ -324,7 +306,7 @@ fn contended_locks_are_reported() {
 #[test]
 fn a_waiter_that_half_closes_gets_its_answer_at_once() {
     let redis = RedisServer::start();
-    let keyward = locking_keyward(&redis, LOCKS);
+    let keyward = keyward_with_invalidations(&redis, LOCKS);
     assert!(try_lock(&mut redis.client(), "lock:a", "holder", 60_000));
     let mut client = keyward.raw();
     client.send(b"SET lock:a waiter NX PX 1000\r\nPING\r\n");

@@ -399,6 +399,32 @@ pub fn redis_and_keyward() -> (RedisServer, Keyward) {
     (redis, keyward)
 }
 
+/// Polls `done` until it holds; fails the test with `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts keyward with cache or lock `rules` and waits until its invalidation connection is
+/// up (until then the cache is bypassed and lock queues hear no releases).
+pub fn keyward_with_invalidations(redis: &RedisServer, rules: &str) -> Keyward {
+    let keyward = Keyward::start(redis.port, rules);
+    wait_for(
+        Duration::from_secs(5),
+        "the invalidation connection is up",
+        || {
+            redis::cmd("KEYWARD")
+                .arg(&["CACHE", "STATS"])
+                .query::<String>(&mut keyward.client())
+                .is_ok_and(|stats| stats.contains("invalidations:up"))
+        },
+    );
+    keyward
+}
+
 /// Waits until no connection is subscribed to `channel` in Redis (a client left, and keyward
 /// dropped its dedicated connection).
 pub fn wait_until_unsubscribed(redis: &RedisServer, channel: &str, why: &str) {
