@@ -1,6 +1,11 @@
 //! Recognising a lock attempt: `SET key token NX [GET] [PX ms | EX s | KEEPTTL]`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use super::RuleLocks;
+use crate::command::CommandInfo;
 
 use crate::resp::request::Args;
 use crate::upstream::{ConnHandle, ReplySender};
@@ -50,12 +55,34 @@ pub fn set_nx<'a>(args: &Args<'a>) -> Option<SetNx<'a>> {
     })
 }
 
-/// A lock attempt handed to the lock table by a session, which holds everything the client
-/// sent after it until the answer comes (as `Reply::Fetched` with `ticket`).
-pub struct LockAttempt {
+/// A `SET … NX` that a lock rule takes.
+pub struct Claim {
+    pub rule: Arc<RuleLocks>,
     pub key: Bytes,
     pub token: Bytes,
     pub with_get: bool,
+}
+
+/// The lock rule in `rules` that takes this request, if it is a lock attempt on a key one
+/// names.
+pub fn claim(rules: &[Arc<RuleLocks>], info: &CommandInfo, args: &Args<'_>) -> Option<Claim> {
+    if rules.is_empty() || &*info.name != "set" {
+        return None;
+    }
+    let set = set_nx(args)?;
+    let rule = rules.iter().find(|rule| rule.matches_key(set.key))?;
+    Some(Claim {
+        rule: Arc::clone(rule),
+        key: Bytes::copy_from_slice(set.key),
+        token: Bytes::copy_from_slice(set.token),
+        with_get: set.with_get,
+    })
+}
+
+/// A lock attempt handed to the lock table by a session, which holds everything the client
+/// sent after it until the answer comes (as `Reply::Fetched` with `ticket`).
+pub struct LockAttempt {
+    pub claim: Claim,
     pub db: u32,
     /// The client's `SET` as it sent it.
     pub request: Bytes,

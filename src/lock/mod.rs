@@ -129,15 +129,25 @@ pub struct LockReport {
 impl LockTable {
     /// Takes a lock attempt: tried at once if nobody waits for the key, else queued behind
     /// the waiters already there. The answer comes as `Reply::Fetched`.
-    pub fn attempt(self: &Arc<Self>, attempt: LockAttempt, rule: &Arc<RuleLocks>) {
+    pub fn attempt(self: &Arc<Self>, attempt: LockAttempt) {
+        let LockAttempt {
+            claim,
+            db,
+            request,
+            conn,
+            reply_to,
+            ticket,
+        } = attempt;
+        let rule = claim.rule;
+        let key = (db, claim.key);
         let mut waiter = Waiter {
-            rule: Arc::clone(rule),
-            request: attempt.request,
-            conn: attempt.conn,
-            reply_to: attempt.reply_to,
-            ticket: attempt.ticket,
-            token: attempt.token,
-            with_get: attempt.with_get,
+            rule: Arc::clone(&rule),
+            request,
+            conn,
+            reply_to,
+            ticket,
+            token: claim.token,
+            with_get: claim.with_get,
             since: Instant::now(),
             lost_reply: None,
             gave_up: false,
@@ -146,7 +156,6 @@ impl LockTable {
             queue::try_once(waiter);
             return;
         }
-        let key = (attempt.db, attempt.key);
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = queues.get(&key) {
             match queue.push(waiter) {

@@ -639,22 +639,8 @@ impl Session {
             // Only a request the policies let through may read, fill or wait: a refused or
             // held one must not start (or join) a read others would wait on.
             let lock = match (&step, &self.link) {
-                (Step::Forward, Link::Pooled(_))
-                    if !active.policies.locks.is_empty() && &*info.name == "set" =>
-                {
-                    attempt::set_nx(&args).and_then(|set| {
-                        let rule = active
-                            .policies
-                            .locks
-                            .iter()
-                            .find(|rule| rule.matches_key(set.key))?;
-                        Some((
-                            Arc::clone(rule),
-                            Bytes::copy_from_slice(set.key),
-                            Bytes::copy_from_slice(set.token),
-                            set.with_get,
-                        ))
-                    })
+                (Step::Forward, Link::Pooled(_)) => {
+                    attempt::claim(&active.policies.locks, info, &args)
                 }
                 _ => None,
             };
@@ -709,7 +695,7 @@ impl Session {
                 }
             }
 
-            if let Some((rule, key, token, with_get)) = lock {
+            if let Some(claim) = lock {
                 self.received.add(&self.context.command_metrics, info.id);
                 self.send_batch(&mut batch);
                 let request = self.take_request(consumed, rewritten);
@@ -720,13 +706,11 @@ impl Session {
                 self.awaiting_lock = Some(AwaitedLock {
                     ticket,
                     db: self.client.db,
-                    key: key.clone(),
+                    key: claim.key.clone(),
                 });
                 self.lock_writes = command_writes;
                 let attempt = LockAttempt {
-                    key,
-                    token,
-                    with_get,
+                    claim,
                     db: self.client.db,
                     request,
                     conn: conn.clone(),
@@ -734,7 +718,7 @@ impl Session {
                     ticket,
                 };
                 self.replies.push_fetched(false);
-                self.context.locks.attempt(attempt, &rule);
+                self.context.locks.attempt(attempt);
                 break;
             }
             if !matches!(lookup, Lookup::Bypass) {
