@@ -120,29 +120,58 @@ fn reply_delimiting(c: &mut Criterion) {
     group.finish();
 }
 
-/// Counts one key in the hot-key summaries of three windows, steady state: summaries full of
-/// other keys, and either a key already counted or a new one taking over a counter.
+/// Follows `PIPELINE` `GET`s from request to reply and counts them in the hot keys (keys and
+/// patterns, by requests and by bytes), as a session does per pipelined read: steady state,
+/// with summaries full of other keys, for a key already counted and for keys new each time
+/// (a uniform spread over more keys than `capacity`, the costliest case).
 fn hotkey_update(c: &mut Criterion) {
     let (config, _) = keyward::config::Config::parse(
         "[hotkeys]\nenabled = true\ncapacity = 1024\nwindows = [\"10s\", \"1m\", \"5m\"]\n",
     )
     .expect("valid config");
     let hotkeys = keyward::hotkeys::HotKeys::new(config.hotkeys);
-    for n in 0..5000 {
-        let key = format!("user:{n}:profile");
-        hotkeys.observe(std::iter::once(key.as_bytes()), false);
+    let mut recorder = keyward::hotkeys::record::Recorder::default();
+    let table = CommandTable::global();
+    let reply = format!("$64\r\n{}\r\n", "x".repeat(64)).into_bytes();
+    let mut decoder = RequestDecoder::default();
+    let mut positions = Vec::new();
+    let mut count = |recorder: &mut keyward::hotkeys::record::Recorder, buffer: &[u8]| {
+        let mut pos = 0;
+        while let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&buffer[pos..]) {
+            let args = decoder.args(&buffer[pos..]);
+            let info = table.lookup(&args);
+            positions.clear();
+            info.key_positions(&args, &mut positions);
+            if let Some(pending) = recorder.start(info, &args, &positions, consumed) {
+                recorder.finish(pending, &reply);
+            }
+            pos += consumed;
+        }
+        hotkeys.record(recorder, std::time::Instant::now());
+    };
+    let gets = |first: u64| -> Vec<u8> {
+        (first..first + PIPELINE as u64)
+            .flat_map(|n| request(&["GET", &format!("user:{n}:profile")]))
+            .collect()
+    };
+    for first in (0..5000).step_by(PIPELINE) {
+        count(&mut recorder, &gets(first));
     }
     let mut group = c.benchmark_group("hotkey_update");
-    group.throughput(Throughput::Elements(1));
+    group.throughput(Throughput::Elements(PIPELINE as u64));
+    let known = request(&["GET", "user:4999:profile"]).repeat(PIPELINE);
     group.bench_function("known_key", |b| {
-        b.iter(|| hotkeys.observe(std::iter::once(black_box(&b"user:4999:profile"[..])), false))
+        b.iter(|| count(&mut recorder, black_box(&known)))
     });
-    let mut n = 0u64;
-    group.bench_function("new_key", |b| {
+    // Buffers of keys never seen, made ahead so that making them is not measured.
+    let fresh: Vec<Vec<u8>> = (0..4096u64)
+        .map(|n| gets(1_000_000 + n * PIPELINE as u64))
+        .collect();
+    let mut next = 0;
+    group.bench_function("new_keys", |b| {
         b.iter(|| {
-            n += 1;
-            let key = format!("session:{n}");
-            hotkeys.observe(std::iter::once(black_box(key.as_bytes())), false)
+            next = (next + 1) % fresh.len();
+            count(&mut recorder, black_box(&fresh[next]))
         })
     });
     group.finish();

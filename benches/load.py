@@ -46,8 +46,12 @@ limit = 1000000000
 period = "1s"
 mode = "{mode}"
 """
+HOT_KEYS = """
+[hotkeys]
+enabled = true
+"""
 # Every policy kind at once, in shadow mode, on the keys the benchmark touches.
-ALL_POLICIES_SHADOW = NEVER_HIT_RULE.format(mode="shadow") + """
+ALL_POLICIES_SHADOW = NEVER_HIT_RULE.format(mode="shadow") + HOT_KEYS + """
 [[cache]]
 name = "everything"
 keys = ["key:*"]
@@ -59,9 +63,6 @@ mode = "shadow"
 name = "everything"
 keys = ["key:*"]
 mode = "shadow"
-
-[hotkeys]
-enabled = true
 """
 SCENARIOS = [
     # name, redis-benchmark arguments, requests multiplier
@@ -239,15 +240,17 @@ def report_policies(results, targets, scenarios, rounds):
     print()
     print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
           f"{rounds} rounds, medians in requests/s; one rate-limit rule matching every key, never hit; "
+          f"hot keys with the default [hotkeys] settings (sample_rate 1.0), and with sample_rate 0.1; "
           f"'all policies': that rule, a cache rule, a lock rule (all shadow) and hot keys")
     names = [name for name, _ in targets]
-    print("| scenario | " + " | ".join(names) + " | shadow/keyward | enforce/keyward | all (shadow)/keyward |")
-    print("| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: | ---: |")
+    compared = names[2:]
+    print("| scenario | " + " | ".join(names) + " | " + " | ".join(f"{n}/keyward" for n in compared) + " |")
+    print("| --- | " + " | ".join("---:" for _ in names + compared) + " |")
     for scenario, _, _ in scenarios:
         medians = [statistics.median(results[(scenario, name)]) for name in names]
         base = medians[1]
         print(f"| {scenario} | " + " | ".join(f"{m:,.0f}" for m in medians)
-              + f" | {medians[2] / base:.3f} | {medians[3] / base:.3f} | {medians[4] / base:.3f} |")
+              + " | " + " | ".join(f"{m / base:.3f}" for m in medians[2:]) + " |")
 
 
 def ratelimit_memory(redis_port, start_keyward):
@@ -356,6 +359,12 @@ def main():
                 port = free_port()
                 start_keyward(f"keyward-{mode}", port, free_port(), NEVER_HIT_RULE.format(mode=mode))
                 targets.append((f"rate limit ({mode})", port))
+            port = free_port()
+            start_keyward("keyward-hotkeys", port, free_port(), HOT_KEYS)
+            targets.append(("hot keys", port))
+            port = free_port()
+            start_keyward("keyward-hotkeys-sampled", port, free_port(), HOT_KEYS + "sample_rate = 0.1\n")
+            targets.append(("hot keys (sample 0.1)", port))
             port = free_port()
             start_keyward("keyward-all-shadow", port, free_port(), ALL_POLICIES_SHADOW)
             targets.append(("all policies (shadow)", port))

@@ -98,13 +98,7 @@ async fn redis_commands(port: u16) -> u64 {
 }
 
 fn main() {
-    // Lives as long as the process; the client tasks borrow it.
-    let options: &'static Options = Box::leak(Box::new(Options::parse()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+    connection::run(|options: &'static Options| async move {
         let commands_before = redis_commands(options.redis_port).await;
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(options.seconds);

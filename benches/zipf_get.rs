@@ -124,13 +124,7 @@ async fn populate(options: &Options) {
 }
 
 fn main() {
-    // Lives as long as the process; the client tasks borrow it.
-    let options: &'static Options = Box::leak(Box::new(Options::parse()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+    connection::run(|options: &'static Options| async move {
         if options.populate {
             return populate(options).await;
         }

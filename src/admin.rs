@@ -6,9 +6,12 @@
 //! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
 //!   settings waiting for a restart, and the effective settings. It holds no secret: the file
 //!   only names the environment variables that hold them.
-//! - `GET /hotkeys?window=1m&by=requests&limit=20`: the hottest keys and key patterns (JSON).
-//! - `POST /reload`: reloads the config file. It changes keyward, so it is accepted only from
-//!   the machine itself, whatever address the endpoint is bound to.
+//! - `GET /hotkeys?window=1m&by=requests|bytes&limit=20`: the hottest keys and key patterns
+//!   (JSON).
+//! - `GET /bigkeys?limit=20`: the largest replies and written values seen, by key (JSON).
+//! - `POST /reload`: reloads the config file. It changes keyward, so from other hosts (when
+//!   the endpoint is bound beyond localhost) it needs the token in `[admin] token_env`, and
+//!   without one it is accepted from the machine itself only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,12 +29,20 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
+use crate::hotkeys::big_keys::BigKeysReport;
+use crate::hotkeys::{By, HotKeys, Report};
 use crate::reload::{ReloadOutcome, Trigger};
 
 /// Histogram samples are folded into buckets this often, bounding their memory between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context: Arc<Context>) {
+pub async fn serve(
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    context: Arc<Context>,
+    token: Option<String>,
+) {
+    let token: Arc<Option<String>> = Arc::new(token);
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(METRICS_UPKEEP);
@@ -51,11 +62,19 @@ pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context:
         };
         let prometheus = prometheus.clone();
         let context = Arc::clone(&context);
+        let token = Arc::clone(&token);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let prometheus = prometheus.clone();
                 let context = Arc::clone(&context);
-                async move { Ok::<_, Infallible>(respond(&request, peer, &prometheus, &context).await) }
+                let token = Arc::clone(&token);
+                async move {
+                    let caller = Caller {
+                        peer,
+                        token: token.as_deref(),
+                    };
+                    Ok::<_, Infallible>(respond(&request, caller, &prometheus, &context).await)
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -67,14 +86,62 @@ pub async fn serve(listener: TcpListener, prometheus: PrometheusHandle, context:
     }
 }
 
+/// Who sent a request, and the token mutating requests from other hosts must carry.
+struct Caller<'a> {
+    peer: SocketAddr,
+    token: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// Whether a request that changes keyward is let through: from the machine itself always;
+    /// from elsewhere only with the configured token.
+    fn may_change(&self, authorization: Option<&[u8]>) -> Result<(), (StatusCode, &'static str)> {
+        if self.peer.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        let Some(token) = self.token else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "accepted from localhost only, unless [admin] token_env is set\n",
+            ));
+        };
+        let given = authorization
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if same_secret(given, token.as_bytes()) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <the token in [admin] token_env>\n",
+            ))
+        }
+    }
+}
+
+/// Compares in time that depends only on the lengths, so the answer's timing does not tell
+/// how much of a guess was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
 async fn respond(
     request: &Request<Incoming>,
-    peer: SocketAddr,
+    caller: Caller<'_>,
     prometheus: &PrometheusHandle,
     context: &Arc<Context>,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() == "/reload" {
-        return reload(request.method(), peer, context).await;
+        let authorization = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        return reload(request.method(), caller.may_change(authorization), context).await;
     }
     if request.method() != Method::GET {
         return text(
@@ -108,6 +175,7 @@ async fn respond(
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/config" => json(StatusCode::OK, config_report(context)),
         "/hotkeys" => hotkeys(request.uri().query().unwrap_or_default(), context),
+        "/bigkeys" => big_keys(request.uri().query().unwrap_or_default(), context),
         "/locks" => json(
             StatusCode::OK,
             serde_json::json!({ "locks": context.locks.report() }),
@@ -118,17 +186,14 @@ async fn respond(
 
 async fn reload(
     method: &Method,
-    peer: SocketAddr,
+    allowed: Result<(), (StatusCode, &'static str)>,
     context: &Arc<Context>,
 ) -> Response<Full<Bytes>> {
     if method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into());
     }
-    if !peer.ip().to_canonical().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "reload is accepted from localhost only\n".into(),
-        );
+    if let Err((status, why)) = allowed {
+        return text(status, format!("reload {why}"));
     }
     let live = Arc::clone(&context.live);
     let outcome =
@@ -148,21 +213,45 @@ async fn reload(
     }
 }
 
-fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
-    let parameter = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value)
-    };
-    let limit = parameter("limit")
+/// The value of one `name=value` pair of a query string.
+fn query_parameter<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn limit_parameter(query: &str) -> usize {
+    query_parameter(query, "limit")
         .and_then(|l| l.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(20)
+}
+
+fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
+    let parameter = |name| query_parameter(query, name);
+    let limit = limit_parameter(query);
     match hotkeys_report(context, parameter("window"), parameter("by"), limit) {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }
+}
+
+fn big_keys(query: &str, context: &Context) -> Response<Full<Bytes>> {
+    match big_keys_report(context, limit_parameter(query)) {
+        Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
+        Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    }
+}
+
+fn enabled_hotkeys(context: &Context) -> Result<Arc<HotKeys>, String> {
+    context
+        .live
+        .load()
+        .policies
+        .hotkeys
+        .clone()
+        .ok_or_else(|| "hot keys are disabled ([hotkeys] enabled = false)".to_string())
 }
 
 /// The report behind `GET /hotkeys` and `KEYWARD HOTKEYS`.
@@ -171,16 +260,14 @@ pub fn hotkeys_report(
     window: Option<&str>,
     by: Option<&str>,
     limit: usize,
-) -> Result<crate::hotkeys::Report, String> {
-    let active = context.live.load();
-    let hotkeys = active
-        .policies
-        .hotkeys
-        .as_ref()
-        .ok_or("hot keys are disabled ([hotkeys] enabled = false)")?;
-    if by.is_some_and(|by| !by.eq_ignore_ascii_case("requests")) {
-        return Err("only by=requests is available".into());
-    }
+) -> Result<Report, String> {
+    let hotkeys = enabled_hotkeys(context)?;
+    let by = match by {
+        None => By::Requests,
+        Some(text) => {
+            By::parse(text).ok_or_else(|| format!("by must be requests or bytes, not {text:?}"))?
+        }
+    };
     let wanted = window
         .map(|text| humantime::parse_duration(text).map_err(|_| format!("bad window {text:?}")))
         .transpose()?;
@@ -188,8 +275,13 @@ pub fn hotkeys_report(
         .window(wanted)
         .ok_or_else(|| format!("window {window:?} is not one of [hotkeys] windows"))?;
     hotkeys
-        .report(length, limit)
+        .report(length, by, limit)
         .ok_or_else(|| "no such window".to_string())
+}
+
+/// The report behind `GET /bigkeys` and `KEYWARD BIGKEYS`.
+pub fn big_keys_report(context: &Context, limit: usize) -> Result<BigKeysReport, String> {
+    Ok(enabled_hotkeys(context)?.big_keys(limit))
 }
 
 /// The report behind `GET /config` and `KEYWARD CONFIG`.
@@ -214,4 +306,44 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(ip: [u8; 4], token: Option<&str>) -> Caller<'_> {
+        Caller {
+            peer: SocketAddr::from((ip, 40000)),
+            token,
+        }
+    }
+
+    #[test]
+    fn changes_need_localhost_or_the_token() {
+        let status = |result: Result<(), (StatusCode, &str)>| result.err().map(|(code, _)| code);
+        assert_eq!(status(caller([127, 0, 0, 1], None).may_change(None)), None);
+        let remote = [10, 1, 2, 3];
+        assert_eq!(
+            status(caller(remote, None).may_change(Some(b"Bearer anything"))),
+            Some(StatusCode::FORBIDDEN)
+        );
+        let with_token = caller(remote, Some("s3cret"));
+        assert_eq!(status(with_token.may_change(Some(b"Bearer s3cret"))), None);
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret!",
+            b"s3cret",
+            b"Basic s3cret",
+        ] {
+            assert_eq!(
+                status(with_token.may_change(Some(wrong))),
+                Some(StatusCode::UNAUTHORIZED)
+            );
+        }
+        assert_eq!(
+            status(with_token.may_change(None)),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+    }
 }

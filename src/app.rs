@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::reload::{self, LiveConfig};
 use crate::signals::{self, Stop, StopSignals};
+use crate::tls::ServerTls;
 use crate::upstream::{Upstream, UpstreamSettings};
 use crate::{admin, metrics, server};
 
@@ -38,6 +39,13 @@ pub async fn serve(
     let prometheus = metrics::install()?;
     let settings = UpstreamSettings::from_config(&config)?;
     let listen_password = config.listen_password()?;
+    let admin_token = config.admin_token()?;
+    let listen_tls = config
+        .listen
+        .tls
+        .as_ref()
+        .map(|tls| ServerTls::from_config(tls).map(Arc::new))
+        .transpose()?;
     let upstream = Upstream::start(settings);
     let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
     let live = Arc::new(LiveConfig::new(path, config.clone(), text));
@@ -68,12 +76,14 @@ pub async fn serve(
         admin_listener,
         prometheus,
         Arc::clone(&context),
+        admin_token,
     ));
     let sessions = TaskTracker::new();
     tokio::spawn(server::accept_clients(
         listener,
         Arc::clone(&context),
         config.listen.max_clients.get(),
+        listen_tls,
         sessions.clone(),
     ));
     tracing::info!(

@@ -35,5 +35,6 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod tls;
 pub mod top;
 pub mod upstream;

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use keyward::config::{Config, Diagnostic, LoadError, Severity};
+use keyward::config::{Config, Diagnostic, Severity};
+use keyward::tls::{ClientTls, ServerTls};
 use keyward::upstream::UpstreamSettings;
 
 #[derive(Parser)]
@@ -36,6 +38,9 @@ enum Command {
         /// One of the configured [hotkeys] windows, e.g. 1m; defaults to the first.
         #[arg(long)]
         window: Option<String>,
+        /// Rank keys by requests or by bytes (in and out).
+        #[arg(long, value_enum, default_value = "requests")]
+        by: keyward::hotkeys::By,
         #[arg(long, default_value_t = 20)]
         count: usize,
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Top {
             admin,
             window,
+            by,
             count,
             interval,
             once,
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             let options = keyward::top::TopOptions {
                 admin,
                 window,
+                by,
                 count,
                 interval,
                 once,
@@ -111,26 +118,34 @@ fn main() -> ExitCode {
 
 fn check(path: &Path, format: Format) -> ExitCode {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let (diagnostics, code) = match Config::load(path) {
-        Ok((config, mut warnings)) => {
-            warnings.extend(check_tracking(&config));
-            (warnings, ExitCode::SUCCESS)
-        }
-        Err(LoadError::Invalid(diagnostics)) => (diagnostics, ExitCode::from(1)),
-        Err(LoadError::Unreadable { path, error }) => {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
             let message = format!("cannot read: {error}");
             match format {
-                Format::Text => println!("{path}: error: {message}"),
+                Format::Text => println!("{file}: error: {message}"),
                 Format::Json => println!(
                     "{}",
-                    serde_json::json!({"file": path, "valid": false, "diagnostics": [
+                    serde_json::json!({"file": file, "valid": false, "diagnostics": [
                         {"severity": "error", "message": message}
                     ]})
                 ),
             }
             return ExitCode::from(2);
         }
+    };
+    let (diagnostics, code) = match Config::parse_file(&text, Some(path)) {
+        Ok((config, mut found)) => {
+            found.extend(check_files(&config, &text));
+            let invalid = found.iter().any(|d| d.severity == Severity::Error);
+            let code = if invalid {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+            (found, code)
+        }
+        Err(diagnostics) => (diagnostics, ExitCode::from(1)),
     };
     let errors = diagnostics
         .iter()
@@ -172,14 +187,31 @@ fn check(path: &Path, format: Format) -> ExitCode {
     code
 }
 
+/// What only starting keyward would find out: TLS certificate and key files (read at start,
+/// not when a config is parsed, so a reload never depends on them), pointed at by their `tls`
+/// setting; and whether the upstream can track keys for cache rules, asked once the upstream
+/// TLS setup is known to be good.
+fn check_files(config: &Config, text: &str) -> Vec<Diagnostic> {
+    let at_tls = |table| keyward::config::find_table_key(text, table, "tls").unwrap_or(0..0);
+    let mut found = Vec::new();
+    if let Some(Err(problem)) = config.listen.tls.as_ref().map(ServerTls::from_config) {
+        found.push(Diagnostic::error(at_tls("listen"), problem));
+    }
+    match keyward::upstream::client_tls(config) {
+        Ok(tls) => found.extend(check_tracking(config, tls)),
+        Err(problem) => found.push(Diagnostic::error(at_tls("upstream"), problem)),
+    }
+    found
+}
+
 /// Cache rules rely on Redis tracking keys: asks the upstream whether it can, and says so when
 /// it cannot (or cannot be reached to tell).
-fn check_tracking(config: &Config) -> Option<Diagnostic> {
+fn check_tracking(config: &Config, tls: Option<Arc<ClientTls>>) -> Option<Diagnostic> {
     if config.cache.is_empty() {
         return None;
     }
     let address = &config.upstream.address;
-    let answer = UpstreamSettings::from_config(config).and_then(|settings| {
+    let answer = UpstreamSettings::with_tls(config, tls).and_then(|settings| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -211,7 +243,7 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::parse(&text) {
+    let config = match Config::parse_file(&text, path) {
         Ok((config, _)) => config,
         Err(diagnostics) => {
             for diagnostic in &diagnostics {

@@ -53,6 +53,14 @@ fn describe() {
         "Clients closed for not reading their pub/sub messages (output over 32 MiB)"
     );
     ::metrics::describe_counter!(
+        "keyward_tls_handshake_failures_total",
+        "Clients whose TLS handshake failed or did not finish within 10 s"
+    );
+    ::metrics::describe_counter!(
+        "keyward_big_keys_total",
+        "Commands whose reply (side=reply) or written value (side=value) was over big_key_bytes"
+    );
+    ::metrics::describe_counter!(
         "keyward_cache_invalidation_connection_lost_total",
         "Times the cache's invalidation connection failed or dropped (each flushes every cache rule)"
     );
@@ -151,6 +159,10 @@ pub fn client_disconnected() {
 
 pub fn client_rejected() {
     counter!("keyward_rejected_clients_total").increment(1);
+}
+
+pub fn tls_handshake_failed() {
+    counter!("keyward_tls_handshake_failures_total").increment(1);
 }
 
 pub fn output_limit_disconnect() {

@@ -159,7 +159,7 @@ impl LiveConfig {
             Trigger::Request(what) => what,
         };
         let file = path.display().to_string();
-        match Config::parse(&text).map_err(LoadError::Invalid) {
+        match Config::parse_file(&text, Some(path)).map_err(LoadError::Invalid) {
             Ok((config, warnings)) => {
                 for warning in &warnings {
                     tracing::warn!("{}", warning.render(&file, &text));

@@ -3,6 +3,7 @@
 //! Shutdown is a cancellation token: the accept loop stops, sessions stop reading and finish
 //! what is in flight, and the process waits for them up to the grace period.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::context::Context;
 use crate::metrics;
+use crate::net::Stream;
 use crate::session::{ClientGuard, Session};
+use crate::tls::ServerTls;
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts clients until shutdown; sessions are spawned on `sessions` so they can be awaited.
 pub async fn accept_clients(
     listener: TcpListener,
     context: Arc<Context>,
     max_clients: usize,
+    tls: Option<Arc<ServerTls>>,
     sessions: TaskTracker,
 ) {
     loop {
@@ -36,18 +43,53 @@ pub async fn accept_clients(
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         if context.clients.load(Ordering::Relaxed) >= max_clients {
             metrics::client_rejected();
-            tokio::spawn(refuse(stream));
+            // Over TLS the refusal would cost a handshake per refused client, just when there
+            // are too many: the connection is closed without one.
+            if tls.is_none() {
+                tokio::spawn(refuse(stream));
+            }
             continue;
         }
-        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         let guard = ClientGuard::new(Arc::clone(&context));
-        let session = Session::new(Arc::clone(&context), peer);
+        let context = Arc::clone(&context);
+        let relays = sessions.clone();
         sessions.spawn(async move {
             let _guard = guard;
-            session.run(stream).await;
+            // The handshake runs here, not in the accept loop, so a slow client holds only
+            // its own connection.
+            if let Some(stream) = secure(stream, tls.as_deref(), peer, &relays).await {
+                Session::new(context, peer).run(stream).await;
+            }
         });
+    }
+}
+
+/// The client's connection as sessions read it: TLS is set up first when the listener has it.
+async fn secure(
+    stream: TcpStream,
+    tls: Option<&ServerTls>,
+    peer: SocketAddr,
+    relays: &TaskTracker,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Tcp(stream));
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream, relays)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            metrics::tls_handshake_failed();
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}");
+            metrics::tls_handshake_failed();
+            None
+        }
     }
 }
 

@@ -5,12 +5,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::hotkeys::Report;
+use crate::hotkeys::big_keys::BigKeysReport;
+use crate::hotkeys::{By, Report};
 
 pub struct TopOptions {
     /// The admin endpoint, `host:port`.
     pub admin: String,
     pub window: Option<String>,
+    pub by: By,
     pub count: usize,
     pub interval: Duration,
     /// Print one frame and exit (for scripts), instead of refreshing until interrupted.
@@ -19,13 +21,18 @@ pub struct TopOptions {
 
 pub fn run(options: &TopOptions) -> Result<(), String> {
     loop {
-        let report = fetch(options)?;
+        let mut path = format!("/hotkeys?by={}&limit={}", options.by.name(), options.count);
+        if let Some(window) = &options.window {
+            path.push_str(&format!("&window={window}"));
+        }
+        let report: Report = fetch(&options.admin, &path)?;
+        let big_keys: BigKeysReport = fetch(&options.admin, "/bigkeys?limit=5")?;
         let mut frame = String::new();
         if !options.once {
             // Clear the screen and go home, as top does.
             frame.push_str("\x1b[2J\x1b[H");
         }
-        frame.push_str(&render(&options.admin, &report));
+        frame.push_str(&render(&options.admin, &report, &big_keys));
         std::io::stdout()
             .write_all(frame.as_bytes())
             .map_err(|e| e.to_string())?;
@@ -36,21 +43,12 @@ pub fn run(options: &TopOptions) -> Result<(), String> {
     }
 }
 
-fn fetch(options: &TopOptions) -> Result<Report, String> {
-    let mut path = format!("/hotkeys?by=requests&limit={}", options.count);
-    if let Some(window) = &options.window {
-        path.push_str(&format!("&window={window}"));
-    }
-    let (status, body) = http_get(&options.admin, &path)?;
+fn fetch<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> Result<T, String> {
+    let (status, body) = http_get(admin, path)?;
     if status != 200 {
-        return Err(format!(
-            "{} answered {status}: {}",
-            options.admin,
-            body.trim()
-        ));
+        return Err(format!("{admin} answered {status}: {}", body.trim()));
     }
-    serde_json::from_str(&body)
-        .map_err(|e| format!("unexpected answer from {}: {e}", options.admin))
+    serde_json::from_str(&body).map_err(|e| format!("unexpected answer from {admin}: {e}"))
 }
 
 /// A minimal HTTP/1.1 GET, enough for the admin endpoint.
@@ -79,23 +77,50 @@ fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
-fn render(admin: &str, report: &Report) -> String {
+fn render(admin: &str, report: &Report, big_keys: &BigKeysReport) -> String {
+    let unit = report.by.name();
     let mut out = format!(
-        "keyward top - {admin} - last {} - {} requests (counts may exceed the truth by at most {})\n\n",
-        report.window, report.requests, report.error_bound
+        "keyward top - {admin} - last {} - {} {unit} (counts may exceed the truth by at most {})\n\n",
+        report.window, report.total, report.error_bound
     );
+    let by_bytes = report.by == By::Bytes;
     for (title, entries) in [("KEY", &report.keys), ("PATTERN", &report.patterns)] {
         out.push_str(&format!(
-            "{:>10} {:>8} {:>10} {:>10}  {title}\n",
-            "REQUESTS", "±ERROR", "READS", "WRITES"
+            "{:>12} {:>10} {:>12} {:>12}",
+            unit.to_ascii_uppercase(),
+            "±ERROR",
+            "READS",
+            "WRITES"
         ));
+        if by_bytes {
+            out.push_str(&format!(" {:>12} {:>12}", "IN", "OUT"));
+        }
+        out.push_str(&format!("  {title}\n"));
         for entry in entries {
             out.push_str(&format!(
-                "{:>10} {:>8} {:>10} {:>10}  {}\n",
-                entry.requests, entry.error, entry.reads, entry.writes, entry.key
+                "{:>12} {:>10} {:>12} {:>12}",
+                entry.count, entry.error, entry.reads, entry.writes
             ));
+            if let (Some(inbound), Some(outbound)) = (entry.bytes_in, entry.bytes_out) {
+                out.push_str(&format!(" {inbound:>12} {outbound:>12}"));
+            }
+            out.push_str(&format!("  {}\n", entry.key));
         }
         out.push('\n');
+    }
+    out.push_str(&format!(
+        "BIG KEYS (replies or written values over {} bytes)\n",
+        big_keys.threshold_bytes
+    ));
+    for big in &big_keys.keys {
+        out.push_str(&format!(
+            "{:>12} {:>6} {:>10}  {} {}\n",
+            big.bytes,
+            big.side.name(),
+            big.times,
+            big.command,
+            big.key
+        ));
     }
     out
 }

@@ -36,6 +36,17 @@ fn get(connection: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(connection).unwrap()
 }
 
+/// Reads `key` until it reads `expected`, failing the test with `what` after `within`.
+fn read_until(
+    client: &mut redis::Connection,
+    key: &str,
+    expected: Option<&str>,
+    within: Duration,
+    what: &str,
+) {
+    wait_for(within, what, || get(client, key).as_deref() == expected);
+}
+
 fn set(connection: &mut redis::Connection, key: &str, value: &str) {
     let () = redis::cmd("SET")
         .arg(key)
@@ -187,10 +198,12 @@ fn expiry_and_flushes_invalidate() {
     assert_eq!(get(&mut reader, "user:1").as_deref(), Some("short-lived"));
     // Redis expires the key by itself (its active expiry cycle) and tells keyward; the
     // rule's ttl is 30 s, so only the invalidation can end the entry this soon.
-    wait_for(
+    read_until(
+        &mut reader,
+        "user:1",
+        None,
         Duration::from_secs(3),
         "the expired key reads as nil",
-        || get(&mut reader, "user:1").is_none(),
     );
     // And an entry never outlives the key as it was when read, whenever Redis's own expiry
     // cycle gets to the key.
@@ -229,10 +242,12 @@ fn expiry_and_flushes_invalidate() {
     set(&mut direct, "user:2", "kept");
     assert_eq!(get(&mut reader, "user:2").as_deref(), Some("kept"));
     let () = redis::cmd("FLUSHALL").query(&mut direct).unwrap();
-    wait_for(
+    read_until(
+        &mut reader,
+        "user:2",
+        None,
         Duration::from_millis(500),
         "FLUSHALL reaches the cache",
-        || get(&mut reader, "user:2").is_none(),
     );
 
     // A flush through keyward drops everything at once.
@@ -287,10 +302,12 @@ fn losing_the_invalidation_connection_flushes_the_cache() {
     assert_eq!(get(&mut reader, "user:1").as_deref(), Some("after"));
     assert_eq!(redis_calls(&redis, "get"), calls + 1);
     set(&mut direct, "user:1", "later");
-    wait_for(
+    read_until(
+        &mut reader,
+        "user:1",
+        Some("later"),
         Duration::from_millis(500),
         "the new connection invalidates",
-        || get(&mut reader, "user:1").as_deref() == Some("later"),
     );
 }
 
@@ -461,10 +478,12 @@ fn nil_is_cached_only_when_asked() {
     assert_eq!(redis_calls(&redis, "get"), 4);
     // A cached nil goes when the key is written.
     set(&mut redis.client(), "nil:1", "now");
-    wait_for(
+    read_until(
+        &mut client,
+        "nil:1",
+        Some("now"),
         Duration::from_millis(500),
         "the cached nil is invalidated",
-        || get(&mut client, "nil:1").as_deref() == Some("now"),
     );
 }
 

@@ -1,12 +1,12 @@
-//! Hot keys through a running keyward: known frequencies in, the same out of `/hotkeys`,
-//! `KEYWARD HOTKEYS` and `/metrics`.
+//! Hot keys and big keys through a running keyward: known frequencies and sizes in, the same
+//! out of `/hotkeys`, `/bigkeys`, `KEYWARD HOTKEYS`, `KEYWARD BIGKEYS` and `/metrics`.
 
 mod support;
 
 use support::{http_get, Keyward, RedisServer};
 
 const HOTKEYS: &str =
-    "[hotkeys]\nenabled = true\ncapacity = 64\nwindows = [\"10s\", \"1m\"]\nexport_top = 3\n";
+    "[hotkeys]\nenabled = true\ncapacity = 64\nwindows = [\"10s\", \"1m\"]\nexport_top = 3\nbig_key_bytes = \"1KB\"\n";
 
 fn drive(keyward: &Keyward) {
     let mut client = keyward.client();
@@ -34,17 +34,20 @@ fn reports_known_frequencies_everywhere() {
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["window"], "10s");
-    assert_eq!(report["requests"], 102);
+    assert_eq!(
+        (&report["by"], &report["total"]),
+        (&"requests".into(), &102.into())
+    );
     let keys = report["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 3);
     assert_eq!(keys[0]["key"], "hot:a");
     assert_eq!(
-        (keys[0]["requests"].as_u64(), keys[0]["reads"].as_u64()),
+        (keys[0]["count"].as_u64(), keys[0]["reads"].as_u64()),
         (Some(50), Some(50))
     );
     assert_eq!(keys[1]["key"], "hot:b");
     assert_eq!(
-        (keys[1]["requests"].as_u64(), keys[1]["writes"].as_u64()),
+        (keys[1]["count"].as_u64(), keys[1]["writes"].as_u64()),
         (Some(30), Some(30))
     );
     assert_eq!(keys[0]["error"], 0, "under capacity, counts are exact");
@@ -52,7 +55,7 @@ fn reports_known_frequencies_everywhere() {
     assert!(
         patterns
             .iter()
-            .any(|p| p["key"] == "user:*:profile" && p["requests"] == 20),
+            .any(|p| p["key"] == "user:*:profile" && p["count"] == 20),
         "{patterns:?}"
     );
 
@@ -82,11 +85,126 @@ fn reports_known_frequencies_everywhere() {
     assert_eq!(series, 3, "only export_top keys per window are exported");
 }
 
+/// Sizes on the wire of what the commands below send and get, worked out by hand.
+mod wire {
+    pub const VALUE: usize = 5000;
+    /// `SET big:1 <value>`: `*3`, `$3 SET`, `$5 big:1`, `$5000 <value>`.
+    pub const SET_IN: u64 = 4 + 9 + 11 + 7 + VALUE as u64 + 2;
+    pub const SET_OUT: u64 = 5;
+    /// `GET big:1` and its bulk reply.
+    pub const GET_IN: u64 = 4 + 9 + 11;
+    pub const GET_OUT: u64 = 7 + VALUE as u64 + 2;
+    /// `MGET small:1 big:1` (38 bytes): each key gets itself plus half of the other 26.
+    pub const MGET_IN: u64 = 5 + 13;
+}
+
+#[test]
+fn counts_bytes_each_way_and_lists_big_keys() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    let mut client = keyward.client();
+    let value = "x".repeat(wire::VALUE);
+    let () = redis::cmd("SET")
+        .arg("big:1")
+        .arg(&value)
+        .query(&mut client)
+        .unwrap();
+    for _ in 0..3 {
+        let read: String = redis::cmd("GET").arg("big:1").query(&mut client).unwrap();
+        assert_eq!(read.len(), wire::VALUE);
+    }
+    let both: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["small:1", "big:1"])
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(
+        (both[0].is_none(), both[1].as_ref().map(String::len)),
+        (true, Some(wire::VALUE))
+    );
+
+    let (status, body) = http_get(keyward.admin_port, "/hotkeys?window=1m&by=bytes&limit=2");
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["by"], "bytes");
+    let top = &report["keys"][0];
+    assert_eq!(top["key"], "big:1");
+    let inbound = wire::SET_IN + 3 * wire::GET_IN + wire::MGET_IN;
+    let outbound = wire::SET_OUT + 4 * wire::GET_OUT;
+    assert_eq!(top["bytes_in"].as_u64(), Some(inbound), "{top}");
+    assert_eq!(top["bytes_out"].as_u64(), Some(outbound), "{top}");
+    assert_eq!(top["count"].as_u64(), Some(inbound + outbound));
+    assert_eq!(top["writes"].as_u64(), Some(wire::SET_IN + wire::SET_OUT));
+    // The MGET's nil element (5 bytes) is small:1's.
+    let small = &report["keys"][1];
+    assert_eq!(
+        (&small["key"], small["bytes_out"].as_u64()),
+        (&"small:1".into(), Some(5))
+    );
+
+    let text: String = redis::cmd("KEYWARD")
+        .arg(&["HOTKEYS", "BY", "bytes", "COUNT", "1"])
+        .query(&mut keyward.client())
+        .unwrap();
+    let line = format!(
+        "key:big:1 bytes={} error=0 reads={} writes={} in={inbound} out={outbound}",
+        inbound + outbound,
+        inbound + outbound - wire::SET_IN - wire::SET_OUT,
+        wire::SET_IN + wire::SET_OUT
+    );
+    assert!(text.contains(&line), "{line} in {text}");
+
+    let (status, body) = http_get(keyward.admin_port, "/bigkeys");
+    assert_eq!(status, 200, "{body}");
+    let big: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(big["threshold_bytes"], 1000);
+    let seen: Vec<(String, String, u64, u64)> = big["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert_eq!(k["key"], "big:1", "{body}");
+            (
+                k["command"].as_str().unwrap().to_string(),
+                k["side"].as_str().unwrap().to_string(),
+                k["bytes"].as_u64().unwrap(),
+                k["times"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("get", "reply", wire::GET_OUT, 3),
+        ("mget", "reply", wire::GET_OUT, 1),
+        ("set", "value", wire::VALUE as u64, 1),
+    ] {
+        let expected = (expected.0.into(), expected.1.into(), expected.2, expected.3);
+        assert!(seen.contains(&expected), "{expected:?} in {seen:?}");
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let text: String = redis::cmd("KEYWARD")
+        .arg(&["BIGKEYS", "COUNT", "1"])
+        .query(&mut keyward.client())
+        .unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("key:big:1 command="), "{text}");
+
+    let metrics = keyward.admin_get("/metrics").1;
+    for series in [
+        "keyward_big_keys_total{side=\"reply\"} 4".to_string(),
+        "keyward_big_keys_total{side=\"value\"} 1".to_string(),
+        format!(
+            "keyward_hotkey_bytes{{window=\"1m\",key=\"big:1\"}} {}",
+            inbound + outbound
+        ),
+    ] {
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+}
+
 #[test]
 fn refuses_what_it_cannot_answer() {
     let redis = RedisServer::start();
     let keyward = Keyward::start(redis.port, HOTKEYS);
-    assert_eq!(http_get(keyward.admin_port, "/hotkeys?by=bytes").0, 400);
+    assert_eq!(http_get(keyward.admin_port, "/hotkeys?by=weight").0, 400);
     assert_eq!(http_get(keyward.admin_port, "/hotkeys?window=5m").0, 400);
     let error = redis::cmd("KEYWARD")
         .arg(&["HOTKEYS", "COUNT"])
@@ -115,7 +233,7 @@ fn sampling_scales_counts_back_up() {
     let (_, body) = http_get(keyward.admin_port, "/hotkeys?window=1m");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["keys"][0]["key"], "sampled");
-    let estimate = report["keys"][0]["requests"].as_u64().unwrap();
+    let estimate = report["keys"][0]["count"].as_u64().unwrap();
     assert!(
         (800..=1200).contains(&estimate),
         "about half of 1000 sampled, scaled by 2: {estimate}"

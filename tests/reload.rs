@@ -2,11 +2,14 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{http_request, metric_value, Keyward, RedisServer};
+use support::{
+    free_port, http_request, http_request_to, metric_value, network_address, Keyward, RedisServer,
+};
 
 fn config_status(keyward: &Keyward) -> serde_json::Value {
     let (status, body) = keyward.admin_get("/config");
@@ -202,4 +205,28 @@ fn sighup_and_post_reload_apply_and_restart_only_settings_are_reported() {
     assert!(body.contains("nonzero"), "{body}");
     let (status, _) = http_request(keyward.admin_port, "GET", "/reload");
     assert_eq!(status, 405);
+}
+
+#[test]
+fn reload_from_another_host_needs_the_admin_token() {
+    let redis = RedisServer::start();
+    let here = network_address();
+    let (port, admin) = (free_port(), free_port());
+    // Bound to the network address only, so every request below comes from a non-loopback
+    // address, as another host's would.
+    let config = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
+         [admin]\naddress = \"{here}:{admin}\"\ntoken_env = \"KEYWARD_ADMIN_TOKEN\"\n",
+        redis.port
+    );
+    let _keyward =
+        Keyward::start_with_config_env(port, admin, &[("KEYWARD_ADMIN_TOKEN", "t0ken")], &config);
+    let reload =
+        |headers: &str| http_request_to(SocketAddr::new(here, admin), "POST", "/reload", headers);
+    let (status, body) = reload("");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(reload("Authorization: Bearer t0ke\r\n").0, 401);
+    let (status, body) = reload("Authorization: Bearer t0ken\r\n");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("unchanged"), "{body}");
 }

@@ -1,6 +1,8 @@
 //! A plain RESP connection for the load generators in `benches/`, built on keyward's own
 //! command encoder and reply delimiter. Each generator uses part of it.
 
+use std::future::Future;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,4 +67,19 @@ pub fn encoded(args: &[&[u8]]) -> Vec<u8> {
     let mut out = BytesMut::new();
     encode_command(args, &mut out);
     out.to_vec()
+}
+
+/// Parses a generator's options and runs `body` on a single-threaded runtime. The options
+/// live as long as the process, so that client tasks can borrow them.
+pub fn run<O, F>(body: impl FnOnce(&'static O) -> F)
+where
+    O: clap::Parser + 'static,
+    F: Future<Output = ()>,
+{
+    let options: &'static O = Box::leak(Box::new(O::parse()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(body(options));
 }

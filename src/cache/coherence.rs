@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -60,8 +60,6 @@ struct Flight {
     /// The shape the reply is stored under (per key for `MGET`).
     shape: Bytes,
     epoch: u64,
-    /// A key was written or invalidated while the read was in flight.
-    poisoned: bool,
     readers: SmallVec<[(ReplySender, u64); 1]>,
 }
 
@@ -69,9 +67,11 @@ struct Flight {
 struct Flights {
     next_id: u64,
     running: FxHashMap<u64, Flight>,
-    /// Flights new readers may join, by what they read.
+    /// Flights new readers may join, by what they read. A running flight leaves it when one of
+    /// its keys is written or invalidated (or everything is flushed): from then on its reply
+    /// is still handed to its readers, but not stored.
     open: FxHashMap<Bytes, u64>,
-    /// Running flights by the keys they read, to poison them.
+    /// Running flights by the keys they read, to close them.
     by_key: FxHashMap<Bytes, SmallVec<[u64; 1]>>,
     /// Keys written through keyward whose writes Redis has not answered yet: no read of them
     /// is stored or shared until it has.
@@ -82,11 +82,14 @@ struct Flights {
 }
 
 impl Flights {
+    /// Whether flight `id` is still open: nothing it read changed while it was in flight.
+    fn is_open(&self, id: u64, open_key: &Bytes) -> bool {
+        self.open.get(open_key) == Some(&id)
+    }
+
     fn forget(&mut self, id: u64) -> Option<Flight> {
         let flight = self.running.remove(&id)?;
-        if self.open.get(&flight.open_key) == Some(&id) {
-            self.open.remove(&flight.open_key);
-        }
+        close(&mut self.open, id, &flight.open_key);
         for key in &flight.keys {
             if let Some(ids) = self.by_key.get_mut(key) {
                 ids.retain(|other| *other != id);
@@ -96,6 +99,13 @@ impl Flights {
             }
         }
         Some(flight)
+    }
+}
+
+/// Flight `id` takes no more readers, and its reply will not be stored.
+fn close(open: &mut FxHashMap<Bytes, u64>, id: u64, open_key: &Bytes) {
+    if open.get(open_key) == Some(&id) {
+        open.remove(open_key);
     }
 }
 
@@ -139,9 +149,13 @@ impl Coherence {
             Kind::PerKey => read.args.len() - 1,
         };
         let keys = (1..=last_key).filter_map(|index| read.args.get(index));
+        let now = Instant::now();
         let cached = match kind {
-            Kind::OneKey => read.args.get(1).and_then(|key| rule.get(key, shape, epoch)),
-            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape, epoch))),
+            Kind::OneKey => read
+                .args
+                .get(1)
+                .and_then(|key| rule.get(key, shape, epoch, now)),
+            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape, epoch, now))),
         };
         rule.count(cached.is_some());
         if let Some(reply) = cached {
@@ -186,7 +200,6 @@ impl Coherence {
                 keys,
                 shape: Bytes::copy_from_slice(shape),
                 epoch,
-                poisoned: false,
                 readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
             },
         );
@@ -247,10 +260,14 @@ impl Coherence {
     fn complete(&self, id: u64, reply: Bytes, lifetimes: &[Option<Duration>]) {
         let flight = {
             let mut flights = self.flights();
+            let unchanged = flights
+                .running
+                .get(&id)
+                .is_some_and(|flight| flights.is_open(id, &flight.open_key));
             let Some(flight) = flights.forget(id) else {
                 return;
             };
-            let current = !flight.poisoned
+            let current = unchanged
                 && lifetimes.len() == flight.keys.len()
                 && flight.epoch == self.tracking.epoch()
                 && self.tracking.state() != Invalidations::Down;
@@ -309,7 +326,7 @@ impl Coherence {
     }
 
     /// Redis answered a write of `key` (or it failed): reads of it may be cached again. Nothing
-    /// was stored for the key meanwhile (fills in flight were poisoned, new ones not shared or
+    /// was stored for the key meanwhile (fills in flight were closed, new ones not shared or
     /// stored), so there is nothing to drop.
     pub fn end_write(&self, key: &[u8]) {
         let mut flights = self.flights();
@@ -322,15 +339,15 @@ impl Coherence {
     }
 
     fn invalidate_locked(flights: &mut Flights, rules: &[Arc<RuleCache>], key: &[u8]) {
-        if let Some(ids) = flights.by_key.get(key).cloned() {
-            for id in ids {
-                if let Some(flight) = flights.running.get_mut(&id) {
-                    flight.poisoned = true;
-                    let open_key = flight.open_key.clone();
-                    if flights.open.get(&open_key) == Some(&id) {
-                        flights.open.remove(&open_key);
-                    }
-                }
+        let Flights {
+            running,
+            open,
+            by_key,
+            ..
+        } = flights;
+        for id in by_key.get(key).into_iter().flatten() {
+            if let Some(flight) = running.get(id) {
+                close(open, *id, &flight.open_key);
             }
         }
         for rule in rules {
@@ -341,8 +358,9 @@ impl Coherence {
     /// A flush through keyward is on its way to Redis: everything goes now, and until
     /// [`end_flush`](Self::end_flush) nothing is stored or shared, so no read can overtake it.
     pub fn begin_flush(&self, rules: &[Arc<RuleCache>]) {
-        self.flush_all(rules);
-        self.flights().flushing += 1;
+        let mut flights = self.flights();
+        self.flush_locked(&mut flights, rules);
+        flights.flushing += 1;
     }
 
     pub fn end_flush(&self) {
@@ -352,12 +370,14 @@ impl Coherence {
 
     /// Drops everything (a flush, or invalidations that may have been lost).
     pub fn flush_all(&self, rules: &[Arc<RuleCache>]) {
-        let mut flights = self.flights();
+        self.flush_locked(&mut self.flights(), rules);
+    }
+
+    /// Every running flight is closed, and the epoch moves on (so that no fill started
+    /// before is stored, whichever connection it rode on).
+    fn flush_locked(&self, flights: &mut Flights, rules: &[Arc<RuleCache>]) {
         self.tracking.lose_invalidations();
         flights.open.clear();
-        for flight in flights.running.values_mut() {
-            flight.poisoned = true;
-        }
         for rule in rules {
             rule.flush();
         }
@@ -379,18 +399,13 @@ fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
 
 /// The elements of an array reply of `expected` elements (none if it is anything else).
 fn elements(reply: &Bytes, expected: usize) -> Vec<Bytes> {
-    let header = format!("*{expected}\r\n");
-    let Some(mut rest) = reply.strip_prefix(header.as_bytes()) else {
+    let Some(found) = frame::array_elements(reply, expected) else {
         return Vec::new();
     };
-    let mut offset = header.len();
-    let mut found = Vec::with_capacity(expected);
-    while let Ok(Some(len)) = frame_len(rest) {
-        found.push(reply.slice(offset..offset + len));
-        offset += len;
-        rest = &rest[len..];
-    }
-    if found.len() == expected && rest.is_empty() {
+    let found: Vec<Bytes> = found.map(|element| reply.slice_ref(element)).collect();
+    let used: usize = found.iter().map(Bytes::len).sum();
+    let header = format!("*{expected}\r\n").len();
+    if found.len() == expected && header + used == reply.len() {
         found
     } else {
         Vec::new()

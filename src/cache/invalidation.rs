@@ -12,12 +12,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use crate::context::Context;
+use crate::net::Stream;
 use crate::resp::Protocol;
-use crate::upstream::{self, encode_command, Invalidations, UpstreamSettings};
+use crate::upstream::{self, encode_command, read_frame, Invalidations, UpstreamSettings};
 
 /// How often keyward looks whether cache rules are in force while none are.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -80,14 +80,14 @@ async fn listen(context: &Context) -> String {
     };
     context.upstream.tracking.set(tracking);
     tracing::info!(client_id = id, "cache invalidation connection up");
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     // A connection that silently died (a dropped NAT entry, a crashed host) would otherwise
     // look up forever while its invalidations go nowhere.
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut unanswered_ping = false;
     loop {
         let frame = tokio::select! {
-            frame = next_frame(&mut reader, &mut input) => match frame {
+            frame = read_frame(&mut reader, &mut input, decode) => match frame {
                 Ok(frame) => frame,
                 Err(error) => return error,
             },
@@ -130,7 +130,7 @@ async fn listen(context: &Context) -> String {
 /// subscribes to the invalidation channel.
 async fn subscribe(
     settings: &UpstreamSettings,
-) -> Result<(TcpStream, BytesMut, i64, Invalidations), String> {
+) -> Result<(Stream, BytesMut, i64, Invalidations), String> {
     let setup = [vec![
         b"CLIENT".to_vec(),
         b"SETNAME".to_vec(),
@@ -149,7 +149,7 @@ async fn subscribe(
         .write_all(&out)
         .await
         .map_err(|error| error.to_string())?;
-    let id = match next_frame(&mut stream, &mut input).await? {
+    let id = match read_frame(&mut stream, &mut input, decode).await? {
         OwnedFrame::Integer(id) => id,
         other => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
     };
@@ -160,7 +160,7 @@ async fn subscribe(
         }
         None => Invalidations::RedirectTo(id),
     };
-    match next_frame(&mut stream, &mut input).await? {
+    match read_frame(&mut stream, &mut input, decode).await? {
         OwnedFrame::Array(_) => Ok((stream, input, id, tracking)),
         other => Err(format!("unexpected reply to SUBSCRIBE: {other:?}")),
     }
@@ -172,7 +172,7 @@ pub const UNSUPPORTED: &str = "Redis cannot track keys (CLIENT TRACKING needs Re
 /// Asks Redis whether it can track keys, without turning anything on: `CLIENT TRACKING OFF`
 /// is harmless where it exists. `Ok(Some(reason))` when Redis refuses.
 async fn tracking_refusal(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     input: &mut BytesMut,
 ) -> Result<Option<String>, String> {
     let mut out = BytesMut::new();
@@ -181,7 +181,7 @@ async fn tracking_refusal(
         .write_all(&out)
         .await
         .map_err(|error| error.to_string())?;
-    match next_frame(stream, input).await? {
+    match read_frame(stream, input, decode).await? {
         OwnedFrame::Error(message) => Ok(Some(message)),
         _ => Ok(None),
     }
@@ -240,24 +240,6 @@ fn invalidated_keys(frame: OwnedFrame) -> Option<Invalidated> {
 fn is_pong(frame: &OwnedFrame) -> bool {
     matches!(frame, OwnedFrame::Array(parts)
         if matches!(parts.first(), Some(OwnedFrame::BulkString(kind)) if kind.eq_ignore_ascii_case(b"pong")))
-}
-
-/// Reads the next frame; cancel-safe (what was read stays in `input`).
-async fn next_frame(
-    stream: &mut (impl AsyncRead + Unpin),
-    input: &mut BytesMut,
-) -> Result<OwnedFrame, String> {
-    loop {
-        if let Some((frame, used)) = decode(input).map_err(|error| error.to_string())? {
-            let _ = input.split_to(used);
-            return Ok(frame);
-        }
-        match stream.read_buf(input).await {
-            Ok(0) => return Err("connection closed by Redis".into()),
-            Ok(_) => {}
-            Err(error) => return Err(error.to_string()),
-        }
-    }
 }
 
 #[cfg(test)]

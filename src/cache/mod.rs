@@ -40,6 +40,9 @@ pub enum Written {
         key: Bytes,
         /// A cache rule in force covers it: [`Coherence::begin_write`] was called for it.
         cached: bool,
+        /// A lock rule in force covers it: the write may release the lock, so its waiters try
+        /// again once Redis has answered it.
+        locked: bool,
     },
     /// `FLUSHALL`, `FLUSHDB` or `SWAPDB`: [`Coherence::begin_flush`] was called.
     Flush,
@@ -199,15 +202,13 @@ impl RuleCache {
 
     /// The reply cached for `shape` of `key`, if it has not expired and was read in the
     /// current tracking `epoch`.
-    fn get(&self, key: &[u8], shape: &[u8], epoch: u64) -> Option<Bytes> {
+    fn get(&self, key: &[u8], shape: &[u8], epoch: u64, now: Instant) -> Option<Bytes> {
         let entries = self.store.get(key)?;
         entries
             .variants
             .iter()
             .find(|variant| {
-                variant.epoch == epoch
-                    && &variant.shape[..] == shape
-                    && Instant::now() < variant.expires_at
+                variant.epoch == epoch && &variant.shape[..] == shape && now < variant.expires_at
             })
             .map(|variant| variant.reply.clone())
     }
@@ -310,11 +311,14 @@ fn rule_for<'r>(
                     .filter_map(|index| args.get(index))
                     .all(|key| rule.matcher.matches_key(key)))
     };
-    rules
-        .iter()
-        .filter(covers)
-        .find(|rule| !rule.is_shadow())
-        .or_else(|| rules.iter().find(covers))
+    let mut shadow = None;
+    for rule in rules.iter().filter(covers) {
+        if !rule.is_shadow() {
+            return Some(rule);
+        }
+        shadow.get_or_insert(rule);
+    }
+    shadow
 }
 
 /// Writes the shape of a read into `out`: database, protocol, command, and for a one-key

@@ -15,7 +15,7 @@ pub use values::{ConfigBytes, ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,15 +47,18 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HotKeysConfig {
     pub enabled: bool,
-    /// Counters per window and summary: bounds memory, and the error of every count to the
-    /// window's requests divided by this.
+    /// Counters per summary: bounds memory, and the error of every count to the window's
+    /// total divided by this (three times that for windows longer than the shortest).
     pub capacity: NonZeroUsize,
-    /// Sliding windows reported (each covers between one and two of its lengths).
+    /// Sliding windows reported (each covers between one and two of its lengths; longer
+    /// windows move in steps of the shortest).
     pub windows: Vec<ConfigDuration>,
     /// Fraction of commands counted, in (0, 1]; counts are scaled back up.
     pub sample_rate: f64,
     /// Keys per window exported to Prometheus (bounds label cardinality).
     pub export_top: usize,
+    /// A reply, or a value written, over this size makes its key a big key.
+    pub big_key_bytes: ConfigBytes,
 }
 
 impl Default for HotKeysConfig {
@@ -70,6 +73,7 @@ impl Default for HotKeysConfig {
             ],
             sample_rate: 1.0,
             export_top: 10,
+            big_key_bytes: ConfigBytes::from_bytes(1_000_000),
         }
     }
 }
@@ -87,6 +91,32 @@ pub struct ListenConfig {
     /// Close clients idle for this long (Redis's `timeout`); subscribers and clients blocked
     /// in a command are exempt, as in Redis. None: never.
     pub idle_timeout: Option<ConfigDuration>,
+    /// Clients must connect with TLS, with this certificate.
+    pub tls: Option<ListenTls>,
+}
+
+/// `[listen] tls`: the certificate clients see (PEM files; relative paths are from the config
+/// file's directory).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[upstream] tls`: keyward connects to Redis with TLS (PEM files; relative paths are from
+/// the config file's directory).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// The CA certificates Redis's certificate must chain to; the Mozilla roots when absent.
+    pub ca: Option<PathBuf>,
+    /// The name Redis's certificate must carry; the host of `address` when absent.
+    pub server_name: Option<String>,
+    /// A client certificate and its key, for a Redis with `tls-auth-clients yes`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ListenConfig {
@@ -96,6 +126,7 @@ impl Default for ListenConfig {
             max_clients: NonZeroUsize::new(10_000).expect("nonzero"),
             password_env: None,
             idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -113,6 +144,8 @@ pub struct UpstreamConfig {
     pub username: Option<String>,
     /// The name of the environment variable holding the password, so the file holds no secret.
     pub password_env: Option<String>,
+    /// Connect to Redis with TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Default for UpstreamConfig {
@@ -124,6 +157,7 @@ impl Default for UpstreamConfig {
             request_timeout: ConfigDuration::from_millis(5_000),
             username: None,
             password_env: None,
+            tls: None,
         }
     }
 }
@@ -133,12 +167,16 @@ impl Default for UpstreamConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The name of the environment variable holding the token that `POST /reload` must carry
+    /// (`Authorization: Bearer <token>`) from other hosts; without it, only localhost may.
+    pub token_env: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 9898)),
+            token_env: None,
         }
     }
 }
@@ -190,7 +228,35 @@ impl Config {
             path: path.display().to_string(),
             error,
         })?;
-        Config::parse(&text).map_err(LoadError::Invalid)
+        Config::parse_file(&text, Some(path)).map_err(LoadError::Invalid)
+    }
+
+    /// Parses the text of the file at `path` (none: no file): as [`Config::parse`], with
+    /// relative file paths (TLS certificates and keys) taken from the file's directory, so
+    /// that the file means the same whatever directory keyward starts in.
+    pub fn parse_file(
+        text: &str,
+        path: Option<&Path>,
+    ) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let (mut config, warnings) = Config::parse(text)?;
+        if let Some(dir) = path.and_then(Path::parent) {
+            let anchor = |file: &mut PathBuf| {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            };
+            if let Some(tls) = &mut config.listen.tls {
+                anchor(&mut tls.cert);
+                anchor(&mut tls.key);
+            }
+            if let Some(tls) = &mut config.upstream.tls {
+                [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                    .into_iter()
+                    .flatten()
+                    .for_each(anchor);
+            }
+        }
+        Ok((config, warnings))
     }
 
     /// Parses TOML text: the config and its warnings, or every error found.
@@ -275,19 +341,18 @@ impl Config {
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);
         }
-        for (section, variable) in [
-            ("listen", &config.listen.password_env),
-            ("upstream", &config.upstream.password_env),
+        for (setting, variable) in [
+            ("listen.password_env", &config.listen.password_env),
+            ("upstream.password_env", &config.upstream.password_env),
+            ("admin.token_env", &config.admin.token_env),
         ] {
-            if let Some(variable) = variable {
-                if std::env::var_os(variable).is_none() {
-                    diagnostics.push(Diagnostic::warning(
-                        find_value(text, variable),
-                        format!(
-                            "environment variable `{variable}` ({section}.password_env) is not set"
-                        ),
-                    ));
-                }
+            // Not set here may be set where keyward runs: a warning. Set but empty: an error.
+            if let (Some(variable), Err(problem)) = (variable, secret(setting, variable)) {
+                let span = find_value(text, variable);
+                diagnostics.push(match std::env::var_os(variable) {
+                    Some(_) => Diagnostic::error(span.unwrap_or(0..0), problem),
+                    None => Diagnostic::warning(span, problem),
+                });
             }
         }
         Ok((config, diagnostics))
@@ -295,22 +360,50 @@ impl Config {
 
     /// The upstream password, read from the environment variable the file names.
     pub fn upstream_password(&self) -> Result<Option<String>, String> {
-        secret("upstream", &self.upstream.password_env)
+        secret("upstream.password_env", &self.upstream.password_env)
+    }
+
+    /// The token `POST /reload` needs from other hosts, from the environment. An empty one
+    /// is refused: it would let anyone in.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        secret("admin.token_env", &self.admin.token_env)
     }
 
     /// The password clients must authenticate with, from the environment.
     pub fn listen_password(&self) -> Result<Option<String>, String> {
-        secret("listen", &self.listen.password_env)
+        secret("listen.password_env", &self.listen.password_env)
     }
 }
 
-fn secret(section: &str, variable: &Option<String>) -> Result<Option<String>, String> {
-    match variable {
-        None => Ok(None),
-        Some(variable) => std::env::var(variable)
-            .map(Some)
-            .map_err(|_| format!("{section}.password_env names `{variable}`, which is not set")),
+/// The secret in the environment variable `variable` names. An empty one is refused: an empty
+/// password or token would let anyone in.
+fn secret(setting: &str, variable: &Option<String>) -> Result<Option<String>, String> {
+    let Some(variable) = variable else {
+        return Ok(None);
+    };
+    match std::env::var(variable) {
+        Ok(value) if value.is_empty() => Err(format!(
+            "environment variable `{variable}` ({setting}) is empty; a secret must not be"
+        )),
+        Ok(value) => Ok(Some(value)),
+        Err(_) => Err(format!(
+            "environment variable `{variable}` ({setting}) is not set"
+        )),
     }
+}
+
+/// Where `key` is set in table `table` (under `[table]`, as `table.key`, or as a `[table.key]`
+/// header), for diagnostics about a value that only fails when it is used.
+pub fn find_table_key(text: &str, table: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let root = DeTable::parse(text).ok()?;
+    let table = root.get_ref().get(table)?;
+    let DeValue::Table(table) = table.get_ref() else {
+        return None;
+    };
+    table
+        .keys()
+        .find(|name| name.get_ref() == key)
+        .map(|name| name.span())
 }
 
 /// Where a key's value starts, for diagnostics that arise after deserialization.
@@ -328,6 +421,43 @@ pub enum LoadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_tls_files_are_found_beside_the_config() {
+        let text = "[listen]\ntls = { cert = \"certs/server.pem\", key = \"/abs/server.key\" }\n\
+                    [upstream]\ntls = { ca = \"ca.pem\" }\n";
+        let path = Path::new("/etc/keyward/keyward.toml");
+        let (config, _) = Config::parse_file(text, Some(path)).unwrap();
+        let listen = config.listen.tls.unwrap();
+        assert_eq!(listen.cert, Path::new("/etc/keyward/certs/server.pem"));
+        assert_eq!(listen.key, Path::new("/abs/server.key"));
+        let upstream = config.upstream.tls.unwrap();
+        assert_eq!(
+            upstream.ca.as_deref(),
+            Some(Path::new("/etc/keyward/ca.pem"))
+        );
+        assert_eq!(upstream.cert, None);
+        let (config, _) = Config::parse_file(text, None).unwrap();
+        assert_eq!(
+            config.listen.tls.unwrap().cert,
+            Path::new("certs/server.pem")
+        );
+    }
+
+    #[test]
+    fn finds_a_key_in_its_table_only() {
+        let text =
+            "# [upstream] tls in a comment\n[listen]\ntls = 1\n[upstream]\n# tls = 2\n  tls = 3\n";
+        let line_of = |span: std::ops::Range<usize>| text[..span.start].matches('\n').count() + 1;
+        let span = find_table_key(text, "listen", "tls").unwrap();
+        assert_eq!((&text[span.clone()], line_of(span)), ("tls", 3));
+        let span = find_table_key(text, "upstream", "tls").unwrap();
+        assert_eq!((&text[span.clone()], line_of(span)), ("tls", 6));
+        let dotted = "[upstream.tls]\nca = \"x\"\n";
+        let span = find_table_key(dotted, "upstream", "tls").unwrap();
+        assert_eq!(&dotted[span], "tls");
+        assert_eq!(find_table_key(text, "admin", "tls"), None);
+    }
 
     #[test]
     fn an_empty_file_means_defaults() {

@@ -187,6 +187,10 @@ impl<'de> Deserialize<'de> for LogLevel {
 pub struct ConfigBytes(u64);
 
 impl ConfigBytes {
+    pub const fn from_bytes(bytes: u64) -> ConfigBytes {
+        ConfigBytes(bytes)
+    }
+
     pub fn get(self) -> u64 {
         self.0
     }

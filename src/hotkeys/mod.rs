@@ -1,76 +1,92 @@
-//! Hot keys: the keys (and folded key patterns) that take the most requests, per sliding
-//! window, counted by a Space-Saving summary of bounded size.
+//! Hot keys and big keys: the keys (and folded key patterns) that take the most requests or
+//! bytes, per sliding window, and the commands whose reply or written value is over
+//! `big_key_bytes`.
 //!
-//! Each window keeps two summaries: the last complete window and the current one, so a report
-//! covers between one and two window lengths. Within a report, every count is an upper bound
-//! and `count - error` a lower bound of the requests the key got (see [`space_saving`]); with
-//! `capacity` counters, `error` never exceeds the window's requests divided by `capacity`, and
-//! any key with more requests than that is always listed. With `sample_rate` below 1, counts
-//! are scaled up from the sampled commands.
+//! Counts come from weighted Space-Saving summaries of `capacity` counters (see
+//! [`space_saving`]), built as [`windows`] describes. Every count reported is an upper bound,
+//! overstating by at most the report's `error_bound`, and `count - error` is a lower bound; a
+//! key not listed had at most `error_bound`. `error_bound` never exceeds the window's total
+//! divided by `capacity` for the shortest window, and three times that for longer ones. With
+//! `sample_rate` below 1, counts are scaled up from the sampled commands.
 
+pub mod big_keys;
 pub mod fold;
+pub mod record;
 pub mod space_saving;
+pub mod windows;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use std::hash::BuildHasher;
-
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::command::CommandTable;
 use crate::config::HotKeysConfig;
-use space_saving::{key_hash, SpaceSaving};
+use big_keys::{BigKeys, BigKeysReport, Side};
+use record::Recorder;
+use space_saving::{key_hash, SpaceSaving, Tally};
+use windows::{Of, Period, Windows};
 
-pub struct HotKeys {
-    pub config: HotKeysConfig,
-    windows: Mutex<Vec<Window>>,
-    /// Commands offered, for sampling.
-    offered: AtomicU64,
+/// What a report ranks keys by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum By {
+    Requests = 0,
+    /// Bytes in (requests) and out (replies) together.
+    Bytes = 1,
 }
 
-struct Window {
-    length: Duration,
-    started: Instant,
-    current: Summaries,
-    previous: Summaries,
-}
+impl By {
+    pub fn parse(text: &str) -> Option<By> {
+        [By::Requests, By::Bytes]
+            .into_iter()
+            .find(|by| by.name().eq_ignore_ascii_case(text))
+    }
 
-#[derive(Clone)]
-struct Summaries {
-    keys: SpaceSaving,
-    patterns: SpaceSaving,
-}
-
-impl Summaries {
-    fn new(capacity: usize) -> Summaries {
-        Summaries {
-            keys: SpaceSaving::new(capacity),
-            patterns: SpaceSaving::new(capacity),
+    pub fn name(self) -> &'static str {
+        match self {
+            By::Requests => "requests",
+            By::Bytes => "bytes",
         }
     }
 }
 
-/// One line of a report.
+pub struct HotKeys {
+    pub config: HotKeysConfig,
+    windows: Mutex<Windows>,
+    big_keys: BigKeys,
+    /// Commands offered, for sampling.
+    offered: AtomicU64,
+}
+
+/// One line of a report, in the report's unit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
     pub key: String,
-    /// Requests, an upper bound.
-    pub requests: u64,
-    /// How much `requests` may overstate (0: exact, sampling aside).
+    /// An upper bound.
+    pub count: u64,
+    /// How much `count` may overstate (0: exact, sampling aside).
     pub error: u64,
+    /// Of `count - error`: from commands that read, and from commands that write.
     pub reads: u64,
     pub writes: u64,
+    /// By bytes, of `count - error`: what came in with requests and went out with replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub window: String,
-    /// Requests counted in the window, scaled for sampling.
-    pub requests: u64,
-    /// The most any count below may overstate.
+    pub by: By,
+    /// Requests (or bytes) counted in the window, scaled for sampling.
+    pub total: u64,
+    /// The most any count below may overstate, and the most a key not listed can have had.
     pub error_bound: u64,
     pub keys: Vec<Entry>,
     pub patterns: Vec<Entry>,
@@ -78,21 +94,12 @@ pub struct Report {
 
 impl HotKeys {
     pub fn new(config: HotKeysConfig) -> HotKeys {
-        let now = Instant::now();
-        let capacity = config.capacity.get();
-        let windows = config
-            .windows
-            .iter()
-            .map(|length| Window {
-                length: length.get(),
-                started: now,
-                current: Summaries::new(capacity),
-                previous: Summaries::new(capacity),
-            })
-            .collect();
+        let lengths: Vec<Duration> = config.windows.iter().map(|w| w.get()).collect();
+        let windows = Windows::new(&lengths, config.capacity.get(), Instant::now());
         HotKeys {
             config,
             windows: Mutex::new(windows),
+            big_keys: BigKeys::default(),
             offered: AtomicU64::new(0),
         }
     }
@@ -115,183 +122,180 @@ impl HotKeys {
         ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
     }
 
-    /// Counts one command's keys (at most [`MAX_KEYS_PER_COMMAND`] of them, each cut to
-    /// [`MAX_KEY_LEN`] bytes), so that neither memory nor the time the lock is held depends on
-    /// what a client sends.
-    pub fn observe<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, write: bool) {
+    /// Counts the commands `recorder` has finished: their keys and patterns, by requests and
+    /// by bytes, under one lock; then notes the big ones.
+    pub fn record(&self, recorder: &mut Recorder, now: Instant) {
         let mut pattern = Vec::new();
-        let mut shortened = Vec::new();
-        let now = Instant::now();
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        for window in windows.iter_mut() {
-            window.rotate(now);
-        }
-        for key in keys.take(MAX_KEYS_PER_COMMAND) {
-            let key = shorten(key, &mut shortened);
-            fold::fold(key, &mut pattern);
-            let (key_hash, pattern_hash) = (key_hash(key), key_hash(&pattern));
-            for window in windows.iter_mut() {
-                window.current.keys.observe_hashed(key, key_hash, 1, write);
-                window
-                    .current
-                    .patterns
-                    .observe_hashed(&pattern, pattern_hash, 1, write);
+        {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let period = windows.counting(now);
+            for (key, seen) in recorder.finished() {
+                let bytes = seen.inbound + seen.outbound;
+                let writes = |amount: u64| if seen.write { amount } else { 0 };
+                let requests = Tally {
+                    count: 1,
+                    writes: writes(1),
+                    ..Tally::default()
+                };
+                let bytes = Tally {
+                    count: bytes,
+                    error: 0,
+                    writes: writes(bytes),
+                    outbound: seen.outbound,
+                };
+                let hash = key_hash(key);
+                fold::fold(key, &mut pattern);
+                let pattern_hash = key_hash(&pattern);
+                for (by, tally) in [(By::Requests, requests), (By::Bytes, bytes)] {
+                    period.summary_mut(Of::Keys, by).observe(key, hash, tally);
+                    let patterns = period.summary_mut(Of::Patterns, by);
+                    patterns.observe(&pattern, pattern_hash, tally);
+                }
             }
         }
+        let threshold = self.config.big_key_bytes.get();
+        let times = self.scaled(1);
+        for (key, seen) in recorder.finished() {
+            let sides = [(Side::Value, seen.value), (Side::Reply, seen.outbound)];
+            for (side, size) in sides {
+                if size > threshold {
+                    let command = &CommandTable::global().by_id(seen.command as usize).name;
+                    self.big_keys.record(key, command, side, size, times);
+                }
+            }
+        }
+        recorder.discard();
     }
 
     /// The configured window closest to `wanted` (the first one when none is asked for).
     pub fn window(&self, wanted: Option<Duration>) -> Option<Duration> {
-        let lengths = self.config.windows.iter().map(|w| w.get());
+        let mut lengths = self.config.windows.iter().map(|w| w.get());
         match wanted {
-            None => lengths.clone().next(),
-            Some(wanted) => lengths.clone().find(|length| *length == wanted),
+            None => lengths.next(),
+            Some(wanted) => lengths.find(|length| *length == wanted),
         }
     }
 
-    /// The top `limit` keys and patterns of a configured window.
-    pub fn report(&self, window: Duration, limit: usize) -> Option<Report> {
-        let scale = 1.0 / self.config.sample_rate;
+    /// The top `limit` keys and patterns of a configured window, ranked `by`.
+    pub fn report(&self, window: Duration, by: By, limit: usize) -> Option<Report> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window_state = windows.iter_mut().find(|w| w.length == window)?;
-        window_state.rotate(Instant::now());
-        let scaled = |value: u64| (value as f64 * scale).round() as u64;
-        let keys = merge(
-            &window_state.previous.keys,
-            &window_state.current.keys,
-            limit,
-        );
-        let patterns = merge(
-            &window_state.previous.patterns,
-            &window_state.current.patterns,
-            limit,
-        );
-        let requests = window_state.previous.keys.total() + window_state.current.keys.total();
-        let capacity = self.config.capacity.get() as u64;
+        let periods = windows.periods(window, Instant::now())?;
+        let summaries = |of: Of| -> Vec<&SpaceSaving> {
+            periods
+                .iter()
+                .map(|period: &&Period| period.summary(of, by))
+                .collect()
+        };
+        let (keys, patterns) = (summaries(Of::Keys), summaries(Of::Patterns));
+        let total: u64 = keys.iter().map(|summary| summary.total()).sum();
+        let error_bound: u64 = keys.iter().map(|summary| summary.bound()).sum();
         let rescale = |entries: Vec<Entry>| -> Vec<Entry> {
             entries
                 .into_iter()
                 .map(|entry| Entry {
-                    requests: scaled(entry.requests),
-                    error: scaled(entry.error),
-                    reads: scaled(entry.reads),
-                    writes: scaled(entry.writes),
+                    count: self.scaled(entry.count),
+                    error: self.scaled(entry.error),
+                    reads: self.scaled(entry.reads),
+                    writes: self.scaled(entry.writes),
+                    bytes_in: entry.bytes_in.map(|n| self.scaled(n)),
+                    bytes_out: entry.bytes_out.map(|n| self.scaled(n)),
                     ..entry
                 })
                 .collect()
         };
         Some(Report {
             window: humantime::format_duration(window).to_string(),
-            requests: scaled(requests),
-            error_bound: scaled(requests / capacity),
-            keys: rescale(keys),
-            patterns: rescale(patterns),
+            by,
+            total: self.scaled(total),
+            error_bound: self.scaled(error_bound),
+            keys: rescale(merge(&keys, by, limit)),
+            patterns: rescale(merge(&patterns, by, limit)),
         })
     }
 
-    /// Prometheus gauges for the top `export_top` keys of each window, written as text. They
-    /// are rendered at each scrape rather than registered, so keys that leave the top leave
-    /// the output too and the number of series stays bounded.
+    /// The largest big keys seen, largest first.
+    pub fn big_keys(&self, limit: usize) -> BigKeysReport {
+        BigKeysReport {
+            threshold_bytes: self.config.big_key_bytes.get(),
+            keys: self.big_keys.largest(limit),
+        }
+    }
+
+    /// Prometheus gauges for the top `export_top` keys of each window, by requests and by
+    /// bytes, written as text. They are rendered at each scrape rather than registered, so
+    /// keys that leave the top leave the output too and the number of series stays bounded.
     pub fn render_prometheus(&self, out: &mut String) {
         let top = self.config.export_top;
         if top == 0 {
             return;
         }
-        let _ = writeln!(
-            out,
-            "# HELP keyward_hotkey_requests Requests to the hottest keys (upper bound), per window"
-        );
-        let _ = writeln!(out, "# TYPE keyward_hotkey_requests gauge");
-        for window in self.config.windows.iter().map(|w| w.get()) {
-            if let Some(report) = self.report(window, top) {
+        for by in [By::Requests, By::Bytes] {
+            let name = by.name();
+            let _ = writeln!(
+                out,
+                "# HELP keyward_hotkey_{name} {name} of the hottest keys (upper bound), per window"
+            );
+            let _ = writeln!(out, "# TYPE keyward_hotkey_{name} gauge");
+            for window in self.config.windows.iter().map(|w| w.get()) {
+                let Some(report) = self.report(window, by, top) else {
+                    continue;
+                };
                 for entry in &report.keys {
                     let _ = writeln!(
                         out,
-                        "keyward_hotkey_requests{{window=\"{}\",key=\"{}\"}} {}",
+                        "keyward_hotkey_{name}{{window=\"{}\",key=\"{}\"}} {}",
                         report.window,
                         label_value(&entry.key),
-                        entry.requests
+                        entry.count
                     );
                 }
             }
         }
     }
-}
 
-impl Window {
-    fn rotate(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.started);
-        let periods = (elapsed.as_nanos() / self.length.as_nanos().max(1)) as u32;
-        if periods == 0 {
-            return;
-        }
-        if periods >= 2 {
-            self.previous.keys.clear();
-            self.previous.patterns.clear();
-        } else {
-            std::mem::swap(&mut self.previous, &mut self.current);
-        }
-        self.current.keys.clear();
-        self.current.patterns.clear();
-        // On the window's own schedule, so a late rotation never stretches a period.
-        self.started += self.length * periods;
+    fn scaled(&self, value: u64) -> u64 {
+        (value as f64 / self.config.sample_rate).round() as u64
     }
 }
 
-/// Keys counted per command at most (`MGET` of a million keys counts the first ones).
-pub const MAX_KEYS_PER_COMMAND: usize = 64;
-/// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
-pub const MAX_KEY_LEN: usize = 200;
-
-fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
-    if key.len() <= MAX_KEY_LEN {
-        return key;
-    }
-    let hash = rustc_hash::FxBuildHasher.hash_one(key);
-    buffer.clear();
-    buffer.extend_from_slice(&key[..MAX_KEY_LEN]);
-    buffer.extend_from_slice(format!("...#{hash:016x}").as_bytes());
-    buffer
-}
-
-/// Adds two summaries. A key missing from one may still have had up to that one's floor
-/// there, which counts towards its upper bound and its error.
-fn merge(previous: &SpaceSaving, current: &SpaceSaving, limit: usize) -> Vec<Entry> {
-    let summaries = [previous, current];
-    // Per key: the entry, and which summaries held it (bit per summary).
-    let mut merged: FxHashMap<&[u8], (Entry, u8)> = FxHashMap::default();
+/// Adds up summaries of one stream's consecutive stretches. A key missing from one may still
+/// have had up to that one's bound there, which counts towards its count and its error.
+fn merge(summaries: &[&SpaceSaving], by: By, limit: usize) -> Vec<Entry> {
+    // Per key: its tally, and which summaries held it (bit per summary).
+    let mut merged: FxHashMap<&[u8], (Tally, u32)> = FxHashMap::default();
     for (bit, summary) in summaries.iter().enumerate() {
         for counted in summary.counters() {
-            let (entry, held) = merged.entry(&counted.key).or_insert_with(|| {
-                let entry = Entry {
-                    key: String::from_utf8_lossy(&counted.key).into_owned(),
-                    requests: 0,
-                    error: 0,
-                    reads: 0,
-                    writes: 0,
-                };
-                (entry, 0)
-            });
-            entry.requests += counted.count;
-            entry.error += counted.error;
-            entry.writes += counted.writes;
-            entry.reads += (counted.count - counted.error).saturating_sub(counted.writes);
+            let (tally, held) = merged.entry(counted.key).or_default();
+            tally.count += counted.tally.count;
+            tally.error += counted.tally.error;
+            tally.writes += counted.tally.writes;
+            tally.outbound += counted.tally.outbound;
             *held |= 1 << bit;
         }
     }
     let mut entries: Vec<Entry> = merged
-        .into_values()
-        .map(|(mut entry, held)| {
+        .into_iter()
+        .map(|(key, (mut tally, held))| {
             for (bit, summary) in summaries.iter().enumerate() {
                 if held & (1 << bit) == 0 {
-                    entry.requests += summary.floor();
-                    entry.error += summary.floor();
+                    tally.count += summary.bound();
+                    tally.error += summary.bound();
                 }
             }
-            entry
+            let known = tally.count - tally.error;
+            let bytes = |amount| (by == By::Bytes).then_some(amount);
+            Entry {
+                key: String::from_utf8_lossy(key).into_owned(),
+                count: tally.count,
+                error: tally.error,
+                reads: known.saturating_sub(tally.writes),
+                writes: tally.writes,
+                bytes_in: bytes(known.saturating_sub(tally.outbound)),
+                bytes_out: bytes(tally.outbound),
+            }
         })
         .collect();
-    entries.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+    entries.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
     entries.truncate(limit);
     entries
 }

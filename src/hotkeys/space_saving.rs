@@ -1,45 +1,91 @@
-//! The Space-Saving heavy-hitter summary (Metwally, Agrawal, El Abbadi, 2005).
+//! The Space-Saving heavy-hitter summary (Metwally, Agrawal, El Abbadi, 2005), weighted, and
+//! mergeable so that longer windows can be built from the periods of the shortest.
 //!
-//! It keeps at most `capacity` counters. A key already counted is incremented; a new key takes
-//! over the smallest counter, inheriting its count as possible overcount (`error`). For every
-//! key reported, `count - error <= true count <= count`, and `error <= total / capacity`; any
-//! key whose true count exceeds `total / capacity` is always present. Counters live in a
-//! min-heap (indexed by key), so an update costs O(log capacity).
+//! It keeps at most `capacity` counters. A key already counted gets the weight added; a new key
+//! takes over the smallest counter, inheriting its count as possible overcount (`error`). For
+//! every key held, `count - error <= true weight <= count`; a key not held has at most
+//! [`bound`](SpaceSaving::bound). For a summary fed only by [`observe`](SpaceSaving::observe),
+//! `bound` is the smallest count, which never exceeds `total / capacity`, so any key with more
+//! than that is always held. Counters live in a min-heap, so an update costs O(log capacity).
+//!
+//! [`absorb`](SpaceSaving::absorb) adds another summary's counters. A key held here but not
+//! there may have had up to the other's bound there, so it is credited with that, and the bound
+//! grows by it; for a window absorbed from periods of `N` total weight, `bound` stays within
+//! `3N / capacity` (the smallest count within `2N / capacity`, the credits within `N / capacity`).
 
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
 
-/// One counted key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    pub key: Box<[u8]>,
-    /// Upper bound of the key's true count.
+/// What one observation adds to a key's counter, in the summary's unit (requests or bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
     pub count: u64,
-    /// How much of `count` may belong to keys that held this counter before.
+    /// Of `count`, how much may belong to other keys (0 for a fresh observation).
     pub error: u64,
-    /// Of the observations since this key took the counter: writes (the rest are reads).
+    /// Of `count`, how much came from commands that write.
     pub writes: u64,
+    /// Of `count`, how much went from Redis to the client (replies), the rest came in.
+    pub outbound: u64,
+}
+
+/// A counted key, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted<'a> {
+    pub key: &'a [u8],
+    pub hash: u64,
+    /// `count` is an upper bound of the key's true weight; `writes` and `outbound` are exact
+    /// for the part of it counted since the key took its counter (`count - error`).
+    pub tally: Tally,
+}
+
+/// A counter's key and everything but its count, which lives in the heap. One cache line:
+/// an update touches memory the rest of the proxy has pushed out of the cache since the last
+/// one, so what it touches is what it costs. Keys up to [`INLINE_KEY`] bytes live in the slot
+/// itself.
+#[derive(Debug, Clone)]
+#[repr(align(64))]
+struct Slot {
+    key: SmallVec<[u8; INLINE_KEY]>,
+    hash: u64,
+    error: u64,
+    writes: u64,
+    outbound: u64,
+}
+
+/// Key bytes a slot holds without an allocation of their own.
+const INLINE_KEY: usize = 24;
+
+/// Children per heap node: a wider heap is shallower, and a new key, which sinks to the
+/// bottom when counts are even, moves through fewer levels.
+const ARITY: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+struct HeapEntry {
+    count: u64,
+    slot: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct SpaceSaving {
     capacity: usize,
-    /// The counters, each in a fixed slot for as long as it lives.
-    slots: Vec<Counted>,
-    /// Each slot's key hash.
-    hashes: Vec<u64>,
-    /// Slot numbers as a min-heap by count. Heap moves touch only these numbers and
-    /// `heap_position`, never the key index: with many keys of equal count (a uniform stream)
-    /// a new key sinks through many levels, and rehashing keys at each step dominated.
-    heap: Vec<u32>,
+    /// The counters, each in a fixed slot for as long as it lives; a slot taken over keeps
+    /// its key buffer, so a new key costs no allocation once the summary is full.
+    slots: Vec<Slot>,
+    /// A 4-ary min-heap by count. Counts sit in the heap itself, so sifting compares neighbouring
+    /// entries instead of chasing slot numbers; a move touches `heap_position`, never the
+    /// key index.
+    heap: Vec<HeapEntry>,
     /// Each slot's place in `heap`.
     heap_position: Vec<u32>,
     /// Slot numbers by key hash. The hash is computed once per key and shared by every summary
     /// the key goes to (see [`key_hash`]).
     index: HashTable<u32>,
     total: u64,
+    /// Credited to keys by [`absorb`](Self::absorb) for summaries they were missing from.
+    credited: u64,
 }
 
 /// The hash summaries index a key by.
@@ -52,11 +98,11 @@ impl SpaceSaving {
         SpaceSaving {
             capacity: capacity.clamp(1, u32::MAX as usize),
             slots: Vec::new(),
-            hashes: Vec::new(),
             heap: Vec::new(),
             heap_position: Vec::new(),
             index: HashTable::new(),
             total: 0,
+            credited: 0,
         }
     }
 
@@ -65,121 +111,171 @@ impl SpaceSaving {
         self.total
     }
 
-    pub fn observe(&mut self, key: &[u8], weight: u64, write: bool) {
-        self.observe_hashed(key, key_hash(key), weight, write);
+    pub fn observe(&mut self, key: &[u8], hash: u64, tally: Tally) {
+        self.total += tally.count;
+        self.add(key, hash, tally);
     }
 
-    /// [`observe`](Self::observe) with the key's [`key_hash`] already computed.
-    pub fn observe_hashed(&mut self, key: &[u8], hash: u64, weight: u64, write: bool) {
-        self.total += weight;
-        let writes = if write { weight } else { 0 };
-        let slots = &self.slots;
-        let found = self
-            .index
-            .find(hash, |&slot| &*slots[slot as usize].key == key)
-            .copied();
-        if let Some(slot) = found {
-            let counted = &mut self.slots[slot as usize];
-            counted.count += weight;
-            counted.writes += writes;
-            self.sift_down(self.heap_position[slot as usize] as usize);
-            return;
-        }
-        let counted = |count, error| Counted {
-            key: key.into(),
-            count,
-            error,
-            writes,
-        };
-        let slot = if self.slots.len() < self.capacity {
-            let slot = self.slots.len() as u32;
-            self.slots.push(counted(weight, 0));
-            self.hashes.push(hash);
-            self.heap.push(slot);
-            self.heap_position.push(self.heap.len() as u32 - 1);
-            self.sift_up(self.heap.len() - 1);
-            slot
-        } else {
-            let slot = self.heap[0];
-            let floor = self.slots[slot as usize].count;
-            if let Ok(entry) = self
-                .index
-                .find_entry(self.hashes[slot as usize], |&held| held == slot)
-            {
-                entry.remove();
+    /// Adds every counter of `other` (a summary of a later stretch of the same stream).
+    pub fn absorb(&mut self, other: &SpaceSaving) {
+        let credit = other.bound();
+        if credit > 0 && !self.slots.is_empty() {
+            for slot in 0..self.slots.len() {
+                let held = &self.slots[slot];
+                if other.find(&held.key, held.hash).is_none() {
+                    self.slots[slot].error += credit;
+                    self.heap[self.heap_position[slot] as usize].count += credit;
+                }
             }
-            self.slots[slot as usize] = counted(floor + weight, floor);
-            self.hashes[slot as usize] = hash;
-            self.sift_down(0);
-            slot
-        };
-        let hashes = &self.hashes;
-        self.index
-            .insert_unique(hash, slot, |&held| hashes[held as usize]);
+            // Counts only grew: one pass restores the heap.
+            for index in (0..self.heap.len().div_ceil(ARITY)).rev() {
+                self.sift_down(index);
+            }
+            self.credited += credit;
+        }
+        for counted in other.counters() {
+            self.add(counted.key, counted.hash, counted.tally);
+        }
+        self.total += other.total;
     }
 
-    /// The smallest count held: the most a key not held can have been seen.
-    pub fn floor(&self) -> u64 {
-        if self.slots.len() < self.capacity {
-            0
-        } else {
-            self.heap
-                .first()
-                .map_or(0, |&slot| self.slots[slot as usize].count)
-        }
+    /// The most any key's count overstates, and the most a key not held can have had.
+    pub fn bound(&self) -> u64 {
+        self.floor() + self.credited
     }
 
     /// Every counter, in no particular order.
-    pub fn counters(&self) -> &[Counted] {
-        &self.slots
+    pub fn counters(&self) -> impl Iterator<Item = Counted<'_>> {
+        self.heap.iter().map(|entry| {
+            let slot = &self.slots[entry.slot as usize];
+            Counted {
+                key: &slot.key,
+                hash: slot.hash,
+                tally: Tally {
+                    count: entry.count,
+                    error: slot.error,
+                    writes: slot.writes,
+                    outbound: slot.outbound,
+                },
+            }
+        })
     }
 
     pub fn clear(&mut self) {
         self.slots.clear();
-        self.hashes.clear();
         self.heap.clear();
         self.heap_position.clear();
         self.index.clear();
         self.total = 0;
+        self.credited = 0;
     }
 
-    fn count_at(&self, index: usize) -> u64 {
-        self.slots[self.heap[index] as usize].count
+    fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&slot| slots[slot as usize].key[..] == *key)
+            .copied()
+    }
+
+    fn add(&mut self, key: &[u8], hash: u64, tally: Tally) {
+        if let Some(slot) = self.find(key, hash) {
+            let held = &mut self.slots[slot as usize];
+            held.error += tally.error;
+            held.writes += tally.writes;
+            held.outbound += tally.outbound;
+            let position = self.heap_position[slot as usize] as usize;
+            self.heap[position].count += tally.count;
+            self.sift_down(position);
+            return;
+        }
+        let slot = if self.slots.len() < self.capacity {
+            let slot = self.slots.len() as u32;
+            self.slots.push(Slot {
+                key: SmallVec::from_slice(key),
+                hash,
+                error: tally.error,
+                writes: tally.writes,
+                outbound: tally.outbound,
+            });
+            self.heap.push(HeapEntry {
+                count: tally.count,
+                slot,
+            });
+            self.heap_position.push(self.heap.len() as u32 - 1);
+            self.sift_up(self.heap.len() - 1);
+            slot
+        } else {
+            let HeapEntry { count: floor, slot } = self.heap[0];
+            let old_hash = self.slots[slot as usize].hash;
+            if let Ok(entry) = self.index.find_entry(old_hash, |&held| held == slot) {
+                entry.remove();
+            }
+            let taken = &mut self.slots[slot as usize];
+            taken.key.clear();
+            taken.key.extend_from_slice(key);
+            taken.hash = hash;
+            taken.error = floor + tally.error;
+            taken.writes = tally.writes;
+            taken.outbound = tally.outbound;
+            self.heap[0].count = floor + tally.count;
+            self.sift_down(0);
+            slot
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(hash, slot, |&held| slots[held as usize].hash);
+    }
+
+    /// The smallest count held once full: the most a key never held can have been seen.
+    fn floor(&self) -> u64 {
+        if self.slots.len() < self.capacity {
+            0
+        } else {
+            self.heap.first().map_or(0, |entry| entry.count)
+        }
     }
 
     fn sift_up(&mut self, mut index: usize) {
+        let moving = self.heap[index];
         while index > 0 {
-            let parent = (index - 1) / 2;
-            if self.count_at(parent) <= self.count_at(index) {
+            let parent = (index - 1) / ARITY;
+            if self.heap[parent].count <= moving.count {
                 break;
             }
-            self.swap(parent, index);
+            self.place(index, self.heap[parent]);
             index = parent;
         }
+        self.place(index, moving);
     }
 
+    /// Moves the entry at `index` down past every child with a smaller count. The entry is
+    /// written once, where it stops; the children it passes move up one level each.
     fn sift_down(&mut self, mut index: usize) {
+        let moving = self.heap[index];
+        let len = self.heap.len();
         loop {
-            let (left, right) = (2 * index + 1, 2 * index + 2);
-            let mut smallest = index;
-            if left < self.heap.len() && self.count_at(left) < self.count_at(smallest) {
-                smallest = left;
+            let first = ARITY * index + 1;
+            if first >= len {
+                break;
             }
-            if right < self.heap.len() && self.count_at(right) < self.count_at(smallest) {
-                smallest = right;
+            let mut child = first;
+            for other in first + 1..(first + ARITY).min(len) {
+                if self.heap[other].count < self.heap[child].count {
+                    child = other;
+                }
             }
-            if smallest == index {
-                return;
+            if self.heap[child].count >= moving.count {
+                break;
             }
-            self.swap(index, smallest);
-            index = smallest;
+            self.place(index, self.heap[child]);
+            index = child;
         }
+        self.place(index, moving);
     }
 
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.heap_position[self.heap[a] as usize] = a as u32;
-        self.heap_position[self.heap[b] as usize] = b as u32;
+    fn place(&mut self, index: usize, entry: HeapEntry) {
+        self.heap[index] = entry;
+        self.heap_position[entry.slot as usize] = index as u32;
     }
 }
 
@@ -190,12 +286,11 @@ mod tests {
 
     /// A Zipf(s = 1.0) stream over `keys` keys, from a fixed seed.
     fn zipf_stream(keys: usize, length: usize, mut seed: u64) -> Vec<usize> {
-        let weights: Vec<f64> = (1..=keys).map(|rank| 1.0 / rank as f64).collect();
-        let total: f64 = weights.iter().sum();
         let mut cumulative = Vec::with_capacity(keys);
+        let total: f64 = (1..=keys).map(|rank| 1.0 / rank as f64).sum();
         let mut sum = 0.0;
-        for weight in &weights {
-            sum += weight / total;
+        for rank in 1..=keys {
+            sum += 1.0 / rank as f64 / total;
             cumulative.push(sum);
         }
         (0..length)
@@ -209,60 +304,141 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn finds_the_true_top_20_of_a_zipf_stream_within_its_bound() {
-        let stream = zipf_stream(1_000_000, 2_000_000, 0x5eed_1234_abcd_ef01);
-        let mut exact: FxHashMap<usize, u64> = FxHashMap::default();
-        let mut summary = SpaceSaving::new(1024);
-        for &key in &stream {
-            *exact.entry(key).or_default() += 1;
-            summary.observe(format!("key:{key}").as_bytes(), 1, false);
-        }
-        let mut true_top: Vec<(usize, u64)> = exact.iter().map(|(k, c)| (*k, *c)).collect();
-        true_top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let true_top: Vec<String> = true_top[..20]
-            .iter()
-            .map(|(k, _)| format!("key:{k}"))
-            .collect();
-        let mut reported: Vec<&Counted> = summary.counters().iter().collect();
-        reported.sort_by_key(|c| std::cmp::Reverse(c.count));
-        let reported_top: Vec<String> = reported[..20]
-            .iter()
-            .map(|c| String::from_utf8_lossy(&c.key).into_owned())
-            .collect();
-        let found = true_top
-            .iter()
-            .filter(|key| reported_top.contains(key))
-            .count();
-        assert!(found >= 19, "only {found} of the true top 20 reported");
-        let bound = summary.total() / 1024;
-        for counted in &reported[..20] {
-            let key: usize = String::from_utf8_lossy(&counted.key)[4..].parse().unwrap();
-            let truth = exact[&key];
-            assert!(counted.count >= truth && counted.count - counted.error <= truth);
+    fn observe_one(summary: &mut SpaceSaving, key: &[u8], write: bool) {
+        let tally = Tally {
+            count: 1,
+            writes: u64::from(write),
+            ..Tally::default()
+        };
+        summary.observe(key, key_hash(key), tally);
+    }
+
+    /// Checks every guarantee of `summary` against the exact counts of what it saw.
+    fn assert_within_bound(summary: &SpaceSaving, exact: &FxHashMap<Vec<u8>, u64>) {
+        let bound = summary.bound();
+        let mut held = 0;
+        for counted in summary.counters() {
+            let truth = exact.get(counted.key).copied().unwrap_or(0);
+            let Tally { count, error, .. } = counted.tally;
             assert!(
-                counted.error <= bound,
-                "error {} over the bound {bound}",
-                counted.error
+                count >= truth && count - error <= truth,
+                "{counted:?} vs {truth}"
             );
+            assert!(error <= bound, "error {error} over the bound {bound}");
+            held += 1;
         }
+        for (key, &truth) in exact {
+            if summary.counters().all(|counted| counted.key != &key[..]) {
+                assert!(truth <= bound, "a key not held had {truth} > {bound}");
+            }
+        }
+        assert!(held > 0);
+    }
+
+    fn top(summary: &SpaceSaving, n: usize) -> Vec<Vec<u8>> {
+        let mut counted: Vec<Counted> = summary.counters().collect();
+        counted.sort_by_key(|c| std::cmp::Reverse(c.tally.count));
+        counted[..n].iter().map(|c| c.key.to_vec()).collect()
+    }
+
+    fn true_top(exact: &FxHashMap<Vec<u8>, u64>, n: usize) -> Vec<Vec<u8>> {
+        let mut all: Vec<(&Vec<u8>, &u64)> = exact.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        all[..n].iter().map(|(key, _)| key.to_vec()).collect()
     }
 
     #[test]
-    fn keeps_exact_counts_while_under_capacity() {
+    fn finds_the_true_top_20_of_a_zipf_stream_within_its_bound() {
+        let stream = zipf_stream(1_000_000, 2_000_000, 0x5eed_1234_abcd_ef01);
+        let mut exact: FxHashMap<Vec<u8>, u64> = FxHashMap::default();
+        let mut summary = SpaceSaving::new(1024);
+        for &key in &stream {
+            let key = format!("key:{key}").into_bytes();
+            observe_one(&mut summary, &key, false);
+            *exact.entry(key).or_default() += 1;
+        }
+        let wanted = true_top(&exact, 20);
+        let reported = top(&summary, 20);
+        let found = wanted.iter().filter(|key| reported.contains(key)).count();
+        assert!(found >= 19, "only {found} of the true top 20 reported");
+        assert!(summary.bound() <= summary.total() / 1024);
+        assert_within_bound(&summary, &exact);
+    }
+
+    #[test]
+    fn a_window_absorbed_from_periods_keeps_its_bound() {
+        let stream = zipf_stream(1_000_000, 1_200_000, 0x0bad_cafe_f00d_0001);
+        let mut exact: FxHashMap<Vec<u8>, u64> = FxHashMap::default();
+        let mut window = SpaceSaving::new(1024);
+        for period in stream.chunks(200_000) {
+            let mut summary = SpaceSaving::new(1024);
+            for &key in period {
+                let key = format!("key:{key}").into_bytes();
+                observe_one(&mut summary, &key, false);
+                *exact.entry(key).or_default() += 1;
+            }
+            window.absorb(&summary);
+        }
+        assert_eq!(window.total(), 1_200_000);
+        assert!(window.bound() <= 3 * window.total() / 1024);
+        assert_within_bound(&window, &exact);
+        let wanted = true_top(&exact, 20);
+        let reported = top(&window, 20);
+        let found = wanted.iter().filter(|key| reported.contains(key)).count();
+        assert!(found >= 19, "only {found} of the true top 20 reported");
+    }
+
+    #[test]
+    fn keeps_exact_counts_and_parts_while_under_capacity() {
         let mut summary = SpaceSaving::new(4);
         for (key, times) in [("a", 5), ("b", 3), ("c", 1)] {
             for _ in 0..times {
-                summary.observe(key.as_bytes(), 1, key == "b");
+                observe_one(&mut summary, key.as_bytes(), key == "b");
             }
         }
-        let mut counters = summary.counters().to_vec();
-        counters.sort_by_key(|c| std::cmp::Reverse(c.count));
-        assert_eq!(counters[0].count, 5);
+        let b = Tally {
+            count: 4,
+            outbound: 4,
+            ..Tally::default()
+        };
+        summary.observe(b"b", key_hash(b"b"), b);
+        let mut counted: Vec<Counted> = summary.counters().collect();
+        counted.sort_by_key(|c| std::cmp::Reverse(c.tally.count));
+        assert_eq!((counted[0].key, counted[0].tally.count), (&b"b"[..], 7));
         assert_eq!(
-            (counters[1].count, counters[1].writes, counters[1].error),
-            (3, 3, 0)
+            counted[0].tally,
+            Tally {
+                count: 7,
+                error: 0,
+                writes: 3,
+                outbound: 4
+            }
         );
-        assert_eq!(summary.floor(), 0);
+        assert_eq!(summary.bound(), 0);
+    }
+
+    #[test]
+    fn a_slot_fills_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    }
+
+    #[test]
+    fn a_new_key_takes_over_the_smallest_counter() {
+        let mut summary = SpaceSaving::new(2);
+        for key in ["a", "a", "b", "c"] {
+            observe_one(&mut summary, key.as_bytes(), false);
+        }
+        let mut counted: Vec<(Vec<u8>, Tally)> = summary
+            .counters()
+            .map(|c| (c.key.to_vec(), c.tally))
+            .collect();
+        counted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(counted[0].0, b"a");
+        assert_eq!(
+            (counted[1].0.as_slice(), counted[1].1.count),
+            (&b"c"[..], 2)
+        );
+        assert_eq!(counted[1].1.error, 1);
+        assert_eq!(summary.bound(), 2);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::{LockReport, Waiter};
@@ -220,7 +220,7 @@ pub async fn drive(queue: &Queue) {
     let mut held = false;
     while let Some((request, conn, with_get, earliest_deadline)) = queue.next_head() {
         if !held {
-            let outcome = classify(send(&conn, request, false).await, with_get);
+            let outcome = classify(send(&conn, request, 1, false).await, with_get);
             match queue.settle_head(outcome) {
                 Settled::StillWaiting => {}
                 Settled::Answered { granted } => {
@@ -229,7 +229,7 @@ pub async fn drive(queue: &Queue) {
                 }
                 Settled::Abandoned { conn, token } => {
                     let release = command(&[b"EVAL", RELEASE, b"1", &queue.key, &token]);
-                    send(&conn, release, false).await;
+                    send(&conn, release, 1, false).await;
                     continue;
                 }
             }
@@ -239,10 +239,15 @@ pub async fn drive(queue: &Queue) {
         released.borrow_and_update();
         // Read the holder's token with tracking on, so that Redis tells keyward when the key
         // is deleted, overwritten or expires; and its remaining time, for the safety timer.
-        let holder = send(&conn, command(&[b"GET", &queue.key]), true).await;
-        queue.state().holder = frame::bulk(&holder);
-        let answer = send(&conn, command(&[b"PTTL", &queue.key]), false).await;
-        let wait = match frame::integer(&answer) {
+        // Both in one round trip; tracking covers only the GET (the first command after it).
+        let mut look = BytesMut::from(&command(&[b"GET", &queue.key])[..]);
+        look.extend_from_slice(&command(&[b"PTTL", &queue.key]));
+        let answers = send(&conn, look.freeze(), 2, true).await;
+        let mut frames = frame::frames(&answers);
+        let holder = frames.next().map(|holder| answers.slice_ref(holder));
+        let lifetime = frames.next();
+        queue.state().holder = holder.as_ref().and_then(frame::bulk);
+        let wait = match lifetime.and_then(frame::integer) {
             // The key is gone already: try at once.
             Some(-2) => continue,
             Some(ms) if ms >= 0 => Duration::from_millis(ms as u64 + 1).min(SAFETY_POLL),
@@ -260,7 +265,7 @@ pub async fn drive(queue: &Queue) {
 /// that is full).
 pub fn try_once(waiter: Waiter) {
     tokio::spawn(async move {
-        let reply = send(&waiter.conn, waiter.request.clone(), false).await;
+        let reply = send(&waiter.conn, waiter.request.clone(), 1, false).await;
         let metrics = &waiter.rule.metrics;
         match classify(reply.clone(), waiter.with_get) {
             Outcome::Acquired(_) => metrics.immediate.increment(1),
@@ -294,9 +299,10 @@ fn time_out(waiter: Waiter) {
     }
 }
 
-/// Sends one command on `conn` and waits for its reply (an error reply if there is none).
-async fn send(conn: &ConnHandle, request: Bytes, tracked: bool) -> Bytes {
-    match send_own(conn, request, 1, tracked) {
+/// Sends `count` commands on `conn` and waits for their replies (an error reply if there are
+/// none).
+async fn send(conn: &ConnHandle, request: Bytes, count: u32, tracked: bool) -> Bytes {
+    match send_own(conn, request, count, tracked) {
         Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
         Err(_) => reply::error("ERR upstream busy or unavailable"),
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cache::RuleCache;
-use crate::command::{flags, CommandInfo};
+use crate::command::CommandInfo;
 use crate::config::Config;
 use crate::hotkeys::HotKeys;
 use crate::lock::RuleLocks;
@@ -103,12 +103,16 @@ impl Policies {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty()
-            && self.denials.is_empty()
-            && self.hotkeys.is_none()
-            && self.caches.is_empty()
-            && self.locks.is_empty()
+    /// Whether commands are judged (deny rules, rate limits) or counted (hot keys) before they
+    /// are sent. Cache and lock rules act later, only on the commands they cover.
+    pub fn judges(&self) -> bool {
+        !(self.rate_limits.is_empty() && self.denials.is_empty() && self.hotkeys.is_none())
+    }
+
+    /// Whether writes are watched: cache rules drop what they change, and lock rules wake the
+    /// waiters of what they may release.
+    pub fn watches_writes(&self) -> bool {
+        !(self.caches.is_empty() && self.locks.is_empty())
     }
 
     /// Judges a command about to be sent to Redis: deny rules first, then rate limits. Within
@@ -123,15 +127,6 @@ impl Policies {
         delayed: std::time::Duration,
         progress: &mut Progress,
     ) -> Verdict {
-        if let Some(hotkeys) = self.hotkeys.as_ref().filter(|_| !progress.observed) {
-            progress.observed = true;
-            if hotkeys.sampled() {
-                let keys = key_positions
-                    .iter()
-                    .filter_map(|&position| args.get(position));
-                hotkeys.observe(keys, info.has_flag(flags::WRITE));
-            }
-        }
         if !progress.denials_judged {
             progress.denials_judged = true;
             for denial in &self.denials {
@@ -237,6 +232,12 @@ impl Progress {
                 ..Progress::default()
             };
         }
+    }
+
+    /// True the first time it is asked about a request: hot keys count a request once, however
+    /// many times it is judged.
+    pub fn first_look(&mut self) -> bool {
+        !std::mem::replace(&mut self.observed, true)
     }
 
     pub fn record_answer(&mut self, rule: usize, answer: global::Answer) {

@@ -28,6 +28,25 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     FrameScanner::default().scan(buf)
 }
 
+/// The complete frames at the start of `buf`, one after another (stopping at an incomplete or
+/// malformed one).
+pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = frame_len(buf).ok()??;
+        let (frame, rest) = buf.split_at(len);
+        buf = rest;
+        Some(frame)
+    })
+}
+
+/// The elements of `reply` if it is an array of exactly `expected` elements (as an `MGET`
+/// reply is, one per key).
+pub fn array_elements(reply: &[u8], expected: usize) -> Option<impl Iterator<Item = &[u8]>> {
+    let header = format!("*{expected}\r\n");
+    let body = reply.strip_prefix(header.as_bytes())?;
+    Some(frames(body).take(expected))
+}
+
 /// Delimits one frame across partial reads without walking again what it already walked, so
 /// that a reply of millions of elements arriving in many reads costs linear time.
 ///
@@ -143,6 +162,20 @@ fn length(header: &[u8], kind: u8) -> Result<i64, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walks_frames_and_array_elements() {
+        let run = b"+OK\r\n$2\r\nhi\r\n:1";
+        assert_eq!(
+            frames(run).collect::<Vec<_>>(),
+            [&b"+OK\r\n"[..], b"$2\r\nhi\r\n"]
+        );
+        let mget = b"*2\r\n$-1\r\n$3\r\nabc\r\n";
+        let elements: Vec<&[u8]> = array_elements(mget, 2).unwrap().collect();
+        assert_eq!(elements, [&b"$-1\r\n"[..], b"$3\r\nabc\r\n"]);
+        assert!(array_elements(mget, 3).is_none());
+        assert!(array_elements(b"+OK\r\n", 1).is_none());
+    }
 
     #[test]
     fn reads_nils_integers_and_bulk_strings() {

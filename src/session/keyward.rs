@@ -17,8 +17,10 @@ const HELP: &[&str] = &[
     "    Version, uptime, clients and the state of the upstream Redis.",
     "CONFIG",
     "    The config in force (JSON): file hash, load time, last reload error, settings.",
-    "HOTKEYS [WINDOW <duration>] [BY requests] [COUNT <n>]",
-    "    The hottest keys and key patterns in a window: requests (upper bound), error, reads, writes.",
+    "HOTKEYS [WINDOW <duration>] [BY requests|bytes] [COUNT <n>]",
+    "    The hottest keys and key patterns in a window: requests or bytes (upper bound), error, reads, writes, bytes in and out.",
+    "BIGKEYS [COUNT <n>]",
+    "    The largest replies and written values seen: key, command, side, bytes, times seen.",
     "RATELIMIT STATS",
     "    Per rate-limit rule: commands allowed and limited, buckets held.",
     "CACHE STATS",
@@ -59,6 +61,10 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
             Ok(text) => ReplyWriter::new(protocol).bulk(text.as_bytes()).finish(),
             Err(message) => reply::error(&format!("ERR {message}")),
         },
+        ("BIGKEYS", 2 | 4) => match big_keys(args, context) {
+            Ok(text) => ReplyWriter::new(protocol).bulk(text.as_bytes()).finish(),
+            Err(message) => reply::error(&format!("ERR {message}")),
+        },
         ("HELP", 2) => {
             let mut writer = ReplyWriter::new(protocol).array(HELP.len());
             for line in HELP {
@@ -73,7 +79,8 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
     }
 }
 
-/// `KEYWARD HOTKEYS [WINDOW w] [BY requests] [COUNT n]`, one line per key, then per pattern.
+/// `KEYWARD HOTKEYS [WINDOW w] [BY requests|bytes] [COUNT n]`, one line per key, then per
+/// pattern.
 fn hotkeys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
     let (mut window, mut by, mut count) = (None, None, 20);
     let mut options = args[2..].chunks(2);
@@ -85,28 +92,62 @@ fn hotkeys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
         match String::from_utf8_lossy(name).to_ascii_uppercase().as_str() {
             "WINDOW" => window = Some(value),
             "BY" => by = Some(value),
-            "COUNT" => {
-                count = value
-                    .parse()
-                    .map_err(|_| "COUNT must be a number".to_string())?
-            }
+            "COUNT" => count = count_option(&value)?,
             other => return Err(format!("unknown option '{other}'")),
         }
     }
     let report = admin::hotkeys_report(context, window.as_deref(), by.as_deref(), count)?;
+    let unit = report.by.name();
     let mut text = format!(
-        "# Hot keys, last {} (requests: {}, counts may exceed the truth by at most {})\r\n",
-        report.window, report.requests, report.error_bound
+        "# Hot keys by {unit}, last {} ({unit}: {}, counts may exceed the truth by at most {})\r\n",
+        report.window, report.total, report.error_bound
     );
     for (title, entries) in [("key", &report.keys), ("pattern", &report.patterns)] {
         for entry in entries {
             text.push_str(&format!(
-                "{title}:{} requests={} error={} reads={} writes={}\r\n",
-                entry.key, entry.requests, entry.error, entry.reads, entry.writes
+                "{title}:{} {unit}={} error={} reads={} writes={}",
+                entry.key, entry.count, entry.error, entry.reads, entry.writes
             ));
+            if let (Some(inbound), Some(outbound)) = (entry.bytes_in, entry.bytes_out) {
+                text.push_str(&format!(" in={inbound} out={outbound}"));
+            }
+            text.push_str("\r\n");
         }
     }
     Ok(text)
+}
+
+/// `KEYWARD BIGKEYS [COUNT n]`, one line per key, largest first.
+fn big_keys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
+    let count = match args.get(2..4) {
+        None | Some([]) => 20,
+        Some([name, value]) if name.eq_ignore_ascii_case(b"count") => {
+            count_option(&String::from_utf8_lossy(value))?
+        }
+        Some(_) => return Err("syntax error".into()),
+    };
+    let report = admin::big_keys_report(context, count)?;
+    let mut text = format!(
+        "# Big keys: replies or written values over {} bytes, largest first\r\n",
+        report.threshold_bytes
+    );
+    for big in &report.keys {
+        text.push_str(&format!(
+            "key:{} command={} side={} bytes={} times={}\r\n",
+            big.key,
+            big.command,
+            big.side.name(),
+            big.bytes,
+            big.times
+        ));
+    }
+    Ok(text)
+}
+
+fn count_option(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| "COUNT must be a number".to_string())
 }
 
 /// One line per rule, in rule order.

@@ -22,16 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
+
 use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
 use crate::cache::{cacheable, Coherence, Lookup, Written};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
+use crate::hotkeys::record::Pending;
 use crate::lock::attempt::{self, LockAttempt};
 use crate::metrics::{self, ReceivedTally};
-use crate::net;
+use crate::net::Stream;
 use crate::policy::deny::Client;
 use crate::policy::global;
 use crate::policy::rate_limit::Verdict;
@@ -144,10 +145,10 @@ pub struct Session {
     cache_shape: Vec<u8>,
     /// A lock attempt waits in a lock queue; the requests after it wait with it.
     awaiting_lock: Option<AwaitedLock>,
-    /// What the waiting lock attempt writes, ended when it is answered.
-    lock_writes: Vec<Written>,
     /// Keys written by requests in the batch being gathered (see `note_writes`).
     written_keys: Vec<Written>,
+    /// Hot keys follow the request being judged: its keys, until its answer is known.
+    observation: Option<Pending>,
 }
 
 impl Session {
@@ -188,13 +189,13 @@ impl Session {
             last_active: Instant::now(),
             cache_shape: Vec::new(),
             awaiting_lock: None,
-            lock_writes: Vec::new(),
             written_keys: Vec::new(),
+            observation: None,
         }
     }
 
     /// Serves the client until it leaves, breaks the protocol, or keyward shuts down.
-    pub async fn run(mut self, stream: TcpStream) {
+    pub async fn run(mut self, stream: Stream) {
         let peer = self.peer;
         match self.drive(&stream).await {
             Ok(()) => tracing::debug!(%peer, "client session ended"),
@@ -202,7 +203,7 @@ impl Session {
         }
     }
 
-    async fn drive(&mut self, stream: &TcpStream) -> io::Result<()> {
+    async fn drive(&mut self, stream: &Stream) -> io::Result<()> {
         let timer = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(timer);
         let mut timer_armed = false;
@@ -216,6 +217,7 @@ impl Session {
             while let Some(streaming) = self.process_input() {
                 self.open_dedicated(streaming).await;
             }
+            self.count_hot_keys();
             self.write_output(stream)?;
             if self.finished() {
                 return Ok(());
@@ -339,12 +341,12 @@ impl Session {
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
     }
 
-    fn read(&mut self, stream: &TcpStream) -> io::Result<()> {
+    fn read(&mut self, stream: &Stream) -> io::Result<()> {
         let wanted = READ_CHUNK.max(self.input_needed.saturating_sub(self.input.len()));
         if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(wanted);
         }
-        match net::read_available(stream, &mut self.input) {
+        match stream.read_available(&mut self.input) {
             Ok(0) => {
                 self.closing = Some(Closing::ClientDone);
                 // A client that closed (or half-closed) its side no longer waits in line: it
@@ -361,7 +363,7 @@ impl Session {
         Ok(())
     }
 
-    fn write_output(&mut self, stream: &TcpStream) -> io::Result<()> {
+    fn write_output(&mut self, stream: &Stream) -> io::Result<()> {
         while !self.output.is_empty() {
             match stream.try_write(&self.output) {
                 Ok(written) => {
@@ -392,13 +394,8 @@ impl Session {
             return;
         }
         if let Reply::Fetched { ticket, .. } = &reply {
-            if self
-                .awaiting_lock
-                .as_ref()
-                .is_some_and(|lock| lock.ticket == *ticket)
-            {
-                self.awaiting_lock = None;
-                end_writes(&self.context, std::mem::take(&mut self.lock_writes));
+            if let Some(lock) = self.awaiting_lock.take_if(|lock| lock.ticket == *ticket) {
+                end_writes(&self.context, lock.writes);
             }
         }
         let after = self
@@ -520,8 +517,20 @@ impl Session {
                 self.local_args.extend(args.iter().map(<[u8]>::to_vec));
             }
             let blocks = is_blocking(info, &args);
+            let policies = &active.policies;
+            let needs_keys = match step {
+                Step::Forward | Step::Dedicate { .. } => {
+                    policies.judges() || policies.watches_writes()
+                }
+                Step::Local(_) => !policies.denials.is_empty(),
+                Step::Refuse(_) => false,
+            };
+            if needs_keys {
+                self.key_positions.clear();
+                info.key_positions(&args, &mut self.key_positions);
+            }
             let verdict = match step {
-                Step::Forward | Step::Dedicate { .. } if !active.policies.is_empty() => {
+                Step::Forward | Step::Dedicate { .. } if policies.judges() => {
                     self.client_bucket.clear();
                     match &self.client.name {
                         Some(name) => {
@@ -538,10 +547,22 @@ impl Session {
                         address: &self.peer_ip,
                         bucket: &self.client_bucket,
                     };
-                    self.key_positions.clear();
-                    info.key_positions(&args, &mut self.key_positions);
                     if matches!(step, Step::Forward) {
                         self.progress.follow(&active.policies);
+                        if let Some(hotkeys) = &active.policies.hotkeys {
+                            if self.progress.first_look() && hotkeys.sampled() {
+                                if let Some(unanswered) = self.observation.take() {
+                                    // Judged anew under reloaded policies.
+                                    self.replies.observations.finish(unanswered, &[]);
+                                }
+                                self.observation = self.replies.observations.start(
+                                    info,
+                                    &args,
+                                    &self.key_positions,
+                                    source.len(),
+                                );
+                            }
+                        }
                         let delayed = self
                             .delayed_since
                             .map_or(Duration::ZERO, |since| since.elapsed());
@@ -568,8 +589,6 @@ impl Session {
                         address: &self.peer_ip,
                         bucket: &self.peer_ip,
                     };
-                    self.key_positions.clear();
-                    info.key_positions(&args, &mut self.key_positions);
                     active
                         .policies
                         .refuses(info, &args, &self.key_positions, &caller)
@@ -589,6 +608,9 @@ impl Session {
                 Verdict::Reject(refusal) => {
                     self.delayed_since = None;
                     self.progress = Progress::default();
+                    if let Some(pending) = self.observation.take() {
+                        self.replies.observations.finish(pending, &refusal);
+                    }
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
@@ -669,9 +691,7 @@ impl Session {
                     )
                 }
                 None => {
-                    let watched =
-                        !active.policies.caches.is_empty() || !active.policies.locks.is_empty();
-                    if matches!(step, Step::Forward) && watched {
+                    if matches!(step, Step::Forward) && policies.watches_writes() {
                         note_writes(
                             &self.context.cache,
                             &active.policies,
@@ -703,12 +723,24 @@ impl Session {
                     break;
                 };
                 let ticket = self.replies.next_ticket();
+                // The attempt's own SET NX never releases a lock: its end wakes no waiter.
+                let writes = command_writes
+                    .into_iter()
+                    .filter_map(|written| match written {
+                        Written::Key { key, cached, .. } => cached.then_some(Written::Key {
+                            key,
+                            cached,
+                            locked: false,
+                        }),
+                        Written::Flush => Some(Written::Flush),
+                    })
+                    .collect();
                 self.awaiting_lock = Some(AwaitedLock {
                     ticket,
                     db: self.client.db,
                     key: claim.key.clone(),
+                    writes,
                 });
-                self.lock_writes = command_writes;
                 let attempt = LockAttempt {
                     claim,
                     db: self.client.db,
@@ -717,7 +749,7 @@ impl Session {
                     reply_to: self.reply_sender.clone(),
                     ticket,
                 };
-                self.replies.push_fetched(false);
+                self.replies.push_fetched(false, self.observation.take());
                 self.context.locks.attempt(attempt);
                 break;
             }
@@ -736,23 +768,30 @@ impl Session {
                 }
                 Step::Forward => {
                     self.received.add(&self.context.command_metrics, info.id);
+                    if rewritten.is_some() {
+                        // The batch ahead goes first, so sends are numbered in order.
+                        self.send_batch(&mut batch);
+                    }
+                    let observed = self.observation.take();
                     if self.counts_replies() {
-                        self.replies.command_sent(info.id, sent_at);
+                        self.replies.command_sent(info.id, sent_at, observed);
+                    } else if let Some(pending) = observed {
+                        // Relayed as a stream: no reply of its own to count.
+                        self.replies.observations.finish(pending, &[]);
                     }
                     if blocks {
                         self.blocked = true;
                     }
-                    // The command's writes end with its own reply, not an earlier batch's.
+                    // The command's writes end with its own reply, not an earlier batch's (a
+                    // rewritten request's batch ahead was sent above).
+                    self.written_keys.append(&mut command_writes);
                     match rewritten {
                         None => {
-                            self.written_keys.append(&mut command_writes);
                             batch.len += consumed;
                             batch.count += 1;
                         }
                         Some(encoded) => {
-                            self.send_batch(&mut batch);
                             self.input.advance(consumed);
-                            self.written_keys.append(&mut command_writes);
                             self.forward(encoded, 1, sent_at);
                         }
                     }
@@ -799,6 +838,18 @@ impl Session {
         dedicate
     }
 
+    /// Counts the commands whose answers came since the last call in the hot keys, all at
+    /// once.
+    fn count_hot_keys(&mut self) {
+        if !self.replies.observations.has_finished() {
+            return;
+        }
+        match &self.context.live.load().policies.hotkeys {
+            Some(hotkeys) => hotkeys.record(&mut self.replies.observations, Instant::now()),
+            None => self.replies.observations.discard(),
+        }
+    }
+
     /// Hands on the written keys whose writes Redis has answered: reads of them may be
     /// cached again, and waiters for a lock they name try again.
     fn finish_writes(&mut self) {
@@ -822,13 +873,18 @@ impl Session {
         let request = self.take_request(consumed, rewritten);
         match lookup {
             Lookup::Bypass => {}
-            Lookup::Hit(reply) => self.replies.push_ready(reply, &mut self.output),
-            Lookup::Joined => self.replies.push_fetched(true),
+            Lookup::Hit(reply) => {
+                if let Some(pending) = self.observation.take() {
+                    self.replies.observations.finish(pending, &reply);
+                }
+                self.replies.push_ready(reply, &mut self.output);
+            }
+            Lookup::Joined => self.replies.push_fetched(true, self.observation.take()),
             Lookup::Fetch(flight) => {
                 let Link::Pooled(conn) = &self.link else {
                     return;
                 };
-                self.replies.push_fetched(false);
+                self.replies.push_fetched(false, self.observation.take());
                 let address = &self.context.upstream.settings().address;
                 self.context
                     .cache
@@ -1030,7 +1086,9 @@ impl Session {
                 let address = &self.context.upstream.settings().address;
                 let error = error.reply(address, u64::from(count));
                 end_writes(&self.context, std::mem::take(&mut self.written_keys));
-                self.replies.unsend(count as usize);
+                if self.counts_replies() {
+                    self.replies.unsend(count as usize);
+                }
                 for _ in 0..count {
                     self.replies.push_ready(error.clone(), &mut self.output);
                 }
@@ -1045,7 +1103,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
-        written.append(&mut self.lock_writes);
+        if let Some(lock) = self.awaiting_lock.take() {
+            written.extend(lock.writes);
+        }
         end_writes(&self.context, written);
     }
 }
@@ -1095,6 +1155,7 @@ fn note_writes(
             written.push(Written::Key {
                 key: Bytes::copy_from_slice(key),
                 cached,
+                locked,
             });
         }
     }
@@ -1106,11 +1167,17 @@ fn end_writes(context: &Context, written: Vec<Written>) {
     }
     for write in written {
         match write {
-            Written::Key { key, cached } => {
+            Written::Key {
+                key,
+                cached,
+                locked,
+            } => {
                 if cached {
                     context.cache.end_write(&key);
                 }
-                context.locks.released(&key);
+                if locked {
+                    context.locks.released(&key);
+                }
             }
             Written::Flush => {
                 context.cache.end_flush();
@@ -1125,6 +1192,8 @@ struct AwaitedLock {
     ticket: u64,
     db: u32,
     key: Bytes,
+    /// What the attempt writes, ended when it is answered.
+    writes: Vec<Written>,
 }
 
 /// Forwarded requests gathered at the front of the input, not yet handed to a connection.

@@ -14,7 +14,9 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::cache::Written;
+use crate::hotkeys::record::{Pending, Recorder};
 use crate::metrics::CommandMetrics;
+use crate::resp::frame;
 use crate::upstream::Reply;
 
 enum Expected {
@@ -34,6 +36,7 @@ enum Expected {
     Fetched {
         ticket: u64,
         shared: bool,
+        observed: Option<Pending>,
     },
 }
 
@@ -53,7 +56,7 @@ pub struct ReplyQueue {
     /// Late replies of timed-out batches still to be thrown away.
     discard: u64,
     /// Forwarded commands awaiting their replies, as runs of one command sent at one time,
-    /// for latency metrics.
+    /// for latency metrics and for the commands hot keys follow.
     sent: VecDeque<SentRun>,
     /// Entries awaiting a cache fill, and how many of them ride on another session's read.
     fetching: u32,
@@ -61,12 +64,16 @@ pub struct ReplyQueue {
     next_ticket: u64,
     /// Written keys whose writes Redis has answered (or that failed), to be handed on.
     finished_writes: Vec<Written>,
+    /// Commands hot keys follow, finished as their answers come.
+    pub observations: Recorder,
 }
 
 struct SentRun {
     command_id: usize,
     at: Instant,
     count: usize,
+    /// A command hot keys follow is a run of its own, finished with its reply.
+    observed: Option<Pending>,
 }
 
 impl ReplyQueue {
@@ -95,12 +102,16 @@ impl ReplyQueue {
         self.next_ticket
     }
 
-    pub fn push_fetched(&mut self, shared: bool) {
+    pub fn push_fetched(&mut self, shared: bool, observed: Option<Pending>) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.fetching += 1;
         self.fetching_shared += u32::from(shared);
-        self.entries.push_back(Expected::Fetched { ticket, shared });
+        self.entries.push_back(Expected::Fetched {
+            ticket,
+            shared,
+            observed,
+        });
     }
 
     /// Whether replies of timed-out requests may still arrive from the current connection;
@@ -118,13 +129,21 @@ impl ReplyQueue {
         }
     }
 
-    pub fn command_sent(&mut self, command_id: usize, at: Instant) {
+    pub fn command_sent(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
         match self.sent.back_mut() {
-            Some(run) if run.command_id == command_id && run.at == at => run.count += 1,
+            Some(run)
+                if run.command_id == command_id
+                    && run.at == at
+                    && run.observed.is_none()
+                    && observed.is_none() =>
+            {
+                run.count += 1
+            }
             _ => self.sent.push_back(SentRun {
                 command_id,
                 at,
                 count: 1,
+                observed,
             }),
         }
     }
@@ -139,7 +158,9 @@ impl ReplyQueue {
             run.count -= taken;
             count -= taken;
             if run.count == 0 {
-                self.sent.pop_back();
+                if let Some(pending) = self.sent.pop_back().and_then(|run| run.observed) {
+                    self.observations.finish(pending, &[]);
+                }
             }
         }
     }
@@ -229,9 +250,15 @@ impl ReplyQueue {
             |entry| matches!(entry, Expected::Fetched { ticket: waiting, .. } if *waiting == ticket),
         );
         if let Some(entry) = entry {
-            if let Expected::Fetched { shared, .. } = entry {
+            if let Expected::Fetched {
+                shared, observed, ..
+            } = entry
+            {
                 self.fetching -= 1;
                 self.fetching_shared -= u32::from(*shared);
+                if let Some(pending) = observed.take() {
+                    self.observations.finish(pending, &bytes);
+                }
             }
             *entry = Expected::Ready(bytes);
             self.write_ready(output);
@@ -253,7 +280,13 @@ impl ReplyQueue {
                     *entry = Expected::Ready(error.repeat(count as usize).into());
                     self.discard += u64::from(count);
                     self.outstanding -= u64::from(count);
-                    take_sent(&mut self.sent, count as usize, |_, _, _| {});
+                    let answered = Answered::none(count as usize);
+                    take_sent(
+                        &mut self.sent,
+                        &mut self.observations,
+                        answered,
+                        |_, _, _| {},
+                    );
                     expired += u64::from(count);
                 }
                 Expected::Upstream { .. } | Expected::Substitute(_) => break,
@@ -279,8 +312,14 @@ impl ReplyQueue {
                 Expected::Ready(_) | Expected::Fetched { .. } => {}
             }
         }
+        let answered = Answered::none(usize::MAX);
+        take_sent(
+            &mut self.sent,
+            &mut self.observations,
+            answered,
+            |_, _, _| {},
+        );
         self.outstanding = 0;
-        self.sent.clear();
         self.write_ready(output);
     }
 
@@ -315,12 +354,6 @@ impl ReplyQueue {
         output: &mut BytesMut,
         metrics: &CommandMetrics,
     ) {
-        let now = Instant::now();
-        take_sent(
-            &mut self.sent,
-            count as usize,
-            |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
-        );
         self.outstanding = self.outstanding.saturating_sub(u64::from(count));
         let owed_by = self
             .entries
@@ -332,6 +365,17 @@ impl ReplyQueue {
             output.extend_from_slice(&bytes);
             return;
         };
+        let now = Instant::now();
+        let answered = Answered {
+            count: count as usize,
+            replies: &bytes,
+        };
+        take_sent(
+            &mut self.sent,
+            &mut self.observations,
+            answered,
+            |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
+        );
         if index == 0 {
             output.extend_from_slice(&bytes);
         } else {
@@ -365,18 +409,48 @@ impl ReplyQueue {
     }
 }
 
-/// Removes the oldest `count` sends, calling `replied` for each run (or part of one).
+/// The oldest sends that have their answers: `count` of them, with `replies` (one frame
+/// each) or none when they timed out or failed.
+struct Answered<'a> {
+    count: usize,
+    replies: &'a [u8],
+}
+
+impl Answered<'_> {
+    fn none(count: usize) -> Answered<'static> {
+        Answered {
+            count,
+            replies: &[],
+        }
+    }
+}
+
+/// Removes the oldest sends that `answered` covers, calling `replied` for each run (or part of
+/// one), and finishes the commands hot keys follow with their own frames.
 fn take_sent(
     sent: &mut VecDeque<SentRun>,
-    mut count: usize,
+    observations: &mut Recorder,
+    answered: Answered<'_>,
     mut replied: impl FnMut(usize, Instant, usize),
 ) {
+    let mut count = answered.count;
+    let mut frames = frame::frames(answered.replies);
+    // Frames passed over since the last followed command, walked only when one comes.
+    let mut passed = 0;
     while count > 0 {
         let Some(run) = sent.front_mut() else {
             return;
         };
         let taken = count.min(run.count);
         replied(run.command_id, run.at, taken);
+        match run.observed.take() {
+            Some(pending) => {
+                let frame = frames.nth(passed).unwrap_or_default();
+                observations.finish(pending, frame);
+                passed = 0;
+            }
+            None => passed += taken,
+        }
         run.count -= taken;
         count -= taken;
         if run.count == 0 {
@@ -423,7 +497,7 @@ mod tests {
         let mut output = BytesMut::new();
         queue.push_upstream(1, None, Vec::new());
         let ticket = queue.next_ticket();
-        queue.push_fetched(true);
+        queue.push_fetched(true, None);
         queue.push_upstream(2, None, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
@@ -436,6 +510,39 @@ mod tests {
         queue.on_reply(fetched, &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n$4\r\nfill\r\n:2\r\n:3\r\n");
         assert!(queue.is_empty() && !queue.awaiting_fetches());
+    }
+
+    /// Follows `GET <key>` for hot keys, as the session does when it forwards it.
+    fn send_followed_get(queue: &mut ReplyQueue, key: &str) {
+        let mut request = BytesMut::new();
+        crate::upstream::encode_command(&["GET", key], &mut request);
+        let mut decoder = crate::resp::request::RequestDecoder::default();
+        decoder.decode(&request).unwrap();
+        let args = decoder.args(&request);
+        let info = CommandTable::global().lookup(&args);
+        let pending = queue.observations.start(info, &args, &[1], request.len());
+        queue.command_sent(info.id, Instant::now(), pending);
+        queue.push_upstream(1, None, Vec::new());
+    }
+
+    #[test]
+    fn hot_keys_get_their_own_replies_whatever_else_arrives() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        // A frame nobody waits for (a message from a link just left) answers nothing.
+        queue.on_reply(frames(b"+stray\r\n", 1), &mut output, &metrics);
+        send_followed_get(&mut queue, "a");
+        send_followed_get(&mut queue, "b");
+        // A send that never reached a connection is forgotten, and its slot finished empty.
+        queue.unsend(1);
+        queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics);
+        let seen: Vec<(Vec<u8>, u64)> = queue
+            .observations
+            .finished()
+            .map(|(key, seen)| (key.to_vec(), seen.outbound))
+            .collect();
+        assert_eq!(seen, [(b"b".to_vec(), 0), (b"a".to_vec(), 8)]);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::net::TcpStream;
+
 use tokio::sync::mpsc;
 
-use super::tracking::{self, TrackingTarget};
-use crate::net;
+use super::tracking::{Fills, TrackingTarget};
+use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
 
 /// Commands from one session, already encoded, that expect `count` replies.
@@ -157,8 +157,6 @@ struct ConnState {
     input: BytesMut,
     scanner: FrameScanner,
     output: WriteQueue,
-    /// The invalidation connection this one redirects tracking to (0: none yet).
-    tracking_redirect: i64,
 }
 
 /// Runs one connection until it breaks or is released. `owner` receives frames that answer no
@@ -169,7 +167,7 @@ struct ConnState {
 /// replies: past it the connection is dropped and everything in flight fails, so that sessions
 /// never wait without end for the late replies of a stalled server.
 pub(super) async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
     reply_timeout: Option<Duration>,
@@ -180,12 +178,17 @@ pub(super) async fn serve(
         input: BytesMut::with_capacity(READ_CHUNK),
         ..ConnState::default()
     };
-    let end = drive(&stream, batches, owner, reply_timeout, tracking, &mut state).await;
-    if state.tracking_redirect != 0 {
-        // Redis forgets what a closed connection was tracking: invalidations for the keys
-        // filled through it will never come, so their entries must not be served.
-        tracking.lose_invalidations();
-    }
+    let mut fills = Fills::new(tracking);
+    let end = drive(
+        &stream,
+        batches,
+        owner,
+        reply_timeout,
+        &mut fills,
+        &mut state,
+    )
+    .await;
+    fills.end();
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
@@ -205,11 +208,11 @@ pub(super) async fn serve(
 }
 
 async fn drive(
-    stream: &TcpStream,
+    stream: &Stream,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
     reply_timeout: Option<Duration>,
-    tracking: &TrackingTarget,
+    fills: &mut Fills<'_>,
     state: &mut ConnState,
 ) -> ServeEnd {
     let ConnState {
@@ -217,7 +220,6 @@ async fn drive(
         input,
         scanner,
         output,
-        tracking_redirect,
     } = state;
     // Armed lazily at the oldest batch's deadline; firing early only re-arms it.
     let timer = tokio::time::sleep(Duration::ZERO);
@@ -240,11 +242,11 @@ async fn drive(
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }
-                match net::read_available(stream, input) {
+                match stream.read_available(input) {
                     Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
                     Ok(_) => {
                         if let Err(error) =
-                            route(input, scanner, pending, owner, tracking, tracking_redirect)
+                            route(input, scanner, pending, owner, fills)
                         {
                             return ServeEnd::Broken(error);
                         }
@@ -258,14 +260,14 @@ async fn drive(
                     return ServeEnd::Released;
                 };
                 let now = Instant::now();
-                output.take(batch, pending, now, tracking, tracking_redirect);
+                output.take(batch, pending, now, fills);
                 // Let every session woken in this tick queue its batch first, so that one
                 // write carries them all.
                 tokio::task::yield_now().await;
                 while output.bytes < WRITE_HIGH_WATER {
                     match batches.try_recv() {
                         Ok(batch) => {
-                            output.take(batch, pending, now, tracking, tracking_redirect)
+                            output.take(batch, pending, now, fills)
                         }
                         Err(_) => break,
                     }
@@ -301,22 +303,14 @@ fn route(
     scanner: &mut FrameScanner,
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
-    tracking: &TrackingTarget,
-    tracking_redirect: &mut i64,
+    fills: &mut Fills<'_>,
 ) -> Result<(), String> {
     let mut run_len = 0;
     let mut run_count = 0;
     while let Some(len) = scanner.scan(&input[run_len..]).map_err(|e| e.to_string())? {
         let push = is_push(&input[run_len..]);
         if push || pending.is_empty() {
-            deliver_run(
-                input,
-                pending,
-                &mut run_len,
-                &mut run_count,
-                tracking,
-                tracking_redirect,
-            );
+            deliver_run(input, pending, &mut run_len, &mut run_count, fills);
             let frame = input.split_to(len).freeze();
             let Some(owner) = owner else {
                 if push {
@@ -343,24 +337,10 @@ fn route(
             .front()
             .is_some_and(|head| head.remaining == run_count)
         {
-            deliver_run(
-                input,
-                pending,
-                &mut run_len,
-                &mut run_count,
-                tracking,
-                tracking_redirect,
-            );
+            deliver_run(input, pending, &mut run_len, &mut run_count, fills);
         }
     }
-    deliver_run(
-        input,
-        pending,
-        &mut run_len,
-        &mut run_count,
-        tracking,
-        tracking_redirect,
-    );
+    deliver_run(input, pending, &mut run_len, &mut run_count, fills);
     Ok(())
 }
 
@@ -369,8 +349,7 @@ fn deliver_run(
     pending: &mut VecDeque<Pending>,
     run_len: &mut usize,
     run_count: &mut u32,
-    tracking: &TrackingTarget,
-    tracking_redirect: &mut i64,
+    fills: &mut Fills<'_>,
 ) {
     if *run_count == 0 {
         return;
@@ -391,8 +370,7 @@ fn deliver_run(
                     reply = %String::from_utf8_lossy(&bytes).trim_end(),
                     "Redis refused to track a cache fill"
                 );
-                tracking.lose_invalidations();
-                *tracking_redirect = 0;
+                fills.refused();
             }
             None => {}
         }
@@ -420,11 +398,10 @@ impl WriteQueue {
         batch: Batch,
         pending: &mut VecDeque<Pending>,
         taken_at: Instant,
-        tracking: &TrackingTarget,
-        tracking_redirect: &mut i64,
+        fills: &mut Fills<'_>,
     ) {
         if batch.tracked {
-            for command in tracking::commands_before_fill(tracking, tracking_redirect) {
+            for command in fills.commands_before_fill() {
                 self.push_own(command, pending, taken_at);
             }
         }
@@ -462,7 +439,7 @@ impl WriteQueue {
     }
 
     /// Writes as much as the socket takes now.
-    fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+    fn flush(&mut self, stream: &Stream) -> io::Result<()> {
         while !self.is_empty() {
             let slices: SmallVec<[IoSlice<'_>; MAX_IOVECS]> = self
                 .chunks
@@ -521,6 +498,17 @@ mod tests {
         }
     }
 
+    /// Routes on a connection whose fills are not tracked.
+    fn route_untracked(
+        input: &mut BytesMut,
+        scanner: &mut FrameScanner,
+        pending: &mut VecDeque<Pending>,
+        owner: Option<&ReplySender>,
+    ) -> Result<(), String> {
+        let target = TrackingTarget::default();
+        route(input, scanner, pending, owner, &mut Fills::new(&target))
+    }
+
     #[test]
     fn routes_runs_of_frames_per_batch_across_partial_reads() {
         let (first, mut first_replies) = pending_for(2);
@@ -528,30 +516,14 @@ mod tests {
         let mut pending = VecDeque::from([first, second]);
         let mut input = BytesMut::from(&b"+OK\r\n:1\r\n$3\r\nab"[..]);
         let scanner = &mut FrameScanner::default();
-        route(
-            &mut input,
-            scanner,
-            &mut pending,
-            None,
-            &TrackingTarget::default(),
-            &mut 0,
-        )
-        .unwrap();
+        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
         assert_eq!(
             frames(first_replies.try_recv().unwrap()),
             (b"+OK\r\n:1\r\n".to_vec(), 2)
         );
         assert!(second_replies.try_recv().is_err());
         input.extend_from_slice(b"c\r\n");
-        route(
-            &mut input,
-            scanner,
-            &mut pending,
-            None,
-            &TrackingTarget::default(),
-            &mut 0,
-        )
-        .unwrap();
+        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
         assert_eq!(
             frames(second_replies.try_recv().unwrap()),
             (b"$3\r\nabc\r\n".to_vec(), 1)
@@ -565,13 +537,11 @@ mod tests {
         let (owner, mut owned) = mpsc::unbounded_channel();
         let mut pending = VecDeque::from([head]);
         let mut input = BytesMut::from(&b":1\r\n>2\r\n+invalidate\r\n*0\r\n:2\r\n"[..]);
-        route(
+        route_untracked(
             &mut input,
             &mut FrameScanner::default(),
             &mut pending,
             Some(&owner),
-            &TrackingTarget::default(),
-            &mut 0,
         )
         .unwrap();
         assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
@@ -582,23 +552,19 @@ mod tests {
     #[test]
     fn an_unexpected_reply_on_a_shared_connection_is_an_error() {
         let mut input = BytesMut::from(&b"+OK\r\n"[..]);
-        assert!(route(
+        assert!(route_untracked(
             &mut input,
             &mut FrameScanner::default(),
             &mut VecDeque::new(),
             None,
-            &TrackingTarget::default(),
-            &mut 0,
         )
         .is_err());
         let mut push = BytesMut::from(&b">2\r\n+invalidate\r\n*0\r\n"[..]);
-        assert!(route(
+        assert!(route_untracked(
             &mut push,
             &mut FrameScanner::default(),
             &mut VecDeque::new(),
             None,
-            &TrackingTarget::default(),
-            &mut 0,
         )
         .is_ok());
     }

@@ -6,11 +6,33 @@ use std::time::Duration;
 use bytes::BytesMut;
 use redis_protocol::resp3::decode::complete::decode;
 use redis_protocol::resp3::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::net::Stream;
 
 use super::{encode_command, UpstreamError, UpstreamSettings};
 use crate::resp::Protocol;
+
+/// Reads the next frame, as `decode` reads it, from a connection keyward talks on itself (a
+/// handshake, the invalidation connection); cancel-safe: what was read stays in `buf`.
+pub async fn read_frame<F, E: std::fmt::Display>(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    decode: impl Fn(&[u8]) -> Result<Option<(F, usize)>, E>,
+) -> Result<F, String> {
+    loop {
+        if let Some((frame, used)) = decode(buf).map_err(|error| error.to_string())? {
+            let _ = buf.split_to(used);
+            return Ok(frame);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err("connection closed by Redis".into()),
+            Ok(_) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
 
 /// What Redis told us about itself; sessions answer `HELLO` and check `SELECT` with it.
 #[derive(Debug, Clone)]
@@ -38,7 +60,7 @@ impl Default for ServerFacts {
 
 /// A connection ready for commands, and the server's facts when they were asked for.
 pub struct Handshaken {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub facts: Option<ServerFacts>,
 }
 
@@ -68,10 +90,14 @@ async fn handshake(
     want_facts: bool,
 ) -> Result<Handshaken, UpstreamError> {
     let address = &settings.address;
-    let mut stream = TcpStream::connect((address.host(), address.port()))
+    let tcp = TcpStream::connect((address.host(), address.port()))
         .await
         .map_err(UpstreamError::Io)?;
-    stream.set_nodelay(true).map_err(UpstreamError::Io)?;
+    tcp.set_nodelay(true).map_err(UpstreamError::Io)?;
+    let mut stream = match &settings.tls {
+        Some(tls) => tls.connect(tcp).await.map_err(UpstreamError::Io)?,
+        None => Stream::Tcp(tcp),
+    };
 
     let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut hello = vec![
@@ -112,17 +138,8 @@ async fn handshake(
     let mut buf = BytesMut::with_capacity(4096);
     let mut replies = Vec::with_capacity(commands.len());
     while replies.len() < commands.len() {
-        match decode(&buf).map_err(|e| UpstreamError::Handshake(e.to_string()))? {
-            Some((frame, used)) => {
-                let _ = buf.split_to(used);
-                replies.push(frame);
-            }
-            None => {
-                if stream.read_buf(&mut buf).await.map_err(UpstreamError::Io)? == 0 {
-                    return Err(UpstreamError::Handshake("connection closed".into()));
-                }
-            }
-        }
+        let reply = read_frame(&mut stream, &mut buf, decode).await;
+        replies.push(reply.map_err(UpstreamError::Handshake)?);
     }
 
     let mut facts = want_facts.then(ServerFacts::default);

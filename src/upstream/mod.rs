@@ -11,7 +11,7 @@ mod handshake;
 pub mod tracking;
 
 pub use connection::{Batch, ConnHandle, Reply, ReplySender, SendError};
-pub use handshake::{connect, next_backoff, ServerFacts};
+pub use handshake::{connect, next_backoff, read_frame, ServerFacts};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, HostPort};
 use crate::metrics;
 use crate::resp::{reply, Protocol};
+use crate::tls::ClientTls;
 use connection::{serve, ServeEnd};
 
 /// Everything needed to open a connection to Redis.
@@ -36,10 +37,19 @@ pub struct UpstreamSettings {
     pub request_timeout: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl UpstreamSettings {
     pub fn from_config(config: &Config) -> Result<UpstreamSettings, String> {
+        UpstreamSettings::with_tls(config, client_tls(config)?)
+    }
+
+    /// The settings, with the TLS setup already made from `config` (see [`client_tls`]).
+    pub fn with_tls(
+        config: &Config,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Result<UpstreamSettings, String> {
         Ok(UpstreamSettings {
             address: config.upstream.address.clone(),
             pool_size: config.upstream.pool_size.get(),
@@ -47,8 +57,20 @@ impl UpstreamSettings {
             request_timeout: config.upstream.request_timeout.get(),
             username: config.upstream.username.clone(),
             password: config.upstream_password()?,
+            tls,
         })
     }
+}
+
+/// TLS to Redis as `[upstream] tls` sets it up (reading its certificate files), if it is set.
+pub fn client_tls(config: &Config) -> Result<Option<Arc<ClientTls>>, String> {
+    let host = config.upstream.address.host();
+    config
+        .upstream
+        .tls
+        .as_ref()
+        .map(|tls| ClientTls::from_config(tls, host).map(Arc::new))
+        .transpose()
 }
 
 #[derive(Debug)]

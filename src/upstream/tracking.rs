@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::encode_command;
 
@@ -67,30 +68,61 @@ impl TrackingTarget {
     }
 }
 
-/// The commands a pooled connection writes before a fill: tracking on (when the redirect
-/// target changed since it last did), then `CLIENT CACHING YES`, which makes Redis track the
-/// keys of the next command only. `registered` is the target the connection last named.
-pub fn commands_before_fill(target: &TrackingTarget, registered: &mut i64) -> Vec<Bytes> {
-    const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
-    let Invalidations::RedirectTo(id) = target.state() else {
-        return Vec::new();
-    };
-    let mut commands = Vec::with_capacity(2);
-    if *registered != id {
-        *registered = id;
-        let mut tracking = BytesMut::new();
-        let id = id.to_string();
-        let args: [&[u8]; 6] = [
-            b"CLIENT",
-            b"TRACKING",
-            b"ON",
-            b"REDIRECT",
-            id.as_bytes(),
-            b"OPTIN",
-        ];
-        encode_command(&args, &mut tracking);
-        commands.push(tracking.freeze());
+/// One pooled connection's part in tracking: the target its fills redirect invalidations to,
+/// and the one it last named to Redis (0: none yet).
+pub struct Fills<'a> {
+    target: &'a TrackingTarget,
+    registered: i64,
+}
+
+impl<'a> Fills<'a> {
+    pub fn new(target: &'a TrackingTarget) -> Fills<'a> {
+        Fills {
+            target,
+            registered: 0,
+        }
     }
-    commands.push(Bytes::from_static(CACHING_YES));
-    commands
+
+    /// The commands to write before a fill: tracking on (when the redirect target changed
+    /// since the connection last named one), then `CLIENT CACHING YES`, which makes Redis track
+    /// the keys of the next command only.
+    pub fn commands_before_fill(&mut self) -> SmallVec<[Bytes; 2]> {
+        const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
+        let Invalidations::RedirectTo(id) = self.target.state() else {
+            return SmallVec::new();
+        };
+        let mut commands = SmallVec::new();
+        if self.registered != id {
+            self.registered = id;
+            let mut tracking = BytesMut::new();
+            let id = id.to_string();
+            let args: [&[u8]; 6] = [
+                b"CLIENT",
+                b"TRACKING",
+                b"ON",
+                b"REDIRECT",
+                id.as_bytes(),
+                b"OPTIN",
+            ];
+            encode_command(&args, &mut tracking);
+            commands.push(tracking.freeze());
+        }
+        commands.push(Bytes::from_static(CACHING_YES));
+        commands
+    }
+
+    /// Redis refused to track: the fill after it must not be stored, and the next fill turns
+    /// tracking on again first.
+    pub fn refused(&mut self) {
+        self.target.lose_invalidations();
+        self.registered = 0;
+    }
+
+    /// The connection is closing: Redis forgets what it was tracking, so invalidations for
+    /// the keys filled through it will never come, and their entries must not be served.
+    pub fn end(&self) {
+        if self.registered != 0 {
+            self.target.lose_invalidations();
+        }
+    }
 }

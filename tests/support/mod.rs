@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,14 +21,23 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `--tls-*` arguments: the server then takes only TLS, on `port`.
+    tls: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_tls(Vec::new())
+    }
+
+    /// A server that takes only TLS connections, set up by `tls` (`--tls-cert-file` and so
+    /// on); none: plain TCP, as [`RedisServer::start`].
+    pub fn start_tls(tls: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
+            tls,
         };
         // A free port can be taken by a parallel test before redis-server binds it; it then
         // exits, and the port answers for someone else. Try again on a fresh port.
@@ -43,8 +52,16 @@ impl RedisServer {
 
     /// Starts redis-server on `self.port`; `false` if it exited before listening.
     fn launch(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports = if self.tls.is_empty() {
+            ["--port", &port, "--tls-port", "0"]
+        } else {
+            ["--port", "0", "--tls-port", &port]
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(&self.tls)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -353,13 +370,24 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connects");
+    http_request_to(SocketAddr::from(([127, 0, 0, 1], port)), method, path, "")
+}
+
+/// An HTTP request to `address`, with `headers` (each line ending in CRLF) added.
+pub fn http_request_to(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("admin connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout set");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: 0\r\n{headers}\r\n"
     )
     .expect("request written");
     let mut response = String::new();
@@ -374,6 +402,16 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// This machine's address on the network (not loopback), as other hosts would reach it:
+/// the source address of a route out (nothing is sent).
+pub fn network_address() -> std::net::IpAddr {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    socket
+        .connect("203.0.113.1:9")
+        .expect("a route off this machine");
+    socket.local_addr().expect("a local address").ip()
 }
 
 /// Reads a metric's value from Prometheus text, summing every series whose labels contain

@@ -1,0 +1,284 @@
+//! Following a command from its request to its answer, so that each of its keys is counted
+//! with the bytes that went each way.
+//!
+//! A session starts a [`Pending`] when a command is judged and finishes it when the answer is
+//! known (from Redis, the cache, a refusal or a timeout). Finished commands wait in the
+//! session's [`Recorder`] until it hands them to the summaries in one go, so a pipeline of
+//! commands takes the summaries' lock once.
+//!
+//! Bytes are attributed per key: a command with one key gets the whole request and reply. With
+//! several, each key gets its own arguments (itself and the values up to the next key) plus an
+//! equal share of the rest of the request, and its own element of an array reply with one
+//! element per key (as `MGET` has); any other reply is shared equally.
+
+use std::hash::BuildHasher;
+
+use std::ops::Range;
+
+use bytes::{Buf, BufMut};
+
+use crate::command::CommandInfo;
+use crate::resp::frame;
+use crate::resp::request::Args;
+
+/// Keys counted per command at most (`MGET` of a million keys counts the first ones).
+pub const MAX_KEYS_PER_COMMAND: usize = 64;
+/// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
+pub const MAX_KEY_LEN: usize = 200;
+
+/// A command hot keys follow: its place among the recorder's pending commands.
+#[derive(Debug)]
+pub struct Pending(u32);
+
+/// One command's keys, kept from its request until its answer is known.
+#[derive(Default)]
+struct Followed {
+    /// Per key kept: its length (u16), the key, the bytes it brought in (u64) and the bytes of
+    /// value written to it (u64).
+    keys: Vec<u8>,
+    /// Keys the command named, kept or not.
+    named: u32,
+    /// Each key's equal share of the request bytes that belong to no key (the command name,
+    /// the framing, arguments before the first key).
+    share: u64,
+    write: bool,
+    command: u32,
+}
+
+/// A key of a finished command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Where the key is in the recorder's finished keys.
+    key: Range<usize>,
+    pub inbound: u64,
+    pub outbound: u64,
+    /// Value bytes a write command sent for the key (0 for reads).
+    pub value: u64,
+    pub write: bool,
+    /// The command's id in the command table.
+    pub command: u32,
+}
+
+/// A session's commands on their way through hot keys. Pending commands live in slots that
+/// are reused, and finished keys are copied into one buffer, so following a command costs no
+/// allocation once the session has warmed up.
+#[derive(Default)]
+pub struct Recorder {
+    following: Vec<Followed>,
+    free: Vec<u32>,
+    finished_keys: Vec<u8>,
+    finished: Vec<Observation>,
+}
+
+impl Recorder {
+    /// Starts following a command whose request took `request_len` bytes; none for a command
+    /// without keys, which hot keys do not count.
+    pub fn start(
+        &mut self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        request_len: usize,
+    ) -> Option<Pending> {
+        if key_positions.is_empty() {
+            return None;
+        }
+        let write = info.has_flag(crate::command::flags::WRITE);
+        let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
+        // Each key's own arguments: itself and what follows it up to the next key.
+        let segment = |position: usize| -> (u64, u64) {
+            let next = kept
+                .iter()
+                .chain(key_positions.get(kept.len()))
+                .copied()
+                .filter(|&other| other > position)
+                .min()
+                .unwrap_or(args.len());
+            let key_len = args.get(position).map_or(0, <[u8]>::len) as u64;
+            let values: u64 = (position + 1..next)
+                .filter_map(|at| args.get(at))
+                .map(|value| value.len() as u64)
+                .sum();
+            (key_len, values)
+        };
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.following.push(Followed::default());
+            self.following.len() as u32 - 1
+        });
+        let followed = &mut self.following[index as usize];
+        followed.keys.clear();
+        followed.named = key_positions.len() as u32;
+        followed.write = write;
+        followed.command = info.id as u32;
+        let mut shortened = Vec::new();
+        let mut segments = 0;
+        for &position in kept {
+            let key = shorten(args.get(position).unwrap_or_default(), &mut shortened);
+            let (key_len, values) = segment(position);
+            segments += key_len + values;
+            followed.keys.put_u16_le(key.len() as u16);
+            followed.keys.put_slice(key);
+            followed.keys.put_u64_le(key_len + values);
+            followed.keys.put_u64_le(if write { values } else { 0 });
+        }
+        followed.share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
+        Some(Pending(index))
+    }
+
+    /// The command's answer is known: `answer` is what the client gets (empty when it got
+    /// nothing from Redis, e.g. after a timeout).
+    pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
+        let Some(followed) = self.following.get(pending.0 as usize) else {
+            return;
+        };
+        let mut elements = (followed.named > 1)
+            .then(|| frame::array_elements(answer, followed.named as usize))
+            .flatten();
+        let even_share = answer.len() as u64 / u64::from(followed.named.max(1));
+        let mut rest = &followed.keys[..];
+        while rest.remaining() >= 2 {
+            let key_len = rest.get_u16_le() as usize;
+            if rest.remaining() < key_len + 16 {
+                break;
+            }
+            let start = self.finished_keys.len();
+            self.finished_keys.extend_from_slice(&rest[..key_len]);
+            rest.advance(key_len);
+            let inbound = rest.get_u64_le() + followed.share;
+            let value = rest.get_u64_le();
+            let outbound = if followed.named == 1 {
+                answer.len() as u64
+            } else {
+                elements
+                    .as_mut()
+                    .and_then(Iterator::next)
+                    .map_or(even_share, |element| element.len() as u64)
+            };
+            self.finished.push(Observation {
+                key: start..self.finished_keys.len(),
+                inbound,
+                outbound,
+                value,
+                write: followed.write,
+                command: followed.command,
+            });
+        }
+        self.free.push(pending.0);
+    }
+
+    /// Finished commands wait to be counted.
+    pub fn has_finished(&self) -> bool {
+        !self.finished.is_empty()
+    }
+
+    /// The finished keys, each with its observation.
+    pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
+        self.finished
+            .iter()
+            .map(|seen| (&self.finished_keys[seen.key.clone()], seen))
+    }
+
+    /// Forgets the finished keys (they are counted, or hot keys were turned off).
+    pub fn discard(&mut self) {
+        self.finished.clear();
+        self.finished_keys.clear();
+    }
+}
+
+fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let hash = rustc_hash::FxBuildHasher.hash_one(key);
+    buffer.clear();
+    buffer.extend_from_slice(&key[..MAX_KEY_LEN]);
+    buffer.extend_from_slice(format!("...#{hash:016x}").as_bytes());
+    buffer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::CommandTable;
+    use crate::resp::request::{Decoded, RequestDecoder};
+
+    /// Starts and finishes one command, returning what is counted.
+    fn follow(words: &[&str], answer: &[u8]) -> Vec<(Vec<u8>, Observation)> {
+        let mut request = bytes::BytesMut::new();
+        crate::upstream::encode_command(words, &mut request);
+        let mut decoder = RequestDecoder::default();
+        let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&request) else {
+            panic!("not a request");
+        };
+        let args = decoder.args(&request);
+        let info = CommandTable::global().lookup(&args);
+        let mut positions = Vec::new();
+        info.key_positions(&args, &mut positions);
+        let mut recorder = Recorder::default();
+        let pending = recorder.start(info, &args, &positions, consumed).unwrap();
+        recorder.finish(pending, answer);
+        let keys: Vec<Vec<u8>> = recorder.finished().map(|(key, _)| key.to_vec()).collect();
+        keys.into_iter().zip(recorder.finished).collect()
+    }
+
+    #[test]
+    fn one_key_gets_the_whole_request_and_reply() {
+        let seen = follow(&["SET", "user:1", "hello"], b"+OK\r\n");
+        assert_eq!(seen.len(), 1);
+        let expected = "*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n$5\r\nhello\r\n".len() as u64;
+        assert_eq!(
+            (&seen[0].0[..], seen[0].1.inbound, seen[0].1.outbound),
+            (&b"user:1"[..], expected, 5)
+        );
+        assert!(seen[0].1.write);
+        assert_eq!(seen[0].1.value, 5);
+    }
+
+    #[test]
+    fn reads_write_no_value() {
+        let seen = follow(&["GET", "user:1"], b"$5\r\nhello\r\n");
+        assert_eq!(
+            (seen[0].1.value, seen[0].1.outbound, seen[0].1.write),
+            (0, 11, false)
+        );
+    }
+
+    #[test]
+    fn mget_elements_go_to_their_keys() {
+        let seen = follow(
+            &["MGET", "a", "b"],
+            b"*2\r\n$1\r\nx\r\n$10\r\n0123456789\r\n",
+        );
+        let outbound: Vec<u64> = seen.iter().map(|(_, o)| o.outbound).collect();
+        assert_eq!(outbound, [7, 17]);
+        assert_eq!(seen[0].0, b"a");
+    }
+
+    #[test]
+    fn mset_values_go_to_their_keys() {
+        let seen = follow(&["MSET", "a", "1", "b", "1234567890"], b"+OK\r\n");
+        let values: Vec<u64> = seen.iter().map(|(_, o)| o.value).collect();
+        assert_eq!(values, [1, 10]);
+        assert!(seen[1].1.inbound > seen[0].1.inbound);
+        // Any other reply is shared.
+        assert_eq!(seen[0].1.outbound, 2);
+    }
+
+    #[test]
+    fn long_keys_are_cut_and_many_keys_capped() {
+        let long = "k".repeat(1000);
+        let seen = follow(&["GET", &long], b"$-1\r\n");
+        assert!(seen[0].0.len() < 250 && seen[0].0.starts_with(b"kkkk"));
+        let keys: Vec<String> = (0..100).map(|n| format!("key:{n}")).collect();
+        let mut words = vec!["MGET"];
+        words.extend(keys.iter().map(String::as_str));
+        assert_eq!(follow(&words, b"*0\r\n").len(), MAX_KEYS_PER_COMMAND);
+    }
+
+    #[test]
+    fn a_command_without_a_reply_counts_its_request() {
+        let seen = follow(&["INCR", "n"], b"");
+        assert_eq!((seen[0].1.outbound, seen[0].1.write), (0, true));
+        assert!(seen[0].1.inbound > 0);
+    }
+}
