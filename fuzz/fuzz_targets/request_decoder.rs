@@ -12,12 +12,17 @@ fuzz_target!(|input: &[u8]| {
     let mut pos = 0;
     while let Ok(decoded) = decoder.decode(&input[pos..]) {
         match decoded {
-            Decoded::Request { consumed, rewritten } => {
+            Decoded::Request {
+                consumed,
+                rewritten,
+            } => {
                 assert!(consumed > 0);
                 let source = rewritten.as_deref().unwrap_or(&input[pos..]);
                 let args = decoder.args(source);
                 keys.clear();
-                CommandTable::global().lookup(&args).key_positions(&args, &mut keys);
+                CommandTable::global()
+                    .lookup(&args)
+                    .key_positions(&args, &mut keys);
                 assert!(keys.iter().all(|&key| key < args.len()));
                 pos += consumed;
             }
