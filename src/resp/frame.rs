@@ -68,6 +68,14 @@ impl Default for FrameScanner {
 impl FrameScanner {
     /// The frame's length once complete (the scanner is then reset for the next frame).
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        let scanned = self.walk(buf);
+        if !matches!(scanned, Ok(None)) {
+            *self = FrameScanner::default();
+        }
+        scanned
+    }
+
+    fn walk(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         while self.owed > 0 {
             let start = self.pos;
             let Some(&kind) = buf.get(start) else {
@@ -84,17 +92,18 @@ impl FrameScanner {
                 b'$' | b'!' | b'=' => {
                     let len = length(header, kind)?;
                     if len >= 0 {
-                        next += len as usize + 2;
+                        next = (len as usize)
+                            .checked_add(next + 2)
+                            .ok_or_else(|| too_large(kind))?;
                         if buf.len() < next {
                             return Ok(None);
                         }
                     }
                 }
-                b'*' | b'~' | b'>' => owed += length(header, kind)?.max(0) as u64,
-                b'%' => owed += 2 * length(header, kind)?.max(0) as u64,
-                b'|' => owed += 2 * length(header, kind)?.max(0) as u64 + 1,
+                b'*' | b'~' | b'>' => owed = owing(owed, length(header, kind)?, 1, 0, kind)?,
+                b'%' => owed = owing(owed, length(header, kind)?, 2, 0, kind)?,
+                b'|' => owed = owing(owed, length(header, kind)?, 2, 1, kind)?,
                 other => {
-                    *self = FrameScanner::default();
                     return Err(FrameError(format!(
                         "unexpected byte {:?} at the start of a reply",
                         char::from(other)
@@ -104,9 +113,7 @@ impl FrameScanner {
             self.pos = next;
             self.owed = owed;
         }
-        let len = self.pos;
-        *self = FrameScanner::default();
-        Ok(Some(len))
+        Ok(Some(self.pos))
     }
 }
 
@@ -146,6 +153,25 @@ pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
             None => return None,
         }
     }
+}
+
+/// `owed` plus the values an aggregate header announces (`per_entry` per entry, plus `extra`).
+///
+/// A header can announce up to `i64::MAX` entries, so a few nested ones could overflow the
+/// counter; no real reply comes near that, so it is refused as malformed.
+fn owing(owed: u64, len: i64, per_entry: u64, extra: u64, kind: u8) -> Result<u64, FrameError> {
+    (len.max(0) as u64)
+        .checked_mul(per_entry)
+        .and_then(|values| values.checked_add(extra))
+        .and_then(|values| values.checked_add(owed))
+        .ok_or_else(|| too_large(kind))
+}
+
+fn too_large(kind: u8) -> FrameError {
+    FrameError(format!(
+        "a {:?} reply announces more data than can exist",
+        char::from(kind)
+    ))
 }
 
 fn length(header: &[u8], kind: u8) -> Result<i64, FrameError> {
@@ -247,5 +273,21 @@ mod tests {
         assert!(frame_len(b"hello\r\n").is_err());
         assert!(frame_len(b"$-5\r\n").is_err());
         assert!(frame_len(b"*x\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects_lengths_no_reply_can_have() {
+        let huge = format!("%{}\r\n", i64::MAX);
+        assert!(frame_len(format!("{huge}{huge}").as_bytes()).is_err());
+        assert!(frame_len(format!("|{}\r\n{huge}", i64::MAX).as_bytes()).is_err());
+        let mut scanner = FrameScanner::default();
+        assert!(scanner
+            .scan(format!("*2\r\n{huge}{huge}").as_bytes())
+            .is_err());
+        assert_eq!(
+            scanner.scan(b"+OK\r\n"),
+            Ok(Some(5)),
+            "reset after an error"
+        );
     }
 }
