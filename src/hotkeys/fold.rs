@@ -55,12 +55,17 @@ fn is_variable(piece: &[u8]) -> bool {
             || (piece.len() >= 8 && piece.iter().all(u8::is_ascii_hexdigit)))
 }
 
-/// 8-4-4-4-12 hex digits.
+/// 8-4-4-4-12 hex digits. Checked in place: it runs for every part of every key counted.
 fn is_uuid(part: &[u8]) -> bool {
-    let groups: Vec<&[u8]> = part.split(|&b| b == b'-').collect();
-    groups.len() == 5
-        && groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups.iter().all(|g| g.iter().all(u8::is_ascii_hexdigit))
+    const DASHES: [usize; 4] = [8, 13, 18, 23];
+    part.len() == 36
+        && part.iter().enumerate().all(|(index, &byte)| {
+            if DASHES.contains(&index) {
+                byte == b'-'
+            } else {
+                byte.is_ascii_hexdigit()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -81,6 +86,15 @@ mod tests {
             "order:*"
         );
         assert_eq!(folded("session-9f8e7d6c5b4a"), "session-*");
+        // Not UUIDs: a group too long, a dash misplaced; their hex runs still fold.
+        assert_eq!(
+            folded("550e8400e-29b-41d4-a716-446655440000"),
+            "*-29b-41d4-a716-*"
+        );
+        assert_eq!(
+            folded("550e8400-e29b-41d4-a716-44665544000x"),
+            "*-e29b-41d4-a716-44665544000x"
+        );
         assert_eq!(folded("cache/v2/page.42"), "cache/v2/page.*");
         assert_eq!(folded("lock:booking_17"), "lock:booking_*");
         assert_eq!(folded("config"), "config");
