@@ -2,7 +2,7 @@
 //! bytes, per sliding window, and the commands whose reply or written value is over
 //! `big_key_bytes`.
 //!
-//! Counts come from weighted Space-Saving summaries of `capacity` counters (see
+//! Counts come from weighted, filtered Space-Saving summaries of `capacity` counters (see
 //! [`space_saving`]), built as [`windows`] describes. Every count reported is an upper bound,
 //! overstating by at most the report's `error_bound`, and `count - error` is a lower bound; a
 //! key not listed had at most `error_bound`. `error_bound` never exceeds the window's total
