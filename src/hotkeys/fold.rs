@@ -6,54 +6,102 @@
 //! separated numbers and hex runs fold the same way (`session-9f8e7d6c5b4a` → `session-*`).
 
 /// Writes the pattern of `key` into `out`.
+///
+/// One pass over the key, classifying each byte by table: this runs for every key counted, so
+/// it must cost a few instructions per byte. A piece is emitted as soon as it ends; a part that
+/// turns out to be a UUID replaces what its pieces emitted.
 pub fn fold(key: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    for_each_piece(key, is_separator, |part, separator| {
-        if is_uuid(part) {
-            out.push(b'*');
-        } else {
-            for_each_piece(
-                part,
-                |b| b == b'-' || b == b'_',
-                |piece, separator| {
-                    if is_variable(piece) {
-                        out.push(b'*');
-                    } else {
-                        out.extend_from_slice(piece);
-                    }
-                    out.extend(separator);
-                },
-            );
+    let mut part_start = 0;
+    let mut part_out = 0;
+    let mut piece = Piece::default();
+    for (index, &byte) in key.iter().enumerate() {
+        let class = CLASSES[byte as usize];
+        if class & (SEPARATOR | JOINER) == 0 {
+            piece.add(index, class);
+            continue;
         }
-        out.extend(separator);
-    });
+        piece.emit(key, index, out);
+        if class & SEPARATOR != 0 {
+            fold_uuid(&key[part_start..index], part_out, out);
+            out.push(byte);
+            part_start = index + 1;
+            part_out = out.len();
+        } else {
+            out.push(byte);
+        }
+        piece = Piece::default();
+    }
+    piece.emit(key, key.len(), out);
+    fold_uuid(&key[part_start..], part_out, out);
 }
 
-/// Calls `visit` with each piece of `bytes` between separators, and the separator after it.
-fn for_each_piece(
-    bytes: &[u8],
-    separates: impl Fn(u8) -> bool,
-    mut visit: impl FnMut(&[u8], Option<u8>),
-) {
-    let mut start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        if separates(byte) {
-            visit(&bytes[start..index], Some(byte));
-            start = index + 1;
+/// The piece being read: where it started and whether it is all digits, all hex so far.
+#[derive(Clone, Copy)]
+struct Piece {
+    start: Option<usize>,
+    classes: u8,
+}
+
+impl Default for Piece {
+    fn default() -> Self {
+        Piece {
+            start: None,
+            classes: DIGIT | HEX,
         }
     }
-    visit(&bytes[start..], None);
 }
 
-fn is_separator(byte: u8) -> bool {
-    matches!(byte, b':' | b'/' | b'.' | b'|' | b'#' | b'=' | b',')
+impl Piece {
+    fn add(&mut self, index: usize, class: u8) {
+        self.start.get_or_insert(index);
+        self.classes &= class;
+    }
+
+    /// Writes the piece that ends at `end`: `*` for a number or a run of 8 or more hex digits.
+    fn emit(self, key: &[u8], end: usize, out: &mut Vec<u8>) {
+        let Some(start) = self.start else {
+            return;
+        };
+        let variable = self.classes & DIGIT != 0 || (self.classes & HEX != 0 && end - start >= 8);
+        if variable {
+            out.push(b'*');
+        } else {
+            out.extend_from_slice(&key[start..end]);
+        }
+    }
 }
 
-fn is_variable(piece: &[u8]) -> bool {
-    !piece.is_empty()
-        && (piece.iter().all(u8::is_ascii_digit)
-            || (piece.len() >= 8 && piece.iter().all(u8::is_ascii_hexdigit)))
+/// If `part` is a UUID, replaces what was written for it (from `written_from`) with `*`.
+fn fold_uuid(part: &[u8], written_from: usize, out: &mut Vec<u8>) {
+    if is_uuid(part) {
+        out.truncate(written_from);
+        out.push(b'*');
+    }
 }
+
+const SEPARATOR: u8 = 1;
+/// `-` and `_`, which join the pieces of one part.
+const JOINER: u8 = 2;
+const DIGIT: u8 = 4;
+const HEX: u8 = 8;
+
+static CLASSES: [u8; 256] = {
+    let mut classes = [0; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        classes[byte] = match b {
+            b':' | b'/' | b'.' | b'|' | b'#' | b'=' | b',' => SEPARATOR,
+            b'-' | b'_' => JOINER,
+            b'0'..=b'9' => DIGIT | HEX,
+            b'a'..=b'f' | b'A'..=b'F' => HEX,
+            _ => 0,
+        };
+        byte += 1;
+    }
+    classes
+};
 
 /// 8-4-4-4-12 hex digits. Checked in place: it runs for every part of every key counted.
 fn is_uuid(part: &[u8]) -> bool {
