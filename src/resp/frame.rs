@@ -143,10 +143,19 @@ pub fn bulk(frame: &Bytes) -> Option<Bytes> {
         .then(|| frame.slice(start..start + len))
 }
 
+/// Where the next CRLF starts. Most lines searched are headers a few bytes long (`$64`, `*2`),
+/// for which a plain loop beats setting up a vectorised search; longer lines get `memchr`.
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    const SHORT_LINE: usize = 16;
     let mut start = from;
     loop {
-        let found = start + memchr::memchr(b'\r', buf.get(start..)?)?;
+        let rest = buf.get(start..)?;
+        let found = start
+            + match rest.iter().take(SHORT_LINE).position(|&b| b == b'\r') {
+                Some(at) => at,
+                None if rest.len() <= SHORT_LINE => return None,
+                None => SHORT_LINE + memchr::memchr(b'\r', &rest[SHORT_LINE..])?,
+            };
         match buf.get(found + 1) {
             Some(b'\n') => return Some(found),
             Some(_) => start = found + 1,
@@ -254,6 +263,21 @@ mod tests {
             Ok(Some(5)),
             "reset for the next frame"
         );
+    }
+
+    #[test]
+    fn finds_crlf_in_short_and_long_lines() {
+        for at in [0, 1, 15, 16, 17, 40] {
+            let mut line = vec![b'x'; at];
+            line.extend_from_slice(b"\r\nrest\r\n");
+            assert_eq!(find_crlf(&line, 0), Some(at), "at {at}");
+        }
+        let bare = b"\r\r\rxxxxxxxxxxxxxxxxxxxx\rx\r\n";
+        assert_eq!(find_crlf(bare, 0), Some(bare.len() - 2));
+        assert_eq!(find_crlf(b"abc\r", 0), None);
+        assert_eq!(find_crlf(&[b'\r'; 100], 0), None);
+        assert_eq!(find_crlf(b"ab\r\n", 3), None);
+        assert_eq!(find_crlf(b"ab", 5), None);
     }
 
     #[test]
