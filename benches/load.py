@@ -12,6 +12,12 @@ its memory. Absolute numbers on a shared machine are noise; the ratios are the r
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
     python3 benches/load.py --locks               # 50 clients contending for one lock
+    python3 benches/load.py --instructions        # keyward's instructions per request, per policy
+
+Wall-clock figures on a shared machine move by tens of percent from run to run. --instructions
+runs keyward under callgrind instead and counts what keyward itself executes per request, with
+simulated cache misses (a 32 KiB L1 and a 1 MiB L2, as on the benchmark machine): the same
+input gives the same count, so a change of a few percent shows.
 
 Installs redis-tools and nutcracker from Debian if missing, and builds keyward in release mode.
 Everything it starts listens on 127.0.0.1 and is stopped on exit.
@@ -64,6 +70,15 @@ name = "everything"
 keys = ["key:*"]
 mode = "shadow"
 """
+# keyward without policies, then each policy configuration the benchmark compares with it.
+POLICY_VARIANTS = [
+    ("keyward", ""),
+    ("rate limit (shadow)", NEVER_HIT_RULE.format(mode="shadow")),
+    ("rate limit (enforce)", NEVER_HIT_RULE.format(mode="enforce")),
+    ("hot keys", HOT_KEYS),
+    ("hot keys (sample 0.1)", HOT_KEYS + "sample_rate = 0.1\n"),
+    ("all policies (shadow)", ALL_POLICIES_SHADOW),
+]
 SCENARIOS = [
     # name, redis-benchmark arguments, requests multiplier
     ("GET, no pipelining", ["-t", "get", "-P", "1"], 1),
@@ -80,9 +95,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def ensure_tools():
-    missing = [pkg for tool, pkg in [("redis-benchmark", "redis-tools"), ("redis-server", "redis-server"),
-                                     ("nutcracker", "nutcracker"), ("taskset", "util-linux")]
+def ensure_tools(valgrind=False):
+    tools = [("redis-benchmark", "redis-tools"), ("redis-server", "redis-server"),
+             ("nutcracker", "nutcracker"), ("taskset", "util-linux")]
+    if valgrind:
+        tools.append(("callgrind_control", "valgrind"))
+    missing = [pkg for tool, pkg in tools
                if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}")]
     if missing:
         print(f"installing {' '.join(missing)}", flush=True)
@@ -253,6 +271,55 @@ def report_policies(results, targets, scenarios, rounds):
               + " | " + " | ".join(f"{m / base:.3f}" for m in medians[2:]) + " |")
 
 
+# Requests per scenario under callgrind, which runs keyward about 50 times slower.
+INSTRUCTION_REQUESTS = {1: 20_000, 16: 200_000}
+CALLGRIND = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--D1=32768,8,64", "--LL=1048576,16,64"]
+
+
+def callgrind_totals(path):
+    """The event totals of a callgrind dump, by event name."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    events = next(line for line in lines if line.startswith("events:")).split()[1:]
+    totals = next(line for line in lines if line.startswith("totals:")).split()[1:]
+    return dict(zip(events, map(int, totals)))
+
+
+def instructions(work, start_keyward, variants):
+    """Each variant's instructions and simulated cache misses per request, counted by callgrind
+    from just before to just after each scenario (startup and warm-up excluded)."""
+    rows = []
+    for name, extra in variants:
+        port = free_port()
+        out = os.path.join(work, f"callgrind-{len(rows)}")
+        keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
+                                wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60)
+        benchmark(port, ["-t", "get"], 1000)  # connections, pools and summaries warmed up
+        for scenario, args, _ in SCENARIOS[:4]:
+            pipeline = int(args[args.index("-P") + 1])
+            requests = INSTRUCTION_REQUESTS[pipeline]
+            subprocess.run(["callgrind_control", "--zero", str(keyward.pid)], capture_output=True, check=True)
+            benchmark(port, args, requests)
+            subprocess.run(["callgrind_control", "--dump", str(keyward.pid)], capture_output=True, check=True)
+            dumps = sorted((f for f in os.listdir(work) if f.startswith(os.path.basename(out) + ".")),
+                           key=lambda f: int(f.rsplit(".", 1)[1]))
+            totals = callgrind_totals(os.path.join(work, dumps[-1]))
+            rows.append((name, scenario, totals, requests))
+        keyward.send_signal(signal.SIGTERM)
+        keyward.wait(timeout=60)
+    print()
+    print("keyward under callgrind, per request (instructions; L1 and L2 data misses, simulated):")
+    print("| variant | scenario | instructions | L1 misses | L2 misses | instructions / keyward |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    base = {}
+    for name, scenario, totals, requests in rows:
+        per = lambda *events: sum(totals[e] for e in events) / requests
+        ir = per("Ir")
+        base.setdefault(scenario, ir)
+        print(f"| {name} | {scenario} | {ir:,.0f} | {per('D1mr', 'D1mw'):.1f} | {per('DLmr', 'DLmw'):.2f} | "
+              f"{ir / base[scenario]:.2f} |")
+
+
 def ratelimit_memory(redis_port, start_keyward):
     """A million distinct keys through one rate-limit rule: buckets and RSS while they are
     fresh, and after the janitor has dropped the idle ones."""
@@ -295,13 +362,16 @@ def main():
     parser.add_argument("--locks", action="store_true",
                         help="50 clients contending for one lock: Redis direct and keyward with a "
                              "lock rule")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count keyward's instructions per request under callgrind, without "
+                             "policies and with each policy variant of --policies")
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
     options = parser.parse_args()
     if options.quick:
         options.rounds, options.requests = 1, 50_000
-    ensure_tools()
+    ensure_tools(valgrind=options.instructions)
 
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -320,17 +390,21 @@ def main():
         start(pinned(0, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                          "--appendonly", "no", "--dir", work]))
         wait_port(redis_port, "redis-server")
-        def start_keyward(name, port, admin, extra=""):
+        def start_keyward(name, port, admin, extra="", wrapper=(), timeout=10):
             config = os.path.join(work, f"{name}.toml")
             with open(config, "w") as f:
                 f.write(f'[listen]\naddress = "127.0.0.1:{port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
                         f'[upstream]\naddress = "127.0.0.1:{redis_port}"\n'
                         f'[admin]\naddress = "127.0.0.1:{admin}"\n[log]\nlevel = "warn"\n{extra}')
-            process = start(pinned(1, [KEYWARD, "--config", config]))
-            wait_port(port, name)
+            process = start(pinned(1, [*wrapper, KEYWARD, "--config", config]))
+            wait_port(port, name, timeout)
             return process
 
         keyward = start_keyward("keyward", keyward_port, admin_port)
+        if options.instructions:
+            subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", str(KEYSPACE * 5),
+                            "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
+            return instructions(work, start_keyward, POLICY_VARIANTS)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
         if options.locks:
@@ -355,19 +429,10 @@ def main():
         scenarios = SCENARIOS
         if options.policies:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
-            for mode in ("shadow", "enforce"):
+            for number, (name, extra) in enumerate(POLICY_VARIANTS[1:]):
                 port = free_port()
-                start_keyward(f"keyward-{mode}", port, free_port(), NEVER_HIT_RULE.format(mode=mode))
-                targets.append((f"rate limit ({mode})", port))
-            port = free_port()
-            start_keyward("keyward-hotkeys", port, free_port(), HOT_KEYS)
-            targets.append(("hot keys", port))
-            port = free_port()
-            start_keyward("keyward-hotkeys-sampled", port, free_port(), HOT_KEYS + "sample_rate = 0.1\n")
-            targets.append(("hot keys (sample 0.1)", port))
-            port = free_port()
-            start_keyward("keyward-all-shadow", port, free_port(), ALL_POLICIES_SHADOW)
-            targets.append(("all policies (shadow)", port))
+                start_keyward(f"keyward-variant-{number}", port, free_port(), extra)
+                targets.append((name, port))
             scenarios = SCENARIOS[:4]
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
         cpu_per_million = {s[0]: [] for s in scenarios}
