@@ -294,7 +294,8 @@ def instructions(work, start_keyward, variants):
         out = os.path.join(work, f"callgrind-{len(rows)}")
         keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
                                 wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60)
-        benchmark(port, ["-t", "get"], 1000)  # connections, pools and summaries warmed up
+        # Connections, pools and summaries warmed up, and the cache filled with every key.
+        benchmark(port, ["-t", "get", "-P", "16"], 100_000)
         for scenario, args, _ in SCENARIOS[:4]:
             pipeline = int(args[args.index("-P") + 1])
             requests = INSTRUCTION_REQUESTS[pipeline]

@@ -392,9 +392,10 @@ fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
         body.extend_from_slice(&element?);
         count += 1;
     }
-    let mut reply = format!("*{count}\r\n").into_bytes();
+    let mut reply = BytesMut::with_capacity(body.len() + 16);
+    crate::resp::put_header(&mut reply, b'*', count);
     reply.extend_from_slice(&body);
-    Some(reply.into())
+    Some(reply.freeze())
 }
 
 /// The elements of an array reply of `expected` elements (none if it is anything else).
@@ -404,8 +405,8 @@ fn elements(reply: &Bytes, expected: usize) -> Vec<Bytes> {
     };
     let found: Vec<Bytes> = found.map(|element| reply.slice_ref(element)).collect();
     let used: usize = found.iter().map(Bytes::len).sum();
-    let header = format!("*{expected}\r\n").len();
-    if found.len() == expected && header + used == reply.len() {
+    let body = frame::array_body(reply, expected).map(<[u8]>::len);
+    if found.len() == expected && body == Some(used) {
         found
     } else {
         Vec::new()

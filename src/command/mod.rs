@@ -235,16 +235,14 @@ mod tests {
     use crate::resp::request::{Decoded, RequestDecoder};
 
     fn with_args<T>(words: &[&str], f: impl FnOnce(&Args<'_>) -> T) -> T {
-        let mut input = format!("*{}\r\n", words.len());
-        for word in words {
-            input.push_str(&format!("${}\r\n{}\r\n", word.len(), word));
-        }
+        let mut input = bytes::BytesMut::new();
+        crate::upstream::encode_command(words, &mut input);
         let mut decoder = RequestDecoder::default();
         assert!(matches!(
-            decoder.decode(input.as_bytes()),
+            decoder.decode(&input),
             Ok(Decoded::Request { .. })
         ));
-        f(&decoder.args(input.as_bytes()))
+        f(&decoder.args(&input))
     }
 
     fn keys(words: &[&str]) -> Vec<String> {

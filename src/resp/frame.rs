@@ -42,9 +42,14 @@ pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The elements of `reply` if it is an array of exactly `expected` elements (as an `MGET`
 /// reply is, one per key).
 pub fn array_elements(reply: &[u8], expected: usize) -> Option<impl Iterator<Item = &[u8]>> {
-    let header = format!("*{expected}\r\n");
-    let body = reply.strip_prefix(header.as_bytes())?;
-    Some(frames(body).take(expected))
+    Some(frames(array_body(reply, expected)?).take(expected))
+}
+
+/// What follows the header of `reply` if it is an array of `expected` elements.
+pub fn array_body(reply: &[u8], expected: usize) -> Option<&[u8]> {
+    let count = reply.strip_prefix(b"*")?;
+    let rest = count.strip_prefix(itoa::Buffer::new().format(expected).as_bytes())?;
+    rest.strip_prefix(b"\r\n")
 }
 
 /// Delimits one frame across partial reads without walking again what it already walked, so

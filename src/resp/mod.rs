@@ -8,6 +8,8 @@ pub mod frame;
 pub mod reply;
 pub mod request;
 
+use bytes::{BufMut, BytesMut};
+
 /// The protocol a client session (and the upstream connection serving it) speaks.
 ///
 /// Redis shapes some replies differently per protocol, so sessions of different protocols never
@@ -25,6 +27,15 @@ impl Protocol {
             Protocol::Resp3 => 3,
         }
     }
+}
+
+/// Writes a RESP line of `kind` and an integer (`*3\r\n`, `$64\r\n`, `:1\r\n`) without the
+/// allocation `to_string` costs: keyward writes such headers for every command it sends
+/// itself (cache fills, lock queue reads) and every reply it makes.
+pub fn put_header(out: &mut BytesMut, kind: u8, value: impl itoa::Integer) {
+    out.put_u8(kind);
+    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 /// Parses a decimal integer exactly as Redis's `string2ll` does: an optional minus sign and

@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::Protocol;
+use super::{put_header, Protocol};
 
 /// Builds one reply (which may be an aggregate) into a buffer.
 pub struct ReplyWriter {
@@ -33,12 +33,12 @@ impl ReplyWriter {
     }
 
     pub fn integer(mut self, value: i64) -> Self {
-        self.line(b':', value.to_string().as_bytes());
+        put_header(&mut self.buf, b':', value);
         self
     }
 
     pub fn bulk(mut self, value: &[u8]) -> Self {
-        self.line(b'$', value.len().to_string().as_bytes());
+        put_header(&mut self.buf, b'$', value.len());
         self.buf.put_slice(value);
         self.buf.put_slice(b"\r\n");
         self
@@ -53,15 +53,15 @@ impl ReplyWriter {
     }
 
     pub fn array(mut self, len: usize) -> Self {
-        self.line(b'*', len.to_string().as_bytes());
+        put_header(&mut self.buf, b'*', len);
         self
     }
 
     /// A map of `len` pairs; RESP2 clients get the flat array Redis sends them.
     pub fn map(mut self, len: usize) -> Self {
         match self.protocol {
-            Protocol::Resp2 => self.line(b'*', (2 * len).to_string().as_bytes()),
-            Protocol::Resp3 => self.line(b'%', len.to_string().as_bytes()),
+            Protocol::Resp2 => put_header(&mut self.buf, b'*', 2 * len),
+            Protocol::Resp3 => put_header(&mut self.buf, b'%', len),
         }
         self
     }

@@ -177,9 +177,9 @@ impl RequestDecoder {
             });
         }
         let mut encoded = BytesMut::with_capacity(line.len() + 16 * words.len());
-        encoded.put_slice(format!("*{}\r\n", words.len()).as_bytes());
+        super::put_header(&mut encoded, b'*', words.len());
         for word in &words {
-            encoded.put_slice(format!("${}\r\n", word.len()).as_bytes());
+            super::put_header(&mut encoded, b'$', word.len());
             let start = encoded.len();
             encoded.put_slice(word);
             self.ranges.push((start, encoded.len()));

@@ -357,10 +357,10 @@ impl OwnReplies {
 
 /// Encodes a command as a RESP multibulk, for the few commands keyward sends on its own.
 pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
-    out.put_slice(format!("*{}\r\n", args.len()).as_bytes());
+    crate::resp::put_header(out, b'*', args.len());
     for arg in args {
         let arg = arg.as_ref();
-        out.put_slice(format!("${}\r\n", arg.len()).as_bytes());
+        crate::resp::put_header(out, b'$', arg.len());
         out.put_slice(arg);
         out.put_slice(b"\r\n");
     }
