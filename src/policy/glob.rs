@@ -57,9 +57,7 @@ impl Glob {
         if other.pattern == self.pattern || &*other.pattern == b"*" {
             return true;
         }
-        let prefix_star =
-            other.literal_prefix + 1 == other.pattern.len() && other.pattern.last() == Some(&b'*');
-        prefix_star
+        other.is_prefix_star()
             && self.literal_prefix >= other.literal_prefix
             && self
                 .pattern
@@ -71,7 +69,12 @@ impl Glob {
         if !text.starts_with(prefix) {
             return false;
         }
-        matches(&self.pattern[prefix.len()..], &text[prefix.len()..])
+        self.is_prefix_star() || matches(&self.pattern[prefix.len()..], &text[prefix.len()..])
+    }
+
+    /// `prefix*`, the shape of most rules' patterns: matched by its prefix alone.
+    fn is_prefix_star(&self) -> bool {
+        self.literal_prefix + 1 == self.pattern.len() && self.pattern.last() == Some(&b'*')
     }
 }
 
