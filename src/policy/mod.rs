@@ -227,11 +227,19 @@ impl Progress {
     pub fn follow(&mut self, policies: &Policies) {
         let identity = policies as *const Policies as usize;
         if self.policies != identity {
-            *self = Progress {
-                policies: identity,
-                ..Progress::default()
-            };
+            self.start_over();
+            self.policies = identity;
         }
+    }
+
+    /// Forgets the request judged, for the next one. The lists keep their memory, so judging
+    /// a command costs no allocation once a session has judged a few.
+    pub fn start_over(&mut self) {
+        self.passed.clear();
+        self.charged.clear();
+        self.answers.clear();
+        self.denials_judged = false;
+        self.observed = false;
     }
 
     /// True the first time it is asked about a request: hot keys count a request once, however

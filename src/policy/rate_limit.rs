@@ -20,6 +20,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::Quota;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
 
 use super::global::{self, Answer};
 use super::matcher::RuleMatcher;
@@ -152,10 +153,11 @@ impl RateLimiter {
         answer: Option<Answer>,
         charged: &mut Vec<u64>,
     ) -> Verdict {
-        let mut buckets: Vec<&[u8]> = match self.rule.bucket {
-            Bucket::Key => keys.collect(),
-            Bucket::Client => vec![requester.client],
-            Bucket::Rule => vec![b""],
+        // Inline for the usual handful of keys: deciding costs no allocation.
+        let mut buckets: SmallVec<[&[u8]; 4]> = match self.rule.bucket {
+            Bucket::Key => keys.map(|key| key as &[u8]).collect(),
+            Bucket::Client => smallvec::smallvec![requester.client],
+            Bucket::Rule => smallvec::smallvec![&b""[..]],
         };
         let refusal = match self.rule.scope() {
             Scope::Local => buckets.into_iter().find_map(|bucket| {

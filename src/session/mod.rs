@@ -602,12 +602,12 @@ impl Session {
                 Verdict::Allow => {
                     self.delayed_since = None;
                     if matches!(step, Step::Forward) {
-                        self.progress = Progress::default();
+                        self.progress.start_over();
                     }
                 }
                 Verdict::Reject(refusal) => {
                     self.delayed_since = None;
-                    self.progress = Progress::default();
+                    self.progress.start_over();
                     if let Some(pending) = self.observation.take() {
                         self.replies.observations.finish(pending, &refusal);
                     }
