@@ -3,7 +3,8 @@
 //! Runs keyward in-process in front of a private redis-server and drives it from a raw socket
 //! with pipelines of `GET`s (and single `GET`s), after a warm-up that lets buffers reach their
 //! steady size. Forwarding should allocate nothing per command beyond the buffers themselves,
-//! whose growth is amortized over many commands; this prints the figure to check that.
+//! whose growth is amortized over many commands, with or without policies in force; this
+//! prints the figure for both.
 //!
 //!     cargo bench --bench allocations
 
@@ -69,10 +70,36 @@ fn drive(stream: &mut TcpStream, depth: usize, rounds: usize, request: &[u8], re
     reply.copy_from_slice(&replies[..expected]);
 }
 
+/// Every policy kind, in shadow mode, on the key the benchmark reads: each command pays for
+/// a rate-limit decision, a cache lookup, a lock rule's write watch and hot-key counting.
+const EVERY_POLICY: &str = r#"
+[[rate_limit]]
+name = "everything"
+keys = ["key*"]
+limit = 1000000000
+period = "1s"
+mode = "shadow"
+
+[[cache]]
+name = "everything"
+keys = ["key*"]
+ttl = "1m"
+max_memory = "64MB"
+mode = "shadow"
+
+[[lock]]
+name = "everything"
+keys = ["key*"]
+mode = "shadow"
+
+[hotkeys]
+enabled = true
+"#;
+
 fn main() {
     let redis_port = free_port();
     let dir = std::env::temp_dir();
-    let mut redis = Command::new("redis-server")
+    let redis = Command::new("redis-server")
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -80,13 +107,47 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server is installed");
+    // Stopped however the measurement ends, a failed one included.
+    let _redis = KillOnDrop(redis);
     wait_for(redis_port);
+    // keyward installs a process-wide metrics recorder, so it runs once per process: the
+    // measurement with policies runs in a second process of this same program.
+    let with_policies = std::env::var_os(WITH_POLICIES).is_some();
+    let (label, policies) = if with_policies {
+        ("every policy in shadow mode", EVERY_POLICY)
+    } else {
+        ("no policies", "")
+    };
+    println!("heap allocations per forwarded GET (64-byte value), whole process, {label}:");
+    measure(redis_port, policies);
+    if !with_policies {
+        let status = Command::new(std::env::current_exe().expect("this program"))
+            .env(WITH_POLICIES, "1")
+            .status()
+            .expect("runs again");
+        assert!(status.success(), "the measurement with policies failed");
+    }
+}
 
+/// Set in the second run, which measures with every policy.
+const WITH_POLICIES: &str = "KEYWARD_ALLOCATIONS_WITH_POLICIES";
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs keyward in-process with `policies` and counts allocations over pipelines of GETs.
+fn measure(redis_port: u16, policies: &str) {
     let port = free_port();
     let admin = free_port();
     let (config, _) = Config::parse(&format!(
         "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{redis_port}\"\n\
-         [admin]\naddress = \"127.0.0.1:{admin}\"\n[runtime]\nworker_threads = 1\n"
+         [admin]\naddress = \"127.0.0.1:{admin}\"\n[runtime]\nworker_threads = 1\n{policies}"
     ))
     .expect("valid config");
     let (stop_sender, stop) = tokio::sync::oneshot::channel::<()>();
@@ -116,7 +177,6 @@ fn main() {
     let request = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
     let mut reply = vec![0u8; 64 + 7];
 
-    println!("heap allocations per forwarded GET (64-byte value), whole process:");
     for (depth, rounds) in [(1, 20_000), (16, 5_000)] {
         drive(&mut stream, depth, rounds / 4, request, &mut reply);
         let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -130,8 +190,7 @@ fn main() {
     }
     assert_eq!(&reply[..5], b"$64\r\n", "the GETs were answered");
 
+    drop(stream);
     let _ = stop_sender.send(());
     proxy.join().expect("keyward stopped");
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

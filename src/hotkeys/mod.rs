@@ -125,11 +125,11 @@ impl HotKeys {
     /// Counts the commands `recorder` has finished: their keys and patterns, by requests and
     /// by bytes, under one lock; then notes the big ones.
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
-        let mut pattern = Vec::new();
         {
             let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
             let period = windows.counting(now);
-            for (key, seen) in recorder.finished() {
+            let (finished, pattern) = recorder.finished_to_fold();
+            for (key, seen) in finished {
                 let bytes = seen.inbound + seen.outbound;
                 let writes = |amount: u64| if seen.write { amount } else { 0 };
                 let requests = Tally {
@@ -144,12 +144,12 @@ impl HotKeys {
                     outbound: seen.outbound,
                 };
                 let hash = key_hash(key);
-                fold::fold(key, &mut pattern);
-                let pattern_hash = key_hash(&pattern);
+                fold::fold(key, pattern);
+                let pattern_hash = key_hash(pattern);
                 for (by, tally) in [(By::Requests, requests), (By::Bytes, bytes)] {
                     period.summary_mut(Of::Keys, by).observe(key, hash, tally);
                     let patterns = period.summary_mut(Of::Patterns, by);
-                    patterns.observe(&pattern, pattern_hash, tally);
+                    patterns.observe(pattern, pattern_hash, tally);
                 }
             }
         }

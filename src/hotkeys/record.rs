@@ -68,6 +68,9 @@ pub struct Recorder {
     free: Vec<u32>,
     finished_keys: Vec<u8>,
     finished: Vec<Observation>,
+    /// Where the summaries fold each finished key into its pattern, kept so that folding
+    /// allocates nothing once warm.
+    pattern: Vec<u8>,
 }
 
 impl Recorder {
@@ -173,9 +176,17 @@ impl Recorder {
 
     /// The finished keys, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        self.finished
-            .iter()
-            .map(|seen| (&self.finished_keys[seen.key.clone()], seen))
+        with_keys(&self.finished, &self.finished_keys)
+    }
+
+    /// The finished keys, and a buffer to fold them into patterns.
+    pub fn finished_to_fold(
+        &mut self,
+    ) -> (impl Iterator<Item = (&[u8], &Observation)>, &mut Vec<u8>) {
+        (
+            with_keys(&self.finished, &self.finished_keys),
+            &mut self.pattern,
+        )
     }
 
     /// Forgets the finished keys (they are counted, or hot keys were turned off).
@@ -183,6 +194,13 @@ impl Recorder {
         self.finished.clear();
         self.finished_keys.clear();
     }
+}
+
+fn with_keys<'a>(
+    finished: &'a [Observation],
+    keys: &'a [u8],
+) -> impl Iterator<Item = (&'a [u8], &'a Observation)> {
+    finished.iter().map(|seen| (&keys[seen.key.clone()], seen))
 }
 
 fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
