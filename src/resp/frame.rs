@@ -86,16 +86,22 @@ impl FrameScanner {
             let Some(&kind) = buf.get(start) else {
                 return Ok(None);
             };
-            let Some(line_end) = find_crlf(buf, start + 1) else {
-                return Ok(None);
+            let counted = matches!(kind, b'$' | b'!' | b'=' | b'*' | b'~' | b'>' | b'%' | b'|');
+            let (line_end, len) = match counted.then(|| plain_length(buf, start + 1)).flatten() {
+                Some(read) => read,
+                None => {
+                    let Some(line_end) = find_crlf(buf, start + 1) else {
+                        return Ok(None);
+                    };
+                    let header = &buf[start + 1..line_end];
+                    (line_end, if counted { length(header, kind)? } else { 0 })
+                }
             };
-            let header = &buf[start + 1..line_end];
             let mut next = line_end + 2;
             let mut owed = self.owed - 1;
             match kind {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
                 b'$' | b'!' | b'=' => {
-                    let len = length(header, kind)?;
                     if len >= 0 {
                         next = (len as usize)
                             .checked_add(next + 2)
@@ -105,9 +111,9 @@ impl FrameScanner {
                         }
                     }
                 }
-                b'*' | b'~' | b'>' => owed = owing(owed, length(header, kind)?, 1, 0, kind)?,
-                b'%' => owed = owing(owed, length(header, kind)?, 2, 0, kind)?,
-                b'|' => owed = owing(owed, length(header, kind)?, 2, 1, kind)?,
+                b'*' | b'~' | b'>' => owed = owing(owed, len, 1, 0, kind)?,
+                b'%' => owed = owing(owed, len, 2, 0, kind)?,
+                b'|' => owed = owing(owed, len, 2, 1, kind)?,
                 other => {
                     return Err(FrameError(format!(
                         "unexpected byte {:?} at the start of a reply",
@@ -186,6 +192,27 @@ fn too_large(kind: u8) -> FrameError {
         "a {:?} reply announces more data than can exist",
         char::from(kind)
     ))
+}
+
+/// The length in a header line of plain digits (`$64\r\n`), and where the line ends, read in
+/// one pass: nearly every header Redis sends. `None` for anything else (a line not complete
+/// yet, `-1`, a malformed length), which [`length`] then reads, or refuses, in full.
+fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
+    const MOST_DIGITS: usize = 19;
+    let line = buf.get(from..)?;
+    let mut value: u64 = 0;
+    for (offset, &byte) in line.iter().enumerate().take(MOST_DIGITS + 1) {
+        match byte {
+            // No leading zeros, as Redis writes them (and as `length` requires).
+            b'0' if offset == 0 && line.get(1) != Some(&b'\r') => return None,
+            b'0'..=b'9' => value = value.checked_mul(10)? + u64::from(byte - b'0'),
+            b'\r' if offset > 0 && line.get(offset + 1) == Some(&b'\n') => {
+                return Some((from + offset, i64::try_from(value).ok()?));
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn length(header: &[u8], kind: u8) -> Result<i64, FrameError> {
@@ -283,6 +310,33 @@ mod tests {
         assert_eq!(find_crlf(&[b'\r'; 100], 0), None);
         assert_eq!(find_crlf(b"ab\r\n", 3), None);
         assert_eq!(find_crlf(b"ab", 5), None);
+    }
+
+    #[test]
+    fn reads_plain_lengths_in_one_pass_and_leaves_the_rest_to_the_full_check() {
+        assert_eq!(plain_length(b"$64\r\n", 1), Some((3, 64)));
+        assert_eq!(plain_length(b"$0\r\n", 1), Some((2, 0)));
+        assert_eq!(
+            plain_length(b"*9223372036854775807\r\n", 1),
+            Some((20, i64::MAX))
+        );
+        for unusual in [
+            &b"$-1\r\n"[..],
+            b"$01\r\n",
+            b"$6",
+            b"$6\r",
+            b"$\r\n",
+            b"$6x\r\n",
+            b"*9223372036854775808\r\n",
+            b"*99999999999999999999\r\n",
+        ] {
+            assert_eq!(plain_length(unusual, 1), None, "{unusual:?}");
+        }
+        assert_eq!(frame_len(b"$01\r\nx\r\n").map_err(|_| ()), Err(()));
+        assert_eq!(
+            frame_len(b"*99999999999999999999\r\n").map_err(|_| ()),
+            Err(())
+        );
     }
 
     #[test]
