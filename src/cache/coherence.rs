@@ -400,13 +400,15 @@ fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
 
 /// The elements of an array reply of `expected` elements (none if it is anything else).
 fn elements(reply: &Bytes, expected: usize) -> Vec<Bytes> {
-    let Some(found) = frame::array_elements(reply, expected) else {
+    let Some(body) = frame::array_body(reply, expected) else {
         return Vec::new();
     };
-    let found: Vec<Bytes> = found.map(|element| reply.slice_ref(element)).collect();
+    let found: Vec<Bytes> = frame::frames(body)
+        .take(expected)
+        .map(|element| reply.slice_ref(element))
+        .collect();
     let used: usize = found.iter().map(Bytes::len).sum();
-    let body = frame::array_body(reply, expected).map(<[u8]>::len);
-    if found.len() == expected && body == Some(used) {
+    if found.len() == expected && used == body.len() {
         found
     } else {
         Vec::new()

@@ -205,7 +205,7 @@ fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
         match byte {
             // No leading zeros, as Redis writes them (and as `length` requires).
             b'0' if offset == 0 && line.get(1) != Some(&b'\r') => return None,
-            b'0'..=b'9' => value = value.checked_mul(10)? + u64::from(byte - b'0'),
+            b'0'..=b'9' => value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?,
             b'\r' if offset > 0 && line.get(offset + 1) == Some(&b'\n') => {
                 return Some((from + offset, i64::try_from(value).ok()?));
             }
@@ -329,6 +329,7 @@ mod tests {
             b"$6x\r\n",
             b"*9223372036854775808\r\n",
             b"*99999999999999999999\r\n",
+            b"*18446744073709551616\r\n",
         ] {
             assert_eq!(plain_length(unusual, 1), None, "{unusual:?}");
         }
