@@ -25,6 +25,8 @@
 //! there may have had up to the other's bound there, so it is credited with that, and the bound
 //! grows by it; for a window absorbed from periods of `N` total weight, `bound` stays within
 //! `3N / capacity` (the smallest count within `2N / capacity`, the credits within `N / capacity`).
+//! Absorbing uses plain Space-Saving's takeover, and a summary that has absorbed stays with it:
+//! the keys the absorbed summaries did not hold were never counted in its cells.
 
 use std::hash::BuildHasher;
 
@@ -55,7 +57,8 @@ pub struct Counted<'a> {
 }
 
 /// Filter cells per counter: more cells mean fewer keys share one, so fewer tail keys reach
-/// the smallest count and take a counter over, at 64 bytes of memory per counter.
+/// the smallest count and take a counter over. Rounded up to a power of two, they cost 64 to
+/// 128 bytes per counter, in the summaries that observe (the shortest window's).
 pub const FILTER_CELLS_PER_COUNTER: usize = 8;
 
 /// A counter's key and everything but its count, which lives in the heap. One cache line:
@@ -100,9 +103,15 @@ pub struct SpaceSaving {
     /// Slot numbers by key hash. The hash is computed once per key and shared by every summary
     /// the key goes to (see [`key_hash`]).
     index: HashTable<u32>,
-    /// The weight of keys not held, by cell (see the module's notes); allocated when the
-    /// summary fills, so a summary that never does (a few patterns) costs nothing here.
+    /// The weight of keys not held, by cell (see the module's notes); allocated when a full
+    /// summary first observes a key it does not hold, so summaries that never fill (a few
+    /// patterns) or are only absorbed into (longer windows) cost nothing here.
     filter: Vec<u64>,
+    /// Whether other summaries were absorbed into this one: the keys they did not hold were
+    /// never counted in cells, so from then on a key not held takes a counter over at once, as
+    /// in plain Space-Saving (never the case for the summaries that observe, which nothing is
+    /// absorbed into).
+    absorbed: bool,
     total: u64,
     /// Credited to keys by [`absorb`](Self::absorb) for summaries they were missing from.
     credited: u64,
@@ -122,6 +131,7 @@ impl SpaceSaving {
             heap_position: Vec::new(),
             index: HashTable::new(),
             filter: Vec::new(),
+            absorbed: false,
             total: 0,
             credited: 0,
         }
@@ -138,7 +148,13 @@ impl SpaceSaving {
             self.increase(slot, tally);
         } else if self.slots.len() < self.capacity {
             self.push(key, hash, tally);
+        } else if self.absorbed {
+            self.add(key, hash, tally);
         } else {
+            if self.filter.is_empty() {
+                let cells = (self.capacity * FILTER_CELLS_PER_COUNTER).next_power_of_two();
+                self.filter = vec![0; cells];
+            }
             let cell = self.cell(hash);
             let seen = self.filter[cell];
             if seen + tally.count <= self.floor() {
@@ -175,6 +191,7 @@ impl SpaceSaving {
             self.add(counted.key, counted.hash, counted.tally);
         }
         self.total += other.total;
+        self.absorbed = true;
     }
 
     /// The most any key's count overstates, and the most a key not held can have had.
@@ -205,6 +222,7 @@ impl SpaceSaving {
         self.heap_position.clear();
         self.index.clear();
         self.filter.fill(0);
+        self.absorbed = false;
         self.total = 0;
         self.credited = 0;
     }
@@ -260,10 +278,6 @@ impl SpaceSaving {
         self.heap_position.push(self.heap.len() as u32 - 1);
         self.sift_up(self.heap.len() - 1);
         self.index_slot(hash, slot);
-        if self.slots.len() == self.capacity && self.filter.is_empty() {
-            let cells = (self.capacity * FILTER_CELLS_PER_COUNTER).next_power_of_two();
-            self.filter = vec![0; cells];
-        }
     }
 
     /// Gives the smallest counter to `key`, with `tally` already including what it inherits.
@@ -278,8 +292,10 @@ impl SpaceSaving {
         if let Ok(entry) = self.index.find_entry(old_hash, |&held| held == slot) {
             entry.remove();
         }
-        let cell = self.cell(old_hash);
-        self.filter[cell] = self.filter[cell].max(evicted);
+        if !self.filter.is_empty() {
+            let cell = self.cell(old_hash);
+            self.filter[cell] = self.filter[cell].max(evicted);
+        }
         let taken = &mut self.slots[slot as usize];
         taken.key.clear();
         taken.key.extend_from_slice(key);
@@ -298,7 +314,7 @@ impl SpaceSaving {
             .insert_unique(hash, slot, |&held| slots[held as usize].hash);
     }
 
-    /// The filter cell of a key's hash (once the summary is full). The index takes a hash's
+    /// The filter cell of a key's hash (once there is a filter). The index takes a hash's
     /// low bits and top seven, so the cell comes from bits in between.
     fn cell(&self, hash: u64) -> usize {
         (hash >> 24) as usize & (self.filter.len() - 1)
@@ -530,6 +546,28 @@ mod tests {
         // b's count stayed in its cell: seen again, it does not outweigh the smallest counter.
         observe_one(&mut summary, b"b", false);
         assert_eq!(held(&summary), counted);
+    }
+
+    #[test]
+    fn observing_after_absorbing_keeps_the_bound() {
+        let stream = zipf_stream(10_000, 60_000, 0xabad_1dea_0000_0001);
+        let mut exact: FxHashMap<Vec<u8>, u64> = FxHashMap::default();
+        let mut period = SpaceSaving::new(64);
+        let mut summary = SpaceSaving::new(64);
+        let (first, second) = stream.split_at(30_000);
+        for &key in first {
+            let key = format!("key:{key}").into_bytes();
+            observe_one(&mut period, &key, false);
+            *exact.entry(key).or_default() += 1;
+        }
+        // Filled, with takeovers, before it has a filter; then observed.
+        summary.absorb(&period);
+        for &key in second {
+            let key = format!("key:{key}").into_bytes();
+            observe_one(&mut summary, &key, false);
+            *exact.entry(key).or_default() += 1;
+        }
+        assert_within_bound(&summary, &exact);
     }
 
     #[test]
