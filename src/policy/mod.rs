@@ -235,8 +235,12 @@ impl Progress {
     /// Forgets the request judged, for the next one. The lists keep their memory, so judging
     /// a command costs no allocation once a session has judged a few.
     pub fn start_over(&mut self) {
+        // A command naming a million keys leaves no million-entry list behind it.
+        const KEPT: usize = 64;
         self.passed.clear();
+        self.passed.shrink_to(KEPT);
         self.charged.clear();
+        self.charged.shrink_to(KEPT);
         self.answers.clear();
         self.denials_judged = false;
         self.observed = false;
