@@ -69,9 +69,54 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
     Some(value)
 }
 
+/// The number in a header line of plain digits (`$64\r\n`, `*3\r\n`) after `from`, and where
+/// the line ends, read in one pass: nearly every header a client or Redis sends. `None` for
+/// anything else (a line not complete yet, `-1`, a malformed number), which the caller then
+/// reads, or refuses, in full with [`parse_int`]: this accepts only what `parse_int` accepts.
+pub(crate) fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
+    const MOST_DIGITS: usize = 19;
+    let line = buf.get(from..)?;
+    let mut value: u64 = 0;
+    for (offset, &byte) in line.iter().enumerate().take(MOST_DIGITS + 1) {
+        match byte {
+            // No leading zeros, as Redis writes them (and as `parse_int` requires).
+            b'0' if offset == 0 && line.get(1) != Some(&b'\r') => return None,
+            b'0'..=b'9' => value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?,
+            b'\r' if offset > 0 && line.get(offset + 1) == Some(&b'\n') => {
+                return Some((from + offset, i64::try_from(value).ok()?));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_int;
+    use super::{parse_int, plain_length};
+
+    #[test]
+    fn reads_plain_lengths_in_one_pass_and_leaves_the_rest_to_the_full_check() {
+        assert_eq!(plain_length(b"$64\r\n", 1), Some((3, 64)));
+        assert_eq!(plain_length(b"$0\r\n", 1), Some((2, 0)));
+        assert_eq!(
+            plain_length(b"*9223372036854775807\r\n", 1),
+            Some((20, i64::MAX))
+        );
+        for unusual in [
+            &b"$-1\r\n"[..],
+            b"$01\r\n",
+            b"$6",
+            b"$6\r",
+            b"$\r\n",
+            b"$6x\r\n",
+            b"*9223372036854775808\r\n",
+            b"*99999999999999999999\r\n",
+            b"*18446744073709551616\r\n",
+        ] {
+            assert_eq!(plain_length(unusual, 1), None, "{unusual:?}");
+        }
+    }
 
     #[test]
     fn parses_like_redis() {

@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::find_crlf;
-use super::parse_int;
+use super::{parse_int, plain_length};
 
 /// Redis's default `proto-max-bulk-len`: the largest single argument.
 pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
@@ -107,13 +107,13 @@ impl RequestDecoder {
         let (count, mut pos) = match resume {
             Some(progress) => progress,
             None => {
-                let Some((count, pos)) = header_line(input, 0, "too big mbulk count string")?
+                let Some((count, pos)) = header_number(input, 0, "too big mbulk count string")?
                 else {
                     return Ok(Decoded::Incomplete {
                         needed: input.len() + 1,
                     });
                 };
-                match parse_int(count) {
+                match count {
                     Some(count) if count <= 0 => return Ok(Decoded::Empty { consumed: pos }),
                     Some(count) if count <= MAX_MULTIBULK_LEN => (count as usize, pos),
                     _ => return Err(ProtocolError::new("invalid multibulk length")),
@@ -131,11 +131,11 @@ impl RequestDecoder {
                     )))
                 }
             }
-            let Some((len, data_start)) = header_line(input, pos, "too big bulk count string")?
+            let Some((len, data_start)) = header_number(input, pos, "too big bulk count string")?
             else {
                 return Ok(self.incomplete(count, pos, input.len() + 1));
             };
-            let len = match parse_int(len) {
+            let len = match len {
                 Some(len) if (0..=MAX_BULK_LEN).contains(&len) => len as usize,
                 _ => return Err(ProtocolError::new("invalid bulk length")),
             };
@@ -222,13 +222,21 @@ impl<'a> Args<'a> {
 
 /// Reads the header line that starts at `start` (type byte included), returning its digits and
 /// the position after its CRLF.
-fn header_line<'a>(
-    input: &'a [u8],
+/// The number in the header line at `start` (`None` inside if it is not one) and where the
+/// line after it starts; `None` while the line is incomplete. Plain digits, nearly every
+/// header, are read in one pass; anything else is found and checked in full.
+fn header_number(
+    input: &[u8],
     start: usize,
     too_big: &str,
-) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
+) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
+    if let Some((end, number)) = plain_length(input, start + 1) {
+        return Ok(Some((Some(number), end + 2)));
+    }
     match find_crlf(input, start + 1) {
-        Some(end) if end - start <= MAX_INLINE_LEN => Ok(Some((&input[start + 1..end], end + 2))),
+        Some(end) if end - start <= MAX_INLINE_LEN => {
+            Ok(Some((parse_int(&input[start + 1..end]), end + 2)))
+        }
         Some(_) => Err(ProtocolError::new(too_big)),
         None if input.len() - start > MAX_INLINE_LEN => Err(ProtocolError::new(too_big)),
         None => Ok(None),
