@@ -147,6 +147,12 @@ def benchmark(port, args, requests):
     return float(rows[-1][1].strip('"'))
 
 
+def preload(redis_port):
+    """Every key the scenarios read, written once, straight into Redis."""
+    subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", str(KEYSPACE * 5),
+                    "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
+
+
 def open_idle_connections(port, count):
     sockets = []
     for _ in range(count):
@@ -402,11 +408,10 @@ def main():
             wait_port(port, name, timeout)
             return process
 
-        keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.instructions:
-            subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", str(KEYSPACE * 5),
-                            "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
+            preload(redis_port)
             return instructions(work, start_keyward, POLICY_VARIANTS)
+        keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
         if options.locks:
@@ -424,8 +429,7 @@ def main():
 
         time.sleep(0.5)
         idle_rss = rss_kib(keyward.pid)
-        subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", str(KEYSPACE * 5),
-                        "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "-q"], capture_output=True, check=True)
+        preload(redis_port)
 
         targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port)]
         scenarios = SCENARIOS
