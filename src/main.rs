@@ -78,12 +78,10 @@ fn main() -> ExitCode {
         }) => {
             let admin = match admin {
                 Some(admin) => admin,
-                None => match cli.config.as_deref().map(Config::load).transpose() {
-                    Ok(config) => config
-                        .map(|(config, _)| config.admin.address)
-                        .unwrap_or_else(|| Config::default().admin.address)
-                        .to_string(),
-                    Err(_) => {
+                None => match cli.config.as_deref().map(Config::load) {
+                    None => Config::default().admin.address.to_string(),
+                    Some(Some(config)) => config.admin.address.to_string(),
+                    Some(None) => {
                         eprintln!("keyward top: cannot read the config; give --admin HOST:PORT");
                         return ExitCode::from(2);
                     }
@@ -134,23 +132,23 @@ fn check(path: &Path, format: Format) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (diagnostics, code) = match Config::parse_file(&text, Some(path)) {
+    // A config that does not parse comes with at least one error among its diagnostics.
+    let diagnostics = match Config::parse_file(&text, Some(path)) {
         Ok((config, mut found)) => {
             found.extend(check_files(&config, &text));
-            let invalid = found.iter().any(|d| d.severity == Severity::Error);
-            let code = if invalid {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
-            (found, code)
+            found
         }
-        Err(diagnostics) => (diagnostics, ExitCode::from(1)),
+        Err(diagnostics) => diagnostics,
     };
     let errors = diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
+    let code = if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     match format {
         Format::Text => {
             for diagnostic in &diagnostics {

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use metrics::counter;
 use serde::Serialize;
 
-use crate::config::{Config, LoadError};
+use crate::config::Config;
 use crate::logging;
 use crate::policy::Policies;
 
@@ -159,7 +159,7 @@ impl LiveConfig {
             Trigger::Request(what) => what,
         };
         let file = path.display().to_string();
-        match Config::parse_file(&text, Some(path)).map_err(LoadError::Invalid) {
+        match Config::parse_file(&text, Some(path)) {
             Ok((config, warnings)) => {
                 for warning in &warnings {
                     tracing::warn!("{}", warning.render(&file, &text));
@@ -183,16 +183,11 @@ impl LiveConfig {
                 tracing::info!(trigger, path = %file, "config reloaded");
                 ReloadOutcome::Applied
             }
-            Err(error) => {
-                let messages = match error {
-                    LoadError::Unreadable { path, error } => {
-                        vec![format!("{path}: cannot read: {error}")]
-                    }
-                    LoadError::Invalid(diagnostics) => diagnostics
-                        .iter()
-                        .map(|diagnostic| diagnostic.render(&file, &text))
-                        .collect(),
-                };
+            Err(diagnostics) => {
+                let messages: Vec<String> = diagnostics
+                    .iter()
+                    .map(|diagnostic| diagnostic.render(&file, &text))
+                    .collect();
                 for message in &messages {
                     tracing::error!(
                         trigger,
