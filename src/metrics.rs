@@ -54,7 +54,7 @@ fn describe() {
     );
     ::metrics::describe_counter!(
         "keyward_tls_handshake_failures_total",
-        "Clients whose TLS handshake failed or did not finish within 10 s"
+        "Clients whose TLS handshake failed or did not finish in time"
     );
     ::metrics::describe_counter!(
         "keyward_big_keys_total",

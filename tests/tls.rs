@@ -166,10 +166,7 @@ fn clients_connect_with_tls() {
     // was the harness's connect-and-close when it waited for keyward to listen).
     let failures = || -> u64 {
         let metrics = keyward.admin_get("/metrics").1;
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("keyward_tls_handshake_failures_total "))
-            .map_or(0, |count| count.parse().unwrap())
+        support::metric_value(&metrics, "keyward_tls_handshake_failures_total", &[]) as u64
     };
     support::wait_for(
         Duration::from_secs(5),
