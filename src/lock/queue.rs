@@ -240,8 +240,9 @@ pub async fn drive(queue: &Queue) {
         // Read the holder's token with tracking on, so that Redis tells keyward when the key
         // is deleted, overwritten or expires; and its remaining time, for the safety timer.
         // Both in one round trip; tracking covers only the GET (the first command after it).
-        let mut look = BytesMut::from(&command(&[b"GET", &queue.key])[..]);
-        look.extend_from_slice(&command(&[b"PTTL", &queue.key]));
+        let mut look = BytesMut::new();
+        crate::upstream::encode_command(&[&b"GET"[..], &queue.key], &mut look);
+        crate::upstream::encode_command(&[&b"PTTL"[..], &queue.key], &mut look);
         let answers = send(&conn, look.freeze(), 2, true).await;
         let mut frames = frame::frames(&answers);
         let holder = frames.next().map(|holder| answers.slice_ref(holder));

@@ -220,8 +220,6 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Reads the header line that starts at `start` (type byte included), returning its digits and
-/// the position after its CRLF.
 /// The number in the header line at `start` (`None` inside if it is not one) and where the
 /// line after it starts; `None` while the line is incomplete. Plain digits, nearly every
 /// header, are read in one pass; anything else is found and checked in full.
