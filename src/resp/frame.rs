@@ -73,6 +73,11 @@ impl Default for FrameScanner {
 impl FrameScanner {
     /// The frame's length once complete (the scanner is then reset for the next frame).
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if self.pos == 0 && self.owed == 1 {
+            if let Some(len) = simple_frame_len(buf) {
+                return Ok(Some(len));
+            }
+        }
         let scanned = self.walk(buf);
         if !matches!(scanned, Ok(None)) {
             *self = FrameScanner::default();
@@ -125,6 +130,22 @@ impl FrameScanner {
             self.owed = owed;
         }
         Ok(Some(self.pos))
+    }
+}
+
+/// The length of a complete bulk string, status or integer at the start of `buf`: most replies
+/// are one of these, and are delimited here without the general walk's bookkeeping. `None` for
+/// anything else, or for one not complete yet, which the walk then reads.
+#[inline]
+fn simple_frame_len(buf: &[u8]) -> Option<usize> {
+    match *buf.first()? {
+        b'$' => {
+            let (line_end, len) = plain_length(buf, 1)?;
+            let end = usize::try_from(len).ok()?.checked_add(line_end + 4)?;
+            (end <= buf.len()).then_some(end)
+        }
+        b'+' | b':' => find_crlf(buf, 1).map(|line_end| line_end + 2),
+        _ => None,
     }
 }
 

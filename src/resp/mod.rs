@@ -73,22 +73,30 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
 /// the line ends, read in one pass: nearly every header a client or Redis sends. `None` for
 /// anything else (a line not complete yet, `-1`, a malformed number), which the caller then
 /// reads, or refuses, in full with [`parse_int`]: this accepts only what `parse_int` accepts.
+#[inline]
 pub(crate) fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
+    // Nineteen digits never overflow a u64 (at most 10^19 - 1), so the loop needs no checks;
+    // `i64::try_from` refuses what is over `i64::MAX`.
     const MOST_DIGITS: usize = 19;
     let line = buf.get(from..)?;
     let mut value: u64 = 0;
-    for (offset, &byte) in line.iter().enumerate().take(MOST_DIGITS + 1) {
-        match byte {
-            // No leading zeros, as Redis writes them (and as `parse_int` requires).
-            b'0' if offset == 0 && line.get(1) != Some(&b'\r') => return None,
-            b'0'..=b'9' => value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?,
-            b'\r' if offset > 0 && line.get(offset + 1) == Some(&b'\n') => {
-                return Some((from + offset, i64::try_from(value).ok()?));
-            }
-            _ => return None,
+    let mut digits = 0;
+    for &byte in line.iter().take(MOST_DIGITS) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
         }
+        value = value * 10 + u64::from(digit);
+        digits += 1;
     }
-    None
+    // No leading zeros, as Redis writes them (and as `parse_int` requires).
+    if digits == 0 || (digits > 1 && line[0] == b'0') {
+        return None;
+    }
+    if line.get(digits..digits + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((from + digits, i64::try_from(value).ok()?))
 }
 
 #[cfg(test)]

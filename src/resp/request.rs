@@ -223,6 +223,7 @@ impl<'a> Args<'a> {
 /// The number in the header line at `start` (`None` inside if it is not one) and where the
 /// line after it starts; `None` while the line is incomplete. Plain digits, nearly every
 /// header, are read in one pass; anything else is found and checked in full.
+#[inline]
 fn header_number(
     input: &[u8],
     start: usize,
