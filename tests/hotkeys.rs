@@ -218,6 +218,26 @@ fn refuses_what_it_cannot_answer() {
 }
 
 #[test]
+fn a_request_held_by_a_rate_limit_counts_once() {
+    let redis = RedisServer::start();
+    let limit =
+        "[[rate_limit]]\nname = \"slow\"\nkeys = [\"slow:*\"]\nlimit = 5\nperiod = \"1s\"\n\
+                 action = \"delay\"\nmax_delay = \"5s\"\n";
+    let keyward = Keyward::start(redis.port, &format!("{HOTKEYS}{limit}"));
+    let mut client = keyward.client();
+    let mut pipe = redis::pipe();
+    // Five pass at once; the other five wait for the bucket, and are judged again and again.
+    for _ in 0..10 {
+        pipe.cmd("INCR").arg("slow:n").ignore();
+    }
+    let () = pipe.query(&mut client).unwrap();
+    let (_, body) = http_get(keyward.admin_port, "/hotkeys?window=10s");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["keys"][0]["key"], "slow:n");
+    assert_eq!(report["keys"][0]["count"], 10, "{body}");
+}
+
+#[test]
 fn sampling_scales_counts_back_up() {
     let redis = RedisServer::start();
     let keyward = Keyward::start(

@@ -103,10 +103,10 @@ impl Policies {
         }
     }
 
-    /// Whether commands are judged (deny rules, rate limits) or counted (hot keys) before they
-    /// are sent. Cache and lock rules act later, only on the commands they cover.
+    /// Whether commands are judged (deny rules, rate limits) before they are sent. Cache and
+    /// lock rules act later, only on the commands they cover; hot keys only count.
     pub fn judges(&self) -> bool {
-        !(self.rate_limits.is_empty() && self.denials.is_empty() && self.hotkeys.is_none())
+        !(self.rate_limits.is_empty() && self.denials.is_empty())
     }
 
     /// Whether writes are watched: cache rules drop what they change, and lock rules wake the
@@ -204,7 +204,7 @@ impl Policies {
 
 /// Where the policies stand on the request at the front of a session's input. It is kept while
 /// the request is held (delayed, or waiting for Redis's answer to a global rule) and judged
-/// again, so that judging it again neither charges a bucket twice nor counts it twice.
+/// again, so that judging it again never charges a bucket twice.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Rate limits (by index) that already let this request through, or counted it in shadow.
@@ -215,8 +215,6 @@ pub struct Progress {
     /// Redis's answers for global rules, by rule index.
     answers: Vec<(usize, global::Answer)>,
     denials_judged: bool,
-    /// Hot keys have counted this request.
-    observed: bool,
     /// The policies this progress was made under (their address): rule indices mean nothing
     /// under others, so a reload starts the judgement over.
     policies: usize,
@@ -243,13 +241,6 @@ impl Progress {
         self.charged.shrink_to(KEPT);
         self.answers.clear();
         self.denials_judged = false;
-        self.observed = false;
-    }
-
-    /// True the first time it is asked about a request: hot keys count a request once, however
-    /// many times it is judged.
-    pub fn first_look(&mut self) -> bool {
-        !std::mem::replace(&mut self.observed, true)
     }
 
     pub fn record_answer(&mut self, rule: usize, answer: global::Answer) {

@@ -149,6 +149,8 @@ pub struct Session {
     written_keys: Vec<Written>,
     /// Hot keys follow the request being judged: its keys, until its answer is known.
     observation: Option<Pending>,
+    /// Whether hot keys have decided on sampling the request at the front of the input.
+    hot_keys_looked: bool,
 }
 
 impl Session {
@@ -191,6 +193,7 @@ impl Session {
             awaiting_lock: None,
             written_keys: Vec::new(),
             observation: None,
+            hot_keys_looked: false,
         }
     }
 
@@ -519,15 +522,30 @@ impl Session {
             let blocks = is_blocking(info, &args);
             let policies = &active.policies;
             let needs_keys = match step {
-                Step::Forward | Step::Dedicate { .. } => {
-                    policies.judges() || policies.watches_writes()
+                Step::Forward => {
+                    policies.judges() || policies.watches_writes() || policies.hotkeys.is_some()
                 }
+                Step::Dedicate { .. } => policies.judges() || policies.watches_writes(),
                 Step::Local(_) => !policies.denials.is_empty(),
                 Step::Refuse(_) => false,
             };
             if needs_keys {
                 self.key_positions.clear();
                 info.key_positions(&args, &mut self.key_positions);
+            }
+            if let (Step::Forward, Some(hotkeys), false) =
+                (&step, &policies.hotkeys, self.hot_keys_looked)
+            {
+                // Once per request, however many times it is judged (a delay, a reload).
+                self.hot_keys_looked = true;
+                if hotkeys.sampled() {
+                    self.observation = self.replies.observations.start(
+                        info,
+                        &args,
+                        &self.key_positions,
+                        source.len(),
+                    );
+                }
             }
             let verdict = match step {
                 Step::Forward | Step::Dedicate { .. } if policies.judges() => {
@@ -549,20 +567,6 @@ impl Session {
                     };
                     if matches!(step, Step::Forward) {
                         self.progress.follow(&active.policies);
-                        if let Some(hotkeys) = &active.policies.hotkeys {
-                            if self.progress.first_look() && hotkeys.sampled() {
-                                if let Some(unanswered) = self.observation.take() {
-                                    // Judged anew under reloaded policies.
-                                    self.replies.observations.finish(unanswered, &[]);
-                                }
-                                self.observation = self.replies.observations.start(
-                                    info,
-                                    &args,
-                                    &self.key_positions,
-                                    source.len(),
-                                );
-                            }
-                        }
                         let delayed = self
                             .delayed_since
                             .map_or(Duration::ZERO, |since| since.elapsed());
@@ -602,11 +606,13 @@ impl Session {
                 Verdict::Allow => {
                     self.delayed_since = None;
                     if matches!(step, Step::Forward) {
+                        self.hot_keys_looked = false;
                         self.progress.start_over();
                     }
                 }
                 Verdict::Reject(refusal) => {
                     self.delayed_since = None;
+                    self.hot_keys_looked = false;
                     self.progress.start_over();
                     if let Some(pending) = self.observation.take() {
                         self.replies.observations.finish(pending, &refusal);

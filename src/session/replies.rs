@@ -55,9 +55,8 @@ pub struct ReplyQueue {
     outstanding: u64,
     /// Late replies of timed-out batches still to be thrown away.
     discard: u64,
-    /// Forwarded commands awaiting their replies, as runs of one command sent at one time,
-    /// for latency metrics and for the commands hot keys follow.
-    sent: VecDeque<SentRun>,
+    /// Forwarded commands awaiting their replies.
+    sent: Sent,
     /// Entries awaiting a cache fill, and how many of them ride on another session's read.
     fetching: u32,
     fetching_shared: u32,
@@ -68,12 +67,100 @@ pub struct ReplyQueue {
     pub observations: Recorder,
 }
 
+/// Forwarded commands awaiting their replies: runs of one command sent at one time, for
+/// latency metrics (one record per run), and beside them the commands hot keys follow, by
+/// their place in the order of sending, each finished with its own reply frame.
+#[derive(Default)]
+struct Sent {
+    runs: VecDeque<SentRun>,
+    followed: VecDeque<(u64, Pending)>,
+    /// Commands sent (less those unsent), and commands answered, since the session began.
+    sent: u64,
+    answered: u64,
+}
+
 struct SentRun {
     command_id: usize,
     at: Instant,
     count: usize,
-    /// A command hot keys follow is a run of its own, finished with its reply.
-    observed: Option<Pending>,
+}
+
+impl Sent {
+    fn push(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
+        if let Some(pending) = observed {
+            self.followed.push_back((self.sent, pending));
+        }
+        self.sent += 1;
+        match self.runs.back_mut() {
+            Some(run) if run.command_id == command_id && run.at == at => run.count += 1,
+            _ => self.runs.push_back(SentRun {
+                command_id,
+                at,
+                count: 1,
+            }),
+        }
+    }
+
+    /// Forgets the latest `count` sends; the followed ones among them are finished empty.
+    fn unsend(&mut self, mut count: usize, observations: &mut Recorder) {
+        while count > 0 {
+            let Some(run) = self.runs.back_mut() else {
+                break;
+            };
+            let taken = count.min(run.count);
+            run.count -= taken;
+            count -= taken;
+            self.sent -= taken as u64;
+            if run.count == 0 {
+                self.runs.pop_back();
+            }
+        }
+        while self.followed.back().is_some_and(|(at, _)| *at >= self.sent) {
+            if let Some((_, pending)) = self.followed.pop_back() {
+                observations.finish(pending, &[]);
+            }
+        }
+    }
+
+    /// Removes the oldest sends that `answered` covers, calling `replied` for each run (or
+    /// part of one), and finishes the followed commands among them with their own frames.
+    fn take(
+        &mut self,
+        answered: Answered<'_>,
+        observations: &mut Recorder,
+        mut replied: impl FnMut(usize, Instant, usize),
+    ) {
+        let first = self.answered;
+        let mut count = answered.count;
+        while count > 0 {
+            let Some(run) = self.runs.front_mut() else {
+                break;
+            };
+            let taken = count.min(run.count);
+            replied(run.command_id, run.at, taken);
+            run.count -= taken;
+            count -= taken;
+            self.answered += taken as u64;
+            if run.count == 0 {
+                self.runs.pop_front();
+            }
+        }
+        // Frames are walked only as far as the last followed command among them.
+        let mut frames = frame::frames(answered.replies);
+        let mut next_frame = first;
+        while self
+            .followed
+            .front()
+            .is_some_and(|(at, _)| *at < self.answered)
+        {
+            let Some((at, pending)) = self.followed.pop_front() else {
+                break;
+            };
+            let frame = frames.nth((at - next_frame) as usize);
+            next_frame = at + 1;
+            observations.finish(pending, frame.unwrap_or_default());
+        }
+    }
 }
 
 impl ReplyQueue {
@@ -130,39 +217,12 @@ impl ReplyQueue {
     }
 
     pub fn command_sent(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
-        match self.sent.back_mut() {
-            Some(run)
-                if run.command_id == command_id
-                    && run.at == at
-                    && run.observed.is_none()
-                    && observed.is_none() =>
-            {
-                run.count += 1
-            }
-            _ => self.sent.push_back(SentRun {
-                command_id,
-                at,
-                count: 1,
-                observed,
-            }),
-        }
+        self.sent.push(command_id, at, observed);
     }
 
     /// Forgets the latest `count` sends, which never reached a connection.
-    pub fn unsend(&mut self, mut count: usize) {
-        while count > 0 {
-            let Some(run) = self.sent.back_mut() else {
-                return;
-            };
-            let taken = count.min(run.count);
-            run.count -= taken;
-            count -= taken;
-            if run.count == 0 {
-                if let Some(pending) = self.sent.pop_back().and_then(|run| run.observed) {
-                    self.observations.finish(pending, &[]);
-                }
-            }
-        }
+    pub fn unsend(&mut self, count: usize) {
+        self.sent.unsend(count, &mut self.observations);
     }
 
     /// One upstream reply to be replaced by `reply` (see `Expected::Substitute`).
@@ -281,12 +341,8 @@ impl ReplyQueue {
                     self.discard += u64::from(count);
                     self.outstanding -= u64::from(count);
                     let answered = Answered::none(count as usize);
-                    take_sent(
-                        &mut self.sent,
-                        &mut self.observations,
-                        answered,
-                        |_, _, _| {},
-                    );
+                    self.sent
+                        .take(answered, &mut self.observations, |_, _, _| {});
                     expired += u64::from(count);
                 }
                 Expected::Upstream { .. } | Expected::Substitute(_) => break,
@@ -313,12 +369,8 @@ impl ReplyQueue {
             }
         }
         let answered = Answered::none(usize::MAX);
-        take_sent(
-            &mut self.sent,
-            &mut self.observations,
-            answered,
-            |_, _, _| {},
-        );
+        self.sent
+            .take(answered, &mut self.observations, |_, _, _| {});
         self.outstanding = 0;
         self.write_ready(output);
     }
@@ -370,10 +422,9 @@ impl ReplyQueue {
             count: count as usize,
             replies: &bytes,
         };
-        take_sent(
-            &mut self.sent,
-            &mut self.observations,
+        self.sent.take(
             answered,
+            &mut self.observations,
             |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
         );
         if index == 0 {
@@ -421,40 +472,6 @@ impl Answered<'_> {
         Answered {
             count,
             replies: &[],
-        }
-    }
-}
-
-/// Removes the oldest sends that `answered` covers, calling `replied` for each run (or part of
-/// one), and finishes the commands hot keys follow with their own frames.
-fn take_sent(
-    sent: &mut VecDeque<SentRun>,
-    observations: &mut Recorder,
-    answered: Answered<'_>,
-    mut replied: impl FnMut(usize, Instant, usize),
-) {
-    let mut count = answered.count;
-    let mut frames = frame::frames(answered.replies);
-    // Frames passed over since the last followed command, walked only when one comes.
-    let mut passed = 0;
-    while count > 0 {
-        let Some(run) = sent.front_mut() else {
-            return;
-        };
-        let taken = count.min(run.count);
-        replied(run.command_id, run.at, taken);
-        match run.observed.take() {
-            Some(pending) => {
-                let frame = frames.nth(passed).unwrap_or_default();
-                observations.finish(pending, frame);
-                passed = 0;
-            }
-            None => passed += taken,
-        }
-        run.count -= taken;
-        count -= taken;
-        if run.count == 0 {
-            sent.pop_front();
         }
     }
 }
