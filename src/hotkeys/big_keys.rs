@@ -64,7 +64,7 @@ impl BigKeys {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = super::lock(&self.kept);
         if let Some(seen) = kept
             .iter_mut()
             .find(|seen| seen.side == side && seen.command == command && seen.key == key)
@@ -93,7 +93,7 @@ impl BigKeys {
 
     /// The largest `limit`, largest first.
     pub fn largest(&self, limit: usize) -> Vec<BigKey> {
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut kept = super::lock(&self.kept).clone();
         kept.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.key.cmp(&b.key)));
         kept.truncate(limit);
         kept

@@ -3,21 +3,24 @@
 //! `big_key_bytes`.
 //!
 //! Counts come from weighted, filtered Space-Saving summaries of `capacity` counters (see
-//! [`space_saving`]), built as [`windows`] describes. Every count reported is an upper bound,
-//! overstating by at most the report's `error_bound`, and `count - error` is a lower bound; a
-//! key not listed had at most `error_bound`. `error_bound` never exceeds the window's total
-//! divided by `capacity` for the shortest window, and three times that for longer ones. With
-//! `sample_rate` below 1, counts are scaled up from the sampled commands.
+//! [`space_saving`]), built as [`windows`] describes and fed through an exact [`staging`]
+//! table, so that each key reaches them once per flush rather than once per command. Every
+//! count reported is an upper bound, overstating by at most the report's `error_bound`, and
+//! `count - error` is a lower bound; a key not listed had at most `error_bound`. `error_bound`
+//! never exceeds the window's total divided by `capacity` for the shortest window, and three
+//! times that for longer ones. With `sample_rate` below 1, counts are scaled up from the
+//! sampled commands.
 
 pub mod big_keys;
 pub mod fold;
 pub mod record;
 pub mod space_saving;
+pub mod staging;
 pub mod windows;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -27,8 +30,9 @@ use crate::command::CommandTable;
 use crate::config::HotKeysConfig;
 use big_keys::{BigKeys, BigKeysReport, Side};
 use record::Recorder;
-use space_saving::{key_hash, SpaceSaving, Tally};
-use windows::{Of, Period, Windows};
+use space_saving::{SpaceSaving, Tally};
+use staging::Staging;
+use windows::{Of, Period, PeriodClock, Windows};
 
 /// What a report ranks keys by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -56,7 +60,13 @@ impl By {
 
 pub struct HotKeys {
     pub config: HotKeysConfig,
+    /// Where sessions add what they count: a lock taken once per batch of answers, and held
+    /// only for a few additions per command unless a flush has to wait for another one.
+    stage: Mutex<Staging>,
+    /// The summaries, under a lock of their own, so that sessions keep staging while a flushed
+    /// stage is folded into them.
     windows: Mutex<Windows>,
+    clock: PeriodClock,
     big_keys: BigKeys,
     /// Commands offered, for sampling.
     offered: AtomicU64,
@@ -95,9 +105,12 @@ pub struct Report {
 impl HotKeys {
     pub fn new(config: HotKeysConfig) -> HotKeys {
         let lengths: Vec<Duration> = config.windows.iter().map(|w| w.get()).collect();
-        let windows = Windows::new(&lengths, config.capacity.get(), Instant::now());
+        let capacity = config.capacity.get();
+        let windows = Windows::new(&lengths, capacity, Instant::now());
         HotKeys {
             config,
+            stage: Mutex::new(Staging::new(capacity)),
+            clock: windows.clock(),
             windows: Mutex::new(windows),
             big_keys: BigKeys::default(),
             offered: AtomicU64::new(0),
@@ -122,37 +135,18 @@ impl HotKeys {
         ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
     }
 
-    /// Counts the commands `recorder` has finished: their keys and patterns, by requests and
-    /// by bytes, under one lock; then notes the big ones.
+    /// Stages the counts of the commands `recorder` has finished, flushing the stage first if
+    /// it holds an earlier period's counts or no room; then notes the big ones.
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
-        {
-            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-            let period = windows.counting(now);
-            let (finished, pattern) = recorder.finished_to_fold();
-            for (key, seen) in finished {
-                let bytes = seen.inbound + seen.outbound;
-                let writes = |amount: u64| if seen.write { amount } else { 0 };
-                let requests = Tally {
-                    count: 1,
-                    writes: writes(1),
-                    ..Tally::default()
-                };
-                let bytes = Tally {
-                    count: bytes,
-                    error: 0,
-                    writes: writes(bytes),
-                    outbound: seen.outbound,
-                };
-                let hash = key_hash(key);
-                fold::fold(key, pattern);
-                let pattern_hash = key_hash(pattern);
-                for (by, tally) in [(By::Requests, requests), (By::Bytes, bytes)] {
-                    period.summary_mut(Of::Keys, by).observe(key, hash, tally);
-                    let patterns = period.summary_mut(Of::Patterns, by);
-                    patterns.observe(pattern, pattern_hash, tally);
-                }
+        let period = self.clock.number(now);
+        let mut stage = lock(&self.stage);
+        for (key, seen) in recorder.finished() {
+            while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
+                stage = self.flush(stage, now);
             }
+            stage.add(key, seen.counts(), period);
         }
+        drop(stage);
         let threshold = self.config.big_key_bytes.get();
         let times = self.scaled(1);
         for (key, seen) in recorder.finished() {
@@ -178,8 +172,10 @@ impl HotKeys {
 
     /// The top `limit` keys and patterns of a configured window, ranked `by`.
     pub fn report(&self, window: Duration, by: By, limit: usize) -> Option<Report> {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let periods = windows.periods(window, Instant::now())?;
+        let now = Instant::now();
+        drop(self.flush(lock(&self.stage), now));
+        let mut windows = lock(&self.windows);
+        let periods = windows.periods(window, now)?;
         let summaries = |of: Of| -> Vec<&SpaceSaving> {
             periods
                 .iter()
@@ -253,6 +249,28 @@ impl HotKeys {
         }
     }
 
+    /// Hands the staged counts to the summaries, leaving a new stage in place, and returns the
+    /// stage locked again (other sessions may have added to it meanwhile). The summaries' lock
+    /// is taken before the stage's is let go, so stages reach them in the order they were
+    /// taken; the fold itself runs with the stage free for other sessions, unless one of them
+    /// has to flush too and waits for this fold with the stage locked.
+    fn flush<'a>(
+        &'a self,
+        mut stage: MutexGuard<'a, Staging>,
+        now: Instant,
+    ) -> MutexGuard<'a, Staging> {
+        let Some(period) = stage.period() else {
+            return stage;
+        };
+        let fresh = Staging::new(self.config.capacity.get());
+        let staged = std::mem::replace(&mut *stage, fresh);
+        let mut windows = lock(&self.windows);
+        drop(stage);
+        staged.flush_into(windows.counting(self.clock.moment(period, now)));
+        drop(windows);
+        lock(&self.stage)
+    }
+
     fn scaled(&self, value: u64) -> u64 {
         (value as f64 / self.config.sample_rate).round() as u64
     }
@@ -266,10 +284,7 @@ fn merge(summaries: &[&SpaceSaving], by: By, limit: usize) -> Vec<Entry> {
     for (bit, summary) in summaries.iter().enumerate() {
         for counted in summary.counters() {
             let (tally, held) = merged.entry(counted.key).or_default();
-            tally.count += counted.tally.count;
-            tally.error += counted.tally.error;
-            tally.writes += counted.tally.writes;
-            tally.outbound += counted.tally.outbound;
+            *tally += counted.tally;
             *held |= 1 << bit;
         }
     }
@@ -300,9 +315,67 @@ fn merge(summaries: &[&SpaceSaving], by: By, limit: usize) -> Vec<Entry> {
     entries
 }
 
+/// Takes a lock even if a holder panicked: these are statistics, and a count left half done
+/// is better than every later session failing on a poisoned lock.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Escapes a Prometheus label value.
 fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigDuration;
+    use record::follow_command;
+    use space_saving::zipf_stream;
+
+    #[test]
+    fn staged_counts_keep_the_true_top_20_within_the_bound() {
+        // A stream over a million keys fills the stage (16,384 keys) many times over.
+        let config = HotKeysConfig {
+            enabled: true,
+            windows: vec![ConfigDuration::from_millis(3_600_000)],
+            ..HotKeysConfig::default()
+        };
+        let hotkeys = HotKeys::new(config);
+        let mut recorder = Recorder::default();
+        let mut exact: FxHashMap<String, u64> = FxHashMap::default();
+        for pipeline in zipf_stream(1_000_000, 1_000_000, 0x5eed_0f57_a6e0).chunks(16) {
+            for key in pipeline {
+                let key = format!("key:{key}");
+                follow_command(&mut recorder, &["GET", &key], b"$-1\r\n");
+                *exact.entry(key).or_default() += 1;
+            }
+            hotkeys.record(&mut recorder, Instant::now());
+        }
+        let report = hotkeys
+            .report(Duration::from_secs(3600), By::Requests, 20)
+            .expect("the configured window");
+        assert_eq!(report.total, 1_000_000);
+        assert!(report.error_bound <= report.total / 1024);
+        let mut truth: Vec<(&String, &u64)> = exact.iter().collect();
+        truth.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reported: Vec<&str> = report.keys.iter().map(|e| e.key.as_str()).collect();
+        let found = truth[..20]
+            .iter()
+            .filter(|(key, _)| reported.contains(&key.as_str()))
+            .count();
+        assert!(found >= 19, "only {found} of the true top 20 reported");
+        for entry in &report.keys {
+            let true_count = exact[&entry.key];
+            assert!(entry.count >= true_count && entry.count - entry.error <= true_count);
+            assert!(entry.error <= report.error_bound);
+        }
+        let patterns = &report.patterns;
+        assert_eq!(
+            (patterns[0].key.as_str(), patterns[0].count),
+            ("key:*", 1_000_000)
+        );
+    }
 }

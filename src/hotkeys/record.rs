@@ -3,8 +3,8 @@
 //!
 //! A session starts a [`Pending`] when a command is judged and finishes it when the answer is
 //! known (from Redis, the cache, a refusal or a timeout). Finished commands wait in the
-//! session's [`Recorder`] until it hands them to the summaries in one go, so a pipeline of
-//! commands takes the summaries' lock once.
+//! session's [`Recorder`] until it hands them to the stage in one go, so a pipeline of
+//! commands takes the stage's lock once.
 //!
 //! Bytes are attributed per key: a command with one key gets the whole request and reply. With
 //! several, each key gets its own arguments (itself and the values up to the next key) plus an
@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use bytes::{Buf, BufMut};
 
+use super::staging::Counts;
 use crate::command::CommandInfo;
 use crate::resp::frame;
 use crate::resp::request::Args;
@@ -59,6 +60,13 @@ pub struct Observation {
     pub command: u32,
 }
 
+impl Observation {
+    /// What the key counts for, by requests and by bytes.
+    pub fn counts(&self) -> Counts {
+        Counts::of_command(self.inbound, self.outbound, self.write)
+    }
+}
+
 /// A session's commands on their way through hot keys. Pending commands live in slots that
 /// are reused, and finished keys are copied into one buffer, so following a command costs no
 /// allocation once the session has warmed up.
@@ -68,9 +76,6 @@ pub struct Recorder {
     free: Vec<u32>,
     finished_keys: Vec<u8>,
     finished: Vec<Observation>,
-    /// Where the summaries fold each finished key into its pattern, kept so that folding
-    /// allocates nothing once warm.
-    pattern: Vec<u8>,
 }
 
 impl Recorder {
@@ -176,17 +181,10 @@ impl Recorder {
 
     /// The finished keys, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        with_keys(&self.finished, &self.finished_keys)
-    }
-
-    /// The finished keys, and a buffer to fold them into patterns.
-    pub fn finished_to_fold(
-        &mut self,
-    ) -> (impl Iterator<Item = (&[u8], &Observation)>, &mut Vec<u8>) {
-        (
-            with_keys(&self.finished, &self.finished_keys),
-            &mut self.pattern,
-        )
+        let keys = &self.finished_keys;
+        self.finished
+            .iter()
+            .map(|seen| (&keys[seen.key.clone()], seen))
     }
 
     /// Forgets the finished keys (they are counted, or hot keys were turned off).
@@ -194,13 +192,6 @@ impl Recorder {
         self.finished.clear();
         self.finished_keys.clear();
     }
-}
-
-fn with_keys<'a>(
-    finished: &'a [Observation],
-    keys: &'a [u8],
-) -> impl Iterator<Item = (&'a [u8], &'a Observation)> {
-    finished.iter().map(|seen| (&keys[seen.key.clone()], seen))
 }
 
 fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
@@ -214,27 +205,33 @@ fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
     buffer
 }
 
+/// Starts following the command `words` and finishes it with `answer`, as a session would.
+#[cfg(test)]
+pub(crate) fn follow_command(recorder: &mut Recorder, words: &[&str], answer: &[u8]) {
+    use crate::command::CommandTable;
+    use crate::resp::request::{Decoded, RequestDecoder};
+    let mut request = bytes::BytesMut::new();
+    crate::upstream::encode_command(words, &mut request);
+    let mut decoder = RequestDecoder::default();
+    let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&request) else {
+        panic!("not a request");
+    };
+    let args = decoder.args(&request);
+    let info = CommandTable::global().lookup(&args);
+    let mut positions = Vec::new();
+    info.key_positions(&args, &mut positions);
+    let pending = recorder.start(info, &args, &positions, consumed).unwrap();
+    recorder.finish(pending, answer);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::CommandTable;
-    use crate::resp::request::{Decoded, RequestDecoder};
 
     /// Starts and finishes one command, returning what is counted.
     fn follow(words: &[&str], answer: &[u8]) -> Vec<(Vec<u8>, Observation)> {
-        let mut request = bytes::BytesMut::new();
-        crate::upstream::encode_command(words, &mut request);
-        let mut decoder = RequestDecoder::default();
-        let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&request) else {
-            panic!("not a request");
-        };
-        let args = decoder.args(&request);
-        let info = CommandTable::global().lookup(&args);
-        let mut positions = Vec::new();
-        info.key_positions(&args, &mut positions);
         let mut recorder = Recorder::default();
-        let pending = recorder.start(info, &args, &positions, consumed).unwrap();
-        recorder.finish(pending, answer);
+        follow_command(&mut recorder, words, answer);
         let keys: Vec<Vec<u8>> = recorder.finished().map(|(key, _)| key.to_vec()).collect();
         keys.into_iter().zip(recorder.finished).collect()
     }

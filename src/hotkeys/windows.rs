@@ -26,7 +26,7 @@ pub struct Period {
 }
 
 impl Period {
-    fn new(capacity: usize) -> Period {
+    pub(super) fn new(capacity: usize) -> Period {
         let summary = SpaceSaving::new(capacity);
         let ranked = [summary.clone(), summary];
         Period {
@@ -83,6 +83,36 @@ impl Window {
     }
 }
 
+/// Numbers the periods of the shortest window, so that a session can tell, without the
+/// summaries' lock, whether staged counts belong to a period that has ended.
+#[derive(Debug, Clone, Copy)]
+pub struct PeriodClock {
+    origin: Instant,
+    length_nanos: u128,
+}
+
+impl PeriodClock {
+    pub fn number(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(elapsed / self.length_nanos).unwrap_or(u64::MAX)
+    }
+
+    /// The moment counts staged in `period` are counted at: `now` if it falls in that period,
+    /// else the period's nearest instant.
+    pub fn moment(&self, period: u64, now: Instant) -> Instant {
+        let instant = |nanos: u128| {
+            u64::try_from(nanos)
+                .ok()
+                .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
+        };
+        let start = u128::from(period) * self.length_nanos;
+        match (instant(start), instant(start + self.length_nanos - 1)) {
+            (Some(first), Some(last)) => now.clamp(first, last),
+            _ => now,
+        }
+    }
+}
+
 pub struct Windows {
     /// In configured order.
     windows: Vec<Window>,
@@ -105,6 +135,18 @@ impl Windows {
             .min_by_key(|&index| windows[index].length)
             .unwrap_or(0);
         Windows { windows, shortest }
+    }
+
+    /// The clock of the periods [`counting`](Self::counting) moves through.
+    pub fn clock(&self) -> PeriodClock {
+        let (origin, length) = self
+            .windows
+            .get(self.shortest)
+            .map_or((Instant::now(), Duration::MAX), |w| (w.started, w.length));
+        PeriodClock {
+            origin,
+            length_nanos: length.as_nanos().max(1),
+        }
     }
 
     /// The period commands seen now are counted in.
@@ -196,6 +238,23 @@ mod tests {
         // Two minutes later everything has aged out.
         let minute = windows.periods(second * 60, start + second * 150).unwrap();
         assert_eq!(total(&minute), 0);
+    }
+
+    #[test]
+    fn the_clock_numbers_the_shortest_windows_periods() {
+        let second = Duration::from_secs(1);
+        let origin = Instant::now();
+        let clock = Windows::new(&[second * 60, second * 10], 16, origin).clock();
+        let now = origin + second * 25;
+        assert_eq!(clock.number(now), 2);
+        assert_eq!(clock.moment(2, now), now);
+        let last_of_1 = origin + second * 20 - Duration::from_nanos(1);
+        assert_eq!(clock.moment(1, now), last_of_1);
+        assert_eq!(
+            clock.moment(3, now),
+            origin + second * 30,
+            "a clock read late"
+        );
     }
 
     #[test]

@@ -1,0 +1,208 @@
+//! Exact counts of the keys seen since the summaries were last brought up to date.
+//!
+//! Updating the summaries is the dear part of hot keys: a key is folded into its pattern, and
+//! four summaries (keys and patterns, by requests and by bytes) each find it, move it in their
+//! heap, or weigh it against their filter. Done per command, that cost more than forwarding the
+//! command. Staging adds a command's counts to its key's entry in one hash table instead, and
+//! hands the summaries each key once, with everything its commands added: at the first count
+//! or report after the shortest window's period ends, at every report, and when the table is
+//! full. A key asked for a hundred times between flushes is folded and ranked once.
+//!
+//! The summaries take weighted observations, and staged counts are exact, so their guarantees
+//! hold unchanged; only the order in which keys arrive differs, which Space-Saving's bounds do
+//! not depend on.
+
+use std::ops::{AddAssign, Range};
+
+use hashbrown::HashTable;
+
+use super::fold;
+use super::space_saving::{key_hash, Tally};
+use super::windows::{Of, Period};
+use super::By;
+
+/// Keys staged per counter of a summary before the stage is flushed. A staged key costs about
+/// 90 bytes plus the key itself (1.5 MB for the default 1,024 counters and 16-byte keys, at
+/// most 5 MB with the longest keys kept), and a flush holds the summaries for as long as its
+/// keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
+/// to this many keys per counter reaches the summaries once per period.
+pub const STAGED_PER_COUNTER: usize = 16;
+
+/// A staged key: where its bytes are, and what its commands added, by requests and by bytes.
+struct Staged {
+    key: Range<usize>,
+    hash: u64,
+    requests: Tally,
+    bytes: Tally,
+}
+
+/// One command's counts for one of its keys.
+pub struct Counts {
+    pub requests: Tally,
+    pub bytes: Tally,
+}
+
+impl Counts {
+    /// A command that brought `inbound` bytes for the key and took `outbound` back.
+    pub fn of_command(inbound: u64, outbound: u64, write: bool) -> Counts {
+        let bytes = inbound + outbound;
+        let writes = |amount: u64| if write { amount } else { 0 };
+        Counts {
+            requests: Tally {
+                count: 1,
+                writes: writes(1),
+                ..Tally::default()
+            },
+            bytes: Tally {
+                count: bytes,
+                error: 0,
+                writes: writes(bytes),
+                outbound,
+            },
+        }
+    }
+}
+
+pub struct Staging {
+    keys: Vec<u8>,
+    staged: Vec<Staged>,
+    /// Entries of `staged`, by key hash.
+    index: HashTable<u32>,
+    limit: usize,
+    /// The period of the shortest window the staged counts fall in (none while empty).
+    period: Option<u64>,
+    /// Where a key is folded into its pattern while flushing, kept so that folding allocates
+    /// nothing once warm.
+    pattern: Vec<u8>,
+}
+
+impl AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.count += other.count;
+        self.error += other.error;
+        self.writes += other.writes;
+        self.outbound += other.outbound;
+    }
+}
+
+impl Staging {
+    /// A stage for summaries of `capacity` counters.
+    pub fn new(capacity: usize) -> Staging {
+        Staging {
+            keys: Vec::new(),
+            staged: Vec::new(),
+            index: HashTable::new(),
+            limit: capacity.saturating_mul(STAGED_PER_COUNTER),
+            period: None,
+            pattern: Vec::new(),
+        }
+    }
+
+    /// The period the staged counts fall in, if any are staged.
+    pub fn period(&self) -> Option<u64> {
+        self.period
+    }
+
+    /// Whether the stage holds as many keys as it may: it must be flushed before more come.
+    pub fn is_full(&self) -> bool {
+        self.staged.len() >= self.limit
+    }
+
+    /// Adds a command's counts for `key`, seen in `period`. Counts of a session that read the
+    /// clock just before a period ended may join the next period's: the stage keeps the later.
+    pub fn add(&mut self, key: &[u8], counts: Counts, period: u64) {
+        self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
+        let hash = key_hash(key);
+        let (keys, staged) = (&self.keys, &mut self.staged);
+        let found = self.index.find(hash, |&entry| {
+            keys[staged[entry as usize].key.clone()] == *key
+        });
+        if let Some(&entry) = found {
+            let entry = &mut staged[entry as usize];
+            entry.requests += counts.requests;
+            entry.bytes += counts.bytes;
+            return;
+        }
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        let entry = staged.len() as u32;
+        staged.push(Staged {
+            key: start..self.keys.len(),
+            hash,
+            requests: counts.requests,
+            bytes: counts.bytes,
+        });
+        self.index
+            .insert_unique(hash, entry, |&held| staged[held as usize].hash);
+    }
+
+    /// Hands every staged key to `period`'s summaries, with its pattern.
+    pub fn flush_into(mut self, period: &mut Period) {
+        for staged in &self.staged {
+            let key = &self.keys[staged.key.clone()];
+            fold::fold(key, &mut self.pattern);
+            let pattern_hash = key_hash(&self.pattern);
+            for (by, tally) in [(By::Requests, staged.requests), (By::Bytes, staged.bytes)] {
+                period
+                    .summary_mut(Of::Keys, by)
+                    .observe(key, staged.hash, tally);
+                period
+                    .summary_mut(Of::Patterns, by)
+                    .observe(&self.pattern, pattern_hash, tally);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(write: bool, inbound: u64, outbound: u64) -> Counts {
+        Counts::of_command(inbound, outbound, write)
+    }
+
+    #[test]
+    fn a_flush_hands_each_key_once_with_its_sums() {
+        let mut staging = Staging::new(4);
+        staging.add(b"user:1", counts(false, 20, 10), 0);
+        staging.add(b"user:2", counts(true, 30, 5), 0);
+        staging.add(b"user:1", counts(true, 20, 5), 0);
+        let mut period = Period::new(4);
+        staging.flush_into(&mut period);
+        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
+        let user_1 = requests.iter().find(|c| c.key == b"user:1").unwrap();
+        assert_eq!((user_1.tally.count, user_1.tally.writes), (2, 1));
+        let bytes: Vec<_> = period.summary(Of::Keys, By::Bytes).counters().collect();
+        let user_1 = bytes.iter().find(|c| c.key == b"user:1").unwrap();
+        assert_eq!(
+            (
+                user_1.tally.count,
+                user_1.tally.writes,
+                user_1.tally.outbound
+            ),
+            (55, 25, 15)
+        );
+        let patterns: Vec<_> = period
+            .summary(Of::Patterns, By::Requests)
+            .counters()
+            .collect();
+        assert_eq!(patterns.len(), 1);
+        assert_eq!(
+            (patterns[0].key, patterns[0].tally.count),
+            (&b"user:*"[..], 3)
+        );
+    }
+
+    #[test]
+    fn the_stage_is_full_at_its_limit() {
+        let mut staging = Staging::new(1);
+        for n in 0..STAGED_PER_COUNTER {
+            assert!(!staging.is_full());
+            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1), 3);
+            staging.add(b"k0", counts(false, 1, 1), 3);
+        }
+        assert!(staging.is_full());
+        assert_eq!(staging.period(), Some(3));
+    }
+}
