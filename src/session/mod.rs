@@ -521,10 +521,16 @@ impl Session {
             }
             let blocks = is_blocking(info, &args);
             let policies = &active.policies;
+            let mut follows_hot_keys = false;
+            if let (Step::Forward, Some(hotkeys), false) =
+                (&step, &policies.hotkeys, self.hot_keys_looked)
+            {
+                // Once per request, however many times it is judged (a delay, a reload).
+                self.hot_keys_looked = true;
+                follows_hot_keys = hotkeys.sampled();
+            }
             let needs_keys = match step {
-                Step::Forward => {
-                    policies.judges() || policies.watches_writes() || policies.hotkeys.is_some()
-                }
+                Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
                 Step::Dedicate { .. } => policies.judges() || policies.watches_writes(),
                 Step::Local(_) => !policies.denials.is_empty(),
                 Step::Refuse(_) => false,
@@ -533,19 +539,11 @@ impl Session {
                 self.key_positions.clear();
                 info.key_positions(&args, &mut self.key_positions);
             }
-            if let (Step::Forward, Some(hotkeys), false) =
-                (&step, &policies.hotkeys, self.hot_keys_looked)
-            {
-                // Once per request, however many times it is judged (a delay, a reload).
-                self.hot_keys_looked = true;
-                if hotkeys.sampled() {
-                    self.observation = self.replies.observations.start(
-                        info,
-                        &args,
-                        &self.key_positions,
-                        source.len(),
-                    );
-                }
+            if follows_hot_keys {
+                self.observation =
+                    self.replies
+                        .observations
+                        .start(info, &args, &self.key_positions, source.len());
             }
             let verdict = match step {
                 Step::Forward | Step::Dedicate { .. } if policies.judges() => {
