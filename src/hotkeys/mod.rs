@@ -262,7 +262,7 @@ impl HotKeys {
         let Some(period) = stage.period() else {
             return stage;
         };
-        let fresh = Staging::new(self.config.capacity.get());
+        let fresh = Staging::succeeding(&stage);
         let staged = std::mem::replace(&mut *stage, fresh);
         let mut windows = lock(&self.windows);
         drop(stage);

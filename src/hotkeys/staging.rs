@@ -98,6 +98,20 @@ impl Staging {
         }
     }
 
+    /// An empty stage with room for as many keys as `flushed` held: a busy stage is refilled
+    /// by about as many, and growing to that size again would rehash every key several times.
+    pub fn succeeding(flushed: &Staging) -> Staging {
+        let keys = flushed.staged.len();
+        Staging {
+            keys: Vec::with_capacity(flushed.keys.len()),
+            staged: Vec::with_capacity(keys),
+            index: HashTable::with_capacity(keys),
+            limit: flushed.limit,
+            period: None,
+            pattern: Vec::new(),
+        }
+    }
+
     /// The period the staged counts fall in, if any are staged.
     pub fn period(&self) -> Option<u64> {
         self.period
