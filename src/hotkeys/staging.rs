@@ -22,8 +22,9 @@ use super::windows::{Of, Period};
 use super::By;
 
 /// Keys staged per counter of a summary before the stage is flushed. A staged key costs about
-/// 90 bytes plus the key itself (1.5 MB for the default 1,024 counters and 16-byte keys, at
-/// most 5 MB with the longest keys kept), and a flush holds the summaries for as long as its
+/// 95 bytes (entry and index) plus the key itself: 1.8 MB for a full stage of the default 1,024
+/// counters and 16-byte keys, 5.2 MB with the longest keys kept. Two full stages can exist at
+/// once, when a flush waits for another's fold. A flush holds the summaries for as long as its
 /// keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
 /// to this many keys per counter reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
@@ -71,8 +72,7 @@ pub struct Staging {
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
-    /// Where a key is folded into its pattern while flushing, kept so that folding allocates
-    /// nothing once warm.
+    /// Where each key is folded into its pattern while flushing, one buffer for all of them.
     pattern: Vec<u8>,
 }
 
