@@ -45,13 +45,27 @@ pub enum FindKeys {
     Unknown,
 }
 
-pub(super) fn key_positions(specs: &[KeySpec], args: &Args<'_>, out: &mut Vec<usize>) {
+pub(super) fn key_positions(
+    command: &str,
+    specs: &[KeySpec],
+    args: &Args<'_>,
+    out: &mut Vec<usize>,
+) {
     let start = out.len();
-    if args
-        .get(0)
-        .is_some_and(|name| name.eq_ignore_ascii_case(b"sort"))
-    {
+    if command == "sort" {
         sort_keys(args, out);
+        return;
+    }
+    if let [KeySpec {
+        begin: BeginSearch::Index(1),
+        find: FindKeys::Range { last_key: 0, .. },
+        ..
+    }] = specs
+    {
+        // One key, right after the name (`GET`, `SET`, `INCR`, …): most commands sent.
+        if args.len() > 1 {
+            out.push(1);
+        }
         return;
     }
     for spec in specs {

@@ -81,7 +81,7 @@ impl CommandInfo {
 
     /// Pushes the argument positions of this command's keys to `out`.
     pub fn key_positions(&self, args: &Args<'_>, out: &mut Vec<usize>) {
-        keys::key_positions(&self.key_specs, args, out);
+        keys::key_positions(&self.name, &self.key_specs, args, out);
     }
 }
 
@@ -296,6 +296,11 @@ mod tests {
     #[test]
     fn finds_keys_for_the_special_cases() {
         assert_eq!(keys(&["GET", "a"]), ["a"]);
+        assert!(
+            keys(&["GET"]).is_empty(),
+            "a key the command lacks is not invented"
+        );
+        assert_eq!(keys(&["sort", "l", "store", "d"]), ["l", "d"]);
         assert_eq!(keys(&["MSET", "a", "1", "b", "2"]), ["a", "b"]);
         assert_eq!(keys(&["MGET", "a", "b", "c"]), ["a", "b", "c"]);
         assert_eq!(keys(&["EVAL", "return 1", "2", "a", "b", "x"]), ["a", "b"]);
