@@ -2,8 +2,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use redis::Commands;
-use support::{redis_and_keyward, redis_calls};
+use support::{redis_and_keyward, redis_calls, wait_for};
 
 #[test]
 fn forwards_reads_and_writes() {
@@ -59,13 +61,18 @@ fn large_values_pass_through_whole() {
 #[test]
 fn keyward_info_is_answered_by_the_proxy() {
     let (redis, keyward) = redis_and_keyward();
-    let info: String = redis::cmd("KEYWARD")
-        .arg("INFO")
-        .query(&mut keyward.client())
-        .unwrap();
-    assert!(info.contains("keyward_version:"), "{info}");
-    assert!(info.contains("upstream_status:up"), "{info}");
-    assert!(info.contains("upstream_redis_version:"), "{info}");
+    let info = || -> String {
+        redis::cmd("KEYWARD")
+            .arg("INFO")
+            .query(&mut keyward.client())
+            .unwrap()
+    };
+    assert!(info().contains("keyward_version:"), "{}", info());
+    // The pool connects in the background: right after start, Redis may still show as down.
+    wait_for(Duration::from_secs(10), "the upstream shows as up", || {
+        info().contains("upstream_status:up")
+    });
+    assert!(info().contains("upstream_redis_version:"), "{}", info());
     let help: Vec<String> = redis::cmd("KEYWARD")
         .arg("HELP")
         .query(&mut keyward.client())
