@@ -24,15 +24,29 @@ fn drive(keyward: &Keyward) {
     let () = pipe.query(&mut client).unwrap();
 }
 
+/// Sends `times` copies of one command in a single pipeline.
+fn pipeline_of(keyward: &Keyward, times: usize, command: &[&str]) {
+    let mut pipe = redis::pipe();
+    for _ in 0..times {
+        pipe.cmd(command[0]).arg(&command[1..]).ignore();
+    }
+    let () = pipe.query(&mut keyward.client()).unwrap();
+}
+
+/// A JSON page of the admin endpoint, which must answer 200.
+fn admin_json(keyward: &Keyward, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(keyward.admin_port, path);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 #[test]
 fn reports_known_frequencies_everywhere() {
     let redis = RedisServer::start();
     let keyward = Keyward::start(redis.port, HOTKEYS);
     drive(&keyward);
 
-    let (status, body) = http_get(keyward.admin_port, "/hotkeys?window=10s&limit=3");
-    assert_eq!(status, 200, "{body}");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let report = admin_json(&keyward, "/hotkeys?window=10s&limit=3");
     assert_eq!(report["window"], "10s");
     assert_eq!(
         (&report["by"], &report["total"]),
@@ -122,9 +136,7 @@ fn counts_bytes_each_way_and_lists_big_keys() {
         (true, Some(wire::VALUE))
     );
 
-    let (status, body) = http_get(keyward.admin_port, "/hotkeys?window=1m&by=bytes&limit=2");
-    assert_eq!(status, 200, "{body}");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let report = admin_json(&keyward, "/hotkeys?window=1m&by=bytes&limit=2");
     assert_eq!(report["by"], "bytes");
     let top = &report["keys"][0];
     assert_eq!(top["key"], "big:1");
@@ -153,16 +165,14 @@ fn counts_bytes_each_way_and_lists_big_keys() {
     );
     assert!(text.contains(&line), "{line} in {text}");
 
-    let (status, body) = http_get(keyward.admin_port, "/bigkeys");
-    assert_eq!(status, 200, "{body}");
-    let big: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let big = admin_json(&keyward, "/bigkeys");
     assert_eq!(big["threshold_bytes"], 1000);
     let seen: Vec<(String, String, u64, u64)> = big["keys"]
         .as_array()
         .unwrap()
         .iter()
         .map(|k| {
-            assert_eq!(k["key"], "big:1", "{body}");
+            assert_eq!(k["key"], "big:1", "{big}");
             (
                 k["command"].as_str().unwrap().to_string(),
                 k["side"].as_str().unwrap().to_string(),
@@ -224,17 +234,11 @@ fn a_request_held_by_a_rate_limit_counts_once() {
         "[[rate_limit]]\nname = \"slow\"\nkeys = [\"slow:*\"]\nlimit = 5\nperiod = \"1s\"\n\
                  action = \"delay\"\nmax_delay = \"5s\"\n";
     let keyward = Keyward::start(redis.port, &format!("{HOTKEYS}{limit}"));
-    let mut client = keyward.client();
-    let mut pipe = redis::pipe();
     // Five pass at once; the other five wait for the bucket, and are judged again and again.
-    for _ in 0..10 {
-        pipe.cmd("INCR").arg("slow:n").ignore();
-    }
-    let () = pipe.query(&mut client).unwrap();
-    let (_, body) = http_get(keyward.admin_port, "/hotkeys?window=10s");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    pipeline_of(&keyward, 10, &["INCR", "slow:n"]);
+    let report = admin_json(&keyward, "/hotkeys?window=10s");
     assert_eq!(report["keys"][0]["key"], "slow:n");
-    assert_eq!(report["keys"][0]["count"], 10, "{body}");
+    assert_eq!(report["keys"][0]["count"], 10, "{report}");
 }
 
 #[test]
@@ -244,14 +248,8 @@ fn sampling_scales_counts_back_up() {
         redis.port,
         &HOTKEYS.replace("export_top = 3", "export_top = 3\nsample_rate = 0.5"),
     );
-    let mut client = keyward.client();
-    let mut pipe = redis::pipe();
-    for _ in 0..1000 {
-        pipe.cmd("GET").arg("sampled").ignore();
-    }
-    let () = pipe.query(&mut client).unwrap();
-    let (_, body) = http_get(keyward.admin_port, "/hotkeys?window=1m");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    pipeline_of(&keyward, 1000, &["GET", "sampled"]);
+    let report = admin_json(&keyward, "/hotkeys?window=1m");
     assert_eq!(report["keys"][0]["key"], "sampled");
     let estimate = report["keys"][0]["count"].as_u64().unwrap();
     assert!(
