@@ -142,7 +142,9 @@ impl HotKeys {
         let mut stage = lock(&self.stage);
         for (key, seen) in recorder.finished() {
             while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
-                stage = self.flush(stage, now);
+                self.flush(stage, now);
+                // Other sessions may have added to the new stage meanwhile.
+                stage = lock(&self.stage);
             }
             stage.add(key, seen.counts(), period);
         }
@@ -173,7 +175,7 @@ impl HotKeys {
     /// The top `limit` keys and patterns of a configured window, ranked `by`.
     pub fn report(&self, window: Duration, by: By, limit: usize) -> Option<Report> {
         let now = Instant::now();
-        drop(self.flush(lock(&self.stage), now));
+        self.flush(lock(&self.stage), now);
         let mut windows = lock(&self.windows);
         let periods = windows.periods(window, now)?;
         let summaries = |of: Of| -> Vec<&SpaceSaving> {
@@ -249,26 +251,19 @@ impl HotKeys {
         }
     }
 
-    /// Hands the staged counts to the summaries, leaving a new stage in place, and returns the
-    /// stage locked again (other sessions may have added to it meanwhile). The summaries' lock
-    /// is taken before the stage's is let go, so stages reach them in the order they were
+    /// Hands the staged counts to the summaries, leaving a new stage in place. The summaries'
+    /// lock is taken before the stage's is let go, so stages reach them in the order they were
     /// taken; the fold itself runs with the stage free for other sessions, unless one of them
     /// has to flush too and waits for this fold with the stage locked.
-    fn flush<'a>(
-        &'a self,
-        mut stage: MutexGuard<'a, Staging>,
-        now: Instant,
-    ) -> MutexGuard<'a, Staging> {
+    fn flush(&self, mut stage: MutexGuard<'_, Staging>, now: Instant) {
         let Some(period) = stage.period() else {
-            return stage;
+            return;
         };
         let fresh = Staging::succeeding(&stage);
         let staged = std::mem::replace(&mut *stage, fresh);
         let mut windows = lock(&self.windows);
         drop(stage);
         staged.flush_into(windows.counting(self.clock.moment(period, now)));
-        drop(windows);
-        lock(&self.stage)
     }
 
     fn scaled(&self, value: u64) -> u64 {
