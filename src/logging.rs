@@ -1,6 +1,7 @@
 //! Logging setup, with a level that a config reload can change (unless `RUST_LOG` is set,
 //! which always wins so a person debugging is never overridden by a file).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,7 +17,12 @@ pub fn init(level: &str) {
     let (filter, handle) = reload::Layer::new(filter);
     let initialized = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes help a person at a terminal and garble a log file or journal.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .try_init();
     if initialized.is_ok() && !env_wins {
         let _ = LEVEL.set(handle);

@@ -58,6 +58,8 @@ impl RedisServer {
         } else {
             ["--port", "0", "--tls-port", &port]
         };
+        // A restart appends to the same log: wait for one more "ready" line than it holds.
+        let ready_before = self.times_ready();
         let mut child = Command::new("redis-server")
             .args(ports)
             .args(&self.tls)
@@ -75,14 +77,11 @@ impl RedisServer {
             if child.try_wait().ok().flatten().is_some() {
                 return false;
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // Listening, and still ours: it did not exit for want of the port.
-                std::thread::sleep(Duration::from_millis(20));
-                if child.try_wait().ok().flatten().is_none() {
-                    self.child = Some(child);
-                    return true;
-                }
-                return false;
+            // Redis logs this line only once it holds its port; a port that merely answers
+            // may belong to another test's process.
+            if self.times_ready() > ready_before {
+                self.child = Some(child);
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -91,6 +90,15 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// How many times this server's log says it was ready to accept connections.
+    fn times_ready(&self) -> usize {
+        self.log().matches("Ready to accept connections").count()
     }
 
     pub fn url(&self) -> String {
@@ -137,12 +145,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.dir.path().join("redis.log")) {
-                eprintln!("--- redis-server log ---\n{log}");
-            }
+            eprintln!("--- redis-server log ---\n{}", self.log());
         }
     }
 }
+
+/// What keyward logs once it listens on both of its ports.
+const STARTED: &str = concat!("keyward ", env!("CARGO_PKG_VERSION"), " started");
 
 /// A keyward process with a config written from a test's TOML.
 pub struct Keyward {
@@ -234,15 +243,19 @@ impl Keyward {
             _dir: dir,
             log_path,
         };
+        // keyward logs that it started once it holds both of its ports. Waiting for that line,
+        // rather than for the port to answer, tells our keyward from another test's process
+        // that took the port first (this one then exits).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !keyward.log().contains(STARTED) {
             if keyward.child.try_wait().ok().flatten().is_some() {
                 eprintln!("keyward exited at start:\n{}", keyward.log());
                 return None;
             }
             assert!(
                 Instant::now() < deadline,
-                "keyward did not listen on {port}"
+                "keyward did not start on {port}:\n{}",
+                keyward.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
