@@ -154,6 +154,7 @@ async fn respond(
             let active = context.live.load();
             active.policies.publish_metrics();
             let mut body = prometheus.render();
+            context.command_metrics.render(&mut body);
             if let Some(hotkeys) = &active.policies.hotkeys {
                 hotkeys.render_prometheus(&mut body);
             }

@@ -4,27 +4,26 @@
 //! Per-command series are resolved to handles once per command and kept in a table indexed by
 //! command id: recording on the hot path is then an atomic add, with no label hashing. Labels
 //! are command names from the command table (unknown commands share one label), which keeps
-//! cardinality bounded whatever clients send.
+//! cardinality bounded whatever clients send. Command latencies are [`latency`] histograms of
+//! keyward's own, rendered after the exporter's series.
 
+pub mod latency;
+
+use std::fmt::Write;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{counter, gauge, histogram, Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use ::metrics::{counter, gauge, Counter};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::command::CommandTable;
+use latency::LatencyHistogram;
 
 const COMMAND_DURATION: &str = "keyward_command_duration_seconds";
 
 /// Installs the global recorder; the handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, String> {
-    let buckets = [
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 5.0, 10.0,
-    ];
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(COMMAND_DURATION.into()), &buckets)
-        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
@@ -33,11 +32,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     ::metrics::describe_counter!("keyward_commands_total", "Commands received, by command");
-    ::metrics::describe_histogram!(
-        COMMAND_DURATION,
-        ::metrics::Unit::Seconds,
-        "Time from receiving a forwarded command to its reply from Redis"
-    );
     ::metrics::describe_gauge!("keyward_client_connections", "Open client connections");
     ::metrics::describe_gauge!("keyward_upstream_connections", "Open connections to Redis");
     ::metrics::describe_counter!(
@@ -93,7 +87,7 @@ fn describe() {
 
 /// Per-command counters and latency histograms, created on first use of each command.
 pub struct CommandMetrics {
-    slots: Box<[OnceLock<(Counter, Histogram)>]>,
+    slots: Box<[OnceLock<(Counter, LatencyHistogram)>]>,
 }
 
 impl CommandMetrics {
@@ -103,13 +97,13 @@ impl CommandMetrics {
         }
     }
 
-    fn slot(&self, id: usize) -> &(Counter, Histogram) {
+    fn slot(&self, id: usize) -> &(Counter, LatencyHistogram) {
         let index = id.min(self.slots.len() - 1);
         self.slots[index].get_or_init(|| {
             let name = CommandTable::global().by_id(id).name.to_string();
             (
-                counter!("keyward_commands_total", "command" => name.clone()),
-                histogram!(COMMAND_DURATION, "command" => name),
+                counter!("keyward_commands_total", "command" => name),
+                LatencyHistogram::default(),
             )
         })
     }
@@ -120,7 +114,22 @@ impl CommandMetrics {
 
     /// `count` commands of one kind, sent together and answered together.
     pub fn replied(&self, id: usize, elapsed: Duration, count: usize) {
-        self.slot(id).1.record_many(elapsed.as_secs_f64(), count);
+        self.slot(id).1.record_many(elapsed, count as u64);
+    }
+
+    /// Appends the latency histogram of every command seen so far to a `/metrics` body.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP {COMMAND_DURATION} Time from receiving a forwarded command to its reply from Redis"
+        );
+        let _ = writeln!(out, "# TYPE {COMMAND_DURATION} histogram");
+        for (id, slot) in self.slots.iter().enumerate() {
+            if let Some((_, histogram)) = slot.get() {
+                let name = &CommandTable::global().by_id(id).name;
+                histogram.render(out, COMMAND_DURATION, &format!("command=\"{name}\""));
+            }
+        }
     }
 }
 
