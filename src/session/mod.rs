@@ -215,7 +215,11 @@ impl Session {
         let mut hold_armed = None;
         let idle = tokio::time::sleep(self.context.idle_timeout.unwrap_or_default());
         tokio::pin!(idle);
+        // Made once and kept: a cancellation future made anew on every turn of the loop joins
+        // and leaves the token's waiter list each time, hundreds of instructions per wake-up.
         let shutdown = self.context.shutdown.clone();
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
             while let Some(streaming) = self.process_input() {
                 self.open_dedicated(streaming).await;
@@ -289,7 +293,7 @@ impl Session {
                         _ => Err("no answer from Redis".to_string()),
                     });
                 }
-                () = shutdown.cancelled(), if self.closing.is_none() => {
+                () = &mut stopping, if self.closing.is_none() => {
                     self.closing = Some(Closing::Shutdown);
                 }
             }
