@@ -36,12 +36,19 @@ macro_rules! on_socket {
 }
 
 impl Stream {
+    /// Waits until the socket may be read.
+    ///
+    /// Built on `poll_read_ready` rather than tokio's `readable()`: the latter joins and leaves
+    /// a locked list of waiters each time it is made and dropped, which a session's `select!`
+    /// does on every wake-up. Only the last task to poll is woken, and each socket has one
+    /// task that waits on it (its session or its upstream connection).
     pub async fn readable(&self) -> io::Result<()> {
-        on_socket!(self, socket => socket.readable().await)
+        std::future::poll_fn(|cx| on_socket!(self, socket => socket.poll_read_ready(cx))).await
     }
 
+    /// Waits until the socket may be written (see [`Stream::readable`] for why it polls).
     pub async fn writable(&self) -> io::Result<()> {
-        on_socket!(self, socket => socket.writable().await)
+        std::future::poll_fn(|cx| on_socket!(self, socket => socket.poll_write_ready(cx))).await
     }
 
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
