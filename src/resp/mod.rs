@@ -77,26 +77,29 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
 pub(crate) fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
     // Nineteen digits never overflow a u64 (at most 10^19 - 1), so the loop needs no checks;
     // `i64::try_from` refuses what is over `i64::MAX`.
+    // Plain indexing: this runs for every header of every request and reply.
     const MOST_DIGITS: usize = 19;
-    let line = buf.get(from..)?;
-    let mut value: u64 = 0;
-    let mut digits = 0;
-    for &byte in line.iter().take(MOST_DIGITS) {
-        let digit = byte.wrapping_sub(b'0');
-        if digit > 9 {
-            break;
-        }
+    let digit_at = |at: usize| {
+        buf.get(at)
+            .map(|byte| byte.wrapping_sub(b'0'))
+            .filter(|&d| d <= 9)
+    };
+    let first = digit_at(from)?;
+    let mut value = u64::from(first);
+    let mut end = from + 1;
+    while end - from < MOST_DIGITS {
+        let Some(digit) = digit_at(end) else { break };
         value = value * 10 + u64::from(digit);
-        digits += 1;
+        end += 1;
     }
     // No leading zeros, as Redis writes them (and as `parse_int` requires).
-    if digits == 0 || (digits > 1 && line[0] == b'0') {
+    if first == 0 && end - from > 1 {
         return None;
     }
-    if line.get(digits..digits + 2)? != b"\r\n" {
+    if buf.get(end..end + 2)? != b"\r\n" {
         return None;
     }
-    Some((from + digits, i64::try_from(value).ok()?))
+    Some((end, i64::try_from(value).ok()?))
 }
 
 #[cfg(test)]

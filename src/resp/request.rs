@@ -107,8 +107,11 @@ impl RequestDecoder {
         let (count, mut pos) = match resume {
             Some(progress) => progress,
             None => {
-                let Some((count, pos)) = header_number(input, 0, "too big mbulk count string")?
-                else {
+                let header = match plain_length(input, 1) {
+                    Some((line_end, count)) => Some((Some(count), line_end + 2)),
+                    None => header_number(input, 0, "too big mbulk count string")?,
+                };
+                let Some((count, pos)) = header else {
                     return Ok(Decoded::Incomplete {
                         needed: input.len() + 1,
                     });
@@ -121,6 +124,12 @@ impl RequestDecoder {
             }
         };
         while self.ranges.len() < count {
+            // Nearly every argument: `$<plain digits>\r\n`, its data and CRLF all in the buffer.
+            if let Some((data_start, end)) = whole_plain_bulk(input, pos) {
+                self.ranges.push((data_start, end - 2));
+                pos = end;
+                continue;
+            }
             match input.get(pos) {
                 None => return Ok(self.incomplete(count, pos, pos + 1)),
                 Some(b'$') => {}
@@ -218,6 +227,23 @@ impl<'a> Args<'a> {
             .iter()
             .map(|&(start, end)| &self.source[start..end])
     }
+}
+
+/// Where the data of the bulk string at `start` begins and where the bulk ends, if its header
+/// is plain digits (see [`plain_length`]) within the bulk limit and all of it is in `input`;
+/// `None` sends the caller to the full reading, which also finds every error.
+#[inline]
+fn whole_plain_bulk(input: &[u8], start: usize) -> Option<(usize, usize)> {
+    if input.get(start) != Some(&b'$') {
+        return None;
+    }
+    let (line_end, len) = plain_length(input, start + 1)?;
+    if len > MAX_BULK_LEN {
+        return None;
+    }
+    let data_start = line_end + 2;
+    let end = data_start + len as usize + 2;
+    (end <= input.len()).then_some((data_start, end))
 }
 
 /// The number in the header line at `start` (`None` inside if it is not one) and where the
