@@ -53,6 +53,9 @@ pub struct CommandInfo {
     /// Lowercase, with `|` between a container and its subcommand (`client|setname`), as in
     /// Redis's own error messages.
     pub name: Box<str>,
+    /// The name as most clients spell it (`GET`): a pipeline of one command is then recognised
+    /// by one comparison of bytes instead of a case-insensitive one.
+    pub uppercase: Box<[u8]>,
     /// Redis arity: positive is exact, negative is a minimum (both count the name).
     pub arity: i32,
     pub flags: u32,
@@ -188,7 +191,9 @@ impl CommandTable {
         args: &Args<'_>,
     ) -> &CommandInfo {
         if let (Some(info), Some(name)) = (previous, args.get(0)) {
-            if !info.has_subcommands && name.eq_ignore_ascii_case(info.name.as_bytes()) {
+            let same_name =
+                || name == &*info.uppercase || name.eq_ignore_ascii_case(info.name.as_bytes());
+            if !info.has_subcommands && same_name() {
                 return info;
             }
         }

@@ -49,6 +49,7 @@ impl Entry {
         CommandInfo {
             id,
             effect: effect_of(&self.name, self.flags),
+            uppercase: self.name.to_ascii_uppercase().into_bytes().into(),
             name: self.name.into(),
             arity: self.arity,
             flags: self.flags,
