@@ -15,7 +15,7 @@ use std::hash::BuildHasher;
 
 use std::ops::Range;
 
-use bytes::{Buf, BufMut};
+use bytes::Buf;
 
 use super::staging::Counts;
 use crate::command::CommandInfo;
@@ -31,11 +31,14 @@ pub const MAX_KEY_LEN: usize = 200;
 #[derive(Debug)]
 pub struct Pending(u32);
 
+/// Bytes before each kept key: its length (u16), the bytes it brought in (u64) and the bytes
+/// of value written to it (u64), little-endian.
+const KEPT_HEADER: usize = 18;
+
 /// One command's keys, kept from its request until its answer is known.
 #[derive(Default)]
 struct Followed {
-    /// Per key kept: its length (u16), the key, the bytes it brought in (u64) and the bytes of
-    /// value written to it (u64).
+    /// Per key kept: a [`KEPT_HEADER`], then the key.
     keys: Vec<u8>,
     /// Keys the command named, kept or not.
     named: u32,
@@ -93,21 +96,20 @@ impl Recorder {
         }
         let write = info.has_flag(crate::command::flags::WRITE);
         let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
-        // Each key's own arguments: itself and what follows it up to the next key.
-        let segment = |position: usize| -> (u64, u64) {
-            let next = kept
-                .iter()
-                .chain(key_positions.get(kept.len()))
-                .copied()
-                .filter(|&other| other > position)
-                .min()
-                .unwrap_or(args.len());
-            let key_len = args.get(position).map_or(0, <[u8]>::len) as u64;
-            let values: u64 = (position + 1..next)
-                .filter_map(|at| args.get(at))
-                .map(|value| value.len() as u64)
-                .sum();
-            (key_len, values)
+        // Key specs list keys in order nearly always, and then a key's arguments end where the
+        // next key's begin; otherwise the nearest key after it is searched for.
+        let ascending = key_positions.windows(2).all(|pair| pair[0] < pair[1]);
+        let next_key_after = |nth: usize, position: usize| -> usize {
+            let next = if ascending {
+                key_positions.get(nth + 1).copied()
+            } else {
+                kept.iter()
+                    .chain(key_positions.get(kept.len()))
+                    .copied()
+                    .filter(|&other| other > position)
+                    .min()
+            };
+            next.unwrap_or(args.len())
         };
         let index = self.free.pop().unwrap_or_else(|| {
             self.following.push(Followed::default());
@@ -120,14 +122,22 @@ impl Recorder {
         followed.command = info.id as u32;
         let mut shortened = Vec::new();
         let mut segments = 0;
-        for &position in kept {
-            let key = shorten(args.get(position).unwrap_or_default(), &mut shortened);
-            let (key_len, values) = segment(position);
-            segments += key_len + values;
-            followed.keys.put_u16_le(key.len() as u16);
-            followed.keys.put_slice(key);
-            followed.keys.put_u64_le(key_len + values);
-            followed.keys.put_u64_le(if write { values } else { 0 });
+        for (nth, &position) in kept.iter().enumerate() {
+            let key_arg = args.get(position).unwrap_or_default();
+            // Each key's own arguments: itself and what follows it up to the next key.
+            let values: u64 = (position + 1..next_key_after(nth, position))
+                .filter_map(|at| args.get(at))
+                .map(|value| value.len() as u64)
+                .sum();
+            let own = key_arg.len() as u64 + values;
+            segments += own;
+            let key = shorten(key_arg, &mut shortened);
+            let mut header = [0; KEPT_HEADER];
+            header[..2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+            header[2..10].copy_from_slice(&own.to_le_bytes());
+            header[10..].copy_from_slice(&(if write { values } else { 0 }).to_le_bytes());
+            followed.keys.extend_from_slice(&header);
+            followed.keys.extend_from_slice(key);
         }
         followed.share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
         Some(Pending(index))
@@ -144,16 +154,16 @@ impl Recorder {
             .flatten();
         let even_share = answer.len() as u64 / u64::from(followed.named.max(1));
         let mut rest = &followed.keys[..];
-        while rest.remaining() >= 2 {
+        while rest.remaining() >= KEPT_HEADER {
             let key_len = rest.get_u16_le() as usize;
-            if rest.remaining() < key_len + 16 {
-                break;
-            }
-            let start = self.finished_keys.len();
-            self.finished_keys.extend_from_slice(&rest[..key_len]);
-            rest.advance(key_len);
             let inbound = rest.get_u64_le() + followed.share;
             let value = rest.get_u64_le();
+            let Some(key) = rest.get(..key_len) else {
+                break;
+            };
+            let start = self.finished_keys.len();
+            self.finished_keys.extend_from_slice(key);
+            rest.advance(key_len);
             let outbound = if followed.named == 1 {
                 answer.len() as u64
             } else {
@@ -277,6 +287,33 @@ mod tests {
         assert!(seen[1].1.inbound > seen[0].1.inbound);
         // Any other reply is shared.
         assert_eq!(seen[0].1.outbound, 2);
+    }
+
+    #[test]
+    fn keys_listed_out_of_order_get_the_same_arguments() {
+        use crate::command::CommandTable;
+        use crate::resp::request::RequestDecoder;
+        let mut request = bytes::BytesMut::new();
+        crate::upstream::encode_command(&["MSET", "a", "1", "b", "1234567890"], &mut request);
+        let mut decoder = RequestDecoder::default();
+        decoder.decode(&request).unwrap();
+        let args = decoder.args(&request);
+        let info = CommandTable::global().lookup(&args);
+        let values = |positions: &[usize]| -> Vec<(Vec<u8>, u64)> {
+            let mut recorder = Recorder::default();
+            let pending = recorder
+                .start(info, &args, positions, request.len())
+                .unwrap();
+            recorder.finish(pending, b"+OK\r\n");
+            let mut seen: Vec<_> = recorder
+                .finished()
+                .map(|(key, observation)| (key.to_vec(), observation.value))
+                .collect();
+            seen.sort();
+            seen
+        };
+        assert_eq!(values(&[3, 1]), values(&[1, 3]));
+        assert_eq!(values(&[1, 3]), [(b"a".to_vec(), 1), (b"b".to_vec(), 10)]);
     }
 
     #[test]
