@@ -47,6 +47,14 @@ impl LatencyHistogram {
             });
     }
 
+    /// How many observations the histogram holds.
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Writes the `_bucket`, `_sum` and `_count` lines of series `name` with `labels` (already
     /// formatted, as `command="get"`). The `# HELP` and `# TYPE` lines are the caller's, once
     /// per metric.
@@ -98,6 +106,7 @@ mod tests {
         assert_eq!(line("bucket{command=\"get\",le=\"10\"}"), "18");
         assert_eq!(line("bucket{command=\"get\",le=\"+Inf\"}"), "19");
         assert_eq!(line("count{command=\"get\"}"), "19");
+        assert_eq!(histogram.count(), 19);
         let sum: f64 = line("sum{command=\"get\"}").parse().unwrap();
         assert!(
             (sum - (16.0 * 30e-6 + 2.0 * 100e-6 + 60.0)).abs() < 1e-9,

@@ -125,7 +125,10 @@ impl CommandMetrics {
         );
         let _ = writeln!(out, "# TYPE {COMMAND_DURATION} histogram");
         for (id, slot) in self.slots.iter().enumerate() {
-            if let Some((_, histogram)) = slot.get() {
+            // A command keyward answers itself (`SELECT`, `CLIENT SETNAME`, `KEYWARD`) is
+            // counted but never timed: no empty histogram for it.
+            if let Some((_, histogram)) = slot.get().filter(|(_, histogram)| histogram.count() > 0)
+            {
                 let name = &CommandTable::global().by_id(id).name;
                 histogram.render(out, COMMAND_DURATION, &format!("command=\"{name}\""));
             }
