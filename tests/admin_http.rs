@@ -16,6 +16,8 @@ fn metrics_move_with_traffic() {
             .unwrap();
     }
     let _: Option<String> = redis::cmd("GET").arg("k").query(&mut client).unwrap();
+    // Answered by keyward itself: counted, never timed.
+    let () = redis::cmd("SELECT").arg(0).query(&mut client).unwrap();
     let mut raw = keyward.raw();
     raw.send(b"*1\r\n$-9\r\n");
     assert_eq!(
@@ -46,6 +48,14 @@ fn metrics_move_with_traffic() {
     assert!(metric_value(&metrics, "keyward_upstream_connections", &[]) >= 1.0);
     assert!(
         metrics.contains("# TYPE keyward_command_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "keyward_commands_total", &["command=\"select\""]),
+        1.0
+    );
+    assert!(
+        !metrics.contains("keyward_command_duration_seconds_count{command=\"select\"}"),
         "{metrics}"
     );
     assert_eq!(
