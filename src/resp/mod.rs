@@ -75,9 +75,9 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
 /// reads, or refuses, in full with [`parse_int`]: this accepts only what `parse_int` accepts.
 #[inline]
 pub(crate) fn plain_length(buf: &[u8], from: usize) -> Option<(usize, i64)> {
-    // Nineteen digits never overflow a u64 (at most 10^19 - 1), so the loop needs no checks;
-    // `i64::try_from` refuses what is over `i64::MAX`.
-    // Plain indexing: this runs for every header of every request and reply.
+    // Runs for every header of every request and reply, hence plain indexing. Nineteen digits
+    // never overflow a u64 (at most 10^19 - 1), so the loop needs no checks; `i64::try_from`
+    // refuses what is over `i64::MAX`.
     const MOST_DIGITS: usize = 19;
     let digit_at = |at: usize| {
         buf.get(at)

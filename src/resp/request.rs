@@ -107,11 +107,8 @@ impl RequestDecoder {
         let (count, mut pos) = match resume {
             Some(progress) => progress,
             None => {
-                let header = match plain_length(input, 1) {
-                    Some((line_end, count)) => Some((Some(count), line_end + 2)),
-                    None => header_number(input, 0, "too big mbulk count string")?,
-                };
-                let Some((count, pos)) = header else {
+                let header = header_number(input, 0, "too big mbulk count string");
+                let Some((count, pos)) = header.map_err(ProtocolError::new)? else {
                     return Ok(Decoded::Incomplete {
                         needed: input.len() + 1,
                     });
@@ -124,12 +121,6 @@ impl RequestDecoder {
             }
         };
         while self.ranges.len() < count {
-            // Nearly every argument: `$<plain digits>\r\n`, its data and CRLF all in the buffer.
-            if let Some((data_start, end)) = whole_plain_bulk(input, pos) {
-                self.ranges.push((data_start, end - 2));
-                pos = end;
-                continue;
-            }
             match input.get(pos) {
                 None => return Ok(self.incomplete(count, pos, pos + 1)),
                 Some(b'$') => {}
@@ -140,8 +131,8 @@ impl RequestDecoder {
                     )))
                 }
             }
-            let Some((len, data_start)) = header_number(input, pos, "too big bulk count string")?
-            else {
+            let header = header_number(input, pos, "too big bulk count string");
+            let Some((len, data_start)) = header.map_err(ProtocolError::new)? else {
                 return Ok(self.incomplete(count, pos, input.len() + 1));
             };
             let len = match len {
@@ -229,41 +220,36 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Where the data of the bulk string at `start` begins and where the bulk ends, if its header
-/// is plain digits (see [`plain_length`]) within the bulk limit and all of it is in `input`;
-/// `None` sends the caller to the full reading, which also finds every error.
-#[inline]
-fn whole_plain_bulk(input: &[u8], start: usize) -> Option<(usize, usize)> {
-    if input.get(start) != Some(&b'$') {
-        return None;
-    }
-    let (line_end, len) = plain_length(input, start + 1)?;
-    if len > MAX_BULK_LEN {
-        return None;
-    }
-    let data_start = line_end + 2;
-    let end = data_start + len as usize + 2;
-    (end <= input.len()).then_some((data_start, end))
-}
-
 /// The number in the header line at `start` (`None` inside if it is not one) and where the
 /// line after it starts; `None` while the line is incomplete. Plain digits, nearly every
-/// header, are read in one pass; anything else is found and checked in full.
+/// header, are read in one pass here; anything else is found and checked in full by
+/// [`any_header_number`]. The error is `too_big`, a static text, so that this small result is
+/// all the hot path carries (a `ProtocolError` holds a `String`).
 #[inline]
 fn header_number(
     input: &[u8],
     start: usize,
-    too_big: &str,
-) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
-    if let Some((end, number)) = plain_length(input, start + 1) {
-        return Ok(Some((Some(number), end + 2)));
+    too_big: &'static str,
+) -> Result<Option<(Option<i64>, usize)>, &'static str> {
+    match plain_length(input, start + 1) {
+        Some((end, number)) => Ok(Some((Some(number), end + 2))),
+        None => any_header_number(input, start, too_big),
     }
+}
+
+/// [`header_number`] for a header that is not plain digits, or not complete yet.
+#[cold]
+fn any_header_number(
+    input: &[u8],
+    start: usize,
+    too_big: &'static str,
+) -> Result<Option<(Option<i64>, usize)>, &'static str> {
     match find_crlf(input, start + 1) {
         Some(end) if end - start <= MAX_INLINE_LEN => {
             Ok(Some((parse_int(&input[start + 1..end]), end + 2)))
         }
-        Some(_) => Err(ProtocolError::new(too_big)),
-        None if input.len() - start > MAX_INLINE_LEN => Err(ProtocolError::new(too_big)),
+        Some(_) => Err(too_big),
+        None if input.len() - start > MAX_INLINE_LEN => Err(too_big),
         None => Ok(None),
     }
 }
