@@ -669,7 +669,7 @@ impl Session {
             // Only a request the policies let through may read, fill or wait: a refused or
             // held one must not start (or join) a read others would wait on.
             let lock = match (&step, &self.link) {
-                (Step::Forward, Link::Pooled(_)) if !active.policies.locks.is_empty() => {
+                (Step::Forward, Link::Pooled(_)) => {
                     attempt::claim(&active.policies.locks, info, &args)
                 }
                 _ => None,
