@@ -436,20 +436,20 @@ def main():
         start(pinned(1, [nutcracker, "-c", twem_config, "-o", os.path.join(work, "nutcracker.log")]))
         wait_port(twem_port, "twemproxy")
 
-        # A server answering every client on the CPU that redis-benchmark and the proxies share
-        # (see the module doc for what its figures bound).
-        shared_cpu_port = free_port()
-        start_redis(1, shared_cpu_port)
-
         time.sleep(0.5)
         idle_rss = rss_kib(keyward.pid)
         preload(redis_port)
-        preload(shared_cpu_port)
 
-        targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port),
-                   ("Redis on cpu1", shared_cpu_port)]
         scenarios = SCENARIOS
-        if options.policies:
+        if not options.policies:
+            # A server answering every client on the CPU that redis-benchmark and the proxies
+            # share (see the module doc for what its figures bound).
+            shared_cpu_port = free_port()
+            start_redis(1, shared_cpu_port)
+            preload(shared_cpu_port)
+            targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port),
+                       ("Redis on cpu1", shared_cpu_port)]
+        else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
             for number, (name, extra) in enumerate(POLICY_VARIANTS[1:]):
                 port = free_port()
