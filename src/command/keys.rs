@@ -45,6 +45,20 @@ pub enum FindKeys {
     Unknown,
 }
 
+/// Whether a command's one key is the argument right after its name (`GET`, `SET`, `INCR`,
+/// …): most commands sent, whose key is then found without reading the specs.
+pub(super) fn key_is_first_argument(command: &str, specs: &[KeySpec]) -> bool {
+    command != "sort"
+        && matches!(
+            specs,
+            [KeySpec {
+                begin: BeginSearch::Index(1),
+                find: FindKeys::Range { last_key: 0, .. },
+                ..
+            }]
+        )
+}
+
 pub(super) fn key_positions(
     command: &str,
     specs: &[KeySpec],
@@ -54,18 +68,6 @@ pub(super) fn key_positions(
     let start = out.len();
     if command == "sort" {
         sort_keys(args, out);
-        return;
-    }
-    if let [KeySpec {
-        begin: BeginSearch::Index(1),
-        find: FindKeys::Range { last_key: 0, .. },
-        ..
-    }] = specs
-    {
-        // One key, right after the name (`GET`, `SET`, `INCR`, …): most commands sent.
-        if args.len() > 1 {
-            out.push(1);
-        }
         return;
     }
     for spec in specs {

@@ -62,6 +62,8 @@ pub struct CommandInfo {
     /// ACL categories without the `@`, for policy filters such as `@read`.
     pub categories: Box<[Box<str>]>,
     pub key_specs: Box<[KeySpec]>,
+    /// See [`keys::key_is_first_argument`].
+    pub key_is_first_argument: bool,
     /// Whether the second argument selects a subcommand with its own entry.
     pub has_subcommands: bool,
     pub effect: Effect,
@@ -84,6 +86,12 @@ impl CommandInfo {
 
     /// Pushes the argument positions of this command's keys to `out`.
     pub fn key_positions(&self, args: &Args<'_>, out: &mut Vec<usize>) {
+        if self.key_is_first_argument {
+            if args.len() > 1 {
+                out.push(1);
+            }
+            return;
+        }
         keys::key_positions(&self.name, &self.key_specs, args, out);
     }
 }

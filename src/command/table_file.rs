@@ -4,7 +4,7 @@
 //! `keynum:0:1:1`, `unknown`). Lines starting with `#` are comments.
 
 use super::effect::effect_of;
-use super::keys::{BeginSearch, FindKeys, KeySpec};
+use super::keys::{self, BeginSearch, FindKeys, KeySpec};
 use super::{flags, CommandInfo};
 
 pub(super) struct Entry {
@@ -48,6 +48,7 @@ impl Entry {
     pub(super) fn into_info(self, id: usize) -> CommandInfo {
         CommandInfo {
             id,
+            key_is_first_argument: keys::key_is_first_argument(&self.name, &self.key_specs),
             effect: effect_of(&self.name, self.flags),
             uppercase: self.name.to_ascii_uppercase().into_bytes().into(),
             name: self.name.into(),
