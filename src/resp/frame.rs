@@ -32,11 +32,19 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
 /// malformed one).
 pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
-        let len = frame_len(buf).ok()??;
+        let len = complete_len(buf)?;
         let (frame, rest) = buf.split_at(len);
         buf = rest;
         Some(frame)
     })
+}
+
+/// The length of the complete frame at the start of `buf`; `None` if it is incomplete or
+/// malformed. For frames already delimited once (replies being handed on), where the common
+/// ones are measured again without the general scanner's setup.
+#[inline]
+pub fn complete_len(buf: &[u8]) -> Option<usize> {
+    simple_frame_len(buf).or_else(|| frame_len(buf).ok().flatten())
 }
 
 /// The elements of `reply` if it is an array of exactly `expected` elements (as an `MGET`
@@ -136,7 +144,7 @@ impl FrameScanner {
 /// The length of a complete bulk string, status or integer at the start of `buf`: most replies
 /// are one of these, and are delimited here without the general walk's bookkeeping. `None` for
 /// anything else, or for one not complete yet, which the walk then reads.
-#[inline]
+#[inline(always)]
 fn simple_frame_len(buf: &[u8]) -> Option<usize> {
     match *buf.first()? {
         b'$' => {

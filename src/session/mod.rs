@@ -642,6 +642,7 @@ impl Session {
                             .0
                             .clone(),
                         tracked: false,
+                        measured: false,
                     };
                     let conn = self
                         .context
@@ -915,6 +916,7 @@ impl Session {
             count: 1,
             reply_to: self.reply_sender.clone(),
             tracked: false,
+            measured: false,
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -1080,6 +1082,7 @@ impl Session {
             count,
             reply_to: self.reply_sender.clone(),
             tracked: false,
+            measured: self.replies.follows_commands(),
         };
         match conn.send(batch) {
             Ok(()) => {

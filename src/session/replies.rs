@@ -145,8 +145,8 @@ impl Sent {
                 self.runs.pop_front();
             }
         }
-        // Frames are walked only as far as the last followed command among them.
-        let mut frames = frame::frames(answered.replies);
+        // Replies are looked at only as far as the last followed command among them.
+        let mut rest = answered.replies;
         let mut next_frame = first;
         while self
             .followed
@@ -156,9 +156,13 @@ impl Sent {
             let Some((at, pending)) = self.followed.pop_front() else {
                 break;
             };
-            let frame = frames.nth((at - next_frame) as usize);
+            for skipped in next_frame..at {
+                rest = &rest[answered.reply_len((skipped - first) as usize, rest)..];
+            }
+            let (frame, after) = rest.split_at(answered.reply_len((at - first) as usize, rest));
+            rest = after;
             next_frame = at + 1;
-            observations.finish(pending, frame.unwrap_or_default());
+            observations.finish(pending, frame);
         }
     }
 }
@@ -220,6 +224,11 @@ impl ReplyQueue {
         self.sent.push(command_id, at, observed);
     }
 
+    /// Hot keys follow commands that await their replies.
+    pub fn follows_commands(&self) -> bool {
+        !self.sent.followed.is_empty()
+    }
+
     /// Forgets the latest `count` sends, which never reached a connection.
     pub fn unsend(&mut self, count: usize) {
         self.sent.unsend(count, &mut self.observations);
@@ -277,13 +286,17 @@ impl ReplyQueue {
     ) -> AfterReply {
         match reply {
             Reply::Push(bytes) => output.extend_from_slice(&bytes),
-            Reply::Frames { bytes, count } => {
+            Reply::Frames {
+                bytes,
+                count,
+                lengths,
+            } => {
                 if self.substituted() {
                     self.write_ready(output);
                     return AfterReply::Continue;
                 }
                 if !self.discarded(count) {
-                    self.settle(count, bytes, output, metrics);
+                    self.settle(count, bytes, &lengths, output, metrics);
                 }
             }
             Reply::Failed { count, error } => {
@@ -293,7 +306,7 @@ impl ReplyQueue {
                 }
                 if !self.discarded(count) {
                     let errors = error.repeat(count as usize).into();
-                    self.settle(count, errors, output, metrics);
+                    self.settle(count, errors, &[], output, metrics);
                 }
             }
             Reply::Closed { error } => {
@@ -403,6 +416,7 @@ impl ReplyQueue {
         &mut self,
         count: u32,
         bytes: Bytes,
+        lengths: &[u32],
         output: &mut BytesMut,
         metrics: &CommandMetrics,
     ) {
@@ -421,6 +435,7 @@ impl ReplyQueue {
         let answered = Answered {
             count: count as usize,
             replies: &bytes,
+            lengths,
         };
         self.sent.take(
             answered,
@@ -465,6 +480,8 @@ impl ReplyQueue {
 struct Answered<'a> {
     count: usize,
     replies: &'a [u8],
+    /// Each reply's length, if the connection measured them (else they are walked).
+    lengths: &'a [u32],
 }
 
 impl Answered<'_> {
@@ -472,7 +489,17 @@ impl Answered<'_> {
         Answered {
             count,
             replies: &[],
+            lengths: &[],
         }
+    }
+
+    /// The length of the `nth` reply, which starts `rest`.
+    fn reply_len(&self, nth: usize, rest: &[u8]) -> usize {
+        let measured = match self.lengths.get(nth) {
+            Some(&len) if self.lengths.len() == self.count => Some(len as usize),
+            _ => frame::complete_len(rest),
+        };
+        measured.unwrap_or(0).min(rest.len())
     }
 }
 
@@ -486,6 +513,7 @@ mod tests {
         Reply::Frames {
             bytes: Bytes::from_static(bytes),
             count,
+            lengths: Vec::new(),
         }
     }
 
@@ -560,6 +588,41 @@ mod tests {
             .map(|(key, seen)| (key.to_vec(), seen.outbound))
             .collect();
         assert_eq!(seen, [(b"b".to_vec(), 0), (b"a".to_vec(), 8)]);
+    }
+
+    #[test]
+    fn hot_keys_take_reply_lengths_from_the_connection_or_walk_the_replies() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut output = BytesMut::new();
+        let outbound = |queue: &mut ReplyQueue| -> Vec<(Vec<u8>, u64)> {
+            let seen = queue
+                .observations
+                .finished()
+                .map(|(key, seen)| (key.to_vec(), seen.outbound))
+                .collect();
+            queue.observations.discard();
+            seen
+        };
+        for lengths in [vec![5, 9, 4], Vec::new()] {
+            let mut queue = ReplyQueue::default();
+            send_followed_get(&mut queue, "a");
+            // Not followed: its reply is passed over.
+            queue.command_sent(0, Instant::now(), None);
+            queue.push_upstream(1, None, Vec::new());
+            send_followed_get(&mut queue, "c");
+            assert!(queue.follows_commands());
+            let reply = Reply::Frames {
+                bytes: Bytes::from_static(b"+OK\r\n$3\r\nabc\r\n:1\r\n"),
+                count: 3,
+                lengths,
+            };
+            queue.on_reply(reply, &mut output, &metrics);
+            assert_eq!(
+                outbound(&mut queue),
+                [(b"a".to_vec(), 5), (b"c".to_vec(), 4)]
+            );
+            assert!(!queue.follows_commands());
+        }
     }
 
     #[test]

@@ -32,13 +32,22 @@ pub struct Batch {
     /// A cache fill: Redis must track the keys it reads, so that keyward hears when they
     /// change (see `tracking`).
     pub tracked: bool,
+    /// The sender wants each reply's length with the replies (hot keys follow some of these
+    /// commands): the connection delimits every frame anyway, and the session walking them
+    /// again would cost as much.
+    pub measured: bool,
 }
 
 /// What a session receives from its upstream connection.
 #[derive(Debug)]
 pub enum Reply {
-    /// `count` complete reply frames, in order.
-    Frames { bytes: Bytes, count: u32 },
+    /// `count` complete reply frames, in order, with each one's length if the batch was
+    /// `measured` (else none).
+    Frames {
+        bytes: Bytes,
+        count: u32,
+        lengths: Vec<u32>,
+    },
     /// A RESP3 push (pub/sub message, invalidation): not a reply to any command.
     Push(Bytes),
     /// The connection failed before `count` replies arrived; each gets `error`.
@@ -148,6 +157,9 @@ struct Pending {
     remaining: u32,
     /// When the batch was taken for writing, to notice a connection that stopped answering.
     taken_at: Instant,
+    measured: bool,
+    /// The lengths of the frames routed to it since its last delivery, if `measured`.
+    lengths: Vec<u32>,
 }
 
 /// What one connection holds while it runs.
@@ -327,17 +339,26 @@ fn route(
                 Reply::Frames {
                     bytes: frame,
                     count: 1,
+                    lengths: Vec::new(),
                 }
             });
             continue;
         }
         run_len += len;
         run_count += 1;
-        if pending
-            .front()
-            .is_some_and(|head| head.remaining == run_count)
-        {
-            deliver_run(input, pending, &mut run_len, &mut run_count, fills);
+        if let Some(head) = pending.front_mut() {
+            if head.measured {
+                if head.lengths.capacity() == 0 {
+                    // Room for the batch's replies at once (growing one at a time would cost
+                    // more than the lengths save).
+                    head.lengths
+                        .reserve((head.remaining - run_count + 1).min(1024) as usize);
+                }
+                head.lengths.push(len as u32);
+            }
+            if head.remaining == run_count {
+                deliver_run(input, pending, &mut run_len, &mut run_count, fills);
+            }
         }
     }
     deliver_run(input, pending, &mut run_len, &mut run_count, fills);
@@ -361,6 +382,7 @@ fn deliver_run(
                 let _ = reply_to.send(Reply::Frames {
                     bytes,
                     count: *run_count,
+                    lengths: std::mem::take(&mut head.lengths),
                 });
             }
             // Tracking could not be turned on: the fill after it is not tracked, so it must
@@ -414,6 +436,8 @@ impl WriteQueue {
                 reply_to: Some(batch.reply_to),
                 remaining: batch.count,
                 taken_at,
+                measured: batch.measured,
+                lengths: Vec::new(),
             });
         }
         self.append(batch.bytes);
@@ -425,6 +449,8 @@ impl WriteQueue {
             reply_to: None,
             remaining: 1,
             taken_at,
+            measured: false,
+            lengths: Vec::new(),
         });
         self.append(command);
     }
@@ -486,6 +512,8 @@ mod tests {
                 reply_to: Some(reply_to),
                 remaining: count,
                 taken_at: Instant::now(),
+                measured: false,
+                lengths: Vec::new(),
             },
             replies,
         )
@@ -493,7 +521,7 @@ mod tests {
 
     fn frames(reply: Reply) -> (Vec<u8>, u32) {
         match reply {
-            Reply::Frames { bytes, count } => (bytes.to_vec(), count),
+            Reply::Frames { bytes, count, .. } => (bytes.to_vec(), count),
             other => panic!("expected frames, got {other:?}"),
         }
     }
@@ -529,6 +557,24 @@ mod tests {
             (b"$3\r\nabc\r\n".to_vec(), 1)
         );
         assert!(pending.is_empty() && input.is_empty());
+    }
+
+    #[test]
+    fn a_measured_batch_gets_each_reply_length_with_each_run() {
+        let (mut head, mut replies) = pending_for(3);
+        head.measured = true;
+        let mut pending = VecDeque::from([head]);
+        let mut input = BytesMut::from(&b"+OK\r\n$3\r\nabc\r\n*2\r\n:1"[..]);
+        let scanner = &mut FrameScanner::default();
+        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
+        input.extend_from_slice(b"\r\n:2\r\n");
+        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
+        let lengths = |reply| match reply {
+            Reply::Frames { lengths, .. } => lengths,
+            other => panic!("expected frames, got {other:?}"),
+        };
+        assert_eq!(lengths(replies.try_recv().unwrap()), [5, 9]);
+        assert_eq!(lengths(replies.try_recv().unwrap()), [12]);
     }
 
     #[test]

@@ -329,6 +329,7 @@ pub fn send_own(
         count,
         reply_to,
         tracked,
+        measured: false,
     })?;
     Ok(OwnReplies { replies, count })
 }
@@ -340,7 +341,7 @@ impl OwnReplies {
         let mut received = 0;
         while received < self.count {
             match self.replies.recv().await {
-                Some(Reply::Frames { bytes, count }) => {
+                Some(Reply::Frames { bytes, count, .. }) => {
                     if received == 0 && count == self.count {
                         return Ok(bytes);
                     }
