@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::CommandTable;
 use crate::config::HotKeysConfig;
 use big_keys::{BigKeys, BigKeysReport, Side};
-use record::Recorder;
+use record::{Observation, Recorder};
 use space_saving::{SpaceSaving, Tally};
-use staging::Staging;
+use staging::{Counts, Staging};
 use windows::{Of, Period, PeriodClock, Windows};
 
 /// What a report ranks keys by.
@@ -136,9 +136,10 @@ impl HotKeys {
     }
 
     /// Stages the counts of the commands `recorder` has finished, flushing the stage first if
-    /// it holds an earlier period's counts or no room; then notes the big ones.
+    /// it holds an earlier period's counts or no room, and notes the big ones.
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
         let period = self.clock.number(now);
+        let threshold = self.config.big_key_bytes.get();
         let mut stage = lock(&self.stage);
         for (key, seen) in recorder.finished() {
             while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
@@ -146,21 +147,29 @@ impl HotKeys {
                 // Other sessions may have added to the new stage meanwhile.
                 stage = lock(&self.stage);
             }
-            stage.add(key, seen.counts(), period);
-        }
-        drop(stage);
-        let threshold = self.config.big_key_bytes.get();
-        let times = self.scaled(1);
-        for (key, seen) in recorder.finished() {
-            let sides = [(Side::Value, seen.value), (Side::Reply, seen.outbound)];
-            for (side, size) in sides {
-                if size > threshold {
-                    let command = &CommandTable::global().by_id(seen.command as usize).name;
-                    self.big_keys.record(key, command, side, size, times);
-                }
+            let counts = Counts {
+                inbound: seen.inbound,
+                outbound: seen.outbound,
+                write: seen.write,
+            };
+            stage.add(key, counts, period);
+            if seen.value > threshold || seen.outbound > threshold {
+                self.note_big_key(key, seen, threshold);
             }
         }
+        drop(stage);
         recorder.discard();
+    }
+
+    #[cold]
+    fn note_big_key(&self, key: &[u8], seen: &Observation, threshold: u64) {
+        let command = &CommandTable::global().by_id(seen.command as usize).name;
+        let times = self.scaled(1);
+        for (side, size) in [(Side::Value, seen.value), (Side::Reply, seen.outbound)] {
+            if size > threshold {
+                self.big_keys.record(key, command, side, size, times);
+            }
+        }
     }
 
     /// The configured window closest to `wanted` (the first one when none is asked for).

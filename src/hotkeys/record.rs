@@ -15,9 +15,6 @@ use std::hash::BuildHasher;
 
 use std::ops::Range;
 
-use bytes::Buf;
-
-use super::staging::Counts;
 use crate::command::CommandInfo;
 use crate::resp::frame;
 use crate::resp::request::Args;
@@ -27,73 +24,50 @@ pub const MAX_KEYS_PER_COMMAND: usize = 64;
 /// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// A command hot keys follow: its place among the recorder's pending commands.
+/// A command hot keys follow: its place among the recorder's followed commands.
 #[derive(Debug)]
 pub struct Pending(u32);
 
-/// Bytes before each kept key: its length (u16), the bytes it brought in (u64) and the bytes
-/// of value written to it (u64), little-endian.
-const KEPT_HEADER: usize = 18;
-
-/// One command's keys, kept from its request until its answer is known.
+/// One command's keys, kept from its request until they are counted. The slot (and its
+/// buffers) is reused by later commands once they are.
 #[derive(Default)]
 struct Followed {
-    /// Per key kept: a [`KEPT_HEADER`], then the key.
-    keys: Vec<u8>,
+    /// The kept keys, one after another.
+    key_bytes: Vec<u8>,
+    /// Per kept key, where it is in `key_bytes` and what it is counted for.
+    keys: Vec<Observation>,
     /// Keys the command named, kept or not.
     named: u32,
-    /// Each key's equal share of the request bytes that belong to no key (the command name,
-    /// the framing, arguments before the first key).
-    share: u64,
-    write: bool,
-    command: u32,
 }
 
-/// A key of a finished command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
-    /// Where the key is in the recorder's finished keys.
-    key: Range<usize>,
-    pub inbound: u64,
-    pub outbound: u64,
-    /// Value bytes a write command sent for the key (0 for reads).
-    pub value: u64,
-    pub write: bool,
-    /// The command's id in the command table.
-    pub command: u32,
-}
-
-impl Observation {
-    /// What the key counts for, by requests and by bytes.
-    pub fn counts(&self) -> Counts {
-        Counts::of_command(self.inbound, self.outbound, self.write)
+impl Followed {
+    /// Keeps one key with the bytes its command brought for it.
+    fn keep(&mut self, key: &[u8], inbound: u64, value: u64, write: bool, command: usize) {
+        let start = self.key_bytes.len() as u32;
+        if key.len() <= MAX_KEY_LEN {
+            self.key_bytes.extend_from_slice(key);
+        } else {
+            push_shortened(key, &mut self.key_bytes);
+        }
+        self.keys.push(Observation {
+            key: start..self.key_bytes.len() as u32,
+            inbound,
+            outbound: 0,
+            value,
+            write,
+            command: command as u32,
+        });
     }
-}
 
-/// A session's commands on their way through hot keys. Pending commands live in slots that
-/// are reused, and finished keys are copied into one buffer, so following a command costs no
-/// allocation once the session has warmed up.
-#[derive(Default)]
-pub struct Recorder {
-    following: Vec<Followed>,
-    free: Vec<u32>,
-    finished_keys: Vec<u8>,
-    finished: Vec<Observation>,
-}
-
-impl Recorder {
-    /// Starts following a command whose request took `request_len` bytes; none for a command
-    /// without keys, which hot keys do not count.
-    pub fn start(
+    /// Keeps the keys of a command that names several: each gets its own arguments (itself
+    /// and what follows it up to the next key) and an equal share of the rest of the request.
+    fn keep_each(
         &mut self,
         info: &CommandInfo,
         args: &Args<'_>,
         key_positions: &[usize],
         request_len: usize,
-    ) -> Option<Pending> {
-        if key_positions.is_empty() {
-            return None;
-        }
+    ) {
         let write = info.has_flag(crate::command::flags::WRITE);
         let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
         // Key specs list keys in order nearly always, and then a key's arguments end where the
@@ -111,77 +85,119 @@ impl Recorder {
             };
             next.unwrap_or(args.len())
         };
-        let index = self.free.pop().unwrap_or_else(|| {
+        self.named = key_positions.len() as u32;
+        let mut segments = 0;
+        for (nth, &position) in kept.iter().enumerate() {
+            let key = args.get(position).unwrap_or_default();
+            let values = argument_bytes(args, position + 1..next_key_after(nth, position));
+            let own = key.len() as u64 + values;
+            segments += own;
+            self.keep(key, own, if write { values } else { 0 }, write, info.id);
+        }
+        // The request bytes that belong to no key: the command name, the framing, arguments
+        // before the first key.
+        let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
+        for key in &mut self.keys {
+            key.inbound += share;
+        }
+    }
+}
+
+/// The bytes of the arguments at `positions`.
+fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
+    positions
+        .filter_map(|at| args.get(at))
+        .map(|arg| arg.len() as u64)
+        .sum()
+}
+
+/// A key of a followed command, and the bytes that went each way for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Where the key is in its command's kept keys.
+    key: Range<u32>,
+    pub inbound: u64,
+    /// Known once the command is finished.
+    pub outbound: u64,
+    /// Value bytes a write command sent for the key (0 for reads).
+    pub value: u64,
+    pub write: bool,
+    /// The command's id in the command table.
+    pub command: u32,
+}
+
+/// A session's commands on their way through hot keys. Followed commands live in slots that
+/// are reused, so following a command costs no allocation once the session has warmed up,
+/// and a finished one waits in its slot until the session hands its keys to the stage.
+#[derive(Default)]
+pub struct Recorder {
+    following: Vec<Followed>,
+    free: Vec<u32>,
+    /// Slots of the commands whose answers are known, in the order they were finished.
+    finished: Vec<u32>,
+}
+
+impl Recorder {
+    /// Starts following a command whose request took `request_len` bytes; none for a command
+    /// without keys, which hot keys do not count.
+    pub fn start(
+        &mut self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        request_len: usize,
+    ) -> Option<Pending> {
+        if key_positions.is_empty() {
+            return None;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
             self.following.push(Followed::default());
             self.following.len() as u32 - 1
         });
-        let followed = &mut self.following[index as usize];
+        let followed = &mut self.following[slot as usize];
+        followed.key_bytes.clear();
         followed.keys.clear();
-        followed.named = key_positions.len() as u32;
-        followed.write = write;
-        followed.command = info.id as u32;
-        let mut shortened = Vec::new();
-        let mut segments = 0;
-        for (nth, &position) in kept.iter().enumerate() {
-            let key_arg = args.get(position).unwrap_or_default();
-            // Each key's own arguments: itself and what follows it up to the next key.
-            let values: u64 = (position + 1..next_key_after(nth, position))
-                .filter_map(|at| args.get(at))
-                .map(|value| value.len() as u64)
-                .sum();
-            let own = key_arg.len() as u64 + values;
-            segments += own;
-            let key = shorten(key_arg, &mut shortened);
-            let mut header = [0; KEPT_HEADER];
-            header[..2].copy_from_slice(&(key.len() as u16).to_le_bytes());
-            header[2..10].copy_from_slice(&own.to_le_bytes());
-            header[10..].copy_from_slice(&(if write { values } else { 0 }).to_le_bytes());
-            followed.keys.extend_from_slice(&header);
-            followed.keys.extend_from_slice(key);
+        match *key_positions {
+            // Most commands: the key gets the whole request, and a write's value is all that
+            // follows the key.
+            [position] => {
+                let write = info.has_flag(crate::command::flags::WRITE);
+                let value = if write {
+                    argument_bytes(args, position + 1..args.len())
+                } else {
+                    0
+                };
+                let key = args.get(position).unwrap_or_default();
+                followed.keep(key, request_len as u64, value, write, info.id);
+                followed.named = 1;
+            }
+            _ => followed.keep_each(info, args, key_positions, request_len),
         }
-        followed.share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
-        Some(Pending(index))
+        Some(Pending(slot))
     }
 
     /// The command's answer is known: `answer` is what the client gets (empty when it got
     /// nothing from Redis, e.g. after a timeout).
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
-        let Some(followed) = self.following.get(pending.0 as usize) else {
+        let Some(followed) = self.following.get_mut(pending.0 as usize) else {
             return;
         };
-        let mut elements = (followed.named > 1)
-            .then(|| frame::array_elements(answer, followed.named as usize))
-            .flatten();
-        let even_share = answer.len() as u64 / u64::from(followed.named.max(1));
-        let mut rest = &followed.keys[..];
-        while rest.remaining() >= KEPT_HEADER {
-            let key_len = rest.get_u16_le() as usize;
-            let inbound = rest.get_u64_le() + followed.share;
-            let value = rest.get_u64_le();
-            let Some(key) = rest.get(..key_len) else {
-                break;
-            };
-            let start = self.finished_keys.len();
-            self.finished_keys.extend_from_slice(key);
-            rest.advance(key_len);
-            let outbound = if followed.named == 1 {
-                answer.len() as u64
-            } else {
-                elements
-                    .as_mut()
-                    .and_then(Iterator::next)
-                    .map_or(even_share, |element| element.len() as u64)
-            };
-            self.finished.push(Observation {
-                key: start..self.finished_keys.len(),
-                inbound,
-                outbound,
-                value,
-                write: followed.write,
-                command: followed.command,
-            });
+        if let [only] = &mut followed.keys[..] {
+            if followed.named == 1 {
+                only.outbound = answer.len() as u64;
+                self.finished.push(pending.0);
+                return;
+            }
         }
-        self.free.push(pending.0);
+        let mut elements = frame::array_elements(answer, followed.named as usize);
+        let even_share = answer.len() as u64 / u64::from(followed.named.max(1));
+        for key in &mut followed.keys {
+            key.outbound = elements
+                .as_mut()
+                .and_then(Iterator::next)
+                .map_or(even_share, |element| element.len() as u64);
+        }
+        self.finished.push(pending.0);
     }
 
     /// Finished commands wait to be counted.
@@ -189,30 +205,30 @@ impl Recorder {
         !self.finished.is_empty()
     }
 
-    /// The finished keys, each with its observation.
+    /// The keys of the finished commands, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        let keys = &self.finished_keys;
-        self.finished
-            .iter()
-            .map(|seen| (&keys[seen.key.clone()], seen))
+        self.finished.iter().flat_map(|&slot| {
+            let followed = &self.following[slot as usize];
+            followed.keys.iter().map(|seen| {
+                let key = &followed.key_bytes[seen.key.start as usize..seen.key.end as usize];
+                (key, seen)
+            })
+        })
     }
 
-    /// Forgets the finished keys (they are counted, or hot keys were turned off).
+    /// Frees the finished commands' slots (their keys are counted, or hot keys were turned
+    /// off).
     pub fn discard(&mut self) {
-        self.finished.clear();
-        self.finished_keys.clear();
+        self.free.append(&mut self.finished);
     }
 }
 
-fn shorten<'a>(key: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
-    if key.len() <= MAX_KEY_LEN {
-        return key;
-    }
+/// Appends a key longer than [`MAX_KEY_LEN`] as its start and a hash of the whole.
+#[cold]
+fn push_shortened(key: &[u8], out: &mut Vec<u8>) {
     let hash = rustc_hash::FxBuildHasher.hash_one(key);
-    buffer.clear();
-    buffer.extend_from_slice(&key[..MAX_KEY_LEN]);
-    buffer.extend_from_slice(format!("...#{hash:016x}").as_bytes());
-    buffer
+    out.extend_from_slice(&key[..MAX_KEY_LEN]);
+    out.extend_from_slice(format!("...#{hash:016x}").as_bytes());
 }
 
 /// Starts following the command `words` and finishes it with `answer`, as a session would.
@@ -242,8 +258,10 @@ mod tests {
     fn follow(words: &[&str], answer: &[u8]) -> Vec<(Vec<u8>, Observation)> {
         let mut recorder = Recorder::default();
         follow_command(&mut recorder, words, answer);
-        let keys: Vec<Vec<u8>> = recorder.finished().map(|(key, _)| key.to_vec()).collect();
-        keys.into_iter().zip(recorder.finished).collect()
+        recorder
+            .finished()
+            .map(|(key, seen)| (key.to_vec(), seen.clone()))
+            .collect()
     }
 
     #[test]

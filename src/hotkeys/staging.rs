@@ -29,46 +29,64 @@ use super::By;
 /// to this many keys per counter reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
 
-/// A staged key: where its bytes are, and what its commands added, by requests and by bytes.
+/// A staged key: where its bytes are, and what its commands added.
 struct Staged {
-    key: Range<usize>,
     hash: u64,
-    requests: Tally,
-    bytes: Tally,
+    key: Range<u32>,
+    requests: u64,
+    /// Of `requests`, from commands that write.
+    writes: u64,
+    /// Bytes in and out together, of all commands and of those that write.
+    bytes: u64,
+    write_bytes: u64,
+    /// Of `bytes`, what went out with replies.
+    outbound: u64,
 }
 
 /// One command's counts for one of its keys.
+#[derive(Debug, Clone, Copy)]
 pub struct Counts {
-    pub requests: Tally,
-    pub bytes: Tally,
+    /// Bytes it brought in for the key and took back out.
+    pub inbound: u64,
+    pub outbound: u64,
+    pub write: bool,
 }
 
-impl Counts {
-    /// A command that brought `inbound` bytes for the key and took `outbound` back.
-    pub fn of_command(inbound: u64, outbound: u64, write: bool) -> Counts {
-        let bytes = inbound + outbound;
-        let writes = |amount: u64| if write { amount } else { 0 };
-        Counts {
-            requests: Tally {
-                count: 1,
-                writes: writes(1),
-                ..Tally::default()
-            },
-            bytes: Tally {
-                count: bytes,
+impl Staged {
+    fn add(&mut self, counts: Counts) {
+        let bytes = counts.inbound + counts.outbound;
+        let write = u64::from(counts.write);
+        self.requests += 1;
+        self.writes += write;
+        self.bytes += bytes;
+        self.write_bytes += bytes * write;
+        self.outbound += counts.outbound;
+    }
+
+    /// What the staged commands add to a summary ranking `by` requests or bytes.
+    fn tally(&self, by: By) -> Tally {
+        match by {
+            By::Requests => Tally {
+                count: self.requests,
                 error: 0,
-                writes: writes(bytes),
-                outbound,
+                writes: self.writes,
+                outbound: 0,
+            },
+            By::Bytes => Tally {
+                count: self.bytes,
+                error: 0,
+                writes: self.write_bytes,
+                outbound: self.outbound,
             },
         }
     }
 }
 
 pub struct Staging {
+    /// The staged keys' bytes, one after another.
     keys: Vec<u8>,
-    staged: Vec<Staged>,
-    /// Entries of `staged`, by key hash.
-    index: HashTable<u32>,
+    /// The staged keys by hash, their counts held in the table itself: one place to look.
+    staged: HashTable<Staged>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
@@ -90,8 +108,7 @@ impl Staging {
     pub fn new(capacity: usize) -> Staging {
         Staging {
             keys: Vec::new(),
-            staged: Vec::new(),
-            index: HashTable::new(),
+            staged: HashTable::new(),
             limit: capacity.saturating_mul(STAGED_PER_COUNTER),
             period: None,
             pattern: Vec::new(),
@@ -101,11 +118,9 @@ impl Staging {
     /// An empty stage with room for as many keys as `flushed` held: a busy stage is refilled
     /// by about as many, and growing to that size again would rehash every key several times.
     pub fn succeeding(flushed: &Staging) -> Staging {
-        let keys = flushed.staged.len();
         Staging {
             keys: Vec::with_capacity(flushed.keys.len()),
-            staged: Vec::with_capacity(keys),
-            index: HashTable::with_capacity(keys),
+            staged: HashTable::with_capacity(flushed.staged.len()),
             limit: flushed.limit,
             period: None,
             pattern: Vec::new(),
@@ -127,36 +142,41 @@ impl Staging {
     pub fn add(&mut self, key: &[u8], counts: Counts, period: u64) {
         self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
         let hash = key_hash(key);
-        let (keys, staged) = (&self.keys, &mut self.staged);
-        let found = self.index.find(hash, |&entry| {
-            keys[staged[entry as usize].key.clone()] == *key
+        let keys = &self.keys;
+        let found = self.staged.find_mut(hash, |staged| {
+            staged.hash == hash
+                && same_bytes(
+                    &keys[staged.key.start as usize..staged.key.end as usize],
+                    key,
+                )
         });
-        if let Some(&entry) = found {
-            let entry = &mut staged[entry as usize];
-            entry.requests += counts.requests;
-            entry.bytes += counts.bytes;
+        if let Some(staged) = found {
+            staged.add(counts);
             return;
         }
-        let start = self.keys.len();
+        let start = self.keys.len() as u32;
         self.keys.extend_from_slice(key);
-        let entry = staged.len() as u32;
-        staged.push(Staged {
-            key: start..self.keys.len(),
+        let mut fresh = Staged {
             hash,
-            requests: counts.requests,
-            bytes: counts.bytes,
-        });
-        self.index
-            .insert_unique(hash, entry, |&held| staged[held as usize].hash);
+            key: start..self.keys.len() as u32,
+            requests: 0,
+            writes: 0,
+            bytes: 0,
+            write_bytes: 0,
+            outbound: 0,
+        };
+        fresh.add(counts);
+        self.staged.insert_unique(hash, fresh, |staged| staged.hash);
     }
 
     /// Hands every staged key to `period`'s summaries, with its pattern.
     pub fn flush_into(mut self, period: &mut Period) {
         for staged in &self.staged {
-            let key = &self.keys[staged.key.clone()];
+            let key = &self.keys[staged.key.start as usize..staged.key.end as usize];
             fold::fold(key, &mut self.pattern);
             let pattern_hash = key_hash(&self.pattern);
-            for (by, tally) in [(By::Requests, staged.requests), (By::Bytes, staged.bytes)] {
+            for by in [By::Requests, By::Bytes] {
+                let tally = staged.tally(by);
                 period
                     .summary_mut(Of::Keys, by)
                     .observe(key, staged.hash, tally);
@@ -168,12 +188,33 @@ impl Staging {
     }
 }
 
+/// Whether two keys are the same, compared without a call for the common lengths (8 to 16
+/// bytes: `user:1234`, `session:ab12cd34`), where a call would cost more than the comparison.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |bytes: &[u8], at: usize| {
+            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
+        };
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn counts(write: bool, inbound: u64, outbound: u64) -> Counts {
-        Counts::of_command(inbound, outbound, write)
+        Counts {
+            inbound,
+            outbound,
+            write,
+        }
     }
 
     #[test]
