@@ -103,6 +103,20 @@ impl Followed {
     }
 }
 
+/// Gives each of a command's `named` keys its own element of an array answer with one element
+/// per key (as `MGET` has), or an equal share of any other answer.
+#[cold]
+fn share_answer(keys: &mut [Observation], named: u32, answer: &[u8]) {
+    let mut elements = frame::array_elements(answer, named as usize);
+    let even_share = answer.len() as u64 / u64::from(named.max(1));
+    for key in keys {
+        key.outbound = elements
+            .as_mut()
+            .and_then(Iterator::next)
+            .map_or(even_share, |element| element.len() as u64);
+    }
+}
+
 /// The bytes of the arguments at `positions`.
 fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
     positions
@@ -178,24 +192,14 @@ impl Recorder {
 
     /// The command's answer is known: `answer` is what the client gets (empty when it got
     /// nothing from Redis, e.g. after a timeout).
+    #[inline]
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
         let Some(followed) = self.following.get_mut(pending.0 as usize) else {
             return;
         };
-        if let [only] = &mut followed.keys[..] {
-            if followed.named == 1 {
-                only.outbound = answer.len() as u64;
-                self.finished.push(pending.0);
-                return;
-            }
-        }
-        let mut elements = frame::array_elements(answer, followed.named as usize);
-        let even_share = answer.len() as u64 / u64::from(followed.named.max(1));
-        for key in &mut followed.keys {
-            key.outbound = elements
-                .as_mut()
-                .and_then(Iterator::next)
-                .map_or(even_share, |element| element.len() as u64);
+        match &mut followed.keys[..] {
+            [only] if followed.named == 1 => only.outbound = answer.len() as u64,
+            keys => share_answer(keys, followed.named, answer),
         }
         self.finished.push(pending.0);
     }

@@ -139,6 +139,7 @@ impl Staging {
 
     /// Adds a command's counts for `key`, seen in `period`. Counts of a session that read the
     /// clock just before a period ended may join the next period's: the stage keeps the later.
+    #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts, period: u64) {
         self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
         let hash = key_hash(key);

@@ -494,6 +494,7 @@ impl Answered<'_> {
     }
 
     /// The length of the `nth` reply, which starts `rest`.
+    #[inline]
     fn reply_len(&self, nth: usize, rest: &[u8]) -> usize {
         let measured = match self.lengths.get(nth) {
             Some(&len) if self.lengths.len() == self.count => Some(len as usize),
