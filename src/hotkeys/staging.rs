@@ -21,9 +21,10 @@ use super::space_saving::{key_hash, Tally};
 use super::windows::{Of, Period};
 use super::By;
 
-/// Keys staged per counter of a summary before the stage is flushed. A staged key costs about
-/// 95 bytes (entry and index) plus the key itself: 1.8 MB for a full stage of the default 1,024
-/// counters and 16-byte keys, 5.2 MB with the longest keys kept. Two full stages can exist at
+/// Keys staged per counter of a summary before the stage is flushed. A full stage of the
+/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 57 bytes (an entry
+/// and a control byte), plus the keys themselves: 2.1 MB with 16-byte keys, 5.5 MB with the
+/// longest keys kept. Two full stages can exist at
 /// once, when a flush waits for another's fold. A flush holds the summaries for as long as its
 /// keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
 /// to this many keys per counter reaches the summaries once per period.
