@@ -88,13 +88,15 @@ impl Window {
 #[derive(Debug, Clone, Copy)]
 pub struct PeriodClock {
     origin: Instant,
-    length_nanos: u128,
+    /// In u64, which holds 584 years: a division of u128 is a call, and this one runs for
+    /// every batch of counts.
+    length_nanos: u64,
 }
 
 impl PeriodClock {
     pub fn number(&self, at: Instant) -> u64 {
         let elapsed = at.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(elapsed / self.length_nanos).unwrap_or(u64::MAX)
+        u64::try_from(elapsed).map_or(u64::MAX, |elapsed| elapsed / self.length_nanos)
     }
 
     /// The moment counts staged in `period` are counted at: `now` if it falls in that period,
@@ -105,8 +107,9 @@ impl PeriodClock {
                 .ok()
                 .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
         };
-        let start = u128::from(period) * self.length_nanos;
-        match (instant(start), instant(start + self.length_nanos - 1)) {
+        let length = u128::from(self.length_nanos);
+        let start = u128::from(period) * length;
+        match (instant(start), instant(start + length - 1)) {
             (Some(first), Some(last)) => now.clamp(first, last),
             _ => now,
         }
@@ -145,7 +148,7 @@ impl Windows {
             .map_or((Instant::now(), Duration::MAX), |w| (w.started, w.length));
         PeriodClock {
             origin,
-            length_nanos: length.as_nanos().max(1),
+            length_nanos: u64::try_from(length.as_nanos()).unwrap_or(u64::MAX).max(1),
         }
     }
 

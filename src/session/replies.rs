@@ -496,6 +496,9 @@ impl Answered<'_> {
     /// The length of the `nth` reply, which starts `rest`.
     #[inline]
     fn reply_len(&self, nth: usize, rest: &[u8]) -> usize {
+        if self.count == 1 {
+            return rest.len();
+        }
         let measured = match self.lengths.get(nth) {
             Some(&len) if self.lengths.len() == self.count => Some(len as usize),
             _ => frame::complete_len(rest),

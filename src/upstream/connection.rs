@@ -436,7 +436,8 @@ impl WriteQueue {
                 reply_to: Some(batch.reply_to),
                 remaining: batch.count,
                 taken_at,
-                measured: batch.measured,
+                // A reply that comes alone needs no list: its length is the run's.
+                measured: batch.measured && batch.count > 1,
                 lengths: Vec::new(),
             });
         }
