@@ -12,9 +12,10 @@
 //! hold unchanged; only the order in which keys arrive differs, which Space-Saving's bounds do
 //! not depend on.
 
-use std::ops::{AddAssign, Range};
+use std::ops::AddAssign;
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use super::fold;
 use super::space_saving::{key_hash, Tally};
@@ -22,27 +23,35 @@ use super::windows::{Of, Period};
 use super::By;
 
 /// Keys staged per counter of a summary before the stage is flushed. A full stage of the
-/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 57 bytes (an entry
-/// and a control byte), plus the keys themselves: 2.1 MB with 16-byte keys, 5.5 MB with the
-/// longest keys kept. Two full stages can exist at
+/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 65 bytes (an entry
+/// and a control byte): 2.1 MB, plus an allocation for each key longer than
+/// [`INLINE_KEY`] (up to 3.6 MB more with the longest keys kept). Two full stages can exist at
 /// once, when a flush waits for another's fold. A flush holds the summaries for as long as its
 /// keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
 /// to this many keys per counter reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
 
-/// A staged key: where its bytes are, and what its commands added.
+/// Bytes of a key held in its stage entry itself.
+pub const INLINE_KEY: usize = 24;
+
+/// A staged key and what its commands added, in one cache line: an update reads the table's
+/// control bytes and this line, and nothing else for a key of up to [`INLINE_KEY`] bytes.
+#[repr(align(64))]
 struct Staged {
-    hash: u64,
-    key: Range<u32>,
-    requests: u64,
+    key: SmallVec<[u8; INLINE_KEY]>,
+    /// Saturating: more than four billion requests for one key within one period of the
+    /// shortest window (over a million a second for an hour) are counted as four billion.
+    requests: u32,
     /// Of `requests`, from commands that write.
-    writes: u64,
+    writes: u32,
     /// Bytes in and out together, of all commands and of those that write.
     bytes: u64,
     write_bytes: u64,
     /// Of `bytes`, what went out with replies.
     outbound: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Staged>() == 64);
 
 /// One command's counts for one of its keys.
 #[derive(Debug, Clone, Copy)]
@@ -57,8 +66,8 @@ impl Staged {
     fn add(&mut self, counts: Counts) {
         let bytes = counts.inbound + counts.outbound;
         let write = u64::from(counts.write);
-        self.requests += 1;
-        self.writes += write;
+        self.requests = self.requests.saturating_add(1);
+        self.writes = self.writes.saturating_add(u32::from(counts.write));
         self.bytes += bytes;
         self.write_bytes += bytes * write;
         self.outbound += counts.outbound;
@@ -68,9 +77,9 @@ impl Staged {
     fn tally(&self, by: By) -> Tally {
         match by {
             By::Requests => Tally {
-                count: self.requests,
+                count: u64::from(self.requests),
                 error: 0,
-                writes: self.writes,
+                writes: u64::from(self.writes),
                 outbound: 0,
             },
             By::Bytes => Tally {
@@ -84,8 +93,6 @@ impl Staged {
 }
 
 pub struct Staging {
-    /// The staged keys' bytes, one after another.
-    keys: Vec<u8>,
     /// The staged keys by hash, their counts held in the table itself: one place to look.
     staged: HashTable<Staged>,
     limit: usize,
@@ -108,7 +115,6 @@ impl Staging {
     /// A stage for summaries of `capacity` counters.
     pub fn new(capacity: usize) -> Staging {
         Staging {
-            keys: Vec::new(),
             staged: HashTable::new(),
             limit: capacity.saturating_mul(STAGED_PER_COUNTER),
             period: None,
@@ -120,7 +126,6 @@ impl Staging {
     /// by about as many, and growing to that size again would rehash every key several times.
     pub fn succeeding(flushed: &Staging) -> Staging {
         Staging {
-            keys: Vec::with_capacity(flushed.keys.len()),
             staged: HashTable::with_capacity(flushed.staged.len()),
             limit: flushed.limit,
             period: None,
@@ -144,23 +149,15 @@ impl Staging {
     pub fn add(&mut self, key: &[u8], counts: Counts, period: u64) {
         self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
         let hash = key_hash(key);
-        let keys = &self.keys;
-        let found = self.staged.find_mut(hash, |staged| {
-            staged.hash == hash
-                && same_bytes(
-                    &keys[staged.key.start as usize..staged.key.end as usize],
-                    key,
-                )
-        });
+        let found = self
+            .staged
+            .find_mut(hash, |staged| same_bytes(&staged.key, key));
         if let Some(staged) = found {
             staged.add(counts);
             return;
         }
-        let start = self.keys.len() as u32;
-        self.keys.extend_from_slice(key);
         let mut fresh = Staged {
-            hash,
-            key: start..self.keys.len() as u32,
+            key: SmallVec::from_slice(key),
             requests: 0,
             writes: 0,
             bytes: 0,
@@ -168,20 +165,20 @@ impl Staging {
             outbound: 0,
         };
         fresh.add(counts);
-        self.staged.insert_unique(hash, fresh, |staged| staged.hash);
+        self.staged
+            .insert_unique(hash, fresh, |staged| key_hash(&staged.key));
     }
 
     /// Hands every staged key to `period`'s summaries, with its pattern.
     pub fn flush_into(mut self, period: &mut Period) {
         for staged in &self.staged {
-            let key = &self.keys[staged.key.start as usize..staged.key.end as usize];
+            let key = &staged.key[..];
+            let hash = key_hash(key);
             fold::fold(key, &mut self.pattern);
             let pattern_hash = key_hash(&self.pattern);
             for by in [By::Requests, By::Bytes] {
                 let tally = staged.tally(by);
-                period
-                    .summary_mut(Of::Keys, by)
-                    .observe(key, staged.hash, tally);
+                period.summary_mut(Of::Keys, by).observe(key, hash, tally);
                 period
                     .summary_mut(Of::Patterns, by)
                     .observe(&self.pattern, pattern_hash, tally);
@@ -249,6 +246,37 @@ mod tests {
             (patterns[0].key, patterns[0].tally.count),
             (&b"user:*"[..], 3)
         );
+    }
+
+    #[test]
+    fn keys_longer_than_an_entry_holds_are_staged_whole() {
+        let long = "user:".repeat(20);
+        let mut staging = Staging::new(4);
+        staging.add(long.as_bytes(), counts(false, 1, 1), 0);
+        staging.add(long.as_bytes(), counts(true, 1, 1), 0);
+        staging.add(&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1), 0);
+        let mut period = Period::new(4);
+        staging.flush_into(&mut period);
+        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
+        let whole = requests.iter().find(|c| c.key == long.as_bytes()).unwrap();
+        assert_eq!((whole.tally.count, whole.tally.writes), (2, 1));
+        assert_eq!(requests.len(), 2);
+    }
+
+    #[test]
+    fn request_counts_saturate_instead_of_wrapping() {
+        let mut staged = Staged {
+            key: SmallVec::from_slice(b"k"),
+            requests: u32::MAX - 1,
+            writes: u32::MAX,
+            bytes: 0,
+            write_bytes: 0,
+            outbound: 0,
+        };
+        staged.add(counts(true, 1, 1));
+        staged.add(counts(true, 1, 1));
+        assert_eq!((staged.requests, staged.writes), (u32::MAX, u32::MAX));
+        assert_eq!(staged.bytes, 4);
     }
 
     #[test]
