@@ -61,6 +61,7 @@ impl Followed {
 
     /// Keeps the keys of a command that names several: each gets its own arguments (itself
     /// and what follows it up to the next key) and an equal share of the rest of the request.
+    #[cold]
     fn keep_each(
         &mut self,
         info: &CommandInfo,
@@ -154,6 +155,7 @@ pub struct Recorder {
 impl Recorder {
     /// Starts following a command whose request took `request_len` bytes; none for a command
     /// without keys, which hot keys do not count.
+    #[inline]
     pub fn start(
         &mut self,
         info: &CommandInfo,
