@@ -140,25 +140,36 @@ impl HotKeys {
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
         let period = self.clock.number(now);
         let threshold = self.config.big_key_bytes.get();
-        let mut stage = lock(&self.stage);
+        let mut stage = self.stage_for(period, now);
         for (key, seen) in recorder.finished() {
-            while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
+            if stage.is_full() {
                 self.flush(stage, now);
-                // Other sessions may have added to the new stage meanwhile.
-                stage = lock(&self.stage);
+                stage = self.stage_for(period, now);
             }
             let counts = Counts {
                 inbound: seen.inbound,
                 outbound: seen.outbound,
                 write: seen.write,
             };
-            stage.add(key, counts, period);
+            stage.add(key, counts);
             if seen.value > threshold || seen.outbound > threshold {
                 self.note_big_key(key, seen, threshold);
             }
         }
         drop(stage);
         recorder.discard();
+    }
+
+    /// The stage, locked and entered for counts of `period`; flushed first if it holds an
+    /// earlier period's counts or no room (other sessions may add to a new stage meanwhile).
+    fn stage_for(&self, period: u64, now: Instant) -> MutexGuard<'_, Staging> {
+        let mut stage = lock(&self.stage);
+        while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
+            self.flush(stage, now);
+            stage = lock(&self.stage);
+        }
+        stage.enter(period);
+        stage
     }
 
     #[cold]

@@ -143,11 +143,15 @@ impl Staging {
         self.staged.len() >= self.limit
     }
 
-    /// Adds a command's counts for `key`, seen in `period`. Counts of a session that read the
-    /// clock just before a period ended may join the next period's: the stage keeps the later.
-    #[inline]
-    pub fn add(&mut self, key: &[u8], counts: Counts, period: u64) {
+    /// Readies the stage for counts seen in `period`. Counts of a session that read the clock
+    /// just before a period ended may join the next period's: the stage keeps the later.
+    pub fn enter(&mut self, period: u64) {
         self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
+    }
+
+    /// Adds a command's counts for `key`, in the period last [entered](Self::enter).
+    #[inline]
+    pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
         let found = self
             .staged
@@ -219,9 +223,10 @@ mod tests {
     #[test]
     fn a_flush_hands_each_key_once_with_its_sums() {
         let mut staging = Staging::new(4);
-        staging.add(b"user:1", counts(false, 20, 10), 0);
-        staging.add(b"user:2", counts(true, 30, 5), 0);
-        staging.add(b"user:1", counts(true, 20, 5), 0);
+        staging.enter(0);
+        staging.add(b"user:1", counts(false, 20, 10));
+        staging.add(b"user:2", counts(true, 30, 5));
+        staging.add(b"user:1", counts(true, 20, 5));
         let mut period = Period::new(4);
         staging.flush_into(&mut period);
         let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
@@ -252,9 +257,10 @@ mod tests {
     fn keys_longer_than_an_entry_holds_are_staged_whole() {
         let long = "user:".repeat(20);
         let mut staging = Staging::new(4);
-        staging.add(long.as_bytes(), counts(false, 1, 1), 0);
-        staging.add(long.as_bytes(), counts(true, 1, 1), 0);
-        staging.add(&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1), 0);
+        staging.enter(0);
+        staging.add(long.as_bytes(), counts(false, 1, 1));
+        staging.add(long.as_bytes(), counts(true, 1, 1));
+        staging.add(&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1));
         let mut period = Period::new(4);
         staging.flush_into(&mut period);
         let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
@@ -282,10 +288,11 @@ mod tests {
     #[test]
     fn the_stage_is_full_at_its_limit() {
         let mut staging = Staging::new(1);
+        staging.enter(3);
         for n in 0..STAGED_PER_COUNTER {
             assert!(!staging.is_full());
-            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1), 3);
-            staging.add(b"k0", counts(false, 1, 1), 3);
+            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1));
+            staging.add(b"k0", counts(false, 1, 1));
         }
         assert!(staging.is_full());
         assert_eq!(staging.period(), Some(3));
