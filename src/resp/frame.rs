@@ -40,11 +40,9 @@ pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The length of the complete frame at the start of `buf`; `None` if it is incomplete or
-/// malformed. For frames already delimited once (replies being handed on), where the common
-/// ones are measured again without the general scanner's setup.
-#[inline]
+/// malformed.
 pub fn complete_len(buf: &[u8]) -> Option<usize> {
-    simple_frame_len(buf).or_else(|| frame_len(buf).ok().flatten())
+    frame_len(buf).ok().flatten()
 }
 
 /// The elements of `reply` if it is an array of exactly `expected` elements (as an `MGET`
@@ -144,7 +142,7 @@ impl FrameScanner {
 /// The length of a complete bulk string, status or integer at the start of `buf`: most replies
 /// are one of these, and are delimited here without the general walk's bookkeeping. `None` for
 /// anything else, or for one not complete yet, which the walk then reads.
-#[inline(always)]
+#[inline]
 fn simple_frame_len(buf: &[u8]) -> Option<usize> {
     match *buf.first()? {
         b'$' => {
