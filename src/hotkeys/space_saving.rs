@@ -68,15 +68,36 @@ pub const FILTER_CELLS_PER_COUNTER: usize = 8;
 #[derive(Debug, Clone)]
 #[repr(align(64))]
 struct Slot {
-    key: SmallVec<[u8; INLINE_KEY]>,
+    key: HeldKey,
     hash: u64,
     error: u64,
     writes: u64,
     outbound: u64,
 }
 
-/// Key bytes a slot holds without an allocation of their own.
-const INLINE_KEY: usize = 24;
+/// Key bytes held without an allocation of their own, in a summary's slot or a stage entry.
+pub const INLINE_KEY: usize = 24;
+
+/// A key as the summaries and the stage hold it: inline up to [`INLINE_KEY`] bytes.
+pub type HeldKey = SmallVec<[u8; INLINE_KEY]>;
+
+/// Whether a held key is `key`, compared without a call for the common lengths (8 to 16
+/// bytes: `user:1234`, `session:ab12cd34`), where a call to `memcmp` costs more than the
+/// comparison.
+#[inline]
+pub fn holds(held: &HeldKey, key: &[u8]) -> bool {
+    let n = key.len();
+    if held.len() != n {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |bytes: &[u8], at: usize| {
+            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
+        };
+        return word(held, 0) == word(key, 0) && word(held, n - 8) == word(key, n - 8);
+    }
+    held[..] == *key
+}
 
 /// Children per heap node: a wider heap is shallower, and a new key, which sinks to the
 /// bottom when counts are even, moves through fewer levels.
@@ -230,7 +251,7 @@ impl SpaceSaving {
     fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&slot| slots[slot as usize].key[..] == *key)
+            .find(hash, |&slot| holds(&slots[slot as usize].key, key))
             .copied()
     }
 
@@ -265,7 +286,7 @@ impl SpaceSaving {
     fn push(&mut self, key: &[u8], hash: u64, tally: Tally) {
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
-            key: SmallVec::from_slice(key),
+            key: HeldKey::from_slice(key),
             hash,
             error: tally.error,
             writes: tally.writes,

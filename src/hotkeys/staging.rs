@@ -15,30 +15,28 @@
 use std::ops::AddAssign;
 
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
 use super::fold;
-use super::space_saving::{key_hash, Tally};
+#[cfg(doc)]
+use super::space_saving::INLINE_KEY;
+use super::space_saving::{holds, key_hash, HeldKey, Tally};
 use super::windows::{Of, Period};
 use super::By;
 
 /// Keys staged per counter of a summary before the stage is flushed. A full stage of the
 /// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 65 bytes (an entry
-/// and a control byte): 2.1 MB, plus an allocation for each key longer than
-/// [`INLINE_KEY`] (up to 3.6 MB more with the longest keys kept). Two full stages can exist at
-/// once, when a flush waits for another's fold. A flush holds the summaries for as long as its
-/// keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
-/// to this many keys per counter reaches the summaries once per period.
+/// and a control byte): 2.1 MB, plus an allocation for each key longer than [`INLINE_KEY`]
+/// (up to 3.6 MB more with the longest keys kept). Two full stages can exist at once, when a
+/// flush waits for another's fold. A flush holds the summaries for as long as its keys take to
+/// fold and rank (a few milliseconds when full); in exchange a working set of up to this many
+/// keys per counter reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
-
-/// Bytes of a key held in its stage entry itself.
-pub const INLINE_KEY: usize = 24;
 
 /// A staged key and what its commands added, in one cache line: an update reads the table's
 /// control bytes and this line, and nothing else for a key of up to [`INLINE_KEY`] bytes.
 #[repr(align(64))]
 struct Staged {
-    key: SmallVec<[u8; INLINE_KEY]>,
+    key: HeldKey,
     /// Saturating: more than four billion requests for one key within one period of the
     /// shortest window (over a million a second for an hour) are counted as four billion.
     requests: u32,
@@ -54,7 +52,7 @@ struct Staged {
 const _: () = assert!(std::mem::size_of::<Staged>() == 64);
 
 /// One command's counts for one of its keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     /// Bytes it brought in for the key and took back out.
     pub inbound: u64,
@@ -153,15 +151,13 @@ impl Staging {
     #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
-        let found = self
-            .staged
-            .find_mut(hash, |staged| same_bytes(&staged.key, key));
+        let found = self.staged.find_mut(hash, |staged| holds(&staged.key, key));
         if let Some(staged) = found {
             staged.add(counts);
             return;
         }
         let mut fresh = Staged {
-            key: SmallVec::from_slice(key),
+            key: HeldKey::from_slice(key),
             requests: 0,
             writes: 0,
             bytes: 0,
@@ -191,26 +187,10 @@ impl Staging {
     }
 }
 
-/// Whether two keys are the same, compared without a call for the common lengths (8 to 16
-/// bytes: `user:1234`, `session:ab12cd34`), where a call would cost more than the comparison.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if (8..=16).contains(&n) {
-        let word = |bytes: &[u8], at: usize| {
-            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
-        };
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
-    }
-    a == b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hotkeys::space_saving::INLINE_KEY;
 
     fn counts(write: bool, inbound: u64, outbound: u64) -> Counts {
         Counts {
@@ -272,7 +252,7 @@ mod tests {
     #[test]
     fn request_counts_saturate_instead_of_wrapping() {
         let mut staged = Staged {
-            key: SmallVec::from_slice(b"k"),
+            key: HeldKey::from_slice(b"k"),
             requests: u32::MAX - 1,
             writes: u32::MAX,
             bytes: 0,
