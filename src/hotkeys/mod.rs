@@ -31,7 +31,7 @@ use crate::config::HotKeysConfig;
 use big_keys::{BigKeys, BigKeysReport, Side};
 use record::{Observation, Recorder};
 use space_saving::{SpaceSaving, Tally};
-use staging::{Counts, Staging};
+use staging::Staging;
 use windows::{Of, Period, PeriodClock, Windows};
 
 /// What a report ranks keys by.
@@ -146,13 +146,8 @@ impl HotKeys {
                 self.flush(stage, now);
                 stage = self.stage_for(period, now);
             }
-            let counts = Counts {
-                inbound: seen.inbound,
-                outbound: seen.outbound,
-                write: seen.write,
-            };
-            stage.add(key, counts);
-            if seen.value > threshold || seen.outbound > threshold {
+            stage.add(key, seen.counts);
+            if seen.value > threshold || seen.counts.outbound > threshold {
                 self.note_big_key(key, seen, threshold);
             }
         }
@@ -176,7 +171,10 @@ impl HotKeys {
     fn note_big_key(&self, key: &[u8], seen: &Observation, threshold: u64) {
         let command = &CommandTable::global().by_id(seen.command as usize).name;
         let times = self.scaled(1);
-        for (side, size) in [(Side::Value, seen.value), (Side::Reply, seen.outbound)] {
+        for (side, size) in [
+            (Side::Value, seen.value),
+            (Side::Reply, seen.counts.outbound),
+        ] {
             if size > threshold {
                 self.big_keys.record(key, command, side, size, times);
             }

@@ -15,6 +15,7 @@ use std::hash::BuildHasher;
 
 use std::ops::Range;
 
+use super::staging::Counts;
 use crate::command::CommandInfo;
 use crate::resp::frame;
 use crate::resp::request::Args;
@@ -51,10 +52,12 @@ impl Followed {
         }
         self.keys.push(Observation {
             key: start..self.key_bytes.len() as u32,
-            inbound,
-            outbound: 0,
+            counts: Counts {
+                inbound,
+                outbound: 0,
+                write,
+            },
             value,
-            write,
             command: command as u32,
         });
     }
@@ -99,7 +102,7 @@ impl Followed {
         // before the first key.
         let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
         for key in &mut self.keys {
-            key.inbound += share;
+            key.counts.inbound += share;
         }
     }
 }
@@ -111,7 +114,7 @@ fn share_answer(keys: &mut [Observation], named: u32, answer: &[u8]) {
     let mut elements = frame::array_elements(answer, named as usize);
     let even_share = answer.len() as u64 / u64::from(named.max(1));
     for key in keys {
-        key.outbound = elements
+        key.counts.outbound = elements
             .as_mut()
             .and_then(Iterator::next)
             .map_or(even_share, |element| element.len() as u64);
@@ -131,12 +134,10 @@ fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
 pub struct Observation {
     /// Where the key is in its command's kept keys.
     key: Range<u32>,
-    pub inbound: u64,
-    /// Known once the command is finished.
-    pub outbound: u64,
+    /// What the key counts for; its outbound bytes are known once the command is finished.
+    pub counts: Counts,
     /// Value bytes a write command sent for the key (0 for reads).
     pub value: u64,
-    pub write: bool,
     /// The command's id in the command table.
     pub command: u32,
 }
@@ -200,7 +201,7 @@ impl Recorder {
             return;
         };
         match &mut followed.keys[..] {
-            [only] if followed.named == 1 => only.outbound = answer.len() as u64,
+            [only] if followed.named == 1 => only.counts.outbound = answer.len() as u64,
             keys => share_answer(keys, followed.named, answer),
         }
         self.finished.push(pending.0);
@@ -276,10 +277,14 @@ mod tests {
         assert_eq!(seen.len(), 1);
         let expected = "*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n$5\r\nhello\r\n".len() as u64;
         assert_eq!(
-            (&seen[0].0[..], seen[0].1.inbound, seen[0].1.outbound),
+            (
+                &seen[0].0[..],
+                seen[0].1.counts.inbound,
+                seen[0].1.counts.outbound
+            ),
             (&b"user:1"[..], expected, 5)
         );
-        assert!(seen[0].1.write);
+        assert!(seen[0].1.counts.write);
         assert_eq!(seen[0].1.value, 5);
     }
 
@@ -287,7 +292,11 @@ mod tests {
     fn reads_write_no_value() {
         let seen = follow(&["GET", "user:1"], b"$5\r\nhello\r\n");
         assert_eq!(
-            (seen[0].1.value, seen[0].1.outbound, seen[0].1.write),
+            (
+                seen[0].1.value,
+                seen[0].1.counts.outbound,
+                seen[0].1.counts.write
+            ),
             (0, 11, false)
         );
     }
@@ -298,7 +307,7 @@ mod tests {
             &["MGET", "a", "b"],
             b"*2\r\n$1\r\nx\r\n$10\r\n0123456789\r\n",
         );
-        let outbound: Vec<u64> = seen.iter().map(|(_, o)| o.outbound).collect();
+        let outbound: Vec<u64> = seen.iter().map(|(_, o)| o.counts.outbound).collect();
         assert_eq!(outbound, [7, 17]);
         assert_eq!(seen[0].0, b"a");
     }
@@ -308,9 +317,9 @@ mod tests {
         let seen = follow(&["MSET", "a", "1", "b", "1234567890"], b"+OK\r\n");
         let values: Vec<u64> = seen.iter().map(|(_, o)| o.value).collect();
         assert_eq!(values, [1, 10]);
-        assert!(seen[1].1.inbound > seen[0].1.inbound);
+        assert!(seen[1].1.counts.inbound > seen[0].1.counts.inbound);
         // Any other reply is shared.
-        assert_eq!(seen[0].1.outbound, 2);
+        assert_eq!(seen[0].1.counts.outbound, 2);
     }
 
     #[test]
@@ -354,7 +363,10 @@ mod tests {
     #[test]
     fn a_command_without_a_reply_counts_its_request() {
         let seen = follow(&["INCR", "n"], b"");
-        assert_eq!((seen[0].1.outbound, seen[0].1.write), (0, true));
-        assert!(seen[0].1.inbound > 0);
+        assert_eq!(
+            (seen[0].1.counts.outbound, seen[0].1.counts.write),
+            (0, true)
+        );
+        assert!(seen[0].1.counts.inbound > 0);
     }
 }

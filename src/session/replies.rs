@@ -589,7 +589,7 @@ mod tests {
         let seen: Vec<(Vec<u8>, u64)> = queue
             .observations
             .finished()
-            .map(|(key, seen)| (key.to_vec(), seen.outbound))
+            .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
             .collect();
         assert_eq!(seen, [(b"b".to_vec(), 0), (b"a".to_vec(), 8)]);
     }
@@ -602,7 +602,7 @@ mod tests {
             let seen = queue
                 .observations
                 .finished()
-                .map(|(key, seen)| (key.to_vec(), seen.outbound))
+                .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
                 .collect();
             queue.observations.discard();
             seen
