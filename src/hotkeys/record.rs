@@ -89,7 +89,6 @@ impl Followed {
             };
             next.unwrap_or(args.len())
         };
-        self.named = key_positions.len() as u32;
         let mut segments = 0;
         for (nth, &position) in kept.iter().enumerate() {
             let key = args.get(position).unwrap_or_default();
@@ -174,6 +173,7 @@ impl Recorder {
         let followed = &mut self.following[slot as usize];
         followed.key_bytes.clear();
         followed.keys.clear();
+        followed.named = key_positions.len() as u32;
         match *key_positions {
             // Most commands: the key gets the whole request, and a write's value is all that
             // follows the key.
@@ -186,7 +186,6 @@ impl Recorder {
                 };
                 let key = args.get(position).unwrap_or_default();
                 followed.keep(key, request_len as u64, value, write, info.id);
-                followed.named = 1;
             }
             _ => followed.keep_each(info, args, key_positions, request_len),
         }
