@@ -11,10 +11,11 @@
 //! equal share of the rest of the request, and its own element of an array reply with one
 //! element per key (as `MGET` has); any other reply is shared equally.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
-
 use std::ops::Range;
 
+use super::space_saving::INLINE_KEY;
 use super::staging::Counts;
 use crate::command::CommandInfo;
 use crate::resp::frame;
@@ -25,33 +26,40 @@ pub const MAX_KEYS_PER_COMMAND: usize = 64;
 /// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// A command hot keys follow: its place among the recorder's followed commands.
+/// A command hot keys follow: its number in the order the recorder started following.
 #[derive(Debug)]
-pub struct Pending(u32);
+pub struct Pending(u64);
 
-/// One command's keys, kept from its request until they are counted. The slot (and its
-/// buffers) is reused by later commands once they are.
-#[derive(Default)]
+/// A followed command not yet counted.
+#[derive(Debug, Clone, Copy)]
 struct Followed {
-    /// The kept keys, one after another.
-    key_bytes: Vec<u8>,
-    /// Per kept key, where it is in `key_bytes` and what it is counted for.
-    keys: Vec<Observation>,
+    /// The number of its first kept key, in the order keys were kept.
+    first_key: u64,
+    /// The number of the first byte its long keys (if any) take in the recorder's buffer.
+    long_bytes: u64,
     /// Keys the command named, kept or not.
     named: u32,
+    /// Of those, the ones kept.
+    kept: u32,
+    finished: bool,
 }
 
-impl Followed {
+impl Recorder {
     /// Keeps one key with the bytes its command brought for it.
+    #[inline]
     fn keep(&mut self, key: &[u8], inbound: u64, value: u64, write: bool, command: usize) {
-        let start = self.key_bytes.len() as u32;
-        if key.len() <= MAX_KEY_LEN {
-            self.key_bytes.extend_from_slice(key);
+        let key = if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            KeptKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
         } else {
-            push_shortened(key, &mut self.key_bytes);
-        }
-        self.keys.push(Observation {
-            key: start..self.key_bytes.len() as u32,
+            self.keep_long(key)
+        };
+        self.keys.push_back(Observation {
+            key,
             counts: Counts {
                 inbound,
                 outbound: 0,
@@ -60,6 +68,23 @@ impl Followed {
             value,
             command: command as u32,
         });
+    }
+
+    /// Puts a key longer than [`INLINE_KEY`] in the buffer of long keys; one longer than
+    /// [`MAX_KEY_LEN`] as its start and a hash of the whole.
+    #[cold]
+    fn keep_long(&mut self, key: &[u8]) -> KeptKey {
+        let start = self.first_long_byte + self.long_keys.len() as u64;
+        if key.len() <= MAX_KEY_LEN {
+            self.long_keys.extend_from_slice(key);
+        } else {
+            let hash = rustc_hash::FxBuildHasher.hash_one(key);
+            self.long_keys.extend_from_slice(&key[..MAX_KEY_LEN]);
+            self.long_keys
+                .extend_from_slice(format!("...#{hash:016x}").as_bytes());
+        }
+        let end = self.first_long_byte + self.long_keys.len() as u64;
+        KeptKey::Long(start..end)
     }
 
     /// Keeps the keys of a command that names several: each gets its own arguments (itself
@@ -71,7 +96,7 @@ impl Followed {
         args: &Args<'_>,
         key_positions: &[usize],
         request_len: usize,
-    ) {
+    ) -> u32 {
         let write = info.has_flag(crate::command::flags::WRITE);
         let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
         // Key specs list keys in order nearly always, and then a key's arguments end where the
@@ -100,16 +125,17 @@ impl Followed {
         // The request bytes that belong to no key: the command name, the framing, arguments
         // before the first key.
         let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
-        for key in &mut self.keys {
+        for key in self.keys.range_mut(self.keys.len() - kept.len()..) {
             key.counts.inbound += share;
         }
+        kept.len() as u32
     }
 }
 
 /// Gives each of a command's `named` keys its own element of an array answer with one element
 /// per key (as `MGET` has), or an equal share of any other answer.
 #[cold]
-fn share_answer(keys: &mut [Observation], named: u32, answer: &[u8]) {
+fn share_answer<'a>(keys: impl Iterator<Item = &'a mut Observation>, named: u32, answer: &[u8]) {
     let mut elements = frame::array_elements(answer, named as usize);
     let even_share = answer.len() as u64 / u64::from(named.max(1));
     for key in keys {
@@ -128,11 +154,19 @@ fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
         .sum()
 }
 
+/// Where a kept key's bytes are: in its observation, or, when longer than [`INLINE_KEY`], in
+/// the recorder's buffer of long keys (by the numbers of its bytes since the recorder began),
+/// so that keeping a key never costs an allocation of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeptKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Long(Range<u64>),
+}
+
 /// A key of a followed command, and the bytes that went each way for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
-    /// Where the key is in its command's kept keys.
-    key: Range<u32>,
+    key: KeptKey,
     /// What the key counts for; its outbound bytes are known once the command is finished.
     pub counts: Counts,
     /// Value bytes a write command sent for the key (0 for reads).
@@ -141,15 +175,27 @@ pub struct Observation {
     pub command: u32,
 }
 
-/// A session's commands on their way through hot keys. Followed commands live in slots that
-/// are reused, so following a command costs no allocation once the session has warmed up,
-/// and a finished one waits in its slot until the session hands its keys to the stage.
+/// A session's commands on their way through hot keys, in the order they were started: a
+/// command's keys go to the back when it is judged, and leave from the front once it and every
+/// command before it have their answers. Answers come in that order nearly always (Redis
+/// answers in order; a refusal or a cache hit is answered as it is judged), so the queues hold
+/// about the commands in flight. They are reused without allocating, and a command's keys sit
+/// next to the previous command's: on a busy proxy, memory the counting path touches is what it
+/// costs (see BENCHMARKS.md), more than its instructions.
 #[derive(Default)]
 pub struct Recorder {
-    following: Vec<Followed>,
-    free: Vec<u32>,
-    /// Slots of the commands whose answers are known, in the order they were finished.
-    finished: Vec<u32>,
+    commands: VecDeque<Followed>,
+    keys: VecDeque<Observation>,
+    /// The numbers of the command at the front of `commands` and of the key at the front of
+    /// `keys`.
+    first: u64,
+    first_key: u64,
+    /// Commands at the front that are finished.
+    finished: usize,
+    /// The bytes of the kept keys longer than [`INLINE_KEY`], in the order kept, and the
+    /// number of the first.
+    long_keys: Vec<u8>,
+    first_long_byte: u64,
 }
 
 impl Recorder {
@@ -163,18 +209,10 @@ impl Recorder {
         key_positions: &[usize],
         request_len: usize,
     ) -> Option<Pending> {
-        if key_positions.is_empty() {
-            return None;
-        }
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.following.push(Followed::default());
-            self.following.len() as u32 - 1
-        });
-        let followed = &mut self.following[slot as usize];
-        followed.key_bytes.clear();
-        followed.keys.clear();
-        followed.named = key_positions.len() as u32;
-        match *key_positions {
+        let first_key = self.first_key + self.keys.len() as u64;
+        let long_bytes = self.first_long_byte + self.long_keys.len() as u64;
+        let kept = match *key_positions {
+            [] => return None,
             // Most commands: the key gets the whole request, and a write's value is all that
             // follows the key.
             [position] => {
@@ -185,56 +223,106 @@ impl Recorder {
                     0
                 };
                 let key = args.get(position).unwrap_or_default();
-                followed.keep(key, request_len as u64, value, write, info.id);
+                self.keep(key, request_len as u64, value, write, info.id);
+                1
             }
-            _ => followed.keep_each(info, args, key_positions, request_len),
-        }
-        Some(Pending(slot))
+            _ => self.keep_each(info, args, key_positions, request_len),
+        };
+        self.commands.push_back(Followed {
+            first_key,
+            long_bytes,
+            named: key_positions.len() as u32,
+            kept,
+            finished: false,
+        });
+        Some(Pending(self.first + self.commands.len() as u64 - 1))
     }
 
     /// The command's answer is known: `answer` is what the client gets (empty when it got
     /// nothing from Redis, e.g. after a timeout).
     #[inline]
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
-        let Some(followed) = self.following.get_mut(pending.0 as usize) else {
+        // A command already counted is not found (and never asked for).
+        let nth = pending.0.wrapping_sub(self.first) as usize;
+        let Some(followed) = self.commands.get_mut(nth) else {
             return;
         };
-        match &mut followed.keys[..] {
-            [only] if followed.named == 1 => only.counts.outbound = answer.len() as u64,
-            keys => share_answer(keys, followed.named, answer),
+        followed.finished = true;
+        let first_key = (followed.first_key - self.first_key) as usize;
+        match (followed.named, followed.kept as usize) {
+            (1, _) => {
+                if let Some(only) = self.keys.get_mut(first_key) {
+                    only.counts.outbound = answer.len() as u64;
+                }
+            }
+            (named, kept) => share_answer(
+                self.keys.range_mut(first_key..first_key + kept),
+                named,
+                answer,
+            ),
         }
-        self.finished.push(pending.0);
+        if nth == self.finished {
+            self.finished += 1;
+            while self
+                .commands
+                .get(self.finished)
+                .is_some_and(|command| command.finished)
+            {
+                self.finished += 1;
+            }
+        }
     }
 
     /// Finished commands wait to be counted.
     pub fn has_finished(&self) -> bool {
-        !self.finished.is_empty()
+        self.finished > 0
     }
 
-    /// The keys of the finished commands, each with its observation.
+    /// The keys of the finished commands at the front, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        self.finished.iter().flat_map(|&slot| {
-            let followed = &self.following[slot as usize];
-            followed.keys.iter().map(|seen| {
-                let key = &followed.key_bytes[seen.key.start as usize..seen.key.end as usize];
-                (key, seen)
-            })
+        self.keys.range(..self.finished_keys()).map(|seen| {
+            let key = match &seen.key {
+                KeptKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+                KeptKey::Long(range) => {
+                    let start = (range.start - self.first_long_byte) as usize;
+                    let end = (range.end - self.first_long_byte) as usize;
+                    self.long_keys.get(start..end).unwrap_or_default()
+                }
+            };
+            (key, seen)
         })
     }
 
-    /// Frees the finished commands' slots (their keys are counted, or hot keys were turned
-    /// off).
-    pub fn discard(&mut self) {
-        self.free.append(&mut self.finished);
+    /// How many keys the finished commands at the front kept.
+    fn finished_keys(&self) -> usize {
+        match self.commands.get(self.finished) {
+            Some(unfinished) => (unfinished.first_key - self.first_key) as usize,
+            None => self.keys.len(),
+        }
     }
-}
 
-/// Appends a key longer than [`MAX_KEY_LEN`] as its start and a hash of the whole.
-#[cold]
-fn push_shortened(key: &[u8], out: &mut Vec<u8>) {
-    let hash = rustc_hash::FxBuildHasher.hash_one(key);
-    out.extend_from_slice(&key[..MAX_KEY_LEN]);
-    out.extend_from_slice(format!("...#{hash:016x}").as_bytes());
+    /// Drops the finished commands at the front (their keys are counted, or hot keys were
+    /// turned off).
+    pub fn discard(&mut self) {
+        let keys = self.finished_keys();
+        self.keys.drain(..keys);
+        self.commands.drain(..self.finished);
+        self.first += self.finished as u64;
+        self.first_key += keys as u64;
+        self.finished = 0;
+        // Long keys no command still holds are dropped once they are half the buffer or more,
+        // so that each byte is moved at most once on average, however long commands stay.
+        let buffered_to = self.first_long_byte + self.long_keys.len() as u64;
+        let held_from = self
+            .commands
+            .front()
+            .map_or(buffered_to, |command| command.long_bytes);
+        let unheld = (held_from - self.first_long_byte) as usize;
+        if unheld > 0 && unheld * 2 >= self.long_keys.len() {
+            self.long_keys.drain(..unheld);
+            self.first_long_byte = held_from;
+        }
+    }
 }
 
 /// Starts following the command `words` and finishes it with `answer`, as a session would.
@@ -367,5 +455,68 @@ mod tests {
             (0, true)
         );
         assert!(seen[0].1.counts.inbound > 0);
+    }
+
+    /// Starts following `GET key`, as a session does when it judges the command.
+    fn start_get(recorder: &mut Recorder, key: &str) -> Pending {
+        use crate::command::CommandTable;
+        use crate::resp::request::RequestDecoder;
+        let mut request = bytes::BytesMut::new();
+        crate::upstream::encode_command(&["GET", key], &mut request);
+        let mut decoder = RequestDecoder::default();
+        decoder.decode(&request).unwrap();
+        let args = decoder.args(&request);
+        let info = CommandTable::global().lookup(&args);
+        recorder.start(info, &args, &[1], request.len()).unwrap()
+    }
+
+    fn counted(recorder: &mut Recorder) -> Vec<(String, u64)> {
+        let seen = recorder
+            .finished()
+            .map(|(key, seen)| {
+                let key = String::from_utf8_lossy(key).into_owned();
+                (key, seen.counts.outbound)
+            })
+            .collect();
+        recorder.discard();
+        seen
+    }
+
+    #[test]
+    fn commands_are_counted_once_those_before_them_are_answered() {
+        let mut recorder = Recorder::default();
+        let first = start_get(&mut recorder, "first");
+        let second = start_get(&mut recorder, "second");
+        // Answered out of order (a refusal or a cache hit while `first` awaits Redis).
+        recorder.finish(second, b"-ERR\r\n");
+        assert!(!recorder.has_finished());
+        assert!(counted(&mut recorder).is_empty());
+        recorder.finish(first, b"$-1\r\n");
+        let third = start_get(&mut recorder, "third");
+        assert_eq!(
+            counted(&mut recorder),
+            [("first".to_string(), 5), ("second".to_string(), 6)]
+        );
+        recorder.finish(third, b"+x\r\n");
+        assert_eq!(counted(&mut recorder), [("third".to_string(), 4)]);
+        assert!(recorder.commands.is_empty() && recorder.keys.is_empty());
+    }
+
+    #[test]
+    fn long_keys_share_one_buffer_that_does_not_grow_while_commands_stay_in_flight() {
+        let mut recorder = Recorder::default();
+        let key = |n: usize| format!("{}:{n:04}", "long".repeat(10));
+        let mut in_flight = std::collections::VecDeque::new();
+        for n in 0..1_000 {
+            in_flight.push_back((n, start_get(&mut recorder, &key(n))));
+            // Always two commands in flight: the buffer never empties.
+            if in_flight.len() > 2 {
+                let (answered, pending) = in_flight.pop_front().unwrap();
+                recorder.finish(pending, b"$-1\r\n");
+                assert_eq!(counted(&mut recorder), [(key(answered), 5)]);
+            }
+        }
+        assert!(recorder.long_keys.len() <= 6 * key(0).len());
+        assert!(recorder.long_keys.capacity() < 1_000 * key(0).len() / 4);
     }
 }

@@ -583,7 +583,7 @@ mod tests {
         queue.on_reply(frames(b"+stray\r\n", 1), &mut output, &metrics);
         send_followed_get(&mut queue, "a");
         send_followed_get(&mut queue, "b");
-        // A send that never reached a connection is forgotten, and its slot finished empty.
+        // A send that never reached a connection is forgotten, and finished empty.
         queue.unsend(1);
         queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics);
         let seen: Vec<(Vec<u8>, u64)> = queue
@@ -591,7 +591,7 @@ mod tests {
             .finished()
             .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
             .collect();
-        assert_eq!(seen, [(b"b".to_vec(), 0), (b"a".to_vec(), 8)]);
+        assert_eq!(seen, [(b"a".to_vec(), 8), (b"b".to_vec(), 0)]);
     }
 
     #[test]
