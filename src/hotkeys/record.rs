@@ -70,18 +70,13 @@ impl Recorder {
         });
     }
 
-    /// Puts a key longer than [`INLINE_KEY`] in the buffer of long keys; one longer than
-    /// [`MAX_KEY_LEN`] as its start and a hash of the whole.
-    #[cold]
+    /// Puts a key longer than [`INLINE_KEY`] in the buffer of long keys.
     fn keep_long(&mut self, key: &[u8]) -> KeptKey {
         let start = self.first_long_byte + self.long_keys.len() as u64;
         if key.len() <= MAX_KEY_LEN {
             self.long_keys.extend_from_slice(key);
         } else {
-            let hash = rustc_hash::FxBuildHasher.hash_one(key);
-            self.long_keys.extend_from_slice(&key[..MAX_KEY_LEN]);
-            self.long_keys
-                .extend_from_slice(format!("...#{hash:016x}").as_bytes());
+            push_shortened(key, &mut self.long_keys);
         }
         let end = self.first_long_byte + self.long_keys.len() as u64;
         KeptKey::Long(start..end)
@@ -323,6 +318,14 @@ impl Recorder {
             self.first_long_byte = held_from;
         }
     }
+}
+
+/// Appends a key longer than [`MAX_KEY_LEN`] as its start and a hash of the whole.
+#[cold]
+fn push_shortened(key: &[u8], out: &mut Vec<u8>) {
+    let hash = rustc_hash::FxBuildHasher.hash_one(key);
+    out.extend_from_slice(&key[..MAX_KEY_LEN]);
+    out.extend_from_slice(format!("...#{hash:016x}").as_bytes());
 }
 
 /// Starts following the command `words` and finishes it with `answer`, as a session would.
