@@ -30,7 +30,8 @@ pub const MAX_KEY_LEN: usize = 200;
 #[derive(Debug)]
 pub struct Pending(u64);
 
-/// A followed command not yet counted.
+/// A followed command not yet counted. Its kept keys run from its `first_key` to the next
+/// command's.
 #[derive(Debug, Clone, Copy)]
 struct Followed {
     /// The number of its first kept key, in the order keys were kept.
@@ -39,114 +40,7 @@ struct Followed {
     long_bytes: u64,
     /// Keys the command named, kept or not.
     named: u32,
-    /// Of those, the ones kept.
-    kept: u32,
     finished: bool,
-}
-
-impl Recorder {
-    /// Keeps one key with the bytes its command brought for it.
-    #[inline]
-    fn keep(&mut self, key: &[u8], inbound: u64, value: u64, write: bool, command: usize) {
-        let key = if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key);
-            KeptKey::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            self.keep_long(key)
-        };
-        self.keys.push_back(Observation {
-            key,
-            counts: Counts {
-                inbound,
-                outbound: 0,
-                write,
-            },
-            value,
-            command: command as u32,
-        });
-    }
-
-    /// Puts a key longer than [`INLINE_KEY`] in the buffer of long keys.
-    fn keep_long(&mut self, key: &[u8]) -> KeptKey {
-        let start = self.first_long_byte + self.long_keys.len() as u64;
-        if key.len() <= MAX_KEY_LEN {
-            self.long_keys.extend_from_slice(key);
-        } else {
-            push_shortened(key, &mut self.long_keys);
-        }
-        let end = self.first_long_byte + self.long_keys.len() as u64;
-        KeptKey::Long(start..end)
-    }
-
-    /// Keeps the keys of a command that names several: each gets its own arguments (itself
-    /// and what follows it up to the next key) and an equal share of the rest of the request.
-    #[cold]
-    fn keep_each(
-        &mut self,
-        info: &CommandInfo,
-        args: &Args<'_>,
-        key_positions: &[usize],
-        request_len: usize,
-    ) -> u32 {
-        let write = info.has_flag(crate::command::flags::WRITE);
-        let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
-        // Key specs list keys in order nearly always, and then a key's arguments end where the
-        // next key's begin; otherwise the nearest key after it is searched for.
-        let ascending = key_positions.windows(2).all(|pair| pair[0] < pair[1]);
-        let next_key_after = |nth: usize, position: usize| -> usize {
-            let next = if ascending {
-                key_positions.get(nth + 1).copied()
-            } else {
-                kept.iter()
-                    .chain(key_positions.get(kept.len()))
-                    .copied()
-                    .filter(|&other| other > position)
-                    .min()
-            };
-            next.unwrap_or(args.len())
-        };
-        let mut segments = 0;
-        for (nth, &position) in kept.iter().enumerate() {
-            let key = args.get(position).unwrap_or_default();
-            let values = argument_bytes(args, position + 1..next_key_after(nth, position));
-            let own = key.len() as u64 + values;
-            segments += own;
-            self.keep(key, own, if write { values } else { 0 }, write, info.id);
-        }
-        // The request bytes that belong to no key: the command name, the framing, arguments
-        // before the first key.
-        let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
-        for key in self.keys.range_mut(self.keys.len() - kept.len()..) {
-            key.counts.inbound += share;
-        }
-        kept.len() as u32
-    }
-}
-
-/// Gives each of a command's `named` keys its own element of an array answer with one element
-/// per key (as `MGET` has), or an equal share of any other answer.
-#[cold]
-fn share_answer<'a>(keys: impl Iterator<Item = &'a mut Observation>, named: u32, answer: &[u8]) {
-    let mut elements = frame::array_elements(answer, named as usize);
-    let even_share = answer.len() as u64 / u64::from(named.max(1));
-    for key in keys {
-        key.counts.outbound = elements
-            .as_mut()
-            .and_then(Iterator::next)
-            .map_or(even_share, |element| element.len() as u64);
-    }
-}
-
-/// The bytes of the arguments at `positions`.
-fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
-    positions
-        .filter_map(|at| args.get(at))
-        .map(|arg| arg.len() as u64)
-        .sum()
 }
 
 /// Where a kept key's bytes are: in its observation, or, when longer than [`INLINE_KEY`], in
@@ -205,8 +99,8 @@ impl Recorder {
         request_len: usize,
     ) -> Option<Pending> {
         let first_key = self.first_key + self.keys.len() as u64;
-        let long_bytes = self.first_long_byte + self.long_keys.len() as u64;
-        let kept = match *key_positions {
+        let long_bytes = self.long_keys_end();
+        match *key_positions {
             [] => return None,
             // Most commands: the key gets the whole request, and a write's value is all that
             // follows the key.
@@ -219,15 +113,13 @@ impl Recorder {
                 };
                 let key = args.get(position).unwrap_or_default();
                 self.keep(key, request_len as u64, value, write, info.id);
-                1
             }
             _ => self.keep_each(info, args, key_positions, request_len),
-        };
+        }
         self.commands.push_back(Followed {
             first_key,
             long_bytes,
             named: key_positions.len() as u32,
-            kept,
             finished: false,
         });
         Some(Pending(self.first + self.commands.len() as u64 - 1))
@@ -244,17 +136,13 @@ impl Recorder {
         };
         followed.finished = true;
         let first_key = (followed.first_key - self.first_key) as usize;
-        match (followed.named, followed.kept as usize) {
-            (1, _) => {
+        match followed.named {
+            1 => {
                 if let Some(only) = self.keys.get_mut(first_key) {
                     only.counts.outbound = answer.len() as u64;
                 }
             }
-            (named, kept) => share_answer(
-                self.keys.range_mut(first_key..first_key + kept),
-                named,
-                answer,
-            ),
+            named => self.share_answer(nth, named, answer),
         }
         if nth == self.finished {
             self.finished += 1;
@@ -275,31 +163,25 @@ impl Recorder {
 
     /// The keys of the finished commands at the front, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        self.keys.range(..self.finished_keys()).map(|seen| {
-            let key = match &seen.key {
-                KeptKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-                KeptKey::Long(range) => {
-                    let start = (range.start - self.first_long_byte) as usize;
-                    let end = (range.end - self.first_long_byte) as usize;
-                    self.long_keys.get(start..end).unwrap_or_default()
-                }
-            };
-            (key, seen)
-        })
-    }
-
-    /// How many keys the finished commands at the front kept.
-    fn finished_keys(&self) -> usize {
-        match self.commands.get(self.finished) {
-            Some(unfinished) => (unfinished.first_key - self.first_key) as usize,
-            None => self.keys.len(),
-        }
+        self.keys
+            .range(..self.keys_from(self.finished))
+            .map(|seen| {
+                let key = match &seen.key {
+                    KeptKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+                    KeptKey::Long(range) => {
+                        let start = (range.start - self.first_long_byte) as usize;
+                        let end = (range.end - self.first_long_byte) as usize;
+                        self.long_keys.get(start..end).unwrap_or_default()
+                    }
+                };
+                (key, seen)
+            })
     }
 
     /// Drops the finished commands at the front (their keys are counted, or hot keys were
     /// turned off).
     pub fn discard(&mut self) {
-        let keys = self.finished_keys();
+        let keys = self.keys_from(self.finished);
         self.keys.drain(..keys);
         self.commands.drain(..self.finished);
         self.first += self.finished as u64;
@@ -307,17 +189,131 @@ impl Recorder {
         self.finished = 0;
         // Long keys no command still holds are dropped once they are half the buffer or more,
         // so that each byte is moved at most once on average, however long commands stay.
-        let buffered_to = self.first_long_byte + self.long_keys.len() as u64;
         let held_from = self
             .commands
             .front()
-            .map_or(buffered_to, |command| command.long_bytes);
+            .map_or(self.long_keys_end(), |command| command.long_bytes);
         let unheld = (held_from - self.first_long_byte) as usize;
         if unheld > 0 && unheld * 2 >= self.long_keys.len() {
             self.long_keys.drain(..unheld);
             self.first_long_byte = held_from;
         }
     }
+
+    /// Gives each of the `nth` command's `named` keys its own element of an array answer with
+    /// one element per key (as `MGET` has), or an equal share of any other answer.
+    #[cold]
+    fn share_answer(&mut self, nth: usize, named: u32, answer: &[u8]) {
+        let mut elements = frame::array_elements(answer, named as usize);
+        let even_share = answer.len() as u64 / u64::from(named.max(1));
+        let keys = self.keys_from(nth)..self.keys_from(nth + 1);
+        for key in self.keys.range_mut(keys) {
+            key.counts.outbound = elements
+                .as_mut()
+                .and_then(Iterator::next)
+                .map_or(even_share, |element| element.len() as u64);
+        }
+    }
+
+    /// Where the keys of the `nth` command in line start in `keys` (where they end, past the
+    /// last command).
+    fn keys_from(&self, nth: usize) -> usize {
+        self.commands.get(nth).map_or(self.keys.len(), |command| {
+            (command.first_key - self.first_key) as usize
+        })
+    }
+
+    /// The number the next byte put in the buffer of long keys takes.
+    fn long_keys_end(&self) -> u64 {
+        self.first_long_byte + self.long_keys.len() as u64
+    }
+
+    /// Keeps one key with the bytes its command brought for it.
+    #[inline]
+    fn keep(&mut self, key: &[u8], inbound: u64, value: u64, write: bool, command: usize) {
+        let key = if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            KeptKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            self.keep_long(key)
+        };
+        self.keys.push_back(Observation {
+            key,
+            counts: Counts {
+                inbound,
+                outbound: 0,
+                write,
+            },
+            value,
+            command: command as u32,
+        });
+    }
+
+    /// Puts a key longer than [`INLINE_KEY`] in the buffer of long keys.
+    fn keep_long(&mut self, key: &[u8]) -> KeptKey {
+        let start = self.long_keys_end();
+        if key.len() <= MAX_KEY_LEN {
+            self.long_keys.extend_from_slice(key);
+        } else {
+            push_shortened(key, &mut self.long_keys);
+        }
+        KeptKey::Long(start..self.long_keys_end())
+    }
+
+    /// Keeps the keys of a command that names several: each gets its own arguments (itself
+    /// and what follows it up to the next key) and an equal share of the rest of the request.
+    #[cold]
+    fn keep_each(
+        &mut self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        request_len: usize,
+    ) {
+        let write = info.has_flag(crate::command::flags::WRITE);
+        let kept = &key_positions[..key_positions.len().min(MAX_KEYS_PER_COMMAND)];
+        // Key specs list keys in order nearly always, and then a key's arguments end where the
+        // next key's begin; otherwise the nearest key after it is searched for.
+        let ascending = key_positions.windows(2).all(|pair| pair[0] < pair[1]);
+        let next_key_after = |nth: usize, position: usize| -> usize {
+            let next = if ascending {
+                key_positions.get(nth + 1).copied()
+            } else {
+                kept.iter()
+                    .chain(key_positions.get(kept.len()))
+                    .copied()
+                    .filter(|&other| other > position)
+                    .min()
+            };
+            next.unwrap_or(args.len())
+        };
+        let mut segments = 0;
+        for (nth, &position) in kept.iter().enumerate() {
+            let key = args.get(position).unwrap_or_default();
+            let values = argument_bytes(args, position + 1..next_key_after(nth, position));
+            let own = key.len() as u64 + values;
+            segments += own;
+            self.keep(key, own, if write { values } else { 0 }, write, info.id);
+        }
+        // The request bytes that belong to no key: the command name, the framing, arguments
+        // before the first key.
+        let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
+        for key in self.keys.range_mut(self.keys.len() - kept.len()..) {
+            key.counts.inbound += share;
+        }
+    }
+}
+
+/// The bytes of the arguments at `positions`.
+fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
+    positions
+        .filter_map(|at| args.get(at))
+        .map(|arg| arg.len() as u64)
+        .sum()
 }
 
 /// Appends a key longer than [`MAX_KEY_LEN`] as its start and a hash of the whole.
