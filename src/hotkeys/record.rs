@@ -46,14 +46,14 @@ struct Followed {
 /// Where a kept key's bytes are: in its observation, or, when longer than [`INLINE_KEY`], in
 /// the recorder's buffer of long keys (by the numbers of its bytes since the recorder began),
 /// so that keeping a key never costs an allocation of its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum KeptKey {
     Inline { len: u8, bytes: [u8; INLINE_KEY] },
     Long(Range<u64>),
 }
 
 /// A key of a followed command, and the bytes that went each way for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Observation {
     key: KeptKey,
     /// What the key counts for; its outbound bytes are known once the command is finished.

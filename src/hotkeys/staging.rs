@@ -52,7 +52,7 @@ struct Staged {
 const _: () = assert!(std::mem::size_of::<Staged>() == 64);
 
 /// One command's counts for one of its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Counts {
     /// Bytes it brought in for the key and took back out.
     pub inbound: u64,
