@@ -125,3 +125,106 @@ fn single_threaded_runtime_keeps_every_clients_order() {
         thread.join().unwrap();
     }
 }
+
+/// Writes `commands` inline `SET`/`GET` pairs (after `prelude`) without reading, while another
+/// thread reads the replies; returns the replies' first lines (after the prelude's).
+fn pipeline_inline_without_reading(port: u16, prelude: &[u8], pairs: usize) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let prelude = prelude.to_vec();
+    let writing = std::thread::spawn(move || {
+        writer.write_all(&prelude).unwrap();
+        let mut requests = Vec::new();
+        for i in 0..pairs {
+            requests.extend_from_slice(format!("SET k{i} v\r\nGET k{i}\r\n").as_bytes());
+        }
+        writer.write_all(&requests).unwrap();
+    });
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::with_capacity(pairs * 2);
+    let mut line = String::new();
+    while lines.len() < pairs * 2 {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .expect("a reply for every command");
+        if line.starts_with('$') {
+            // The GET's value follows on its own line.
+            let mut value = String::new();
+            reader.read_line(&mut value).unwrap();
+            line.push_str(&value);
+        }
+        lines.push(line.clone());
+    }
+    writing.join().unwrap();
+    lines
+}
+
+#[test]
+fn inline_pipelines_larger_than_the_upstream_queue_are_all_answered() {
+    let redis = support::RedisServer::start();
+    let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", "");
+    // Four clients at once on one shared connection, two of them after a SELECT.
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let port = keyward.port;
+            std::thread::spawn(move || {
+                let prelude: &[u8] = if n % 2 == 0 { b"" } else { b"SELECT 9\r\n" };
+                let mut lines = pipeline_inline_without_reading(port, prelude, 50_000);
+                if !prelude.is_empty() {
+                    assert_eq!(lines.remove(0), "+OK\r\n");
+                    lines.pop();
+                }
+                lines
+            })
+        })
+        .collect();
+    for client in clients {
+        let lines = client.join().unwrap();
+        let errors: Vec<_> = lines.iter().filter(|line| line.starts_with('-')).collect();
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {:?}",
+            errors.len(),
+            errors.first()
+        );
+        for pair in lines.chunks(2) {
+            assert_eq!(pair, ["+OK\r\n", "$1\r\nv\r\n"]);
+        }
+    }
+}
+
+#[test]
+fn a_huge_mset_and_resp_pipelines_from_many_clients_are_all_answered() {
+    let redis = support::RedisServer::start();
+    let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", "");
+    let mut client = keyward.client();
+    let mut mset = redis::cmd("MSET");
+    for i in 0..200_000 {
+        mset.arg(format!("key:{i}")).arg(i);
+    }
+    let _: () = mset.query(&mut client).unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let mut client = keyward.client();
+            std::thread::spawn(move || {
+                let mut pipe = redis::pipe();
+                for i in 0..20_000 {
+                    pipe.cmd("GET")
+                        .arg(format!("key:{}", (i * 8 + n) % 200_000));
+                }
+                let values: Vec<i64> = pipe.query(&mut client).unwrap();
+                (n, values)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (n, values) = client.join().unwrap();
+        let expected: Vec<i64> = (0..20_000).map(|i| (i * 8 + n) % 200_000).collect();
+        assert_eq!(values, expected);
+    }
+}

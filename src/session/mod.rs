@@ -39,7 +39,7 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{Batch, ConnHandle, Reply};
+use crate::upstream::{Batch, ConnHandle, Reply, ReplySender, SendError};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -149,6 +149,10 @@ pub struct Session {
     written_keys: Vec<Written>,
     /// Hot keys follow the request being judged: its keys, until its answer is known.
     observation: Option<Pending>,
+    /// Forwarded requests the connection had no room for yet: the session stops reading and
+    /// sends them once there is room, so a full queue slows the client down instead of
+    /// refusing its commands. Later requests join them, so nothing overtakes them.
+    parked: Option<Parked>,
     /// Whether hot keys have decided on sampling the request at the front of the input.
     hot_keys_looked: bool,
 }
@@ -194,6 +198,7 @@ impl Session {
             written_keys: Vec::new(),
             observation: None,
             hot_keys_looked: false,
+            parked: None,
         }
     }
 
@@ -242,6 +247,7 @@ impl Session {
                 hold_armed = self.hold_until;
             }
             let wants_input = self.wants_input();
+            let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
             tokio::select! {
                 biased;
                 reply = self.reply_receiver.recv() => {
@@ -258,6 +264,11 @@ impl Session {
                     self.read(stream)?;
                 }
                 readiness = stream.writable(), if !self.output.is_empty() => readiness?,
+                () = async {
+                    if let Some(conn) = &parked_on {
+                        conn.room().await;
+                    }
+                }, if parked_on.is_some() => self.unpark(),
                 () = &mut timer, if timer_armed => {
                     timer_armed = false;
                     self.expire();
@@ -343,6 +354,7 @@ impl Session {
         // that its leaving is noticed and it leaves the lock's queue at once.
         self.closing.is_none()
             && !self.waiting_for_quiet
+            && self.parked.is_none()
             && (!self.is_holding() || self.awaiting_lock.is_some())
             && self.output.len() < OUTPUT_HIGH_WATER
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
@@ -452,7 +464,7 @@ impl Session {
     /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
     /// when the request at the front needs a dedicated connection opened first.
     fn process_input(&mut self) -> Option<bool> {
-        if self.is_holding() {
+        if self.is_holding() || self.parked.is_some() {
             return None;
         }
         self.waiting_for_quiet = false;
@@ -1077,23 +1089,26 @@ impl Session {
             Link::Pooled(conn) => (conn, sent_at.checked_add(self.context.request_timeout)),
             Link::Dedicated { conn, .. } => (conn, None),
         };
+        let measured = self.replies.follows_commands();
+        if let Some(parked) = &mut self.parked {
+            parked.join(&bytes, count, measured);
+            self.handed_over(count, deadline);
+            return;
+        }
         let batch = Batch {
             bytes,
             count,
             reply_to: self.reply_sender.clone(),
             tracked: false,
-            measured: self.replies.follows_commands(),
+            measured,
         };
-        match conn.send(batch) {
-            Ok(()) => {
-                let written = std::mem::take(&mut self.written_keys);
-                if self.counts_replies() {
-                    self.replies.push_upstream(count, deadline, written);
-                } else {
-                    end_writes(&self.context, written);
-                }
+        match conn.offer(batch) {
+            Ok(()) => self.handed_over(count, deadline),
+            Err((SendError::Busy, batch)) => {
+                self.parked = Some(Parked::from(batch));
+                self.handed_over(count, deadline);
             }
-            Err(error) => {
+            Err((error, _)) => {
                 let address = &self.context.upstream.settings().address;
                 let error = error.reply(address, u64::from(count));
                 end_writes(&self.context, std::mem::take(&mut self.written_keys));
@@ -1104,6 +1119,78 @@ impl Session {
                     self.replies.push_ready(error.clone(), &mut self.output);
                 }
             }
+        }
+    }
+
+    /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
+    fn handed_over(&mut self, count: u32, deadline: Option<Instant>) {
+        let written = std::mem::take(&mut self.written_keys);
+        if self.counts_replies() {
+            self.replies.push_upstream(count, deadline, written);
+        } else {
+            end_writes(&self.context, written);
+        }
+    }
+
+    /// Sends the parked requests now that the connection has room. Their replies are already
+    /// expected: if the connection is gone, they are answered as a broken connection's are.
+    fn unpark(&mut self) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        let count = parked.count;
+        let batch = parked.into_batch(self.reply_sender.clone());
+        match self.link.conn().offer(batch) {
+            Ok(()) => {}
+            Err((SendError::Busy, batch)) => self.parked = Some(Parked::from(batch)),
+            Err((error, _)) => {
+                let address = &self.context.upstream.settings().address;
+                let error = error.reply(address, u64::from(count));
+                let _ = self.reply_sender.send(Reply::Failed { count, error });
+            }
+        }
+    }
+}
+
+impl Link {
+    fn conn(&self) -> &ConnHandle {
+        match self {
+            Link::Pooled(conn) | Link::Dedicated { conn, .. } => conn,
+        }
+    }
+}
+
+/// Requests waiting for room in their connection's queue, in order.
+struct Parked {
+    bytes: BytesMut,
+    count: u32,
+    measured: bool,
+}
+
+impl Parked {
+    fn join(&mut self, bytes: &[u8], count: u32, measured: bool) {
+        self.bytes.extend_from_slice(bytes);
+        self.count += count;
+        self.measured |= measured;
+    }
+
+    fn into_batch(self, reply_to: ReplySender) -> Batch {
+        Batch {
+            bytes: self.bytes.freeze(),
+            count: self.count,
+            reply_to,
+            tracked: false,
+            measured: self.measured,
+        }
+    }
+}
+
+impl From<Batch> for Parked {
+    fn from(batch: Batch) -> Parked {
+        Parked {
+            bytes: BytesMut::from(&batch.bytes[..]),
+            count: batch.count,
+            measured: batch.measured,
         }
     }
 }

@@ -127,10 +127,22 @@ impl ConnHandle {
     }
 
     pub fn send(&self, batch: Batch) -> Result<(), SendError> {
+        self.offer(batch).map_err(|(error, _)| error)
+    }
+
+    /// Like [`send`](Self::send), but a batch that cannot be handed over comes back with the
+    /// reason, so that a session can keep it and try again once there is room.
+    pub fn offer(&self, batch: Batch) -> Result<(), (SendError, Batch)> {
         self.batches.try_send(batch).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+            mpsc::error::TrySendError::Full(batch) => (SendError::Busy, batch),
+            mpsc::error::TrySendError::Closed(batch) => (SendError::Gone, batch),
         })
+    }
+
+    /// Resolves once the connection's queue has room for a batch again (or the connection is
+    /// gone, which the next send reports).
+    pub async fn room(&self) {
+        drop(self.batches.reserve().await);
     }
 
     /// Whether two handles lead to the same connection.
