@@ -132,3 +132,48 @@ fn a_half_closed_client_on_the_pool_still_gets_its_replies() {
     assert_eq!(raw.read_line(), "+OK\r\n");
     assert!(raw.is_closed());
 }
+
+/// A client blocks in `XREADGROUP … BLOCK 0` and another deletes the stream right after, as
+/// Redis's own suite does: Redis runs them in that order, so the reader is told the stream
+/// is gone (`-UNBLOCKED`). The switch to a connection of its own must not let the `DEL`
+/// overtake the read. (With one worker thread the order is certain; with two, a client whose
+/// request is being switched and one sending at the same instant run in parallel, which the
+/// README's known limits describe.)
+#[test]
+fn a_command_that_needs_its_own_connection_is_not_overtaken() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_upstream(
+        redis.port,
+        "pool_size = 1",
+        "[runtime]\nworker_threads = 1\n",
+    );
+    let mut writer = keyward.client();
+    let mut late = 0;
+    for round in 0..100 {
+        let stream = format!("stream:{round}");
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("group")
+            .arg("$")
+            .arg("MKSTREAM")
+            .query(&mut writer)
+            .unwrap();
+        let mut reader = keyward.raw();
+        reader.send(b"SELECT 0\r\n");
+        assert_eq!(reader.read_line(), "+OK\r\n");
+        reader.send(
+            format!("XREADGROUP GROUP group consumer BLOCK 0 STREAMS {stream} >\r\n").as_bytes(),
+        );
+        let _: i64 = writer.del(&stream).unwrap();
+        let reply = reader.read_line();
+        if !reply.starts_with("-UNBLOCKED") {
+            late += 1;
+            eprintln!("round {round}: {reply:?}");
+        }
+    }
+    assert_eq!(
+        late, 0,
+        "the DEL overtook the blocking read {late} times in 100"
+    );
+}

@@ -70,6 +70,11 @@ fn a_transaction_that_cannot_get_its_connection_is_refused_whole() {
         .arg(clients.lines().count())
         .query(&mut admin)
         .unwrap();
+    // keyward keeps a connection open ahead of need: another transaction takes it, and none
+    // can be opened in its place.
+    let mut first = keyward.raw();
+    first.send(b"MULTI\r\n");
+    assert_eq!(first.read_line(), "+OK\r\n");
     let mut raw = keyward.raw();
     raw.send(b"MULTI\r\nINCR x\r\nINCR x\r\nEXEC\r\n");
     let reply = raw.read_line();
@@ -233,4 +238,50 @@ fn slow_clients_hold_nothing_but_their_own_connection() {
     for thread in slow {
         assert_eq!(thread.join().unwrap(), "$-1\r\n");
     }
+}
+
+/// `SCRIPT KILL` from another client must not queue behind the script it kills, even when
+/// both clients share keyward's one connection to Redis.
+#[test]
+fn script_kill_reaches_redis_while_a_script_holds_the_shared_connection() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut runner = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut killer = keyward.client();
+    let started = Instant::now();
+    let killed: String = redis::cmd("SCRIPT").arg("KILL").query(&mut killer).unwrap();
+    assert_eq!(killed, "OK");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "SCRIPT KILL waited"
+    );
+    let reply = runner.read_line();
+    assert!(reply.contains("killed"), "{reply}");
+    let pong: String = redis::cmd("PING").query(&mut killer).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn replication_commands_get_an_error_instead_of_silence() {
+    let (_redis, keyward) = shared_upstream();
+    let mut raw = keyward.raw();
+    for request in [
+        "SYNC\r\n",
+        "PSYNC ? -1\r\n",
+        "REPLCONF listening-port 1\r\n",
+    ] {
+        raw.send(request.as_bytes());
+        let reply = raw.read_line();
+        assert!(
+            reply.starts_with("-ERR keyward does not proxy replication"),
+            "{reply}"
+        );
+    }
+    raw.send(b"PING\r\n");
+    assert_eq!(raw.read_line(), "+PONG\r\n");
 }

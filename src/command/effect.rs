@@ -13,6 +13,10 @@ pub enum Effect {
     Dedicated,
     /// Blocks only when the `BLOCK` option is present (`XREAD`, `XREADGROUP`).
     DedicatedWithBlockOption,
+    /// Must reach Redis at once, even while the session's shared connection waits behind a
+    /// busy script or a paused write (`SCRIPT KILL`, `FUNCTION KILL`, `SHUTDOWN`,
+    /// `CLIENT UNPAUSE`): sent on a connection of its own for that one command.
+    Aside,
     /// Turns the connection into a stream whose frames no longer match commands one to one
     /// (pub/sub in RESP2, `MONITOR`, `CLIENT REPLY`, replication).
     Streaming,
@@ -30,6 +34,8 @@ pub enum LocalCommand {
     ClientSetInfo,
     ClientId,
     Keyward,
+    /// `SYNC`, `PSYNC`, `REPLCONF`: keyward does not proxy replication, and says so.
+    Replication,
 }
 
 pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
@@ -44,9 +50,11 @@ pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
         "client|setinfo" => Effect::Local(LocalCommand::ClientSetInfo),
         "client|id" => Effect::Local(LocalCommand::ClientId),
         "keyward" => Effect::Local(LocalCommand::Keyward),
+        "sync" | "psync" | "replconf" => Effect::Local(LocalCommand::Replication),
+        "script|kill" | "function|kill" | "shutdown" | "client|unpause" => Effect::Aside,
         "xread" | "xreadgroup" => Effect::DedicatedWithBlockOption,
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
-        | "sunsubscribe" | "monitor" | "client|reply" | "sync" | "psync" | "replconf"
+        | "sunsubscribe" | "monitor" | "client|reply"
         // The Lua debugger takes over the connection's protocol.
         | "script|debug" => {
             Effect::Streaming

@@ -295,6 +295,14 @@ mod tests {
             (&["CLIENT", "NO-TOUCH", "ON"][..], Effect::Dedicated),
             (&["WAITAOF", "0", "1", "0"][..], Effect::Dedicated),
             (&["SCRIPT", "DEBUG", "YES"][..], Effect::Streaming),
+            (&["SCRIPT", "KILL"][..], Effect::Aside),
+            (&["FUNCTION", "KILL"][..], Effect::Aside),
+            (&["SHUTDOWN", "NOSAVE"][..], Effect::Aside),
+            (&["CLIENT", "UNPAUSE"][..], Effect::Aside),
+            (
+                &["PSYNC", "?", "-1"][..],
+                Effect::Local(LocalCommand::Replication),
+            ),
         ] {
             with_args(words, |args| {
                 assert_eq!(

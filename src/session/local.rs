@@ -96,6 +96,9 @@ pub fn execute(
             Outcome::Reply(reply::simple("RESET"))
         }
         LocalCommand::Quit => Outcome::ReplyThenClose(reply::simple("OK")),
+        LocalCommand::Replication => {
+            error("ERR keyward does not proxy replication: connect replicas to Redis directly")
+        }
         LocalCommand::ClientSetName => match valid_name(&args[2]) {
             Ok(name) => {
                 state.name = name;

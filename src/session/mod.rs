@@ -39,7 +39,7 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{Batch, ConnHandle, Reply, ReplySender, SendError};
+use crate::upstream::{Batch, ConnHandle, Opening, Reply, ReplySender, SendError};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -90,6 +90,8 @@ enum Step {
     Dedicate {
         streaming: bool,
     },
+    /// Sent at once on a connection of its own, whatever the session's connection waits for.
+    Aside,
 }
 
 pub struct Session {
@@ -155,6 +157,9 @@ pub struct Session {
     parked: Option<Parked>,
     /// Whether hot keys have decided on sampling the request at the front of the input.
     hot_keys_looked: bool,
+    /// A connection of the session's own, just opened: started once the requests that asked
+    /// for it are handed over, so that they are written at once.
+    opening: Option<Opening>,
 }
 
 impl Session {
@@ -199,6 +204,7 @@ impl Session {
             observation: None,
             hot_keys_looked: false,
             parked: None,
+            opening: None,
         }
     }
 
@@ -228,6 +234,9 @@ impl Session {
         loop {
             while let Some(streaming) = self.process_input() {
                 self.open_dedicated(streaming).await;
+            }
+            if let Some(opening) = self.opening.take() {
+                opening.start();
             }
             self.count_hot_keys();
             self.write_output(stream)?;
@@ -547,7 +556,9 @@ impl Session {
             }
             let needs_keys = match step {
                 Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
-                Step::Dedicate { .. } => policies.judges() || policies.watches_writes(),
+                Step::Dedicate { .. } | Step::Aside => {
+                    policies.judges() || policies.watches_writes()
+                }
                 Step::Local(_) => !policies.denials.is_empty(),
                 Step::Refuse(_) => false,
             };
@@ -562,7 +573,7 @@ impl Session {
                         .start(info, &args, &self.key_positions, source.len());
             }
             let verdict = match step {
-                Step::Forward | Step::Dedicate { .. } if policies.judges() => {
+                Step::Forward | Step::Dedicate { .. } | Step::Aside if policies.judges() => {
                     self.client_bucket.clear();
                     match &self.client.name {
                         Some(name) => {
@@ -834,6 +845,20 @@ impl Session {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.input.advance(consumed);
                 }
+                Step::Aside => {
+                    self.received.add(&self.context.command_metrics, info.id);
+                    self.send_batch(&mut batch);
+                    let request = self.take_request(consumed, rewritten);
+                    let ticket = self.replies.next_ticket();
+                    self.replies.push_fetched(false, self.observation.take());
+                    self.context.upstream.send_aside(
+                        self.client.protocol,
+                        self.client.db,
+                        request,
+                        ticket,
+                        self.reply_sender.clone(),
+                    );
+                }
                 Step::Dedicate { streaming } => {
                     self.send_batch(&mut batch);
                     if self.dedicated_error.is_some() {
@@ -977,6 +1002,7 @@ impl Session {
                 Effect::Stateless => Step::Forward,
                 Effect::Local(command) => Step::Local(command),
                 Effect::Dedicated => Step::Dedicate { streaming: false },
+                Effect::Aside => Step::Aside,
                 Effect::DedicatedWithBlockOption if has_block_option(args) => {
                     Step::Dedicate { streaming: false }
                 }
@@ -1051,6 +1077,9 @@ impl Session {
     }
 
     async fn open_dedicated(&mut self, streaming: bool) {
+        if let Some(opening) = self.opening.take() {
+            opening.start();
+        }
         let setup = self.client.setup_commands();
         let opened = self
             .context
@@ -1063,7 +1092,10 @@ impl Session {
             )
             .await;
         match opened {
-            Ok(conn) => self.link = Link::Dedicated { conn, streaming },
+            Ok((conn, opening)) => {
+                self.link = Link::Dedicated { conn, streaming };
+                self.opening = Some(opening);
+            }
             Err(error) => {
                 let address = &self.context.upstream.settings().address;
                 self.dedicated_error = Some(reply::error(&format!(

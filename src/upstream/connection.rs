@@ -176,7 +176,7 @@ struct Pending {
 
 /// What one connection holds while it runs.
 #[derive(Default)]
-struct ConnState {
+pub(super) struct ConnState {
     pending: VecDeque<Pending>,
     input: BytesMut,
     scanner: FrameScanner,
@@ -192,16 +192,14 @@ struct ConnState {
 /// never wait without end for the late replies of a stalled server.
 pub(super) async fn serve(
     stream: Stream,
+    mut state: ConnState,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
     reply_timeout: Option<Duration>,
     tracking: &TrackingTarget,
     broken_reply: impl Fn(&str) -> Bytes,
 ) -> ServeEnd {
-    let mut state = ConnState {
-        input: BytesMut::with_capacity(READ_CHUNK),
-        ..ConnState::default()
-    };
+    state.input.reserve(READ_CHUNK);
     let mut fills = Fills::new(tracking);
     let end = drive(
         &stream,
@@ -229,6 +227,23 @@ pub(super) async fn serve(
         }
     }
     end
+}
+
+impl ConnState {
+    /// Takes the batches already queued for a connection of one session's own and writes
+    /// them as far as the socket takes them now, from the session's task: the session's
+    /// command reaches Redis without waiting for the connection's task to be scheduled, so
+    /// what other clients send after it cannot overtake it. (Write errors are left for
+    /// [`serve`] to find.)
+    pub(super) fn written_ahead(stream: &Stream, batches: &mut mpsc::Receiver<Batch>) -> ConnState {
+        let mut state = ConnState::default();
+        let now = Instant::now();
+        while let Ok(batch) = batches.try_recv() {
+            state.output.push(batch, &mut state.pending, now);
+        }
+        let _ = state.output.flush(stream);
+        state
+    }
 }
 
 async fn drive(
@@ -286,8 +301,11 @@ async fn drive(
                 let now = Instant::now();
                 output.take(batch, pending, now, fills);
                 // Let every session woken in this tick queue its batch first, so that one
-                // write carries them all.
-                tokio::task::yield_now().await;
+                // write carries them all. A connection of one session's own has nobody to wait
+                // for: its command goes out now, ahead of what other sessions send later.
+                if owner.is_none() {
+                    tokio::task::yield_now().await;
+                }
                 while output.bytes < WRITE_HIGH_WATER {
                     match batches.try_recv() {
                         Ok(batch) => {

@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, HostPort};
 use crate::metrics;
+use crate::net::Stream;
 use crate::resp::{reply, Protocol};
 use crate::tls::ClientTls;
-use connection::{serve, ServeEnd};
+use connection::{serve, ConnState, ServeEnd};
 
 /// Everything needed to open a connection to Redis.
 #[derive(Debug, Clone)]
@@ -97,6 +98,11 @@ pub struct Upstream {
     settings: UpstreamSettings,
     pools: Mutex<FxHashMap<PoolKey, Arc<[ConnHandle]>>>,
     facts: RwLock<Arc<ServerFacts>>,
+    /// Connections opened ahead of need, one per (protocol, database) that sessions moved to
+    /// a connection of their own with: taking one costs no round trip, so a command that
+    /// needs its own connection (`XREADGROUP … BLOCK`, `SSUBSCRIBE`) reaches Redis as soon
+    /// as the commands sent before it. `None`: one is being opened.
+    spares: Mutex<FxHashMap<PoolKey, Option<Stream>>>,
     /// Where pooled connections redirect the tracking of cache fills.
     pub tracking: Arc<TrackingTarget>,
 }
@@ -109,9 +115,13 @@ impl Upstream {
             settings,
             pools: Mutex::default(),
             facts: RwLock::default(),
+            spares: Mutex::default(),
             tracking: Arc::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
+        for protocol in [Protocol::Resp2, Protocol::Resp3] {
+            upstream.open_spare((protocol, 0));
+        }
         upstream
     }
 
@@ -148,39 +158,139 @@ impl Upstream {
     }
 
     /// Opens a connection for one session alone. `setup` commands restore the session's state
-    /// on it (e.g. `CLIENT SETNAME`); replies and pushes go to `owner`.
+    /// on it (e.g. `CLIENT SETNAME`); replies and pushes go to `owner`. The session sends its
+    /// first batches on the handle, then calls [`Opening::start`], which writes them at once
+    /// and hands the connection to a task of its own.
     pub async fn dedicated(
-        &self,
+        self: &Arc<Self>,
         protocol: Protocol,
         db: u32,
         setup: &[Vec<Vec<u8>>],
         owner: ReplySender,
-    ) -> Result<ConnHandle, UpstreamError> {
-        let connected = handshake::connect(&self.settings, protocol, db, setup, false)
-            .await
-            .inspect_err(|_| metrics::upstream_errors("connect", 1))?;
-        let (handle, mut batches) = ConnHandle::channel();
-        handle.status.set_up();
-        let address = self.settings.address.to_string();
-        let tracking = Arc::clone(&self.tracking);
-        tokio::spawn(async move {
-            metrics::upstream_connection_opened();
-            let end = serve(
-                connected.stream,
-                &mut batches,
-                Some(&owner),
-                None,
-                &tracking,
-                |reason| broken_error(&address, reason),
-            )
-            .await;
-            if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = end {
-                metrics::upstream_errors("io", 1);
-                tracing::debug!(%reason, "dedicated upstream connection closed");
+    ) -> Result<(ConnHandle, Opening), UpstreamError> {
+        let (stream, setup_left) = match self.take_spare((protocol, db)) {
+            Some(stream) => (stream, setup),
+            None => {
+                let connected = handshake::connect(&self.settings, protocol, db, setup, false)
+                    .await
+                    .inspect_err(|_| metrics::upstream_errors("connect", 1))?;
+                (connected.stream, &[][..])
             }
-            metrics::upstream_connection_closed();
+        };
+        let (handle, batches) = ConnHandle::channel();
+        handle.status.set_up();
+        if !setup_left.is_empty() {
+            // Ahead of anything the session sends; nobody reads the replies (a name the
+            // session already accepted is valid).
+            let mut bytes = BytesMut::new();
+            for command in setup_left {
+                encode_command(command, &mut bytes);
+            }
+            let (ignored, _) = mpsc::unbounded_channel();
+            let _ = handle.send(Batch {
+                bytes: bytes.freeze(),
+                count: setup_left.len() as u32,
+                reply_to: ignored,
+                tracked: false,
+                measured: false,
+            });
+        }
+        let opening = Opening {
+            stream,
+            batches,
+            owner,
+            address: self.settings.address.to_string(),
+            tracking: Arc::clone(&self.tracking),
+        };
+        Ok((handle, opening))
+    }
+
+    /// Runs one command on a connection of its own and hands its reply to `reply_to` as the
+    /// answer to the session's request `ticket`: for commands that must not wait behind
+    /// anything (`SCRIPT KILL` while a script holds the session's shared connection).
+    pub fn send_aside(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        db: u32,
+        request: Bytes,
+        ticket: u64,
+        reply_to: ReplySender,
+    ) {
+        let upstream = Arc::clone(self);
+        tokio::spawn(async move {
+            let address = &upstream.settings.address;
+            let bytes = match upstream
+                .dedicated(protocol, db, &[], mpsc::unbounded_channel().0)
+                .await
+            {
+                Ok((conn, opening)) => match send_own(&conn, request, 1, false) {
+                    Ok(replies) => {
+                        opening.start();
+                        // The connection closes when `conn` is dropped, after the reply.
+                        replies.all().await.unwrap_or_else(|error| error)
+                    }
+                    Err(error) => error.reply(address, 1),
+                },
+                Err(error) => reply::error(&format!("ERR upstream {address} unavailable: {error}")),
+            };
+            let _ = reply_to.send(Reply::Fetched { ticket, bytes });
         });
-        Ok(handle)
+    }
+
+    /// A spare connection for `key` that is still open, if one is ready; a new one is opened
+    /// in its place (unless one is opening already).
+    fn take_spare(self: &Arc<Self>, key: PoolKey) -> Option<Stream> {
+        let (taken, open_another) = {
+            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            match spares.get_mut(&key) {
+                Some(spare) => {
+                    let taken = spare.take();
+                    let opened_one = taken.is_some();
+                    (taken, opened_one)
+                }
+                None => {
+                    spares.insert(key, None);
+                    (None, true)
+                }
+            }
+        };
+        if open_another {
+            self.spawn_spare(key);
+        }
+        // A Redis restart or `timeout` may have closed it while it waited.
+        taken.filter(|stream| {
+            let mut probe = BytesMut::with_capacity(16);
+            matches!(stream.read_available(&mut probe),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+        })
+    }
+
+    /// Opens the first spare connection for `key`.
+    fn open_spare(self: &Arc<Self>, key: PoolKey) {
+        self.spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, None);
+        self.spawn_spare(key);
+    }
+
+    /// Opens a spare connection for `key` in the background; its place is marked as opening.
+    fn spawn_spare(self: &Arc<Self>, key: PoolKey) {
+        let upstream = Arc::clone(self);
+        tokio::spawn(async move {
+            let (protocol, db) = key;
+            let opened = handshake::connect(&upstream.settings, protocol, db, &[], false).await;
+            let mut spares = upstream.spares.lock().unwrap_or_else(|e| e.into_inner());
+            match opened {
+                Ok(connected) => {
+                    spares.insert(key, Some(connected.stream));
+                }
+                // Tried again when a session next needs one.
+                Err(_) => {
+                    spares.remove(&key);
+                }
+            }
+        });
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
@@ -213,6 +323,48 @@ impl Upstream {
     }
 }
 
+/// A session's own connection, open but not yet served: see [`Upstream::dedicated`].
+pub struct Opening {
+    stream: Stream,
+    batches: mpsc::Receiver<Batch>,
+    owner: ReplySender,
+    address: String,
+    tracking: Arc<TrackingTarget>,
+}
+
+impl Opening {
+    /// Writes what the session has sent so far, now, then serves the connection in a task of
+    /// its own until it breaks or the session lets go of it.
+    pub fn start(self) {
+        let Opening {
+            stream,
+            mut batches,
+            owner,
+            address,
+            tracking,
+        } = self;
+        let state = ConnState::written_ahead(&stream, &mut batches);
+        tokio::spawn(async move {
+            metrics::upstream_connection_opened();
+            let end = serve(
+                stream,
+                state,
+                &mut batches,
+                Some(&owner),
+                None,
+                &tracking,
+                |reason| broken_error(&address, reason),
+            )
+            .await;
+            if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = end {
+                metrics::upstream_errors("io", 1);
+                tracing::debug!(%reason, "dedicated upstream connection closed");
+            }
+            metrics::upstream_connection_closed();
+        });
+    }
+}
+
 /// Keeps one pooled connection open for as long as keyward runs.
 async fn run_pooled(
     upstream: Arc<Upstream>,
@@ -236,6 +388,7 @@ async fn run_pooled(
                 let reply_timeout = Some(upstream.settings.request_timeout);
                 let end = serve(
                     connected.stream,
+                    ConnState::default(),
                     &mut batches,
                     None,
                     reply_timeout,
