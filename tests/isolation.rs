@@ -285,3 +285,55 @@ fn replication_commands_get_an_error_instead_of_silence() {
     raw.send(b"PING\r\n");
     assert_eq!(raw.read_line(), "+PONG\r\n");
 }
+
+/// While a script runs past Redis's busy threshold, other clients get Redis's own `-BUSY`
+/// at once, even those whose shared connection the script holds.
+#[test]
+fn clients_behind_a_busy_script_get_busy_instead_of_waiting() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut runner = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = keyward.raw();
+    let started = Instant::now();
+    other.send(b"GET k\r\n");
+    let reply = other.read_line();
+    assert!(reply.starts_with("-BUSY"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the GET waited");
+    other.send(b"SCRIPT KILL\r\n");
+    assert_eq!(other.read_line(), "+OK\r\n");
+    assert!(runner.read_line().contains("killed"));
+}
+
+/// `CLIENT PAUSE … WRITE` holds writes, not reads: a client's paused `SET` must not hold the
+/// reads of clients that share its connection to Redis.
+#[test]
+fn a_paused_write_does_not_hold_other_clients_reads() {
+    let (redis, keyward) = shared_upstream();
+    let mut writer = keyward.raw();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "5000", "WRITE"])
+        .query(&mut redis.client())
+        .unwrap();
+    writer.send(b"SET k v\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut reader = keyward.client();
+    let started = Instant::now();
+    let value: Option<String> = redis::cmd("GET").arg("k").query(&mut reader).unwrap();
+    assert_eq!(value, None);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the read waited for the pause"
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut reader)
+        .unwrap();
+    assert_eq!(writer.read_line(), "+OK\r\n");
+    let value: String = redis::cmd("GET").arg("k").query(&mut reader).unwrap();
+    assert_eq!(value, "v");
+}

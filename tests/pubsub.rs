@@ -91,3 +91,50 @@ fn a_subscriber_that_leaves_frees_its_connection() {
     }
     support::wait_until_unsubscribed(&redis, "temp", "subscriptions outlived their clients");
 }
+
+/// `UNSUBSCRIBE` and `PUNSUBSCRIBE` without arguments end every subscription in Redis too, in
+/// both protocols, whether or not the client waited for its subscriptions' replies.
+#[test]
+fn unsubscribing_from_everything_leaves_nothing_subscribed_upstream() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut publisher = keyward.client();
+    let cases: [(&[u8], &[u8], &str); 4] = [
+        (b"", b"SUBSCRIBE chan1 chan2\r\n", "UNSUBSCRIBE\r\n"),
+        (
+            b"HELLO 3\r\n",
+            b"SUBSCRIBE chan1 chan2\r\n",
+            "UNSUBSCRIBE\r\n",
+        ),
+        (b"", b"PSUBSCRIBE chan*\r\n", "PUNSUBSCRIBE\r\n"),
+        (b"SELECT 9\r\n", b"SUBSCRIBE chan1\r\n", "UNSUBSCRIBE\r\n"),
+    ];
+    for (prelude, subscribe, unsubscribe) in cases {
+        for pipelined in [false, true] {
+            let mut subscriber = keyward.raw();
+            subscriber.send(prelude);
+            if !prelude.is_empty() {
+                // HELLO's map or SELECT's +OK: read up to the last line of either.
+                let mut line = subscriber.read_line();
+                while prelude.starts_with(b"HELLO") && !line.starts_with("*0") {
+                    line = subscriber.read_line();
+                }
+            }
+            subscriber.send(subscribe);
+            if !pipelined {
+                let _ = subscriber.read_line();
+            }
+            subscriber.send(unsubscribe.as_bytes());
+            // The last unsubscribe reply counts the subscriptions left: none.
+            let mut line = String::new();
+            while line != ":0\r\n" {
+                line = subscriber.read_line();
+                assert!(!line.is_empty(), "the subscriber was closed");
+            }
+            let receivers: i64 = publisher.publish("chan1", "hello").unwrap();
+            assert_eq!(
+                receivers, 0,
+                "{unsubscribe:?} after {subscribe:?} left a subscription"
+            );
+        }
+    }
+}

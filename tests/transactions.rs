@@ -108,3 +108,28 @@ fn a_pipelined_transaction_after_writes_sees_them() {
     let (_, _, _, exec): (String, String, String, Vec<String>) = pipe.query(&mut client).unwrap();
     assert_eq!(exec, ["before"]);
 }
+
+/// A transaction opened while a script is busy: Redis accepts `MULTI`, refuses the command
+/// with `-BUSY` and so aborts `EXEC`, also for a client on a database other than 0 (whose
+/// connection of its own could not `SELECT` while the script runs).
+#[test]
+fn a_command_refused_as_busy_aborts_the_transaction() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut client = keyward.raw();
+    client.send(b"SELECT 9\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    let mut runner = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    client.send(b"MULTI\r\nSET k v\r\nEXEC\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    assert!(client.read_line().starts_with("-BUSY"));
+    assert!(client.read_line().starts_with("-EXECABORT"));
+    client.send(b"SCRIPT KILL\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    assert!(runner.read_line().contains("killed"));
+}

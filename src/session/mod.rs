@@ -39,7 +39,9 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{Batch, ConnHandle, Opening, Reply, ReplySender, SendError};
+use crate::upstream::{
+    Batch, ConnHandle, Opening, Reply, ReplySender, SendError, UpstreamError, HELD_TOO_LONG,
+};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -112,7 +114,7 @@ pub struct Session {
     waiting_for_quiet: bool,
     /// Set when opening a dedicated connection failed: the request that asked for it is
     /// answered with this error instead.
-    dedicated_error: Option<Bytes>,
+    dedicated_error: Option<DedicatedError>,
     /// Reused for copying a local command's arguments out of the read buffer.
     local_args: Vec<Vec<u8>>,
     received: ReceivedTally,
@@ -835,8 +837,10 @@ impl Session {
                         break;
                     }
                     if self.dedicated_error.is_some() {
-                        self.refuse_after_failed_open(consumed, info);
-                        break;
+                        if self.refuse_after_failed_open(consumed, info) {
+                            break;
+                        }
+                        continue;
                     }
                     if self.run_local(command, info) {
                         dedicate = Some(false);
@@ -851,9 +855,10 @@ impl Session {
                     let request = self.take_request(consumed, rewritten);
                     let ticket = self.replies.next_ticket();
                     self.replies.push_fetched(false, self.observation.take());
+                    // These commands act on the whole server: database 0 spares the
+                    // connection a SELECT, which Redis refuses while a script is busy.
                     self.context.upstream.send_aside(
                         self.client.protocol,
-                        self.client.db,
                         request,
                         ticket,
                         self.reply_sender.clone(),
@@ -862,8 +867,10 @@ impl Session {
                 Step::Dedicate { streaming } => {
                     self.send_batch(&mut batch);
                     if self.dedicated_error.is_some() {
-                        self.refuse_after_failed_open(consumed, info);
-                        break;
+                        if self.refuse_after_failed_open(consumed, info) {
+                            break;
+                        }
+                        continue;
                     }
                     if !self.is_quiet() {
                         self.waiting_for_quiet = true;
@@ -969,13 +976,18 @@ impl Session {
     /// Answers the request that needed a dedicated connection with the error from opening one,
     /// then closes the client: running what it pipelined after (the commands of a `MULTI`, say)
     /// on the shared connection would change their meaning.
-    fn refuse_after_failed_open(&mut self, consumed: usize, info: &CommandInfo) {
+    /// `true` if the client is closed.
+    fn refuse_after_failed_open(&mut self, consumed: usize, info: &CommandInfo) -> bool {
         self.received.add(&self.context.command_metrics, info.id);
         self.input.advance(consumed);
         if let Some(error) = self.dedicated_error.take() {
-            self.replies.push_ready(error, &mut self.output);
+            self.replies.push_ready(error.reply, &mut self.output);
+            if !error.closes {
+                return false;
+            }
         }
         self.closing = Some(Closing::UpstreamGone);
+        true
     }
 
     /// Decides what to do with a request on the session's current connection.
@@ -1098,9 +1110,12 @@ impl Session {
             }
             Err(error) => {
                 let address = &self.context.upstream.settings().address;
-                self.dedicated_error = Some(reply::error(&format!(
-                    "ERR upstream {address} unavailable: {error}"
-                )));
+                self.dedicated_error = Some(DedicatedError {
+                    reply: error.reply(address),
+                    // Redis refused the request itself, as it would have directly: what the
+                    // client sent after it meets Redis as it would have (`EXEC without MULTI`).
+                    closes: !matches!(error, UpstreamError::Busy(_)),
+                });
             }
         }
     }
@@ -1117,6 +1132,7 @@ impl Session {
     }
 
     fn forward(&mut self, bytes: Bytes, count: u32, sent_at: Instant) {
+        self.leave_held_connection(sent_at);
         let (conn, deadline) = match &self.link {
             Link::Pooled(conn) => (conn, sent_at.checked_add(self.context.request_timeout)),
             Link::Dedicated { conn, .. } => (conn, None),
@@ -1151,6 +1167,24 @@ impl Session {
                     self.replies.push_ready(error.clone(), &mut self.output);
                 }
             }
+        }
+    }
+
+    /// A session that owes nothing moves off a shared connection that Redis holds (see
+    /// [`Upstream::detour`](crate::upstream::Upstream::detour)).
+    fn leave_held_connection(&mut self, now: Instant) {
+        let Link::Pooled(conn) = &self.link else {
+            return;
+        };
+        if !conn.status.held_longer_than(HELD_TOO_LONG, now)
+            || self.parked.is_some()
+            || !self.is_quiet()
+        {
+            return;
+        }
+        let upstream = &self.context.upstream;
+        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db, now) {
+            self.link = Link::Pooled(conn);
         }
     }
 
@@ -1315,6 +1349,13 @@ fn end_writes(context: &Context, written: Vec<Written>) {
             }
         }
     }
+}
+
+/// Why a connection of the session's own could not be opened, for the request that asked.
+struct DedicatedError {
+    reply: Bytes,
+    /// The client is closed after the reply (see `refuse_after_failed_open`).
+    closes: bool,
 }
 
 /// The lock attempt a session waits for.

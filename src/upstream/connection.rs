@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -75,9 +75,36 @@ const MAX_IOVECS: usize = 64;
 pub struct ConnStatus {
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// When the oldest request still waiting for its reply was written, in nanoseconds since
+    /// [`clock_origin`] plus one; 0 while none waits. Sessions read it to leave a connection
+    /// that Redis holds (a busy script, a paused write) before they queue behind it.
+    oldest_written: AtomicU64,
+}
+
+/// The instant `oldest_written` counts from.
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn clock_reading(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(clock_origin()).as_nanos()).unwrap_or(u64::MAX) + 1
 }
 
 impl ConnStatus {
+    /// Whether a request has waited on this connection for longer than `after` at `now`.
+    pub fn held_longer_than(&self, after: Duration, now: Instant) -> bool {
+        let oldest = self.oldest_written.load(Ordering::Relaxed);
+        oldest != 0 && clock_reading(now).saturating_sub(oldest) > after.as_nanos() as u64
+    }
+
+    fn note_oldest(&self, oldest: Option<Instant>) {
+        let reading = oldest.map_or(0, clock_reading);
+        if self.oldest_written.load(Ordering::Relaxed) != reading {
+            self.oldest_written.store(reading, Ordering::Relaxed);
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -181,6 +208,8 @@ pub(super) struct ConnState {
     input: BytesMut,
     scanner: FrameScanner,
     output: WriteQueue,
+    /// The connection's health as its handles see it.
+    status: Arc<ConnStatus>,
 }
 
 /// Runs one connection until it breaks or is released. `owner` receives frames that answer no
@@ -211,6 +240,7 @@ pub(super) async fn serve(
     )
     .await;
     fills.end();
+    state.status.note_oldest(None);
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
@@ -230,13 +260,25 @@ pub(super) async fn serve(
 }
 
 impl ConnState {
+    /// A new connection's state, whose waiting requests `status` shows.
+    pub(super) fn reporting_to(status: Arc<ConnStatus>) -> ConnState {
+        ConnState {
+            status,
+            ..ConnState::default()
+        }
+    }
+
     /// Takes the batches already queued for a connection of one session's own and writes
     /// them as far as the socket takes them now, from the session's task: the session's
     /// command reaches Redis without waiting for the connection's task to be scheduled, so
     /// what other clients send after it cannot overtake it. (Write errors are left for
     /// [`serve`] to find.)
-    pub(super) fn written_ahead(stream: &Stream, batches: &mut mpsc::Receiver<Batch>) -> ConnState {
-        let mut state = ConnState::default();
+    pub(super) fn written_ahead(
+        stream: &Stream,
+        batches: &mut mpsc::Receiver<Batch>,
+        status: Arc<ConnStatus>,
+    ) -> ConnState {
+        let mut state = ConnState::reporting_to(status);
         let now = Instant::now();
         while let Ok(batch) = batches.try_recv() {
             state.output.push(batch, &mut state.pending, now);
@@ -259,12 +301,14 @@ async fn drive(
         input,
         scanner,
         output,
+        status,
     } = state;
     // Armed lazily at the oldest batch's deadline; firing early only re-arms it.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_armed = false;
     loop {
+        status.note_oldest(pending.front().map(|oldest| oldest.taken_at));
         if let (false, Some(timeout), Some(oldest)) = (timer_armed, reply_timeout, pending.front())
         {
             if let Some(deadline) = oldest.taken_at.checked_add(timeout) {

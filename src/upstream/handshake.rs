@@ -146,11 +146,14 @@ async fn handshake(
     for (command, reply) in commands.iter().zip(&replies) {
         let name = String::from_utf8_lossy(&command[0]).to_uppercase();
         if let Some(message) = error_text(reply) {
-            let is_config = name == "CONFIG";
-            if !is_config {
-                return Err(UpstreamError::Handshake(format!("{name}: {message}")));
+            // Facts are optional: keyward's user may not run CONFIG, or a script may be busy.
+            if name == "CONFIG" {
+                continue;
             }
-            continue;
+            if message.starts_with("BUSY") {
+                return Err(UpstreamError::Busy(message));
+            }
+            return Err(UpstreamError::Handshake(format!("{name}: {message}")));
         }
         if let Some(facts) = facts.as_mut() {
             match name.as_str() {

@@ -15,7 +15,7 @@ pub use handshake::{connect, next_backoff, read_frame, ServerFacts};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -79,6 +79,19 @@ pub enum UpstreamError {
     Io(std::io::Error),
     Timeout(Duration),
     Handshake(String),
+    /// Redis refused the handshake because a script is running (`-BUSY …`).
+    Busy(String),
+}
+
+impl UpstreamError {
+    /// The error a client's request gets when its connection could not be opened: Redis's
+    /// own `-BUSY` while a script runs (the request would have got it anyway), else keyward's.
+    pub fn reply(&self, address: &HostPort) -> Bytes {
+        match self {
+            UpstreamError::Busy(message) => reply::error(message),
+            _ => reply::error(&format!("ERR upstream {address} unavailable: {self}")),
+        }
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -87,22 +100,31 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Io(error) => write!(f, "{error}"),
             UpstreamError::Timeout(after) => write!(f, "no connection after {after:?}"),
             UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
+            UpstreamError::Busy(message) => write!(f, "{message}"),
         }
     }
 }
 
 type PoolKey = (Protocol, u32);
 
+/// A shared connection whose oldest request has waited this long is taken to be held by Redis
+/// (a busy script, a paused write); sessions that owe nothing leave it for another.
+pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
+/// Shared connections that may be opened beside one pool for sessions leaving held ones.
+const MAX_DETOURS: usize = 8;
+
 /// The Redis server keyward fronts, as seen by sessions.
 pub struct Upstream {
     settings: UpstreamSettings,
     pools: Mutex<FxHashMap<PoolKey, Arc<[ConnHandle]>>>,
     facts: RwLock<Arc<ServerFacts>>,
-    /// Connections opened ahead of need, one per (protocol, database) that sessions moved to
-    /// a connection of their own with: taking one costs no round trip, so a command that
+    /// Connections opened ahead of need, one per pool (protocol, database): taking one costs no round trip, so a command that
     /// needs its own connection (`XREADGROUP … BLOCK`, `SSUBSCRIBE`) reaches Redis as soon
     /// as the commands sent before it. `None`: one is being opened.
     spares: Mutex<FxHashMap<PoolKey, Option<Stream>>>,
+    /// Shared connections opened beside a pool for sessions that would otherwise queue
+    /// behind a request Redis holds (see [`Upstream::detour`]); at most [`MAX_DETOURS`] a pool.
+    detours: Mutex<FxHashMap<PoolKey, Vec<ConnHandle>>>,
     /// Where pooled connections redirect the tracking of cache fills.
     pub tracking: Arc<TrackingTarget>,
 }
@@ -116,12 +138,10 @@ impl Upstream {
             pools: Mutex::default(),
             facts: RwLock::default(),
             spares: Mutex::default(),
+            detours: Mutex::default(),
             tracking: Arc::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
-        for protocol in [Protocol::Resp2, Protocol::Resp3] {
-            upstream.open_spare((protocol, 0));
-        }
         upstream
     }
 
@@ -142,19 +162,60 @@ impl Upstream {
     }
 
     fn open_pool(self: &Arc<Self>, protocol: Protocol, db: u32) -> Arc<[ConnHandle]> {
+        // Sessions of this pool find a connection of their own ready, even while a busy
+        // script makes Redis refuse the `SELECT` a new one would need.
+        self.open_spare((protocol, db));
         (0..self.settings.pool_size)
-            .map(|_| {
-                let (handle, batches) = ConnHandle::channel();
-                tokio::spawn(run_pooled(
-                    Arc::clone(self),
-                    protocol,
-                    db,
-                    batches,
-                    Arc::clone(&handle.status),
-                ));
-                handle
-            })
+            .map(|_| self.open_shared(protocol, db))
             .collect()
+    }
+
+    fn open_shared(self: &Arc<Self>, protocol: Protocol, db: u32) -> ConnHandle {
+        let (handle, batches) = ConnHandle::channel();
+        tokio::spawn(run_pooled(
+            Arc::clone(self),
+            protocol,
+            db,
+            batches,
+            Arc::clone(&handle.status),
+        ));
+        handle
+    }
+
+    /// A shared connection for a session that owes nothing and whose own connection has held
+    /// a request for longer than [`HELD_TOO_LONG`] (a script running, a write paused by
+    /// `CLIENT PAUSE`): the pool's first connection that is not held, else one opened beside
+    /// the pool. Moving a session that owes nothing keeps its commands in order, and lets
+    /// Redis answer it (`-BUSY`, or a read during a write pause) instead of it waiting for
+    /// another client's command to end. `None`: every connection is held and no more may be
+    /// opened; the session stays where it is.
+    pub fn detour(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        db: u32,
+        now: Instant,
+    ) -> Option<ConnHandle> {
+        let free = |conn: &&ConnHandle| !conn.status.held_longer_than(HELD_TOO_LONG, now);
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(protocol, db))
+            .cloned()?;
+        if let Some(conn) = pool.iter().find(free) {
+            return Some(conn.clone());
+        }
+        let mut detours = self.detours.lock().unwrap_or_else(|e| e.into_inner());
+        let beside = detours.entry((protocol, db)).or_default();
+        if let Some(conn) = beside.iter().find(free) {
+            return Some(conn.clone());
+        }
+        if beside.len() >= MAX_DETOURS {
+            return None;
+        }
+        let conn = self.open_shared(protocol, db);
+        beside.push(conn.clone());
+        Some(conn)
     }
 
     /// Opens a connection for one session alone. `setup` commands restore the session's state
@@ -201,6 +262,7 @@ impl Upstream {
             owner,
             address: self.settings.address.to_string(),
             tracking: Arc::clone(&self.tracking),
+            status: Arc::clone(&handle.status),
         };
         Ok((handle, opening))
     }
@@ -211,7 +273,6 @@ impl Upstream {
     pub fn send_aside(
         self: &Arc<Self>,
         protocol: Protocol,
-        db: u32,
         request: Bytes,
         ticket: u64,
         reply_to: ReplySender,
@@ -219,10 +280,8 @@ impl Upstream {
         let upstream = Arc::clone(self);
         tokio::spawn(async move {
             let address = &upstream.settings.address;
-            let bytes = match upstream
-                .dedicated(protocol, db, &[], mpsc::unbounded_channel().0)
-                .await
-            {
+            let owner = mpsc::unbounded_channel().0;
+            let bytes = match upstream.dedicated(protocol, 0, &[], owner).await {
                 Ok((conn, opening)) => match send_own(&conn, request, 1, false) {
                     Ok(replies) => {
                         opening.start();
@@ -231,7 +290,7 @@ impl Upstream {
                     }
                     Err(error) => error.reply(address, 1),
                 },
-                Err(error) => reply::error(&format!("ERR upstream {address} unavailable: {error}")),
+                Err(error) => error.reply(address),
             };
             let _ = reply_to.send(Reply::Fetched { ticket, bytes });
         });
@@ -330,6 +389,7 @@ pub struct Opening {
     owner: ReplySender,
     address: String,
     tracking: Arc<TrackingTarget>,
+    status: Arc<connection::ConnStatus>,
 }
 
 impl Opening {
@@ -342,8 +402,9 @@ impl Opening {
             owner,
             address,
             tracking,
+            status,
         } = self;
-        let state = ConnState::written_ahead(&stream, &mut batches);
+        let state = ConnState::written_ahead(&stream, &mut batches, status);
         tokio::spawn(async move {
             metrics::upstream_connection_opened();
             let end = serve(
@@ -388,7 +449,7 @@ async fn run_pooled(
                 let reply_timeout = Some(upstream.settings.request_timeout);
                 let end = serve(
                     connected.stream,
-                    ConnState::default(),
+                    ConnState::reporting_to(Arc::clone(&status)),
                     &mut batches,
                     None,
                     reply_timeout,
