@@ -162,6 +162,8 @@ pub struct Session {
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
+    /// The connection being opened is for `MONITOR` (see `Upstream::dedicated`).
+    replace_spare_first: bool,
 }
 
 impl Session {
@@ -207,6 +209,7 @@ impl Session {
             hot_keys_looked: false,
             parked: None,
             opening: None,
+            replace_spare_first: false,
         }
     }
 
@@ -881,6 +884,9 @@ impl Session {
                         *now = true;
                         continue;
                     }
+                    // A `MONITOR` starts after the spare connection taken for it is replaced,
+                    // so that it does not show that connection's handshake.
+                    self.replace_spare_first = &*info.name == "monitor";
                     dedicate = Some(streaming);
                     break;
                 }
@@ -1101,6 +1107,7 @@ impl Session {
                 self.client.db,
                 &setup,
                 self.reply_sender.clone(),
+                self.replace_spare_first,
             )
             .await;
         match opened {

@@ -228,8 +228,16 @@ impl Upstream {
         db: u32,
         setup: &[Vec<Vec<u8>>],
         owner: ReplySender,
+        replace_spare_first: bool,
     ) -> Result<(ConnHandle, Opening), UpstreamError> {
-        let (stream, setup_left) = match self.take_spare((protocol, db)) {
+        let (spare, replace) = self.take_spare((protocol, db));
+        if replace && replace_spare_first {
+            self.replace_spare((protocol, db)).await;
+        } else if replace {
+            let upstream = Arc::clone(self);
+            tokio::spawn(async move { upstream.replace_spare((protocol, db)).await });
+        }
+        let (stream, setup_left) = match spare {
             Some(stream) => (stream, setup),
             None => {
                 let connected = handshake::connect(&self.settings, protocol, db, setup, false)
@@ -281,7 +289,7 @@ impl Upstream {
         tokio::spawn(async move {
             let address = &upstream.settings.address;
             let owner = mpsc::unbounded_channel().0;
-            let bytes = match upstream.dedicated(protocol, 0, &[], owner).await {
+            let bytes = match upstream.dedicated(protocol, 0, &[], owner, false).await {
                 Ok((conn, opening)) => match send_own(&conn, request, 1, false) {
                     Ok(replies) => {
                         opening.start();
@@ -296,16 +304,16 @@ impl Upstream {
         });
     }
 
-    /// A spare connection for `key` that is still open, if one is ready; a new one is opened
-    /// in its place (unless one is opening already).
-    fn take_spare(self: &Arc<Self>, key: PoolKey) -> Option<Stream> {
-        let (taken, open_another) = {
+    /// A spare connection for `key` that is still open, if one is ready, and whether a new
+    /// one must be opened in its place (none is opening already).
+    fn take_spare(&self, key: PoolKey) -> (Option<Stream>, bool) {
+        let (taken, replace) = {
             let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
             match spares.get_mut(&key) {
                 Some(spare) => {
                     let taken = spare.take();
-                    let opened_one = taken.is_some();
-                    (taken, opened_one)
+                    let replace = taken.is_some();
+                    (taken, replace)
                 }
                 None => {
                     spares.insert(key, None);
@@ -313,43 +321,39 @@ impl Upstream {
                 }
             }
         };
-        if open_another {
-            self.spawn_spare(key);
-        }
         // A Redis restart or `timeout` may have closed it while it waited.
-        taken.filter(|stream| {
+        let open = taken.filter(|stream| {
             let mut probe = BytesMut::with_capacity(16);
             matches!(stream.read_available(&mut probe),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
-        })
+        });
+        (open, replace)
     }
 
-    /// Opens the first spare connection for `key`.
+    /// Opens the first spare connection for `key`, in the background.
     fn open_spare(self: &Arc<Self>, key: PoolKey) {
         self.spares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, None);
-        self.spawn_spare(key);
+        let upstream = Arc::clone(self);
+        tokio::spawn(async move { upstream.replace_spare(key).await });
     }
 
-    /// Opens a spare connection for `key` in the background; its place is marked as opening.
-    fn spawn_spare(self: &Arc<Self>, key: PoolKey) {
-        let upstream = Arc::clone(self);
-        tokio::spawn(async move {
-            let (protocol, db) = key;
-            let opened = handshake::connect(&upstream.settings, protocol, db, &[], false).await;
-            let mut spares = upstream.spares.lock().unwrap_or_else(|e| e.into_inner());
-            match opened {
-                Ok(connected) => {
-                    spares.insert(key, Some(connected.stream));
-                }
-                // Tried again when a session next needs one.
-                Err(_) => {
-                    spares.remove(&key);
-                }
+    /// Opens a spare connection for `key`, whose place is marked as opening.
+    async fn replace_spare(&self, key: PoolKey) {
+        let (protocol, db) = key;
+        let opened = handshake::connect(&self.settings, protocol, db, &[], false).await;
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        match opened {
+            Ok(connected) => {
+                spares.insert(key, Some(connected.stream));
             }
-        });
+            // Tried again when a session next needs one.
+            Err(_) => {
+                spares.remove(&key);
+            }
+        }
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
