@@ -63,7 +63,12 @@ fn a_transaction_that_cannot_get_its_connection_is_refused_whole() {
     let (redis, keyward) = shared_upstream();
     let _: String = redis::cmd("PING").query(&mut keyward.client()).unwrap();
     let mut admin = redis.client();
-    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    let mut clients = String::new();
+    // This client, the pooled connection and the spare keyward opens beside it.
+    support::wait_for(Duration::from_secs(5), "keyward's spare connection", || {
+        clients = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+        clients.lines().count() >= 3
+    });
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxclients")
@@ -245,13 +250,7 @@ fn slow_clients_hold_nothing_but_their_own_connection() {
 #[test]
 fn script_kill_reaches_redis_while_a_script_holds_the_shared_connection() {
     let (redis, keyward) = shared_upstream();
-    let _: () = redis::cmd("CONFIG")
-        .arg(&["SET", "busy-reply-threshold", "50"])
-        .query(&mut redis.client())
-        .unwrap();
-    let mut runner = keyward.raw();
-    runner.send(b"EVAL \"while true do end\" 0\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let mut runner = support::start_busy_script(&redis, &keyward);
     let mut killer = keyward.client();
     let started = Instant::now();
     let killed: String = redis::cmd("SCRIPT").arg("KILL").query(&mut killer).unwrap();
@@ -291,13 +290,7 @@ fn replication_commands_get_an_error_instead_of_silence() {
 #[test]
 fn clients_behind_a_busy_script_get_busy_instead_of_waiting() {
     let (redis, keyward) = shared_upstream();
-    let _: () = redis::cmd("CONFIG")
-        .arg(&["SET", "busy-reply-threshold", "50"])
-        .query(&mut redis.client())
-        .unwrap();
-    let mut runner = keyward.raw();
-    runner.send(b"EVAL \"while true do end\" 0\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut runner = support::start_busy_script(&redis, &keyward);
     let mut other = keyward.raw();
     let started = Instant::now();
     other.send(b"GET k\r\n");

@@ -115,16 +115,10 @@ fn a_pipelined_transaction_after_writes_sees_them() {
 #[test]
 fn a_command_refused_as_busy_aborts_the_transaction() {
     let (redis, keyward) = shared_upstream();
-    let _: () = redis::cmd("CONFIG")
-        .arg(&["SET", "busy-reply-threshold", "50"])
-        .query(&mut redis.client())
-        .unwrap();
     let mut client = keyward.raw();
     client.send(b"SELECT 9\r\n");
     assert_eq!(client.read_line(), "+OK\r\n");
-    let mut runner = keyward.raw();
-    runner.send(b"EVAL \"while true do end\" 0\r\n");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut runner = support::start_busy_script(&redis, &keyward);
     client.send(b"MULTI\r\nSET k v\r\nEXEC\r\n");
     assert_eq!(client.read_line(), "+OK\r\n");
     assert!(client.read_line().starts_with("-BUSY"));

@@ -116,12 +116,7 @@ async fn handshake(
         );
         hello.push(password.as_bytes().to_vec());
     }
-    // A RESP2 connection that needs neither facts nor credentials sends no HELLO (RESP2 is
-    // every connection's protocol to begin with): one command fewer for `MONITOR` to show
-    // each time keyward opens a connection of a session's own.
-    if want_facts || protocol != Protocol::Resp2 || settings.password.is_some() {
-        commands.push(hello);
-    }
+    commands.push(hello);
     if db != 0 {
         commands.push(vec![b"SELECT".to_vec(), db.to_string().into_bytes()]);
     }

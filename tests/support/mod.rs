@@ -508,3 +508,17 @@ pub fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
 }
+
+/// Starts a script that loops until it is killed, through keyward, with Redis's busy threshold
+/// lowered to 50 ms, and waits until Redis reports it busy; the returned client is owed the
+/// script's reply (an error once it is killed).
+pub fn start_busy_script(redis: &RedisServer, keyward: &Keyward) -> RawClient {
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut runner = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    runner
+}
