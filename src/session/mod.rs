@@ -39,9 +39,7 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{
-    Batch, ConnHandle, Opening, Reply, ReplySender, SendError, UpstreamError, HELD_TOO_LONG,
-};
+use crate::upstream::{Batch, ConnHandle, Opening, Reply, ReplySender, SendError, UpstreamError};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -162,8 +160,6 @@ pub struct Session {
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
-    /// The connection being opened is for `MONITOR` (see `Upstream::dedicated`).
-    replace_spare_first: bool,
 }
 
 impl Session {
@@ -209,7 +205,6 @@ impl Session {
             hot_keys_looked: false,
             parked: None,
             opening: None,
-            replace_spare_first: false,
         }
     }
 
@@ -237,8 +232,8 @@ impl Session {
         let stopping = shutdown.cancelled();
         tokio::pin!(stopping);
         loop {
-            while let Some(streaming) = self.process_input() {
-                self.open_dedicated(streaming).await;
+            while let Some(switch) = self.process_input() {
+                self.open_dedicated(switch).await;
             }
             if let Some(opening) = self.opening.take() {
                 opening.start();
@@ -278,11 +273,6 @@ impl Session {
                     self.read(stream)?;
                 }
                 readiness = stream.writable(), if !self.output.is_empty() => readiness?,
-                () = async {
-                    if let Some(conn) = &parked_on {
-                        conn.room().await;
-                    }
-                }, if parked_on.is_some() => self.unpark(),
                 () = &mut timer, if timer_armed => {
                     timer_armed = false;
                     self.expire();
@@ -303,21 +293,30 @@ impl Session {
                             .reset((Instant::now() + self.context.idle_timeout.unwrap_or_default()).into()),
                     }
                 }
-                answer = async {
+                // One branch for what held requests wait for (few sessions ever do): each
+                // branch of this loop costs every wake-up of every session.
+                awaited = async {
+                    if let Some(conn) = &parked_on {
+                        conn.room().await;
+                        return Awaited::Room;
+                    }
                     match &mut self.policy_channel {
-                        Some((_, answers)) => answers.recv().await,
+                        Some((_, answers)) => Awaited::Answer(answers.recv().await),
                         None => std::future::pending().await,
                     }
-                }, if self.awaiting_redis.is_some() => {
-                    let rule = self.awaiting_redis.take().unwrap_or_default();
-                    self.progress.record_answer(rule, match answer {
-                        Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
-                        Some(Reply::Failed { error, .. }) => {
-                            Err(String::from_utf8_lossy(&error).trim().to_string())
-                        }
-                        _ => Err("no answer from Redis".to_string()),
-                    });
-                }
+                }, if parked_on.is_some() || self.awaiting_redis.is_some() => match awaited {
+                    Awaited::Room => self.unpark(),
+                    Awaited::Answer(answer) => {
+                        let rule = self.awaiting_redis.take().unwrap_or_default();
+                        self.progress.record_answer(rule, match answer {
+                            Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
+                            Some(Reply::Failed { error, .. }) => {
+                                Err(String::from_utf8_lossy(&error).trim().to_string())
+                            }
+                            _ => Err("no answer from Redis".to_string()),
+                        });
+                    }
+                },
                 () = &mut stopping, if self.closing.is_none() => {
                     self.closing = Some(Closing::Shutdown);
                 }
@@ -475,9 +474,9 @@ impl Session {
         }
     }
 
-    /// Decodes and dispatches every complete request in the input. Returns `Some(streaming)`
+    /// Decodes and dispatches every complete request in the input. Returns `Some(switch)`
     /// when the request at the front needs a dedicated connection opened first.
-    fn process_input(&mut self) -> Option<bool> {
+    fn process_input(&mut self) -> Option<Switch> {
         if self.is_holding() || self.parked.is_some() {
             return None;
         }
@@ -846,7 +845,10 @@ impl Session {
                         continue;
                     }
                     if self.run_local(command, info) {
-                        dedicate = Some(false);
+                        dedicate = Some(Switch {
+                            streaming: false,
+                            for_monitor: false,
+                        });
                         break;
                     }
                     self.received.add(&self.context.command_metrics, info.id);
@@ -884,10 +886,10 @@ impl Session {
                         *now = true;
                         continue;
                     }
-                    // A `MONITOR` starts after the spare connection taken for it is replaced,
-                    // so that it does not show that connection's handshake.
-                    self.replace_spare_first = &*info.name == "monitor";
-                    dedicate = Some(streaming);
+                    dedicate = Some(Switch {
+                        streaming,
+                        for_monitor: &*info.name == "monitor",
+                    });
                     break;
                 }
             }
@@ -1094,7 +1096,11 @@ impl Session {
         false
     }
 
-    async fn open_dedicated(&mut self, streaming: bool) {
+    async fn open_dedicated(&mut self, switch: Switch) {
+        let Switch {
+            streaming,
+            for_monitor,
+        } = switch;
         if let Some(opening) = self.opening.take() {
             opening.start();
         }
@@ -1107,7 +1113,9 @@ impl Session {
                 self.client.db,
                 &setup,
                 self.reply_sender.clone(),
-                self.replace_spare_first,
+                // A `MONITOR` starts after the spare connection it takes is replaced, so that
+                // it does not show that connection's handshake.
+                for_monitor,
             )
             .await;
         match opened {
@@ -1139,7 +1147,7 @@ impl Session {
     }
 
     fn forward(&mut self, bytes: Bytes, count: u32, sent_at: Instant) {
-        self.leave_held_connection(sent_at);
+        self.leave_held_connection();
         let (conn, deadline) = match &self.link {
             Link::Pooled(conn) => (conn, sent_at.checked_add(self.context.request_timeout)),
             Link::Dedicated { conn, .. } => (conn, None),
@@ -1179,18 +1187,15 @@ impl Session {
 
     /// A session that owes nothing moves off a shared connection that Redis holds (see
     /// [`Upstream::detour`](crate::upstream::Upstream::detour)).
-    fn leave_held_connection(&mut self, now: Instant) {
+    fn leave_held_connection(&mut self) {
         let Link::Pooled(conn) = &self.link else {
             return;
         };
-        if !conn.status.held_longer_than(HELD_TOO_LONG, now)
-            || self.parked.is_some()
-            || !self.is_quiet()
-        {
+        if !conn.status.is_held() || self.parked.is_some() || !self.is_quiet() {
             return;
         }
         let upstream = &self.context.upstream;
-        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db, now) {
+        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db) {
             self.link = Link::Pooled(conn);
         }
     }
@@ -1356,6 +1361,22 @@ fn end_writes(context: &Context, written: Vec<Written>) {
             }
         }
     }
+}
+
+/// What a held request's wait ended with.
+enum Awaited {
+    /// The connection has room for the parked requests.
+    Room,
+    /// Redis's answer to a policy's question (a global rate limit).
+    Answer(Option<Reply>),
+}
+
+/// The connection of its own that the request at the front of the input needs first.
+struct Switch {
+    /// Frames will no longer match commands one to one (see `Link::Dedicated`).
+    streaming: bool,
+    /// The request is `MONITOR`.
+    for_monitor: bool,
 }
 
 /// Why a connection of the session's own could not be opened, for the request that asked.

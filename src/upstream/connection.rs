@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -75,34 +75,22 @@ const MAX_IOVECS: usize = 64;
 pub struct ConnStatus {
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// When the oldest request still waiting for its reply was written, in nanoseconds since
-    /// [`clock_origin`] plus one; 0 while none waits. Sessions read it to leave a connection
-    /// that Redis holds (a busy script, a paused write) before they queue behind it.
-    oldest_written: AtomicU64,
+    /// The oldest request on this shared connection has waited for its reply for longer than
+    /// [`HELD_TOO_LONG`]: Redis holds it (a busy script, a paused write). Sessions that owe
+    /// nothing read it to leave the connection before they queue behind that request.
+    held: AtomicBool,
 }
 
-/// The instant `oldest_written` counts from.
-fn clock_origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-fn clock_reading(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(clock_origin()).as_nanos()).unwrap_or(u64::MAX) + 1
-}
+/// A request waiting this long on a shared connection is taken to be held by Redis.
+pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
 
 impl ConnStatus {
-    /// Whether a request has waited on this connection for longer than `after` at `now`.
-    pub fn held_longer_than(&self, after: Duration, now: Instant) -> bool {
-        let oldest = self.oldest_written.load(Ordering::Relaxed);
-        oldest != 0 && clock_reading(now).saturating_sub(oldest) > after.as_nanos() as u64
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
     }
 
-    fn note_oldest(&self, oldest: Option<Instant>) {
-        let reading = oldest.map_or(0, clock_reading);
-        if self.oldest_written.load(Ordering::Relaxed) != reading {
-            self.oldest_written.store(reading, Ordering::Relaxed);
-        }
+    fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
     }
 
     pub fn is_up(&self) -> bool {
@@ -240,7 +228,7 @@ pub(super) async fn serve(
     )
     .await;
     fills.end();
-    state.status.note_oldest(None);
+    state.status.set_held(false);
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
@@ -303,15 +291,27 @@ async fn drive(
         output,
         status,
     } = state;
-    // Armed lazily at the oldest batch's deadline; firing early only re-arms it.
+    // Armed lazily at the oldest batch's next deadline (held, then timed out); firing early
+    // only re-arms it. No clock is read per batch.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_armed = false;
+    // When the request that `status` shows as held was written; cleared once the oldest
+    // request waiting is a later one.
+    let mut held_since: Option<Instant> = None;
     loop {
-        status.note_oldest(pending.front().map(|oldest| oldest.taken_at));
+        if held_since.is_some() && pending.front().map(|oldest| oldest.taken_at) != held_since {
+            held_since = None;
+            status.set_held(false);
+        }
         if let (false, Some(timeout), Some(oldest)) = (timer_armed, reply_timeout, pending.front())
         {
-            if let Some(deadline) = oldest.taken_at.checked_add(timeout) {
+            let wait = if held_since.is_some() {
+                timeout
+            } else {
+                HELD_TOO_LONG.min(timeout)
+            };
+            if let Some(deadline) = oldest.taken_at.checked_add(wait) {
                 timer.as_mut().reset(deadline.into());
                 timer_armed = true;
             }
@@ -369,14 +369,18 @@ async fn drive(
             }
             () = &mut timer, if timer_armed => {
                 timer_armed = false;
-                let overdue = pending.front().zip(reply_timeout).is_some_and(|(oldest, timeout)| {
-                    oldest.taken_at.elapsed() >= timeout
-                });
-                if overdue {
+                let (Some(oldest), Some(timeout)) = (pending.front(), reply_timeout) else {
+                    continue;
+                };
+                let waited = oldest.taken_at.elapsed();
+                if waited >= timeout {
                     return ServeEnd::Stalled(format!(
-                        "no reply within {:?} (request_timeout); connection reset",
-                        reply_timeout.unwrap_or_default()
+                        "no reply within {timeout:?} (request_timeout); connection reset"
                     ));
+                }
+                if waited >= HELD_TOO_LONG && held_since.is_none() {
+                    held_since = Some(oldest.taken_at);
+                    status.set_held(true);
                 }
             }
         }

@@ -15,7 +15,7 @@ pub use handshake::{connect, next_backoff, read_frame, ServerFacts};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -107,9 +107,6 @@ impl std::fmt::Display for UpstreamError {
 
 type PoolKey = (Protocol, u32);
 
-/// A shared connection whose oldest request has waited this long is taken to be held by Redis
-/// (a busy script, a paused write); sessions that owe nothing leave it for another.
-pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
 /// Shared connections that may be opened beside one pool for sessions leaving held ones.
 const MAX_DETOURS: usize = 8;
 
@@ -118,8 +115,8 @@ pub struct Upstream {
     settings: UpstreamSettings,
     pools: Mutex<FxHashMap<PoolKey, Arc<[ConnHandle]>>>,
     facts: RwLock<Arc<ServerFacts>>,
-    /// Connections opened ahead of need, one per pool (protocol, database): taking one costs no round trip, so a command that
-    /// needs its own connection (`XREADGROUP … BLOCK`, `SSUBSCRIBE`) reaches Redis as soon
+    /// Connections opened ahead of need, one per pool (protocol, database): taking one costs
+    /// no round trip, so a command that needs its own connection (`XREADGROUP … BLOCK`, `SSUBSCRIBE`) reaches Redis as soon
     /// as the commands sent before it. `None`: one is being opened.
     spares: Mutex<FxHashMap<PoolKey, Option<Stream>>>,
     /// Shared connections opened beside a pool for sessions that would otherwise queue
@@ -183,19 +180,14 @@ impl Upstream {
     }
 
     /// A shared connection for a session that owes nothing and whose own connection has held
-    /// a request for longer than [`HELD_TOO_LONG`] (a script running, a write paused by
+    /// a request for longer than [`connection::HELD_TOO_LONG`] (a script running, a write paused by
     /// `CLIENT PAUSE`): the pool's first connection that is not held, else one opened beside
     /// the pool. Moving a session that owes nothing keeps its commands in order, and lets
     /// Redis answer it (`-BUSY`, or a read during a write pause) instead of it waiting for
     /// another client's command to end. `None`: every connection is held and no more may be
     /// opened; the session stays where it is.
-    pub fn detour(
-        self: &Arc<Self>,
-        protocol: Protocol,
-        db: u32,
-        now: Instant,
-    ) -> Option<ConnHandle> {
-        let free = |conn: &&ConnHandle| !conn.status.held_longer_than(HELD_TOO_LONG, now);
+    pub fn detour(self: &Arc<Self>, protocol: Protocol, db: u32) -> Option<ConnHandle> {
+        let free = |conn: &&ConnHandle| !conn.status.is_held();
         let pool = self
             .pools
             .lock()
@@ -234,8 +226,7 @@ impl Upstream {
         if replace && replace_spare_first {
             self.replace_spare((protocol, db)).await;
         } else if replace {
-            let upstream = Arc::clone(self);
-            tokio::spawn(async move { upstream.replace_spare((protocol, db)).await });
+            self.replace_spare_later((protocol, db));
         }
         let (stream, setup_left) = match spare {
             Some(stream) => (stream, setup),
@@ -336,6 +327,10 @@ impl Upstream {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, None);
+        self.replace_spare_later(key);
+    }
+
+    fn replace_spare_later(self: &Arc<Self>, key: PoolKey) {
         let upstream = Arc::clone(self);
         tokio::spawn(async move { upstream.replace_spare(key).await });
     }
