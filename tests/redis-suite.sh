@@ -65,7 +65,13 @@ for unit in $units; do
   port=$redis_port
   if [ "$target" != direct ]; then
     port=$(free_port)
+    # One worker thread: the suite orders clients by when Redis reads their sockets (a DEL sent
+    # right after another client's XREADGROUP BLOCK must find it blocked). With more threads,
+    # keyward may serve two clients that send at the same instant in parallel (README: known
+    # limits), which makes those tests fail now and then; with one it keeps their order.
     cat >"$work/keyward.toml" <<CONFIG
+[runtime]
+worker_threads = 1
 [listen]
 address = "127.0.0.1:$port"
 [upstream]
