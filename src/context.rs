@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Coherence;
 use crate::command::CommandTable;
+use crate::directory::Directory;
 use crate::lock::LockTable;
 use crate::metrics::CommandMetrics;
 use crate::reload::LiveConfig;
@@ -34,6 +35,8 @@ pub struct Context {
     pub clients: AtomicUsize,
     pub connections_received: AtomicU64,
     next_session_id: AtomicU64,
+    /// Sessions by client id, for commands that name another client.
+    pub sessions: Directory,
     /// Cancelled when keyward starts shutting down: sessions stop reading and drain.
     pub shutdown: CancellationToken,
 }
@@ -59,6 +62,7 @@ impl Context {
             clients: AtomicUsize::new(0),
             connections_received: AtomicU64::new(0),
             next_session_id: AtomicU64::new(1),
+            sessions: Directory::default(),
             shutdown: CancellationToken::new(),
         }
     }

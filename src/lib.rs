@@ -15,7 +15,7 @@
 //! - [`lock`] queues losing lock attempts and hands the lock to them in arrival order.
 //!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
-//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`net`] (socket reads),
+//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`directory`] (sessions by client id), [`net`] (socket reads),
 //! [`signals`] and [`app`] (start and stop), [`top`] (the `keyward top` view).
 
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod cache;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod directory;
 pub mod hotkeys;
 pub mod lock;
 pub mod logging;

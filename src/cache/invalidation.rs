@@ -139,20 +139,19 @@ async fn subscribe(
     let connected = upstream::connect(settings, Protocol::Resp2, 0, &setup, false)
         .await
         .map_err(|error| error.to_string())?;
+    let id = connected
+        .client_id
+        .and_then(|id| i64::try_from(id).ok())
+        .ok_or("HELLO did not tell the connection's client id")?;
     let mut stream = connected.stream;
     let mut input = BytesMut::with_capacity(4096);
     let refusal = tracking_refusal(&mut stream, &mut input).await?;
     let mut out = BytesMut::new();
-    encode_command(&[&b"CLIENT"[..], b"ID"], &mut out);
     encode_command(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
     stream
         .write_all(&out)
         .await
         .map_err(|error| error.to_string())?;
-    let id = match read_frame(&mut stream, &mut input, decode).await? {
-        OwnedFrame::Integer(id) => id,
-        other => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
-    };
     let tracking = match refusal {
         Some(message) => {
             tracing::warn!(%message, "{UNSUPPORTED}");

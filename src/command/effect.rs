@@ -67,3 +67,16 @@ pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
         _ => Effect::Stateless,
     }
 }
+
+/// Whether the command (or its reply) names another client by id, which keyward must translate:
+/// clients know keyward's ids, not Redis's.
+pub(super) fn names_clients(name: &str) -> bool {
+    matches!(
+        name,
+        "client|kill"
+            | "client|unblock"
+            | "client|tracking"
+            | "client|getredir"
+            | "client|trackinginfo"
+    )
+}

@@ -67,6 +67,9 @@ pub struct CommandInfo {
     /// Whether the second argument selects a subcommand with its own entry.
     pub has_subcommands: bool,
     pub effect: Effect,
+    /// Names another client by its id (`CLIENT KILL`, `CLIENT UNBLOCK`, `CLIENT TRACKING`),
+    /// which keyward translates.
+    pub names_clients: bool,
 }
 
 impl CommandInfo {

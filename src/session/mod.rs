@@ -11,6 +11,7 @@
 //! Forwarding copies nothing: consecutive forwarded requests are cut from the read buffer as
 //! one slice and handed to the upstream connection as one batch.
 
+mod client_ids;
 mod keyward;
 mod local;
 mod replies;
@@ -29,6 +30,7 @@ use crate::cache::coherence::Read;
 use crate::cache::{cacheable, Coherence, Lookup, Written};
 use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::context::Context;
+use crate::directory::Listing;
 use crate::hotkeys::record::Pending;
 use crate::lock::attempt::{self, LockAttempt};
 use crate::metrics::{self, ReceivedTally};
@@ -40,6 +42,7 @@ use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
 use crate::upstream::{Batch, ConnHandle, Opening, Reply, ReplySender, SendError, UpstreamError};
+use client_ids::{Redirect, Translation};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -77,13 +80,17 @@ enum Closing {
     IdleTimeout,
     /// The client let its output grow past the limit; it is closed without its output.
     OutputLimit,
+    /// Another client's `CLIENT KILL` named it: closed at once, as Redis closes it.
+    Killed,
     Shutdown,
 }
 
 /// What a request turns into.
 enum Step {
-    /// Answered with this error at once (the client has not authenticated).
-    Refuse(Bytes),
+    /// Answered at once with this: an error for a client that has not authenticated, or
+    /// keyward's answer for a command that names a client Redis does not know (see
+    /// [`client_ids`]).
+    Answer(Bytes),
     Forward,
     Local(LocalCommand),
     /// The session needs its own upstream connection before this request can run.
@@ -92,10 +99,14 @@ enum Step {
     },
     /// Sent at once on a connection of its own, whatever the session's connection waits for.
     Aside,
+    /// Sent on the session's connection; the reply names the redirect by keyward's id.
+    Relabel(Redirect),
 }
 
 pub struct Session {
     context: Arc<Context>,
+    /// The session's entry in the directory of sessions, where other clients find it.
+    listing: Arc<Listing>,
     peer: SocketAddr,
     client: ClientState,
     link: Link,
@@ -160,16 +171,20 @@ pub struct Session {
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
+    /// Where `CLIENT TRACKING … REDIRECT` last sent the session's invalidations.
+    redirect: Option<Redirect>,
 }
 
 impl Session {
     pub fn new(context: Arc<Context>, peer: SocketAddr) -> Session {
         let id = context.next_session_id();
         let client = ClientState::new(id, context.listen_password.is_none());
+        let listing = context.sessions.enter(id, &context.shutdown);
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
         let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
         Session {
             context,
+            listing,
             peer,
             client,
             link,
@@ -205,6 +220,7 @@ impl Session {
             hot_keys_looked: false,
             parked: None,
             opening: None,
+            redirect: None,
         }
     }
 
@@ -228,8 +244,8 @@ impl Session {
         tokio::pin!(idle);
         // Made once and kept: a cancellation future made anew on every turn of the loop joins
         // and leaves the token's waiter list each time, hundreds of instructions per wake-up.
-        let shutdown = self.context.shutdown.clone();
-        let stopping = shutdown.cancelled();
+        let stop = self.listing.stop().clone();
+        let stopping = stop.cancelled();
         tokio::pin!(stopping);
         loop {
             while let Some(switch) = self.process_input() {
@@ -318,7 +334,11 @@ impl Session {
                     }
                 },
                 () = &mut stopping, if self.closing.is_none() => {
-                    self.closing = Some(Closing::Shutdown);
+                    self.closing = Some(if self.listing.is_killed() {
+                        Closing::Killed
+                    } else {
+                        Closing::Shutdown
+                    });
                 }
             }
         }
@@ -336,7 +356,7 @@ impl Session {
             // A held request is still owed its reply.
             Some(Closing::ClientDone | Closing::Shutdown) if self.is_holding() => false,
             Some(Closing::ClientDone) if !self.counts_replies() || self.blocked => true,
-            Some(Closing::OutputLimit | Closing::IdleTimeout) => true,
+            Some(Closing::OutputLimit | Closing::IdleTimeout | Closing::Killed) => true,
             Some(_) => self.replies.is_empty() && self.output.is_empty(),
         }
     }
@@ -532,7 +552,30 @@ impl Session {
                 ) {
                 self.step_for(info, &args)
             } else {
-                Step::Refuse(reply::error("NOAUTH Authentication required."))
+                Step::Answer(reply::error("NOAUTH Authentication required."))
+            };
+            // Set when the request goes to Redis changed (see `client_ids`).
+            let mut replacement = None;
+            let step = match info.names_clients && self.counts_replies() {
+                true => match client_ids::translate(
+                    &info.name,
+                    &args,
+                    self.client.id,
+                    &self.context.sessions,
+                    self.in_transaction,
+                    &mut self.redirect,
+                ) {
+                    Some(Translation::Answered(answer)) => Step::Answer(answer),
+                    Some(Translation::Relabelled(redirect)) if matches!(step, Step::Forward) => {
+                        Step::Relabel(redirect)
+                    }
+                    Some(Translation::Rewritten(request)) => {
+                        replacement = Some(request);
+                        step
+                    }
+                    Some(Translation::Relabelled(_)) | None => step,
+                },
+                false => step,
             };
             if matches!(step, Step::Forward)
                 && self.replies.awaiting_shared_reads()
@@ -560,11 +603,11 @@ impl Session {
             }
             let needs_keys = match step {
                 Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
-                Step::Dedicate { .. } | Step::Aside => {
+                Step::Dedicate { .. } | Step::Aside | Step::Relabel(_) => {
                     policies.judges() || policies.watches_writes()
                 }
                 Step::Local(_) => !policies.denials.is_empty(),
-                Step::Refuse(_) => false,
+                Step::Answer(_) => false,
             };
             if needs_keys {
                 self.key_positions.clear();
@@ -577,7 +620,9 @@ impl Session {
                         .start(info, &args, &self.key_positions, source.len());
             }
             let verdict = match step {
-                Step::Forward | Step::Dedicate { .. } | Step::Aside if policies.judges() => {
+                Step::Forward | Step::Dedicate { .. } | Step::Aside | Step::Relabel(_)
+                    if policies.judges() =>
+                {
                     self.client_bucket.clear();
                     match &self.client.name {
                         Some(name) => {
@@ -751,6 +796,7 @@ impl Session {
                 }
             }
 
+            let rewritten = replacement.or(rewritten);
             if let Some(claim) = lock {
                 self.received.add(&self.context.command_metrics, info.id);
                 self.send_batch(&mut batch);
@@ -796,11 +842,15 @@ impl Session {
                 continue;
             }
             match step {
-                Step::Refuse(refusal) => {
+                Step::Answer(answer) => {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
-                    self.replies.push_ready(refusal, &mut self.output);
+                    if self.in_transaction && self.counts_replies() {
+                        self.refuse_in_transaction(answer);
+                    } else {
+                        self.replies.push_ready(answer, &mut self.output);
+                    }
                 }
                 Step::Forward => {
                     self.received.add(&self.context.command_metrics, info.id);
@@ -864,6 +914,19 @@ impl Session {
                     // connection a SELECT, which Redis refuses while a script is busy.
                     self.context.upstream.send_aside(
                         self.client.protocol,
+                        request,
+                        ticket,
+                        self.reply_sender.clone(),
+                    );
+                }
+                Step::Relabel(redirect) => {
+                    self.received.add(&self.context.command_metrics, info.id);
+                    self.send_batch(&mut batch);
+                    let request = self.take_request(consumed, rewritten);
+                    let ticket = self.replies.next_ticket();
+                    self.replies.push_fetched(false, self.observation.take());
+                    redirect.fetch_relabelled(
+                        self.link.conn(),
                         request,
                         ticket,
                         self.reply_sender.clone(),
@@ -1077,6 +1140,8 @@ impl Session {
         }
         if command == LocalCommand::Reset {
             // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
+            self.listing.set_redis_id(None);
+            self.redirect = None;
             self.link = Link::Pooled(self.context.upstream.pooled(
                 self.client.protocol,
                 self.client.db,
@@ -1120,6 +1185,7 @@ impl Session {
             .await;
         match opened {
             Ok((conn, opening)) => {
+                self.listing.set_redis_id(opening.redis_id);
                 self.link = Link::Dedicated { conn, streaming };
                 self.opening = Some(opening);
             }
@@ -1283,6 +1349,7 @@ impl Drop for Session {
             written.extend(lock.writes);
         }
         end_writes(&self.context, written);
+        self.context.sessions.leave(self.client.id);
     }
 }
 

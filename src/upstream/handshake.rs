@@ -61,6 +61,9 @@ impl Default for ServerFacts {
 /// A connection ready for commands, and the server's facts when they were asked for.
 pub struct Handshaken {
     pub stream: Stream,
+    /// The connection's id in Redis (`HELLO` tells it), which `CLIENT KILL ID`,
+    /// `CLIENT UNBLOCK` and `CLIENT TRACKING … REDIRECT` name it by.
+    pub client_id: Option<u64>,
     pub facts: Option<ServerFacts>,
 }
 
@@ -143,6 +146,7 @@ async fn handshake(
     }
 
     let mut facts = want_facts.then(ServerFacts::default);
+    let mut client_id = None;
     for (command, reply) in commands.iter().zip(&replies) {
         let name = String::from_utf8_lossy(&command[0]).to_uppercase();
         if let Some(message) = error_text(reply) {
@@ -155,14 +159,15 @@ async fn handshake(
             }
             return Err(UpstreamError::Handshake(format!("{name}: {message}")));
         }
+        if name == "HELLO" {
+            client_id = field(reply, "id").and_then(|id| text(id)?.parse().ok());
+        }
         if let Some(facts) = facts.as_mut() {
             match name.as_str() {
                 "HELLO" => read_hello(reply, facts),
                 "CONFIG" => {
-                    if let Some(databases) = pairs(reply)
-                        .into_iter()
-                        .find(|(key, _)| text(key).as_deref() == Some("databases"))
-                        .and_then(|(_, value)| text(value)?.parse().ok())
+                    if let Some(databases) =
+                        field(reply, "databases").and_then(|value| text(value)?.parse().ok())
                     {
                         facts.databases = Some(databases);
                     }
@@ -171,7 +176,11 @@ async fn handshake(
             }
         }
     }
-    Ok(Handshaken { stream, facts })
+    Ok(Handshaken {
+        stream,
+        client_id,
+        facts,
+    })
 }
 
 fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {
@@ -184,15 +193,8 @@ fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {
                 facts.modules = elements(value)
                     .iter()
                     .map(|module| {
-                        let fields = pairs(module);
-                        let field = |name: &str| {
-                            fields
-                                .iter()
-                                .find(|(key, _)| text(key).as_deref() == Some(name))
-                                .map(|(_, value)| *value)
-                        };
-                        let name = field("name").and_then(text).unwrap_or_default();
-                        let version = match field("ver") {
+                        let name = field(module, "name").and_then(text).unwrap_or_default();
+                        let version = match field(module, "ver") {
                             Some(OwnedFrame::Number { data, .. }) => *data,
                             _ => 0,
                         };
@@ -203,6 +205,14 @@ fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {
             _ => {}
         }
     }
+}
+
+/// The value under `name` in a map (or the flat array RESP2 sends in its place).
+fn field<'a>(reply: &'a OwnedFrame, name: &str) -> Option<&'a OwnedFrame> {
+    pairs(reply)
+        .into_iter()
+        .find(|(key, _)| text(key).as_deref() == Some(name))
+        .map(|(_, value)| value)
 }
 
 fn error_text(frame: &OwnedFrame) -> Option<String> {

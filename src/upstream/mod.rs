@@ -11,7 +11,7 @@ mod handshake;
 pub mod tracking;
 
 pub use connection::{Batch, ConnHandle, Reply, ReplySender, SendError};
-pub use handshake::{connect, next_backoff, read_frame, ServerFacts};
+pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -118,7 +118,7 @@ pub struct Upstream {
     /// Connections opened ahead of need, one per pool (protocol, database): taking one costs
     /// no round trip, so a command that needs its own connection (`XREADGROUP … BLOCK`, `SSUBSCRIBE`) reaches Redis as soon
     /// as the commands sent before it. `None`: one is being opened.
-    spares: Mutex<FxHashMap<PoolKey, Option<Stream>>>,
+    spares: Mutex<FxHashMap<PoolKey, Option<Handshaken>>>,
     /// Shared connections opened beside a pool for sessions that would otherwise queue
     /// behind a request Redis holds (see [`Upstream::detour`]); at most [`MAX_DETOURS`] a pool.
     detours: Mutex<FxHashMap<PoolKey, Vec<ConnHandle>>>,
@@ -228,13 +228,13 @@ impl Upstream {
         } else if replace {
             self.replace_spare_later((protocol, db));
         }
-        let (stream, setup_left) = match spare {
-            Some(stream) => (stream, setup),
+        let (connected, setup_left) = match spare {
+            Some(connected) => (connected, setup),
             None => {
                 let connected = handshake::connect(&self.settings, protocol, db, setup, false)
                     .await
                     .inspect_err(|_| metrics::upstream_errors("connect", 1))?;
-                (connected.stream, &[][..])
+                (connected, &[][..])
             }
         };
         let (handle, batches) = ConnHandle::channel();
@@ -256,7 +256,8 @@ impl Upstream {
             });
         }
         let opening = Opening {
-            stream,
+            redis_id: connected.client_id,
+            stream: connected.stream,
             batches,
             owner,
             address: self.settings.address.to_string(),
@@ -297,7 +298,7 @@ impl Upstream {
 
     /// A spare connection for `key` that is still open, if one is ready, and whether a new
     /// one must be opened in its place (none is opening already).
-    fn take_spare(&self, key: PoolKey) -> (Option<Stream>, bool) {
+    fn take_spare(&self, key: PoolKey) -> (Option<Handshaken>, bool) {
         let (taken, replace) = {
             let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
             match spares.get_mut(&key) {
@@ -313,9 +314,9 @@ impl Upstream {
             }
         };
         // A Redis restart or `timeout` may have closed it while it waited.
-        let open = taken.filter(|stream| {
+        let open = taken.filter(|spare| {
             let mut probe = BytesMut::with_capacity(16);
-            matches!(stream.read_available(&mut probe),
+            matches!(spare.stream.read_available(&mut probe),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
         });
         (open, replace)
@@ -342,7 +343,7 @@ impl Upstream {
         let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
         match opened {
             Ok(connected) => {
-                spares.insert(key, Some(connected.stream));
+                spares.insert(key, Some(connected));
             }
             // Tried again when a session next needs one.
             Err(_) => {
@@ -383,6 +384,8 @@ impl Upstream {
 
 /// A session's own connection, open but not yet served: see [`Upstream::dedicated`].
 pub struct Opening {
+    /// The connection's id in Redis, when `HELLO` told it.
+    pub redis_id: Option<u64>,
     stream: Stream,
     batches: mpsc::Receiver<Batch>,
     owner: ReplySender,
@@ -396,6 +399,7 @@ impl Opening {
     /// its own until it breaks or the session lets go of it.
     pub fn start(self) {
         let Opening {
+            redis_id: _,
             stream,
             mut batches,
             owner,
