@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /healthz`: the process is alive.
-//! - `GET /readyz`: Redis answers and keyward is not shutting down (200), else 503.
+//! - `GET /readyz`: Redis answers, accepts keyward's credentials, and keyward is not shutting
+//!   down (200), else 503 with the reason.
 //! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
 //!   settings waiting for a restart, and the effective settings. It holds no secret: the file
 //!   only names the environment variables that hold them.
@@ -169,11 +170,10 @@ async fn respond(
         "/readyz" if context.shutdown.is_cancelled() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
         }
-        "/readyz" if !context.upstream.is_ready() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream Redis unavailable\n".into(),
-        ),
-        "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" => match context.upstream.not_ready_because() {
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+            None => text(StatusCode::OK, "ready\n".into()),
+        },
         "/config" => json(StatusCode::OK, config_report(context)),
         "/hotkeys" => hotkeys(request.uri().query().unwrap_or_default(), context),
         "/bigkeys" => big_keys(request.uri().query().unwrap_or_default(), context),

@@ -53,6 +53,21 @@ pub async fn serve(
         Some(_) => Some(reload::watch_file(Arc::clone(&live))?),
         None => None,
     };
+    let _password_watcher = match upstream.settings().credentials.file() {
+        Some(file) => {
+            let reread = {
+                let upstream = Arc::clone(&upstream);
+                move || upstream.reread_credentials()
+            };
+            live.also_on_request(reread.clone());
+            let runtime = tokio::runtime::Handle::current();
+            Some(reload::watch_directory_of(file, move || {
+                let reread = reread.clone();
+                runtime.spawn_blocking(reread);
+            })?)
+        }
+        None => None,
+    };
     signals::reload_on_hangup(Arc::clone(&live))
         .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     // Listen last, once every signal has its handler.
@@ -67,7 +82,6 @@ pub async fn serve(
     let context = Arc::new(Context::new(
         upstream,
         live,
-        config.upstream.request_timeout.get(),
         listen_password,
         config.listen.idle_timeout.map(|timeout| timeout.get()),
     ));

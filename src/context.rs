@@ -23,8 +23,6 @@ pub struct Context {
     pub locks: Arc<LockTable>,
     /// The config and policies in force, swapped on reload.
     pub live: Arc<LiveConfig>,
-    /// Pooled requests without a reply after this long are answered with an error.
-    pub request_timeout: Duration,
     /// The password clients must `AUTH` with, when keyward requires one.
     pub listen_password: Option<String>,
     /// Idle clients are closed after this long, if set.
@@ -45,7 +43,6 @@ impl Context {
     pub fn new(
         upstream: Arc<Upstream>,
         live: Arc<LiveConfig>,
-        request_timeout: Duration,
         listen_password: Option<String>,
         idle_timeout: Option<Duration>,
     ) -> Context {
@@ -54,7 +51,6 @@ impl Context {
             locks: Arc::default(),
             upstream,
             live,
-            request_timeout,
             listen_password,
             idle_timeout,
             command_metrics: CommandMetrics::new(CommandTable::global()),

@@ -65,6 +65,8 @@ pub struct LiveConfig {
     status: Mutex<Status>,
     /// Serializes reloads, which can be triggered from several places at once.
     reloading: Mutex<()>,
+    /// What else a reload request reads again (keyward's upstream password file).
+    also_on_request: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 /// How a reload ended.
@@ -95,6 +97,7 @@ impl LiveConfig {
                 reloads_error: 0,
             }),
             reloading: Mutex::new(()),
+            also_on_request: Mutex::default(),
         }
     }
 
@@ -114,9 +117,27 @@ impl LiveConfig {
         self.path.as_deref()
     }
 
+    /// Has `also` run on every reload request (SIGHUP, `POST /reload`), before the file is read.
+    pub fn also_on_request(&self, also: impl Fn() + Send + Sync + 'static) {
+        self.also_on_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(also));
+    }
+
     /// Reads the file again and swaps it in if it is valid.
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Trigger::Request(_) = trigger {
+            for also in self
+                .also_on_request
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                also();
+            }
+        }
         let Some(path) = &self.path else {
             return ReloadOutcome::Rejected(vec!["keyward runs without a config file".into()]);
         };
@@ -242,26 +263,36 @@ fn now_seconds() -> u64 {
         .as_secs()
 }
 
-/// Reloads when the file changes. Editors save in pieces (write a temporary file, rename it
-/// over), so the file's directory is watched and events are debounced.
+/// Reloads when the file changes.
 pub fn watch_file(live: Arc<LiveConfig>) -> Result<impl Drop, String> {
-    use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
     let path = live.path().ok_or("no config file to watch")?.to_path_buf();
+    let runtime = tokio::runtime::Handle::current();
+    watch_directory_of(&path, move || {
+        let live = Arc::clone(&live);
+        runtime.spawn_blocking(move || live.reload(Trigger::FileChange));
+    })
+}
+
+/// Calls `changed` whenever anything changes in the directory of `path`, until the returned
+/// watcher is dropped. Editors save in pieces (write a temporary file, rename it over), so the
+/// directory is watched and events are debounced; any event counts, not just ones naming the
+/// file: a Kubernetes ConfigMap or Secret update swaps a symlink (`..data`) and never names
+/// it. `changed` must be cheap when nothing it cares about changed.
+pub fn watch_directory_of(
+    path: &Path,
+    changed: impl Fn() + Send + 'static,
+) -> Result<impl Drop, String> {
+    use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
     let directory = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let runtime = tokio::runtime::Handle::current();
     let mut debouncer = new_debouncer(
         Duration::from_millis(100),
         move |events: notify_debouncer_mini::DebounceEventResult| {
-            // Any event in the directory counts, not just ones naming the file: a Kubernetes
-            // ConfigMap update swaps a symlink (`..data`) and never names the file. The
-            // modification stamp check in `reload` keeps unrelated events cheap.
             if events.is_ok_and(|events| !events.is_empty()) {
-                let live = Arc::clone(&live);
-                runtime.spawn_blocking(move || live.reload(Trigger::FileChange));
+                changed();
             }
         },
     )

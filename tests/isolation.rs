@@ -330,3 +330,115 @@ fn a_paused_write_does_not_hold_other_clients_reads() {
     let value: String = redis::cmd("GET").arg("k").query(&mut reader).unwrap();
     assert_eq!(value, "v");
 }
+
+fn short_request_timeout() -> (RedisServer, Keyward) {
+    let redis = RedisServer::start();
+    let keyward =
+        Keyward::start_with_upstream(redis.port, "pool_size = 1\nrequest_timeout = \"300ms\"", "");
+    (redis, keyward)
+}
+
+/// `request_timeout` is for a Redis that stopped answering: a script Redis runs past it (Redis
+/// answers everyone else `-BUSY`) keeps its connection, and its client gets the script's own
+/// end, as directly.
+#[test]
+fn a_script_that_runs_past_request_timeout_keeps_its_connection() {
+    let (redis, keyward) = short_request_timeout();
+    let mut runner = support::start_busy_script(&redis, &keyward);
+    std::thread::sleep(Duration::from_millis(1200));
+    let killed: String = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query(&mut keyward.client())
+        .unwrap();
+    assert_eq!(killed, "OK");
+    let reply = runner.read_line();
+    assert!(reply.contains("Script killed by user"), "{reply}");
+    runner.send(b"PING\r\n");
+    assert_eq!(runner.read_line(), "+PONG\r\n");
+    let metrics = keyward.admin_get("/metrics").1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "keyward_upstream_errors_total",
+            &["kind=\"timeout\""]
+        ),
+        0.0,
+        "no connection was reset"
+    );
+}
+
+/// A write Redis postpones for `CLIENT PAUSE` waits for the pause to end, however long past
+/// `request_timeout`, as it would on Redis directly.
+#[test]
+fn a_write_paused_past_request_timeout_runs_when_the_pause_ends() {
+    let (redis, keyward) = short_request_timeout();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1200", "WRITE"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut writer = keyward.raw();
+    writer.send(b"SET paused v\r\n");
+    assert_eq!(writer.read_line(), "+OK\r\n");
+    let value: String = redis::cmd("GET")
+        .arg("paused")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(value, "v");
+}
+
+/// A script marks its shared connection held from the moment it is sent: a client that sends
+/// right after it, before Redis could have been seen holding anything, still goes around it
+/// and gets Redis's `-BUSY`, instead of waiting behind the script for as long as it runs.
+#[test]
+fn a_command_sent_just_after_a_long_script_does_not_queue_behind_it() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut runner = keyward.raw();
+    let mut other = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    // Redis answers -BUSY from its busy threshold (50 ms) on, well before keyward would see
+    // the connection held (100 ms): the script is running, and only its hold marks it.
+    let mut direct = redis.client();
+    support::wait_for(Duration::from_secs(5), "the script runs", || {
+        redis::cmd("PING")
+            .query::<String>(&mut direct)
+            .is_err_and(|error| error.to_string().contains("BUSY"))
+    });
+    other.send(b"PING\r\n");
+    let reply = other.read_line();
+    assert!(reply.starts_with("-BUSY"), "{reply}");
+    other.send(b"SCRIPT KILL\r\n");
+    assert_eq!(other.read_line(), "+OK\r\n");
+    assert!(runner.read_line().contains("killed"));
+}
+
+/// A `CLIENT PAUSE … WRITE` sent through keyward marks every write sent after it: a read sent
+/// right after another client's paused write goes around it.
+#[test]
+fn a_read_sent_just_after_a_paused_write_is_answered_at_once() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "5000", "WRITE"])
+        .query(&mut keyward.client())
+        .unwrap();
+    let mut writer = keyward.raw();
+    let mut reader = keyward.raw();
+    writer.send(b"SET k v\r\n");
+    support::wait_for(Duration::from_secs(5), "Redis holds the SET", || {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut redis.client())
+            .unwrap();
+        info.contains("blocked_clients:1")
+    });
+    reader.send(b"GET k\r\n");
+    assert_eq!(reader.read_line(), "$-1\r\n");
+    reader.send(b"CLIENT UNPAUSE\r\n");
+    assert_eq!(reader.read_line(), "+OK\r\n");
+    assert_eq!(writer.read_line(), "+OK\r\n");
+    reader.send(b"GET k\r\n");
+    assert_eq!(reader.read_line(), "$1\r\n");
+}

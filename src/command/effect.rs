@@ -68,15 +68,48 @@ pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
     }
 }
 
-/// Whether the command (or its reply) names another client by id, which keyward must translate:
-/// clients know keyward's ids, not Redis's.
-pub(super) fn names_clients(name: &str) -> bool {
-    matches!(
-        name,
+/// What a session must notice about a command beyond its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Nothing,
+    /// Names another client by id, or its reply does (`CLIENT KILL`, `CLIENT UNBLOCK`,
+    /// `CLIENT TRACKING`, `CLIENT GETREDIR`, `CLIENT TRACKINGINFO`), which keyward translates:
+    /// clients know keyward's ids, not Redis's.
+    NamesClients,
+    /// `CLIENT PAUSE`: from now on Redis holds some commands until the pause ends.
+    Pause,
+}
+
+pub(super) fn notice_of(name: &str) -> Notice {
+    match name {
         "client|kill"
-            | "client|unblock"
-            | "client|tracking"
-            | "client|getredir"
-            | "client|trackinginfo"
-    )
+        | "client|unblock"
+        | "client|tracking"
+        | "client|getredir"
+        | "client|trackinginfo" => Notice::NamesClients,
+        "client|pause" => Notice::Pause,
+        _ => Notice::Nothing,
+    }
+}
+
+/// When Redis may hold the command for long on a shared connection, so that other clients'
+/// commands queued behind it would wait with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Only while `CLIENT PAUSE … ALL` pauses everything.
+    InFullPause,
+    /// While `CLIENT PAUSE` pauses writes: writes, and what Redis 7 pauses with them (scripts,
+    /// `PUBLISH`, `PFCOUNT`).
+    InWritePause,
+    /// Always: a script runs as long as it runs.
+    Always,
+}
+
+pub(super) fn holding_of(name: &str, command_flags: u32) -> Holding {
+    match name {
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Holding::Always,
+        "publish" | "spublish" | "pfcount" => Holding::InWritePause,
+        _ if command_flags & flags::WRITE != 0 => Holding::InWritePause,
+        _ => Holding::InFullPause,
+    }
 }

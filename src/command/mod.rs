@@ -10,7 +10,7 @@ mod effect;
 mod keys;
 mod table_file;
 
-pub use effect::{Effect, LocalCommand};
+pub use effect::{Effect, Holding, LocalCommand, Notice};
 pub use keys::{BeginSearch, FindKeys, KeySpec};
 
 use std::sync::OnceLock;
@@ -67,9 +67,8 @@ pub struct CommandInfo {
     /// Whether the second argument selects a subcommand with its own entry.
     pub has_subcommands: bool,
     pub effect: Effect,
-    /// Names another client by its id (`CLIENT KILL`, `CLIENT UNBLOCK`, `CLIENT TRACKING`),
-    /// which keyward translates.
-    pub names_clients: bool,
+    pub notice: Notice,
+    pub holding: Holding,
 }
 
 impl CommandInfo {

@@ -3,7 +3,7 @@
 //! `;`, each spec as `flags/begin/find` (`index:1`, `keyword:STREAMS:1`, `range:-1:1:2`,
 //! `keynum:0:1:1`, `unknown`). Lines starting with `#` are comments.
 
-use super::effect::{effect_of, names_clients};
+use super::effect::{effect_of, holding_of, notice_of};
 use super::keys::{self, BeginSearch, FindKeys, KeySpec};
 use super::{flags, CommandInfo};
 
@@ -50,7 +50,8 @@ impl Entry {
             id,
             key_is_first_argument: keys::key_is_first_argument(&self.name, &self.key_specs),
             effect: effect_of(&self.name, self.flags),
-            names_clients: names_clients(&self.name),
+            notice: notice_of(&self.name),
+            holding: holding_of(&self.name, self.flags),
             uppercase: self.name.to_ascii_uppercase().into_bytes().into(),
             name: self.name.into(),
             arity: self.arity,

@@ -139,11 +139,16 @@ pub struct UpstreamConfig {
     /// Multiplexed connections per (protocol, database); sessions are spread over them.
     pub pool_size: NonZeroUsize,
     pub connect_timeout: ConfigDuration,
-    /// A command without a reply after this long is answered with an error.
+    /// A shared connection whose oldest command has no reply after this long is reset (its
+    /// commands get an error), unless Redis says it holds the command on purpose.
     pub request_timeout: ConfigDuration,
     pub username: Option<String>,
     /// The name of the environment variable holding the password, so the file holds no secret.
     pub password_env: Option<String>,
+    /// A file holding the password (a mounted secret), read again on reload and whenever it
+    /// changes, so that the password can be rotated without a restart. Instead of
+    /// `password_env`.
+    pub password_file: Option<PathBuf>,
     /// Connect to Redis with TLS.
     pub tls: Option<UpstreamTls>,
 }
@@ -157,6 +162,7 @@ impl Default for UpstreamConfig {
             request_timeout: ConfigDuration::from_millis(5_000),
             username: None,
             password_env: None,
+            password_file: None,
             tls: None,
         }
     }
@@ -255,6 +261,9 @@ impl Config {
                     .flatten()
                     .for_each(anchor);
             }
+            if let Some(file) = &mut config.upstream.password_file {
+                anchor(file);
+            }
         }
         Ok((config, warnings))
     }
@@ -336,6 +345,15 @@ impl Config {
             diagnostics.push(Diagnostic::error(
                 find_value(text, "windows").unwrap_or(0..0),
                 "windows needs at least one duration".into(),
+            ));
+        }
+        if let (Some(_), Some(_)) = (
+            &config.upstream.password_env,
+            &config.upstream.password_file,
+        ) {
+            diagnostics.push(Diagnostic::error(
+                find_table_key(text, "upstream", "password_file").unwrap_or(0..0),
+                "set one of password_env and password_file, not both".into(),
             ));
         }
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {

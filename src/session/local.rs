@@ -8,7 +8,7 @@ use crate::command::{CommandInfo, LocalCommand};
 use crate::context::Context;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::{parse_int, Protocol};
-use crate::upstream::{ServerFacts, UpstreamSettings};
+use crate::upstream::{Login, ServerFacts, UpstreamSettings};
 
 /// A client's connection state as Redis would hold it.
 #[derive(Debug, Clone)]
@@ -51,9 +51,10 @@ pub enum Outcome {
     Reply(Bytes),
     /// Reply, then close the connection once everything before it is written (`QUIT`).
     ReplyThenClose(Bytes),
-    /// Only Redis can answer this (credentials keyward does not hold): send the command itself
-    /// on a connection of the session's own.
-    NeedsDedicated,
+    /// Only Redis can answer this (credentials keyward does not hold, a database it cannot
+    /// check): send the command itself on a connection of the session's own, opened with the
+    /// client's own credentials when the command carries them.
+    NeedsDedicated(Option<Login>),
 }
 
 /// Whether the command may change which upstream connection the session uses; such a command
@@ -136,7 +137,7 @@ fn select(args: &[Vec<u8>], state: &mut ClientState, facts: &ServerFacts) -> Out
             return error("ERR DB index is out of range")
         }
         // Without the database count only Redis can tell whether the index exists.
-        None if db != 0 => return Outcome::NeedsDedicated,
+        None if db != 0 => return Outcome::NeedsDedicated(None),
         _ => {}
     }
     state.db = db as u32;
@@ -167,8 +168,11 @@ fn hello(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) 
                     }
                     state.authenticated = true;
                 }
-                None if !credentials_match(user, password, context.settings) => {
-                    return Outcome::NeedsDedicated
+                None if !context.settings.credentials.are(user, password) => {
+                    return Outcome::NeedsDedicated(Some(Login {
+                        user: user.clone(),
+                        password: password.clone(),
+                    }))
                 }
                 None => {}
             }
@@ -240,10 +244,13 @@ fn auth(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) -
             Outcome::Reply(reply::simple("OK"))
         }
         Some(_) => wrong_password(),
-        None if credentials_match(user, password, context.settings) => {
+        None if context.settings.credentials.are(user, password) => {
             Outcome::Reply(reply::simple("OK"))
         }
-        None => Outcome::NeedsDedicated,
+        None => Outcome::NeedsDedicated(Some(Login {
+            user: user.to_vec(),
+            password: password.to_vec(),
+        })),
     }
 }
 
@@ -254,14 +261,6 @@ fn client_credentials_match(user: &[u8], password: &[u8], required: &str) -> boo
 
 fn wrong_password() -> Outcome {
     error("WRONGPASS invalid username-password pair or user is disabled.")
-}
-
-/// Whether a client authenticates as the user keyward's own connections already use.
-fn credentials_match(user: &[u8], password: &[u8], settings: &UpstreamSettings) -> bool {
-    let configured_user = settings.username.as_deref().unwrap_or("default");
-    settings.password.as_deref().is_some_and(|configured| {
-        configured.as_bytes() == password && configured_user.as_bytes() == user
-    })
 }
 
 fn client_setinfo(args: &[Vec<u8>], state: &mut ClientState) -> Outcome {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
 use crate::cache::{cacheable, Coherence, Lookup, Written};
-use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand};
+use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand, Notice};
 use crate::context::Context;
 use crate::directory::Listing;
 use crate::hotkeys::record::Pending;
@@ -41,7 +41,10 @@ use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
-use crate::upstream::{Batch, ConnHandle, Opening, Reply, ReplySender, SendError, UpstreamError};
+use crate::upstream::{
+    parse_pause, Batch, ConnHandle, Hold, Login, Opening, Reply, ReplySender, SendError,
+    UpstreamError,
+};
 use client_ids::{Redirect, Translation};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
@@ -234,9 +237,6 @@ impl Session {
     }
 
     async fn drive(&mut self, stream: &Stream) -> io::Result<()> {
-        let timer = tokio::time::sleep(std::time::Duration::ZERO);
-        tokio::pin!(timer);
-        let mut timer_armed = false;
         let hold = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(hold);
         let mut hold_armed = None;
@@ -258,12 +258,6 @@ impl Session {
             self.write_output(stream)?;
             if self.finished() {
                 return Ok(());
-            }
-            if !timer_armed {
-                if let Some(deadline) = self.replies.next_deadline() {
-                    timer.as_mut().reset(deadline.into());
-                    timer_armed = true;
-                }
             }
             if self.hold_until != hold_armed {
                 if let Some(until) = self.hold_until {
@@ -289,10 +283,6 @@ impl Session {
                     self.read(stream)?;
                 }
                 readiness = stream.writable(), if !self.output.is_empty() => readiness?,
-                () = &mut timer, if timer_armed => {
-                    timer_armed = false;
-                    self.expire();
-                }
                 () = &mut hold, if hold_armed.is_some() => {
                     self.hold_until = None;
                     hold_armed = None;
@@ -479,21 +469,6 @@ impl Session {
         }
     }
 
-    fn expire(&mut self) {
-        let address = &self.context.upstream.settings().address;
-        let error = reply::error(&format!(
-            "ERR upstream {address}: no reply within {:?} (request_timeout)",
-            self.context.request_timeout
-        ));
-        let expired = self
-            .replies
-            .expire(Instant::now(), &error, &mut self.output);
-        self.finish_writes();
-        if expired > 0 {
-            metrics::upstream_errors("timeout", expired);
-        }
-    }
-
     /// Decodes and dispatches every complete request in the input. Returns `Some(switch)`
     /// when the request at the front needs a dedicated connection opened first.
     fn process_input(&mut self) -> Option<Switch> {
@@ -554,9 +529,13 @@ impl Session {
             } else {
                 Step::Answer(reply::error("NOAUTH Authentication required."))
             };
+            let pause = match info.notice {
+                Notice::Pause => parse_pause(&args.iter().collect::<Vec<_>>()),
+                _ => None,
+            };
             // Set when the request goes to Redis changed (see `client_ids`).
             let mut replacement = None;
-            let step = match info.names_clients && self.counts_replies() {
+            let step = match info.notice == Notice::NamesClients && self.counts_replies() {
                 true => match client_ids::translate(
                     &info.name,
                     &args,
@@ -715,6 +694,7 @@ impl Session {
                             .clone(),
                         tracked: false,
                         measured: false,
+                        hold: None,
                     };
                     let conn = self
                         .context
@@ -868,6 +848,10 @@ impl Session {
                     if blocks {
                         self.blocked = true;
                     }
+                    if let Some((length, all)) = pause {
+                        self.context.upstream.pause.begin(length, all);
+                    }
+                    let holds = self.context.upstream.pause.holds(info.holding);
                     // The command's writes end with its own reply, not an earlier batch's (a
                     // rewritten request's batch ahead was sent above).
                     self.written_keys.append(&mut command_writes);
@@ -875,10 +859,11 @@ impl Session {
                         None => {
                             batch.len += consumed;
                             batch.count += 1;
+                            batch.holds |= holds;
                         }
                         Some(encoded) => {
                             self.input.advance(consumed);
-                            self.forward(encoded, 1, sent_at);
+                            self.forward(encoded, 1, holds);
                         }
                     }
                 }
@@ -894,11 +879,8 @@ impl Session {
                         }
                         continue;
                     }
-                    if self.run_local(command, info) {
-                        dedicate = Some(Switch {
-                            streaming: false,
-                            for_monitor: false,
-                        });
+                    if let Some(switch) = self.run_local(command, info) {
+                        dedicate = Some(switch);
                         break;
                     }
                     self.received.add(&self.context.command_metrics, info.id);
@@ -910,6 +892,9 @@ impl Session {
                     let request = self.take_request(consumed, rewritten);
                     let ticket = self.replies.next_ticket();
                     self.replies.push_fetched(false, self.observation.take());
+                    if &*info.name == "client|unpause" {
+                        self.context.upstream.pause.end();
+                    }
                     // These commands act on the whole server: database 0 spares the
                     // connection a SELECT, which Redis refuses while a script is busy.
                     self.context.upstream.send_aside(
@@ -952,6 +937,7 @@ impl Session {
                     dedicate = Some(Switch {
                         streaming,
                         for_monitor: &*info.name == "monitor",
+                        login: None,
                     });
                     break;
                 }
@@ -1032,6 +1018,7 @@ impl Session {
             reply_to: self.reply_sender.clone(),
             tracked: false,
             measured: false,
+            hold: None,
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -1108,13 +1095,12 @@ impl Session {
 
     /// Whether nothing is owed on the current connection, so the session may switch.
     fn is_quiet(&self) -> bool {
-        self.replies.outstanding() == 0
-            && !self.replies.awaiting_late_replies()
-            && !self.replies.awaiting_fetches()
+        self.replies.outstanding() == 0 && !self.replies.awaiting_fetches()
     }
 
-    /// Runs a local command; `true` if it must instead go to Redis on a dedicated connection.
-    fn run_local(&mut self, command: LocalCommand, info: &CommandInfo) -> bool {
+    /// Runs a local command; `Some` if it must instead go to Redis on a dedicated connection,
+    /// opened as the switch says.
+    fn run_local(&mut self, command: LocalCommand, info: &CommandInfo) -> Option<Switch> {
         let facts = self.context.upstream.facts();
         let local_context = LocalContext {
             context: &self.context,
@@ -1136,7 +1122,13 @@ impl Session {
                 self.replies.push_ready(reply, &mut self.output);
                 self.closing = Some(Closing::Quit);
             }
-            Outcome::NeedsDedicated => return true,
+            Outcome::NeedsDedicated(login) => {
+                return Some(Switch {
+                    streaming: false,
+                    for_monitor: false,
+                    login,
+                })
+            }
         }
         if command == LocalCommand::Reset {
             // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
@@ -1158,13 +1150,14 @@ impl Session {
                 ));
             }
         }
-        false
+        None
     }
 
     async fn open_dedicated(&mut self, switch: Switch) {
         let Switch {
             streaming,
             for_monitor,
+            login,
         } = switch;
         if let Some(opening) = self.opening.take() {
             opening.start();
@@ -1181,6 +1174,7 @@ impl Session {
                 // A `MONITOR` starts after the spare connection it takes is replaced, so that
                 // it does not show that connection's handshake.
                 for_monitor,
+                login.as_ref(),
             )
             .await;
         match opened {
@@ -1188,6 +1182,14 @@ impl Session {
                 self.listing.set_redis_id(opening.redis_id);
                 self.link = Link::Dedicated { conn, streaming };
                 self.opening = Some(opening);
+            }
+            Err(UpstreamError::Refused(message)) if login.is_some() => {
+                // Redis refused the client's own password, as it would have directly: the
+                // client stays as it was.
+                self.dedicated_error = Some(DedicatedError {
+                    reply: reply::error(&message),
+                    closes: false,
+                });
             }
             Err(error) => {
                 let address = &self.context.upstream.settings().address;
@@ -1207,21 +1209,24 @@ impl Session {
             return;
         }
         let bytes = self.input.split_to(batch.len).freeze();
-        let count = batch.count;
+        let (count, holds) = (batch.count, batch.holds);
         *batch = PendingBatch::default();
-        self.forward(bytes, count, Instant::now());
+        self.forward(bytes, count, holds);
     }
 
-    fn forward(&mut self, bytes: Bytes, count: u32, sent_at: Instant) {
+    /// Hands requests to the session's connection. `holds`: Redis may hold one of them for
+    /// long, so a shared connection shows as held until they are answered.
+    fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
         self.leave_held_connection();
-        let (conn, deadline) = match &self.link {
-            Link::Pooled(conn) => (conn, sent_at.checked_add(self.context.request_timeout)),
-            Link::Dedicated { conn, .. } => (conn, None),
-        };
+        let conn = self.link.conn();
         let measured = self.replies.follows_commands();
+        let hold = match &self.link {
+            Link::Pooled(conn) if holds => Some(conn.hold()),
+            _ => None,
+        };
         if let Some(parked) = &mut self.parked {
-            parked.join(&bytes, count, measured);
-            self.handed_over(count, deadline);
+            parked.join(&bytes, count, measured, hold);
+            self.handed_over(count);
             return;
         }
         let batch = Batch {
@@ -1230,12 +1235,13 @@ impl Session {
             reply_to: self.reply_sender.clone(),
             tracked: false,
             measured,
+            hold,
         };
         match conn.offer(batch) {
-            Ok(()) => self.handed_over(count, deadline),
+            Ok(()) => self.handed_over(count),
             Err((SendError::Busy, batch)) => {
                 self.parked = Some(Parked::from(batch));
-                self.handed_over(count, deadline);
+                self.handed_over(count);
             }
             Err((error, _)) => {
                 let address = &self.context.upstream.settings().address;
@@ -1267,10 +1273,10 @@ impl Session {
     }
 
     /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
-    fn handed_over(&mut self, count: u32, deadline: Option<Instant>) {
+    fn handed_over(&mut self, count: u32) {
         let written = std::mem::take(&mut self.written_keys);
         if self.counts_replies() {
-            self.replies.push_upstream(count, deadline, written);
+            self.replies.push_upstream(count, written);
         } else {
             end_writes(&self.context, written);
         }
@@ -1309,13 +1315,17 @@ struct Parked {
     bytes: BytesMut,
     count: u32,
     measured: bool,
+    hold: Option<Hold>,
 }
 
 impl Parked {
-    fn join(&mut self, bytes: &[u8], count: u32, measured: bool) {
+    fn join(&mut self, bytes: &[u8], count: u32, measured: bool, hold: Option<Hold>) {
         self.bytes.extend_from_slice(bytes);
         self.count += count;
         self.measured |= measured;
+        if self.hold.is_none() {
+            self.hold = hold;
+        }
     }
 
     fn into_batch(self, reply_to: ReplySender) -> Batch {
@@ -1325,6 +1335,7 @@ impl Parked {
             reply_to,
             tracked: false,
             measured: self.measured,
+            hold: self.hold,
         }
     }
 }
@@ -1335,6 +1346,7 @@ impl From<Batch> for Parked {
             bytes: BytesMut::from(&batch.bytes[..]),
             count: batch.count,
             measured: batch.measured,
+            hold: batch.hold,
         }
     }
 }
@@ -1444,6 +1456,9 @@ struct Switch {
     streaming: bool,
     /// The request is `MONITOR`.
     for_monitor: bool,
+    /// The request authenticates as a user keyward does not know: the connection is opened
+    /// as that user, so that it works whatever keyward's own credentials are.
+    login: Option<Login>,
 }
 
 /// Why a connection of the session's own could not be opened, for the request that asked.
@@ -1467,6 +1482,8 @@ struct AwaitedLock {
 struct PendingBatch {
     len: usize,
     count: u32,
+    /// Redis may hold one of the requests for long (see [`Session::forward`]).
+    holds: bool,
 }
 
 /// `XREAD`/`XREADGROUP` block only with a `BLOCK` option. Options are read by position

@@ -5,8 +5,8 @@
 //! either a ready reply or a number of replies owed by the upstream connection; upstream
 //! replies arrive in order, so a count is all that is needed to match them.
 //!
-//! A timed-out batch is answered with errors at once; its late replies still arrive from the
-//! connection (which stays in order for everyone else), and are discarded by count.
+//! Replies are never given up on here: a shared connection that stops answering is reset by
+//! its own watch (`request_timeout`), which fails everything it owes.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -25,8 +25,6 @@ enum Expected {
     Substitute(Bytes),
     Upstream {
         remaining: u32,
-        /// `None` on a dedicated connection, where a command may legitimately block.
-        deadline: Option<Instant>,
         /// Keys written by these commands that cache or lock rules watch.
         written: Vec<Written>,
     },
@@ -53,8 +51,6 @@ pub struct ReplyQueue {
     entries: VecDeque<Expected>,
     /// Replies owed by upstream, over all entries.
     outstanding: u64,
-    /// Late replies of timed-out batches still to be thrown away.
-    discard: u64,
     /// Forwarded commands awaiting their replies.
     sent: Sent,
     /// Entries awaiting a cache fill, and how many of them ride on another session's read.
@@ -205,12 +201,6 @@ impl ReplyQueue {
         });
     }
 
-    /// Whether replies of timed-out requests may still arrive from the current connection;
-    /// such a connection must not be swapped for another until they have.
-    pub fn awaiting_late_replies(&self) -> bool {
-        self.discard > 0
-    }
-
     /// A reply keyward made itself; written at once if nothing is owed before it.
     pub fn push_ready(&mut self, reply: Bytes, output: &mut BytesMut) {
         if self.entries.is_empty() {
@@ -240,7 +230,7 @@ impl ReplyQueue {
         self.entries.push_back(Expected::Substitute(reply));
     }
 
-    pub fn push_upstream(&mut self, count: u32, deadline: Option<Instant>, written: Vec<Written>) {
+    pub fn push_upstream(&mut self, count: u32, written: Vec<Written>) {
         if count == 0 {
             self.finished_writes.extend(written);
             return;
@@ -248,7 +238,6 @@ impl ReplyQueue {
         self.outstanding += u64::from(count);
         self.entries.push_back(Expected::Upstream {
             remaining: count,
-            deadline,
             written,
         });
     }
@@ -269,14 +258,6 @@ impl ReplyQueue {
         all
     }
 
-    /// The earliest deadline among owed replies.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.entries.iter().find_map(|entry| match entry {
-            Expected::Upstream { deadline, .. } => *deadline,
-            Expected::Ready(_) | Expected::Substitute(_) | Expected::Fetched { .. } => None,
-        })
-    }
-
     /// Handles one message from the upstream connection.
     pub fn on_reply(
         &mut self,
@@ -295,19 +276,15 @@ impl ReplyQueue {
                     self.write_ready(output);
                     return AfterReply::Continue;
                 }
-                if !self.discarded(count) {
-                    self.settle(count, bytes, &lengths, output, metrics);
-                }
+                self.settle(count, bytes, &lengths, output, metrics);
             }
             Reply::Failed { count, error } => {
                 if self.substituted() {
                     self.write_ready(output);
                     return AfterReply::Continue;
                 }
-                if !self.discarded(count) {
-                    let errors = error.repeat(count as usize).into();
-                    self.settle(count, errors, &[], output, metrics);
-                }
+                let errors = error.repeat(count as usize).into();
+                self.settle(count, errors, &[], output, metrics);
             }
             Reply::Closed { error } => {
                 self.fail_all(&error, output);
@@ -336,34 +313,6 @@ impl ReplyQueue {
             *entry = Expected::Ready(bytes);
             self.write_ready(output);
         }
-    }
-
-    /// Answers every owed reply whose deadline has passed with `error`.
-    pub fn expire(&mut self, now: Instant, error: &Bytes, output: &mut BytesMut) -> u64 {
-        let mut expired = 0;
-        for entry in &mut self.entries {
-            match entry {
-                Expected::Upstream {
-                    remaining,
-                    deadline: Some(deadline),
-                    written,
-                } if *deadline <= now => {
-                    self.finished_writes.append(written);
-                    let count = std::mem::take(remaining);
-                    *entry = Expected::Ready(error.repeat(count as usize).into());
-                    self.discard += u64::from(count);
-                    self.outstanding -= u64::from(count);
-                    let answered = Answered::none(count as usize);
-                    self.sent
-                        .take(answered, &mut self.observations, |_, _, _| {});
-                    expired += u64::from(count);
-                }
-                Expected::Upstream { .. } | Expected::Substitute(_) => break,
-                Expected::Ready(_) | Expected::Fetched { .. } => {}
-            }
-        }
-        self.write_ready(output);
-        expired
     }
 
     /// Answers everything still owed with `error` (the connection is gone).
@@ -397,16 +346,6 @@ impl ReplyQueue {
         self.entries.pop_front();
         self.outstanding = self.outstanding.saturating_sub(1);
         self.entries.push_front(Expected::Ready(reply));
-        true
-    }
-
-    fn discarded(&mut self, count: u32) -> bool {
-        if self.discard == 0 {
-            return false;
-        }
-        // Batches time out whole and replies arrive per batch, so a message is either all
-        // late or all current.
-        self.discard = self.discard.saturating_sub(u64::from(count));
         true
     }
 
@@ -511,7 +450,6 @@ impl Answered<'_> {
 mod tests {
     use super::*;
     use crate::command::CommandTable;
-    use std::time::Duration;
 
     fn frames(bytes: &'static [u8], count: u32) -> Reply {
         Reply::Frames {
@@ -526,9 +464,9 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(2, None, Vec::new());
+        queue.push_upstream(2, Vec::new());
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
-        queue.push_upstream(1, None, Vec::new());
+        queue.push_upstream(1, Vec::new());
         assert!(output.is_empty());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n");
@@ -544,10 +482,10 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(1, None, Vec::new());
+        queue.push_upstream(1, Vec::new());
         let ticket = queue.next_ticket();
         queue.push_fetched(true, None);
-        queue.push_upstream(2, None, Vec::new());
+        queue.push_upstream(2, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n");
@@ -571,7 +509,7 @@ mod tests {
         let info = CommandTable::global().lookup(&args);
         let pending = queue.observations.start(info, &args, &[1], request.len());
         queue.command_sent(info.id, Instant::now(), pending);
-        queue.push_upstream(1, None, Vec::new());
+        queue.push_upstream(1, Vec::new());
     }
 
     #[test]
@@ -612,7 +550,7 @@ mod tests {
             send_followed_get(&mut queue, "a");
             // Not followed: its reply is passed over.
             queue.command_sent(0, Instant::now(), None);
-            queue.push_upstream(1, None, Vec::new());
+            queue.push_upstream(1, Vec::new());
             send_followed_get(&mut queue, "c");
             assert!(queue.follows_commands());
             let reply = Reply::Frames {
@@ -627,23 +565,5 @@ mod tests {
             );
             assert!(!queue.follows_commands());
         }
-    }
-
-    #[test]
-    fn timed_out_replies_are_answered_then_discarded() {
-        let metrics = CommandMetrics::new(CommandTable::global());
-        let mut queue = ReplyQueue::default();
-        let mut output = BytesMut::new();
-        let start = Instant::now();
-        queue.push_upstream(2, Some(start), Vec::new());
-        queue.push_upstream(1, Some(start + Duration::from_secs(60)), Vec::new());
-        let error = Bytes::from_static(b"-ERR timeout\r\n");
-        assert_eq!(queue.expire(start, &error, &mut output), 2);
-        assert_eq!(&output[..], b"-ERR timeout\r\n-ERR timeout\r\n");
-        assert_eq!(queue.outstanding(), 1);
-        queue.on_reply(frames(b":1\r\n:2\r\n", 2), &mut output, &metrics);
-        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics);
-        assert_eq!(&output[..], b"-ERR timeout\r\n-ERR timeout\r\n:3\r\n");
-        assert!(queue.is_empty());
     }
 }

@@ -10,15 +10,17 @@
 //! it; it discards them itself. Dropping them here would need the task to know about sessions.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::tracking::{Fills, TrackingTarget};
 use crate::net::Stream;
@@ -36,6 +38,20 @@ pub struct Batch {
     /// commands): the connection delimits every frame anyway, and the session walking them
     /// again would cost as much.
     pub measured: bool,
+    /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
+    pub hold: Option<Hold>,
+}
+
+/// A command on a shared connection that Redis may hold for long (a script, a write during a
+/// pause). While one is in flight the connection shows as held from the moment it is handed
+/// over, so that sessions that owe nothing leave it before they queue behind the command,
+/// rather than [`HELD_TOO_LONG`] later. Dropped with the batch's last reply.
+pub struct Hold(Arc<ConnStatus>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a session receives from its upstream connection.
@@ -79,6 +95,8 @@ pub struct ConnStatus {
     /// [`HELD_TOO_LONG`]: Redis holds it (a busy script, a paused write). Sessions that owe
     /// nothing read it to leave the connection before they queue behind that request.
     held: AtomicBool,
+    /// Batches in flight that hold a [`Hold`].
+    holds: AtomicU32,
 }
 
 /// A request waiting this long on a shared connection is taken to be held by Redis.
@@ -86,7 +104,7 @@ pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
 
 impl ConnStatus {
     pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Relaxed)
+        self.held.load(Ordering::Relaxed) || self.holds.load(Ordering::Relaxed) > 0
     }
 
     fn set_held(&self, held: bool) {
@@ -141,6 +159,12 @@ impl ConnHandle {
         )
     }
 
+    /// Marks the connection held until the returned [`Hold`] is dropped.
+    pub fn hold(&self) -> Hold {
+        self.status.holds.fetch_add(1, Ordering::Relaxed);
+        Hold(Arc::clone(&self.status))
+    }
+
     pub fn send(&self, batch: Batch) -> Result<(), SendError> {
         self.offer(batch).map_err(|(error, _)| error)
     }
@@ -166,14 +190,40 @@ impl ConnHandle {
     }
 }
 
+/// How a shared connection tells a request Redis holds on purpose from a connection that
+/// stopped answering.
+pub(super) struct StallCheck {
+    /// `request_timeout`: how long the oldest request waits before Redis is asked about it,
+    /// and again between askings while Redis holds it.
+    pub timeout: Duration,
+    /// Asks Redis, on a connection of its own and within `timeout`, whether it holds this
+    /// connection's request on purpose (see [`super::holds`]).
+    pub probe: Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>,
+}
+
+/// What a shared connection knows of its oldest waiting request.
+#[derive(Default)]
+struct Watch {
+    /// When the watched request was taken; `None` while nothing waits.
+    since: Option<Instant>,
+    /// When to look at it again.
+    next: Option<Instant>,
+    /// Redis's answer, once asked, to whether it holds the request on purpose.
+    asked: Option<oneshot::Receiver<bool>>,
+}
+
+/// Time for an answer from Redis to reach the connection after the probe's own limit.
+const PROBE_SLACK: Duration = Duration::from_millis(50);
+
 /// Why [`serve`] returned.
 pub(super) enum ServeEnd {
     /// Every handle was dropped: nobody will send here again.
     Released,
     /// The connection broke; everything in flight has been failed.
     Broken(String),
-    /// Redis stopped answering for longer than `request_timeout`; the connection was dropped
-    /// and everything in flight has been failed.
+    /// Redis left a request unanswered for longer than `request_timeout` and, asked on
+    /// another connection, did not say it holds it on purpose; the connection was dropped and
+    /// everything in flight has been failed.
     Stalled(String),
 }
 
@@ -187,6 +237,8 @@ struct Pending {
     measured: bool,
     /// The lengths of the frames routed to it since its last delivery, if `measured`.
     lengths: Vec<u32>,
+    /// Released with the batch's last reply.
+    _hold: Option<Hold>,
 }
 
 /// What one connection holds while it runs.
@@ -204,29 +256,22 @@ pub(super) struct ConnState {
 /// queued batch (pushes, RESP2 pub/sub messages) on a dedicated connection; on a shared one a
 /// reply nobody asked for means Redis and keyward disagree, and the connection is dropped.
 ///
-/// `reply_timeout` (shared connections only) bounds how long the oldest batch may wait for its
-/// replies: past it the connection is dropped and everything in flight fails, so that sessions
-/// never wait without end for the late replies of a stalled server.
+/// `stall` (shared connections only) bounds how long the oldest batch may wait for its
+/// replies unless Redis holds it on purpose: past it the connection is dropped and everything
+/// in flight fails, so that sessions never wait without end for a stalled server, while a
+/// script Redis runs or a write Redis postpones waits as it would on Redis directly.
 pub(super) async fn serve(
     stream: Stream,
     mut state: ConnState,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
-    reply_timeout: Option<Duration>,
+    stall: Option<&StallCheck>,
     tracking: &TrackingTarget,
     broken_reply: impl Fn(&str) -> Bytes,
 ) -> ServeEnd {
     state.input.reserve(READ_CHUNK);
     let mut fills = Fills::new(tracking);
-    let end = drive(
-        &stream,
-        batches,
-        owner,
-        reply_timeout,
-        &mut fills,
-        &mut state,
-    )
-    .await;
+    let end = drive(&stream, batches, owner, stall, &mut fills, &mut state).await;
     fills.end();
     state.status.set_held(false);
     if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
@@ -280,7 +325,7 @@ async fn drive(
     stream: &Stream,
     batches: &mut mpsc::Receiver<Batch>,
     owner: Option<&ReplySender>,
-    reply_timeout: Option<Duration>,
+    stall: Option<&StallCheck>,
     fills: &mut Fills<'_>,
     state: &mut ConnState,
 ) -> ServeEnd {
@@ -291,30 +336,27 @@ async fn drive(
         output,
         status,
     } = state;
-    // Armed lazily at the oldest batch's next deadline (held, then timed out); firing early
+    // Armed lazily at the watched request's next look (held, then asked about); firing early
     // only re-arms it. No clock is read per batch.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_armed = false;
-    // When the request that `status` shows as held was written; cleared once the oldest
-    // request waiting is a later one.
-    let mut held_since: Option<Instant> = None;
+    let mut watch = Watch::default();
     loop {
-        if held_since.is_some() && pending.front().map(|oldest| oldest.taken_at) != held_since {
-            held_since = None;
-            status.set_held(false);
-        }
-        if let (false, Some(timeout), Some(oldest)) = (timer_armed, reply_timeout, pending.front())
-        {
-            let wait = if held_since.is_some() {
-                timeout
-            } else {
-                HELD_TOO_LONG.min(timeout)
-            };
-            if let Some(deadline) = oldest.taken_at.checked_add(wait) {
-                timer.as_mut().reset(deadline.into());
-                timer_armed = true;
+        let oldest = pending.front().map(|oldest| oldest.taken_at);
+        if let (Some(stall), true) = (stall, oldest != watch.since) {
+            if watch.since.is_some() {
+                status.set_held(false);
             }
+            watch = Watch {
+                since: oldest,
+                next: oldest.and_then(|since| since.checked_add(HELD_TOO_LONG.min(stall.timeout))),
+                asked: None,
+            };
+        }
+        if let (false, Some(next)) = (timer_armed, watch.next) {
+            timer.as_mut().reset(next.into());
+            timer_armed = true;
         }
         tokio::select! {
             biased;
@@ -369,22 +411,53 @@ async fn drive(
             }
             () = &mut timer, if timer_armed => {
                 timer_armed = false;
-                let (Some(oldest), Some(timeout)) = (pending.front(), reply_timeout) else {
-                    continue;
-                };
-                let waited = oldest.taken_at.elapsed();
-                if waited >= timeout {
-                    return ServeEnd::Stalled(format!(
-                        "no reply within {timeout:?} (request_timeout); connection reset"
-                    ));
-                }
-                if waited >= HELD_TOO_LONG && held_since.is_none() {
-                    held_since = Some(oldest.taken_at);
-                    status.set_held(true);
+                if let Some(stall) = stall {
+                    if let Err(reason) = look_again(&mut watch, stall, status) {
+                        return ServeEnd::Stalled(reason);
+                    }
                 }
             }
         }
     }
+}
+
+/// Looks at the oldest waiting request again when its time comes: past [`HELD_TOO_LONG`] it
+/// shows as held; past `request_timeout` Redis is asked whether it holds it on purpose, and
+/// asked again every `request_timeout` while it does. `Err` when it does not.
+fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Result<(), String> {
+    let (Some(since), Some(next)) = (watch.since, watch.next) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    if now < next {
+        return Ok(());
+    }
+    if !status.held.load(Ordering::Relaxed) && now.duration_since(since) >= HELD_TOO_LONG {
+        status.set_held(true);
+    }
+    let stalled = || {
+        format!(
+            "no reply within {:?} (request_timeout); connection reset",
+            stall.timeout
+        )
+    };
+    watch.next = match watch.asked.take() {
+        Some(mut answer) => match answer.try_recv() {
+            Ok(true) => now.checked_add(stall.timeout),
+            _ => return Err(stalled()),
+        },
+        None if now.duration_since(since) >= stall.timeout => {
+            let (tell, answer) = oneshot::channel();
+            let probe = (stall.probe)();
+            tokio::spawn(async move {
+                let _ = tell.send(probe.await);
+            });
+            watch.asked = Some(answer);
+            now.checked_add(stall.timeout + PROBE_SLACK)
+        }
+        None => since.checked_add(stall.timeout),
+    };
+    Ok(())
 }
 
 /// Hands every complete frame in `input` to whoever is owed it.
@@ -517,6 +590,7 @@ impl WriteQueue {
                 // A reply that comes alone needs no list: its length is the run's.
                 measured: batch.measured && batch.count > 1,
                 lengths: Vec::new(),
+                _hold: batch.hold,
             });
         }
         self.append(batch.bytes);
@@ -530,6 +604,7 @@ impl WriteQueue {
             taken_at,
             measured: false,
             lengths: Vec::new(),
+            _hold: None,
         });
         self.append(command);
     }
@@ -593,9 +668,23 @@ mod tests {
                 taken_at: Instant::now(),
                 measured: false,
                 lengths: Vec::new(),
+                _hold: None,
             },
             replies,
         )
+    }
+
+    #[test]
+    fn a_hold_shows_its_connection_held_until_the_reply_comes() {
+        let (handle, _batches) = ConnHandle::channel();
+        let (mut script, _replies) = pending_for(1);
+        script._hold = Some(handle.hold());
+        assert!(handle.status.is_held());
+        let mut pending = VecDeque::from([script]);
+        let mut input = BytesMut::from(&b"+done\r\n"[..]);
+        route_untracked(&mut input, &mut FrameScanner::default(), &mut pending, None).unwrap();
+        assert!(pending.is_empty());
+        assert!(!handle.status.is_held());
     }
 
     fn frames(reply: Reply) -> (Vec<u8>, u32) {

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::net::Stream;
 
-use super::{encode_command, UpstreamError, UpstreamSettings};
+use super::{credentials, encode_command, UpstreamError, UpstreamSettings};
 use crate::resp::Protocol;
 
 /// Reads the next frame, as `decode` reads it, from a connection keyward talks on itself (a
@@ -107,17 +107,10 @@ async fn handshake(
         b"HELLO".to_vec(),
         protocol.version().to_string().into_bytes(),
     ];
-    if let Some(password) = &settings.password {
+    if let Some((user, password)) = settings.credentials.login() {
         hello.push(b"AUTH".to_vec());
-        hello.push(
-            settings
-                .username
-                .as_deref()
-                .unwrap_or("default")
-                .as_bytes()
-                .to_vec(),
-        );
-        hello.push(password.as_bytes().to_vec());
+        hello.push(user.to_vec());
+        hello.push(password.to_vec());
     }
     commands.push(hello);
     if db != 0 {
@@ -157,6 +150,10 @@ async fn handshake(
             if message.starts_with("BUSY") {
                 return Err(UpstreamError::Busy(message));
             }
+            if credentials::is_refusal(&message) {
+                settings.credentials.note_refused(&message);
+                return Err(UpstreamError::Refused(message));
+            }
             return Err(UpstreamError::Handshake(format!("{name}: {message}")));
         }
         if name == "HELLO" {
@@ -176,6 +173,7 @@ async fn handshake(
             }
         }
     }
+    settings.credentials.note_accepted();
     Ok(Handshaken {
         stream,
         client_id,

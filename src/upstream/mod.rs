@@ -7,11 +7,15 @@
 //! held (a transaction, subscriptions) would be gone.
 
 mod connection;
+pub mod credentials;
 mod handshake;
+mod holds;
+mod pause;
 pub mod tracking;
 
-pub use connection::{Batch, ConnHandle, Reply, ReplySender, SendError};
+pub use connection::{Batch, ConnHandle, Hold, Reply, ReplySender, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
+pub use pause::{parse_pause, Pause};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,7 +30,8 @@ use crate::metrics;
 use crate::net::Stream;
 use crate::resp::{reply, Protocol};
 use crate::tls::ClientTls;
-use connection::{serve, ConnState, ServeEnd};
+use connection::{serve, ConnState, ServeEnd, StallCheck};
+use credentials::Credentials;
 
 /// Everything needed to open a connection to Redis.
 #[derive(Debug, Clone)]
@@ -36,8 +41,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Shared connections whose oldest request has no reply after this long are reset.
     pub request_timeout: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    /// keyward's own; a session authenticated as another user opens its connection with its
+    /// own (see [`UpstreamSettings::as_client`]).
+    pub credentials: Arc<Credentials>,
     pub tls: Option<Arc<ClientTls>>,
 }
 
@@ -56,11 +62,38 @@ impl UpstreamSettings {
             pool_size: config.upstream.pool_size.get(),
             connect_timeout: config.upstream.connect_timeout.get(),
             request_timeout: config.upstream.request_timeout.get(),
-            username: config.upstream.username.clone(),
-            password: config.upstream_password()?,
+            credentials: Arc::new(match &config.upstream.password_file {
+                Some(file) => {
+                    Credentials::from_file(config.upstream.username.clone(), file.clone())?
+                }
+                None => Credentials::fixed(
+                    config.upstream.username.clone(),
+                    config.upstream_password()?,
+                ),
+            }),
             tls,
         })
     }
+}
+
+impl UpstreamSettings {
+    /// These settings with a client's own user and password in place of keyward's.
+    pub fn as_client(&self, login: &Login) -> UpstreamSettings {
+        UpstreamSettings {
+            credentials: Arc::new(Credentials::client(
+                login.user.clone(),
+                login.password.clone(),
+            )),
+            ..self.clone()
+        }
+    }
+}
+
+/// A client's own `AUTH user password`, which only Redis can check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
 }
 
 /// TLS to Redis as `[upstream] tls` sets it up (reading its certificate files), if it is set.
@@ -81,6 +114,8 @@ pub enum UpstreamError {
     Handshake(String),
     /// Redis refused the handshake because a script is running (`-BUSY …`).
     Busy(String),
+    /// Redis refused the credentials (`-WRONGPASS …`, `-NOAUTH …`).
+    Refused(String),
 }
 
 impl UpstreamError {
@@ -101,6 +136,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Timeout(after) => write!(f, "no connection after {after:?}"),
             UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
             UpstreamError::Busy(message) => write!(f, "{message}"),
+            UpstreamError::Refused(message) => {
+                write!(f, "Redis refused the credentials: {message}")
+            }
         }
     }
 }
@@ -124,6 +162,8 @@ pub struct Upstream {
     detours: Mutex<FxHashMap<PoolKey, Vec<ConnHandle>>>,
     /// Where pooled connections redirect the tracking of cache fills.
     pub tracking: Arc<TrackingTarget>,
+    /// The `CLIENT PAUSE` in force, as far as keyward passed it on.
+    pub pause: Pause,
 }
 
 impl Upstream {
@@ -137,6 +177,7 @@ impl Upstream {
             spares: Mutex::default(),
             detours: Mutex::default(),
             tracking: Arc::default(),
+            pause: Pause::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
         upstream
@@ -221,7 +262,14 @@ impl Upstream {
         setup: &[Vec<Vec<u8>>],
         owner: ReplySender,
         replace_spare_first: bool,
+        login: Option<&Login>,
     ) -> Result<(ConnHandle, Opening), UpstreamError> {
+        if let Some(login) = login {
+            // A spare is authenticated as keyward: this one is opened as the client.
+            let settings = self.settings.as_client(login);
+            let connected = handshake::connect(&settings, protocol, db, setup, false).await?;
+            return Ok(self.serve_dedicated(connected, &[], owner));
+        }
         let (spare, replace) = self.take_spare((protocol, db));
         if replace && replace_spare_first {
             self.replace_spare((protocol, db)).await;
@@ -237,6 +285,17 @@ impl Upstream {
                 (connected, &[][..])
             }
         };
+        Ok(self.serve_dedicated(connected, setup_left, owner))
+    }
+
+    /// A handle for a dedicated connection just handshaken, and its [`Opening`]; `setup`
+    /// commands not yet run go first.
+    fn serve_dedicated(
+        &self,
+        connected: Handshaken,
+        setup_left: &[Vec<Vec<u8>>],
+        owner: ReplySender,
+    ) -> (ConnHandle, Opening) {
         let (handle, batches) = ConnHandle::channel();
         handle.status.set_up();
         if !setup_left.is_empty() {
@@ -253,6 +312,7 @@ impl Upstream {
                 reply_to: ignored,
                 tracked: false,
                 measured: false,
+                hold: None,
             });
         }
         let opening = Opening {
@@ -264,7 +324,7 @@ impl Upstream {
             tracking: Arc::clone(&self.tracking),
             status: Arc::clone(&handle.status),
         };
-        Ok((handle, opening))
+        (handle, opening)
     }
 
     /// Runs one command on a connection of its own and hands its reply to `reply_to` as the
@@ -281,7 +341,10 @@ impl Upstream {
         tokio::spawn(async move {
             let address = &upstream.settings.address;
             let owner = mpsc::unbounded_channel().0;
-            let bytes = match upstream.dedicated(protocol, 0, &[], owner, false).await {
+            let bytes = match upstream
+                .dedicated(protocol, 0, &[], owner, false, None)
+                .await
+            {
                 Ok((conn, opening)) => match send_own(&conn, request, 1, false) {
                     Ok(replies) => {
                         opening.start();
@@ -352,17 +415,42 @@ impl Upstream {
         }
     }
 
+    /// Reads keyward's password file again; if the password changed, tries it at once, so
+    /// that readiness reflects it without waiting for a connection to be needed.
+    pub fn reread_credentials(self: &Arc<Self>) {
+        if !self.settings.credentials.reread() {
+            return;
+        }
+        let upstream = Arc::clone(self);
+        let runtime = tokio::runtime::Handle::current();
+        runtime.spawn(async move {
+            let _ = handshake::connect(&upstream.settings, Protocol::Resp2, 0, &[], false).await;
+        });
+    }
+
     pub fn facts(&self) -> Arc<ServerFacts> {
         Arc::clone(&self.facts.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Ready when a connection of the default pool is up.
+    /// Ready when a connection of the default pool is up and Redis accepts keyward's
+    /// credentials (connections opened before a password change stay up, but no new one
+    /// would open).
     pub fn is_ready(&self) -> bool {
-        self.pools
+        self.not_ready_because().is_none()
+    }
+
+    /// Why keyward is not ready, if it is not.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if let Some(refusal) = self.settings.credentials.refusal() {
+            return Some(format!("Redis refuses keyward's credentials: {refusal}"));
+        }
+        let up = self
+            .pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(Protocol::Resp2, 0))
-            .is_some_and(|pool| pool.iter().any(|conn| conn.status.is_up()))
+            .is_some_and(|pool| pool.iter().any(|conn| conn.status.is_up()));
+        (!up).then(|| "upstream Redis unavailable".to_string())
     }
 
     /// (connections up, connections in all pools, last error seen) for `KEYWARD INFO`.
@@ -449,13 +537,20 @@ async fn run_pooled(
                 backoff = Duration::ZERO;
                 metrics::upstream_connection_opened();
                 tracing::debug!(%address, ?protocol, db, "upstream connection open");
-                let reply_timeout = Some(upstream.settings.request_timeout);
+                let settings = upstream.settings.clone();
+                let redis_id = connected.client_id;
+                let stall = StallCheck {
+                    timeout: upstream.settings.request_timeout,
+                    probe: Box::new(move || {
+                        Box::pin(holds::on_purpose(settings.clone(), redis_id))
+                    }),
+                };
                 let end = serve(
                     connected.stream,
                     ConnState::reporting_to(Arc::clone(&status)),
                     &mut batches,
                     None,
-                    reply_timeout,
+                    Some(&stall),
                     &upstream.tracking,
                     |reason| broken_error(&address, reason),
                 )
@@ -547,6 +642,7 @@ pub fn send_own(
         reply_to,
         tracked,
         measured: false,
+        hold: None,
     })?;
     Ok(OwnReplies { replies, count })
 }
