@@ -284,3 +284,45 @@ fn reset_brings_a_dedicated_session_back_to_the_pool() {
     assert_eq!(raw.read_line(), "$5\r\n");
     support::wait_until_unsubscribed(&redis, "news", "the dedicated connection outlived RESET");
 }
+
+/// `AUTH` as a user that may not `SELECT` keeps the database the client chose before, as on
+/// Redis directly: the connection it moves to selects it before the client's `AUTH` runs.
+#[test]
+fn auth_as_a_user_who_may_not_select_keeps_the_database_chosen_before() {
+    let (redis, keyward) = shared_upstream();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "bob", "on", ">123", "~*", "+get", "+set"])
+        .query(&mut redis.client())
+        .unwrap();
+    let mut raw = keyward.raw();
+    raw.send(b"SELECT 9\r\nSET k nine\r\nAUTH bob 123\r\nGET k\r\n");
+    for expected in ["+OK\r\n", "+OK\r\n", "+OK\r\n", "$4\r\n", "nine\r\n"] {
+        assert_eq!(raw.read_line(), expected);
+    }
+}
+
+/// A `MONITOR` through keyward shows clients' commands, not keyward's housekeeping: the
+/// connection a transaction takes is not replaced (handshake and all) while it runs.
+#[test]
+fn monitor_shows_a_transaction_without_keyward_handshakes() {
+    let (_redis, keyward) = shared_upstream();
+    let mut monitor = keyward.raw();
+    monitor.send(b"MONITOR\r\n");
+    assert_eq!(monitor.read_line(), "+OK\r\n");
+    let mut client = keyward.raw();
+    client.send(b"MULTI\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    // Time for a spare connection to be opened in place of the one MULTI took.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.send(b"SET foo bar\r\nEXEC\r\n");
+    for expected in ["+QUEUED\r\n", "*1\r\n", "+OK\r\n"] {
+        assert_eq!(client.read_line(), expected);
+    }
+    for command in ["\"MULTI\"", "\"SET\" \"foo\" \"bar\"", "\"EXEC\""] {
+        let line = monitor.read_line();
+        assert!(
+            line.contains(command),
+            "expected {command}, MONITOR showed {line}"
+        );
+    }
+}

@@ -31,7 +31,10 @@ fn assert_refused(keyward: &Keyward) {
     let mut second = keyward.raw();
     second.send(b"SUBSCRIBE news\r\n");
     let refusal = second.read_line();
-    assert!(refusal.contains("refused the credentials"), "{refusal}");
+    assert!(
+        refusal.contains("refused keyward's credentials"),
+        "{refusal}"
+    );
 }
 
 #[test]

@@ -42,8 +42,8 @@ use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
 use crate::upstream::{
-    parse_pause, Batch, ConnHandle, Hold, Login, Opening, Reply, ReplySender, SendError,
-    UpstreamError,
+    parse_pause, Batch, ConnHandle, Hold, Login, Monitoring, Opening, Reply, ReplySender,
+    SendError, UpstreamError,
 };
 use client_ids::{Redirect, Translation};
 use local::{ClientState, LocalContext, Outcome};
@@ -176,6 +176,8 @@ pub struct Session {
     opening: Option<Opening>,
     /// Where `CLIENT TRACKING … REDIRECT` last sent the session's invalidations.
     redirect: Option<Redirect>,
+    /// Held while the session runs `MONITOR`.
+    monitoring: Option<Monitoring>,
 }
 
 impl Session {
@@ -224,6 +226,7 @@ impl Session {
             parked: None,
             opening: None,
             redirect: None,
+            monitoring: None,
         }
     }
 
@@ -1134,6 +1137,7 @@ impl Session {
             // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
             self.listing.set_redis_id(None);
             self.redirect = None;
+            self.monitoring = None;
             self.link = Link::Pooled(self.context.upstream.pooled(
                 self.client.protocol,
                 self.client.db,
@@ -1179,25 +1183,21 @@ impl Session {
             .await;
         match opened {
             Ok((conn, opening)) => {
+                if for_monitor {
+                    self.monitoring = Some(self.context.upstream.monitoring());
+                }
                 self.listing.set_redis_id(opening.redis_id);
                 self.link = Link::Dedicated { conn, streaming };
                 self.opening = Some(opening);
-            }
-            Err(UpstreamError::Refused(message)) if login.is_some() => {
-                // Redis refused the client's own password, as it would have directly: the
-                // client stays as it was.
-                self.dedicated_error = Some(DedicatedError {
-                    reply: reply::error(&message),
-                    closes: false,
-                });
             }
             Err(error) => {
                 let address = &self.context.upstream.settings().address;
                 self.dedicated_error = Some(DedicatedError {
                     reply: error.reply(address),
-                    // Redis refused the request itself, as it would have directly: what the
-                    // client sent after it meets Redis as it would have (`EXEC without MULTI`).
-                    closes: !matches!(error, UpstreamError::Busy(_)),
+                    // Redis refused the request itself, as it would have directly (a busy
+                    // script, the client's own wrong password): what the client sent after it
+                    // meets Redis as it would have (`EXEC without MULTI`).
+                    closes: !matches!(error, UpstreamError::Busy(_) | UpstreamError::Rejected(_)),
                 });
             }
         }

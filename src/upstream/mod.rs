@@ -18,6 +18,7 @@ pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use pause::{parse_pause, Pause};
 pub use tracking::{Invalidations, TrackingTarget};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,8 +115,10 @@ pub enum UpstreamError {
     Handshake(String),
     /// Redis refused the handshake because a script is running (`-BUSY …`).
     Busy(String),
-    /// Redis refused the credentials (`-WRONGPASS …`, `-NOAUTH …`).
+    /// Redis refused keyward's credentials (`-WRONGPASS …`, `-NOAUTH …`).
     Refused(String),
+    /// Redis refused a client's own credentials, as it would have answered the client.
+    Rejected(String),
 }
 
 impl UpstreamError {
@@ -123,7 +126,9 @@ impl UpstreamError {
     /// own `-BUSY` while a script runs (the request would have got it anyway), else keyward's.
     pub fn reply(&self, address: &HostPort) -> Bytes {
         match self {
-            UpstreamError::Busy(message) => reply::error(message),
+            UpstreamError::Busy(message) | UpstreamError::Rejected(message) => {
+                reply::error(message)
+            }
             _ => reply::error(&format!("ERR upstream {address} unavailable: {self}")),
         }
     }
@@ -137,8 +142,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
             UpstreamError::Busy(message) => write!(f, "{message}"),
             UpstreamError::Refused(message) => {
-                write!(f, "Redis refused the credentials: {message}")
+                write!(f, "Redis refused keyward's credentials: {message}")
             }
+            UpstreamError::Rejected(message) => write!(f, "{message}"),
         }
     }
 }
@@ -164,6 +170,17 @@ pub struct Upstream {
     pub tracking: Arc<TrackingTarget>,
     /// The `CLIENT PAUSE` in force, as far as keyward passed it on.
     pub pause: Pause,
+    /// Clients running `MONITOR` through keyward (see [`Upstream::monitoring`]).
+    monitors: Arc<AtomicUsize>,
+}
+
+/// Counts a client's `MONITOR` while it runs.
+pub struct Monitoring(Arc<AtomicUsize>);
+
+impl Drop for Monitoring {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Upstream {
@@ -178,6 +195,7 @@ impl Upstream {
             detours: Mutex::default(),
             tracking: Arc::default(),
             pause: Pause::default(),
+            monitors: Arc::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
         upstream
@@ -264,26 +282,41 @@ impl Upstream {
         replace_spare_first: bool,
         login: Option<&Login>,
     ) -> Result<(ConnHandle, Opening), UpstreamError> {
-        if let Some(login) = login {
-            // A spare is authenticated as keyward: this one is opened as the client.
-            let settings = self.settings.as_client(login);
-            let connected = handshake::connect(&settings, protocol, db, setup, false).await?;
-            return Ok(self.serve_dedicated(connected, &[], owner));
-        }
         let (spare, replace) = self.take_spare((protocol, db));
-        if replace && replace_spare_first {
+        if replace && !replace_spare_first && self.monitors.load(Ordering::Relaxed) > 0 {
+            // A spare opened now would show its handshake in the MONITOR, amid the commands
+            // of the client that took the one before: the next is opened when needed.
+            self.spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(protocol, db));
+        } else if replace && replace_spare_first {
             self.replace_spare((protocol, db)).await;
         } else if replace {
             self.replace_spare_later((protocol, db));
         }
         let (connected, setup_left) = match spare {
             Some(connected) => (connected, setup),
-            None => {
-                let connected = handshake::connect(&self.settings, protocol, db, setup, false)
-                    .await
-                    .inspect_err(|_| metrics::upstream_errors("connect", 1))?;
-                (connected, &[][..])
-            }
+            None => match handshake::connect(&self.settings, protocol, db, setup, false).await {
+                Ok(connected) => (connected, &[][..]),
+                // Redis refuses keyward's credentials (a password changed in Redis before
+                // keyward's was): a client authenticating as a user of its own opens its
+                // connection as that user, whose AUTH then follows as it would directly.
+                Err(UpstreamError::Refused(_)) if login.is_some() => {
+                    let settings = self.settings.as_client(login.expect("checked"));
+                    let connected = handshake::connect(&settings, protocol, db, setup, false)
+                        .await
+                        .map_err(|error| match error {
+                            UpstreamError::Refused(message) => UpstreamError::Rejected(message),
+                            other => other,
+                        })?;
+                    (connected, &[][..])
+                }
+                Err(error) => {
+                    metrics::upstream_errors("connect", 1);
+                    return Err(error);
+                }
+            },
         };
         Ok(self.serve_dedicated(connected, setup_left, owner))
     }
@@ -325,6 +358,13 @@ impl Upstream {
             status: Arc::clone(&handle.status),
         };
         (handle, opening)
+    }
+
+    /// Marks a client's `MONITOR` as running until the returned guard is dropped: meanwhile
+    /// spares are not opened ahead of need, so that their handshakes do not show in it.
+    pub fn monitoring(&self) -> Monitoring {
+        self.monitors.fetch_add(1, Ordering::Relaxed);
+        Monitoring(Arc::clone(&self.monitors))
     }
 
     /// Runs one command on a connection of its own and hands its reply to `reply_to` as the
