@@ -115,9 +115,28 @@ fn a_pipelined_transaction_after_writes_sees_them() {
 #[test]
 fn a_command_refused_as_busy_aborts_the_transaction() {
     let (redis, keyward) = shared_upstream();
+    // keyward knows how many databases Redis has (its first connection asked), so SELECT is
+    // answered by keyward and the database gets a pool: its shared connection and a spare,
+    // both open before the script starts.
+    support::wait_for(
+        std::time::Duration::from_secs(5),
+        "keyward is ready",
+        || keyward.admin_get("/readyz").0 == 200,
+    );
     let mut client = keyward.raw();
     client.send(b"SELECT 9\r\n");
     assert_eq!(client.read_line(), "+OK\r\n");
+    support::wait_for(
+        std::time::Duration::from_secs(5),
+        "keyward's connections to database 9 are open",
+        || {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut redis.client())
+                .unwrap();
+            clients.matches(" db=9 ").count() == 2
+        },
+    );
     let mut runner = support::start_busy_script(&redis, &keyward);
     client.send(b"MULTI\r\nSET k v\r\nEXEC\r\n");
     assert_eq!(client.read_line(), "+OK\r\n");
