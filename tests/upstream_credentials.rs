@@ -58,6 +58,11 @@ fn a_password_set_through_keyward_does_not_lock_its_clients_out() {
     assert_eq!(subscriber.read_line(), "+OK\r\n");
     assert_eq!(subscriber.read_line(), "*3\r\n");
 
+    // HELLO … AUTH as well, in the protocol it asks for.
+    let mut hello = keyward.raw();
+    hello.send(b"HELLO 3 AUTH default s3cret\r\n");
+    assert_eq!(hello.read_line(), "%7\r\n");
+
     // A wrong password gets Redis's own answer, and the client goes on as before.
     let mut wrong = keyward.raw();
     wrong.send(b"AUTH nope\r\nPING\r\n");
