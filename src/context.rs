@@ -1,7 +1,7 @@
 //! State shared by every session: the upstream, settings sessions act on, counters that
 //! `KEYWARD INFO` reports, and the shutdown signal.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,6 @@ pub struct Context {
     /// Open client connections, for `max_clients` and `KEYWARD INFO`.
     pub clients: AtomicUsize,
     pub connections_received: AtomicU64,
-    next_session_id: AtomicU64,
     /// Sessions by client id, for commands that name another client.
     pub sessions: Directory,
     /// Cancelled when keyward starts shutting down: sessions stop reading and drain.
@@ -57,13 +56,8 @@ impl Context {
             started: Instant::now(),
             clients: AtomicUsize::new(0),
             connections_received: AtomicU64::new(0),
-            next_session_id: AtomicU64::new(1),
             sessions: Directory::default(),
             shutdown: CancellationToken::new(),
         }
-    }
-
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 }

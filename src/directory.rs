@@ -1,6 +1,10 @@
 //! The client sessions keyward serves, by the id `CLIENT ID` gives each: what a command that
 //! names another client (`CLIENT KILL ID`, `CLIENT UNBLOCK`, `CLIENT TRACKING … REDIRECT`)
 //! needs to reach it.
+//!
+//! keyward's ids start at [`FIRST_ID`], far above the ids Redis gives its clients (from 1, one
+//! a connection), so that an id names one or the other, never both: an id read from
+//! `CLIENT LIST` is Redis's, one from `CLIENT ID` through keyward is keyward's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,9 +12,31 @@ use std::sync::{Arc, Mutex};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default)]
+/// The first id keyward gives out.
+pub const FIRST_ID: u64 = 1_000_000_000_001;
+
 pub struct Directory {
     sessions: Mutex<FxHashMap<u64, Arc<Listing>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for Directory {
+    fn default() -> Directory {
+        Directory {
+            sessions: Mutex::default(),
+            next_id: AtomicU64::new(FIRST_ID),
+        }
+    }
+}
+
+/// Who an id names.
+pub enum Named {
+    /// A session keyward serves.
+    Session(Arc<Listing>),
+    /// A session keyward served, gone now.
+    Gone,
+    /// Not an id keyward gave out: one of Redis's.
+    Redis,
 }
 
 /// What other sessions may learn of one session, and do to it.
@@ -24,24 +50,31 @@ pub struct Listing {
 }
 
 impl Directory {
-    /// Lists session `id`; its [`Listing::stop`] follows `shutdown`.
-    pub fn enter(&self, id: u64, shutdown: &CancellationToken) -> Arc<Listing> {
+    /// Gives a new session its id and lists it; its [`Listing::stop`] follows `shutdown`.
+    pub fn enter(&self, shutdown: &CancellationToken) -> (u64, Arc<Listing>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let listing = Arc::new(Listing {
             redis_id: AtomicU64::new(0),
             stop: shutdown.child_token(),
             killed: AtomicBool::new(false),
         });
         self.lock().insert(id, Arc::clone(&listing));
-        listing
+        (id, listing)
     }
 
     pub fn leave(&self, id: u64) {
         self.lock().remove(&id);
     }
 
-    /// The session with this keyward id, if it is still connected.
-    pub fn find(&self, id: u64) -> Option<Arc<Listing>> {
-        self.lock().get(&id).cloned()
+    /// Who `id` names.
+    pub fn find(&self, id: u64) -> Named {
+        if !(FIRST_ID..self.next_id.load(Ordering::Relaxed)).contains(&id) {
+            return Named::Redis;
+        }
+        match self.lock().get(&id) {
+            Some(listing) => Named::Session(Arc::clone(listing)),
+            None => Named::Gone,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Arc<Listing>>> {

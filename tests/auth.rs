@@ -87,3 +87,21 @@ fn reset_on_a_dedicated_connection_logs_out_of_keyward_not_keyward_out_of_redis(
     assert_eq!(raw.read_line(), "+OK\r\n");
     assert_eq!(raw.read_line(), "$-1\r\n");
 }
+
+#[test]
+fn a_client_that_has_not_authenticated_kills_no_one() {
+    let (_redis, keyward) = protected();
+    let mut target = keyward.raw();
+    target.send(b"AUTH let-me-in\r\nCLIENT ID\r\n");
+    assert_eq!(target.read_line(), "+OK\r\n");
+    let id = target
+        .read_line()
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    let mut stranger = keyward.raw();
+    stranger.send(format!("CLIENT KILL ID {id}\r\n").as_bytes());
+    assert_eq!(stranger.read_line(), "-NOAUTH Authentication required.\r\n");
+    target.send(b"PING\r\n");
+    assert_eq!(target.read_line(), "+PONG\r\n");
+}

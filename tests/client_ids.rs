@@ -168,3 +168,73 @@ fn client_kill_id_closes_the_named_client_wherever_it_is_connected() {
     assert_eq!(own.read_line(), ":1\r\n");
     assert!(own.is_closed());
 }
+
+#[test]
+fn an_id_of_a_client_gone_names_no_one_and_ids_of_redis_go_to_redis() {
+    let (redis, keyward) = redis_and_keyward();
+    let mut gone = keyward.raw();
+    let gone_id = client_id(&mut gone).to_string();
+    drop(gone);
+    let mut other = keyward.raw();
+    other.send(b"PING\r\n");
+    assert_eq!(other.read_line(), "+PONG\r\n");
+    wait_for(Duration::from_secs(5), "the session is gone", || {
+        query::<i64>(&keyward, &["CLIENT", "KILL", "ID", &gone_id]).ok() == Some(0)
+    });
+    let unblocked: i64 = query(&keyward, &["CLIENT", "UNBLOCK", &gone_id]).unwrap();
+    assert_eq!(unblocked, 0);
+    let error = query::<()>(
+        &keyward,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &gone_id],
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    // No connection of keyward's was touched.
+    other.send(b"PING\r\n");
+    assert_eq!(other.read_line(), "+PONG\r\n");
+
+    // An id read from Redis's CLIENT LIST names a client of Redis's.
+    let direct_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(
+        direct_id < 1_000_000_000_000,
+        "Redis's ids are not keyward's"
+    );
+    let mut blocked = redis.client();
+    let blocked_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut blocked).unwrap();
+    let waiter = std::thread::spawn(move || {
+        redis::cmd("BLPOP")
+            .arg(&["direct-list", "0"])
+            .query::<Option<(String, String)>>(&mut blocked)
+            .unwrap()
+    });
+    wait_for(Duration::from_secs(5), "the direct client blocks", || {
+        blocked_clients(&redis) == 1
+    });
+    let unblocked: i64 = query(&keyward, &["CLIENT", "UNBLOCK", &blocked_id.to_string()]).unwrap();
+    assert_eq!(unblocked, 1);
+    assert_eq!(waiter.join().unwrap(), None);
+}
+
+#[test]
+fn commands_that_name_clients_wait_for_authentication_and_deny_rules() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start_with_env(
+        redis.port,
+        "",
+        "[[deny]]\nname = \"no-kill\"\ncommands = [\"client|kill\"]\n",
+        &[],
+    );
+    let mut target = keyward.raw();
+    let target_id = client_id(&mut target).to_string();
+    let error = query::<i64>(&keyward, &["CLIENT", "KILL", "ID", &target_id]).unwrap_err();
+    assert!(error.to_string().contains("no-kill"), "{error}");
+    target.send(b"PING\r\n");
+    assert_eq!(
+        target.read_line(),
+        "+PONG\r\n",
+        "a denied kill kills no one"
+    );
+}

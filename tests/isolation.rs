@@ -442,3 +442,28 @@ fn a_read_sent_just_after_a_paused_write_is_answered_at_once() {
     reader.send(b"GET k\r\n");
     assert_eq!(reader.read_line(), "$1\r\n");
 }
+
+/// During a `CLIENT PAUSE … ALL` that keyward passed on, Redis answers nobody, not even
+/// keyward's question about a held request: a request held past `request_timeout` waits for
+/// the pause to end instead of having its connection reset.
+#[test]
+fn a_full_pause_longer_than_request_timeout_resets_nothing() {
+    let (_redis, keyward) = short_request_timeout();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1200", "ALL"])
+        .query(&mut keyward.client())
+        .unwrap();
+    let mut reader = keyward.raw();
+    reader.send(b"GET k\r\n");
+    assert_eq!(reader.read_line(), "$-1\r\n");
+    let metrics = keyward.admin_get("/metrics").1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "keyward_upstream_errors_total",
+            &["kind=\"timeout\""]
+        ),
+        0.0,
+        "no connection was reset"
+    );
+}

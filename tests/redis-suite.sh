@@ -48,9 +48,19 @@ stop() {
   rm -f "$work/$1.pid"
 }
 
-# The suite's own test server takes a port from --baseport on: a range of our own, so that two
-# runs on one machine do not meet.
+# The suite's own test server takes ports from --baseport on: a range of our own, free when
+# chosen, so that two runs (or anything else listening) on one machine do not meet.
+range_is_free() {
+  python3 -c 'import socket,sys
+b=int(sys.argv[1])
+for p in range(b, b+64):
+    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: s.bind(("127.0.0.1", p))
+    except OSError: sys.exit(1)
+    finally: s.close()' "$1"
+}
 baseport=$((20000 + (RANDOM % 250) * 100))
+until range_is_free "$baseport"; do baseport=$((20000 + (RANDOM % 250) * 100)); done
 units=${UNITS:-$(cat "$suite/units-external.txt")}
 passed=0
 unexpected=0

@@ -130,3 +130,24 @@ fn a_rotated_password_file_is_read_again_without_a_restart() {
     subscriber.send(b"SUBSCRIBE news\r\n");
     assert_eq!(subscriber.read_line(), "*3\r\n");
 }
+
+#[test]
+fn readiness_comes_back_when_redis_accepts_keyward_again() {
+    let (redis, keyward) = redis_and_keyward();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "interim"])
+        .query(&mut redis.client())
+        .unwrap();
+    assert_refused(&keyward);
+    // The password is taken back in Redis; keyward's own never changed.
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", ""])
+        .query(&mut direct(&redis, "interim"))
+        .unwrap();
+    wait_for(Duration::from_secs(10), "keyward is ready again", || {
+        readiness(&keyward).0 == 200
+    });
+    assert!(keyward
+        .log()
+        .contains("Redis accepts keyward's credentials again"));
+}

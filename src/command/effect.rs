@@ -78,6 +78,8 @@ pub enum Notice {
     NamesClients,
     /// `CLIENT PAUSE`: from now on Redis holds some commands until the pause ends.
     Pause,
+    /// `CLIENT UNPAUSE`: the pause ends.
+    Unpause,
 }
 
 pub(super) fn notice_of(name: &str) -> Notice {
@@ -88,6 +90,7 @@ pub(super) fn notice_of(name: &str) -> Notice {
         | "client|getredir"
         | "client|trackinginfo" => Notice::NamesClients,
         "client|pause" => Notice::Pause,
+        "client|unpause" => Notice::Unpause,
         _ => Notice::Nothing,
     }
 }

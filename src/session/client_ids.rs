@@ -4,8 +4,9 @@
 //! Clients learn keyward's ids (`CLIENT ID`, `HELLO`), which Redis does not know. A session
 //! with a connection of its own is named to Redis by that connection's id. A session on shared
 //! connections has nothing in Redis to name: keyward kills it itself, knows it is not blocked
-//! in Redis, and refuses to redirect invalidations to it with a clear error. Ids keyward did
-//! not give out go to Redis as they are. Replies that name the client a session's
+//! in Redis, and refuses to redirect invalidations to it with a clear error. An id of a session
+//! gone is answered as Redis answers an id of no client; ids keyward did not give out (see
+//! [`crate::directory`]) go to Redis as they are. Replies that name the client a session's
 //! invalidations go to (`CLIENT GETREDIR`, `CLIENT TRACKINGINFO`) name it by keyward's id again.
 
 use bytes::{Bytes, BytesMut};
@@ -13,18 +14,20 @@ use memchr::memmem;
 
 use std::sync::Arc;
 
-use crate::directory::{Directory, Listing};
+use crate::directory::{Directory, Listing, Named};
 use crate::resp::reply;
 use crate::resp::request::Args;
 use crate::upstream::{encode_command, send_own, ConnHandle, Reply, ReplySender};
 
 /// What becomes of a request that names a client.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Translation {
     /// Redis gets this request in its place.
     Rewritten(Bytes),
     /// keyward answers it with this.
     Answered(Bytes),
+    /// keyward closes this session, as `CLIENT KILL` closes a Redis client, once the policies
+    /// let the command through, and answers `:1`.
+    Kill(Arc<Listing>),
     /// Redis's reply names the client by Redis's id: see [`Redirect::relabel`].
     Relabelled(Redirect),
 }
@@ -40,56 +43,70 @@ pub struct Redirect {
 /// Redis numbers its clients from 1: this id names none of them.
 const NO_CLIENT: u64 = 0;
 
-/// `None`: the request goes to Redis unchanged. Inside a transaction nothing is answered at
-/// once (Redis must queue the command), except a refusal that aborts the transaction.
-/// `redirect` is the session's, kept up to date here.
+/// The session asking, as far as translation cares.
+pub struct Asker<'a> {
+    pub id: u64,
+    /// Inside `MULTI`: Redis must queue the command, so nothing is answered at once except a
+    /// refusal that aborts the transaction.
+    pub in_transaction: bool,
+    /// Authenticated as a user of its own, whose ACL only Redis applies: nothing is acted on
+    /// by keyward itself, and Redis judges a rewritten command (a client on shared
+    /// connections is then named by an id of no client).
+    pub as_own_user: bool,
+    /// Kept up to date here.
+    pub redirect: &'a mut Option<Redirect>,
+}
+
+/// `None`: the request goes to Redis unchanged.
 pub fn translate(
     name: &str,
     args: &Args<'_>,
-    own_id: u64,
     sessions: &Directory,
-    in_transaction: bool,
-    redirect: &mut Option<Redirect>,
+    asker: Asker<'_>,
 ) -> Option<Translation> {
     match name {
-        "client|getredir" | "client|trackinginfo" => redirect.map(Translation::Relabelled),
+        "client|getredir" | "client|trackinginfo" => asker.redirect.map(Translation::Relabelled),
         "client|unblock" => {
-            let (_, listing) = find(args, 2, sessions)?;
-            // Not blocked in Redis without a connection of its own: Redis says 0 for that.
-            let redis_id = listing.redis_id().unwrap_or(NO_CLIENT);
+            // A client without a connection of its own is not blocked in Redis, nor is one
+            // gone: Redis says 0 for an id of no client.
+            let redis_id = match find(args, 2, sessions)? {
+                (_, Named::Redis) => return None,
+                (_, Named::Session(listing)) => listing.redis_id().unwrap_or(NO_CLIENT),
+                (_, Named::Gone) => NO_CLIENT,
+            };
             Some(rewrite(args, 2, redis_id))
         }
         "client|tracking" => {
             let position = redirect_position(args)?;
-            let (id, listing) = find(args, position, sessions)?;
-            Some(match listing.redis_id() {
-                Some(redis_id) => {
-                    *redirect = Some(Redirect {
-                        redis: redis_id,
-                        keyward: id,
-                    });
-                    rewrite(args, position, redis_id)
-                }
-                None => Translation::Answered(reply::error(&format!(
-                    "ERR client {id} has no connection of its own in Redis for invalidations to \
-                     be redirected to (through keyward, a client gets one when it subscribes to \
-                     __redis__:invalidate)"
-                ))),
+            Some(match find(args, position, sessions)? {
+                (id, Named::Session(listing)) => match listing.redis_id() {
+                    Some(redis_id) => {
+                        *asker.redirect = Some(Redirect {
+                            redis: redis_id,
+                            keyward: id,
+                        });
+                        rewrite(args, position, redis_id)
+                    }
+                    None => Translation::Answered(reply::error(&format!(
+                        "ERR client {id} has no connection of its own in Redis for \
+                         invalidations to be redirected to (through keyward, a client gets one \
+                         when it subscribes to __redis__:invalidate)"
+                    ))),
+                },
+                (_, Named::Redis) => return None,
+                (_, Named::Gone) => Translation::Answered(reply::error(
+                    "ERR The client ID you want redirect to does not exist",
+                )),
             })
         }
-        "client|kill" => kill(args, own_id, sessions, in_transaction),
+        "client|kill" => kill(args, sessions, asker),
         _ => None,
     }
 }
 
 /// `CLIENT KILL` with filters (`ID id`, `SKIPME yes|no`, …); the older `CLIENT KILL addr:port`
 /// goes to Redis as it is.
-fn kill(
-    args: &Args<'_>,
-    own_id: u64,
-    sessions: &Directory,
-    in_transaction: bool,
-) -> Option<Translation> {
+fn kill(args: &Args<'_>, sessions: &Directory, asker: Asker<'_>) -> Option<Translation> {
     if args.len() < 4 || args.len() % 2 != 0 {
         return None;
     }
@@ -110,24 +127,31 @@ fn kill(
         }
     }
     let position = position?;
-    let (id, listing) = find(args, position, sessions)?;
-    if in_transaction || other_filters {
-        // Redis applies the filters, to the session's own connection if it has one.
+    let (id, named) = find(args, position, sessions)?;
+    let redis_judges = asker.in_transaction || asker.as_own_user;
+    let listing = match named {
+        Named::Redis => return None,
+        Named::Gone if redis_judges || other_filters => {
+            return Some(rewrite(args, position, NO_CLIENT))
+        }
+        Named::Gone => return Some(Translation::Answered(Bytes::from_static(b":0\r\n"))),
+        Named::Session(listing) => listing,
+    };
+    if redis_judges || other_filters {
+        // Redis applies the filters (and the asker's ACL) to the session's own connection.
         return Some(match listing.redis_id() {
             Some(redis_id) => rewrite(args, position, redis_id),
-            None if in_transaction => rewrite(args, position, NO_CLIENT),
+            None if redis_judges => rewrite(args, position, NO_CLIENT),
             None => Translation::Answered(reply::error(&format!(
                 "ERR client {id} uses keyward's shared connections: CLIENT KILL ID {id} takes \
                  no filter but SKIPME through keyward"
             ))),
         });
     }
-    if id == own_id && skip_me {
+    if id == asker.id && skip_me {
         return Some(Translation::Answered(Bytes::from_static(b":0\r\n")));
     }
-    // Closing the session also closes its own connection in Redis, if it has one.
-    listing.kill();
-    Some(Translation::Answered(Bytes::from_static(b":1\r\n")))
+    Some(Translation::Kill(listing))
 }
 
 /// The position of the client id in `CLIENT TRACKING on|off [REDIRECT id] [PREFIX p]… […]`.
@@ -147,13 +171,13 @@ fn redirect_position(args: &Args<'_>) -> Option<usize> {
     None
 }
 
-/// The session whose keyward id is the argument at `position`, if it is one.
-fn find(args: &Args<'_>, position: usize, sessions: &Directory) -> Option<(u64, Arc<Listing>)> {
+/// The id at `position` and whom it names; `None` if it is not a number (Redis says so).
+fn find(args: &Args<'_>, position: usize, sessions: &Directory) -> Option<(u64, Named)> {
     let id = std::str::from_utf8(args.get(position)?)
         .ok()?
         .parse()
         .ok()?;
-    Some((id, sessions.find(id)?))
+    Some((id, sessions.find(id)))
 }
 
 /// The request again, with the argument at `position` replaced by `id`.
@@ -199,25 +223,25 @@ impl Redirect {
     }
 
     /// Sends `request` on the session's connection `conn`, in its place in the connection's
-    /// order, and answers the session's request `ticket` with the reply relabelled.
+    /// order, and answers the session's request `ticket` with the reply relabelled. `Err` gives
+    /// the request back when the connection has no room for it now: it is then forwarded as
+    /// it is, behind whatever waits for room.
     pub fn fetch_relabelled(
         self,
         conn: &ConnHandle,
         request: Bytes,
         ticket: u64,
         reply_to: ReplySender,
-    ) {
-        let sent = send_own(conn, request, 1, false);
+    ) -> Result<(), Bytes> {
+        let replies = send_own(conn, request.clone(), 1, false).map_err(|_| request)?;
         tokio::spawn(async move {
-            let reply = match sent {
-                Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
-                Err(_) => reply::error("ERR upstream busy or unavailable"),
-            };
+            let reply = replies.all().await.unwrap_or_else(|error| error);
             let _ = reply_to.send(Reply::Fetched {
                 ticket,
                 bytes: self.relabel(reply),
             });
         });
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
 use crate::cache::{cacheable, Coherence, Lookup, Written};
-use crate::command::{flags, CommandInfo, CommandTable, Effect, LocalCommand, Notice};
+use crate::command::{flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice};
 use crate::context::Context;
 use crate::directory::Listing;
 use crate::hotkeys::record::Pending;
@@ -42,10 +42,10 @@ use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};
 use crate::resp::{reply, Protocol};
 use crate::upstream::{
-    parse_pause, Batch, ConnHandle, Hold, Login, Monitoring, Opening, Reply, ReplySender,
+    parse_pause, Batch, ConnHandle, Hold, Login, Monitoring, Opening, Paused, Reply, ReplySender,
     SendError, UpstreamError,
 };
-use client_ids::{Redirect, Translation};
+use client_ids::{Asker, Redirect, Translation};
 use local::{ClientState, LocalContext, Outcome};
 use replies::{AfterReply, ReplyQueue};
 
@@ -90,10 +90,14 @@ enum Closing {
 
 /// What a request turns into.
 enum Step {
-    /// Answered at once with this: an error for a client that has not authenticated, or
-    /// keyward's answer for a command that names a client Redis does not know (see
-    /// [`client_ids`]).
-    Answer(Bytes),
+    /// Answered with this error at once (the client has not authenticated).
+    Refuse(Bytes),
+    /// Answered by keyward, once the policies let it through: a command that names a client
+    /// Redis does not know (see [`client_ids`]), which may close that client.
+    Answer {
+        reply: Bytes,
+        kill: Option<Arc<Listing>>,
+    },
     Forward,
     Local(LocalCommand),
     /// The session needs its own upstream connection before this request can run.
@@ -178,13 +182,15 @@ pub struct Session {
     redirect: Option<Redirect>,
     /// Held while the session runs `MONITOR`.
     monitoring: Option<Monitoring>,
+    /// The session's connection was opened for an `AUTH` as a user keyward does not know:
+    /// Redis applies that user's ACL, so keyward acts on nothing for it (see `client_ids`).
+    as_own_user: bool,
 }
 
 impl Session {
     pub fn new(context: Arc<Context>, peer: SocketAddr) -> Session {
-        let id = context.next_session_id();
+        let (id, listing) = context.sessions.enter(&context.shutdown);
         let client = ClientState::new(id, context.listen_password.is_none());
-        let listing = context.sessions.enter(id, &context.shutdown);
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
         let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
         Session {
@@ -227,6 +233,7 @@ impl Session {
             opening: None,
             redirect: None,
             monitoring: None,
+            as_own_user: false,
         }
     }
 
@@ -530,7 +537,7 @@ impl Session {
                 ) {
                 self.step_for(info, &args)
             } else {
-                Step::Answer(reply::error("NOAUTH Authentication required."))
+                Step::Refuse(reply::error("NOAUTH Authentication required."))
             };
             let pause = match info.notice {
                 Notice::Pause => parse_pause(&args.iter().collect::<Vec<_>>()),
@@ -538,16 +545,26 @@ impl Session {
             };
             // Set when the request goes to Redis changed (see `client_ids`).
             let mut replacement = None;
-            let step = match info.notice == Notice::NamesClients && self.counts_replies() {
+            let translates = info.notice == Notice::NamesClients
+                && self.counts_replies()
+                && matches!(step, Step::Forward | Step::Dedicate { .. });
+            let step = match translates {
                 true => match client_ids::translate(
                     &info.name,
                     &args,
-                    self.client.id,
                     &self.context.sessions,
-                    self.in_transaction,
-                    &mut self.redirect,
+                    Asker {
+                        id: self.client.id,
+                        in_transaction: self.in_transaction,
+                        as_own_user: self.as_own_user,
+                        redirect: &mut self.redirect,
+                    },
                 ) {
-                    Some(Translation::Answered(answer)) => Step::Answer(answer),
+                    Some(Translation::Answered(reply)) => Step::Answer { reply, kill: None },
+                    Some(Translation::Kill(listing)) => Step::Answer {
+                        reply: Bytes::from_static(b":1\r\n"),
+                        kill: Some(listing),
+                    },
                     Some(Translation::Relabelled(redirect)) if matches!(step, Step::Forward) => {
                         Step::Relabel(redirect)
                     }
@@ -589,7 +606,8 @@ impl Session {
                     policies.judges() || policies.watches_writes()
                 }
                 Step::Local(_) => !policies.denials.is_empty(),
-                Step::Answer(_) => false,
+                Step::Answer { .. } => !policies.denials.is_empty(),
+                Step::Refuse(_) => false,
             };
             if needs_keys {
                 self.key_positions.clear();
@@ -643,7 +661,7 @@ impl Session {
                             .map_or(Verdict::Allow, Verdict::Reject)
                     }
                 }
-                Step::Local(_) if !active.policies.denials.is_empty() => {
+                Step::Local(_) | Step::Answer { .. } if !active.policies.denials.is_empty() => {
                     let caller = Client {
                         name: self.client.name.as_deref(),
                         address: &self.peer_ip,
@@ -825,14 +843,28 @@ impl Session {
                 continue;
             }
             match step {
-                Step::Answer(answer) => {
+                Step::Refuse(refusal) => {
+                    self.received.add(&self.context.command_metrics, info.id);
+                    self.send_batch(&mut batch);
+                    self.input.advance(consumed);
+                    self.replies.push_ready(refusal, &mut self.output);
+                }
+                Step::Answer { reply, kill } => {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
                     if self.in_transaction && self.counts_replies() {
-                        self.refuse_in_transaction(answer);
+                        self.refuse_in_transaction(reply);
                     } else {
-                        self.replies.push_ready(answer, &mut self.output);
+                        self.replies.push_ready(reply, &mut self.output);
+                    }
+                    if let Some(listing) = kill {
+                        listing.kill();
+                        if Arc::ptr_eq(&listing, &self.listing) {
+                            // Nothing the client sent after it runs, as in Redis.
+                            self.closing = Some(Closing::Killed);
+                            break;
+                        }
                     }
                 }
                 Step::Forward => {
@@ -851,10 +883,10 @@ impl Session {
                     if blocks {
                         self.blocked = true;
                     }
-                    if let Some((length, all)) = pause {
-                        self.context.upstream.pause.begin(length, all);
+                    if let (Some((length, paused)), false) = (pause, self.in_transaction) {
+                        self.context.upstream.pause.begin(length, paused);
                     }
-                    let holds = self.context.upstream.pause.holds(info.holding);
+                    let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
                     // The command's writes end with its own reply, not an earlier batch's (a
                     // rewritten request's batch ahead was sent above).
                     self.written_keys.append(&mut command_writes);
@@ -895,7 +927,7 @@ impl Session {
                     let request = self.take_request(consumed, rewritten);
                     let ticket = self.replies.next_ticket();
                     self.replies.push_fetched(false, self.observation.take());
-                    if &*info.name == "client|unpause" {
+                    if info.notice == Notice::Unpause {
                         self.context.upstream.pause.end();
                     }
                     // These commands act on the whole server: database 0 spares the
@@ -912,13 +944,24 @@ impl Session {
                     self.send_batch(&mut batch);
                     let request = self.take_request(consumed, rewritten);
                     let ticket = self.replies.next_ticket();
-                    self.replies.push_fetched(false, self.observation.take());
-                    redirect.fetch_relabelled(
-                        self.link.conn(),
-                        request,
-                        ticket,
-                        self.reply_sender.clone(),
-                    );
+                    let sent = match self.parked {
+                        Some(_) => Err(request),
+                        None => redirect.fetch_relabelled(
+                            self.link.conn(),
+                            request,
+                            ticket,
+                            self.reply_sender.clone(),
+                        ),
+                    };
+                    match sent {
+                        Ok(()) => self.replies.push_fetched(false, self.observation.take()),
+                        Err(request) => {
+                            // No room now: sent as it is, in order, and the reply unrelabelled.
+                            let observed = self.observation.take();
+                            self.replies.command_sent(info.id, sent_at, observed);
+                            self.forward(request, 1, false);
+                        }
+                    }
                 }
                 Step::Dedicate { streaming } => {
                     self.send_batch(&mut batch);
@@ -1138,6 +1181,7 @@ impl Session {
             self.listing.set_redis_id(None);
             self.redirect = None;
             self.monitoring = None;
+            self.as_own_user = false;
             self.link = Link::Pooled(self.context.upstream.pooled(
                 self.client.protocol,
                 self.client.db,
@@ -1183,6 +1227,7 @@ impl Session {
             .await;
         match opened {
             Ok((conn, opening)) => {
+                self.as_own_user |= login.is_some();
                 if for_monitor {
                     self.monitoring = Some(self.context.upstream.monitoring());
                 }
@@ -1267,7 +1312,7 @@ impl Session {
             return;
         }
         let upstream = &self.context.upstream;
-        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db) {
+        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db, self.client.id) {
             self.link = Link::Pooled(conn);
         }
     }
@@ -1484,6 +1529,16 @@ struct PendingBatch {
     count: u32,
     /// Redis may hold one of the requests for long (see [`Session::forward`]).
     holds: bool,
+}
+
+/// Whether Redis may hold a command for long now, so that a shared connection shows as held
+/// from the moment it is sent (see [`Hold`]).
+fn may_be_held(holding: Holding, pause: Option<Paused>) -> bool {
+    match holding {
+        Holding::Always => true,
+        Holding::InWritePause => pause.is_some(),
+        Holding::InFullPause => pause == Some(Paused::Everything),
+    }
 }
 
 /// `XREAD`/`XREADGROUP` block only with a `BLOCK` option. Options are read by position

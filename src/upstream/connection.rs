@@ -103,6 +103,8 @@ pub struct ConnStatus {
 pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
 
 impl ConnStatus {
+    /// Whether Redis holds (or may hold, see [`Hold`]) a request on this connection, so that
+    /// sessions owing nothing should leave it rather than queue behind that request.
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::Relaxed) || self.holds.load(Ordering::Relaxed) > 0
     }
@@ -208,12 +210,15 @@ struct Watch {
     since: Option<Instant>,
     /// When to look at it again.
     next: Option<Instant>,
-    /// Redis's answer, once asked, to whether it holds the request on purpose.
-    asked: Option<oneshot::Receiver<bool>>,
+    /// Redis's answer, once asked, to whether it holds the request on purpose, and when to
+    /// stop waiting for it.
+    asked: Option<(oneshot::Receiver<bool>, Instant)>,
 }
 
 /// Time for an answer from Redis to reach the connection after the probe's own limit.
 const PROBE_SLACK: Duration = Duration::from_millis(50);
+/// How often a connection looks for Redis's answer while it is asked.
+const PROBE_POLL: Duration = Duration::from_millis(5);
 
 /// Why [`serve`] returned.
 pub(super) enum ServeEnd {
@@ -336,11 +341,12 @@ async fn drive(
         output,
         status,
     } = state;
-    // Armed lazily at the watched request's next look (held, then asked about); firing early
-    // only re-arms it. No clock is read per batch.
+    // Armed at the watched request's next look (held, then asked about), or earlier when a
+    // new oldest request needs an earlier one; firing early only re-arms it. No clock is read
+    // per batch.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
-    let mut timer_armed = false;
+    let mut armed_for: Option<Instant> = None;
     let mut watch = Watch::default();
     loop {
         let oldest = pending.front().map(|oldest| oldest.taken_at);
@@ -354,9 +360,12 @@ async fn drive(
                 asked: None,
             };
         }
-        if let (false, Some(next)) = (timer_armed, watch.next) {
+        if let Some(next) = watch
+            .next
+            .filter(|next| armed_for.is_none_or(|at| *next < at))
+        {
             timer.as_mut().reset(next.into());
-            timer_armed = true;
+            armed_for = Some(next);
         }
         tokio::select! {
             biased;
@@ -409,8 +418,8 @@ async fn drive(
                     return ServeEnd::Broken(error.to_string());
                 }
             }
-            () = &mut timer, if timer_armed => {
-                timer_armed = false;
+            () = &mut timer, if armed_for.is_some() => {
+                armed_for = None;
                 if let Some(stall) = stall {
                     if let Err(reason) = look_again(&mut watch, stall, status) {
                         return ServeEnd::Stalled(reason);
@@ -442,8 +451,12 @@ fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Res
         )
     };
     watch.next = match watch.asked.take() {
-        Some(mut answer) => match answer.try_recv() {
+        Some((mut answer, give_up)) => match answer.try_recv() {
             Ok(true) => now.checked_add(stall.timeout),
+            Err(oneshot::error::TryRecvError::Empty) if now < give_up => {
+                watch.asked = Some((answer, give_up));
+                now.checked_add(PROBE_POLL)
+            }
             _ => return Err(stalled()),
         },
         None if now.duration_since(since) >= stall.timeout => {
@@ -452,8 +465,9 @@ fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Res
             tokio::spawn(async move {
                 let _ = tell.send(probe.await);
             });
-            watch.asked = Some(answer);
-            now.checked_add(stall.timeout + PROBE_SLACK)
+            let give_up = now.checked_add(stall.timeout + PROBE_SLACK).unwrap_or(now);
+            watch.asked = Some((answer, give_up));
+            now.checked_add(PROBE_POLL)
         }
         None => since.checked_add(stall.timeout),
     };

@@ -31,7 +31,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Credentials that never change: from the environment, or a client's own `AUTH`.
+    /// keyward's own credentials that never change (the password from the environment).
     pub fn fixed(username: Option<String>, password: Option<String>) -> Credentials {
         Credentials {
             username: username.map_or_else(|| b"default".to_vec(), String::into_bytes),

@@ -150,7 +150,7 @@ async fn handshake(
             if message.starts_with("BUSY") {
                 return Err(UpstreamError::Busy(message));
             }
-            if credentials::is_refusal(&message) {
+            if name == "HELLO" && credentials::is_refusal(&message) {
                 settings.credentials.note_refused(&message);
                 return Err(UpstreamError::Refused(message));
             }

@@ -15,7 +15,7 @@ pub mod tracking;
 
 pub use connection::{Batch, ConnHandle, Hold, Reply, ReplySender, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
-pub use pause::{parse_pause, Pause};
+pub use pause::{parse_pause, Pause, Paused};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,6 +198,7 @@ impl Upstream {
             monitors: Arc::default(),
         });
         upstream.pooled(Protocol::Resp2, 0, 0);
+        tokio::spawn(retry_refused_credentials(Arc::downgrade(&upstream)));
         upstream
     }
 
@@ -238,14 +239,15 @@ impl Upstream {
         handle
     }
 
-    /// A shared connection for a session that owes nothing and whose own connection has held
-    /// a request for longer than [`connection::HELD_TOO_LONG`] (a script running, a write paused by
-    /// `CLIENT PAUSE`): the pool's first connection that is not held, else one opened beside
-    /// the pool. Moving a session that owes nothing keeps its commands in order, and lets
-    /// Redis answer it (`-BUSY`, or a read during a write pause) instead of it waiting for
-    /// another client's command to end. `None`: every connection is held and no more may be
-    /// opened; the session stays where it is.
-    pub fn detour(self: &Arc<Self>, protocol: Protocol, db: u32) -> Option<ConnHandle> {
+    /// A shared connection for a session that owes nothing and whose own connection shows as
+    /// held (a script running, a write paused by `CLIENT PAUSE`: see
+    /// [`ConnStatus::is_held`](connection::ConnStatus::is_held)): the first connection of the
+    /// pool that is not held, looking from the session's `slot` on (so that sessions leaving
+    /// spread as they were), else one opened beside the pool. Moving a session that owes
+    /// nothing keeps its commands in order, and lets Redis answer it (`-BUSY`, or a read during
+    /// a write pause) instead of it waiting for another client's command to end. `None`: every
+    /// connection is held and no more may be opened; the session stays where it is.
+    pub fn detour(self: &Arc<Self>, protocol: Protocol, db: u32, slot: u64) -> Option<ConnHandle> {
         let free = |conn: &&ConnHandle| !conn.status.is_held();
         let pool = self
             .pools
@@ -253,7 +255,8 @@ impl Upstream {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(protocol, db))
             .cloned()?;
-        if let Some(conn) = pool.iter().find(free) {
+        let start = (slot % pool.len() as u64) as usize;
+        if let Some(conn) = pool[start..].iter().chain(&pool[..start]).find(free) {
             return Some(conn.clone());
         }
         let mut detours = self.detours.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,8 +305,12 @@ impl Upstream {
                 // Redis refuses keyward's credentials (a password changed in Redis before
                 // keyward's was): a client authenticating as a user of its own opens its
                 // connection as that user, whose AUTH then follows as it would directly.
-                Err(UpstreamError::Refused(_)) if login.is_some() => {
-                    let settings = self.settings.as_client(login.expect("checked"));
+                Err(UpstreamError::Refused(refusal)) => {
+                    let Some(login) = login else {
+                        metrics::upstream_errors("connect", 1);
+                        return Err(UpstreamError::Refused(refusal));
+                    };
+                    let settings = self.settings.as_client(login);
                     let connected = handshake::connect(&settings, protocol, db, setup, false)
                         .await
                         .map_err(|error| match error {
@@ -455,10 +462,12 @@ impl Upstream {
         }
     }
 
-    /// Reads keyward's password file again; if the password changed, tries it at once, so
-    /// that readiness reflects it without waiting for a connection to be needed.
+    /// Reads keyward's password file again; if the password changed, or Redis refuses the one
+    /// in use, tries it at once, so that readiness reflects it without waiting for a
+    /// connection to be needed.
     pub fn reread_credentials(self: &Arc<Self>) {
-        if !self.settings.credentials.reread() {
+        let changed = self.settings.credentials.reread();
+        if !changed && self.settings.credentials.refusal().is_none() {
             return;
         }
         let upstream = Arc::clone(self);
@@ -557,6 +566,23 @@ impl Opening {
     }
 }
 
+/// How often keyward tries its credentials again while Redis refuses them.
+const CREDENTIALS_RETRY: Duration = Duration::from_secs(2);
+
+/// While Redis refuses keyward's credentials, tries them again now and then: a password put
+/// back in Redis (not in keyward) makes keyward ready again, though it opens no connection.
+async fn retry_refused_credentials(upstream: std::sync::Weak<Upstream>) {
+    loop {
+        tokio::time::sleep(CREDENTIALS_RETRY).await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        if upstream.settings.credentials.refusal().is_some() {
+            let _ = handshake::connect(&upstream.settings, Protocol::Resp2, 0, &[], false).await;
+        }
+    }
+}
+
 /// Keeps one pooled connection open for as long as keyward runs.
 async fn run_pooled(
     upstream: Arc<Upstream>,
@@ -577,12 +603,17 @@ async fn run_pooled(
                 backoff = Duration::ZERO;
                 metrics::upstream_connection_opened();
                 tracing::debug!(%address, ?protocol, db, "upstream connection open");
-                let settings = upstream.settings.clone();
                 let redis_id = connected.client_id;
+                let asker = Arc::clone(&upstream);
                 let stall = StallCheck {
                     timeout: upstream.settings.request_timeout,
                     probe: Box::new(move || {
-                        Box::pin(holds::on_purpose(settings.clone(), redis_id))
+                        // Redis holds the question too during a full pause keyward passed on.
+                        let paused = asker.pause.in_force() == Some(Paused::Everything);
+                        let settings = asker.settings.clone();
+                        Box::pin(
+                            async move { paused || holds::on_purpose(settings, redis_id).await },
+                        )
                     }),
                 };
                 let end = serve(

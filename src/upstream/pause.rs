@@ -5,13 +5,21 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::command::Holding;
+/// What a pause holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    /// `CLIENT PAUSE … WRITE`: writes, and what Redis holds with them.
+    Writes,
+    /// `CLIENT PAUSE … ALL`, Redis's default.
+    Everything,
+}
 
 pub struct Pause {
     started: Instant,
-    /// When the pause ends, in milliseconds since `started`; 0 when none is known.
+    /// When the pause ends, in milliseconds since `started` (see [`Pause::now`]); 0 when none
+    /// is known.
     until: AtomicU64,
-    /// `CLIENT PAUSE … ALL` (Redis's default) rather than `WRITE`.
+    /// `CLIENT PAUSE … ALL` rather than `WRITE`.
     all: AtomicBool,
 }
 
@@ -27,9 +35,11 @@ impl Default for Pause {
 
 impl Pause {
     /// A pause of `length` begins; as in Redis, the later end and the stricter mode prevail.
-    pub fn begin(&self, length: Duration, all: bool) {
-        let until = self.millis(Instant::now() + length);
-        if self.until.fetch_max(until, Ordering::Relaxed) < self.now() {
+    pub fn begin(&self, length: Duration, paused: Paused) {
+        let all = paused == Paused::Everything;
+        let now = self.now();
+        let until = now.saturating_add(u64::try_from(length.as_millis()).unwrap_or(u64::MAX));
+        if self.until.fetch_max(until, Ordering::Relaxed) < now {
             self.all.store(all, Ordering::Relaxed);
         } else {
             self.all.fetch_or(all, Ordering::Relaxed);
@@ -42,35 +52,37 @@ impl Pause {
         self.all.store(false, Ordering::Relaxed);
     }
 
-    /// Whether Redis holds a command that `holding` describes now.
-    pub fn holds(&self, holding: Holding) -> bool {
+    /// The pause in force now, if any.
+    pub fn in_force(&self) -> Option<Paused> {
         let until = self.until.load(Ordering::Relaxed);
-        if until == 0 || holding == Holding::Always {
-            return holding == Holding::Always;
+        if until == 0 || until <= self.now() {
+            return None;
         }
-        until > self.now() && (holding == Holding::InWritePause || self.all.load(Ordering::Relaxed))
+        Some(match self.all.load(Ordering::Relaxed) {
+            true => Paused::Everything,
+            false => Paused::Writes,
+        })
     }
 
+    /// Milliseconds since `started`, from 1 (0 means no pause).
     fn now(&self) -> u64 {
-        self.millis(Instant::now())
-    }
-
-    fn millis(&self, at: Instant) -> u64 {
-        at.duration_since(self.started).as_millis() as u64 + 1
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 }
 
-/// `CLIENT PAUSE timeout [WRITE|ALL]`: the pause's length and whether it holds everything, or
-/// `None` if Redis will refuse it.
-pub fn parse_pause(args: &[&[u8]]) -> Option<(Duration, bool)> {
-    let millis: u64 = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
-    let all = match args.get(3) {
-        None => true,
-        Some(mode) if mode.eq_ignore_ascii_case(b"all") => true,
-        Some(mode) if mode.eq_ignore_ascii_case(b"write") => false,
+/// `CLIENT PAUSE timeout [WRITE|ALL]`: the pause's length and what it holds, or `None` if
+/// Redis will refuse it.
+pub fn parse_pause(args: &[&[u8]]) -> Option<(Duration, Paused)> {
+    let millis: i64 = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+    let paused = match args.get(3) {
+        None => Paused::Everything,
+        Some(mode) if mode.eq_ignore_ascii_case(b"all") => Paused::Everything,
+        Some(mode) if mode.eq_ignore_ascii_case(b"write") => Paused::Writes,
         Some(_) => return None,
     };
-    Some((Duration::from_millis(millis), all))
+    Some((Duration::from_millis(u64::try_from(millis).ok()?), paused))
 }
 
 #[cfg(test)]
@@ -78,20 +90,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_pause_holds_writes_and_scripts_until_it_ends() {
+    fn the_later_end_and_the_stricter_mode_prevail_until_unpaused() {
         let pause = Pause::default();
-        assert!(!pause.holds(Holding::InWritePause));
-        assert!(pause.holds(Holding::Always));
-        pause.begin(Duration::from_secs(60), false);
-        assert!(pause.holds(Holding::InWritePause));
-        assert!(!pause.holds(Holding::InFullPause));
-        pause.begin(Duration::from_secs(1), true);
-        assert!(pause.holds(Holding::InFullPause));
+        assert_eq!(pause.in_force(), None);
+        pause.begin(Duration::from_secs(60), Paused::Writes);
+        assert_eq!(pause.in_force(), Some(Paused::Writes));
+        pause.begin(Duration::from_secs(1), Paused::Everything);
+        assert_eq!(pause.in_force(), Some(Paused::Everything));
         pause.end();
-        assert!(!pause.holds(Holding::InWritePause));
-        pause.begin(Duration::ZERO, true);
+        assert_eq!(pause.in_force(), None);
+        pause.begin(Duration::ZERO, Paused::Everything);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!pause.holds(Holding::InFullPause));
+        assert_eq!(pause.in_force(), None);
+        // As long as Redis allows, without overflowing.
+        pause.begin(Duration::from_millis(i64::MAX as u64), Paused::Writes);
+        assert_eq!(pause.in_force(), Some(Paused::Writes));
     }
 
     #[test]
@@ -101,13 +114,14 @@ mod tests {
         };
         assert_eq!(
             parse_pause(&args("CLIENT PAUSE 100")),
-            Some((Duration::from_millis(100), true))
+            Some((Duration::from_millis(100), Paused::Everything))
         );
         assert_eq!(
             parse_pause(&args("CLIENT PAUSE 100 write")),
-            Some((Duration::from_millis(100), false))
+            Some((Duration::from_millis(100), Paused::Writes))
         );
         assert_eq!(parse_pause(&args("CLIENT PAUSE soon")), None);
+        assert_eq!(parse_pause(&args("CLIENT PAUSE -5")), None);
         assert_eq!(parse_pause(&args("CLIENT PAUSE 100 reads")), None);
     }
 }
