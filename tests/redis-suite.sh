@@ -35,7 +35,6 @@ done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
   for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2
   return 1
 }
 stop() {
@@ -65,21 +64,29 @@ units=${UNITS:-$(cat "$suite/units-external.txt")}
 passed=0
 unexpected=0
 : >"$work/failures"
-for unit in $units; do
-  redis_port=$(free_port)
-  mkdir -p "$work/redis"
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work/redis" --logfile "$work/redis/redis.log" --daemonize yes \
-    --pidfile "$work/redis.pid"
-  wait_port "$redis_port"
-  port=$redis_port
-  if [ "$target" != direct ]; then
-    port=$(free_port)
-    # One worker thread: the suite orders clients by when Redis reads their sockets (a DEL sent
-    # right after another client's XREADGROUP BLOCK must find it blocked). With more threads,
-    # keyward may serve two clients that send at the same instant in parallel (README: known
-    # limits), which makes those tests fail now and then; with one it keeps their order.
-    cat >"$work/keyward.toml" <<CONFIG
+# Starts redis-server on a free port (sets redis_port). A free port can be taken by another
+# process before the server binds it: it is tried again on another.
+start_redis() {
+  for _ in 1 2 3; do
+    redis_port=$(free_port)
+    mkdir -p "$work/redis"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$work/redis" --logfile "$work/redis/redis.log" --daemonize yes \
+      --pidfile "$work/redis.pid"
+    wait_port "$redis_port" && return 0
+    stop redis
+  done
+  echo "redis-server did not start:" >&2
+  tail -20 "$work/redis/redis.log" >&2
+  return 1
+}
+
+# One worker thread: the suite orders clients by when Redis reads their sockets (a DEL sent right
+# after another client's XREADGROUP BLOCK must find it blocked). With more threads, keyward may
+# serve two clients that send at the same instant in parallel (README: known limits), which
+# makes those tests fail now and then; with one it keeps their order.
+write_keyward_config() {
+  cat >"$work/keyward.toml" <<CONFIG
 [runtime]
 worker_threads = 1
 [listen]
@@ -87,15 +94,36 @@ address = "127.0.0.1:$port"
 [upstream]
 address = "127.0.0.1:$redis_port"
 [admin]
-address = "127.0.0.1:$(free_port)"
+address = "127.0.0.1:$admin_port"
 [log]
 level = "warn"
 [shutdown]
 grace_period = "1s"
 CONFIG
+}
+
+# Starts keyward in front of redis_port on free ports (sets port), tried again likewise.
+start_keyward() {
+  for _ in 1 2 3; do
+    port=$(free_port)
+    admin_port=$(free_port)
+    [ "$admin_port" != "$port" ] || continue
+    write_keyward_config
     "$target" --config "$work/keyward.toml" >>"$work/keyward.log" 2>&1 &
     echo $! >"$work/keyward.pid"
-    wait_port "$port"
+    wait_port "$port" && return 0
+    stop keyward
+  done
+  echo "keyward did not start:" >&2
+  tail -20 "$work/keyward.log" >&2
+  return 1
+}
+
+for unit in $units; do
+  start_redis
+  port=$redis_port
+  if [ "$target" != direct ]; then
+    start_keyward
   fi
   started=$(date +%s)
   (cd "$work/suite" && TERM=dumb timeout 900 ./runtest --host 127.0.0.1 --port "$port" --single "$unit" \
