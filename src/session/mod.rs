@@ -694,13 +694,7 @@ impl Session {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
-                    if self.in_transaction && self.counts_replies() {
-                        self.refuse_in_transaction(refusal);
-                    } else {
-                        // On a streaming link replies are relayed as they come, so the refusal
-                        // is too.
-                        self.replies.push_ready(refusal, &mut self.output);
-                    }
+                    self.answer_at_once(refusal);
                     continue;
                 }
                 Verdict::AskRedis(rule, question) => {
@@ -853,11 +847,7 @@ impl Session {
                     self.received.add(&self.context.command_metrics, info.id);
                     self.send_batch(&mut batch);
                     self.input.advance(consumed);
-                    if self.in_transaction && self.counts_replies() {
-                        self.refuse_in_transaction(reply);
-                    } else {
-                        self.replies.push_ready(reply, &mut self.output);
-                    }
+                    self.answer_at_once(reply);
                     if let Some(listing) = kill {
                         listing.kill();
                         if Arc::ptr_eq(&listing, &self.listing) {
@@ -1046,6 +1036,17 @@ impl Session {
                     .cache
                     .fetch(flight, conn, request, |error| error.reply(address, 1));
             }
+        }
+    }
+
+    /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
+    /// for a command that names a client), in its place among the replies owed. On a
+    /// streaming link replies are relayed as they come, so it is too.
+    fn answer_at_once(&mut self, reply: Bytes) {
+        if self.in_transaction && self.counts_replies() {
+            self.refuse_in_transaction(reply);
+        } else {
+            self.replies.push_ready(reply, &mut self.output);
         }
     }
 

@@ -471,10 +471,13 @@ impl Upstream {
             return;
         }
         let upstream = Arc::clone(self);
-        let runtime = tokio::runtime::Handle::current();
-        runtime.spawn(async move {
-            let _ = handshake::connect(&upstream.settings, Protocol::Resp2, 0, &[], false).await;
-        });
+        tokio::runtime::Handle::current().spawn(async move { upstream.try_credentials().await });
+    }
+
+    /// Opens a connection and lets it go: the handshake records whether Redis accepts
+    /// keyward's credentials (see [`Credentials::note_refused`]).
+    async fn try_credentials(&self) {
+        let _ = handshake::connect(&self.settings, Protocol::Resp2, 0, &[], false).await;
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
@@ -578,7 +581,7 @@ async fn retry_refused_credentials(upstream: std::sync::Weak<Upstream>) {
             return;
         };
         if upstream.settings.credentials.refusal().is_some() {
-            let _ = handshake::connect(&upstream.settings, Protocol::Resp2, 0, &[], false).await;
+            upstream.try_credentials().await;
         }
     }
 }
