@@ -16,22 +16,9 @@ fn client_id(client: &mut RawClient) -> i64 {
         .unwrap_or_else(|| panic!("CLIENT ID answered {line:?}"))
 }
 
-fn blocked_clients(redis: &RedisServer) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query(&mut redis.client())
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("blocked_clients:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn block_on_empty_list(redis: &RedisServer, client: &mut RawClient) {
     client.send(b"BLPOP empty-list 0\r\n");
-    wait_for(Duration::from_secs(5), "BLPOP blocks in Redis", || {
-        blocked_clients(redis) == 1
-    });
+    redis.wait_for_blocked_clients(1);
 }
 
 fn query<T: redis::FromRedisValue>(keyward: &Keyward, args: &[&str]) -> redis::RedisResult<T> {
@@ -210,9 +197,7 @@ fn an_id_of_a_client_gone_names_no_one_and_ids_of_redis_go_to_redis() {
             .query::<Option<(String, String)>>(&mut blocked)
             .unwrap()
     });
-    wait_for(Duration::from_secs(5), "the direct client blocks", || {
-        blocked_clients(&redis) == 1
-    });
+    redis.wait_for_blocked_clients(1);
     let unblocked: i64 = query(&keyward, &["CLIENT", "UNBLOCK", &blocked_id.to_string()]).unwrap();
     assert_eq!(unblocked, 1);
     assert_eq!(waiter.join().unwrap(), None);

@@ -12,11 +12,12 @@ fn shared_upstream() -> (RedisServer, Keyward) {
     (redis, keyward)
 }
 
-fn io_errors(keyward: &Keyward) -> f64 {
+/// `keyward_upstream_errors_total` of this `kind` (`io`, `timeout`…).
+fn upstream_errors(keyward: &Keyward, kind: &str) -> f64 {
     metric_value(
         &keyward.admin_get("/metrics").1,
         "keyward_upstream_errors_total",
-        &["kind=\"io\""],
+        &[&format!("kind=\"{kind}\"")],
     )
 }
 
@@ -40,7 +41,11 @@ fn lengths_redis_would_reject_never_reach_the_shared_connection() {
         let pong: String = redis::cmd("PING").query(&mut bystander).unwrap();
         assert_eq!(pong, "PONG");
     }
-    assert_eq!(io_errors(&keyward), 0.0, "the shared connection was reset");
+    assert_eq!(
+        upstream_errors(&keyward, "io"),
+        0.0,
+        "the shared connection was reset"
+    );
 }
 
 #[test]
@@ -55,7 +60,7 @@ fn script_debug_gets_a_connection_of_its_own() {
         .query(&mut keyward.client())
         .unwrap();
     assert_eq!(one, 1, "another client's script ran under the debugger");
-    assert_eq!(io_errors(&keyward), 0.0);
+    assert_eq!(upstream_errors(&keyward, "io"), 0.0);
 }
 
 #[test]
@@ -355,13 +360,8 @@ fn a_script_that_runs_past_request_timeout_keeps_its_connection() {
     assert!(reply.contains("Script killed by user"), "{reply}");
     runner.send(b"PING\r\n");
     assert_eq!(runner.read_line(), "+PONG\r\n");
-    let metrics = keyward.admin_get("/metrics").1;
     assert_eq!(
-        metric_value(
-            &metrics,
-            "keyward_upstream_errors_total",
-            &["kind=\"timeout\""]
-        ),
+        upstream_errors(&keyward, "timeout"),
         0.0,
         "no connection was reset"
     );
@@ -427,13 +427,7 @@ fn a_read_sent_just_after_a_paused_write_is_answered_at_once() {
     let mut writer = keyward.raw();
     let mut reader = keyward.raw();
     writer.send(b"SET k v\r\n");
-    support::wait_for(Duration::from_secs(5), "Redis holds the SET", || {
-        let info: String = redis::cmd("INFO")
-            .arg("clients")
-            .query(&mut redis.client())
-            .unwrap();
-        info.contains("blocked_clients:1")
-    });
+    redis.wait_for_blocked_clients(1);
     reader.send(b"GET k\r\n");
     assert_eq!(reader.read_line(), "$-1\r\n");
     reader.send(b"CLIENT UNPAUSE\r\n");
@@ -456,13 +450,8 @@ fn a_full_pause_longer_than_request_timeout_resets_nothing() {
     let mut reader = keyward.raw();
     reader.send(b"GET k\r\n");
     assert_eq!(reader.read_line(), "$-1\r\n");
-    let metrics = keyward.admin_get("/metrics").1;
     assert_eq!(
-        metric_value(
-            &metrics,
-            "keyward_upstream_errors_total",
-            &["kind=\"timeout\""]
-        ),
+        upstream_errors(&keyward, "timeout"),
         0.0,
         "no connection was reset"
     );

@@ -147,21 +147,6 @@ fn a_command_refused_as_busy_aborts_the_transaction() {
     assert!(runner.read_line().contains("killed"));
 }
 
-/// Waits until Redis counts `count` blocked clients.
-fn wait_for_blocked(redis: &RedisServer, count: u32) {
-    support::wait_for(
-        std::time::Duration::from_secs(5),
-        "the client blocks in Redis",
-        || {
-            let info: String = redis::cmd("INFO")
-                .arg("clients")
-                .query(&mut redis.client())
-                .unwrap();
-            info.contains(&format!("blocked_clients:{count}\r"))
-        },
-    );
-}
-
 /// A blocked `BRPOPLPUSH` that another client's push wakes writes its destination as Redis
 /// runs the push: a transaction watching the destination is aborted, as with Redis directly.
 /// While it is still blocked it has written nothing, and the transaction commits.
@@ -170,7 +155,7 @@ fn a_blocked_brpoplpush_touches_a_watched_key_only_when_it_moves_an_element() {
     let (redis, keyward) = shared_upstream();
     let mut blocked = keyward.raw();
     blocked.send(b"BRPOPLPUSH src dst 0\r\n");
-    wait_for_blocked(&redis, 1);
+    redis.wait_for_blocked_clients(1);
 
     let mut watching = keyward.raw();
     watching.send(b"WATCH dst\r\nMULTI\r\nGET somekey\r\nEXEC\r\n");

@@ -105,6 +105,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Waits until Redis counts `count` blocked clients (a blocking command, or a command a
+    /// `CLIENT PAUSE` postponed).
+    pub fn wait_for_blocked_clients(&self, count: u32) {
+        wait_for(
+            Duration::from_secs(5),
+            "Redis counts the blocked clients",
+            || {
+                let info: String = redis::cmd("INFO")
+                    .arg("clients")
+                    .query(&mut self.client())
+                    .expect("INFO clients");
+                info.contains(&format!("blocked_clients:{count}\r"))
+            },
+        );
+    }
+
     /// A client straight to this Redis, bypassing keyward.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url())
