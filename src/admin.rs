@@ -33,6 +33,7 @@ use crate::context::Context;
 use crate::hotkeys::big_keys::BigKeysReport;
 use crate::hotkeys::{By, HotKeys, Report};
 use crate::reload::{ReloadOutcome, Trigger};
+use crate::secret;
 
 /// Histogram samples are folded into buckets this often, bounding their memory between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -109,7 +110,7 @@ impl Caller<'_> {
         let given = authorization
             .and_then(|value| value.strip_prefix(b"Bearer "))
             .unwrap_or_default();
-        if same_secret(given, token.as_bytes()) {
+        if secret::same(given, token.as_bytes()) {
             Ok(())
         } else {
             Err((
@@ -118,17 +119,6 @@ impl Caller<'_> {
             ))
         }
     }
-}
-
-/// Compares in time that depends only on the lengths, so the answer's timing does not tell
-/// how much of a guess was right.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
-            == 0
 }
 
 async fn respond(

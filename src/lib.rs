@@ -33,6 +33,7 @@ pub mod net;
 pub mod policy;
 pub mod reload;
 pub mod resp;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -8,6 +8,7 @@ use crate::command::{CommandInfo, LocalCommand};
 use crate::context::Context;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::{parse_int, Protocol};
+use crate::secret;
 use crate::upstream::{Login, ServerFacts, UpstreamSettings};
 
 /// A client's connection state as Redis would hold it.
@@ -256,7 +257,7 @@ fn auth(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) -
 
 /// Clients authenticate to keyward as Redis's default user, with the listen password.
 fn client_credentials_match(user: &[u8], password: &[u8], required: &str) -> bool {
-    user == b"default" && password == required.as_bytes()
+    user == b"default" && secret::same(password, required.as_bytes())
 }
 
 fn wrong_password() -> Outcome {

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
+use crate::secret;
+
 pub struct Credentials {
     username: Vec<u8>,
     password: ArcSwapOption<Vec<u8>>,
@@ -75,7 +77,7 @@ impl Credentials {
     /// Whether a client's `AUTH user password` names these credentials.
     pub fn are(&self, user: &[u8], password: &[u8]) -> bool {
         self.login()
-            .is_some_and(|(own_user, own)| own_user == user && own.as_slice() == password)
+            .is_some_and(|(own_user, own)| own_user == user && secret::same(password, &own))
     }
 
     /// Reads the password file again; logs a change, or why the file cannot be read (the
