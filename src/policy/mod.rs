@@ -10,6 +10,7 @@ pub mod global;
 pub mod matcher;
 pub mod rate_limit;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,8 +24,16 @@ use crate::resp::request::Args;
 use deny::{Client, Denial};
 use rate_limit::{RateLimiter, Requester, Verdict};
 
+/// Counts compilations, for [`Policies::generation`]. It starts at 1: 0 is the empty default,
+/// which judges nothing.
+static COMPILED: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 pub struct Policies {
+    /// Which compilation this is: rule indices mean something only under the policies they
+    /// were taken from, and an address could be reused by the next compilation once a reload
+    /// frees the old one, so progress follows this number instead.
+    generation: u64,
     pub denials: Vec<Arc<Denial>>,
     pub rate_limits: Vec<Arc<RateLimiter>>,
     /// Hot-key counting, when `[hotkeys] enabled`.
@@ -95,6 +104,7 @@ impl Policies {
             .map(|rule| Arc::new(RuleLocks::new(rule.clone())))
             .collect();
         Policies {
+            generation: COMPILED.fetch_add(1, Ordering::Relaxed),
             denials,
             rate_limits,
             hotkeys,
@@ -215,18 +225,17 @@ pub struct Progress {
     /// Redis's answers for global rules, by rule index.
     answers: Vec<(usize, global::Answer)>,
     denials_judged: bool,
-    /// The policies this progress was made under (their address): rule indices mean nothing
+    /// The generation of the policies this progress was made under: rule indices mean nothing
     /// under others, so a reload starts the judgement over.
-    policies: usize,
+    generation: u64,
 }
 
 impl Progress {
     /// Starts over if the policies in force are not the ones this progress was made under.
     pub fn follow(&mut self, policies: &Policies) {
-        let identity = policies as *const Policies as usize;
-        if self.policies != identity {
+        if self.generation != policies.generation {
             self.start_over();
-            self.policies = identity;
+            self.generation = policies.generation;
         }
     }
 
@@ -250,5 +259,43 @@ impl Progress {
     fn take_answer(&mut self, rule: usize) -> Option<global::Answer> {
         let position = self.answers.iter().position(|(index, _)| *index == rule)?;
         Some(self.answers.swap_remove(position).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Policies, Progress};
+    use crate::config::Config;
+
+    fn compiled(text: &str) -> Policies {
+        let config: Config = toml::from_str(text).expect("a valid config");
+        Policies::compile(&config, None)
+    }
+
+    /// A reload frees the old policies; the new ones may be built at the same address, and
+    /// the rule indices a held request already passed must not carry over to them.
+    #[test]
+    fn progress_starts_over_under_policies_built_where_the_old_ones_were() {
+        let rule = |name: &str| {
+            format!(
+                "[[rate_limit]]\nname = \"{name}\"\nkeys = [\"*\"]\nlimit = 5\nperiod = \"1s\"\n"
+            )
+        };
+        let mut in_force = compiled(&rule("first"));
+        let mut progress = Progress::default();
+        progress.follow(&in_force);
+        progress.passed.push(0);
+        progress.denials_judged = true;
+        progress.follow(&in_force);
+        assert_eq!(progress.passed, [0], "the same policies keep the progress");
+
+        // Built in the very place the old value lived.
+        in_force = compiled(&rule("second"));
+        progress.follow(&in_force);
+        assert!(
+            progress.passed.is_empty(),
+            "progress made under other policies"
+        );
+        assert!(!progress.denials_judged);
     }
 }
