@@ -130,6 +130,32 @@ fn shadow_mode_only_counts() {
 }
 
 #[test]
+fn shadow_rules_count_commands_keyward_answers_itself() {
+    let (_redis, keyward) = keyward_with(
+        "[[deny]]\nname = \"watch-names\"\ncommands = [\"SELECT\", \"CLIENT|SETNAME\", \"SCRIPT|KILL\"]\nmode = \"shadow\"\n",
+    );
+    let mut raw = keyward.raw();
+    raw.send(b"SELECT 2\r\nCLIENT SETNAME worker\r\nSCRIPT KILL\r\nPING\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert!(
+        raw.read_line().starts_with("-NOTBUSY"),
+        "SCRIPT KILL reaches Redis"
+    );
+    assert_eq!(raw.read_line(), "+PONG\r\n");
+    let metrics = keyward.admin_get("/metrics").1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "keyward_denied_total",
+            &["rule=\"watch-names\"", "action=\"shadow\""]
+        ),
+        3.0,
+        "each of the three counted once"
+    );
+}
+
+#[test]
 fn commands_keyward_answers_itself_are_refused_too() {
     let (_redis, keyward) = keyward_with("[[deny]]\nname = \"one-db\"\ncommands = [\"SELECT\"]\n");
     let mut raw = keyward.raw();

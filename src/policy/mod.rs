@@ -139,12 +139,8 @@ impl Policies {
     ) -> Verdict {
         if !progress.denials_judged {
             progress.denials_judged = true;
-            for denial in &self.denials {
-                if denial.matches(info, args, key_positions, client) {
-                    if let Some(refusal) = denial.apply(info) {
-                        return Verdict::Reject(refusal);
-                    }
-                }
+            if let Some(refusal) = self.denies(info, args, key_positions, client) {
+                return Verdict::Reject(refusal);
             }
         }
         let requester = Requester {
@@ -182,8 +178,25 @@ impl Policies {
         Verdict::Allow
     }
 
+    /// Judges a command by the deny rules alone (one keyward answers, or sends aside, with no
+    /// rate limit to pass): shadow rules count it as they count forwarded commands, and the
+    /// first rule in force that matches refuses it.
+    pub fn denies(
+        &self,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        key_positions: &[usize],
+        client: &Client<'_>,
+    ) -> Option<Bytes> {
+        self.denials
+            .iter()
+            .filter(|denial| denial.matches(info, args, key_positions, client))
+            .find_map(|denial| denial.apply(info))
+    }
+
     /// A deny rule in force refuses the command: judged before a dedicated connection is
-    /// opened for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection.
+    /// opened for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection. Shadow rules
+    /// count the command later, when it is judged in full on that connection.
     pub fn refuses(
         &self,
         info: &CommandInfo,

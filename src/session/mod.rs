@@ -652,12 +652,17 @@ impl Session {
                             delayed,
                             &mut self.progress,
                         )
-                    } else {
+                    } else if matches!(step, Step::Dedicate { .. }) {
                         // Before a dedicated connection is opened for it: only a refusal
                         // matters now, the command is judged in full when it is sent.
                         active
                             .policies
                             .refuses(info, &args, &self.key_positions, &caller)
+                            .map_or(Verdict::Allow, Verdict::Reject)
+                    } else {
+                        active
+                            .policies
+                            .denies(info, &args, &self.key_positions, &caller)
                             .map_or(Verdict::Allow, Verdict::Reject)
                     }
                 }
@@ -669,7 +674,7 @@ impl Session {
                     };
                     active
                         .policies
-                        .refuses(info, &args, &self.key_positions, &caller)
+                        .denies(info, &args, &self.key_positions, &caller)
                         .map_or(Verdict::Allow, Verdict::Reject)
                 }
                 _ => Verdict::Allow,
