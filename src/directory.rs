@@ -7,8 +7,9 @@
 //! `CLIENT LIST` is Redis's, one from `CLIENT ID` through keyward is keyward's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
@@ -77,8 +78,8 @@ impl Directory {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Arc<Listing>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Listing>>> {
+        self.sessions.lock()
     }
 }
 

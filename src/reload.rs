@@ -9,11 +9,12 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use metrics::counter;
+use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -107,10 +108,7 @@ impl LiveConfig {
     }
 
     pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -119,22 +117,14 @@ impl LiveConfig {
 
     /// Has `also` run on every reload request (SIGHUP, `POST /reload`), before the file is read.
     pub fn also_on_request(&self, also: impl Fn() + Send + Sync + 'static) {
-        self.also_on_request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(also));
+        self.also_on_request.lock().push(Box::new(also));
     }
 
     /// Reads the file again and swaps it in if it is valid.
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.reloading.lock();
         if let Trigger::Request(_) = trigger {
-            for also in self
-                .also_on_request
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-            {
+            for also in self.also_on_request.lock().iter() {
                 also();
             }
         }
@@ -145,7 +135,7 @@ impl LiveConfig {
             let stamp = std::fs::metadata(path)
                 .ok()
                 .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
-            let mut last_seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last_seen = self.last_seen.lock();
             if stamp.is_some() && *last_seen == stamp {
                 return ReloadOutcome::Unchanged;
             }
@@ -166,12 +156,7 @@ impl LiveConfig {
         );
         let already_judged = hash == self.status().hash
             || (trigger == Trigger::FileChange
-                && self
-                    .last_rejected
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    == Some(&save));
+                && self.last_rejected.lock().as_ref() == Some(&save));
         if already_judged {
             return ReloadOutcome::Unchanged;
         }
@@ -195,7 +180,7 @@ impl LiveConfig {
                 }
                 let policies = Policies::compile(&config, Some(&current.policies));
                 self.active.store(Arc::new(Active { config, policies }));
-                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                let mut status = self.status.lock();
                 status.hash = hash;
                 status.loaded_at = now_seconds();
                 status.needs_restart = needs_restart;
@@ -215,8 +200,8 @@ impl LiveConfig {
                         "config rejected, previous version stays: {message}"
                     );
                 }
-                *self.last_rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(save);
-                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                *self.last_rejected.lock() = Some(save);
+                let mut status = self.status.lock();
                 status.last_error = Some(messages.join("\n"));
                 status.last_error_at = Some(now_seconds());
                 status.reloads_error += 1;

@@ -9,11 +9,11 @@
 //! and storing take the same lock, so an invalidation can never slip between the check and the
 //! store.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
@@ -123,7 +123,7 @@ impl Coherence {
     }
 
     fn flights(&self) -> MutexGuard<'_, Flights> {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+        self.flights.lock()
     }
 
     /// Decides how to answer a cacheable read. `shape` is a buffer the caller reuses.

@@ -4,9 +4,9 @@
 //! behind it), so they are listed apart from the hot keys, largest first. The list is bounded:
 //! when it is full, a new entry replaces the smallest if it is larger.
 
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Entries kept at most.
@@ -64,7 +64,7 @@ impl BigKeys {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        let mut kept = super::lock(&self.kept);
+        let mut kept = self.kept.lock();
         if let Some(seen) = kept
             .iter_mut()
             .find(|seen| seen.side == side && seen.command == command && seen.key == key)
@@ -93,7 +93,7 @@ impl BigKeys {
 
     /// The largest `limit`, largest first.
     pub fn largest(&self, limit: usize) -> Vec<BigKey> {
-        let mut kept = super::lock(&self.kept).clone();
+        let mut kept = self.kept.lock().clone();
         kept.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.key.cmp(&b.key)));
         kept.truncate(limit);
         kept

@@ -20,9 +20,9 @@ pub mod windows;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -158,10 +158,10 @@ impl HotKeys {
     /// The stage, locked and entered for counts of `period`; flushed first if it holds an
     /// earlier period's counts or no room (other sessions may add to a new stage meanwhile).
     fn stage_for(&self, period: u64, now: Instant) -> MutexGuard<'_, Staging> {
-        let mut stage = lock(&self.stage);
+        let mut stage = self.stage.lock();
         while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
             self.flush(stage, now);
-            stage = lock(&self.stage);
+            stage = self.stage.lock();
         }
         stage.enter(period);
         stage
@@ -193,8 +193,8 @@ impl HotKeys {
     /// The top `limit` keys and patterns of a configured window, ranked `by`.
     pub fn report(&self, window: Duration, by: By, limit: usize) -> Option<Report> {
         let now = Instant::now();
-        self.flush(lock(&self.stage), now);
-        let mut windows = lock(&self.windows);
+        self.flush(self.stage.lock(), now);
+        let mut windows = self.windows.lock();
         let periods = windows.periods(window, now)?;
         let summaries = |of: Of| -> Vec<&SpaceSaving> {
             periods
@@ -279,7 +279,7 @@ impl HotKeys {
         };
         let fresh = Staging::succeeding(&stage);
         let staged = std::mem::replace(&mut *stage, fresh);
-        let mut windows = lock(&self.windows);
+        let mut windows = self.windows.lock();
         drop(stage);
         staged.flush_into(windows.counting(self.clock.moment(period, now)));
     }
@@ -326,12 +326,6 @@ fn merge(summaries: &[&SpaceSaving], by: By, limit: usize) -> Vec<Entry> {
     entries.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
     entries.truncate(limit);
     entries
-}
-
-/// Takes a lock even if a holder panicked: these are statistics, and a count left half done
-/// is better than every later session failing on a poisoned lock.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Escapes a Prometheus label value.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use std::sync::Mutex;
 
 use crate::config::rules::Mode;
 use crate::config::LockRule;
@@ -156,7 +156,7 @@ impl LockTable {
             queue::try_once(waiter);
             return;
         }
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = self.queues.lock();
         if let Some(queue) = queues.get(&key) {
             match queue.push(waiter) {
                 None => return,
@@ -172,7 +172,7 @@ impl LockTable {
         let table = Arc::clone(self);
         tokio::spawn(async move {
             queue::drive(&queue).await;
-            let mut queues = table.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queues = table.queues.lock();
             if queues
                 .get(&key)
                 .is_some_and(|current| Arc::ptr_eq(current, &queue))
@@ -184,7 +184,7 @@ impl LockTable {
 
     /// Redis said `key` changed (deleted, overwritten, expired): its queues try again.
     pub fn released(&self, key: &[u8]) {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock();
         for ((_, name), queue) in queues.iter() {
             if &name[..] == key {
                 queue.wake();
@@ -195,7 +195,7 @@ impl LockTable {
     /// The client waiting with `ticket` for the lock on `key` closed its side: it gets Redis's
     /// answer now (the nil it got, or one more try) instead of waiting for its turn.
     pub fn give_up(&self, db: u32, key: &Bytes, reply_to: &ReplySender, ticket: u64) {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock();
         if let Some(queue) = queues.get(&(db, key.clone())) {
             queue.give_up(reply_to, ticket);
         }
@@ -203,14 +203,14 @@ impl LockTable {
 
     /// The invalidation connection dropped: releases may have gone unnoticed.
     pub fn wake_all(&self) {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock();
         for queue in queues.values() {
             queue.wake();
         }
     }
 
     pub fn report(&self) -> Vec<LockReport> {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.lock();
         let mut reports: Vec<LockReport> = queues
             .iter()
             .filter_map(|((db, _), queue)| queue.report(*db))

@@ -2,10 +2,10 @@
 //! them one by one.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::{LockReport, Waiter};
@@ -60,8 +60,8 @@ impl Queue {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Queues a waiter behind the others; gives it back if the queue has closed. Beyond

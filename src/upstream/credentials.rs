@@ -6,9 +6,10 @@
 //! refuses them, keyward says so once in its log and `/readyz` answers not ready.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 
 use crate::secret;
 
@@ -111,7 +112,7 @@ impl Credentials {
         if !self.own {
             return;
         }
-        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refused = self.refused.lock();
         if refused.is_none() {
             tracing::error!(
                 refusal = message,
@@ -128,7 +129,7 @@ impl Credentials {
         if !self.own {
             return;
         }
-        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refused = self.refused.lock();
         if refused.take().is_some() {
             tracing::info!("Redis accepts keyward's credentials again");
         }
@@ -136,10 +137,7 @@ impl Credentials {
 
     /// Why Redis refuses these credentials, while it does.
     pub fn refusal(&self) -> Option<String> {
-        self.refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.refused.lock().clone()
     }
 }
 

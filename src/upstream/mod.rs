@@ -19,10 +19,11 @@ pub use pause::{parse_pause, Pause, Paused};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
@@ -209,7 +210,7 @@ impl Upstream {
     /// The pooled connection for a session: always the same one for the same `slot`.
     pub fn pooled(self: &Arc<Self>, protocol: Protocol, db: u32, slot: u64) -> ConnHandle {
         let pool = {
-            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pools = self.pools.lock();
             pools
                 .entry((protocol, db))
                 .or_insert_with(|| self.open_pool(protocol, db))
@@ -249,17 +250,12 @@ impl Upstream {
     /// connection is held and no more may be opened; the session stays where it is.
     pub fn detour(self: &Arc<Self>, protocol: Protocol, db: u32, slot: u64) -> Option<ConnHandle> {
         let free = |conn: &&ConnHandle| !conn.status.is_held();
-        let pool = self
-            .pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(protocol, db))
-            .cloned()?;
+        let pool = self.pools.lock().get(&(protocol, db)).cloned()?;
         let start = (slot % pool.len() as u64) as usize;
         if let Some(conn) = pool[start..].iter().chain(&pool[..start]).find(free) {
             return Some(conn.clone());
         }
-        let mut detours = self.detours.lock().unwrap_or_else(|e| e.into_inner());
+        let mut detours = self.detours.lock();
         let beside = detours.entry((protocol, db)).or_default();
         if let Some(conn) = beside.iter().find(free) {
             return Some(conn.clone());
@@ -289,10 +285,7 @@ impl Upstream {
         if replace && !replace_spare_first && self.monitors.load(Ordering::Relaxed) > 0 {
             // A spare opened now would show its handshake in the MONITOR, amid the commands
             // of the client that took the one before: the next is opened when needed.
-            self.spares
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(protocol, db));
+            self.spares.lock().remove(&(protocol, db));
         } else if replace && replace_spare_first {
             self.replace_spare((protocol, db)).await;
         } else if replace {
@@ -410,7 +403,7 @@ impl Upstream {
     /// one must be opened in its place (none is opening already).
     fn take_spare(&self, key: PoolKey) -> (Option<Handshaken>, bool) {
         let (taken, replace) = {
-            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            let mut spares = self.spares.lock();
             match spares.get_mut(&key) {
                 Some(spare) => {
                     let taken = spare.take();
@@ -434,10 +427,7 @@ impl Upstream {
 
     /// Opens the first spare connection for `key`, in the background.
     fn open_spare(self: &Arc<Self>, key: PoolKey) {
-        self.spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, None);
+        self.spares.lock().insert(key, None);
         self.replace_spare_later(key);
     }
 
@@ -450,7 +440,7 @@ impl Upstream {
     async fn replace_spare(&self, key: PoolKey) {
         let (protocol, db) = key;
         let opened = handshake::connect(&self.settings, protocol, db, &[], false).await;
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spares = self.spares.lock();
         match opened {
             Ok(connected) => {
                 spares.insert(key, Some(connected));
@@ -481,7 +471,7 @@ impl Upstream {
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
-        Arc::clone(&self.facts.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.facts.read())
     }
 
     /// Ready when a connection of the default pool is up and Redis accepts keyward's
@@ -499,7 +489,6 @@ impl Upstream {
         let up = self
             .pools
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&(Protocol::Resp2, 0))
             .is_some_and(|pool| pool.iter().any(|conn| conn.status.is_up()));
         (!up).then(|| "upstream Redis unavailable".to_string())
@@ -507,7 +496,7 @@ impl Upstream {
 
     /// (connections up, connections in all pools, last error seen) for `KEYWARD INFO`.
     pub fn pool_state(&self) -> (usize, usize, Option<String>) {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pools = self.pools.lock();
         let conns = pools.values().flat_map(|pool| pool.iter());
         let (mut up, mut total, mut last_error) = (0, 0, None);
         for conn in conns {
@@ -600,7 +589,7 @@ async fn run_pooled(
         match handshake::connect(&upstream.settings, protocol, db, &[], true).await {
             Ok(connected) => {
                 if let Some(facts) = connected.facts {
-                    *upstream.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);
+                    *upstream.facts.write() = Arc::new(facts);
                 }
                 status.set_up();
                 backoff = Duration::ZERO;
