@@ -118,6 +118,24 @@ fn keyward_starts_without_redis_and_serves_once_it_appears() {
     assert_eq!(status, 200);
 }
 
+/// keyward speaks `HELLO` to Redis, which Redis 6.0 brought: a server without it (an older
+/// Redis, or one that renamed the command away) is refused with an error that says so.
+#[test]
+fn a_redis_without_hello_is_refused_with_the_version_keyward_needs() {
+    let redis = RedisServer::start_with_args(&["--rename-command", "HELLO", ""]);
+    let keyward = Keyward::start(redis.port, "");
+    let mut raw = keyward.raw();
+    raw.send(b"PING\r\n");
+    let reply = raw.read_line();
+    assert!(
+        reply.starts_with("-ERR upstream") && reply.contains("Redis 6.0 or later"),
+        "{reply}"
+    );
+    let (status, body) = keyward.admin_get("/readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("Redis 6.0 or later"), "{body}");
+}
+
 #[test]
 fn a_request_past_request_timeout_gets_an_error_and_the_session_goes_on() {
     let redis = RedisServer::start();

@@ -170,6 +170,39 @@ fn max_wait_answers_the_nil_redis_gave() {
 }
 
 #[test]
+fn max_wait_answers_what_redis_said_to_the_last_try() {
+    let redis = RedisServer::start();
+    let keyward = keyward_with_invalidations(
+        &redis,
+        "[[lock]]\nname = \"short\"\nkeys = [\"lock:*\"]\nmax_wait = \"600ms\"\n",
+    );
+    assert!(try_lock(
+        &mut redis.client(),
+        "lock:a",
+        "first-holder",
+        60_000
+    ));
+    let waiter = {
+        let mut connection = keyward.client();
+        std::thread::spawn(move || {
+            let previous: Option<String> = redis::cmd("SET")
+                .arg(&["lock:a", "waiter", "NX", "GET", "PX", "1000"])
+                .query(&mut connection)
+                .unwrap();
+            previous
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Another holder takes over without a release in between: the waiter tries again, loses
+    // again, and Redis names the new holder.
+    let _: () = redis::cmd("SET")
+        .arg(&["lock:a", "second-holder", "PX", "60000"])
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(waiter.join().unwrap().as_deref(), Some("second-holder"));
+}
+
+#[test]
 fn pipelined_commands_wait_with_the_lock_attempt() {
     let redis = RedisServer::start();
     let keyward = keyward_with_invalidations(&redis, LOCKS);

@@ -98,7 +98,7 @@ struct Waiter {
     /// `SET … GET` answers the old value when it loses and nil when it wins.
     with_get: bool,
     since: Instant,
-    /// The reply Redis gave to the first losing try, answered on `max_wait`.
+    /// The reply Redis gave to the latest losing try, answered on `max_wait`.
     lost_reply: Option<Bytes>,
     /// The client closed its side: it is answered now, not when its turn comes.
     gave_up: bool,

@@ -162,8 +162,9 @@ impl Queue {
                     // The client would now have slept and tried again, maybe many times.
                     head.rule.metrics.retries_saved.increment(1);
                     head.rule.metrics.contended.increment(1);
-                    head.lost_reply = Some(reply);
                 }
+                // Kept from the latest try: with `GET` it names the holder as it is now.
+                head.lost_reply = Some(reply);
                 return Settled::StillWaiting;
             }
             Outcome::Acquired(_) if head.reply_to.is_closed() => {

@@ -154,6 +154,11 @@ async fn handshake(
                 settings.credentials.note_refused(&message);
                 return Err(UpstreamError::Refused(message));
             }
+            if name == "HELLO" && message.starts_with("ERR unknown command") {
+                return Err(UpstreamError::Handshake(format!(
+                    "HELLO: {message} (keyward needs Redis 6.0 or later)"
+                )));
+            }
             return Err(UpstreamError::Handshake(format!("{name}: {message}")));
         }
         if name == "HELLO" {

@@ -486,12 +486,20 @@ impl Upstream {
         if let Some(refusal) = self.settings.credentials.refusal() {
             return Some(format!("Redis refuses keyward's credentials: {refusal}"));
         }
-        let up = self
-            .pools
-            .lock()
+        let pools = self.pools.lock();
+        let pool = pools
             .get(&(Protocol::Resp2, 0))
-            .is_some_and(|pool| pool.iter().any(|conn| conn.status.is_up()));
-        (!up).then(|| "upstream Redis unavailable".to_string())
+            .map_or(&[][..], |pool| &pool[..]);
+        if pool.iter().any(|conn| conn.status.is_up()) {
+            return None;
+        }
+        // What the last attempt ran into tells an SRE where to look.
+        Some(
+            match pool.iter().find_map(|conn| conn.status.last_error()) {
+                Some(error) => format!("upstream Redis unavailable: {error}"),
+                None => "upstream Redis unavailable".to_string(),
+            },
+        )
     }
 
     /// (connections up, connections in all pools, last error seen) for `KEYWARD INFO`.

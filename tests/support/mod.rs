@@ -23,6 +23,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// `--tls-*` arguments: the server then takes only TLS, on `port`.
     tls: Vec<String>,
+    /// Other configuration, as `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -33,11 +35,21 @@ impl RedisServer {
     /// A server that takes only TLS connections, set up by `tls` (`--tls-cert-file` and so
     /// on); none: plain TCP, as [`RedisServer::start`].
     pub fn start_tls(tls: Vec<String>) -> RedisServer {
+        RedisServer::start_configured(tls, Vec::new())
+    }
+
+    /// A plain TCP server configured by `extra` (`["--rename-command", "HELLO", ""]`…).
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        RedisServer::start_configured(Vec::new(), extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn start_configured(tls: Vec<String>, extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
             tls,
+            extra,
         };
         // A free port can be taken by a parallel test before redis-server binds it; it then
         // exits, and the port answers for someone else. Try again on a fresh port.
@@ -63,6 +75,7 @@ impl RedisServer {
         let mut child = Command::new("redis-server")
             .args(ports)
             .args(&self.tls)
+            .args(&self.extra)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
