@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use keyward::resp::frame::frame_len;
-use keyward::upstream::encode_command;
+use keyward::resp::request::encode_command;
 
 pub struct Connection {
     stream: TcpStream,

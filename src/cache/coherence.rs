@@ -20,11 +20,10 @@ use smallvec::SmallVec;
 use super::{rule_for, write_shape, Kind, RuleCache};
 use crate::command::CommandInfo;
 use crate::resp::frame::{self, frame_len};
-use crate::resp::request::Args;
+use crate::resp::request::{encode_command, Args};
 use crate::resp::Protocol;
 use crate::upstream::{
-    encode_command, send_own, ConnHandle, Invalidations, Reply, ReplySender, SendError,
-    TrackingTarget,
+    send_own, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
 };
 
 /// What to do with a read.

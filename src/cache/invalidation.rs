@@ -16,8 +16,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::context::Context;
 use crate::net::Stream;
+use crate::resp::request::encode_command;
 use crate::resp::Protocol;
-use crate::upstream::{self, encode_command, read_frame, Invalidations, UpstreamSettings};
+use crate::upstream::{self, read_frame, Invalidations, UpstreamSettings};
 
 /// How often keyward looks whether cache rules are in force while none are.
 const IDLE_POLL: Duration = Duration::from_millis(250);

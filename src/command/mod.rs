@@ -251,7 +251,7 @@ mod tests {
 
     fn with_args<T>(words: &[&str], f: impl FnOnce(&Args<'_>) -> T) -> T {
         let mut input = bytes::BytesMut::new();
-        crate::upstream::encode_command(words, &mut input);
+        crate::resp::request::encode_command(words, &mut input);
         let mut decoder = RequestDecoder::default();
         assert!(matches!(
             decoder.decode(&input),

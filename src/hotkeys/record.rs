@@ -330,7 +330,7 @@ pub(crate) fn follow_command(recorder: &mut Recorder, words: &[&str], answer: &[
     use crate::command::CommandTable;
     use crate::resp::request::{Decoded, RequestDecoder};
     let mut request = bytes::BytesMut::new();
-    crate::upstream::encode_command(words, &mut request);
+    crate::resp::request::encode_command(words, &mut request);
     let mut decoder = RequestDecoder::default();
     let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&request) else {
         panic!("not a request");
@@ -413,7 +413,7 @@ mod tests {
         use crate::command::CommandTable;
         use crate::resp::request::RequestDecoder;
         let mut request = bytes::BytesMut::new();
-        crate::upstream::encode_command(&["MSET", "a", "1", "b", "1234567890"], &mut request);
+        crate::resp::request::encode_command(&["MSET", "a", "1", "b", "1234567890"], &mut request);
         let mut decoder = RequestDecoder::default();
         decoder.decode(&request).unwrap();
         let args = decoder.args(&request);
@@ -461,7 +461,7 @@ mod tests {
         use crate::command::CommandTable;
         use crate::resp::request::RequestDecoder;
         let mut request = bytes::BytesMut::new();
-        crate::upstream::encode_command(&["GET", key], &mut request);
+        crate::resp::request::encode_command(&["GET", key], &mut request);
         let mut decoder = RequestDecoder::default();
         decoder.decode(&request).unwrap();
         let args = decoder.args(&request);

@@ -242,8 +242,8 @@ pub async fn drive(queue: &Queue) {
         // is deleted, overwritten or expires; and its remaining time, for the safety timer.
         // Both in one round trip; tracking covers only the GET (the first command after it).
         let mut look = BytesMut::new();
-        crate::upstream::encode_command(&[&b"GET"[..], &queue.key], &mut look);
-        crate::upstream::encode_command(&[&b"PTTL"[..], &queue.key], &mut look);
+        crate::resp::request::encode_command(&[&b"GET"[..], &queue.key], &mut look);
+        crate::resp::request::encode_command(&[&b"PTTL"[..], &queue.key], &mut look);
         let answers = send(&conn, look.freeze(), 2, true).await;
         let mut frames = frame::frames(&answers);
         let holder = frames.next().map(|holder| answers.slice_ref(holder));
@@ -323,6 +323,6 @@ fn classify(reply: Bytes, with_get: bool) -> Outcome {
 
 fn command(args: &[&[u8]]) -> Bytes {
     let mut out = bytes::BytesMut::new();
-    crate::upstream::encode_command(args, &mut out);
+    crate::resp::request::encode_command(args, &mut out);
     out.freeze()
 }

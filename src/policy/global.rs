@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::resp::parse_int;
-use crate::upstream::encode_command;
+use crate::resp::request::encode_command;
 
 /// Prefix of every key keyward keeps in Redis for global rate limits.
 pub const KEY_PREFIX: &str = "keyward:ratelimit:";

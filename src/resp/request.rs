@@ -348,6 +348,17 @@ fn closing_quote_ends_word(line: &[u8], pos: usize) -> Option<()> {
     }
 }
 
+/// Encodes a command as a RESP multibulk, for the few commands keyward sends on its own.
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
+    super::put_header(out, b'*', args.len());
+    for arg in args {
+        let arg = arg.as_ref();
+        super::put_header(out, b'$', arg.len());
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

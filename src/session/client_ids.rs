@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use crate::directory::{Directory, Listing, Named};
 use crate::resp::reply;
+use crate::resp::request::encode_command;
 use crate::resp::request::Args;
-use crate::upstream::{encode_command, send_own, ConnHandle, Reply, ReplySender};
+use crate::upstream::{send_own, ConnHandle, Reply, ReplySender};
 
 /// What becomes of a request that names a client.
 pub enum Translation {

@@ -502,7 +502,7 @@ mod tests {
     /// Follows `GET <key>` for hot keys, as the session does when it forwards it.
     fn send_followed_get(queue: &mut ReplyQueue, key: &str) {
         let mut request = BytesMut::new();
-        crate::upstream::encode_command(&["GET", key], &mut request);
+        crate::resp::request::encode_command(&["GET", key], &mut request);
         let mut decoder = crate::resp::request::RequestDecoder::default();
         decoder.decode(&request).unwrap();
         let args = decoder.args(&request);

@@ -11,7 +11,8 @@ use tokio::net::TcpStream;
 
 use crate::net::Stream;
 
-use super::{credentials, encode_command, UpstreamError, UpstreamSettings};
+use super::{credentials, UpstreamError, UpstreamSettings};
+use crate::resp::request::encode_command;
 use crate::resp::Protocol;
 
 /// Reads the next frame, as `decode` reads it, from a connection keyward talks on itself (a

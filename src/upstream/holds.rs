@@ -9,7 +9,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::AsyncWriteExt;
 
 use super::handshake::{connect, read_frame};
-use super::{encode_command, UpstreamError, UpstreamSettings};
+use super::{UpstreamError, UpstreamSettings};
+use crate::resp::request::encode_command;
 use crate::resp::Protocol;
 
 /// Asks Redis, on a connection of its own, about the connection with client id `redis_id`. No

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, HostPort};
 use crate::metrics;
 use crate::net::Stream;
+use crate::resp::request::encode_command;
 use crate::resp::{reply, Protocol};
 use crate::tls::ClientTls;
 use connection::{serve, ConnState, ServeEnd, StallCheck};
@@ -737,16 +738,5 @@ impl OwnReplies {
             }
         }
         Ok(frames.freeze())
-    }
-}
-
-/// Encodes a command as a RESP multibulk, for the few commands keyward sends on its own.
-pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
-    crate::resp::put_header(out, b'*', args.len());
-    for arg in args {
-        let arg = arg.as_ref();
-        crate::resp::put_header(out, b'$', arg.len());
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
     }
 }

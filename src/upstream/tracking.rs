@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use super::encode_command;
+use crate::resp::request::encode_command;
 
 /// The state of keyward's invalidation connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
