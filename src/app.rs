@@ -7,13 +7,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::cache;
 use crate::config::Config;
 use crate::context::Context;
 use crate::reload::{self, LiveConfig};
 use crate::signals::{self, Stop, StopSignals};
 use crate::tls::ServerTls;
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::upstream::{invalidations, Upstream, UpstreamSettings};
 use crate::{admin, metrics, server};
 
 /// SIGINT means a person is waiting at a terminal: drain, but not for long.
@@ -85,7 +84,11 @@ pub async fn serve(
         listen_password,
         config.listen.idle_timeout.map(|timeout| timeout.get()),
     ));
-    tokio::spawn(cache::invalidation::run(Arc::clone(&context)));
+    tokio::spawn(invalidations::run(
+        Arc::clone(&context.upstream),
+        context.shutdown.clone(),
+        Arc::clone(&context),
+    ));
     tokio::spawn(admin::serve(
         admin_listener,
         prometheus,

@@ -13,6 +13,7 @@ use crate::directory::Directory;
 use crate::lock::LockTable;
 use crate::metrics::CommandMetrics;
 use crate::reload::LiveConfig;
+use crate::upstream::invalidations::Listener;
 use crate::upstream::Upstream;
 
 pub struct Context {
@@ -59,5 +60,27 @@ impl Context {
             sessions: Directory::default(),
             shutdown: CancellationToken::new(),
         }
+    }
+}
+
+/// Redis's news about changed keys reach the rules in force: cached entries are dropped, and
+/// lock queues waiting on a key try again.
+impl Listener for Arc<Context> {
+    fn wanted(&self) -> bool {
+        let active = self.live.load();
+        !active.policies.caches.is_empty() || !active.policies.locks.is_empty()
+    }
+
+    fn changed(&self, keys: &[Vec<u8>]) {
+        let active = self.live.load();
+        for key in keys {
+            self.cache.invalidate(&active.policies.caches, key);
+            self.locks.released(key);
+        }
+    }
+
+    fn everything_changed(&self) {
+        self.cache.flush_all(&self.live.load().policies.caches);
+        self.locks.wake_all();
     }
 }

@@ -214,13 +214,13 @@ fn check_tracking(config: &Config, tls: Option<Arc<ClientTls>>) -> Option<Diagno
             .enable_all()
             .build()
             .map_err(|error| error.to_string())?
-            .block_on(keyward::cache::invalidation::probe(&settings))
+            .block_on(keyward::upstream::invalidations::probe(&settings))
     });
     let message = match answer {
         Ok(None) => return None,
         Ok(Some(refusal)) => format!(
             "upstream {address}: {} ({refusal})",
-            keyward::cache::invalidation::UNSUPPORTED
+            keyward::upstream::invalidations::UNSUPPORTED
         ),
         Err(error) => format!(
             "cannot reach upstream {address} to check that it can track keys for [[cache]] rules: {error}"

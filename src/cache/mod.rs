@@ -13,7 +13,6 @@
 
 pub mod cacheable;
 pub mod coherence;
-pub mod invalidation;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

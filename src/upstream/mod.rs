@@ -10,6 +10,7 @@ mod connection;
 pub mod credentials;
 mod handshake;
 mod holds;
+pub mod invalidations;
 mod pause;
 pub mod tracking;
 

@@ -1,10 +1,12 @@
 //! keyward's invalidation connection: the one that Redis tells, on every pooled connection's
-//! behalf, which cached keys changed.
+//! behalf, which tracked keys changed.
 //!
 //! It subscribes to `__redis__:invalidate`, and pooled connections redirect their tracking to
-//! its client id. While it is down nothing is served from the cache, and when it drops
-//! everything cached is flushed: invalidations sent meanwhile are lost. A Redis that cannot
-//! track keys (before 6.0) leaves `ttl` as the only bound on staleness, and keyward says so.
+//! its client id. What the news mean is the [`Listener`]'s business (the cache drops entries,
+//! lock queues try again); this module only keeps the connection. While it is down nothing is
+//! served from the cache, and when it drops the listener hears that everything changed:
+//! invalidations sent meanwhile are lost. A Redis that cannot track keys (a user that may not
+//! run `CLIENT TRACKING`) leaves `ttl` as the only bound on staleness, and keyward says so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +16,12 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::AsyncWriteExt;
 
-use crate::context::Context;
+use tokio_util::sync::CancellationToken;
+
 use crate::net::Stream;
 use crate::resp::request::encode_command;
 use crate::resp::Protocol;
-use crate::upstream::{self, read_frame, Invalidations, UpstreamSettings};
+use crate::upstream::{self, read_frame, Invalidations, Upstream, UpstreamSettings};
 
 /// How often keyward looks whether cache rules are in force while none are.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -29,26 +32,35 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// The name the connection shows in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "keyward-invalidations";
 
-/// Keeps the invalidation connection open while any cache rule is in force.
-pub async fn run(context: Arc<Context>) {
+/// Who acts on Redis's news about changed keys.
+pub trait Listener: Send + Sync {
+    /// Whether anything needs the news now (rules that cache or queue are in force): the
+    /// connection is open only then.
+    fn wanted(&self) -> bool;
+    /// These keys changed (written, deleted, expired, evicted).
+    fn changed(&self, keys: &[Vec<u8>]);
+    /// Anything may have changed: a flush, Redis's tracking table overflowed, or news were
+    /// lost while the connection was down.
+    fn everything_changed(&self);
+}
+
+/// Keeps the invalidation connection open while the listener wants its news.
+pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken, listener: impl Listener) {
     let mut backoff = Duration::ZERO;
     loop {
-        while !needs_invalidations(&context) {
+        while !listener.wanted() {
             tokio::select! {
                 () = tokio::time::sleep(IDLE_POLL) => {}
-                () = context.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
             }
         }
         let ended = tokio::select! {
-            ended = listen(&context) => ended,
-            () = context.shutdown.cancelled() => return,
+            ended = listen(&upstream, &listener) => ended,
+            () = shutdown.cancelled() => return,
         };
-        let was_up = context.upstream.tracking.state() != Invalidations::Down;
-        context.upstream.tracking.set(Invalidations::Down);
-        context
-            .cache
-            .flush_all(&context.live.load().policies.caches);
-        context.locks.wake_all();
+        let was_up = upstream.tracking.state() != Invalidations::Down;
+        upstream.tracking.set(Invalidations::Down);
+        listener.everything_changed();
         if was_up {
             backoff = Duration::ZERO;
             tracing::warn!(reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
@@ -59,27 +71,21 @@ pub async fn run(context: Arc<Context>) {
         backoff = upstream::next_backoff(backoff);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = context.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }
 
-/// Cache rules and lock rules both learn from Redis when keys change.
-fn needs_invalidations(context: &Context) -> bool {
-    let active = context.live.load();
-    !active.policies.caches.is_empty() || !active.policies.locks.is_empty()
-}
-
-/// Opens the connection, subscribes, and applies invalidations until it fails.
-async fn listen(context: &Context) -> String {
-    let settings = context.upstream.settings();
+/// Opens the connection, subscribes, and passes invalidations on until it fails.
+async fn listen(upstream: &Upstream, listener: &impl Listener) -> String {
+    let settings = upstream.settings();
     let setup = tokio::time::timeout(settings.connect_timeout, subscribe(settings)).await;
     let (stream, mut input, id, tracking) = match setup {
         Ok(Ok(subscribed)) => subscribed,
         Ok(Err(error)) => return error,
         Err(_) => return format!("no subscription within {:?}", settings.connect_timeout),
     };
-    context.upstream.tracking.set(tracking);
+    upstream.tracking.set(tracking);
     tracing::info!(client_id = id, "cache invalidation connection up");
     let (mut reader, mut writer) = tokio::io::split(stream);
     // A connection that silently died (a dropped NAT entry, a crashed host) would otherwise
@@ -109,19 +115,9 @@ async fn listen(context: &Context) -> String {
             unanswered_ping = false;
             continue;
         }
-        let active = context.live.load();
-        let rules = &active.policies.caches;
         match invalidated_keys(frame) {
-            Some(Invalidated::Keys(keys)) => {
-                for key in keys {
-                    context.cache.invalidate(rules, &key);
-                    context.locks.released(&key);
-                }
-            }
-            Some(Invalidated::Everything) => {
-                context.cache.flush_all(rules);
-                context.locks.wake_all();
-            }
+            Some(Invalidated::Keys(keys)) => listener.changed(&keys),
+            Some(Invalidated::Everything) => listener.everything_changed(),
             None => {}
         }
     }
