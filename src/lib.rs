@@ -25,6 +25,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod directory;
+pub mod glob;
 pub mod hotkeys;
 pub mod lock;
 pub mod logging;

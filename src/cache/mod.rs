@@ -11,7 +11,6 @@
 //! key: each entry holds the replies of the reads made of it, told apart by their *shape*
 //! (database, protocol, command and the arguments after the key).
 
-pub mod cacheable;
 pub mod coherence;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +21,7 @@ use bytes::{BufMut, Bytes};
 use metrics::{counter, gauge, Counter, Gauge};
 use smallvec::SmallVec;
 
+pub use crate::command::cacheable::Kind;
 use crate::command::CommandInfo;
 use crate::config::rules::Mode;
 use crate::config::CacheRule;
@@ -29,7 +29,6 @@ use crate::policy::matcher::RuleMatcher;
 use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
-pub use cacheable::Kind;
 pub use coherence::{Coherence, Lookup};
 
 /// A write through keyward that cache or lock rules watch, remembered until Redis answers it.

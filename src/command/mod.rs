@@ -6,6 +6,7 @@
 //! Commands Redis does not list (module commands, newer versions) are still forwarded; they are
 //! treated as writes with unknown keys, never as reads.
 
+pub mod cacheable;
 mod effect;
 mod keys;
 mod table_file;

@@ -10,9 +10,9 @@ use toml::Spanned;
 
 use super::diagnostic::{closest, line_of, Diagnostic};
 use super::values::{ConfigBytes, ConfigDuration};
-use crate::cache::cacheable;
+use crate::command::cacheable;
 use crate::command::CommandTable;
-use crate::policy::glob::Glob;
+use crate::glob::Glob;
 
 /// Implements [`Rule`] for a rule type with `name`, `keys` and `commands` fields (and
 /// `clients`, when named).

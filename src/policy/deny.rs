@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use metrics::{counter, Counter};
 
-use super::glob::Glob;
 use super::matcher::RuleMatcher;
 use crate::command::CommandInfo;
 use crate::config::rules::Mode;
 use crate::config::DenyRule;
+use crate::glob::Glob;
 use crate::resp::reply;
 use crate::resp::request::Args;
 

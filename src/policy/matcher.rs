@@ -2,7 +2,7 @@
 
 use crate::command::{flags, CommandInfo, CommandTable};
 use crate::config::rules::Rule;
-use crate::policy::glob::Glob;
+use crate::glob::Glob;
 use crate::resp::request::Args;
 
 /// A rule's key patterns and command filter.

@@ -5,7 +5,6 @@
 //! state (rate-limit buckets) across the swap.
 
 pub mod deny;
-pub mod glob;
 pub mod global;
 pub mod matcher;
 pub mod rate_limit;

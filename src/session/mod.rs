@@ -27,7 +27,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::cache::coherence::Read;
-use crate::cache::{cacheable, Coherence, Lookup, Written};
+use crate::cache::{Coherence, Lookup, Written};
+use crate::command::cacheable;
 use crate::command::{flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice};
 use crate::context::Context;
 use crate::directory::Listing;

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use crate::command::{CommandInfo, CommandTable};
+use super::{CommandInfo, CommandTable};
 use crate::resp::request::Args;
 
 /// The cacheable reads, as the command table names them.
