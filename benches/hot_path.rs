@@ -129,13 +129,13 @@ fn hotkey_update(c: &mut Criterion) {
         "[hotkeys]\nenabled = true\ncapacity = 1024\nwindows = [\"10s\", \"1m\", \"5m\"]\n",
     )
     .expect("valid config");
-    let hotkeys = keyward::hotkeys::HotKeys::new(config.hotkeys);
-    let mut recorder = keyward::hotkeys::record::Recorder::default();
+    let hotkeys = keyward::policy::hotkeys::HotKeys::new(config.hotkeys);
+    let mut recorder = keyward::policy::hotkeys::record::Recorder::default();
     let table = CommandTable::global();
     let reply = format!("$64\r\n{}\r\n", "x".repeat(64)).into_bytes();
     let mut decoder = RequestDecoder::default();
     let mut positions = Vec::new();
-    let mut count = |recorder: &mut keyward::hotkeys::record::Recorder, buffer: &[u8]| {
+    let mut count = |recorder: &mut keyward::policy::hotkeys::record::Recorder, buffer: &[u8]| {
         let mut pos = 0;
         while let Ok(Decoded::Request { consumed, .. }) = decoder.decode(&buffer[pos..]) {
             let args = decoder.args(&buffer[pos..]);

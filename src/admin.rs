@@ -30,8 +30,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
-use crate::hotkeys::big_keys::BigKeysReport;
-use crate::hotkeys::{By, HotKeys, Report};
+use crate::policy::hotkeys::big_keys::BigKeysReport;
+use crate::policy::hotkeys::{By, HotKeys, Report};
 use crate::reload::{ReloadOutcome, Trigger};
 use crate::secret;
 

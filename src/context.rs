@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Coherence;
 use crate::command::CommandTable;
 use crate::directory::Directory;
-use crate::lock::LockTable;
 use crate::metrics::CommandMetrics;
+use crate::policy::cache::Coherence;
+use crate::policy::lock::LockTable;
 use crate::reload::LiveConfig;
 use crate::upstream::invalidations::Listener;
 use crate::upstream::Upstream;

@@ -20,14 +20,11 @@
 
 pub mod admin;
 pub mod app;
-pub mod cache;
 pub mod command;
 pub mod config;
 pub mod context;
 pub mod directory;
 pub mod glob;
-pub mod hotkeys;
-pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -40,7 +40,7 @@ enum Command {
         window: Option<String>,
         /// Rank keys by requests or by bytes (in and out).
         #[arg(long, value_enum, default_value = "requests")]
-        by: keyward::hotkeys::By,
+        by: keyward::policy::hotkeys::By,
         #[arg(long, default_value_t = 20)]
         count: usize,
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]

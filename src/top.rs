@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::hotkeys::big_keys::BigKeysReport;
-use crate::hotkeys::{By, Report};
+use crate::policy::hotkeys::big_keys::BigKeysReport;
+use crate::policy::hotkeys::{By, Report};
 
 pub struct TopOptions {
     /// The admin endpoint, `host:port`.

@@ -4,8 +4,10 @@
 //! is judged by one consistent set of rules. Rules whose definition did not change keep their
 //! state (rate-limit buckets) across the swap.
 
+pub mod cache;
 pub mod deny;
-pub mod global;
+pub mod hotkeys;
+pub mod lock;
 pub mod matcher;
 pub mod rate_limit;
 
@@ -14,11 +16,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cache::RuleCache;
 use crate::command::CommandInfo;
 use crate::config::Config;
-use crate::hotkeys::HotKeys;
-use crate::lock::RuleLocks;
+use crate::policy::cache::RuleCache;
+use crate::policy::hotkeys::HotKeys;
+use crate::policy::lock::RuleLocks;
 use crate::resp::request::Args;
 use deny::{Client, Denial};
 use rate_limit::{RateLimiter, Requester, Verdict};
@@ -235,7 +237,7 @@ pub struct Progress {
     /// keeps a key named twice in one command from being charged twice).
     charged: Vec<u64>,
     /// Redis's answers for global rules, by rule index.
-    answers: Vec<(usize, global::Answer)>,
+    answers: Vec<(usize, rate_limit::global::Answer)>,
     denials_judged: bool,
     /// The generation of the policies this progress was made under: rule indices mean nothing
     /// under others, so a reload starts the judgement over.
@@ -264,11 +266,11 @@ impl Progress {
         self.denials_judged = false;
     }
 
-    pub fn record_answer(&mut self, rule: usize, answer: global::Answer) {
+    pub fn record_answer(&mut self, rule: usize, answer: rate_limit::global::Answer) {
         self.answers.push((rule, answer));
     }
 
-    fn take_answer(&mut self, rule: usize) -> Option<global::Answer> {
+    fn take_answer(&mut self, rule: usize) -> Option<rate_limit::global::Answer> {
         let position = self.answers.iter().position(|(index, _)| *index == rule)?;
         Some(self.answers.swap_remove(position).1)
     }

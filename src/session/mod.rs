@@ -26,18 +26,18 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use tokio::sync::mpsc;
 
-use crate::cache::coherence::Read;
-use crate::cache::{Coherence, Lookup, Written};
 use crate::command::cacheable;
 use crate::command::{flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice};
 use crate::context::Context;
 use crate::directory::Listing;
-use crate::hotkeys::record::Pending;
-use crate::lock::attempt::{self, LockAttempt};
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
+use crate::policy::cache::coherence::Read;
+use crate::policy::cache::{Coherence, Lookup, Written};
 use crate::policy::deny::Client;
-use crate::policy::global;
+use crate::policy::hotkeys::record::Pending;
+use crate::policy::lock::attempt::{self, LockAttempt};
+use crate::policy::rate_limit::global;
 use crate::policy::rate_limit::Verdict;
 use crate::policy::{Policies, Progress};
 use crate::resp::request::{Args, Decoded, RequestDecoder};

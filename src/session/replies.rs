@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::cache::Written;
-use crate::hotkeys::record::{Pending, Recorder};
 use crate::metrics::CommandMetrics;
+use crate::policy::cache::Written;
+use crate::policy::hotkeys::record::{Pending, Recorder};
 use crate::resp::frame;
 use crate::upstream::Reply;
 

@@ -9,6 +9,8 @@
 //! in order, so keys checked before the one that refused have used a cell for a command that did
 //! not run.
 
+pub mod global;
+
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,11 +24,11 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
-use super::global::{self, Answer};
 use super::matcher::RuleMatcher;
 use crate::config::rules::{Action, Bucket, Mode, OnError, Scope};
 use crate::config::RateLimitRule;
 use crate::resp::reply;
+use global::Answer;
 
 /// What a rate limit says about one command.
 #[derive(Debug, PartialEq, Eq)]

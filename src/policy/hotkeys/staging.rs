@@ -190,7 +190,7 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hotkeys::space_saving::INLINE_KEY;
+    use crate::policy::hotkeys::space_saving::INLINE_KEY;
 
     fn counts(write: bool, inbound: u64, outbound: u64) -> Counts {
         Counts {

@@ -196,7 +196,7 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hotkeys::space_saving::{key_hash, Tally};
+    use crate::policy::hotkeys::space_saving::{key_hash, Tally};
 
     fn count(period: &mut Period, key: &[u8], times: u64) {
         let tally = Tally {
