@@ -30,9 +30,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
-use crate::policy::hotkeys::big_keys::BigKeysReport;
-use crate::policy::hotkeys::{By, HotKeys, Report};
 use crate::reload::{ReloadOutcome, Trigger};
+use crate::reports;
 use crate::secret;
 
 /// Histogram samples are folded into buckets this often, bounding their memory between scrapes.
@@ -164,7 +163,7 @@ async fn respond(
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
             None => text(StatusCode::OK, "ready\n".into()),
         },
-        "/config" => json(StatusCode::OK, config_report(context)),
+        "/config" => json(StatusCode::OK, reports::config(context)),
         "/hotkeys" => hotkeys(request.uri().query().unwrap_or_default(), context),
         "/bigkeys" => big_keys(request.uri().query().unwrap_or_default(), context),
         "/locks" => json(
@@ -222,66 +221,17 @@ fn limit_parameter(query: &str) -> usize {
 fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
     let parameter = |name| query_parameter(query, name);
     let limit = limit_parameter(query);
-    match hotkeys_report(context, parameter("window"), parameter("by"), limit) {
+    match reports::hotkeys(context, parameter("window"), parameter("by"), limit) {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }
 }
 
 fn big_keys(query: &str, context: &Context) -> Response<Full<Bytes>> {
-    match big_keys_report(context, limit_parameter(query)) {
+    match reports::big_keys(context, limit_parameter(query)) {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }
-}
-
-fn enabled_hotkeys(context: &Context) -> Result<Arc<HotKeys>, String> {
-    context
-        .live
-        .load()
-        .policies
-        .hotkeys
-        .clone()
-        .ok_or_else(|| "hot keys are disabled ([hotkeys] enabled = false)".to_string())
-}
-
-/// The report behind `GET /hotkeys` and `KEYWARD HOTKEYS`.
-pub fn hotkeys_report(
-    context: &Context,
-    window: Option<&str>,
-    by: Option<&str>,
-    limit: usize,
-) -> Result<Report, String> {
-    let hotkeys = enabled_hotkeys(context)?;
-    let by = match by {
-        None => By::Requests,
-        Some(text) => {
-            By::parse(text).ok_or_else(|| format!("by must be requests or bytes, not {text:?}"))?
-        }
-    };
-    let wanted = window
-        .map(|text| humantime::parse_duration(text).map_err(|_| format!("bad window {text:?}")))
-        .transpose()?;
-    let length = hotkeys
-        .window(wanted)
-        .ok_or_else(|| format!("window {window:?} is not one of [hotkeys] windows"))?;
-    hotkeys
-        .report(length, by, limit)
-        .ok_or_else(|| "no such window".to_string())
-}
-
-/// The report behind `GET /bigkeys` and `KEYWARD BIGKEYS`.
-pub fn big_keys_report(context: &Context, limit: usize) -> Result<BigKeysReport, String> {
-    Ok(enabled_hotkeys(context)?.big_keys(limit))
-}
-
-/// The report behind `GET /config` and `KEYWARD CONFIG`.
-pub fn config_report(context: &Context) -> serde_json::Value {
-    let status = context.live.status();
-    serde_json::json!({
-        "status": status,
-        "config": context.live.load().config,
-    })
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod reload;
+pub mod reports;
 pub mod resp;
 pub mod secret;
 pub mod server;

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use crate::admin;
 use crate::context::Context;
+use crate::reports;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::Protocol;
 use crate::upstream::Invalidations;
@@ -40,7 +40,7 @@ pub fn execute(args: &[Vec<u8>], context: &Context, protocol: Protocol) -> Bytes
             .bulk(info(context).as_bytes())
             .finish(),
         ("CONFIG", 2) => ReplyWriter::new(protocol)
-            .bulk(format!("{:#}", admin::config_report(context)).as_bytes())
+            .bulk(format!("{:#}", reports::config(context)).as_bytes())
             .finish(),
         ("RATELIMIT", 3) if args[2].eq_ignore_ascii_case(b"stats") => ReplyWriter::new(protocol)
             .bulk(rate_limit_stats(context).as_bytes())
@@ -96,7 +96,7 @@ fn hotkeys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
             other => return Err(format!("unknown option '{other}'")),
         }
     }
-    let report = admin::hotkeys_report(context, window.as_deref(), by.as_deref(), count)?;
+    let report = reports::hotkeys(context, window.as_deref(), by.as_deref(), count)?;
     let unit = report.by.name();
     let mut text = format!(
         "# Hot keys by {unit}, last {} ({unit}: {}, counts may exceed the truth by at most {})\r\n",
@@ -126,7 +126,7 @@ fn big_keys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
         }
         Some(_) => return Err("syntax error".into()),
     };
-    let report = admin::big_keys_report(context, count)?;
+    let report = reports::big_keys(context, count)?;
     let mut text = format!(
         "# Big keys: replies or written values over {} bytes, largest first\r\n",
         report.threshold_bytes
