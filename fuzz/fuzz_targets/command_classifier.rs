@@ -5,13 +5,11 @@
 #![no_main]
 
 use bytes::BytesMut;
-use keyward::cache::cacheable;
-use keyward::command::CommandTable;
-use keyward::hotkeys::fold::fold;
-use keyward::hotkeys::record::Recorder;
-use keyward::lock::attempt;
-use keyward::resp::request::{Decoded, RequestDecoder};
-use keyward::upstream::encode_command;
+use keyward::command::{cacheable, CommandTable};
+use keyward::policy::hotkeys::fold::fold;
+use keyward::policy::hotkeys::record::Recorder;
+use keyward::policy::lock::attempt;
+use keyward::resp::request::{encode_command, Decoded, RequestDecoder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
