@@ -3,20 +3,42 @@
 //! A request travels through these modules, in order:
 //!
 //! - [`server`] accepts client connections and starts a session for each.
-//! - [`session`] decodes a client's requests ([`resp::request`]), answers connection state
-//!   itself, forwards everything else in batches, and writes replies back in request order.
-//! - [`command`] says what each command is: its flags, where its keys are, and how it affects
-//!   the connection it runs on (generated from Redis's own `COMMAND` output).
-//! - [`upstream`] holds the connections to Redis: pools shared by sessions, and dedicated
-//!   connections for sessions with connection state.
-//! - [`resp`] is the wire protocol: request decoding, reply delimiting, reply encoding.
+//! - [`session`] is the client's I/O loop: it decodes requests ([`resp::request`]), takes each
+//!   through the request pipeline, and writes replies back in request order.
+//! - [`command`] says what each command is, resolved once per request: its flags, where its
+//!   keys are, how it affects the connection it runs on (generated from Redis's own `COMMAND`
+//!   output), and whether it is a cacheable read.
+//! - [`policy`] holds the policies, each a folder that owns its rules and state, in the order
+//!   a request meets them: `deny`, `rate_limit`, `lock`, `cache`, and `hotkeys`, which watches
+//!   requests and replies.
+//! - [`upstream`] holds the connections to Redis: pools shared by sessions, connections of a
+//!   session's own, and the invalidation connection that tells which keys changed.
+//! - [`resp`] is the wire protocol: request decoding and encoding, reply delimiting, replies.
 //!
-//! - [`cache`] answers cacheable reads from memory, kept coherent by Redis's invalidations.
-//! - [`lock`] queues losing lock attempts and hands the lock to them in arrival order.
+//! Around them: [`config`] (the TOML file and its diagnostics), [`reload`] (the config and
+//! policies in force, swapped on reload), [`context`] (state shared by sessions),
+//! [`directory`] (sessions by client id), [`reports`] (what keyward says about itself),
+//! [`admin`] (HTTP: metrics, health, reports), [`metrics`] (every exported series), [`net`] and
+//! [`tls`] (sockets), [`glob`] (Redis's key patterns), [`secret`] (comparing secrets),
+//! [`logging`], [`signals`] and [`app`] (start and stop), and [`top`] (`keyward top`).
 //!
-//! Around them: [`config`] (the TOML file and its diagnostics), [`admin`] (HTTP: metrics and
-//! health), [`metrics`] (every exported series), [`context`] (state shared by sessions), [`directory`] (sessions by client id), [`net`] (socket reads),
-//! [`signals`] and [`app`] (start and stop), [`top`] (the `keyward top` view).
+//! # Layers
+//!
+//! Lowest first. A module uses only modules of layers below its own, never one beside or
+//! above it (`tests/layers.rs` checks every `crate::` path against this list):
+//!
+//! 1. `resp`, `secret`, `glob`, `net`, `logging`, `directory`
+//! 2. `command`
+//! 3. `config`, `metrics`
+//! 4. `tls`
+//! 5. `upstream`
+//! 6. `policy`
+//! 7. `reload`
+//! 8. `context`
+//! 9. `reports`
+//! 10. `session`
+//! 11. `server`, `admin`, `signals`, `top`
+//! 12. `app`
 
 pub mod admin;
 pub mod app;
