@@ -47,10 +47,6 @@ impl Glob {
         })
     }
 
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.pattern).unwrap_or_default()
-    }
-
     /// Whether every key this pattern matches is also matched by `other`, as far as a simple
     /// test can tell: the same pattern, `*`, or a `prefix*` covering this one's literal prefix.
     pub fn covered_by(&self, other: &Glob) -> bool {

@@ -40,23 +40,23 @@
 //! 11. `server`, `admin`, `signals`, `top`
 //! 12. `app`
 
-pub mod admin;
+mod admin;
 pub mod app;
 pub mod command;
 pub mod config;
-pub mod context;
-pub mod directory;
-pub mod glob;
+mod context;
+mod directory;
+mod glob;
 pub mod logging;
-pub mod metrics;
-pub mod net;
+mod metrics;
+mod net;
 pub mod policy;
-pub mod reload;
-pub mod reports;
+mod reload;
+mod reports;
 pub mod resp;
-pub mod secret;
-pub mod server;
-pub mod session;
+mod secret;
+mod server;
+mod session;
 pub mod signals;
 pub mod tls;
 pub mod top;
