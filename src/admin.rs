@@ -4,7 +4,7 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: Redis answers, accepts keyward's credentials, and keyward is not shutting
 //!   down (200), else 503 with the reason.
-//! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
+//! - `GET /config`: the config in force (JSON): the file's SHA-256, load time, last reload error,
 //!   settings waiting for a restart, and the effective settings. It holds no secret: the file
 //!   only names the environment variables that hold them.
 //! - `GET /hotkeys?window=1m&by=requests|bytes&limit=20`: the hottest keys and key patterns
