@@ -14,6 +14,7 @@
 //!   the endpoint is bound beyond localhost) it needs the token in `[admin] token_env`, and
 //!   without one it is accepted from the machine itself only.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,12 +205,11 @@ async fn reload(
     }
 }
 
-/// The value of one `name=value` pair of a query string.
-fn query_parameter<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
+/// The value of one `name=value` pair of a query string, decoded as HTTP clients encode it
+/// (`%3A`, `+` for a space), so that an encoded request means what the plain one does.
+fn query_parameter<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
         .map(|(_, value)| value)
 }
 
@@ -220,9 +220,10 @@ fn limit_parameter(query: &str) -> usize {
 }
 
 fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
-    let parameter = |name| query_parameter(query, name);
+    let window = query_parameter(query, "window");
+    let by = query_parameter(query, "by");
     let limit = limit_parameter(query);
-    match hotkeys_report(context, parameter("window"), parameter("by"), limit) {
+    match hotkeys_report(context, window.as_deref(), by.as_deref(), limit) {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }

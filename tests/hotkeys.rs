@@ -284,3 +284,16 @@ fn keyward_top_shows_the_hottest_keys() {
     );
     assert!(text.contains("user:*:profile"), "{text}");
 }
+
+/// Query parameters are percent-decoded, as browsers, `curl --data-urlencode` and HTTP
+/// libraries send them: an encoded request gets the answer of the plain one.
+#[test]
+fn percent_encoded_parameters_mean_what_they_encode() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    drive(&keyward);
+    let plain = admin_json(&keyward, "/hotkeys?window=1m&by=bytes&limit=2");
+    assert_eq!(plain["keys"].as_array().map(Vec::len), Some(2), "{plain}");
+    let encoded = admin_json(&keyward, "/hotkeys?window=1%6D&%62y=byte%73&limit=%32");
+    assert_eq!(encoded, plain);
+}
