@@ -10,6 +10,9 @@
 //! - `GET /hotkeys?window=1m&by=requests|bytes&limit=20`: the hottest keys and key patterns
 //!   (JSON).
 //! - `GET /bigkeys?limit=20`: the largest replies and written values seen, by key (JSON).
+//! - `GET /locks`: contended lock keys, their waiters and holders (JSON). A holder's token is
+//!   shown only to a request with the token in `[admin] token_env` (without one configured,
+//!   to the machine itself); to others it is `null`, with `holder_redacted: true`.
 //! - `POST /reload`: reloads the config file. It changes keyward, so from other hosts (when
 //!   the endpoint is bound beyond localhost) it needs the token in `[admin] token_env`, and
 //!   without one it is accepted from the machine itself only.
@@ -89,7 +92,8 @@ pub async fn serve(
     }
 }
 
-/// Who sent a request, and the token mutating requests from other hosts must carry.
+/// Who sent a request, and the admin token: what changes keyward from other hosts, or reads
+/// the applications' secrets, needs it.
 struct Caller<'a> {
     peer: SocketAddr,
     token: Option<&'a str>,
@@ -108,10 +112,7 @@ impl Caller<'_> {
                 "accepted from localhost only, unless [admin] token_env is set\n",
             ));
         };
-        let given = authorization
-            .and_then(|value| value.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        if secret::same(given, token.as_bytes()) {
+        if carries(authorization, token) {
             Ok(())
         } else {
             Err((
@@ -120,6 +121,24 @@ impl Caller<'_> {
             ))
         }
     }
+
+    /// Whether a request may read the applications' secrets (lock holder tokens): with a
+    /// configured token, only when it carries it, wherever it comes from; without one, from
+    /// the machine itself only, as with `POST /reload`.
+    fn may_read_secrets(&self, authorization: Option<&[u8]>) -> bool {
+        match self.token {
+            Some(token) => carries(authorization, token),
+            None => self.peer.ip().to_canonical().is_loopback(),
+        }
+    }
+}
+
+/// Whether an `Authorization` header is `Bearer <token>`, compared in constant time.
+fn carries(authorization: Option<&[u8]>, token: &str) -> bool {
+    let given = authorization
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    secret::same(given, token.as_bytes())
 }
 
 async fn respond(
@@ -128,11 +147,11 @@ async fn respond(
     prometheus: &PrometheusHandle,
     context: &Arc<Context>,
 ) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
     if request.uri().path() == "/reload" {
-        let authorization = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .map(|value| value.as_bytes());
         return reload(request.method(), caller.may_change(authorization), context).await;
     }
     if request.method() != Method::GET {
@@ -170,7 +189,7 @@ async fn respond(
         "/bigkeys" => big_keys(request.uri().query().unwrap_or_default(), context),
         "/locks" => json(
             StatusCode::OK,
-            serde_json::json!({ "locks": context.locks.report() }),
+            locks_report(context, caller.may_read_secrets(authorization)),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
@@ -276,6 +295,27 @@ pub fn big_keys_report(context: &Context, limit: usize) -> Result<BigKeysReport,
     Ok(enabled_hotkeys(context)?.big_keys(limit))
 }
 
+/// The report behind `GET /locks`. A holder's token is the application's secret (whoever
+/// knows it can release the lock): unless `show_holders`, it is `null`, with
+/// `holder_redacted: true` telling a hidden token from one keyward does not know.
+fn locks_report(context: &Context, show_holders: bool) -> serde_json::Value {
+    let locks: Vec<serde_json::Value> = context
+        .locks
+        .report()
+        .into_iter()
+        .map(|mut lock| {
+            let redacted = !show_holders && lock.holder.is_some();
+            if redacted {
+                lock.holder = None;
+            }
+            let mut report = serde_json::json!(lock);
+            report["holder_redacted"] = redacted.into();
+            report
+        })
+        .collect();
+    serde_json::json!({ "locks": locks })
+}
+
 /// The report behind `GET /config` and `KEYWARD CONFIG`.
 pub fn config_report(context: &Context) -> serde_json::Value {
     let status = context.live.status();
@@ -337,5 +377,17 @@ mod tests {
             status(with_token.may_change(None)),
             Some(StatusCode::UNAUTHORIZED)
         );
+    }
+
+    #[test]
+    fn secrets_need_the_token_once_there_is_one() {
+        assert!(caller([127, 0, 0, 1], None).may_read_secrets(None));
+        assert!(!caller([10, 1, 2, 3], None).may_read_secrets(Some(b"Bearer anything")));
+        for ip in [[127, 0, 0, 1], [10, 1, 2, 3]] {
+            let with_token = caller(ip, Some("s3cret"));
+            assert!(with_token.may_read_secrets(Some(b"Bearer s3cret")));
+            assert!(!with_token.may_read_secrets(Some(b"Bearer s3cre")));
+            assert!(!with_token.may_read_secrets(None));
+        }
     }
 }
