@@ -4,16 +4,20 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: Redis answers, accepts keyward's credentials, and keyward is not shutting
 //!   down (200), else 503 with the reason.
-//! - `GET /config`: the config in force (JSON): file hash, load time, last reload error,
+//! - `GET /config`: the config in force (JSON): the file's SHA-256, load time, last reload error,
 //!   settings waiting for a restart, and the effective settings. It holds no secret: the file
 //!   only names the environment variables that hold them.
 //! - `GET /hotkeys?window=1m&by=requests|bytes&limit=20`: the hottest keys and key patterns
 //!   (JSON).
 //! - `GET /bigkeys?limit=20`: the largest replies and written values seen, by key (JSON).
+//! - `GET /locks`: contended lock keys, their waiters and holders (JSON). A holder's token is
+//!   shown only to a request with the token in `[admin] token_env` (without one configured,
+//!   to the machine itself); to others it is `null`, with `holder_redacted: true`.
 //! - `POST /reload`: reloads the config file. It changes keyward, so from other hosts (when
 //!   the endpoint is bound beyond localhost) it needs the token in `[admin] token_env`, and
 //!   without one it is accepted from the machine itself only.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,7 +91,8 @@ pub async fn serve(
     }
 }
 
-/// Who sent a request, and the token mutating requests from other hosts must carry.
+/// Who sent a request, and the admin token: what changes keyward from other hosts, or reads
+/// the applications' secrets, needs it.
 struct Caller<'a> {
     peer: SocketAddr,
     token: Option<&'a str>,
@@ -106,10 +111,7 @@ impl Caller<'_> {
                 "accepted from localhost only, unless [admin] token_env is set\n",
             ));
         };
-        let given = authorization
-            .and_then(|value| value.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        if secret::same(given, token.as_bytes()) {
+        if carries(authorization, token) {
             Ok(())
         } else {
             Err((
@@ -118,6 +120,24 @@ impl Caller<'_> {
             ))
         }
     }
+
+    /// Whether a request may read the applications' secrets (lock holder tokens): with a
+    /// configured token, only when it carries it, wherever it comes from; without one, from
+    /// the machine itself only, as with `POST /reload`.
+    fn may_read_secrets(&self, authorization: Option<&[u8]>) -> bool {
+        match self.token {
+            Some(token) => carries(authorization, token),
+            None => self.peer.ip().to_canonical().is_loopback(),
+        }
+    }
+}
+
+/// Whether an `Authorization` header is `Bearer <token>`, compared in constant time.
+fn carries(authorization: Option<&[u8]>, token: &str) -> bool {
+    let given = authorization
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    secret::same(given, token.as_bytes())
 }
 
 async fn respond(
@@ -126,11 +146,11 @@ async fn respond(
     prometheus: &PrometheusHandle,
     context: &Arc<Context>,
 ) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
     if request.uri().path() == "/reload" {
-        let authorization = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .map(|value| value.as_bytes());
         return reload(request.method(), caller.may_change(authorization), context).await;
     }
     if request.method() != Method::GET {
@@ -168,7 +188,7 @@ async fn respond(
         "/bigkeys" => big_keys(request.uri().query().unwrap_or_default(), context),
         "/locks" => json(
             StatusCode::OK,
-            serde_json::json!({ "locks": context.locks.report() }),
+            locks_report(context, caller.may_read_secrets(authorization)),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
@@ -203,12 +223,11 @@ async fn reload(
     }
 }
 
-/// The value of one `name=value` pair of a query string.
-fn query_parameter<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
+/// The value of one `name=value` pair of a query string, decoded as HTTP clients encode it
+/// (`%3A`, `+` for a space), so that an encoded request means what the plain one does.
+fn query_parameter<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
         .map(|(_, value)| value)
 }
 
@@ -219,9 +238,10 @@ fn limit_parameter(query: &str) -> usize {
 }
 
 fn hotkeys(query: &str, context: &Context) -> Response<Full<Bytes>> {
-    let parameter = |name| query_parameter(query, name);
+    let window = query_parameter(query, "window");
+    let by = query_parameter(query, "by");
     let limit = limit_parameter(query);
-    match reports::hotkeys(context, parameter("window"), parameter("by"), limit) {
+    match reports::hotkeys(context, window.as_deref(), by.as_deref(), limit) {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }
@@ -232,6 +252,27 @@ fn big_keys(query: &str, context: &Context) -> Response<Full<Bytes>> {
         Ok(report) => json(StatusCode::OK, serde_json::json!(report)),
         Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     }
+}
+
+/// The report behind `GET /locks`. A holder's token is the application's secret (whoever
+/// knows it can release the lock): unless `show_holders`, it is `null`, with
+/// `holder_redacted: true` telling a hidden token from one keyward does not know.
+fn locks_report(context: &Context, show_holders: bool) -> serde_json::Value {
+    let locks: Vec<serde_json::Value> = context
+        .locks
+        .report()
+        .into_iter()
+        .map(|mut lock| {
+            let redacted = !show_holders && lock.holder.is_some();
+            if redacted {
+                lock.holder = None;
+            }
+            let mut report = serde_json::json!(lock);
+            report["holder_redacted"] = redacted.into();
+            report
+        })
+        .collect();
+    serde_json::json!({ "locks": locks })
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -286,5 +327,17 @@ mod tests {
             status(with_token.may_change(None)),
             Some(StatusCode::UNAUTHORIZED)
         );
+    }
+
+    #[test]
+    fn secrets_need_the_token_once_there_is_one() {
+        assert!(caller([127, 0, 0, 1], None).may_read_secrets(None));
+        assert!(!caller([10, 1, 2, 3], None).may_read_secrets(Some(b"Bearer anything")));
+        for ip in [[127, 0, 0, 1], [10, 1, 2, 3]] {
+            let with_token = caller(ip, Some("s3cret"));
+            assert!(with_token.may_read_secrets(Some(b"Bearer s3cret")));
+            assert!(!with_token.may_read_secrets(Some(b"Bearer s3cre")));
+            assert!(!with_token.may_read_secrets(None));
+        }
     }
 }

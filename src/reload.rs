@@ -7,7 +7,6 @@
 //! in `keyward_config_reloads_total{result="error"}`. Settings that only a restart can apply
 //! (listen and admin addresses, upstream, runtime) are reported as needing one and ignored.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +15,7 @@ use arc_swap::ArcSwap;
 use metrics::counter;
 use parking_lot::Mutex;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::logging;
@@ -31,7 +31,8 @@ pub struct Active {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub path: Option<String>,
-    /// Hash of the file contents in force, to tell versions apart.
+    /// SHA-256 of the file contents in force (hex, as `sha256sum` prints it), to tell
+    /// versions apart.
     pub hash: String,
     /// When the version in force was loaded (seconds since the epoch).
     pub loaded_at: u64,
@@ -235,10 +236,15 @@ fn keep_restart_only(running: &Config, mut new: Config) -> (Config, Vec<String>)
     (new, needs_restart)
 }
 
+/// The SHA-256 of the file's bytes in hex, as `sha256sum` prints it: the same file has the
+/// same identity on every build of keyward, and an SRE can compare it with the file on disk.
 fn content_hash(text: &str) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            hex.push_str(&format!("{byte:02x}"));
+            hex
+        })
 }
 
 fn now_seconds() -> u64 {

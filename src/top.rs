@@ -1,12 +1,22 @@
 //! `keyward top`: a live terminal view of the hottest keys, read from a running keyward's
 //! admin endpoint (`GET /hotkeys`), like `top` for processes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::policy::hotkeys::big_keys::BigKeysReport;
 use crate::policy::hotkeys::{By, Report};
+
+/// The longest one request to the admin endpoint may take, so a stuck keyward shows as an
+/// error rather than a frozen screen.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct TopOptions {
     /// The admin endpoint, `host:port`.
@@ -20,13 +30,26 @@ pub struct TopOptions {
 }
 
 pub fn run(options: &TopOptions) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(refresh(options))
+}
+
+/// Draws a frame every `interval` (one, with `once`).
+async fn refresh(options: &TopOptions) -> Result<(), String> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("by", options.by.name())
+        .append_pair("limit", &options.count.to_string());
+    if let Some(window) = &options.window {
+        query.append_pair("window", window);
+    }
+    let hotkeys = format!("/hotkeys?{}", query.finish());
     loop {
-        let mut path = format!("/hotkeys?by={}&limit={}", options.by.name(), options.count);
-        if let Some(window) = &options.window {
-            path.push_str(&format!("&window={window}"));
-        }
-        let report: Report = fetch(&options.admin, &path)?;
-        let big_keys: BigKeysReport = fetch(&options.admin, "/bigkeys?limit=5")?;
+        let report: Report = fetch(&options.admin, &hotkeys).await?;
+        let big_keys: BigKeysReport = fetch(&options.admin, "/bigkeys?limit=5").await?;
         let mut frame = String::new();
         if !options.once {
             // Clear the screen and go home, as top does.
@@ -39,42 +62,43 @@ pub fn run(options: &TopOptions) -> Result<(), String> {
         if options.once {
             return Ok(());
         }
-        std::thread::sleep(options.interval);
+        tokio::time::sleep(options.interval).await;
     }
 }
 
-fn fetch<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> Result<T, String> {
-    let (status, body) = http_get(admin, path)?;
+async fn fetch<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> Result<T, String> {
+    let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, http_get(admin, path))
+        .await
+        .map_err(|_| format!("{admin} did not answer within {REQUEST_TIMEOUT:?}"))??;
     if status != 200 {
         return Err(format!("{admin} answered {status}: {}", body.trim()));
     }
     serde_json::from_str(&body).map_err(|e| format!("unexpected answer from {admin}: {e}"))
 }
 
-/// A minimal HTTP/1.1 GET, enough for the admin endpoint.
-fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
-    let mut stream =
-        TcpStream::connect(address).map_err(|e| format!("cannot reach {address}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
+/// One `GET` on a connection of its own: the status and the body.
+async fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach {address}: {e}");
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    // Drives the connection; it ends when the request's sender is dropped.
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let failed = |e: hyper::Error| format!("unexpected answer from {address}: {e}");
+    let response = sender.send_request(request).await.map_err(failed)?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(failed)?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
 }
 
 fn render(admin: &str, report: &Report, big_keys: &BigKeysReport) -> String {

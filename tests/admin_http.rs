@@ -102,3 +102,21 @@ fn health_and_readiness() {
         405
     );
 }
+
+/// The file's identity in `/config` is its SHA-256, as `sha256sum` prints it, so an SRE can
+/// tell which file is in force from the file alone, whatever build of keyward runs it.
+#[test]
+fn config_identity_is_the_sha256_of_the_file() {
+    let (_redis, keyward) = redis_and_keyward();
+    let (status, body) = keyward.admin_get("/config");
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let output = std::process::Command::new("sha256sum")
+        .arg(keyward.config_path())
+        .output()
+        .expect("sha256sum runs");
+    let sha256sum = String::from_utf8(output.stdout).unwrap();
+    let digest = sha256sum.split_whitespace().next().unwrap();
+    assert_eq!(digest.len(), 64, "{sha256sum}");
+    assert_eq!(report["status"]["hash"], digest, "{body}");
+}

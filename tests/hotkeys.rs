@@ -284,3 +284,47 @@ fn keyward_top_shows_the_hottest_keys() {
     );
     assert!(text.contains("user:*:profile"), "{text}");
 }
+
+/// Query parameters are percent-decoded, as browsers, `curl --data-urlencode` and HTTP
+/// libraries send them: an encoded request gets the answer of the plain one.
+#[test]
+fn percent_encoded_parameters_mean_what_they_encode() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    drive(&keyward);
+    let plain = admin_json(&keyward, "/hotkeys?window=1m&by=bytes&limit=2");
+    assert_eq!(plain["keys"].as_array().map(Vec::len), Some(2), "{plain}");
+    let encoded = admin_json(&keyward, "/hotkeys?window=1%6D&%62y=byte%73&limit=%32");
+    assert_eq!(encoded, plain);
+}
+
+#[test]
+fn keyward_top_says_what_went_wrong() {
+    let top = |admin: &str, window: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["top", "--once", "--admin", admin, "--window", window])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let nobody = format!("127.0.0.1:{}", support::free_port());
+    let (code, stderr) = top(&nobody, "1m");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("keyward top: cannot reach {nobody}: ")),
+        "{stderr}"
+    );
+
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    let admin = format!("127.0.0.1:{}", keyward.admin_port);
+    let (code, stderr) = top(&admin, "7m");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("keyward top: {admin} answered 400: window")),
+        "{stderr}"
+    );
+}

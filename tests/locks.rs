@@ -6,7 +6,10 @@ mod support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{http_get, keyward_with_invalidations, metric_value, redis_calls, RedisServer};
+use support::{
+    http_get, http_request_to, keyward_with_invalidations, metric_value, redis_calls, wait_for,
+    Keyward, RedisServer,
+};
 
 const LOCKS: &str =
     "[[lock]]\nname = \"bookings\"\nkeys = [\"lock:*\"]\nmax_wait = \"5s\"\nmax_waiters = 1000\n";
@@ -334,6 +337,57 @@ fn contended_locks_are_reported() {
     for waiter in waiters {
         assert!(waiter.join().unwrap());
     }
+}
+
+/// Holder tokens are the apps' secrets: with an admin token configured, `/locks` shows them
+/// only to a request that carries it.
+#[test]
+fn lock_holders_are_shown_only_with_the_admin_token() {
+    let redis = RedisServer::start();
+    // The first lines of `extra` belong to keyward's `[admin]` table.
+    let admin_token = format!("token_env = \"KEYWARD_ADMIN_TOKEN\"\n\n{LOCKS}");
+    let keyward = Keyward::start_with_env(
+        redis.port,
+        "",
+        &admin_token,
+        &[("KEYWARD_ADMIN_TOKEN", "t0ken")],
+    );
+    let mut holder = keyward.client();
+    assert!(try_lock(&mut holder, "lock:secret", "holder-token", 60_000));
+    let mut connection = keyward.client();
+    let waiter =
+        std::thread::spawn(move || try_lock(&mut connection, "lock:secret", "waiter-token", 100));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], keyward.admin_port));
+    let locks = |headers: &str| {
+        let (status, body) = http_request_to(admin, "GET", "/locks", headers);
+        assert_eq!(status, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        report["locks"][0].clone()
+    };
+    let with_token = "Authorization: Bearer t0ken\r\n";
+    // keyward learns the holder's token when the waiter's try loses.
+    wait_for(Duration::from_secs(5), "the holder is known", || {
+        locks(with_token)["holder"] == "holder-token"
+    });
+    for headers in [
+        "",
+        "Authorization: Bearer t0ke\r\n",
+        "Authorization: t0ken\r\n",
+    ] {
+        let lock = locks(headers);
+        assert_eq!(lock["key"], "lock:secret", "{lock}");
+        assert_eq!(
+            lock["holder"],
+            serde_json::Value::Null,
+            "{headers:?}: {lock}"
+        );
+        assert_eq!(lock["holder_redacted"], true, "{headers:?}: {lock}");
+    }
+    let lock = locks(with_token);
+    assert_eq!(lock["holder"], "holder-token", "{lock}");
+    assert_eq!(lock["holder_redacted"], false, "{lock}");
+    release(&mut holder, "lock:secret", "holder-token");
+    assert!(waiter.join().unwrap());
 }
 
 #[test]

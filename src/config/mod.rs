@@ -1,9 +1,9 @@
 //! The configuration file: typed sections with their defaults, loading, and diagnostics.
 //!
 //! Values are validated while they are deserialized, so each error carries the place in the
-//! file it came from. Every top-level section is checked on its own as well, so that one run
-//! of `keyward check` reports an error for each broken section instead of stopping at the
-//! first.
+//! file it came from. Every setting, and every value of a rule, is checked on its own as
+//! well, so that one run of `keyward check` reports each broken value instead of stopping at
+//! the first of a section or rule.
 
 mod diagnostic;
 pub mod rules;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use toml::de::{DeArray, DeTable, DeValue, Deserializer};
+use toml::de::{DeArray, DeString, DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -281,50 +281,80 @@ impl Config {
         let mut denials = Vec::new();
         let mut caches = Vec::new();
         let mut locks = Vec::new();
+        let mut values: Vec<(&str, rules::RuleValues)> = Vec::new();
+        let parse_alone = |key: &Spanned<DeString<'_>>, piece: Spanned<DeValue<'_>>| {
+            let mut section = DeTable::default();
+            section.insert(key.clone(), piece);
+            Config::deserialize(Deserializer::from(Spanned::new(root.span(), section)))
+        };
         for (key, value) in root.get_ref() {
-            let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
+            match value.get_ref() {
                 // An empty table is checked whole: an unknown `[lisen]` is an error too.
-                DeValue::Table(table) if table.is_empty() => vec![value.clone()],
-                DeValue::Table(table) => table
-                    .iter()
-                    .map(|(field, field_value)| {
+                DeValue::Table(table) if !table.is_empty() => {
+                    for (field, field_value) in table {
                         let mut piece = DeTable::default();
                         piece.insert(field.clone(), field_value.clone());
-                        Spanned::new(value.span(), DeValue::Table(piece))
-                    })
-                    .collect(),
-                DeValue::Array(elements) => elements
-                    .iter()
-                    .map(|element| {
-                        let mut piece = DeArray::new();
-                        piece.push(element.clone());
-                        Spanned::new(value.span(), DeValue::Array(piece))
-                    })
-                    .collect(),
-                _ => vec![value.clone()],
-            };
-            for piece in pieces {
-                let mut section = DeTable::default();
-                section.insert(key.clone(), piece);
-                match Config::deserialize(Deserializer::from(Spanned::new(root.span(), section))) {
-                    Err(error) => diagnostics.push(Diagnostic::from_toml(&error).with_found(text)),
-                    // Rules that parse alone are checked together below, even if others in
-                    // the file do not parse.
-                    Ok(piece) => {
-                        rate_limits.extend(piece.rate_limit);
-                        denials.extend(piece.deny);
-                        caches.extend(piece.cache);
-                        locks.extend(piece.lock);
+                        let piece = Spanned::new(value.span(), DeValue::Table(piece));
+                        if let Err(error) = parse_alone(key, piece) {
+                            diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                        }
+                    }
+                }
+                DeValue::Array(elements) => {
+                    for element in elements {
+                        let as_array = |element| one_element(value.span(), element);
+                        let mut broken = Vec::new();
+                        match parse_alone(key, as_array(element.clone())) {
+                            // Rules that parse alone are checked together below, even if
+                            // others in the file do not parse.
+                            Ok(piece) => {
+                                rate_limits.extend(piece.rate_limit);
+                                denials.extend(piece.deny);
+                                caches.extend(piece.cache);
+                                locks.extend(piece.lock);
+                            }
+                            Err(error) => {
+                                broken = broken_fields(element, |field| {
+                                    parse_alone(key, as_array(field)).err()
+                                });
+                                if broken.is_empty() {
+                                    // Not a value of its own: a missing field, or no table.
+                                    diagnostics
+                                        .push(Diagnostic::from_toml(&error).with_found(text));
+                                }
+                            }
+                        }
+                        diagnostics.extend(
+                            broken
+                                .iter()
+                                .map(|(_, error)| Diagnostic::from_toml(error).with_found(text)),
+                        );
+                        let broken: Vec<&str> = broken.iter().map(|(field, _)| *field).collect();
+                        if let Some(rule) = rules::RuleValues::read(element, &broken) {
+                            values.push((key.get_ref(), rule));
+                        }
+                    }
+                }
+                _ => {
+                    if let Err(error) = parse_alone(key, value.clone()) {
+                        diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
                     }
                 }
             }
         }
-        diagnostics.extend(rules::check_rules("rate_limit", &rate_limits, text));
+        for kind in ["rate_limit", "deny", "cache", "lock"] {
+            let kind_values: Vec<&rules::RuleValues> = values
+                .iter()
+                .filter(|(written, _)| *written == kind)
+                .map(|(_, rule)| rule)
+                .collect();
+            diagnostics.extend(rules::check_values(kind, &kind_values, text));
+        }
+        diagnostics.extend(rules::check_shadowing("rate_limit", &rate_limits, text));
         diagnostics.extend(rules::check_rate_limits(&rate_limits));
-        diagnostics.extend(rules::check_rules("deny", &denials, text));
-        diagnostics.extend(rules::check_rules("cache", &caches, text));
-        diagnostics.extend(rules::check_caches(&caches));
-        diagnostics.extend(rules::check_rules("lock", &locks, text));
+        diagnostics.extend(rules::check_shadowing("deny", &denials, text));
+        diagnostics.extend(rules::check_shadowing("cache", &caches, text));
+        diagnostics.extend(rules::check_shadowing("lock", &locks, text));
         diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(diagnostics);
@@ -408,6 +438,42 @@ fn secret(setting: &str, variable: &Option<String>) -> Result<Option<String>, St
             "environment variable `{variable}` ({setting}) is not set"
         )),
     }
+}
+
+/// An array of `element` alone, where the whole array was (`span`).
+fn one_element(
+    span: std::ops::Range<usize>,
+    element: Spanned<DeValue<'_>>,
+) -> Spanned<DeValue<'_>> {
+    let mut array = DeArray::new();
+    array.push(element);
+    Spanned::new(span, DeValue::Array(array))
+}
+
+/// The fields of a rule (an element of `[[rate_limit]]`, `[[cache]]`…) that are wrong on
+/// their own, each with its error, found by parsing each field alone (`parse_field`), so that a
+/// rule with several broken values reports each of them. Errors that do not point into the
+/// field parsed are about the fields left out (`missing field`), and are not its own.
+fn broken_fields<'e, 'i>(
+    element: &'e Spanned<DeValue<'i>>,
+    parse_field: impl Fn(Spanned<DeValue<'i>>) -> Option<toml::de::Error>,
+) -> Vec<(&'e str, toml::de::Error)> {
+    let DeValue::Table(table) = element.get_ref() else {
+        return Vec::new();
+    };
+    table
+        .iter()
+        .filter_map(|(field, field_value)| {
+            let mut alone = DeTable::default();
+            alone.insert(field.clone(), field_value.clone());
+            let error = parse_field(Spanned::new(element.span(), DeValue::Table(alone)))?;
+            let place = field.span().start..field_value.span().end;
+            let within = error
+                .span()
+                .is_some_and(|span| place.start <= span.start && span.end <= place.end);
+            within.then_some((field.get_ref().as_ref(), error))
+        })
+        .collect()
 }
 
 /// Where `key` is set in table `table` (under `[table]`, as `table.key`, or as a `[table.key]`
@@ -507,6 +573,39 @@ mod tests {
             "{}",
             rendered[2]
         );
+    }
+
+    #[test]
+    fn reports_every_broken_value_inside_one_rule() {
+        let text =
+            "[[rate_limit]]\nname = \"a\"\ncommands = [\"INKR\"]\nlimit = 0\nperiod = \"soon\"\n\n\
+                    [[cache]]\nname = \"b\"\nttl = \"forever\"\nmax_memory = \"lots\"\n";
+        let errors = Config::parse(text).unwrap_err();
+        let rendered: Vec<String> = errors.iter().map(|d| d.render("k.toml", text)).collect();
+        let places: Vec<&str> = rendered
+            .iter()
+            .map(|line| line.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "k.toml:3:13",
+                "k.toml:4:9",
+                "k.toml:5:10",
+                "k.toml:9:7",
+                "k.toml:10:14"
+            ],
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[0].contains("did you mean `INCR`?"),
+            "{}",
+            rendered[0]
+        );
+        assert!(rendered[1].contains("limit = 0"), "{}", rendered[1]);
+        assert!(rendered[2].contains("\"soon\""), "{}", rendered[2]);
+        assert!(rendered[3].contains("\"forever\""), "{}", rendered[3]);
+        assert!(rendered[4].contains("\"lots\""), "{}", rendered[4]);
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Policy rules as SREs write them, and the checks that look at more than one value: unknown
 //! commands and ACL categories, invalid patterns, zero limits, duplicate names, and rules that
 //! an earlier rule of the same kind shadows (within a kind, the first matching rule wins).
+//!
+//! Values checked one at a time are checked even in a rule that does not parse (another of its
+//! values is broken), so that one run of `keyward check` reports them all.
 
 use std::collections::HashMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
 use super::diagnostic::{closest, line_of, Diagnostic};
@@ -257,53 +261,67 @@ impl Rule for LockRule {
     }
 }
 
-/// Checks the values only cache rules have: their commands must be cacheable reads.
-pub fn check_caches(rules: &[CacheRule]) -> Vec<Diagnostic> {
-    let table = CommandTable::global();
-    let mut diagnostics = Vec::new();
-    for rule in rules {
-        for command in &rule.commands {
-            let name = command.get_ref();
-            let known = table.find_name(name);
-            if known.is_some_and(|info| cacheable::kind(info).is_none()) {
-                diagnostics.push(Diagnostic::error(
-                    command.span(),
-                    format!(
-                        "`{}` cannot be cached; cacheable reads are {}",
-                        name.to_ascii_uppercase(),
-                        cacheable::NAMES.join(", ").to_ascii_uppercase()
-                    ),
-                ));
-            }
-        }
-    }
-    diagnostics
+/// The values of a rule that are checked one by one (and names, checked across rules), read
+/// from the file apart from the rest of the rule: a broken `period` must not hide an unknown
+/// command beside it. Checks that compare values of one rule (a limit with its period) need
+/// the whole rule, and run on the rules that parse.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RuleValues {
+    name: Option<Spanned<String>>,
+    keys: Vec<Spanned<String>>,
+    commands: Vec<Spanned<String>>,
+    clients: Vec<Spanned<String>>,
+    limit: Option<Spanned<u32>>,
+    burst: Option<Spanned<u32>>,
 }
 
-/// Checks the rules of one kind (`kind` as written in the file, e.g. `rate_limit`).
-pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnostic> {
+impl RuleValues {
+    /// The values of one element of a rule array, leaving out the `broken` fields (they have
+    /// errors of their own); none when the element is not a table.
+    pub(super) fn read(element: &Spanned<DeValue<'_>>, broken: &[&str]) -> Option<RuleValues> {
+        let DeValue::Table(table) = element.get_ref() else {
+            return None;
+        };
+        let mut sound = DeTable::default();
+        for (field, value) in table {
+            if !broken.contains(&field.get_ref().as_ref()) {
+                sound.insert(field.clone(), value.clone());
+            }
+        }
+        let values = Spanned::new(element.span(), sound);
+        // Every field left parsed as part of its rule, so it parses here too.
+        RuleValues::deserialize(Deserializer::from(values)).ok()
+    }
+}
+
+/// Checks each value of the rules of one kind (`kind` as written in the file, e.g.
+/// `rate_limit`) on its own, and that their names are set and unique.
+pub fn check_values(kind: &str, rules: &[&RuleValues], text: &str) -> Vec<Diagnostic> {
+    let table = CommandTable::global();
     let mut diagnostics = Vec::new();
     let mut names: HashMap<&str, &Spanned<String>> = HashMap::new();
-    for (index, rule) in rules.iter().enumerate() {
-        let name = rule.name();
-        if name.get_ref().trim().is_empty() {
-            diagnostics.push(Diagnostic::error(
-                name.span(),
-                "a rule name cannot be empty".into(),
-            ));
-        } else if let Some(first) = names.get(name.get_ref().as_str()) {
-            diagnostics.push(Diagnostic::error(
-                name.span(),
-                format!(
-                    "duplicate {kind} rule name {:?} (first defined at line {})",
-                    name.get_ref(),
-                    line_of(text, first.span().start)
-                ),
-            ));
-        } else {
-            names.insert(name.get_ref(), name);
+    for rule in rules {
+        if let Some(name) = &rule.name {
+            if name.get_ref().trim().is_empty() {
+                diagnostics.push(Diagnostic::error(
+                    name.span(),
+                    "a rule name cannot be empty".into(),
+                ));
+            } else if let Some(first) = names.get(name.get_ref().as_str()) {
+                diagnostics.push(Diagnostic::error(
+                    name.span(),
+                    format!(
+                        "duplicate {kind} rule name {:?} (first defined at line {})",
+                        name.get_ref(),
+                        line_of(text, first.span().start)
+                    ),
+                ));
+            } else {
+                names.insert(name.get_ref(), name);
+            }
         }
-        for key in rule.keys() {
+        for key in &rule.keys {
             if let Err(error) = Glob::new(key.get_ref()) {
                 diagnostics.push(Diagnostic::error(
                     key.span(),
@@ -311,7 +329,7 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
                 ));
             }
         }
-        for client in rule.clients() {
+        for client in &rule.clients {
             if let Err(error) = Glob::new(client.get_ref()) {
                 diagnostics.push(Diagnostic::error(
                     client.span(),
@@ -319,11 +337,45 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
                 ));
             }
         }
-        for command in rule.commands() {
+        for command in &rule.commands {
             if let Err(message) = check_command_filter(command.get_ref()) {
                 diagnostics.push(Diagnostic::error(command.span(), message));
             }
+            // Only reads can be answered from memory.
+            let known = table.find_name(command.get_ref());
+            if kind == "cache" && known.is_some_and(|info| cacheable::kind(info).is_none()) {
+                diagnostics.push(Diagnostic::error(
+                    command.span(),
+                    format!(
+                        "`{}` cannot be cached; cacheable reads are {}",
+                        command.get_ref().to_ascii_uppercase(),
+                        cacheable::NAMES.join(", ").to_ascii_uppercase()
+                    ),
+                ));
+            }
         }
+        if let Some(limit) = rule.limit.as_ref().filter(|limit| *limit.get_ref() == 0) {
+            diagnostics.push(Diagnostic::error(
+                limit.span(),
+                "limit = 0 would refuse every command; use at least 1 (or remove the rule)".into(),
+            ));
+        }
+        if let Some(burst) = rule.burst.as_ref().filter(|burst| *burst.get_ref() == 0) {
+            diagnostics.push(Diagnostic::error(
+                burst.span(),
+                "burst must be at least 1".into(),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// Warns of the rules of one kind that an earlier rule shadows. Only rules that parse whole
+/// are compared: a broken rule never runs, and what it matches is not known.
+pub fn check_shadowing<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let name = rule.name();
         if let Some(earlier) = rules[..index]
             .iter()
             .find(|earlier| shadows(*earlier, rule))
@@ -342,17 +394,13 @@ pub fn check_rules<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diagnost
     diagnostics
 }
 
-/// Checks the values only rate limits have.
+/// Checks the values of whole rate-limit rules that only make sense together (each value
+/// alone is checked by [`check_values`]).
 pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for rule in rules {
         let limit = *rule.limit.get_ref();
-        if limit == 0 {
-            diagnostics.push(Diagnostic::error(
-                rule.limit.span(),
-                "limit = 0 would refuse every command; use at least 1 (or remove the rule)".into(),
-            ));
-        } else if rule.period.get() / limit == std::time::Duration::ZERO {
+        if limit > 0 && rule.period.get() / limit == std::time::Duration::ZERO {
             diagnostics.push(Diagnostic::error(
                 rule.limit.span(),
                 format!(
@@ -372,14 +420,6 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                     rule.period.get()
                 ),
             ));
-        }
-        if let Some(burst) = &rule.burst {
-            if *burst.get_ref() == 0 {
-                diagnostics.push(Diagnostic::error(
-                    burst.span(),
-                    "burst must be at least 1".into(),
-                ));
-            }
         }
         if let (Action::Reject, Some(delay)) = (rule.action, &rule.max_delay) {
             diagnostics.push(Diagnostic::warning(
