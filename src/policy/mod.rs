@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod deny;
 pub mod hotkeys;
+pub mod judging;
 pub mod lock;
 pub mod matcher;
 pub mod rate_limit;

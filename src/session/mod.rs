@@ -12,43 +12,40 @@
 //! one slice and handed to the upstream connection as one batch.
 
 mod client_ids;
+mod dispatch;
+mod forward;
 mod keyward;
+mod link;
 mod local;
+mod pipeline;
 mod replies;
+mod writes;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
-
+use bytes::{Buf, BytesMut};
 use tokio::sync::mpsc;
 
-use crate::command::cacheable;
-use crate::command::{flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice};
+use crate::command::CommandInfo;
 use crate::context::Context;
 use crate::directory::Listing;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
-use crate::policy::cache::coherence::Read;
-use crate::policy::cache::{Coherence, Lookup, Written};
-use crate::policy::deny::Client;
+use crate::policy::cache::Written;
 use crate::policy::hotkeys::record::Pending;
-use crate::policy::lock::attempt::{self, LockAttempt};
-use crate::policy::rate_limit::global;
-use crate::policy::rate_limit::Verdict;
-use crate::policy::{Policies, Progress};
-use crate::resp::request::{Args, Decoded, RequestDecoder};
-use crate::resp::{reply, Protocol};
-use crate::upstream::{
-    parse_pause, Batch, ConnHandle, Hold, Login, Monitoring, Opening, Paused, Reply, ReplySender,
-    SendError, UpstreamError,
-};
-use client_ids::{Asker, Redirect, Translation};
-use local::{ClientState, LocalContext, Outcome};
+use crate::policy::judging::Judging;
+use crate::resp::request::RequestDecoder;
+use crate::upstream::{Monitoring, Opening, Reply};
+use client_ids::Redirect;
+use forward::Parked;
+use link::{DedicatedError, Link};
+use local::ClientState;
 use replies::{AfterReply, ReplyQueue};
+use writes::{end_writes, AwaitedLock};
 
 /// Read in steps of this size.
 const READ_CHUNK: usize = 16 * 1024;
@@ -59,17 +56,6 @@ const STREAMING_OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
 /// Stop reading while this much unprocessed input is buffered (a request that needs more,
 /// such as one large value, raises it to its own size).
 const INPUT_HIGH_WATER: usize = 1024 * 1024;
-
-/// The upstream connection a session currently uses.
-enum Link {
-    Pooled(ConnHandle),
-    Dedicated {
-        conn: ConnHandle,
-        /// Frames no longer match commands one to one (pub/sub, `MONITOR`): everything is
-        /// relayed as it comes and nothing is answered locally.
-        streaming: bool,
-    },
-}
 
 /// Why the session stops reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,28 +73,6 @@ enum Closing {
     /// Another client's `CLIENT KILL` named it: closed at once, as Redis closes it.
     Killed,
     Shutdown,
-}
-
-/// What a request turns into.
-enum Step {
-    /// Answered with this error at once (the client has not authenticated).
-    Refuse(Bytes),
-    /// Answered by keyward, once the policies let it through: a command that names a client
-    /// Redis does not know (see [`client_ids`]), which may close that client.
-    Answer {
-        reply: Bytes,
-        kill: Option<Arc<Listing>>,
-    },
-    Forward,
-    Local(LocalCommand),
-    /// The session needs its own upstream connection before this request can run.
-    Dedicate {
-        streaming: bool,
-    },
-    /// Sent at once on a connection of its own, whatever the session's connection waits for.
-    Aside,
-    /// Sent on the session's connection; the reply names the redirect by keyward's id.
-    Relabel(Redirect),
 }
 
 pub struct Session {
@@ -143,20 +107,8 @@ pub struct Session {
     key_positions: Vec<usize>,
     /// The client's IP address, as policies see it (one client, many connections).
     peer_ip: Vec<u8>,
-    /// Reused for `bucket = "client"`: `name:<name>`, else `addr:<ip>`.
-    client_bucket: Vec<u8>,
-    /// A rate limit holds the request at the front of the input until then.
-    hold_until: Option<Instant>,
-    /// When the held request was first delayed, to enforce `max_delay`.
-    delayed_since: Option<Instant>,
-    /// Answers to the questions keyward asks Redis for its own policies (global rate limits),
-    /// apart from the client's replies. Opened on first use: most sessions never ask.
-    policy_channel: Option<(mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>)>,
-    /// A question is out (for the rate limit with this index); the request at the front of
-    /// the input waits for its answer.
-    awaiting_redis: Option<usize>,
-    /// Where the policies stand on the request at the front of the input while it is held.
-    progress: Progress,
+    /// Where deny rules and rate limits stand on the request at the front of the input.
+    judging: Judging,
     /// The session's dedicated connection is inside `MULTI`: a command refused there must
     /// also make Redis abort the transaction.
     in_transaction: bool,
@@ -217,12 +169,7 @@ impl Session {
             blocked: false,
             key_positions: Vec::new(),
             peer_ip: peer.ip().to_canonical().to_string().into_bytes(),
-            client_bucket: Vec::new(),
-            hold_until: None,
-            delayed_since: None,
-            policy_channel: None,
-            awaiting_redis: None,
-            progress: Progress::default(),
+            judging: Judging::default(),
             in_transaction: false,
             last_active: Instant::now(),
             cache_shape: Vec::new(),
@@ -270,11 +217,11 @@ impl Session {
             if self.finished() {
                 return Ok(());
             }
-            if self.hold_until != hold_armed {
-                if let Some(until) = self.hold_until {
+            if self.judging.hold_until != hold_armed {
+                if let Some(until) = self.judging.hold_until {
                     hold.as_mut().reset(until.into());
                 }
-                hold_armed = self.hold_until;
+                hold_armed = self.judging.hold_until;
             }
             let wants_input = self.wants_input();
             let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
@@ -295,7 +242,7 @@ impl Session {
                 }
                 readiness = stream.writable(), if !self.output.is_empty() => readiness?,
                 () = &mut hold, if hold_armed.is_some() => {
-                    self.hold_until = None;
+                    self.judging.hold_until = None;
                     hold_armed = None;
                 }
                 () = &mut idle, if self.context.idle_timeout.is_some() && self.closing.is_none() => {
@@ -317,22 +264,10 @@ impl Session {
                         conn.room().await;
                         return Awaited::Room;
                     }
-                    match &mut self.policy_channel {
-                        Some((_, answers)) => Awaited::Answer(answers.recv().await),
-                        None => std::future::pending().await,
-                    }
-                }, if parked_on.is_some() || self.awaiting_redis.is_some() => match awaited {
+                    Awaited::Answer(self.judging.next_answer().await)
+                }, if parked_on.is_some() || self.judging.awaiting.is_some() => match awaited {
                     Awaited::Room => self.unpark(),
-                    Awaited::Answer(answer) => {
-                        let rule = self.awaiting_redis.take().unwrap_or_default();
-                        self.progress.record_answer(rule, match answer {
-                            Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
-                            Some(Reply::Failed { error, .. }) => {
-                                Err(String::from_utf8_lossy(&error).trim().to_string())
-                            }
-                            _ => Err("no answer from Redis".to_string()),
-                        });
-                    }
+                    Awaited::Answer(answer) => self.judging.answered(answer),
                 },
                 () = &mut stopping, if self.closing.is_none() => {
                     self.closing = Some(if self.listing.is_killed() {
@@ -380,7 +315,7 @@ impl Session {
 
     /// A request is held by a policy: delayed, or waiting for Redis's answer.
     fn is_holding(&self) -> bool {
-        self.hold_until.is_some() || self.awaiting_redis.is_some() || self.awaiting_lock.is_some()
+        self.judging.is_holding() || self.awaiting_lock.is_some()
     }
 
     fn wants_input(&self) -> bool {
@@ -480,516 +415,6 @@ impl Session {
         }
     }
 
-    /// Decodes and dispatches every complete request in the input. Returns `Some(switch)`
-    /// when the request at the front needs a dedicated connection opened first.
-    fn process_input(&mut self) -> Option<Switch> {
-        if self.is_holding() || self.parked.is_some() {
-            return None;
-        }
-        self.waiting_for_quiet = false;
-        let active = self.context.live.load();
-        let mut batch = PendingBatch::default();
-        let sent_at = Instant::now();
-        let mut dedicate = None;
-        while matches!(
-            self.closing,
-            None | Some(Closing::ClientDone | Closing::Shutdown)
-        ) {
-            let decoded = match self.decoder.decode(&self.input[batch.len..]) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    self.send_batch(&mut batch);
-                    metrics::protocol_error();
-                    tracing::debug!(peer = %self.peer, error = %error.0, "protocol error");
-                    self.replies
-                        .push_ready(reply::error(&error.message()), &mut self.output);
-                    self.closing = Some(Closing::ProtocolError);
-                    break;
-                }
-            };
-            let (consumed, rewritten) = match decoded {
-                Decoded::Incomplete { needed } => {
-                    self.input_needed = needed;
-                    break;
-                }
-                Decoded::Empty { consumed } => {
-                    // Never forwarded: Redis ignores them, and a malformed one is not worth
-                    // the risk of Redis closing a shared connection.
-                    self.send_batch(&mut batch);
-                    self.input.advance(consumed);
-                    continue;
-                }
-                Decoded::Request {
-                    consumed,
-                    rewritten,
-                } => (consumed, rewritten),
-            };
-            self.input_needed = 0;
-            let source = rewritten
-                .as_deref()
-                .unwrap_or(&self.input[batch.len..batch.len + consumed]);
-            let args = self.decoder.args(source);
-            let info = CommandTable::global().lookup_after(self.last_command, &args);
-            self.last_command = Some(info);
-            let step = if self.client.authenticated
-                || matches!(
-                    info.effect,
-                    Effect::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
-                ) {
-                self.step_for(info, &args)
-            } else {
-                Step::Refuse(reply::error("NOAUTH Authentication required."))
-            };
-            let pause = match info.notice {
-                Notice::Pause => parse_pause(&args.iter().collect::<Vec<_>>()),
-                _ => None,
-            };
-            // Set when the request goes to Redis changed (see `client_ids`).
-            let mut replacement = None;
-            let translates = info.notice == Notice::NamesClients
-                && self.counts_replies()
-                && matches!(step, Step::Forward | Step::Dedicate { .. });
-            let step = match translates {
-                true => match client_ids::translate(
-                    &info.name,
-                    &args,
-                    &self.context.sessions,
-                    Asker {
-                        id: self.client.id,
-                        in_transaction: self.in_transaction,
-                        as_own_user: self.as_own_user,
-                        redirect: &mut self.redirect,
-                    },
-                ) {
-                    Some(Translation::Answered(reply)) => Step::Answer { reply, kill: None },
-                    Some(Translation::Kill(listing)) => Step::Answer {
-                        reply: Bytes::from_static(b":1\r\n"),
-                        kill: Some(listing),
-                    },
-                    Some(Translation::Relabelled(redirect)) if matches!(step, Step::Forward) => {
-                        Step::Relabel(redirect)
-                    }
-                    Some(Translation::Rewritten(request)) => {
-                        replacement = Some(request);
-                        step
-                    }
-                    Some(Translation::Relabelled(_)) | None => step,
-                },
-                false => step,
-            };
-            if matches!(step, Step::Forward)
-                && self.replies.awaiting_shared_reads()
-                && !info.has_flag(flags::READONLY)
-            {
-                // An earlier read of this client rides on another session's cache fill, on
-                // another connection: this command must not reach Redis before it.
-                self.send_batch(&mut batch);
-                self.waiting_for_quiet = true;
-                break;
-            }
-            if matches!(step, Step::Local(_)) {
-                self.local_args.clear();
-                self.local_args.extend(args.iter().map(<[u8]>::to_vec));
-            }
-            let blocks = is_blocking(info, &args);
-            let policies = &active.policies;
-            let mut follows_hot_keys = false;
-            if let (Step::Forward, Some(hotkeys), false) =
-                (&step, &policies.hotkeys, self.hot_keys_looked)
-            {
-                // Once per request, however many times it is judged (a delay, a reload).
-                self.hot_keys_looked = true;
-                follows_hot_keys = hotkeys.sampled();
-            }
-            let needs_keys = match step {
-                Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
-                Step::Dedicate { .. } | Step::Aside | Step::Relabel(_) => {
-                    policies.judges() || policies.watches_writes()
-                }
-                Step::Local(_) => !policies.denials.is_empty(),
-                Step::Answer { .. } => !policies.denials.is_empty(),
-                Step::Refuse(_) => false,
-            };
-            if needs_keys {
-                self.key_positions.clear();
-                info.key_positions(&args, &mut self.key_positions);
-            }
-            if follows_hot_keys {
-                self.observation =
-                    self.replies
-                        .observations
-                        .start(info, &args, &self.key_positions, source.len());
-            }
-            let verdict = match step {
-                Step::Forward | Step::Dedicate { .. } | Step::Aside | Step::Relabel(_)
-                    if policies.judges() =>
-                {
-                    self.client_bucket.clear();
-                    match &self.client.name {
-                        Some(name) => {
-                            self.client_bucket.extend_from_slice(b"name:");
-                            self.client_bucket.extend_from_slice(name);
-                        }
-                        None => {
-                            self.client_bucket.extend_from_slice(b"addr:");
-                            self.client_bucket.extend_from_slice(&self.peer_ip);
-                        }
-                    }
-                    let caller = Client {
-                        name: self.client.name.as_deref(),
-                        address: &self.peer_ip,
-                        bucket: &self.client_bucket,
-                    };
-                    if matches!(step, Step::Forward) {
-                        self.progress.follow(&active.policies);
-                        let delayed = self
-                            .delayed_since
-                            .map_or(Duration::ZERO, |since| since.elapsed());
-                        active.policies.judge(
-                            info,
-                            &args,
-                            &self.key_positions,
-                            &caller,
-                            delayed,
-                            &mut self.progress,
-                        )
-                    } else if matches!(step, Step::Dedicate { .. }) {
-                        // Before a dedicated connection is opened for it: only a refusal
-                        // matters now, the command is judged in full when it is sent.
-                        active
-                            .policies
-                            .refuses(info, &args, &self.key_positions, &caller)
-                            .map_or(Verdict::Allow, Verdict::Reject)
-                    } else {
-                        active
-                            .policies
-                            .denies(info, &args, &self.key_positions, &caller)
-                            .map_or(Verdict::Allow, Verdict::Reject)
-                    }
-                }
-                Step::Local(_) | Step::Answer { .. } if !active.policies.denials.is_empty() => {
-                    let caller = Client {
-                        name: self.client.name.as_deref(),
-                        address: &self.peer_ip,
-                        bucket: &self.peer_ip,
-                    };
-                    active
-                        .policies
-                        .denies(info, &args, &self.key_positions, &caller)
-                        .map_or(Verdict::Allow, Verdict::Reject)
-                }
-                _ => Verdict::Allow,
-            };
-            let is_multi = &*info.name == "multi";
-            let ends_transaction = matches!(&*info.name, "exec" | "discard" | "reset");
-            match verdict {
-                Verdict::Allow => {
-                    self.delayed_since = None;
-                    if matches!(step, Step::Forward) {
-                        self.hot_keys_looked = false;
-                        self.progress.start_over();
-                    }
-                }
-                Verdict::Reject(refusal) => {
-                    self.delayed_since = None;
-                    self.hot_keys_looked = false;
-                    self.progress.start_over();
-                    if let Some(pending) = self.observation.take() {
-                        self.replies.observations.finish(pending, &refusal);
-                    }
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.send_batch(&mut batch);
-                    self.input.advance(consumed);
-                    self.answer_at_once(refusal);
-                    continue;
-                }
-                Verdict::AskRedis(rule, question) => {
-                    self.send_batch(&mut batch);
-                    let batch = Batch {
-                        bytes: question,
-                        count: 1,
-                        reply_to: self
-                            .policy_channel
-                            .get_or_insert_with(mpsc::unbounded_channel)
-                            .0
-                            .clone(),
-                        tracked: false,
-                        measured: false,
-                        hold: None,
-                    };
-                    let conn = self
-                        .context
-                        .upstream
-                        .pooled(Protocol::Resp2, 0, self.client.id);
-                    if conn.send(batch).is_ok() {
-                        self.awaiting_redis = Some(rule);
-                        break;
-                    }
-                    // Judged again at once, with on_error deciding.
-                    self.progress
-                        .record_answer(rule, Err("upstream busy or gone".into()));
-                    continue;
-                }
-                Verdict::Delay(wait) => {
-                    // The request stays at the front of the input, and so does everything the
-                    // client pipelined after it.
-                    self.send_batch(&mut batch);
-                    let now = Instant::now();
-                    self.delayed_since.get_or_insert(now);
-                    self.hold_until = Some(now + wait);
-                    break;
-                }
-            }
-            // Only a request the policies let through may read, fill or wait: a refused or
-            // held one must not start (or join) a read others would wait on.
-            let lock = match (&step, &self.link) {
-                (Step::Forward, Link::Pooled(_)) => {
-                    attempt::claim(&active.policies.locks, info, &args)
-                }
-                _ => None,
-            };
-            let cacheable = match (&step, &self.link, &lock) {
-                (Step::Forward, Link::Pooled(_), None) if !active.policies.caches.is_empty() => {
-                    cacheable::request_kind(info, &args)
-                }
-                _ => None,
-            };
-            let mut command_writes = Vec::new();
-            let lookup = match cacheable {
-                Some(kind) => {
-                    let read = Read {
-                        info,
-                        args: &args,
-                        db: self.client.db,
-                        protocol: self.client.protocol,
-                        reply_to: &self.reply_sender,
-                        ticket: self.replies.next_ticket(),
-                    };
-                    self.context.cache.consult(
-                        &active.policies.caches,
-                        read,
-                        kind,
-                        &mut self.cache_shape,
-                    )
-                }
-                None => {
-                    if matches!(step, Step::Forward) && policies.watches_writes() {
-                        note_writes(
-                            &self.context.cache,
-                            &active.policies,
-                            info,
-                            &args,
-                            &self.key_positions,
-                            &mut command_writes,
-                        );
-                    }
-                    Lookup::Bypass
-                }
-            };
-            if matches!(step, Step::Forward)
-                && self.counts_replies()
-                && matches!(self.link, Link::Dedicated { .. })
-            {
-                if is_multi {
-                    self.in_transaction = true;
-                } else if ends_transaction {
-                    self.in_transaction = false;
-                }
-            }
-
-            let rewritten = replacement.or(rewritten);
-            if let Some(claim) = lock {
-                self.received.add(&self.context.command_metrics, info.id);
-                self.send_batch(&mut batch);
-                let request = self.take_request(consumed, rewritten);
-                let Link::Pooled(conn) = &self.link else {
-                    break;
-                };
-                let ticket = self.replies.next_ticket();
-                // The attempt's own SET NX never releases a lock: its end wakes no waiter.
-                let writes = command_writes
-                    .into_iter()
-                    .filter_map(|written| match written {
-                        Written::Key { key, cached, .. } => cached.then_some(Written::Key {
-                            key,
-                            cached,
-                            locked: false,
-                        }),
-                        Written::Flush => Some(Written::Flush),
-                    })
-                    .collect();
-                self.awaiting_lock = Some(AwaitedLock {
-                    ticket,
-                    db: self.client.db,
-                    key: claim.key.clone(),
-                    writes,
-                });
-                let attempt = LockAttempt {
-                    claim,
-                    db: self.client.db,
-                    request,
-                    conn: conn.clone(),
-                    reply_to: self.reply_sender.clone(),
-                    ticket,
-                };
-                self.replies.push_fetched(false, self.observation.take());
-                self.context.locks.attempt(attempt);
-                break;
-            }
-            if !matches!(lookup, Lookup::Bypass) {
-                self.received.add(&self.context.command_metrics, info.id);
-                self.send_batch(&mut batch);
-                self.answer_from_cache(lookup, consumed, rewritten);
-                continue;
-            }
-            match step {
-                Step::Refuse(refusal) => {
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.send_batch(&mut batch);
-                    self.input.advance(consumed);
-                    self.replies.push_ready(refusal, &mut self.output);
-                }
-                Step::Answer { reply, kill } => {
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.send_batch(&mut batch);
-                    self.input.advance(consumed);
-                    self.answer_at_once(reply);
-                    if let Some(listing) = kill {
-                        listing.kill();
-                        if Arc::ptr_eq(&listing, &self.listing) {
-                            // Nothing the client sent after it runs, as in Redis.
-                            self.closing = Some(Closing::Killed);
-                            break;
-                        }
-                    }
-                }
-                Step::Forward => {
-                    self.received.add(&self.context.command_metrics, info.id);
-                    if rewritten.is_some() {
-                        // The batch ahead goes first, so sends are numbered in order.
-                        self.send_batch(&mut batch);
-                    }
-                    let observed = self.observation.take();
-                    if self.counts_replies() {
-                        self.replies.command_sent(info.id, sent_at, observed);
-                    } else if let Some(pending) = observed {
-                        // Relayed as a stream: no reply of its own to count.
-                        self.replies.observations.finish(pending, &[]);
-                    }
-                    if blocks {
-                        self.blocked = true;
-                    }
-                    if let (Some((length, paused)), false) = (pause, self.in_transaction) {
-                        self.context.upstream.pause.begin(length, paused);
-                    }
-                    let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
-                    // The command's writes end with its own reply, not an earlier batch's (a
-                    // rewritten request's batch ahead was sent above).
-                    self.written_keys.append(&mut command_writes);
-                    match rewritten {
-                        None => {
-                            batch.len += consumed;
-                            batch.count += 1;
-                            batch.holds |= holds;
-                        }
-                        Some(encoded) => {
-                            self.input.advance(consumed);
-                            self.forward(encoded, 1, holds);
-                        }
-                    }
-                }
-                Step::Local(command) => {
-                    self.send_batch(&mut batch);
-                    if local::may_change_connection(command) && !self.is_quiet() {
-                        self.waiting_for_quiet = true;
-                        break;
-                    }
-                    if self.dedicated_error.is_some() {
-                        if self.refuse_after_failed_open(consumed, info) {
-                            break;
-                        }
-                        continue;
-                    }
-                    if let Some(switch) = self.run_local(command, info) {
-                        dedicate = Some(switch);
-                        break;
-                    }
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.input.advance(consumed);
-                }
-                Step::Aside => {
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.send_batch(&mut batch);
-                    let request = self.take_request(consumed, rewritten);
-                    let ticket = self.replies.next_ticket();
-                    self.replies.push_fetched(false, self.observation.take());
-                    if info.notice == Notice::Unpause {
-                        self.context.upstream.pause.end();
-                    }
-                    // These commands act on the whole server: database 0 spares the
-                    // connection a SELECT, which Redis refuses while a script is busy.
-                    self.context.upstream.send_aside(
-                        self.client.protocol,
-                        request,
-                        ticket,
-                        self.reply_sender.clone(),
-                    );
-                }
-                Step::Relabel(redirect) => {
-                    self.received.add(&self.context.command_metrics, info.id);
-                    self.send_batch(&mut batch);
-                    let request = self.take_request(consumed, rewritten);
-                    let ticket = self.replies.next_ticket();
-                    let sent = match self.parked {
-                        Some(_) => Err(request),
-                        None => redirect.fetch_relabelled(
-                            self.link.conn(),
-                            request,
-                            ticket,
-                            self.reply_sender.clone(),
-                        ),
-                    };
-                    match sent {
-                        Ok(()) => self.replies.push_fetched(false, self.observation.take()),
-                        Err(request) => {
-                            // No room now: sent as it is, in order, and the reply unrelabelled.
-                            let observed = self.observation.take();
-                            self.replies.command_sent(info.id, sent_at, observed);
-                            self.forward(request, 1, false);
-                        }
-                    }
-                }
-                Step::Dedicate { streaming } => {
-                    self.send_batch(&mut batch);
-                    if self.dedicated_error.is_some() {
-                        if self.refuse_after_failed_open(consumed, info) {
-                            break;
-                        }
-                        continue;
-                    }
-                    if !self.is_quiet() {
-                        self.waiting_for_quiet = true;
-                        break;
-                    }
-                    if let Link::Dedicated { streaming: now, .. } = &mut self.link {
-                        // Already dedicated: this request turns the connection into a stream.
-                        *now = true;
-                        continue;
-                    }
-                    dedicate = Some(Switch {
-                        streaming,
-                        for_monitor: &*info.name == "monitor",
-                        login: None,
-                    });
-                    break;
-                }
-            }
-        }
-        self.send_batch(&mut batch);
-        self.received.flush(&self.context.command_metrics);
-        dedicate
-    }
-
     /// Counts the commands whose answers came since the last call in the hot keys, all at
     /// once.
     fn count_hot_keys(&mut self) {
@@ -999,406 +424,6 @@ impl Session {
         match &self.context.live.load().policies.hotkeys {
             Some(hotkeys) => hotkeys.record(&mut self.replies.observations, Instant::now()),
             None => self.replies.observations.discard(),
-        }
-    }
-
-    /// Hands on the written keys whose writes Redis has answered: reads of them may be
-    /// cached again, and waiters for a lock they name try again.
-    fn finish_writes(&mut self) {
-        let written = self.replies.take_finished_writes();
-        end_writes(&self.context, written);
-    }
-
-    /// Takes the request at the front of the input out of it, to send on its own.
-    fn take_request(&mut self, consumed: usize, rewritten: Option<Bytes>) -> Bytes {
-        match rewritten {
-            Some(encoded) => {
-                self.input.advance(consumed);
-                encoded
-            }
-            None => self.input.split_to(consumed).freeze(),
-        }
-    }
-
-    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
-    fn answer_from_cache(&mut self, lookup: Lookup, consumed: usize, rewritten: Option<Bytes>) {
-        let request = self.take_request(consumed, rewritten);
-        match lookup {
-            Lookup::Bypass => {}
-            Lookup::Hit(reply) => {
-                if let Some(pending) = self.observation.take() {
-                    self.replies.observations.finish(pending, &reply);
-                }
-                self.replies.push_ready(reply, &mut self.output);
-            }
-            Lookup::Joined => self.replies.push_fetched(true, self.observation.take()),
-            Lookup::Fetch(flight) => {
-                let Link::Pooled(conn) = &self.link else {
-                    return;
-                };
-                self.replies.push_fetched(false, self.observation.take());
-                let address = &self.context.upstream.settings().address;
-                self.context
-                    .cache
-                    .fetch(flight, conn, request, |error| error.reply(address, 1));
-            }
-        }
-    }
-
-    /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
-    /// for a command that names a client), in its place among the replies owed. On a
-    /// streaming link replies are relayed as they come, so it is too.
-    fn answer_at_once(&mut self, reply: Bytes) {
-        if self.in_transaction && self.counts_replies() {
-            self.refuse_in_transaction(reply);
-        } else {
-            self.replies.push_ready(reply, &mut self.output);
-        }
-    }
-
-    /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
-    /// refuses at queue time does: a command Redis does not know is queued in its place (so
-    /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
-    fn refuse_in_transaction(&mut self, refusal: Bytes) {
-        const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
-        let Link::Dedicated { conn, .. } = &self.link else {
-            self.replies.push_ready(refusal, &mut self.output);
-            return;
-        };
-        let batch = Batch {
-            bytes: Bytes::from_static(ABORTS_TRANSACTION),
-            count: 1,
-            reply_to: self.reply_sender.clone(),
-            tracked: false,
-            measured: false,
-            hold: None,
-        };
-        match conn.send(batch) {
-            Ok(()) => self.replies.push_substitute(refusal),
-            Err(_) => {
-                // Without the marker the transaction would commit the rest: close the client,
-                // so Redis discards it with the connection.
-                self.replies.push_ready(refusal, &mut self.output);
-                self.closing = Some(Closing::UpstreamGone);
-            }
-        }
-    }
-
-    /// Answers the request that needed a dedicated connection with the error from opening one,
-    /// then closes the client: running what it pipelined after (the commands of a `MULTI`, say)
-    /// on the shared connection would change their meaning.
-    /// `true` if the client is closed.
-    fn refuse_after_failed_open(&mut self, consumed: usize, info: &CommandInfo) -> bool {
-        self.received.add(&self.context.command_metrics, info.id);
-        self.input.advance(consumed);
-        if let Some(error) = self.dedicated_error.take() {
-            self.replies.push_ready(error.reply, &mut self.output);
-            if !error.closes {
-                return false;
-            }
-        }
-        self.closing = Some(Closing::UpstreamGone);
-        true
-    }
-
-    /// Decides what to do with a request on the session's current connection.
-    fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
-        match &self.link {
-            Link::Dedicated { streaming, .. } => match info.effect {
-                Effect::Local(LocalCommand::Keyward) if !streaming => {
-                    Step::Local(LocalCommand::Keyward)
-                }
-                // RESET ends every state that made the connection the session's own: the
-                // session goes back to the pool (and logs out of keyward, if it requires a
-                // password). Redis would log keyward's own connection out instead.
-                Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
-                // With a listen password, AUTH is with keyward, wherever the session is.
-                Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
-                    if self.context.listen_password.is_some() && !streaming =>
-                {
-                    Step::Local(command)
-                }
-                Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
-                _ => Step::Forward,
-            },
-            Link::Pooled(_) => match info.effect {
-                Effect::Stateless => Step::Forward,
-                Effect::Local(command) => Step::Local(command),
-                Effect::Dedicated => Step::Dedicate { streaming: false },
-                Effect::Aside => Step::Aside,
-                Effect::DedicatedWithBlockOption if has_block_option(args) => {
-                    Step::Dedicate { streaming: false }
-                }
-                Effect::DedicatedWithBlockOption => Step::Forward,
-                Effect::Streaming => Step::Dedicate { streaming: true },
-            },
-        }
-    }
-
-    /// Whether replies are matched to requests (everywhere but on a streaming connection).
-    fn counts_replies(&self) -> bool {
-        !matches!(
-            self.link,
-            Link::Dedicated {
-                streaming: true,
-                ..
-            }
-        )
-    }
-
-    /// Whether nothing is owed on the current connection, so the session may switch.
-    fn is_quiet(&self) -> bool {
-        self.replies.outstanding() == 0 && !self.replies.awaiting_fetches()
-    }
-
-    /// Runs a local command; `Some` if it must instead go to Redis on a dedicated connection,
-    /// opened as the switch says.
-    fn run_local(&mut self, command: LocalCommand, info: &CommandInfo) -> Option<Switch> {
-        let facts = self.context.upstream.facts();
-        let local_context = LocalContext {
-            context: &self.context,
-            facts: &facts,
-            settings: self.context.upstream.settings(),
-            listen_password: self.context.listen_password.as_deref(),
-        };
-        let before = (self.client.protocol, self.client.db);
-        let outcome = local::execute(
-            command,
-            info,
-            &self.local_args,
-            &mut self.client,
-            &local_context,
-        );
-        match outcome {
-            Outcome::Reply(reply) => self.replies.push_ready(reply, &mut self.output),
-            Outcome::ReplyThenClose(reply) => {
-                self.replies.push_ready(reply, &mut self.output);
-                self.closing = Some(Closing::Quit);
-            }
-            Outcome::NeedsDedicated(login) => {
-                return Some(Switch {
-                    streaming: false,
-                    for_monitor: false,
-                    login,
-                })
-            }
-        }
-        if command == LocalCommand::Reset {
-            // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
-            self.listing.set_redis_id(None);
-            self.redirect = None;
-            self.monitoring = None;
-            self.as_own_user = false;
-            self.link = Link::Pooled(self.context.upstream.pooled(
-                self.client.protocol,
-                self.client.db,
-                self.client.id,
-            ));
-            self.in_transaction = false;
-            self.blocked = false;
-        } else if before != (self.client.protocol, self.client.db) {
-            if let Link::Pooled(_) = self.link {
-                self.link = Link::Pooled(self.context.upstream.pooled(
-                    self.client.protocol,
-                    self.client.db,
-                    self.client.id,
-                ));
-            }
-        }
-        None
-    }
-
-    async fn open_dedicated(&mut self, switch: Switch) {
-        let Switch {
-            streaming,
-            for_monitor,
-            login,
-        } = switch;
-        if let Some(opening) = self.opening.take() {
-            opening.start();
-        }
-        let setup = self.client.setup_commands();
-        let opened = self
-            .context
-            .upstream
-            .dedicated(
-                self.client.protocol,
-                self.client.db,
-                &setup,
-                self.reply_sender.clone(),
-                // A `MONITOR` starts after the spare connection it takes is replaced, so that
-                // it does not show that connection's handshake.
-                for_monitor,
-                login.as_ref(),
-            )
-            .await;
-        match opened {
-            Ok((conn, opening)) => {
-                self.as_own_user |= login.is_some();
-                if for_monitor {
-                    self.monitoring = Some(self.context.upstream.monitoring());
-                }
-                self.listing.set_redis_id(opening.redis_id);
-                self.link = Link::Dedicated { conn, streaming };
-                self.opening = Some(opening);
-            }
-            Err(error) => {
-                let address = &self.context.upstream.settings().address;
-                self.dedicated_error = Some(DedicatedError {
-                    reply: error.reply(address),
-                    // Redis refused the request itself, as it would have directly (a busy
-                    // script, the client's own wrong password): what the client sent after it
-                    // meets Redis as it would have (`EXEC without MULTI`).
-                    closes: !matches!(error, UpstreamError::Busy(_) | UpstreamError::Rejected(_)),
-                });
-            }
-        }
-    }
-
-    /// Hands the requests gathered in `batch` (the front of the input) to the connection.
-    fn send_batch(&mut self, batch: &mut PendingBatch) {
-        if batch.len == 0 {
-            return;
-        }
-        let bytes = self.input.split_to(batch.len).freeze();
-        let (count, holds) = (batch.count, batch.holds);
-        *batch = PendingBatch::default();
-        self.forward(bytes, count, holds);
-    }
-
-    /// Hands requests to the session's connection. `holds`: Redis may hold one of them for
-    /// long, so a shared connection shows as held until they are answered.
-    fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
-        self.leave_held_connection();
-        let conn = self.link.conn();
-        let measured = self.replies.follows_commands();
-        let hold = match &self.link {
-            Link::Pooled(conn) if holds => Some(conn.hold()),
-            _ => None,
-        };
-        if let Some(parked) = &mut self.parked {
-            parked.join(&bytes, count, measured, hold);
-            self.handed_over(count);
-            return;
-        }
-        let batch = Batch {
-            bytes,
-            count,
-            reply_to: self.reply_sender.clone(),
-            tracked: false,
-            measured,
-            hold,
-        };
-        match conn.offer(batch) {
-            Ok(()) => self.handed_over(count),
-            Err((SendError::Busy, batch)) => {
-                self.parked = Some(Parked::from(batch));
-                self.handed_over(count);
-            }
-            Err((error, _)) => {
-                let address = &self.context.upstream.settings().address;
-                let error = error.reply(address, u64::from(count));
-                end_writes(&self.context, std::mem::take(&mut self.written_keys));
-                if self.counts_replies() {
-                    self.replies.unsend(count as usize);
-                }
-                for _ in 0..count {
-                    self.replies.push_ready(error.clone(), &mut self.output);
-                }
-            }
-        }
-    }
-
-    /// A session that owes nothing moves off a shared connection that Redis holds (see
-    /// [`Upstream::detour`](crate::upstream::Upstream::detour)).
-    fn leave_held_connection(&mut self) {
-        let Link::Pooled(conn) = &self.link else {
-            return;
-        };
-        if !conn.status.is_held() || self.parked.is_some() || !self.is_quiet() {
-            return;
-        }
-        let upstream = &self.context.upstream;
-        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db, self.client.id) {
-            self.link = Link::Pooled(conn);
-        }
-    }
-
-    /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
-    fn handed_over(&mut self, count: u32) {
-        let written = std::mem::take(&mut self.written_keys);
-        if self.counts_replies() {
-            self.replies.push_upstream(count, written);
-        } else {
-            end_writes(&self.context, written);
-        }
-    }
-
-    /// Sends the parked requests now that the connection has room. Their replies are already
-    /// expected: if the connection is gone, they are answered as a broken connection's are.
-    fn unpark(&mut self) {
-        let Some(parked) = self.parked.take() else {
-            return;
-        };
-        let count = parked.count;
-        let batch = parked.into_batch(self.reply_sender.clone());
-        match self.link.conn().offer(batch) {
-            Ok(()) => {}
-            Err((SendError::Busy, batch)) => self.parked = Some(Parked::from(batch)),
-            Err((error, _)) => {
-                let address = &self.context.upstream.settings().address;
-                let error = error.reply(address, u64::from(count));
-                let _ = self.reply_sender.send(Reply::Failed { count, error });
-            }
-        }
-    }
-}
-
-impl Link {
-    fn conn(&self) -> &ConnHandle {
-        match self {
-            Link::Pooled(conn) | Link::Dedicated { conn, .. } => conn,
-        }
-    }
-}
-
-/// Requests waiting for room in their connection's queue, in order.
-struct Parked {
-    bytes: BytesMut,
-    count: u32,
-    measured: bool,
-    hold: Option<Hold>,
-}
-
-impl Parked {
-    fn join(&mut self, bytes: &[u8], count: u32, measured: bool, hold: Option<Hold>) {
-        self.bytes.extend_from_slice(bytes);
-        self.count += count;
-        self.measured |= measured;
-        if self.hold.is_none() {
-            self.hold = hold;
-        }
-    }
-
-    fn into_batch(self, reply_to: ReplySender) -> Batch {
-        Batch {
-            bytes: self.bytes.freeze(),
-            count: self.count,
-            reply_to,
-            tracked: false,
-            measured: self.measured,
-            hold: self.hold,
-        }
-    }
-}
-
-impl From<Batch> for Parked {
-    fn from(batch: Batch) -> Parked {
-        Parked {
-            bytes: BytesMut::from(&batch.bytes[..]),
-            count: batch.count,
-            measured: batch.measured,
-            hold: batch.hold,
         }
     }
 }
@@ -1417,165 +442,12 @@ impl Drop for Session {
     }
 }
 
-/// A write through keyward: the cached reads of its keys go at once, and no read of them is
-/// stored until Redis has answered it; keys that cache or lock rules watch are remembered in
-/// `written` until then. A flush drops everything.
-fn note_writes(
-    cache: &Coherence,
-    policies: &Policies,
-    info: &CommandInfo,
-    args: &Args<'_>,
-    key_positions: &[usize],
-    written: &mut Vec<Written>,
-) {
-    if info.has_flag(flags::READONLY) {
-        return;
-    }
-    if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
-        cache.begin_flush(&policies.caches);
-        written.push(Written::Flush);
-        return;
-    }
-    for key in key_positions
-        .iter()
-        .filter_map(|&position| args.get(position))
-    {
-        // Only rules in force serve or hold anything: for shadow rules, dropping the entries
-        // is enough (their counts may be off by a read that raced the write).
-        let covering = |shadow: bool| {
-            policies
-                .caches
-                .iter()
-                .any(|rule| rule.is_shadow() == shadow && rule.matches_key(key))
-        };
-        let cached = covering(false);
-        let locked = policies
-            .locks
-            .iter()
-            .any(|rule| !rule.is_shadow() && rule.matches_key(key));
-        if cached {
-            cache.begin_write(&policies.caches, key);
-        } else if covering(true) {
-            cache.invalidate(&policies.caches, key);
-        }
-        if cached || locked {
-            written.push(Written::Key {
-                key: Bytes::copy_from_slice(key),
-                cached,
-                locked,
-            });
-        }
-    }
-}
-
-fn end_writes(context: &Context, written: Vec<Written>) {
-    if written.is_empty() {
-        return;
-    }
-    for write in written {
-        match write {
-            Written::Key {
-                key,
-                cached,
-                locked,
-            } => {
-                if cached {
-                    context.cache.end_write(&key);
-                }
-                if locked {
-                    context.locks.released(&key);
-                }
-            }
-            Written::Flush => {
-                context.cache.end_flush();
-                context.locks.wake_all();
-            }
-        }
-    }
-}
-
 /// What a held request's wait ended with.
 enum Awaited {
     /// The connection has room for the parked requests.
     Room,
     /// Redis's answer to a policy's question (a global rate limit).
     Answer(Option<Reply>),
-}
-
-/// The connection of its own that the request at the front of the input needs first.
-struct Switch {
-    /// Frames will no longer match commands one to one (see `Link::Dedicated`).
-    streaming: bool,
-    /// The request is `MONITOR`.
-    for_monitor: bool,
-    /// The request authenticates as a user keyward does not know: the connection is opened
-    /// as that user, so that it works whatever keyward's own credentials are.
-    login: Option<Login>,
-}
-
-/// Why a connection of the session's own could not be opened, for the request that asked.
-struct DedicatedError {
-    reply: Bytes,
-    /// The client is closed after the reply (see `refuse_after_failed_open`).
-    closes: bool,
-}
-
-/// The lock attempt a session waits for.
-struct AwaitedLock {
-    ticket: u64,
-    db: u32,
-    key: Bytes,
-    /// What the attempt writes, ended when it is answered.
-    writes: Vec<Written>,
-}
-
-/// Forwarded requests gathered at the front of the input, not yet handed to a connection.
-#[derive(Default)]
-struct PendingBatch {
-    len: usize,
-    count: u32,
-    /// Redis may hold one of the requests for long (see [`Session::forward`]).
-    holds: bool,
-}
-
-/// Whether Redis may hold a command for long now, so that a shared connection shows as held
-/// from the moment it is sent (see [`Hold`]).
-fn may_be_held(holding: Holding, pause: Option<Paused>) -> bool {
-    match holding {
-        Holding::Always => true,
-        Holding::InWritePause => pause.is_some(),
-        Holding::InFullPause => pause == Some(Paused::Everything),
-    }
-}
-
-/// `XREAD`/`XREADGROUP` block only with a `BLOCK` option. Options are read by position
-/// (`GROUP g c`, `COUNT n`, `BLOCK ms`, `NOACK`) up to `STREAMS`, so a group or consumer
-/// named "block" or "streams" is not mistaken for one.
-fn has_block_option(args: &Args<'_>) -> bool {
-    let mut index = 1;
-    while let Some(arg) = args.get(index) {
-        let skip = if arg.eq_ignore_ascii_case(b"block") {
-            return true;
-        } else if arg.eq_ignore_ascii_case(b"streams") {
-            return false;
-        } else if arg.eq_ignore_ascii_case(b"group") {
-            2
-        } else if arg.eq_ignore_ascii_case(b"count") {
-            1
-        } else {
-            0
-        };
-        index += skip + 1;
-    }
-    false
-}
-
-/// Whether the command may wait in Redis for something to happen.
-fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
-    match info.effect {
-        Effect::DedicatedWithBlockOption => has_block_option(args),
-        _ => info.has_flag(flags::BLOCKING) || &*info.name == "wait",
-    }
 }
 
 /// Counts a client connection for as long as it lives.

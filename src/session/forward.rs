@@ -1,0 +1,215 @@
+//! Handing requests to the session's connection: batches cut from the read buffer without a
+//! copy, requests parked while the connection's queue is full (the client is read no further
+//! until there is room), and answers keyward puts in their place among the replies owed.
+
+use bytes::{Bytes, BytesMut};
+
+use super::link::Link;
+use super::pipeline::Input;
+use super::writes::end_writes;
+use super::{Closing, Session};
+use crate::policy::cache::Lookup;
+use crate::upstream::{Batch, Hold, Reply, ReplySender, SendError};
+
+impl Session {
+    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
+    pub(super) fn answer_from_cache(&mut self, lookup: Lookup, request: Bytes) {
+        match lookup {
+            Lookup::Bypass => {}
+            Lookup::Hit(reply) => {
+                if let Some(pending) = self.observation.take() {
+                    self.replies.observations.finish(pending, &reply);
+                }
+                self.replies.push_ready(reply, &mut self.output);
+            }
+            Lookup::Joined => self.replies.push_fetched(true, self.observation.take()),
+            Lookup::Fetch(flight) => {
+                let Link::Pooled(conn) = &self.link else {
+                    return;
+                };
+                self.replies.push_fetched(false, self.observation.take());
+                let address = &self.context.upstream.settings().address;
+                self.context
+                    .cache
+                    .fetch(flight, conn, request, |error| error.reply(address, 1));
+            }
+        }
+    }
+
+    /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
+    /// for a command that names a client), in its place among the replies owed. On a
+    /// streaming link replies are relayed as they come, so it is too.
+    pub(super) fn answer_at_once(&mut self, reply: Bytes) {
+        if self.in_transaction && self.counts_replies() {
+            self.refuse_in_transaction(reply);
+        } else {
+            self.replies.push_ready(reply, &mut self.output);
+        }
+    }
+
+    /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
+    /// refuses at queue time does: a command Redis does not know is queued in its place (so
+    /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
+    pub(super) fn refuse_in_transaction(&mut self, refusal: Bytes) {
+        const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
+        let Link::Dedicated { conn, .. } = &self.link else {
+            self.replies.push_ready(refusal, &mut self.output);
+            return;
+        };
+        let batch = Batch {
+            bytes: Bytes::from_static(ABORTS_TRANSACTION),
+            count: 1,
+            reply_to: self.reply_sender.clone(),
+            tracked: false,
+            measured: false,
+            hold: None,
+        };
+        match conn.send(batch) {
+            Ok(()) => self.replies.push_substitute(refusal),
+            Err(_) => {
+                // Without the marker the transaction would commit the rest: close the client,
+                // so Redis discards it with the connection.
+                self.replies.push_ready(refusal, &mut self.output);
+                self.closing = Some(Closing::UpstreamGone);
+            }
+        }
+    }
+
+    /// Hands the requests gathered in `batch` (the front of the input) to the connection.
+    pub(super) fn send_batch(&mut self, input: &mut Input) {
+        let batch = std::mem::take(&mut input.batch);
+        if batch.len == 0 {
+            return;
+        }
+        let bytes = input.bytes.split_to(batch.len).freeze();
+        self.forward(bytes, batch.count, batch.holds);
+    }
+
+    /// Hands requests to the session's connection. `holds`: Redis may hold one of them for
+    /// long, so a shared connection shows as held until they are answered.
+    pub(super) fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
+        self.leave_held_connection();
+        let conn = self.link.conn();
+        let measured = self.replies.follows_commands();
+        let hold = match &self.link {
+            Link::Pooled(conn) if holds => Some(conn.hold()),
+            _ => None,
+        };
+        if let Some(parked) = &mut self.parked {
+            parked.join(&bytes, count, measured, hold);
+            self.handed_over(count);
+            return;
+        }
+        let batch = Batch {
+            bytes,
+            count,
+            reply_to: self.reply_sender.clone(),
+            tracked: false,
+            measured,
+            hold,
+        };
+        match conn.offer(batch) {
+            Ok(()) => self.handed_over(count),
+            Err((SendError::Busy, batch)) => {
+                self.parked = Some(Parked::from(batch));
+                self.handed_over(count);
+            }
+            Err((error, _)) => {
+                let address = &self.context.upstream.settings().address;
+                let error = error.reply(address, u64::from(count));
+                end_writes(&self.context, std::mem::take(&mut self.written_keys));
+                if self.counts_replies() {
+                    self.replies.unsend(count as usize);
+                }
+                for _ in 0..count {
+                    self.replies.push_ready(error.clone(), &mut self.output);
+                }
+            }
+        }
+    }
+
+    /// A session that owes nothing moves off a shared connection that Redis holds (see
+    /// [`Upstream::detour`](crate::upstream::Upstream::detour)).
+    pub(super) fn leave_held_connection(&mut self) {
+        let Link::Pooled(conn) = &self.link else {
+            return;
+        };
+        if !conn.status.is_held() || self.parked.is_some() || !self.is_quiet() {
+            return;
+        }
+        let upstream = &self.context.upstream;
+        if let Some(conn) = upstream.detour(self.client.protocol, self.client.db, self.client.id) {
+            self.link = Link::Pooled(conn);
+        }
+    }
+
+    /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
+    pub(super) fn handed_over(&mut self, count: u32) {
+        let written = std::mem::take(&mut self.written_keys);
+        if self.counts_replies() {
+            self.replies.push_upstream(count, written);
+        } else {
+            end_writes(&self.context, written);
+        }
+    }
+
+    /// Sends the parked requests now that the connection has room. Their replies are already
+    /// expected: if the connection is gone, they are answered as a broken connection's are.
+    pub(super) fn unpark(&mut self) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        let count = parked.count;
+        let batch = parked.into_batch(self.reply_sender.clone());
+        match self.link.conn().offer(batch) {
+            Ok(()) => {}
+            Err((SendError::Busy, batch)) => self.parked = Some(Parked::from(batch)),
+            Err((error, _)) => {
+                let address = &self.context.upstream.settings().address;
+                let error = error.reply(address, u64::from(count));
+                let _ = self.reply_sender.send(Reply::Failed { count, error });
+            }
+        }
+    }
+}
+
+/// Requests waiting for room in their connection's queue, in order.
+pub(super) struct Parked {
+    bytes: BytesMut,
+    count: u32,
+    measured: bool,
+    hold: Option<Hold>,
+}
+
+impl Parked {
+    pub(super) fn join(&mut self, bytes: &[u8], count: u32, measured: bool, hold: Option<Hold>) {
+        self.bytes.extend_from_slice(bytes);
+        self.count += count;
+        self.measured |= measured;
+        if self.hold.is_none() {
+            self.hold = hold;
+        }
+    }
+
+    pub(super) fn into_batch(self, reply_to: ReplySender) -> Batch {
+        Batch {
+            bytes: self.bytes.freeze(),
+            count: self.count,
+            reply_to,
+            tracked: false,
+            measured: self.measured,
+            hold: self.hold,
+        }
+    }
+}
+
+impl From<Batch> for Parked {
+    fn from(batch: Batch) -> Parked {
+        Parked {
+            bytes: BytesMut::from(&batch.bytes[..]),
+            count: batch.count,
+            measured: batch.measured,
+            hold: batch.hold,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The upstream connection a session uses, and its moves: from the shared pool to a
+//! connection of its own (for connection state) and back on `RESET`, and the commands keyward
+//! answers itself from the client's connection state.
+
+use bytes::{Buf, Bytes};
+
+use super::local::{self, LocalContext, Outcome};
+use super::pipeline::{has_block_option, Flow, Input, Step};
+use super::{Closing, Session};
+use crate::command::{CommandInfo, Effect, LocalCommand};
+use crate::resp::request::Args;
+use crate::upstream::{ConnHandle, Login, UpstreamError};
+
+impl Session {
+    /// Answers the request that needed a dedicated connection with the error from opening one,
+    /// then closes the client: running what it pipelined after (the commands of a `MULTI`, say)
+    /// on the shared connection would change their meaning.
+    pub(super) fn refuse_after_failed_open(
+        &mut self,
+        input: &mut Input,
+        consumed: usize,
+        info: &CommandInfo,
+    ) -> Flow {
+        self.received.add(&self.context.command_metrics, info.id);
+        input.bytes.advance(consumed);
+        if let Some(error) = self.dedicated_error.take() {
+            self.replies.push_ready(error.reply, &mut self.output);
+            if !error.closes {
+                return Flow::Next;
+            }
+        }
+        self.closing = Some(Closing::UpstreamGone);
+        Flow::Stop
+    }
+
+    /// Decides what to do with a request on the session's current connection.
+    pub(super) fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
+        match &self.link {
+            Link::Dedicated { streaming, .. } => match info.effect {
+                Effect::Local(LocalCommand::Keyward) if !streaming => {
+                    Step::Local(LocalCommand::Keyward)
+                }
+                // RESET ends every state that made the connection the session's own: the
+                // session goes back to the pool (and logs out of keyward, if it requires a
+                // password). Redis would log keyward's own connection out instead.
+                Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
+                // With a listen password, AUTH is with keyward, wherever the session is.
+                Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
+                    if self.context.listen_password.is_some() && !streaming =>
+                {
+                    Step::Local(command)
+                }
+                Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
+                _ => Step::Forward,
+            },
+            Link::Pooled(_) => match info.effect {
+                Effect::Stateless => Step::Forward,
+                Effect::Local(command) => Step::Local(command),
+                Effect::Dedicated => Step::Dedicate { streaming: false },
+                Effect::Aside => Step::Aside,
+                Effect::DedicatedWithBlockOption if has_block_option(args) => {
+                    Step::Dedicate { streaming: false }
+                }
+                Effect::DedicatedWithBlockOption => Step::Forward,
+                Effect::Streaming => Step::Dedicate { streaming: true },
+            },
+        }
+    }
+
+    /// Whether replies are matched to requests (everywhere but on a streaming connection).
+    pub(super) fn counts_replies(&self) -> bool {
+        !matches!(
+            self.link,
+            Link::Dedicated {
+                streaming: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether nothing is owed on the current connection, so the session may switch.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.replies.outstanding() == 0 && !self.replies.awaiting_fetches()
+    }
+
+    /// Runs a local command; `Some` if it must instead go to Redis on a dedicated connection,
+    /// opened as the switch says.
+    pub(super) fn run_local(
+        &mut self,
+        command: LocalCommand,
+        info: &CommandInfo,
+    ) -> Option<Switch> {
+        let facts = self.context.upstream.facts();
+        let local_context = LocalContext {
+            context: &self.context,
+            facts: &facts,
+            settings: self.context.upstream.settings(),
+            listen_password: self.context.listen_password.as_deref(),
+        };
+        let before = (self.client.protocol, self.client.db);
+        let outcome = local::execute(
+            command,
+            info,
+            &self.local_args,
+            &mut self.client,
+            &local_context,
+        );
+        match outcome {
+            Outcome::Reply(reply) => self.replies.push_ready(reply, &mut self.output),
+            Outcome::ReplyThenClose(reply) => {
+                self.replies.push_ready(reply, &mut self.output);
+                self.closing = Some(Closing::Quit);
+            }
+            Outcome::NeedsDedicated(login) => {
+                return Some(Switch {
+                    streaming: false,
+                    for_monitor: false,
+                    login,
+                })
+            }
+        }
+        if command == LocalCommand::Reset {
+            // Dropping a dedicated connection ends its state in Redis (subscriptions, MULTI).
+            self.listing.set_redis_id(None);
+            self.redirect = None;
+            self.monitoring = None;
+            self.as_own_user = false;
+            self.link = Link::Pooled(self.context.upstream.pooled(
+                self.client.protocol,
+                self.client.db,
+                self.client.id,
+            ));
+            self.in_transaction = false;
+            self.blocked = false;
+        } else if before != (self.client.protocol, self.client.db) {
+            if let Link::Pooled(_) = self.link {
+                self.link = Link::Pooled(self.context.upstream.pooled(
+                    self.client.protocol,
+                    self.client.db,
+                    self.client.id,
+                ));
+            }
+        }
+        None
+    }
+
+    pub(super) async fn open_dedicated(&mut self, switch: Switch) {
+        let Switch {
+            streaming,
+            for_monitor,
+            login,
+        } = switch;
+        if let Some(opening) = self.opening.take() {
+            opening.start();
+        }
+        let setup = self.client.setup_commands();
+        let opened = self
+            .context
+            .upstream
+            .dedicated(
+                self.client.protocol,
+                self.client.db,
+                &setup,
+                self.reply_sender.clone(),
+                // A `MONITOR` starts after the spare connection it takes is replaced, so that
+                // it does not show that connection's handshake.
+                for_monitor,
+                login.as_ref(),
+            )
+            .await;
+        match opened {
+            Ok((conn, opening)) => {
+                self.as_own_user |= login.is_some();
+                if for_monitor {
+                    self.monitoring = Some(self.context.upstream.monitoring());
+                }
+                self.listing.set_redis_id(opening.redis_id);
+                self.link = Link::Dedicated { conn, streaming };
+                self.opening = Some(opening);
+            }
+            Err(error) => {
+                let address = &self.context.upstream.settings().address;
+                self.dedicated_error = Some(DedicatedError {
+                    reply: error.reply(address),
+                    // Redis refused the request itself, as it would have directly (a busy
+                    // script, the client's own wrong password): what the client sent after it
+                    // meets Redis as it would have (`EXEC without MULTI`).
+                    closes: !matches!(error, UpstreamError::Busy(_) | UpstreamError::Rejected(_)),
+                });
+            }
+        }
+    }
+}
+
+/// The upstream connection a session currently uses.
+pub(super) enum Link {
+    Pooled(ConnHandle),
+    Dedicated {
+        conn: ConnHandle,
+        /// Frames no longer match commands one to one (pub/sub, `MONITOR`): everything is
+        /// relayed as it comes and nothing is answered locally.
+        streaming: bool,
+    },
+}
+
+impl Link {
+    pub(super) fn conn(&self) -> &ConnHandle {
+        match self {
+            Link::Pooled(conn) | Link::Dedicated { conn, .. } => conn,
+        }
+    }
+}
+
+/// The connection of its own that the request at the front of the input needs first.
+pub(super) struct Switch {
+    /// Frames will no longer match commands one to one (see `Link::Dedicated`).
+    pub(super) streaming: bool,
+    /// The request is `MONITOR`.
+    pub(super) for_monitor: bool,
+    /// The request authenticates as a user keyward does not know: the connection is opened
+    /// as that user, so that it works whatever keyward's own credentials are.
+    pub(super) login: Option<Login>,
+}
+
+/// Why a connection of the session's own could not be opened, for the request that asked.
+pub(super) struct DedicatedError {
+    pub(super) reply: Bytes,
+    /// The client is closed after the reply (see `refuse_after_failed_open`).
+    pub(super) closes: bool,
+}

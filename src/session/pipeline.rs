@@ -1,0 +1,563 @@
+//! The request pipeline: each decoded request is classified once, then meets the phases in
+//! a fixed order, and is forwarded, answered, held or handed to a policy:
+//!
+//! 1. classify: the command is resolved from the table, and what it needs of the connection
+//!    (forward, answer locally, a connection of its own, send aside) decided
+//!    ([`Session::step_for`]); commands that name clients are translated ([`client_ids`]).
+//! 2. hot keys decide whether to follow the request.
+//! 3. judge: deny rules, then rate limits ([`judging`]): forward, refuse, delay, or ask Redis.
+//! 4. lock: a lock attempt on a contended key waits in the lock's queue ([`policy::lock`]).
+//! 5. cache: a cacheable read is answered from memory, or fills it ([`policy::cache`]); a
+//!    write marks what it changes ([`writes`]).
+//! 6. dispatch: the request joins the batch for the session's connection, or is answered.
+//!
+//! Replies come back through the reply queue ([`replies`]), where hot keys, metrics and the
+//! end of watched writes observe them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::client_ids::{self, Asker, Redirect, Translation};
+use super::link::{Link, Switch};
+use super::writes::{note_writes, AwaitedLock};
+use super::{Closing, Session};
+use crate::command::{
+    cacheable, flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice,
+};
+use crate::directory::Listing;
+use crate::metrics;
+use crate::policy::cache::coherence::Read;
+use crate::policy::cache::{Lookup, Written};
+use crate::policy::judging::{Scope, Sender};
+use crate::policy::lock::attempt::{self, Claim, LockAttempt};
+use crate::policy::rate_limit::Verdict;
+use crate::policy::Policies;
+use crate::resp::reply;
+use crate::resp::request::{Args, Decoded, RequestDecoder};
+use crate::upstream::{parse_pause, Paused};
+
+/// What the loop over the input does after one request.
+pub(super) enum Flow {
+    /// On to the next request.
+    Next,
+    /// No more requests for now: the front one is held or waits, or the session closes.
+    Stop,
+    /// The request at the front needs a connection of the session's own first.
+    Dedicate(Switch),
+}
+
+/// The input while its requests are processed. It is taken out of the session meanwhile, so
+/// that a request's arguments, borrowed from it, stay readable while the phases change the
+/// session's state.
+pub(super) struct Input {
+    pub bytes: BytesMut,
+    decoder: RequestDecoder,
+    /// Forwarded requests gathered at the front, not yet handed to the connection.
+    pub batch: PendingBatch,
+}
+
+/// Forwarded requests gathered at the front of the input, not yet handed to a connection.
+#[derive(Default)]
+pub(super) struct PendingBatch {
+    pub len: usize,
+    pub count: u32,
+    /// Redis may hold one of the requests for long (see [`Session::forward`]).
+    pub holds: bool,
+}
+
+impl Input {
+    /// Takes the request at the front of the input out of it, to send on its own.
+    pub fn take_request(&mut self, consumed: usize, rewritten: Option<Bytes>) -> Bytes {
+        match rewritten {
+            Some(encoded) => {
+                self.bytes.advance(consumed);
+                encoded
+            }
+            None => self.bytes.split_to(consumed).freeze(),
+        }
+    }
+}
+
+/// A request past the judging phase, on its way to be sent or answered.
+pub(super) struct Request {
+    pub info: &'static CommandInfo,
+    pub step: Step,
+    /// Its length at the front of the input.
+    pub consumed: usize,
+    /// What goes to Redis instead of the client's bytes: an inline request encoded, or one
+    /// whose client ids were translated.
+    pub rewritten: Option<Bytes>,
+    /// `CLIENT PAUSE`'s length and what it pauses.
+    pub pause: Option<(Duration, Paused)>,
+    /// The command may wait in Redis for something to happen.
+    pub blocks: bool,
+    /// When the requests of this pass over the input were sent, for latency metrics.
+    pub sent_at: Instant,
+}
+
+impl Session {
+    /// Runs every complete request in the input through the pipeline. Returns `Some(switch)`
+    /// when the request at the front needs a dedicated connection opened first.
+    pub(super) fn process_input(&mut self) -> Option<Switch> {
+        if self.is_holding() || self.parked.is_some() {
+            return None;
+        }
+        self.waiting_for_quiet = false;
+        let mut input = Input {
+            bytes: std::mem::take(&mut self.input),
+            decoder: std::mem::take(&mut self.decoder),
+            batch: PendingBatch::default(),
+        };
+        let switch = self.process(&mut input);
+        self.input = input.bytes;
+        self.decoder = input.decoder;
+        switch
+    }
+
+    pub(super) fn process(&mut self, input: &mut Input) -> Option<Switch> {
+        let active = self.context.live.load();
+        let sent_at = Instant::now();
+        let mut dedicate = None;
+        while matches!(
+            self.closing,
+            None | Some(Closing::ClientDone | Closing::Shutdown)
+        ) {
+            let Some((consumed, rewritten)) = self.next_request(input) else {
+                break;
+            };
+            match self.process_request(input, &active.policies, consumed, rewritten, sent_at) {
+                Flow::Next => {}
+                Flow::Stop => break,
+                Flow::Dedicate(switch) => {
+                    dedicate = Some(switch);
+                    break;
+                }
+            }
+        }
+        self.send_batch(input);
+        self.received.flush(&self.context.command_metrics);
+        dedicate
+    }
+
+    /// Decodes the request after the batch gathered so far: its length, and its bytes when
+    /// the decoder had to encode them (an inline request). `None` when there is none to run
+    /// now (incomplete, or a protocol error, which closes the session after its reply).
+    pub(super) fn next_request(&mut self, input: &mut Input) -> Option<(usize, Option<Bytes>)> {
+        loop {
+            let decoded = match input.decoder.decode(&input.bytes[input.batch.len..]) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    self.send_batch(input);
+                    metrics::protocol_error();
+                    tracing::debug!(peer = %self.peer, error = %error.0, "protocol error");
+                    self.replies
+                        .push_ready(reply::error(&error.message()), &mut self.output);
+                    self.closing = Some(Closing::ProtocolError);
+                    return None;
+                }
+            };
+            match decoded {
+                Decoded::Incomplete { needed } => {
+                    self.input_needed = needed;
+                    return None;
+                }
+                Decoded::Empty { consumed } => {
+                    // Never forwarded: Redis ignores them, and a malformed one is not worth
+                    // the risk of Redis closing a shared connection.
+                    self.send_batch(input);
+                    input.bytes.advance(consumed);
+                }
+                Decoded::Request {
+                    consumed,
+                    rewritten,
+                } => {
+                    self.input_needed = 0;
+                    return Some((consumed, rewritten));
+                }
+            }
+        }
+    }
+
+    /// Takes one request through the phases, in order: classify, hot keys, judge, lock,
+    /// cache, then dispatch.
+    pub(super) fn process_request(
+        &mut self,
+        input: &mut Input,
+        policies: &Policies,
+        consumed: usize,
+        rewritten: Option<Bytes>,
+        sent_at: Instant,
+    ) -> Flow {
+        let start = input.batch.len;
+        let source = match &rewritten {
+            Some(encoded) => &encoded[..],
+            None => &input.bytes[start..start + consumed],
+        };
+        let args = input.decoder.args(source);
+        let info = CommandTable::global().lookup_after(self.last_command, &args);
+        self.last_command = Some(info);
+        let (step, replacement) = self.classify(info, &args);
+        if matches!(step, Step::Forward)
+            && self.replies.awaiting_shared_reads()
+            && !info.has_flag(flags::READONLY)
+        {
+            // An earlier read of this client rides on another session's cache fill, on
+            // another connection: this command must not reach Redis before it.
+            self.send_batch(input);
+            self.waiting_for_quiet = true;
+            return Flow::Stop;
+        }
+        if matches!(step, Step::Local(_)) {
+            self.local_args.clear();
+            self.local_args.extend(args.iter().map(<[u8]>::to_vec));
+        }
+        let pause = match info.notice {
+            Notice::Pause => parse_pause(&args.iter().collect::<Vec<_>>()),
+            _ => None,
+        };
+        let blocks = is_blocking(info, &args);
+        let follows_hot_keys = self.follows_hot_keys(&step, policies);
+        if needs_keys(&step, follows_hot_keys, policies) {
+            self.key_positions.clear();
+            info.key_positions(&args, &mut self.key_positions);
+        }
+        if follows_hot_keys {
+            self.observation =
+                self.replies
+                    .observations
+                    .start(info, &args, &self.key_positions, source.len());
+        }
+        let verdict = self.judging.judge(
+            policies,
+            judging_scope(&step, policies),
+            info,
+            &args,
+            &self.key_positions,
+            Sender {
+                name: self.client.name.as_deref(),
+                address: &self.peer_ip,
+            },
+        );
+        match verdict {
+            Verdict::Allow if matches!(step, Step::Forward) => self.hot_keys_looked = false,
+            Verdict::Allow => {}
+            Verdict::Reject(refusal) => return self.refuse(input, info, consumed, refusal),
+            Verdict::AskRedis(rule, question) => {
+                self.send_batch(input);
+                let upstream = &self.context.upstream;
+                return match self.judging.ask(upstream, self.client.id, rule, question) {
+                    true => Flow::Stop,
+                    // Judged again at once, with the rule's on_error deciding.
+                    false => Flow::Next,
+                };
+            }
+            Verdict::Delay(_) => {
+                // The request stays at the front of the input, and so does everything the
+                // client pipelined after it.
+                self.send_batch(input);
+                return Flow::Stop;
+            }
+        }
+        // Only a request the policies let through may read, fill or wait: a refused or held
+        // one must not start (or join) a read others would wait on.
+        let lock = match (&step, &self.link) {
+            (Step::Forward, Link::Pooled(_)) => attempt::claim(&policies.locks, info, &args),
+            _ => None,
+        };
+        let mut writes = Vec::new();
+        let lookup = self.look_up_cache(policies, &step, lock.is_none(), info, &args, &mut writes);
+        self.follow_transaction(&step, info);
+        let request = Request {
+            info,
+            step,
+            consumed,
+            rewritten: replacement.or(rewritten),
+            pause,
+            blocks,
+            sent_at,
+        };
+        if let Some(claim) = lock {
+            return self.attempt_lock(input, claim, request, writes);
+        }
+        if !matches!(lookup, Lookup::Bypass) {
+            self.received.add(&self.context.command_metrics, info.id);
+            self.send_batch(input);
+            let bytes = input.take_request(request.consumed, request.rewritten);
+            self.answer_from_cache(lookup, bytes);
+            return Flow::Next;
+        }
+        self.dispatch(input, request, writes)
+    }
+
+    /// The classify phase: what the request needs of the session's connection, and the
+    /// request as it goes to Redis when the client ids it names are translated.
+    pub(super) fn classify(
+        &mut self,
+        info: &'static CommandInfo,
+        args: &Args<'_>,
+    ) -> (Step, Option<Bytes>) {
+        let allowed = self.client.authenticated
+            || matches!(
+                info.effect,
+                Effect::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
+            );
+        let step = match allowed {
+            true => self.step_for(info, args),
+            false => Step::Refuse(reply::error("NOAUTH Authentication required.")),
+        };
+        let translates = info.notice == Notice::NamesClients
+            && self.counts_replies()
+            && matches!(step, Step::Forward | Step::Dedicate { .. });
+        if !translates {
+            return (step, None);
+        }
+        let asker = Asker {
+            id: self.client.id,
+            in_transaction: self.in_transaction,
+            as_own_user: self.as_own_user,
+            redirect: &mut self.redirect,
+        };
+        match client_ids::translate(&info.name, args, &self.context.sessions, asker) {
+            Some(Translation::Answered(reply)) => (Step::Answer { reply, kill: None }, None),
+            Some(Translation::Kill(listing)) => {
+                let reply = Bytes::from_static(b":1\r\n");
+                (
+                    Step::Answer {
+                        reply,
+                        kill: Some(listing),
+                    },
+                    None,
+                )
+            }
+            Some(Translation::Relabelled(redirect)) if matches!(step, Step::Forward) => {
+                (Step::Relabel(redirect), None)
+            }
+            Some(Translation::Rewritten(request)) => (step, Some(request)),
+            Some(Translation::Relabelled(_)) | None => (step, None),
+        }
+    }
+
+    /// Whether hot keys follow this request: decided once per request, however many times
+    /// it is judged (a delay, a reload).
+    pub(super) fn follows_hot_keys(&mut self, step: &Step, policies: &Policies) -> bool {
+        match (step, &policies.hotkeys, self.hot_keys_looked) {
+            (Step::Forward, Some(hotkeys), false) => {
+                self.hot_keys_looked = true;
+                hotkeys.sampled()
+            }
+            _ => false,
+        }
+    }
+
+    /// A request the judging phase refused: answered at once, in its place.
+    pub(super) fn refuse(
+        &mut self,
+        input: &mut Input,
+        info: &CommandInfo,
+        consumed: usize,
+        refusal: Bytes,
+    ) -> Flow {
+        self.hot_keys_looked = false;
+        if let Some(pending) = self.observation.take() {
+            self.replies.observations.finish(pending, &refusal);
+        }
+        self.received.add(&self.context.command_metrics, info.id);
+        self.send_batch(input);
+        input.bytes.advance(consumed);
+        self.answer_at_once(refusal);
+        Flow::Next
+    }
+
+    /// The cache phase: a cacheable read on the shared connection is looked up (a hit, a
+    /// fill to start, or another session's fill to wait for); a write marks what it changes.
+    pub(super) fn look_up_cache(
+        &mut self,
+        policies: &Policies,
+        step: &Step,
+        not_locking: bool,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        writes: &mut Vec<Written>,
+    ) -> Lookup {
+        let forwarded = matches!(step, Step::Forward);
+        let cacheable = forwarded
+            && not_locking
+            && matches!(self.link, Link::Pooled(_))
+            && !policies.caches.is_empty();
+        match cacheable
+            .then(|| cacheable::request_kind(info, args))
+            .flatten()
+        {
+            Some(kind) => {
+                let read = Read {
+                    info,
+                    args,
+                    db: self.client.db,
+                    protocol: self.client.protocol,
+                    reply_to: &self.reply_sender,
+                    ticket: self.replies.next_ticket(),
+                };
+                let cache = &self.context.cache;
+                cache.consult(&policies.caches, read, kind, &mut self.cache_shape)
+            }
+            None => {
+                if forwarded && policies.watches_writes() {
+                    let cache = &self.context.cache;
+                    note_writes(cache, policies, info, args, &self.key_positions, writes);
+                }
+                Lookup::Bypass
+            }
+        }
+    }
+
+    /// Follows `MULTI` and its end on the session's own connection, where a refused command
+    /// must also abort the transaction (see [`Session::answer_at_once`]).
+    pub(super) fn follow_transaction(&mut self, step: &Step, info: &CommandInfo) {
+        if !matches!(step, Step::Forward)
+            || !self.counts_replies()
+            || !matches!(self.link, Link::Dedicated { .. })
+        {
+            return;
+        }
+        if &*info.name == "multi" {
+            self.in_transaction = true;
+        } else if matches!(&*info.name, "exec" | "discard" | "reset") {
+            self.in_transaction = false;
+        }
+    }
+
+    /// The lock phase: a lock attempt waits in its lock's queue, and the requests after it
+    /// wait with it.
+    pub(super) fn attempt_lock(
+        &mut self,
+        input: &mut Input,
+        claim: Claim,
+        request: Request,
+        writes: Vec<Written>,
+    ) -> Flow {
+        self.received
+            .add(&self.context.command_metrics, request.info.id);
+        self.send_batch(input);
+        let bytes = input.take_request(request.consumed, request.rewritten);
+        let Link::Pooled(conn) = &self.link else {
+            return Flow::Stop;
+        };
+        let ticket = self.replies.next_ticket();
+        // The attempt's own SET NX never releases a lock: its end wakes no waiter.
+        let writes = writes
+            .into_iter()
+            .filter_map(|written| match written {
+                Written::Key { key, cached, .. } => cached.then_some(Written::Key {
+                    key,
+                    cached,
+                    locked: false,
+                }),
+                Written::Flush => Some(Written::Flush),
+            })
+            .collect();
+        self.awaiting_lock = Some(AwaitedLock {
+            ticket,
+            db: self.client.db,
+            key: claim.key.clone(),
+            writes,
+        });
+        let attempt = LockAttempt {
+            claim,
+            db: self.client.db,
+            request: bytes,
+            conn: conn.clone(),
+            reply_to: self.reply_sender.clone(),
+            ticket,
+        };
+        self.replies.push_fetched(false, self.observation.take());
+        self.context.locks.attempt(attempt);
+        Flow::Stop
+    }
+}
+
+/// Whether the phases need the request's key positions.
+pub(super) fn needs_keys(step: &Step, follows_hot_keys: bool, policies: &Policies) -> bool {
+    match step {
+        Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
+        Step::Dedicate { .. } | Step::Aside | Step::Relabel(_) => {
+            policies.judges() || policies.watches_writes()
+        }
+        Step::Local(_) | Step::Answer { .. } => !policies.denials.is_empty(),
+        Step::Refuse(_) => false,
+    }
+}
+
+/// How much of the judging phase a request meets, by what it turns into.
+pub(super) fn judging_scope(step: &Step, policies: &Policies) -> Scope {
+    match step {
+        Step::Forward if policies.judges() => Scope::Full,
+        Step::Dedicate { .. } if policies.judges() => Scope::BeforeDedicating,
+        Step::Aside | Step::Relabel(_) if policies.judges() => Scope::DenyRules,
+        Step::Local(_) | Step::Answer { .. } if !policies.denials.is_empty() => Scope::DenyRules,
+        _ => Scope::Nothing,
+    }
+}
+
+/// What a request turns into.
+pub(super) enum Step {
+    /// Answered with this error at once (the client has not authenticated).
+    Refuse(Bytes),
+    /// Answered by keyward, once the policies let it through: a command that names a client
+    /// Redis does not know (see [`client_ids`]), which may close that client.
+    Answer {
+        reply: Bytes,
+        kill: Option<Arc<Listing>>,
+    },
+    Forward,
+    Local(LocalCommand),
+    /// The session needs its own upstream connection before this request can run.
+    Dedicate {
+        streaming: bool,
+    },
+    /// Sent at once on a connection of its own, whatever the session's connection waits for.
+    Aside,
+    /// Sent on the session's connection; the reply names the redirect by keyward's id.
+    Relabel(Redirect),
+}
+
+/// Whether Redis may hold a command for long now, so that a shared connection shows as held
+/// from the moment it is sent (see [`Hold`]).
+pub(super) fn may_be_held(holding: Holding, pause: Option<Paused>) -> bool {
+    match holding {
+        Holding::Always => true,
+        Holding::InWritePause => pause.is_some(),
+        Holding::InFullPause => pause == Some(Paused::Everything),
+    }
+}
+
+/// `XREAD`/`XREADGROUP` block only with a `BLOCK` option. Options are read by position
+/// (`GROUP g c`, `COUNT n`, `BLOCK ms`, `NOACK`) up to `STREAMS`, so a group or consumer
+/// named "block" or "streams" is not mistaken for one.
+pub(super) fn has_block_option(args: &Args<'_>) -> bool {
+    let mut index = 1;
+    while let Some(arg) = args.get(index) {
+        let skip = if arg.eq_ignore_ascii_case(b"block") {
+            return true;
+        } else if arg.eq_ignore_ascii_case(b"streams") {
+            return false;
+        } else if arg.eq_ignore_ascii_case(b"group") {
+            2
+        } else if arg.eq_ignore_ascii_case(b"count") {
+            1
+        } else {
+            0
+        };
+        index += skip + 1;
+    }
+    false
+}
+
+/// Whether the command may wait in Redis for something to happen.
+pub(super) fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
+    match info.effect {
+        Effect::DedicatedWithBlockOption => has_block_option(args),
+        _ => info.has_flag(flags::BLOCKING) || &*info.name == "wait",
+    }
+}
