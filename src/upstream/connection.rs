@@ -11,19 +11,19 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use parking_lot::Mutex;
-use smallvec::SmallVec;
+use bytes::{Bytes, BytesMut};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
 use super::tracking::{Fills, TrackingTarget};
+use super::write_queue::WriteQueue;
 use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
 
@@ -41,18 +41,6 @@ pub struct Batch {
     pub measured: bool,
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,
-}
-
-/// A command on a shared connection that Redis may hold for long (a script, a write during a
-/// pause). While one is in flight the connection shows as held from the moment it is handed
-/// over, so that sessions that owe nothing leave it before they queue behind the command,
-/// rather than [`HELD_TOO_LONG`] later. Dropped with the batch's last reply.
-pub struct Hold(Arc<ConnStatus>);
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.0.holds.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// What a session receives from its upstream connection.
@@ -78,117 +66,10 @@ pub enum Reply {
 
 pub type ReplySender = mpsc::UnboundedSender<Reply>;
 
-/// How many batches may wait for one connection before senders are told it is busy.
-const QUEUED_BATCHES: usize = 4096;
 /// Stop taking batches while this much is written but not yet accepted by the socket.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Read in steps of this size.
 const READ_CHUNK: usize = 64 * 1024;
-/// Iovecs handed to one vectored write.
-const MAX_IOVECS: usize = 64;
-
-/// The shared view of a connection's health.
-#[derive(Default)]
-pub struct ConnStatus {
-    up: AtomicBool,
-    last_error: Mutex<Option<String>>,
-    /// The oldest request on this shared connection has waited for its reply for longer than
-    /// [`HELD_TOO_LONG`]: Redis holds it (a busy script, a paused write). Sessions that owe
-    /// nothing read it to leave the connection before they queue behind that request.
-    held: AtomicBool,
-    /// Batches in flight that hold a [`Hold`].
-    holds: AtomicU32,
-}
-
-/// A request waiting this long on a shared connection is taken to be held by Redis.
-pub const HELD_TOO_LONG: Duration = Duration::from_millis(100);
-
-impl ConnStatus {
-    /// Whether Redis holds (or may hold, see [`Hold`]) a request on this connection, so that
-    /// sessions owing nothing should leave it rather than queue behind that request.
-    pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Relaxed) || self.holds.load(Ordering::Relaxed) > 0
-    }
-
-    fn set_held(&self, held: bool) {
-        self.held.store(held, Ordering::Relaxed);
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn set_up(&self) {
-        self.up.store(true, Ordering::Relaxed);
-    }
-
-    pub(super) fn set_down(&self, error: String) {
-        self.up.store(false, Ordering::Relaxed);
-        *self.last_error.lock() = Some(error);
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().clone()
-    }
-}
-
-/// A session's way to one upstream connection.
-#[derive(Clone)]
-pub struct ConnHandle {
-    batches: mpsc::Sender<Batch>,
-    pub status: Arc<ConnStatus>,
-}
-
-/// Why a batch could not be handed to its connection.
-pub enum SendError {
-    /// More batches are queued than the connection can take; Redis is stalled or overloaded.
-    Busy,
-    /// The connection task is gone (a dedicated connection that closed).
-    Gone,
-}
-
-impl ConnHandle {
-    pub(super) fn channel() -> (ConnHandle, mpsc::Receiver<Batch>) {
-        let (batches, receiver) = mpsc::channel(QUEUED_BATCHES);
-        (
-            ConnHandle {
-                batches,
-                status: Arc::default(),
-            },
-            receiver,
-        )
-    }
-
-    /// Marks the connection held until the returned [`Hold`] is dropped.
-    pub fn hold(&self) -> Hold {
-        self.status.holds.fetch_add(1, Ordering::Relaxed);
-        Hold(Arc::clone(&self.status))
-    }
-
-    pub fn send(&self, batch: Batch) -> Result<(), SendError> {
-        self.offer(batch).map_err(|(error, _)| error)
-    }
-
-    /// Like [`send`](Self::send), but a batch that cannot be handed over comes back with the
-    /// reason, so that a session can keep it and try again once there is room.
-    pub fn offer(&self, batch: Batch) -> Result<(), (SendError, Batch)> {
-        self.batches.try_send(batch).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(batch) => (SendError::Busy, batch),
-            mpsc::error::TrySendError::Closed(batch) => (SendError::Gone, batch),
-        })
-    }
-
-    /// Resolves once the connection's queue has room for a batch again (or the connection is
-    /// gone, which the next send reports).
-    pub async fn room(&self) {
-        drop(self.batches.reserve().await);
-    }
-
-    /// Whether two handles lead to the same connection.
-    pub fn same_connection(&self, other: &ConnHandle) -> bool {
-        self.batches.same_channel(&other.batches)
-    }
-}
 
 /// How a shared connection tells a request Redis holds on purpose from a connection that
 /// stopped answering.
@@ -230,18 +111,18 @@ pub(super) enum ServeEnd {
     Stalled(String),
 }
 
-struct Pending {
+pub(super) struct Pending {
     /// `None` for keyward's own tracking commands before a fill: their replies are checked,
     /// not delivered.
-    reply_to: Option<ReplySender>,
-    remaining: u32,
+    pub(super) reply_to: Option<ReplySender>,
+    pub(super) remaining: u32,
     /// When the batch was taken for writing, to notice a connection that stopped answering.
-    taken_at: Instant,
-    measured: bool,
+    pub(super) taken_at: Instant,
+    pub(super) measured: bool,
     /// The lengths of the frames routed to it since its last delivery, if `measured`.
-    lengths: Vec<u32>,
+    pub(super) lengths: Vec<u32>,
     /// Released with the batch's last reply.
-    _hold: Option<Hold>,
+    pub(super) _hold: Option<Hold>,
 }
 
 /// What one connection holds while it runs.
@@ -568,108 +449,10 @@ fn deliver_run(
     *run_count = 0;
 }
 
-/// Batches accepted but not yet fully written, kept as the sessions' own buffers so that
-/// forwarding copies nothing; written with vectored writes.
-#[derive(Default)]
-struct WriteQueue {
-    chunks: VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl WriteQueue {
-    /// Queues a batch, preceded by the tracking commands a cache fill needs.
-    fn take(
-        &mut self,
-        batch: Batch,
-        pending: &mut VecDeque<Pending>,
-        taken_at: Instant,
-        fills: &mut Fills<'_>,
-    ) {
-        if batch.tracked {
-            for command in fills.commands_before_fill() {
-                self.push_own(command, pending, taken_at);
-            }
-        }
-        self.push(batch, pending, taken_at);
-    }
-
-    fn push(&mut self, batch: Batch, pending: &mut VecDeque<Pending>, taken_at: Instant) {
-        if batch.count > 0 {
-            pending.push_back(Pending {
-                reply_to: Some(batch.reply_to),
-                remaining: batch.count,
-                taken_at,
-                // A reply that comes alone needs no list: its length is the run's.
-                measured: batch.measured && batch.count > 1,
-                lengths: Vec::new(),
-                _hold: batch.hold,
-            });
-        }
-        self.append(batch.bytes);
-    }
-
-    /// One command of keyward's own, whose reply is checked rather than delivered.
-    fn push_own(&mut self, command: Bytes, pending: &mut VecDeque<Pending>, taken_at: Instant) {
-        pending.push_back(Pending {
-            reply_to: None,
-            remaining: 1,
-            taken_at,
-            measured: false,
-            lengths: Vec::new(),
-            _hold: None,
-        });
-        self.append(command);
-    }
-
-    fn append(&mut self, bytes: Bytes) {
-        self.bytes += bytes.len();
-        self.chunks.push_back(bytes);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
-
-    /// Writes as much as the socket takes now.
-    fn flush(&mut self, stream: &Stream) -> io::Result<()> {
-        while !self.is_empty() {
-            let slices: SmallVec<[IoSlice<'_>; MAX_IOVECS]> = self
-                .chunks
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|chunk| IoSlice::new(chunk))
-                .collect();
-            let result = stream.try_write_vectored(&slices);
-            drop(slices);
-            let written = match result {
-                Ok(written) => written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(error) => return Err(error),
-            };
-            self.advance(written);
-        }
-        Ok(())
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        self.bytes -= written;
-        while written > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                return;
-            };
-            if front.len() > written {
-                front.advance(written);
-                return;
-            }
-            written -= front.len();
-            self.chunks.pop_front();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ConnHandle;
 
     fn pending_for(count: u32) -> (Pending, mpsc::UnboundedReceiver<Reply>) {
         let (reply_to, replies) = mpsc::unbounded_channel();

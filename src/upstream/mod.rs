@@ -8,13 +8,16 @@
 
 mod connection;
 pub mod credentials;
+mod handle;
 mod handshake;
 mod holds;
 pub mod invalidations;
 mod pause;
 pub mod tracking;
+mod write_queue;
 
-pub use connection::{Batch, ConnHandle, Hold, Reply, ReplySender, SendError};
+pub use connection::{Batch, Reply, ReplySender};
+pub use handle::{ConnHandle, Hold, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use pause::{parse_pause, Pause, Paused};
 pub use tracking::{Invalidations, TrackingTarget};
@@ -244,7 +247,7 @@ impl Upstream {
 
     /// A shared connection for a session that owes nothing and whose own connection shows as
     /// held (a script running, a write paused by `CLIENT PAUSE`: see
-    /// [`ConnStatus::is_held`](connection::ConnStatus::is_held)): the first connection of the
+    /// [`ConnStatus::is_held`](handle::ConnStatus::is_held)): the first connection of the
     /// pool that is not held, looking from the session's `slot` on (so that sessions leaving
     /// spread as they were), else one opened beside the pool. Moving a session that owes
     /// nothing keeps its commands in order, and lets Redis answer it (`-BUSY`, or a read during
@@ -530,7 +533,7 @@ pub struct Opening {
     owner: ReplySender,
     address: String,
     tracking: Arc<TrackingTarget>,
-    status: Arc<connection::ConnStatus>,
+    status: Arc<handle::ConnStatus>,
 }
 
 impl Opening {
@@ -591,7 +594,7 @@ async fn run_pooled(
     protocol: Protocol,
     db: u32,
     mut batches: mpsc::Receiver<Batch>,
-    status: Arc<connection::ConnStatus>,
+    status: Arc<handle::ConnStatus>,
 ) {
     let address = upstream.settings.address.to_string();
     let mut backoff = Duration::ZERO;
@@ -657,7 +660,7 @@ async fn run_pooled(
 /// connection that is down. `false` once every handle is gone.
 async fn fail_until_retry(
     batches: &mut mpsc::Receiver<Batch>,
-    status: &connection::ConnStatus,
+    status: &handle::ConnStatus,
     address: &str,
     backoff: Duration,
 ) -> bool {
