@@ -8,18 +8,24 @@
 
 mod connection;
 pub mod credentials;
+mod errors;
 mod handle;
 mod handshake;
 mod holds;
 pub mod invalidations;
+mod own_requests;
 mod pause;
+mod settings;
 pub mod tracking;
 mod write_queue;
 
 pub use connection::{Batch, Reply, ReplySender};
+pub use errors::UpstreamError;
 pub use handle::{ConnHandle, Hold, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
+pub use own_requests::{send_own, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
+pub use settings::{client_tls, Login, UpstreamSettings};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,129 +37,11 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, HostPort};
 use crate::metrics;
 use crate::net::Stream;
 use crate::resp::request::encode_command;
 use crate::resp::{reply, Protocol};
-use crate::tls::ClientTls;
 use connection::{serve, ConnState, ServeEnd, StallCheck};
-use credentials::Credentials;
-
-/// Everything needed to open a connection to Redis.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub address: HostPort,
-    pub pool_size: usize,
-    pub connect_timeout: Duration,
-    /// Shared connections whose oldest request has no reply after this long are reset.
-    pub request_timeout: Duration,
-    /// keyward's own; a session authenticated as another user opens its connection with its
-    /// own (see [`UpstreamSettings::as_client`]).
-    pub credentials: Arc<Credentials>,
-    pub tls: Option<Arc<ClientTls>>,
-}
-
-impl UpstreamSettings {
-    pub fn from_config(config: &Config) -> Result<UpstreamSettings, String> {
-        UpstreamSettings::with_tls(config, client_tls(config)?)
-    }
-
-    /// The settings, with the TLS setup already made from `config` (see [`client_tls`]).
-    pub fn with_tls(
-        config: &Config,
-        tls: Option<Arc<ClientTls>>,
-    ) -> Result<UpstreamSettings, String> {
-        Ok(UpstreamSettings {
-            address: config.upstream.address.clone(),
-            pool_size: config.upstream.pool_size.get(),
-            connect_timeout: config.upstream.connect_timeout.get(),
-            request_timeout: config.upstream.request_timeout.get(),
-            credentials: Arc::new(match &config.upstream.password_file {
-                Some(file) => {
-                    Credentials::from_file(config.upstream.username.clone(), file.clone())?
-                }
-                None => Credentials::fixed(
-                    config.upstream.username.clone(),
-                    config.upstream_password()?,
-                ),
-            }),
-            tls,
-        })
-    }
-}
-
-impl UpstreamSettings {
-    /// These settings with a client's own user and password in place of keyward's.
-    pub fn as_client(&self, login: &Login) -> UpstreamSettings {
-        UpstreamSettings {
-            credentials: Arc::new(Credentials::client(
-                login.user.clone(),
-                login.password.clone(),
-            )),
-            ..self.clone()
-        }
-    }
-}
-
-/// A client's own `AUTH user password`, which only Redis can check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
-    pub user: Vec<u8>,
-    pub password: Vec<u8>,
-}
-
-/// TLS to Redis as `[upstream] tls` sets it up (reading its certificate files), if it is set.
-pub fn client_tls(config: &Config) -> Result<Option<Arc<ClientTls>>, String> {
-    let host = config.upstream.address.host();
-    config
-        .upstream
-        .tls
-        .as_ref()
-        .map(|tls| ClientTls::from_config(tls, host).map(Arc::new))
-        .transpose()
-}
-
-#[derive(Debug)]
-pub enum UpstreamError {
-    Io(std::io::Error),
-    Timeout(Duration),
-    Handshake(String),
-    /// Redis refused the handshake because a script is running (`-BUSY …`).
-    Busy(String),
-    /// Redis refused keyward's credentials (`-WRONGPASS …`, `-NOAUTH …`).
-    Refused(String),
-    /// Redis refused a client's own credentials, as it would have answered the client.
-    Rejected(String),
-}
-
-impl UpstreamError {
-    /// The error a client's request gets when its connection could not be opened: Redis's
-    /// own `-BUSY` while a script runs (the request would have got it anyway), else keyward's.
-    pub fn reply(&self, address: &HostPort) -> Bytes {
-        match self {
-            UpstreamError::Busy(message) | UpstreamError::Rejected(message) => {
-                reply::error(message)
-            }
-            _ => reply::error(&format!("ERR upstream {address} unavailable: {self}")),
-        }
-    }
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Io(error) => write!(f, "{error}"),
-            UpstreamError::Timeout(after) => write!(f, "no connection after {after:?}"),
-            UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
-            UpstreamError::Busy(message) => write!(f, "{message}"),
-            UpstreamError::Refused(message) => {
-                write!(f, "Redis refused keyward's credentials: {message}")
-            }
-            UpstreamError::Rejected(message) => write!(f, "{message}"),
-        }
-    }
-}
 
 type PoolKey = (Protocol, u32);
 
@@ -681,66 +569,4 @@ async fn fail_until_retry(
 
 fn broken_error(address: &str, reason: &str) -> Bytes {
     reply::error(&format!("ERR upstream {address}: {reason}"))
-}
-
-impl SendError {
-    /// The error each of `requests` requests that could not be sent gets (and counts it).
-    pub fn reply(&self, address: &HostPort, requests: u64) -> Bytes {
-        let (kind, message) = match self {
-            SendError::Busy => ("busy", "busy: too many requests in flight"),
-            SendError::Gone => ("io", "connection closed"),
-        };
-        metrics::upstream_errors(kind, requests);
-        reply::error(&format!("ERR upstream {address} {message}"))
-    }
-}
-
-/// Replies to commands keyward sent on its own behalf (cache fills, lock tries), which come
-/// back to it rather than to a session.
-pub struct OwnReplies {
-    replies: mpsc::UnboundedReceiver<Reply>,
-    count: u32,
-}
-
-/// Sends `count` commands on `conn` for keyward itself. The send happens now, so the commands
-/// take their place in the connection's order; their replies are awaited with
-/// [`OwnReplies::all`].
-pub fn send_own(
-    conn: &ConnHandle,
-    bytes: Bytes,
-    count: u32,
-    tracked: bool,
-) -> Result<OwnReplies, SendError> {
-    let (reply_to, replies) = mpsc::unbounded_channel();
-    conn.send(Batch {
-        bytes,
-        count,
-        reply_to,
-        tracked,
-        measured: false,
-        hold: None,
-    })?;
-    Ok(OwnReplies { replies, count })
-}
-
-impl OwnReplies {
-    /// Every reply frame, in order; or the error reply owed when the connection failed first.
-    pub async fn all(mut self) -> Result<Bytes, Bytes> {
-        let mut frames = BytesMut::new();
-        let mut received = 0;
-        while received < self.count {
-            match self.replies.recv().await {
-                Some(Reply::Frames { bytes, count, .. }) => {
-                    if received == 0 && count == self.count {
-                        return Ok(bytes);
-                    }
-                    frames.extend_from_slice(&bytes);
-                    received += count;
-                }
-                Some(Reply::Failed { error, .. } | Reply::Closed { error }) => return Err(error),
-                _ => return Err(reply::error("ERR upstream connection closed")),
-            }
-        }
-        Ok(frames.freeze())
-    }
 }

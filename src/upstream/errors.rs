@@ -1,0 +1,64 @@
+//! Why a connection to Redis could not be opened or used, and the Redis-style error each
+//! request then gets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::handle::SendError;
+use crate::config::HostPort;
+use crate::metrics;
+use crate::resp::reply;
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    Io(std::io::Error),
+    Timeout(Duration),
+    Handshake(String),
+    /// Redis refused the handshake because a script is running (`-BUSY …`).
+    Busy(String),
+    /// Redis refused keyward's credentials (`-WRONGPASS …`, `-NOAUTH …`).
+    Refused(String),
+    /// Redis refused a client's own credentials, as it would have answered the client.
+    Rejected(String),
+}
+
+impl UpstreamError {
+    /// The error a client's request gets when its connection could not be opened: Redis's
+    /// own `-BUSY` while a script runs (the request would have got it anyway), else keyward's.
+    pub fn reply(&self, address: &HostPort) -> Bytes {
+        match self {
+            UpstreamError::Busy(message) | UpstreamError::Rejected(message) => {
+                reply::error(message)
+            }
+            _ => reply::error(&format!("ERR upstream {address} unavailable: {self}")),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Io(error) => write!(f, "{error}"),
+            UpstreamError::Timeout(after) => write!(f, "no connection after {after:?}"),
+            UpstreamError::Handshake(detail) => write!(f, "handshake failed: {detail}"),
+            UpstreamError::Busy(message) => write!(f, "{message}"),
+            UpstreamError::Refused(message) => {
+                write!(f, "Redis refused keyward's credentials: {message}")
+            }
+            UpstreamError::Rejected(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl SendError {
+    /// The error each of `requests` requests that could not be sent gets (and counts it).
+    pub fn reply(&self, address: &HostPort, requests: u64) -> Bytes {
+        let (kind, message) = match self {
+            SendError::Busy => ("busy", "busy: too many requests in flight"),
+            SendError::Gone => ("io", "connection closed"),
+        };
+        metrics::upstream_errors(kind, requests);
+        reply::error(&format!("ERR upstream {address} {message}"))
+    }
+}

@@ -1,0 +1,83 @@
+//! What keyward needs to open a connection to Redis: the address, limits, credentials and
+//! TLS from the config, or a client's own login in place of keyward's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::credentials::Credentials;
+use crate::config::{Config, HostPort};
+use crate::tls::ClientTls;
+
+/// Everything needed to open a connection to Redis.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub address: HostPort,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// Shared connections whose oldest request has no reply after this long are reset.
+    pub request_timeout: Duration,
+    /// keyward's own; a session authenticated as another user opens its connection with its
+    /// own (see [`UpstreamSettings::as_client`]).
+    pub credentials: Arc<Credentials>,
+    pub tls: Option<Arc<ClientTls>>,
+}
+
+impl UpstreamSettings {
+    pub fn from_config(config: &Config) -> Result<UpstreamSettings, String> {
+        UpstreamSettings::with_tls(config, client_tls(config)?)
+    }
+
+    /// The settings, with the TLS setup already made from `config` (see [`client_tls`]).
+    pub fn with_tls(
+        config: &Config,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Result<UpstreamSettings, String> {
+        Ok(UpstreamSettings {
+            address: config.upstream.address.clone(),
+            pool_size: config.upstream.pool_size.get(),
+            connect_timeout: config.upstream.connect_timeout.get(),
+            request_timeout: config.upstream.request_timeout.get(),
+            credentials: Arc::new(match &config.upstream.password_file {
+                Some(file) => {
+                    Credentials::from_file(config.upstream.username.clone(), file.clone())?
+                }
+                None => Credentials::fixed(
+                    config.upstream.username.clone(),
+                    config.upstream_password()?,
+                ),
+            }),
+            tls,
+        })
+    }
+}
+
+impl UpstreamSettings {
+    /// These settings with a client's own user and password in place of keyward's.
+    pub fn as_client(&self, login: &Login) -> UpstreamSettings {
+        UpstreamSettings {
+            credentials: Arc::new(Credentials::client(
+                login.user.clone(),
+                login.password.clone(),
+            )),
+            ..self.clone()
+        }
+    }
+}
+
+/// A client's own `AUTH user password`, which only Redis can check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+/// TLS to Redis as `[upstream] tls` sets it up (reading its certificate files), if it is set.
+pub fn client_tls(config: &Config) -> Result<Option<Arc<ClientTls>>, String> {
+    let host = config.upstream.address.host();
+    config
+        .upstream
+        .tls
+        .as_ref()
+        .map(|tls| ClientTls::from_config(tls, host).map(Arc::new))
+        .transpose()
+}
