@@ -1,0 +1,185 @@
+//! Finding every broken value of a config file, each where it is written: each setting and
+//! each rule's values are parsed alone (serde stops at the first error of a table), rules are
+//! checked against each other, and settings that only fail together or at run time after.
+
+use serde::Deserialize;
+use toml::de::{DeArray, DeString, DeTable, DeValue, Deserializer};
+use toml::Spanned;
+
+use super::{find_table_key, rules, secret, Config, Diagnostic};
+
+/// Every value that is broken on its own, and every rule that conflicts with another.
+pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnostic> {
+    // Each table key and each array element is checked alone, so that every broken value
+    // is reported, not just the first serde meets.
+    let mut diagnostics: Vec<Diagnostic> = Vec::new();
+    let mut rate_limits = Vec::new();
+    let mut denials = Vec::new();
+    let mut caches = Vec::new();
+    let mut locks = Vec::new();
+    let mut values: Vec<(&str, rules::RuleValues)> = Vec::new();
+    let parse_alone = |key: &Spanned<DeString<'_>>, piece: Spanned<DeValue<'_>>| {
+        let mut section = DeTable::default();
+        section.insert(key.clone(), piece);
+        Config::deserialize(Deserializer::from(Spanned::new(root.span(), section)))
+    };
+    for (key, value) in root.get_ref() {
+        match value.get_ref() {
+            // An empty table is checked whole: an unknown `[lisen]` is an error too.
+            DeValue::Table(table) if !table.is_empty() => {
+                for (field, field_value) in table {
+                    let mut piece = DeTable::default();
+                    piece.insert(field.clone(), field_value.clone());
+                    let piece = Spanned::new(value.span(), DeValue::Table(piece));
+                    if let Err(error) = parse_alone(key, piece) {
+                        diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                    }
+                }
+            }
+            DeValue::Array(elements) => {
+                for element in elements {
+                    let as_array = |element| one_element(value.span(), element);
+                    let mut broken = Vec::new();
+                    match parse_alone(key, as_array(element.clone())) {
+                        // Rules that parse alone are checked together below, even if
+                        // others in the file do not parse.
+                        Ok(piece) => {
+                            rate_limits.extend(piece.rate_limit);
+                            denials.extend(piece.deny);
+                            caches.extend(piece.cache);
+                            locks.extend(piece.lock);
+                        }
+                        Err(error) => {
+                            broken = broken_fields(element, |field| {
+                                parse_alone(key, as_array(field)).err()
+                            });
+                            if broken.is_empty() {
+                                // Not a value of its own: a missing field, or no table.
+                                diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                            }
+                        }
+                    }
+                    diagnostics.extend(
+                        broken
+                            .iter()
+                            .map(|(_, error)| Diagnostic::from_toml(error).with_found(text)),
+                    );
+                    let broken: Vec<&str> = broken.iter().map(|(field, _)| *field).collect();
+                    if let Some(rule) = rules::RuleValues::read(element, &broken) {
+                        values.push((key.get_ref(), rule));
+                    }
+                }
+            }
+            _ => {
+                if let Err(error) = parse_alone(key, value.clone()) {
+                    diagnostics.push(Diagnostic::from_toml(&error).with_found(text));
+                }
+            }
+        }
+    }
+    for kind in ["rate_limit", "deny", "cache", "lock"] {
+        let kind_values: Vec<&rules::RuleValues> = values
+            .iter()
+            .filter(|(written, _)| *written == kind)
+            .map(|(_, rule)| rule)
+            .collect();
+        diagnostics.extend(rules::check_values(kind, &kind_values, text));
+    }
+    diagnostics.extend(rules::check_shadowing("rate_limit", &rate_limits, text));
+    diagnostics.extend(rules::check_rate_limits(&rate_limits));
+    diagnostics.extend(rules::check_shadowing("deny", &denials, text));
+    diagnostics.extend(rules::check_shadowing("cache", &caches, text));
+    diagnostics.extend(rules::check_shadowing("lock", &locks, text));
+    diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
+    diagnostics
+}
+
+/// Settings that are valid alone but not together (or not in range once read).
+pub(super) fn settings_together(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
+    let hotkeys = &config.hotkeys;
+    if !(hotkeys.sample_rate > 0.0 && hotkeys.sample_rate <= 1.0) {
+        diagnostics.push(Diagnostic::error(
+            find_value(text, "sample_rate").unwrap_or(0..0),
+            format!(
+                "sample_rate must be in (0, 1], found {}",
+                hotkeys.sample_rate
+            ),
+        ));
+    }
+    if hotkeys.windows.is_empty() {
+        diagnostics.push(Diagnostic::error(
+            find_value(text, "windows").unwrap_or(0..0),
+            "windows needs at least one duration".into(),
+        ));
+    }
+    if let (Some(_), Some(_)) = (
+        &config.upstream.password_env,
+        &config.upstream.password_file,
+    ) {
+        diagnostics.push(Diagnostic::error(
+            find_table_key(text, "upstream", "password_file").unwrap_or(0..0),
+            "set one of password_env and password_file, not both".into(),
+        ));
+    }
+}
+
+/// The secrets the file names by environment variable: not set here may be set where keyward
+/// runs (a warning); set but empty is an error.
+pub(super) fn secrets(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
+    for (setting, variable) in [
+        ("listen.password_env", &config.listen.password_env),
+        ("upstream.password_env", &config.upstream.password_env),
+        ("admin.token_env", &config.admin.token_env),
+    ] {
+        // Not set here may be set where keyward runs: a warning. Set but empty: an error.
+        if let (Some(variable), Err(problem)) = (variable, secret(setting, variable)) {
+            let span = find_value(text, variable);
+            diagnostics.push(match std::env::var_os(variable) {
+                Some(_) => Diagnostic::error(span.unwrap_or(0..0), problem),
+                None => Diagnostic::warning(span, problem),
+            });
+        }
+    }
+}
+
+/// An array of `element` alone, where the whole array was (`span`).
+fn one_element(
+    span: std::ops::Range<usize>,
+    element: Spanned<DeValue<'_>>,
+) -> Spanned<DeValue<'_>> {
+    let mut array = DeArray::new();
+    array.push(element);
+    Spanned::new(span, DeValue::Array(array))
+}
+
+/// The fields of a rule (an element of `[[rate_limit]]`, `[[cache]]`…) that are wrong on
+/// their own, each with its error, found by parsing each field alone (`parse_field`), so that a
+/// rule with several broken values reports each of them. Errors that do not point into the
+/// field parsed are about the fields left out (`missing field`), and are not its own.
+fn broken_fields<'e, 'i>(
+    element: &'e Spanned<DeValue<'i>>,
+    parse_field: impl Fn(Spanned<DeValue<'i>>) -> Option<toml::de::Error>,
+) -> Vec<(&'e str, toml::de::Error)> {
+    let DeValue::Table(table) = element.get_ref() else {
+        return Vec::new();
+    };
+    table
+        .iter()
+        .filter_map(|(field, field_value)| {
+            let mut alone = DeTable::default();
+            alone.insert(field.clone(), field_value.clone());
+            let error = parse_field(Spanned::new(element.span(), DeValue::Table(alone)))?;
+            let place = field.span().start..field_value.span().end;
+            let within = error
+                .span()
+                .is_some_and(|span| place.start <= span.start && span.end <= place.end);
+            within.then_some((field.get_ref().as_ref(), error))
+        })
+        .collect()
+}
+
+/// Where a key's value starts, for diagnostics that arise after deserialization.
+fn find_value(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find(key)?;
+    Some(start..start + key.len())
+}
