@@ -52,21 +52,7 @@ pub async fn serve(
         Some(_) => Some(reload::watch_file(Arc::clone(&live))?),
         None => None,
     };
-    let _password_watcher = match upstream.settings().credentials.file() {
-        Some(file) => {
-            let reread = {
-                let upstream = Arc::clone(&upstream);
-                move || upstream.reread_credentials()
-            };
-            live.also_on_request(reread.clone());
-            let runtime = tokio::runtime::Handle::current();
-            Some(reload::watch_directory_of(file, move || {
-                let reread = reread.clone();
-                runtime.spawn_blocking(reread);
-            })?)
-        }
-        None => None,
-    };
+    let _password_watcher = watch_password_file(&upstream, &live)?;
     signals::reload_on_hangup(Arc::clone(&live))
         .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     // Listen last, once every signal has its handler.
@@ -111,7 +97,13 @@ pub async fn serve(
         env!("CARGO_PKG_VERSION"),
     );
 
-    let stop = stop.await?;
+    drain(stop.await?, &context, &sessions).await;
+    Ok(())
+}
+
+/// Stops taking clients and lets the sessions finish what they were sent, within the grace
+/// period.
+async fn drain(stop: Stop, context: &Context, sessions: &TaskTracker) {
     // The config in force now: the grace period may have been changed by a reload.
     let grace_period = context.live.load().config.shutdown.grace_period.get();
     let grace = match stop {
@@ -131,7 +123,28 @@ pub async fn serve(
             "grace period over; closing sessions that were still busy"
         );
     }
-    Ok(())
+}
+
+/// Reads the upstream password file again whenever it changes, or a reload is asked for, when
+/// the config names one.
+fn watch_password_file(
+    upstream: &Arc<Upstream>,
+    live: &LiveConfig,
+) -> Result<Option<impl Drop>, String> {
+    let Some(file) = upstream.settings().credentials.file() else {
+        return Ok(None);
+    };
+    let reread = {
+        let upstream = Arc::clone(upstream);
+        move || upstream.reread_credentials()
+    };
+    live.also_on_request(reread.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let watcher = reload::watch_directory_of(file, move || {
+        let reread = reread.clone();
+        runtime.spawn_blocking(reread);
+    })?;
+    Ok(Some(watcher))
 }
 
 /// Drops rate-limit buckets that are full again, so distinct keys do not pile up.

@@ -240,25 +240,11 @@ impl Session {
                 address: &self.peer_ip,
             },
         );
-        match verdict {
-            Verdict::Allow if matches!(step, Step::Forward) => self.hot_keys_looked = false,
-            Verdict::Allow => {}
-            Verdict::Reject(refusal) => return self.refuse(input, info, consumed, refusal),
-            Verdict::AskRedis(rule, question) => {
-                self.send_batch(input);
-                let upstream = &self.context.upstream;
-                return match self.judging.ask(upstream, self.client.id, rule, question) {
-                    true => Flow::Stop,
-                    // Judged again at once, with the rule's on_error deciding.
-                    false => Flow::Next,
-                };
-            }
-            Verdict::Delay(_) => {
-                // The request stays at the front of the input, and so does everything the
-                // client pipelined after it.
-                self.send_batch(input);
-                return Flow::Stop;
-            }
+        if !matches!(verdict, Verdict::Allow) {
+            return self.held_or_refused(input, verdict, info, consumed);
+        }
+        if matches!(step, Step::Forward) {
+            self.hot_keys_looked = false;
         }
         // Only a request the policies let through may read, fill or wait: a refused or held
         // one must not start (or join) a read others would wait on.
@@ -348,6 +334,36 @@ impl Session {
                 hotkeys.sampled()
             }
             _ => false,
+        }
+    }
+
+    /// A request the judging phase did not let through: refused, held by a delay, or held
+    /// until Redis answers a global rule's question. Returns what the loop over the input does.
+    fn held_or_refused(
+        &mut self,
+        input: &mut Input,
+        verdict: Verdict,
+        info: &CommandInfo,
+        consumed: usize,
+    ) -> Flow {
+        match verdict {
+            Verdict::Allow => Flow::Next,
+            Verdict::Reject(refusal) => self.refuse(input, info, consumed, refusal),
+            Verdict::AskRedis(rule, question) => {
+                self.send_batch(input);
+                let upstream = &self.context.upstream;
+                match self.judging.ask(upstream, self.client.id, rule, question) {
+                    true => Flow::Stop,
+                    // Judged again at once, with the rule's on_error deciding.
+                    false => Flow::Next,
+                }
+            }
+            Verdict::Delay(_) => {
+                // The request stays at the front of the input, and so does everything the
+                // client pipelined after it.
+                self.send_batch(input);
+                Flow::Stop
+            }
         }
     }
 

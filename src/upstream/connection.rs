@@ -249,23 +249,11 @@ async fn drive(
         tokio::select! {
             biased;
             readiness = stream.readable() => {
-                if let Err(error) = readiness {
-                    return ServeEnd::Broken(error.to_string());
-                }
-                if input.capacity() - input.len() < READ_CHUNK / 4 {
-                    input.reserve(READ_CHUNK);
-                }
-                match stream.read_available(input) {
-                    Ok(0) => return ServeEnd::Broken("connection closed by Redis".into()),
-                    Ok(_) => {
-                        if let Err(error) =
-                            route(input, scanner, pending, owner, fills)
-                        {
-                            return ServeEnd::Broken(error);
-                        }
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return ServeEnd::Broken(error.to_string()),
+                let read = readiness
+                    .map_err(|error| error.to_string())
+                    .and_then(|()| read_replies(stream, input, scanner, pending, owner, fills));
+                if let Err(error) = read {
+                    return ServeEnd::Broken(error);
                 }
             }
             batch = batches.recv(), if output.bytes < WRITE_HIGH_WATER => {
@@ -306,6 +294,27 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+/// Reads what Redis sent and routes the complete replies to their sessions. `Err` when the
+/// connection broke.
+fn read_replies(
+    stream: &Stream,
+    input: &mut BytesMut,
+    scanner: &mut FrameScanner,
+    pending: &mut VecDeque<Pending>,
+    owner: Option<&ReplySender>,
+    fills: &mut Fills<'_>,
+) -> Result<(), String> {
+    if input.capacity() - input.len() < READ_CHUNK / 4 {
+        input.reserve(READ_CHUNK);
+    }
+    match stream.read_available(input) {
+        Ok(0) => Err("connection closed by Redis".into()),
+        Ok(_) => route(input, scanner, pending, owner, fills),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(error) => Err(error.to_string()),
     }
 }
 

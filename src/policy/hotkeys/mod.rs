@@ -17,6 +17,8 @@ pub mod record;
 pub mod space_saving;
 pub mod staging;
 pub mod windows;
+#[cfg(test)]
+mod zipf;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -340,7 +342,7 @@ mod tests {
     use super::*;
     use crate::config::ConfigDuration;
     use record::follow_command;
-    use space_saving::zipf_stream;
+    use zipf::zipf_stream;
 
     #[test]
     fn staged_counts_keep_the_true_top_20_within_the_bound() {

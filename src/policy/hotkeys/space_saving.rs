@@ -394,30 +394,10 @@ impl SpaceSaving {
     }
 }
 
-/// A Zipf(s = 1.0) stream over `keys` keys, from a fixed seed.
-#[cfg(test)]
-pub(crate) fn zipf_stream(keys: usize, length: usize, mut seed: u64) -> Vec<usize> {
-    let mut cumulative = Vec::with_capacity(keys);
-    let total: f64 = (1..=keys).map(|rank| 1.0 / rank as f64).sum();
-    let mut sum = 0.0;
-    for rank in 1..=keys {
-        sum += 1.0 / rank as f64 / total;
-        cumulative.push(sum);
-    }
-    (0..length)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let draw = (seed >> 11) as f64 / (1u64 << 53) as f64;
-            cumulative.partition_point(|&c| c < draw).min(keys - 1)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::hotkeys::zipf::zipf_stream;
     use rustc_hash::FxHashMap;
 
     fn observe_one(summary: &mut SpaceSaving, key: &[u8], write: bool) {
