@@ -116,3 +116,34 @@ pub(super) fn holding_of(name: &str, command_flags: u32) -> Holding {
         _ => Holding::InFullPause,
     }
 }
+
+/// Commands that a phase of the request pipeline treats apart, resolved once with the table
+/// instead of by name for every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Other,
+    /// `MULTI`: a transaction starts on the session's connection.
+    StartsTransaction,
+    /// `EXEC`, `DISCARD`, `RESET`: the transaction ends.
+    EndsTransaction,
+    /// `MONITOR`: its connection is opened once Redis no longer shows keyward's handshakes.
+    Monitor,
+    /// `WAIT`: waits in Redis for replicas, though Redis does not flag it blocking.
+    WaitsForReplicas,
+    /// `SET`: a lock attempt when it is `SET … NX` on a key a lock rule covers.
+    Set,
+    /// `FLUSHALL`, `FLUSHDB`, `SWAPDB`: any key of a database may change.
+    ChangesEveryKey,
+}
+
+pub(super) fn role_of(name: &str) -> Role {
+    match name {
+        "multi" => Role::StartsTransaction,
+        "exec" | "discard" | "reset" => Role::EndsTransaction,
+        "monitor" => Role::Monitor,
+        "wait" => Role::WaitsForReplicas,
+        "set" => Role::Set,
+        "flushall" | "flushdb" | "swapdb" => Role::ChangesEveryKey,
+        _ => Role::Other,
+    }
+}

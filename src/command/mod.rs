@@ -11,7 +11,7 @@ mod effect;
 mod keys;
 mod table_file;
 
-pub use effect::{Effect, Holding, LocalCommand, Notice};
+pub use effect::{Effect, Holding, LocalCommand, Notice, Role};
 pub use keys::{BeginSearch, FindKeys, KeySpec};
 
 use std::sync::OnceLock;
@@ -70,6 +70,7 @@ pub struct CommandInfo {
     pub effect: Effect,
     pub notice: Notice,
     pub holding: Holding,
+    pub role: Role,
 }
 
 impl CommandInfo {

@@ -3,7 +3,7 @@
 //! `;`, each spec as `flags/begin/find` (`index:1`, `keyword:STREAMS:1`, `range:-1:1:2`,
 //! `keynum:0:1:1`, `unknown`). Lines starting with `#` are comments.
 
-use super::effect::{effect_of, holding_of, notice_of};
+use super::effect::{effect_of, holding_of, notice_of, role_of};
 use super::keys::{self, BeginSearch, FindKeys, KeySpec};
 use super::{flags, CommandInfo};
 
@@ -52,6 +52,7 @@ impl Entry {
             effect: effect_of(&self.name, self.flags),
             notice: notice_of(&self.name),
             holding: holding_of(&self.name, self.flags),
+            role: role_of(&self.name),
             uppercase: self.name.to_ascii_uppercase().into_bytes().into(),
             name: self.name.into(),
             arity: self.arity,

@@ -65,6 +65,7 @@ impl Judging {
     /// Judges the request at the front of the input. A request let through or refused is
     /// done with; a delayed one is held (see [`Judging::hold_until`]), and one that needs
     /// Redis's answer first is asked about with [`Judging::ask`].
+    #[inline(always)]
     pub fn judge(
         &mut self,
         policies: &Policies,

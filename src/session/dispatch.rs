@@ -10,20 +10,22 @@ use super::link::{Link, Switch};
 use super::local;
 use super::pipeline::{may_be_held, Flow, Input, Request, Step};
 use super::{Closing, Session};
-use crate::command::{LocalCommand, Notice};
+use crate::command::{LocalCommand, Notice, Role};
 use crate::directory::Listing;
 use crate::policy::cache::Written;
 
 impl Session {
     /// Sends or answers a request the earlier phases passed on.
+    #[inline(always)]
     pub(super) fn dispatch(
         &mut self,
         input: &mut Input,
+        step: Step,
         request: Request,
         writes: Vec<Written>,
     ) -> Flow {
         let id = request.info.id;
-        match request.step {
+        match step {
             Step::Refuse(refusal) => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);
@@ -104,7 +106,8 @@ impl Session {
     }
 
     /// Adds a request to the batch for the session's connection (or sends it on its own when
-    /// keyward rewrote it).
+    /// keyward rewrote it). A blocking command and `CLIENT PAUSE` were noted before.
+    #[inline(always)]
     pub(super) fn forward_request(
         &mut self,
         input: &mut Input,
@@ -115,10 +118,7 @@ impl Session {
             info,
             consumed,
             rewritten,
-            pause,
-            blocks,
             sent_at,
-            ..
         } = request;
         self.received.add(&self.context.command_metrics, info.id);
         if rewritten.is_some() {
@@ -131,12 +131,6 @@ impl Session {
         } else if let Some(pending) = observed {
             // Relayed as a stream: no reply of its own to count.
             self.replies.observations.finish(pending, &[]);
-        }
-        if blocks {
-            self.blocked = true;
-        }
-        if let (Some((length, paused)), false) = (pause, self.in_transaction) {
-            self.context.upstream.pause.begin(length, paused);
         }
         let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
         // The command's writes end with its own reply, not an earlier batch's (a rewritten
@@ -203,7 +197,7 @@ impl Session {
         }
         Flow::Dedicate(Switch {
             streaming,
-            for_monitor: &*request.info.name == "monitor",
+            for_monitor: request.info.role == Role::Monitor,
             login: None,
         })
     }

@@ -13,9 +13,14 @@
 //!
 //! Replies come back through the reply queue ([`replies`]), where hot keys, metrics and the
 //! end of watched writes observe them.
+//!
+//! Every request runs these steps, so they are written for it: each step has one caller and
+//! is inlined into it (the release build splits the crate into several codegen units, and a
+//! call across them, with the request's state moved in and out, cost about 100 instructions
+//! per pipelined request), and what is handed from step to step is small.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -24,7 +29,7 @@ use super::link::{Link, Switch};
 use super::writes::{note_writes, AwaitedLock};
 use super::{Closing, Session};
 use crate::command::{
-    cacheable, flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice,
+    cacheable, flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice, Role,
 };
 use crate::directory::Listing;
 use crate::metrics;
@@ -80,19 +85,15 @@ impl Input {
     }
 }
 
-/// A request past the judging phase, on its way to be sent or answered.
+/// A request past the policies, on its way to be sent or answered. Kept small: it is handed
+/// on for every request.
 pub(super) struct Request {
     pub info: &'static CommandInfo,
-    pub step: Step,
     /// Its length at the front of the input.
     pub consumed: usize,
     /// What goes to Redis instead of the client's bytes: an inline request encoded, or one
     /// whose client ids were translated.
     pub rewritten: Option<Bytes>,
-    /// `CLIENT PAUSE`'s length and what it pauses.
-    pub pause: Option<(Duration, Paused)>,
-    /// The command may wait in Redis for something to happen.
-    pub blocks: bool,
     /// When the requests of this pass over the input were sent, for latency metrics.
     pub sent_at: Instant,
 }
@@ -144,6 +145,7 @@ impl Session {
     /// Decodes the request after the batch gathered so far: its length, and its bytes when
     /// the decoder had to encode them (an inline request). `None` when there is none to run
     /// now (incomplete, or a protocol error, which closes the session after its reply).
+    #[inline(always)]
     pub(super) fn next_request(&mut self, input: &mut Input) -> Option<(usize, Option<Bytes>)> {
         loop {
             let decoded = match input.decoder.decode(&input.bytes[input.batch.len..]) {
@@ -182,6 +184,7 @@ impl Session {
 
     /// Takes one request through the phases, in order: classify, hot keys, judge, lock,
     /// cache, then dispatch.
+    #[inline(always)]
     pub(super) fn process_request(
         &mut self,
         input: &mut Input,
@@ -257,11 +260,8 @@ impl Session {
         self.follow_transaction(&step, info);
         let request = Request {
             info,
-            step,
             consumed,
             rewritten: replacement.or(rewritten),
-            pause,
-            blocks,
             sent_at,
         };
         if let Some(claim) = lock {
@@ -274,11 +274,20 @@ impl Session {
             self.answer_from_cache(lookup, bytes);
             return Flow::Next;
         }
-        self.dispatch(input, request, writes)
+        if matches!(step, Step::Forward) {
+            if blocks {
+                self.blocked = true;
+            }
+            if let (Some((length, paused)), false) = (pause, self.in_transaction) {
+                self.context.upstream.pause.begin(length, paused);
+            }
+        }
+        self.dispatch(input, step, request, writes)
     }
 
     /// The classify phase: what the request needs of the session's connection, and the
     /// request as it goes to Redis when the client ids it names are translated.
+    #[inline(always)]
     pub(super) fn classify(
         &mut self,
         info: &'static CommandInfo,
@@ -327,6 +336,7 @@ impl Session {
 
     /// Whether hot keys follow this request: decided once per request, however many times
     /// it is judged (a delay, a reload).
+    #[inline(always)]
     pub(super) fn follows_hot_keys(&mut self, step: &Step, policies: &Policies) -> bool {
         match (step, &policies.hotkeys, self.hot_keys_looked) {
             (Step::Forward, Some(hotkeys), false) => {
@@ -388,6 +398,7 @@ impl Session {
 
     /// The cache phase: a cacheable read on the shared connection is looked up (a hit, a
     /// fill to start, or another session's fill to wait for); a write marks what it changes.
+    #[inline(always)]
     pub(super) fn look_up_cache(
         &mut self,
         policies: &Policies,
@@ -430,6 +441,7 @@ impl Session {
 
     /// Follows `MULTI` and its end on the session's own connection, where a refused command
     /// must also abort the transaction (see [`Session::answer_at_once`]).
+    #[inline(always)]
     pub(super) fn follow_transaction(&mut self, step: &Step, info: &CommandInfo) {
         if !matches!(step, Step::Forward)
             || !self.counts_replies()
@@ -437,10 +449,10 @@ impl Session {
         {
             return;
         }
-        if &*info.name == "multi" {
-            self.in_transaction = true;
-        } else if matches!(&*info.name, "exec" | "discard" | "reset") {
-            self.in_transaction = false;
+        match info.role {
+            Role::StartsTransaction => self.in_transaction = true,
+            Role::EndsTransaction => self.in_transaction = false,
+            _ => {}
         }
     }
 
@@ -574,6 +586,6 @@ pub(super) fn has_block_option(args: &Args<'_>) -> bool {
 pub(super) fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
     match info.effect {
         Effect::DedicatedWithBlockOption => has_block_option(args),
-        _ => info.has_flag(flags::BLOCKING) || &*info.name == "wait",
+        _ => info.has_flag(flags::BLOCKING) || info.role == Role::WaitsForReplicas,
     }
 }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::Session;
-use crate::command::{flags, CommandInfo};
+use crate::command::{flags, CommandInfo, Role};
 use crate::context::Context;
 use crate::policy::cache::{Coherence, Written};
 use crate::policy::Policies;
@@ -34,7 +34,7 @@ pub(super) fn note_writes(
     if info.has_flag(flags::READONLY) {
         return;
     }
-    if matches!(&*info.name, "flushall" | "flushdb" | "swapdb") {
+    if info.role == Role::ChangesEveryKey {
         cache.begin_flush(&policies.caches);
         written.push(Written::Flush);
         return;
@@ -70,7 +70,6 @@ pub(super) fn note_writes(
         }
     }
 }
-
 pub(super) fn end_writes(context: &Context, written: Vec<Written>) {
     if written.is_empty() {
         return;

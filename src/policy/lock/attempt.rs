@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::RuleLocks;
-use crate::command::CommandInfo;
+use crate::command::{CommandInfo, Role};
 
 use crate::resp::request::Args;
 use crate::upstream::{ConnHandle, ReplySender};
@@ -67,7 +67,7 @@ pub struct Claim {
 /// names. Inlined: it runs for every forwarded command, and nearly always returns at once.
 #[inline]
 pub fn claim(rules: &[Arc<RuleLocks>], info: &CommandInfo, args: &Args<'_>) -> Option<Claim> {
-    if rules.is_empty() || &*info.name != "set" {
+    if rules.is_empty() || info.role != Role::Set {
         return None;
     }
     let set = set_nx(args)?;
