@@ -108,12 +108,7 @@ impl Session {
     /// Adds a request to the batch for the session's connection (or sends it on its own when
     /// keyward rewrote it). A blocking command and `CLIENT PAUSE` were noted before.
     #[inline(always)]
-    pub(super) fn forward_request(
-        &mut self,
-        input: &mut Input,
-        request: Request,
-        mut writes: Vec<Written>,
-    ) {
+    fn forward_request(&mut self, input: &mut Input, request: Request, mut writes: Vec<Written>) {
         let Request {
             info,
             consumed,
@@ -151,7 +146,7 @@ impl Session {
 
     /// Runs a command keyward answers from the client's connection state, once the replies
     /// owed on the connection it may change are in.
-    pub(super) fn run_local_step(
+    fn run_local_step(
         &mut self,
         input: &mut Input,
         command: LocalCommand,

@@ -50,7 +50,7 @@ impl Session {
     /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
     /// refuses at queue time does: a command Redis does not know is queued in its place (so
     /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
-    pub(super) fn refuse_in_transaction(&mut self, refusal: Bytes) {
+    fn refuse_in_transaction(&mut self, refusal: Bytes) {
         const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
         let Link::Dedicated { conn, .. } = &self.link else {
             self.replies.push_ready(refusal, &mut self.output);
@@ -130,7 +130,7 @@ impl Session {
 
     /// A session that owes nothing moves off a shared connection that Redis holds (see
     /// [`Upstream::detour`](crate::upstream::Upstream::detour)).
-    pub(super) fn leave_held_connection(&mut self) {
+    fn leave_held_connection(&mut self) {
         let Link::Pooled(conn) = &self.link else {
             return;
         };
@@ -144,7 +144,7 @@ impl Session {
     }
 
     /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
-    pub(super) fn handed_over(&mut self, count: u32) {
+    fn handed_over(&mut self, count: u32) {
         let written = std::mem::take(&mut self.written_keys);
         if self.counts_replies() {
             self.replies.push_upstream(count, written);
@@ -191,7 +191,7 @@ impl Parked {
         }
     }
 
-    pub(super) fn into_batch(self, reply_to: ReplySender) -> Batch {
+    fn into_batch(self, reply_to: ReplySender) -> Batch {
         Batch {
             bytes: self.bytes.freeze(),
             count: self.count,

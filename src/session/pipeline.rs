@@ -117,7 +117,7 @@ impl Session {
         switch
     }
 
-    pub(super) fn process(&mut self, input: &mut Input) -> Option<Switch> {
+    fn process(&mut self, input: &mut Input) -> Option<Switch> {
         let active = self.context.live.load();
         let sent_at = Instant::now();
         let mut dedicate = None;
@@ -146,7 +146,7 @@ impl Session {
     /// the decoder had to encode them (an inline request). `None` when there is none to run
     /// now (incomplete, or a protocol error, which closes the session after its reply).
     #[inline(always)]
-    pub(super) fn next_request(&mut self, input: &mut Input) -> Option<(usize, Option<Bytes>)> {
+    fn next_request(&mut self, input: &mut Input) -> Option<(usize, Option<Bytes>)> {
         loop {
             let decoded = match input.decoder.decode(&input.bytes[input.batch.len..]) {
                 Ok(decoded) => decoded,
@@ -185,7 +185,7 @@ impl Session {
     /// Takes one request through the phases, in order: classify, hot keys, judge, lock,
     /// cache, then dispatch.
     #[inline(always)]
-    pub(super) fn process_request(
+    fn process_request(
         &mut self,
         input: &mut Input,
         policies: &Policies,
@@ -288,11 +288,7 @@ impl Session {
     /// The classify phase: what the request needs of the session's connection, and the
     /// request as it goes to Redis when the client ids it names are translated.
     #[inline(always)]
-    pub(super) fn classify(
-        &mut self,
-        info: &'static CommandInfo,
-        args: &Args<'_>,
-    ) -> (Step, Option<Bytes>) {
+    fn classify(&mut self, info: &'static CommandInfo, args: &Args<'_>) -> (Step, Option<Bytes>) {
         let allowed = self.client.authenticated
             || matches!(
                 info.effect,
@@ -337,7 +333,7 @@ impl Session {
     /// Whether hot keys follow this request: decided once per request, however many times
     /// it is judged (a delay, a reload).
     #[inline(always)]
-    pub(super) fn follows_hot_keys(&mut self, step: &Step, policies: &Policies) -> bool {
+    fn follows_hot_keys(&mut self, step: &Step, policies: &Policies) -> bool {
         match (step, &policies.hotkeys, self.hot_keys_looked) {
             (Step::Forward, Some(hotkeys), false) => {
                 self.hot_keys_looked = true;
@@ -378,7 +374,7 @@ impl Session {
     }
 
     /// A request the judging phase refused: answered at once, in its place.
-    pub(super) fn refuse(
+    fn refuse(
         &mut self,
         input: &mut Input,
         info: &CommandInfo,
@@ -399,7 +395,7 @@ impl Session {
     /// The cache phase: a cacheable read on the shared connection is looked up (a hit, a
     /// fill to start, or another session's fill to wait for); a write marks what it changes.
     #[inline(always)]
-    pub(super) fn look_up_cache(
+    fn look_up_cache(
         &mut self,
         policies: &Policies,
         step: &Step,
@@ -442,7 +438,7 @@ impl Session {
     /// Follows `MULTI` and its end on the session's own connection, where a refused command
     /// must also abort the transaction (see [`Session::answer_at_once`]).
     #[inline(always)]
-    pub(super) fn follow_transaction(&mut self, step: &Step, info: &CommandInfo) {
+    fn follow_transaction(&mut self, step: &Step, info: &CommandInfo) {
         if !matches!(step, Step::Forward)
             || !self.counts_replies()
             || !matches!(self.link, Link::Dedicated { .. })
@@ -458,7 +454,7 @@ impl Session {
 
     /// The lock phase: a lock attempt waits in its lock's queue, and the requests after it
     /// wait with it.
-    pub(super) fn attempt_lock(
+    fn attempt_lock(
         &mut self,
         input: &mut Input,
         claim: Claim,
@@ -506,7 +502,7 @@ impl Session {
 }
 
 /// Whether the phases need the request's key positions.
-pub(super) fn needs_keys(step: &Step, follows_hot_keys: bool, policies: &Policies) -> bool {
+fn needs_keys(step: &Step, follows_hot_keys: bool, policies: &Policies) -> bool {
     match step {
         Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
         Step::Dedicate { .. } | Step::Aside | Step::Relabel(_) => {
@@ -518,7 +514,7 @@ pub(super) fn needs_keys(step: &Step, follows_hot_keys: bool, policies: &Policie
 }
 
 /// How much of the judging phase a request meets, by what it turns into.
-pub(super) fn judging_scope(step: &Step, policies: &Policies) -> Scope {
+fn judging_scope(step: &Step, policies: &Policies) -> Scope {
     match step {
         Step::Forward if policies.judges() => Scope::Full,
         Step::Dedicate { .. } if policies.judges() => Scope::BeforeDedicating,
@@ -583,7 +579,7 @@ pub(super) fn has_block_option(args: &Args<'_>) -> bool {
 }
 
 /// Whether the command may wait in Redis for something to happen.
-pub(super) fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
+fn is_blocking(info: &CommandInfo, args: &Args<'_>) -> bool {
     match info.effect {
         Effect::DedicatedWithBlockOption => has_block_option(args),
         _ => info.has_flag(flags::BLOCKING) || info.role == Role::WaitsForReplicas,
