@@ -113,11 +113,10 @@ impl Judging {
                     address: sender.address,
                     bucket: sender.address,
                 };
-                let refusal = match scope {
-                    Scope::BeforeDedicating => policies.refuses(info, args, key_positions, &client),
-                    _ => policies.denies(info, args, key_positions, &client),
-                };
-                refusal.map_or(Verdict::Allow, Verdict::Reject)
+                let counting_shadow = scope == Scope::DenyRules;
+                policies
+                    .denies(info, args, key_positions, &client, counting_shadow)
+                    .map_or(Verdict::Allow, Verdict::Reject)
             }
         };
         match &verdict {

@@ -141,7 +141,7 @@ impl Policies {
     ) -> Verdict {
         if !progress.denials_judged {
             progress.denials_judged = true;
-            if let Some(refusal) = self.denies(info, args, key_positions, client) {
+            if let Some(refusal) = self.denies(info, args, key_positions, client, true) {
                 return Verdict::Reject(refusal);
             }
         }
@@ -180,37 +180,24 @@ impl Policies {
         Verdict::Allow
     }
 
-    /// Judges a command by the deny rules alone (one keyward answers, or sends aside, with no
-    /// rate limit to pass): shadow rules count it as they count forwarded commands, and the
-    /// first rule in force that matches refuses it.
+    /// Judges a command by the deny rules alone: the first rule in force that matches refuses
+    /// it. With `counting_shadow`, shadow rules that match count it, as they count every
+    /// command they see; without, they are left out, for a command judged in full later (one
+    /// checked before a dedicated connection is opened for it, so that a refused `MONITOR` or
+    /// `SUBSCRIBE` costs no connection), so that they count it once.
     pub fn denies(
         &self,
         info: &CommandInfo,
         args: &Args<'_>,
         key_positions: &[usize],
         client: &Client<'_>,
+        counting_shadow: bool,
     ) -> Option<Bytes> {
         self.denials
             .iter()
+            .filter(|denial| counting_shadow || denial.enforced())
             .filter(|denial| denial.matches(info, args, key_positions, client))
             .find_map(|denial| denial.apply(info))
-    }
-
-    /// A deny rule in force refuses the command: judged before a dedicated connection is
-    /// opened for it, so a refused `MONITOR` or `SUBSCRIBE` costs no connection. Shadow rules
-    /// count the command later, when it is judged in full on that connection.
-    pub fn refuses(
-        &self,
-        info: &CommandInfo,
-        args: &Args<'_>,
-        key_positions: &[usize],
-        client: &Client<'_>,
-    ) -> Option<Bytes> {
-        self.denials
-            .iter()
-            .filter(|denial| denial.enforced())
-            .find(|denial| denial.matches(info, args, key_positions, client))
-            .and_then(|denial| denial.apply(info))
     }
 
     /// Copies every rule's counts to its Prometheus series.
