@@ -2,22 +2,12 @@
 //! Past those sizes a module holds more than one concern, or a function more than one step,
 //! and a newcomer has to read it all to change any of it.
 
-use std::path::{Path, PathBuf};
+mod support;
 
-const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+use support::source_files;
+
 const MAX_FILE_LINES: usize = 600;
 const MAX_FUNCTION_LINES: usize = 100;
-
-fn rust_files(directory: &Path, files: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(directory).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, files);
-        } else if path.extension().is_some_and(|extension| extension == "rs") {
-            files.push(path);
-        }
-    }
-}
 
 /// Functions longer than the limit, as (name, first line, lines), from the signature to the
 /// closing brace. The code is `rustfmt`-formatted, so a function's closing brace is the first
@@ -57,12 +47,9 @@ fn long_functions(source: &str) -> Vec<(String, usize, usize)> {
 
 #[test]
 fn files_and_functions_stay_small() {
-    let mut files = Vec::new();
-    rust_files(Path::new(SOURCE), &mut files);
     let mut too_long = Vec::new();
-    for file in files {
-        let source = std::fs::read_to_string(&file).unwrap();
-        let relative = file.strip_prefix(SOURCE).unwrap().display().to_string();
+    for (relative, source) in source_files() {
+        let relative = relative.display();
         let lines = source.lines().count();
         if lines > MAX_FILE_LINES {
             too_long.push(format!("{relative}: {lines} lines"));

@@ -2,10 +2,11 @@
 //! names a module of a lower layer, so dependencies run one way and a newcomer can read the
 //! crate from the bottom up. The list in `lib.rs` is the one checked, so it stays true.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod support;
 
-const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+use std::collections::BTreeMap;
+
+use support::source_files;
 
 /// The layer of each top-level module, read from the numbered list in `lib.rs`'s docs.
 fn layers(lib: &str) -> BTreeMap<String, usize> {
@@ -43,17 +44,6 @@ fn declared(lib: &str) -> Vec<String> {
         .collect()
 }
 
-fn rust_files(directory: &Path, files: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(directory).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, files);
-        } else if path.extension().is_some_and(|extension| extension == "rs") {
-            files.push(path);
-        }
-    }
-}
-
 /// The top-level modules a file names through `crate::`, outside comments: `crate::x::y`,
 /// and each name in `crate::{x, y::z}`.
 fn named_modules(source: &str) -> Vec<String> {
@@ -82,9 +72,13 @@ fn named_modules(source: &str) -> Vec<String> {
 
 #[test]
 fn every_module_uses_only_lower_layers() {
-    let lib = std::fs::read_to_string(Path::new(SOURCE).join("lib.rs")).unwrap();
-    let layers = layers(&lib);
-    let mut declared = declared(&lib);
+    let files = source_files();
+    let lib = files
+        .iter()
+        .find_map(|(path, text)| (path.to_str() == Some("lib.rs")).then_some(text))
+        .expect("src/lib.rs");
+    let layers = layers(lib);
+    let mut declared = declared(lib);
     declared.sort();
     assert_eq!(
         declared,
@@ -92,19 +86,15 @@ fn every_module_uses_only_lower_layers() {
         "lib.rs's layer list and its modules differ"
     );
 
-    let mut files = Vec::new();
-    rust_files(Path::new(SOURCE), &mut files);
     let mut wrong = Vec::new();
-    for file in files {
-        let relative = file.strip_prefix(SOURCE).unwrap();
+    for (relative, source) in &files {
         let first = relative.iter().next().unwrap().to_string_lossy();
         let module = first.trim_end_matches(".rs");
         // The crate root and the binary stand above every layer.
         let Some(&own) = layers.get(module) else {
             continue;
         };
-        let source = std::fs::read_to_string(&file).unwrap();
-        for named in named_modules(&source) {
+        for named in named_modules(source) {
             if named == module {
                 continue;
             }

@@ -551,3 +551,29 @@ pub fn start_busy_script(redis: &RedisServer, keyward: &Keyward) -> RawClient {
     std::thread::sleep(Duration::from_millis(300));
     runner
 }
+
+/// The crate's source files under `src/`, each with its path relative to `src/` and its
+/// text, for tests that check the code's own shape.
+pub fn source_files() -> Vec<(PathBuf, String)> {
+    fn walk(directory: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(directory).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    walk(&root, &mut paths);
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let relative = path.strip_prefix(&root).expect("under src/").to_path_buf();
+            (relative, text)
+        })
+        .collect()
+}
