@@ -122,9 +122,4 @@ impl ConnHandle {
     pub async fn room(&self) {
         drop(self.batches.reserve().await);
     }
-
-    /// Whether two handles lead to the same connection.
-    pub fn same_connection(&self, other: &ConnHandle) -> bool {
-        self.batches.same_channel(&other.batches)
-    }
 }
