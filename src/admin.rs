@@ -259,7 +259,8 @@ fn big_keys(query: &str, context: &Context) -> Response<Full<Bytes>> {
 /// `holder_redacted: true` telling a hidden token from one keyward does not know.
 fn locks_report(context: &Context, show_holders: bool) -> serde_json::Value {
     let locks: Vec<serde_json::Value> = context
-        .locks
+        .phases
+        .lock
         .report()
         .into_iter()
         .map(|mut lock| {

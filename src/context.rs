@@ -10,18 +10,16 @@ use tokio_util::sync::CancellationToken;
 use crate::command::CommandTable;
 use crate::directory::Directory;
 use crate::metrics::CommandMetrics;
-use crate::policy::cache::Coherence;
-use crate::policy::lock::LockTable;
+use crate::policy::phases::Phases;
 use crate::reload::LiveConfig;
 use crate::upstream::invalidations::Listener;
 use crate::upstream::Upstream;
 
 pub struct Context {
     pub upstream: Arc<Upstream>,
-    /// Cache fills in flight and invalidations, across config reloads.
-    pub cache: Arc<Coherence>,
-    /// Waiters for contended locks, across config reloads.
-    pub locks: Arc<LockTable>,
+    /// The shared part of every policy phase (cache fills in flight, lock queues), across
+    /// config reloads.
+    pub phases: Phases,
     /// The config and policies in force, swapped on reload.
     pub live: Arc<LiveConfig>,
     /// The password clients must `AUTH` with, when keyward requires one.
@@ -47,8 +45,7 @@ impl Context {
         idle_timeout: Option<Duration>,
     ) -> Context {
         Context {
-            cache: Arc::new(Coherence::new(Arc::clone(&upstream.tracking))),
-            locks: Arc::default(),
+            phases: Phases::new(&upstream),
             upstream,
             live,
             listen_password,
@@ -63,24 +60,18 @@ impl Context {
     }
 }
 
-/// Redis's news about changed keys reach the rules in force: cached entries are dropped, and
-/// lock queues waiting on a key try again.
+/// Redis's news about changed keys reach the phases that watch them (cached entries are
+/// dropped, lock queues waiting on a key try again).
 impl Listener for Arc<Context> {
     fn wanted(&self) -> bool {
-        let active = self.live.load();
-        !active.policies.caches.is_empty() || !active.policies.locks.is_empty()
+        self.phases.watch_changes(&self.live.load().policies)
     }
 
     fn changed(&self, keys: &[Vec<u8>]) {
-        let active = self.live.load();
-        for key in keys {
-            self.cache.invalidate(&active.policies.caches, key);
-            self.locks.released(key);
-        }
+        self.phases.changed(&self.live.load().policies, keys);
     }
 
     fn everything_changed(&self) {
-        self.cache.flush_all(&self.live.load().policies.caches);
-        self.locks.wake_all();
+        self.phases.all_changed(&self.live.load().policies);
     }
 }

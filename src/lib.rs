@@ -8,9 +8,13 @@
 //! - [`command`] says what each command is, resolved once per request: its flags, where its
 //!   keys are, how it affects the connection it runs on (generated from Redis's own `COMMAND`
 //!   output), and whether it is a cacheable read.
-//! - [`policy`] holds the policies, each a folder that owns its rules and state, in the order
-//!   a request meets them: `deny`, `rate_limit`, `lock`, `cache`, and `hotkeys`, which watches
-//!   requests and replies.
+//! - [`policy`] holds the policies, each a folder that owns its rules and state. Those that
+//!   decide on requests are phases (`policy::phase::Phase`), run in the order the phase list
+//!   gives (`policy::phases`): `deny`, `rate_limit`, `lock`, `cache`. Each passes a request
+//!   on, answers it, holds it, or takes it and answers it later; each hears of the writes it
+//!   watches once Redis answers them. `hotkeys` watches requests and their replies.
+//! - after the phases, the session routes the request: the batch for its connection (shared,
+//!   or its own), keyward's own answer, or a connection aside.
 //! - [`upstream`] holds the connections to Redis: pools shared by sessions, connections of a
 //!   session's own, and the invalidation connection that tells which keys changed.
 //! - [`resp`] is the wire protocol: request decoding and encoding, reply delimiting, replies.

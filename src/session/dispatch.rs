@@ -12,7 +12,7 @@ use super::pipeline::{may_be_held, Flow, Input, Request, Step};
 use super::{Closing, Session};
 use crate::command::{LocalCommand, Notice, Role};
 use crate::directory::Listing;
-use crate::policy::cache::Written;
+use crate::policy::phases::Written;
 
 impl Session {
     /// Sends or answers a request the earlier phases passed on.
@@ -50,7 +50,8 @@ impl Session {
                 self.send_batch(input);
                 let bytes = input.take_request(request.consumed, request.rewritten);
                 let ticket = self.replies.next_ticket();
-                self.replies.push_fetched(false, self.observation.take());
+                self.replies
+                    .push_fetched(false, self.observation.take(), Vec::new());
                 if request.info.notice == Notice::Unpause {
                     self.context.upstream.pause.end();
                 }
@@ -77,7 +78,10 @@ impl Session {
                     ),
                 };
                 match sent {
-                    Ok(()) => self.replies.push_fetched(false, self.observation.take()),
+                    Ok(()) => {
+                        let observed = self.observation.take();
+                        self.replies.push_fetched(false, observed, Vec::new());
+                    }
                     Err(bytes) => {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
                         let observed = self.observation.take();

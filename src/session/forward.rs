@@ -6,36 +6,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::link::Link;
 use super::pipeline::Input;
-use super::writes::end_writes;
 use super::{Closing, Session};
-use crate::policy::cache::Lookup;
 use crate::upstream::{Batch, Hold, Reply, ReplySender, SendError};
 
 impl Session {
-    /// Answers a read the cache took (a hit, a fill, or a wait for another session's fill).
-    pub(super) fn answer_from_cache(&mut self, lookup: Lookup, request: Bytes) {
-        match lookup {
-            Lookup::Bypass => {}
-            Lookup::Hit(reply) => {
-                if let Some(pending) = self.observation.take() {
-                    self.replies.observations.finish(pending, &reply);
-                }
-                self.replies.push_ready(reply, &mut self.output);
-            }
-            Lookup::Joined => self.replies.push_fetched(true, self.observation.take()),
-            Lookup::Fetch(flight) => {
-                let Link::Pooled(conn) = &self.link else {
-                    return;
-                };
-                self.replies.push_fetched(false, self.observation.take());
-                let address = &self.context.upstream.settings().address;
-                self.context
-                    .cache
-                    .fetch(flight, conn, request, |error| error.reply(address, 1));
-            }
-        }
-    }
-
     /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
     /// for a command that names a client), in its place among the replies owed. On a
     /// streaming link replies are relayed as they come, so it is too.
@@ -117,7 +91,8 @@ impl Session {
             Err((error, _)) => {
                 let address = &self.context.upstream.settings().address;
                 let error = error.reply(address, u64::from(count));
-                end_writes(&self.context, std::mem::take(&mut self.written_keys));
+                let written = std::mem::take(&mut self.written_keys);
+                self.context.phases.end_writes(written);
                 if self.counts_replies() {
                     self.replies.unsend(count as usize);
                 }
@@ -149,7 +124,7 @@ impl Session {
         if self.counts_replies() {
             self.replies.push_upstream(count, written);
         } else {
-            end_writes(&self.context, written);
+            self.context.phases.end_writes(written);
         }
     }
 

@@ -203,7 +203,7 @@ fn cache_stats(context: &Context) -> String {
 /// One line per contended lock, longest wait first.
 fn locks(context: &Context) -> String {
     let mut text = String::from("# Locks\r\n");
-    for lock in context.locks.report() {
+    for lock in context.phases.lock.report() {
         text.push_str(&format!(
             "key:{} rule={} db={} holder={} waiters={} oldest_wait_ms={}\r\n",
             lock.key,
@@ -222,7 +222,7 @@ fn cache_flush(context: &Context, rule: Option<&Vec<u8>>) -> Result<(), String> 
     let active = context.live.load();
     let caches = &active.policies.caches;
     match rule {
-        None => context.cache.flush_all(caches),
+        None => context.phases.cache.flush_all(caches),
         Some(name) => {
             let cache = caches
                 .iter()
@@ -230,7 +230,7 @@ fn cache_flush(context: &Context, rule: Option<&Vec<u8>>) -> Result<(), String> 
                 .ok_or_else(|| {
                     format!("no cache rule named '{}'", String::from_utf8_lossy(name))
                 })?;
-            context.cache.flush_all(std::slice::from_ref(cache));
+            context.phases.cache.flush_all(std::slice::from_ref(cache));
         }
     }
     Ok(())

@@ -14,12 +14,12 @@
 mod client_ids;
 mod dispatch;
 mod forward;
+mod holds;
 mod keyward;
 mod link;
 mod local;
 mod pipeline;
 mod replies;
-mod writes;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,17 +35,16 @@ use crate::context::Context;
 use crate::directory::Listing;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
-use crate::policy::cache::Written;
 use crate::policy::hotkeys::record::Pending;
-use crate::policy::judging::Judging;
+use crate::policy::phases::{PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{Monitoring, Opening, Reply};
 use client_ids::Redirect;
 use forward::Parked;
+use holds::Holds;
 use link::{DedicatedError, Link};
 use local::ClientState;
 use replies::{AfterReply, ReplyQueue};
-use writes::{end_writes, AwaitedLock};
 
 /// Read in steps of this size.
 const READ_CHUNK: usize = 16 * 1024;
@@ -107,18 +106,16 @@ pub struct Session {
     key_positions: Vec<usize>,
     /// The client's IP address, as policies see it (one client, many connections).
     peer_ip: Vec<u8>,
-    /// Where deny rules and rate limits stand on the request at the front of the input.
-    judging: Judging,
+    /// Where the policy phases stand on the request at the front of the input.
+    phase_states: PhaseStates,
+    /// The request at the front is held by a phase.
+    holds: Holds,
     /// The session's dedicated connection is inside `MULTI`: a command refused there must
     /// also make Redis abort the transaction.
     in_transaction: bool,
     /// When the client last sent something or was last sent something, for `idle_timeout`.
     last_active: Instant,
-    /// Reused for the shape of cacheable reads.
-    cache_shape: Vec<u8>,
-    /// A lock attempt waits in a lock queue; the requests after it wait with it.
-    awaiting_lock: Option<AwaitedLock>,
-    /// Keys written by requests in the batch being gathered (see `note_writes`).
+    /// Keys written by requests in the batch being gathered, that phases watch.
     written_keys: Vec<Written>,
     /// Hot keys follow the request being judged: its keys, until its answer is known.
     observation: Option<Pending>,
@@ -169,11 +166,10 @@ impl Session {
             blocked: false,
             key_positions: Vec::new(),
             peer_ip: peer.ip().to_canonical().to_string().into_bytes(),
-            judging: Judging::default(),
+            phase_states: PhaseStates::default(),
+            holds: Holds::default(),
             in_transaction: false,
             last_active: Instant::now(),
-            cache_shape: Vec::new(),
-            awaiting_lock: None,
             written_keys: Vec::new(),
             observation: None,
             hot_keys_looked: false,
@@ -217,11 +213,11 @@ impl Session {
             if self.finished() {
                 return Ok(());
             }
-            if self.judging.hold_until != hold_armed {
-                if let Some(until) = self.judging.hold_until {
+            if self.holds.until != hold_armed {
+                if let Some(until) = self.holds.until {
                     hold.as_mut().reset(until.into());
                 }
-                hold_armed = self.judging.hold_until;
+                hold_armed = self.holds.until;
             }
             let wants_input = self.wants_input();
             let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
@@ -242,7 +238,7 @@ impl Session {
                 }
                 readiness = stream.writable(), if !self.output.is_empty() => readiness?,
                 () = &mut hold, if hold_armed.is_some() => {
-                    self.judging.hold_until = None;
+                    self.holds.until = None;
                     hold_armed = None;
                 }
                 () = &mut idle, if self.context.idle_timeout.is_some() && self.closing.is_none() => {
@@ -264,10 +260,13 @@ impl Session {
                         conn.room().await;
                         return Awaited::Room;
                     }
-                    Awaited::Answer(self.judging.next_answer().await)
-                }, if parked_on.is_some() || self.judging.awaiting.is_some() => match awaited {
+                    Awaited::Answer(self.holds.next_answer().await)
+                }, if parked_on.is_some() || self.holds.asking => match awaited {
                     Awaited::Room => self.unpark(),
-                    Awaited::Answer(answer) => self.judging.answered(answer),
+                    Awaited::Answer(answer) => {
+                        self.holds.asking = false;
+                        self.context.phases.answered(&mut self.phase_states, answer);
+                    }
                 },
                 () = &mut stopping, if self.closing.is_none() => {
                     self.closing = Some(if self.listing.is_killed() {
@@ -313,9 +312,9 @@ impl Session {
         self.last_active.checked_add(self.context.idle_timeout?)
     }
 
-    /// A request is held by a policy: delayed, or waiting for Redis's answer.
+    /// A request is held by a policy phase: delayed, waiting for Redis's answer, or taken.
     fn is_holding(&self) -> bool {
-        self.judging.is_holding() || self.awaiting_lock.is_some()
+        self.holds.any()
     }
 
     fn wants_input(&self) -> bool {
@@ -324,7 +323,7 @@ impl Session {
         self.closing.is_none()
             && !self.waiting_for_quiet
             && self.parked.is_none()
-            && (!self.is_holding() || self.awaiting_lock.is_some())
+            && (!self.is_holding() || self.holds.taken.is_some())
             && self.output.len() < OUTPUT_HIGH_WATER
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
     }
@@ -339,9 +338,9 @@ impl Session {
                 self.closing = Some(Closing::ClientDone);
                 // A client that closed (or half-closed) its side no longer waits in line: it
                 // gets Redis's answer now, as it would directly.
-                if let Some(lock) = &self.awaiting_lock {
-                    let locks = &self.context.locks;
-                    locks.give_up(lock.db, &lock.key, &self.reply_sender, lock.ticket);
+                if let Some((ticket, held)) = &self.holds.taken {
+                    let phases = &self.context.phases;
+                    phases.give_up(held, &self.reply_sender, *ticket);
                 }
             }
             Ok(_) => self.last_active = Instant::now(),
@@ -382,14 +381,13 @@ impl Session {
             return;
         }
         if let Reply::Fetched { ticket, .. } = &reply {
-            if let Some(lock) = self.awaiting_lock.take_if(|lock| lock.ticket == *ticket) {
-                end_writes(&self.context, lock.writes);
-            }
+            self.holds.taken.take_if(|(held, _)| held == ticket);
         }
         let after = self
             .replies
             .on_reply(reply, &mut self.output, &self.context.command_metrics);
-        self.finish_writes();
+        let finished = self.replies.take_finished_writes();
+        self.context.phases.end_writes(finished);
         if after == AfterReply::CloseClient {
             self.closing = Some(Closing::UpstreamGone);
         }
@@ -434,10 +432,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
-        if let Some(lock) = self.awaiting_lock.take() {
-            written.extend(lock.writes);
-        }
-        end_writes(&self.context, written);
+        self.context.phases.end_writes(written);
         self.context.sessions.leave(self.client.id);
     }
 }

@@ -5,11 +5,11 @@
 //!    (forward, answer locally, a connection of its own, send aside) decided
 //!    ([`Session::step_for`]); commands that name clients are translated ([`client_ids`]).
 //! 2. hot keys decide whether to follow the request.
-//! 3. judge: deny rules, then rate limits ([`judging`]): forward, refuse, delay, or ask Redis.
-//! 4. lock: a lock attempt on a contended key waits in the lock's queue ([`policy::lock`]).
-//! 5. cache: a cacheable read is answered from memory, or fills it ([`policy::cache`]); a
-//!    write marks what it changes ([`writes`]).
-//! 6. dispatch: the request joins the batch for the session's connection, or is answered.
+//! 3. the policy phases, in the order of [`policy::phases`] (deny, rate limit, lock, cache):
+//!    each passes it on, answers it, holds it (until a time, or until Redis answers a
+//!    question), or takes it and answers it later; a forwarded write is noted for the phases
+//!    that watch writes.
+//! 4. dispatch: the request joins the batch for the session's connection, or is answered.
 //!
 //! Replies come back through the reply queue ([`replies`]), where hot keys, metrics and the
 //! end of watched writes observe them.
@@ -26,18 +26,14 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::client_ids::{self, Asker, Redirect, Translation};
 use super::link::{Link, Switch};
-use super::writes::{note_writes, AwaitedLock};
 use super::{Closing, Session};
 use crate::command::{
-    cacheable, flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice, Role,
+    flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice, Role,
 };
 use crate::directory::Listing;
 use crate::metrics;
-use crate::policy::cache::coherence::Read;
-use crate::policy::cache::{Lookup, Written};
-use crate::policy::judging::{Scope, Sender};
-use crate::policy::lock::attempt::{self, Claim, LockAttempt};
-use crate::policy::rate_limit::Verdict;
+use crate::policy::phase::{Decision, Handover, Sender, Subject, Way};
+use crate::policy::phases::{Phases, Taken, Write, Written};
 use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
@@ -221,8 +217,10 @@ impl Session {
             _ => None,
         };
         let blocks = is_blocking(info, &args);
+        let way = self.way(&step);
         let follows_hot_keys = self.follows_hot_keys(&step, policies);
-        if needs_keys(&step, follows_hot_keys, policies) {
+        let phases = &self.context.phases;
+        if follows_hot_keys || way.is_some_and(|way| phases.need_keys(policies, way)) {
             self.key_positions.clear();
             info.key_positions(&args, &mut self.key_positions);
         }
@@ -232,31 +230,27 @@ impl Session {
                     .observations
                     .start(info, &args, &self.key_positions, source.len());
         }
-        let verdict = self.judging.judge(
-            policies,
-            judging_scope(&step, policies),
-            info,
-            &args,
-            &self.key_positions,
-            Sender {
-                name: self.client.name.as_deref(),
-                address: &self.peer_ip,
-            },
-        );
-        if !matches!(verdict, Verdict::Allow) {
-            return self.held_or_refused(input, verdict, info, consumed);
-        }
+        let decision = match way {
+            Some(way) => self.run_phases(policies, info, &args, way),
+            None => Decision::Pass,
+        };
+        let taken = match decision {
+            Decision::Pass => None,
+            Decision::Take(taken) => Some(taken),
+            Decision::Answer(refusal) => return self.refuse(input, info, consumed, refusal),
+            Decision::HoldUntil(until) => {
+                // The request stays at the front of the input, and so does everything the
+                // client pipelined after it.
+                self.send_batch(input);
+                self.holds.until = Some(until);
+                return Flow::Stop;
+            }
+            Decision::Ask(question) => return self.ask(input, question),
+        };
         if matches!(step, Step::Forward) {
             self.hot_keys_looked = false;
         }
-        // Only a request the policies let through may read, fill or wait: a refused or held
-        // one must not start (or join) a read others would wait on.
-        let lock = match (&step, &self.link) {
-            (Step::Forward, Link::Pooled(_)) => attempt::claim(&policies.locks, info, &args),
-            _ => None,
-        };
-        let mut writes = Vec::new();
-        let lookup = self.look_up_cache(policies, &step, lock.is_none(), info, &args, &mut writes);
+        let writes = self.note_writes(policies, info, &args, way, taken.as_ref());
         self.follow_transaction(&step, info);
         let request = Request {
             info,
@@ -264,15 +258,8 @@ impl Session {
             rewritten: replacement.or(rewritten),
             sent_at,
         };
-        if let Some(claim) = lock {
-            return self.attempt_lock(input, claim, request, writes);
-        }
-        if !matches!(lookup, Lookup::Bypass) {
-            self.received.add(&self.context.command_metrics, info.id);
-            self.send_batch(input);
-            let bytes = input.take_request(request.consumed, request.rewritten);
-            self.answer_from_cache(lookup, bytes);
-            return Flow::Next;
+        if let Some(taken) = taken {
+            return self.take(input, taken, request, writes);
         }
         if matches!(step, Step::Forward) {
             if blocks {
@@ -283,6 +270,75 @@ impl Session {
             }
         }
         self.dispatch(input, step, request, writes)
+    }
+
+    /// The policy phases, in their order, on the request as the session knows it.
+    #[inline(always)]
+    fn run_phases(
+        &mut self,
+        policies: &Policies,
+        info: &'static CommandInfo,
+        args: &Args<'_>,
+        way: Way,
+    ) -> Decision<Taken> {
+        let subject = Subject {
+            info,
+            args,
+            key_positions: &self.key_positions,
+            way,
+            sender: Sender {
+                name: self.client.name.as_deref(),
+                address: &self.peer_ip,
+            },
+            db: self.client.db,
+            protocol: self.client.protocol,
+            reply_to: &self.reply_sender,
+            ticket: self.replies.next_ticket(),
+        };
+        let phases = &self.context.phases;
+        phases.decide(policies, &mut self.phase_states, &subject)
+    }
+
+    /// What a forwarded request writes, noted for the phases that watch writes.
+    #[inline(always)]
+    fn note_writes(
+        &self,
+        policies: &Policies,
+        info: &CommandInfo,
+        args: &Args<'_>,
+        way: Option<Way>,
+        taken_by: Option<&Taken>,
+    ) -> Vec<Written> {
+        let mut writes = Vec::new();
+        if way.is_some_and(Way::forwarded) {
+            let write = Write {
+                info,
+                args,
+                key_positions: &self.key_positions,
+                taken_by,
+            };
+            self.context
+                .phases
+                .note_writes(policies, write, &mut writes);
+        }
+        writes
+    }
+
+    /// How the request goes once the phases let it through, which tells them what they may
+    /// do with it; `None` for one refused before the phases (unauthenticated).
+    #[inline(always)]
+    fn way(&self, step: &Step) -> Option<Way> {
+        match step {
+            Step::Forward => Some(match self.link {
+                Link::Pooled(_) => Way::Shared,
+                Link::Dedicated { .. } => Way::Own,
+            }),
+            Step::Dedicate { .. } => Some(Way::BeforeOwn),
+            Step::Aside | Step::Relabel(_) | Step::Local(_) | Step::Answer { .. } => {
+                Some(Way::Keyward)
+            }
+            Step::Refuse(_) => None,
+        }
     }
 
     /// The classify phase: what the request needs of the session's connection, and the
@@ -343,37 +399,20 @@ impl Session {
         }
     }
 
-    /// A request the judging phase did not let through: refused, held by a delay, or held
-    /// until Redis answers a global rule's question. Returns what the loop over the input does.
-    fn held_or_refused(
-        &mut self,
-        input: &mut Input,
-        verdict: Verdict,
-        info: &CommandInfo,
-        consumed: usize,
-    ) -> Flow {
-        match verdict {
-            Verdict::Allow => Flow::Next,
-            Verdict::Reject(refusal) => self.refuse(input, info, consumed, refusal),
-            Verdict::AskRedis(rule, question) => {
-                self.send_batch(input);
-                let upstream = &self.context.upstream;
-                match self.judging.ask(upstream, self.client.id, rule, question) {
-                    true => Flow::Stop,
-                    // Judged again at once, with the rule's on_error deciding.
-                    false => Flow::Next,
-                }
-            }
-            Verdict::Delay(_) => {
-                // The request stays at the front of the input, and so does everything the
-                // client pipelined after it.
-                self.send_batch(input);
-                Flow::Stop
-            }
+    /// A request held until Redis answers a phase's question. If the question cannot be
+    /// sent, the phase hears so at once and decides again.
+    fn ask(&mut self, input: &mut Input, question: Bytes) -> Flow {
+        self.send_batch(input);
+        let upstream = &self.context.upstream;
+        if self.holds.ask(upstream, self.client.id, question) {
+            return Flow::Stop;
         }
+        self.context.phases.answered(&mut self.phase_states, None);
+        Flow::Next
     }
 
-    /// A request the judging phase refused: answered at once, in its place.
+    /// A request a phase answered (a refusal, or a reply it had at hand): answered at once,
+    /// in its place.
     fn refuse(
         &mut self,
         input: &mut Input,
@@ -390,49 +429,6 @@ impl Session {
         input.bytes.advance(consumed);
         self.answer_at_once(refusal);
         Flow::Next
-    }
-
-    /// The cache phase: a cacheable read on the shared connection is looked up (a hit, a
-    /// fill to start, or another session's fill to wait for); a write marks what it changes.
-    #[inline(always)]
-    fn look_up_cache(
-        &mut self,
-        policies: &Policies,
-        step: &Step,
-        not_locking: bool,
-        info: &CommandInfo,
-        args: &Args<'_>,
-        writes: &mut Vec<Written>,
-    ) -> Lookup {
-        let forwarded = matches!(step, Step::Forward);
-        let cacheable = forwarded
-            && not_locking
-            && matches!(self.link, Link::Pooled(_))
-            && !policies.caches.is_empty();
-        match cacheable
-            .then(|| cacheable::request_kind(info, args))
-            .flatten()
-        {
-            Some(kind) => {
-                let read = Read {
-                    info,
-                    args,
-                    db: self.client.db,
-                    protocol: self.client.protocol,
-                    reply_to: &self.reply_sender,
-                    ticket: self.replies.next_ticket(),
-                };
-                let cache = &self.context.cache;
-                cache.consult(&policies.caches, read, kind, &mut self.cache_shape)
-            }
-            None => {
-                if forwarded && policies.watches_writes() {
-                    let cache = &self.context.cache;
-                    note_writes(cache, policies, info, args, &self.key_positions, writes);
-                }
-                Lookup::Bypass
-            }
-        }
     }
 
     /// Follows `MULTI` and its end on the session's own connection, where a refused command
@@ -452,12 +448,12 @@ impl Session {
         }
     }
 
-    /// The lock phase: a lock attempt waits in its lock's queue, and the requests after it
-    /// wait with it.
-    fn attempt_lock(
+    /// A request a phase took: the phase sends it and brings its reply. While it holds the
+    /// request (a lock attempt in its queue), the requests after it wait.
+    fn take(
         &mut self,
         input: &mut Input,
-        claim: Claim,
+        taken: Taken,
         request: Request,
         writes: Vec<Written>,
     ) -> Flow {
@@ -465,62 +461,25 @@ impl Session {
             .add(&self.context.command_metrics, request.info.id);
         self.send_batch(input);
         let bytes = input.take_request(request.consumed, request.rewritten);
-        let Link::Pooled(conn) = &self.link else {
-            return Flow::Stop;
-        };
         let ticket = self.replies.next_ticket();
-        // The attempt's own SET NX never releases a lock: its end wakes no waiter.
-        let writes = writes
-            .into_iter()
-            .filter_map(|written| match written {
-                Written::Key { key, cached, .. } => cached.then_some(Written::Key {
-                    key,
-                    cached,
-                    locked: false,
-                }),
-                Written::Flush => Some(Written::Flush),
-            })
-            .collect();
-        self.awaiting_lock = Some(AwaitedLock {
-            ticket,
-            db: self.client.db,
-            key: claim.key.clone(),
-            writes,
-        });
-        let attempt = LockAttempt {
-            claim,
-            db: self.client.db,
+        let shared = Phases::answered_elsewhere(&taken);
+        self.replies
+            .push_fetched(shared, self.observation.take(), writes);
+        let handover = Handover {
             request: bytes,
-            conn: conn.clone(),
-            reply_to: self.reply_sender.clone(),
+            conn: self.link.conn(),
+            reply_to: &self.reply_sender,
             ticket,
+            db: self.client.db,
+            address: &self.context.upstream.settings().address,
         };
-        self.replies.push_fetched(false, self.observation.take());
-        self.context.locks.attempt(attempt);
-        Flow::Stop
-    }
-}
-
-/// Whether the phases need the request's key positions.
-fn needs_keys(step: &Step, follows_hot_keys: bool, policies: &Policies) -> bool {
-    match step {
-        Step::Forward => follows_hot_keys || policies.judges() || policies.watches_writes(),
-        Step::Dedicate { .. } | Step::Aside | Step::Relabel(_) => {
-            policies.judges() || policies.watches_writes()
+        match self.context.phases.hand_over(taken, handover) {
+            Some(held) => {
+                self.holds.taken = Some((ticket, held));
+                Flow::Stop
+            }
+            None => Flow::Next,
         }
-        Step::Local(_) | Step::Answer { .. } => !policies.denials.is_empty(),
-        Step::Refuse(_) => false,
-    }
-}
-
-/// How much of the judging phase a request meets, by what it turns into.
-fn judging_scope(step: &Step, policies: &Policies) -> Scope {
-    match step {
-        Step::Forward if policies.judges() => Scope::Full,
-        Step::Dedicate { .. } if policies.judges() => Scope::BeforeDedicating,
-        Step::Aside | Step::Relabel(_) if policies.judges() => Scope::DenyRules,
-        Step::Local(_) | Step::Answer { .. } if !policies.denials.is_empty() => Scope::DenyRules,
-        _ => Scope::Nothing,
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::metrics::CommandMetrics;
-use crate::policy::cache::Written;
 use crate::policy::hotkeys::record::{Pending, Recorder};
+use crate::policy::phases::Written;
 use crate::resp::frame;
 use crate::upstream::Reply;
 
@@ -28,13 +28,15 @@ enum Expected {
         /// Keys written by these commands that cache or lock rules watch.
         written: Vec<Written>,
     },
-    /// A cacheable read whose reply a cache fill brings (`Reply::Fetched`), apart from the
-    /// connection's replies. `shared`: the fill is another session's read, on another
-    /// connection.
+    /// A request a policy phase took, whose reply the phase brings (`Reply::Fetched`), apart
+    /// from the connection's replies. `shared`: the reply is another session's read, on
+    /// another connection.
     Fetched {
         ticket: u64,
         shared: bool,
         observed: Option<Pending>,
+        /// Keys it writes that other phases watch, over when its reply comes.
+        written: Vec<Written>,
     },
 }
 
@@ -189,7 +191,7 @@ impl ReplyQueue {
         self.next_ticket
     }
 
-    pub fn push_fetched(&mut self, shared: bool, observed: Option<Pending>) {
+    pub fn push_fetched(&mut self, shared: bool, observed: Option<Pending>, written: Vec<Written>) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.fetching += 1;
@@ -198,6 +200,7 @@ impl ReplyQueue {
             ticket,
             shared,
             observed,
+            written,
         });
     }
 
@@ -251,7 +254,7 @@ impl ReplyQueue {
     pub fn take_all_writes(&mut self) -> Vec<Written> {
         let mut all = std::mem::take(&mut self.finished_writes);
         for entry in &mut self.entries {
-            if let Expected::Upstream { written, .. } = entry {
+            if let Expected::Upstream { written, .. } | Expected::Fetched { written, .. } = entry {
                 all.append(written);
             }
         }
@@ -301,9 +304,13 @@ impl ReplyQueue {
         );
         if let Some(entry) = entry {
             if let Expected::Fetched {
-                shared, observed, ..
+                shared,
+                observed,
+                written,
+                ..
             } = entry
             {
+                self.finished_writes.append(written);
                 self.fetching -= 1;
                 self.fetching_shared -= u32::from(*shared);
                 if let Some(pending) = observed.take() {
@@ -484,7 +491,7 @@ mod tests {
         let mut output = BytesMut::new();
         queue.push_upstream(1, Vec::new());
         let ticket = queue.next_ticket();
-        queue.push_fetched(true, None);
+        queue.push_fetched(true, None, Vec::new());
         queue.push_upstream(2, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);

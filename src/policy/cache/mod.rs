@@ -12,6 +12,7 @@
 //! (database, protocol, command and the arguments after the key).
 
 pub mod coherence;
+mod phase;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,21 +31,7 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Lookup};
-
-/// A write through keyward that cache or lock rules watch, remembered until Redis answers it.
-#[derive(Debug)]
-pub enum Written {
-    Key {
-        key: Bytes,
-        /// A cache rule in force covers it: [`Coherence::begin_write`] was called for it.
-        cached: bool,
-        /// A lock rule in force covers it: the write may release the lock, so its waiters try
-        /// again once Redis has answered it.
-        locked: bool,
-    },
-    /// `FLUSHALL`, `FLUSHDB` or `SWAPDB`: [`Coherence::begin_flush`] was called.
-    Flush,
-}
+pub use phase::Fill;
 
 /// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
 const ENTRY_OVERHEAD: usize = 96;

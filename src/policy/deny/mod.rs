@@ -1,35 +1,23 @@
 //! `[[deny]]`: commands refused with `-NOPERM` before they reach Redis, for everyone or for
 //! chosen clients (`FLUSHALL`, `KEYS`, `CONFIG`, `DEBUG`…).
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use metrics::{counter, Counter};
 
 use super::matcher::RuleMatcher;
+use super::phase::{Decision, Handover, Phase, Sender, Subject, Way};
+use super::Policies;
 use crate::command::CommandInfo;
 use crate::config::rules::Mode;
 use crate::config::DenyRule;
 use crate::glob::Glob;
 use crate::resp::reply;
 use crate::resp::request::Args;
-
-/// Who sends a command, as policies see clients.
-pub struct Client<'a> {
-    /// The `CLIENT SETNAME` name, if any.
-    pub name: Option<&'a [u8]>,
-    /// The peer's IP address (without the port: one client, many connections).
-    pub address: &'a [u8],
-    /// What `bucket = "client"` counts by: `name:<name>`, else `addr:<ip>`, so that a client
-    /// cannot name itself after another's address.
-    pub bucket: &'a [u8],
-}
-
-impl Client<'_> {
-    pub fn bucket(&self) -> &[u8] {
-        self.bucket
-    }
-}
+use crate::upstream::Upstream;
 
 pub struct Denial {
     pub rule: DenyRule,
@@ -64,7 +52,7 @@ impl Denial {
         info: &CommandInfo,
         args: &Args<'_>,
         key_positions: &[usize],
-        client: &Client<'_>,
+        client: &Sender<'_>,
     ) -> bool {
         self.matcher.applies_to(info)
             && (!self.matcher.has_key_patterns()
@@ -105,4 +93,56 @@ pub fn refusal(rule: &str, info: &CommandInfo) -> Bytes {
         "NOPERM keyward rule '{rule}' refuses the '{}' command",
         info.name
     ))
+}
+
+/// The deny phase: the first rule in force that matches refuses the command. Shadow rules that
+/// match count it, as they count every command they see, and the search goes on past them, so
+/// adding one never changes what happens.
+pub struct Denying;
+
+impl Phase for Denying {
+    type Session = ();
+    type Taken = Infallible;
+    type Held = Infallible;
+
+    fn new(_: &Arc<Upstream>) -> Denying {
+        Denying
+    }
+
+    fn needs_keys(&self, policies: &Policies, _: Way) -> bool {
+        !policies.denials.is_empty()
+    }
+
+    #[inline(always)]
+    fn decide(
+        &self,
+        policies: &Policies,
+        _: &mut (),
+        subject: &Subject<'_, '_>,
+    ) -> Decision<Infallible> {
+        if policies.denials.is_empty() {
+            return Decision::Pass;
+        }
+        // Checked before a connection of the session's own is opened, the request meets the
+        // phases again once sent there: shadow rules count it then, once.
+        let counting_shadow = subject.way != Way::BeforeOwn;
+        policies
+            .denials
+            .iter()
+            .filter(|denial| counting_shadow || denial.enforced())
+            .filter(|denial| {
+                denial.matches(
+                    subject.info,
+                    subject.args,
+                    subject.key_positions,
+                    &subject.sender,
+                )
+            })
+            .find_map(|denial| denial.apply(subject.info))
+            .map_or(Decision::Pass, Decision::Answer)
+    }
+
+    fn hand_over(self: &Arc<Self>, taken: Infallible, _: Handover<'_>) -> Option<Infallible> {
+        match taken {}
+    }
 }

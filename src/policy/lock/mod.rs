@@ -13,6 +13,7 @@
 //! overwritten or expires; the `PTTL` also arms a timer as the safety net.
 
 pub mod attempt;
+mod phase;
 mod queue;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::config::LockRule;
 use crate::policy::matcher::RuleMatcher;
 use crate::upstream::{ConnHandle, ReplySender};
 pub use attempt::LockAttempt;
+pub use phase::Queued;
 use queue::Queue;
 
 /// One `[[lock]]` rule and its metrics.
@@ -194,7 +196,7 @@ impl LockTable {
 
     /// The client waiting with `ticket` for the lock on `key` closed its side: it gets Redis's
     /// answer now (the nil it got, or one more try) instead of waiting for its turn.
-    pub fn give_up(&self, db: u32, key: &Bytes, reply_to: &ReplySender, ticket: u64) {
+    pub fn leave(&self, db: u32, key: &Bytes, reply_to: &ReplySender, ticket: u64) {
         let queues = self.queues.lock();
         if let Some(queue) = queues.get(&(db, key.clone())) {
             queue.give_up(reply_to, ticket);

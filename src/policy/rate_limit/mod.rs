@@ -10,6 +10,7 @@
 //! not run.
 
 pub mod global;
+mod phase;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use crate::config::rules::{Action, Bucket, Mode, OnError, Scope};
 use crate::config::RateLimitRule;
 use crate::resp::reply;
 use global::Answer;
+pub use phase::{RateLimitSession, RateLimiting};
 
 /// What a rate limit says about one command.
 #[derive(Debug, PartialEq, Eq)]

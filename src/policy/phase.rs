@@ -1,0 +1,183 @@
+//! What a policy is to the request pipeline: a [`Phase`] that decides on each request, in the
+//! order [`super::phases`] lists, and hears what happens to the requests it let through.
+//!
+//! A phase is the part of a policy shared by every session (its queues, its cache, or nothing
+//! at all); what it keeps per session lives in its [`Phase::Session`] value, which the session
+//! holds without looking into. The rules a phase applies come from the [`Policies`] in force,
+//! handed to every call, so that a reload changes them between two requests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::Policies;
+use crate::command::CommandInfo;
+use crate::config::HostPort;
+use crate::resp::request::Args;
+use crate::resp::Protocol;
+use crate::upstream::{ConnHandle, Reply, ReplySender, Upstream};
+
+/// How a request goes once the phases let it through: what the phases may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Forwarded on a connection shared with other sessions.
+    Shared,
+    /// Forwarded on the session's own connection.
+    Own,
+    /// It needs a connection of the session's own, not opened yet: only a refusal is decided
+    /// now (so that a refused `MONITOR` costs no connection), and it meets the phases again
+    /// when it is sent there.
+    BeforeOwn,
+    /// keyward answers it, or sends it aside on a connection of its own.
+    Keyward,
+}
+
+impl Way {
+    /// Whether the request reaches Redis on the session's connection.
+    pub fn forwarded(self) -> bool {
+        matches!(self, Way::Shared | Way::Own)
+    }
+}
+
+/// Who sends the request, as policies see clients.
+#[derive(Clone, Copy)]
+pub struct Sender<'a> {
+    /// The `CLIENT SETNAME` name, if any.
+    pub name: Option<&'a [u8]>,
+    /// The peer's IP address (without the port: one client, many connections).
+    pub address: &'a [u8],
+}
+
+/// A request as the phases see it: resolved once by the session, before the first phase.
+pub struct Subject<'r, 'a> {
+    pub info: &'static CommandInfo,
+    pub args: &'r Args<'a>,
+    /// Where its keys are in `args`, when some phase needs them ([`Phase::needs_keys`]).
+    pub key_positions: &'r [usize],
+    pub way: Way,
+    pub sender: Sender<'r>,
+    pub db: u32,
+    pub protocol: Protocol,
+    /// Where a reply for a request a phase takes goes, and the ticket it will carry.
+    pub reply_to: &'r ReplySender,
+    pub ticket: u64,
+}
+
+/// What a phase decides about a request.
+pub enum Decision<T> {
+    /// On to the next phase (after the last, the request goes its way).
+    Pass,
+    /// Answered now with this reply, in its place among the client's replies: a refusal, or
+    /// a reply the phase had at hand.
+    Answer(Bytes),
+    /// The request, and everything the client sent after it, waits at the front of the input
+    /// until then; it meets this phase again first.
+    HoldUntil(Instant),
+    /// The request waits until Redis answers this question (sent on a shared connection),
+    /// then meets this phase again, which hears the answer first ([`Phase::answered`]).
+    Ask(Bytes),
+    /// The phase takes the request: it is handed its bytes ([`Phase::hand_over`]) and sends
+    /// the reply itself, as `Reply::Fetched` with the subject's ticket.
+    Take(T),
+}
+
+impl<T> Decision<T> {
+    pub fn map<U>(self, wrap: impl FnOnce(T) -> U) -> Decision<U> {
+        match self {
+            Decision::Pass => Decision::Pass,
+            Decision::Answer(reply) => Decision::Answer(reply),
+            Decision::HoldUntil(until) => Decision::HoldUntil(until),
+            Decision::Ask(question) => Decision::Ask(question),
+            Decision::Take(taken) => Decision::Take(wrap(taken)),
+        }
+    }
+}
+
+/// A request a phase took, with what it needs to send it.
+pub struct Handover<'r> {
+    /// The request as it goes to Redis.
+    pub request: Bytes,
+    /// The session's shared connection, where its commands stay in order.
+    pub conn: &'r ConnHandle,
+    pub reply_to: &'r ReplySender,
+    pub ticket: u64,
+    pub db: u32,
+    /// Redis's address, for errors that name it.
+    pub address: &'r HostPort,
+}
+
+/// One policy, as the request pipeline runs it.
+pub trait Phase: Sized {
+    /// What the phase keeps per session: where it stands on the request at the front.
+    type Session: Default;
+    /// What it keeps of a request it takes, until it is handed the request's bytes.
+    type Taken;
+    /// What a session keeps of a taken request that the client's later requests wait for.
+    type Held;
+
+    /// The phase's shared part, made once when keyward starts.
+    fn new(upstream: &Arc<Upstream>) -> Self;
+
+    /// Whether it needs the request's key positions ([`Subject::key_positions`]).
+    fn needs_keys(&self, policies: &Policies, way: Way) -> bool;
+
+    /// Decides on a request. A request held or asked about meets it again.
+    fn decide(
+        &self,
+        policies: &Policies,
+        session: &mut Self::Session,
+        subject: &Subject<'_, '_>,
+    ) -> Decision<Self::Taken>;
+
+    /// The request is done with (let through, answered or taken) or the policies changed:
+    /// whatever was kept for it goes.
+    fn done(&self, _session: &mut Self::Session) {}
+
+    /// Redis answered the question of [`Decision::Ask`] (`None`: it could not be asked).
+    fn answered(&self, _session: &mut Self::Session, _answer: Option<Reply>) {}
+
+    /// Sends a request the phase took. `Some` when the client's later requests wait until
+    /// its reply comes.
+    fn hand_over(
+        self: &Arc<Self>,
+        taken: Self::Taken,
+        handover: Handover<'_>,
+    ) -> Option<Self::Held>;
+
+    /// Whether the reply to a taken request is another session's (read elsewhere, shared).
+    fn answered_elsewhere(_taken: &Self::Taken) -> bool {
+        false
+    }
+
+    /// The client of a held request left: it gets its answer now.
+    fn give_up(&self, _held: &Self::Held, _reply_to: &ReplySender, _ticket: u64) {}
+
+    /// A command forwarded now writes `key`. `true` if the phase wants to hear when Redis has
+    /// answered it ([`Phase::written`]).
+    fn writing(&self, _policies: &Policies, _key: &[u8]) -> bool {
+        false
+    }
+
+    /// Redis answered a write the phase wanted to hear of (or its session ended).
+    fn written(&self, _key: &[u8]) {}
+
+    /// A command forwarded now changes every key (`FLUSHALL`, `SWAPDB`…); `true` if the phase
+    /// wants to hear when Redis has answered it ([`Phase::flushed`]).
+    fn flushing(&self, _policies: &Policies) -> bool {
+        false
+    }
+
+    fn flushed(&self) {}
+
+    /// Whether the phase wants Redis's news of changed keys ([`Phase::changed`]).
+    fn watches_changes(&self, _policies: &Policies) -> bool {
+        false
+    }
+
+    /// Redis says `key` changed, by anyone's hand.
+    fn changed(&self, _policies: &Policies, _key: &[u8]) {}
+
+    /// Redis's news may have been lost: every key may have changed.
+    fn all_changed(&self, _policies: &Policies) {}
+}

@@ -1,0 +1,320 @@
+//! The phase list: every policy that decides on requests, in the order a request meets them.
+//!
+//! A request meets deny rules first (a refused command costs nothing more), then rate limits
+//! (a command refused or delayed takes no lock and fills no cache), then lock queues (a lock
+//! attempt on a contended key waits its turn), then the cache (a read answered from memory or
+//! filled). The first phase that does not pass decides; a held request comes back to the phase
+//! that held it. Adding a policy kind is one line in [`phase_list!`]'s invocation below, and a
+//! folder that implements [`Phase`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::cache::Coherence;
+use super::deny::Denying;
+use super::lock::LockTable;
+use super::phase::{Decision, Handover, Phase, Subject, Way};
+use super::rate_limit::RateLimiting;
+use super::Policies;
+use crate::command::{flags, CommandInfo, Role};
+use crate::resp::request::Args;
+use crate::upstream::{Reply, ReplySender, Upstream};
+
+/// A write through keyward that phases watch, remembered until Redis answers it.
+#[derive(Debug)]
+pub struct Written {
+    /// The key written; `None` for a command that changes every key.
+    key: Option<Bytes>,
+    /// The phases that want to hear of its end, one bit each, in list order.
+    phases: u8,
+}
+
+/// Declares the phases: their shared parts ([`Phases`]), what a session keeps of each
+/// ([`PhaseStates`]), and the calls that run them in order.
+macro_rules! phase_list {
+    ($($variant:ident($field:ident): $phase:ty),+ $(,)?) => {
+        /// The shared part of every phase, made once when keyward starts and kept across
+        /// reloads.
+        pub struct Phases {
+            $(pub $field: Arc<$phase>,)+
+        }
+
+        /// What a session keeps of every phase: where each stands on the request at the
+        /// front of its input.
+        #[derive(Default)]
+        pub struct PhaseStates {
+            $($field: <$phase as Phase>::Session,)+
+            /// The phase a held request meets first when it is decided on again.
+            resume: usize,
+            /// The generation of the policies `resume` was set under: under others it means
+            /// nothing, and the request starts over.
+            generation: u64,
+        }
+
+        /// A request a phase took, by phase.
+        pub enum Taken {
+            $($variant(<$phase as Phase>::Taken),)+
+        }
+
+        /// A taken request the session's later requests wait for, by phase.
+        pub enum Held {
+            $($variant(<$phase as Phase>::Held),)+
+        }
+
+        impl Phases {
+            pub fn new(upstream: &Arc<Upstream>) -> Phases {
+                Phases {
+                    $($field: Arc::new(<$phase as Phase>::new(upstream)),)+
+                }
+            }
+
+            /// Whether some phase needs the key positions of a request going this way.
+            #[inline(always)]
+            pub fn need_keys(&self, policies: &Policies, way: Way) -> bool {
+                false $(|| self.$field.needs_keys(policies, way))+
+            }
+
+            /// Takes the request through the phases, in order, from the one that held it.
+            #[inline(always)]
+            pub fn decide(
+                &self,
+                policies: &Policies,
+                states: &mut PhaseStates,
+                subject: &Subject<'_, '_>,
+            ) -> Decision<Taken> {
+                if states.follow(policies) {
+                    self.settle(states);
+                }
+                let mut index = 0;
+                $(
+                    if index >= states.resume {
+                        let decision = self.$field.decide(policies, &mut states.$field, subject);
+                        match decision {
+                            Decision::Pass => {}
+                            Decision::HoldUntil(_) | Decision::Ask(_) => {
+                                states.resume = index;
+                                return decision.map(Taken::$variant);
+                            }
+                            Decision::Answer(_) | Decision::Take(_) => {
+                                self.settle(states);
+                                return decision.map(Taken::$variant);
+                            }
+                        }
+                    }
+                    index += 1;
+                )+
+                let _ = index;
+                self.settle(states);
+                Decision::Pass
+            }
+
+            /// The request at the front is done with: every phase forgets it.
+            #[inline(always)]
+            fn settle(&self, states: &mut PhaseStates) {
+                states.resume = 0;
+                $(self.$field.done(&mut states.$field);)+
+            }
+
+            /// Redis's answer to the question of the phase that asked (`None`: not asked).
+            pub fn answered(&self, states: &mut PhaseStates, answer: Option<Reply>) {
+                let mut index = 0;
+                $(
+                    if index == states.resume {
+                        return self.$field.answered(&mut states.$field, answer);
+                    }
+                    index += 1;
+                )+
+                let _ = (index, answer);
+            }
+
+            /// Sends a taken request through the phase that took it.
+            pub fn hand_over(&self, taken: Taken, handover: Handover<'_>) -> Option<Held> {
+                match taken {
+                    $(Taken::$variant(taken) => {
+                        self.$field.hand_over(taken, handover).map(Held::$variant)
+                    })+
+                }
+            }
+
+            /// Whether a taken request's reply is read by another session.
+            pub fn answered_elsewhere(taken: &Taken) -> bool {
+                match taken {
+                    $(Taken::$variant(taken) => <$phase as Phase>::answered_elsewhere(taken),)+
+                }
+            }
+
+            /// The client of a held request left.
+            pub fn give_up(&self, held: &Held, reply_to: &ReplySender, ticket: u64) {
+                match held {
+                    $(Held::$variant(held) => self.$field.give_up(held, reply_to, ticket),)+
+                }
+            }
+
+            /// Notes what a forwarded command writes, for the phases that watch it; the phase
+            /// that took the command, if one did, sees to its writes itself.
+            #[inline(always)]
+            pub fn note_writes(
+                &self,
+                policies: &Policies,
+                write: Write<'_, '_>,
+                written: &mut Vec<Written>,
+            ) {
+                if write.info.has_flag(flags::READONLY) {
+                    return;
+                }
+                let skipped = |taken: Option<&Taken>| -> u8 {
+                    let mut index = 0;
+                    $(
+                        if matches!(taken, Some(Taken::$variant(_))) {
+                            return 1 << index;
+                        }
+                        index += 1;
+                    )+
+                    let _ = index;
+                    0
+                };
+                let skipped = skipped(write.taken_by);
+                if write.info.role == Role::ChangesEveryKey {
+                    let mut phases = 0;
+                    let mut index = 0;
+                    $(
+                        if skipped & (1 << index) == 0 && self.$field.flushing(policies) {
+                            phases |= 1 << index;
+                        }
+                        index += 1;
+                    )+
+                    let _ = index;
+                    if phases != 0 {
+                        written.push(Written { key: None, phases });
+                    }
+                    return;
+                }
+                for key in write
+                    .key_positions
+                    .iter()
+                    .filter_map(|&position| write.args.get(position))
+                {
+                    let mut phases = 0;
+                    let mut index = 0;
+                    $(
+                        if skipped & (1 << index) == 0 && self.$field.writing(policies, key) {
+                            phases |= 1 << index;
+                        }
+                        index += 1;
+                    )+
+                    let _ = index;
+                    if phases != 0 {
+                        written.push(Written {
+                            key: Some(Bytes::copy_from_slice(key)),
+                            phases,
+                        });
+                    }
+                }
+            }
+
+            /// Redis answered these writes (or their session ended): the phases that watch
+            /// them hear of it.
+            pub fn end_writes(&self, written: impl IntoIterator<Item = Written>) {
+                for write in written {
+                    let mut index = 0;
+                    $(
+                        if write.phases & (1 << index) != 0 {
+                            match &write.key {
+                                Some(key) => self.$field.written(key),
+                                None => self.$field.flushed(),
+                            }
+                        }
+                        index += 1;
+                    )+
+                    let _ = index;
+                }
+            }
+
+            /// Whether some phase wants Redis's news of changed keys.
+            pub fn watch_changes(&self, policies: &Policies) -> bool {
+                false $(|| self.$field.watches_changes(policies))+
+            }
+
+            /// Redis says these keys changed.
+            pub fn changed(&self, policies: &Policies, keys: &[Vec<u8>]) {
+                for key in keys {
+                    $(self.$field.changed(policies, key);)+
+                }
+            }
+
+            /// Redis's news may have been lost.
+            pub fn all_changed(&self, policies: &Policies) {
+                $(self.$field.all_changed(policies);)+
+            }
+        }
+    };
+}
+
+phase_list! {
+    Deny(deny): Denying,
+    RateLimit(rate_limit): RateLimiting,
+    Lock(lock): LockTable,
+    Cache(cache): Coherence,
+}
+
+/// A forwarded command, as the phases that watch writes see it.
+pub struct Write<'r, 'a> {
+    pub info: &'r CommandInfo,
+    pub args: &'r Args<'a>,
+    pub key_positions: &'r [usize],
+    /// The phase that took it, if one did.
+    pub taken_by: Option<&'r Taken>,
+}
+
+impl PhaseStates {
+    /// Follows the policies in force; `true` when they are others than those what is kept
+    /// was made under (a reload), which the request at the front then meets from the start.
+    #[inline(always)]
+    fn follow(&mut self, policies: &Policies) -> bool {
+        let new = self.generation != policies.generation();
+        self.generation = policies.generation();
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PhaseStates;
+    use crate::config::Config;
+    use crate::policy::Policies;
+
+    fn compiled(text: &str) -> Policies {
+        let config: Config = toml::from_str(text).expect("a valid config");
+        Policies::compile(&config, None)
+    }
+
+    /// A reload frees the old policies; the new ones may be built at the same address, and
+    /// what a held request kept under the old ones (the phase it resumes at, the rule indices
+    /// it passed) must not carry over to them.
+    #[test]
+    fn progress_starts_over_under_policies_built_where_the_old_ones_were() {
+        let rule = |name: &str| {
+            format!(
+                "[[rate_limit]]\nname = \"{name}\"\nkeys = [\"*\"]\nlimit = 5\nperiod = \"1s\"\n"
+            )
+        };
+        let mut in_force = compiled(&rule("first"));
+        let mut states = PhaseStates::default();
+        assert!(
+            states.follow(&in_force),
+            "a new session starts from nothing"
+        );
+        assert!(
+            !states.follow(&in_force),
+            "the same policies keep the progress"
+        );
+
+        // Built in the very place the old value lived.
+        in_force = compiled(&rule("second"));
+        assert!(
+            states.follow(&in_force),
+            "progress made under other policies"
+        );
+    }
+}
