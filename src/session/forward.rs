@@ -35,7 +35,7 @@ impl Session {
             count: 1,
             reply_to: self.reply_sender.clone(),
             tracked: false,
-            measured: false,
+            measured: None,
             hold: None,
         };
         match conn.send(batch) {
@@ -64,7 +64,10 @@ impl Session {
     pub(super) fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
         self.leave_held_connection();
         let conn = self.link.conn();
-        let measured = self.replies.follows_commands();
+        let measured = self
+            .replies
+            .follows_commands()
+            .then(|| self.replies.spare_lengths());
         let hold = match &self.link {
             Link::Pooled(conn) if holds => Some(conn.hold()),
             _ => None,
@@ -152,15 +155,23 @@ impl Session {
 pub(super) struct Parked {
     bytes: BytesMut,
     count: u32,
-    measured: bool,
+    measured: Option<Vec<u32>>,
     hold: Option<Hold>,
 }
 
 impl Parked {
-    pub(super) fn join(&mut self, bytes: &[u8], count: u32, measured: bool, hold: Option<Hold>) {
+    pub(super) fn join(
+        &mut self,
+        bytes: &[u8],
+        count: u32,
+        measured: Option<Vec<u32>>,
+        hold: Option<Hold>,
+    ) {
         self.bytes.extend_from_slice(bytes);
         self.count += count;
-        self.measured |= measured;
+        if self.measured.is_none() {
+            self.measured = measured;
+        }
         if self.hold.is_none() {
             self.hold = hold;
         }

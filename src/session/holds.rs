@@ -37,7 +37,7 @@ impl Holds {
                 .0
                 .clone(),
             tracked: false,
-            measured: false,
+            measured: None,
             hold: None,
         };
         let conn = upstream.pooled(Protocol::Resp2, 0, client_id);

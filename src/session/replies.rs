@@ -63,6 +63,8 @@ pub struct ReplyQueue {
     finished_writes: Vec<Written>,
     /// Commands hot keys follow, finished as their answers come.
     pub observations: Recorder,
+    /// A list that brought reply lengths, kept for the next measured batch.
+    spare_lengths: Vec<u32>,
 }
 
 /// Forwarded commands awaiting their replies: runs of one command sent at one time, for
@@ -218,6 +220,11 @@ impl ReplyQueue {
     }
 
     /// Hot keys follow commands that await their replies.
+    /// An empty list with room for reply lengths, from an earlier reply if one brought any.
+    pub fn spare_lengths(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.spare_lengths)
+    }
+
     pub fn follows_commands(&self) -> bool {
         !self.sent.followed.is_empty()
     }
@@ -280,6 +287,10 @@ impl ReplyQueue {
                     return AfterReply::Continue;
                 }
                 self.settle(count, bytes, &lengths, output, metrics);
+                if lengths.capacity() > self.spare_lengths.capacity() {
+                    self.spare_lengths = lengths;
+                    self.spare_lengths.clear();
+                }
             }
             Reply::Failed { count, error } => {
                 if self.substituted() {
@@ -504,6 +515,29 @@ mod tests {
         queue.on_reply(fetched, &mut output, &metrics);
         assert_eq!(&output[..], b":1\r\n$4\r\nfill\r\n:2\r\n:3\r\n");
         assert!(queue.is_empty() && !queue.awaiting_fetches());
+    }
+
+    /// Measuring reply lengths allocates nothing once warm: the list that brought them comes
+    /// back, emptied, for the next measured batch.
+    #[test]
+    fn the_list_that_brought_reply_lengths_is_used_again() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        assert_eq!(queue.spare_lengths().capacity(), 0);
+        queue.push_upstream(2, Vec::new());
+        let mut lengths = Vec::with_capacity(16);
+        lengths.extend([4, 4]);
+        let reply = Reply::Frames {
+            bytes: Bytes::from_static(b":1\r\n:2\r\n"),
+            count: 2,
+            lengths,
+        };
+        queue.on_reply(reply, &mut output, &metrics);
+        assert_eq!(&output[..], b":1\r\n:2\r\n");
+        let spare = queue.spare_lengths();
+        assert!(spare.is_empty() && spare.capacity() >= 16);
+        assert_eq!(queue.spare_lengths().capacity(), 0, "handed out once");
     }
 
     /// Follows `GET <key>` for hot keys, as the session does when it forwards it.

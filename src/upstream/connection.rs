@@ -35,10 +35,11 @@ pub struct Batch {
     /// A cache fill: Redis must track the keys it reads, so that keyward hears when they
     /// change (see `tracking`).
     pub tracked: bool,
-    /// The sender wants each reply's length with the replies (hot keys follow some of these
-    /// commands): the connection delimits every frame anyway, and the session walking them
-    /// again would cost as much.
-    pub measured: bool,
+    /// `Some` when the sender wants each reply's length with the replies (hot keys follow
+    /// some of these commands): the connection delimits every frame anyway, and the session
+    /// walking them again would cost as much. The list is where the lengths go, recycled from
+    /// an earlier reply, so that measuring allocates nothing once a session has done it.
+    pub measured: Option<Vec<u32>>,
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,
 }
@@ -401,7 +402,7 @@ fn route(
         run_count += 1;
         if let Some(head) = pending.front_mut() {
             if head.measured {
-                if head.lengths.capacity() == 0 {
+                if head.lengths.is_empty() {
                     // Room for the batch's replies at once (growing one at a time would cost
                     // more than the lengths save).
                     head.lengths

@@ -237,7 +237,7 @@ impl Upstream {
                 count: setup_left.len() as u32,
                 reply_to: ignored,
                 tracked: false,
-                measured: false,
+                measured: None,
                 hold: None,
             });
         }

@@ -30,7 +30,7 @@ pub fn send_own(
         count,
         reply_to,
         tracked,
-        measured: false,
+        measured: None,
         hold: None,
     })?;
     Ok(OwnReplies { replies, count })

@@ -52,8 +52,8 @@ impl WriteQueue {
                 remaining: batch.count,
                 taken_at,
                 // A reply that comes alone needs no list: its length is the run's.
-                measured: batch.measured && batch.count > 1,
-                lengths: Vec::new(),
+                measured: batch.measured.is_some() && batch.count > 1,
+                lengths: batch.measured.unwrap_or_default(),
                 _hold: batch.hold,
             });
         }
