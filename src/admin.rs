@@ -34,6 +34,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
+use crate::metrics;
 use crate::reload::{ReloadOutcome, Trigger};
 use crate::reports;
 use crate::secret;
@@ -163,6 +164,12 @@ async fn respond(
         "/metrics" => {
             let active = context.live.load();
             active.policies.publish_metrics();
+            let status = context.live.status();
+            metrics::publish(&metrics::Observed {
+                upstream_up: context.upstream.is_ready(),
+                config_rejected: status.last_reload_failed,
+                config_loaded_at: status.loaded_at,
+            });
             let mut body = prometheus.render();
             context.command_metrics.render(&mut body);
             if let Some(hotkeys) = &active.policies.hotkeys {

@@ -120,3 +120,51 @@ fn config_identity_is_the_sha256_of_the_file() {
     assert_eq!(digest.len(), 64, "{sha256sum}");
     assert_eq!(report["status"]["hash"], digest, "{body}");
 }
+
+/// Alert rules compare a counter with its value minutes ago: the counters they watch exist at
+/// zero from the start, and the states they judge (Redis up, config rejected, clients against
+/// their limit) are series of their own.
+#[test]
+fn series_that_alerts_watch_exist_from_the_start() {
+    let (mut redis, keyward) = redis_and_keyward();
+    let (_, metrics) = keyward.admin_get("/metrics");
+    for (name, labels) in [
+        ("keyward_upstream_errors_total", &["kind=\"connect\""][..]),
+        ("keyward_upstream_errors_total", &["kind=\"timeout\""]),
+        ("keyward_config_reloads_total", &["result=\"error\""]),
+        ("keyward_cache_invalidation_connection_lost_total", &[]),
+        ("keyward_output_limit_disconnects_total", &[]),
+        ("keyward_rejected_clients_total", &[]),
+    ] {
+        let series = format!(
+            "{name}{}",
+            labels.first().map_or(String::new(), |l| format!("{{{l}}}"))
+        );
+        assert!(
+            metrics.contains(&format!("{series} 0\n")),
+            "{series} at zero in:\n{metrics}"
+        );
+    }
+    assert_eq!(metric_value(&metrics, "keyward_max_clients", &[]), 10000.0);
+    assert_eq!(metric_value(&metrics, "keyward_upstream_up", &[]), 1.0);
+    assert_eq!(
+        metric_value(&metrics, "keyward_config_last_reload_successful", &[]),
+        1.0
+    );
+    let loaded_at = metric_value(&metrics, "keyward_config_loaded_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - loaded_at).abs() < 60.0, "{loaded_at} vs {now}");
+
+    redis.kill();
+    support::wait_for(
+        std::time::Duration::from_secs(5),
+        "Redis is seen down",
+        || {
+            let (_, metrics) = keyward.admin_get("/metrics");
+            metric_value(&metrics, "keyward_upstream_up", &[]) == 0.0
+        },
+    );
+}

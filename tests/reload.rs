@@ -203,6 +203,20 @@ fn sighup_and_post_reload_apply_and_restart_only_settings_are_reported() {
     let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("nonzero"), "{body}");
+    let rejected = |keyward: &Keyward| {
+        let metrics = keyward.admin_get("/metrics").1;
+        let gauge = metric_value(&metrics, "keyward_config_last_reload_successful", &[]);
+        (config_status(keyward)["last_reload_failed"].clone(), gauge)
+    };
+    assert_eq!(rejected(&keyward), (true.into(), 0.0));
+    std::fs::write(
+        keyward.config_path(),
+        format!("{base}\n[log]\nlevel = \"info\"\n"),
+    )
+    .unwrap();
+    let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rejected(&keyward), (false.into(), 1.0), "fixed");
     let (status, _) = http_request(keyward.admin_port, "GET", "/reload");
     assert_eq!(status, 405);
 }
