@@ -168,3 +168,53 @@ fn series_that_alerts_watch_exist_from_the_start() {
         },
     );
 }
+
+/// Lists come a page at a time, saying whether more follow; a page that is not a number is
+/// refused with the reason, never answered with a default.
+#[test]
+fn lists_come_a_page_at_a_time() {
+    let redis = support::RedisServer::start();
+    let keyward = support::Keyward::start(
+        redis.port,
+        "[hotkeys]\nenabled = true\nwindows = [\"1m\"]\n",
+    );
+    let mut client = keyward.client();
+    for (index, key) in ["k:a", "k:b", "k:c", "k:d", "k:e"].iter().enumerate() {
+        for _ in 0..(10 - index) {
+            let _: Option<String> = redis::cmd("GET").arg(key).query(&mut client).unwrap();
+        }
+    }
+    let page = |query: &str| -> serde_json::Value {
+        let (status, body) = keyward.admin_get(&format!("/hotkeys?{query}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let keys = |report: &serde_json::Value| -> Vec<String> {
+        report["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = page("limit=2");
+    assert_eq!(keys(&first), ["k:a", "k:b"]);
+    assert_eq!(first["more_keys"], true);
+    let last = page("offset=4&limit=2");
+    assert_eq!(keys(&last), ["k:e"]);
+    assert_eq!(last["more_keys"], false);
+    assert_eq!(last["offset"], 4);
+
+    for path in [
+        "/hotkeys?limit=ten",
+        "/bigkeys?offset=-1",
+        "/locks?limit=1.5",
+    ] {
+        let (status, body) = keyward.admin_get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("must be a whole number"), "{path}: {body}");
+    }
+    let (status, body) = keyward.admin_get("/locks?limit=5");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"more\": false"), "{body}");
+}

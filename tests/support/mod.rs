@@ -2,6 +2,8 @@
 //! an inline TOML config, both on free loopback ports and both stopped on drop.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod busy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -415,6 +417,11 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     http_request_to(SocketAddr::from(([127, 0, 0, 1], port)), method, path, "")
 }
 
+/// A `GET` of `path` on the admin port: status, response headers and body.
+pub fn http_get_full(port: u16, path: &str) -> (u16, String, String) {
+    http_exchange(SocketAddr::from(([127, 0, 0, 1], port)), "GET", path, "")
+}
+
 /// An HTTP request to `address`, with `headers` (each line ending in CRLF) added.
 pub fn http_request_to(
     address: SocketAddr,
@@ -422,6 +429,16 @@ pub fn http_request_to(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_exchange(address, method, path, headers);
+    (status, body)
+}
+
+fn http_exchange(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).expect("admin connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -439,11 +456,8 @@ pub fn http_request_to(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// This machine's address on the network (not loopback), as other hosts would reach it:
