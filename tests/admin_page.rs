@@ -135,7 +135,7 @@ fn artifact(name: &str) -> PathBuf {
 
 #[test]
 fn the_page_shows_what_keyward_sees() {
-    let busy = Busy::start();
+    let mut busy = Busy::start();
     let url = format!("http://127.0.0.1:{}/", busy.keyward.admin_port);
     let page = browse(&url, "--dump-dom", "1280,1800");
     let dom = &page.stdout;

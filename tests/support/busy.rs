@@ -15,6 +15,11 @@ pub const POLICIES: &str = r#"
 enabled = true
 windows = ["10s", "1m"]
 big_key_bytes = "1KB"
+export_top = 10
+
+[[deny]]
+name = "no-flush"
+commands = ["FLUSHALL", "FLUSHDB"]
 
 [[cache]]
 name = "pages"
@@ -124,7 +129,7 @@ impl Busy {
     }
 
     /// Stops the traffic and releases the lock; the waiter gets it.
-    pub fn finish(mut self) {
+    pub fn finish(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(traffic) = self.traffic.take() {
             traffic.join().expect("the traffic ran");

@@ -457,7 +457,30 @@ fn http_exchange(
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_string(), body.to_string())
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (servers such as Prometheus send large
+/// answers so): each chunk is its length in hex, CRLF, the bytes, CRLF; a zero length ends it.
+fn dechunk(mut chunks: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, rest)) = chunks.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        chunks = rest[size..].strip_prefix("\r\n").unwrap_or_default();
+    }
+    body
 }
 
 /// This machine's address on the network (not loopback), as other hosts would reach it:
