@@ -36,6 +36,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = Result<Stop, String>>,
 ) -> Result<(), String> {
     let prometheus = metrics::install()?;
+    metrics::max_clients(config.listen.max_clients.get());
     let settings = UpstreamSettings::from_config(&config)?;
     let listen_password = config.listen_password()?;
     let admin_token = config.admin_token()?;

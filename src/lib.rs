@@ -22,7 +22,8 @@
 //! Around them: [`config`] (the TOML file and its diagnostics), [`reload`] (the config and
 //! policies in force, swapped on reload), [`context`] (state shared by sessions),
 //! [`directory`] (sessions by client id), [`reports`] (what keyward says about itself),
-//! [`admin`] (HTTP: metrics, health, reports), [`metrics`] (every exported series), [`net`] and
+//! [`admin`] (HTTP: metrics, health, reports, and the admin page that shows them), [`metrics`]
+//! (every exported series), [`net`] and
 //! [`tls`] (sockets), [`glob`] (Redis's key patterns), [`secret`] (comparing secrets),
 //! [`logging`], [`signals`] and [`app`] (start and stop), and [`top`] (`keyward top`).
 //!

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use metrics::counter;
 use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::logging;
+use crate::metrics;
 use crate::policy::Policies;
 
 /// One loaded version of the config.
@@ -38,6 +38,9 @@ pub struct Status {
     pub loaded_at: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
+    /// Whether the file was last read with errors, so that what runs is not what it says (the
+    /// last error is then current, not history); false again once the file is fixed.
+    pub last_reload_failed: bool,
     /// Settings changed in the file that only apply after a restart.
     pub needs_restart: Vec<String>,
     pub reloads_ok: u64,
@@ -94,6 +97,7 @@ impl LiveConfig {
                 loaded_at: now_seconds(),
                 last_error: None,
                 last_error_at: None,
+                last_reload_failed: false,
                 needs_restart: Vec::new(),
                 reloads_ok: 0,
                 reloads_error: 0,
@@ -155,10 +159,12 @@ impl LiveConfig {
             hash.clone(),
             std::fs::metadata(path).and_then(|m| m.modified()).ok(),
         );
-        let already_judged = hash == self.status().hash
-            || (trigger == Trigger::FileChange
-                && self.last_rejected.lock().as_ref() == Some(&save));
-        if already_judged {
+        if hash == self.status().hash {
+            // The file says what runs, even if a rejected edit came in between.
+            self.status.lock().last_reload_failed = false;
+            return ReloadOutcome::Unchanged;
+        }
+        if trigger == Trigger::FileChange && self.last_rejected.lock().as_ref() == Some(&save) {
             return ReloadOutcome::Unchanged;
         }
         let trigger = match trigger {
@@ -186,7 +192,8 @@ impl LiveConfig {
                 status.loaded_at = now_seconds();
                 status.needs_restart = needs_restart;
                 status.reloads_ok += 1;
-                counter!("keyward_config_reloads_total", "result" => "ok").increment(1);
+                status.last_reload_failed = false;
+                metrics::config_reloaded(true);
                 tracing::info!(trigger, path = %file, "config reloaded");
                 ReloadOutcome::Applied
             }
@@ -206,7 +213,8 @@ impl LiveConfig {
                 status.last_error = Some(messages.join("\n"));
                 status.last_error_at = Some(now_seconds());
                 status.reloads_error += 1;
-                counter!("keyward_config_reloads_total", "result" => "error").increment(1);
+                status.last_reload_failed = true;
+                metrics::config_reloaded(false);
                 ReloadOutcome::Rejected(messages)
             }
         }

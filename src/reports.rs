@@ -1,11 +1,163 @@
-//! What keyward reports about itself, the same over HTTP (`admin`) and through the
-//! `KEYWARD` command (`session`): the config in force, the hottest keys, the biggest ones.
+//! What keyward reports about itself, the same over HTTP (`admin`, and its page) and through
+//! the `KEYWARD` command (`session`): itself and its upstream, the config in force, the cache
+//! and rate-limit rules, the hottest keys, the biggest ones.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::context::Context;
 use crate::policy::hotkeys::big_keys::BigKeysReport;
 use crate::policy::hotkeys::{By, HotKeys, Report};
+use crate::upstream::Invalidations;
+
+/// The report behind `KEYWARD INFO`: keyward, its clients and the Redis it forwards to.
+#[derive(Debug, Serialize)]
+pub struct Info {
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub clients: usize,
+    /// `listen.max_clients`: beyond it, clients are refused.
+    pub max_clients: usize,
+    pub connections_received: u64,
+    pub upstream: UpstreamInfo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamInfo {
+    pub address: String,
+    /// Whether keyward is ready (`/readyz`): Redis answers and accepts its credentials.
+    pub up: bool,
+    /// Why not, when it is not.
+    pub down_because: Option<String>,
+    pub redis_version: String,
+    pub pooled_connections_up: usize,
+    pub pooled_connections: usize,
+    /// The last error a pooled connection that is down ran into.
+    pub last_error: Option<String>,
+    /// The invalidation connection that caching and lock releases rely on: `up`, `down`, or
+    /// `unsupported` (keyward's user may not run `CLIENT TRACKING`).
+    pub invalidations: &'static str,
+}
+
+pub fn info(context: &Context) -> Info {
+    let upstream = &context.upstream;
+    let (up, total, last_error) = upstream.pool_state();
+    let down_because = upstream.not_ready_because();
+    Info {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: context.started.elapsed().as_secs(),
+        clients: context.clients.load(Ordering::Relaxed),
+        max_clients: context.live.load().config.listen.max_clients.get(),
+        connections_received: context.connections_received.load(Ordering::Relaxed),
+        upstream: UpstreamInfo {
+            address: upstream.settings().address.to_string(),
+            up: down_because.is_none(),
+            down_because,
+            redis_version: upstream.facts().version.to_string(),
+            pooled_connections_up: up,
+            pooled_connections: total,
+            last_error,
+            invalidations: match upstream.tracking.state() {
+                Invalidations::Down => "down",
+                Invalidations::Unsupported => "unsupported",
+                Invalidations::RedirectTo(_) => "up",
+            },
+        },
+    }
+}
+
+/// One cache rule, for `KEYWARD CACHE STATS` and the admin page.
+#[derive(Debug, Serialize)]
+pub struct CacheRuleReport {
+    pub name: String,
+    pub mode: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub invalidations: u64,
+    pub evictions: u64,
+    pub bytes: u64,
+    pub entries: u64,
+    pub max_memory: u64,
+    pub ttl: String,
+}
+
+/// Every cache rule in force, in rule order.
+pub fn caches(context: &Context) -> Vec<CacheRuleReport> {
+    let active = context.live.load();
+    active
+        .policies
+        .caches
+        .iter()
+        .map(|cache| {
+            let stats = cache.stats();
+            let rule = &cache.rule;
+            CacheRuleReport {
+                name: cache.name().to_string(),
+                mode: config_name(&rule.mode),
+                hits: stats.hits,
+                misses: stats.misses,
+                invalidations: stats.invalidations,
+                evictions: stats.evictions,
+                bytes: stats.bytes,
+                entries: stats.entries,
+                max_memory: rule.max_memory.get(),
+                ttl: humantime::format_duration(rule.ttl.get()).to_string(),
+            }
+        })
+        .collect()
+}
+
+/// One rate-limit rule, for `KEYWARD RATELIMIT STATS` and the admin page. In shadow mode,
+/// `limited` counts what the rule would have limited.
+#[derive(Debug, Serialize)]
+pub struct RateLimitReport {
+    pub name: String,
+    pub allowed: u64,
+    pub limited: u64,
+    pub buckets: usize,
+    pub limit: u32,
+    pub period: String,
+    pub burst: u32,
+    pub bucket: String,
+    pub action: String,
+    pub mode: String,
+}
+
+/// Every rate-limit rule in force, in rule order.
+pub fn rate_limits(context: &Context) -> Vec<RateLimitReport> {
+    let active = context.live.load();
+    active
+        .policies
+        .rate_limits
+        .iter()
+        .map(|limiter| {
+            let (allowed, limited, buckets) = limiter.stats();
+            let rule = &limiter.rule;
+            RateLimitReport {
+                name: limiter.name().to_string(),
+                allowed,
+                limited,
+                buckets,
+                limit: *rule.limit.get_ref(),
+                period: humantime::format_duration(rule.period.get()).to_string(),
+                burst: rule.burst(),
+                bucket: config_name(&rule.bucket),
+                action: config_name(&rule.action),
+                mode: config_name(&rule.mode),
+            }
+        })
+        .collect()
+}
+
+/// The name a setting has in the config file (`"key"`, `"delay"`, `"shadow"`).
+fn config_name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
 
 fn enabled_hotkeys(context: &Context) -> Result<Arc<HotKeys>, String> {
     context

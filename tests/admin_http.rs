@@ -120,3 +120,101 @@ fn config_identity_is_the_sha256_of_the_file() {
     assert_eq!(digest.len(), 64, "{sha256sum}");
     assert_eq!(report["status"]["hash"], digest, "{body}");
 }
+
+/// Alert rules compare a counter with its value minutes ago: the counters they watch exist at
+/// zero from the start, and the states they judge (Redis up, config rejected, clients against
+/// their limit) are series of their own.
+#[test]
+fn series_that_alerts_watch_exist_from_the_start() {
+    let (mut redis, keyward) = redis_and_keyward();
+    let (_, metrics) = keyward.admin_get("/metrics");
+    for (name, labels) in [
+        ("keyward_upstream_errors_total", &["kind=\"connect\""][..]),
+        ("keyward_upstream_errors_total", &["kind=\"timeout\""]),
+        ("keyward_config_reloads_total", &["result=\"error\""]),
+        ("keyward_cache_invalidation_connection_lost_total", &[]),
+        ("keyward_output_limit_disconnects_total", &[]),
+        ("keyward_rejected_clients_total", &[]),
+    ] {
+        let series = format!(
+            "{name}{}",
+            labels.first().map_or(String::new(), |l| format!("{{{l}}}"))
+        );
+        assert!(
+            metrics.contains(&format!("{series} 0\n")),
+            "{series} at zero in:\n{metrics}"
+        );
+    }
+    assert_eq!(metric_value(&metrics, "keyward_max_clients", &[]), 10000.0);
+    assert_eq!(metric_value(&metrics, "keyward_upstream_up", &[]), 1.0);
+    assert_eq!(
+        metric_value(&metrics, "keyward_config_last_reload_successful", &[]),
+        1.0
+    );
+    let loaded_at = metric_value(&metrics, "keyward_config_loaded_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - loaded_at).abs() < 60.0, "{loaded_at} vs {now}");
+
+    redis.kill();
+    support::wait_for(
+        std::time::Duration::from_secs(5),
+        "Redis is seen down",
+        || {
+            let (_, metrics) = keyward.admin_get("/metrics");
+            metric_value(&metrics, "keyward_upstream_up", &[]) == 0.0
+        },
+    );
+}
+
+/// Lists come a page at a time, saying whether more follow; a page that is not a number is
+/// refused with the reason, never answered with a default.
+#[test]
+fn lists_come_a_page_at_a_time() {
+    let redis = support::RedisServer::start();
+    let keyward = support::Keyward::start(
+        redis.port,
+        "[hotkeys]\nenabled = true\nwindows = [\"1m\"]\n",
+    );
+    let mut client = keyward.client();
+    for (index, key) in ["k:a", "k:b", "k:c", "k:d", "k:e"].iter().enumerate() {
+        for _ in 0..(10 - index) {
+            let _: Option<String> = redis::cmd("GET").arg(key).query(&mut client).unwrap();
+        }
+    }
+    let page = |query: &str| -> serde_json::Value {
+        let (status, body) = keyward.admin_get(&format!("/hotkeys?{query}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let keys = |report: &serde_json::Value| -> Vec<String> {
+        report["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = page("limit=2");
+    assert_eq!(keys(&first), ["k:a", "k:b"]);
+    assert_eq!(first["more_keys"], true);
+    let last = page("offset=4&limit=2");
+    assert_eq!(keys(&last), ["k:e"]);
+    assert_eq!(last["more_keys"], false);
+    assert_eq!(last["offset"], 4);
+
+    for path in [
+        "/hotkeys?limit=ten",
+        "/bigkeys?offset=-1",
+        "/locks?limit=1.5",
+    ] {
+        let (status, body) = keyward.admin_get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("must be a whole number"), "{path}: {body}");
+    }
+    let (status, body) = keyward.admin_get("/locks?limit=5");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"more\": false"), "{body}");
+}

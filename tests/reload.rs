@@ -203,6 +203,20 @@ fn sighup_and_post_reload_apply_and_restart_only_settings_are_reported() {
     let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("nonzero"), "{body}");
+    let rejected = |keyward: &Keyward| {
+        let metrics = keyward.admin_get("/metrics").1;
+        let gauge = metric_value(&metrics, "keyward_config_last_reload_successful", &[]);
+        (config_status(keyward)["last_reload_failed"].clone(), gauge)
+    };
+    assert_eq!(rejected(&keyward), (true.into(), 0.0));
+    std::fs::write(
+        keyward.config_path(),
+        format!("{base}\n[log]\nlevel = \"info\"\n"),
+    )
+    .unwrap();
+    let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rejected(&keyward), (false.into(), 1.0), "fixed");
     let (status, _) = http_request(keyward.admin_port, "GET", "/reload");
     assert_eq!(status, 405);
 }
@@ -229,4 +243,93 @@ fn reload_from_another_host_needs_the_admin_token() {
     let (status, body) = reload("Authorization: Bearer t0ken\r\n");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("unchanged"), "{body}");
+}
+
+/// A mounted ConfigMap as the kubelet keeps it: the file is a symlink through `..data`, a
+/// symlink to a timestamped directory, and an update writes a new directory and swaps `..data`
+/// to it, never touching the file's own name.
+struct ConfigMapVolume {
+    dir: std::path::PathBuf,
+    version: usize,
+}
+
+impl ConfigMapVolume {
+    /// Turns the directory of keyward's config file into a ConfigMap volume holding `text`.
+    fn around(keyward: &Keyward, text: &str) -> ConfigMapVolume {
+        let mut volume = ConfigMapVolume {
+            dir: keyward.config_path().parent().unwrap().to_path_buf(),
+            version: 0,
+        };
+        volume.update(text);
+        let link = volume.dir.join("keyward.toml.link");
+        std::os::unix::fs::symlink("..data/keyward.toml", &link).unwrap();
+        std::fs::rename(&link, keyward.config_path()).unwrap();
+        volume
+    }
+
+    /// What the kubelet does when the ConfigMap changes.
+    fn update(&mut self, text: &str) {
+        self.version += 1;
+        let version = format!("..2026_01_01_00_00_0{}.000000001", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("keyward.toml"), text).unwrap();
+        let swap = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &swap).unwrap();
+        std::fs::rename(&swap, self.dir.join("..data")).unwrap();
+        if self.version > 1 {
+            let old = format!("..2026_01_01_00_00_0{}.000000001", self.version - 1);
+            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
+}
+
+/// Kubernetes updates a mounted ConfigMap by swapping a symlink in its directory: keyward
+/// notices, applies a valid version, rejects an invalid one (and says so until the file is
+/// right again), without a restart.
+#[test]
+fn a_configmap_update_is_reloaded() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, "");
+    let base = base_config(&keyward, redis.port);
+    let mut volume = ConfigMapVolume::around(&keyward, &base);
+    let loaded = config_status(&keyward)["hash"].clone();
+
+    let limited = format!(
+        "{base}\n[[rate_limit]]\nname = \"cm\"\nkeys = [\"cm:*\"]\nlimit = 1\nperiod = \"1h\"\n"
+    );
+    volume.update(&limited);
+    wait_until("the new version to apply", || {
+        config_status(&keyward)["hash"] != loaded
+    });
+    let mut client = keyward.client();
+    assert_eq!(
+        allowed_increments(&mut client, "cm:1", 3),
+        1,
+        "the rule is in force"
+    );
+
+    volume.update(&format!("{limited}limit = \"one\"\n"));
+    wait_until("the broken version to be rejected", || {
+        config_status(&keyward)["last_reload_failed"] == true
+    });
+    assert_eq!(
+        allowed_increments(&mut client, "cm:2", 3),
+        1,
+        "the rule stays"
+    );
+    let metrics = keyward.admin_get("/metrics").1;
+    assert_eq!(
+        metric_value(&metrics, "keyward_config_last_reload_successful", &[]),
+        0.0
+    );
+
+    volume.update(&limited);
+    wait_until("the file to be right again", || {
+        config_status(&keyward)["last_reload_failed"] == false
+    });
+    assert_eq!(
+        config_status(&keyward)["reloads_ok"],
+        1,
+        "nothing new to apply"
+    );
 }

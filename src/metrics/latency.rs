@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the buckets, in seconds: from a fast loopback round trip to a stalled Redis.
-const BOUNDS: [f64; 17] = [
+pub const BOUNDS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
@@ -53,6 +53,13 @@ impl LatencyHistogram {
             .iter()
             .map(|bucket| bucket.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Adds this histogram's count per bucket (not cumulative) to `counts`, one per bucket.
+    pub fn add_counts_to(&self, counts: &mut [u64]) {
+        for (total, bucket) in counts.iter_mut().zip(&self.buckets) {
+            *total += bucket.load(Ordering::Relaxed);
+        }
     }
 
     /// Writes the `_bucket`, `_sum` and `_count` lines of series `name` with `labels` (already

@@ -1,25 +1,21 @@
 //! Every Prometheus metric keyward exports, registered here next to the helpers that record
-//! them, so names and labels are defined once.
+//! them, so names and labels are defined once. Per-command series live in [`commands`];
+//! command latencies are [`latency`] histograms of keyward's own.
 //!
-//! Per-command series are resolved to handles once per command and kept in a table indexed by
-//! command id: recording on the hot path is then an atomic add, with no label hashing. Labels
-//! are command names from the command table (unknown commands share one label), which keeps
-//! cardinality bounded whatever clients send. Command latencies are [`latency`] histograms of
-//! keyward's own, rendered after the exporter's series.
+//! Counters that alert rules watch are registered at zero when keyward starts: a series that
+//! appears only with its first event gives `increase()` nothing to compare, so an alert on it
+//! would miss that first event.
 
+pub mod commands;
 pub mod latency;
 
-use std::fmt::Write;
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use ::metrics::{counter, gauge, Counter};
+use ::metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::command::CommandTable;
-use latency::LatencyHistogram;
+pub use commands::{CommandMetrics, ReceivedTally};
 
-const COMMAND_DURATION: &str = "keyward_command_duration_seconds";
+/// The kinds of `keyward_upstream_errors_total`.
+const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "io", "timeout", "busy"];
 
 /// Installs the global recorder; the handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -27,11 +23,31 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
+    register_at_zero();
     Ok(handle)
 }
 
+fn register_at_zero() {
+    for name in [
+        "keyward_rejected_clients_total",
+        "keyward_output_limit_disconnects_total",
+        "keyward_protocol_errors_total",
+        "keyward_tls_handshake_failures_total",
+        "keyward_cache_invalidation_connection_lost_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for kind in UPSTREAM_ERROR_KINDS {
+        counter!("keyward_upstream_errors_total", "kind" => kind).absolute(0);
+    }
+    for result in ["ok", "error"] {
+        counter!("keyward_config_reloads_total", "result" => result).absolute(0);
+    }
+    gauge!("keyward_client_connections").set(0.0);
+    gauge!("keyward_upstream_connections").set(0.0);
+}
+
 fn describe() {
-    ::metrics::describe_counter!("keyward_commands_total", "Commands received, by command");
     ::metrics::describe_gauge!("keyward_client_connections", "Open client connections");
     ::metrics::describe_gauge!("keyward_upstream_connections", "Open connections to Redis");
     ::metrics::describe_counter!(
@@ -83,82 +99,26 @@ fn describe() {
         "keyward_rejected_clients_total",
         "Connections refused because max_clients was reached"
     );
-}
-
-/// Per-command counters and latency histograms, created on first use of each command.
-pub struct CommandMetrics {
-    slots: Box<[OnceLock<(Counter, LatencyHistogram)>]>,
-}
-
-impl CommandMetrics {
-    pub fn new(table: &CommandTable) -> CommandMetrics {
-        CommandMetrics {
-            slots: (0..table.len()).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    fn slot(&self, id: usize) -> &(Counter, LatencyHistogram) {
-        let index = id.min(self.slots.len() - 1);
-        self.slots[index].get_or_init(|| {
-            let name = CommandTable::global().by_id(id).name.to_string();
-            (
-                counter!("keyward_commands_total", "command" => name),
-                LatencyHistogram::default(),
-            )
-        })
-    }
-
-    pub fn received(&self, id: usize, count: u64) {
-        self.slot(id).0.increment(count);
-    }
-
-    /// `count` commands of one kind, sent together and answered together.
-    pub fn replied(&self, id: usize, elapsed: Duration, count: usize) {
-        self.slot(id).1.record_many(elapsed, count as u64);
-    }
-
-    /// Appends the latency histogram of every command seen so far to a `/metrics` body.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP {COMMAND_DURATION} Time from receiving a forwarded command to its reply from Redis"
-        );
-        let _ = writeln!(out, "# TYPE {COMMAND_DURATION} histogram");
-        for (id, slot) in self.slots.iter().enumerate() {
-            // A command keyward answers itself (`SELECT`, `CLIENT SETNAME`, `KEYWARD`) is
-            // counted but never timed: no empty histogram for it.
-            if let Some((_, histogram)) = slot.get().filter(|(_, histogram)| histogram.count() > 0)
-            {
-                let name = &CommandTable::global().by_id(id).name;
-                histogram.render(out, COMMAND_DURATION, &format!("command=\"{name}\""));
-            }
-        }
-    }
-}
-
-/// Counts a run of identical commands (a pipeline of `GET`s) before recording it, so that
-/// recording costs one atomic add per run instead of one per command.
-#[derive(Default)]
-pub struct ReceivedTally {
-    run: Option<(usize, u64)>,
-}
-
-impl ReceivedTally {
-    pub fn add(&mut self, metrics: &CommandMetrics, id: usize) {
-        match &mut self.run {
-            Some((run_id, count)) if *run_id == id => *count += 1,
-            _ => {
-                self.flush(metrics);
-                self.run = Some((id, 1));
-            }
-        }
-    }
-
-    pub fn flush(&mut self, metrics: &CommandMetrics) {
-        if let Some((id, count)) = self.run.take() {
-            metrics.received(id, count);
-        }
-    }
+    ::metrics::describe_gauge!(
+        "keyward_max_clients",
+        "listen.max_clients: client connections beyond it are refused"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_upstream_up",
+        "1 when Redis answers and accepts keyward's credentials (as /readyz), else 0"
+    );
+    ::metrics::describe_counter!(
+        "keyward_config_reloads_total",
+        "Reloads of a changed config file: applied (ok) or rejected (error)"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_config_last_reload_successful",
+        "0 while the config file last read was rejected (the previous version runs), else 1"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_config_loaded_timestamp_seconds",
+        "When the config in force was loaded, in seconds since the epoch"
+    );
 }
 
 pub fn client_connected() {
@@ -202,4 +162,31 @@ pub fn upstream_connection_closed() {
 /// request-level failures (`timeout`, `busy`).
 pub fn upstream_errors(kind: &'static str, count: u64) {
     counter!("keyward_upstream_errors_total", "kind" => kind).increment(count);
+}
+
+/// `listen.max_clients`, which only a restart changes.
+pub fn max_clients(limit: usize) {
+    gauge!("keyward_max_clients").set(limit as f64);
+}
+
+/// States read when `/metrics` is scraped rather than recorded as they change: keyward does
+/// no work for them while nobody scrapes.
+pub struct Observed {
+    pub upstream_up: bool,
+    pub config_rejected: bool,
+    /// Seconds since the epoch.
+    pub config_loaded_at: u64,
+}
+
+pub fn publish(observed: &Observed) {
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    gauge!("keyward_upstream_up").set(flag(observed.upstream_up));
+    gauge!("keyward_config_last_reload_successful").set(flag(!observed.config_rejected));
+    gauge!("keyward_config_loaded_timestamp_seconds").set(observed.config_loaded_at as f64);
+}
+
+/// A reload applied a changed file (`applied`), or rejected it and kept the one in force.
+pub fn config_reloaded(applied: bool) {
+    let result = if applied { "ok" } else { "error" };
+    counter!("keyward_config_reloads_total", "result" => result).increment(1);
 }

@@ -1,15 +1,12 @@
 //! `KEYWARD <subcommand>`: keyward's own commands, so `redis-cli` users reach everything
 //! without HTTP.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use crate::context::Context;
 use crate::reports;
 use crate::resp::reply::{self, ReplyWriter};
 use crate::resp::Protocol;
-use crate::upstream::Invalidations;
 
 const HELP: &[&str] = &[
     "KEYWARD <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -152,20 +149,20 @@ fn count_option(value: &str) -> Result<usize, String> {
 
 /// One line per rule, in rule order.
 fn rate_limit_stats(context: &Context) -> String {
-    let active = context.live.load();
     let mut text = String::from("# Rate limits\r\n");
-    for limiter in &active.policies.rate_limits {
-        let (allowed, limited, buckets) = limiter.stats();
-        let rule = &limiter.rule;
+    for rule in reports::rate_limits(context) {
         text.push_str(&format!(
-            "rule:{} allowed={allowed} limited={limited} buckets={buckets} limit={} period={} burst={} bucket={} action={} mode={}\r\n",
-            limiter.name(),
-            rule.limit.get_ref(),
-            humantime::format_duration(rule.period.get()),
-            rule.burst(),
-            json_name(&rule.bucket),
-            json_name(&rule.action),
-            json_name(&rule.mode),
+            "rule:{} allowed={} limited={} buckets={} limit={} period={} burst={} bucket={} action={} mode={}\r\n",
+            rule.name,
+            rule.allowed,
+            rule.limited,
+            rule.buckets,
+            rule.limit,
+            rule.period,
+            rule.burst,
+            rule.bucket,
+            rule.action,
+            rule.mode,
         ));
     }
     text
@@ -173,28 +170,21 @@ fn rate_limit_stats(context: &Context) -> String {
 
 /// The invalidation connection's state, then one line per cache rule, in rule order.
 fn cache_stats(context: &Context) -> String {
-    let state = match context.upstream.tracking.state() {
-        Invalidations::Down => "down",
-        Invalidations::Unsupported => "unsupported",
-        Invalidations::RedirectTo(_) => "up",
-    };
-    let active = context.live.load();
+    let state = reports::info(context).upstream.invalidations;
     let mut text = format!("# Cache\r\ninvalidations:{state}\r\n");
-    for cache in &active.policies.caches {
-        let stats = cache.stats();
-        let rule = &cache.rule;
+    for rule in reports::caches(context) {
         text.push_str(&format!(
             "rule:{} hits={} misses={} invalidations={} evictions={} bytes={} entries={} max_memory={} ttl={} mode={}\r\n",
-            cache.name(),
-            stats.hits,
-            stats.misses,
-            stats.invalidations,
-            stats.evictions,
-            stats.bytes,
-            stats.entries,
-            rule.max_memory.get(),
-            humantime::format_duration(rule.ttl.get()),
-            json_name(&rule.mode),
+            rule.name,
+            rule.hits,
+            rule.misses,
+            rule.invalidations,
+            rule.evictions,
+            rule.bytes,
+            rule.entries,
+            rule.max_memory,
+            rule.ttl,
+            rule.mode,
         ));
     }
     text
@@ -238,9 +228,9 @@ fn cache_flush(context: &Context, rule: Option<&Vec<u8>>) -> Result<(), String> 
 
 /// `KEYWARD INFO`, in the `field:value` lines of Redis's `INFO`.
 fn info(context: &Context) -> String {
-    let upstream = &context.upstream;
-    let (up, total, last_error) = upstream.pool_state();
-    let status = if upstream.is_ready() { "up" } else { "down" };
+    let info = reports::info(context);
+    let upstream = &info.upstream;
+    let status = if upstream.up { "up" } else { "down" };
     let mut text = format!(
         "# Keyward\r\n\
          keyward_version:{}\r\n\
@@ -251,25 +241,19 @@ fn info(context: &Context) -> String {
          upstream_address:{}\r\n\
          upstream_status:{status}\r\n\
          upstream_redis_version:{}\r\n\
-         upstream_pooled_connections_up:{up}\r\n\
-         upstream_pooled_connections:{total}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        context.started.elapsed().as_secs(),
-        context.clients.load(Ordering::Relaxed),
-        context.connections_received.load(Ordering::Relaxed),
-        upstream.settings().address,
-        upstream.facts().version,
+         upstream_pooled_connections_up:{}\r\n\
+         upstream_pooled_connections:{}\r\n",
+        info.version,
+        info.uptime_seconds,
+        info.clients,
+        info.connections_received,
+        upstream.address,
+        upstream.redis_version,
+        upstream.pooled_connections_up,
+        upstream.pooled_connections,
     );
-    if let Some(error) = last_error {
+    if let Some(error) = &upstream.last_error {
         text.push_str(&format!("upstream_last_error:{error}\r\n"));
     }
     text
-}
-
-/// The name a setting has in the config file (`"key"`, `"delay"`, `"shadow"`).
-fn json_name(value: &impl serde::Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

@@ -2,6 +2,8 @@
 //! an inline TOML config, both on free loopback ports and both stopped on drop.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod busy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -415,6 +417,11 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     http_request_to(SocketAddr::from(([127, 0, 0, 1], port)), method, path, "")
 }
 
+/// A `GET` of `path` on the admin port: status, response headers and body.
+pub fn http_get_full(port: u16, path: &str) -> (u16, String, String) {
+    http_exchange(SocketAddr::from(([127, 0, 0, 1], port)), "GET", path, "")
+}
+
 /// An HTTP request to `address`, with `headers` (each line ending in CRLF) added.
 pub fn http_request_to(
     address: SocketAddr,
@@ -422,6 +429,16 @@ pub fn http_request_to(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_exchange(address, method, path, headers);
+    (status, body)
+}
+
+fn http_exchange(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).expect("admin connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -439,11 +456,31 @@ pub fn http_request_to(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (servers such as Prometheus send large
+/// answers so): each chunk is its length in hex, CRLF, the bytes, CRLF; a zero length ends it.
+fn dechunk(mut chunks: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, rest)) = chunks.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        chunks = rest[size..].strip_prefix("\r\n").unwrap_or_default();
+    }
+    body
 }
 
 /// This machine's address on the network (not loopback), as other hosts would reach it:
