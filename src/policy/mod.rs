@@ -114,6 +114,7 @@ impl Policies {
 
     /// Which compilation this is: what a session kept under other policies (rule indices)
     /// means nothing under these.
+    #[inline]
     pub fn generation(&self) -> u64 {
         self.generation
     }

@@ -35,6 +35,7 @@ pub enum Way {
 
 impl Way {
     /// Whether the request reaches Redis on the session's connection.
+    #[inline]
     pub fn forwarded(self) -> bool {
         matches!(self, Way::Shared | Way::Own)
     }
@@ -119,8 +120,10 @@ pub trait Phase: Sized {
     /// The phase's shared part, made once when keyward starts.
     fn new(upstream: &Arc<Upstream>) -> Self;
 
-    /// Whether it needs the request's key positions ([`Subject::key_positions`]).
-    fn needs_keys(&self, policies: &Policies, way: Way) -> bool;
+    /// Whether it has anything to do with a request going this way under `policies`. When
+    /// no phase has, the request skips them all; when one has, the request's key positions
+    /// are located for it ([`Subject::key_positions`]).
+    fn active(&self, policies: &Policies, way: Way) -> bool;
 
     /// Decides on a request. A request held or asked about meets it again.
     fn decide(
@@ -132,6 +135,7 @@ pub trait Phase: Sized {
 
     /// The request is done with (let through, answered or taken) or the policies changed:
     /// whatever was kept for it goes.
+    #[inline]
     fn done(&self, _session: &mut Self::Session) {}
 
     /// Redis answered the question of [`Decision::Ask`] (`None`: it could not be asked).
@@ -152,6 +156,12 @@ pub trait Phase: Sized {
 
     /// The client of a held request left: it gets its answer now.
     fn give_up(&self, _held: &Self::Held, _reply_to: &ReplySender, _ticket: u64) {}
+
+    /// Whether it watches forwarded writes under `policies` ([`Phase::writing`]).
+    #[inline]
+    fn watches_writes(&self, _policies: &Policies) -> bool {
+        false
+    }
 
     /// A command forwarded now writes `key`. `true` if the phase wants to hear when Redis has
     /// answered it ([`Phase::written`]).

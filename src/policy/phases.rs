@@ -69,10 +69,10 @@ macro_rules! phase_list {
                 }
             }
 
-            /// Whether some phase needs the key positions of a request going this way.
+            /// Whether some phase has anything to do with a request going this way.
             #[inline(always)]
-            pub fn need_keys(&self, policies: &Policies, way: Way) -> bool {
-                false $(|| self.$field.needs_keys(policies, way))+
+            pub fn active(&self, policies: &Policies, way: Way) -> bool {
+                false $(|| self.$field.active(policies, way))+
             }
 
             /// Takes the request through the phases, in order, from the one that held it.
@@ -163,23 +163,26 @@ macro_rules! phase_list {
                 if write.info.has_flag(flags::READONLY) {
                     return;
                 }
-                let skipped = |taken: Option<&Taken>| -> u8 {
-                    let mut index = 0;
-                    $(
-                        if matches!(taken, Some(Taken::$variant(_))) {
-                            return 1 << index;
-                        }
-                        index += 1;
-                    )+
-                    let _ = index;
-                    0
-                };
-                let skipped = skipped(write.taken_by);
+                // The phases that watch writes, less the one that took the command.
+                let mut watching: u8 = 0;
+                let mut index = 0;
+                $(
+                    if !matches!(write.taken_by, Some(Taken::$variant(_)))
+                        && self.$field.watches_writes(policies)
+                    {
+                        watching |= 1 << index;
+                    }
+                    index += 1;
+                )+
+                let _ = index;
+                if watching == 0 {
+                    return;
+                }
                 if write.info.role == Role::ChangesEveryKey {
                     let mut phases = 0;
                     let mut index = 0;
                     $(
-                        if skipped & (1 << index) == 0 && self.$field.flushing(policies) {
+                        if watching & (1 << index) != 0 && self.$field.flushing(policies) {
                             phases |= 1 << index;
                         }
                         index += 1;
@@ -198,7 +201,7 @@ macro_rules! phase_list {
                     let mut phases = 0;
                     let mut index = 0;
                     $(
-                        if skipped & (1 << index) == 0 && self.$field.writing(policies, key) {
+                        if watching & (1 << index) != 0 && self.$field.writing(policies, key) {
                             phases |= 1 << index;
                         }
                         index += 1;

@@ -381,7 +381,9 @@ impl Session {
             return;
         }
         if let Reply::Fetched { ticket, .. } = &reply {
-            self.holds.taken.take_if(|(held, _)| held == ticket);
+            self.holds
+                .taken
+                .take_if(|(taken_ticket, _)| taken_ticket == ticket);
         }
         let after = self
             .replies

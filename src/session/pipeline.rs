@@ -217,10 +217,11 @@ impl Session {
             _ => None,
         };
         let blocks = is_blocking(info, &args);
-        let way = self.way(&step);
         let follows_hot_keys = self.follows_hot_keys(&step, policies);
         let phases = &self.context.phases;
-        if follows_hot_keys || way.is_some_and(|way| phases.need_keys(policies, way)) {
+        // How the request goes, when some phase has anything to do with it.
+        let way = self.way(&step).filter(|&way| phases.active(policies, way));
+        if follows_hot_keys || way.is_some() {
             self.key_positions.clear();
             info.key_positions(&args, &mut self.key_positions);
         }

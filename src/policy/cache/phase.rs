@@ -31,7 +31,9 @@ impl Phase for Coherence {
         Coherence::new(Arc::clone(&upstream.tracking))
     }
 
-    fn needs_keys(&self, policies: &Policies, way: Way) -> bool {
+    /// Reads to answer, and writes that change what is cached.
+    #[inline]
+    fn active(&self, policies: &Policies, way: Way) -> bool {
         way.forwarded() && !policies.caches.is_empty()
     }
 
@@ -78,6 +80,11 @@ impl Phase for Coherence {
 
     fn answered_elsewhere(fill: &Fill) -> bool {
         matches!(fill, Fill::Joined)
+    }
+
+    #[inline]
+    fn watches_writes(&self, policies: &Policies) -> bool {
+        !policies.caches.is_empty()
     }
 
     /// Under a rule in force, reads of the key are not cached until Redis has answered the

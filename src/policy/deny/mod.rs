@@ -109,7 +109,8 @@ impl Phase for Denying {
         Denying
     }
 
-    fn needs_keys(&self, policies: &Policies, _: Way) -> bool {
+    #[inline]
+    fn active(&self, policies: &Policies, _: Way) -> bool {
         !policies.denials.is_empty()
     }
 

@@ -27,7 +27,9 @@ impl Phase for LockTable {
         LockTable::default()
     }
 
-    fn needs_keys(&self, policies: &Policies, way: Way) -> bool {
+    /// Lock attempts, and writes that may release a lock.
+    #[inline]
+    fn active(&self, policies: &Policies, way: Way) -> bool {
         way.forwarded() && !policies.locks.is_empty()
     }
 
@@ -66,6 +68,11 @@ impl Phase for LockTable {
 
     fn give_up(&self, queued: &Queued, reply_to: &ReplySender, ticket: u64) {
         self.leave(queued.db, &queued.key, reply_to, ticket);
+    }
+
+    #[inline]
+    fn watches_writes(&self, policies: &Policies) -> bool {
+        !policies.locks.is_empty()
     }
 
     /// Only writes of keys that rules in force name: a shadow rule queues nobody.

@@ -67,7 +67,8 @@ impl Phase for RateLimiting {
         RateLimiting
     }
 
-    fn needs_keys(&self, policies: &Policies, way: Way) -> bool {
+    #[inline]
+    fn active(&self, policies: &Policies, way: Way) -> bool {
         way.forwarded() && !policies.rate_limits.is_empty()
     }
 
@@ -133,6 +134,7 @@ impl Phase for RateLimiting {
 
     /// Forgets the request judged, for the next one. The lists keep their memory, so judging
     /// a command costs no allocation once a session has judged a few.
+    #[inline]
     fn done(&self, session: &mut RateLimitSession) {
         // A command naming a million keys leaves no million-entry list behind it.
         const KEPT: usize = 64;
