@@ -1,0 +1,140 @@
+//! Forwarded commands awaiting their replies, in the order they were sent: what latency
+//! metrics and hot keys need of each reply once it comes.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::policy::hotkeys::record::{Pending, Recorder};
+use crate::resp::frame;
+
+/// Forwarded commands awaiting their replies: runs of one command sent at one time, for
+/// latency metrics (one record per run), and beside them the commands hot keys follow, by
+/// their place in the order of sending, each finished with its own reply frame.
+#[derive(Default)]
+pub(super) struct Sent {
+    runs: VecDeque<SentRun>,
+    pub(super) followed: VecDeque<(u64, Pending)>,
+    /// Commands sent (less those unsent), and commands answered, since the session began.
+    sent: u64,
+    answered: u64,
+}
+
+struct SentRun {
+    command_id: usize,
+    at: Instant,
+    count: usize,
+}
+
+impl Sent {
+    pub(super) fn push(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
+        if let Some(pending) = observed {
+            self.followed.push_back((self.sent, pending));
+        }
+        self.sent += 1;
+        match self.runs.back_mut() {
+            Some(run) if run.command_id == command_id && run.at == at => run.count += 1,
+            _ => self.runs.push_back(SentRun {
+                command_id,
+                at,
+                count: 1,
+            }),
+        }
+    }
+
+    /// Forgets the latest `count` sends; the followed ones among them are finished empty.
+    pub(super) fn unsend(&mut self, mut count: usize, observations: &mut Recorder) {
+        while count > 0 {
+            let Some(run) = self.runs.back_mut() else {
+                break;
+            };
+            let taken = count.min(run.count);
+            run.count -= taken;
+            count -= taken;
+            self.sent -= taken as u64;
+            if run.count == 0 {
+                self.runs.pop_back();
+            }
+        }
+        while self.followed.back().is_some_and(|(at, _)| *at >= self.sent) {
+            if let Some((_, pending)) = self.followed.pop_back() {
+                observations.finish(pending, &[]);
+            }
+        }
+    }
+
+    /// Removes the oldest sends that `answered` covers, calling `replied` for each run (or
+    /// part of one), and finishes the followed commands among them with their own frames.
+    pub(super) fn take(
+        &mut self,
+        answered: Answered<'_>,
+        observations: &mut Recorder,
+        mut replied: impl FnMut(usize, Instant, usize),
+    ) {
+        let first = self.answered;
+        let mut count = answered.count;
+        while count > 0 {
+            let Some(run) = self.runs.front_mut() else {
+                break;
+            };
+            let taken = count.min(run.count);
+            replied(run.command_id, run.at, taken);
+            run.count -= taken;
+            count -= taken;
+            self.answered += taken as u64;
+            if run.count == 0 {
+                self.runs.pop_front();
+            }
+        }
+        // Replies are looked at only as far as the last followed command among them.
+        let mut rest = answered.replies;
+        let mut next_frame = first;
+        while self
+            .followed
+            .front()
+            .is_some_and(|(at, _)| *at < self.answered)
+        {
+            let Some((at, pending)) = self.followed.pop_front() else {
+                break;
+            };
+            for skipped in next_frame..at {
+                rest = &rest[answered.reply_len((skipped - first) as usize, rest)..];
+            }
+            let (frame, after) = rest.split_at(answered.reply_len((at - first) as usize, rest));
+            rest = after;
+            next_frame = at + 1;
+            observations.finish(pending, frame);
+        }
+    }
+}
+
+/// The oldest sends that have their answers: `count` of them, with `replies` (one frame
+/// each) or none when they timed out or failed.
+pub(super) struct Answered<'a> {
+    pub count: usize,
+    pub replies: &'a [u8],
+    /// Each reply's length, if the connection measured them (else they are walked).
+    pub lengths: &'a [u32],
+}
+
+impl Answered<'_> {
+    pub(super) fn none(count: usize) -> Answered<'static> {
+        Answered {
+            count,
+            replies: &[],
+            lengths: &[],
+        }
+    }
+
+    /// The length of the `nth` reply, which starts `rest`.
+    #[inline]
+    fn reply_len(&self, nth: usize, rest: &[u8]) -> usize {
+        if self.count == 1 {
+            return rest.len();
+        }
+        let measured = match self.lengths.get(nth) {
+            Some(&len) if self.lengths.len() == self.count => Some(len as usize),
+            _ => frame::complete_len(rest),
+        };
+        measured.unwrap_or(0).min(rest.len())
+    }
+}
