@@ -3,8 +3,8 @@
 //! A reload (file change, SIGHUP or `POST /reload`) reads and validates the whole file. A valid
 //! file is compiled into new policies and swapped in at once: commands already decided keep
 //! the rules they were decided by, new ones see the new rules, and no connection notices.
-//! An invalid file changes nothing; its errors are logged, shown at `GET /config` and counted
-//! in `keyward_config_reloads_total{result="error"}`. Settings that only a restart can apply
+//! An invalid or unreadable file changes nothing; its errors are logged, shown at `GET /config`
+//! and counted in `keyward_config_reloads_total{result="error"}`. Settings that only a restart can apply
 //! (listen and admin addresses, upstream, runtime) are reported as needing one and ignored.
 
 use std::path::{Path, PathBuf};
@@ -146,12 +146,17 @@ impl LiveConfig {
             }
             *last_seen = stamp;
         }
+        let trigger_name = match trigger {
+            Trigger::FileChange => "file change",
+            Trigger::Request(what) => what,
+        };
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
+            // A file that cannot be read is a rejected version as much as one that does not
+            // parse: what runs is no longer what the file says.
             Err(error) => {
                 let message = format!("{}: cannot read: {error}", path.display());
-                tracing::error!("config rejected, previous version stays: {message}");
-                return ReloadOutcome::Rejected(vec![message]);
+                return self.reject(trigger_name, vec![message]);
             }
         };
         let hash = content_hash(&text);
@@ -167,10 +172,7 @@ impl LiveConfig {
         if trigger == Trigger::FileChange && self.last_rejected.lock().as_ref() == Some(&save) {
             return ReloadOutcome::Unchanged;
         }
-        let trigger = match trigger {
-            Trigger::FileChange => "file change",
-            Trigger::Request(what) => what,
-        };
+        let trigger = trigger_name;
         let file = path.display().to_string();
         match Config::parse_file(&text, Some(path)) {
             Ok((config, warnings)) => {
@@ -202,22 +204,28 @@ impl LiveConfig {
                     .iter()
                     .map(|diagnostic| diagnostic.render(&file, &text))
                     .collect();
-                for message in &messages {
-                    tracing::error!(
-                        trigger,
-                        "config rejected, previous version stays: {message}"
-                    );
-                }
                 *self.last_rejected.lock() = Some(save);
-                let mut status = self.status.lock();
-                status.last_error = Some(messages.join("\n"));
-                status.last_error_at = Some(now_seconds());
-                status.reloads_error += 1;
-                status.last_reload_failed = true;
-                metrics::config_reloaded(false);
-                ReloadOutcome::Rejected(messages)
+                self.reject(trigger, messages)
             }
         }
+    }
+
+    /// Keeps the version in force, and says why the file was not taken: in the log, in
+    /// `/config`, and in the reload metrics.
+    fn reject(&self, trigger: &str, messages: Vec<String>) -> ReloadOutcome {
+        for message in &messages {
+            tracing::error!(
+                trigger,
+                "config rejected, previous version stays: {message}"
+            );
+        }
+        let mut status = self.status.lock();
+        status.last_error = Some(messages.join("\n"));
+        status.last_error_at = Some(now_seconds());
+        status.reloads_error += 1;
+        status.last_reload_failed = true;
+        metrics::config_reloaded(false);
+        ReloadOutcome::Rejected(messages)
     }
 }
 

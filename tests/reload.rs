@@ -221,6 +221,59 @@ fn sighup_and_post_reload_apply_and_restart_only_settings_are_reported() {
     assert_eq!(status, 405);
 }
 
+/// A config file that cannot be read (deleted, or replaced by something that is not a file)
+/// is a rejected version like one that does not parse: the version in force stays, and
+/// `/config` and the reload metrics say so, for the alert on failed reloads.
+#[test]
+fn an_unreadable_config_file_is_a_rejected_reload() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, "");
+    let text = std::fs::read_to_string(keyward.config_path()).unwrap();
+    let errors = |keyward: &Keyward| {
+        let metrics = keyward.admin_get("/metrics").1;
+        let counted = metric_value(
+            &metrics,
+            "keyward_config_reloads_total",
+            &["result=\"error\""],
+        );
+        let gauge = metric_value(&metrics, "keyward_config_last_reload_successful", &[]);
+        let status = config_status(keyward);
+        (status["last_reload_failed"].clone(), counted, gauge)
+    };
+    assert_eq!(errors(&keyward), (false.into(), 0.0, 1.0));
+
+    std::fs::remove_file(keyward.config_path()).unwrap();
+    let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("cannot read"), "{body}");
+    wait_until("the unreadable file to count", || {
+        errors(&keyward).0 == true
+    });
+    let (failed, counted, gauge) = errors(&keyward);
+    assert_eq!((failed, gauge), (true.into(), 0.0));
+    assert!(counted >= 1.0, "counted {counted}");
+    let status = config_status(&keyward);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("cannot read")),
+        "{status}"
+    );
+    let mut client = keyward.client();
+    assert_eq!(
+        redis::cmd("PING").query::<String>(&mut client).unwrap(),
+        "PONG"
+    );
+
+    std::fs::write(keyward.config_path(), text).unwrap();
+    let (status, body) = http_request(keyward.admin_port, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    wait_until("the file back to clear the failure", || {
+        errors(&keyward).0 == false
+    });
+    assert_eq!(errors(&keyward).2, 1.0);
+}
+
 #[test]
 fn reload_from_another_host_needs_the_admin_token() {
     let redis = RedisServer::start();
