@@ -81,7 +81,12 @@ fn metrics_move_with_traffic() {
 fn health_and_readiness() {
     let (mut redis, keyward) = redis_and_keyward();
     assert_eq!(keyward.admin_get("/healthz"), (200, "ok\n".into()));
-    assert_eq!(keyward.admin_get("/readyz").0, 200);
+    // keyward listens before its pool has connected (a readiness probe is there for that).
+    support::wait_for(
+        std::time::Duration::from_secs(5),
+        "keyward ready while Redis is up",
+        || keyward.admin_get("/readyz").0 == 200,
+    );
     redis.kill();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while keyward.admin_get("/readyz").0 != 503 {
