@@ -129,6 +129,18 @@ fn delay_holds_the_command_and_what_follows_it_in_order() {
             &["rule=\"slow\""]
         ) >= 2.0
     );
+    // A histogram, whose buckets add up across keyward instances: the ~500 ms delays are
+    // over 250 ms and within a second.
+    let bucket = |le: &str| {
+        let le = format!("le=\"{le}\"");
+        metric_value(
+            &metrics,
+            "keyward_ratelimit_delay_seconds_bucket",
+            &["rule=\"slow\"", &le],
+        )
+    };
+    assert_eq!(bucket("0.25"), 0.0, "{metrics}");
+    assert!(bucket("1") >= 2.0, "{metrics}");
 }
 
 #[test]

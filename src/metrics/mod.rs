@@ -10,18 +10,33 @@ pub mod commands;
 pub mod latency;
 
 use ::metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use commands::{CommandMetrics, ReceivedTally};
 
 /// The kinds of `keyward_upstream_errors_total`.
 const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "io", "timeout", "busy"];
 
+/// Waits that policies impose, in seconds: a lock's queue and a rate limit's delay, from an
+/// immediate turn to a long wait.
+const WAIT_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Installs the global recorder; the handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+    // Histograms, not the exporter's default summaries: a sidecar runs beside every app
+    // instance, and only buckets add up across instances into one percentile.
+    let mut builder = PrometheusBuilder::new();
+    for name in [
+        "keyward_lock_wait_seconds",
+        "keyward_ratelimit_delay_seconds",
+    ] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.into()), &WAIT_BUCKETS)
+            .map_err(|e| e.to_string())?;
+    }
+    let handle = builder.install_recorder().map_err(|e| e.to_string())?;
     describe();
     register_at_zero();
     Ok(handle)
