@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::errors::Breakage;
 use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
@@ -104,12 +105,9 @@ const PROBE_POLL: Duration = Duration::from_millis(5);
 pub(super) enum ServeEnd {
     /// Every handle was dropped: nobody will send here again.
     Released,
-    /// The connection broke; everything in flight has been failed.
-    Broken(String),
-    /// Redis left a request unanswered for longer than `request_timeout` and, asked on
-    /// another connection, did not say it holds it on purpose; the connection was dropped and
-    /// everything in flight has been failed.
-    Stalled(String),
+    /// The connection broke (or was dropped because Redis left a request unanswered past
+    /// `request_timeout`); everything in flight has been failed.
+    Broken(Breakage),
 }
 
 pub(super) struct Pending {
@@ -152,14 +150,14 @@ pub(super) async fn serve(
     owner: Option<&ReplySender>,
     stall: Option<&StallCheck>,
     tracking: &TrackingTarget,
-    broken_reply: impl Fn(&str) -> Bytes,
+    broken_reply: impl Fn(&Breakage) -> Bytes,
 ) -> ServeEnd {
     state.input.reserve(READ_CHUNK);
     let mut fills = Fills::new(tracking);
     let end = drive(&stream, batches, owner, stall, &mut fills, &mut state).await;
     fills.end();
     state.status.set_held(false);
-    if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = &end {
+    if let ServeEnd::Broken(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
             let Some(reply_to) = waiting.reply_to else {
@@ -251,7 +249,7 @@ async fn drive(
             biased;
             readiness = stream.readable() => {
                 let read = readiness
-                    .map_err(|error| error.to_string())
+                    .map_err(Breakage::Io)
                     .and_then(|()| read_replies(stream, input, scanner, pending, owner, fills));
                 if let Err(error) = read {
                     return ServeEnd::Broken(error);
@@ -278,19 +276,19 @@ async fn drive(
                     }
                 }
                 if let Err(error) = output.flush(stream) {
-                    return ServeEnd::Broken(error.to_string());
+                    return ServeEnd::Broken(Breakage::Io(error));
                 }
             }
             readiness = stream.writable(), if !output.is_empty() => {
                 if let Err(error) = readiness.and_then(|()| output.flush(stream)) {
-                    return ServeEnd::Broken(error.to_string());
+                    return ServeEnd::Broken(Breakage::Io(error));
                 }
             }
             () = &mut timer, if armed_for.is_some() => {
                 armed_for = None;
                 if let Some(stall) = stall {
                     if let Err(reason) = look_again(&mut watch, stall, status) {
-                        return ServeEnd::Stalled(reason);
+                        return ServeEnd::Broken(reason);
                     }
                 }
             }
@@ -307,22 +305,22 @@ fn read_replies(
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
     fills: &mut Fills<'_>,
-) -> Result<(), String> {
+) -> Result<(), Breakage> {
     if input.capacity() - input.len() < READ_CHUNK / 4 {
         input.reserve(READ_CHUNK);
     }
     match stream.read_available(input) {
-        Ok(0) => Err("connection closed by Redis".into()),
+        Ok(0) => Err(Breakage::ClosedByRedis),
         Ok(_) => route(input, scanner, pending, owner, fills),
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(Breakage::Io(error)),
     }
 }
 
 /// Looks at the oldest waiting request again when its time comes: past [`HELD_TOO_LONG`] it
 /// shows as held; past `request_timeout` Redis is asked whether it holds it on purpose, and
 /// asked again every `request_timeout` while it does. `Err` when it does not.
-fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Result<(), String> {
+fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Result<(), Breakage> {
     let (Some(since), Some(next)) = (watch.since, watch.next) else {
         return Ok(());
     };
@@ -333,12 +331,6 @@ fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Res
     if !status.held.load(Ordering::Relaxed) && now.duration_since(since) >= HELD_TOO_LONG {
         status.set_held(true);
     }
-    let stalled = || {
-        format!(
-            "no reply within {:?} (request_timeout); connection reset",
-            stall.timeout
-        )
-    };
     watch.next = match watch.asked.take() {
         Some((mut answer, give_up)) => match answer.try_recv() {
             Ok(true) => now.checked_add(stall.timeout),
@@ -346,7 +338,7 @@ fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Res
                 watch.asked = Some((answer, give_up));
                 now.checked_add(PROBE_POLL)
             }
-            _ => return Err(stalled()),
+            _ => return Err(Breakage::Stalled(stall.timeout)),
         },
         None if now.duration_since(since) >= stall.timeout => {
             let (tell, answer) = oneshot::channel();
@@ -370,10 +362,13 @@ fn route(
     pending: &mut VecDeque<Pending>,
     owner: Option<&ReplySender>,
     fills: &mut Fills<'_>,
-) -> Result<(), String> {
+) -> Result<(), Breakage> {
     let mut run_len = 0;
     let mut run_count = 0;
-    while let Some(len) = scanner.scan(&input[run_len..]).map_err(|e| e.to_string())? {
+    while let Some(len) = scanner
+        .scan(&input[run_len..])
+        .map_err(Breakage::Malformed)?
+    {
         let push = is_push(&input[run_len..]);
         if push || pending.is_empty() {
             deliver_run(input, pending, &mut run_len, &mut run_count, fills);
@@ -385,7 +380,7 @@ fn route(
                     tracing::debug!("dropping a push on a shared upstream connection");
                     continue;
                 }
-                return Err("Redis sent a reply nobody asked for".into());
+                return Err(Breakage::UnaskedReply);
             };
             let _ = owner.send(if push {
                 Reply::Push(frame)
@@ -505,7 +500,7 @@ mod tests {
         scanner: &mut FrameScanner,
         pending: &mut VecDeque<Pending>,
         owner: Option<&ReplySender>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Breakage> {
         let target = TrackingTarget::default();
         route(input, scanner, pending, owner, &mut Fills::new(&target))
     }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::handle::SendError;
 use crate::config::HostPort;
 use crate::metrics;
+use crate::resp::frame::FrameError;
 use crate::resp::reply;
 
 #[derive(Debug)]
@@ -47,6 +48,48 @@ impl std::fmt::Display for UpstreamError {
                 write!(f, "Redis refused keyward's credentials: {message}")
             }
             UpstreamError::Rejected(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+/// Why a connection to Redis that was serving stopped: everything in flight on it fails.
+#[derive(Debug)]
+pub enum Breakage {
+    ClosedByRedis,
+    Io(std::io::Error),
+    /// Redis sent something that is not RESP.
+    Malformed(FrameError),
+    /// A reply on a shared connection that answers nothing keyward sent: keyward and Redis
+    /// no longer agree on which reply answers which request.
+    UnaskedReply,
+    /// No reply within `request_timeout`, and Redis did not say it holds the request on
+    /// purpose.
+    Stalled(Duration),
+}
+
+impl Breakage {
+    /// The `kind` label of `keyward_upstream_errors_total` it counts under.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            Breakage::Stalled(_) => "timeout",
+            _ => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for Breakage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Breakage::ClosedByRedis => f.write_str("connection closed by Redis"),
+            Breakage::Io(error) => write!(f, "{error}"),
+            Breakage::Malformed(error) => write!(f, "malformed reply: {error}"),
+            Breakage::UnaskedReply => f.write_str("Redis sent a reply nobody asked for"),
+            Breakage::Stalled(after) => {
+                write!(
+                    f,
+                    "no reply within {after:?} (request_timeout); connection reset"
+                )
+            }
         }
     }
 }

@@ -42,6 +42,7 @@ use crate::net::Stream;
 use crate::resp::request::encode_command;
 use crate::resp::{reply, Protocol};
 use connection::{serve, ConnState, ServeEnd, StallCheck};
+use errors::Breakage;
 
 type PoolKey = (Protocol, u32);
 
@@ -450,8 +451,8 @@ impl Opening {
                 |reason| broken_error(&address, reason),
             )
             .await;
-            if let ServeEnd::Broken(reason) | ServeEnd::Stalled(reason) = end {
-                metrics::upstream_errors("io", 1);
+            if let ServeEnd::Broken(reason) = end {
+                metrics::upstream_errors(reason.metric_kind(), 1);
                 tracing::debug!(%reason, "dedicated upstream connection closed");
             }
             metrics::upstream_connection_closed();
@@ -520,14 +521,12 @@ async fn run_pooled(
                 )
                 .await;
                 metrics::upstream_connection_closed();
-                let (kind, reason) = match end {
-                    ServeEnd::Released => return,
-                    ServeEnd::Broken(reason) => ("io", reason),
-                    ServeEnd::Stalled(reason) => ("timeout", reason),
+                let ServeEnd::Broken(reason) = end else {
+                    return;
                 };
-                metrics::upstream_errors(kind, 1);
+                metrics::upstream_errors(reason.metric_kind(), 1);
                 tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
-                status.set_down(reason);
+                status.set_down(reason.to_string());
             }
             Err(error) => {
                 metrics::upstream_errors("connect", 1);
@@ -567,6 +566,6 @@ async fn fail_until_retry(
     }
 }
 
-fn broken_error(address: &str, reason: &str) -> Bytes {
+fn broken_error(address: &str, reason: &Breakage) -> Bytes {
     reply::error(&format!("ERR upstream {address}: {reason}"))
 }
