@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::context::Context;
+use crate::policy::cache::RuleStats;
 use crate::policy::hotkeys::big_keys::BigKeysReport;
 use crate::policy::hotkeys::{By, HotKeys, Report};
 use crate::upstream::Invalidations;
@@ -73,12 +74,8 @@ pub fn info(context: &Context) -> Info {
 pub struct CacheRuleReport {
     pub name: String,
     pub mode: String,
-    pub hits: u64,
-    pub misses: u64,
-    pub invalidations: u64,
-    pub evictions: u64,
-    pub bytes: u64,
-    pub entries: u64,
+    #[serde(flatten)]
+    pub stats: RuleStats,
     pub max_memory: u64,
     pub ttl: String,
 }
@@ -91,17 +88,11 @@ pub fn caches(context: &Context) -> Vec<CacheRuleReport> {
         .caches
         .iter()
         .map(|cache| {
-            let stats = cache.stats();
             let rule = &cache.rule;
             CacheRuleReport {
                 name: cache.name().to_string(),
                 mode: config_name(&rule.mode),
-                hits: stats.hits,
-                misses: stats.misses,
-                invalidations: stats.invalidations,
-                evictions: stats.evictions,
-                bytes: stats.bytes,
-                entries: stats.entries,
+                stats: cache.stats(),
                 max_memory: rule.max_memory.get(),
                 ttl: humantime::format_duration(rule.ttl.get()).to_string(),
             }

@@ -29,27 +29,16 @@ struct BrowserRun {
     console: Vec<String>,
 }
 
-fn chromium() -> &'static str {
-    let found = Command::new("chromium")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "chromium is not installed: this test needs a real browser \
-         (apt-get install chromium; .ci/run installs it)"
-    );
-    "chromium"
-}
-
 /// Runs headless Chromium on `url` with `mode` (`--dump-dom`, `--screenshot=…`) in a window
 /// of `size`, with a profile of its own, and collects the console messages it logs.
 fn browse(url: &str, mode: &str, size: &str) -> BrowserRun {
     let profile = tempfile::tempdir().expect("a temp dir");
     let log = profile.path().join("chromium.log");
-    let mut child = Command::new(chromium())
+    let chromium = support::installed(
+        "chromium",
+        "this test needs a real browser (apt-get install chromium)",
+    );
+    let mut child = Command::new(chromium)
         .args([
             "--headless",
             // Chromium refuses its sandbox to root, which CI runs as.

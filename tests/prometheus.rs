@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,25 +21,12 @@ use support::{free_port, http_get, wait_for};
 /// as Grafana reckons it.
 const RATE_INTERVAL: &str = "4s";
 
+const PROMETHEUS_NEEDED: &str = "this test needs a real Prometheus (apt-get install prometheus)";
+
 fn contrib(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("contrib")
         .join(path)
-}
-
-fn installed(program: &str) -> &str {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "{program} is not installed: this test needs a real Prometheus \
-         (apt-get install prometheus; .ci/run installs it)"
-    );
-    program
 }
 
 /// A Prometheus process with a config of its own and its data in a temp dir, killed on drop.
@@ -72,7 +59,7 @@ impl Prometheus {
             let port = free_port();
             let output = std::fs::File::create(&log).expect("a log");
             let data = dir.path().join(format!("data-{attempt}"));
-            let mut child = Command::new(installed("prometheus"))
+            let mut child = Command::new(support::installed("prometheus", PROMETHEUS_NEEDED))
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -194,7 +181,7 @@ fn signal(alert: &str) -> &str {
 #[test]
 fn the_rules_pass_promtool() {
     let rules = contrib("prometheus/keyward-rules.yml");
-    let output = Command::new(installed("promtool"))
+    let output = Command::new(support::installed("promtool", PROMETHEUS_NEEDED))
         .arg("check")
         .arg("rules")
         .arg(&rules)

@@ -614,3 +614,19 @@ pub fn source_files() -> Vec<(PathBuf, String)> {
         })
         .collect()
 }
+
+/// `program`, after checking it runs (`--version`); fails the test with `why` it is needed
+/// when it does not, rather than passing without it (`.ci/run` installs what tests need).
+pub fn installed<'a>(program: &'a str, why: &str) -> &'a str {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "{program} is not installed: {why} (.ci/run installs it)"
+    );
+    program
+}

@@ -124,7 +124,8 @@ pub struct RuleCache {
     metrics: RuleMetrics,
 }
 
-/// A rule's figures, for `KEYWARD CACHE STATS`.
+/// A rule's figures, for `KEYWARD CACHE STATS` and the admin page.
+#[derive(Debug, serde::Serialize)]
 pub struct RuleStats {
     pub hits: u64,
     pub misses: u64,
