@@ -13,7 +13,7 @@ use crate::reload::{self, LiveConfig};
 use crate::signals::{self, Stop, StopSignals};
 use crate::tls::ServerTls;
 use crate::upstream::{invalidations, Upstream, UpstreamSettings};
-use crate::{admin, metrics, server};
+use crate::{admin, http_api, metrics, server};
 
 /// SIGINT means a person is waiting at a terminal: drain, but not for long.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
@@ -39,6 +39,12 @@ pub async fn serve(
     let settings = UpstreamSettings::from_config(&config)?;
     let listen_password = config.listen_password()?;
     let admin_token = config.admin_token()?;
+    let http_api_tokens = http_api::Tokens::new(
+        config
+            .http_api_tokens()?
+            .into_iter()
+            .map(|(token, secret)| (token.name.get_ref().clone(), secret, token.read_only)),
+    );
     let listen_tls = config
         .listen
         .tls
@@ -62,6 +68,14 @@ pub async fn serve(
     let admin_listener = TcpListener::bind(config.admin.address)
         .await
         .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
+    let http_api_listener = match &config.http_api {
+        Some(api) => Some(
+            TcpListener::bind(api.address)
+                .await
+                .map_err(|e| format!("cannot serve the REST API on {}: {e}", api.address))?,
+        ),
+        None => None,
+    };
 
     tokio::spawn(forget_idle_buckets(Arc::clone(&live)));
     let context = Arc::new(Context::new(
@@ -89,8 +103,17 @@ pub async fn serve(
         listen_tls,
         sessions.clone(),
     ));
+    if let Some(listener) = http_api_listener {
+        tokio::spawn(http_api::serve(
+            listener,
+            Arc::clone(&context),
+            http_api_tokens,
+            sessions.clone(),
+        ));
+    }
     tracing::info!(
         listen = %config.listen.address,
+        http_api = ?config.http_api.as_ref().map(|api| api.address),
         admin = %config.admin.address,
         upstream = %config.upstream.address,
         "keyward {} started",

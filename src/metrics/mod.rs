@@ -83,6 +83,10 @@ fn describe() {
         "keyward_rejected_clients_total",
         "Connections refused because max_clients was reached"
     );
+    ::metrics::describe_counter!(
+        "keyward_http_requests_total",
+        "REST API requests, by token name (empty without a valid token) and HTTP status"
+    );
 }
 
 /// Per-command counters and latency histograms, created on first use of each command.
@@ -196,6 +200,16 @@ pub fn upstream_connection_opened() {
 
 pub fn upstream_connection_closed() {
     gauge!("keyward_upstream_connections").decrement(1.0);
+}
+
+/// A REST API request was answered. `token` is a configured token's name, or empty: bounded.
+pub fn http_request(token: &str, status: u16) {
+    counter!(
+        "keyward_http_requests_total",
+        "token" => token.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
 }
 
 /// `count` is 1 for a failed connection (`connect`, `io`) and the number of requests for

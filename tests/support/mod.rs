@@ -422,16 +422,30 @@ pub fn http_request_to(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("admin connects");
+    let (status, _, body) = http_exchange(address, method, path, headers, b"");
+    (status, body)
+}
+
+/// An HTTP request with a body; returns the status, the response's head and its body.
+pub fn http_exchange(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).expect("the HTTP endpoint connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout set");
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Length: 0\r\n{headers}\r\n"
+         Content-Length: {}\r\n{headers}\r\n",
+        body.len()
     )
     .expect("request written");
+    stream.write_all(body).expect("body written");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read");
     let status = response
@@ -439,11 +453,11 @@ pub fn http_request_to(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
+        .map(|(head, body)| (head.to_string(), body.to_string()))
         .unwrap_or_default();
-    (status, body)
+    (status, head, body)
 }
 
 /// This machine's address on the network (not loopback), as other hosts would reach it:

@@ -1,0 +1,325 @@
+//! Upstash's REST API (`[http_api]`), for applications that reach Redis over HTTP only:
+//! serverless and edge functions using `@upstash/redis`, which then need nothing but the
+//! endpoint's URL and a token.
+//!
+//! - `POST /` with a JSON array body (`["SET","k","v","EX",100]`) runs one command:
+//!   `200 {"result": …}`, or `400 {"error": "<Redis's error text>"}`.
+//! - `POST /pipeline` with an array of commands runs them as one pipeline: `200` with an array
+//!   of `{"result": …}` or `{"error": …}`, in order.
+//! - `POST /multi-exec` runs them as one `MULTI`…`EXEC`: the same array, or one `400
+//!   {"error"}` for a transaction Redis discarded.
+//!
+//! Every request carries a configured token (`Authorization: Bearer <token>` or
+//! `?_token=<token>`), else `401`. With `Upstash-Encoding: base64`, every string in a result
+//! is base64 ([`json`]). Each request runs in a keyward session of its own ([`exchange`]), so
+//! every policy applies to it; read-only tokens and commands a REST request cannot run are
+//! refused before that ([`commands`]).
+//!
+//! A request holds nothing until its body has arrived, within [`BODY_TIMEOUT`] and the
+//! request size limit, so a slow or hostile client holds only its own connection.
+
+mod auth;
+mod commands;
+mod exchange;
+mod json;
+
+pub use auth::Tokens;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::context::Context;
+use crate::metrics;
+use crate::resp::request::MAX_REQUEST_LEN;
+use commands::Command;
+use exchange::Caller;
+use json::Encoding;
+
+/// How long a client may take to send a request's headers, and then its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every request needs: the callers, keyward's shared state, and where sessions run.
+struct Endpoint {
+    tokens: Tokens,
+    context: Arc<Context>,
+    /// Sessions and connections, so that a graceful shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+/// Serves the REST API on `listener` until keyward shuts down.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<Context>,
+    tokens: Tokens,
+    tasks: TaskTracker,
+) {
+    let endpoint = Arc::new(Endpoint {
+        tokens,
+        context,
+        tasks,
+    });
+    loop {
+        let accepted = tokio::select! {
+            () = endpoint.context.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let connection = serve_connection(Arc::clone(&endpoint), stream, peer);
+                endpoint.tasks.spawn(connection);
+            }
+            Err(error) => {
+                // Usually out of file descriptors: wait for some to be released.
+                tracing::warn!(%error, "REST API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One HTTP connection, which may carry many requests (`@upstash/redis` keeps it alive). On
+/// shutdown, the request in flight is answered and the connection closed.
+async fn serve_connection(endpoint: Arc<Endpoint>, stream: TcpStream, peer: SocketAddr) {
+    let shutdown = endpoint.context.shutdown.clone();
+    let service = service_fn(move |request| {
+        let endpoint = Arc::clone(&endpoint);
+        async move { Ok::<_, Infallible>(answer(&endpoint, request, peer).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "REST API connection failed");
+    }
+}
+
+/// Answers a request and counts it by token and status.
+async fn answer(
+    endpoint: &Endpoint,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let headers = request.headers();
+    let caller = endpoint.tokens.caller(
+        headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
+        request.uri().query(),
+    );
+    let Some(token) = caller else {
+        metrics::http_request("", StatusCode::UNAUTHORIZED.as_u16());
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    };
+    let response = match respond(endpoint, request, token, peer).await {
+        Ok(response) => response,
+        Err((status, message)) => error(status, message),
+    };
+    metrics::http_request(&token.name, response.status().as_u16());
+    response
+}
+
+/// What an authenticated request asks for, and its answer.
+async fn respond(
+    endpoint: &Endpoint,
+    request: Request<Incoming>,
+    token: &auth::Token,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+    let run = match request.uri().path() {
+        "/" => Run::One,
+        "/pipeline" => Run::Pipeline,
+        "/multi-exec" => Run::Transaction,
+        _ => return Err((StatusCode::NOT_FOUND, "ERR no such endpoint".into())),
+    };
+    if request.method() != Method::POST {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ERR use POST for this endpoint".into(),
+        ));
+    }
+    let encoding = match request.headers().get("upstash-encoding") {
+        Some(value) if value.as_bytes().eq_ignore_ascii_case(b"base64") => Encoding::Base64,
+        _ => Encoding::Plain,
+    };
+    let body = read_body(request.into_body()).await?;
+    let request = Exchange {
+        endpoint,
+        caller: Caller {
+            name: &token.name,
+            peer,
+        },
+        read_only: token.read_only,
+        encoding,
+    };
+    match run {
+        Run::One => request.one(&body).await,
+        Run::Pipeline => request.pipeline(&body).await,
+        Run::Transaction => request.transaction(&body).await,
+    }
+}
+
+/// How a request's commands run.
+enum Run {
+    One,
+    Pipeline,
+    Transaction,
+}
+
+/// An authenticated request, ready to run its commands.
+struct Exchange<'a> {
+    endpoint: &'a Endpoint,
+    caller: Caller<'a>,
+    read_only: bool,
+    encoding: Encoding,
+}
+
+/// An answer that is an error: its status and the error text (`ERR …`).
+type Failure = (StatusCode, String);
+
+impl Exchange<'_> {
+    /// `POST /`: one command, its result or its error.
+    async fn one(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+        let command = commands::one(body).map_err(bad_request)?;
+        if let Some(refusal) = command.refusal(self.read_only) {
+            return Err(bad_request(refusal));
+        }
+        let replies = self.run(std::slice::from_ref(&command.resp)).await;
+        let result = json::reply(&replies[0], self.encoding).map_err(bad_request)?;
+        Ok(ok(&json!({ "result": result })))
+    }
+
+    /// `POST /pipeline`: every command, in one pipeline; refused ones answered in their place.
+    async fn pipeline(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+        let commands = commands::many(body).map_err(bad_request)?;
+        let refusals: Vec<Option<String>> = commands
+            .iter()
+            .map(|command| command.refusal(self.read_only))
+            .collect();
+        let runnable: Vec<Bytes> = commands
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|(command, _)| command.resp.clone())
+            .collect();
+        let mut replies = self.run(&runnable).await.into_iter();
+        let results: Vec<Value> = refusals
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(refusal) => json!({ "error": refusal }),
+                None => {
+                    let reply = replies.next().unwrap_or_default();
+                    element(json::reply(&reply, self.encoding))
+                }
+            })
+            .collect();
+        Ok(ok(&Value::Array(results)))
+    }
+
+    /// `POST /multi-exec`: the commands in one transaction. A refused command refuses the
+    /// whole of it, as an error while queueing makes Redis discard a transaction.
+    async fn transaction(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+        let commands = commands::many(body).map_err(bad_request)?;
+        if let Some(refusal) = commands
+            .iter()
+            .find_map(|command| command.refusal(self.read_only))
+        {
+            return Err(bad_request(refusal));
+        }
+        let wrap = |word: &str| Command::new(&[word]).map(|command| command.resp);
+        let mut sent = vec![wrap("MULTI").map_err(bad_request)?];
+        sent.extend(commands.iter().map(|command| command.resp.clone()));
+        sent.push(wrap("EXEC").map_err(bad_request)?);
+        let replies = self.run(&sent).await;
+        let exec = replies.last().cloned().unwrap_or_default();
+        let Some(elements) = json::elements(&exec) else {
+            // Discarded (`EXECABORT`), or Redis could not run it: one error.
+            let message = match json::reply(&exec, self.encoding) {
+                Err(message) => message,
+                Ok(_) => "ERR keyward: the transaction did not run".into(),
+            };
+            return Err(bad_request(message));
+        };
+        let results = elements
+            .into_iter()
+            .map(|reply| element(json::reply(reply, self.encoding)))
+            .collect();
+        Ok(ok(&Value::Array(results)))
+    }
+
+    async fn run(&self, commands: &[Bytes]) -> Vec<Bytes> {
+        let endpoint = self.endpoint;
+        exchange::run(&endpoint.context, &endpoint.tasks, &self.caller, commands).await
+    }
+}
+
+/// One element of a pipeline's or a transaction's answer.
+fn element(reply: Result<Value, String>) -> Value {
+    match reply {
+        Ok(result) => json!({ "result": result }),
+        Err(message) => json!({ "error": message }),
+    }
+}
+
+/// The body, once it has all arrived: within the request size limit and [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+    let limited = Limited::new(body, MAX_REQUEST_LEN);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR the request body is over the request size limit (1 GiB)".into(),
+        )),
+        Ok(Err(error)) => Err(bad_request(format!(
+            "ERR cannot read the request body: {error}"
+        ))),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("ERR the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+fn bad_request(message: String) -> Failure {
+    (StatusCode::BAD_REQUEST, message)
+}
+
+fn ok(body: &Value) -> Response<Full<Bytes>> {
+    respond_json(StatusCode::OK, body)
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    respond_json(status, &json!({ "error": message }))
+}
+
+fn respond_json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
