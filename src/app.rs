@@ -49,7 +49,13 @@ pub async fn serve(
         .listen
         .tls
         .as_ref()
-        .map(|tls| ServerTls::from_config(tls).map(Arc::new))
+        .map(|tls| ServerTls::from_config(tls, "listen").map(Arc::new))
+        .transpose()?;
+    let http_api_tls = config
+        .http_api
+        .as_ref()
+        .and_then(|api| api.tls.as_ref())
+        .map(|tls| ServerTls::from_config(tls, "http_api").map(Arc::new))
         .transpose()?;
     let upstream = Upstream::start(settings);
     let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
@@ -108,6 +114,7 @@ pub async fn serve(
             listener,
             Arc::clone(&context),
             http_api_tokens,
+            http_api_tls,
             sessions.clone(),
         ));
     }

@@ -10,7 +10,7 @@
 //!   {"error"}` for a transaction Redis discarded.
 //!
 //! Every request carries a configured token (`Authorization: Bearer <token>` or
-//! `?_token=<token>`), else `401`. With `Upstash-Encoding: base64`, every string in a result
+//! `?_token=<token>`), else `401`. With `[http_api] tls`, the endpoint serves HTTPS only. With `Upstash-Encoding: base64`, every string in a result
 //! is base64 ([`json`]). Each request runs in a keyward session of its own ([`exchange`]), so
 //! every policy applies to it; read-only tokens and commands a REST request cannot run are
 //! refused before that ([`commands`]).
@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use crate::context::Context;
 use crate::metrics;
 use crate::resp::request::MAX_REQUEST_LEN;
+use crate::tls::{self, ServerTls};
 use commands::Command;
 use exchange::Caller;
 use json::Encoding;
@@ -56,6 +57,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every request needs: the callers, keyward's shared state, and where sessions run.
 struct Endpoint {
     tokens: Tokens,
+    /// HTTPS, when `[http_api] tls` is set.
+    tls: Option<Arc<ServerTls>>,
     context: Arc<Context>,
     /// Sessions and connections, so that a graceful shutdown waits for them.
     tasks: TaskTracker,
@@ -66,10 +69,12 @@ pub async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
     tokens: Tokens,
+    tls: Option<Arc<ServerTls>>,
     tasks: TaskTracker,
 ) {
     let endpoint = Arc::new(Endpoint {
         tokens,
+        tls,
         context,
         tasks,
     });
@@ -96,6 +101,10 @@ pub async fn serve(
 /// One HTTP connection, which may carry many requests (`@upstash/redis` keeps it alive). On
 /// shutdown, the request in flight is answered and the connection closed.
 async fn serve_connection(endpoint: Arc<Endpoint>, stream: TcpStream, peer: SocketAddr) {
+    let tls = endpoint.tls.as_deref();
+    let Some(stream) = tls::accept_client(stream, tls, peer, &endpoint.tasks).await else {
+        return;
+    };
     let shutdown = endpoint.context.shutdown.clone();
     let service = service_fn(move |request| {
         let endpoint = Arc::clone(&endpoint);
