@@ -439,3 +439,68 @@ fn client_rate_limits_count_per_token() {
         "another token has a bucket of its own"
     );
 }
+
+#[test]
+fn commands_in_the_path_answer_as_posted_ones() {
+    let rest = Rest::start("");
+    let auth = format!("Authorization: Bearer {WEB_TOKEN}\r\n");
+    let get = |path: &str| {
+        let (status, _, answer) = rest.send("GET", path, &auth, "");
+        (status, answer)
+    };
+    assert_eq!(get("/set/foo/bar/EX/100"), (200, json!({"result": "OK"})));
+    assert_eq!(get("/get/foo"), (200, json!({"result": "bar"})));
+    assert_eq!(get("/incr/n"), (200, json!({"result": 1})));
+    assert_eq!(get("/get/missing"), (200, json!({"result": null})));
+    let (status, _, answer) = rest.send("POST", "/set/a%20key", &auth, "a value / with\nlines");
+    assert_eq!((status, answer), (200, json!({"result": "OK"})));
+    assert_eq!(
+        get("/get/a%20key"),
+        (200, json!({"result": "a value / with\nlines"}))
+    );
+    assert_eq!(get("/lpush/foo/x"), (400, json!({"error": WRONGTYPE})));
+    let (status, _, answer) = rest.send("GET", "/get/foo?_token=web-s3cret", "", "");
+    assert_eq!((status, answer), (200, json!({"result": "bar"})));
+    let (status, _, _) = rest.send("DELETE", "/del/foo", &auth, "");
+    assert_eq!(status, 405);
+    assert_eq!(
+        rest.post_as(READ_TOKEN, "/", json!(["GET", "foo"])),
+        (200, json!({"result": "bar"}))
+    );
+    let (status, _, answer) = rest.send(
+        "GET",
+        "/del/foo",
+        &format!("Authorization: Bearer {READ_TOKEN}\r\n"),
+        "",
+    );
+    assert_eq!(
+        status, 400,
+        "read-only tokens are read-only in the path form too"
+    );
+    assert_eq!(
+        answer,
+        json!({"error": "NOPERM this user has no permissions to run the 'del' command"})
+    );
+}
+
+#[test]
+fn the_sync_token_is_answered() {
+    let rest = Rest::start("");
+    let sync_token = |head: &str| {
+        head.lines().find_map(|line| {
+            line.to_lowercase()
+                .strip_prefix("upstash-sync-token: ")
+                .map(str::to_string)
+        })
+    };
+    let auth = format!("Authorization: Bearer {WEB_TOKEN}\r\n");
+    let (_, head, _) = rest.send("POST", "/", &auth, r#"["PING"]"#);
+    assert_eq!(sync_token(&head).as_deref(), Some("0"));
+    let (_, head, _) = rest.send(
+        "POST",
+        "/pipeline",
+        &format!("{auth}upstash-sync-token: abc123\r\n"),
+        r#"[["SET","k","v"]]"#,
+    );
+    assert_eq!(sync_token(&head).as_deref(), Some("abc123"));
+}

@@ -3,6 +3,7 @@
 //! whether a REST caller may run each.
 
 use bytes::{Bytes, BytesMut};
+use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::command::{CommandInfo, CommandTable, Effect, LocalCommand};
@@ -106,6 +107,21 @@ pub fn many(body: &[u8]) -> Result<Vec<Command>, String> {
         .collect()
 }
 
+/// The command of a path-form request: the path's segments, percent-decoded, then the body
+/// as the last argument if there is one (`POST /set/foo` with the value as its body). Query
+/// parameters are not arguments (`_token` is one of them).
+pub fn from_path(path: &str, body: &[u8]) -> Result<Command, String> {
+    let mut words: Vec<Vec<u8>> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|segment| percent_decode_str(segment).collect())
+        .collect();
+    if !body.is_empty() {
+        words.push(body.to_vec());
+    }
+    Command::new(&words)
+}
+
 /// A command's words as Redis takes them: strings as they are, numbers as written in JSON.
 fn words_of(words: &[Value]) -> Result<Vec<Vec<u8>>, String> {
     words
@@ -139,6 +155,22 @@ mod tests {
         let commands = many(br#"[["INCRBYFLOAT","n",1.5],["get","n"]]"#).unwrap();
         assert_eq!(commands.len(), 2);
         assert!(commands[0].resp.ends_with(b"$3\r\n1.5\r\n"));
+    }
+
+    #[test]
+    fn reads_commands_from_paths() {
+        let command = from_path("/set/a%20b/v%2Fw/EX/100", b"").unwrap();
+        assert_eq!(&*command.info.name, "set");
+        assert_eq!(
+            &command.resp[..],
+            b"*5\r\n$3\r\nset\r\n$3\r\na b\r\n$3\r\nv/w\r\n$2\r\nEX\r\n$3\r\n100\r\n"
+        );
+        let command = from_path("/set/k", b"the value\r\n").unwrap();
+        assert!(command.resp.ends_with(b"$11\r\nthe value\r\n\r\n"));
+        assert_eq!(
+            &*from_path("/client/getname", b"").unwrap().info.name,
+            "client|getname"
+        );
     }
 
     #[test]

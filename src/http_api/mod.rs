@@ -8,6 +8,11 @@
 //!   of `{"result": …}` or `{"error": …}`, in order.
 //! - `POST /multi-exec` runs them as one `MULTI`…`EXEC`: the same array, or one `400
 //!   {"error"}` for a transaction Redis discarded.
+//! - Any other path is a command in path form, for shells: `GET /get/foo`,
+//!   `GET /set/foo/bar/EX/100`, or `POST /set/foo` with the value as the body. It is answered
+//!   as `POST /` is.
+//!
+//! Every answer carries `upstash-sync-token` (see [`SYNC_TOKEN`]).
 //!
 //! Every request carries a configured token (`Authorization: Bearer <token>` or
 //! `?_token=<token>`), else `401`. With `[http_api] tls`, the endpoint serves HTTPS only. With `Upstash-Encoding: base64`, every string in a result
@@ -53,6 +58,11 @@ use json::Encoding;
 /// How long a client may take to send a request's headers, and then its body.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The header of `@upstash/redis`'s read-your-writes mode: the client sends the last token it
+/// was given and expects one back. keyward reads from the Redis it writes to, so every read
+/// already sees the caller's writes: the token is answered as it came.
+const SYNC_TOKEN: &str = "upstash-sync-token";
 
 /// What every request needs: the callers, keyward's shared state, and where sessions run.
 struct Endpoint {
@@ -143,10 +153,16 @@ async fn answer(
         metrics::http_request("", StatusCode::UNAUTHORIZED.as_u16());
         return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     };
-    let response = match respond(endpoint, request, token, peer).await {
+    let sync_token = headers
+        .get(SYNC_TOKEN)
+        .filter(|token| !token.is_empty())
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("0"));
+    let mut response = match respond(endpoint, request, token, peer).await {
         Ok(response) => response,
         Err((status, message)) => error(status, message),
     };
+    response.headers_mut().insert(SYNC_TOKEN, sync_token);
     metrics::http_request(&token.name, response.status().as_u16());
     response
 }
@@ -157,17 +173,18 @@ async fn respond(
     request: Request<Incoming>,
     token: &auth::Token,
     peer: SocketAddr,
-) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-    let run = match request.uri().path() {
-        "/" => Run::One,
-        "/pipeline" => Run::Pipeline,
-        "/multi-exec" => Run::Transaction,
-        _ => return Err((StatusCode::NOT_FOUND, "ERR no such endpoint".into())),
+) -> Result<Response<Full<Bytes>>, Failure> {
+    let path = request.uri().path().to_owned();
+    let (run, methods): (Run, &[Method]) = match path.as_str() {
+        "/" => (Run::One, &[Method::POST]),
+        "/pipeline" => (Run::Pipeline, &[Method::POST]),
+        "/multi-exec" => (Run::Transaction, &[Method::POST]),
+        _ => (Run::Path, &[Method::GET, Method::POST]),
     };
-    if request.method() != Method::POST {
+    if !methods.contains(request.method()) {
         return Err((
             StatusCode::METHOD_NOT_ALLOWED,
-            "ERR use POST for this endpoint".into(),
+            format!("ERR {} is not allowed here", request.method()),
         ));
     }
     let encoding = match request.headers().get("upstash-encoding") {
@@ -185,7 +202,15 @@ async fn respond(
         encoding,
     };
     match run {
-        Run::One => request.one(&body).await,
+        Run::One => {
+            request
+                .one(commands::one(&body).map_err(bad_request)?)
+                .await
+        }
+        Run::Path => {
+            let command = commands::from_path(&path, &body).map_err(bad_request)?;
+            request.one(command).await
+        }
         Run::Pipeline => request.pipeline(&body).await,
         Run::Transaction => request.transaction(&body).await,
     }
@@ -193,7 +218,10 @@ async fn respond(
 
 /// How a request's commands run.
 enum Run {
+    /// `POST /` with the command as JSON.
     One,
+    /// The command in the path (`GET /get/foo`), with the body as its last argument.
+    Path,
     Pipeline,
     Transaction,
 }
@@ -210,9 +238,8 @@ struct Exchange<'a> {
 type Failure = (StatusCode, String);
 
 impl Exchange<'_> {
-    /// `POST /`: one command, its result or its error.
-    async fn one(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
-        let command = commands::one(body).map_err(bad_request)?;
+    /// One command (`POST /`, or the path form): its result or its error.
+    async fn one(&self, command: Command) -> Result<Response<Full<Bytes>>, Failure> {
         if let Some(refusal) = command.refusal(self.read_only) {
             return Err(bad_request(refusal));
         }
