@@ -504,3 +504,61 @@ fn the_sync_token_is_answered() {
     );
     assert_eq!(sync_token(&head).as_deref(), Some("abc123"));
 }
+
+#[test]
+fn upstash_lua_dialect_runs_and_its_sha_is_found() {
+    let rest = Rest::start("");
+    let script = "#!lua flags=allow-key-locking\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let sha = |text: &str| -> String {
+        use sha1::Digest;
+        sha1::Sha1::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let noscript = json!({"error": "NOSCRIPT No matching script. Please use EVAL."});
+    // Before the script was ever sent, its SHA is unknown, as it would be to Redis.
+    assert_eq!(
+        rest.post("/", json!(["EVALSHA", sha(script), 1, "n", 1])),
+        (400, noscript.clone())
+    );
+    assert_eq!(
+        rest.post("/", json!(["EVAL", script, 1, "n", 5])),
+        (200, json!({"result": 5}))
+    );
+    assert_eq!(
+        rest.post(
+            "/pipeline",
+            json!([["EVALSHA", sha(script), 1, "n", 2], ["GET", "n"]])
+        ),
+        (200, json!([{"result": 7}, {"result": "7"}]))
+    );
+    let known: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(sha(script))
+        .arg(sha("#!lua\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"))
+        .query(&mut rest.redis.client())
+        .unwrap();
+    assert_eq!(
+        known,
+        [0, 1],
+        "Redis holds the script without Upstash's flag"
+    );
+    // Once Redis forgot it, the client is told as Redis tells it, and sends it again.
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut rest.redis.client())
+        .unwrap();
+    assert_eq!(
+        rest.post("/", json!(["EVALSHA", sha(script), 1, "n", 1])),
+        (400, noscript)
+    );
+    assert_eq!(
+        rest.post("/", json!(["EVAL", "#!lua flags=made-up\nreturn 1", 0])),
+        (
+            400,
+            json!({"error": "ERR Unexpected flag in script shebang: made-up"})
+        ),
+        "flags Upstash does not have either are Redis's to refuse"
+    );
+}

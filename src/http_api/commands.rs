@@ -9,6 +9,8 @@ use serde_json::Value;
 use crate::command::{CommandInfo, CommandTable, Effect, LocalCommand};
 use crate::resp::request::{encode_command, Decoded, RequestDecoder};
 
+use super::lua::Scripts;
+
 /// One command, ready for a session.
 pub struct Command {
     /// The command as a RESP multibulk.
@@ -87,14 +89,14 @@ fn may_read(info: &CommandInfo) -> bool {
 }
 
 /// The command of a `POST /` body: a JSON array of strings and numbers.
-pub fn one(body: &[u8]) -> Result<Command, String> {
+pub fn one(body: &[u8], scripts: &Scripts) -> Result<Command, String> {
     let words: Vec<Value> = serde_json::from_slice(body)
         .map_err(|error| format!("ERR the body is not a JSON array of strings: {error}"))?;
-    Command::new(&words_of(&words)?)
+    translated(words_of(&words)?, scripts)
 }
 
 /// The commands of a `POST /pipeline` or `POST /multi-exec` body: a JSON array of commands.
-pub fn many(body: &[u8]) -> Result<Vec<Command>, String> {
+pub fn many(body: &[u8], scripts: &Scripts) -> Result<Vec<Command>, String> {
     let commands: Vec<Vec<Value>> = serde_json::from_slice(body).map_err(|error| {
         format!("ERR the body is not a JSON array of arrays of strings: {error}")
     })?;
@@ -103,14 +105,14 @@ pub fn many(body: &[u8]) -> Result<Vec<Command>, String> {
     }
     commands
         .iter()
-        .map(|words| Command::new(&words_of(words)?))
+        .map(|words| translated(words_of(words)?, scripts))
         .collect()
 }
 
 /// The command of a path-form request: the path's segments, percent-decoded, then the body
 /// as the last argument if there is one (`POST /set/foo` with the value as its body). Query
 /// parameters are not arguments (`_token` is one of them).
-pub fn from_path(path: &str, body: &[u8]) -> Result<Command, String> {
+pub fn from_path(path: &str, body: &[u8], scripts: &Scripts) -> Result<Command, String> {
     let mut words: Vec<Vec<u8>> = path
         .trim_start_matches('/')
         .split('/')
@@ -119,6 +121,12 @@ pub fn from_path(path: &str, body: &[u8]) -> Result<Command, String> {
     if !body.is_empty() {
         words.push(body.to_vec());
     }
+    translated(words, scripts)
+}
+
+/// The command, once Upstash's Lua dialect is translated for Redis.
+fn translated(mut words: Vec<Vec<u8>>, scripts: &Scripts) -> Result<Command, String> {
+    scripts.translate(&mut words);
     Command::new(&words)
 }
 
@@ -140,35 +148,47 @@ fn words_of(words: &[Value]) -> Result<Vec<Vec<u8>>, String> {
 mod tests {
     use super::*;
 
+    fn one_(body: &[u8]) -> Result<Command, String> {
+        one(body, &Scripts::default())
+    }
+
+    fn many_(body: &[u8]) -> Result<Vec<Command>, String> {
+        many(body, &Scripts::default())
+    }
+
+    fn from_path_(path: &str, body: &[u8]) -> Result<Command, String> {
+        from_path(path, body, &Scripts::default())
+    }
+
     fn refusal(words: &[&str], read_only: bool) -> Option<String> {
         Command::new(words).unwrap().refusal(read_only)
     }
 
     #[test]
     fn reads_commands_with_numbers() {
-        let command = one(br#"["SET","k","v","EX",100]"#).unwrap();
+        let command = one_(br#"["SET","k","v","EX",100]"#).unwrap();
         assert_eq!(&*command.info.name, "set");
         assert_eq!(
             &command.resp[..],
             b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nEX\r\n$3\r\n100\r\n"
         );
-        let commands = many(br#"[["INCRBYFLOAT","n",1.5],["get","n"]]"#).unwrap();
+        let commands = many_(br#"[["INCRBYFLOAT","n",1.5],["get","n"]]"#).unwrap();
         assert_eq!(commands.len(), 2);
         assert!(commands[0].resp.ends_with(b"$3\r\n1.5\r\n"));
     }
 
     #[test]
     fn reads_commands_from_paths() {
-        let command = from_path("/set/a%20b/v%2Fw/EX/100", b"").unwrap();
+        let command = from_path_("/set/a%20b/v%2Fw/EX/100", b"").unwrap();
         assert_eq!(&*command.info.name, "set");
         assert_eq!(
             &command.resp[..],
             b"*5\r\n$3\r\nset\r\n$3\r\na b\r\n$3\r\nv/w\r\n$2\r\nEX\r\n$3\r\n100\r\n"
         );
-        let command = from_path("/set/k", b"the value\r\n").unwrap();
+        let command = from_path_("/set/k", b"the value\r\n").unwrap();
         assert!(command.resp.ends_with(b"$11\r\nthe value\r\n\r\n"));
         assert_eq!(
-            &*from_path("/client/getname", b"").unwrap().info.name,
+            &*from_path_("/client/getname", b"").unwrap().info.name,
             "client|getname"
         );
     }
@@ -183,10 +203,10 @@ mod tests {
             b"[\"GET\",null]",
             b"[\"GET\",[1]]",
         ] {
-            assert!(one(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(one_(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
         for body in [&b"[]"[..], b"[\"GET\",\"k\"]", b"[[]]", b"[[\"GET\",true]]"] {
-            assert!(many(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(many_(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }
 

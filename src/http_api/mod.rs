@@ -12,7 +12,8 @@
 //!   `GET /set/foo/bar/EX/100`, or `POST /set/foo` with the value as the body. It is answered
 //!   as `POST /` is.
 //!
-//! Every answer carries `upstash-sync-token` (see [`SYNC_TOKEN`]).
+//! Every answer carries `upstash-sync-token` (see [`SYNC_TOKEN`]), and scripts in Upstash's
+//! Lua dialect run on Redis ([`lua`]).
 //!
 //! Every request carries a configured token (`Authorization: Bearer <token>` or
 //! `?_token=<token>`), else `401`. With `[http_api] tls`, the endpoint serves HTTPS only. With `Upstash-Encoding: base64`, every string in a result
@@ -27,6 +28,7 @@ mod auth;
 mod commands;
 mod exchange;
 mod json;
+mod lua;
 
 pub use auth::Tokens;
 
@@ -67,6 +69,8 @@ const SYNC_TOKEN: &str = "upstash-sync-token";
 /// What every request needs: the callers, keyward's shared state, and where sessions run.
 struct Endpoint {
     tokens: Tokens,
+    /// Upstash's Lua scripts seen, for their clients' `EVALSHA`.
+    scripts: lua::Scripts,
     /// HTTPS, when `[http_api] tls` is set.
     tls: Option<Arc<ServerTls>>,
     context: Arc<Context>,
@@ -84,6 +88,7 @@ pub async fn serve(
 ) {
     let endpoint = Arc::new(Endpoint {
         tokens,
+        scripts: lua::Scripts::default(),
         tls,
         context,
         tasks,
@@ -203,12 +208,12 @@ async fn respond(
     };
     match run {
         Run::One => {
-            request
-                .one(commands::one(&body).map_err(bad_request)?)
-                .await
+            let command = commands::one(&body, &endpoint.scripts).map_err(bad_request)?;
+            request.one(command).await
         }
         Run::Path => {
-            let command = commands::from_path(&path, &body).map_err(bad_request)?;
+            let command =
+                commands::from_path(&path, &body, &endpoint.scripts).map_err(bad_request)?;
             request.one(command).await
         }
         Run::Pipeline => request.pipeline(&body).await,
@@ -250,7 +255,7 @@ impl Exchange<'_> {
 
     /// `POST /pipeline`: every command, in one pipeline; refused ones answered in their place.
     async fn pipeline(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
-        let commands = commands::many(body).map_err(bad_request)?;
+        let commands = commands::many(body, &self.endpoint.scripts).map_err(bad_request)?;
         let refusals: Vec<Option<String>> = commands
             .iter()
             .map(|command| command.refusal(self.read_only))
@@ -278,7 +283,7 @@ impl Exchange<'_> {
     /// `POST /multi-exec`: the commands in one transaction. A refused command refuses the
     /// whole of it, as an error while queueing makes Redis discard a transaction.
     async fn transaction(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
-        let commands = commands::many(body).map_err(bad_request)?;
+        let commands = commands::many(body, &self.endpoint.scripts).map_err(bad_request)?;
         if let Some(refusal) = commands
             .iter()
             .find_map(|command| command.refusal(self.read_only))
