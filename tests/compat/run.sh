@@ -12,9 +12,10 @@ host=${1:?usage: run.sh HOST PORT}
 port=${2:?usage: run.sh HOST PORT}
 passed=0
 failed=0
-for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis; do
+for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis \
+  upstash_ratelimit; do
   if [[ $program == upstash_* && -z ${COMPAT_REST_URL:-} ]]; then
-    printf '%-12s skipped (no REST endpoint)\n' "$program"
+    printf '%-17s skipped (no REST endpoint)\n' "$program"
     continue
   fi
   if [ "$program" = redis_py ]; then
@@ -25,10 +26,10 @@ for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py up
   log=$(mktemp)
   started=$(date +%s.%N)
   if COMPAT_HOST=$host COMPAT_PORT=$port timeout 150 "${command[@]}" >"$log" 2>&1; then
-    printf '%-12s ok (%.1fs)\n' "$program" "$(echo "$(date +%s.%N) - $started" | bc)"
+    printf '%-17s ok (%.1fs)\n' "$program" "$(echo "$(date +%s.%N) - $started" | bc)"
     passed=$((passed + 1))
   else
-    printf '%-12s FAILED\n' "$program"
+    printf '%-17s FAILED\n' "$program"
     tail -n 25 "$log" | sed 's/^/    /'
     failed=$((failed + 1))
   fi
