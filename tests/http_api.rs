@@ -562,3 +562,91 @@ fn upstash_lua_dialect_runs_and_its_sha_is_found() {
         "flags Upstash does not have either are Redis's to refuse"
     );
 }
+
+/// Reads from `stream` until what was read contains `needle`; returns all of it.
+fn read_until(stream: &mut std::net::TcpStream, read: &mut String, needle: &str) {
+    use std::io::Read;
+    let mut chunk = [0u8; 4096];
+    while !read.contains(needle) {
+        let count = stream.read(&mut chunk).expect("the stream goes on");
+        assert!(count > 0, "the stream ended before {needle:?}: {read}");
+        read.push_str(&String::from_utf8_lossy(&chunk[..count]));
+    }
+}
+
+#[test]
+fn subscribers_get_messages_as_server_sent_events_until_they_leave() {
+    use std::io::Write;
+    let rest = Rest::start("");
+    let subscribe = |method: &str, path: &str| {
+        let mut stream = std::net::TcpStream::connect(rest.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\
+             Authorization: Bearer {WEB_TOKEN}\r\nContent-Length: 2\r\n\r\n[]"
+        )
+        .unwrap();
+        stream
+    };
+    let publish = |channel: &str, message: &str| -> i64 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query(&mut rest.redis.client())
+            .unwrap()
+    };
+    let mut channel = subscribe("GET", "/subscribe/news");
+    let mut read = String::new();
+    read_until(&mut channel, &mut read, "data: subscribe,news,1\n\n");
+    assert!(read.starts_with("HTTP/1.1 200 "), "{read}");
+    assert!(
+        read.to_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{read}"
+    );
+    let mut pattern = subscribe("POST", "/psubscribe/n*");
+    let mut pattern_read = String::new();
+    read_until(&mut pattern, &mut pattern_read, "data: psubscribe,n*,1\n\n");
+    assert_eq!(publish("news", "hello, world"), 2);
+    read_until(
+        &mut channel,
+        &mut read,
+        "data: message,news,hello, world\n\n",
+    );
+    read_until(
+        &mut pattern,
+        &mut pattern_read,
+        "data: pmessage,n*,news,hello, world\n\n",
+    );
+    // A client that goes away ends its subscription in Redis.
+    drop(channel);
+    support::wait_until_unsubscribed(&rest.redis, "news", "the subscriber left");
+    assert_eq!(
+        publish("news", "again"),
+        1,
+        "the pattern subscriber is still there"
+    );
+    read_until(
+        &mut pattern,
+        &mut pattern_read,
+        "data: pmessage,n*,news,again\n\n",
+    );
+    drop(pattern);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the pattern subscriber left",
+        || publish("news", "gone") == 0,
+    );
+    // A subscription a deny rule refuses is an error, not a stream.
+    let denied = Rest::start("[[deny]]\nname = \"no-pubsub\"\ncommands = [\"SUBSCRIBE\"]\n");
+    let auth = format!("Authorization: Bearer {WEB_TOKEN}\r\n");
+    let (status, _, answer) = denied.send("GET", "/subscribe/news", &auth, "");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("NOPERM"),
+        "{answer}"
+    );
+}

@@ -4,7 +4,7 @@
 //!
 //! The session runs on one end of a local socket pair, exactly as it runs on a client's TCP
 //! connection; the request writes its commands to the other end as one pipeline and reads
-//! one reply per command back. The session is authenticated to keyward (when `[listen]`
+//! one reply per command back (or, for a subscriber, the messages as they come). The session is authenticated to keyward (when `[listen]`
 //! wants a password) and named after the token first, so rules that match client names
 //! (`bucket = "client"`, deny rules' `clients`) see the token's name.
 
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,28 +47,118 @@ pub async fn run(
     caller: &Caller<'_>,
     commands: &[Bytes],
 ) -> Vec<Bytes> {
-    let (preamble, preamble_replies) = preamble(context, caller.name);
-    let mut replies = match UnixStream::pair() {
-        Ok((ours, theirs)) => {
-            start_session(context, tasks, caller.peer, theirs);
-            exchange(ours, &preamble, commands, preamble_replies + commands.len()).await
-        }
+    let mut replies = match open(context, tasks, caller).await {
+        Ok(mut connection) => connection.exchange(commands).await,
         Err(error) => {
-            tracing::warn!(%error, "cannot open a socket pair for a REST request");
+            tracing::warn!(%error, "cannot start a session for a REST request");
             Vec::new()
         }
     };
-    let owed = commands.len();
-    let mut replies: Vec<Bytes> = replies
-        .drain(preamble_replies.min(replies.len())..)
-        .collect();
-    replies.resize_with(owed, || {
-        reply::error("ERR keyward: the session ended before this command's reply")
-    });
+    replies.resize_with(commands.len(), unanswered);
     replies
 }
 
-/// The commands that make the session the token's: `AUTH` with keyward's own password when
+/// The reply of a command the session ended without answering.
+pub fn unanswered() -> Bytes {
+    reply::error("ERR keyward: the session ended before this command's reply")
+}
+
+/// A session of the caller's own: what is written to it, and its replies.
+pub struct Connection {
+    writer: OwnedWriteHalf,
+    pub replies: Replies,
+}
+
+/// Starts a session for `caller`, made the caller's by the preamble (see [`preamble`]).
+pub async fn open(
+    context: &Arc<Context>,
+    tasks: &TaskTracker,
+    caller: &Caller<'_>,
+) -> io::Result<Connection> {
+    let (ours, theirs) = UnixStream::pair()?;
+    start_session(context, tasks, caller.peer, theirs);
+    let (reader, mut writer) = ours.into_split();
+    let (preamble, preamble_owed) = preamble(context, caller.name);
+    // A few bytes, which the new session reads at once.
+    writer.write_all(&preamble).await?;
+    Ok(Connection {
+        writer,
+        replies: Replies {
+            reader,
+            buffer: BytesMut::new(),
+            scanner: FrameScanner::default(),
+            preamble_owed,
+        },
+    })
+}
+
+impl Connection {
+    /// Writes every command while reading their replies: a session that owes a large output
+    /// stops reading until some of it is read. Fewer replies if the session ended first.
+    pub async fn exchange(&mut self, commands: &[Bytes]) -> Vec<Bytes> {
+        let writer = &mut self.writer;
+        let write = async {
+            for command in commands {
+                writer.write_all(command).await?;
+            }
+            Ok::<_, io::Error>(())
+        };
+        let replies = &mut self.replies;
+        let read = async {
+            let mut read = Vec::with_capacity(commands.len());
+            while read.len() < commands.len() {
+                let Some(reply) = replies.next().await else {
+                    break;
+                };
+                read.push(reply);
+            }
+            read
+        };
+        // A failed write means the session ended: the replies read say how far it got.
+        let (_, replies) = tokio::join!(write, read);
+        replies
+    }
+}
+
+/// What the session sends back: replies, and the messages of a subscriber.
+pub struct Replies {
+    reader: OwnedReadHalf,
+    buffer: BytesMut,
+    scanner: FrameScanner,
+    /// Replies to the preamble not read yet: skipped, as the caller did not send it.
+    preamble_owed: usize,
+}
+
+impl Replies {
+    /// The next reply or message; `None` once the session ended.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = self.next_frame().await?;
+            if self.preamble_owed == 0 {
+                return Some(frame);
+            }
+            self.preamble_owed -= 1;
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            // keyward's own output: never malformed, but a broken one ends the exchange.
+            if let Some(len) = self.scanner.scan(&self.buffer).ok()? {
+                return Some(self.buffer.split_to(len).freeze());
+            }
+            if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+                self.buffer.reserve(READ_CHUNK);
+            }
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The commands that make the session the caller's: `AUTH` with keyward's own password when
 /// clients need one (the token already proved who is calling), then `CLIENT SETNAME`. Returns
 /// them as RESP, and how many replies they get.
 fn preamble(context: &Context, name: &str) -> (Bytes, usize) {
@@ -81,6 +172,8 @@ fn preamble(context: &Context, name: &str) -> (Bytes, usize) {
     (out.freeze(), count + 1)
 }
 
+/// Runs a session on `end`, as the RESP server runs one on a client's connection. It ends
+/// when the other end is dropped (the request is answered, or its client went away).
 fn start_session(context: &Arc<Context>, tasks: &TaskTracker, peer: SocketAddr, end: UnixStream) {
     let guard = ClientGuard::new(Arc::clone(context));
     let session = Session::new(Arc::clone(context), peer);
@@ -93,52 +186,4 @@ fn start_session(context: &Arc<Context>, tasks: &TaskTracker, peer: SocketAddr, 
         let _guard = guard;
         session.run(stream).await;
     });
-}
-
-/// Writes every command and reads `expected` replies at the same time: a session that owes a
-/// large output stops reading until some of it is read.
-async fn exchange(
-    socket: UnixStream,
-    preamble: &Bytes,
-    commands: &[Bytes],
-    expected: usize,
-) -> Vec<Bytes> {
-    let (mut reader, mut writer) = socket.into_split();
-    let write = async {
-        for chunk in std::iter::once(preamble).chain(commands) {
-            writer.write_all(chunk).await?;
-        }
-        Ok::<_, io::Error>(writer)
-    };
-    let (written, replies) = tokio::join!(write, read_replies(&mut reader, expected));
-    // The write half is kept until every reply is read: dropping it would tell the session the
-    // client left, and a client that leaves while blocked gets no reply.
-    drop(written);
-    replies
-}
-
-/// Reads up to `expected` complete replies; fewer if the session ends first.
-async fn read_replies(reader: &mut tokio::net::unix::OwnedReadHalf, expected: usize) -> Vec<Bytes> {
-    let mut buffer = BytesMut::new();
-    let mut scanner = FrameScanner::default();
-    let mut replies = Vec::with_capacity(expected);
-    while replies.len() < expected {
-        match scanner.scan(&buffer) {
-            Ok(Some(len)) => {
-                replies.push(buffer.split_to(len).freeze());
-                continue;
-            }
-            Ok(None) => {}
-            // keyward's own replies: never malformed, but a broken one ends the exchange.
-            Err(_) => break,
-        }
-        if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-            buffer.reserve(READ_CHUNK);
-        }
-        match reader.read_buf(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    replies
 }

@@ -12,6 +12,9 @@
 //!   `GET /set/foo/bar/EX/100`, or `POST /set/foo` with the value as the body. It is answered
 //!   as `POST /` is.
 //!
+//! - `GET` or `POST` `/subscribe/<channel>…` and `/psubscribe/<pattern>…` answer with
+//!   server-sent events ([`events`]).
+//!
 //! Every answer carries `upstash-sync-token` (see [`SYNC_TOKEN`]), and scripts in Upstash's
 //! Lua dialect run on Redis ([`lua`]).
 //!
@@ -26,6 +29,7 @@
 
 mod auth;
 mod commands;
+mod events;
 mod exchange;
 mod json;
 mod lua;
@@ -38,9 +42,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -54,6 +58,7 @@ use crate::metrics;
 use crate::resp::request::MAX_REQUEST_LEN;
 use crate::tls::{self, ServerTls};
 use commands::Command;
+use events::Events;
 use exchange::Caller;
 use json::Encoding;
 
@@ -144,11 +149,7 @@ async fn serve_connection(endpoint: Arc<Endpoint>, stream: TcpStream, peer: Sock
 }
 
 /// Answers a request and counts it by token and status.
-async fn answer(
-    endpoint: &Endpoint,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+async fn answer(endpoint: &Endpoint, request: Request<Incoming>, peer: SocketAddr) -> Answer {
     let headers = request.headers();
     let caller = endpoint.tokens.caller(
         headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
@@ -178,12 +179,15 @@ async fn respond(
     request: Request<Incoming>,
     token: &auth::Token,
     peer: SocketAddr,
-) -> Result<Response<Full<Bytes>>, Failure> {
+) -> Result<Answer, Failure> {
     let path = request.uri().path().to_owned();
     let (run, methods): (Run, &[Method]) = match path.as_str() {
         "/" => (Run::One, &[Method::POST]),
         "/pipeline" => (Run::Pipeline, &[Method::POST]),
         "/multi-exec" => (Run::Transaction, &[Method::POST]),
+        _ if path.starts_with("/subscribe/") || path.starts_with("/psubscribe/") => {
+            (Run::Subscribe, &[Method::GET, Method::POST])
+        }
         _ => (Run::Path, &[Method::GET, Method::POST]),
     };
     if !methods.contains(request.method()) {
@@ -218,6 +222,7 @@ async fn respond(
         }
         Run::Pipeline => request.pipeline(&body).await,
         Run::Transaction => request.transaction(&body).await,
+        Run::Subscribe => request.subscribe(&path).await,
     }
 }
 
@@ -229,6 +234,8 @@ enum Run {
     Path,
     Pipeline,
     Transaction,
+    /// `/subscribe/<channel>…` or `/psubscribe/<pattern>…`: an event stream ([`events`]).
+    Subscribe,
 }
 
 /// An authenticated request, ready to run its commands.
@@ -239,12 +246,15 @@ struct Exchange<'a> {
     encoding: Encoding,
 }
 
+/// An HTTP answer: JSON, or an event stream.
+type Answer = Response<Either<Full<Bytes>, Events>>;
+
 /// An answer that is an error: its status and the error text (`ERR …`).
 type Failure = (StatusCode, String);
 
 impl Exchange<'_> {
     /// One command (`POST /`, or the path form): its result or its error.
-    async fn one(&self, command: Command) -> Result<Response<Full<Bytes>>, Failure> {
+    async fn one(&self, command: Command) -> Result<Answer, Failure> {
         if let Some(refusal) = command.refusal(self.read_only) {
             return Err(bad_request(refusal));
         }
@@ -254,7 +264,7 @@ impl Exchange<'_> {
     }
 
     /// `POST /pipeline`: every command, in one pipeline; refused ones answered in their place.
-    async fn pipeline(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+    async fn pipeline(&self, body: &[u8]) -> Result<Answer, Failure> {
         let commands = commands::many(body, &self.endpoint.scripts).map_err(bad_request)?;
         let refusals: Vec<Option<String>> = commands
             .iter()
@@ -282,7 +292,7 @@ impl Exchange<'_> {
 
     /// `POST /multi-exec`: the commands in one transaction. A refused command refuses the
     /// whole of it, as an error while queueing makes Redis discard a transaction.
-    async fn transaction(&self, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+    async fn transaction(&self, body: &[u8]) -> Result<Answer, Failure> {
         let commands = commands::many(body, &self.endpoint.scripts).map_err(bad_request)?;
         if let Some(refusal) = commands
             .iter()
@@ -309,6 +319,30 @@ impl Exchange<'_> {
             .map(|reply| element(json::reply(reply, self.encoding)))
             .collect();
         Ok(ok(&Value::Array(results)))
+    }
+
+    /// An event stream of the messages of the channels (or patterns) in the path. Whatever
+    /// the body holds (`@upstash/redis` sends `[]`), only the path says what to subscribe to.
+    async fn subscribe(&self, path: &str) -> Result<Answer, Failure> {
+        let endpoint = self.endpoint;
+        let command = commands::from_path(path, b"", &endpoint.scripts).map_err(bad_request)?;
+        let mut connection = exchange::open(&endpoint.context, &endpoint.tasks, &self.caller)
+            .await
+            .map_err(|error| bad_request(format!("ERR keyward: no session: {error}")))?;
+        let first = connection
+            .exchange(std::slice::from_ref(&command.resp))
+            .await
+            .pop()
+            .unwrap_or_else(exchange::unanswered);
+        // Refused (a deny rule, Redis): an error as for any command, not a stream.
+        json::reply(&first, Encoding::Plain).map_err(bad_request)?;
+        let (events, relay) = events::stream(connection, &first);
+        endpoint.tasks.spawn(relay);
+        let mut response = Response::new(Either::Right(events));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(response)
     }
 
     async fn run(&self, commands: &[Bytes]) -> Vec<Bytes> {
@@ -348,16 +382,16 @@ fn bad_request(message: String) -> Failure {
     (StatusCode::BAD_REQUEST, message)
 }
 
-fn ok(body: &Value) -> Response<Full<Bytes>> {
+fn ok(body: &Value) -> Answer {
     respond_json(StatusCode::OK, body)
 }
 
-fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: String) -> Answer {
     respond_json(status, &json!({ "error": message }))
 }
 
-fn respond_json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn respond_json(status: StatusCode, body: &Value) -> Answer {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -1,9 +1,10 @@
 // @upstash/redis over keyward's REST API, as a serverless app uses it with nothing but
 // UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN: strings, JSON values, hashes, sorted
 // sets, pipelines, multi(), scan, eval/evalsha and scripts that fall back from EVALSHA to EVAL,
-// automatic pipelining of concurrent commands, and Redis's errors.
+// automatic pipelining of concurrent commands, Redis's errors, and subscriptions as
+// server-sent events.
 import { Redis } from "@upstash/redis";
-import { assert, prefix, restUrl, restToken, run } from "./common.mjs";
+import { assert, prefix, restUrl, restToken, run, waitFor } from "./common.mjs";
 
 run(async () => {
   const key = (name) => prefix + name;
@@ -80,6 +81,20 @@ run(async () => {
   const script = redis.createScript("return ARGV[1] .. ':' .. redis.call('GET', KEYS[1])");
   assert.equal(await script.exec([key("b")], ["got"]), "got:two");
   assert.equal(await script.exec([key("b")], ["again"]), "again:two");
+
+  const channel = key("channel");
+  const subscriber = redis.subscribe([channel]);
+  const received = [];
+  let subscribed = 0;
+  subscriber.on("subscribe", (count) => (subscribed = count));
+  subscriber.on("message", ({ message }) => received.push(message));
+  await waitFor("the subscription", () => subscribed === 1);
+  assert.equal(await redis.publish(channel, { greeting: "hi", n: 1 }), 1);
+  assert.equal(await redis.publish(channel, "plain text, with commas"), 1);
+  await waitFor("both messages", () => received.length === 2);
+  assert.deepEqual(received, [{ greeting: "hi", n: 1 }, "plain text, with commas"]);
+  await subscriber.unsubscribe();
+  await waitFor("the subscription to end", async () => (await redis.publish(channel, "gone")) === 0);
 
   await assert.rejects(redis.lpush(key("s"), "x"), /WRONGTYPE Operation against a key/);
   await assert.rejects(redis.eval("return redis.call('NOSUCH')", [], []), /Unknown Redis command/);
