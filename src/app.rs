@@ -39,23 +39,11 @@ pub async fn serve(
     let settings = UpstreamSettings::from_config(&config)?;
     let listen_password = config.listen_password()?;
     let admin_token = config.admin_token()?;
-    let http_api_tokens = http_api::Tokens::new(
-        config
-            .http_api_tokens()?
-            .into_iter()
-            .map(|(token, secret)| (token.name.get_ref().clone(), secret, token.read_only)),
-    );
     let listen_tls = config
         .listen
         .tls
         .as_ref()
         .map(|tls| ServerTls::from_config(tls, "listen").map(Arc::new))
-        .transpose()?;
-    let http_api_tls = config
-        .http_api
-        .as_ref()
-        .and_then(|api| api.tls.as_ref())
-        .map(|tls| ServerTls::from_config(tls, "http_api").map(Arc::new))
         .transpose()?;
     let upstream = Upstream::start(settings);
     let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
@@ -74,14 +62,7 @@ pub async fn serve(
     let admin_listener = TcpListener::bind(config.admin.address)
         .await
         .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
-    let http_api_listener = match &config.http_api {
-        Some(api) => Some(
-            TcpListener::bind(api.address)
-                .await
-                .map_err(|e| format!("cannot serve the REST API on {}: {e}", api.address))?,
-        ),
-        None => None,
-    };
+    let http_api = http_api::FrontDoor::open(&config).await?;
 
     tokio::spawn(forget_idle_buckets(Arc::clone(&live)));
     let context = Arc::new(Context::new(
@@ -109,14 +90,8 @@ pub async fn serve(
         listen_tls,
         sessions.clone(),
     ));
-    if let Some(listener) = http_api_listener {
-        tokio::spawn(http_api::serve(
-            listener,
-            Arc::clone(&context),
-            http_api_tokens,
-            http_api_tls,
-            sessions.clone(),
-        ));
+    if let Some(http_api) = http_api {
+        tokio::spawn(http_api.serve(Arc::clone(&context), sessions.clone()));
     }
     tracing::info!(
         listen = %config.listen.address,

@@ -650,3 +650,43 @@ fn subscribers_get_messages_as_server_sent_events_until_they_leave() {
         "{answer}"
     );
 }
+
+#[test]
+fn rest_sessions_count_towards_max_clients() {
+    let redis = RedisServer::start();
+    let (port, admin_port, rest_port) = (free_port(), free_port(), free_port());
+    let keyward = Keyward::start_with_config_env(
+        port,
+        admin_port,
+        &[("TEST_WEB_TOKEN", WEB_TOKEN)],
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\nmax_clients = 1\n\
+             [upstream]\naddress = \"127.0.0.1:{}\"\n\
+             [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+             [http_api]\naddress = \"127.0.0.1:{rest_port}\"\n\
+             [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_WEB_TOKEN\"\n",
+            redis.port
+        ),
+    );
+    let address = SocketAddr::from(([127, 0, 0, 1], rest_port));
+    let ping = || {
+        let auth = format!("Authorization: Bearer {WEB_TOKEN}\r\n");
+        let (status, _, body) = http_exchange(address, "POST", "/", &auth, br#"["PING"]"#);
+        (status, body)
+    };
+    assert_eq!(ping(), (200, r#"{"result":"PONG"}"#.to_string()));
+    let mut resp_client = keyward.raw();
+    resp_client.send(b"PING\r\n");
+    assert_eq!(resp_client.read_line(), "+PONG\r\n");
+    assert_eq!(
+        ping(),
+        (
+            503,
+            r#"{"error":"ERR max number of clients reached"}"#.to_string()
+        )
+    );
+    drop(resp_client);
+    wait_for(Duration::from_secs(5), "the RESP client is gone", || {
+        ping().0 == 200
+    });
+}

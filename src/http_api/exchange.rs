@@ -47,6 +47,9 @@ pub async fn run(
     caller: &Caller<'_>,
     commands: &[Bytes],
 ) -> Vec<Bytes> {
+    if commands.is_empty() {
+        return Vec::new();
+    }
     let mut replies = match open(context, tasks, caller).await {
         Ok(mut connection) => connection.exchange(commands).await,
         Err(error) => {

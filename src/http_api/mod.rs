@@ -34,10 +34,11 @@ mod exchange;
 mod json;
 mod lua;
 
-pub use auth::Tokens;
+use auth::Tokens;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::context::Context;
 use crate::metrics;
 use crate::resp::request::MAX_REQUEST_LEN;
@@ -74,6 +76,8 @@ const SYNC_TOKEN: &str = "upstash-sync-token";
 /// What every request needs: the callers, keyward's shared state, and where sessions run.
 struct Endpoint {
     tokens: Tokens,
+    /// `[listen] max_clients`: REST sessions count as clients too.
+    max_clients: usize,
     /// Upstash's Lua scripts seen, for their clients' `EVALSHA`.
     scripts: lua::Scripts,
     /// HTTPS, when `[http_api] tls` is set.
@@ -83,36 +87,75 @@ struct Endpoint {
     tasks: TaskTracker,
 }
 
-/// Serves the REST API on `listener` until keyward shuts down.
-pub async fn serve(
+/// The REST API as configured, its address bound: ready to serve.
+pub struct FrontDoor {
     listener: TcpListener,
-    context: Arc<Context>,
     tokens: Tokens,
+    max_clients: usize,
     tls: Option<Arc<ServerTls>>,
-    tasks: TaskTracker,
-) {
-    let endpoint = Arc::new(Endpoint {
-        tokens,
-        scripts: lua::Scripts::default(),
-        tls,
-        context,
-        tasks,
-    });
-    loop {
-        let accepted = tokio::select! {
-            () = endpoint.context.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+}
+
+impl FrontDoor {
+    /// Reads the tokens from the environment and the TLS files, and binds the address; `None`
+    /// without `[http_api]`.
+    pub async fn open(config: &Config) -> Result<Option<FrontDoor>, String> {
+        let Some(api) = &config.http_api else {
+            return Ok(None);
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let connection = serve_connection(Arc::clone(&endpoint), stream, peer);
-                endpoint.tasks.spawn(connection);
-            }
-            Err(error) => {
-                // Usually out of file descriptors: wait for some to be released.
-                tracing::warn!(%error, "REST API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let tokens = Tokens::new(
+            config
+                .http_api_tokens()?
+                .into_iter()
+                .map(|(token, secret)| (token.name.get_ref().clone(), secret, token.read_only)),
+        );
+        let tls = api
+            .tls
+            .as_ref()
+            .map(|tls| ServerTls::from_config(tls, "http_api").map(Arc::new))
+            .transpose()?;
+        let listener = TcpListener::bind(api.address)
+            .await
+            .map_err(|e| format!("cannot serve the REST API on {}: {e}", api.address))?;
+        Ok(Some(FrontDoor {
+            listener,
+            tokens,
+            max_clients: config.listen.max_clients.get(),
+            tls,
+        }))
+    }
+
+    /// Serves requests until keyward shuts down; sessions and connections run on `tasks`.
+    pub async fn serve(self, context: Arc<Context>, tasks: TaskTracker) {
+        let FrontDoor {
+            listener,
+            tokens,
+            max_clients,
+            tls,
+        } = self;
+        let endpoint = Arc::new(Endpoint {
+            tokens,
+            max_clients,
+            scripts: lua::Scripts::default(),
+            tls,
+            context,
+            tasks,
+        });
+        loop {
+            let accepted = tokio::select! {
+                () = endpoint.context.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let connection = serve_connection(Arc::clone(&endpoint), stream, peer);
+                    endpoint.tasks.spawn(connection);
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: wait for some to be released.
+                    tracing::warn!(%error, "REST API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -201,6 +244,13 @@ async fn respond(
         _ => Encoding::Plain,
     };
     let body = read_body(request.into_body()).await?;
+    if endpoint.context.clients.load(Ordering::Relaxed) >= endpoint.max_clients {
+        metrics::client_rejected();
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ERR max number of clients reached".into(),
+        ));
+    }
     let request = Exchange {
         endpoint,
         caller: Caller {
