@@ -690,3 +690,52 @@ fn rest_sessions_count_towards_max_clients() {
         ping().0 == 200
     });
 }
+
+#[test]
+fn a_slow_or_oversized_body_holds_no_session() {
+    use std::io::{Read, Write};
+    let rest = Rest::start("");
+    let sessions = || {
+        let (_, metrics) = rest.keyward.admin_get("/metrics");
+        metric_value(&metrics, "keyward_client_connections", &[])
+    };
+    // Half a body, and the client goes quiet: no session until the rest arrives.
+    let mut slow = std::net::TcpStream::connect(rest.address).unwrap();
+    write!(
+        slow,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {WEB_TOKEN}\r\n\
+         Content-Length: 16\r\n\r\n[\"PI"
+    )
+    .unwrap();
+    assert_eq!(
+        rest.post("/", json!(["PING"])),
+        (200, json!({"result": "PONG"}))
+    );
+    // The PING's session ends once it is answered; the slow request's would stay.
+    wait_for(Duration::from_secs(5), "no session is open", || {
+        sessions() == 0.0
+    });
+    slow.write_all(b"NG\"]        ").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let read = slow.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.ends_with(r#"{"result":"PONG"}"#), "{answer}");
+    // A body declared over the request size limit is refused before it is sent.
+    let mut large = std::net::TcpStream::connect(rest.address).unwrap();
+    write!(
+        large,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {WEB_TOKEN}\r\n\
+         Content-Length: 2000000000\r\n\r\n"
+    )
+    .unwrap();
+    large
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let read = large.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("request size limit"), "{answer}");
+}

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -410,14 +410,21 @@ fn element(reply: Result<Value, String>) -> Value {
 }
 
 /// The body, once it has all arrived: within the request size limit and [`BODY_TIMEOUT`].
+/// A body that declares a length over the limit is refused before any of it is read.
 async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR the request body is over the request size limit (1 GiB)".to_string(),
+        )
+    };
+    if body.size_hint().lower() > MAX_REQUEST_LEN as u64 {
+        return Err(too_large());
+    }
     let limited = Limited::new(body, MAX_REQUEST_LEN);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ERR the request body is over the request size limit (1 GiB)".into(),
-        )),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large()),
         Ok(Err(error)) => Err(bad_request(format!(
             "ERR cannot read the request body: {error}"
         ))),
