@@ -8,22 +8,20 @@
 //!   of `{"result": …}` or `{"error": …}`, in order.
 //! - `POST /multi-exec` runs them as one `MULTI`…`EXEC`: the same array, or one `400
 //!   {"error"}` for a transaction Redis discarded.
-//! - Any other path is a command in path form, for shells: `GET /get/foo`,
-//!   `GET /set/foo/bar/EX/100`, or `POST /set/foo` with the value as the body. It is answered
-//!   as `POST /` is.
-//!
 //! - `GET` or `POST` `/subscribe/<channel>…` and `/psubscribe/<pattern>…` answer with
 //!   server-sent events ([`events`]).
-//!
-//! Every answer carries `upstash-sync-token` (see [`SYNC_TOKEN`]), and scripts in Upstash's
-//! Lua dialect run on Redis ([`lua`]).
+//! - Any other path is a command in path form, for shells: `GET /get/foo`,
+//!   `GET /set/foo/bar/EX/100`, or `POST /set/foo` with the value as the body, answered as
+//!   `POST /` is.
 //!
 //! Every request carries a configured token (`Authorization: Bearer <token>` or
-//! `?_token=<token>`), else `401`. With `[http_api] tls`, the endpoint serves HTTPS only. With `Upstash-Encoding: base64`, every string in a result
-//! is base64 ([`json`]). Each request runs in a keyward session of its own ([`exchange`]), so
-//! every policy applies to it; read-only tokens and commands a REST request cannot run are
-//! refused before that ([`commands`]).
+//! `?_token=<token>`), else `401`; every answer to one carries `upstash-sync-token` (see
+//! [`SYNC_TOKEN`]). With `Upstash-Encoding: base64`, every string in a result is base64
+//! ([`json`]). With `[http_api] tls`, the endpoint serves HTTPS only.
 //!
+//! Each request runs in a keyward session of its own ([`exchange`]), so every policy applies
+//! to it. Before that, read-only tokens and commands a REST request cannot run are refused
+//! ([`commands`]), and scripts in Upstash's Lua dialect are translated for Redis ([`lua`]).
 //! A request holds nothing until its body has arrived, within [`BODY_TIMEOUT`] and the
 //! request size limit, so a slow or hostile client holds only its own connection.
 
