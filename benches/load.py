@@ -18,6 +18,7 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
     python3 benches/load.py --locks               # 50 clients contending for one lock
+    python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
     python3 benches/load.py --instructions        # keyward's instructions per request, per policy
 
 Wall-clock figures on a shared machine move by tens of percent from run to run. --instructions
@@ -41,7 +42,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYWARD = os.path.join(ROOT, "target", "release", "keyward")
+KEYWARD = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "keyward")
 CLIENTS = 50
 KEYSPACE = 10_000
 VALUE_BYTES = 64
@@ -273,6 +274,49 @@ def lock_benchmark(redis_port, start_keyward, rounds, seconds):
               f"{median('commands_per_acquisition'):.2f} |")
 
 
+REST_API = """
+[http_api]
+address = "127.0.0.1:{port}"
+[[http_api.tokens]]
+name = "bench"
+token_env = "KEYWARD_BENCH_REST_TOKEN"
+"""
+
+
+def rest_benchmark(start_keyward, rounds, seconds):
+    """GETs through keyward over its REST API and over RESP, one request at a time per client."""
+    tool = bench_tool("rest_get")
+    os.environ["KEYWARD_BENCH_REST_TOKEN"] = "bench-token"
+    resp_port, rest_port = free_port(), free_port()
+    keyward = start_keyward("keyward-rest", resp_port, free_port(), REST_API.format(port=rest_port))
+    wait_port(rest_port, "keyward's REST API")
+    subprocess.run([tool, "--port", str(resp_port), "--keys", str(KEYSPACE), "--populate"], check=True)
+    targets = [("RESP", ["--port", str(resp_port)]),
+               ("REST", ["--rest-port", str(rest_port), "--token", "bench-token"])]
+    results = {name: [] for name, _ in targets}
+    for round_number in range(rounds):
+        for name, args in targets:
+            before = cpu_seconds(keyward.pid)
+            out = subprocess.run(pinned(1, [tool, *args, "--keys", str(KEYSPACE), "--clients", str(CLIENTS),
+                                            "--seconds", str(seconds)]),
+                                 capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
+            fields = dict(field.split("=") for field in out.split())
+            cpu_us = (cpu_seconds(keyward.pid) - before) / int(fields["requests"]) * 1e6
+            results[name].append((float(fields["rps"]), int(fields["p50_us"]), int(fields["p99_us"]), cpu_us))
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    print()
+    print(f"GET through keyward, {CLIENTS} clients one request at a time, {VALUE_BYTES}-byte values over "
+          f"{KEYSPACE:,} keys, {seconds} s per run, {rounds} rounds, medians")
+    print("| protocol | requests/s | p50 latency | p99 latency | keyward CPU per request |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    medians = {}
+    for name, _ in targets:
+        rps, p50, p99, cpu = (statistics.median(run[i] for run in results[name]) for i in range(4))
+        medians[name] = rps
+        print(f"| {name} | {rps:,.0f} | {p50 / 1000:.2f} ms | {p99 / 1000:.2f} ms | {cpu:.1f} µs |")
+    print(f"\nREST/RESP throughput: {medians['REST'] / medians['RESP']:.2f}")
+
+
 def report_policies(results, targets, scenarios, rounds):
     print()
     print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
@@ -383,6 +427,8 @@ def main():
     parser.add_argument("--locks", action="store_true",
                         help="50 clients contending for one lock: Redis direct and keyward with a "
                              "lock rule")
+    parser.add_argument("--rest", action="store_true",
+                        help="GETs through keyward's REST API against the same GETs over RESP")
     parser.add_argument("--instructions", action="store_true",
                         help="count keyward's instructions per request under callgrind, without "
                              "policies, with each policy variant of --policies, and with hot keys "
@@ -433,6 +479,8 @@ def main():
             return ratelimit_memory(redis_port, start_keyward)
         if options.locks:
             return lock_benchmark(redis_port, start_keyward, options.rounds, 2 if options.quick else 5)
+        if options.rest:
+            return rest_benchmark(start_keyward, options.rounds, 2 if options.quick else 5)
         if options.cache:
             seconds = 2 if options.quick else 5
             return cache_benchmark(redis_port, keyward_port, start_keyward, options.rounds, seconds)

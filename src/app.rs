@@ -13,7 +13,7 @@ use crate::reload::{self, LiveConfig};
 use crate::signals::{self, Stop, StopSignals};
 use crate::tls::ServerTls;
 use crate::upstream::{invalidations, Upstream, UpstreamSettings};
-use crate::{admin, metrics, server};
+use crate::{admin, http_api, metrics, server};
 
 /// SIGINT means a person is waiting at a terminal: drain, but not for long.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ pub async fn serve(
         .listen
         .tls
         .as_ref()
-        .map(|tls| ServerTls::from_config(tls).map(Arc::new))
+        .map(|tls| ServerTls::from_config(tls, "listen").map(Arc::new))
         .transpose()?;
     let upstream = Upstream::start(settings);
     let (path, text) = source.map_or((None, ""), |(path, text)| (Some(path), text));
@@ -63,6 +63,7 @@ pub async fn serve(
     let admin_listener = TcpListener::bind(config.admin.address)
         .await
         .map_err(|e| format!("cannot serve admin on {}: {e}", config.admin.address))?;
+    let http_api = http_api::FrontDoor::open(&config).await?;
 
     tokio::spawn(forget_idle_buckets(Arc::clone(&live)));
     let context = Arc::new(Context::new(
@@ -90,8 +91,12 @@ pub async fn serve(
         listen_tls,
         sessions.clone(),
     ));
+    if let Some(http_api) = http_api {
+        tokio::spawn(http_api.serve(Arc::clone(&context), sessions.clone()));
+    }
     tracing::info!(
         listen = %config.listen.address,
+        http_api = ?config.http_api.as_ref().map(|api| api.address),
         admin = %config.admin.address,
         upstream = %config.upstream.address,
         "keyward {} started",

@@ -22,8 +22,9 @@
 //! Around them: [`config`] (the TOML file and its diagnostics), [`reload`] (the config and
 //! policies in force, swapped on reload), [`context`] (state shared by sessions),
 //! [`directory`] (sessions by client id), [`reports`] (what keyward says about itself),
-//! [`admin`] (HTTP: metrics, health, reports, and the admin page that shows them), [`metrics`]
-//! (every exported series), [`net`] and
+//! [`admin`] (HTTP: metrics, health, reports, and the admin page that shows them),
+//! [`http_api`] (Upstash's REST API, each request a session), [`metrics`] (every exported
+//! series), [`net`] and
 //! [`tls`] (sockets), [`glob`] (Redis's key patterns), [`secret`] (comparing secrets),
 //! [`logging`], [`signals`] and [`app`] (start and stop), and [`top`] (`keyward top`).
 //!
@@ -42,7 +43,7 @@
 //! 8. `context`
 //! 9. `reports`
 //! 10. `session`
-//! 11. `server`, `admin`, `signals`, `top`
+//! 11. `server`, `admin`, `http_api`, `signals`, `top`
 //! 12. `app`
 
 mod admin;
@@ -52,6 +53,7 @@ pub mod config;
 mod context;
 mod directory;
 mod glob;
+mod http_api;
 pub mod logging;
 mod metrics;
 mod net;

@@ -192,8 +192,15 @@ fn check(path: &Path, format: Format) -> ExitCode {
 fn check_files(config: &Config, text: &str) -> Vec<Diagnostic> {
     let at_tls = |table| keyward::config::find_table_key(text, table, "tls").unwrap_or(0..0);
     let mut found = Vec::new();
-    if let Some(Err(problem)) = config.listen.tls.as_ref().map(ServerTls::from_config) {
-        found.push(Diagnostic::error(at_tls("listen"), problem));
+    let listen_tls = config.listen.tls.as_ref().map(|tls| ("listen", tls));
+    let http_api_tls = config.http_api.as_ref().and_then(|api| api.tls.as_ref());
+    let servers = listen_tls
+        .into_iter()
+        .chain(http_api_tls.map(|tls| ("http_api", tls)));
+    for (section, tls) in servers {
+        if let Err(problem) = ServerTls::from_config(tls, section) {
+            found.push(Diagnostic::error(at_tls(section), problem));
+        }
     }
     match keyward::upstream::client_tls(config) {
         Ok(tls) => found.extend(check_tracking(config, tls)),

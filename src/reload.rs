@@ -4,8 +4,9 @@
 //! file is compiled into new policies and swapped in at once: commands already decided keep
 //! the rules they were decided by, new ones see the new rules, and no connection notices.
 //! An invalid or unreadable file changes nothing; its errors are logged, shown at `GET /config`
-//! and counted in `keyward_config_reloads_total{result="error"}`. Settings that only a restart can apply
-//! (listen and admin addresses, upstream, runtime) are reported as needing one and ignored.
+//! and counted in `keyward_config_reloads_total{result="error"}`. Settings that only a restart
+//! can apply (listen and admin addresses, upstream, runtime, the REST API) are reported as
+//! needing one and ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -248,6 +249,10 @@ fn keep_restart_only(running: &Config, mut new: Config) -> (Config, Vec<String>)
     if new.runtime != running.runtime {
         needs_restart.push("runtime".to_string());
         new.runtime = running.runtime.clone();
+    }
+    if new.http_api != running.http_api {
+        needs_restart.push("http_api".to_string());
+        new.http_api = running.http_api.clone();
     }
     (new, needs_restart)
 }

@@ -3,7 +3,6 @@
 //! Shutdown is a cancellation token: the accept loop stops, sessions stop reading and finish
 //! what is in flight, and the process waits for them up to the grace period.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::context::Context;
 use crate::metrics;
-use crate::net::Stream;
 use crate::session::{ClientGuard, Session};
-use crate::tls::ServerTls;
-
-/// How long a client may take over its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::{self, ServerTls};
 
 /// Accepts clients until shutdown; sessions are spawned on `sessions` so they can be awaited.
 pub async fn accept_clients(
@@ -59,37 +54,10 @@ pub async fn accept_clients(
         let relays = sessions.clone();
         sessions.spawn(async move {
             let _guard = guard;
-            // The handshake runs here, not in the accept loop, so a slow client holds only
-            // its own connection.
-            if let Some(stream) = secure(stream, tls.as_deref(), peer, &relays).await {
+            if let Some(stream) = tls::accept_client(stream, tls.as_deref(), peer, &relays).await {
                 Session::new(context, peer).run(stream).await;
             }
         });
-    }
-}
-
-/// The client's connection as sessions read it: TLS is set up first when the listener has it.
-async fn secure(
-    stream: TcpStream,
-    tls: Option<&ServerTls>,
-    peer: SocketAddr,
-    relays: &TaskTracker,
-) -> Option<Stream> {
-    let Some(tls) = tls else {
-        return Some(Stream::Tcp(stream));
-    };
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream, relays)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "TLS handshake failed");
-            metrics::tls_handshake_failed();
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}");
-            metrics::tls_handshake_failed();
-            None
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenTls, UpstreamTls};
+use crate::metrics;
 use crate::net::Stream;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts TLS from clients with the configured certificate.
 pub struct ServerTls {
@@ -30,8 +35,9 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn from_config(config: &ListenTls) -> Result<ServerTls, String> {
-        let context = |error: String| format!("[listen] tls: {error}");
+    /// `section` names where the settings are written (`listen`, `http_api`), for errors.
+    pub fn from_config(config: &ListenTls, section: &str) -> Result<ServerTls, String> {
+        let context = |error: String| format!("[{section}] tls: {error}");
         let certificates = certificates(&config.cert).map_err(context)?;
         let key = private_key(&config.key).map_err(context)?;
         let config = ServerConfig::builder_with_provider(provider())
@@ -48,6 +54,33 @@ impl ServerTls {
     /// Runs the handshake with a client; the caller bounds how long it may take.
     pub async fn accept(&self, tcp: TcpStream, tasks: &TaskTracker) -> io::Result<Stream> {
         bridge(self.acceptor.accept(tcp).await?, Some(tasks))
+    }
+}
+
+/// A client's connection as keyward reads it: TLS is set up first when the listener has it
+/// (`None` when the handshake failed or took too long). The handshake runs in the client's
+/// own task, not in an accept loop, so a slow client holds only its own connection.
+pub async fn accept_client(
+    stream: TcpStream,
+    tls: Option<&ServerTls>,
+    peer: SocketAddr,
+    relays: &TaskTracker,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Tcp(stream));
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream, relays)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            metrics::tls_handshake_failed();
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+            metrics::tls_handshake_failed();
+            None
+        }
     }
 }
 

@@ -242,3 +242,38 @@ fn a_redis_certificate_keyward_does_not_trust_gives_errors_not_hangs() {
         "{error}"
     );
 }
+
+#[test]
+fn the_rest_api_serves_https() {
+    let certificates = Certificates::make();
+    let redis = RedisServer::start();
+    let port = support::free_port();
+    let _keyward = Keyward::start_with_env(
+        redis.port,
+        "",
+        &format!(
+            "[http_api]\naddress = \"127.0.0.1:{port}\"\n\
+             tls = {{ cert = {}, key = {} }}\n\
+             [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_REST_TOKEN\"\n",
+            certificates.toml("server.pem"),
+            certificates.toml("server.key")
+        ),
+        &[("TEST_REST_TOKEN", "s3cret")],
+    );
+    let mut client = tls_client(port, &certificates.path("ca.pem"));
+    let body = r#"["ECHO","over https"]"#;
+    write!(
+        client,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = client.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(
+        response.ends_with(r#"{"result":"over https"}"#),
+        "{response}"
+    );
+}

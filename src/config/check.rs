@@ -121,16 +121,25 @@ pub(super) fn settings_together(config: &Config, text: &str, diagnostics: &mut V
             "set one of password_env and password_file, not both".into(),
         ));
     }
+    if let Some(http_api) = &config.http_api {
+        super::http_api::check(http_api, text, diagnostics);
+    }
 }
 
 /// The secrets the file names by environment variable: not set here may be set where keyward
 /// runs (a warning); set but empty is an error.
 pub(super) fn secrets(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
-    for (setting, variable) in [
+    let tokens = config.http_api.iter().flat_map(|api| &api.tokens);
+    let token_variables: Vec<_> = tokens.map(|token| Some(token.token_env.clone())).collect();
+    let fixed = [
         ("listen.password_env", &config.listen.password_env),
         ("upstream.password_env", &config.upstream.password_env),
         ("admin.token_env", &config.admin.token_env),
-    ] {
+    ];
+    let token_settings = token_variables
+        .iter()
+        .map(|variable| ("http_api.tokens.token_env", variable));
+    for (setting, variable) in fixed.into_iter().chain(token_settings) {
         // Not set here may be set where keyward runs: a warning. Set but empty: an error.
         if let (Some(variable), Err(problem)) = (variable, secret(setting, variable)) {
             let span = find_value(text, variable);

@@ -7,10 +7,12 @@
 
 mod check;
 mod diagnostic;
+mod http_api;
 pub mod rules;
 mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use http_api::{HttpApiConfig, HttpApiToken};
 pub use rules::{CacheRule, DenyRule, LockRule, RateLimitRule};
 pub use values::{ConfigBytes, ConfigDuration, HostPort, LogLevel};
 
@@ -40,6 +42,8 @@ pub struct Config {
     /// `[[lock]]` rules: lock keys whose losing attempts wait in line, first match wins.
     pub lock: Vec<LockRule>,
     pub hotkeys: HotKeysConfig,
+    /// `[http_api]`: Upstash's REST API; off unless the section is present.
+    pub http_api: Option<HttpApiConfig>,
 }
 
 /// `[hotkeys]`: which keys and key patterns take the most requests.
@@ -255,6 +259,10 @@ impl Config {
                 anchor(&mut tls.cert);
                 anchor(&mut tls.key);
             }
+            if let Some(tls) = config.http_api.as_mut().and_then(|api| api.tls.as_mut()) {
+                anchor(&mut tls.cert);
+                anchor(&mut tls.key);
+            }
             if let Some(tls) = &mut config.upstream.tls {
                 [&mut tls.ca, &mut tls.cert, &mut tls.key]
                     .into_iter()
@@ -297,6 +305,17 @@ impl Config {
     /// is refused: it would let anyone in.
     pub fn admin_token(&self) -> Result<Option<String>, String> {
         secret("admin.token_env", &self.admin.token_env)
+    }
+
+    /// Each REST token's name and secret, from the environment, in the file's order.
+    pub fn http_api_tokens(&self) -> Result<Vec<(&HttpApiToken, String)>, String> {
+        let tokens = self.http_api.iter().flat_map(|api| &api.tokens);
+        tokens
+            .map(|token| {
+                let secret = secret("http_api.tokens.token_env", &Some(token.token_env.clone()))?;
+                Ok((token, secret.unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// The password clients must authenticate with, from the environment.

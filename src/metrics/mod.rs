@@ -134,6 +134,10 @@ fn describe() {
         "keyward_config_loaded_timestamp_seconds",
         "When the config in force was loaded, in seconds since the epoch"
     );
+    ::metrics::describe_counter!(
+        "keyward_http_requests_total",
+        "REST API requests, by token name (empty without a valid token) and HTTP status"
+    );
 }
 
 pub fn client_connected() {
@@ -171,6 +175,16 @@ pub fn upstream_connection_opened() {
 
 pub fn upstream_connection_closed() {
     gauge!("keyward_upstream_connections").decrement(1.0);
+}
+
+/// A REST API request was answered. `token` is a configured token's name, or empty: bounded.
+pub fn http_request(token: &str, status: u16) {
+    counter!(
+        "keyward_http_requests_total",
+        "token" => token.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
 }
 
 /// `count` is 1 for a failed connection (`connect`, `io`) and the number of requests for

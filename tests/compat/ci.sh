@@ -18,6 +18,10 @@ wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/nul
 redis_port=$(free_port)
 keyward_port=$(free_port)
 admin_port=$(free_port)
+rest_port=$(free_port)
+# keyward's REST API, for the programs using Upstash's SDKs (a token for this run only).
+export COMPAT_REST_TOKEN="compat-$RANDOM$RANDOM"
+rest_api="http://127.0.0.1:$rest_port"
 
 cat >"$work/start-redis" <<SCRIPT
 #!/usr/bin/env bash
@@ -31,6 +35,14 @@ SCRIPT
 address_in() { echo "/^\\[$1\\]/,/^\\[/ s/^address = .*/address = \"127.0.0.1:$2\"/"; }
 sed -e "$(address_in listen "$keyward_port")" -e "$(address_in upstream "$redis_port")" \
     -e "$(address_in admin "$admin_port")" "$root/config/keyward.toml" >"$work/keyward.toml"
+cat >>"$work/keyward.toml" <<TOML
+
+[http_api]
+address = "127.0.0.1:$rest_port"
+[[http_api.tokens]]
+name = "compat"
+token_env = "COMPAT_REST_TOKEN"
+TOML
 cat >"$work/start-keyward" <<SCRIPT
 #!/usr/bin/env bash
 if [ -f "$work/keyward.pid" ]; then
@@ -55,12 +67,14 @@ COMPAT_RESTART="$work/start-redis" "$here/run.sh" 127.0.0.1 "$redis_port" || sta
 cp "$work/keyward-example.toml" "$work/keyward.toml"
 start_keyward() { "$work/start-keyward" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }; }
 start_keyward
-echo "--- client libraries through keyward (config/keyward.toml)"
-COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
+echo "--- client libraries through keyward (config/keyward.toml, with its REST API on)"
+COMPAT_RESTART="$work/start-keyward" COMPAT_REST_URL="$rest_api" \
+  "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 cp "$work/keyward-policies.toml" "$work/keyward.toml"
 start_keyward
 echo "--- client libraries through keyward with policies (config/keyward.toml + tests/compat/policies.toml)"
-COMPAT_RESTART="$work/start-keyward" "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
+COMPAT_RESTART="$work/start-keyward" COMPAT_REST_URL="$rest_api" \
+  "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 echo "--- cache figures of that pass (since keyward's restart during it)"
 redis-cli -p "$keyward_port" KEYWARD CACHE STATS | tr -d '\r' | grep -v '^$' || true
 if [ "$status" -ne 0 ]; then

@@ -7,6 +7,9 @@ export const host = process.env.COMPAT_HOST ?? "127.0.0.1";
 if (!process.env.COMPAT_PORT) throw new Error("COMPAT_PORT is not set: run these through run.sh");
 export const port = Number(process.env.COMPAT_PORT);
 export const url = `redis://${host}:${port}`;
+/** keyward's REST API and a token for it, for the programs that use Upstash's SDKs. */
+export const restUrl = process.env.COMPAT_REST_URL;
+export const restToken = process.env.COMPAT_REST_TOKEN;
 export { assert };
 
 /** A key prefix of this run, so programs never see each other's keys. */

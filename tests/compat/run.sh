@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every compatibility program against HOST:PORT and prints one line per library, then
 # "N passed, M failed". COMPAT_RESTART, if set, is a command that restarts the target on the
-# same port (used for the reconnect flows). Needs ./setup.sh to have run.
+# same port (used for the reconnect flows). COMPAT_REST_URL and COMPAT_REST_TOKEN, if set, are
+# keyward's REST API and a token for it: the programs using Upstash's SDKs run only then.
+# Needs ./setup.sh to have run.
 #
 #   tests/compat/run.sh 127.0.0.1 6380
 set -u
@@ -10,7 +12,12 @@ host=${1:?usage: run.sh HOST PORT}
 port=${2:?usage: run.sh HOST PORT}
 passed=0
 failed=0
-for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py; do
+for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis \
+  upstash_ratelimit; do
+  if [[ $program == upstash_* && -z ${COMPAT_REST_URL:-} ]]; then
+    printf '%-17s skipped (no REST endpoint)\n' "$program"
+    continue
+  fi
   if [ "$program" = redis_py ]; then
     command=(../../target/compat/venv/bin/python redis_py.py)
   else
@@ -19,10 +26,10 @@ for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py; d
   log=$(mktemp)
   started=$(date +%s.%N)
   if COMPAT_HOST=$host COMPAT_PORT=$port timeout 150 "${command[@]}" >"$log" 2>&1; then
-    printf '%-12s ok (%.1fs)\n' "$program" "$(echo "$(date +%s.%N) - $started" | bc)"
+    printf '%-17s ok (%.1fs)\n' "$program" "$(echo "$(date +%s.%N) - $started" | bc)"
     passed=$((passed + 1))
   else
-    printf '%-12s FAILED\n' "$program"
+    printf '%-17s FAILED\n' "$program"
     tail -n 25 "$log" | sed 's/^/    /'
     failed=$((failed + 1))
   fi

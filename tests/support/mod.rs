@@ -419,7 +419,13 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
 
 /// A `GET` of `path` on the admin port: status, response headers and body.
 pub fn http_get_full(port: u16, path: &str) -> (u16, String, String) {
-    http_exchange(SocketAddr::from(([127, 0, 0, 1], port)), "GET", path, "")
+    http_exchange(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "GET",
+        path,
+        "",
+        b"",
+    )
 }
 
 /// An HTTP request to `address`, with `headers` (each line ending in CRLF) added.
@@ -429,26 +435,30 @@ pub fn http_request_to(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
-    let (status, _, body) = http_exchange(address, method, path, headers);
+    let (status, _, body) = http_exchange(address, method, path, headers, b"");
     (status, body)
 }
 
-fn http_exchange(
+/// An HTTP request with a body; returns the status, the response's head and its body.
+pub fn http_exchange(
     address: SocketAddr,
     method: &str,
     path: &str,
     headers: &str,
+    body: &[u8],
 ) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(address).expect("admin connects");
+    let mut stream = TcpStream::connect(address).expect("the HTTP endpoint connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout set");
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Length: 0\r\n{headers}\r\n"
+         Content-Length: {}\r\n{headers}\r\n",
+        body.len()
     )
     .expect("request written");
+    stream.write_all(body).expect("body written");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read");
     let status = response
