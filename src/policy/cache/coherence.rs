@@ -18,36 +18,20 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::{rule_for, write_shape, Kind, RuleCache};
-use crate::command::CommandInfo;
+use crate::policy::phase::{Decision, Subject};
 use crate::resp::frame::{self, frame_len};
-use crate::resp::request::{encode_command, Args};
-use crate::resp::Protocol;
+use crate::resp::request::encode_command;
 use crate::upstream::{
     send_own, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
 };
 
-/// What to do with a read.
-pub enum Lookup {
-    /// Not the cache's: forward it as usual.
-    Bypass,
-    /// Answered from the cache.
-    Hit(Bytes),
-    /// The same read is in flight; its reply will come as `Reply::Fetched` with the ticket.
+/// A read the cache took ([`Decision::Take`]); its reply comes as `Reply::Fetched` with the
+/// subject's ticket.
+pub enum Fill {
+    /// The same read is in flight for another client: its reply is this one's too.
     Joined,
-    /// Send the request as a fill with [`Coherence::fetch`]; the reply comes as
-    /// `Reply::Fetched` with the ticket.
+    /// The read fills the cache: sent with [`Coherence::fetch`] as the flight with this id.
     Fetch(u64),
-}
-
-/// A read as the cache sees it.
-pub struct Read<'a, 'b> {
-    pub info: &'a CommandInfo,
-    pub args: &'a Args<'b>,
-    pub db: u32,
-    pub protocol: Protocol,
-    /// Where the reply goes if the read joins or starts a flight, and the ticket it carries.
-    pub reply_to: &'a ReplySender,
-    pub ticket: u64,
 }
 
 struct Flight {
@@ -125,22 +109,24 @@ impl Coherence {
         self.flights.lock()
     }
 
-    /// Decides how to answer a cacheable read. `shape` is a buffer the caller reuses.
+    /// Decides how to answer a cacheable read: from memory, by joining the same read in
+    /// flight, or by filling (`Pass`: not the cache's, forward it as usual). `shape` is a
+    /// buffer the caller reuses.
     pub fn consult(
         &self,
         rules: &[Arc<RuleCache>],
-        read: Read<'_, '_>,
+        read: &Subject<'_, '_>,
         kind: Kind,
         shape: &mut Vec<u8>,
-    ) -> Lookup {
+    ) -> Decision<Fill> {
         // Read before the state: if the state changes after, so has the epoch, and a read
         // started now is not stored.
         let epoch = self.tracking.epoch();
         if self.tracking.state() == Invalidations::Down {
-            return Lookup::Bypass;
+            return Decision::Pass;
         }
         let Some(rule) = rule_for(rules, read.info, read.args, kind) else {
-            return Lookup::Bypass;
+            return Decision::Pass;
         };
         write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
         let last_key = match kind {
@@ -159,9 +145,9 @@ impl Coherence {
         rule.count(cached.is_some());
         if let Some(reply) = cached {
             return if rule.is_shadow() {
-                Lookup::Bypass
+                Decision::Pass
             } else {
-                Lookup::Hit(reply)
+                Decision::Answer(reply)
             };
         }
         let mut open_key = shape.clone();
@@ -171,15 +157,15 @@ impl Coherence {
         }
         let mut flights = self.flights();
         if flights.flushing > 0 || keys.clone().any(|key| flights.writing.contains_key(key)) {
-            return Lookup::Bypass;
+            return Decision::Pass;
         }
         if let Some(id) = flights.open.get(&open_key[..]).copied() {
             if rule.is_shadow() {
-                return Lookup::Bypass;
+                return Decision::Pass;
             }
             if let Some(flight) = flights.running.get_mut(&id) {
                 flight.readers.push((read.reply_to.clone(), read.ticket));
-                return Lookup::Joined;
+                return Decision::Take(Fill::Joined);
             }
         }
         let id = flights.next_id;
@@ -202,7 +188,7 @@ impl Coherence {
                 readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
             },
         );
-        Lookup::Fetch(id)
+        Decision::Take(Fill::Fetch(id))
     }
 
     /// Sends a fill for flight `id` on `conn`; a task hands its reply to the flight's readers.

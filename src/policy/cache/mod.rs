@@ -30,8 +30,7 @@ use crate::policy::matcher::RuleMatcher;
 use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
-pub use coherence::{Coherence, Lookup};
-pub use phase::Fill;
+pub use coherence::{Coherence, Fill};
 
 /// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
 const ENTRY_OVERHEAD: usize = 96;

@@ -6,20 +6,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use super::coherence::{Lookup, Read};
+use super::coherence::Fill;
 use super::Coherence;
 use crate::command::cacheable;
 use crate::policy::phase::{Decision, Handover, Phase, Subject, Way};
 use crate::policy::Policies;
 use crate::upstream::Upstream;
-
-/// A read the cache took.
-pub enum Fill {
-    /// The same read is in flight for another client: its reply is this one's too.
-    Joined,
-    /// The read fills the cache: sent as the flight with this id.
-    Fetch(u64),
-}
 
 impl Phase for Coherence {
     /// Reused for the shape of cacheable reads.
@@ -52,20 +44,7 @@ impl Phase for Coherence {
         let Some(kind) = cacheable::request_kind(subject.info, subject.args) else {
             return Decision::Pass;
         };
-        let read = Read {
-            info: subject.info,
-            args: subject.args,
-            db: subject.db,
-            protocol: subject.protocol,
-            reply_to: subject.reply_to,
-            ticket: subject.ticket,
-        };
-        match self.consult(&policies.caches, read, kind, shape) {
-            Lookup::Bypass => Decision::Pass,
-            Lookup::Hit(reply) => Decision::Answer(reply),
-            Lookup::Joined => Decision::Take(Fill::Joined),
-            Lookup::Fetch(id) => Decision::Take(Fill::Fetch(id)),
-        }
+        self.consult(&policies.caches, subject, kind, shape)
     }
 
     fn hand_over(self: &Arc<Self>, fill: Fill, handover: Handover<'_>) -> Option<Infallible> {

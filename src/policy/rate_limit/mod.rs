@@ -39,9 +39,9 @@ pub enum Verdict {
     Reject(Bytes),
     /// Hold the command this long, then ask again.
     Delay(Duration),
-    /// A global rule (by index): send this request to Redis, hold the command until the
-    /// answer, then judge it again with the answer.
-    AskRedis(usize, Bytes),
+    /// A global rule: send this request to Redis, hold the command until the answer, then
+    /// judge it again with the answer.
+    AskRedis(Bytes),
 }
 
 /// Who is asking: what `bucket = "client"` counts by.
@@ -150,7 +150,6 @@ impl RateLimiter {
     /// is judged again after a delay (nor twice when it names a key twice).
     pub fn decide<'k>(
         &self,
-        index: usize,
         keys: impl Iterator<Item = &'k [u8]>,
         requester: &Requester<'_>,
         delayed: Duration,
@@ -180,15 +179,12 @@ impl RateLimiter {
                 buckets.dedup();
                 match answer {
                     None => {
-                        return Verdict::AskRedis(
-                            index,
-                            global::encode_check(
-                                self.name(),
-                                &buckets,
-                                self.interval,
-                                self.rule.burst(),
-                            ),
-                        )
+                        return Verdict::AskRedis(global::encode_check(
+                            self.name(),
+                            &buckets,
+                            self.interval,
+                            self.rule.burst(),
+                        ))
                     }
                     Some(Ok(None)) => None,
                     Some(Ok(Some((wait, refused)))) => {

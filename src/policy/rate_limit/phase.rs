@@ -101,14 +101,8 @@ impl Phase for RateLimiting {
             let requester = Requester {
                 client: &session.client_bucket,
             };
-            let verdict = limiter.decide(
-                index,
-                matching,
-                &requester,
-                delayed,
-                answer,
-                &mut session.charged,
-            );
+            let verdict =
+                limiter.decide(matching, &requester, delayed, answer, &mut session.charged);
             match verdict {
                 Verdict::Allow => {
                     session.passed.push(index);
@@ -123,8 +117,8 @@ impl Phase for RateLimiting {
                     session.delayed_since.get_or_insert(now);
                     return Decision::HoldUntil(now + wait);
                 }
-                Verdict::AskRedis(rule, question) => {
-                    session.asking = Some(rule);
+                Verdict::AskRedis(question) => {
+                    session.asking = Some(index);
                     return Decision::Ask(question);
                 }
             }
