@@ -58,11 +58,24 @@ pub enum Trigger {
     Request(&'static str),
 }
 
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file change",
+            Trigger::Request(what) => what,
+        }
+    }
+}
+
+/// A version of the file as rejections remember it: its contents hash (or, for a file that
+/// cannot be read, why) and its modification time.
+type Version = (String, Option<SystemTime>);
+
 pub struct LiveConfig {
     path: Option<PathBuf>,
-    /// The last save rejected (contents hash and modification time), so that the several
-    /// events one save raises are not counted as several failed reloads.
-    last_rejected: Mutex<Option<(String, Option<SystemTime>)>>,
+    /// The last version rejected, so that the several events one save raises (or any event
+    /// in the folder while the file cannot be read) are not counted as several failed reloads.
+    last_rejected: Mutex<Option<Version>>,
     /// The file's (modification time, length) when last read for a file event. Reading the
     /// file raises events of its own (inotify reports opens), so an event that finds the file
     /// unchanged must not read it again.
@@ -147,33 +160,29 @@ impl LiveConfig {
             }
             *last_seen = stamp;
         }
-        let trigger_name = match trigger {
-            Trigger::FileChange => "file change",
-            Trigger::Request(what) => what,
-        };
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             // A file that cannot be read is a rejected version as much as one that does not
             // parse: what runs is no longer what the file says.
             Err(error) => {
                 let message = format!("{}: cannot read: {error}", path.display());
-                return self.reject(trigger_name, vec![message]);
+                return self.reject(trigger, (message.clone(), None), vec![message]);
             }
         };
         let hash = content_hash(&text);
-        let save = (
-            hash.clone(),
-            std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-        );
-        if hash == self.status().hash {
-            // The file says what runs, even if a rejected edit came in between.
-            self.status.lock().last_reload_failed = false;
+        {
+            let mut status = self.status.lock();
+            if hash == status.hash {
+                // The file says what runs, even if a rejected edit came in between.
+                status.last_reload_failed = false;
+                return ReloadOutcome::Unchanged;
+            }
+        }
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let version = (hash.clone(), modified);
+        if self.rejected_already(trigger, &version) {
             return ReloadOutcome::Unchanged;
         }
-        if trigger == Trigger::FileChange && self.last_rejected.lock().as_ref() == Some(&save) {
-            return ReloadOutcome::Unchanged;
-        }
-        let trigger = trigger_name;
         let file = path.display().to_string();
         match Config::parse_file(&text, Some(path)) {
             Ok((config, warnings)) => {
@@ -197,7 +206,7 @@ impl LiveConfig {
                 status.reloads_ok += 1;
                 status.last_reload_failed = false;
                 metrics::config_reloaded(true);
-                tracing::info!(trigger, path = %file, "config reloaded");
+                tracing::info!(trigger = trigger.name(), path = %file, "config reloaded");
                 ReloadOutcome::Applied
             }
             Err(diagnostics) => {
@@ -205,18 +214,26 @@ impl LiveConfig {
                     .iter()
                     .map(|diagnostic| diagnostic.render(&file, &text))
                     .collect();
-                *self.last_rejected.lock() = Some(save);
-                self.reject(trigger, messages)
+                self.reject(trigger, version, messages)
             }
         }
     }
 
+    /// Whether a file event brings a version already rejected: judged (and counted) once.
+    fn rejected_already(&self, trigger: Trigger, version: &Version) -> bool {
+        trigger == Trigger::FileChange && self.last_rejected.lock().as_ref() == Some(version)
+    }
+
     /// Keeps the version in force, and says why the file was not taken: in the log, in
     /// `/config`, and in the reload metrics.
-    fn reject(&self, trigger: &str, messages: Vec<String>) -> ReloadOutcome {
+    fn reject(&self, trigger: Trigger, version: Version, messages: Vec<String>) -> ReloadOutcome {
+        if self.rejected_already(trigger, &version) {
+            return ReloadOutcome::Unchanged;
+        }
+        *self.last_rejected.lock() = Some(version);
         for message in &messages {
             tracing::error!(
-                trigger,
+                trigger = trigger.name(),
                 "config rejected, previous version stays: {message}"
             );
         }
