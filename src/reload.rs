@@ -285,7 +285,8 @@ fn content_hash(text: &str) -> String {
         })
 }
 
-fn now_seconds() -> u64 {
+/// Seconds since the epoch, as `/config` and the admin page give times.
+pub fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

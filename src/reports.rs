@@ -60,11 +60,7 @@ pub fn info(context: &Context) -> Info {
             pooled_connections_up: up,
             pooled_connections: total,
             last_error,
-            invalidations: match upstream.tracking.state() {
-                Invalidations::Down => "down",
-                Invalidations::Unsupported => "unsupported",
-                Invalidations::RedirectTo(_) => "up",
-            },
+            invalidations: invalidations(context),
         },
     }
 }
@@ -78,6 +74,16 @@ pub struct CacheRuleReport {
     pub stats: RuleStats,
     pub max_memory: u64,
     pub ttl: String,
+}
+
+/// The state of the connection Redis tells which keys changed: `up`, `down` or
+/// `unsupported`.
+pub fn invalidations(context: &Context) -> &'static str {
+    match context.upstream.tracking.state() {
+        Invalidations::Down => "down",
+        Invalidations::Unsupported => "unsupported",
+        Invalidations::RedirectTo(_) => "up",
+    }
 }
 
 /// Every cache rule in force, in rule order.

@@ -2,12 +2,11 @@
 //! locks (a page at a time), and the overview the admin page polls. Each is built when asked
 //! for, from state keyward keeps anyway: serving them costs nothing while nobody asks.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 
 use super::query::{parameter, Page};
 use crate::context::Context;
+use crate::reload;
 use crate::reports;
 
 /// Entries per page when a request does not say.
@@ -74,17 +73,14 @@ pub fn locks(query: &str, context: &Context, show_holders: bool) -> Result<Value
 /// percentiles, so keyward keeps no history for it.
 pub fn overview(context: &Context) -> Value {
     let active = context.live.load();
-    let windows: Option<Vec<String>> = active.policies.hotkeys.as_ref().map(|hotkeys| {
-        let lengths = hotkeys.config.windows.iter().map(|window| window.get());
-        lengths
-            .map(|length| humantime::format_duration(length).to_string())
-            .collect()
-    });
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    // Durations serialize as the config writes them (`10s`, `1m`).
+    let windows = active
+        .policies
+        .hotkeys
+        .as_ref()
+        .map(|hotkeys| &hotkeys.config.windows);
     json!({
-        "now": now.as_secs(),
+        "now": reload::now_seconds(),
         "info": reports::info(context),
         "config": context.live.status(),
         "commands": context.command_metrics.totals(),

@@ -170,7 +170,7 @@ fn rate_limit_stats(context: &Context) -> String {
 
 /// The invalidation connection's state, then one line per cache rule, in rule order.
 fn cache_stats(context: &Context) -> String {
-    let state = reports::info(context).upstream.invalidations;
+    let state = reports::invalidations(context);
     let mut text = format!("# Cache\r\ninvalidations:{state}\r\n");
     for rule in reports::caches(context) {
         text.push_str(&format!(
