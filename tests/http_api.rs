@@ -675,6 +675,11 @@ fn rest_sessions_count_towards_max_clients() {
         (status, body)
     };
     assert_eq!(ping(), (200, r#"{"result":"PONG"}"#.to_string()));
+    // The REST request's session ends just after its answer, in a task of its own.
+    wait_for(Duration::from_secs(5), "the REST session is gone", || {
+        let (_, metrics) = keyward.admin_get("/metrics");
+        metric_value(&metrics, "keyward_client_connections", &[]) == 0.0
+    });
     let mut resp_client = keyward.raw();
     resp_client.send(b"PING\r\n");
     assert_eq!(resp_client.read_line(), "+PONG\r\n");
