@@ -3,7 +3,6 @@
 //! Shutdown is a cancellation token: the accept loop stops, sessions stop reading and finish
 //! what is in flight, and the process waits for them up to the grace period.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::context::Context;
-use crate::metrics;
 use crate::session::{ClientGuard, Session};
 use crate::tls::{self, ServerTls};
 
@@ -39,17 +37,15 @@ pub async fn accept_clients(
             }
         };
         let _ = stream.set_nodelay(true);
-        if context.clients.load(Ordering::Relaxed) >= max_clients {
-            metrics::client_rejected();
+        let Some(guard) = ClientGuard::admit(&context, max_clients) else {
             // Over TLS the refusal would cost a handshake per refused client, just when there
             // are too many: the connection is closed without one.
             if tls.is_none() {
                 tokio::spawn(refuse(stream));
             }
             continue;
-        }
+        };
         let tls = tls.clone();
-        let guard = ClientGuard::new(Arc::clone(&context));
         let context = Arc::clone(&context);
         let relays = sessions.clone();
         sessions.spawn(async move {

@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use super::{Endpoint, Failure};
 use crate::context::Context;
 use crate::net::Stream;
 use crate::resp::frame::FrameScanner;
@@ -42,23 +43,16 @@ pub struct Caller<'a> {
 /// ended first: keyward shutting down, Redis gone) gets an error, so every command is
 /// answered.
 pub async fn run(
-    context: &Arc<Context>,
-    tasks: &TaskTracker,
+    endpoint: &Endpoint,
     caller: &Caller<'_>,
     commands: &[Bytes],
-) -> Vec<Bytes> {
+) -> Result<Vec<Bytes>, Failure> {
     if commands.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let mut replies = match open(context, tasks, caller).await {
-        Ok(mut connection) => connection.exchange(commands).await,
-        Err(error) => {
-            tracing::warn!(%error, "cannot start a session for a REST request");
-            Vec::new()
-        }
-    };
+    let mut replies = open(endpoint, caller).await?.exchange(commands).await;
     replies.resize_with(commands.len(), unanswered);
-    replies
+    Ok(replies)
 }
 
 /// The reply of a command the session ended without answering.
@@ -72,18 +66,28 @@ pub struct Connection {
     pub replies: Replies,
 }
 
-/// Starts a session for `caller`, made the caller's by the preamble (see [`preamble`]).
-pub async fn open(
-    context: &Arc<Context>,
-    tasks: &TaskTracker,
-    caller: &Caller<'_>,
-) -> io::Result<Connection> {
-    let (ours, theirs) = UnixStream::pair()?;
-    start_session(context, tasks, caller.peer, theirs);
+/// Starts a session for `caller`, made the caller's by the preamble (see [`preamble`]). A
+/// REST session is a client as a RESP connection is: past `max_clients` there is none.
+pub async fn open(endpoint: &Endpoint, caller: &Caller<'_>) -> Result<Connection, Failure> {
+    let Some(guard) = ClientGuard::admit(&endpoint.context, endpoint.max_clients) else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ERR max number of clients reached".into(),
+        ));
+    };
+    let no_session = |error: io::Error| {
+        tracing::warn!(%error, "cannot start a session for a REST request");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ERR keyward: no session: {error}"),
+        )
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(no_session)?;
+    start_session(endpoint, guard, caller.peer, theirs);
     let (reader, mut writer) = ours.into_split();
-    let (preamble, preamble_owed) = preamble(context, caller.name);
+    let (preamble, preamble_owed) = preamble(&endpoint.context, caller.name);
     // A few bytes, which the new session reads at once.
-    writer.write_all(&preamble).await?;
+    writer.write_all(&preamble).await.map_err(no_session)?;
     Ok(Connection {
         writer,
         replies: Replies {
@@ -177,15 +181,14 @@ fn preamble(context: &Context, name: &str) -> (Bytes, usize) {
 
 /// Runs a session on `end`, as the RESP server runs one on a client's connection. It ends
 /// when the other end is dropped (the request is answered, or its client went away).
-fn start_session(context: &Arc<Context>, tasks: &TaskTracker, peer: SocketAddr, end: UnixStream) {
-    let guard = ClientGuard::new(Arc::clone(context));
-    let session = Session::new(Arc::clone(context), peer);
+fn start_session(endpoint: &Endpoint, guard: ClientGuard, peer: SocketAddr, end: UnixStream) {
+    let session = Session::new(Arc::clone(&endpoint.context), peer);
     // Nothing relays this socket (unlike a TLS bridge's), so nothing waits for the guard.
     let stream = Stream::Local {
         socket: end,
         _closed: CancellationToken::new().drop_guard(),
     };
-    tasks.spawn(async move {
+    endpoint.tasks.spawn(async move {
         let _guard = guard;
         session.run(stream).await;
     });

@@ -36,7 +36,6 @@ use auth::Tokens;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,13 +241,6 @@ async fn respond(
         _ => Encoding::Plain,
     };
     let body = read_body(request.into_body()).await?;
-    if endpoint.context.clients.load(Ordering::Relaxed) >= endpoint.max_clients {
-        metrics::client_rejected();
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ERR max number of clients reached".into(),
-        ));
-    }
     let request = Exchange {
         endpoint,
         caller: Caller {
@@ -306,7 +298,7 @@ impl Exchange<'_> {
         if let Some(refusal) = command.refusal(self.read_only) {
             return Err(bad_request(refusal));
         }
-        let replies = self.run(std::slice::from_ref(&command.resp)).await;
+        let replies = self.run(std::slice::from_ref(&command.resp)).await?;
         let result = json::reply(&replies[0], self.encoding).map_err(bad_request)?;
         Ok(ok(&json!({ "result": result })))
     }
@@ -324,7 +316,7 @@ impl Exchange<'_> {
             .filter(|(_, refusal)| refusal.is_none())
             .map(|(command, _)| command.resp.clone())
             .collect();
-        let mut replies = self.run(&runnable).await.into_iter();
+        let mut replies = self.run(&runnable).await?.into_iter();
         let results: Vec<Value> = refusals
             .into_iter()
             .map(|refusal| match refusal {
@@ -352,7 +344,7 @@ impl Exchange<'_> {
         let mut sent = vec![wrap("MULTI").map_err(bad_request)?];
         sent.extend(commands.iter().map(|command| command.resp.clone()));
         sent.push(wrap("EXEC").map_err(bad_request)?);
-        let replies = self.run(&sent).await;
+        let replies = self.run(&sent).await?;
         let exec = replies.last().cloned().unwrap_or_default();
         let Some(elements) = json::elements(&exec) else {
             // Discarded (`EXECABORT`), or Redis could not run it: one error.
@@ -374,9 +366,7 @@ impl Exchange<'_> {
     async fn subscribe(&self, path: &str) -> Result<Answer, Failure> {
         let endpoint = self.endpoint;
         let command = commands::from_path(path, b"", &endpoint.scripts).map_err(bad_request)?;
-        let mut connection = exchange::open(&endpoint.context, &endpoint.tasks, &self.caller)
-            .await
-            .map_err(|error| bad_request(format!("ERR keyward: no session: {error}")))?;
+        let mut connection = exchange::open(endpoint, &self.caller).await?;
         let first = connection
             .exchange(std::slice::from_ref(&command.resp))
             .await
@@ -393,9 +383,9 @@ impl Exchange<'_> {
         Ok(response)
     }
 
-    async fn run(&self, commands: &[Bytes]) -> Vec<Bytes> {
+    async fn run(&self, commands: &[Bytes]) -> Result<Vec<Bytes>, Failure> {
         let endpoint = self.endpoint;
-        exchange::run(&endpoint.context, &endpoint.tasks, &self.caller, commands).await
+        exchange::run(endpoint, &self.caller, commands).await
     }
 }
 

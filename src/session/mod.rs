@@ -451,11 +451,23 @@ enum Awaited {
 pub struct ClientGuard(Arc<Context>);
 
 impl ClientGuard {
-    pub fn new(context: Arc<Context>) -> ClientGuard {
-        context.clients.fetch_add(1, Ordering::Relaxed);
+    /// Counts a new client if there is room for it under `max_clients` (else counts it as
+    /// rejected). Checking and counting are one step, so clients arriving at once through
+    /// both front doors (RESP and REST) cannot both take the last place.
+    pub fn admit(context: &Arc<Context>, max_clients: usize) -> Option<ClientGuard> {
+        let counted =
+            context
+                .clients
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |clients| {
+                    (clients < max_clients).then_some(clients + 1)
+                });
+        if counted.is_err() {
+            metrics::client_rejected();
+            return None;
+        }
         context.connections_received.fetch_add(1, Ordering::Relaxed);
         metrics::client_connected();
-        ClientGuard(context)
+        Some(ClientGuard(Arc::clone(context)))
     }
 }
 
