@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::diagnostic::{line_of, Diagnostic};
 use super::{find_table_key, ListenTls};
+use crate::resp;
 
 /// Off unless the section is in the file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -62,7 +63,7 @@ pub(super) fn check(config: &HttpApiConfig, text: &str, diagnostics: &mut Vec<Di
     let mut names: HashMap<&str, &Spanned<String>> = HashMap::new();
     for token in &config.tokens {
         let name = &token.name;
-        if !is_client_name(name.get_ref()) {
+        if name.get_ref().is_empty() || !resp::is_printable_name(name.get_ref().as_bytes()) {
             diagnostics.push(Diagnostic::error(
                 name.span(),
                 format!(
@@ -93,9 +94,4 @@ fn table_header(text: &str, header: &str) -> Option<std::ops::Range<usize>> {
         .map(|(at, _)| at)
         .find(|&at| at == 0 || text[..at].ends_with('\n'))
         .map(|at| at..at + header.len())
-}
-
-/// Whether Redis's `CLIENT SETNAME` takes `name`: printable ASCII without spaces.
-fn is_client_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|byte| (b'!'..=b'~').contains(&byte))
 }

@@ -29,6 +29,12 @@ impl Protocol {
     }
 }
 
+/// Redis's rule for what a client names itself (`CLIENT SETNAME`, `CLIENT SETINFO`):
+/// printable ASCII without spaces.
+pub fn is_printable_name(name: &[u8]) -> bool {
+    name.iter().all(|&byte| (b'!'..=b'~').contains(&byte))
+}
+
 /// Writes a RESP line of `kind` and an integer (`*3\r\n`, `$64\r\n`, `:1\r\n`) without the
 /// allocation `to_string` costs: keyward writes such headers for every command it sends
 /// itself (cache fills, lock queue reads) and every reply it makes.

@@ -7,7 +7,7 @@ use super::keyward;
 use crate::command::{CommandInfo, LocalCommand};
 use crate::context::Context;
 use crate::resp::reply::{self, ReplyWriter};
-use crate::resp::{parse_int, Protocol};
+use crate::resp::{self, parse_int, Protocol};
 use crate::secret;
 use crate::upstream::{Login, ServerFacts, UpstreamSettings};
 
@@ -274,7 +274,7 @@ fn client_setinfo(args: &[Vec<u8>], state: &mut ClientState) -> Outcome {
     } else {
         return error(&format!("ERR Unrecognized option '{attribute}'"));
     };
-    if value.iter().any(|&byte| !(b'!'..=b'~').contains(&byte)) {
+    if !resp::is_printable_name(value) {
         return error(&format!(
             "ERR {} cannot contain spaces, newlines or special characters.",
             attribute.to_ascii_lowercase()
@@ -286,7 +286,7 @@ fn client_setinfo(args: &[Vec<u8>], state: &mut ClientState) -> Outcome {
 
 /// Redis allows printable characters without spaces; an empty name clears it.
 fn valid_name(name: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
-    if name.iter().any(|&byte| !(b'!'..=b'~').contains(&byte)) {
+    if !resp::is_printable_name(name) {
         return Err("ERR Client names cannot contain spaces, newlines or special characters.");
     }
     Ok((!name.is_empty()).then(|| name.to_vec()))
