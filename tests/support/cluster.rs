@@ -1,8 +1,9 @@
 //! A Redis Cluster on loopback: six `redis-server` processes made into three primaries with a
 //! replica each by `redis-cli --cluster create`, for tests of keyward in front of a cluster
-//! (redirections, failovers). Its nodes are stopped when it is dropped,
+//! (redirections, slots moved by hand, failovers). Its nodes are stopped when it is dropped,
 //! and when the test process exits, for a cluster shared through a `static`.
 
+use std::iter;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -234,6 +235,63 @@ impl RedisCluster {
             .find(|node| node.port == port && node.child.is_some())
             .unwrap_or_else(|| panic!("no running node on {port}"));
         node.kill();
+    }
+
+    /// Moves `slot` and its keys from the primary at `from` to the one at `to`, as
+    /// `redis-cli --cluster reshard` does.
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) {
+        self.begin_migration(slot, from, to);
+        self.move_keys(slot, from, to);
+        self.finish_migration(slot, to);
+    }
+
+    /// Marks `slot` as leaving `from` for `to`: `from` keeps serving the keys it still holds
+    /// and answers `ASK` for the others. The target first, as `redis-cli` does: it must take
+    /// the clients that the source sends it.
+    pub fn begin_migration(&self, slot: u16, from: u16, to: u16) {
+        let (slot, from_id, to_id) = (slot.to_string(), self.node_id(from), self.node_id(to));
+        let () = command(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        let () = command(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    }
+
+    /// Moves the keys of a migrating `slot` from `from` to `to`, 100 at a time.
+    pub fn move_keys(&self, slot: u16, from: u16, to: u16) {
+        let slot = slot.to_string();
+        loop {
+            let keys: Vec<Vec<u8>> = command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            if keys.is_empty() {
+                return;
+            }
+            // With `KEYS`, the single-key argument stays empty.
+            let () = redis::cmd("MIGRATE")
+                .arg(&["127.0.0.1", &to.to_string(), "", "0", "5000", "KEYS"])
+                .arg(&keys)
+                .query(&mut self.client(from))
+                .unwrap_or_else(|err| panic!("MIGRATE from {from} to {to}: {err}"));
+        }
+    }
+
+    /// Gives `slot` to `to` on every primary, `to` first (it claims the slot under a new
+    /// config epoch, which wins over older claims in gossip), and waits until every node
+    /// names `to` as its owner.
+    pub fn finish_migration(&self, slot: u16, to: u16) {
+        let (slot_arg, to_id) = (slot.to_string(), self.node_id(to));
+        let others = self.primaries().into_iter().filter(|&port| port != to);
+        for port in iter::once(to).chain(others) {
+            let () = command(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+        }
+        self.wait_until(&format!("every node says {to} serves slot {slot}"), || {
+            for port in self.ports() {
+                let view = try_view(port)?;
+                if !layout(&view)
+                    .iter()
+                    .any(|shard| shard.primary == to && shard.slots.contains(&slot))
+                {
+                    return Err(format!("node {port} does not know yet"));
+                }
+            }
+            Ok(())
+        });
     }
 
     /// The cluster's slots, as every running node sees them; `Err` says what is not so yet:
