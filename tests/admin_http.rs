@@ -2,7 +2,9 @@
 
 mod support;
 
-use support::{metric_value, redis_and_keyward};
+use std::time::Duration;
+
+use support::{metric_value, redis_and_keyward, wait_for};
 
 #[test]
 fn metrics_move_with_traffic() {
@@ -132,6 +134,10 @@ fn config_identity_is_the_sha256_of_the_file() {
 #[test]
 fn series_that_alerts_watch_exist_from_the_start() {
     let (mut redis, keyward) = redis_and_keyward();
+    // Its first connection to Redis opens just after it starts listening.
+    wait_for(Duration::from_secs(5), "keyward ready", || {
+        keyward.admin_get("/readyz").0 == 200
+    });
     let (_, metrics) = keyward.admin_get("/metrics");
     for (name, labels) in [
         ("keyward_upstream_errors_total", &["kind=\"connect\""][..]),

@@ -20,6 +20,10 @@ pub enum Effect {
     /// Turns the connection into a stream whose frames no longer match commands one to one
     /// (pub/sub in RESP2, `MONITOR`, `CLIENT REPLY`, replication).
     Streaming,
+    /// Describes the cluster or a client's part in it (`CLUSTER SLOTS`, `READONLY`): in cluster
+    /// mode keyward answers as a cluster of one node, itself, serving every slot; else Redis
+    /// answers, on a connection of the session's own when the command leaves state there.
+    ClusterView { leaves_state: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,11 @@ pub enum LocalCommand {
     Keyward,
     /// `SYNC`, `PSYNC`, `REPLCONF`: keyward does not proxy replication, and says so.
     Replication,
+    /// A [`Effect::ClusterView`] command in cluster mode.
+    Cluster,
+    /// `MULTI` in cluster mode, on the session's shared connection: its own connection goes to
+    /// the node of the transaction's first key, so it is opened with the next command.
+    DeferredMulti,
 }
 
 pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
@@ -59,10 +68,14 @@ pub(super) fn effect_of(name: &str, command_flags: u32) -> Effect {
         | "script|debug" => {
             Effect::Streaming
         }
-        "multi" | "watch" | "wait" | "waitaof" | "client|tracking" | "client|caching"
-        | "client|no-evict" | "client|no-touch" | "readonly" | "readwrite" | "asking" => {
-            Effect::Dedicated
+        "cluster|slots" | "cluster|shards" | "cluster|nodes" | "cluster|info" | "cluster|myid" => {
+            Effect::ClusterView {
+                leaves_state: false,
+            }
         }
+        "readonly" | "readwrite" | "asking" => Effect::ClusterView { leaves_state: true },
+        "multi" | "watch" | "wait" | "waitaof" | "client|tracking" | "client|caching"
+        | "client|no-evict" | "client|no-touch" => Effect::Dedicated,
         _ if command_flags & flags::BLOCKING != 0 => Effect::Dedicated,
         _ => Effect::Stateless,
     }
@@ -134,6 +147,10 @@ pub enum Role {
     Set,
     /// `FLUSHALL`, `FLUSHDB`, `SWAPDB`: any key of a database may change.
     ChangesEveryKey,
+    /// `WATCH`: keys are watched until the transaction ends or `UNWATCH`.
+    Watches,
+    /// `UNWATCH`.
+    Unwatches,
 }
 
 pub(super) fn role_of(name: &str) -> Role {
@@ -144,6 +161,8 @@ pub(super) fn role_of(name: &str) -> Role {
         "wait" => Role::WaitsForReplicas,
         "set" => Role::Set,
         "flushall" | "flushdb" | "swapdb" => Role::ChangesEveryKey,
+        "watch" => Role::Watches,
+        "unwatch" => Role::Unwatches,
         _ => Role::Other,
     }
 }

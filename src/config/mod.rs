@@ -139,7 +139,16 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
+    /// What stands behind `address`: one Redis, or a Redis Cluster that keyward routes to.
+    pub topology: Topology,
+    /// The Redis, or in cluster mode one node to learn the cluster from.
     pub address: HostPort,
+    /// Cluster mode: more nodes to learn the cluster from, tried after `address` when it
+    /// does not answer.
+    pub seeds: Vec<HostPort>,
+    /// Cluster mode: how often the slot map is read again when nothing (a redirection, a
+    /// node that fails) asks for it sooner.
+    pub refresh_interval: ConfigDuration,
     /// Multiplexed connections per (protocol, database); sessions are spread over them.
     pub pool_size: NonZeroUsize,
     pub connect_timeout: ConfigDuration,
@@ -157,10 +166,38 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
 }
 
+/// `[upstream] topology`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// One Redis (or a primary that fails over behind one address).
+    Standalone,
+    /// A Redis Cluster: keyward learns which node serves which hash slot and routes each
+    /// command there, so that clients keep one plain connection.
+    Cluster,
+}
+
+impl UpstreamConfig {
+    /// Where keyward learns the cluster from, `address` first.
+    pub fn seed_nodes(&self) -> Vec<HostPort> {
+        let mut seeds = vec![self.address.clone()];
+        seeds.extend(
+            self.seeds
+                .iter()
+                .filter(|seed| **seed != self.address)
+                .cloned(),
+        );
+        seeds
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            topology: Topology::Standalone,
             address: HostPort::new("127.0.0.1", 6379),
+            seeds: Vec::new(),
+            refresh_interval: ConfigDuration::from_millis(30_000),
             pool_size: NonZeroUsize::new(4).expect("nonzero"),
             connect_timeout: ConfigDuration::from_millis(1_000),
             request_timeout: ConfigDuration::from_millis(5_000),
@@ -477,6 +514,50 @@ mod tests {
         let text = "[upstream]\naddress = \"redis\"\n";
         let rendered = Config::parse(text).unwrap_err()[0].render("k.toml", text);
         assert!(rendered.contains("host:port"), "{rendered}");
+    }
+
+    #[test]
+    fn cluster_mode_reads_its_seeds_and_refuses_what_it_cannot_do_yet() {
+        let text = "[upstream]\ntopology = \"cluster\"\naddress = \"10.0.0.1:7000\"\n\
+                    seeds = [\"10.0.0.2:7000\", \"10.0.0.1:7000\"]\nrefresh_interval = \"10s\"\n";
+        let (config, _) = Config::parse(text).unwrap();
+        assert_eq!(config.upstream.topology, Topology::Cluster);
+        let seeds: Vec<String> = config
+            .upstream
+            .seed_nodes()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(seeds, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+        assert_eq!(config.upstream.refresh_interval.get().as_secs(), 10);
+
+        let with_rules = format!(
+            "{text}[[cache]]\nname = \"c\"\nttl = \"1s\"\nmax_memory = \"1MB\"\n\
+             [[lock]]\nname = \"l\"\nkeys = [\"lock:*\"]\n"
+        );
+        let errors = Config::parse(&with_rules).unwrap_err();
+        let rendered: Vec<String> = errors
+            .iter()
+            .map(|e| e.render("k.toml", &with_rules))
+            .collect();
+        assert_eq!(rendered.len(), 2, "{rendered:?}");
+        assert!(
+            rendered[0].contains("[[cache]] rules are not supported"),
+            "{}",
+            rendered[0]
+        );
+        assert!(
+            rendered[1].contains("[[lock]] rules are not supported"),
+            "{}",
+            rendered[1]
+        );
+
+        let standalone = "[upstream]\nseeds = [\"10.0.0.2:7000\"]\n";
+        let rendered = Config::parse(standalone).unwrap_err()[0].render("k.toml", standalone);
+        assert!(
+            rendered.contains("seeds are read only with topology"),
+            "{rendered}"
+        );
     }
 
     #[test]

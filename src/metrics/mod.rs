@@ -70,6 +70,14 @@ fn describe() {
         "Upstream failures: failed connects and broken connections (connect, io), and requests that timed out or found the connection busy (timeout, busy)"
     );
     ::metrics::describe_counter!(
+        "keyward_upstream_redirects_total",
+        "Redirections cluster nodes answered, which keyward followed for the client (moved, ask, tryagain)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cluster_slot_map_refreshes_total",
+        "Times keyward read the cluster's slot map (at start, on its interval, after a redirection or a node failure)"
+    );
+    ::metrics::describe_counter!(
         "keyward_protocol_errors_total",
         "Client connections closed for breaking the protocol"
     );
@@ -191,6 +199,15 @@ pub fn http_request(token: &str, status: u16) {
 /// request-level failures (`timeout`, `busy`).
 pub fn upstream_errors(kind: &'static str, count: u64) {
     counter!("keyward_upstream_errors_total", "kind" => kind).increment(count);
+}
+
+/// A redirection a cluster node answered: `moved`, `ask` or `tryagain`.
+pub fn upstream_redirect(kind: &'static str) {
+    counter!("keyward_upstream_redirects_total", "kind" => kind).increment(1);
+}
+
+pub fn cluster_slot_map_refreshed() {
+    counter!("keyward_cluster_slot_map_refreshes_total").increment(1);
 }
 
 /// `listen.max_clients`, which only a restart changes.

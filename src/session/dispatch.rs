@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 
 use super::link::{Link, Switch};
 use super::local;
 use super::pipeline::{may_be_held, Flow, Input, Request, Step};
 use super::{Closing, Session};
-use crate::command::{LocalCommand, Notice, Role};
+use crate::command::{flags, Effect, LocalCommand, Notice, Role};
 use crate::directory::Listing;
 use crate::policy::phases::Written;
 
@@ -63,6 +63,7 @@ impl Session {
                 );
                 Flow::Next
             }
+            Step::Unpin => self.unpin(input),
             Step::Relabel(redirect) => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);
@@ -194,10 +195,27 @@ impl Session {
             *now = true;
             return Flow::Next;
         }
+        // Cluster mode: the connection is the session's while the state it is opened for
+        // lasts; for a transaction, watched keys or a blocked wait, that ends.
+        let transient = !streaming
+            && (self.client.multi_deferred
+                || request.info.has_flag(flags::BLOCKING)
+                || request.info.effect == Effect::DedicatedWithBlockOption
+                || matches!(
+                    request.info.role,
+                    Role::StartsTransaction | Role::Watches | Role::WaitsForReplicas
+                ));
+        let request_bytes = match (&self.context.upstream.cluster, request.rewritten) {
+            (None, _) => Bytes::new(),
+            (Some(_), Some(rewritten)) => rewritten,
+            (Some(_), None) => Bytes::copy_from_slice(&input.bytes[..request.consumed]),
+        };
         Flow::Dedicate(Switch {
             streaming,
             for_monitor: request.info.role == Role::Monitor,
             login: None,
+            request: request_bytes,
+            transient,
         })
     }
 }

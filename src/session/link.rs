@@ -4,12 +4,14 @@
 
 use bytes::{Buf, Bytes};
 
+use super::cluster_view::Whereabouts;
 use super::local::{self, LocalContext, Outcome};
+use super::pinning::Pin;
 use super::pipeline::{has_block_option, Flow, Input, Step};
 use super::{Closing, Session};
-use crate::command::{CommandInfo, Effect, LocalCommand};
+use crate::command::{CommandInfo, Effect, LocalCommand, Role};
 use crate::resp::request::Args;
-use crate::upstream::{ConnHandle, Login, UpstreamError};
+use crate::upstream::{ConnHandle, Login, OwnConnection, UpstreamError};
 
 impl Session {
     /// Answers the request that needed a dedicated connection with the error from opening one,
@@ -51,11 +53,25 @@ impl Session {
                     Step::Local(command)
                 }
                 Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
-                _ => Step::Forward,
+                Effect::ClusterView { .. } if self.in_cluster() && !streaming => {
+                    Step::Local(LocalCommand::Cluster)
+                }
+                _ if *streaming => Step::Forward,
+                _ => self.step_off_pin(info, args).unwrap_or(Step::Forward),
+            },
+            // Cluster mode, after `MULTI`: the transaction's connection opens with this command.
+            Link::Pooled(_) if self.client.multi_deferred => match info.effect {
+                Effect::Local(command @ (LocalCommand::Reset | LocalCommand::Quit)) => {
+                    Step::Local(command)
+                }
+                _ => Step::Dedicate { streaming: false },
             },
             Link::Pooled(_) => match info.effect {
                 Effect::Stateless => Step::Forward,
                 Effect::Local(command) => Step::Local(command),
+                Effect::Dedicated if info.role == Role::StartsTransaction && self.in_cluster() => {
+                    Step::Local(LocalCommand::DeferredMulti)
+                }
                 Effect::Dedicated => Step::Dedicate { streaming: false },
                 Effect::Aside => Step::Aside,
                 Effect::DedicatedWithBlockOption if has_block_option(args) => {
@@ -63,8 +79,29 @@ impl Session {
                 }
                 Effect::DedicatedWithBlockOption => Step::Forward,
                 Effect::Streaming => Step::Dedicate { streaming: true },
+                Effect::ClusterView { .. } if self.in_cluster() => {
+                    Step::Local(LocalCommand::Cluster)
+                }
+                Effect::ClusterView { leaves_state: true } => Step::Dedicate { streaming: false },
+
+                Effect::ClusterView {
+                    leaves_state: false,
+                } => Step::Forward,
             },
         }
+    }
+
+    fn whereabouts(&self) -> Whereabouts {
+        let cluster = self.context.upstream.cluster.as_ref();
+        Whereabouts {
+            arrived_at: self.arrived_at,
+            listen: self.context.live.load().config.listen.address,
+            healthy: cluster.is_some_and(|cluster| cluster.not_ready_because().is_none()),
+        }
+    }
+
+    fn in_cluster(&self) -> bool {
+        self.context.upstream.cluster.is_some()
     }
 
     /// Whether replies are matched to requests (everywhere but on a streaming connection).
@@ -96,6 +133,7 @@ impl Session {
             facts: &facts,
             settings: self.context.upstream.settings(),
             listen_password: self.context.listen_password.as_deref(),
+            whereabouts: (command == LocalCommand::Cluster).then(|| self.whereabouts()),
         };
         let before = (self.client.protocol, self.client.db);
         let outcome = local::execute(
@@ -116,6 +154,8 @@ impl Session {
                     streaming: false,
                     for_monitor: false,
                     login,
+                    request: Bytes::new(),
+                    transient: false,
                 })
             }
         }
@@ -149,6 +189,8 @@ impl Session {
             streaming,
             for_monitor,
             login,
+            request,
+            transient,
         } = switch;
         if let Some(opening) = self.opening.take() {
             opening.start();
@@ -158,14 +200,17 @@ impl Session {
             .context
             .upstream
             .dedicated(
-                self.client.protocol,
-                self.client.db,
-                &setup,
+                OwnConnection {
+                    protocol: self.client.protocol,
+                    db: self.client.db,
+                    setup: &setup,
+                    login: login.as_ref(),
+                    request: &request,
+                },
                 self.reply_sender.clone(),
                 // A `MONITOR` starts after the spare connection it takes is replaced, so that
                 // it does not show that connection's handshake.
                 for_monitor,
-                login.as_ref(),
             )
             .await;
         match opened {
@@ -175,6 +220,10 @@ impl Session {
                     self.monitoring = Some(self.context.upstream.monitoring());
                 }
                 self.listing.set_redis_id(opening.redis_id);
+                self.pin = opening.node.clone().map(|node| Pin::new(node, transient));
+                if std::mem::take(&mut self.client.multi_deferred) {
+                    self.in_transaction = true;
+                }
                 self.link = Link::Dedicated { conn, streaming };
                 self.opening = Some(opening);
             }
@@ -220,6 +269,11 @@ pub(super) struct Switch {
     /// The request authenticates as a user keyward does not know: the connection is opened
     /// as that user, so that it works whatever keyward's own credentials are.
     pub(super) login: Option<Login>,
+    /// In cluster mode, the request the connection is opened for: its first key says which
+    /// node the connection goes to. Empty otherwise.
+    pub(super) request: Bytes,
+    /// Cluster mode: the state the connection is opened for ends (see [`Pin`]).
+    pub(super) transient: bool,
 }
 
 /// Why a connection of the session's own could not be opened, for the request that asked.

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::cluster_view::{self, Whereabouts};
 use super::keyward;
 use crate::command::{CommandInfo, LocalCommand};
 use crate::context::Context;
@@ -22,6 +23,9 @@ pub struct ClientState {
     pub lib_version: Option<Vec<u8>>,
     /// Whether the client may run commands: always, unless keyward requires a password.
     pub authenticated: bool,
+    /// Cluster mode: `MULTI` was answered, and the connection it opens waits for the next
+    /// command, which says which node the transaction runs on.
+    pub multi_deferred: bool,
 }
 
 impl ClientState {
@@ -34,15 +38,18 @@ impl ClientState {
             lib_name: None,
             lib_version: None,
             authenticated,
+            multi_deferred: false,
         }
     }
 
     /// Commands that recreate this state on a fresh upstream connection.
     pub fn setup_commands(&self) -> Vec<Vec<Vec<u8>>> {
-        self.name
+        let name = self
+            .name
             .iter()
-            .map(|name| vec![b"CLIENT".to_vec(), b"SETNAME".to_vec(), name.clone()])
-            .collect()
+            .map(|name| vec![b"CLIENT".to_vec(), b"SETNAME".to_vec(), name.clone()]);
+        let multi = self.multi_deferred.then(|| vec![b"MULTI".to_vec()]);
+        name.chain(multi).collect()
     }
 }
 
@@ -73,6 +80,8 @@ pub struct LocalContext<'a> {
     pub settings: &'a UpstreamSettings,
     /// The password clients must authenticate with, when keyward requires one.
     pub listen_password: Option<&'a str>,
+    /// For [`LocalCommand::Cluster`] alone: how the cluster view names keyward.
+    pub whereabouts: Option<Whereabouts>,
 }
 
 pub fn execute(
@@ -89,7 +98,7 @@ pub fn execute(
         ));
     }
     match command {
-        LocalCommand::Select => select(args, state, context.facts),
+        LocalCommand::Select => select(args, state, context),
         LocalCommand::Hello => hello(args, state, context),
         LocalCommand::Auth => auth(args, state, context),
         LocalCommand::Reset => {
@@ -121,6 +130,16 @@ pub fn execute(
         LocalCommand::Keyward => {
             Outcome::Reply(keyward::execute(args, context.context, state.protocol))
         }
+        LocalCommand::DeferredMulti => {
+            state.multi_deferred = true;
+            Outcome::Reply(reply::simple("OK"))
+        }
+        LocalCommand::Cluster => match &context.whereabouts {
+            Some(whereabouts) => {
+                Outcome::Reply(cluster_view::answer(args, state.protocol, whereabouts))
+            }
+            None => error("ERR This instance has cluster support disabled"),
+        },
     }
 }
 
@@ -128,11 +147,14 @@ fn error(message: &str) -> Outcome {
     Outcome::Reply(reply::error(message))
 }
 
-fn select(args: &[Vec<u8>], state: &mut ClientState, facts: &ServerFacts) -> Outcome {
+fn select(args: &[Vec<u8>], state: &mut ClientState, context: &LocalContext<'_>) -> Outcome {
     let Some(db) = parse_int(&args[1]) else {
         return error("ERR value is not an integer or out of range");
     };
-    match facts.databases {
+    if context.settings.cluster.is_some() && db != 0 {
+        return error("ERR SELECT is not allowed in cluster mode");
+    }
+    match context.facts.databases {
         _ if db < 0 => return error("ERR DB index is out of range"),
         Some(databases) if db >= i64::from(databases) => {
             return error("ERR DB index is out of range")

@@ -12,12 +12,15 @@
 //! one slice and handed to the upstream connection as one batch.
 
 mod client_ids;
+use pinning::Pin;
+mod cluster_view;
 mod dispatch;
 mod forward;
 mod holds;
 mod keyward;
 mod link;
 mod local;
+mod pinning;
 mod pipeline;
 mod replies;
 
@@ -135,6 +138,11 @@ pub struct Session {
     /// The session's connection was opened for an `AUTH` as a user keyward does not know:
     /// Redis applies that user's ACL, so keyward acts on nothing for it (see `client_ids`).
     as_own_user: bool,
+    /// The local end of the client's TCP connection (`None` over TLS), which the cluster view
+    /// announces as keyward's address.
+    arrived_at: Option<SocketAddr>,
+    /// Cluster mode: the node the session's own connection reaches.
+    pin: Option<Pin>,
 }
 
 impl Session {
@@ -178,11 +186,16 @@ impl Session {
             redirect: None,
             monitoring: None,
             as_own_user: false,
+            arrived_at: None,
+            pin: None,
         }
     }
 
     /// Serves the client until it leaves, breaks the protocol, or keyward shuts down.
     pub async fn run(mut self, stream: Stream) {
+        if let Stream::Tcp(tcp) = &stream {
+            self.arrived_at = tcp.local_addr().ok();
+        }
         let peer = self.peer;
         match self.drive(&stream).await {
             Ok(()) => tracing::debug!(%peer, "client session ended"),

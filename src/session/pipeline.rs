@@ -198,6 +198,9 @@ impl Session {
         let info = CommandTable::global().lookup_after(self.last_command, &args);
         self.last_command = Some(info);
         let (step, replacement) = self.classify(info, &args);
+        if matches!(step, Step::Unpin) {
+            return self.unpin(input);
+        }
         if matches!(step, Step::Forward)
             && self.replies.awaiting_shared_reads()
             && !info.has_flag(flags::READONLY)
@@ -338,7 +341,7 @@ impl Session {
             Step::Aside | Step::Relabel(_) | Step::Local(_) | Step::Answer { .. } => {
                 Some(Way::Keyward)
             }
-            Step::Refuse(_) => None,
+            Step::Refuse(_) | Step::Unpin => None,
         }
     }
 
@@ -447,6 +450,9 @@ impl Session {
             Role::EndsTransaction => self.in_transaction = false,
             _ => {}
         }
+        if let Some(pin) = &mut self.pin {
+            pin.follow(info.role);
+        }
     }
 
     /// A request a phase took: the phase sends it and brings its reply. While it holds the
@@ -504,6 +510,9 @@ pub(super) enum Step {
     Aside,
     /// Sent on the session's connection; the reply names the redirect by keyward's id.
     Relabel(Redirect),
+    /// Cluster mode: the session's own connection reaches another node than this request's
+    /// keys, and holds no state any more: back to the routed, shared connections first.
+    Unpin,
 }
 
 /// Whether Redis may hold a command for long now, so that a shared connection shows as held

@@ -22,6 +22,8 @@ pub enum UpstreamError {
     Refused(String),
     /// Redis refused a client's own credentials, as it would have answered the client.
     Rejected(String),
+    /// In cluster mode, no node serves what the connection is for (or no slot map is known).
+    ClusterDown(String),
 }
 
 impl UpstreamError {
@@ -32,6 +34,7 @@ impl UpstreamError {
             UpstreamError::Busy(message) | UpstreamError::Rejected(message) => {
                 reply::error(message)
             }
+            UpstreamError::ClusterDown(reason) => reply::error(&format!("CLUSTERDOWN {reason}")),
             _ => reply::error(&format!("ERR upstream {address} unavailable: {self}")),
         }
     }
@@ -48,6 +51,7 @@ impl std::fmt::Display for UpstreamError {
                 write!(f, "Redis refused keyward's credentials: {message}")
             }
             UpstreamError::Rejected(message) => write!(f, "{message}"),
+            UpstreamError::ClusterDown(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -104,4 +108,9 @@ impl SendError {
         metrics::upstream_errors(kind, requests);
         reply::error(&format!("ERR upstream {address} {message}"))
     }
+}
+
+/// The error every request in flight gets when a connection to Redis at `address` breaks.
+pub(super) fn broken_error(address: &str, reason: &Breakage) -> Bytes {
+    reply::error(&format!("ERR upstream {address}: {reason}"))
 }

@@ -212,14 +212,14 @@ fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {
 }
 
 /// The value under `name` in a map (or the flat array RESP2 sends in its place).
-fn field<'a>(reply: &'a OwnedFrame, name: &str) -> Option<&'a OwnedFrame> {
+pub(super) fn field<'a>(reply: &'a OwnedFrame, name: &str) -> Option<&'a OwnedFrame> {
     pairs(reply)
         .into_iter()
         .find(|(key, _)| text(key).as_deref() == Some(name))
         .map(|(_, value)| value)
 }
 
-fn error_text(frame: &OwnedFrame) -> Option<String> {
+pub(super) fn error_text(frame: &OwnedFrame) -> Option<String> {
     match frame {
         OwnedFrame::SimpleError { data, .. } => Some(data.clone()),
         OwnedFrame::BlobError { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
@@ -227,7 +227,7 @@ fn error_text(frame: &OwnedFrame) -> Option<String> {
     }
 }
 
-fn text(frame: &OwnedFrame) -> Option<String> {
+pub(super) fn text(frame: &OwnedFrame) -> Option<String> {
     match frame {
         OwnedFrame::BlobString { data, .. }
         | OwnedFrame::SimpleString { data, .. }
@@ -239,7 +239,7 @@ fn text(frame: &OwnedFrame) -> Option<String> {
     }
 }
 
-fn elements(frame: &OwnedFrame) -> &[OwnedFrame] {
+pub(super) fn elements(frame: &OwnedFrame) -> &[OwnedFrame] {
     match frame {
         OwnedFrame::Array { data, .. } | OwnedFrame::Push { data, .. } => data,
         _ => &[],
@@ -247,7 +247,7 @@ fn elements(frame: &OwnedFrame) -> &[OwnedFrame] {
 }
 
 /// Key/value pairs of a RESP3 map or of the flat array RESP2 sends in its place.
-fn pairs(frame: &OwnedFrame) -> Vec<(&OwnedFrame, &OwnedFrame)> {
+pub(super) fn pairs(frame: &OwnedFrame) -> Vec<(&OwnedFrame, &OwnedFrame)> {
     match frame {
         OwnedFrame::Map { data, .. } => data.iter().collect(),
         other => elements(other)

@@ -6,6 +6,7 @@
 //! as long as its session and is never reopened behind the client's back, because the state it
 //! held (a transaction, subscriptions) would be gone.
 
+pub mod cluster;
 mod connection;
 pub mod credentials;
 mod errors;
@@ -13,8 +14,10 @@ mod handle;
 mod handshake;
 mod holds;
 pub mod invalidations;
+mod own;
 mod own_requests;
 mod pause;
+mod pooled;
 mod settings;
 pub mod tracking;
 mod write_queue;
@@ -23,9 +26,10 @@ pub use connection::{Batch, Reply, ReplySender};
 pub use errors::UpstreamError;
 pub use handle::{ConnHandle, Hold, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
+pub use own::{Opening, OwnConnection};
 pub use own_requests::{send_own, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
-pub use settings::{client_tls, Login, UpstreamSettings};
+pub use settings::{client_tls, ClusterSettings, Login, UpstreamSettings};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,12 +41,12 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
+use crate::config::HostPort;
 use crate::metrics;
-use crate::net::Stream;
 use crate::resp::request::encode_command;
-use crate::resp::{reply, Protocol};
-use connection::{serve, ConnState, ServeEnd, StallCheck};
-use errors::Breakage;
+use crate::resp::Protocol;
+use cluster::Cluster;
+use pooled::run_pooled;
 
 type PoolKey = (Protocol, u32);
 
@@ -67,6 +71,10 @@ pub struct Upstream {
     pub pause: Pause,
     /// Clients running `MONITOR` through keyward (see [`Upstream::monitoring`]).
     monitors: Arc<AtomicUsize>,
+    /// In cluster mode, the cluster: pooled connections are then routers to its nodes.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Routers opened so far, so that each spreads keyless commands from another primary.
+    routers: AtomicUsize,
 }
 
 /// Counts a client's `MONITOR` while it runs.
@@ -82,7 +90,14 @@ impl Upstream {
     /// Creates the upstream and opens the default pool (RESP2, db 0) so that readiness reflects
     /// Redis from the start. Must run inside the runtime.
     pub fn start(settings: UpstreamSettings) -> Arc<Upstream> {
+        let cluster = settings.cluster.as_ref().map(|plan| {
+            let cluster = Cluster::new(settings.clone(), plan.seeds.clone(), plan.refresh_interval);
+            tokio::spawn(Arc::clone(&cluster).keep_current());
+            cluster
+        });
         let upstream = Arc::new(Upstream {
+            cluster,
+            routers: AtomicUsize::new(0),
             settings,
             pools: Mutex::default(),
             facts: RwLock::default(),
@@ -115,8 +130,11 @@ impl Upstream {
 
     fn open_pool(self: &Arc<Self>, protocol: Protocol, db: u32) -> Arc<[ConnHandle]> {
         // Sessions of this pool find a connection of their own ready, even while a busy
-        // script makes Redis refuse the `SELECT` a new one would need.
-        self.open_spare((protocol, db));
+        // script makes Redis refuse the `SELECT` a new one would need. (In a cluster, which
+        // node it must reach is known only when it is needed.)
+        if self.cluster.is_none() {
+            self.open_spare((protocol, db));
+        }
         (0..self.settings.pool_size)
             .map(|_| self.open_shared(protocol, db))
             .collect()
@@ -124,12 +142,51 @@ impl Upstream {
 
     fn open_shared(self: &Arc<Self>, protocol: Protocol, db: u32) -> ConnHandle {
         let (handle, batches) = ConnHandle::channel();
+        let status = Arc::clone(&handle.status);
+        match &self.cluster {
+            Some(cluster) => {
+                let spread = self.routers.fetch_add(1, Ordering::Relaxed);
+                let cluster = Arc::clone(cluster);
+                let router = cluster::router::run(
+                    Arc::clone(self),
+                    cluster,
+                    protocol,
+                    spread,
+                    batches,
+                    status,
+                );
+                tokio::spawn(router);
+            }
+            None => {
+                let settings = self.settings.clone();
+                tokio::spawn(run_pooled(
+                    Arc::clone(self),
+                    settings,
+                    protocol,
+                    db,
+                    batches,
+                    status,
+                ));
+            }
+        }
+        handle
+    }
+
+    /// A shared connection to one node of the cluster, for a router.
+    fn open_node_connection(
+        self: &Arc<Self>,
+        settings: UpstreamSettings,
+        protocol: Protocol,
+    ) -> ConnHandle {
+        let (handle, batches) = ConnHandle::channel();
+        let status = Arc::clone(&handle.status);
         tokio::spawn(run_pooled(
             Arc::clone(self),
+            settings,
             protocol,
-            db,
+            0,
             batches,
-            Arc::clone(&handle.status),
+            status,
         ));
         handle
     }
@@ -162,20 +219,36 @@ impl Upstream {
         Some(conn)
     }
 
-    /// Opens a connection for one session alone. `setup` commands restore the session's state
-    /// on it (e.g. `CLIENT SETNAME`); replies and pushes go to `owner`. The session sends its
-    /// first batches on the handle, then calls [`Opening::start`], which writes them at once
-    /// and hands the connection to a task of its own.
+    /// Opens a connection for one session alone, as `wanted` says; replies and pushes go to
+    /// `owner`. The session sends its first batches on the handle, then calls
+    /// [`Opening::start`], which writes them at once and hands the connection to a task of its
+    /// own.
     pub async fn dedicated(
         self: &Arc<Self>,
-        protocol: Protocol,
-        db: u32,
-        setup: &[Vec<Vec<u8>>],
+        wanted: OwnConnection<'_>,
         owner: ReplySender,
         replace_spare_first: bool,
-        login: Option<&Login>,
     ) -> Result<(ConnHandle, Opening), UpstreamError> {
-        let (spare, replace) = self.take_spare((protocol, db));
+        let OwnConnection {
+            protocol,
+            db,
+            setup,
+            login,
+            request,
+        } = wanted;
+        let settings = match &self.cluster {
+            None => self.settings.clone(),
+            Some(cluster) => {
+                let node = cluster
+                    .node_for(request)
+                    .map_err(UpstreamError::ClusterDown)?;
+                cluster.node_settings(&node)
+            }
+        };
+        let (spare, replace) = match self.cluster {
+            None => self.take_spare((protocol, db)),
+            Some(_) => (None, false),
+        };
         if replace && !replace_spare_first && self.monitors.load(Ordering::Relaxed) > 0 {
             // A spare opened now would show its handshake in the MONITOR, amid the commands
             // of the client that took the one before: the next is opened when needed.
@@ -187,7 +260,7 @@ impl Upstream {
         }
         let (connected, setup_left) = match spare {
             Some(connected) => (connected, setup),
-            None => match handshake::connect(&self.settings, protocol, db, setup, false).await {
+            None => match handshake::connect(&settings, protocol, db, setup, false).await {
                 Ok(connected) => (connected, &[][..]),
                 // Redis refuses keyward's credentials (a password changed in Redis before
                 // keyward's was): a client authenticating as a user of its own opens its
@@ -197,7 +270,7 @@ impl Upstream {
                         metrics::upstream_errors("connect", 1);
                         return Err(UpstreamError::Refused(refusal));
                     };
-                    let settings = self.settings.as_client(login);
+                    let settings = settings.as_client(login);
                     let connected = handshake::connect(&settings, protocol, db, setup, false)
                         .await
                         .map_err(|error| match error {
@@ -212,7 +285,7 @@ impl Upstream {
                 }
             },
         };
-        Ok(self.serve_dedicated(connected, setup_left, owner))
+        Ok(self.serve_dedicated(connected, setup_left, owner, &settings.address))
     }
 
     /// A handle for a dedicated connection just handshaken, and its [`Opening`]; `setup`
@@ -222,6 +295,7 @@ impl Upstream {
         connected: Handshaken,
         setup_left: &[Vec<Vec<u8>>],
         owner: ReplySender,
+        address: &HostPort,
     ) -> (ConnHandle, Opening) {
         let (handle, batches) = ConnHandle::channel();
         handle.status.set_up();
@@ -244,10 +318,11 @@ impl Upstream {
         }
         let opening = Opening {
             redis_id: connected.client_id,
+            node: self.cluster.as_ref().map(|_| address.clone()),
             stream: connected.stream,
             batches,
             owner,
-            address: self.settings.address.to_string(),
+            address: address.to_string(),
             tracking: Arc::clone(&self.tracking),
             status: Arc::clone(&handle.status),
         };
@@ -276,7 +351,7 @@ impl Upstream {
             let address = &upstream.settings.address;
             let owner = mpsc::unbounded_channel().0;
             let bytes = match upstream
-                .dedicated(protocol, 0, &[], owner, false, None)
+                .dedicated(OwnConnection::plain(protocol, &request), owner, false)
                 .await
             {
                 Ok((conn, opening)) => match send_own(&conn, request, 1, false) {
@@ -365,6 +440,9 @@ impl Upstream {
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
+        if let Some(facts) = self.cluster.as_ref().and_then(|cluster| cluster.facts()) {
+            return facts;
+        }
         Arc::clone(&self.facts.read())
     }
 
@@ -379,6 +457,9 @@ impl Upstream {
     pub fn not_ready_because(&self) -> Option<String> {
         if let Some(refusal) = self.settings.credentials.refusal() {
             return Some(format!("Redis refuses keyward's credentials: {refusal}"));
+        }
+        if let Some(cluster) = &self.cluster {
+            return cluster.not_ready_because();
         }
         let pools = self.pools.lock();
         let pool = pools
@@ -413,53 +494,6 @@ impl Upstream {
     }
 }
 
-/// A session's own connection, open but not yet served: see [`Upstream::dedicated`].
-pub struct Opening {
-    /// The connection's id in Redis, when `HELLO` told it.
-    pub redis_id: Option<u64>,
-    stream: Stream,
-    batches: mpsc::Receiver<Batch>,
-    owner: ReplySender,
-    address: String,
-    tracking: Arc<TrackingTarget>,
-    status: Arc<handle::ConnStatus>,
-}
-
-impl Opening {
-    /// Writes what the session has sent so far, now, then serves the connection in a task of
-    /// its own until it breaks or the session lets go of it.
-    pub fn start(self) {
-        let Opening {
-            redis_id: _,
-            stream,
-            mut batches,
-            owner,
-            address,
-            tracking,
-            status,
-        } = self;
-        let state = ConnState::written_ahead(&stream, &mut batches, status);
-        tokio::spawn(async move {
-            metrics::upstream_connection_opened();
-            let end = serve(
-                stream,
-                state,
-                &mut batches,
-                Some(&owner),
-                None,
-                &tracking,
-                |reason| broken_error(&address, reason),
-            )
-            .await;
-            if let ServeEnd::Broken(reason) = end {
-                metrics::upstream_errors(reason.metric_kind(), 1);
-                tracing::debug!(%reason, "dedicated upstream connection closed");
-            }
-            metrics::upstream_connection_closed();
-        });
-    }
-}
-
 /// How often keyward tries its credentials again while Redis refuses them.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(2);
 
@@ -475,97 +509,4 @@ async fn retry_refused_credentials(upstream: std::sync::Weak<Upstream>) {
             upstream.try_credentials().await;
         }
     }
-}
-
-/// Keeps one pooled connection open for as long as keyward runs.
-async fn run_pooled(
-    upstream: Arc<Upstream>,
-    protocol: Protocol,
-    db: u32,
-    mut batches: mpsc::Receiver<Batch>,
-    status: Arc<handle::ConnStatus>,
-) {
-    let address = upstream.settings.address.to_string();
-    let mut backoff = Duration::ZERO;
-    loop {
-        match handshake::connect(&upstream.settings, protocol, db, &[], true).await {
-            Ok(connected) => {
-                if let Some(facts) = connected.facts {
-                    *upstream.facts.write() = Arc::new(facts);
-                }
-                status.set_up();
-                backoff = Duration::ZERO;
-                metrics::upstream_connection_opened();
-                tracing::debug!(%address, ?protocol, db, "upstream connection open");
-                let redis_id = connected.client_id;
-                let asker = Arc::clone(&upstream);
-                let stall = StallCheck {
-                    timeout: upstream.settings.request_timeout,
-                    probe: Box::new(move || {
-                        // Redis holds the question too during a full pause keyward passed on.
-                        let paused = asker.pause.in_force() == Some(Paused::Everything);
-                        let settings = asker.settings.clone();
-                        Box::pin(
-                            async move { paused || holds::on_purpose(settings, redis_id).await },
-                        )
-                    }),
-                };
-                let end = serve(
-                    connected.stream,
-                    ConnState::reporting_to(Arc::clone(&status)),
-                    &mut batches,
-                    None,
-                    Some(&stall),
-                    &upstream.tracking,
-                    |reason| broken_error(&address, reason),
-                )
-                .await;
-                metrics::upstream_connection_closed();
-                let ServeEnd::Broken(reason) = end else {
-                    return;
-                };
-                metrics::upstream_errors(reason.metric_kind(), 1);
-                tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
-                status.set_down(reason.to_string());
-            }
-            Err(error) => {
-                metrics::upstream_errors("connect", 1);
-                if status.last_error().is_none() || status.is_up() {
-                    tracing::warn!(%address, %error, "cannot connect to Redis; retrying");
-                }
-                status.set_down(error.to_string());
-            }
-        }
-        backoff = handshake::next_backoff(backoff);
-        if !fail_until_retry(&mut batches, &status, &address, backoff).await {
-            return;
-        }
-    }
-}
-
-/// Answers every batch that arrives during the backoff with an error, so nobody waits for a
-/// connection that is down. `false` once every handle is gone.
-async fn fail_until_retry(
-    batches: &mut mpsc::Receiver<Batch>,
-    status: &handle::ConnStatus,
-    address: &str,
-    backoff: Duration,
-) -> bool {
-    let retry = tokio::time::sleep(backoff);
-    tokio::pin!(retry);
-    loop {
-        tokio::select! {
-            () = &mut retry => return true,
-            batch = batches.recv() => {
-                let Some(batch) = batch else { return false };
-                let reason = status.last_error().unwrap_or_else(|| "not connected".into());
-                let error = reply::error(&format!("ERR upstream {address} unavailable: {reason}"));
-                let _ = batch.reply_to.send(Reply::Failed { count: batch.count, error });
-            }
-        }
-    }
-}
-
-fn broken_error(address: &str, reason: &Breakage) -> Bytes {
-    reply::error(&format!("ERR upstream {address}: {reason}"))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::credentials::Credentials;
-use crate::config::{Config, HostPort};
+use crate::config::{Config, HostPort, Topology};
 use crate::tls::ClientTls;
 
 /// Everything needed to open a connection to Redis.
@@ -20,6 +20,15 @@ pub struct UpstreamSettings {
     /// own (see [`UpstreamSettings::as_client`]).
     pub credentials: Arc<Credentials>,
     pub tls: Option<Arc<ClientTls>>,
+    /// Set when `address` is a seed of a Redis Cluster.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[upstream] topology = "cluster"`: where to learn the cluster from, and how often.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub seeds: Vec<HostPort>,
+    pub refresh_interval: Duration,
 }
 
 impl UpstreamSettings {
@@ -47,6 +56,10 @@ impl UpstreamSettings {
                 ),
             }),
             tls,
+            cluster: (config.upstream.topology == Topology::Cluster).then(|| ClusterSettings {
+                seeds: config.upstream.seed_nodes(),
+                refresh_interval: config.upstream.refresh_interval.get(),
+            }),
         })
     }
 }

@@ -1,0 +1,218 @@
+//! Redis Cluster behind keyward: the slot map, kept current, and the routers that send each
+//! command to the node serving its slot.
+//!
+//! Sessions do not know the cluster is there. A pooled connection in cluster mode is a
+//! [`router`]: it takes a session's batch as a connection to one Redis would, sends each
+//! command to its slot's primary on connections of its own (one per node, so a session's
+//! commands to one node stay in order), follows redirections, splits and fans out what must
+//! be, and hands the replies back in request order.
+//!
+//! The map comes from `CLUSTER SHARDS` (`CLUSTER SLOTS` before Redis 7). It is read at start,
+//! every `refresh_interval`, and soon after anything suggests it is stale: a `MOVED`, a node
+//! that cannot be reached.
+
+mod delivery;
+mod discovery;
+mod map;
+mod merge;
+mod plan;
+mod redirect;
+pub(super) mod router;
+mod slots;
+
+pub use map::{Shard, SlotMap};
+pub use plan::CROSSSLOT;
+pub use slots::{key_slot, SLOTS};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{ServerFacts, UpstreamSettings};
+use crate::command::CommandTable;
+use crate::config::HostPort;
+use crate::metrics;
+use crate::resp::request::{Decoded, RequestDecoder};
+
+/// On-demand refreshes come at most this often, however many redirections ask for one.
+const REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// The cluster as keyward knows it.
+pub struct Cluster {
+    /// Credentials, TLS and timeouts for every node; the address is each node's own.
+    settings: UpstreamSettings,
+    seeds: Vec<HostPort>,
+    refresh_interval: Duration,
+    map: ArcSwapOption<SlotMap>,
+    /// Wakes the refresher before its interval is up.
+    refresh: Notify,
+    /// Why the last refresh failed, while no refresh has succeeded since.
+    last_error: Mutex<Option<String>>,
+    /// What the node that last described the cluster said of itself (`HELLO`).
+    facts: ArcSwapOption<ServerFacts>,
+}
+
+impl Cluster {
+    pub fn new(
+        settings: UpstreamSettings,
+        seeds: Vec<HostPort>,
+        refresh_interval: Duration,
+    ) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            settings,
+            seeds,
+            refresh_interval,
+            map: ArcSwapOption::empty(),
+            refresh: Notify::new(),
+            last_error: Mutex::default(),
+            facts: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The slot map, once keyward has read one.
+    pub fn map(&self) -> Option<Arc<SlotMap>> {
+        self.map.load_full()
+    }
+
+    /// Why there is no slot map, or why the last attempt to read it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    pub fn facts(&self) -> Option<Arc<ServerFacts>> {
+        self.facts.load_full()
+    }
+
+    /// Why keyward cannot serve every slot, if it cannot.
+    pub fn not_ready_because(&self) -> Option<String> {
+        let Some(map) = self.map() else {
+            let reason = self.last_error().unwrap_or_else(|| "not read yet".into());
+            return Some(format!("the cluster's slot map is unknown: {reason}"));
+        };
+        match map.unserved() {
+            0 => None,
+            unserved => Some(format!("{unserved} hash slots are served by no primary")),
+        }
+    }
+
+    /// The primary a session's own connection goes to: the one serving the first key of
+    /// `request`, the command it is opened for, or any when it has none.
+    pub fn node_for(&self, request: &[u8]) -> Result<HostPort, String> {
+        let map = self.map().ok_or_else(|| {
+            self.not_ready_because()
+                .unwrap_or_else(|| "the cluster's slot map is unknown".into())
+        })?;
+        let mut decoder = RequestDecoder::default();
+        let slot = match decoder.decode(request) {
+            Ok(Decoded::Request { .. }) => {
+                let args = decoder.args(request);
+                let mut keys = Vec::new();
+                CommandTable::global()
+                    .lookup(&args)
+                    .key_positions(&args, &mut keys);
+                keys.first().and_then(|&at| args.get(at)).map(key_slot)
+            }
+            _ => None,
+        };
+        let owner = match slot {
+            Some(slot) => map.owner(slot).ok_or("Hash slot not served")?,
+            None => 0,
+        };
+        map.shards
+            .get(owner)
+            .map(|shard| shard.primary.clone())
+            .ok_or_else(|| "Hash slot not served".into())
+    }
+
+    /// The settings for a connection to the node at `address`.
+    pub fn node_settings(&self, address: &HostPort) -> UpstreamSettings {
+        UpstreamSettings {
+            address: address.clone(),
+            ..self.settings.clone()
+        }
+    }
+
+    /// Asks for the map to be read again soon.
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// A node answered `MOVED`: `slot` is served at `address` from now on, and the rest of
+    /// the map is read again, since a slot seldom moves alone.
+    pub fn moved(&self, slot: u16, address: &HostPort) {
+        if let Some(map) = self.map() {
+            if map.owner(slot).map(|owner| &map.shards[owner].primary) != Some(address) {
+                self.map
+                    .store(Some(Arc::new(map.with_owner(slot, address))));
+            }
+        }
+        self.refresh_soon();
+    }
+
+    /// Reads the map at once, then keeps it current for as long as keyward runs.
+    pub async fn keep_current(self: Arc<Self>) {
+        loop {
+            match discovery::read_map(self.candidates(), |address| self.node_settings(address))
+                .await
+            {
+                Ok((map, facts)) => {
+                    self.note_new_map(map);
+                    if let Some(facts) = facts {
+                        self.facts.store(Some(Arc::new(facts)));
+                    }
+                    *self.last_error.lock() = None;
+                }
+                Err(error) => {
+                    if self.last_error.lock().replace(error.clone()).is_none() {
+                        tracing::warn!(%error, "cannot read the cluster's slot map");
+                    }
+                }
+            }
+            metrics::cluster_slot_map_refreshed();
+            tokio::time::sleep(REFRESH_GAP).await;
+            let wait = match self.map() {
+                Some(_) => self.refresh_interval,
+                // No map yet: keep trying as a connection to a down Redis would.
+                None => Duration::from_millis(500),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.refresh.notified() => {}
+            }
+        }
+    }
+
+    fn note_new_map(&self, map: SlotMap) {
+        let changed = self.map().is_none_or(|old| old.shards != map.shards);
+        if changed {
+            let primaries: Vec<String> = map
+                .shards
+                .iter()
+                .map(|shard| shard.primary.to_string())
+                .collect();
+            tracing::info!(?primaries, unserved = map.unserved(), "cluster slot map");
+        }
+        self.map.store(Some(Arc::new(map)));
+    }
+
+    /// Nodes to ask for the map: the primaries known now, then the configured seeds.
+    fn candidates(&self) -> Vec<HostPort> {
+        let mut candidates: Vec<HostPort> = self
+            .map()
+            .map(|map| {
+                let primaries = map.shards.iter().map(|shard| shard.primary.clone());
+                let replicas = map.shards.iter().flat_map(|shard| shard.replicas.clone());
+                primaries.chain(replicas).collect()
+            })
+            .unwrap_or_default();
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        candidates
+    }
+}

@@ -1,0 +1,537 @@
+//! A router: what a pooled connection is in cluster mode. Sessions hand it batches as they
+//! would to a connection to one Redis; it sends each command to the primary serving its slot,
+//! on a connection of its own to each node, and hands the replies back in request order.
+//!
+//! A node that answers `MOVED` gets the command sent again to the node it names (and the map
+//! is corrected); `ASK` sends `ASKING` and the command to the importing node; `TRYAGAIN`
+//! (keys of a multi-key command split by a migration) retries with backoff within
+//! `request_timeout`. Clients never see a redirection, unless it repeats past [`MAX_HOPS`].
+//!
+//! Replies to one session's batches are handed back in the order of its batches, whichever
+//! node answered first; different sessions' replies do not wait for each other.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+
+use super::super::connection::{Batch, Reply, ReplySender};
+use super::super::handle::{ConnHandle, ConnStatus, SendError};
+use super::super::Upstream;
+use super::delivery::Deliveries;
+use super::merge::{self, Merge};
+use super::plan::{self, Plan};
+use super::redirect::Redirect;
+use super::{Cluster, SlotMap};
+use crate::command::CommandTable;
+use crate::config::HostPort;
+use crate::metrics;
+use crate::resp::frame::frames;
+use crate::resp::reply;
+use crate::resp::request::{Decoded, RequestDecoder};
+use crate::resp::Protocol;
+
+/// Redirections one command follows before its client gets the last one as its reply.
+const MAX_HOPS: u8 = 5;
+/// The first wait before a command answered `TRYAGAIN` is sent again; doubled each time.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const LONGEST_RETRY: Duration = Duration::from_millis(200);
+
+/// Serves one pooled connection's sessions until every handle to it is dropped.
+pub(in crate::upstream) async fn run(
+    upstream: Arc<Upstream>,
+    cluster: Arc<Cluster>,
+    protocol: Protocol,
+    spread: usize,
+    mut batches: mpsc::Receiver<Batch>,
+    status: Arc<ConnStatus>,
+) {
+    let (retry_to, mut retries) = mpsc::unbounded_channel();
+    let mut router = Router {
+        upstream,
+        cluster,
+        protocol,
+        spread,
+        status,
+        decoder: RequestDecoder::default(),
+        keys: Vec::new(),
+        links: Vec::new(),
+        deliveries: Deliveries::default(),
+        commands: FxHashMap::default(),
+        next_command: 0,
+        retry_to,
+    };
+    loop {
+        tokio::select! {
+            batch = batches.recv() => match batch {
+                Some(batch) => router.take(batch).await,
+                None => return,
+            },
+            (link, reply) = router.next_reply() => router.on_reply(link, reply).await,
+            Some((command, part)) = retries.recv() => router.retry(command, part).await,
+        }
+    }
+}
+
+struct Router {
+    upstream: Arc<Upstream>,
+    cluster: Arc<Cluster>,
+    protocol: Protocol,
+    /// Keyless commands go to the primary at this index (modulo their number), so that
+    /// routers spread them over the cluster.
+    spread: usize,
+    status: Arc<ConnStatus>,
+    decoder: RequestDecoder,
+    keys: Vec<usize>,
+    links: Vec<NodeLink>,
+    deliveries: Deliveries,
+    /// Client commands in flight, by id.
+    commands: FxHashMap<u64, Command>,
+    next_command: u64,
+    /// Where a command answered `TRYAGAIN` comes back after its wait.
+    retry_to: mpsc::UnboundedSender<(u64, usize)>,
+}
+
+/// This router's connection to one node.
+struct NodeLink {
+    address: HostPort,
+    conn: ConnHandle,
+    sender: ReplySender,
+    replies: mpsc::UnboundedReceiver<Reply>,
+    /// What each reply the node owes is for, in order.
+    owed: VecDeque<Owed>,
+}
+
+enum Owed {
+    Part {
+        command: u64,
+        part: usize,
+    },
+    /// The `+OK` to an `ASKING` sent before a command.
+    Asking,
+}
+
+/// One client command: one part, or one per slot or primary.
+struct Command {
+    batch: u64,
+    index: usize,
+    merge: Merge,
+    parts: Vec<Part>,
+    left: usize,
+    started: Instant,
+}
+
+struct Part {
+    bytes: Bytes,
+    slot: Option<u16>,
+    /// Set when the part must go to this node whatever the map says (a fan-out, a redirection).
+    pinned: Option<HostPort>,
+    hops: u8,
+    tries: u32,
+    reply: Option<Bytes>,
+}
+
+impl Part {
+    fn new(bytes: Bytes, slot: Option<u16>, pinned: Option<HostPort>) -> Part {
+        Part {
+            bytes,
+            slot,
+            pinned,
+            hops: 0,
+            tries: 0,
+            reply: None,
+        }
+    }
+}
+
+/// Commands of one batch bound for one node.
+struct Outgoing {
+    link: usize,
+    bytes: BytesMut,
+    owed: Vec<Owed>,
+}
+
+impl Router {
+    /// Takes a session's batch: each command planned, its parts queued for their nodes, and
+    /// every node's share sent as one batch.
+    async fn take(&mut self, batch: Batch) {
+        let Some(map) = self.cluster.map() else {
+            let reason = self
+                .cluster
+                .last_error()
+                .unwrap_or_else(|| "not read yet".into());
+            self.status.set_down(reason.clone());
+            let error = reply::error(&format!(
+                "CLUSTERDOWN keyward does not know the cluster's slot map: {reason}"
+            ));
+            let _ = batch.reply_to.send(Reply::Failed {
+                count: batch.count,
+                error,
+            });
+            return;
+        };
+        self.status.set_up();
+        let count = batch.count as usize;
+        let measured = batch.measured.is_some();
+        let batch_id = self
+            .deliveries
+            .open(batch.reply_to, count, measured, batch.hold);
+        let mut outgoing: Vec<Outgoing> = Vec::new();
+        let bytes = batch.bytes;
+        let mut offset = 0;
+        for index in 0..count {
+            let Ok(Decoded::Request { consumed, .. }) = self.decoder.decode(&bytes[offset..])
+            else {
+                // Sessions send only whole requests they decoded themselves.
+                let error = reply::error("ERR keyward: a request could not be routed");
+                for index in index..count {
+                    self.deliveries.answer(batch_id, index, error.clone());
+                }
+                break;
+            };
+            let planned = {
+                let args = self.decoder.args(&bytes[offset..]);
+                let info = CommandTable::global().lookup(&args);
+                plan::plan(info, &args, map.shards.len(), &mut self.keys)
+            };
+            let command = bytes.slice(offset..offset + consumed);
+            offset += consumed;
+            match parts(planned, command, &map) {
+                Ok((merge, parts)) => {
+                    let at = (batch_id, index);
+                    self.admit(at, merge, parts, &map, &mut outgoing);
+                }
+                Err(answer) => self.deliveries.answer(batch_id, index, answer),
+            }
+        }
+        for out in outgoing {
+            self.send(out.link, out.bytes.freeze(), out.owed).await;
+        }
+        self.deliveries.deliver();
+    }
+
+    /// Registers a command (the reply to command `at.1` of batch `at.0`) and queues its parts
+    /// for their nodes; a part no node serves is answered at once.
+    fn admit(
+        &mut self,
+        at: (u64, usize),
+        merge: Merge,
+        parts: Vec<Part>,
+        map: &SlotMap,
+        outgoing: &mut Vec<Outgoing>,
+    ) {
+        let id = self.next_command;
+        self.next_command += 1;
+        let mut unsendable = Vec::new();
+        for (part_index, part) in parts.iter().enumerate() {
+            let address = match self.destination(map, part) {
+                Ok(address) => address,
+                Err(error) => {
+                    unsendable.push((part_index, error));
+                    continue;
+                }
+            };
+            let link = self.link(&address);
+            let owed = Owed::Part {
+                command: id,
+                part: part_index,
+            };
+            match outgoing.iter_mut().find(|out| out.link == link) {
+                Some(out) => {
+                    out.bytes.extend_from_slice(&part.bytes);
+                    out.owed.push(owed);
+                }
+                None => outgoing.push(Outgoing {
+                    link,
+                    bytes: BytesMut::from(&part.bytes[..]),
+                    owed: vec![owed],
+                }),
+            }
+        }
+        let command = Command {
+            batch: at.0,
+            index: at.1,
+            merge,
+            left: parts.len(),
+            parts,
+            started: Instant::now(),
+        };
+        self.commands.insert(id, command);
+        for (part_index, error) in unsendable {
+            self.settle(id, part_index, error);
+        }
+    }
+
+    /// Where a part goes now.
+    fn destination(&self, map: &SlotMap, part: &Part) -> Result<HostPort, Bytes> {
+        if let Some(pinned) = &part.pinned {
+            return Ok(pinned.clone());
+        }
+        let owner = match part.slot {
+            Some(slot) => map
+                .owner(slot)
+                .ok_or_else(|| reply::error("CLUSTERDOWN Hash slot not served"))?,
+            None => self.spread % map.shards.len().max(1),
+        };
+        map.shards
+            .get(owner)
+            .map(|shard| shard.primary.clone())
+            .ok_or_else(|| reply::error("CLUSTERDOWN Hash slot not served"))
+    }
+
+    /// The index of this router's link to `address`, opened on first use.
+    fn link(&mut self, address: &HostPort) -> usize {
+        if let Some(index) = self.links.iter().position(|link| link.address == *address) {
+            return index;
+        }
+        let (sender, replies) = mpsc::unbounded_channel();
+        let settings = self.cluster.node_settings(address);
+        let conn = self.upstream.open_node_connection(settings, self.protocol);
+        self.links.push(NodeLink {
+            address: address.clone(),
+            conn,
+            sender,
+            replies,
+            owed: VecDeque::new(),
+        });
+        self.links.len() - 1
+    }
+
+    /// Hands commands to a node's connection; if it cannot take them, each gets an error.
+    async fn send(&mut self, link: usize, bytes: Bytes, owed: Vec<Owed>) {
+        let node = &mut self.links[link];
+        let mut batch = Batch {
+            bytes,
+            count: owed.len() as u32,
+            reply_to: node.sender.clone(),
+            tracked: false,
+            measured: None,
+            hold: None,
+        };
+        loop {
+            match node.conn.offer(batch) {
+                Ok(()) => {
+                    node.owed.extend(owed);
+                    return;
+                }
+                // A full queue holds the router back, and so its sessions, rather than
+                // refusing their commands.
+                Err((SendError::Busy, returned)) => {
+                    batch = returned;
+                    node.conn.room().await;
+                }
+                Err((SendError::Gone, _)) => break,
+            }
+        }
+        let error = reply::error(&format!("ERR upstream {} unavailable", node.address));
+        for owed in owed {
+            if let Owed::Part { command, part } = owed {
+                self.settle(command, part, error.clone());
+            }
+        }
+        self.deliveries.deliver();
+    }
+
+    /// Waits for the next reply from any node.
+    async fn next_reply(&mut self) -> (usize, Reply) {
+        let links = &mut self.links;
+        poll_fn(|cx| {
+            for (index, link) in links.iter_mut().enumerate() {
+                if let Poll::Ready(Some(reply)) = link.replies.poll_recv(cx) {
+                    return Poll::Ready((index, reply));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn on_reply(&mut self, link: usize, reply: Reply) {
+        match reply {
+            Reply::Frames { bytes, .. } => {
+                let mut offset = 0;
+                for frame in frames(&bytes) {
+                    let frame_bytes = bytes.slice(offset..offset + frame.len());
+                    offset += frame.len();
+                    match self.links[link].owed.pop_front() {
+                        Some(Owed::Part { command, part }) => {
+                            self.on_part_reply(link, command, part, frame_bytes).await;
+                        }
+                        Some(Owed::Asking) | None => {}
+                    }
+                }
+            }
+            Reply::Failed { count, error } => {
+                // The node cannot be reached: the map may already name another.
+                self.cluster.refresh_soon();
+                for _ in 0..count {
+                    if let Some(Owed::Part { command, part }) = self.links[link].owed.pop_front() {
+                        self.settle(command, part, error.clone());
+                    }
+                }
+            }
+            Reply::Push(_) | Reply::Closed { .. } | Reply::Fetched { .. } => {}
+        }
+        self.deliveries.deliver();
+    }
+
+    async fn on_part_reply(&mut self, link: usize, command: u64, part: usize, frame: Bytes) {
+        if merge::is_error(&frame) {
+            if let Some(redirect) = Redirect::read(&frame, &self.links[link].address) {
+                if self.follow(command, part, redirect).await {
+                    return;
+                }
+            }
+        }
+        self.settle(command, part, frame);
+    }
+
+    /// Sends a part where a redirection says; `false` when it may not follow it.
+    async fn follow(&mut self, id: u64, part_index: usize, redirect: Redirect) -> bool {
+        let Some(command) = self.commands.get_mut(&id) else {
+            return false;
+        };
+        let part = &mut command.parts[part_index];
+        match redirect {
+            Redirect::Moved { slot, address } => {
+                metrics::upstream_redirect("moved");
+                self.cluster.moved(slot, &address);
+                part.hops += 1;
+                if part.hops > MAX_HOPS {
+                    return false;
+                }
+                part.pinned = Some(address.clone());
+                self.resend(id, part_index, &address, false).await;
+            }
+            Redirect::Ask { address } => {
+                metrics::upstream_redirect("ask");
+                part.hops += 1;
+                if part.hops > MAX_HOPS {
+                    return false;
+                }
+                self.resend(id, part_index, &address, true).await;
+            }
+            Redirect::TryAgain => {
+                metrics::upstream_redirect("tryagain");
+                let wait = FIRST_RETRY
+                    .saturating_mul(1 << part.tries.min(8))
+                    .min(LONGEST_RETRY);
+                let limit = self.upstream.settings().request_timeout;
+                if command.started.elapsed() + wait > limit {
+                    return false;
+                }
+                part.tries += 1;
+                // Sent again by slot: the migration may have ended meanwhile.
+                part.pinned = None;
+                let retry_to = self.retry_to.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = retry_to.send((id, part_index));
+                });
+            }
+        }
+        true
+    }
+
+    /// Sends a part again, to `address`; after an `ASK`, with `ASKING` before it.
+    async fn resend(&mut self, id: u64, part_index: usize, address: &HostPort, asking: bool) {
+        let Some(part) = self
+            .commands
+            .get(&id)
+            .map(|command| &command.parts[part_index])
+        else {
+            return;
+        };
+        let mut owed = Vec::with_capacity(2);
+        let bytes = if asking {
+            owed.push(Owed::Asking);
+            let mut bytes = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+            bytes.extend_from_slice(&part.bytes);
+            bytes.freeze()
+        } else {
+            part.bytes.clone()
+        };
+        owed.push(Owed::Part {
+            command: id,
+            part: part_index,
+        });
+        let link = self.link(address);
+        self.send(link, bytes, owed).await;
+    }
+
+    /// Sends again a part that waited after `TRYAGAIN`.
+    async fn retry(&mut self, id: u64, part_index: usize) {
+        let Some(map) = self.cluster.map() else {
+            return;
+        };
+        let Some(part) = self
+            .commands
+            .get(&id)
+            .map(|command| &command.parts[part_index])
+        else {
+            return;
+        };
+        match self.destination(&map, part) {
+            Ok(address) => self.resend(id, part_index, &address, false).await,
+            Err(error) => {
+                self.settle(id, part_index, error);
+                self.deliveries.deliver();
+            }
+        }
+    }
+
+    /// A part's reply; once every part has one, the command's reply, merged.
+    fn settle(&mut self, id: u64, part_index: usize, reply: Bytes) {
+        let Some(command) = self.commands.get_mut(&id) else {
+            return;
+        };
+        let part = &mut command.parts[part_index];
+        if part.reply.replace(reply).is_none() {
+            command.left -= 1;
+        }
+        if command.left > 0 {
+            return;
+        }
+        let command = self.commands.remove(&id).expect("present");
+        let replies: Vec<Bytes> = command
+            .parts
+            .into_iter()
+            .filter_map(|part| part.reply)
+            .collect();
+        let merged = merge::merge(&command.merge, &replies);
+        self.deliveries.answer(command.batch, command.index, merged);
+    }
+}
+
+/// A command's parts as planned, and how their replies merge; `Err`: keyward's answer.
+fn parts(planned: Plan, command: Bytes, map: &SlotMap) -> Result<(Merge, Vec<Part>), Bytes> {
+    Ok(match planned {
+        Plan::Answer(answer) => return Err(answer),
+        Plan::Slot(slot) => (Merge::One, vec![Part::new(command, Some(slot), None)]),
+        Plan::Anywhere => (Merge::One, vec![Part::new(command, None, None)]),
+        Plan::Split { parts, merge } => {
+            let parts = parts.into_iter();
+            let by_slot = parts.map(|(slot, bytes)| Part::new(bytes, Some(slot), None));
+            (merge, by_slot.collect())
+        }
+        Plan::Everywhere(merge) => {
+            let shards = map.shards.iter();
+            let everywhere =
+                shards.map(|shard| Part::new(command.clone(), None, Some(shard.primary.clone())));
+            (merge, everywhere.collect())
+        }
+        Plan::Scan { node, command } => {
+            let primary = map.shards[node].primary.clone();
+            let merge = Merge::Scan {
+                node,
+                nodes: map.shards.len(),
+            };
+            (merge, vec![Part::new(command, None, Some(primary))])
+        }
+    })
+}

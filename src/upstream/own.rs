@@ -1,0 +1,92 @@
+//! A session's own connection: what it is opened for, and the connection between its
+//! handshake and the task that serves it.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::connection::{serve, Batch, ConnState, ReplySender, ServeEnd};
+use super::errors::broken_error;
+use super::handle::ConnStatus;
+use super::tracking::TrackingTarget;
+use super::Login;
+use crate::config::HostPort;
+use crate::metrics;
+use crate::net::Stream;
+use crate::resp::Protocol;
+
+/// What a session's own connection is opened for.
+pub struct OwnConnection<'a> {
+    pub protocol: Protocol,
+    pub db: u32,
+    /// Commands that restore the session's state on it (`CLIENT SETNAME`, a deferred
+    /// `MULTI`), run last in the handshake.
+    pub setup: &'a [Vec<Vec<u8>>],
+    /// The client's own login, used when Redis refuses keyward's credentials.
+    pub login: Option<&'a Login>,
+    /// In cluster mode, the request it is opened for: its first key picks the node.
+    pub request: &'a [u8],
+}
+
+impl<'a> OwnConnection<'a> {
+    /// A connection to database 0 with no state to restore, for `request`.
+    pub fn plain(protocol: Protocol, request: &'a [u8]) -> OwnConnection<'a> {
+        OwnConnection {
+            protocol,
+            db: 0,
+            setup: &[],
+            login: None,
+            request,
+        }
+    }
+}
+
+/// A session's own connection, open but not yet served: see [`Upstream::dedicated`].
+pub struct Opening {
+    /// The connection's id in Redis, when `HELLO` told it.
+    pub redis_id: Option<u64>,
+    /// In cluster mode, the node the connection reaches.
+    pub node: Option<HostPort>,
+    pub(super) stream: Stream,
+    pub(super) batches: mpsc::Receiver<Batch>,
+    pub(super) owner: ReplySender,
+    pub(super) address: String,
+    pub(super) tracking: Arc<TrackingTarget>,
+    pub(super) status: Arc<ConnStatus>,
+}
+
+impl Opening {
+    /// Writes what the session has sent so far, now, then serves the connection in a task of
+    /// its own until it breaks or the session lets go of it.
+    pub fn start(self) {
+        let Opening {
+            redis_id: _,
+            node: _,
+            stream,
+            mut batches,
+            owner,
+            address,
+            tracking,
+            status,
+        } = self;
+        let state = ConnState::written_ahead(&stream, &mut batches, status);
+        tokio::spawn(async move {
+            metrics::upstream_connection_opened();
+            let end = serve(
+                stream,
+                state,
+                &mut batches,
+                Some(&owner),
+                None,
+                &tracking,
+                |reason| broken_error(&address, reason),
+            )
+            .await;
+            if let ServeEnd::Broken(reason) = end {
+                metrics::upstream_errors(reason.metric_kind(), 1);
+                tracing::debug!(%reason, "dedicated upstream connection closed");
+            }
+            metrics::upstream_connection_closed();
+        });
+    }
+}

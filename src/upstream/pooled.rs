@@ -1,0 +1,106 @@
+//! A pooled connection to one Redis (or one cluster node): kept open for as long as keyward
+//! runs, reconnecting with backoff, and failing at once what is sent while it is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::connection::{serve, Batch, ConnState, Reply, ServeEnd, StallCheck};
+use super::errors::broken_error;
+use super::handle::ConnStatus;
+use super::pause::Paused;
+use super::{handshake, holds, Upstream, UpstreamSettings};
+use crate::metrics;
+use crate::resp::{reply, Protocol};
+
+/// Keeps one pooled connection open for as long as keyward runs.
+pub(super) async fn run_pooled(
+    upstream: Arc<Upstream>,
+    settings: UpstreamSettings,
+    protocol: Protocol,
+    db: u32,
+    mut batches: mpsc::Receiver<Batch>,
+    status: Arc<ConnStatus>,
+) {
+    let address = settings.address.to_string();
+    let mut backoff = Duration::ZERO;
+    loop {
+        match handshake::connect(&settings, protocol, db, &[], true).await {
+            Ok(connected) => {
+                if let Some(facts) = connected.facts {
+                    *upstream.facts.write() = Arc::new(facts);
+                }
+                status.set_up();
+                backoff = Duration::ZERO;
+                metrics::upstream_connection_opened();
+                tracing::debug!(%address, ?protocol, db, "upstream connection open");
+                let redis_id = connected.client_id;
+                let asker = Arc::clone(&upstream);
+                let node = settings.clone();
+                let stall = StallCheck {
+                    timeout: settings.request_timeout,
+                    probe: Box::new(move || {
+                        // Redis holds the question too during a full pause keyward passed on.
+                        let paused = asker.pause.in_force() == Some(Paused::Everything);
+                        let settings = node.clone();
+                        Box::pin(
+                            async move { paused || holds::on_purpose(settings, redis_id).await },
+                        )
+                    }),
+                };
+                let end = serve(
+                    connected.stream,
+                    ConnState::reporting_to(Arc::clone(&status)),
+                    &mut batches,
+                    None,
+                    Some(&stall),
+                    &upstream.tracking,
+                    |reason| broken_error(&address, reason),
+                )
+                .await;
+                metrics::upstream_connection_closed();
+                let ServeEnd::Broken(reason) = end else {
+                    return;
+                };
+                metrics::upstream_errors(reason.metric_kind(), 1);
+                tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
+                status.set_down(reason.to_string());
+            }
+            Err(error) => {
+                metrics::upstream_errors("connect", 1);
+                if status.last_error().is_none() || status.is_up() {
+                    tracing::warn!(%address, %error, "cannot connect to Redis; retrying");
+                }
+                status.set_down(error.to_string());
+            }
+        }
+        backoff = handshake::next_backoff(backoff);
+        if !fail_until_retry(&mut batches, &status, &address, backoff).await {
+            return;
+        }
+    }
+}
+
+/// Answers every batch that arrives during the backoff with an error, so nobody waits for a
+/// connection that is down. `false` once every handle is gone.
+async fn fail_until_retry(
+    batches: &mut mpsc::Receiver<Batch>,
+    status: &ConnStatus,
+    address: &str,
+    backoff: Duration,
+) -> bool {
+    let retry = tokio::time::sleep(backoff);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            () = &mut retry => return true,
+            batch = batches.recv() => {
+                let Some(batch) = batch else { return false };
+                let reason = status.last_error().unwrap_or_else(|| "not connected".into());
+                let error = reply::error(&format!("ERR upstream {address} unavailable: {reason}"));
+                let _ = batch.reply_to.send(Reply::Failed { count: batch.count, error });
+            }
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! keyward in front of a real Redis Cluster (three primaries, a replica each): clients keep one
+//! plain connection and never see a redirection; multi-key commands are split by slot,
+//! server-wide ones reach every primary; transactions and blocking commands run on their
+//! keys' node; slots that migrate and primaries that fail are followed.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+use support::cluster::RedisCluster;
+use support::{wait_for, Keyward};
+
+/// keyward in front of `cluster`, once it serves every slot.
+fn keyward_for(cluster: &RedisCluster, extra: &str) -> Keyward {
+    let upstream = "topology = \"cluster\"\nrefresh_interval = \"1s\"";
+    let keyward = Keyward::start_with_upstream(cluster.seed_port(), upstream, extra);
+    wait_for(Duration::from_secs(10), "keyward ready", || {
+        keyward.admin_get("/readyz").0 == 200
+    });
+    keyward
+}
+
+/// A client that gives up on a reply after five seconds: a hang is a failure, not a stall.
+fn client(keyward: &Keyward) -> Connection {
+    let client = keyward.client();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+}
+
+fn keys(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}:{i}")).collect()
+}
+
+/// Each key's primary, as the cluster says.
+fn primaries_of(cluster: &RedisCluster, keys: &[String]) -> HashSet<u16> {
+    keys.iter()
+        .map(|key| cluster.slot_owner(cluster.key_slot(key)))
+        .collect()
+}
+
+#[test]
+fn keys_over_every_slot_are_written_and_read_back() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let keys = keys("every", 10_000);
+    let mut writes = redis::pipe();
+    for key in &keys {
+        writes.set(key, format!("value of {key}")).ignore();
+    }
+    let () = writes.query(&mut client).unwrap();
+    let mut reads = redis::pipe();
+    for key in &keys {
+        reads.get(key);
+    }
+    let values: Vec<String> = reads.query(&mut client).unwrap();
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(*value, format!("value of {key}"));
+    }
+    // Each key is where the cluster says it belongs, not on some node keyward picked.
+    for key in keys.iter().step_by(997) {
+        let owner = cluster.slot_owner(cluster.key_slot(key));
+        let direct: String = redis::cmd("GET")
+            .arg(key)
+            .query(&mut cluster.client(owner))
+            .unwrap();
+        assert_eq!(direct, format!("value of {key}"));
+    }
+    assert_eq!(primaries_of(cluster, &keys).len(), 3);
+}
+
+#[test]
+fn multi_key_commands_are_split_by_slot_and_answered_in_key_order() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let keys = keys("split", 100);
+    assert_eq!(primaries_of(cluster, &keys).len(), 3);
+    let mut mset = redis::cmd("MSET");
+    for key in &keys {
+        mset.arg(key).arg(format!("{key}!"));
+    }
+    let () = mset.query(&mut client).unwrap();
+    let mut asked = keys.clone();
+    asked.insert(50, "split:missing".into());
+    asked.push(keys[3].clone());
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&asked).query(&mut client).unwrap();
+    let expected: Vec<Option<String>> = asked
+        .iter()
+        .map(|key| (key != "split:missing").then(|| format!("{key}!")))
+        .collect();
+    assert_eq!(values, expected);
+
+    let counted = |command: &str, client: &mut Connection| -> i64 {
+        redis::cmd(command).arg(&asked).query(client).unwrap()
+    };
+    assert_eq!(
+        counted("EXISTS", &mut client),
+        101,
+        "a key asked twice counts twice"
+    );
+    assert_eq!(counted("TOUCH", &mut client), 101);
+    assert_eq!(counted("UNLINK", &mut client), 100);
+    assert_eq!(counted("DEL", &mut client), 0);
+}
+
+#[test]
+fn commands_that_cannot_be_split_get_crossslot() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let commands: [&[&str]; 5] = [
+        &["RENAME", "cross:a", "cross:b"],
+        &["MSETNX", "cross:a", "1", "cross:b", "2"],
+        &["SUNIONSTORE", "cross:a", "cross:b", "cross:c"],
+        &["EVAL", "return 1", "2", "cross:a", "cross:b"],
+        &["BLMOVE", "cross:a", "cross:b", "LEFT", "LEFT", "0.1"],
+    ];
+    for command in commands {
+        let error = redis::cmd(command[0])
+            .arg(&command[1..])
+            .query::<Value>(&mut client)
+            .unwrap_err();
+        assert_eq!(error.code(), Some("CROSSSLOT"), "{command:?}: {error}");
+    }
+    // With one hash tag they run.
+    let () = redis::cmd("MSET")
+        .arg(&["{cross}a", "1", "{cross}b", "2"])
+        .query(&mut client)
+        .unwrap();
+    let () = redis::cmd("RENAME")
+        .arg(&["{cross}a", "{cross}c"])
+        .query(&mut client)
+        .unwrap();
+    let error = redis::cmd("SELECT")
+        .arg(1)
+        .query::<()>(&mut client)
+        .unwrap_err();
+    assert_eq!(error.to_string(), "An error was signalled by the server - ResponseError: SELECT is not allowed in cluster mode");
+    let () = redis::cmd("SELECT").arg(0).query(&mut client).unwrap();
+}
+
+#[test]
+fn scan_and_keys_return_every_key_exactly_once() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let written = keys("scanned", 3_000);
+    let mut writes = redis::pipe();
+    for key in &written {
+        writes.set(key, 1).ignore();
+    }
+    let () = writes.query(&mut client).unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = 0u64;
+    let mut steps = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("scanned:*")
+            .arg("COUNT")
+            .arg(200)
+            .query(&mut client)
+            .unwrap();
+        seen.extend(keys);
+        steps += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(steps > 3, "the scan walked every primary in steps");
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no key twice");
+    assert_eq!(unique, written.iter().collect::<HashSet<_>>());
+    let mut listed: Vec<String> = redis::cmd("KEYS")
+        .arg("scanned:*")
+        .query(&mut client)
+        .unwrap();
+    listed.sort();
+    let mut expected = written.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let error = redis::cmd("SCAN")
+        .arg(1023)
+        .query::<Value>(&mut client)
+        .unwrap_err();
+    assert!(error.to_string().contains("invalid cursor"), "{error}");
+}
+
+#[test]
+fn scripts_loaded_through_keyward_run_on_every_node() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let body = "return redis.call('INCR', KEYS[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(body)
+        .query(&mut client)
+        .unwrap();
+    let keys = keys("scripted", 30);
+    assert_eq!(primaries_of(cluster, &keys).len(), 3);
+    for key in &keys {
+        let value: i64 = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(key)
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(value, 1, "{key}");
+    }
+    let exists: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0000000000000000000000000000000000000000")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(exists, [true, false]);
+    for primary in cluster.primaries() {
+        let on_node: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(&sha)
+            .query(&mut cluster.client(primary))
+            .unwrap();
+        assert_eq!(on_node, [true], "loaded on {primary}");
+    }
+}
+
+#[test]
+fn transactions_run_on_the_node_of_their_first_key() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let (counter, other) = ("{tx}counter", "elsewhere:tx");
+    assert_ne!(
+        cluster.slot_owner(cluster.key_slot(counter)),
+        cluster.slot_owner(cluster.key_slot(other))
+    );
+    let (_, value): ((), i64) = redis::pipe()
+        .atomic()
+        .set(counter, 10)
+        .incr(counter, 5)
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(value, 15);
+    // After the transaction, commands for any node work on the same client.
+    let () = redis::cmd("SET")
+        .arg(other)
+        .arg("x")
+        .query(&mut client)
+        .unwrap();
+
+    // A key of another node inside the transaction: refused, and nothing of it runs.
+    let error = redis::pipe()
+        .atomic()
+        .incr(counter, 1)
+        .incr(other, 1)
+        .query::<Value>(&mut client)
+        .unwrap_err();
+    assert_eq!(error.kind(), redis::ErrorKind::CrossSlot, "{error}");
+    let value: i64 = redis::cmd("GET").arg(counter).query(&mut client).unwrap();
+    assert_eq!(value, 15, "no half-run transaction");
+
+    // Not pipelined, as a client waiting for each reply sends it.
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    raw.send(b"INCR {tx}counter\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    raw.send(b"GET elsewhere:tx\r\n");
+    assert!(raw.read_line().starts_with("-CROSSSLOT"));
+    raw.send(b"EXEC\r\n");
+    assert!(raw.read_line().starts_with("-EXECABORT"));
+    raw.send(b"MULTI\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    raw.send(b"EXEC\r\n");
+    assert_eq!(raw.read_line(), "*0\r\n");
+    raw.send(b"GET elsewhere:tx\r\n");
+    assert_eq!(raw.read_line(), "$1\r\n");
+}
+
+#[test]
+fn blocking_commands_wait_on_their_keys_node() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let waiter = std::thread::spawn({
+        let mut client = client(&keyward);
+        move || {
+            let popped: (String, String) = redis::cmd("BLPOP")
+                .arg("blocking:queue")
+                .arg(5)
+                .query(&mut client)
+                .unwrap();
+            // Then the same client reaches keys of every node again.
+            for key in keys("blocking:after", 10) {
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .query(&mut client)
+                    .unwrap();
+            }
+            popped
+        }
+    });
+    let mut pusher = client(&keyward);
+    let owner = cluster.slot_owner(cluster.key_slot("blocking:queue"));
+    wait_for(Duration::from_secs(5), "BLPOP waiting on its node", || {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut cluster.client(owner))
+            .unwrap();
+        info.contains("blocked_clients:1")
+    });
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("blocking:queue")
+        .arg("job")
+        .query(&mut pusher)
+        .unwrap();
+    let popped = waiter.join().unwrap();
+    assert_eq!(popped, ("blocking:queue".to_string(), "job".to_string()));
+}
+
+#[test]
+fn cluster_aware_clients_see_one_node_serving_every_slot() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut client)
+        .unwrap();
+    let expected_node = Value::Array(vec![
+        Value::BulkString(b"127.0.0.1".to_vec()),
+        Value::Int(i64::from(keyward.port)),
+    ]);
+    let Value::Array(ranges) = slots else {
+        panic!("CLUSTER SLOTS is an array: {slots:?}");
+    };
+    let Value::Array(range) = &ranges[0] else {
+        panic!("a range is an array");
+    };
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(range[..2], [Value::Int(0), Value::Int(16383)]);
+    let Value::Array(node) = &range[2] else {
+        panic!("a node is an array");
+    };
+    assert_eq!(Value::Array(node[..2].to_vec()), expected_node);
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query(&mut client)
+        .unwrap();
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    let () = redis::cmd("READONLY").query(&mut client).unwrap();
+    let myid: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut client)
+        .unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut client)
+        .unwrap();
+    assert!(
+        nodes.starts_with(&format!("{myid} 127.0.0.1:{}@", keyward.port)),
+        "{nodes}"
+    );
+    // A key's slot is still Redis's to compute.
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("foo{bar}")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(slot, 5061);
+}
+
+/// Eight clients write and read keys of one slot while it migrates to another primary, by
+/// hand as `redis-cli --cluster reshard` does: no client sees an error, no write is lost.
+#[test]
+fn a_slot_migrating_under_load_costs_clients_nothing() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let slot = cluster.key_slot("{moving}");
+    let from = cluster.slot_owner(slot);
+    let to = *cluster
+        .primaries()
+        .iter()
+        .find(|&&port| port != from)
+        .unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let operations = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let mut client = client(&keyward);
+            let running = Arc::clone(&running);
+            let operations = Arc::clone(&operations);
+            std::thread::spawn(move || {
+                let mut written = HashMap::new();
+                let mut round = 0u64;
+                while running.load(Ordering::Relaxed) {
+                    let key = format!("{{moving}}:{worker}:{}", round % 50);
+                    let value = format!("{worker}-{round}");
+                    let () = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&value)
+                        .query(&mut client)
+                        .unwrap();
+                    let read: String = redis::cmd("GET").arg(&key).query(&mut client).unwrap();
+                    assert_eq!(read, value, "a read sees the write before it");
+                    let pair = [
+                        key.clone(),
+                        format!("{{moving}}:{worker}:{}", (round + 1) % 50),
+                    ];
+                    let _: Vec<Option<String>> =
+                        redis::cmd("MGET").arg(&pair).query(&mut client).unwrap();
+                    written.insert(key, value);
+                    round += 1;
+                    operations.fetch_add(3, Ordering::Relaxed);
+                }
+                (client, written)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.begin_migration(slot, from, to);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.move_keys(slot, from, to);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.finish_migration(slot, to);
+    std::thread::sleep(Duration::from_millis(300));
+    running.store(false, Ordering::Relaxed);
+    for worker in workers {
+        let (mut client, written) = worker.join().expect("no client saw an error");
+        for (key, value) in &written {
+            let read: String = redis::cmd("GET").arg(key).query(&mut client).unwrap();
+            assert_eq!(&read, value, "{key} kept its last write");
+        }
+    }
+    assert!(operations.load(Ordering::Relaxed) > 1_000);
+    let metrics = keyward.admin_get("/metrics").1;
+    let redirects = support::metric_value(
+        &metrics,
+        "keyward_upstream_redirects_total",
+        &["kind=\"ask\""],
+    ) + support::metric_value(
+        &metrics,
+        "keyward_upstream_redirects_total",
+        &["kind=\"moved\""],
+    );
+    assert!(redirects > 0.0, "the migration was followed:\n{metrics}");
+}
+
+/// A primary killed under load: requests for its slots fail fast (never hang) until its
+/// replica is promoted, and are served again soon after.
+#[test]
+fn a_killed_primary_fails_fast_then_its_replica_serves() {
+    let mut cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let mut client = client(&keyward);
+    let key = "failover:key";
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("before")
+        .query(&mut client)
+        .unwrap();
+    let owner = cluster.slot_owner(cluster.key_slot(key));
+    // Let the replica have the write before its primary goes.
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query(&mut cluster.client(owner))
+        .unwrap();
+    cluster.kill_node(owner);
+    let killed = Instant::now();
+    let mut failures = 0;
+    let served_again = loop {
+        let asked = Instant::now();
+        match redis::cmd("GET")
+            .arg(key)
+            .query::<Option<String>>(&mut client)
+        {
+            Ok(value) => break value,
+            Err(error) => {
+                assert!(!error.is_timeout(), "a request hung: {error}");
+                assert!(
+                    asked.elapsed() < Duration::from_secs(3),
+                    "slow failure: {error}"
+                );
+                failures += 1;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "never served again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(served_again.as_deref(), Some("before"));
+    assert!(
+        failures > 0,
+        "requests failed while no primary served the slot"
+    );
+    cluster.wait_until_healthy();
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("after")
+        .query(&mut client)
+        .unwrap();
+    let promoted = cluster.slot_owner(cluster.key_slot(key));
+    let on_node: String = redis::cmd("GET")
+        .arg(key)
+        .query(&mut cluster.client(promoted))
+        .unwrap();
+    assert_eq!(on_node, "after");
+}
+
+#[test]
+fn server_wide_commands_reach_every_primary() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let mut client = client(&keyward);
+    let written = keys("wide", 500);
+    let mut writes = redis::pipe();
+    for key in &written {
+        writes.set(key, 1).ignore();
+    }
+    let () = writes.query(&mut client).unwrap();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
+    assert_eq!(size, 500);
+    let random: String = redis::cmd("RANDOMKEY").query(&mut client).unwrap();
+    assert!(random.starts_with("wide:"));
+    let () = redis::cmd("FLUSHALL").query(&mut client).unwrap();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
+    assert_eq!(size, 0);
+    for primary in cluster.primaries() {
+        let size: i64 = redis::cmd("DBSIZE")
+            .query(&mut cluster.client(primary))
+            .unwrap();
+        assert_eq!(size, 0, "flushed on {primary}");
+    }
+}
