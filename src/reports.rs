@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::policy::cache::RuleStats;
 use crate::policy::hotkeys::big_keys::BigKeysReport;
 use crate::policy::hotkeys::{By, HotKeys, Report};
+use crate::upstream::cluster::NodeReport;
 use crate::upstream::Invalidations;
 
 /// The report behind `KEYWARD INFO`: keyward, its clients and the Redis it forwards to.
@@ -40,6 +41,11 @@ pub struct UpstreamInfo {
     /// The invalidation connection that caching and lock releases rely on: `up`, `down`, or
     /// `unsupported` (keyward's user may not run `CLIENT TRACKING`).
     pub invalidations: &'static str,
+    /// `standalone` or `cluster`.
+    pub topology: &'static str,
+    /// In cluster mode, the slot map's nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_nodes: Option<Vec<NodeReport>>,
 }
 
 pub fn info(context: &Context) -> Info {
@@ -61,6 +67,11 @@ pub fn info(context: &Context) -> Info {
             pooled_connections: total,
             last_error,
             invalidations: invalidations(context),
+            topology: match upstream.cluster {
+                Some(_) => "cluster",
+                None => "standalone",
+            },
+            cluster_nodes: upstream.cluster.as_ref().map(|cluster| cluster.nodes()),
         },
     }
 }
@@ -199,8 +210,10 @@ pub fn big_keys(context: &Context, limit: usize) -> Result<BigKeysReport, String
 /// The report behind `GET /config` and `KEYWARD CONFIG`.
 pub fn config(context: &Context) -> serde_json::Value {
     let status = context.live.status();
+    let cluster = context.upstream.cluster.as_ref();
     serde_json::json!({
         "status": status,
         "config": context.live.load().config,
+        "cluster_nodes": cluster.map(|cluster| cluster.nodes()),
     })
 }

@@ -545,3 +545,162 @@ fn server_wide_commands_reach_every_primary() {
         assert_eq!(size, 0, "flushed on {primary}");
     }
 }
+
+#[test]
+fn reports_show_the_slot_map_and_each_nodes_state() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    // A key on every primary, so that keyward has a connection to each.
+    let () = redis::cmd("MSET")
+        .arg(
+            keys("reported", 30)
+                .iter()
+                .flat_map(|key| [key.as_str(), "1"])
+                .collect::<Vec<_>>(),
+        )
+        .query(&mut client)
+        .unwrap();
+    let info: String = redis::cmd("KEYWARD")
+        .arg("INFO")
+        .query(&mut client)
+        .unwrap();
+    assert!(info.contains("upstream_topology:cluster"), "{info}");
+    let nodes: Vec<&str> = info
+        .lines()
+        .filter(|line| line.starts_with("cluster_node"))
+        .collect();
+    assert_eq!(nodes.len(), 6, "{info}");
+    for primary in cluster.primaries() {
+        let id = cluster.node_id(primary);
+        assert!(
+            nodes.iter().any(|line| line.contains(&format!(
+                "address=127.0.0.1:{primary},id={id},role=primary,slots="
+            )) && line.ends_with("state=up")),
+            "{primary} in {info}"
+        );
+    }
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|line| line.contains("role=replica"))
+            .count(),
+        3
+    );
+    let (status, config) = keyward.admin_get("/config");
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let reported = config["cluster_nodes"].as_array().unwrap();
+    let slots: Vec<&str> = reported
+        .iter()
+        .filter_map(|node| node["slots"].as_str())
+        .filter(|slots| !slots.is_empty())
+        .collect();
+    assert_eq!(slots.len(), 3, "{config}");
+    assert!(
+        slots.iter().any(|slots| slots.starts_with("0-")),
+        "{slots:?}"
+    );
+    let metrics = keyward.admin_get("/metrics").1;
+    assert!(
+        support::metric_value(&metrics, "keyward_cluster_slot_map_refreshes_total", &[]) >= 1.0
+    );
+}
+
+/// A global rate limit's bucket lives on the node of its (hash-tagged) key, where both
+/// keyward processes' scripts run.
+#[test]
+fn a_global_rate_limit_is_shared_by_two_keywards_in_front_of_the_cluster() {
+    let cluster = RedisCluster::shared();
+    let rule = "[[rate_limit]]\nname = \"clustered\"\nkeys = [\"limited:*\"]\nlimit = 5\n\
+                period = \"1h\"\nscope = \"global\"\n";
+    let first = keyward_for(cluster, rule);
+    let second = keyward_for(cluster, rule);
+    let mut clients = [client(&first), client(&second)];
+    let mut incr = |attempt: usize, key: &str| {
+        redis::cmd("INCR")
+            .arg(key)
+            .query::<i64>(&mut clients[attempt % 2])
+    };
+    let allowed = (0..12)
+        .filter(|&attempt| incr(attempt, "limited:orders").is_ok())
+        .count();
+    assert_eq!(allowed, 5, "two sidecars together allowed {allowed}");
+    let error = incr(0, "limited:orders").unwrap_err().to_string();
+    assert!(
+        error.contains("clustered limited:orders retry in"),
+        "{error}"
+    );
+    let bucket = "keyward:ratelimit:{clustered:limited:orders}";
+    let owner = cluster.slot_owner(cluster.key_slot(bucket));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(bucket)
+        .query(&mut cluster.client(owner))
+        .unwrap();
+    assert!(ttl > 0, "the bucket is on its slot's primary (pttl {ttl})");
+    assert_eq!(incr(1, "limited:other").unwrap(), 1, "buckets are per key");
+}
+
+#[test]
+fn pub_sub_reaches_subscribers_through_any_node() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let expect = |client: &mut support::RawClient, lines: &[&str]| {
+        for line in lines {
+            assert_eq!(client.read_line(), format!("{line}\r\n"));
+        }
+    };
+    // The subscriber's connection goes to the node of its shard channel, and takes plain
+    // channels there too.
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SSUBSCRIBE {shard}news\r\n");
+    expect(
+        &mut subscriber,
+        &["*3", "$10", "ssubscribe", "$11", "{shard}news", ":1"],
+    );
+    subscriber.send(b"SUBSCRIBE news\r\n");
+    expect(
+        &mut subscriber,
+        &["*3", "$9", "subscribe", "$4", "news", ":1"],
+    );
+    let elsewhere = (0..100)
+        .map(|i| format!("{{other{i}}}news"))
+        .find(|channel| {
+            cluster.slot_owner(cluster.key_slot(channel))
+                != cluster.slot_owner(cluster.key_slot("{shard}news"))
+        })
+        .unwrap();
+    subscriber.send(format!("SSUBSCRIBE {elsewhere}\r\n").as_bytes());
+    assert!(subscriber.read_line().starts_with("-CROSSSLOT"));
+
+    let mut publisher = client(&keyward);
+    // Published on whichever node the publisher's connection picks; the count it answers is
+    // that node's own subscribers, as in Redis Cluster.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("hello")
+        .query(&mut publisher)
+        .unwrap();
+    expect(
+        &mut subscriber,
+        &["*3", "$7", "message", "$4", "news", "$5", "hello"],
+    );
+    let receivers: i64 = redis::cmd("SPUBLISH")
+        .arg("{shard}news")
+        .arg("sharded")
+        .query(&mut publisher)
+        .unwrap();
+    assert_eq!(receivers, 1);
+    expect(
+        &mut subscriber,
+        &[
+            "*3",
+            "$8",
+            "smessage",
+            "$11",
+            "{shard}news",
+            "$7",
+            "sharded",
+        ],
+    );
+}

@@ -255,5 +255,15 @@ fn info(context: &Context) -> String {
     if let Some(error) = &upstream.last_error {
         text.push_str(&format!("upstream_last_error:{error}\r\n"));
     }
+    text.push_str(&format!("upstream_topology:{}\r\n", upstream.topology));
+    if let Some(nodes) = &upstream.cluster_nodes {
+        text.push_str("\r\n# Cluster\r\n");
+        for (index, node) in nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "cluster_node{index}:address={},id={},role={},slots={},state={}\r\n",
+                node.address, node.id, node.role, node.slots, node.state
+            ));
+        }
+    }
     text
 }

@@ -56,7 +56,6 @@ impl Session {
                 Effect::ClusterView { .. } if self.in_cluster() && !streaming => {
                     Step::Local(LocalCommand::Cluster)
                 }
-                _ if *streaming => Step::Forward,
                 _ => self.step_off_pin(info, args).unwrap_or(Step::Forward),
             },
             // Cluster mode, after `MULTI`: the transaction's connection opens with this command.

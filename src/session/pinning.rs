@@ -60,7 +60,7 @@ impl Session {
         if !elsewhere {
             return None;
         }
-        if pin.transient && !pin.watching && !self.in_transaction {
+        if pin.transient && !pin.watching && !self.in_transaction && self.counts_replies() {
             return Some(Step::Unpin);
         }
         Some(Step::Answer {

@@ -95,9 +95,14 @@ impl SlotMap {
                 .find(|node| is_primary(node) && is_online(node))
                 .or_else(|| nodes.iter().find(|node| is_primary(node)))
                 .ok_or("a shard serving slots has no primary")?;
+            // A replica that has copied nothing yet (offset 0) says `loading`: only a failed
+            // one is left out.
+            let is_failed = |node: &&OwnedFrame| {
+                field(node, "health").and_then(text).as_deref() == Some("failed")
+            };
             let replicas = nodes
                 .iter()
-                .filter(|node| !is_primary(node) && is_online(node))
+                .filter(|node| !is_primary(node) && !is_failed(node))
                 .filter_map(|node| shard_node_address(node, tls))
                 .collect();
             shards.push(Shard {

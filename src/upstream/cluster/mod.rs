@@ -29,8 +29,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::handle::ConnStatus;
 use super::{ServerFacts, UpstreamSettings};
 use crate::command::CommandTable;
 use crate::config::HostPort;
@@ -53,6 +55,23 @@ pub struct Cluster {
     last_error: Mutex<Option<String>>,
     /// What the node that last described the cluster said of itself (`HELLO`).
     facts: ArcSwapOption<ServerFacts>,
+    /// Every connection routers opened to a node, for the nodes' state in reports.
+    connections: Mutex<Vec<(HostPort, Arc<ConnStatus>)>>,
+}
+
+/// One node as reports show it (`KEYWARD INFO`, `/config`).
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    pub address: String,
+    /// Empty for a node met through a redirection, until the next refresh.
+    pub id: String,
+    /// `primary`, or `replica` (keyward sends nothing to replicas).
+    pub role: &'static str,
+    /// The slot ranges a primary serves, such as `0-5460,5462`.
+    pub slots: String,
+    /// `up` when a connection to it is up, `down` with the last error otherwise, `unused` when
+    /// keyward has no connection to it.
+    pub state: String,
 }
 
 impl Cluster {
@@ -69,6 +88,7 @@ impl Cluster {
             refresh: Notify::new(),
             last_error: Mutex::default(),
             facts: ArcSwapOption::empty(),
+            connections: Mutex::default(),
         })
     }
 
@@ -125,6 +145,59 @@ impl Cluster {
             .get(owner)
             .map(|shard| shard.primary.clone())
             .ok_or_else(|| "Hash slot not served".into())
+    }
+
+    /// Notes a router's connection to a node, whose state reports then show.
+    pub(super) fn note_connection(&self, address: &HostPort, status: &Arc<ConnStatus>) {
+        self.connections
+            .lock()
+            .push((address.clone(), Arc::clone(status)));
+    }
+
+    /// The nodes of the slot map, primaries first, with the state of keyward's connections.
+    pub fn nodes(&self) -> Vec<NodeReport> {
+        let Some(map) = self.map() else {
+            return Vec::new();
+        };
+        let connections = self.connections.lock();
+        let state = |address: &HostPort| {
+            let statuses = connections.iter().filter(|(node, _)| node == address);
+            let mut state = "unused".to_string();
+            for (_, status) in statuses {
+                if status.is_up() {
+                    return "up".to_string();
+                }
+                state = match status.last_error() {
+                    Some(error) => format!("down: {error}"),
+                    None => "down".to_string(),
+                };
+            }
+            state
+        };
+        let primaries = map.shards.iter().map(|shard| NodeReport {
+            address: shard.primary.to_string(),
+            id: shard.id.clone(),
+            role: "primary",
+            slots: shard
+                .ranges
+                .iter()
+                .map(|&(start, end)| match start == end {
+                    true => start.to_string(),
+                    false => format!("{start}-{end}"),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            state: state(&shard.primary),
+        });
+        let replicas = map.shards.iter().flat_map(|shard| &shard.replicas);
+        let replicas = replicas.map(|replica| NodeReport {
+            address: replica.to_string(),
+            id: String::new(),
+            role: "replica",
+            slots: String::new(),
+            state: state(replica),
+        });
+        primaries.chain(replicas).collect()
     }
 
     /// The settings for a connection to the node at `address`.
@@ -198,7 +271,9 @@ impl Cluster {
         self.map.store(Some(Arc::new(map)));
     }
 
-    /// Nodes to ask for the map: the primaries known now, then the configured seeds.
+    /// Nodes to ask for the map: the primaries known now, then their replicas, then the
+    /// configured seeds; nodes keyward cannot reach now go last, so that a dead primary's
+    /// connect timeout does not delay the map that names its successor.
     fn candidates(&self) -> Vec<HostPort> {
         let mut candidates: Vec<HostPort> = self
             .map()
@@ -213,6 +288,15 @@ impl Cluster {
                 candidates.push(seed.clone());
             }
         }
+        let connections = self.connections.lock();
+        let unreachable = |address: &HostPort| {
+            let mut statuses = connections.iter().filter(|(node, _)| node == address);
+            statuses.next().is_some()
+                && !connections
+                    .iter()
+                    .any(|(node, status)| node == address && status.is_up())
+        };
+        candidates.sort_by_key(unreachable);
         candidates
     }
 }

@@ -292,6 +292,7 @@ impl Router {
         let (sender, replies) = mpsc::unbounded_channel();
         let settings = self.cluster.node_settings(address);
         let conn = self.upstream.open_node_connection(settings, self.protocol);
+        self.cluster.note_connection(address, &conn.status);
         self.links.push(NodeLink {
             address: address.clone(),
             conn,
