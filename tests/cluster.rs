@@ -704,3 +704,137 @@ fn pub_sub_reaches_subscribers_through_any_node() {
         ],
     );
 }
+
+const CACHED: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"profile:*\"]\nttl = \"30s\"\n\
+                      max_memory = \"1MB\"\n\
+                      [[lock]]\nname = \"bookings\"\nkeys = [\"booking:*\"]\nmax_wait = \"5s\"\n";
+
+/// keyward with cache and lock rules, once every primary's invalidation link is up.
+fn keyward_with_invalidations(cluster: &RedisCluster) -> Keyward {
+    let keyward = keyward_for(cluster, CACHED);
+    wait_for(
+        Duration::from_secs(10),
+        "every invalidation link up",
+        || {
+            redis::cmd("KEYWARD")
+                .arg(&["CACHE", "STATS"])
+                .query::<String>(&mut keyward.client())
+                .is_ok_and(|stats| stats.contains("invalidations:up"))
+        },
+    );
+    keyward
+}
+
+fn get(client: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(client).unwrap()
+}
+
+/// Each primary tracks the reads keyward cached from it: a write made straight on the node
+/// reaches keyward, whichever node it is.
+#[test]
+fn cached_keys_written_on_their_node_are_invalidated() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_with_invalidations(cluster);
+    let mut reader = client(&keyward);
+    let keys = keys("profile", 12);
+    assert_eq!(primaries_of(cluster, &keys).len(), 3);
+    for key in &keys {
+        let owner = cluster.slot_owner(cluster.key_slot(key));
+        let mut direct = cluster.client(owner);
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("before")
+            .query(&mut direct)
+            .unwrap();
+        assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
+        assert_eq!(get(&mut reader, key).as_deref(), Some("before"), "a hit");
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("after")
+            .query(&mut direct)
+            .unwrap();
+        wait_for(Duration::from_millis(500), "the write invalidates", || {
+            get(&mut reader, key).as_deref() == Some("after")
+        });
+    }
+    let stats: String = redis::cmd("KEYWARD")
+        .arg(&["CACHE", "STATS"])
+        .query(&mut reader)
+        .unwrap();
+    let hits: u64 = stats
+        .split(' ')
+        .find_map(|field| field.strip_prefix("hits="))
+        .and_then(|hits| hits.parse().ok())
+        .unwrap_or_else(|| panic!("hits in {stats}"));
+    assert!(hits >= 12, "{stats}");
+}
+
+/// A slot that moves leaves no stale entry behind: what keyward cached from the node it left
+/// is dropped (the keys' migration invalidates them there, and keyward also stops serving
+/// what it cached of slots whose owner changed), and the new owner tracks what is read next.
+#[test]
+fn a_moved_slot_flushes_what_the_cache_holds_of_it() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_with_invalidations(&cluster);
+    let mut reader = client(&keyward);
+    let key = "profile:{moved}";
+    let slot = cluster.key_slot(key);
+    let from = cluster.slot_owner(slot);
+    let to = *cluster
+        .primaries()
+        .iter()
+        .find(|&&port| port != from)
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("before")
+        .query(&mut client(&keyward))
+        .unwrap();
+    assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
+    assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
+    cluster.migrate_slot(slot, from, to);
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("after")
+        .query(&mut cluster.client(to))
+        .unwrap();
+    wait_for(
+        Duration::from_secs(3),
+        "the moved slot's entry is dropped",
+        || get(&mut reader, key).as_deref() == Some("after"),
+    );
+}
+
+/// Lock fairness works on whichever node the lock key lives: a release made straight on the
+/// node hands the lock to the waiter.
+#[test]
+fn a_lock_released_on_its_node_passes_to_the_waiter() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_with_invalidations(cluster);
+    for key in keys("booking", 6) {
+        let owner = cluster.slot_owner(cluster.key_slot(&key));
+        let mut direct = cluster.client(owner);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&[&key, "holder", "NX", "PX", "60000"])
+            .query(&mut direct)
+            .unwrap();
+        assert!(taken.is_some());
+        let waiter = {
+            let mut connection = client(&keyward);
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let won: Option<String> = redis::cmd("SET")
+                    .arg(&[&key, "waiter", "NX", "PX", "1000"])
+                    .query(&mut connection)
+                    .unwrap();
+                (won.is_some(), started.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let _: i64 = redis::cmd("DEL").arg(&key).query(&mut direct).unwrap();
+        let (won, waited) = waiter.join().unwrap();
+        assert!(won, "{key}: the waiter got the lock");
+        assert!(waited < Duration::from_secs(1), "{key}: waited {waited:?}");
+    }
+}

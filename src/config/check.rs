@@ -127,7 +127,7 @@ pub(super) fn settings_together(config: &Config, text: &str, diagnostics: &mut V
     topology(config, text, diagnostics);
 }
 
-/// Settings that only one topology reads, and what cluster mode cannot do yet.
+/// Settings that only one topology reads.
 fn topology(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
     let upstream = &config.upstream;
     if upstream.topology == Topology::Standalone && !upstream.seeds.is_empty() {
@@ -135,26 +135,6 @@ fn topology(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
             find_table_key(text, "upstream", "seeds").unwrap_or(0..0),
             "seeds are read only with topology = \"cluster\"".into(),
         ));
-    }
-    if upstream.topology != Topology::Cluster {
-        return;
-    }
-    // Both need Redis to tell keyward when keys change, on one link per primary; until
-    // cluster mode has those links, rules that would silently serve stale values or let
-    // waiters sleep are refused.
-    let unsupported = [
-        ("cache", !config.cache.is_empty()),
-        ("lock", !config.lock.is_empty()),
-    ];
-    for (kind, present) in unsupported {
-        if present {
-            let header = format!("[[{kind}]]");
-            let span = text.find(&header).map(|at| at..at + header.len());
-            diagnostics.push(Diagnostic::error(
-                span.unwrap_or(0..0),
-                format!("[[{kind}]] rules are not supported with topology = \"cluster\" yet"),
-            ));
-        }
     }
 }
 

@@ -517,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_mode_reads_its_seeds_and_refuses_what_it_cannot_do_yet() {
+    fn cluster_mode_reads_its_seeds_which_standalone_refuses() {
         let text = "[upstream]\ntopology = \"cluster\"\naddress = \"10.0.0.1:7000\"\n\
                     seeds = [\"10.0.0.2:7000\", \"10.0.0.1:7000\"]\nrefresh_interval = \"10s\"\n";
         let (config, _) = Config::parse(text).unwrap();
@@ -530,27 +530,6 @@ mod tests {
             .collect();
         assert_eq!(seeds, ["10.0.0.1:7000", "10.0.0.2:7000"]);
         assert_eq!(config.upstream.refresh_interval.get().as_secs(), 10);
-
-        let with_rules = format!(
-            "{text}[[cache]]\nname = \"c\"\nttl = \"1s\"\nmax_memory = \"1MB\"\n\
-             [[lock]]\nname = \"l\"\nkeys = [\"lock:*\"]\n"
-        );
-        let errors = Config::parse(&with_rules).unwrap_err();
-        let rendered: Vec<String> = errors
-            .iter()
-            .map(|e| e.render("k.toml", &with_rules))
-            .collect();
-        assert_eq!(rendered.len(), 2, "{rendered:?}");
-        assert!(
-            rendered[0].contains("[[cache]] rules are not supported"),
-            "{}",
-            rendered[0]
-        );
-        assert!(
-            rendered[1].contains("[[lock]] rules are not supported"),
-            "{}",
-            rendered[1]
-        );
 
         let standalone = "[upstream]\nseeds = [\"10.0.0.2:7000\"]\n";
         let rendered = Config::parse(standalone).unwrap_err()[0].render("k.toml", standalone);

@@ -70,7 +70,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 
 /// A `host:port` address; the host may be a name, resolved when connecting (so a Redis that
 /// moves behind the same name is followed on reconnect).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
     host: String,
     port: u16,

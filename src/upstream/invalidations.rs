@@ -16,12 +16,17 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::AsyncWriteExt;
 
+use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HostPort;
 use crate::net::Stream;
 use crate::resp::request::encode_command;
 use crate::resp::Protocol;
-use crate::upstream::{self, read_frame, Invalidations, Upstream, UpstreamSettings};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::{
+    self, read_frame, Invalidations, TrackingTarget, Upstream, UpstreamSettings,
+};
 
 /// How often keyward looks whether cache rules are in force while none are.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -44,8 +49,30 @@ pub trait Listener: Send + Sync {
     fn everything_changed(&self);
 }
 
-/// Keeps the invalidation connection open while the listener wants its news.
-pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken, listener: impl Listener) {
+/// Keeps the invalidation connection open while the listener wants its news: one, or in
+/// cluster mode one per primary.
+pub async fn run(
+    upstream: Arc<Upstream>,
+    shutdown: CancellationToken,
+    listener: impl Listener + Clone + 'static,
+) {
+    match &upstream.cluster {
+        None => {
+            let settings = upstream.settings().clone();
+            keep_link(settings, Arc::clone(&upstream.tracking), shutdown, listener).await;
+        }
+        Some(cluster) => follow_cluster(Arc::clone(cluster), shutdown, listener).await,
+    }
+}
+
+/// Keeps one node's invalidation connection open while the listener wants its news; its
+/// state goes to `target`.
+async fn keep_link(
+    settings: UpstreamSettings,
+    target: Arc<TrackingTarget>,
+    shutdown: CancellationToken,
+    listener: impl Listener,
+) {
     let mut backoff = Duration::ZERO;
     loop {
         while !listener.wanted() {
@@ -55,17 +82,18 @@ pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken, listener:
             }
         }
         let ended = tokio::select! {
-            ended = listen(&upstream, &listener) => ended,
+            ended = listen(&settings, &target, &listener) => ended,
             () = shutdown.cancelled() => return,
         };
-        let was_up = upstream.tracking.state() != Invalidations::Down;
-        upstream.tracking.set(Invalidations::Down);
+        let was_up = target.state() != Invalidations::Down;
+        target.set(Invalidations::Down);
         listener.everything_changed();
+        let address = &settings.address;
         if was_up {
             backoff = Duration::ZERO;
-            tracing::warn!(reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
+            tracing::warn!(%address, reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
         } else {
-            tracing::debug!(reason = %ended, "cache invalidation connection unavailable");
+            tracing::debug!(%address, reason = %ended, "cache invalidation connection unavailable");
         }
         crate::metrics::cache_invalidation_connection_lost();
         backoff = upstream::next_backoff(backoff);
@@ -76,17 +104,83 @@ pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken, listener:
     }
 }
 
+/// Cluster mode: a link to every primary of the slot map, each telling its own target; the
+/// whole cluster's target, which the cache follows, is up once every primary's link is.
+async fn follow_cluster(
+    cluster: Arc<Cluster>,
+    shutdown: CancellationToken,
+    listener: impl Listener + Clone + 'static,
+) {
+    let mut links: FxHashMap<HostPort, CancellationToken> = FxHashMap::default();
+    loop {
+        if let Some(map) = cluster.map() {
+            let primaries: Vec<&HostPort> = map.shards.iter().map(|shard| &shard.primary).collect();
+            links.retain(|node, link| {
+                let kept = primaries.contains(&node);
+                if !kept {
+                    link.cancel();
+                    cluster.node_tracking(node).set(Invalidations::Down);
+                }
+                kept
+            });
+            for &primary in &primaries {
+                if links.contains_key(primary) {
+                    continue;
+                }
+                let link = shutdown.child_token();
+                links.insert(primary.clone(), link.clone());
+                let settings = cluster.node_settings(primary);
+                let target = cluster.node_tracking(primary);
+                tokio::spawn(keep_link(settings, target, link, listener.clone()));
+            }
+            let states = primaries
+                .iter()
+                .map(|primary| cluster.node_tracking(primary).state());
+            let whole = whole_state(states);
+            if whole != Invalidations::Down && cluster.tracking.state() == Invalidations::Down {
+                cluster.tracking.set(whole);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(IDLE_POLL) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The whole cluster's state from its primaries' links: down while one is, unsupported when
+/// one cannot track, else up (the id stands for the cluster: each node's connections redirect
+/// to their own node's link).
+fn whole_state(nodes: impl Iterator<Item = Invalidations>) -> Invalidations {
+    let mut whole = Invalidations::Down;
+    for state in nodes {
+        match state {
+            Invalidations::Down => return Invalidations::Down,
+            Invalidations::Unsupported => whole = Invalidations::Unsupported,
+            Invalidations::RedirectTo(id) if whole == Invalidations::Down => {
+                whole = Invalidations::RedirectTo(id)
+            }
+            Invalidations::RedirectTo(_) => {}
+        }
+    }
+    whole
+}
+
 /// Opens the connection, subscribes, and passes invalidations on until it fails.
-async fn listen(upstream: &Upstream, listener: &impl Listener) -> String {
-    let settings = upstream.settings();
+async fn listen(
+    settings: &UpstreamSettings,
+    target: &TrackingTarget,
+    listener: &impl Listener,
+) -> String {
     let setup = tokio::time::timeout(settings.connect_timeout, subscribe(settings)).await;
     let (stream, mut input, id, tracking) = match setup {
         Ok(Ok(subscribed)) => subscribed,
         Ok(Err(error)) => return error,
         Err(_) => return format!("no subscription within {:?}", settings.connect_timeout),
     };
-    upstream.tracking.set(tracking);
-    tracing::info!(client_id = id, "cache invalidation connection up");
+    target.set(tracking);
+    let address = &settings.address;
+    tracing::info!(%address, client_id = id, "cache invalidation connection up");
     let (mut reader, mut writer) = tokio::io::split(stream);
     // A connection that silently died (a dropped NAT entry, a crashed host) would otherwise
     // look up forever while its invalidations go nowhere.

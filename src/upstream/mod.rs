@@ -90,8 +90,9 @@ impl Upstream {
     /// Creates the upstream and opens the default pool (RESP2, db 0) so that readiness reflects
     /// Redis from the start. Must run inside the runtime.
     pub fn start(settings: UpstreamSettings) -> Arc<Upstream> {
+        let tracking = Arc::new(TrackingTarget::default());
         let cluster = settings.cluster.as_ref().map(|plan| {
-            let cluster = Cluster::new(settings.clone(), plan.seeds.clone(), plan.refresh_interval);
+            let cluster = Cluster::new(settings.clone(), plan, Arc::clone(&tracking));
             tokio::spawn(Arc::clone(&cluster).keep_current());
             cluster
         });
@@ -103,7 +104,7 @@ impl Upstream {
             facts: RwLock::default(),
             spares: Mutex::default(),
             detours: Mutex::default(),
-            tracking: Arc::default(),
+            tracking,
             pause: Pause::default(),
             monitors: Arc::default(),
         });
@@ -162,6 +163,7 @@ impl Upstream {
                 tokio::spawn(run_pooled(
                     Arc::clone(self),
                     settings,
+                    Arc::clone(&self.tracking),
                     protocol,
                     db,
                     batches,
@@ -176,6 +178,7 @@ impl Upstream {
     fn open_node_connection(
         self: &Arc<Self>,
         settings: UpstreamSettings,
+        tracking: Arc<TrackingTarget>,
         protocol: Protocol,
     ) -> ConnHandle {
         let (handle, batches) = ConnHandle::channel();
@@ -183,6 +186,7 @@ impl Upstream {
         tokio::spawn(run_pooled(
             Arc::clone(self),
             settings,
+            tracking,
             protocol,
             0,
             batches,

@@ -10,6 +10,7 @@ use super::connection::{serve, Batch, ConnState, Reply, ServeEnd, StallCheck};
 use super::errors::broken_error;
 use super::handle::ConnStatus;
 use super::pause::Paused;
+use super::tracking::TrackingTarget;
 use super::{handshake, holds, Upstream, UpstreamSettings};
 use crate::metrics;
 use crate::resp::{reply, Protocol};
@@ -18,6 +19,7 @@ use crate::resp::{reply, Protocol};
 pub(super) async fn run_pooled(
     upstream: Arc<Upstream>,
     settings: UpstreamSettings,
+    tracking: Arc<TrackingTarget>,
     protocol: Protocol,
     db: u32,
     mut batches: mpsc::Receiver<Batch>,
@@ -55,7 +57,7 @@ pub(super) async fn run_pooled(
                     &mut batches,
                     None,
                     Some(&stall),
-                    &upstream.tracking,
+                    &tracking,
                     |reason| broken_error(&address, reason),
                 )
                 .await;

@@ -7,6 +7,7 @@
 //! first fill, and again whenever that connection has been replaced (its client id changed).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -34,9 +35,20 @@ pub struct TrackingTarget {
     /// Bumped whenever invalidations may have been lost; a fill started under an older epoch
     /// is not stored, and an entry stored under one is not served.
     epoch: AtomicU64,
+    /// In cluster mode, a node's target names the whole cluster's: what one node loses, the
+    /// cache (which follows the whole cluster's epoch) loses.
+    whole: Option<Arc<TrackingTarget>>,
 }
 
 impl TrackingTarget {
+    /// The target of one node of a cluster whose target is `whole`.
+    pub fn of_node(whole: &Arc<TrackingTarget>) -> TrackingTarget {
+        TrackingTarget {
+            whole: Some(Arc::clone(whole)),
+            ..TrackingTarget::default()
+        }
+    }
+
     pub fn state(&self) -> Invalidations {
         match self.redirect.load(Ordering::Acquire) {
             DOWN => Invalidations::Down,
@@ -55,6 +67,11 @@ impl TrackingTarget {
         };
         self.redirect.store(value, Ordering::Release);
         self.lose_invalidations();
+        // One node's link down is the whole cluster's cache down, at once; it comes back
+        // when every node's is up (see `invalidations`).
+        if let (Invalidations::Down, Some(whole)) = (state, &self.whole) {
+            whole.set(Invalidations::Down);
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -65,6 +82,9 @@ impl TrackingTarget {
     /// could not turn tracking on): fills in flight must not be stored.
     pub fn lose_invalidations(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(whole) = &self.whole {
+            whole.lose_invalidations();
+        }
     }
 }
 

@@ -29,11 +29,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::handle::ConnStatus;
-use super::{ServerFacts, UpstreamSettings};
+use super::tracking::TrackingTarget;
+use super::{ClusterSettings, ServerFacts, UpstreamSettings};
 use crate::command::CommandTable;
 use crate::config::HostPort;
 use crate::metrics;
@@ -57,6 +59,11 @@ pub struct Cluster {
     facts: ArcSwapOption<ServerFacts>,
     /// Every connection routers opened to a node, for the nodes' state in reports.
     connections: Mutex<Vec<(HostPort, Arc<ConnStatus>)>>,
+    /// The whole cluster's tracking target, which the cache follows: it is down while any
+    /// primary's invalidation link is, and loses invalidations whenever one does.
+    pub tracking: Arc<TrackingTarget>,
+    /// Each node's own target: where its connections redirect the tracking of cache fills.
+    node_tracking: Mutex<FxHashMap<HostPort, Arc<TrackingTarget>>>,
 }
 
 /// One node as reports show it (`KEYWARD INFO`, `/config`).
@@ -77,13 +84,15 @@ pub struct NodeReport {
 impl Cluster {
     pub fn new(
         settings: UpstreamSettings,
-        seeds: Vec<HostPort>,
-        refresh_interval: Duration,
+        plan: &ClusterSettings,
+        tracking: Arc<TrackingTarget>,
     ) -> Arc<Cluster> {
         Arc::new(Cluster {
             settings,
-            seeds,
-            refresh_interval,
+            seeds: plan.seeds.clone(),
+            refresh_interval: plan.refresh_interval,
+            tracking,
+            node_tracking: Mutex::default(),
             map: ArcSwapOption::empty(),
             refresh: Notify::new(),
             last_error: Mutex::default(),
@@ -145,6 +154,15 @@ impl Cluster {
             .get(owner)
             .map(|shard| shard.primary.clone())
             .ok_or_else(|| "Hash slot not served".into())
+    }
+
+    /// The tracking target of the node at `address`.
+    pub fn node_tracking(&self, address: &HostPort) -> Arc<TrackingTarget> {
+        let mut targets = self.node_tracking.lock();
+        let target = targets
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(TrackingTarget::of_node(&self.tracking)));
+        Arc::clone(target)
     }
 
     /// Notes a router's connection to a node, whose state reports then show.
@@ -220,6 +238,7 @@ impl Cluster {
             if map.owner(slot).map(|owner| &map.shards[owner].primary) != Some(address) {
                 self.map
                     .store(Some(Arc::new(map.with_owner(slot, address))));
+                self.tracking.lose_invalidations();
             }
         }
         self.refresh_soon();
@@ -261,6 +280,9 @@ impl Cluster {
     fn note_new_map(&self, map: SlotMap) {
         let changed = self.map().is_none_or(|old| old.shards != map.shards);
         if changed {
+            // Keys of a slot that moved are tracked by the node they left: what is cached of
+            // them must not be served.
+            self.tracking.lose_invalidations();
             let primaries: Vec<String> = map
                 .shards
                 .iter()

@@ -123,6 +123,8 @@ struct Command {
     merge: Merge,
     parts: Vec<Part>,
     left: usize,
+    /// A cache fill, whose reads Redis must track (see `tracking`).
+    tracked: bool,
     started: Instant,
 }
 
@@ -178,6 +180,8 @@ impl Router {
         self.status.set_up();
         let count = batch.count as usize;
         let measured = batch.measured.is_some();
+        // A cache fill: Redis tracks what it reads on whichever node serves it.
+        let tracked = batch.tracked;
         let batch_id = self
             .deliveries
             .open(batch.reply_to, count, measured, batch.hold);
@@ -204,13 +208,14 @@ impl Router {
             match parts(planned, command, &map) {
                 Ok((merge, parts)) => {
                     let at = (batch_id, index);
-                    self.admit(at, merge, parts, &map, &mut outgoing);
+                    self.admit(at, merge, parts, tracked, &map, &mut outgoing);
                 }
                 Err(answer) => self.deliveries.answer(batch_id, index, answer),
             }
         }
         for out in outgoing {
-            self.send(out.link, out.bytes.freeze(), out.owed).await;
+            self.send(out.link, out.bytes.freeze(), out.owed, tracked)
+                .await;
         }
         self.deliveries.deliver();
     }
@@ -222,6 +227,7 @@ impl Router {
         at: (u64, usize),
         merge: Merge,
         parts: Vec<Part>,
+        tracked: bool,
         map: &SlotMap,
         outgoing: &mut Vec<Outgoing>,
     ) {
@@ -259,6 +265,7 @@ impl Router {
             merge,
             left: parts.len(),
             parts,
+            tracked,
             started: Instant::now(),
         };
         self.commands.insert(id, command);
@@ -291,7 +298,10 @@ impl Router {
         }
         let (sender, replies) = mpsc::unbounded_channel();
         let settings = self.cluster.node_settings(address);
-        let conn = self.upstream.open_node_connection(settings, self.protocol);
+        let tracking = self.cluster.node_tracking(address);
+        let conn = self
+            .upstream
+            .open_node_connection(settings, tracking, self.protocol);
         self.cluster.note_connection(address, &conn.status);
         self.links.push(NodeLink {
             address: address.clone(),
@@ -304,13 +314,13 @@ impl Router {
     }
 
     /// Hands commands to a node's connection; if it cannot take them, each gets an error.
-    async fn send(&mut self, link: usize, bytes: Bytes, owed: Vec<Owed>) {
+    async fn send(&mut self, link: usize, bytes: Bytes, owed: Vec<Owed>, tracked: bool) {
         let node = &mut self.links[link];
         let mut batch = Batch {
             bytes,
             count: owed.len() as u32,
             reply_to: node.sender.clone(),
-            tracked: false,
+            tracked,
             measured: None,
             hold: None,
         };
@@ -441,13 +451,10 @@ impl Router {
 
     /// Sends a part again, to `address`; after an `ASK`, with `ASKING` before it.
     async fn resend(&mut self, id: u64, part_index: usize, address: &HostPort, asking: bool) {
-        let Some(part) = self
-            .commands
-            .get(&id)
-            .map(|command| &command.parts[part_index])
-        else {
+        let Some(command) = self.commands.get(&id) else {
             return;
         };
+        let (part, tracked) = (&command.parts[part_index], command.tracked);
         let mut owed = Vec::with_capacity(2);
         let bytes = if asking {
             owed.push(Owed::Asking);
@@ -462,7 +469,7 @@ impl Router {
             part: part_index,
         });
         let link = self.link(address);
-        self.send(link, bytes, owed).await;
+        self.send(link, bytes, owed, tracked).await;
     }
 
     /// Sends again a part that waited after `TRYAGAIN`.
