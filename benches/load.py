@@ -20,6 +20,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --locks               # 50 clients contending for one lock
     python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
     python3 benches/load.py --instructions        # keyward's instructions per request, per policy
+    python3 benches/load.py --cluster             # keyward before a Redis Cluster, against
+                                                  # redis-benchmark --cluster straight to it
 
 Wall-clock figures on a shared machine move by tens of percent from run to run. --instructions
 runs keyward under callgrind instead and counts what keyward itself executes per request, with
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYWARD = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "keyward")
@@ -159,6 +162,69 @@ def benchmark(port, args, requests):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
     rows = [line.split(",") for line in out.strip().splitlines() if line and not line.startswith('"test"')]
     return float(rows[-1][1].strip('"'))
+
+
+CLUSTER_SCENARIOS = SCENARIOS[:4]
+
+
+def cluster_benchmark(work, start, start_keyward, rounds, requests):
+    """Three cluster primaries pinned to cpu0; keyward in front of them (pinned to cpu1 with
+    redis-benchmark) against redis-benchmark --cluster, which routes by slot itself."""
+    ports = [free_port() for _ in range(3)]
+    for port in ports:
+        start(pinned(0, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", work, "--dbfilename", f"dump-{port}.rdb",
+                         "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                         "--cluster-config-file", os.path.join(work, f"nodes-{port}.conf")]))
+        wait_port(port, "cluster node")
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+                    "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    deadline = time.time() + 30
+    while not all("cluster_state:ok" in subprocess.run(
+            ["redis-cli", "-p", str(port), "CLUSTER", "INFO"], capture_output=True, text=True).stdout
+                  for port in ports):
+        if time.time() > deadline:
+            sys.exit("the cluster did not come up")
+        time.sleep(0.2)
+    keyward_port, admin_port = free_port(), free_port()
+    keyward = start_keyward("keyward-cluster", keyward_port, admin_port, upstream_port=ports[0],
+                            upstream='topology = "cluster"\n')
+    deadline = time.time() + 10
+    while not ready(admin_port):
+        if time.time() > deadline:
+            sys.exit("keyward did not read the cluster's slot map")
+        time.sleep(0.05)
+    targets = [("direct (--cluster)", ports[0], ["--cluster"]), ("keyward", keyward_port, [])]
+    for port, cluster_flag in ((keyward_port, []), (ports[0], ["--cluster"])):
+        # Every key exists, so GETs read values wherever they run.
+        benchmark(port, [*cluster_flag, "-t", "set"], KEYSPACE * 4)
+    results = {(s[0], t[0]): [] for s in CLUSTER_SCENARIOS for t in targets}
+    cpu = {s[0]: [] for s in CLUSTER_SCENARIOS}
+    for round_number in range(rounds):
+        for name, args, multiplier in CLUSTER_SCENARIOS:
+            for target, port, extra in targets:
+                before = cpu_seconds(keyward.pid)
+                results[(name, target)].append(benchmark(port, [*extra, *args], requests * multiplier))
+                if target == "keyward":
+                    cpu[name].append((cpu_seconds(keyward.pid) - before) / (requests * multiplier) * 1e6)
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    print()
+    print(f"Redis Cluster of 3 primaries (cpu0); redis-benchmark on cpu1, {CLIENTS} clients, "
+          f"{VALUE_BYTES}-byte values over {KEYSPACE:,} keys, {rounds} rounds, medians in requests/s")
+    print("| scenario | direct (--cluster) | keyward | keyward/direct | keyward CPU µs per request |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, _, _ in CLUSTER_SCENARIOS:
+        direct, ours = (statistics.median(results[(name, t)]) for t, _, _ in targets)
+        print(f"| {name} | {direct:,.0f} | {ours:,.0f} | {ours / direct:.2f} | "
+              f"{statistics.median(cpu[name]):.2f} |")
+
+
+def ready(admin_port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def preload(redis_port):
@@ -429,6 +495,8 @@ def main():
                              "lock rule")
     parser.add_argument("--rest", action="store_true",
                         help="GETs through keyward's REST API against the same GETs over RESP")
+    parser.add_argument("--cluster", action="store_true",
+                        help="keyward in front of a Redis Cluster against redis-benchmark --cluster")
     parser.add_argument("--instructions", action="store_true",
                         help="count keyward's instructions per request under callgrind, without "
                              "policies, with each policy variant of --policies, and with hot keys "
@@ -461,16 +529,19 @@ def main():
             wait_port(port, "redis-server")
 
         start_redis(0, redis_port)
-        def start_keyward(name, port, admin, extra="", wrapper=(), timeout=10):
+        def start_keyward(name, port, admin, extra="", wrapper=(), timeout=10, upstream_port=redis_port,
+                          upstream=""):
             config = os.path.join(work, f"{name}.toml")
             with open(config, "w") as f:
                 f.write(f'[listen]\naddress = "127.0.0.1:{port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
-                        f'[upstream]\naddress = "127.0.0.1:{redis_port}"\n'
+                        f'[upstream]\naddress = "127.0.0.1:{upstream_port}"\n{upstream}'
                         f'[admin]\naddress = "127.0.0.1:{admin}"\n[log]\nlevel = "warn"\n{extra}')
             process = start(pinned(1, [*wrapper, KEYWARD, "--config", config]))
             wait_port(port, name, timeout)
             return process
 
+        if options.cluster:
+            return cluster_benchmark(work, start, start_keyward, options.rounds, options.requests)
         if options.instructions:
             preload(redis_port)
             return instructions(work, start_keyward, POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS)
