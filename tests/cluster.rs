@@ -605,6 +605,12 @@ fn reports_show_the_slot_map_and_each_nodes_state() {
     assert!(
         support::metric_value(&metrics, "keyward_cluster_slot_map_refreshes_total", &[]) >= 1.0
     );
+    for primary in cluster.primaries() {
+        let node = format!("node=\"127.0.0.1:{primary}\"");
+        let connections =
+            support::metric_value(&metrics, "keyward_upstream_connections", &[node.as_str()]);
+        assert!(connections >= 1.0, "{node} in:\n{metrics}");
+    }
 }
 
 /// A global rate limit's bucket lives on the node of its (hash-tagged) key, where both

@@ -59,12 +59,14 @@ fn register_at_zero() {
         counter!("keyward_config_reloads_total", "result" => result).absolute(0);
     }
     gauge!("keyward_client_connections").set(0.0);
-    gauge!("keyward_upstream_connections").set(0.0);
 }
 
 fn describe() {
     ::metrics::describe_gauge!("keyward_client_connections", "Open client connections");
-    ::metrics::describe_gauge!("keyward_upstream_connections", "Open connections to Redis");
+    ::metrics::describe_gauge!(
+        "keyward_upstream_connections",
+        "Open connections to Redis, by node (host:port)"
+    );
     ::metrics::describe_counter!(
         "keyward_upstream_errors_total",
         "Upstream failures: failed connects and broken connections (connect, io), and requests that timed out or found the connection busy (timeout, busy)"
@@ -177,12 +179,13 @@ pub fn protocol_error() {
     counter!("keyward_protocol_errors_total").increment(1);
 }
 
-pub fn upstream_connection_opened() {
-    gauge!("keyward_upstream_connections").increment(1.0);
+/// A connection to the Redis (in cluster mode, the node) at `node` opened.
+pub fn upstream_connection_opened(node: &str) {
+    gauge!("keyward_upstream_connections", "node" => node.to_string()).increment(1.0);
 }
 
-pub fn upstream_connection_closed() {
-    gauge!("keyward_upstream_connections").decrement(1.0);
+pub fn upstream_connection_closed(node: &str) {
+    gauge!("keyward_upstream_connections", "node" => node.to_string()).decrement(1.0);
 }
 
 /// A REST API request was answered. `token` is a configured token's name, or empty: bounded.

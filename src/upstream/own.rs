@@ -71,7 +71,7 @@ impl Opening {
         } = self;
         let state = ConnState::written_ahead(&stream, &mut batches, status);
         tokio::spawn(async move {
-            metrics::upstream_connection_opened();
+            metrics::upstream_connection_opened(&address);
             let end = serve(
                 stream,
                 state,
@@ -86,7 +86,7 @@ impl Opening {
                 metrics::upstream_errors(reason.metric_kind(), 1);
                 tracing::debug!(%reason, "dedicated upstream connection closed");
             }
-            metrics::upstream_connection_closed();
+            metrics::upstream_connection_closed(&address);
         });
     }
 }

@@ -35,7 +35,7 @@ pub(super) async fn run_pooled(
                 }
                 status.set_up();
                 backoff = Duration::ZERO;
-                metrics::upstream_connection_opened();
+                metrics::upstream_connection_opened(&address);
                 tracing::debug!(%address, ?protocol, db, "upstream connection open");
                 let redis_id = connected.client_id;
                 let asker = Arc::clone(&upstream);
@@ -61,7 +61,7 @@ pub(super) async fn run_pooled(
                     |reason| broken_error(&address, reason),
                 )
                 .await;
-                metrics::upstream_connection_closed();
+                metrics::upstream_connection_closed(&address);
                 let ServeEnd::Broken(reason) = end else {
                     return;
                 };
