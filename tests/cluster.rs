@@ -287,6 +287,87 @@ fn transactions_run_on_the_node_of_their_first_key() {
     assert_eq!(raw.read_line(), "$1\r\n");
 }
 
+/// Once a transaction is over, the client's next transactions on the same node reuse its
+/// connection, and what must reach every primary does again.
+#[test]
+fn after_a_transaction_the_whole_cluster_is_reached_again() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut client = client(&keyward);
+    let spread = keys("after-tx", 60);
+    assert_eq!(primaries_of(cluster, &spread).len(), 3);
+    let mut writes = redis::pipe();
+    for key in &spread {
+        writes.set(key, 1).ignore();
+    }
+    let () = writes.query(&mut client).unwrap();
+    let transaction = |client: &mut Connection| {
+        let (value,): (i64,) = redis::pipe()
+            .atomic()
+            .incr("{again}counter", 1)
+            .query(client)
+            .unwrap();
+        value
+    };
+    assert_eq!(transaction(&mut client), 1);
+    let connections = || {
+        let metrics = keyward.admin_get("/metrics").1;
+        support::metric_value(&metrics, "keyward_upstream_connections", &[])
+    };
+    let before = connections();
+    assert_eq!(transaction(&mut client), 2);
+    assert_eq!(transaction(&mut client), 3);
+    assert_eq!(
+        connections(),
+        before,
+        "the transactions reused the session's connection"
+    );
+    let mut listed: Vec<String> = redis::cmd("KEYS")
+        .arg("after-tx:*")
+        .query(&mut client)
+        .unwrap();
+    listed.sort();
+    let mut expected = spread.clone();
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "KEYS reached every primary after the transaction"
+    );
+    // And a transaction whose first key is elsewhere goes there.
+    let (value,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("after-tx:0", 1)
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(value, 2);
+}
+
+#[test]
+fn publish_counts_the_subscribers_keyward_holds() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SUBSCRIBE counted\r\n");
+    for line in ["*3", "$9", "subscribe", "$7", "counted", ":1"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+    // Each new client may be on another pooled connection, so on another router.
+    for _ in 0..6 {
+        let mut publisher = client(&keyward);
+        let receivers: i64 = redis::cmd("PUBLISH")
+            .arg("counted")
+            .arg("hi")
+            .query(&mut publisher)
+            .unwrap();
+        assert_eq!(receivers, 1);
+        let (channel, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg(&["NUMSUB", "counted"])
+            .query(&mut publisher)
+            .unwrap();
+        assert_eq!((channel.as_str(), count), ("counted", 1));
+    }
+}
+
 #[test]
 fn blocking_commands_wait_on_their_keys_node() {
     let cluster = RedisCluster::shared();

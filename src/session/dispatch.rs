@@ -64,6 +64,7 @@ impl Session {
                 Flow::Next
             }
             Step::Unpin => self.unpin(input),
+            Step::ResumeMulti => self.resume_multi(input),
             Step::Relabel(redirect) => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);

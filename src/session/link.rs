@@ -56,7 +56,7 @@ impl Session {
                 Effect::ClusterView { .. } if self.in_cluster() && !streaming => {
                     Step::Local(LocalCommand::Cluster)
                 }
-                _ => self.step_off_pin(info, args).unwrap_or(Step::Forward),
+                _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
             },
             // Cluster mode, after `MULTI`: the transaction's connection opens with this command.
             Link::Pooled(_) if self.client.multi_deferred => match info.effect {

@@ -6,14 +6,18 @@
 //! Redis Cluster's own `-CROSSSLOT` (inside `MULTI`, the transaction is then aborted, as Redis
 //! aborts one whose command it refused).
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
 use super::link::Link;
 use super::pipeline::{Flow, Input, Step};
 use super::Session;
-use crate::command::{CommandInfo, Role};
+use crate::command::{CommandInfo, LocalCommand, Role};
 use crate::config::HostPort;
 use crate::resp::reply;
 use crate::resp::request::Args;
 use crate::upstream::cluster::{key_slot, CROSSSLOT};
+use crate::upstream::Batch;
 
 /// The node a session's own connection reaches, and what keeps the session on it.
 pub(super) struct Pin {
@@ -45,11 +49,22 @@ impl Pin {
 }
 
 impl Session {
-    /// For a request the session's own connection would forward: `Some` when its keys are
-    /// served by another node than the connection's.
-    pub(super) fn step_off_pin(&self, info: &CommandInfo, args: &Args<'_>) -> Option<Step> {
+    /// For a request the session's own connection would forward, in cluster mode: what else
+    /// to do with it, if anything.
+    ///
+    /// Once the state the connection was opened for has ended, a request that is not for
+    /// this node's keys alone (keys elsewhere, or none: `SCAN`, `DBSIZE`, `SCRIPT LOAD` must
+    /// reach every primary) takes the session back to the routed connections. A `MULTI` then
+    /// is answered here: the transaction stays on this connection if its first key is served
+    /// here, else it goes where that key is.
+    pub(super) fn pinned_step(&self, info: &CommandInfo, args: &Args<'_>) -> Option<Step> {
         let pin = self.pin.as_ref()?;
         let map = self.context.upstream.cluster.as_ref()?.map()?;
+        let released =
+            pin.transient && !pin.watching && !self.in_transaction && self.counts_replies();
+        if released && !self.client.multi_deferred && info.role == Role::StartsTransaction {
+            return Some(Step::Local(LocalCommand::DeferredMulti));
+        }
         let mut keys = Vec::new();
         info.key_positions(args, &mut keys);
         let mut slots = keys.iter().filter_map(|&at| args.get(at)).map(key_slot);
@@ -57,16 +72,40 @@ impl Session {
             let owner = map.owner(slot).map(|owner| &map.shards[owner].primary);
             owner != Some(&pin.node)
         });
-        if !elsewhere {
-            return None;
+        match (released, elsewhere, keys.is_empty()) {
+            (true, false, _) if self.client.multi_deferred => Some(Step::ResumeMulti),
+            (true, true, _) | (true, false, true) => Some(Step::Unpin),
+            (false, true, _) => Some(Step::Answer {
+                reply: reply::error(CROSSSLOT),
+                kill: None,
+            }),
+            _ => None,
         }
-        if pin.transient && !pin.watching && !self.in_transaction && self.counts_replies() {
-            return Some(Step::Unpin);
+    }
+
+    /// The transaction whose `MULTI` keyward answered starts on the session's own
+    /// connection: `MULTI` goes ahead of the request, its `+OK` (already given) dropped.
+    pub(super) fn resume_multi(&mut self, input: &mut Input) -> Flow {
+        self.send_batch(input);
+        if self.parked.is_some() {
+            return Flow::Stop;
         }
-        Some(Step::Answer {
-            reply: reply::error(CROSSSLOT),
-            kill: None,
-        })
+        let (dropped, _) = mpsc::unbounded_channel();
+        let multi = Batch {
+            bytes: Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"),
+            count: 1,
+            reply_to: dropped,
+            tracked: false,
+            measured: None,
+            hold: None,
+        };
+        if self.link.conn().send(multi).is_err() {
+            // The connection cannot take it: the transaction opens one of its own.
+            return self.unpin(input);
+        }
+        self.client.multi_deferred = false;
+        self.in_transaction = true;
+        Flow::Next
     }
 
     /// Leaves the session's own connection for the routed, shared ones, once nothing is owed

@@ -198,8 +198,10 @@ impl Session {
         let info = CommandTable::global().lookup_after(self.last_command, &args);
         self.last_command = Some(info);
         let (step, replacement) = self.classify(info, &args);
-        if matches!(step, Step::Unpin) {
-            return self.unpin(input);
+        match step {
+            Step::Unpin => return self.unpin(input),
+            Step::ResumeMulti => return self.resume_multi(input),
+            _ => {}
         }
         if matches!(step, Step::Forward)
             && self.replies.awaiting_shared_reads()
@@ -341,7 +343,7 @@ impl Session {
             Step::Aside | Step::Relabel(_) | Step::Local(_) | Step::Answer { .. } => {
                 Some(Way::Keyward)
             }
-            Step::Refuse(_) | Step::Unpin => None,
+            Step::Refuse(_) | Step::Unpin | Step::ResumeMulti => None,
         }
     }
 
@@ -513,6 +515,9 @@ pub(super) enum Step {
     /// Cluster mode: the session's own connection reaches another node than this request's
     /// keys, and holds no state any more: back to the routed, shared connections first.
     Unpin,
+    /// Cluster mode: the transaction keyward answered `MULTI` for starts on the session's own
+    /// connection, which serves this request's keys.
+    ResumeMulti,
 }
 
 /// Whether Redis may hold a command for long now, so that a shared connection shows as held

@@ -41,6 +41,13 @@ impl SlotMap {
         }
     }
 
+    /// The primary that sessions' own connections without a key (`SUBSCRIBE`, `MULTI` before
+    /// its first key) reach, and where `PUBLISH` and `PUBSUB` go, so that their counts are of
+    /// the subscribers keyward put there.
+    pub fn pubsub_node(&self) -> Option<&HostPort> {
+        self.shards.first().map(|shard| &shard.primary)
+    }
+
     /// Slots no primary serves.
     pub fn unserved(&self) -> usize {
         self.owners

@@ -146,14 +146,14 @@ impl Cluster {
             }
             _ => None,
         };
-        let owner = match slot {
-            Some(slot) => map.owner(slot).ok_or("Hash slot not served")?,
-            None => 0,
+        let node = match slot {
+            Some(slot) => map
+                .owner(slot)
+                .and_then(|owner| map.shards.get(owner))
+                .map(|shard| &shard.primary),
+            None => map.pubsub_node(),
         };
-        map.shards
-            .get(owner)
-            .map(|shard| shard.primary.clone())
-            .ok_or_else(|| "Hash slot not served".into())
+        node.cloned().ok_or_else(|| "Hash slot not served".into())
     }
 
     /// The tracking target of the node at `address`.

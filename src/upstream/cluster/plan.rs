@@ -18,6 +18,9 @@ pub(super) enum Plan {
     Slot(u16),
     /// No keys: any primary answers it the same.
     Anywhere,
+    /// `PUBLISH` and `PUBSUB`: to the primary where subscriptions go (see
+    /// [`SlotMap::pubsub_node`](super::SlotMap::pubsub_node)).
+    PubSub,
     /// Keys in several slots: one command per slot, merged.
     Split {
         parts: Vec<(u16, Bytes)>,
@@ -42,8 +45,10 @@ pub(super) fn plan(
     if let Some(merge) = everywhere(&info.name) {
         return Plan::Everywhere(merge);
     }
-    if &*info.name == "scan" {
-        return scan(args, nodes);
+    match &*info.name {
+        "scan" => return scan(args, nodes),
+        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => return Plan::PubSub,
+        _ => {}
     }
     keys.clear();
     info.key_positions(args, keys);

@@ -522,6 +522,10 @@ fn parts(planned: Plan, command: Bytes, map: &SlotMap) -> Result<(Merge, Vec<Par
         Plan::Answer(answer) => return Err(answer),
         Plan::Slot(slot) => (Merge::One, vec![Part::new(command, Some(slot), None)]),
         Plan::Anywhere => (Merge::One, vec![Part::new(command, None, None)]),
+        Plan::PubSub => {
+            let node = map.pubsub_node().cloned();
+            (Merge::One, vec![Part::new(command, None, node)])
+        }
         Plan::Split { parts, merge } => {
             let parts = parts.into_iter();
             let by_slot = parts.map(|(slot, bytes)| Part::new(bytes, Some(slot), None));
