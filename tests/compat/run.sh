@@ -3,6 +3,7 @@
 # "N passed, M failed". COMPAT_RESTART, if set, is a command that restarts the target on the
 # same port (used for the reconnect flows). COMPAT_REST_URL and COMPAT_REST_TOKEN, if set, are
 # keyward's REST API and a token for it: the programs using Upstash's SDKs run only then.
+# COMPAT_CLUSTER=1 says the target is keyward in front of a Redis Cluster.
 # Needs ./setup.sh to have run.
 #
 #   tests/compat/run.sh 127.0.0.1 6380
@@ -12,14 +13,15 @@ host=${1:?usage: run.sh HOST PORT}
 port=${2:?usage: run.sh HOST PORT}
 passed=0
 failed=0
-for program in ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis \
-  upstash_ratelimit; do
+programs=(ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis
+  upstash_ratelimit)
+for program in "${programs[@]}"; do
   if [[ $program == upstash_* && -z ${COMPAT_REST_URL:-} ]]; then
     printf '%-17s skipped (no REST endpoint)\n' "$program"
     continue
   fi
-  if [ "$program" = redis_py ]; then
-    command=(../../target/compat/venv/bin/python redis_py.py)
+  if [[ $program == redis_py* ]]; then
+    command=(../../target/compat/venv/bin/python "$program.py")
   else
     command=(node "$program.mjs")
   fi
