@@ -15,6 +15,17 @@ export { assert };
 /** A key prefix of this run, so programs never see each other's keys. */
 export const prefix = `compat:${process.pid}:${Date.now()}:`;
 
+/** COMPAT_CLUSTER=1: the target is keyward in front of a Redis Cluster. */
+export const cluster = process.env.COMPAT_CLUSTER === "1";
+
+/**
+ * Names for keys that one transaction or script uses together. A Redis Cluster refuses a
+ * transaction or script whose keys are in several hash slots, so an application on a cluster
+ * puts such keys in one slot with a hash tag: in cluster mode these names do the same; elsewhere
+ * they are plain keys under the run's prefix.
+ */
+export const sameSlot = (group) => (name) => (cluster ? `${prefix}{${group}}${name}` : prefix + name);
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Restarts the target (Redis or keyward) on the same port, when the runner allows it. */

@@ -3,7 +3,9 @@
 # "N passed, M failed". COMPAT_RESTART, if set, is a command that restarts the target on the
 # same port (used for the reconnect flows). COMPAT_REST_URL and COMPAT_REST_TOKEN, if set, are
 # keyward's REST API and a token for it: the programs using Upstash's SDKs run only then.
-# COMPAT_CLUSTER=1 says the target is keyward in front of a Redis Cluster.
+# COMPAT_CLUSTER=1 says the target is keyward in front of a Redis Cluster: the programs then
+# keep the keys that must be together in one hash slot, as a Redis Cluster requires of any
+# application.
 # Needs ./setup.sh to have run.
 #
 #   tests/compat/run.sh 127.0.0.1 6380
