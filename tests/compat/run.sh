@@ -5,7 +5,7 @@
 # keyward's REST API and a token for it: the programs using Upstash's SDKs run only then.
 # COMPAT_CLUSTER=1 says the target is keyward in front of a Redis Cluster: the programs then
 # keep the keys that must be together in one hash slot, as a Redis Cluster requires of any
-# application.
+# application, and the programs for cluster-aware clients (*_cluster) run too.
 # Needs ./setup.sh to have run.
 #
 #   tests/compat/run.sh 127.0.0.1 6380
@@ -17,6 +17,9 @@ passed=0
 failed=0
 programs=(ioredis node_redis bullmq redlock rate_limit socketio redis_py upstash_redis
   upstash_ratelimit)
+if [ "${COMPAT_CLUSTER:-}" = 1 ]; then
+  programs+=(ioredis_cluster redis_py_cluster)
+fi
 for program in "${programs[@]}"; do
   if [[ $program == upstash_* && -z ${COMPAT_REST_URL:-} ]]; then
     printf '%-17s skipped (no REST endpoint)\n' "$program"
