@@ -114,28 +114,33 @@ for i in "${!nodes[@]}"; do
 done
 cluster_failed() {
   echo "the Redis Cluster did not form: $1"
-  tail -n 20 "$work/cluster-create.log" 2>/dev/null || true
+  tail -n 20 "$2" 2>/dev/null || true
   exit 1
 }
+# A node logs this once it holds its port: a port that merely answers may be another process's.
 for node in "${nodes[@]}"; do
-  for _ in $(seq 200); do redis-cli -p "$node" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  node_log="$work/cluster/$node/redis.log"
+  for _ in $(seq 200); do grep -q "Ready to accept connections" "$node_log" 2>/dev/null && break; sleep 0.05; done
+  grep -q "Ready to accept connections" "$node_log" 2>/dev/null \
+    || cluster_failed "the node on port $node did not start" "$node_log"
 done
 timeout 60 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${nodes[@]}") \
   --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log" 2>&1 \
-  || cluster_failed "redis-cli --cluster create failed"
+  || cluster_failed "redis-cli --cluster create failed" "$work/cluster-create.log"
 cluster_ok() {
   for node in "${nodes[@]}"; do
-    redis-cli -p "$node" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    [[ $(redis-cli -p "$node" cluster info 2>/dev/null) == *cluster_state:ok* ]] || return 1
   done
 }
 for _ in $(seq 600); do cluster_ok && break; sleep 0.05; done
-cluster_ok || cluster_failed "not every node says cluster_state:ok after 30 s"
+cluster_ok || cluster_failed "not every node says cluster_state:ok after 30 s" "$work/cluster-create.log"
 # keyward in cluster mode in front of it: the example config (with its REST API on), with one
 # node as the address to learn the cluster from.
 sed -e "$(address_in upstream "${nodes[0]}")" -e '/^\[upstream\]/a topology = "cluster"' \
   "$work/keyward-example.toml" >"$work/keyward-cluster.toml"
 cp "$work/keyward-cluster.toml" "$work/keyward.toml"
-# Commands wait for nothing once keyward has read the slot map: /readyz says when.
+# keyward routes commands once it has read the slot map, and /readyz says when: its start, and
+# its restart during the pass, wait for that.
 cat >"$work/start-keyward-ready" <<SCRIPT
 #!/usr/bin/env bash
 "$work/start-keyward" || exit 1
