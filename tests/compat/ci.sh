@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The compatibility suite as CI runs it: every library against a private redis-server, then
-# against keyward (built by `cargo build`) in front of it with the example config. Each
+# against keyward (built by `cargo build`) in front of it with the example config, then with
+# policies, then through keyward in cluster mode in front of a private Redis Cluster. Each
 # target is restarted once on its own port during the run, to exercise reconnects.
 #
 #   tests/compat/ci.sh [path/to/keyward]
@@ -11,8 +12,26 @@ keyward=$(realpath "${1:-$root/target/debug/keyward}")
 "$here/setup.sh"
 
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Stops every process the run started (each leaves a pid file in $work) and waits for them to
+# exit before removing their directories.
+cleanup() {
+  local pids
+  pids=$(cat "$work"/*.pid 2>/dev/null) || true
+  if [ -n "$pids" ]; then
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 $pids 2>/dev/null || break; sleep 0.05; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# COUNT distinct free ports (two calls to free_port may return the same one).
+free_ports() {
+  python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
 wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
 
 redis_port=$(free_port)
@@ -77,6 +96,74 @@ COMPAT_RESTART="$work/start-keyward" COMPAT_REST_URL="$rest_api" \
   "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 echo "--- cache figures of that pass (since keyward's restart during it)"
 redis-cli -p "$keyward_port" KEYWARD CACHE STATS | tr -d '\r' | grep -v '^$' || true
+
+# A Redis Cluster of three primaries with a replica each, every node in a directory of its own
+# and with its cluster bus on a port of its own (Redis would otherwise take port + 10000,
+# which nothing has checked is free).
+read -r -a cluster_ports <<<"$(free_ports 12)"
+nodes=("${cluster_ports[@]:0:6}")
+buses=("${cluster_ports[@]:6:6}")
+for i in "${!nodes[@]}"; do
+  node_dir="$work/cluster/${nodes[$i]}"
+  mkdir -p "$node_dir"
+  redis-server --port "${nodes[$i]}" --bind 127.0.0.1 --cluster-enabled yes \
+    --cluster-config-file "$node_dir/nodes.conf" --cluster-port "${buses[$i]}" \
+    --cluster-node-timeout 2000 --save "" --appendonly no --repl-diskless-sync-delay 0 \
+    --dir "$node_dir" --logfile "$node_dir/redis.log" --daemonize yes \
+    --pidfile "$work/cluster-${nodes[$i]}.pid"
+done
+cluster_failed() {
+  echo "the Redis Cluster did not form: $1"
+  tail -n 20 "$2" 2>/dev/null || true
+  exit 1
+}
+# A node logs this once it holds its port: a port that merely answers may be another process's.
+for node in "${nodes[@]}"; do
+  node_log="$work/cluster/$node/redis.log"
+  for _ in $(seq 200); do grep -q "Ready to accept connections" "$node_log" 2>/dev/null && break; sleep 0.05; done
+  grep -q "Ready to accept connections" "$node_log" 2>/dev/null \
+    || cluster_failed "the node on port $node did not start" "$node_log"
+done
+timeout 60 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${nodes[@]}") \
+  --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log" 2>&1 \
+  || cluster_failed "redis-cli --cluster create failed" "$work/cluster-create.log"
+cluster_ok() {
+  for node in "${nodes[@]}"; do
+    [[ $(redis-cli -p "$node" cluster info 2>/dev/null) == *cluster_state:ok* ]] || return 1
+  done
+}
+for _ in $(seq 600); do cluster_ok && break; sleep 0.05; done
+cluster_ok || cluster_failed "not every node says cluster_state:ok after 30 s" "$work/cluster-create.log"
+# keyward in cluster mode in front of it: the example config (with its REST API on), with one
+# node as the address to learn the cluster from.
+sed -e "$(address_in upstream "${nodes[0]}")" -e '/^\[upstream\]/a topology = "cluster"' \
+  "$work/keyward-example.toml" >"$work/keyward-cluster.toml"
+cp "$work/keyward-cluster.toml" "$work/keyward.toml"
+# keyward routes commands once it has read the slot map, and /readyz says when: its start, and
+# its restart during the pass, wait for that.
+cat >"$work/start-keyward-ready" <<SCRIPT
+#!/usr/bin/env bash
+"$work/start-keyward" || exit 1
+python3 - "http://127.0.0.1:$admin_port/readyz" <<'PY'
+import sys, time, urllib.error, urllib.request
+deadline, why = time.monotonic() + 20, "no answer"
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=1)
+        sys.exit(0)
+    except urllib.error.HTTPError as error:
+        why = f"{error.code} {error.read().decode(errors='replace').strip()}"
+    except OSError as error:
+        why = str(error)
+    time.sleep(0.05)
+sys.exit(f"keyward is not ready after 20 s: {why}")
+PY
+SCRIPT
+chmod +x "$work/start-keyward-ready"
+"$work/start-keyward-ready" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }
+echo "--- client libraries through keyward in front of a Redis Cluster (3 primaries, a replica each)"
+COMPAT_CLUSTER=1 COMPAT_RESTART="$work/start-keyward-ready" COMPAT_REST_URL="$rest_api" \
+  "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 if [ "$status" -ne 0 ]; then
   echo "--- keyward log (last 50 lines)"
   tail -n 50 "$work/keyward.log"

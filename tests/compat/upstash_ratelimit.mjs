@@ -5,12 +5,19 @@
 import http from "node:http";
 import { Ratelimit } from "@upstash/ratelimit";
 import { Redis } from "@upstash/redis";
-import { assert, prefix, restToken, restUrl, run } from "./common.mjs";
+import { assert, cluster, prefix, restToken, restUrl, run } from "./common.mjs";
 
 run(async () => {
   const redis = new Redis({ url: restUrl, token: restToken });
+  // A sliding window's script takes the current and the previous window's keys: on a Redis
+  // Cluster they must be in one slot, so there the limiter's prefix is a hash tag.
   const limiter = (name, algorithm) =>
-    new Ratelimit({ redis, limiter: algorithm, prefix: `${prefix}${name}`, ephemeralCache: false });
+    new Ratelimit({
+      redis,
+      limiter: algorithm,
+      prefix: cluster ? `${prefix}{${name}}` : `${prefix}${name}`,
+      ephemeralCache: false,
+    });
   const successes = async (ratelimit, identifier, times) => {
     const outcomes = [];
     for (let i = 0; i < times; i++) outcomes.push((await ratelimit.limit(identifier)).success);
