@@ -26,21 +26,6 @@ export const cluster = process.env.COMPAT_CLUSTER === "1";
  */
 export const sameSlot = (group) => (name) => (cluster ? `${prefix}{${group}}${name}` : prefix + name);
 
-/**
- * Runs a check that fails in the cluster pass because of a keyward bug, written up under `bug`
- * in KNOWN-CLUSTER-BUGS.md. The check is the same everywhere; in the cluster pass its failure
- * also prints "KEYWARD BUG <bug>", which run.sh shows beside the program's name. Drop the
- * wrapper once keyward is fixed.
- */
-export async function knownClusterBug(bug, check) {
-  try {
-    return await check();
-  } catch (error) {
-    if (cluster) console.error(`KEYWARD BUG ${bug} (see tests/compat/KNOWN-CLUSTER-BUGS.md)`);
-    throw error;
-  }
-}
-
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Restarts the target (Redis or keyward) on the same port, when the runner allows it. */

@@ -31,16 +31,6 @@ class WatchfulConnection(redis.Connection):
             raise
 
 
-def known_cluster_bug(bug, check):
-    """A check that a keyward bug makes fail, written up under `bug` in KNOWN-CLUSTER-BUGS.md:
-    its failure prints "KEYWARD BUG <bug>" for run.sh. Drop the wrapper once keyward is fixed."""
-    try:
-        check()
-    except Exception:
-        print(f"KEYWARD BUG {bug} (see tests/compat/KNOWN-CLUSTER-BUGS.md)", file=sys.stderr)
-        raise
-
-
 def key(name):
     return PREFIX + name
 
@@ -118,11 +108,8 @@ def main():
     assert client.get(tx("total")) == "0"
 
     # SCAN over every node behind keyward.
-    def scan_every_node():
-        found = set(client.scan_iter(match=key("spread:*"), count=100))
-        assert len(found) == 150, f"SCAN finds the keys on every node: {len(found)} of 150"
-
-    known_cluster_bug("pinned-after-transaction", scan_every_node)
+    found = set(client.scan_iter(match=key("spread:*"), count=100))
+    assert len(found) == 150, f"SCAN finds the keys on every node: {len(found)} of 150"
 
     assert redirections == [], f"the client was redirected: {redirections}"
     nodes = [(node.host, node.port) for node in client.get_nodes()]
