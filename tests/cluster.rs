@@ -144,6 +144,21 @@ fn commands_that_cannot_be_split_get_crossslot() {
         .unwrap_err();
     assert_eq!(error.to_string(), "An error was signalled by the server - ResponseError: SELECT is not allowed in cluster mode");
     let () = redis::cmd("SELECT").arg(0).query(&mut client).unwrap();
+    let error = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON"])
+        .query::<()>(&mut client)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("CLIENT TRACKING in cluster mode"),
+        "{error}"
+    );
+    let () = redis::cmd("SET")
+        .arg("cross:after")
+        .arg(1)
+        .query(&mut client)
+        .unwrap();
 }
 
 #[test]

@@ -151,6 +151,8 @@ pub enum Role {
     Watches,
     /// `UNWATCH`.
     Unwatches,
+    /// `CLIENT TRACKING`: Redis tells the connection of changes to the keys it reads.
+    Tracking,
 }
 
 pub(super) fn role_of(name: &str) -> Role {
@@ -163,6 +165,7 @@ pub(super) fn role_of(name: &str) -> Role {
         "flushall" | "flushdb" | "swapdb" => Role::ChangesEveryKey,
         "watch" => Role::Watches,
         "unwatch" => Role::Unwatches,
+        "client|tracking" => Role::Tracking,
         _ => Role::Other,
     }
 }

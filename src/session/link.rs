@@ -10,6 +10,7 @@ use super::pinning::Pin;
 use super::pipeline::{has_block_option, Flow, Input, Step};
 use super::{Closing, Session};
 use crate::command::{CommandInfo, Effect, LocalCommand, Role};
+use crate::resp::reply;
 use crate::resp::request::Args;
 use crate::upstream::{ConnHandle, Login, OwnConnection, UpstreamError};
 
@@ -56,6 +57,7 @@ impl Session {
                 Effect::ClusterView { .. } if self.in_cluster() && !streaming => {
                     Step::Local(LocalCommand::Cluster)
                 }
+                _ if info.role == Role::Tracking && self.in_cluster() => tracking_refused(),
                 _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
             },
             // Cluster mode, after `MULTI`: the transaction's connection opens with this command.
@@ -70,6 +72,9 @@ impl Session {
                 Effect::Local(command) => Step::Local(command),
                 Effect::Dedicated if info.role == Role::StartsTransaction && self.in_cluster() => {
                     Step::Local(LocalCommand::DeferredMulti)
+                }
+                Effect::Dedicated if info.role == Role::Tracking && self.in_cluster() => {
+                    tracking_refused()
                 }
                 Effect::Dedicated => Step::Dedicate { streaming: false },
                 Effect::Aside => Step::Aside,
@@ -238,6 +243,16 @@ impl Session {
             }
         }
     }
+}
+
+/// Cluster mode: Redis would track a client's reads on one node only, while keyward reads its
+/// keys on every node.
+fn tracking_refused() -> Step {
+    let reply = reply::error(
+        "ERR keyward does not support CLIENT TRACKING in cluster mode: \
+         a [[cache]] rule caches on keyward's side instead",
+    );
+    Step::Answer { reply, kill: None }
 }
 
 /// The upstream connection a session currently uses.
