@@ -197,9 +197,15 @@ pub fn hotkeys(
     let length = hotkeys
         .window(wanted)
         .ok_or_else(|| format!("window {window:?} is not one of [hotkeys] windows"))?;
-    hotkeys
+    let mut report = hotkeys
         .report(length, by, limit)
-        .ok_or_else(|| "no such window".to_string())
+        .ok_or_else(|| "no such window".to_string())?;
+    if let Some(cluster) = &context.upstream.cluster {
+        for entry in &mut report.keys {
+            entry.node = cluster.node_of_key(entry.key.as_bytes());
+        }
+    }
+    Ok(report)
 }
 
 /// The report behind `GET /bigkeys` and `KEYWARD BIGKEYS`.

@@ -968,3 +968,38 @@ fn a_lock_released_on_its_node_passes_to_the_waiter() {
         assert!(waited < Duration::from_secs(1), "{key}: waited {waited:?}");
     }
 }
+
+/// Hot keys say which node each hot key weighs on.
+#[test]
+fn hot_keys_name_the_node_serving_them() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "[hotkeys]\nenabled = true\n");
+    let mut client = client(&keyward);
+    let hot = "hot:{spot}";
+    for _ in 0..50 {
+        let _: Option<String> = redis::cmd("GET").arg(hot).query(&mut client).unwrap();
+    }
+    let owner = cluster.slot_owner(cluster.key_slot(hot));
+    let node = format!("127.0.0.1:{owner}");
+    wait_for(
+        Duration::from_secs(15),
+        "the hot key reported with its node",
+        || {
+            let report: String = redis::cmd("KEYWARD")
+                .arg(&["HOTKEYS", "WINDOW", "10s"])
+                .query(&mut client)
+                .unwrap();
+            report.lines().any(|line| {
+                line.starts_with(&format!("key:{hot} ")) && line.ends_with(&format!("node={node}"))
+            })
+        },
+    );
+    let metrics = keyward.admin_get("/metrics").1;
+    let label = format!("node=\"{node}\"");
+    let requests = support::metric_value(
+        &metrics,
+        "keyward_hotkey_requests",
+        &["key=\"hot:{spot}\"", label.as_str()],
+    );
+    assert!(requests >= 50.0, "{metrics}");
+}

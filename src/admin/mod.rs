@@ -163,7 +163,8 @@ fn prometheus_text(prometheus: &PrometheusHandle, context: &Context) -> Response
     let mut body = prometheus.render();
     context.command_metrics.render(&mut body);
     if let Some(hotkeys) = &active.policies.hotkeys {
-        hotkeys.render_prometheus(&mut body);
+        let cluster = context.upstream.cluster.as_deref();
+        hotkeys.render_prometheus(&mut body, |key| cluster?.node_of_key(key.as_bytes()));
     }
     let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(

@@ -108,6 +108,9 @@ fn hotkeys(args: &[Vec<u8>], context: &Context) -> Result<String, String> {
             if let (Some(inbound), Some(outbound)) = (entry.bytes_in, entry.bytes_out) {
                 text.push_str(&format!(" in={inbound} out={outbound}"));
             }
+            if let Some(node) = &entry.node {
+                text.push_str(&format!(" node={node}"));
+            }
             text.push_str("\r\n");
         }
     }

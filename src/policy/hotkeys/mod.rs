@@ -90,6 +90,9 @@ pub struct Entry {
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// In cluster mode, the primary serving the key now (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,7 +245,9 @@ impl HotKeys {
     /// Prometheus gauges for the top `export_top` keys of each window, by requests and by
     /// bytes, written as text. They are rendered at each scrape rather than registered, so
     /// keys that leave the top leave the output too and the number of series stays bounded.
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// `node_of` names the node serving a key, in cluster mode: a `node` label then says which
+    /// node a hot key weighs on.
+    pub fn render_prometheus(&self, out: &mut String, node_of: impl Fn(&str) -> Option<String>) {
         let top = self.config.export_top;
         if top == 0 {
             return;
@@ -259,9 +264,12 @@ impl HotKeys {
                     continue;
                 };
                 for entry in &report.keys {
+                    let node = node_of(&entry.key)
+                        .map(|node| format!(",node=\"{}\"", label_value(&node)))
+                        .unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "keyward_hotkey_{name}{{window=\"{}\",key=\"{}\"}} {}",
+                        "keyward_hotkey_{name}{{window=\"{}\",key=\"{}\"{node}}} {}",
                         report.window,
                         label_value(&entry.key),
                         entry.count
@@ -322,6 +330,7 @@ fn merge(summaries: &[&SpaceSaving], by: By, limit: usize) -> Vec<Entry> {
                 writes: tally.writes,
                 bytes_in: bytes(known.saturating_sub(tally.outbound)),
                 bytes_out: bytes(tally.outbound),
+                node: None,
             }
         })
         .collect();

@@ -156,6 +156,13 @@ impl Cluster {
         node.cloned().ok_or_else(|| "Hash slot not served".into())
     }
 
+    /// The primary serving `key` now, as `host:port`.
+    pub fn node_of_key(&self, key: &[u8]) -> Option<String> {
+        let map = self.map()?;
+        let owner = map.owner(key_slot(key))?;
+        Some(map.shards[owner].primary.to_string())
+    }
+
     /// The tracking target of the node at `address`.
     pub fn node_tracking(&self, address: &HostPort) -> Arc<TrackingTarget> {
         let mut targets = self.node_tracking.lock();
