@@ -506,15 +506,18 @@ fn a_slot_migrating_under_load_costs_clients_nothing() {
                         .arg(&key)
                         .arg(&value)
                         .query(&mut client)
-                        .unwrap();
-                    let read: String = redis::cmd("GET").arg(&key).query(&mut client).unwrap();
+                        .unwrap_or_else(|error| panic!("SET {key}: {error}"));
+                    let read: String = redis::cmd("GET")
+                        .arg(&key)
+                        .query(&mut client)
+                        .unwrap_or_else(|error| panic!("GET {key}: {error}"));
                     assert_eq!(read, value, "a read sees the write before it");
-                    let pair = [
-                        key.clone(),
-                        format!("{{moving}}:{worker}:{}", (round + 1) % 50),
-                    ];
-                    let _: Vec<Option<String>> =
-                        redis::cmd("MGET").arg(&pair).query(&mut client).unwrap();
+                    let before = round.saturating_sub(1) % 50;
+                    let pair = [key.clone(), format!("{{moving}}:{worker}:{before}")];
+                    let _: Vec<Option<String>> = redis::cmd("MGET")
+                        .arg(&pair)
+                        .query(&mut client)
+                        .unwrap_or_else(|error| panic!("MGET {pair:?}: {error}"));
                     written.insert(key, value);
                     round += 1;
                     operations.fetch_add(3, Ordering::Relaxed);
@@ -523,13 +526,25 @@ fn a_slot_migrating_under_load_costs_clients_nothing() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every key written before the slot starts to move, as in a live app; each step of the
+    // migration then waits for the clients to have run through it, however fast this machine
+    // runs them.
+    let clients_run = |what: &str, at_least: u64| {
+        wait_for(Duration::from_secs(30), what, || {
+            operations.load(Ordering::Relaxed) >= at_least
+        });
+    };
+    clients_run("every client's keys written", 8 * 50 * 3 + 300);
+    let during = operations.load(Ordering::Relaxed) + 300;
     cluster.begin_migration(slot, from, to);
-    std::thread::sleep(Duration::from_millis(300));
+    clients_run("clients running while the slot is migrating", during);
+    // As `redis-cli --cluster reshard` does: the slot is handed over as soon as its keys are.
+    // Meanwhile the slot's keys are on two nodes, and Redis answers a command naming keys on
+    // both with TRYAGAIN, which keyward retries.
     cluster.move_keys(slot, from, to);
-    std::thread::sleep(Duration::from_millis(300));
     cluster.finish_migration(slot, to);
-    std::thread::sleep(Duration::from_millis(300));
+    let after = operations.load(Ordering::Relaxed) + 300;
+    clients_run("clients running after the migration", after);
     running.store(false, Ordering::Relaxed);
     for worker in workers {
         let (mut client, written) = worker.join().expect("no client saw an error");
@@ -538,7 +553,6 @@ fn a_slot_migrating_under_load_costs_clients_nothing() {
             assert_eq!(&read, value, "{key} kept its last write");
         }
     }
-    assert!(operations.load(Ordering::Relaxed) > 1_000);
     let metrics = keyward.admin_get("/metrics").1;
     let redirects = support::metric_value(
         &metrics,
@@ -560,18 +574,23 @@ fn a_killed_primary_fails_fast_then_its_replica_serves() {
     let keyward = keyward_for(&cluster, "");
     let mut client = client(&keyward);
     let key = "failover:key";
+    let owner = cluster.slot_owner(cluster.key_slot(key));
+    // Written on the primary, and on its replica before the primary goes (WAIT counts the
+    // replicas that have its own connection's writes).
+    let mut on_owner = cluster.client(owner);
     let () = redis::cmd("SET")
         .arg(key)
         .arg("before")
-        .query(&mut client)
+        .query(&mut on_owner)
         .unwrap();
-    let owner = cluster.slot_owner(cluster.key_slot(key));
-    // Let the replica have the write before its primary goes.
-    let _: i64 = redis::cmd("WAIT")
+    let acknowledged: i64 = redis::cmd("WAIT")
         .arg(1)
-        .arg(2000)
-        .query(&mut cluster.client(owner))
+        .arg(10_000)
+        .query(&mut on_owner)
         .unwrap();
+    assert_eq!(acknowledged, 1, "the replica has the write");
+    let read: Option<String> = redis::cmd("GET").arg(key).query(&mut client).unwrap();
+    assert_eq!(read.as_deref(), Some("before"));
     let replica = *cluster
         .replicas()
         .iter()

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
+use smallvec::{smallvec, SmallVec};
 use tokio::sync::mpsc;
 
 use super::super::connection::{Batch, Reply, ReplySender};
@@ -121,7 +122,8 @@ struct Command {
     batch: u64,
     index: usize,
     merge: Merge,
-    parts: Vec<Part>,
+    /// Most commands are one part: kept inline.
+    parts: SmallVec<[Part; 1]>,
     left: usize,
     /// A cache fill, whose reads Redis must track (see `tracking`).
     tracked: bool,
@@ -151,11 +153,28 @@ impl Part {
     }
 }
 
-/// Commands of one batch bound for one node.
+/// Commands of one batch bound for one node: slices of the batch, joined when sent.
 struct Outgoing {
     link: usize,
-    bytes: BytesMut,
+    commands: Vec<Bytes>,
     owed: Vec<Owed>,
+}
+
+impl Outgoing {
+    fn joined(mut self) -> (usize, Bytes, Vec<Owed>) {
+        let bytes = match self.commands.len() {
+            1 => self.commands.pop().expect("one command"),
+            _ => {
+                let len = self.commands.iter().map(Bytes::len).sum();
+                let mut joined = BytesMut::with_capacity(len);
+                self.commands
+                    .iter()
+                    .for_each(|command| joined.extend_from_slice(command));
+                joined.freeze()
+            }
+        };
+        (self.link, bytes, self.owed)
+    }
 }
 
 impl Router {
@@ -188,6 +207,8 @@ impl Router {
         let mut outgoing: Vec<Outgoing> = Vec::new();
         let bytes = batch.bytes;
         let mut offset = 0;
+        // Every command goes as it came: when they all go to one node, so does the batch.
+        let mut verbatim = true;
         for index in 0..count {
             let Ok(Decoded::Request { consumed, .. }) = self.decoder.decode(&bytes[offset..])
             else {
@@ -196,6 +217,7 @@ impl Router {
                 for index in index..count {
                     self.deliveries.answer(batch_id, index, error.clone());
                 }
+                verbatim = false;
                 break;
             };
             let planned = {
@@ -205,32 +227,38 @@ impl Router {
             };
             let command = bytes.slice(offset..offset + consumed);
             offset += consumed;
+            verbatim &= matches!(planned, Plan::Slot(_) | Plan::Anywhere | Plan::PubSub);
             match parts(planned, command, &map) {
                 Ok((merge, parts)) => {
                     let at = (batch_id, index);
-                    self.admit(at, merge, parts, tracked, &map, &mut outgoing);
+                    verbatim &= self.admit(at, merge, parts, tracked, &map, &mut outgoing);
                 }
                 Err(answer) => self.deliveries.answer(batch_id, index, answer),
             }
         }
-        for out in outgoing {
-            self.send(out.link, out.bytes.freeze(), out.owed, tracked)
-                .await;
+        if let ([out], true) = (&mut outgoing[..], verbatim) {
+            let owed = std::mem::take(&mut out.owed);
+            self.send(out.link, bytes, owed, tracked).await;
+        } else {
+            for out in outgoing {
+                let (link, bytes, owed) = out.joined();
+                self.send(link, bytes, owed, tracked).await;
+            }
         }
         self.deliveries.deliver();
     }
 
     /// Registers a command (the reply to command `at.1` of batch `at.0`) and queues its parts
-    /// for their nodes; a part no node serves is answered at once.
+    /// for their nodes; a part no node serves is answered at once (`false` then).
     fn admit(
         &mut self,
         at: (u64, usize),
         merge: Merge,
-        parts: Vec<Part>,
+        parts: SmallVec<[Part; 1]>,
         tracked: bool,
         map: &SlotMap,
         outgoing: &mut Vec<Outgoing>,
-    ) {
+    ) -> bool {
         let id = self.next_command;
         self.next_command += 1;
         let mut unsendable = Vec::new();
@@ -249,12 +277,12 @@ impl Router {
             };
             match outgoing.iter_mut().find(|out| out.link == link) {
                 Some(out) => {
-                    out.bytes.extend_from_slice(&part.bytes);
+                    out.commands.push(part.bytes.clone());
                     out.owed.push(owed);
                 }
                 None => outgoing.push(Outgoing {
                     link,
-                    bytes: BytesMut::from(&part.bytes[..]),
+                    commands: vec![part.bytes.clone()],
                     owed: vec![owed],
                 }),
             }
@@ -269,9 +297,11 @@ impl Router {
             started: Instant::now(),
         };
         self.commands.insert(id, command);
+        let all_sent = unsendable.is_empty();
         for (part_index, error) in unsendable {
             self.settle(id, part_index, error);
         }
+        all_sent
     }
 
     /// Where a part goes now.
@@ -437,8 +467,11 @@ impl Router {
                     return false;
                 }
                 part.tries += 1;
-                // Sent again by slot: the migration may have ended meanwhile.
+                // Sent again by slot, as a new attempt: the migration may have ended
+                // meanwhile, and the redirections of the last attempt do not count against
+                // this one (`request_timeout` bounds the retries).
                 part.pinned = None;
+                part.hops = 0;
                 let retry_to = self.retry_to.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
@@ -517,14 +550,18 @@ impl Router {
 }
 
 /// A command's parts as planned, and how their replies merge; `Err`: keyward's answer.
-fn parts(planned: Plan, command: Bytes, map: &SlotMap) -> Result<(Merge, Vec<Part>), Bytes> {
+fn parts(
+    planned: Plan,
+    command: Bytes,
+    map: &SlotMap,
+) -> Result<(Merge, SmallVec<[Part; 1]>), Bytes> {
     Ok(match planned {
         Plan::Answer(answer) => return Err(answer),
-        Plan::Slot(slot) => (Merge::One, vec![Part::new(command, Some(slot), None)]),
-        Plan::Anywhere => (Merge::One, vec![Part::new(command, None, None)]),
+        Plan::Slot(slot) => (Merge::One, smallvec![Part::new(command, Some(slot), None)]),
+        Plan::Anywhere => (Merge::One, smallvec![Part::new(command, None, None)]),
         Plan::PubSub => {
             let node = map.pubsub_node().cloned();
-            (Merge::One, vec![Part::new(command, None, node)])
+            (Merge::One, smallvec![Part::new(command, None, node)])
         }
         Plan::Split { parts, merge } => {
             let parts = parts.into_iter();
@@ -543,7 +580,7 @@ fn parts(planned: Plan, command: Bytes, map: &SlotMap) -> Result<(Merge, Vec<Par
                 node,
                 nodes: map.shards.len(),
             };
-            (merge, vec![Part::new(command, None, Some(primary))])
+            (merge, smallvec![Part::new(command, None, Some(primary))])
         }
     })
 }
