@@ -4,6 +4,7 @@
 
 pub mod busy;
 pub mod cluster;
+pub mod node;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
