@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::FromRedisValue;
-
 use super::free_port;
+use super::node::{command, connect, query, watched_redis_server};
 
 /// Three primaries and their replicas.
 const NODES: usize = 6;
@@ -22,22 +21,6 @@ const NODE_TIMEOUT: &str = "2000";
 
 /// How long the cluster may take to form, or to heal after a failure.
 const SETTLE_LIMIT: Duration = Duration::from_secs(20);
-
-/// Runs `redis-server` with a watchdog beside it that kills the node and removes the cluster's
-/// directory once the test process is gone: a cluster in a `static` is never dropped, and its
-/// nodes would otherwise outlive the tests. (`PR_SET_PDEATHSIG` would not do: it fires when
-/// the *thread* that started the node ends, and each test runs on a thread of its own.) The
-/// watchdog also ends when the node does, so that it never kills a reused pid. `exec` keeps the
-/// shell's pid, so the `Child` is the node itself. Arguments: the test's pid, the directory,
-/// then redis-server's own.
-const WATCHDOG: &str = r#"test_pid=$1 dir=$2; shift 2
-(
-  while kill -0 $$; do
-    kill -0 "$test_pid" || { kill -9 $$; rm -rf "$dir"; exit; }
-    sleep 1
-  done 2>/dev/null
-) &
-exec redis-server "$@""#;
 
 /// Six `redis-server` processes made one cluster, killed when dropped (their logs are printed
 /// if the test failed). They keep no data on disk, but for the copies replicas receive.
@@ -372,9 +355,7 @@ impl Node {
     /// Starts a node on `port`, with its cluster bus on `bus_port`: named, since Redis would
     /// otherwise take `port + 10000`, which nothing has checked is free.
     fn spawn(dir: &Path, port: u16, bus_port: u16) -> Node {
-        let child = Command::new("sh")
-            .args(["-c", WATCHDOG, "sh", &std::process::id().to_string()])
-            .arg(dir)
+        let child = watched_redis_server(dir)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file"])
             .arg(dir.join(format!("nodes-{port}.conf")))
@@ -426,25 +407,6 @@ fn free_ports(count: usize) -> Vec<u16> {
         }
     }
     ports
-}
-
-fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let connection = client.get_connection_with_timeout(Duration::from_secs(5))?;
-    connection.set_read_timeout(Some(Duration::from_secs(10)))?;
-    Ok(connection)
-}
-
-/// Runs `args` on the node at `port`, on a connection of its own.
-fn query<T: FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
-    redis::cmd(args[0])
-        .arg(&args[1..])
-        .query(&mut connect(port)?)
-}
-
-/// Like [`query`], failing the test with the node and the command if it fails.
-fn command<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    query(port, args).unwrap_or_else(|err| panic!("{} on node {port}: {err}", args.join(" ")))
 }
 
 /// A primary, the slots it serves and its replicas, as one node sees them (ports).

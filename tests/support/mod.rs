@@ -4,6 +4,8 @@
 
 pub mod busy;
 pub mod cluster;
+pub mod node;
+pub mod sentinel;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
