@@ -37,6 +37,23 @@ fn keys(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}:{i}")).collect()
 }
 
+fn set(client: &mut Connection, key: &str, value: impl redis::ToRedisArgs) {
+    let () = redis::cmd("SET").arg(key).arg(value).query(client).unwrap();
+}
+
+fn get(client: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(client).unwrap()
+}
+
+/// Writes every key in one pipeline, each with the value `value_of` gives it.
+fn write_each(client: &mut Connection, keys: &[String], value_of: impl Fn(&str) -> String) {
+    let mut writes = redis::pipe();
+    for key in keys {
+        writes.set(key, value_of(key)).ignore();
+    }
+    let () = writes.query(client).unwrap();
+}
+
 /// Each key's primary, as the cluster says.
 fn primaries_of(cluster: &RedisCluster, keys: &[String]) -> HashSet<u16> {
     keys.iter()
@@ -50,11 +67,7 @@ fn keys_over_every_slot_are_written_and_read_back() {
     let keyward = keyward_for(cluster, "");
     let mut client = client(&keyward);
     let keys = keys("every", 10_000);
-    let mut writes = redis::pipe();
-    for key in &keys {
-        writes.set(key, format!("value of {key}")).ignore();
-    }
-    let () = writes.query(&mut client).unwrap();
+    write_each(&mut client, &keys, |key| format!("value of {key}"));
     let mut reads = redis::pipe();
     for key in &keys {
         reads.get(key);
@@ -154,11 +167,7 @@ fn commands_that_cannot_be_split_get_crossslot() {
             .contains("CLIENT TRACKING in cluster mode"),
         "{error}"
     );
-    let () = redis::cmd("SET")
-        .arg("cross:after")
-        .arg(1)
-        .query(&mut client)
-        .unwrap();
+    set(&mut client, "cross:after", 1);
 }
 
 #[test]
@@ -167,11 +176,7 @@ fn scan_and_keys_return_every_key_exactly_once() {
     let keyward = keyward_for(cluster, "");
     let mut client = client(&keyward);
     let written = keys("scanned", 3_000);
-    let mut writes = redis::pipe();
-    for key in &written {
-        writes.set(key, 1).ignore();
-    }
-    let () = writes.query(&mut client).unwrap();
+    write_each(&mut client, &written, |_| 1.to_string());
     let mut seen = Vec::new();
     let mut cursor = 0u64;
     let mut steps = 0;
@@ -267,11 +272,7 @@ fn transactions_run_on_the_node_of_their_first_key() {
         .unwrap();
     assert_eq!(value, 15);
     // After the transaction, commands for any node work on the same client.
-    let () = redis::cmd("SET")
-        .arg(other)
-        .arg("x")
-        .query(&mut client)
-        .unwrap();
+    set(&mut client, other, "x");
 
     // A key of another node inside the transaction: refused, and nothing of it runs.
     let error = redis::pipe()
@@ -311,11 +312,7 @@ fn after_a_transaction_the_whole_cluster_is_reached_again() {
     let mut client = client(&keyward);
     let spread = keys("after-tx", 60);
     assert_eq!(primaries_of(cluster, &spread).len(), 3);
-    let mut writes = redis::pipe();
-    for key in &spread {
-        writes.set(key, 1).ignore();
-    }
-    let () = writes.query(&mut client).unwrap();
+    write_each(&mut client, &spread, |_| 1.to_string());
     let transaction = |client: &mut Connection| {
         let (value,): (i64,) = redis::pipe()
             .atomic()
@@ -397,11 +394,7 @@ fn blocking_commands_wait_on_their_keys_node() {
                 .unwrap();
             // Then the same client reaches keys of every node again.
             for key in keys("blocking:after", 10) {
-                let () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(1)
-                    .query(&mut client)
-                    .unwrap();
+                set(&mut client, &key, 1);
             }
             popped
         }
@@ -578,11 +571,7 @@ fn a_killed_primary_fails_fast_then_its_replica_serves() {
     // Written on the primary, and on its replica before the primary goes (WAIT counts the
     // replicas that have its own connection's writes).
     let mut on_owner = cluster.client(owner);
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg("before")
-        .query(&mut on_owner)
-        .unwrap();
+    set(&mut on_owner, key, "before");
     let acknowledged: i64 = redis::cmd("WAIT")
         .arg(1)
         .arg(10_000)
@@ -650,11 +639,7 @@ fn a_killed_primary_fails_fast_then_its_replica_serves() {
         "requests failed while no primary served the slot"
     );
     cluster.wait_until_healthy();
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg("after")
-        .query(&mut client)
-        .unwrap();
+    set(&mut client, key, "after");
     let promoted = cluster.slot_owner(cluster.key_slot(key));
     let on_node: String = redis::cmd("GET")
         .arg(key)
@@ -669,11 +654,7 @@ fn server_wide_commands_reach_every_primary() {
     let keyward = keyward_for(&cluster, "");
     let mut client = client(&keyward);
     let written = keys("wide", 500);
-    let mut writes = redis::pipe();
-    for key in &written {
-        writes.set(key, 1).ignore();
-    }
-    let () = writes.query(&mut client).unwrap();
+    write_each(&mut client, &written, |_| 1.to_string());
     let size: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
     assert_eq!(size, 500);
     let random: String = redis::cmd("RANDOMKEY").query(&mut client).unwrap();
@@ -861,21 +842,8 @@ const CACHED: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"profile:*\"]\ntt
 /// keyward with cache and lock rules, once every primary's invalidation link is up.
 fn keyward_with_invalidations(cluster: &RedisCluster) -> Keyward {
     let keyward = keyward_for(cluster, CACHED);
-    wait_for(
-        Duration::from_secs(10),
-        "every invalidation link up",
-        || {
-            redis::cmd("KEYWARD")
-                .arg(&["CACHE", "STATS"])
-                .query::<String>(&mut keyward.client())
-                .is_ok_and(|stats| stats.contains("invalidations:up"))
-        },
-    );
+    support::wait_for_invalidations(&keyward, Duration::from_secs(10));
     keyward
-}
-
-fn get(client: &mut Connection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(client).unwrap()
 }
 
 /// Each primary tracks the reads keyward cached from it: a write made straight on the node
@@ -890,18 +858,10 @@ fn cached_keys_written_on_their_node_are_invalidated() {
     for key in &keys {
         let owner = cluster.slot_owner(cluster.key_slot(key));
         let mut direct = cluster.client(owner);
-        let () = redis::cmd("SET")
-            .arg(key)
-            .arg("before")
-            .query(&mut direct)
-            .unwrap();
+        set(&mut direct, key, "before");
         assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
         assert_eq!(get(&mut reader, key).as_deref(), Some("before"), "a hit");
-        let () = redis::cmd("SET")
-            .arg(key)
-            .arg("after")
-            .query(&mut direct)
-            .unwrap();
+        set(&mut direct, key, "after");
         wait_for(Duration::from_millis(500), "the write invalidates", || {
             get(&mut reader, key).as_deref() == Some("after")
         });
@@ -934,19 +894,11 @@ fn a_moved_slot_flushes_what_the_cache_holds_of_it() {
         .iter()
         .find(|&&port| port != from)
         .unwrap();
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg("before")
-        .query(&mut client(&keyward))
-        .unwrap();
+    set(&mut client(&keyward), key, "before");
     assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
     assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
     cluster.migrate_slot(slot, from, to);
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg("after")
-        .query(&mut cluster.client(to))
-        .unwrap();
+    set(&mut cluster.client(to), key, "after");
     wait_for(
         Duration::from_secs(3),
         "the moved slot's entry is dropped",

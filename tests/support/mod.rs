@@ -542,17 +542,19 @@ pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 /// up (until then the cache is bypassed and lock queues hear no releases).
 pub fn keyward_with_invalidations(redis: &RedisServer, rules: &str) -> Keyward {
     let keyward = Keyward::start(redis.port, rules);
-    wait_for(
-        Duration::from_secs(5),
-        "the invalidation connection is up",
-        || {
-            redis::cmd("KEYWARD")
-                .arg(&["CACHE", "STATS"])
-                .query::<String>(&mut keyward.client())
-                .is_ok_and(|stats| stats.contains("invalidations:up"))
-        },
-    );
+    wait_for_invalidations(&keyward, Duration::from_secs(5));
     keyward
+}
+
+/// Waits until keyward says Redis tells it of changed keys (`invalidations:up`: in cluster
+/// mode, every primary does).
+pub fn wait_for_invalidations(keyward: &Keyward, within: Duration) {
+    wait_for(within, "the invalidation connection is up", || {
+        redis::cmd("KEYWARD")
+            .arg(&["CACHE", "STATS"])
+            .query::<String>(&mut keyward.client())
+            .is_ok_and(|stats| stats.contains("invalidations:up"))
+    });
 }
 
 /// Waits until no connection is subscribed to `channel` in Redis (a client left, and keyward
