@@ -74,4 +74,8 @@ impl Listener for Arc<Context> {
     fn everything_changed(&self) {
         self.phases.all_changed(&self.live.load().policies);
     }
+
+    fn some_changed(&self) {
+        self.phases.some_changed(&self.live.load().policies);
+    }
 }

@@ -90,7 +90,7 @@ pub struct CacheRuleReport {
 /// The state of the connection Redis tells which keys changed: `up`, `down` or
 /// `unsupported`.
 pub fn invalidations(context: &Context) -> &'static str {
-    match context.upstream.tracking.state() {
+    match context.upstream.invalidations() {
         Invalidations::Down => "down",
         Invalidations::Unsupported => "unsupported",
         Invalidations::RedirectTo(_) => "up",

@@ -866,16 +866,88 @@ fn cached_keys_written_on_their_node_are_invalidated() {
             get(&mut reader, key).as_deref() == Some("after")
         });
     }
+    assert!(cache_hits(&mut reader) >= 12);
+}
+
+/// The cache hits `KEYWARD CACHE STATS` counts.
+fn cache_hits(client: &mut Connection) -> u64 {
     let stats: String = redis::cmd("KEYWARD")
         .arg(&["CACHE", "STATS"])
-        .query(&mut reader)
+        .query(client)
         .unwrap();
-    let hits: u64 = stats
+    stats
         .split(' ')
         .find_map(|field| field.strip_prefix("hits="))
         .and_then(|hits| hits.parse().ok())
-        .unwrap_or_else(|| panic!("hits in {stats}"));
-    assert!(hits >= 12, "{stats}");
+        .unwrap_or_else(|| panic!("hits in {stats}"))
+}
+
+/// Losing one primary's invalidation link costs the cache that node's keys alone: they are
+/// neither served nor stored until the link is back, while the other nodes' keys stay served.
+#[test]
+fn one_nodes_lost_invalidation_link_leaves_the_others_cached() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_with_invalidations(&cluster);
+    let mut reader = client(&keyward);
+    let keys = keys("profile", 12);
+    let owner = |key: &String| cluster.slot_owner(cluster.key_slot(key));
+    let (lost_key, kept_key) = (
+        &keys[0],
+        keys.iter().find(|key| owner(key) != owner(&keys[0])),
+    );
+    let kept_key = kept_key.expect("keys on two nodes");
+    for key in [lost_key, kept_key] {
+        set(&mut client(&keyward), key, "before");
+        assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
+    }
+    // The node refuses keyward's new connections (this one stays logged in), and its
+    // invalidation link is cut: it stays down until the password goes.
+    let mut node = cluster.client(owner(lost_key));
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "locked-out"])
+        .query(&mut node)
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query(&mut node)
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the node's link is down", || {
+        let stats: String = redis::cmd("KEYWARD")
+            .arg(&["CACHE", "STATS"])
+            .query(&mut reader)
+            .unwrap();
+        stats.contains("invalidations:down")
+    });
+    set(&mut node, lost_key, "after");
+    let hits = cache_hits(&mut reader);
+    for _ in 0..2 {
+        assert_eq!(get(&mut reader, lost_key).as_deref(), Some("after"));
+    }
+    assert_eq!(
+        cache_hits(&mut reader),
+        hits,
+        "the node's keys bypass the cache"
+    );
+    assert_eq!(get(&mut reader, kept_key).as_deref(), Some("before"));
+    assert_eq!(
+        cache_hits(&mut reader),
+        hits + 1,
+        "another node's key is served"
+    );
+
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", ""])
+        .query(&mut node)
+        .unwrap();
+    support::wait_for_invalidations(&keyward, Duration::from_secs(10));
+    for _ in 0..2 {
+        assert_eq!(get(&mut reader, lost_key).as_deref(), Some("after"));
+    }
+    assert_eq!(
+        cache_hits(&mut reader),
+        hits + 2,
+        "cached again once the link is back"
+    );
 }
 
 /// A slot that moves leaves no stale entry behind: what keyward cached from the node it left

@@ -190,4 +190,11 @@ pub trait Phase: Sized {
 
     /// Redis's news may have been lost: every key may have changed.
     fn all_changed(&self, _policies: &Policies) {}
+
+    /// The news of some keys may have been lost (one cluster node's invalidation link
+    /// dropped): the keys of that node may have changed. A phase that cannot tell which keys
+    /// those are treats it as [`Phase::all_changed`].
+    fn some_changed(&self, policies: &Policies) {
+        self.all_changed(policies);
+    }
 }

@@ -250,6 +250,11 @@ macro_rules! phase_list {
             pub fn all_changed(&self, policies: &Policies) {
                 $(self.$field.all_changed(policies);)+
             }
+
+            /// One cluster node's news may have been lost.
+            pub fn some_changed(&self, policies: &Policies) {
+                $(self.$field.some_changed(policies);)+
+            }
         }
     };
 }

@@ -47,6 +47,18 @@ pub trait Listener: Send + Sync {
     /// Anything may have changed: a flush, Redis's tracking table overflowed, or news were
     /// lost while the connection was down.
     fn everything_changed(&self);
+    /// The news of one cluster node's keys may have been lost while its link was down; its
+    /// tracking target's epoch has moved on.
+    fn some_changed(&self);
+}
+
+/// What the news lost with a link concern.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// The one Redis's: every key.
+    Everything,
+    /// One cluster node's: the keys of its slots.
+    Node,
 }
 
 /// Keeps the invalidation connection open while the listener wants its news: one, or in
@@ -59,7 +71,8 @@ pub async fn run(
     match &upstream.cluster {
         None => {
             let settings = upstream.settings().clone();
-            keep_link(settings, Arc::clone(&upstream.tracking), shutdown, listener).await;
+            let target = Arc::clone(&upstream.tracking);
+            keep_link(settings, target, Scope::Everything, shutdown, listener).await;
         }
         Some(cluster) => follow_cluster(Arc::clone(cluster), shutdown, listener).await,
     }
@@ -70,6 +83,7 @@ pub async fn run(
 async fn keep_link(
     settings: UpstreamSettings,
     target: Arc<TrackingTarget>,
+    scope: Scope,
     shutdown: CancellationToken,
     listener: impl Listener,
 ) {
@@ -87,11 +101,20 @@ async fn keep_link(
         };
         let was_up = target.state() != Invalidations::Down;
         target.set(Invalidations::Down);
-        listener.everything_changed();
+        let flushed = match scope {
+            Scope::Everything => {
+                listener.everything_changed();
+                "cache"
+            }
+            Scope::Node => {
+                listener.some_changed();
+                "this node's cached keys"
+            }
+        };
         let address = &settings.address;
         if was_up {
             backoff = Duration::ZERO;
-            tracing::warn!(%address, reason = %ended, "cache invalidation connection lost: cache flushed and bypassed until it is back");
+            tracing::warn!(%address, reason = %ended, "cache invalidation connection lost: {flushed} flushed and bypassed until it is back");
         } else {
             tracing::debug!(%address, reason = %ended, "cache invalidation connection unavailable");
         }
@@ -104,8 +127,8 @@ async fn keep_link(
     }
 }
 
-/// Cluster mode: a link to every primary of the slot map, each telling its own target; the
-/// whole cluster's target, which the cache follows, is up once every primary's link is.
+/// Cluster mode: a link to every primary of the slot map, each telling its own target, which
+/// the cache follows for the keys of that primary's slots.
 async fn follow_cluster(
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
@@ -131,14 +154,13 @@ async fn follow_cluster(
                 links.insert(primary.clone(), link.clone());
                 let settings = cluster.node_settings(primary);
                 let target = cluster.node_tracking(primary);
-                tokio::spawn(keep_link(settings, target, link, listener.clone()));
-            }
-            let states = primaries
-                .iter()
-                .map(|primary| cluster.node_tracking(primary).state());
-            let whole = whole_state(states);
-            if whole != Invalidations::Down && cluster.tracking.state() == Invalidations::Down {
-                cluster.tracking.set(whole);
+                tokio::spawn(keep_link(
+                    settings,
+                    target,
+                    Scope::Node,
+                    link,
+                    listener.clone(),
+                ));
             }
         }
         tokio::select! {
@@ -146,24 +168,6 @@ async fn follow_cluster(
             () = shutdown.cancelled() => return,
         }
     }
-}
-
-/// The whole cluster's state from its primaries' links: down while one is, unsupported when
-/// one cannot track, else up (the id stands for the cluster: each node's connections redirect
-/// to their own node's link).
-fn whole_state(nodes: impl Iterator<Item = Invalidations>) -> Invalidations {
-    let mut whole = Invalidations::Down;
-    for state in nodes {
-        match state {
-            Invalidations::Down => return Invalidations::Down,
-            Invalidations::Unsupported => whole = Invalidations::Unsupported,
-            Invalidations::RedirectTo(id) if whole == Invalidations::Down => {
-                whole = Invalidations::RedirectTo(id)
-            }
-            Invalidations::RedirectTo(_) => {}
-        }
-    }
-    whole
 }
 
 /// Opens the connection, subscribes, and passes invalidations on until it fails.

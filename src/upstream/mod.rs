@@ -117,6 +117,28 @@ impl Upstream {
         &self.settings
     }
 
+    /// The tracking epoch under which the cache may hold `key`, or `None` while nothing of it
+    /// may be served or stored (the invalidation link that would tell of its changes is down).
+    #[inline]
+    pub fn key_epoch(&self, key: &[u8]) -> Option<u64> {
+        match &self.cluster {
+            None => {
+                // The epoch before the state: a state that changes after it has moved it on.
+                let epoch = self.tracking.epoch();
+                (self.tracking.state() != Invalidations::Down).then_some(epoch)
+            }
+            Some(cluster) => cluster.key_epoch(key),
+        }
+    }
+
+    /// The state of keyward's invalidation links, as one.
+    pub fn invalidations(&self) -> Invalidations {
+        match &self.cluster {
+            None => self.tracking.state(),
+            Some(cluster) => cluster.invalidations(),
+        }
+    }
+
     /// The pooled connection for a session: always the same one for the same `slot`.
     pub fn pooled(self: &Arc<Self>, protocol: Protocol, db: u32, slot: u64) -> ConnHandle {
         let pool = {

@@ -32,19 +32,20 @@ const UNSUPPORTED: i64 = -1;
 pub struct TrackingTarget {
     /// `DOWN`, `UNSUPPORTED` or a client id.
     redirect: AtomicI64,
-    /// Bumped whenever invalidations may have been lost; a fill started under an older epoch
+    /// Moved on whenever invalidations may have been lost; a fill started under an older epoch
     /// is not stored, and an entry stored under one is not served.
     epoch: AtomicU64,
-    /// In cluster mode, a node's target names the whole cluster's: what one node loses, the
-    /// cache (which follows the whole cluster's epoch) loses.
-    whole: Option<Arc<TrackingTarget>>,
+    /// Where new epochs come from. The targets of a cluster's nodes share one clock, so that
+    /// epochs of different nodes (and of the slots that move between them) compare: a key's
+    /// epoch, the greatest of those that cover it, changes whenever any of them does.
+    clock: Arc<AtomicU64>,
 }
 
 impl TrackingTarget {
-    /// The target of one node of a cluster whose target is `whole`.
-    pub fn of_node(whole: &Arc<TrackingTarget>) -> TrackingTarget {
+    /// A target whose epochs come from the same clock as `other`'s.
+    pub fn sharing_clock(other: &TrackingTarget) -> TrackingTarget {
         TrackingTarget {
-            whole: Some(Arc::clone(whole)),
+            clock: Arc::clone(&other.clock),
             ..TrackingTarget::default()
         }
     }
@@ -67,24 +68,22 @@ impl TrackingTarget {
         };
         self.redirect.store(value, Ordering::Release);
         self.lose_invalidations();
-        // One node's link down is the whole cluster's cache down, at once; it comes back
-        // when every node's is up (see `invalidations`).
-        if let (Invalidations::Down, Some(whole)) = (state, &self.whole) {
-            whole.set(Invalidations::Down);
-        }
     }
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// A new epoch from the shared clock, greater than every epoch given before.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Invalidations may have been lost (the invalidation connection dropped, or a connection
     /// could not turn tracking on): fills in flight must not be stored.
     pub fn lose_invalidations(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(whole) = &self.whole {
-            whole.lose_invalidations();
-        }
+        let next = self.tick();
+        self.epoch.fetch_max(next, Ordering::AcqRel);
     }
 }
 

@@ -5,7 +5,9 @@
 //! and a small task waits for its reply. Readers of the same thing that miss meanwhile join the
 //! flight instead of reading again (single flight). When the reply comes, it goes to every
 //! reader, and is stored only if no invalidation or write for its key arrived while it was in
-//! flight, and no invalidations may have been lost since it started (the epoch). Invalidating
+//! flight, and no invalidations may have been lost since it started (each key's epoch: in
+//! cluster mode, that of the node serving it, so one node's trouble leaves the others' entries
+//! served). Invalidating
 //! and storing take the same lock, so an invalidation can never slip between the check and the
 //! store.
 
@@ -21,9 +23,7 @@ use super::{rule_for, write_shape, Kind, RuleCache};
 use crate::policy::phase::{Decision, Subject};
 use crate::resp::frame::{self, frame_len};
 use crate::resp::request::encode_command;
-use crate::upstream::{
-    send_own, ConnHandle, Invalidations, Reply, ReplySender, SendError, TrackingTarget,
-};
+use crate::upstream::{send_own, ConnHandle, Reply, ReplySender, SendError, Upstream};
 
 /// A read the cache took ([`Decision::Take`]); its reply comes as `Reply::Fetched` with the
 /// subject's ticket.
@@ -42,7 +42,8 @@ struct Flight {
     keys: SmallVec<[Bytes; 1]>,
     /// The shape the reply is stored under (per key for `MGET`).
     shape: Bytes,
-    epoch: u64,
+    /// Each key's epoch when the read started; a key whose epoch moved on since is not stored.
+    epochs: SmallVec<[u64; 1]>,
     readers: SmallVec<[(ReplySender, u64); 1]>,
 }
 
@@ -93,14 +94,15 @@ fn close(open: &mut FxHashMap<Bytes, u64>, id: u64, open_key: &Bytes) {
 }
 
 pub struct Coherence {
-    pub tracking: Arc<TrackingTarget>,
+    /// Where keys' tracking epochs come from.
+    upstream: Arc<Upstream>,
     flights: Mutex<Flights>,
 }
 
 impl Coherence {
-    pub fn new(tracking: Arc<TrackingTarget>) -> Coherence {
+    pub fn new(upstream: Arc<Upstream>) -> Coherence {
         Coherence {
-            tracking,
+            upstream,
             flights: Mutex::default(),
         }
     }
@@ -119,28 +121,29 @@ impl Coherence {
         kind: Kind,
         shape: &mut Vec<u8>,
     ) -> Decision<Fill> {
-        // Read before the state: if the state changes after, so has the epoch, and a read
-        // started now is not stored.
-        let epoch = self.tracking.epoch();
-        if self.tracking.state() == Invalidations::Down {
-            return Decision::Pass;
-        }
         let Some(rule) = rule_for(rules, read.info, read.args, kind) else {
             return Decision::Pass;
         };
-        write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
         let last_key = match kind {
             Kind::OneKey => 1,
             Kind::PerKey => read.args.len() - 1,
         };
         let keys = (1..=last_key).filter_map(|index| read.args.get(index));
+        let epochs: Option<SmallVec<[u64; 1]>> = keys
+            .clone()
+            .map(|key| self.upstream.key_epoch(key))
+            .collect();
+        let Some(epochs) = epochs else {
+            return Decision::Pass;
+        };
+        write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
         let now = Instant::now();
+        let mut lookups = keys.clone().zip(&epochs);
         let cached = match kind {
-            Kind::OneKey => read
-                .args
-                .get(1)
-                .and_then(|key| rule.get(key, shape, epoch, now)),
-            Kind::PerKey => assemble(keys.clone().map(|key| rule.get(key, shape, epoch, now))),
+            Kind::OneKey => lookups
+                .next()
+                .and_then(|(key, &epoch)| rule.get(key, shape, epoch, now)),
+            Kind::PerKey => assemble(lookups.map(|(key, &epoch)| rule.get(key, shape, epoch, now))),
         };
         rule.count(cached.is_some());
         if let Some(reply) = cached {
@@ -184,7 +187,7 @@ impl Coherence {
                 open_key,
                 keys,
                 shape: Bytes::copy_from_slice(shape),
-                epoch,
+                epochs,
                 readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
             },
         );
@@ -254,31 +257,21 @@ impl Coherence {
             };
             let current = unchanged
                 && lifetimes.len() == flight.keys.len()
-                && flight.epoch == self.tracking.epoch()
-                && self.tracking.state() != Invalidations::Down;
+                && flight
+                    .keys
+                    .iter()
+                    .zip(&flight.epochs)
+                    .all(|(key, &epoch)| self.upstream.key_epoch(key) == Some(epoch));
             if current {
-                match flight.kind {
-                    Kind::OneKey => flight.rule.insert(
-                        &flight.keys[0],
-                        &flight.shape,
-                        reply.clone(),
-                        flight.epoch,
-                        lifetimes[0],
-                    ),
-                    Kind::PerKey => {
-                        let elements = elements(&reply, flight.keys.len());
-                        for ((key, element), lifetime) in
-                            flight.keys.iter().zip(elements).zip(lifetimes)
-                        {
-                            flight.rule.insert(
-                                key,
-                                &flight.shape,
-                                element,
-                                flight.epoch,
-                                *lifetime,
-                            );
-                        }
-                    }
+                let replies = match flight.kind {
+                    Kind::OneKey => vec![reply.clone()],
+                    Kind::PerKey => elements(&reply, flight.keys.len()),
+                };
+                let stored = flight.keys.iter().zip(&flight.epochs).zip(lifetimes);
+                for (((key, &epoch), lifetime), reply) in stored.zip(replies) {
+                    flight
+                        .rule
+                        .insert(key, &flight.shape, reply, epoch, *lifetime);
                 }
             }
             flight
@@ -361,7 +354,7 @@ impl Coherence {
     /// Every running flight is closed, and the epoch moves on (so that no fill started
     /// before is stored, whichever connection it rode on).
     fn flush_locked(&self, flights: &mut Flights, rules: &[Arc<RuleCache>]) {
-        self.tracking.lose_invalidations();
+        self.upstream.tracking.lose_invalidations();
         flights.open.clear();
         for rule in rules {
             rule.flush();

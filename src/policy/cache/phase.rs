@@ -20,7 +20,7 @@ impl Phase for Coherence {
     type Held = Infallible;
 
     fn new(upstream: &Arc<Upstream>) -> Coherence {
-        Coherence::new(Arc::clone(&upstream.tracking))
+        Coherence::new(Arc::clone(upstream))
     }
 
     /// Reads to answer, and writes that change what is cached.
@@ -113,4 +113,8 @@ impl Phase for Coherence {
     fn all_changed(&self, policies: &Policies) {
         self.flush_all(&policies.caches);
     }
+
+    /// Nothing to drop: the node's epoch moved on with its link, so its keys' entries are not
+    /// served again (eviction and their ttl take them), and the rest stay served.
+    fn some_changed(&self, _: &Policies) {}
 }

@@ -3,7 +3,10 @@
 
 use redis_protocol::resp3::types::OwnedFrame;
 
+use std::sync::Arc;
+
 use super::super::handshake::{elements, field, text};
+use super::super::tracking::TrackingTarget;
 use super::slots::SLOTS;
 use crate::config::HostPort;
 
@@ -30,6 +33,9 @@ pub struct SlotMap {
     pub shards: Vec<Shard>,
     /// For each slot, its primary's index in `shards`, or [`UNSERVED`].
     owners: Box<[u16]>,
+    /// Each primary's tracking target, in the order of `shards` (see [`SlotMap::tracked_by`]):
+    /// the cache asks it whether a key's entries may be served.
+    trackers: Vec<Arc<TrackingTarget>>,
 }
 
 impl SlotMap {
@@ -46,6 +52,30 @@ impl SlotMap {
     /// the subscribers keyward put there.
     pub fn pubsub_node(&self) -> Option<&HostPort> {
         self.shards.first().map(|shard| &shard.primary)
+    }
+
+    /// The tracking target of the primary serving `slot`.
+    pub fn tracker(&self, slot: u16) -> Option<&TrackingTarget> {
+        self.trackers.get(self.owner(slot)?).map(|target| &**target)
+    }
+
+    /// The map with each primary's tracking target, from `target_of`.
+    pub fn tracked_by(mut self, target_of: impl Fn(&HostPort) -> Arc<TrackingTarget>) -> SlotMap {
+        self.trackers = self
+            .shards
+            .iter()
+            .map(|shard| target_of(&shard.primary))
+            .collect();
+        self
+    }
+
+    /// Whether `slot` is served by the same primary in `self` as in `other`.
+    pub fn same_owner(&self, other: &SlotMap, slot: u16) -> bool {
+        self.primary_of(slot) == other.primary_of(slot)
+    }
+
+    fn primary_of(&self, slot: u16) -> Option<&HostPort> {
+        self.owner(slot).map(|owner| &self.shards[owner].primary)
     }
 
     /// Slots no primary serves.
@@ -182,7 +212,11 @@ impl SlotMap {
             .iter()
             .map(|&old| slots[old].take().expect("each shard once"))
             .collect();
-        let mut map = SlotMap { shards, owners };
+        let mut map = SlotMap {
+            shards,
+            owners,
+            trackers: Vec::new(),
+        };
         map.recompute_ranges();
         map
     }

@@ -24,6 +24,7 @@ pub use map::{Shard, SlotMap};
 pub use plan::CROSSSLOT;
 pub use slots::{key_slot, SLOTS};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::handle::ConnStatus;
-use super::tracking::TrackingTarget;
+use super::tracking::{Invalidations, TrackingTarget};
 use super::{ClusterSettings, ServerFacts, UpstreamSettings};
 use crate::command::CommandTable;
 use crate::config::HostPort;
@@ -59,11 +60,15 @@ pub struct Cluster {
     facts: ArcSwapOption<ServerFacts>,
     /// Every connection routers opened to a node, for the nodes' state in reports.
     connections: Mutex<Vec<(HostPort, Arc<ConnStatus>)>>,
-    /// The whole cluster's tracking target, which the cache follows: it is down while any
-    /// primary's invalidation link is, and loses invalidations whenever one does.
+    /// The whole cluster's tracking target, whose epoch moves on when the whole cache is
+    /// flushed. Its clock is every node's.
     pub tracking: Arc<TrackingTarget>,
-    /// Each node's own target: where its connections redirect the tracking of cache fills.
+    /// Each node's own target: where its connections redirect the tracking of cache fills,
+    /// and what says whether the cache may serve the keys of its slots.
     node_tracking: Mutex<FxHashMap<HostPort, Arc<TrackingTarget>>>,
+    /// Each slot's epoch, moved on when the slot changes owner: what was cached of its keys
+    /// was tracked by the node they left.
+    slot_epochs: Box<[AtomicU64]>,
 }
 
 /// One node as reports show it (`KEYWARD INFO`, `/config`).
@@ -93,6 +98,7 @@ impl Cluster {
             refresh_interval: plan.refresh_interval,
             tracking,
             node_tracking: Mutex::default(),
+            slot_epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             map: ArcSwapOption::empty(),
             refresh: Notify::new(),
             last_error: Mutex::default(),
@@ -168,8 +174,61 @@ impl Cluster {
         let mut targets = self.node_tracking.lock();
         let target = targets
             .entry(address.clone())
-            .or_insert_with(|| Arc::new(TrackingTarget::of_node(&self.tracking)));
+            .or_insert_with(|| Arc::new(TrackingTarget::sharing_clock(&self.tracking)));
         Arc::clone(target)
+    }
+
+    /// The epoch under which the cache may hold `key`: the greatest of its node's, its slot's
+    /// and the whole cluster's. `None` while nothing of it may be served or stored: its node's
+    /// invalidation link is down, or no primary serves it.
+    pub fn key_epoch(&self, key: &[u8]) -> Option<u64> {
+        let slot = key_slot(key);
+        let map = self.map.load();
+        let target = map.as_ref()?.tracker(slot)?;
+        // The epochs before the state: a state that changes after them has moved them on.
+        let epoch = target
+            .epoch()
+            .max(self.slot_epochs[usize::from(slot)].load(Ordering::Acquire))
+            .max(self.tracking.epoch());
+        (target.state() != Invalidations::Down).then_some(epoch)
+    }
+
+    /// The state of the cluster's invalidation links, as one: down while one primary's is,
+    /// unsupported when one cannot track, else up (the id is any node's link's).
+    pub fn invalidations(&self) -> Invalidations {
+        let Some(map) = self.map() else {
+            return Invalidations::Down;
+        };
+        let mut whole = Invalidations::Down;
+        for shard in &map.shards {
+            match self.node_tracking(&shard.primary).state() {
+                Invalidations::Down => return Invalidations::Down,
+                Invalidations::Unsupported => whole = Invalidations::Unsupported,
+                Invalidations::RedirectTo(id) if whole == Invalidations::Down => {
+                    whole = Invalidations::RedirectTo(id)
+                }
+                Invalidations::RedirectTo(_) => {}
+            }
+        }
+        whole
+    }
+
+    /// Installs `map`, with each primary's tracking target; slots that changed owner start a
+    /// new epoch once the map that routes them to their new owner is in force (a fill routed
+    /// by the old map then is not stored).
+    fn install(&self, map: SlotMap) {
+        let map = Arc::new(map.tracked_by(|primary| self.node_tracking(primary)));
+        let old = self.map.swap(Some(Arc::clone(&map)));
+        let Some(old) = old else {
+            return;
+        };
+        let mut epoch = None;
+        for slot in 0..SLOTS as u16 {
+            if !map.same_owner(&old, slot) {
+                let epoch = *epoch.get_or_insert_with(|| self.tracking.tick());
+                self.slot_epochs[usize::from(slot)].fetch_max(epoch, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Notes a router's connection to a node, whose state reports then show.
@@ -243,9 +302,7 @@ impl Cluster {
     pub fn moved(&self, slot: u16, address: &HostPort) {
         if let Some(map) = self.map() {
             if map.owner(slot).map(|owner| &map.shards[owner].primary) != Some(address) {
-                self.map
-                    .store(Some(Arc::new(map.with_owner(slot, address))));
-                self.tracking.lose_invalidations();
+                self.install(map.with_owner(slot, address));
             }
         }
         self.refresh_soon();
@@ -287,17 +344,14 @@ impl Cluster {
     fn note_new_map(&self, map: SlotMap) {
         let changed = self.map().is_none_or(|old| old.shards != map.shards);
         if changed {
-            // Keys of a slot that moved are tracked by the node they left: what is cached of
-            // them must not be served.
-            self.tracking.lose_invalidations();
             let primaries: Vec<String> = map
                 .shards
                 .iter()
                 .map(|shard| shard.primary.to_string())
                 .collect();
             tracing::info!(?primaries, unserved = map.unserved(), "cluster slot map");
+            self.install(map);
         }
-        self.map.store(Some(Arc::new(map)));
     }
 
     /// Nodes to ask for the map: the primaries known now, then their replicas, then the
