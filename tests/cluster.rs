@@ -835,6 +835,81 @@ fn pub_sub_reaches_subscribers_through_any_node() {
     );
 }
 
+/// A shard subscriber keeps its subscriptions when its channel's slot moves to another node
+/// and when that node fails over: keyward subscribes again where the channel is served now,
+/// and the client never hears Redis's unasked `sunsubscribe`.
+#[test]
+fn subscriptions_follow_their_slot_and_a_failover() {
+    let mut cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let channel = "{follow}news";
+    let mut subscriber = keyward.raw();
+    subscriber.send(format!("SSUBSCRIBE {channel}\r\nSUBSCRIBE plain\r\n").as_bytes());
+    for line in ["*3", "$10", "ssubscribe", "$12", channel, ":1"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+    for line in ["*3", "$9", "subscribe", "$5", "plain", ":1"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+    let mut publisher = client(&keyward);
+    // Published until a subscriber is there to hear it: the first message the client reads
+    // is the one that reached it, with no `sunsubscribe` before it.
+    let mut publish_until_heard = |message: &str, within: Duration| {
+        let command = "SPUBLISH";
+        let deadline = Instant::now() + within;
+        loop {
+            let receivers = redis::cmd(command)
+                .arg(channel)
+                .arg(message)
+                .query::<i64>(&mut publisher);
+            if receivers == Ok(1) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command} {message}: {receivers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut expect_message = |kind: &str, name: &str, message: &str| {
+        let lines = [
+            "*3".to_string(),
+            format!("${}", kind.len()),
+            kind.to_string(),
+            format!("${}", name.len()),
+            name.to_string(),
+            format!("${}", message.len()),
+            message.to_string(),
+        ];
+        for line in lines {
+            assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+        }
+    };
+
+    let slot = cluster.key_slot(channel);
+    let from = cluster.slot_owner(slot);
+    let to = *cluster
+        .primaries()
+        .iter()
+        .find(|&&port| port != from)
+        .unwrap();
+    cluster.migrate_slot(slot, from, to);
+    publish_until_heard("after the move", Duration::from_secs(5));
+    expect_message("smessage", channel, "after the move");
+
+    cluster.kill_node(to);
+    publish_until_heard("after the failover", Duration::from_secs(30));
+    expect_message("smessage", channel, "after the failover");
+    // Plain channels were subscribed again first; a publisher's count is of its node's
+    // subscribers alone, and the message reaches the others over the cluster bus.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&["plain", "plain too"])
+        .query(&mut client(&keyward))
+        .unwrap();
+    expect_message("message", "plain", "plain too");
+}
+
 const CACHED: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"profile:*\"]\nttl = \"30s\"\n\
                       max_memory = \"1MB\"\n\
                       [[lock]]\nname = \"bookings\"\nkeys = [\"booking:*\"]\nmax_wait = \"5s\"\n";

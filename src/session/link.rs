@@ -210,6 +210,7 @@ impl Session {
                     setup: &setup,
                     login: login.as_ref(),
                     request: &request,
+                    follows_subscriptions: streaming && !for_monitor && login.is_none(),
                 },
                 self.reply_sender.clone(),
                 // A `MONITOR` starts after the spare connection it takes is replaced, so that

@@ -13,15 +13,14 @@ use super::link::Link;
 use super::pipeline::{Flow, Input, Step};
 use super::Session;
 use crate::command::{CommandInfo, LocalCommand, Role};
-use crate::config::HostPort;
 use crate::resp::reply;
 use crate::resp::request::Args;
-use crate::upstream::cluster::{key_slot, CROSSSLOT};
+use crate::upstream::cluster::{key_slot, NodeCell, CROSSSLOT};
 use crate::upstream::Batch;
 
 /// The node a session's own connection reaches, and what keeps the session on it.
 pub(super) struct Pin {
-    pub(super) node: HostPort,
+    pub(super) node: NodeCell,
     /// Opened for state that ends (a transaction, watched keys, a blocking command), rather
     /// than for state that lasts (tracking, another user's login, pub/sub).
     pub(super) transient: bool,
@@ -30,7 +29,7 @@ pub(super) struct Pin {
 }
 
 impl Pin {
-    pub(super) fn new(node: HostPort, transient: bool) -> Pin {
+    pub(super) fn new(node: NodeCell, transient: bool) -> Pin {
         Pin {
             node,
             transient,
@@ -68,9 +67,10 @@ impl Session {
         let mut keys = Vec::new();
         info.key_positions(args, &mut keys);
         let mut slots = keys.iter().filter_map(|&at| args.get(at)).map(key_slot);
+        let node = pin.node.load();
         let elsewhere = slots.any(|slot| {
             let owner = map.owner(slot).map(|owner| &map.shards[owner].primary);
-            owner != Some(&pin.node)
+            owner != Some(&**node)
         });
         match (released, elsewhere, keys.is_empty()) {
             (true, false, _) if self.client.multi_deferred => Some(Step::ResumeMulti),

@@ -45,7 +45,8 @@ use crate::config::HostPort;
 use crate::metrics;
 use crate::resp::request::encode_command;
 use crate::resp::Protocol;
-use cluster::Cluster;
+use arc_swap::ArcSwap;
+use cluster::{Cluster, Follower};
 use pooled::run_pooled;
 
 type PoolKey = (Protocol, u32);
@@ -261,6 +262,7 @@ impl Upstream {
             setup,
             login,
             request,
+            follows_subscriptions,
         } = wanted;
         let settings = match &self.cluster {
             None => self.settings.clone(),
@@ -311,7 +313,20 @@ impl Upstream {
                 }
             },
         };
-        Ok(self.serve_dedicated(connected, setup_left, owner, &settings.address))
+        let (handle, mut opening) =
+            self.serve_dedicated(connected, setup_left, owner, &settings.address);
+        if let (Some(cluster), Some(node), true) =
+            (&self.cluster, &opening.node, follows_subscriptions)
+        {
+            opening.follower = Some(Follower {
+                cluster: Arc::clone(cluster),
+                protocol,
+                db,
+                setup: setup.to_vec(),
+                node: Arc::clone(node),
+            });
+        }
+        Ok((handle, opening))
     }
 
     /// A handle for a dedicated connection just handshaken, and its [`Opening`]; `setup`
@@ -344,7 +359,11 @@ impl Upstream {
         }
         let opening = Opening {
             redis_id: connected.client_id,
-            node: self.cluster.as_ref().map(|_| address.clone()),
+            node: self
+                .cluster
+                .as_ref()
+                .map(|_| Arc::new(ArcSwap::from_pointee(address.clone()))),
+            follower: None,
             stream: connected.stream,
             batches,
             owner,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::cluster::{Follower, NodeCell};
 use super::connection::{serve, Batch, ConnState, ReplySender, ServeEnd};
 use super::errors::broken_error;
 use super::handle::ConnStatus;
 use super::tracking::TrackingTarget;
 use super::Login;
-use crate::config::HostPort;
 use crate::metrics;
 use crate::net::Stream;
 use crate::resp::Protocol;
@@ -26,6 +26,9 @@ pub struct OwnConnection<'a> {
     pub login: Option<&'a Login>,
     /// In cluster mode, the request it is opened for: its first key picks the node.
     pub request: &'a [u8],
+    /// In cluster mode, the connection is a subscriber's: it follows its subscriptions to
+    /// another node when their node fails or their slot moves (see [`Follower`]).
+    pub follows_subscriptions: bool,
 }
 
 impl<'a> OwnConnection<'a> {
@@ -37,6 +40,7 @@ impl<'a> OwnConnection<'a> {
             setup: &[],
             login: None,
             request,
+            follows_subscriptions: false,
         }
     }
 }
@@ -45,8 +49,11 @@ impl<'a> OwnConnection<'a> {
 pub struct Opening {
     /// The connection's id in Redis, when `HELLO` told it.
     pub redis_id: Option<u64>,
-    /// In cluster mode, the node the connection reaches.
-    pub node: Option<HostPort>,
+    /// In cluster mode, the node the connection reaches (another, once a subscriber's
+    /// connection has followed its subscriptions).
+    pub node: Option<NodeCell>,
+    /// A subscriber's connection in cluster mode, which follows its subscriptions.
+    pub(super) follower: Option<Follower>,
     pub(super) stream: Stream,
     pub(super) batches: mpsc::Receiver<Batch>,
     pub(super) owner: ReplySender,
@@ -62,6 +69,7 @@ impl Opening {
         let Opening {
             redis_id: _,
             node: _,
+            follower,
             stream,
             mut batches,
             owner,
@@ -69,6 +77,10 @@ impl Opening {
             tracking,
             status,
         } = self;
+        if let Some(follower) = follower {
+            tokio::spawn(follower.run(stream, batches, owner));
+            return;
+        }
         let state = ConnState::written_ahead(&stream, &mut batches, status);
         tokio::spawn(async move {
             metrics::upstream_connection_opened(&address);

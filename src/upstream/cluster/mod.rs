@@ -13,6 +13,7 @@
 
 mod delivery;
 mod discovery;
+mod follow;
 mod map;
 mod merge;
 mod plan;
@@ -20,6 +21,7 @@ mod redirect;
 pub(super) mod router;
 mod slots;
 
+pub use follow::{Follower, NodeCell};
 pub use map::{Shard, SlotMap};
 pub use plan::CROSSSLOT;
 pub use slots::{key_slot, SLOTS};
