@@ -657,8 +657,39 @@ fn server_wide_commands_reach_every_primary() {
     write_each(&mut client, &written, |_| 1.to_string());
     let size: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
     assert_eq!(size, 500);
-    let random: String = redis::cmd("RANDOMKEY").query(&mut client).unwrap();
-    assert!(random.starts_with("wide:"));
+    // RANDOMKEY picks among the primaries: over 60 tries, keys of more than one come back.
+    let mut nodes = HashSet::new();
+    for _ in 0..60 {
+        let random: String = redis::cmd("RANDOMKEY").query(&mut client).unwrap();
+        assert!(random.starts_with("wide:"));
+        nodes.insert(cluster.slot_owner(cluster.key_slot(&random)));
+    }
+    assert!(nodes.len() > 1, "RANDOMKEY reached {nodes:?}");
+    // INFO counts the whole cluster's keys and commands, and describes one node otherwise.
+    let info: String = redis::cmd("INFO").query(&mut client).unwrap();
+    assert!(info.contains("\r\ndb0:keys=500,expires=0,"), "{info}");
+    let processed = |info: &str| -> i64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap()
+    };
+    let on_nodes: i64 = cluster
+        .primaries()
+        .into_iter()
+        .map(|primary| {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query(&mut cluster.client(primary))
+                .unwrap();
+            processed(&info)
+        })
+        .sum();
+    assert!(
+        processed(&info) >= 500 && processed(&info) <= on_nodes,
+        "{info}"
+    );
+    assert_eq!(info.matches("redis_version:").count(), 1);
     let () = redis::cmd("FLUSHALL").query(&mut client).unwrap();
     let size: i64 = redis::cmd("DBSIZE").query(&mut client).unwrap();
     assert_eq!(size, 0);

@@ -1,8 +1,12 @@
 //! One reply from the replies of a command's parts: a command split by slot, or sent to every
 //! primary, answers as one Redis would.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::info;
 use crate::resp::frame::{self, array_elements};
 use crate::resp::{parse_int, reply};
 
@@ -29,6 +33,10 @@ pub(super) enum Merge {
     },
     /// A `SCAN` step on primary `node` of `nodes`: the node's cursor becomes keyward's.
     Scan { node: usize, nodes: usize },
+    /// `INFO`: see [`info`].
+    Info,
+    /// Any part's reply that is not a nil, picked at random (`RANDOMKEY`).
+    AnyOf,
 }
 
 /// `SCAN` cursors carry the primary's index in their low bits.
@@ -46,6 +54,8 @@ pub(super) fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
         Merge::AllTrue => all_true(replies),
         Merge::Elements { places, total } => elements(replies, places, *total),
         Merge::Scan { node, nodes } => scan_step(replies, *node, *nodes),
+        Merge::Info => info::merge(replies),
+        Merge::AnyOf => any_of(replies),
     };
     merged.unwrap_or_else(|| reply::error("ERR keyward: a cluster node gave an unexpected reply"))
 }
@@ -64,6 +74,19 @@ fn sum(replies: &[Bytes]) -> Option<Bytes> {
         total = total.checked_add(integer(reply)?)?;
     }
     Some(Bytes::from(format!(":{total}\r\n")))
+}
+
+fn any_of(replies: &[Bytes]) -> Option<Bytes> {
+    let found: Vec<&Bytes> = replies
+        .iter()
+        .filter(|reply| !frame::is_nil(reply))
+        .collect();
+    if found.is_empty() {
+        return replies.first().cloned();
+    }
+    // Each `RandomState` is seeded anew: a random pick without a generator of its own.
+    let pick = RandomState::new().hash_one(found.len()) as usize % found.len();
+    Some(found[pick].clone())
 }
 
 fn same(replies: &[Bytes]) -> Option<Bytes> {

@@ -14,6 +14,7 @@
 mod delivery;
 mod discovery;
 mod follow;
+mod info;
 mod map;
 mod merge;
 mod plan;

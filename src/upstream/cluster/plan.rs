@@ -65,8 +65,8 @@ pub(super) fn plan(
     }
 }
 
-/// Commands that act on the whole keyspace, or on scripts every primary must hold so that
-/// `EVALSHA` and `FCALL` work on whichever node a key lives.
+/// Commands that act on, or describe, the whole keyspace, or on scripts every primary must
+/// hold so that `EVALSHA` and `FCALL` work on whichever node a key lives.
 fn everywhere(name: &str) -> Option<Merge> {
     Some(match name {
         "dbsize" => Merge::Sum,
@@ -75,6 +75,8 @@ fn everywhere(name: &str) -> Option<Merge> {
         | "function|restore" => Merge::AllOk,
         "script|load" | "function|load" => Merge::Same,
         "script|exists" => Merge::AllTrue,
+        "info" => Merge::Info,
+        "randomkey" => Merge::AnyOf,
         _ => return None,
     })
 }
