@@ -303,6 +303,45 @@ fn transactions_run_on_the_node_of_their_first_key() {
     assert_eq!(raw.read_line(), "$1\r\n");
 }
 
+/// A transaction whose slot moves while it is queued is aborted as Redis Cluster aborts it,
+/// never half run, and the client sees no redirection; its next transaction runs on the
+/// slot's new node.
+#[test]
+fn a_transaction_whose_slot_moves_is_aborted_whole() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let key = "{moving-tx}counter";
+    set(&mut client(&keyward), key, 1);
+    let mut raw = keyward.raw();
+    raw.send(format!("MULTI\r\nINCR {key}\r\n").as_bytes());
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    let slot = cluster.key_slot(key);
+    let from = cluster.slot_owner(slot);
+    let to = *cluster
+        .primaries()
+        .iter()
+        .find(|&&port| port != from)
+        .unwrap();
+    cluster.migrate_slot(slot, from, to);
+    // The queued command is refused, and so is EXEC (Redis discards a transaction whose
+    // slot moved): as errors, never as redirections.
+    raw.send(format!("INCR {key}\r\nEXEC\r\n").as_bytes());
+    for _ in 0..2 {
+        let refused = raw.read_line();
+        assert!(refused.starts_with("-TRYAGAIN"), "{refused}");
+    }
+    assert_eq!(
+        get(&mut client(&keyward), key).as_deref(),
+        Some("1"),
+        "nothing ran"
+    );
+    raw.send(format!("MULTI\r\nINCR {key}\r\nEXEC\r\n").as_bytes());
+    for line in ["+OK", "+QUEUED", "*1", ":2"] {
+        assert_eq!(raw.read_line(), format!("{line}\r\n"));
+    }
+}
+
 /// Once a transaction is over, the client's next transactions on the same node reuse its
 /// connection, and what must reach every primary does again.
 #[test]

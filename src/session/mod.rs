@@ -393,6 +393,10 @@ impl Session {
             }
             return;
         }
+        let reply = match &self.pin {
+            Some(pin) => self.without_redirections(reply, pin),
+            None => reply,
+        };
         if let Reply::Fetched { ticket, .. } = &reply {
             self.holds
                 .taken

@@ -6,17 +6,18 @@
 //! Redis Cluster's own `-CROSSSLOT` (inside `MULTI`, the transaction is then aborted, as Redis
 //! aborts one whose command it refused).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::link::Link;
 use super::pipeline::{Flow, Input, Step};
 use super::Session;
 use crate::command::{CommandInfo, LocalCommand, Role};
+use crate::resp::frame;
 use crate::resp::reply;
 use crate::resp::request::Args;
 use crate::upstream::cluster::{key_slot, NodeCell, CROSSSLOT};
-use crate::upstream::Batch;
+use crate::upstream::{Batch, Reply};
 
 /// The node a session's own connection reaches, and what keeps the session on it.
 pub(super) struct Pin {
@@ -80,6 +81,53 @@ impl Session {
                 kill: None,
             }),
             _ => None,
+        }
+    }
+
+    /// Replies from the session's own connection, with any `MOVED` or `ASK` replaced: the
+    /// connection is bound to its node, so keyward cannot follow them, and the client must
+    /// never see one (see
+    /// [`bound_redirection`](crate::upstream::cluster::Cluster::bound_redirection)).
+    pub(super) fn without_redirections(&self, reply: Reply, pin: &Pin) -> Reply {
+        let Reply::Frames {
+            bytes,
+            count,
+            lengths,
+        } = reply
+        else {
+            return reply;
+        };
+        let Some(cluster) = &self.context.upstream.cluster else {
+            return Reply::Frames {
+                bytes,
+                count,
+                lengths,
+            };
+        };
+        let redirection =
+            |frame: &[u8]| frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK ");
+        if !frame::frames(&bytes).any(redirection) {
+            return Reply::Frames {
+                bytes,
+                count,
+                lengths,
+            };
+        }
+        let node = pin.node.load();
+        let redirected = |frame: &[u8]| cluster.bound_redirection(frame, &node);
+        let mut rewritten = BytesMut::with_capacity(bytes.len());
+        let mut new_lengths = Vec::with_capacity(lengths.len());
+        for frame in frame::frames(&bytes) {
+            let frame = redirected(frame).unwrap_or_else(|| bytes.slice_ref(frame));
+            if !lengths.is_empty() {
+                new_lengths.push(frame.len() as u32);
+            }
+            rewritten.extend_from_slice(&frame);
+        }
+        Reply::Frames {
+            bytes: rewritten.freeze(),
+            count,
+            lengths: new_lengths,
         }
     }
 

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -43,7 +44,9 @@ use super::{ClusterSettings, ServerFacts, UpstreamSettings};
 use crate::command::CommandTable;
 use crate::config::HostPort;
 use crate::metrics;
+use crate::resp::reply;
 use crate::resp::request::{Decoded, RequestDecoder};
+use redirect::Redirect;
 
 /// On-demand refreshes come at most this often, however many redirections ask for one.
 const REFRESH_GAP: Duration = Duration::from_millis(100);
@@ -309,6 +312,31 @@ impl Cluster {
             }
         }
         self.refresh_soon();
+    }
+
+    /// A `MOVED` or `ASK` that a node answered on a connection bound to it (a session's own:
+    /// a transaction, a watch, a blocked command), which cannot follow the redirection: the
+    /// map learns of it, and the client gets a `-TRYAGAIN` in its place, never a
+    /// redirection. `None` for any other reply.
+    pub fn bound_redirection(&self, frame: &[u8], node: &HostPort) -> Option<Bytes> {
+        if !(frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK ")) {
+            return None;
+        }
+        let (slot, how) = match Redirect::read(frame, node)? {
+            Redirect::Moved { slot, address } => {
+                self.moved(slot, &address);
+                (slot, "moved away from")
+            }
+            Redirect::Ask { slot, .. } => {
+                self.refresh_soon();
+                (slot, "is migrating away from")
+            }
+            Redirect::TryAgain => return None,
+        };
+        Some(reply::error(&format!(
+            "TRYAGAIN hash slot {slot} {how} the node this connection is bound to \
+             (a transaction, a watch or a blocking command): the command did not run"
+        )))
     }
 
     /// Reads the map at once, then keeps it current for as long as keyward runs.

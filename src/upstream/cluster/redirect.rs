@@ -5,7 +5,7 @@ use crate::config::HostPort;
 /// What a node's error reply asks of keyward.
 pub(super) enum Redirect {
     Moved { slot: u16, address: HostPort },
-    Ask { address: HostPort },
+    Ask { slot: u16, address: HostPort },
     TryAgain,
 }
 
@@ -31,7 +31,7 @@ impl Redirect {
         let address = HostPort::new(host, port.parse().ok()?);
         match kind {
             "MOVED" => Some(Redirect::Moved { slot, address }),
-            "ASK" => Some(Redirect::Ask { address }),
+            "ASK" => Some(Redirect::Ask { slot, address }),
             _ => None,
         }
     }
@@ -50,7 +50,8 @@ mod tests {
             panic!("a MOVED");
         };
         assert_eq!((slot, address), (3999, HostPort::new("127.0.0.1", 6381)));
-        let Some(Redirect::Ask { address }) = Redirect::read(b"-ASK 1 :6382\r\n", &answered) else {
+        let Some(Redirect::Ask { address, .. }) = Redirect::read(b"-ASK 1 :6382\r\n", &answered)
+        else {
             panic!("an ASK");
         };
         assert_eq!(

@@ -449,7 +449,7 @@ impl Router {
                 part.pinned = Some(address.clone());
                 self.resend(id, part_index, &address, false).await;
             }
-            Redirect::Ask { address } => {
+            Redirect::Ask { address, .. } => {
                 metrics::upstream_redirect("ask");
                 part.hops += 1;
                 if part.hops > MAX_HOPS {
