@@ -685,6 +685,20 @@ fn a_killed_primary_fails_fast_then_its_replica_serves() {
         .query(&mut cluster.client(promoted))
         .unwrap();
     assert_eq!(on_node, "after");
+    // keyward lets go of the dead node: no connection keeps trying to reach it.
+    let connect_errors = || {
+        let metrics = keyward.admin_get("/metrics").1;
+        support::metric_value(
+            &metrics,
+            "keyward_upstream_errors_total",
+            &["kind=\"connect\""],
+        )
+    };
+    wait_for(Duration::from_secs(10), "connect attempts stop", || {
+        let before = connect_errors();
+        std::thread::sleep(Duration::from_millis(1500));
+        connect_errors() == before
+    });
 }
 
 #[test]

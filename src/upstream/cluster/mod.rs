@@ -239,9 +239,10 @@ impl Cluster {
 
     /// Notes a router's connection to a node, whose state reports then show.
     pub(super) fn note_connection(&self, address: &HostPort, status: &Arc<ConnStatus>) {
-        self.connections
-            .lock()
-            .push((address.clone(), Arc::clone(status)));
+        let mut connections = self.connections.lock();
+        // Connections whose status nobody else holds any more are closed.
+        connections.retain(|(_, status)| Arc::strong_count(status) > 1);
+        connections.push((address.clone(), Arc::clone(status)));
     }
 
     /// The nodes of the slot map, primaries first, with the state of keyward's connections.

@@ -62,6 +62,7 @@ pub(in crate::upstream) async fn run(
         decoder: RequestDecoder::default(),
         keys: Vec::new(),
         links: Vec::new(),
+        links_follow: None,
         deliveries: Deliveries::default(),
         commands: FxHashMap::default(),
         next_command: 0,
@@ -90,6 +91,8 @@ struct Router {
     decoder: RequestDecoder,
     keys: Vec<usize>,
     links: Vec<NodeLink>,
+    /// The map `links` were last checked against.
+    links_follow: Option<Arc<SlotMap>>,
     deliveries: Deliveries,
     /// Client commands in flight, by id.
     commands: FxHashMap<u64, Command>,
@@ -197,6 +200,14 @@ impl Router {
             return;
         };
         self.status.set_up();
+        if !self
+            .links_follow
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, &map))
+        {
+            self.forget_departed_nodes(&map);
+            self.links_follow = Some(Arc::clone(&map));
+        }
         let count = batch.count as usize;
         let measured = batch.measured.is_some();
         // A cache fill: Redis tracks what it reads on whichever node serves it.
@@ -319,6 +330,14 @@ impl Router {
             .get(owner)
             .map(|shard| shard.primary.clone())
             .ok_or_else(|| reply::error("CLUSTERDOWN Hash slot not served"))
+    }
+
+    /// Closes the links to nodes that are no longer primaries in `map` and owe nothing: a
+    /// failed primary's link would otherwise try to reconnect for as long as keyward runs.
+    fn forget_departed_nodes(&mut self, map: &SlotMap) {
+        self.links.retain(|link| {
+            !link.owed.is_empty() || map.shards.iter().any(|shard| shard.primary == link.address)
+        });
     }
 
     /// The index of this router's link to `address`, opened on first use.
