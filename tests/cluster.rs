@@ -318,11 +318,7 @@ fn a_transaction_whose_slot_moves_is_aborted_whole() {
     assert_eq!(raw.read_line(), "+QUEUED\r\n");
     let slot = cluster.key_slot(key);
     let from = cluster.slot_owner(slot);
-    let to = *cluster
-        .primaries()
-        .iter()
-        .find(|&&port| port != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate_slot(slot, from, to);
     // The queued command is refused, and so is EXEC (Redis discards a transaction whose
     // slot moved): as errors, never as redirections.
@@ -516,11 +512,7 @@ fn a_slot_migrating_under_load_costs_clients_nothing() {
     let keyward = keyward_for(&cluster, "");
     let slot = cluster.key_slot("{moving}");
     let from = cluster.slot_owner(slot);
-    let to = *cluster
-        .primaries()
-        .iter()
-        .find(|&&port| port != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     let running = Arc::new(AtomicBool::new(true));
     let operations = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..8)
@@ -973,11 +965,7 @@ fn subscriptions_follow_their_slot_and_a_failover() {
 
     let slot = cluster.key_slot(channel);
     let from = cluster.slot_owner(slot);
-    let to = *cluster
-        .primaries()
-        .iter()
-        .find(|&&port| port != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate_slot(slot, from, to);
     publish_until_heard("after the move", Duration::from_secs(5));
     expect_message("smessage", channel, "after the move");
@@ -1120,11 +1108,7 @@ fn a_moved_slot_flushes_what_the_cache_holds_of_it() {
     let key = "profile:{moved}";
     let slot = cluster.key_slot(key);
     let from = cluster.slot_owner(slot);
-    let to = *cluster
-        .primaries()
-        .iter()
-        .find(|&&port| port != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     set(&mut client(&keyward), key, "before");
     assert_eq!(get(&mut reader, key).as_deref(), Some("before"));
     assert_eq!(get(&mut reader, key).as_deref(), Some("before"));

@@ -82,23 +82,34 @@ impl Opening {
             return;
         }
         let state = ConnState::written_ahead(&stream, &mut batches, status);
-        tokio::spawn(async move {
-            metrics::upstream_connection_opened(&address);
-            let end = serve(
-                stream,
-                state,
-                &mut batches,
-                Some(&owner),
-                None,
-                &tracking,
-                |reason| broken_error(&address, reason),
-            )
-            .await;
-            if let ServeEnd::Broken(reason) = end {
-                metrics::upstream_errors(reason.metric_kind(), 1);
-                tracing::debug!(%reason, "dedicated upstream connection closed");
-            }
-            metrics::upstream_connection_closed(&address);
-        });
+        tokio::spawn(serve_own(stream, state, batches, owner, address, tracking));
     }
+}
+
+/// Serves a session's own connection until it breaks or the session lets go of it; frames
+/// that answer no batch (pushes, pub/sub messages) go to `owner`.
+pub(super) async fn serve_own(
+    stream: Stream,
+    state: ConnState,
+    mut batches: mpsc::Receiver<Batch>,
+    owner: ReplySender,
+    address: String,
+    tracking: Arc<TrackingTarget>,
+) {
+    metrics::upstream_connection_opened(&address);
+    let end = serve(
+        stream,
+        state,
+        &mut batches,
+        Some(&owner),
+        None,
+        &tracking,
+        |reason| broken_error(&address, reason),
+    )
+    .await;
+    if let ServeEnd::Broken(reason) = end {
+        metrics::upstream_errors(reason.metric_kind(), 1);
+        tracing::debug!(%reason, "dedicated upstream connection closed");
+    }
+    metrics::upstream_connection_closed(&address);
 }

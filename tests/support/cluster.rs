@@ -184,6 +184,14 @@ impl RedisCluster {
             .collect()
     }
 
+    /// A primary other than the one at `port`: where a slot of that one can move.
+    pub fn other_primary(&self, port: u16) -> u16 {
+        self.primaries()
+            .into_iter()
+            .find(|&primary| primary != port)
+            .expect("another primary")
+    }
+
     /// The node's id, which `CLUSTER SETSLOT` and `CLUSTER NODES` use to name it.
     pub fn node_id(&self, port: u16) -> String {
         command(port, &["CLUSTER", "MYID"])

@@ -21,13 +21,12 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::super::connection::{serve, Batch, ConnState, Reply, ReplySender};
-use super::super::errors::broken_error;
+use super::super::connection::{Batch, ConnState, Reply, ReplySender};
 use super::super::handle::ConnHandle;
 use super::super::handshake;
+use super::super::own::serve_own;
 use super::{key_slot, Cluster};
 use crate::config::HostPort;
-use crate::metrics;
 use crate::net::Stream;
 use crate::resp::frame::{self, frames};
 use crate::resp::reply;
@@ -113,28 +112,21 @@ impl Follower {
 
     /// Serves a connection to the node in `self.node`.
     fn serve(&self, stream: Stream) -> NodeLink {
-        let (handle, mut batches) = ConnHandle::channel();
+        let (handle, batches) = ConnHandle::channel();
         handle.status.set_up();
         let (relay, replies) = mpsc::unbounded_channel();
         let owner = relay.clone();
         let address = self.node.load_full();
         let tracking = self.cluster.node_tracking(&address);
         let state = ConnState::reporting_to(Arc::clone(&handle.status));
-        tokio::spawn(async move {
-            let address = address.to_string();
-            metrics::upstream_connection_opened(&address);
-            serve(
-                stream,
-                state,
-                &mut batches,
-                Some(&owner),
-                None,
-                &tracking,
-                |reason| broken_error(&address, reason),
-            )
-            .await;
-            metrics::upstream_connection_closed(&address);
-        });
+        tokio::spawn(serve_own(
+            stream,
+            state,
+            batches,
+            owner,
+            address.to_string(),
+            tracking,
+        ));
         NodeLink {
             handle,
             replies,
