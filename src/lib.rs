@@ -16,7 +16,9 @@
 //! - after the phases, the session routes the request: the batch for its connection (shared,
 //!   or its own), keyward's own answer, or a connection aside.
 //! - [`upstream`] holds the connections to Redis: pools shared by sessions, connections of a
-//!   session's own, and the invalidation connection that tells which keys changed.
+//!   session's own, and the invalidation connection that tells which keys changed; in
+//!   cluster mode the routers to the cluster's nodes, in sentinel mode the primary the
+//!   sentinels name.
 //! - [`resp`] is the wire protocol: request decoding and encoding, reply delimiting, replies.
 //!
 //! Around them: [`config`] (the TOML file and its diagnostics), [`reload`] (the config and

@@ -41,11 +41,25 @@ pub struct UpstreamInfo {
     /// The invalidation connection that caching and lock releases rely on: `up`, `down`, or
     /// `unsupported` (keyward's user may not run `CLIENT TRACKING`).
     pub invalidations: &'static str,
-    /// `standalone` or `cluster`.
+    /// `standalone`, `cluster` or `sentinel`.
     pub topology: &'static str,
     /// In cluster mode, the slot map's nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_nodes: Option<Vec<NodeReport>>,
+    /// In sentinel mode, what the sentinels say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelReport>,
+}
+
+/// Sentinel mode, for `KEYWARD INFO`.
+#[derive(Debug, Serialize)]
+pub struct SentinelReport {
+    pub master_name: String,
+    /// The primary keyward forwards to, once the sentinels named one.
+    pub primary: Option<String>,
+    /// Sentinels keyward listens to for failovers, of those configured.
+    pub sentinels_listening: usize,
+    pub sentinels: usize,
 }
 
 pub fn info(context: &Context) -> Info {
@@ -59,7 +73,7 @@ pub fn info(context: &Context) -> Info {
         max_clients: context.live.load().config.listen.max_clients.get(),
         connections_received: context.connections_received.load(Ordering::Relaxed),
         upstream: UpstreamInfo {
-            address: upstream.settings().address.to_string(),
+            address: upstream.address().to_string(),
             up: down_because.is_none(),
             down_because,
             redis_version: upstream.facts().version.to_string(),
@@ -67,11 +81,18 @@ pub fn info(context: &Context) -> Info {
             pooled_connections: total,
             last_error,
             invalidations: invalidations(context),
-            topology: match upstream.cluster {
-                Some(_) => "cluster",
-                None => "standalone",
+            topology: match (&upstream.cluster, &upstream.sentinel) {
+                (Some(_), _) => "cluster",
+                (None, Some(_)) => "sentinel",
+                (None, None) => "standalone",
             },
             cluster_nodes: upstream.cluster.as_ref().map(|cluster| cluster.nodes()),
+            sentinel: upstream.sentinel.as_ref().map(|sentinel| SentinelReport {
+                master_name: sentinel.master_name().to_string(),
+                primary: sentinel.primary().map(|primary| primary.to_string()),
+                sentinels_listening: sentinel.sentinels_listening(),
+                sentinels: sentinel.sentinel_count(),
+            }),
         },
     }
 }

@@ -133,7 +133,11 @@ async fn respond(
         }
         "/readyz" => match context.upstream.not_ready_because() {
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-            None => text(StatusCode::OK, "ready\n".into()),
+            // Serving, with what an SRE should know.
+            None => match context.upstream.sentinel.as_ref().and_then(|s| s.caveat()) {
+                Some(caveat) => text(StatusCode::OK, format!("ready, but {caveat}\n")),
+                None => text(StatusCode::OK, "ready\n".into()),
+            },
         },
         "/config" => json(StatusCode::OK, reports::config(context)),
         "/overview" => json(StatusCode::OK, views::overview(context)),

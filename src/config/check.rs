@@ -130,10 +130,40 @@ pub(super) fn settings_together(config: &Config, text: &str, diagnostics: &mut V
 /// Settings that only one topology reads.
 fn topology(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
     let upstream = &config.upstream;
-    if upstream.topology == Topology::Standalone && !upstream.seeds.is_empty() {
+    let at = |key: &str| find_table_key(text, "upstream", key).unwrap_or(0..0);
+    if upstream.topology != Topology::Cluster && !upstream.seeds.is_empty() {
         diagnostics.push(Diagnostic::error(
-            find_table_key(text, "upstream", "seeds").unwrap_or(0..0),
+            at("seeds"),
             "seeds are read only with topology = \"cluster\"".into(),
+        ));
+    }
+    let sentinel_keys = [
+        ("sentinels", !upstream.sentinels.is_empty()),
+        ("master_name", upstream.master_name.is_some()),
+        (
+            "sentinel_password_env",
+            upstream.sentinel_password_env.is_some(),
+        ),
+    ];
+    if upstream.topology != Topology::Sentinel {
+        for (key, _) in sentinel_keys.iter().filter(|(_, set)| *set) {
+            diagnostics.push(Diagnostic::error(
+                at(key),
+                format!("{key} is read only with topology = \"sentinel\""),
+            ));
+        }
+        return;
+    }
+    for (key, _) in sentinel_keys[..2].iter().filter(|(_, set)| !*set) {
+        diagnostics.push(Diagnostic::error(
+            at("topology"),
+            format!("topology = \"sentinel\" needs {key}"),
+        ));
+    }
+    if upstream.master_name.as_deref() == Some("") {
+        diagnostics.push(Diagnostic::error(
+            at("master_name"),
+            "master_name is empty".into(),
         ));
     }
 }
@@ -146,6 +176,10 @@ pub(super) fn secrets(config: &Config, text: &str, diagnostics: &mut Vec<Diagnos
     let fixed = [
         ("listen.password_env", &config.listen.password_env),
         ("upstream.password_env", &config.upstream.password_env),
+        (
+            "upstream.sentinel_password_env",
+            &config.upstream.sentinel_password_env,
+        ),
         ("admin.token_env", &config.admin.token_env),
     ];
     let token_settings = token_variables

@@ -139,9 +139,11 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// What stands behind `address`: one Redis, or a Redis Cluster that keyward routes to.
+    /// What stands behind `address`: one Redis, a Redis Cluster that keyward routes to, or a
+    /// primary that Sentinel names.
     pub topology: Topology,
-    /// The Redis, or in cluster mode one node to learn the cluster from.
+    /// The Redis, or in cluster mode one node to learn the cluster from. Not read in
+    /// sentinel mode: the sentinels name the primary.
     pub address: HostPort,
     /// Cluster mode: more nodes to learn the cluster from, tried after `address` when it
     /// does not answer.
@@ -149,6 +151,13 @@ pub struct UpstreamConfig {
     /// Cluster mode: how often the slot map is read again when nothing (a redirection, a
     /// node that fails) asks for it sooner.
     pub refresh_interval: ConfigDuration,
+    /// Sentinel mode: the sentinels that watch the primary, asked in order.
+    pub sentinels: Vec<HostPort>,
+    /// Sentinel mode: the name the sentinels know the primary by (`SENTINEL MONITOR <name>`).
+    pub master_name: Option<String>,
+    /// Sentinel mode: the name of the environment variable holding the sentinels' password
+    /// (`requirepass` in their config), when they have one.
+    pub sentinel_password_env: Option<String>,
     /// Multiplexed connections per (protocol, database); sessions are spread over them.
     pub pool_size: NonZeroUsize,
     pub connect_timeout: ConfigDuration,
@@ -175,6 +184,9 @@ pub enum Topology {
     /// A Redis Cluster: keyward learns which node serves which hash slot and routes each
     /// command there, so that clients keep one plain connection.
     Cluster,
+    /// A primary and its replicas watched by Redis Sentinel: keyward asks the sentinels which
+    /// node is the primary, and follows their failovers.
+    Sentinel,
 }
 
 impl UpstreamConfig {
@@ -198,6 +210,9 @@ impl Default for UpstreamConfig {
             address: HostPort::new("127.0.0.1", 6379),
             seeds: Vec::new(),
             refresh_interval: ConfigDuration::from_millis(30_000),
+            sentinels: Vec::new(),
+            master_name: None,
+            sentinel_password_env: None,
             pool_size: NonZeroUsize::new(4).expect("nonzero"),
             connect_timeout: ConfigDuration::from_millis(1_000),
             request_timeout: ConfigDuration::from_millis(5_000),
@@ -336,6 +351,14 @@ impl Config {
     /// The upstream password, read from the environment variable the file names.
     pub fn upstream_password(&self) -> Result<Option<String>, String> {
         secret("upstream.password_env", &self.upstream.password_env)
+    }
+
+    /// The sentinels' password, from the environment (`None`: they have none).
+    pub fn sentinel_password(&self) -> Result<Option<String>, String> {
+        secret(
+            "upstream.sentinel_password_env",
+            &self.upstream.sentinel_password_env,
+        )
     }
 
     /// The token `POST /reload` needs from other hosts, from the environment. An empty one

@@ -80,6 +80,14 @@ fn describe() {
         "Times keyward read the cluster's slot map (at start, on its interval, after a redirection or a node failure)"
     );
     ::metrics::describe_counter!(
+        "keyward_upstream_failovers_total",
+        "Sentinel mode: times keyward moved to a new primary after a failover"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_upstream_role",
+        "Sentinel mode: 1 for the node keyward forwards to as the primary, 0 for earlier ones"
+    );
+    ::metrics::describe_counter!(
         "keyward_protocol_errors_total",
         "Client connections closed for breaking the protocol"
     );
@@ -211,6 +219,20 @@ pub fn upstream_redirect(kind: &'static str) {
 
 pub fn cluster_slot_map_refreshed() {
     counter!("keyward_cluster_slot_map_refreshes_total").increment(1);
+}
+
+/// Sentinel mode: keyward moved to another primary.
+pub fn upstream_failover() {
+    counter!("keyward_upstream_failovers_total").increment(1);
+}
+
+/// Sentinel mode: the node keyward forwards to is `node` (1), no longer `previous` (0).
+pub fn upstream_primary(node: &str, previous: Option<&str>) {
+    if let Some(previous) = previous {
+        gauge!("keyward_upstream_role", "node" => previous.to_string(), "role" => "primary")
+            .set(0.0);
+    }
+    gauge!("keyward_upstream_role", "node" => node.to_string(), "role" => "primary").set(1.0);
 }
 
 /// `listen.max_clients`, which only a restart changes.

@@ -92,7 +92,7 @@ impl Session {
                 self.handed_over(count);
             }
             Err((error, _)) => {
-                let address = &self.context.upstream.settings().address;
+                let address = &self.context.upstream.address();
                 let error = error.reply(address, u64::from(count));
                 let written = std::mem::take(&mut self.written_keys);
                 self.context.phases.end_writes(written);
@@ -143,7 +143,7 @@ impl Session {
             Ok(()) => {}
             Err((SendError::Busy, batch)) => self.parked = Some(Parked::from(batch)),
             Err((error, _)) => {
-                let address = &self.context.upstream.settings().address;
+                let address = &self.context.upstream.address();
                 let error = error.reply(address, u64::from(count));
                 let _ = self.reply_sender.send(Reply::Failed { count, error });
             }

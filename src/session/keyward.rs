@@ -268,5 +268,15 @@ fn info(context: &Context) -> String {
             ));
         }
     }
+    if let Some(sentinel) = &upstream.sentinel {
+        text.push_str(&format!(
+            "\r\n# Sentinel\r\nsentinel_master_name:{}\r\nsentinel_primary:{}\r\n\
+             sentinels_listening:{}\r\nsentinels:{}\r\n",
+            sentinel.master_name,
+            sentinel.primary.as_deref().unwrap_or(""),
+            sentinel.sentinels_listening,
+            sentinel.sentinels
+        ));
+    }
     text
 }

@@ -233,7 +233,7 @@ impl Session {
                 self.opening = Some(opening);
             }
             Err(error) => {
-                let address = &self.context.upstream.settings().address;
+                let address = &self.context.upstream.address();
                 self.dedicated_error = Some(DedicatedError {
                     reply: error.reply(address),
                     // Redis refused the request itself, as it would have directly (a busy

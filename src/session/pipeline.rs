@@ -474,13 +474,14 @@ impl Session {
         let shared = Phases::answered_elsewhere(&taken);
         self.replies
             .push_fetched(shared, self.observation.take(), writes);
+        let address = self.context.upstream.address();
         let handover = Handover {
             request: bytes,
             conn: self.link.conn(),
             reply_to: &self.reply_sender,
             ticket,
             db: self.client.db,
-            address: &self.context.upstream.settings().address,
+            address: &address,
         };
         match self.context.phases.hand_over(taken, handover) {
             Some(held) => {

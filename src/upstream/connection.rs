@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,13 +19,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::errors::Breakage;
 use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
+use super::routing::read_replies;
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
 use crate::net::Stream;
-use crate::resp::frame::{is_push, FrameScanner};
+use crate::resp::frame::FrameScanner;
 
 /// Commands from one session, already encoded, that expect `count` replies.
 pub struct Batch {
@@ -71,7 +72,7 @@ pub type ReplySender = mpsc::UnboundedSender<Reply>;
 /// Stop taking batches while this much is written but not yet accepted by the socket.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Read in steps of this size.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 
 /// How a shared connection tells a request Redis holds on purpose from a connection that
 /// stopped answering.
@@ -94,6 +95,24 @@ struct Watch {
     /// Redis's answer, once asked, to whether it holds the request on purpose, and when to
     /// stop waiting for it.
     asked: Option<(oneshot::Receiver<bool>, Instant)>,
+}
+
+impl Watch {
+    /// Watches `oldest`, the oldest waiting request's arrival, if it is another than the
+    /// one watched.
+    fn follow(&mut self, oldest: Option<Instant>, stall: &StallCheck, status: &ConnStatus) {
+        if oldest == self.since {
+            return;
+        }
+        if self.since.is_some() {
+            status.set_held(false);
+        }
+        *self = Watch {
+            since: oldest,
+            next: oldest.and_then(|since| since.checked_add(HELD_TOO_LONG.min(stall.timeout))),
+            asked: None,
+        };
+    }
 }
 
 /// Time for an answer from Redis to reach the connection after the probe's own limit.
@@ -133,6 +152,11 @@ pub(super) struct ConnState {
     output: WriteQueue,
     /// The connection's health as its handles see it.
     status: Arc<ConnStatus>,
+    /// Sentinel mode: cancelled when the primary changes, which ends the connection. A node
+    /// that answers `-READONLY` is no longer the primary: that ends it too.
+    leave: Option<CancellationToken>,
+    /// A `-READONLY` was read.
+    demoted: bool,
 }
 
 /// Runs one connection until it breaks or is released. `owner` receives frames that answer no
@@ -184,6 +208,13 @@ impl ConnState {
         }
     }
 
+    /// The state of a connection to a primary that Sentinel names: it ends when `leave` is
+    /// cancelled (the primary changed), or when the node answers `-READONLY`.
+    pub(super) fn following_primary(mut self, leave: Option<CancellationToken>) -> ConnState {
+        self.leave = leave;
+        self
+    }
+
     /// Takes the batches already queued for a connection of one session's own and writes
     /// them as far as the socket takes them now, from the session's task: the session's
     /// command reaches Redis without waiting for the connection's task to be scheduled, so
@@ -218,7 +249,17 @@ async fn drive(
         scanner,
         output,
         status,
+        leave,
+        demoted,
     } = state;
+    let follows_primary = leave.is_some();
+    let left = async {
+        match leave {
+            Some(leave) => leave.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(left);
     // Armed at the watched request's next look (held, then asked about), or earlier when a
     // new oldest request needs an earlier one; firing early only re-arms it. No clock is read
     // per batch.
@@ -227,16 +268,8 @@ async fn drive(
     let mut armed_for: Option<Instant> = None;
     let mut watch = Watch::default();
     loop {
-        let oldest = pending.front().map(|oldest| oldest.taken_at);
-        if let (Some(stall), true) = (stall, oldest != watch.since) {
-            if watch.since.is_some() {
-                status.set_held(false);
-            }
-            watch = Watch {
-                since: oldest,
-                next: oldest.and_then(|since| since.checked_add(HELD_TOO_LONG.min(stall.timeout))),
-                asked: None,
-            };
+        if let Some(stall) = stall {
+            watch.follow(pending.front().map(|oldest| oldest.taken_at), stall, status);
         }
         if let Some(next) = watch
             .next
@@ -250,9 +283,15 @@ async fn drive(
             readiness = stream.readable() => {
                 let read = readiness
                     .map_err(Breakage::Io)
-                    .and_then(|()| read_replies(stream, input, scanner, pending, owner, fills));
+                    .and_then(|()| {
+                        let demoted = follows_primary.then_some(&mut *demoted);
+                        read_replies(stream, input, scanner, pending, owner, fills, demoted)
+                    });
                 if let Err(error) = read {
                     return ServeEnd::Broken(error);
+                }
+                if follows_primary && *demoted {
+                    return ServeEnd::Broken(Breakage::NotPrimary);
                 }
             }
             batch = batches.recv(), if output.bytes < WRITE_HIGH_WATER => {
@@ -284,6 +323,7 @@ async fn drive(
                     return ServeEnd::Broken(Breakage::Io(error));
                 }
             }
+            () = &mut left => return ServeEnd::Broken(Breakage::PrimaryChanged),
             () = &mut timer, if armed_for.is_some() => {
                 armed_for = None;
                 if let Some(stall) = stall {
@@ -293,27 +333,6 @@ async fn drive(
                 }
             }
         }
-    }
-}
-
-/// Reads what Redis sent and routes the complete replies to their sessions. `Err` when the
-/// connection broke.
-fn read_replies(
-    stream: &Stream,
-    input: &mut BytesMut,
-    scanner: &mut FrameScanner,
-    pending: &mut VecDeque<Pending>,
-    owner: Option<&ReplySender>,
-    fills: &mut Fills<'_>,
-) -> Result<(), Breakage> {
-    if input.capacity() - input.len() < READ_CHUNK / 4 {
-        input.reserve(READ_CHUNK);
-    }
-    match stream.read_available(input) {
-        Ok(0) => Err(Breakage::ClosedByRedis),
-        Ok(_) => route(input, scanner, pending, owner, fills),
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(error) => Err(Breakage::Io(error)),
     }
 }
 
@@ -353,233 +372,4 @@ fn look_again(watch: &mut Watch, stall: &StallCheck, status: &ConnStatus) -> Res
         None => since.checked_add(stall.timeout),
     };
     Ok(())
-}
-
-/// Hands every complete frame in `input` to whoever is owed it.
-fn route(
-    input: &mut BytesMut,
-    scanner: &mut FrameScanner,
-    pending: &mut VecDeque<Pending>,
-    owner: Option<&ReplySender>,
-    fills: &mut Fills<'_>,
-) -> Result<(), Breakage> {
-    let mut run_len = 0;
-    let mut run_count = 0;
-    while let Some(len) = scanner
-        .scan(&input[run_len..])
-        .map_err(Breakage::Malformed)?
-    {
-        let push = is_push(&input[run_len..]);
-        if push || pending.is_empty() {
-            deliver_run(input, pending, &mut run_len, &mut run_count, fills);
-            let frame = input.split_to(len).freeze();
-            let Some(owner) = owner else {
-                if push {
-                    // Out-of-band data on a shared connection (a tracking invalidation sent
-                    // here by someone's REDIRECT): nobody on it asked for it.
-                    tracing::debug!("dropping a push on a shared upstream connection");
-                    continue;
-                }
-                return Err(Breakage::UnaskedReply);
-            };
-            let _ = owner.send(if push {
-                Reply::Push(frame)
-            } else {
-                Reply::Frames {
-                    bytes: frame,
-                    count: 1,
-                    lengths: Vec::new(),
-                }
-            });
-            continue;
-        }
-        run_len += len;
-        run_count += 1;
-        if let Some(head) = pending.front_mut() {
-            if head.measured {
-                if head.lengths.is_empty() {
-                    // Room for the batch's replies at once (growing one at a time would cost
-                    // more than the lengths save).
-                    head.lengths
-                        .reserve((head.remaining - run_count + 1).min(1024) as usize);
-                }
-                head.lengths.push(len as u32);
-            }
-            if head.remaining == run_count {
-                deliver_run(input, pending, &mut run_len, &mut run_count, fills);
-            }
-        }
-    }
-    deliver_run(input, pending, &mut run_len, &mut run_count, fills);
-    Ok(())
-}
-
-fn deliver_run(
-    input: &mut BytesMut,
-    pending: &mut VecDeque<Pending>,
-    run_len: &mut usize,
-    run_count: &mut u32,
-    fills: &mut Fills<'_>,
-) {
-    if *run_count == 0 {
-        return;
-    }
-    let bytes = input.split_to(*run_len).freeze();
-    if let Some(head) = pending.front_mut() {
-        match &head.reply_to {
-            Some(reply_to) => {
-                let _ = reply_to.send(Reply::Frames {
-                    bytes,
-                    count: *run_count,
-                    lengths: std::mem::take(&mut head.lengths),
-                });
-            }
-            // Tracking could not be turned on: the fill after it is not tracked, so it must
-            // not be stored, and the next fill turns tracking on again first.
-            None if bytes.first() == Some(&b'-') => {
-                tracing::warn!(
-                    reply = %String::from_utf8_lossy(&bytes).trim_end(),
-                    "Redis refused to track a cache fill"
-                );
-                fills.refused();
-            }
-            None => {}
-        }
-        head.remaining -= *run_count;
-        if head.remaining == 0 {
-            pending.pop_front();
-        }
-    }
-    *run_len = 0;
-    *run_count = 0;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::upstream::ConnHandle;
-
-    fn pending_for(count: u32) -> (Pending, mpsc::UnboundedReceiver<Reply>) {
-        let (reply_to, replies) = mpsc::unbounded_channel();
-        (
-            Pending {
-                reply_to: Some(reply_to),
-                remaining: count,
-                taken_at: Instant::now(),
-                measured: false,
-                lengths: Vec::new(),
-                _hold: None,
-            },
-            replies,
-        )
-    }
-
-    #[test]
-    fn a_hold_shows_its_connection_held_until_the_reply_comes() {
-        let (handle, _batches) = ConnHandle::channel();
-        let (mut script, _replies) = pending_for(1);
-        script._hold = Some(handle.hold());
-        assert!(handle.status.is_held());
-        let mut pending = VecDeque::from([script]);
-        let mut input = BytesMut::from(&b"+done\r\n"[..]);
-        route_untracked(&mut input, &mut FrameScanner::default(), &mut pending, None).unwrap();
-        assert!(pending.is_empty());
-        assert!(!handle.status.is_held());
-    }
-
-    fn frames(reply: Reply) -> (Vec<u8>, u32) {
-        match reply {
-            Reply::Frames { bytes, count, .. } => (bytes.to_vec(), count),
-            other => panic!("expected frames, got {other:?}"),
-        }
-    }
-
-    /// Routes on a connection whose fills are not tracked.
-    fn route_untracked(
-        input: &mut BytesMut,
-        scanner: &mut FrameScanner,
-        pending: &mut VecDeque<Pending>,
-        owner: Option<&ReplySender>,
-    ) -> Result<(), Breakage> {
-        let target = TrackingTarget::default();
-        route(input, scanner, pending, owner, &mut Fills::new(&target))
-    }
-
-    #[test]
-    fn routes_runs_of_frames_per_batch_across_partial_reads() {
-        let (first, mut first_replies) = pending_for(2);
-        let (second, mut second_replies) = pending_for(1);
-        let mut pending = VecDeque::from([first, second]);
-        let mut input = BytesMut::from(&b"+OK\r\n:1\r\n$3\r\nab"[..]);
-        let scanner = &mut FrameScanner::default();
-        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
-        assert_eq!(
-            frames(first_replies.try_recv().unwrap()),
-            (b"+OK\r\n:1\r\n".to_vec(), 2)
-        );
-        assert!(second_replies.try_recv().is_err());
-        input.extend_from_slice(b"c\r\n");
-        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
-        assert_eq!(
-            frames(second_replies.try_recv().unwrap()),
-            (b"$3\r\nabc\r\n".to_vec(), 1)
-        );
-        assert!(pending.is_empty() && input.is_empty());
-    }
-
-    #[test]
-    fn a_measured_batch_gets_each_reply_length_with_each_run() {
-        let (mut head, mut replies) = pending_for(3);
-        head.measured = true;
-        let mut pending = VecDeque::from([head]);
-        let mut input = BytesMut::from(&b"+OK\r\n$3\r\nabc\r\n*2\r\n:1"[..]);
-        let scanner = &mut FrameScanner::default();
-        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
-        input.extend_from_slice(b"\r\n:2\r\n");
-        route_untracked(&mut input, scanner, &mut pending, None).unwrap();
-        let lengths = |reply| match reply {
-            Reply::Frames { lengths, .. } => lengths,
-            other => panic!("expected frames, got {other:?}"),
-        };
-        assert_eq!(lengths(replies.try_recv().unwrap()), [5, 9]);
-        assert_eq!(lengths(replies.try_recv().unwrap()), [12]);
-    }
-
-    #[test]
-    fn pushes_go_to_the_owner_between_replies() {
-        let (head, mut replies) = pending_for(2);
-        let (owner, mut owned) = mpsc::unbounded_channel();
-        let mut pending = VecDeque::from([head]);
-        let mut input = BytesMut::from(&b":1\r\n>2\r\n+invalidate\r\n*0\r\n:2\r\n"[..]);
-        route_untracked(
-            &mut input,
-            &mut FrameScanner::default(),
-            &mut pending,
-            Some(&owner),
-        )
-        .unwrap();
-        assert_eq!(frames(replies.try_recv().unwrap()).1, 1);
-        assert!(matches!(owned.try_recv().unwrap(), Reply::Push(_)));
-        assert_eq!(frames(replies.try_recv().unwrap()), (b":2\r\n".to_vec(), 1));
-    }
-
-    #[test]
-    fn an_unexpected_reply_on_a_shared_connection_is_an_error() {
-        let mut input = BytesMut::from(&b"+OK\r\n"[..]);
-        assert!(route_untracked(
-            &mut input,
-            &mut FrameScanner::default(),
-            &mut VecDeque::new(),
-            None,
-        )
-        .is_err());
-        let mut push = BytesMut::from(&b">2\r\n+invalidate\r\n*0\r\n"[..]);
-        assert!(route_untracked(
-            &mut push,
-            &mut FrameScanner::default(),
-            &mut VecDeque::new(),
-            None,
-        )
-        .is_ok());
-    }
 }

@@ -24,6 +24,8 @@ pub enum UpstreamError {
     Rejected(String),
     /// In cluster mode, no node serves what the connection is for (or no slot map is known).
     ClusterDown(String),
+    /// Sentinel mode: no primary is known.
+    NoPrimary(String),
 }
 
 impl UpstreamError {
@@ -51,7 +53,9 @@ impl std::fmt::Display for UpstreamError {
                 write!(f, "Redis refused keyward's credentials: {message}")
             }
             UpstreamError::Rejected(message) => write!(f, "{message}"),
-            UpstreamError::ClusterDown(reason) => write!(f, "{reason}"),
+            UpstreamError::ClusterDown(reason) | UpstreamError::NoPrimary(reason) => {
+                write!(f, "{reason}")
+            }
         }
     }
 }
@@ -69,6 +73,10 @@ pub enum Breakage {
     /// No reply within `request_timeout`, and Redis did not say it holds the request on
     /// purpose.
     Stalled(Duration),
+    /// Sentinel mode: the sentinels named another primary.
+    PrimaryChanged,
+    /// Sentinel mode: the node answered `-READONLY`: it is a primary no more.
+    NotPrimary,
 }
 
 impl Breakage {
@@ -88,6 +96,10 @@ impl std::fmt::Display for Breakage {
             Breakage::Io(error) => write!(f, "{error}"),
             Breakage::Malformed(error) => write!(f, "malformed reply: {error}"),
             Breakage::UnaskedReply => f.write_str("Redis sent a reply nobody asked for"),
+            Breakage::PrimaryChanged => {
+                f.write_str("the primary changed (Sentinel failover): connection closed")
+            }
+            Breakage::NotPrimary => f.write_str("the node is no longer the primary (READONLY)"),
             Breakage::Stalled(after) => {
                 write!(
                     f,

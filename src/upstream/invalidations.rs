@@ -70,18 +70,22 @@ pub async fn run(
 ) {
     match &upstream.cluster {
         None => {
-            let settings = upstream.settings().clone();
             let target = Arc::clone(&upstream.tracking);
-            keep_link(settings, target, Scope::Everything, shutdown, listener).await;
+            let primary = move || upstream.primary_link();
+            keep_link(primary, target, Scope::Everything, shutdown, listener).await;
         }
         Some(cluster) => follow_cluster(Arc::clone(cluster), shutdown, listener).await,
     }
 }
 
+/// Where a link goes: the settings for its node, and in sentinel mode the token cancelled
+/// when the primary changes (the link then moves with it).
+type Destination = Result<(UpstreamSettings, Option<CancellationToken>), String>;
+
 /// Keeps one node's invalidation connection open while the listener wants its news; its
 /// state goes to `target`.
 async fn keep_link(
-    settings: UpstreamSettings,
+    destination: impl Fn() -> Destination,
     target: Arc<TrackingTarget>,
     scope: Scope,
     shutdown: CancellationToken,
@@ -95,9 +99,22 @@ async fn keep_link(
                 () = shutdown.cancelled() => return,
             }
         }
-        let ended = tokio::select! {
-            ended = listen(&settings, &target, &listener) => ended,
-            () = shutdown.cancelled() => return,
+        let (ended, address) = match destination() {
+            Ok((settings, leave)) => {
+                let left = async {
+                    match &leave {
+                        Some(leave) => leave.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let ended = tokio::select! {
+                    ended = listen(&settings, &target, &listener) => ended,
+                    () = left => "the primary changed".to_string(),
+                    () = shutdown.cancelled() => return,
+                };
+                (ended, settings.address.to_string())
+            }
+            Err(reason) => (reason, "the primary".to_string()),
         };
         let was_up = target.state() != Invalidations::Down;
         target.set(Invalidations::Down);
@@ -111,7 +128,6 @@ async fn keep_link(
                 "this node's cached keys"
             }
         };
-        let address = &settings.address;
         if was_up {
             backoff = Duration::ZERO;
             tracing::warn!(%address, reason = %ended, "cache invalidation connection lost: {flushed} flushed and bypassed until it is back");
@@ -155,7 +171,7 @@ async fn follow_cluster(
                 let settings = cluster.node_settings(primary);
                 let target = cluster.node_tracking(primary);
                 tokio::spawn(keep_link(
-                    settings,
+                    move || Ok((settings.clone(), None)),
                     target,
                     Scope::Node,
                     link,

@@ -18,7 +18,10 @@ mod own;
 mod own_requests;
 mod pause;
 mod pooled;
+mod routing;
+pub mod sentinel;
 mod settings;
+mod spares;
 pub mod tracking;
 mod write_queue;
 
@@ -29,7 +32,7 @@ pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use own::{Opening, OwnConnection};
 pub use own_requests::{send_own, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
-pub use settings::{client_tls, ClusterSettings, Login, UpstreamSettings};
+pub use settings::{client_tls, ClusterSettings, Login, SentinelSettings, UpstreamSettings};
 pub use tracking::{Invalidations, TrackingTarget};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +51,8 @@ use crate::resp::Protocol;
 use arc_swap::ArcSwap;
 use cluster::{Cluster, Follower};
 use pooled::run_pooled;
+use sentinel::Sentinel;
+use tokio_util::sync::CancellationToken;
 
 type PoolKey = (Protocol, u32);
 
@@ -74,6 +79,10 @@ pub struct Upstream {
     monitors: Arc<AtomicUsize>,
     /// In cluster mode, the cluster: pooled connections are then routers to its nodes.
     pub cluster: Option<Arc<Cluster>>,
+    /// In sentinel mode, the primary the sentinels name: connections follow it.
+    pub sentinel: Option<Arc<Sentinel>>,
+    /// `settings.address`, shared for messages (see [`Upstream::address`]).
+    configured_address: Arc<HostPort>,
     /// Routers opened so far, so that each spreads keyless commands from another primary.
     routers: AtomicUsize,
 }
@@ -97,8 +106,14 @@ impl Upstream {
             tokio::spawn(Arc::clone(&cluster).keep_current());
             cluster
         });
+        let sentinel = Sentinel::new(&settings);
+        if let Some(sentinel) = &sentinel {
+            tokio::spawn(Arc::clone(sentinel).keep_current());
+        }
         let upstream = Arc::new(Upstream {
             cluster,
+            sentinel,
+            configured_address: Arc::new(settings.address.clone()),
             routers: AtomicUsize::new(0),
             settings,
             pools: Mutex::default(),
@@ -116,6 +131,31 @@ impl Upstream {
 
     pub fn settings(&self) -> &UpstreamSettings {
         &self.settings
+    }
+
+    /// The Redis connections go to now, for messages: the primary in sentinel mode, else the
+    /// configured address.
+    pub fn address(&self) -> Arc<HostPort> {
+        match self
+            .sentinel
+            .as_ref()
+            .and_then(|sentinel| sentinel.primary())
+        {
+            Some(primary) => primary,
+            None => Arc::clone(&self.configured_address),
+        }
+    }
+
+    /// Settings for a connection to the Redis keyward forwards to, and in sentinel mode the
+    /// token that ends it when the primary changes.
+    pub fn primary_link(&self) -> Result<(UpstreamSettings, Option<CancellationToken>), String> {
+        match &self.sentinel {
+            Some(sentinel) => {
+                let (settings, leave) = sentinel.primary_link()?;
+                Ok((settings, Some(leave)))
+            }
+            None => Ok((self.settings.clone(), None)),
+        }
     }
 
     /// The tracking epoch under which the cache may hold `key`, or `None` while nothing of it
@@ -156,7 +196,7 @@ impl Upstream {
         // Sessions of this pool find a connection of their own ready, even while a busy
         // script makes Redis refuse the `SELECT` a new one would need. (In a cluster, which
         // node it must reach is known only when it is needed.)
-        if self.cluster.is_none() {
+        if self.cluster.is_none() && self.sentinel.is_none() {
             self.open_spare((protocol, db));
         }
         (0..self.settings.pool_size)
@@ -264,18 +304,19 @@ impl Upstream {
             request,
             follows_subscriptions,
         } = wanted;
-        let settings = match &self.cluster {
-            None => self.settings.clone(),
+        let (settings, leave) = match &self.cluster {
+            None => self.primary_link().map_err(UpstreamError::NoPrimary)?,
             Some(cluster) => {
                 let node = cluster
                     .node_for(request)
                     .map_err(UpstreamError::ClusterDown)?;
-                cluster.node_settings(&node)
+                (cluster.node_settings(&node), None)
             }
         };
-        let (spare, replace) = match self.cluster {
-            None => self.take_spare((protocol, db)),
-            Some(_) => (None, false),
+        // Spares wait on the one Redis of a fixed address.
+        let (spare, replace) = match (&self.cluster, &self.sentinel) {
+            (None, None) => self.take_spare((protocol, db)),
+            _ => (None, false),
         };
         if replace && !replace_spare_first && self.monitors.load(Ordering::Relaxed) > 0 {
             // A spare opened now would show its handshake in the MONITOR, amid the commands
@@ -315,6 +356,7 @@ impl Upstream {
         };
         let (handle, mut opening) =
             self.serve_dedicated(connected, setup_left, owner, &settings.address);
+        opening.leave = leave;
         if let (Some(cluster), Some(node), true) =
             (&self.cluster, &opening.node, follows_subscriptions)
         {
@@ -364,6 +406,7 @@ impl Upstream {
                 .as_ref()
                 .map(|_| Arc::new(ArcSwap::from_pointee(address.clone()))),
             follower: None,
+            leave: None,
             stream: connected.stream,
             batches,
             owner,
@@ -393,7 +436,7 @@ impl Upstream {
     ) {
         let upstream = Arc::clone(self);
         tokio::spawn(async move {
-            let address = &upstream.settings.address;
+            let address = &upstream.address();
             let owner = mpsc::unbounded_channel().0;
             let bytes = match upstream
                 .dedicated(OwnConnection::plain(protocol, &request), owner, false)
@@ -413,59 +456,6 @@ impl Upstream {
         });
     }
 
-    /// A spare connection for `key` that is still open, if one is ready, and whether a new
-    /// one must be opened in its place (none is opening already).
-    fn take_spare(&self, key: PoolKey) -> (Option<Handshaken>, bool) {
-        let (taken, replace) = {
-            let mut spares = self.spares.lock();
-            match spares.get_mut(&key) {
-                Some(spare) => {
-                    let taken = spare.take();
-                    let replace = taken.is_some();
-                    (taken, replace)
-                }
-                None => {
-                    spares.insert(key, None);
-                    (None, true)
-                }
-            }
-        };
-        // A Redis restart or `timeout` may have closed it while it waited.
-        let open = taken.filter(|spare| {
-            let mut probe = BytesMut::with_capacity(16);
-            matches!(spare.stream.read_available(&mut probe),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
-        });
-        (open, replace)
-    }
-
-    /// Opens the first spare connection for `key`, in the background.
-    fn open_spare(self: &Arc<Self>, key: PoolKey) {
-        self.spares.lock().insert(key, None);
-        self.replace_spare_later(key);
-    }
-
-    fn replace_spare_later(self: &Arc<Self>, key: PoolKey) {
-        let upstream = Arc::clone(self);
-        tokio::spawn(async move { upstream.replace_spare(key).await });
-    }
-
-    /// Opens a spare connection for `key`, whose place is marked as opening.
-    async fn replace_spare(&self, key: PoolKey) {
-        let (protocol, db) = key;
-        let opened = handshake::connect(&self.settings, protocol, db, &[], false).await;
-        let mut spares = self.spares.lock();
-        match opened {
-            Ok(connected) => {
-                spares.insert(key, Some(connected));
-            }
-            // Tried again when a session next needs one.
-            Err(_) => {
-                spares.remove(&key);
-            }
-        }
-    }
-
     /// Reads keyward's password file again; if the password changed, or Redis refuses the one
     /// in use, tries it at once, so that readiness reflects it without waiting for a
     /// connection to be needed.
@@ -481,7 +471,9 @@ impl Upstream {
     /// Opens a connection and lets it go: the handshake records whether Redis accepts
     /// keyward's credentials (see [`Credentials::note_refused`]).
     async fn try_credentials(&self) {
-        let _ = handshake::connect(&self.settings, Protocol::Resp2, 0, &[], false).await;
+        if let Ok((settings, _)) = self.primary_link() {
+            let _ = handshake::connect(&settings, Protocol::Resp2, 0, &[], false).await;
+        }
     }
 
     pub fn facts(&self) -> Arc<ServerFacts> {
@@ -505,6 +497,9 @@ impl Upstream {
         }
         if let Some(cluster) = &self.cluster {
             return cluster.not_ready_because();
+        }
+        if let Some(reason) = self.sentinel.as_ref().and_then(|s| s.not_ready_because()) {
+            return Some(reason);
         }
         let pools = self.pools.lock();
         let pool = pools

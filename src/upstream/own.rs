@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Follower, NodeCell};
 use super::connection::{serve, Batch, ConnState, ReplySender, ServeEnd};
@@ -54,6 +55,9 @@ pub struct Opening {
     pub node: Option<NodeCell>,
     /// A subscriber's connection in cluster mode, which follows its subscriptions.
     pub(super) follower: Option<Follower>,
+    /// Sentinel mode: cancelled when the primary changes, which ends the connection (the
+    /// session then closes its client, as a demoted Redis would).
+    pub(super) leave: Option<CancellationToken>,
     pub(super) stream: Stream,
     pub(super) batches: mpsc::Receiver<Batch>,
     pub(super) owner: ReplySender,
@@ -70,6 +74,7 @@ impl Opening {
             redis_id: _,
             node: _,
             follower,
+            leave,
             stream,
             mut batches,
             owner,
@@ -81,7 +86,8 @@ impl Opening {
             tokio::spawn(follower.run(stream, batches, owner));
             return;
         }
-        let state = ConnState::written_ahead(&stream, &mut batches, status);
+        let state =
+            ConnState::written_ahead(&stream, &mut batches, status).following_primary(leave);
         tokio::spawn(serve_own(stream, state, batches, owner, address, tracking));
     }
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, Batch, ConnState, Reply, ServeEnd, StallCheck};
-use super::errors::broken_error;
+use super::errors::{broken_error, UpstreamError};
 use super::handle::ConnStatus;
 use super::pause::Paused;
 use super::tracking::TrackingTarget;
@@ -15,21 +16,31 @@ use super::{handshake, holds, Upstream, UpstreamSettings};
 use crate::metrics;
 use crate::resp::{reply, Protocol};
 
-/// Keeps one pooled connection open for as long as keyward runs.
+/// Keeps one pooled connection open for as long as keyward runs. In sentinel mode it goes to
+/// the primary the sentinels name, and moves when they name another.
 pub(super) async fn run_pooled(
     upstream: Arc<Upstream>,
-    settings: UpstreamSettings,
+    configured: UpstreamSettings,
     tracking: Arc<TrackingTarget>,
     protocol: Protocol,
     db: u32,
     mut batches: mpsc::Receiver<Batch>,
     status: Arc<ConnStatus>,
 ) {
-    let address = settings.address.to_string();
     let mut backoff = Duration::ZERO;
+    let mut address = configured.address.to_string();
     loop {
-        match handshake::connect(&settings, protocol, db, &[], true).await {
-            Ok(connected) => {
+        let connected = match follow_primary(&upstream, &configured) {
+            Ok((settings, leave)) => {
+                address = settings.address.to_string();
+                handshake::connect(&settings, protocol, db, &[], true)
+                    .await
+                    .map(|connected| (connected, settings, leave))
+            }
+            Err(reason) => Err(UpstreamError::NoPrimary(reason)),
+        };
+        match connected {
+            Ok((connected, settings, leave)) => {
                 if let Some(facts) = connected.facts {
                     *upstream.facts.write() = Arc::new(facts);
                 }
@@ -53,7 +64,7 @@ pub(super) async fn run_pooled(
                 };
                 let end = serve(
                     connected.stream,
-                    ConnState::reporting_to(Arc::clone(&status)),
+                    ConnState::reporting_to(Arc::clone(&status)).following_primary(leave),
                     &mut batches,
                     None,
                     Some(&stall),
@@ -68,8 +79,14 @@ pub(super) async fn run_pooled(
                 metrics::upstream_errors(reason.metric_kind(), 1);
                 tracing::warn!(%address, %reason, "upstream connection lost; reconnecting");
                 status.set_down(reason.to_string());
+                if let Some(sentinel) = &upstream.sentinel {
+                    sentinel.check_soon();
+                }
             }
             Err(error) => {
+                if let Some(sentinel) = &upstream.sentinel {
+                    sentinel.check_soon();
+                }
                 metrics::upstream_errors("connect", 1);
                 if status.last_error().is_none() || status.is_up() {
                     tracing::warn!(%address, %error, "cannot connect to Redis; retrying");
@@ -81,6 +98,18 @@ pub(super) async fn run_pooled(
         if !fail_until_retry(&mut batches, &status, &address, backoff).await {
             return;
         }
+    }
+}
+
+/// Where the connection goes: the primary the sentinels name (with the token that ends the
+/// connection when they name another), else where it was configured to.
+fn follow_primary(
+    upstream: &Upstream,
+    configured: &UpstreamSettings,
+) -> Result<(UpstreamSettings, Option<CancellationToken>), String> {
+    match &upstream.sentinel {
+        Some(_) => upstream.primary_link(),
+        None => Ok((configured.clone(), None)),
     }
 }
 

@@ -22,6 +22,17 @@ pub struct UpstreamSettings {
     pub tls: Option<Arc<ClientTls>>,
     /// Set when `address` is a seed of a Redis Cluster.
     pub cluster: Option<ClusterSettings>,
+    /// Set when Sentinel names the primary (`address` is then not used).
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `[upstream] topology = "sentinel"`: whom to ask for the primary, and by what name.
+#[derive(Debug, Clone)]
+pub struct SentinelSettings {
+    pub sentinels: Vec<HostPort>,
+    pub master_name: String,
+    /// The sentinels' own password (`None`: they have none).
+    pub password: Option<String>,
 }
 
 /// `[upstream] topology = "cluster"`: where to learn the cluster from, and how often.
@@ -60,6 +71,14 @@ impl UpstreamSettings {
                 seeds: config.upstream.seed_nodes(),
                 refresh_interval: config.upstream.refresh_interval.get(),
             }),
+            sentinel: match config.upstream.topology {
+                Topology::Sentinel => Some(SentinelSettings {
+                    sentinels: config.upstream.sentinels.clone(),
+                    master_name: config.upstream.master_name.clone().unwrap_or_default(),
+                    password: config.sentinel_password()?,
+                }),
+                _ => None,
+            },
         })
     }
 }

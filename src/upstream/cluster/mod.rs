@@ -17,6 +17,7 @@ mod follow;
 mod info;
 mod map;
 mod merge;
+mod parts;
 mod plan;
 mod redirect;
 pub(super) mod router;

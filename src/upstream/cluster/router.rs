@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
 use super::super::connection::{Batch, Reply, ReplySender};
@@ -26,6 +26,7 @@ use super::super::handle::{ConnHandle, ConnStatus, SendError};
 use super::super::Upstream;
 use super::delivery::Deliveries;
 use super::merge::{self, Merge};
+use super::parts::{parts, Part};
 use super::plan::{self, Plan};
 use super::redirect::Redirect;
 use super::{Cluster, SlotMap};
@@ -131,29 +132,6 @@ struct Command {
     /// A cache fill, whose reads Redis must track (see `tracking`).
     tracked: bool,
     started: Instant,
-}
-
-struct Part {
-    bytes: Bytes,
-    slot: Option<u16>,
-    /// Set when the part must go to this node whatever the map says (a fan-out, a redirection).
-    pinned: Option<HostPort>,
-    hops: u8,
-    tries: u32,
-    reply: Option<Bytes>,
-}
-
-impl Part {
-    fn new(bytes: Bytes, slot: Option<u16>, pinned: Option<HostPort>) -> Part {
-        Part {
-            bytes,
-            slot,
-            pinned,
-            hops: 0,
-            tries: 0,
-            reply: None,
-        }
-    }
 }
 
 /// Commands of one batch bound for one node: slices of the batch, joined when sent.
@@ -566,40 +544,4 @@ impl Router {
         let merged = merge::merge(&command.merge, &replies);
         self.deliveries.answer(command.batch, command.index, merged);
     }
-}
-
-/// A command's parts as planned, and how their replies merge; `Err`: keyward's answer.
-fn parts(
-    planned: Plan,
-    command: Bytes,
-    map: &SlotMap,
-) -> Result<(Merge, SmallVec<[Part; 1]>), Bytes> {
-    Ok(match planned {
-        Plan::Answer(answer) => return Err(answer),
-        Plan::Slot(slot) => (Merge::One, smallvec![Part::new(command, Some(slot), None)]),
-        Plan::Anywhere => (Merge::One, smallvec![Part::new(command, None, None)]),
-        Plan::PubSub => {
-            let node = map.pubsub_node().cloned();
-            (Merge::One, smallvec![Part::new(command, None, node)])
-        }
-        Plan::Split { parts, merge } => {
-            let parts = parts.into_iter();
-            let by_slot = parts.map(|(slot, bytes)| Part::new(bytes, Some(slot), None));
-            (merge, by_slot.collect())
-        }
-        Plan::Everywhere(merge) => {
-            let shards = map.shards.iter();
-            let everywhere =
-                shards.map(|shard| Part::new(command.clone(), None, Some(shard.primary.clone())));
-            (merge, everywhere.collect())
-        }
-        Plan::Scan { node, command } => {
-            let primary = map.shards[node].primary.clone();
-            let merge = Merge::Scan {
-                node,
-                nodes: map.shards.len(),
-            };
-            (merge, smallvec![Part::new(command, None, Some(primary))])
-        }
-    })
 }

@@ -1,0 +1,181 @@
+//! keyward in front of a primary that Redis Sentinel watches: it finds the primary through
+//! the sentinels and follows it through failovers, asked for or forced by a crash.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Connection;
+use support::sentinel::SentinelSet;
+use support::{wait_for, Keyward};
+
+fn keyward_for(sentinels: &SentinelSet) -> Keyward {
+    let ports = sentinels.sentinel_ports();
+    let list: Vec<String> = ports
+        .iter()
+        .map(|port| format!("\"127.0.0.1:{port}\""))
+        .collect();
+    let upstream = format!(
+        "topology = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"{}\"\n",
+        list.join(", "),
+        sentinels.master_name()
+    );
+    // `address` is not read in sentinel mode: a sentinel's port, where no data is.
+    let keyward = Keyward::start_with_upstream(ports[0], &upstream, "");
+    wait_for(Duration::from_secs(10), "keyward ready", || {
+        keyward.admin_get("/readyz").0 == 200
+    });
+    keyward
+}
+
+/// A client that gives up on a reply after five seconds: a hang is a failure, not a stall.
+fn client(keyward: &Keyward) -> Connection {
+    let client = keyward.client();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+}
+
+fn set(client: &mut Connection, key: &str, value: &str) -> redis::RedisResult<()> {
+    redis::cmd("SET").arg(key).arg(value).query(client)
+}
+
+fn get(client: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(client).unwrap()
+}
+
+fn keyward_info(client: &mut Connection) -> String {
+    redis::cmd("KEYWARD").arg("INFO").query(client).unwrap()
+}
+
+#[test]
+fn the_primary_is_found_through_the_sentinels() {
+    let sentinels = SentinelSet::shared();
+    let keyward = keyward_for(sentinels);
+    let mut client = client(&keyward);
+    set(&mut client, "found", "yes").unwrap();
+    let primary = sentinels.primary();
+    assert_eq!(
+        get(&mut sentinels.client(primary), "found").as_deref(),
+        Some("yes")
+    );
+    let info = keyward_info(&mut client);
+    assert!(info.contains("upstream_topology:sentinel\r\n"), "{info}");
+    assert!(
+        info.contains(&format!("sentinel_primary:127.0.0.1:{primary}\r\n")),
+        "{info}"
+    );
+    assert!(info.contains("sentinel_master_name:shared\r\n"), "{info}");
+    wait_for(
+        Duration::from_secs(5),
+        "keyward listens to every sentinel",
+        || keyward_info(&mut client).contains("sentinels_listening:3\r\n"),
+    );
+    let metrics = keyward.admin_get("/metrics").1;
+    let role = format!("keyward_upstream_role{{node=\"127.0.0.1:{primary}\",role=\"primary\"}} 1");
+    assert!(metrics.contains(&role), "{metrics}");
+}
+
+/// Writes through keyward until one is acknowledged by `new_primary`, each with its own key,
+/// every request answered (an error while keyward moves, never a hang). Returns when that
+/// happened.
+fn write_until_on(keyward: &Keyward, sentinels: &SentinelSet, new_primary: u16) -> Instant {
+    let mut client = client(keyward);
+    let mut on_node = sentinels.client(new_primary);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for attempt in 0.. {
+        let key = format!("after-failover:{attempt}");
+        let asked = Instant::now();
+        match set(&mut client, &key, "written") {
+            Ok(()) => {
+                if get(&mut on_node, &key).as_deref() == Some("written") {
+                    return Instant::now();
+                }
+            }
+            Err(error) => {
+                assert!(!error.is_timeout(), "a request hung: {error}");
+                assert!(asked.elapsed() < Duration::from_secs(3), "slow: {error}");
+                if error.is_connection_dropped() || error.is_io_error() {
+                    client = self::client(keyward);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "never written on {new_primary}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unreachable!()
+}
+
+/// A failover asked of the sentinels: keyward's connections move to the new primary, without
+/// a restart, and a client holding a connection of its own (a subscriber) is disconnected,
+/// as Redis disconnects clients when it is demoted.
+#[test]
+fn a_failover_moves_keyward_to_the_new_primary() {
+    let sentinels = SentinelSet::start("moving");
+    let keyward = keyward_for(&sentinels);
+    let mut client = client(&keyward);
+    set(&mut client, "before", "failover").unwrap();
+    let mut subscriber = keyward.raw();
+    subscriber.send(b"SUBSCRIBE news\r\n");
+    for line in ["*3", "$9", "subscribe", "$4", "news", ":1"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+    let old = sentinels.primary();
+    let new = sentinels.failover();
+    assert_ne!(old, new);
+    write_until_on(&keyward, &sentinels, new);
+    assert!(subscriber.is_closed(), "the subscriber was disconnected");
+    // A new client: the one before may have had a request failed by the move.
+    let mut client = self::client(&keyward);
+    assert_eq!(get(&mut client, "before").as_deref(), Some("failover"));
+    let metrics = keyward.admin_get("/metrics").1;
+    assert_eq!(
+        support::metric_value(&metrics, "keyward_upstream_failovers_total", &[]),
+        1.0
+    );
+    let info = keyward_info(&mut client);
+    assert!(
+        info.contains(&format!("sentinel_primary:127.0.0.1:{new}\r\n")),
+        "{info}"
+    );
+}
+
+/// A primary killed: requests fail fast (never hang) until the sentinels promote a replica,
+/// and keyward serves from it soon after they announce it.
+#[test]
+fn a_killed_primary_is_replaced_without_a_restart() {
+    let mut sentinels = SentinelSet::start("crashing");
+    let keyward = keyward_for(&sentinels);
+    let killed = sentinels.kill_primary();
+    let new = sentinels.wait_for_new_primary(killed);
+    let announced = Instant::now();
+    let served = write_until_on(&keyward, &sentinels, new);
+    // The figure the README's promise rests on; timing is for benchmarks to judge.
+    eprintln!(
+        "primary killed: keyward wrote on the new primary {:?} after the test saw the sentinels agree",
+        served - announced
+    );
+}
+
+/// With every sentinel gone, keyward keeps serving the last primary they named, and says so.
+#[test]
+fn without_sentinels_the_last_primary_is_kept() {
+    let mut sentinels = SentinelSet::start("orphaned");
+    let keyward = keyward_for(&sentinels);
+    let mut client = client(&keyward);
+    for port in sentinels.sentinel_ports() {
+        sentinels.kill_sentinel(port);
+    }
+    wait_for(Duration::from_secs(10), "keyward notices", || {
+        keyward_info(&mut client).contains("sentinels_listening:0\r\n")
+    });
+    let (status, body) = keyward.admin_get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("no sentinel reachable"), "{body}");
+    set(&mut client, "orphaned", "still served").unwrap();
+    assert_eq!(
+        get(&mut client, "orphaned").as_deref(),
+        Some("still served")
+    );
+}
