@@ -9,7 +9,8 @@ use redis::Connection;
 use support::sentinel::SentinelSet;
 use support::{wait_for, Keyward};
 
-fn keyward_for(sentinels: &SentinelSet) -> Keyward {
+/// keyward in sentinel mode in front of `sentinels`, with `extra` config after.
+fn keyward_for(sentinels: &SentinelSet, extra: &str) -> Keyward {
     let ports = sentinels.sentinel_ports();
     let list: Vec<String> = ports
         .iter()
@@ -21,7 +22,7 @@ fn keyward_for(sentinels: &SentinelSet) -> Keyward {
         sentinels.master_name()
     );
     // `address` is not read in sentinel mode: a sentinel's port, where no data is.
-    let keyward = Keyward::start_with_upstream(ports[0], &upstream, "");
+    let keyward = Keyward::start_with_upstream(ports[0], &upstream, extra);
     wait_for(Duration::from_secs(10), "keyward ready", || {
         keyward.admin_get("/readyz").0 == 200
     });
@@ -52,7 +53,7 @@ fn keyward_info(client: &mut Connection) -> String {
 #[test]
 fn the_primary_is_found_through_the_sentinels() {
     let sentinels = SentinelSet::shared();
-    let keyward = keyward_for(sentinels);
+    let keyward = keyward_for(sentinels, "");
     let mut client = client(&keyward);
     set(&mut client, "found", "yes").unwrap();
     let primary = sentinels.primary();
@@ -113,7 +114,7 @@ fn write_until_on(keyward: &Keyward, sentinels: &SentinelSet, new_primary: u16) 
 #[test]
 fn a_failover_moves_keyward_to_the_new_primary() {
     let sentinels = SentinelSet::start("moving");
-    let keyward = keyward_for(&sentinels);
+    let keyward = keyward_for(&sentinels, "");
     let mut client = client(&keyward);
     set(&mut client, "before", "failover").unwrap();
     let mut subscriber = keyward.raw();
@@ -146,7 +147,7 @@ fn a_failover_moves_keyward_to_the_new_primary() {
 #[test]
 fn a_killed_primary_is_replaced_without_a_restart() {
     let mut sentinels = SentinelSet::start("crashing");
-    let keyward = keyward_for(&sentinels);
+    let keyward = keyward_for(&sentinels, "");
     let killed = sentinels.kill_primary();
     let new = sentinels.wait_for_new_primary(killed);
     let announced = Instant::now();
@@ -162,7 +163,7 @@ fn a_killed_primary_is_replaced_without_a_restart() {
 #[test]
 fn without_sentinels_the_last_primary_is_kept() {
     let mut sentinels = SentinelSet::start("orphaned");
-    let keyward = keyward_for(&sentinels);
+    let keyward = keyward_for(&sentinels, "");
     let mut client = client(&keyward);
     for port in sentinels.sentinel_ports() {
         sentinels.kill_sentinel(port);
@@ -177,5 +178,111 @@ fn without_sentinels_the_last_primary_is_kept() {
     assert_eq!(
         get(&mut client, "orphaned").as_deref(),
         Some("still served")
+    );
+}
+
+const ROUTES: &str = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\n\
+                      read_from = \"replica\"\nmax_lag = \"2s\"\n";
+
+/// `GET`s a node has run, by its own count.
+fn gets_served(sentinels: &SentinelSet, port: u16) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut sentinels.client(port))
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads a route covers go to the replicas, taking turns; other reads, and writes, go to the
+/// primary; a session that just wrote reads from the primary.
+#[test]
+fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
+    let sentinels = SentinelSet::start("routing");
+    let keyward = keyward_for(&sentinels, ROUTES);
+    let primary = sentinels.primary();
+    let mut on_primary = sentinels.client(primary);
+    for key in ["report:1", "other:1"] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("value")
+            .query(&mut on_primary)
+            .unwrap();
+    }
+    let acknowledged: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(5000)
+        .query(&mut on_primary)
+        .unwrap();
+    assert_eq!(acknowledged, 2);
+    let mut reader = client(&keyward);
+    // The first routed read makes keyward ask the primary about its replicas.
+    wait_for(
+        Duration::from_secs(10),
+        "a replica serves routed reads",
+        || {
+            redis::cmd("GET")
+                .arg("report:1")
+                .query::<String>(&mut reader)
+                .is_ok()
+        },
+    );
+    let replicas = sentinels.replicas();
+    let on_replicas = |sentinels: &SentinelSet| -> Vec<u64> {
+        replicas
+            .iter()
+            .map(|&port| gets_served(sentinels, port))
+            .collect()
+    };
+    let (primary_before, replicas_before) =
+        (gets_served(&sentinels, primary), on_replicas(&sentinels));
+    for _ in 0..20 {
+        assert_eq!(get(&mut reader, "report:1").as_deref(), Some("value"));
+        assert_eq!(get(&mut reader, "other:1").as_deref(), Some("value"));
+    }
+    let replicas_after = on_replicas(&sentinels);
+    let served: Vec<u64> = replicas_after
+        .iter()
+        .zip(&replicas_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(
+        served.iter().sum::<u64>(),
+        20,
+        "routed reads on the replicas: {served:?}"
+    );
+    assert!(
+        served.iter().all(|&count| count > 0),
+        "both replicas take turns: {served:?}"
+    );
+    assert_eq!(
+        gets_served(&sentinels, primary) - primary_before,
+        20,
+        "the other reads"
+    );
+    let metrics = keyward.admin_get("/metrics").1;
+    assert!(
+        support::metric_value(
+            &metrics,
+            "keyward_replica_reads_total",
+            &["route=\"reports\""]
+        ) >= 20.0
+    );
+    assert!(
+        metrics.contains("keyward_replica_lag_seconds{node=\"127.0.0.1:"),
+        "{metrics}"
+    );
+
+    // The session writes: its reads of the next max_lag go to the primary.
+    let primary_before = gets_served(&sentinels, primary);
+    set(&mut reader, "report:2", "fresh").unwrap();
+    assert_eq!(get(&mut reader, "report:2").as_deref(), Some("fresh"));
+    assert_eq!(
+        gets_served(&sentinels, primary) - primary_before,
+        1,
+        "read from the primary"
     );
 }

@@ -17,6 +17,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
     let mut denials = Vec::new();
     let mut caches = Vec::new();
     let mut locks = Vec::new();
+    let mut routes = Vec::new();
     let mut values: Vec<(&str, rules::RuleValues)> = Vec::new();
     let parse_alone = |key: &Spanned<DeString<'_>>, piece: Spanned<DeValue<'_>>| {
         let mut section = DeTable::default();
@@ -48,6 +49,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
                             denials.extend(piece.deny);
                             caches.extend(piece.cache);
                             locks.extend(piece.lock);
+                            routes.extend(piece.route);
                         }
                         Err(error) => {
                             broken = broken_fields(element, |field| {
@@ -77,7 +79,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
             }
         }
     }
-    for kind in ["rate_limit", "deny", "cache", "lock"] {
+    for kind in ["rate_limit", "deny", "cache", "lock", "route"] {
         let kind_values: Vec<&rules::RuleValues> = values
             .iter()
             .filter(|(written, _)| *written == kind)
@@ -90,6 +92,8 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
     diagnostics.extend(rules::check_shadowing("deny", &denials, text));
     diagnostics.extend(rules::check_shadowing("cache", &caches, text));
     diagnostics.extend(rules::check_shadowing("lock", &locks, text));
+    diagnostics.extend(rules::check_shadowing("route", &routes, text));
+    diagnostics.extend(rules::check_routes(&routes));
     diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
     diagnostics
 }

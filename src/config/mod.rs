@@ -13,7 +13,7 @@ mod values;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use http_api::{HttpApiConfig, HttpApiToken};
-pub use rules::{CacheRule, DenyRule, LockRule, RateLimitRule};
+pub use rules::{CacheRule, DenyRule, LockRule, RateLimitRule, ReadFrom, RouteRule};
 pub use values::{ConfigBytes, ConfigDuration, HostPort, LogLevel};
 
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct Config {
     pub cache: Vec<CacheRule>,
     /// `[[lock]]` rules: lock keys whose losing attempts wait in line, first match wins.
     pub lock: Vec<LockRule>,
+    /// `[[route]]` rules: reads that may go to replicas, first match wins.
+    pub route: Vec<RouteRule>,
     pub hotkeys: HotKeysConfig,
     /// `[http_api]`: Upstash's REST API; off unless the section is present.
     pub http_api: Option<HttpApiConfig>,

@@ -15,7 +15,7 @@ use toml::Spanned;
 use super::diagnostic::{closest, line_of, Diagnostic};
 use super::values::{ConfigBytes, ConfigDuration};
 use crate::command::cacheable;
-use crate::command::CommandTable;
+use crate::command::{flags, CommandTable};
 use crate::glob::Glob;
 
 /// Implements [`Rule`] for a rule type with `name`, `keys` and `commands` fields (and
@@ -240,6 +240,48 @@ pub struct LockRule {
     pub mode: Mode,
 }
 
+/// `[[route]]`: reads that may go to a replica of the primary serving them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Key patterns in Redis glob syntax; every key of a read must match one.
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// Read commands or ACL categories (`@read`); none means every read. A command that
+    /// writes never goes to a replica, whatever this says.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub commands: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// A replica further behind its primary is not read from; Redis reports a replica's lag
+    /// in whole seconds. Also how long a session that wrote reads from the primary alone.
+    /// Default 1s.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: ConfigDuration,
+}
+
+impl_rule!(RouteRule);
+
+/// Where a `[[route]]`'s reads go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// The primary, as without the rule.
+    #[default]
+    Primary,
+    /// A replica within `max_lag`; with none, the read gets an error.
+    Replica,
+    /// A replica within `max_lag`, else the primary.
+    ReplicaPreferred,
+}
+
+fn default_max_lag() -> ConfigDuration {
+    ConfigDuration::from_millis(1000)
+}
+
 fn default_max_wait() -> ConfigDuration {
     ConfigDuration::from_millis(5000)
 }
@@ -429,6 +471,31 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                     rule.name.get_ref()
                 ),
             ));
+        }
+    }
+    diagnostics
+}
+
+/// Route rules whose commands would write: keyward never sends those to a replica.
+pub fn check_routes(rules: &[RouteRule]) -> Vec<Diagnostic> {
+    let table = CommandTable::global();
+    let mut diagnostics = Vec::new();
+    for rule in rules {
+        for filter in &rule.commands {
+            let name = filter.get_ref();
+            if name.starts_with('@') {
+                continue;
+            }
+            let info = table.find_name(name);
+            if info.is_some_and(|info| !info.has_flag(flags::READONLY)) {
+                diagnostics.push(Diagnostic::warning(
+                    Some(filter.span()),
+                    format!(
+                        "{name} is not a read: route {:?} never sends it to a replica",
+                        rule.name.get_ref()
+                    ),
+                ));
+            }
         }
     }
     diagnostics

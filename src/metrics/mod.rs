@@ -62,31 +62,8 @@ fn register_at_zero() {
 }
 
 fn describe() {
+    describe_upstream();
     ::metrics::describe_gauge!("keyward_client_connections", "Open client connections");
-    ::metrics::describe_gauge!(
-        "keyward_upstream_connections",
-        "Open connections to Redis, by node (host:port)"
-    );
-    ::metrics::describe_counter!(
-        "keyward_upstream_errors_total",
-        "Upstream failures: failed connects and broken connections (connect, io), and requests that timed out or found the connection busy (timeout, busy)"
-    );
-    ::metrics::describe_counter!(
-        "keyward_upstream_redirects_total",
-        "Redirections cluster nodes answered, which keyward followed for the client (moved, ask, tryagain)"
-    );
-    ::metrics::describe_counter!(
-        "keyward_cluster_slot_map_refreshes_total",
-        "Times keyward read the cluster's slot map (at start, on its interval, after a redirection or a node failure)"
-    );
-    ::metrics::describe_counter!(
-        "keyward_upstream_failovers_total",
-        "Sentinel mode: times keyward moved to a new primary after a failover"
-    );
-    ::metrics::describe_gauge!(
-        "keyward_upstream_role",
-        "Sentinel mode: 1 for the node keyward forwards to as the primary, 0 for earlier ones"
-    );
     ::metrics::describe_counter!(
         "keyward_protocol_errors_total",
         "Client connections closed for breaking the protocol"
@@ -136,10 +113,6 @@ fn describe() {
         "keyward_max_clients",
         "listen.max_clients: client connections beyond it are refused"
     );
-    ::metrics::describe_gauge!(
-        "keyward_upstream_up",
-        "1 when Redis answers and accepts keyward's credentials (as /readyz), else 0"
-    );
     ::metrics::describe_counter!(
         "keyward_config_reloads_total",
         "Reloads of a changed config file: applied (ok) or rejected (error)"
@@ -155,6 +128,46 @@ fn describe() {
     ::metrics::describe_counter!(
         "keyward_http_requests_total",
         "REST API requests, by token name (empty without a valid token) and HTTP status"
+    );
+}
+
+/// The series about Redis behind keyward: connections, errors, cluster and sentinel.
+fn describe_upstream() {
+    ::metrics::describe_gauge!(
+        "keyward_upstream_connections",
+        "Open connections to Redis, by node (host:port)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_upstream_errors_total",
+        "Upstream failures: failed connects and broken connections (connect, io), and requests that timed out or found the connection busy (timeout, busy)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_upstream_redirects_total",
+        "Redirections cluster nodes answered, which keyward followed for the client (moved, ask, tryagain)"
+    );
+    ::metrics::describe_counter!(
+        "keyward_cluster_slot_map_refreshes_total",
+        "Times keyward read the cluster's slot map (at start, on its interval, after a redirection or a node failure)"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_replica_lag_seconds",
+        "How far behind its primary each replica is (whole seconds, from the primary's INFO replication), once a [[route]] reads from replicas"
+    );
+    ::metrics::describe_counter!(
+        "keyward_replica_reads_total",
+        "Reads a [[route]] sent to a replica, by route"
+    );
+    ::metrics::describe_counter!(
+        "keyward_upstream_failovers_total",
+        "Sentinel mode: times keyward moved to a new primary after a failover"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_upstream_role",
+        "Sentinel mode: 1 for the node keyward forwards to as the primary, 0 for earlier ones"
+    );
+    ::metrics::describe_gauge!(
+        "keyward_upstream_up",
+        "1 when Redis answers and accepts keyward's credentials (as /readyz), else 0"
     );
 }
 
@@ -219,6 +232,11 @@ pub fn upstream_redirect(kind: &'static str) {
 
 pub fn cluster_slot_map_refreshed() {
     counter!("keyward_cluster_slot_map_refreshes_total").increment(1);
+}
+
+/// How far behind its primary a replica is, in whole seconds, as the primary reports it.
+pub fn replica_lag(node: &str, seconds: u64) {
+    gauge!("keyward_replica_lag_seconds", "node" => node.to_string()).set(seconds as f64);
 }
 
 /// Sentinel mode: keyward moved to another primary.

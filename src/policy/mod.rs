@@ -12,6 +12,7 @@ pub mod matcher;
 pub mod phase;
 pub mod phases;
 pub mod rate_limit;
+pub mod route;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::policy::hotkeys::HotKeys;
 use crate::policy::lock::RuleLocks;
 use deny::Denial;
 use rate_limit::RateLimiter;
+use route::Route;
 
 /// Counts compilations, for [`Policies::generation`]. It starts at 1: 0 is the empty default,
 /// which judges nothing.
@@ -39,6 +41,7 @@ pub struct Policies {
     pub hotkeys: Option<Arc<HotKeys>>,
     pub caches: Vec<Arc<RuleCache>>,
     pub locks: Vec<Arc<RuleLocks>>,
+    pub routes: Vec<Arc<Route>>,
 }
 
 impl Policies {
@@ -102,6 +105,11 @@ impl Policies {
             .iter()
             .map(|rule| Arc::new(RuleLocks::new(rule.clone())))
             .collect();
+        let routes = config
+            .route
+            .iter()
+            .map(|rule| Arc::new(Route::new(rule.clone())))
+            .collect();
         Policies {
             generation: COMPILED.fetch_add(1, Ordering::Relaxed),
             denials,
@@ -109,6 +117,7 @@ impl Policies {
             hotkeys,
             caches,
             locks,
+            routes,
         }
     }
 

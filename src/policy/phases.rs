@@ -3,7 +3,7 @@
 //! A request meets deny rules first (a refused command costs nothing more), then rate limits
 //! (a command refused or delayed takes no lock and fills no cache), then lock queues (a lock
 //! attempt on a contended key waits its turn), then the cache (a read answered from memory or
-//! filled). The first phase that does not pass decides; a held request comes back to the phase
+//! filled), then routes (a read sent to a replica). The first phase that does not pass decides; a held request comes back to the phase
 //! that held it. Adding a policy kind is one line in [`phase_list!`]'s invocation below, and a
 //! folder that implements [`Phase`].
 
@@ -16,6 +16,7 @@ use super::deny::Denying;
 use super::lock::LockTable;
 use super::phase::{Decision, Handover, Phase, Subject, Way};
 use super::rate_limit::RateLimiting;
+use super::route::Routing;
 use super::Policies;
 use crate::command::{flags, CommandInfo, Role};
 use crate::resp::request::Args;
@@ -264,6 +265,7 @@ phase_list! {
     RateLimit(rate_limit): RateLimiting,
     Lock(lock): LockTable,
     Cache(cache): Coherence,
+    Route(route): Routing,
 }
 
 /// A forwarded command, as the phases that watch writes see it.

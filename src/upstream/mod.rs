@@ -18,6 +18,7 @@ mod own;
 mod own_requests;
 mod pause;
 mod pooled;
+mod replicas;
 mod routing;
 pub mod sentinel;
 mod settings;
@@ -51,6 +52,7 @@ use crate::resp::Protocol;
 use arc_swap::ArcSwap;
 use cluster::{Cluster, Follower};
 use pooled::run_pooled;
+pub use replicas::{Replica, Replicas};
 use sentinel::Sentinel;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +83,8 @@ pub struct Upstream {
     pub cluster: Option<Arc<Cluster>>,
     /// In sentinel mode, the primary the sentinels name: connections follow it.
     pub sentinel: Option<Arc<Sentinel>>,
+    /// The primary's replicas, for reads that routes send there.
+    pub replicas: Replicas,
     /// `settings.address`, shared for messages (see [`Upstream::address`]).
     configured_address: Arc<HostPort>,
     /// Routers opened so far, so that each spreads keyless commands from another primary.
@@ -114,6 +118,7 @@ impl Upstream {
             cluster,
             sentinel,
             configured_address: Arc::new(settings.address.clone()),
+            replicas: Replicas::default(),
             routers: AtomicUsize::new(0),
             settings,
             pools: Mutex::default(),
@@ -222,10 +227,9 @@ impl Upstream {
                 tokio::spawn(router);
             }
             None => {
-                let settings = self.settings.clone();
                 tokio::spawn(run_pooled(
                     Arc::clone(self),
-                    settings,
+                    None,
                     Arc::clone(&self.tracking),
                     protocol,
                     db,
@@ -248,7 +252,7 @@ impl Upstream {
         let status = Arc::clone(&handle.status);
         tokio::spawn(run_pooled(
             Arc::clone(self),
-            settings,
+            Some(settings),
             tracking,
             protocol,
             0,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, Batch, ConnState, Reply, ServeEnd, StallCheck};
 use super::errors::{broken_error, UpstreamError};
@@ -16,11 +15,12 @@ use super::{handshake, holds, Upstream, UpstreamSettings};
 use crate::metrics;
 use crate::resp::{reply, Protocol};
 
-/// Keeps one pooled connection open for as long as keyward runs. In sentinel mode it goes to
-/// the primary the sentinels name, and moves when they name another.
+/// Keeps one pooled connection open for as long as keyward runs: to `node` (a cluster node,
+/// a replica), or with `None` to the Redis keyward forwards to, which in sentinel mode is the
+/// primary the sentinels name (the connection moves when they name another).
 pub(super) async fn run_pooled(
     upstream: Arc<Upstream>,
-    configured: UpstreamSettings,
+    node: Option<UpstreamSettings>,
     tracking: Arc<TrackingTarget>,
     protocol: Protocol,
     db: u32,
@@ -28,9 +28,13 @@ pub(super) async fn run_pooled(
     status: Arc<ConnStatus>,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut address = configured.address.to_string();
+    let mut address = upstream.address().to_string();
     loop {
-        let connected = match follow_primary(&upstream, &configured) {
+        let destination = match &node {
+            Some(node) => Ok((node.clone(), None)),
+            None => upstream.primary_link(),
+        };
+        let connected = match destination {
             Ok((settings, leave)) => {
                 address = settings.address.to_string();
                 handshake::connect(&settings, protocol, db, &[], true)
@@ -98,18 +102,6 @@ pub(super) async fn run_pooled(
         if !fail_until_retry(&mut batches, &status, &address, backoff).await {
             return;
         }
-    }
-}
-
-/// Where the connection goes: the primary the sentinels name (with the token that ends the
-/// connection when they name another), else where it was configured to.
-fn follow_primary(
-    upstream: &Upstream,
-    configured: &UpstreamSettings,
-) -> Result<(UpstreamSettings, Option<CancellationToken>), String> {
-    match &upstream.sentinel {
-        Some(_) => upstream.primary_link(),
-        None => Ok((configured.clone(), None)),
     }
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The compatibility suite as CI runs it: every library against a private redis-server, then
 # against keyward (built by `cargo build`) in front of it with the example config, then with
-# policies, then through keyward in cluster mode in front of a private Redis Cluster. Each
-# target is restarted once on its own port during the run, to exercise reconnects.
+# policies, then through keyward in cluster mode in front of a private Redis Cluster, then in
+# sentinel mode in front of a primary watched by Sentinel. Each target is restarted once on its
+# own port during the run (failed over, in front of Sentinel), to exercise reconnects.
 #
 #   tests/compat/ci.sh [path/to/keyward]
 set -euo pipefail
@@ -163,6 +164,81 @@ chmod +x "$work/start-keyward-ready"
 "$work/start-keyward-ready" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }
 echo "--- client libraries through keyward in front of a Redis Cluster (3 primaries, a replica each)"
 COMPAT_CLUSTER=1 COMPAT_RESTART="$work/start-keyward-ready" COMPAT_REST_URL="$rest_api" \
+  "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
+
+# A primary with two replicas watched by three sentinels, every server in a directory of its
+# own, and keyward in sentinel mode in front of them: the example config, its upstream found
+# through the sentinels. The pass's restart is a failover the sentinels are asked for, and
+# BullMQ's check fails the primary over while its jobs run.
+read -r -a sentinel_set_ports <<<"$(free_ports 6)"
+data_nodes=("${sentinel_set_ports[@]:0:3}")
+sentinels=("${sentinel_set_ports[@]:3:3}")
+for i in 0 1 2; do
+  node_dir="$work/sentinel-set/${data_nodes[$i]}"
+  mkdir -p "$node_dir"
+  replica_of=()
+  [ "$i" -gt 0 ] && replica_of=(--replicaof 127.0.0.1 "${data_nodes[0]}")
+  redis-server --port "${data_nodes[$i]}" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$node_dir" --repl-diskless-sync yes --repl-diskless-sync-delay 0 "${replica_of[@]}" \
+    --logfile "$node_dir/redis.log" --daemonize yes --pidfile "$work/data-${data_nodes[$i]}.pid"
+done
+for port in "${sentinels[@]}"; do
+  sentinel_dir="$work/sentinel-set/$port"
+  mkdir -p "$sentinel_dir"
+  cat >"$sentinel_dir/sentinel.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $sentinel_dir
+sentinel monitor compat 127.0.0.1 ${data_nodes[0]} 2
+sentinel down-after-milliseconds compat 1000
+sentinel failover-timeout compat 10000
+CONF
+  redis-server "$sentinel_dir/sentinel.conf" --sentinel --logfile "$sentinel_dir/sentinel.log" \
+    --daemonize yes --pidfile "$work/sentinel-$port.pid"
+done
+# Every sentinel knows both replicas and the other two sentinels.
+sentinels_agree() {
+  for port in "${sentinels[@]}"; do
+    redis-cli -p "$port" SENTINEL MASTER compat 2>/dev/null | tr -d '\r' | awk '
+      previous == "num-slaves" { replicas = $0 }
+      previous == "num-other-sentinels" { others = $0 }
+      { previous = $0 }
+      END { exit !(replicas == 2 && others == 2) }' || return 1
+  done
+}
+for _ in $(seq 600); do sentinels_agree && break; sleep 0.05; done
+sentinels_agree || { echo "the sentinels did not see the whole set within 30 s"; tail -n 20 "$work"/sentinel-set/*/sentinel.log; exit 1; }
+list=$(printf '"127.0.0.1:%s", ' "${sentinels[@]}")
+sed -e '/^\[upstream\]/a topology = "sentinel"' \
+  -e "/^\\[upstream\\]/a sentinels = [${list%, }]" -e '/^\[upstream\]/a master_name = "compat"' \
+  "$work/keyward-example.toml" >"$work/keyward.toml"
+cat >"$work/fail-over" <<SCRIPT
+#!/usr/bin/env bash
+# Asks a sentinel for a failover (again while the last one settles), then waits until keyward
+# forwards to the new primary.
+primary() { redis-cli -p ${sentinels[0]} SENTINEL GET-MASTER-ADDR-BY-NAME compat | tail -n 1; }
+old=\$(primary)
+for _ in \$(seq 300); do
+  reply=\$(redis-cli -p ${sentinels[0]} SENTINEL FAILOVER compat)
+  [ "\$reply" = OK ] && break
+  sleep 0.1
+done
+[ "\$reply" = OK ] || { echo "SENTINEL FAILOVER: \$reply" >&2; exit 1; }
+for _ in \$(seq 300); do
+  new=\$(primary)
+  if [ "\$new" != "\$old" ] && redis-cli -p $keyward_port KEYWARD INFO | tr -d '\r' \
+      | grep -qx "sentinel_primary:127.0.0.1:\$new"; then
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "keyward did not follow the failover from \$old" >&2
+exit 1
+SCRIPT
+chmod +x "$work/fail-over"
+"$work/start-keyward-ready" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }
+echo "--- client libraries through keyward in front of Redis Sentinel (a primary, 2 replicas, 3 sentinels; failovers in place of restarts)"
+COMPAT_RESTART="$work/fail-over" COMPAT_FAILOVER="$work/fail-over" COMPAT_REST_URL="$rest_api" \
   "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 if [ "$status" -ne 0 ]; then
   echo "--- keyward log (last 50 lines)"

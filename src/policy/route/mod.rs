@@ -1,0 +1,145 @@
+//! `[[route]]`: reads that may go to a replica of the primary, to spread read load.
+//!
+//! A read on a shared connection whose keys all match a route's patterns, with a command the
+//! route names, goes to a replica that is online and at most `max_lag` behind, taking turns
+//! (`read_from = "replica"`; with `"replica_preferred"` the primary serves it when no replica
+//! qualifies). Its reply takes its place among the client's replies, whichever answers first.
+//!
+//! A session that wrote (anything, on any connection) reads from the primary alone for the
+//! next `max_lag`: a replica may not have its write yet. Writes never go to a replica.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{counter, Counter};
+
+use super::matcher::RuleMatcher;
+use super::phase::{Decision, Handover, Phase, Subject, Way};
+use super::Policies;
+use crate::command::flags;
+use crate::config::{ReadFrom, RouteRule};
+use crate::resp::reply;
+use crate::upstream::{send_own, ConnHandle, Reply, Upstream};
+
+/// One `[[route]]` rule, compiled.
+pub struct Route {
+    pub rule: RouteRule,
+    matcher: RuleMatcher,
+    replica_reads: Counter,
+}
+
+impl Route {
+    pub fn new(rule: RouteRule) -> Route {
+        Route {
+            matcher: RuleMatcher::compile(&rule),
+            replica_reads: counter!("keyward_replica_reads_total", "route" => rule.name.get_ref().clone()),
+            rule,
+        }
+    }
+}
+
+/// The route phase: the replicas it sends reads to are the upstream's.
+pub struct Routing {
+    upstream: Arc<Upstream>,
+}
+
+/// What a session keeps: when it last wrote.
+#[derive(Default)]
+pub struct Writes {
+    last: Option<Instant>,
+}
+
+/// A read taken for a replica.
+pub struct ToReplica {
+    conn: ConnHandle,
+    route: Arc<Route>,
+}
+
+impl Phase for Routing {
+    type Session = Writes;
+    type Taken = ToReplica;
+    type Held = Infallible;
+
+    fn new(upstream: &Arc<Upstream>) -> Routing {
+        Routing {
+            upstream: Arc::clone(upstream),
+        }
+    }
+
+    /// Reads on shared connections to route, and writes anywhere to remember.
+    #[inline]
+    fn active(&self, policies: &Policies, way: Way) -> bool {
+        way.forwarded() && !policies.routes.is_empty()
+    }
+
+    fn decide(
+        &self,
+        policies: &Policies,
+        writes: &mut Writes,
+        subject: &Subject<'_, '_>,
+    ) -> Decision<ToReplica> {
+        let info = subject.info;
+        if !info.has_flag(flags::READONLY) {
+            if info.has_flag(flags::WRITE) {
+                writes.last = Some(Instant::now());
+            }
+            return Decision::Pass;
+        }
+        // Replicas are reached in database 0; a cluster's replicas are not routed to yet.
+        if subject.way != Way::Shared
+            || subject.db != 0
+            || subject.key_positions.is_empty()
+            || self.upstream.cluster.is_some()
+        {
+            return Decision::Pass;
+        }
+        let keys = || {
+            subject
+                .key_positions
+                .iter()
+                .filter_map(|&at| subject.args.get(at))
+        };
+        let route = policies.routes.iter().find(|route| {
+            route.matcher.applies_to(info) && keys().all(|key| route.matcher.matches_key(key))
+        });
+        let Some(route) = route else {
+            return Decision::Pass;
+        };
+        let max_lag = route.rule.max_lag.get();
+        let wrote_lately = writes.last.is_some_and(|at| at.elapsed() < max_lag);
+        if route.rule.read_from == ReadFrom::Primary || wrote_lately {
+            return Decision::Pass;
+        }
+        match self.upstream.replica(max_lag, subject.protocol) {
+            Some(conn) => Decision::Take(ToReplica {
+                conn,
+                route: Arc::clone(route),
+            }),
+            None if route.rule.read_from == ReadFrom::ReplicaPreferred => Decision::Pass,
+            None => Decision::Answer(reply::error(&format!(
+                "ERR keyward: no replica within max_lag {:?} for route {:?}",
+                max_lag,
+                route.rule.name.get_ref()
+            ))),
+        }
+    }
+
+    fn hand_over(self: &Arc<Self>, taken: ToReplica, handover: Handover<'_>) -> Option<Infallible> {
+        taken.route.replica_reads.increment(1);
+        let (reply_to, ticket) = (handover.reply_to.clone(), handover.ticket);
+        match send_own(&taken.conn, handover.request, 1, false) {
+            Ok(replies) => {
+                tokio::spawn(async move {
+                    let bytes = replies.all().await.unwrap_or_else(|error| error);
+                    let _ = reply_to.send(Reply::Fetched { ticket, bytes });
+                });
+            }
+            Err(error) => {
+                let bytes = error.reply(handover.address, 1);
+                let _ = reply_to.send(Reply::Fetched { ticket, bytes });
+            }
+        }
+        None
+    }
+}
