@@ -24,20 +24,23 @@ run(async () => {
     return outcomes;
   };
 
-  const sliding = limiter("sliding", Ratelimit.slidingWindow(5, "30 s"));
+  // Windows of an hour: a run whose calls straddle two windows (or a token bucket's refill)
+  // would see a success more than the counts below, with 30 s windows about one run in a
+  // hundred.
+  const sliding = limiter("sliding", Ratelimit.slidingWindow(5, "1 h"));
   assert.deepEqual(await successes(sliding, "alice", 7), [true, true, true, true, true, false, false]);
   assert.deepEqual(await successes(sliding, "bob", 2), [true, true], "each identifier has its own window");
   assert.equal((await sliding.getRemaining("bob")).remaining, 3);
 
-  const bucket = limiter("bucket", Ratelimit.tokenBucket(1, "30 s", 3));
+  const bucket = limiter("bucket", Ratelimit.tokenBucket(1, "1 h", 3));
   assert.deepEqual(await successes(bucket, "alice", 4), [true, true, true, false]);
 
-  const fixed = limiter("fixed", Ratelimit.fixedWindow(2, "30 s"));
+  const fixed = limiter("fixed", Ratelimit.fixedWindow(2, "1 h"));
   const third = await fixed.limit("alice").then(() => fixed.limit("alice")).then(() => fixed.limit("alice"));
   assert.equal(third.success, false);
   assert.equal(third.remaining, 0);
 
-  const perClient = limiter("handler", Ratelimit.slidingWindow(4, "30 s"));
+  const perClient = limiter("handler", Ratelimit.slidingWindow(4, "1 h"));
   const server = http.createServer(async (request, response) => {
     const { success, remaining } = await perClient.limit(request.socket.remoteAddress);
     response.statusCode = success ? 200 : 429;
