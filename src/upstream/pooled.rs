@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, Batch, ConnState, Reply, ServeEnd, StallCheck};
 use super::errors::{broken_error, UpstreamError};
@@ -30,6 +31,11 @@ pub(super) async fn run_pooled(
     let mut backoff = Duration::ZERO;
     let mut address = upstream.address().to_string();
     loop {
+        // In sentinel mode, a wait between attempts ends when the primary changes.
+        let primary_changed = match (&node, &upstream.sentinel) {
+            (None, Some(sentinel)) => Some(sentinel.leave_token()),
+            _ => None,
+        };
         let destination = match &node {
             Some(node) => Ok((node.clone(), None)),
             None => upstream.primary_link(),
@@ -99,25 +105,49 @@ pub(super) async fn run_pooled(
             }
         }
         backoff = handshake::next_backoff(backoff);
-        if !fail_until_retry(&mut batches, &status, &address, backoff).await {
+        let waiting = Waiting {
+            status: &status,
+            address: &address,
+            backoff,
+            primary_changed: primary_changed.as_ref(),
+        };
+        if !fail_until_retry(&mut batches, waiting).await {
             return;
         }
     }
 }
 
+/// A wait before the next attempt to connect.
+struct Waiting<'a> {
+    status: &'a ConnStatus,
+    address: &'a str,
+    backoff: Duration,
+    /// Sentinel mode: cancelled when the primary changes, which ends the wait.
+    primary_changed: Option<&'a CancellationToken>,
+}
+
 /// Answers every batch that arrives during the backoff with an error, so nobody waits for a
 /// connection that is down. `false` once every handle is gone.
-async fn fail_until_retry(
-    batches: &mut mpsc::Receiver<Batch>,
-    status: &ConnStatus,
-    address: &str,
-    backoff: Duration,
-) -> bool {
+async fn fail_until_retry(batches: &mut mpsc::Receiver<Batch>, waiting: Waiting<'_>) -> bool {
+    let Waiting {
+        status,
+        address,
+        backoff,
+        primary_changed,
+    } = waiting;
     let retry = tokio::time::sleep(backoff);
     tokio::pin!(retry);
+    let changed = async {
+        match primary_changed {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(changed);
     loop {
         tokio::select! {
             () = &mut retry => return true,
+            () = &mut changed => return true,
             batch = batches.recv() => {
                 let Some(batch) = batch else { return false };
                 let reason = status.last_error().unwrap_or_else(|| "not connected".into());

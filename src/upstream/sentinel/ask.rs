@@ -40,31 +40,46 @@ pub(super) async fn send(stream: &mut Stream, command: &[&[u8]]) -> Result<(), S
         .map_err(|error| error.to_string())
 }
 
-/// The primary a sentinel names for `master_name`.
+/// A primary as one sentinel names it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Named {
+    pub(super) primary: HostPort,
+    /// The configuration epoch the sentinel knows it under: the sentinel that names a primary
+    /// under the greatest epoch knows of the latest failover.
+    pub(super) epoch: u64,
+}
+
+/// The primary a sentinel names for `master_name` (`SENTINEL MASTER`).
 pub(super) async fn primary_named(
     sentinel: &UpstreamSettings,
     master_name: &str,
-) -> Result<HostPort, String> {
-    let question: [&[u8]; 3] = [
-        b"SENTINEL",
-        b"GET-MASTER-ADDR-BY-NAME",
-        master_name.as_bytes(),
-    ];
+) -> Result<Named, String> {
+    let question: [&[u8]; 3] = [b"SENTINEL", b"MASTER", master_name.as_bytes()];
     match ask(sentinel, &question).await? {
-        OwnedFrame::Array(parts) => match &parts[..] {
-            [OwnedFrame::BulkString(host), OwnedFrame::BulkString(port)] => {
-                let host = String::from_utf8_lossy(host);
-                let port = String::from_utf8_lossy(port)
-                    .parse()
-                    .map_err(|_| "a port that is no number")?;
-                Ok(HostPort::new(&host, port))
-            }
-            _ => Err("an address that is not host and port".into()),
-        },
-        OwnedFrame::Null => Err(format!("it watches no primary named {master_name:?}")),
         OwnedFrame::Error(message) => Err(message),
-        other => Err(format!("unexpected reply {other:?}")),
+        reply => read_master(&reply).ok_or_else(|| format!("unexpected reply {reply:?}")),
     }
+}
+
+/// Reads `SENTINEL MASTER`'s fields: `ip`, `port` and `config-epoch`, among others.
+fn read_master(reply: &OwnedFrame) -> Option<Named> {
+    let OwnedFrame::Array(parts) = reply else {
+        return None;
+    };
+    let field = |wanted: &str| {
+        parts.chunks(2).find_map(|pair| match pair {
+            [OwnedFrame::BulkString(name), OwnedFrame::BulkString(value)]
+                if name == wanted.as_bytes() =>
+            {
+                std::str::from_utf8(value).ok()
+            }
+            _ => None,
+        })
+    };
+    Some(Named {
+        primary: HostPort::new(field("ip")?, field("port")?.parse().ok()?),
+        epoch: field("config-epoch")?.parse().ok()?,
+    })
 }
 
 /// Whether the node `settings` reach says it is a primary (`ROLE`): a sentinel's answer may
@@ -83,28 +98,20 @@ pub(super) async fn is_primary(settings: &UpstreamSettings) -> Result<(), String
     }
 }
 
-/// Reads a `+switch-master` message: `<name> <old host> <old port> <new host> <new port>`;
-/// the new primary's address if it is about `master_name`.
-pub(super) fn switched_to(frame: &OwnedFrame, master_name: &str) -> Option<HostPort> {
+/// Whether `frame` is a `+switch-master` message (`<name> <old host> <old port> <new host>
+/// <new port>`) about `master_name`.
+pub(super) fn announces_switch(frame: &OwnedFrame, master_name: &str) -> bool {
     let OwnedFrame::Array(parts) = frame else {
-        return None;
+        return false;
     };
     let [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(channel), OwnedFrame::BulkString(payload)] =
         &parts[..]
     else {
-        return None;
+        return false;
     };
-    if kind != b"message" || channel != b"+switch-master" {
-        return None;
-    }
-    let payload = std::str::from_utf8(payload).ok()?;
-    let words: Vec<&str> = payload.split(' ').collect();
-    match words[..] {
-        [name, _, _, host, port] if name == master_name => {
-            Some(HostPort::new(host, port.parse().ok()?))
-        }
-        _ => None,
-    }
+    kind == b"message"
+        && channel == b"+switch-master"
+        && payload.split(|&byte| byte == b' ').next() == Some(master_name.as_bytes())
 }
 
 #[cfg(test)]
@@ -116,22 +123,47 @@ mod tests {
     }
 
     #[test]
-    fn switch_master_names_the_new_primary() {
+    fn a_sentinel_names_the_primary_and_its_epoch() {
+        let reply = OwnedFrame::Array(
+            [
+                "name",
+                "mymaster",
+                "ip",
+                "127.0.0.1",
+                "port",
+                "6381",
+                "flags",
+                "master",
+            ]
+            .into_iter()
+            .chain(["config-epoch", "3", "num-slaves", "2"])
+            .map(bulk)
+            .collect(),
+        );
+        assert_eq!(
+            read_master(&reply),
+            Some(Named {
+                primary: HostPort::new("127.0.0.1", 6381),
+                epoch: 3
+            })
+        );
+        assert_eq!(read_master(&OwnedFrame::Array(vec![bulk("name")])), None);
+    }
+
+    #[test]
+    fn switch_master_names_its_primary() {
         let message = OwnedFrame::Array(vec![
             bulk("message"),
             bulk("+switch-master"),
             bulk("mymaster 127.0.0.1 6380 127.0.0.1 6381"),
         ]);
-        assert_eq!(
-            switched_to(&message, "mymaster"),
-            Some(HostPort::new("127.0.0.1", 6381))
-        );
-        assert_eq!(switched_to(&message, "other"), None);
+        assert!(announces_switch(&message, "mymaster"));
+        assert!(!announces_switch(&message, "other"));
         let subscribed = OwnedFrame::Array(vec![
             bulk("subscribe"),
             bulk("+switch-master"),
             OwnedFrame::Integer(1),
         ]);
-        assert_eq!(switched_to(&subscribed, "mymaster"), None);
+        assert!(!announces_switch(&subscribed, "mymaster"));
     }
 }

@@ -1,10 +1,12 @@
 //! A primary that Redis Sentinel names, followed through its failovers.
 //!
-//! keyward asks the sentinels, in order, which node is the primary (`SENTINEL
-//! GET-MASTER-ADDR-BY-NAME`), and checks the answer with `ROLE` on that node: a sentinel may
-//! lag a failover. It listens for `+switch-master` on every sentinel it can reach, and asks
-//! again every [`CHECK_EVERY`], and whenever a connection finds its node no longer the
-//! primary (`-READONLY`) or unreachable.
+//! keyward asks every sentinel which node is the primary (`SENTINEL MASTER`), believes the
+//! one that knows it under the greatest configuration epoch (a sentinel may lag a failover,
+//! and the old primary may still say it is one until the sentinels demote it), and checks the
+//! answer with `ROLE` on that node. It never goes back to an older epoch's primary. It
+//! listens for `+switch-master` on every sentinel it can reach, which makes it ask at once,
+//! and asks again every [`CHECK_EVERY`], and whenever a connection finds its node no longer
+//! the primary (`-READONLY`) or unreachable.
 //!
 //! Connections to the primary are opened with [`Sentinel::primary_link`]: the primary's
 //! address, and a token cancelled when the primary changes. The connection then ends, failing
@@ -14,7 +16,9 @@
 
 mod ask;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use ask::Named;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use redis_protocol::resp2::decode::decode;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::credentials::Credentials;
@@ -49,6 +54,8 @@ pub struct Sentinel {
     sentinels: Vec<UpstreamSettings>,
     master_name: String,
     primary: ArcSwapOption<HostPort>,
+    /// The configuration epoch `primary` was named under.
+    epoch: AtomicU64,
     /// Cancelled when the primary changes; then replaced.
     leave: Mutex<CancellationToken>,
     /// Wakes the checker before its interval is up.
@@ -78,6 +85,7 @@ impl Sentinel {
             master_name: plan.master_name.clone(),
             settings: settings.clone(),
             primary: ArcSwapOption::empty(),
+            epoch: AtomicU64::new(0),
             leave: Mutex::new(CancellationToken::new()),
             check: Notify::new(),
             last_error: Mutex::default(),
@@ -93,13 +101,19 @@ impl Sentinel {
     /// primary changes; `Err` while no primary is known.
     pub fn primary_link(&self) -> Result<(UpstreamSettings, CancellationToken), String> {
         // The token first: a change after it is read cancels it.
-        let leave = self.leave.lock().clone();
+        let leave = self.leave_token();
         let primary = self.primary().ok_or_else(|| self.unknown_because())?;
         let settings = UpstreamSettings {
             address: (*primary).clone(),
             ..self.settings.clone()
         };
         Ok((settings, leave))
+    }
+
+    /// A token cancelled when the primary changes (a first one is found, or another replaces
+    /// it).
+    pub fn leave_token(&self) -> CancellationToken {
+        self.leave.lock().clone()
     }
 
     /// A connection found its node no longer the primary, or could not reach it: ask again.
@@ -150,8 +164,8 @@ impl Sentinel {
         }
         loop {
             match self.find_primary().await {
-                Ok(primary) => {
-                    self.adopt(primary);
+                Ok(named) => {
+                    self.adopt(named);
                     *self.last_error.lock() = None;
                 }
                 Err(error) => {
@@ -172,41 +186,57 @@ impl Sentinel {
         }
     }
 
-    /// The primary the first sentinel that can tell names, once it says it is one.
-    async fn find_primary(&self) -> Result<HostPort, String> {
-        let mut errors = Vec::new();
+    /// The primary named under the greatest epoch by the sentinels that answer, once it
+    /// says it is one.
+    async fn find_primary(&self) -> Result<Named, String> {
+        let mut asking = JoinSet::new();
         for sentinel in &self.sentinels {
-            let named = ask::primary_named(sentinel, &self.master_name).await;
-            let checked = match named {
-                Ok(primary) => self.confirm(primary).await,
-                Err(error) => Err(error),
-            };
-            match checked {
-                Ok(primary) => return Ok(primary),
-                Err(error) => errors.push(format!("sentinel {}: {error}", sentinel.address)),
+            let (sentinel, name) = (sentinel.clone(), self.master_name.clone());
+            asking.spawn(async move {
+                let named = ask::primary_named(&sentinel, &name).await;
+                named.map_err(|error| format!("sentinel {}: {error}", sentinel.address))
+            });
+        }
+        let mut latest: Option<Named> = None;
+        let mut errors = Vec::new();
+        while let Some(answer) = asking.join_next().await {
+            match answer
+                .map_err(|error| error.to_string())
+                .and_then(|named| named)
+            {
+                Ok(named)
+                    if latest
+                        .as_ref()
+                        .is_none_or(|latest| named.epoch > latest.epoch) =>
+                {
+                    latest = Some(named)
+                }
+                Ok(_) => {}
+                Err(error) => errors.push(error),
             }
         }
-        Err(errors.join("; "))
-    }
-
-    /// `primary` if it says it is one.
-    async fn confirm(&self, primary: HostPort) -> Result<HostPort, String> {
+        let Some(named) = latest else {
+            return Err(errors.join("; "));
+        };
         let settings = UpstreamSettings {
-            address: primary.clone(),
+            address: named.primary.clone(),
             ..self.settings.clone()
         };
-        ask::is_primary(&settings)
-            .await
-            .map(|()| primary.clone())
-            .map_err(|error| format!("it names {primary}, but {error}"))
+        match ask::is_primary(&settings).await {
+            Ok(()) => Ok(named),
+            Err(error) => Err(format!("the sentinels name {}, but {error}", named.primary)),
+        }
     }
 
-    /// Makes `primary` the one connections go to; those to another end now.
-    fn adopt(&self, primary: HostPort) {
+    /// Makes `named` the primary connections go to, unless an earlier epoch names it; those
+    /// to another end now.
+    fn adopt(&self, named: Named) {
+        let Named { primary, epoch } = named;
         let previous = self.primary();
-        if previous.as_deref() == Some(&primary) {
+        if previous.as_deref() == Some(&primary) || epoch < self.epoch.load(Ordering::Acquire) {
             return;
         }
+        self.epoch.store(epoch, Ordering::Release);
         let node = primary.to_string();
         self.primary.store(Some(Arc::new(primary)));
         let old = std::mem::replace(&mut *self.leave.lock(), CancellationToken::new());
@@ -241,8 +271,8 @@ impl Sentinel {
         }
     }
 
-    /// Subscribes to `+switch-master` on sentinel `index` and adopts each announced primary
-    /// (once it says it is one); returns why the connection ended.
+    /// Subscribes to `+switch-master` on sentinel `index`, asking the sentinels again at each
+    /// announcement about the primary; returns why the connection ended.
     async fn follow_announcements(&self, index: usize) -> String {
         let sentinel = &self.sentinels[index];
         let opened = handshake::connect(sentinel, Protocol::Resp2, 0, &[], false).await;
@@ -277,13 +307,8 @@ impl Sentinel {
             };
             unanswered_ping = false;
             self.listening[index].store(true, Ordering::Relaxed);
-            let Some(primary) = ask::switched_to(&frame, &self.master_name) else {
-                continue;
-            };
-            match self.confirm(primary).await {
-                Ok(primary) => self.adopt(primary),
-                // Announced before the node took the role: the checker asks again.
-                Err(_) => self.check_soon(),
+            if ask::announces_switch(&frame, &self.master_name) {
+                self.check_soon();
             }
         }
     }
