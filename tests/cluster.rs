@@ -17,20 +17,11 @@ use support::{wait_for, Keyward};
 /// keyward in front of `cluster`, once it serves every slot.
 fn keyward_for(cluster: &RedisCluster, extra: &str) -> Keyward {
     let upstream = "topology = \"cluster\"\nrefresh_interval = \"1s\"";
-    let keyward = Keyward::start_with_upstream(cluster.seed_port(), upstream, extra);
-    wait_for(Duration::from_secs(10), "keyward ready", || {
-        keyward.admin_get("/readyz").0 == 200
-    });
-    keyward
+    Keyward::start_ready(cluster.seed_port(), upstream, extra)
 }
 
-/// A client that gives up on a reply after five seconds: a hang is a failure, not a stall.
 fn client(keyward: &Keyward) -> Connection {
-    let client = keyward.client();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    client
+    keyward.impatient_client()
 }
 
 fn keys(prefix: &str, count: usize) -> Vec<String> {

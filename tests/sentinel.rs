@@ -22,20 +22,11 @@ fn keyward_for(sentinels: &SentinelSet, extra: &str) -> Keyward {
         sentinels.master_name()
     );
     // `address` is not read in sentinel mode: a sentinel's port, where no data is.
-    let keyward = Keyward::start_with_upstream(ports[0], &upstream, extra);
-    wait_for(Duration::from_secs(10), "keyward ready", || {
-        keyward.admin_get("/readyz").0 == 200
-    });
-    keyward
+    Keyward::start_ready(ports[0], &upstream, extra)
 }
 
-/// A client that gives up on a reply after five seconds: a hang is a failure, not a stall.
 fn client(keyward: &Keyward) -> Connection {
-    let client = keyward.client();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    client
+    keyward.impatient_client()
 }
 
 fn set(client: &mut Connection, key: &str, value: &str) -> redis::RedisResult<()> {

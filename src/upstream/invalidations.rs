@@ -24,6 +24,7 @@ use crate::net::Stream;
 use crate::resp::request::encode_command;
 use crate::resp::Protocol;
 use crate::upstream::cluster::Cluster;
+use crate::upstream::subscribed::Subscribed;
 use crate::upstream::{
     self, read_frame, Invalidations, TrackingTarget, Upstream, UpstreamSettings,
 };
@@ -32,8 +33,6 @@ use crate::upstream::{
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// The channel Redis publishes redirected invalidations on.
 const CHANNEL: &[u8] = b"__redis__:invalidate";
-/// How often the connection proves it is alive; a `PING` unanswered by the next one ends it.
-const PING_EVERY: Duration = Duration::from_secs(5);
 /// The name the connection shows in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "keyward-invalidations";
 
@@ -193,7 +192,7 @@ async fn listen(
     listener: &impl Listener,
 ) -> String {
     let setup = tokio::time::timeout(settings.connect_timeout, subscribe(settings)).await;
-    let (stream, mut input, id, tracking) = match setup {
+    let (stream, input, id, tracking) = match setup {
         Ok(Ok(subscribed)) => subscribed,
         Ok(Err(error)) => return error,
         Err(_) => return format!("no subscription within {:?}", settings.connect_timeout),
@@ -201,34 +200,12 @@ async fn listen(
     target.set(tracking);
     let address = &settings.address;
     tracing::info!(%address, client_id = id, "cache invalidation connection up");
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    // A connection that silently died (a dropped NAT entry, a crashed host) would otherwise
-    // look up forever while its invalidations go nowhere.
-    let mut ping = tokio::time::interval(PING_EVERY);
-    let mut unanswered_ping = false;
+    let mut subscribed = Subscribed::new(stream, input);
     loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut reader, &mut input, decode) => match frame {
-                Ok(frame) => frame,
-                Err(error) => return error,
-            },
-            _ = ping.tick() => {
-                if unanswered_ping {
-                    return format!("no answer to PING within {PING_EVERY:?}");
-                }
-                let mut out = BytesMut::new();
-                encode_command(&[&b"PING"[..]], &mut out);
-                if let Err(error) = writer.write_all(&out).await {
-                    return error.to_string();
-                }
-                unanswered_ping = true;
-                continue;
-            }
+        let frame = match subscribed.next().await {
+            Ok(frame) => frame,
+            Err(error) => return error,
         };
-        if is_pong(&frame) {
-            unanswered_ping = false;
-            continue;
-        }
         match invalidated_keys(frame) {
             Some(Invalidated::Keys(keys)) => listener.changed(&keys),
             Some(Invalidated::Everything) => listener.everything_changed(),
@@ -344,12 +321,6 @@ fn invalidated_keys(frame: OwnedFrame) -> Option<Invalidated> {
         )),
         _ => None,
     }
-}
-
-/// A subscribed connection answers `PING` with `["pong", ""]`.
-fn is_pong(frame: &OwnedFrame) -> bool {
-    matches!(frame, OwnedFrame::Array(parts)
-        if matches!(parts.first(), Some(OwnedFrame::BulkString(kind)) if kind.eq_ignore_ascii_case(b"pong")))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod routing;
 pub mod sentinel;
 mod settings;
 mod spares;
+mod subscribed;
 pub mod tracking;
 mod write_queue;
 

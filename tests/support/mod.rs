@@ -209,6 +209,16 @@ impl Keyward {
         Keyward::start_with_env(upstream_port, upstream, extra, &[])
     }
 
+    /// Like [`Keyward::start_with_upstream`], returning once `/readyz` says keyward serves
+    /// (in cluster and sentinel mode, once it has learned where to send commands).
+    pub fn start_ready(upstream_port: u16, upstream: &str, extra: &str) -> Keyward {
+        let keyward = Keyward::start_with_upstream(upstream_port, upstream, extra);
+        wait_for(Duration::from_secs(10), "keyward ready", || {
+            keyward.admin_get("/readyz").0 == 200
+        });
+        keyward
+    }
+
     /// Like [`Keyward::start_with_upstream`], with environment variables for the process (set
     /// on the child, never on the test process, whose other threads spawn processes too).
     pub fn start_with_env(
@@ -302,6 +312,16 @@ impl Keyward {
 
     pub fn client(&self) -> redis::Connection {
         self.client_at(&self.url())
+    }
+
+    /// A client that gives up on a reply after five seconds: a hang is a failure, not a
+    /// stall, in tests that break things.
+    pub fn impatient_client(&self) -> redis::Connection {
+        let client = self.client();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout set");
+        client
     }
 
     /// A client speaking RESP3 (`HELLO 3`).

@@ -25,13 +25,13 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use redis_protocol::resp2::decode::decode;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::credentials::Credentials;
-use super::handshake::{self, read_frame};
+use super::handshake;
+use super::subscribed::Subscribed;
 use super::{next_backoff, UpstreamSettings};
 use crate::config::HostPort;
 use crate::metrics;
@@ -41,8 +41,6 @@ use crate::resp::Protocol;
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Asked-for checks come at most this often.
 const CHECK_GAP: Duration = Duration::from_millis(100);
-/// How often a sentinel connection proves it is alive.
-const PING_EVERY: Duration = Duration::from_secs(5);
 /// While no primary is known, keyward asks this often.
 const SEARCH_EVERY: Duration = Duration::from_millis(500);
 
@@ -283,29 +281,12 @@ impl Sentinel {
         if let Err(error) = ask::send(&mut stream, &[b"SUBSCRIBE", b"+switch-master"]).await {
             return error;
         }
-        let mut input = BytesMut::new();
-        // A sentinel that silently went away (a dropped NAT entry, a crashed host) would
-        // otherwise look listened to forever.
-        let mut ping = tokio::time::interval(PING_EVERY);
-        let mut unanswered_ping = false;
+        let mut subscribed = Subscribed::new(stream, BytesMut::new());
         loop {
-            let frame = tokio::select! {
-                frame = read_frame(&mut stream, &mut input, decode) => match frame {
-                    Ok(frame) => frame,
-                    Err(error) => return error,
-                },
-                _ = ping.tick() => {
-                    if unanswered_ping {
-                        return format!("no answer to PING within {PING_EVERY:?}");
-                    }
-                    if let Err(error) = ask::send(&mut stream, &[b"PING"]).await {
-                        return error;
-                    }
-                    unanswered_ping = true;
-                    continue;
-                }
+            let frame = match subscribed.next().await {
+                Ok(frame) => frame,
+                Err(error) => return error,
             };
-            unanswered_ping = false;
             self.listening[index].store(true, Ordering::Relaxed);
             if ask::announces_switch(&frame, &self.master_name) {
                 self.check_soon();
