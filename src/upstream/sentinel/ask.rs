@@ -47,6 +47,9 @@ pub(super) struct Named {
     /// The configuration epoch the sentinel knows it under: the sentinel that names a primary
     /// under the greatest epoch knows of the latest failover.
     pub(super) epoch: u64,
+    /// The sentinel is running a failover of it (`failover_in_progress`): until it ends, it
+    /// names the old primary under the new epoch.
+    pub(super) failing_over: bool,
 }
 
 /// The primary a sentinel names for `master_name` (`SENTINEL MASTER`).
@@ -79,6 +82,9 @@ fn read_master(reply: &OwnedFrame) -> Option<Named> {
     Some(Named {
         primary: HostPort::new(field("ip")?, field("port")?.parse().ok()?),
         epoch: field("config-epoch")?.parse().ok()?,
+        failing_over: field("flags")?
+            .split(',')
+            .any(|flag| flag == "failover_in_progress"),
     })
 }
 
@@ -144,9 +150,18 @@ mod tests {
             read_master(&reply),
             Some(Named {
                 primary: HostPort::new("127.0.0.1", 6381),
-                epoch: 3
+                epoch: 3,
+                failing_over: false,
             })
         );
+        let failing_over = OwnedFrame::Array(
+            ["ip", "127.0.0.1", "port", "6380", "config-epoch", "4"]
+                .into_iter()
+                .chain(["flags", "master,failover_in_progress,force_failover"])
+                .map(bulk)
+                .collect(),
+        );
+        assert!(read_master(&failing_over).is_some_and(|named| named.failing_over));
         assert_eq!(read_master(&OwnedFrame::Array(vec![bulk("name")])), None);
     }
 

@@ -184,8 +184,8 @@ impl Sentinel {
         }
     }
 
-    /// The primary named under the greatest epoch by the sentinels that answer, once it
-    /// says it is one.
+    /// The primary the sentinels that answer name under the greatest epoch, once it says it
+    /// is one.
     async fn find_primary(&self) -> Result<Named, String> {
         let mut asking = JoinSet::new();
         for sentinel in &self.sentinels {
@@ -195,25 +195,22 @@ impl Sentinel {
                 named.map_err(|error| format!("sentinel {}: {error}", sentinel.address))
             });
         }
-        let mut latest: Option<Named> = None;
+        let mut answers: Vec<Named> = Vec::new();
         let mut errors = Vec::new();
         while let Some(answer) = asking.join_next().await {
             match answer
                 .map_err(|error| error.to_string())
                 .and_then(|named| named)
             {
-                Ok(named)
-                    if latest
-                        .as_ref()
-                        .is_none_or(|latest| named.epoch > latest.epoch) =>
-                {
-                    latest = Some(named)
-                }
-                Ok(_) => {}
+                Ok(named) => answers.push(named),
                 Err(error) => errors.push(error),
             }
         }
+        let latest = latest_primary(answers);
         let Some(named) = latest else {
+            if errors.is_empty() {
+                return Err("the sentinels are running a failover".into());
+            }
             return Err(errors.join("; "));
         };
         let settings = UpstreamSettings {
@@ -226,12 +223,13 @@ impl Sentinel {
         }
     }
 
-    /// Makes `named` the primary connections go to, unless an earlier epoch names it; those
-    /// to another end now.
+    /// Makes `named` the primary connections go to, if a later epoch names it than the one
+    /// in use; connections to the one before end now.
     fn adopt(&self, named: Named) {
-        let Named { primary, epoch } = named;
+        let Named { primary, epoch, .. } = named;
         let previous = self.primary();
-        if previous.as_deref() == Some(&primary) || epoch < self.epoch.load(Ordering::Acquire) {
+        let later = epoch > self.epoch.load(Ordering::Acquire);
+        if previous.as_deref() == Some(&primary) || (previous.is_some() && !later) {
             return;
         }
         self.epoch.store(epoch, Ordering::Release);
@@ -292,5 +290,62 @@ impl Sentinel {
                 self.check_soon();
             }
         }
+    }
+}
+
+/// The primary most sentinels name under the greatest epoch, leaving out those running a
+/// failover (they name the old primary under the new epoch until it is over).
+fn latest_primary(answers: Vec<Named>) -> Option<Named> {
+    let settled: Vec<Named> = answers
+        .into_iter()
+        .filter(|named| !named.failing_over)
+        .collect();
+    let epoch = settled.iter().map(|named| named.epoch).max()?;
+    let latest = settled.iter().filter(|named| named.epoch == epoch);
+    latest
+        .clone()
+        .max_by_key(|named| {
+            latest
+                .clone()
+                .filter(|other| other.primary == named.primary)
+                .count()
+        })
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(port: u16, epoch: u64, failing_over: bool) -> Named {
+        Named {
+            primary: HostPort::new("127.0.0.1", port),
+            epoch,
+            failing_over,
+        }
+    }
+
+    #[test]
+    fn the_latest_settled_epoch_names_the_primary() {
+        // The failover's leader names the old primary under the new epoch until it is over.
+        let answers = vec![
+            named(6380, 1, true),
+            named(6381, 1, false),
+            named(6381, 1, false),
+        ];
+        assert_eq!(
+            latest_primary(answers).map(|named| named.primary.port()),
+            Some(6381)
+        );
+        let lagging = vec![
+            named(6380, 0, false),
+            named(6382, 2, false),
+            named(6381, 1, false),
+        ];
+        assert_eq!(
+            latest_primary(lagging).map(|named| named.primary.port()),
+            Some(6382)
+        );
+        assert!(latest_primary(vec![named(6380, 3, true)]).is_none());
     }
 }
