@@ -168,7 +168,8 @@ COMPAT_CLUSTER=1 COMPAT_RESTART="$work/start-keyward-ready" COMPAT_REST_URL="$re
 
 # A primary with two replicas watched by three sentinels, every server in a directory of its
 # own, and keyward in sentinel mode in front of them: the example config, its upstream found
-# through the sentinels. The pass's restart is a failover the sentinels are asked for.
+# through the sentinels. The pass's restart is a failover the sentinels are asked for, and
+# BullMQ's check fails the primary over while its jobs run.
 read -r -a sentinel_set_ports <<<"$(free_ports 6)"
 data_nodes=("${sentinel_set_ports[@]:0:3}")
 sentinels=("${sentinel_set_ports[@]:3:3}")
@@ -237,7 +238,7 @@ SCRIPT
 chmod +x "$work/fail-over"
 "$work/start-keyward-ready" || { echo "keyward did not start:"; tail -n 30 "$work/keyward.log"; exit 1; }
 echo "--- client libraries through keyward in front of Redis Sentinel (a primary, 2 replicas, 3 sentinels; failovers in place of restarts)"
-COMPAT_RESTART="$work/fail-over" COMPAT_REST_URL="$rest_api" \
+COMPAT_RESTART="$work/fail-over" COMPAT_FAILOVER="$work/fail-over" COMPAT_REST_URL="$rest_api" \
   "$here/run.sh" 127.0.0.1 "$keyward_port" || status=1
 if [ "$status" -ne 0 ]; then
   echo "--- keyward log (last 50 lines)"

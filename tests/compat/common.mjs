@@ -28,6 +28,17 @@ export const sameSlot = (group) => (name) => (cluster ? `${prefix}{${group}}${na
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Fails the primary behind keyward over to a replica (COMPAT_FAILOVER, in the pass in front
+ * of Redis Sentinel), when the runner allows it. Unlike a restart, nothing acknowledged is
+ * lost, so a program can keep its work going across it.
+ */
+export function failOver() {
+  if (!process.env.COMPAT_FAILOVER) return false;
+  execSync(process.env.COMPAT_FAILOVER, { stdio: "inherit" });
+  return true;
+}
+
 /** Restarts the target (Redis or keyward) on the same port, when the runner allows it. */
 export function restartTarget() {
   if (!process.env.COMPAT_RESTART) return false;
