@@ -30,8 +30,9 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Fails the primary behind keyward over to a replica (COMPAT_FAILOVER, in the pass in front
- * of Redis Sentinel), when the runner allows it. Unlike a restart, nothing acknowledged is
- * lost, so a program can keep its work going across it.
+ * of Redis Sentinel), when the runner allows it. Unlike a restart, the data stays (but for
+ * writes that reached the old primary in the moment of the switch), so a program can keep its
+ * work going across it.
  */
 export function failOver() {
   if (!process.env.COMPAT_FAILOVER) return false;

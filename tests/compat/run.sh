@@ -2,8 +2,7 @@
 # Runs every compatibility program against HOST:PORT and prints one line per library, then
 # "N passed, M failed". COMPAT_RESTART, if set, is a command that restarts the target on the
 # same port (used for the reconnect flows). COMPAT_FAILOVER, if set, is a command that fails the
-# primary behind the target over to a replica, losing nothing acknowledged (BullMQ's check runs
-# its jobs across one). COMPAT_REST_URL and COMPAT_REST_TOKEN, if set, are
+# primary behind the target over to a replica (BullMQ's check runs its jobs across one). COMPAT_REST_URL and COMPAT_REST_TOKEN, if set, are
 # keyward's REST API and a token for it: the programs using Upstash's SDKs run only then.
 # COMPAT_CLUSTER=1 says the target is keyward in front of a Redis Cluster: the programs then
 # keep the keys that must be together in one hash slot, as a Redis Cluster requires of any
