@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 use support::cluster::RedisCluster;
+use support::node::gets_served;
 use support::{wait_for, Keyward};
 
 /// keyward in front of `cluster`, once it serves every slot.
@@ -1179,4 +1180,121 @@ fn hot_keys_name_the_node_serving_them() {
         &["key=\"hot:{spot}\"", label.as_str()],
     );
     assert!(requests >= 50.0, "{metrics}");
+}
+
+const ROUTES: &str = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\n\
+                      read_from = \"replica\"\nmax_lag = \"2s\"\n";
+
+/// Writes `key` on its primary and waits until its replica has it.
+fn write_replicated(cluster: &RedisCluster, key: &str, value: &str) {
+    let mut owner = cluster.client(cluster.slot_owner(cluster.key_slot(key)));
+    set(&mut owner, key, value);
+    let acknowledged: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut owner)
+        .unwrap();
+    assert_eq!(acknowledged, 1, "{key} reached the replica");
+}
+
+/// The primary the replica at `port` follows, by its own account (`ROLE`).
+fn primary_followed_by(cluster: &RedisCluster, port: u16) -> u16 {
+    let role: (String, String, u16, String, i64) =
+        redis::cmd("ROLE").query(&mut cluster.client(port)).unwrap();
+    role.2
+}
+
+/// Reads a route covers go to a replica of their keys' primary, shard by shard; other reads
+/// never go to a replica.
+#[test]
+fn routed_reads_go_to_the_replica_of_their_slots_primary() {
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, ROUTES);
+    let (routed, others) = (keys("report", 30), keys("unrouted", 30));
+    assert_eq!(primaries_of(cluster, &routed).len(), 3);
+    for key in routed.iter().chain(&others) {
+        write_replicated(cluster, key, key);
+    }
+    let mut reader = client(&keyward);
+    // Each replica, and the primary it follows by its own account.
+    let replicas: Vec<(u16, u16)> = cluster
+        .replicas()
+        .into_iter()
+        .map(|replica| (replica, primary_followed_by(cluster, replica)))
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    // The first routed read of a shard makes keyward ask its primary about its replicas; the
+    // primary serves its reads until it answers.
+    let on_replicas = || -> u64 {
+        replicas
+            .iter()
+            .map(|&(replica, _)| gets_served(replica))
+            .sum()
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the replicas serve routed reads",
+        || {
+            let before = on_replicas();
+            for key in &routed {
+                assert_eq!(get(&mut reader, key).as_deref(), Some(key.as_str()));
+            }
+            on_replicas() - before == routed.len() as u64
+        },
+    );
+    let before: Vec<u64> = replicas
+        .iter()
+        .map(|&(replica, _)| gets_served(replica))
+        .collect();
+    for key in routed.iter().chain(&others) {
+        assert_eq!(get(&mut reader, key).as_deref(), Some(key.as_str()));
+    }
+    for (&(replica, primary), before) in replicas.iter().zip(before) {
+        let owned_by = |key: &&String| cluster.slot_owner(cluster.key_slot(key)) == primary;
+        assert_eq!(
+            gets_served(replica) - before,
+            routed.iter().filter(owned_by).count() as u64,
+            "reads on replica {replica} of {primary}"
+        );
+    }
+    let metrics = keyward.admin_get("/metrics").1;
+    let labels = ["route=\"reports\""];
+    assert!(support::metric_value(&metrics, "keyward_replica_reads_total", &labels) >= 60.0);
+}
+
+/// A routed read whose slot moved since keyward last read the slot map is answered by the
+/// slot's new primary, never with the replica's redirection.
+#[test]
+fn a_routed_read_of_a_slot_that_moved_is_answered_where_it_went() {
+    let cluster = RedisCluster::start();
+    // keyward reads the map only at start: it learns of the move from redirections alone.
+    let upstream = "topology = \"cluster\"\nrefresh_interval = \"1h\"";
+    let keyward = Keyward::start_ready(cluster.seed_port(), upstream, ROUTES);
+    let key = "report:{moving-route}";
+    write_replicated(&cluster, key, "before the move");
+    let mut reader = client(&keyward);
+    let slot = cluster.key_slot(key);
+    let from = cluster.slot_owner(slot);
+    let replica_of_from = cluster
+        .replicas()
+        .into_iter()
+        .find(|&replica| primary_followed_by(&cluster, replica) == from)
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the replica serves routed reads",
+        || {
+            let before = gets_served(replica_of_from);
+            assert_eq!(get(&mut reader, key).as_deref(), Some("before the move"));
+            gets_served(replica_of_from) > before
+        },
+    );
+    cluster.migrate_slot(slot, from, cluster.other_primary(from));
+    let mut direct = cluster.client(replica_of_from);
+    let () = redis::cmd("READONLY").query(&mut direct).unwrap();
+    let redirected = redis::cmd("GET").arg(key).query::<Value>(&mut direct);
+    assert!(redirected.is_err(), "the replica redirects: {redirected:?}");
+    for _ in 0..4 {
+        assert_eq!(get(&mut reader, key).as_deref(), Some("before the move"));
+    }
 }

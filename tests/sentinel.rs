@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
+use support::node::gets_served;
 use support::sentinel::SentinelSet;
 use support::{wait_for, Keyward};
 
@@ -175,19 +176,6 @@ fn without_sentinels_the_last_primary_is_kept() {
 const ROUTES: &str = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\n\
                       read_from = \"replica\"\nmax_lag = \"2s\"\n";
 
-/// `GET`s a node has run, by its own count.
-fn gets_served(sentinels: &SentinelSet, port: u16) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut sentinels.client(port))
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Reads a route covers go to the replicas, taking turns; other reads, and writes, go to the
 /// primary; a session that just wrote reads from the primary.
 #[test]
@@ -210,31 +198,25 @@ fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
         .unwrap();
     assert_eq!(acknowledged, 2);
     let mut reader = client(&keyward);
-    // The first routed read makes keyward ask the primary about its replicas.
+    let replicas = sentinels.replicas();
+    let on_replicas = || -> Vec<u64> { replicas.iter().map(|&port| gets_served(port)).collect() };
+    // The first routed read makes keyward ask the primary about its replicas; the primary
+    // serves routed reads until it answers.
     wait_for(
         Duration::from_secs(10),
         "a replica serves routed reads",
         || {
-            redis::cmd("GET")
-                .arg("report:1")
-                .query::<String>(&mut reader)
-                .is_ok()
+            let before: u64 = on_replicas().iter().sum();
+            assert_eq!(get(&mut reader, "report:1").as_deref(), Some("value"));
+            on_replicas().iter().sum::<u64>() > before
         },
     );
-    let replicas = sentinels.replicas();
-    let on_replicas = |sentinels: &SentinelSet| -> Vec<u64> {
-        replicas
-            .iter()
-            .map(|&port| gets_served(sentinels, port))
-            .collect()
-    };
-    let (primary_before, replicas_before) =
-        (gets_served(&sentinels, primary), on_replicas(&sentinels));
+    let (primary_before, replicas_before) = (gets_served(primary), on_replicas());
     for _ in 0..20 {
         assert_eq!(get(&mut reader, "report:1").as_deref(), Some("value"));
         assert_eq!(get(&mut reader, "other:1").as_deref(), Some("value"));
     }
-    let replicas_after = on_replicas(&sentinels);
+    let replicas_after = on_replicas();
     let served: Vec<u64> = replicas_after
         .iter()
         .zip(&replicas_before)
@@ -249,11 +231,7 @@ fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
         served.iter().all(|&count| count > 0),
         "both replicas take turns: {served:?}"
     );
-    assert_eq!(
-        gets_served(&sentinels, primary) - primary_before,
-        20,
-        "the other reads"
-    );
+    assert_eq!(gets_served(primary) - primary_before, 20, "the other reads");
     let metrics = keyward.admin_get("/metrics").1;
     assert!(
         support::metric_value(
@@ -268,11 +246,11 @@ fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
     );
 
     // The session writes: its reads of the next max_lag go to the primary.
-    let primary_before = gets_served(&sentinels, primary);
+    let primary_before = gets_served(primary);
     set(&mut reader, "report:2", "fresh").unwrap();
     assert_eq!(get(&mut reader, "report:2").as_deref(), Some("fresh"));
     assert_eq!(
-        gets_served(&sentinels, primary) - primary_before,
+        gets_served(primary) - primary_before,
         1,
         "read from the primary"
     );

@@ -103,28 +103,7 @@ async fn handshake(
         None => Stream::Tcp(tcp),
     };
 
-    let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
-    let mut hello = vec![
-        b"HELLO".to_vec(),
-        protocol.version().to_string().into_bytes(),
-    ];
-    if let Some((user, password)) = settings.credentials.login() {
-        hello.push(b"AUTH".to_vec());
-        hello.push(user.to_vec());
-        hello.push(password.to_vec());
-    }
-    commands.push(hello);
-    if db != 0 {
-        commands.push(vec![b"SELECT".to_vec(), db.to_string().into_bytes()]);
-    }
-    if want_facts {
-        commands.push(vec![
-            b"CONFIG".to_vec(),
-            b"GET".to_vec(),
-            b"databases".to_vec(),
-        ]);
-    }
-    commands.extend(setup.iter().cloned());
+    let commands = handshake_commands(settings, protocol, db, setup, want_facts);
 
     let mut out = BytesMut::new();
     for command in &commands {
@@ -185,6 +164,43 @@ async fn handshake(
         client_id,
         facts,
     })
+}
+
+/// What a new connection runs before it serves: `HELLO` (with keyward's login), the database,
+/// `READONLY` on a cluster replica, the facts asked for, then `setup`.
+fn handshake_commands(
+    settings: &UpstreamSettings,
+    protocol: Protocol,
+    db: u32,
+    setup: &[Vec<Vec<u8>>],
+    want_facts: bool,
+) -> Vec<Vec<Vec<u8>>> {
+    let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut hello = vec![
+        b"HELLO".to_vec(),
+        protocol.version().to_string().into_bytes(),
+    ];
+    if let Some((user, password)) = settings.credentials.login() {
+        hello.push(b"AUTH".to_vec());
+        hello.push(user.to_vec());
+        hello.push(password.to_vec());
+    }
+    commands.push(hello);
+    if db != 0 {
+        commands.push(vec![b"SELECT".to_vec(), db.to_string().into_bytes()]);
+    }
+    if settings.reads_replica && settings.cluster.is_some() {
+        commands.push(vec![b"READONLY".to_vec()]);
+    }
+    if want_facts {
+        commands.push(vec![
+            b"CONFIG".to_vec(),
+            b"GET".to_vec(),
+            b"databases".to_vec(),
+        ]);
+    }
+    commands.extend(setup.iter().cloned());
+    commands
 }
 
 fn read_hello(reply: &OwnedFrame, facts: &mut ServerFacts) {

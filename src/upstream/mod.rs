@@ -53,7 +53,8 @@ use crate::resp::Protocol;
 use arc_swap::ArcSwap;
 use cluster::{Cluster, Follower};
 use pooled::run_pooled;
-pub use replicas::{Replica, Replicas};
+pub use replicas::ReplicaPick;
+use replicas::Replicas;
 use sentinel::Sentinel;
 use tokio_util::sync::CancellationToken;
 
@@ -84,8 +85,8 @@ pub struct Upstream {
     pub cluster: Option<Arc<Cluster>>,
     /// In sentinel mode, the primary the sentinels name: connections follow it.
     pub sentinel: Option<Arc<Sentinel>>,
-    /// The primary's replicas, for reads that routes send there.
-    pub replicas: Replicas,
+    /// The primaries' replicas, for reads that routes send there.
+    replicas: Replicas,
     /// `settings.address`, shared for messages (see [`Upstream::address`]).
     configured_address: Arc<HostPort>,
     /// Routers opened so far, so that each spreads keyless commands from another primary.
@@ -251,6 +252,9 @@ impl Upstream {
     ) -> ConnHandle {
         let (handle, batches) = ConnHandle::channel();
         let status = Arc::clone(&handle.status);
+        if let Some(cluster) = &self.cluster {
+            cluster.note_connection(&settings.address, &status);
+        }
         tokio::spawn(run_pooled(
             Arc::clone(self),
             Some(settings),

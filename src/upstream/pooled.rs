@@ -43,7 +43,7 @@ pub(super) async fn run_pooled(
         let connected = match destination {
             Ok((settings, leave)) => {
                 address = settings.address.to_string();
-                handshake::connect(&settings, protocol, db, &[], true)
+                handshake::connect(&settings, protocol, db, &[], !settings.reads_replica)
                     .await
                     .map(|connected| (connected, settings, leave))
             }

@@ -24,6 +24,10 @@ pub struct UpstreamSettings {
     pub cluster: Option<ClusterSettings>,
     /// Set when Sentinel names the primary (`address` is then not used).
     pub sentinel: Option<SentinelSettings>,
+    /// The connection carries reads that routes send to a replica. It asks for no facts (the
+    /// primary's are what clients are told), and in a Redis Cluster it says `READONLY` first,
+    /// or the replica would redirect every command for a key to its primary.
+    pub reads_replica: bool,
 }
 
 /// `[upstream] topology = "sentinel"`: whom to ask for the primary, and by what name.
@@ -79,6 +83,7 @@ impl UpstreamSettings {
                 }),
                 _ => None,
             },
+            reads_replica: false,
         })
     }
 }

@@ -53,3 +53,13 @@ pub fn query<T: FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<
 pub fn command<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
     query(port, args).unwrap_or_else(|err| panic!("{} on {port}: {err}", args.join(" ")))
 }
+
+/// The `GET`s the Redis at `port` has run, by its own count (`INFO commandstats`).
+pub fn gets_served(port: u16) -> u64 {
+    let stats: String = command(port, &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,9 +1,12 @@
 //! `[[route]]`: reads that may go to a replica of the primary, to spread read load.
 //!
 //! A read on a shared connection whose keys all match a route's patterns, with a command the
-//! route names, goes to a replica that is online and at most `max_lag` behind, taking turns
+//! route names, goes to a replica of the primary serving its keys (in a cluster, the primary
+//! of their hash slot) that is online and at most `max_lag` behind, taking turns
 //! (`read_from = "replica"`; with `"replica_preferred"` the primary serves it when no replica
 //! qualifies). Its reply takes its place among the client's replies, whichever answers first.
+//! Until keyward has heard from a primary about its replicas (just after the first routed read
+//! of its keys, or after a failover), the primary serves its reads.
 //!
 //! A session that wrote (anything, on any connection) reads from the primary alone for the
 //! next `max_lag`: a replica may not have its write yet. Writes never go to a replica.
@@ -18,9 +21,10 @@ use super::matcher::RuleMatcher;
 use super::phase::{Decision, Handover, Phase, Subject, Way};
 use super::Policies;
 use crate::command::flags;
-use crate::config::{ReadFrom, RouteRule};
+use crate::config::{HostPort, ReadFrom, RouteRule};
 use crate::resp::reply;
-use crate::upstream::{send_own, ConnHandle, Reply, Upstream};
+use crate::upstream::cluster::key_slot;
+use crate::upstream::{send_own, ConnHandle, ReplicaPick, Reply, Upstream};
 
 /// One `[[route]]` rule, compiled.
 pub struct Route {
@@ -56,6 +60,21 @@ pub struct ToReplica {
     route: Arc<Route>,
 }
 
+impl Routing {
+    /// The primary serving every one of `keys`: in a cluster, only keys of one hash slot have
+    /// one.
+    fn primary_serving<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> Option<HostPort> {
+        let first = keys.next()?;
+        if self.upstream.cluster.is_some() {
+            let slot = key_slot(first);
+            if !keys.all(|key| key_slot(key) == slot) {
+                return None;
+            }
+        }
+        self.upstream.primary_of(first)
+    }
+}
+
 impl Phase for Routing {
     type Session = Writes;
     type Taken = ToReplica;
@@ -86,12 +105,8 @@ impl Phase for Routing {
             }
             return Decision::Pass;
         }
-        // Replicas are reached in database 0; a cluster's replicas are not routed to yet.
-        if subject.way != Way::Shared
-            || subject.db != 0
-            || subject.key_positions.is_empty()
-            || self.upstream.cluster.is_some()
-        {
+        // Replicas are reached in database 0.
+        if subject.way != Way::Shared || subject.db != 0 || subject.key_positions.is_empty() {
             return Decision::Pass;
         }
         let keys = || {
@@ -111,13 +126,21 @@ impl Phase for Routing {
         if route.rule.read_from == ReadFrom::Primary || wrote_lately {
             return Decision::Pass;
         }
-        match self.upstream.replica(max_lag, subject.protocol) {
-            Some(conn) => Decision::Take(ToReplica {
+        // In a cluster, the replicas of the primary serving the keys, if one serves them all
+        // (keys of several slots go the way Redis Cluster has them go).
+        let Some(primary) = self.primary_serving(keys()) else {
+            return Decision::Pass;
+        };
+        match self.upstream.replica(&primary, max_lag, subject.protocol) {
+            ReplicaPick::Replica(conn) => Decision::Take(ToReplica {
                 conn,
                 route: Arc::clone(route),
             }),
-            None if route.rule.read_from == ReadFrom::ReplicaPreferred => Decision::Pass,
-            None => Decision::Answer(reply::error(&format!(
+            ReplicaPick::NotKnownYet => Decision::Pass,
+            ReplicaPick::NoneWithinLag if route.rule.read_from == ReadFrom::ReplicaPreferred => {
+                Decision::Pass
+            }
+            ReplicaPick::NoneWithinLag => Decision::Answer(reply::error(&format!(
                 "ERR keyward: no replica within max_lag {:?} for route {:?}",
                 max_lag,
                 route.rule.name.get_ref()
@@ -128,18 +151,24 @@ impl Phase for Routing {
     fn hand_over(self: &Arc<Self>, taken: ToReplica, handover: Handover<'_>) -> Option<Infallible> {
         taken.route.replica_reads.increment(1);
         let (reply_to, ticket) = (handover.reply_to.clone(), handover.ticket);
-        match send_own(&taken.conn, handover.request, 1, false) {
-            Ok(replies) => {
-                tokio::spawn(async move {
-                    let bytes = replies.all().await.unwrap_or_else(|error| error);
-                    let _ = reply_to.send(Reply::Fetched { ticket, bytes });
-                });
+        let (primary, address) = (handover.conn.clone(), handover.address.clone());
+        let request = handover.request;
+        let asked = send_own(&taken.conn, request.clone(), 1, false);
+        tokio::spawn(async move {
+            let mut bytes = match asked {
+                Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
+                Err(error) => error.reply(&address, 1),
+            };
+            // The slot moved while the replica was chosen: its primary, through the session's
+            // connection, knows where it went.
+            if bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ") {
+                bytes = match send_own(&primary, request, 1, false) {
+                    Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
+                    Err(error) => error.reply(&address, 1),
+                };
             }
-            Err(error) => {
-                let bytes = error.reply(handover.address, 1);
-                let _ = reply_to.send(Reply::Fetched { ticket, bytes });
-            }
-        }
+            let _ = reply_to.send(Reply::Fetched { ticket, bytes });
+        });
         None
     }
 }

@@ -84,7 +84,7 @@ pub struct NodeReport {
     pub address: String,
     /// Empty for a node met through a redirection, until the next refresh.
     pub id: String,
-    /// `primary`, or `replica` (keyward sends nothing to replicas).
+    /// `primary`, or `replica` (keyward sends replicas only the reads `[[route]]` rules send).
     pub role: &'static str,
     /// The slot ranges a primary serves, such as `0-5460,5462`.
     pub slots: String,
@@ -169,11 +169,24 @@ impl Cluster {
         node.cloned().ok_or_else(|| "Hash slot not served".into())
     }
 
+    /// The primary serving `key` now.
+    pub fn primary_of(&self, key: &[u8]) -> Option<HostPort> {
+        let map = self.map.load();
+        let map = map.as_ref()?;
+        let owner = map.owner(key_slot(key))?;
+        Some(map.shards[owner].primary.clone())
+    }
+
     /// The primary serving `key` now, as `host:port`.
     pub fn node_of_key(&self, key: &[u8]) -> Option<String> {
-        let map = self.map()?;
-        let owner = map.owner(key_slot(key))?;
-        Some(map.shards[owner].primary.to_string())
+        self.primary_of(key).map(|primary| primary.to_string())
+    }
+
+    /// Whether the node at `address` serves slots as a primary now.
+    pub fn is_primary(&self, address: &HostPort) -> bool {
+        let map = self.map.load();
+        map.as_ref()
+            .is_some_and(|map| map.shards.iter().any(|shard| &shard.primary == address))
     }
 
     /// The tracking target of the node at `address`.
@@ -238,7 +251,7 @@ impl Cluster {
         }
     }
 
-    /// Notes a router's connection to a node, whose state reports then show.
+    /// Notes a connection to a node, whose state reports then show.
     pub(super) fn note_connection(&self, address: &HostPort, status: &Arc<ConnStatus>) {
         let mut connections = self.connections.lock();
         // Connections whose status nobody else holds any more are closed.

@@ -329,7 +329,6 @@ impl Router {
         let conn = self
             .upstream
             .open_node_connection(settings, tracking, self.protocol);
-        self.cluster.note_connection(address, &conn.status);
         self.links.push(NodeLink {
             address: address.clone(),
             conn,
