@@ -76,7 +76,8 @@ macro_rules! phase_list {
                 false $(|| self.$field.active(policies, way))+
             }
 
-            /// Takes the request through the phases, in order, from the one that held it.
+            /// Takes the request through the phases that have anything to do with it, in
+            /// order, from the one that held it.
             #[inline(always)]
             pub fn decide(
                 &self,
@@ -89,7 +90,7 @@ macro_rules! phase_list {
                 }
                 let mut index = 0;
                 $(
-                    if index >= states.resume {
+                    if index >= states.resume && self.$field.active(policies, subject.way) {
                         let decision = self.$field.decide(policies, &mut states.$field, subject);
                         match decision {
                             Decision::Pass => {}
