@@ -17,6 +17,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --policies            # keyward with and without policy rules
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
+    python3 benches/load.py --remote              # the same behind a relay adding 0.5 / 2 ms
+                                                  # round trips, as a Redis across a network
     python3 benches/load.py --locks               # 50 clients contending for one lock
     python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
     python3 benches/load.py --instructions        # keyward's instructions per request, per policy
@@ -268,11 +270,24 @@ def bench_tool(name):
     raise RuntimeError(f"{name} was not built")
 
 
-def zipf_run(tool, port, pipeline, seconds):
-    out = subprocess.run(pinned(1, [tool, "--port", str(port), "--keys", str(ZIPF_KEYS), "--clients",
-                                     str(CLIENTS), "--pipeline", str(pipeline), "--seconds", str(seconds)]),
+def zipf_measure(tool, port, pipeline, seconds, keys=ZIPF_KEYS, exponent=1.0, clients=CLIENTS):
+    """One zipf_get run: its requests/s and round-trip latencies (p50_us, p99_us)."""
+    out = subprocess.run(pinned(1, [tool, "--port", str(port), "--keys", str(keys), "--exponent",
+                                     str(exponent), "--clients", str(clients), "--pipeline", str(pipeline),
+                                     "--seconds", str(seconds)]),
                          capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
-    return float(out.split("rps=")[1].split()[0])
+    return {name: float(value) for name, value in (pair.split("=") for pair in out.split())}
+
+
+def zipf_run(tool, port, pipeline, seconds):
+    return zipf_measure(tool, port, pipeline, seconds)["rps"]
+
+
+def cache_counts(port):
+    """keyward's cache hits and misses so far."""
+    stats = subprocess.run(["redis-cli", "-p", str(port), "KEYWARD", "CACHE", "STATS"],
+                           capture_output=True, text=True, check=True).stdout
+    return float(stats.split("hits=")[1].split()[0]), float(stats.split("misses=")[1].split()[0])
 
 
 def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
@@ -289,10 +304,7 @@ def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
             for target, port in targets:
                 results[(scenario, target)].append(zipf_run(tool, port, pipeline, seconds))
         print(f"round {round_number + 1}/{rounds} done", flush=True)
-    stats = subprocess.run(["redis-cli", "-p", str(cached_port), "KEYWARD", "CACHE", "STATS"],
-                           capture_output=True, text=True, check=True).stdout
-    hits = float(stats.split("hits=")[1].split()[0])
-    misses = float(stats.split("misses=")[1].split()[0])
+    hits, misses = cache_counts(cached_port)
     print()
     print(f"Zipf(1.0) GETs over {ZIPF_KEYS:,} keys, {VALUE_BYTES}-byte values, {CLIENTS} clients, "
           f"{seconds} s per run, {rounds} rounds, medians in requests/s; cache hit ratio "
@@ -303,6 +315,58 @@ def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
         direct, plain, cached = (statistics.median(results[(scenario, t)]) for t, _ in targets)
         print(f"| {scenario} | {direct:,.0f} | {plain:,.0f} | {cached:,.0f} | {cached / direct:.2f} | "
               f"{cached / plain:.2f} |")
+
+
+# Round trips that the delay relay adds between the clients or keyward and Redis (--remote).
+REMOTE_RTTS_US = [500, 2000]
+REMOTE_CLIENTS = [10, 50]
+# The keys read: Zipf(1.0) over all of them, or evenly over a hot set (exponent 0).
+REMOTE_KEY_SETS = [("Zipf over 100,000 keys", ZIPF_KEYS, 1.0), ("hot set of 1,000 keys", 1_000, 0.0)]
+
+
+def remote_benchmark(redis_port, start, start_keyward, seconds):
+    """Redis behind a relay that delays each direction (pinned beside Redis on cpu0): GETs
+    straight through the relay, through keyward in front of it, and through keyward with a
+    cache rule, at each round trip, key set and client count. Each target runs the load once
+    to warm up (the cache fills), then once measured."""
+    zipf = bench_tool("zipf_get")
+    relay = bench_tool("delay_relay")
+    subprocess.run([zipf, "--port", str(redis_port), "--keys", str(ZIPF_KEYS), "--populate"], check=True)
+    rows = []
+    for rtt in REMOTE_RTTS_US:
+        relay_port = free_port()
+        start(pinned(0, [relay, "--listen", str(relay_port), "--to", str(redis_port), "--rtt-us", str(rtt)]))
+        wait_port(relay_port, "delay relay")
+        plain_port, cached_port = free_port(), free_port()
+        start_keyward(f"keyward-remote-{rtt}", plain_port, free_port(), upstream_port=relay_port)
+        start_keyward(f"keyward-remote-cache-{rtt}", cached_port, free_port(), CACHE_RULE,
+                      upstream_port=relay_port)
+        time.sleep(0.5)
+        targets = [("direct", relay_port), ("keyward", plain_port), ("keyward + cache", cached_port)]
+        for key_set, keys, exponent in REMOTE_KEY_SETS:
+            for clients in REMOTE_CLIENTS:
+                cell = {}
+                for target, port in targets:
+                    zipf_measure(zipf, port, 1, 1, keys, exponent, clients)
+                    counts = cache_counts(port) if target == "keyward + cache" else None
+                    cell[target] = zipf_measure(zipf, port, 1, seconds, keys, exponent, clients)
+                    if counts:
+                        hits, misses = (after - before for after, before in zip(cache_counts(port), counts))
+                        cell[target]["hit_ratio"] = hits / max(hits + misses, 1)
+                rows.append((rtt, key_set, clients, cell))
+                print(f"{rtt} us, {key_set}, {clients} clients done", flush=True)
+    print()
+    print(f"GETs of {VALUE_BYTES}-byte values, no pipelining, Redis behind a relay adding the round trip "
+          f"(rtt); {seconds} s per measured run; requests/s and round-trip latency p50/p99 in µs")
+    print("| rtt | keys | clients | direct rps | keyward rps | cached rps | cached/direct | "
+          "direct p50/p99 | keyward p50/p99 | cached p50/p99 | hit ratio |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rtt, key_set, clients, cell in rows:
+        direct, plain, cached = cell["direct"], cell["keyward"], cell["keyward + cache"]
+        latency = lambda run: f"{run['p50_us']:,.0f} / {run['p99_us']:,.0f}"
+        print(f"| {rtt / 1000:g} ms | {key_set} | {clients} | {direct['rps']:,.0f} | {plain['rps']:,.0f} | "
+              f"{cached['rps']:,.0f} | {cached['rps'] / direct['rps']:.1f} | {latency(direct)} | "
+              f"{latency(plain)} | {latency(cached)} | {cached['hit_ratio']:.3f} |")
 
 
 LOCK_RULE = """
@@ -490,6 +554,9 @@ def main():
     parser.add_argument("--cache", action="store_true",
                         help="Zipf-distributed GETs over 100,000 keys: Redis direct, keyward, and "
                              "keyward with a cache rule")
+    parser.add_argument("--remote", action="store_true",
+                        help="Redis behind a relay that adds 0.5 ms or 2 ms round trips: GETs direct, "
+                             "through keyward, and through keyward with a cache rule")
     parser.add_argument("--locks", action="store_true",
                         help="50 clients contending for one lock: Redis direct and keyward with a "
                              "lock rule")
@@ -552,6 +619,8 @@ def main():
             return lock_benchmark(redis_port, start_keyward, options.rounds, 2 if options.quick else 5)
         if options.rest:
             return rest_benchmark(start_keyward, options.rounds, 2 if options.quick else 5)
+        if options.remote:
+            return remote_benchmark(redis_port, start, start_keyward, 2 if options.quick else 5)
         if options.cache:
             seconds = 2 if options.quick else 5
             return cache_benchmark(redis_port, keyward_port, start_keyward, options.rounds, seconds)

@@ -5,7 +5,8 @@
 //!     cargo bench --bench zipf_get -- --port <redis port> --keys 100000 --populate
 //!     cargo bench --bench zipf_get -- --port <keyward port> --keys 100000 --seconds 10
 //!
-//! Prints one line: `requests=<n> seconds=<s> rps=<n>`.
+//! Prints one line: `requests=<n> seconds=<s> rps=<n> p50_us=<n> p99_us=<n>`, the latencies
+//! being those of each round trip (one request, or one pipeline of them).
 
 #[path = "support/connection.rs"]
 #[allow(dead_code)]
@@ -90,7 +91,7 @@ async fn client(
     cumulative: &'static [f64],
     seed: u64,
     until: Instant,
-) -> u64 {
+) -> (u64, Vec<u32>) {
     let mut connection = Connection::open(options.port).await;
     let mut zipf = Zipf {
         cumulative,
@@ -98,7 +99,12 @@ async fn client(
     };
     let mut out = Vec::new();
     let mut requests = 0;
-    while Instant::now() < until {
+    let mut latencies_us = Vec::new();
+    loop {
+        let sent = Instant::now();
+        if sent >= until {
+            break;
+        }
         out.clear();
         for _ in 0..options.pipeline {
             out.extend_from_slice(&gets[zipf.next()]);
@@ -106,8 +112,15 @@ async fn client(
         connection.send(&out).await;
         connection.replies(options.pipeline).await;
         requests += options.pipeline as u64;
+        latencies_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
     }
-    requests
+    (requests, latencies_us)
+}
+
+/// The latency below which `share` of the round trips fell.
+fn percentile(sorted: &[u32], share: f64) -> u32 {
+    let at = ((sorted.len() as f64 * share) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(at).copied().unwrap_or(0)
 }
 
 async fn populate(options: &Options) {
@@ -137,13 +150,19 @@ fn main() {
             .map(|index| tokio::spawn(client(options, gets, cumulative, index as u64 + 1, until)))
             .collect();
         let mut requests = 0;
+        let mut latencies_us = Vec::new();
         for client in clients {
-            requests += client.await.expect("a client task");
+            let (made, latencies) = client.await.expect("a client task");
+            requests += made;
+            latencies_us.extend(latencies);
         }
         let seconds = started.elapsed().as_secs_f64();
+        latencies_us.sort_unstable();
         println!(
-            "requests={requests} seconds={seconds:.2} rps={:.0}",
-            requests as f64 / seconds
+            "requests={requests} seconds={seconds:.2} rps={:.0} p50_us={} p99_us={}",
+            requests as f64 / seconds,
+            percentile(&latencies_us, 0.5),
+            percentile(&latencies_us, 0.99),
         );
     });
 }
