@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Load benchmark: Redis direct, keyward and twemproxy in one interleaved run.
+"""Load benchmark: Redis direct, keyward, twemproxy and (given its binary) Predixy in one
+interleaved run.
 
-Starts a private redis-server (pinned to cpu0), keyward and twemproxy (pinned to cpu1, where
+Starts a private redis-server (pinned to cpu0), keyward and the peers (pinned to cpu1, where
 redis-benchmark also runs) on free loopback ports, then runs every scenario against every
 target, target after target, for a number of rounds, and prints per-scenario medians, the
-ratios keyward/direct and keyward/twemproxy, keyward's CPU seconds per million requests and
-its memory. Absolute numbers on a shared machine are noise; the ratios are the result.
+ratios of keyward to direct and to each peer, each proxy's CPU seconds per million requests
+(from /proc) and keyward's memory. Absolute numbers on a shared machine are noise; the ratios are the result.
 
 A second redis-server pinned to cpu1 is measured too: a server answering every client on the
 CPU that the proxies share with redis-benchmark. Unpipelined, where a read and a write per
@@ -21,6 +22,7 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
                                                   # round trips, as a Redis across a network
     python3 benches/load.py --locks               # 50 clients contending for one lock
     python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
+    python3 benches/load.py --predixy PATH        # the same with Predixy as a peer too
     python3 benches/load.py --instructions        # keyward's instructions per request, per policy
     python3 benches/load.py --cluster             # keyward before a Redis Cluster, against
                                                   # redis-benchmark --cluster straight to it
@@ -317,6 +319,23 @@ def cache_benchmark(redis_port, keyward_port, start_keyward, rounds, seconds):
               f"{cached / plain:.2f} |")
 
 
+# Predixy with one worker thread in front of the one Redis (its README's standalone pool).
+PREDIXY_CONFIG = """Bind 127.0.0.1:{port}
+WorkerThreads 1
+ClientTimeout 300
+Authority {{
+    Auth {{
+        Mode write
+    }}
+}}
+StandaloneServerPool {{
+    RefreshMethod fixed
+    Group g {{
+        + 127.0.0.1:{redis_port}
+    }}
+}}
+"""
+
 # Round trips that the delay relay adds between the clients or keyward and Redis (--remote).
 REMOTE_RTTS_US = [500, 2000]
 REMOTE_CLIENTS = [10, 50]
@@ -568,6 +587,9 @@ def main():
                         help="count keyward's instructions per request under callgrind, without "
                              "policies, with each policy variant of --policies, and with hot keys "
                              "over one window of an hour (no stage flush in the run)")
+    parser.add_argument("--predixy", metavar="PATH",
+                        help="a Predixy binary (../shared/peers/build-predixy.sh builds one): run it "
+                             "as a peer beside twemproxy, with one worker thread")
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
@@ -629,8 +651,17 @@ def main():
             f.write(f"alpha:\n  listen: 127.0.0.1:{twem_port}\n  hash: fnv1a_64\n  distribution: ketama\n"
                     f"  redis: true\n  server_connections: 1\n  servers:\n   - 127.0.0.1:{redis_port}:1\n")
         nutcracker = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
-        start(pinned(1, [nutcracker, "-c", twem_config, "-o", os.path.join(work, "nutcracker.log")]))
+        twemproxy = start(pinned(1, [nutcracker, "-c", twem_config, "-o", os.path.join(work, "nutcracker.log")]))
         wait_port(twem_port, "twemproxy")
+        # Each proxy's process, for its CPU time per request.
+        proxies = {"keyward": keyward, "twemproxy": twemproxy}
+        if options.predixy and not options.policies:
+            predixy_port = free_port()
+            predixy_config = os.path.join(work, "predixy.conf")
+            with open(predixy_config, "w") as f:
+                f.write(PREDIXY_CONFIG.format(port=predixy_port, redis_port=redis_port))
+            proxies["Predixy"] = start(pinned(1, [options.predixy, predixy_config]))
+            wait_port(predixy_port, "Predixy")
 
         time.sleep(0.5)
         idle_rss = rss_kib(keyward.pid)
@@ -643,8 +674,10 @@ def main():
             shared_cpu_port = free_port()
             start_redis(1, shared_cpu_port)
             preload(shared_cpu_port)
-            targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port),
-                       ("Redis on cpu1", shared_cpu_port)]
+            targets = [("direct", redis_port), ("keyward", keyward_port), ("twemproxy", twem_port)]
+            if "Predixy" in proxies:
+                targets.append(("Predixy", predixy_port))
+            targets.append(("Redis on cpu1", shared_cpu_port))
         else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
             for number, (name, extra) in enumerate(POLICY_VARIANTS[1:]):
@@ -653,17 +686,19 @@ def main():
                 targets.append((name, port))
             scenarios = SCENARIOS[:4]
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
-        cpu_per_million = {s[0]: [] for s in scenarios}
+        cpu_per_million = {(s[0], proxy): [] for s in scenarios for proxy in proxies}
         started = time.time()
         for round_number in range(options.rounds):
             for name, args, multiplier in scenarios:
                 requests = options.requests * multiplier
                 for target, port in targets:
-                    before = cpu_seconds(keyward.pid)
+                    process = proxies.get(target)
+                    before = process and cpu_seconds(process.pid)
                     rps = benchmark(port, args, requests)
                     results[(name, target)].append(rps)
-                    if target == "keyward":
-                        cpu_per_million[name].append((cpu_seconds(keyward.pid) - before) / requests * 1e6)
+                    if process:
+                        used = cpu_seconds(process.pid) - before
+                        cpu_per_million[(name, target)].append(used / requests * 1e6)
             print(f"round {round_number + 1}/{options.rounds} done ({time.time() - started:.0f}s)", flush=True)
         loaded_rss = rss_kib(keyward.pid)
         if options.policies:
@@ -679,14 +714,20 @@ def main():
         print()
         print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
               f"{options.rounds} rounds, medians in requests/s")
-        print("| scenario | direct | keyward | twemproxy | Redis on cpu1 | keyward/direct | "
-              "keyward/twemproxy | (Redis on cpu1)/direct | keyward CPU s per 1M requests |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        names = [target for target, _ in targets]
+        peers = [name for name in proxies if name != "keyward"]
+        print("| scenario | " + " | ".join(names) + " | keyward/direct | "
+              + " | ".join(f"keyward/{peer}" for peer in peers) + " | (Redis on cpu1)/direct | "
+              + " | ".join(f"{proxy} CPU s per 1M requests" for proxy in proxies) + " |")
+        print("|" + " --- |" + " ---: |" * (len(names) + len(peers) + 2 + len(proxies)))
         for name, _, _ in SCENARIOS:
-            direct, ours, twem, shared = (statistics.median(results[(name, t)]) for t, _ in targets)
-            print(f"| {name} | {direct:,.0f} | {ours:,.0f} | {twem:,.0f} | {shared:,.0f} | "
-                  f"{ours / direct:.2f} | {ours / twem:.2f} | {shared / direct:.2f} | "
-                  f"{statistics.median(cpu_per_million[name]):.2f} |")
+            rps = {target: statistics.median(results[(name, target)]) for target in names}
+            cpu = [statistics.median(cpu_per_million[(name, proxy)]) for proxy in proxies]
+            print(f"| {name} | " + " | ".join(f"{rps[target]:,.0f}" for target in names)
+                  + f" | {rps['keyward'] / rps['direct']:.2f} | "
+                  + " | ".join(f"{rps['keyward'] / rps[peer]:.2f}" for peer in peers)
+                  + f" | {rps['Redis on cpu1'] / rps['direct']:.2f} | "
+                  + " | ".join(f"{seconds:.2f}" for seconds in cpu) + " |")
         print()
         print(f"keyward RSS: idle {idle_rss / 1024:.1f} MiB, after load {loaded_rss / 1024:.1f} MiB, "
               f"{per_connection / 1024:.1f} KiB per idle client connection ({IDLE_CONNECTIONS:,} measured)")
