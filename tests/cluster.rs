@@ -1289,11 +1289,29 @@ fn a_routed_read_of_a_slot_that_moved_is_answered_where_it_went() {
             gets_served(replica_of_from) > before
         },
     );
-    cluster.migrate_slot(slot, from, cluster.other_primary(from));
-    let mut direct = cluster.client(replica_of_from);
-    let () = redis::cmd("READONLY").query(&mut direct).unwrap();
-    let redirected = redis::cmd("GET").arg(key).query::<Value>(&mut direct);
+    let to = cluster.other_primary(from);
+    cluster.migrate_slot(slot, from, to);
+    let read_on_replica = |replica: u16| {
+        let mut direct = cluster.client(replica);
+        let () = redis::cmd("READONLY").query(&mut direct).unwrap();
+        redis::cmd("GET")
+            .arg(key)
+            .query::<Option<String>>(&mut direct)
+    };
+    let redirected = read_on_replica(replica_of_from);
     assert!(redirected.is_err(), "the replica redirects: {redirected:?}");
+    // Once keyward knows where the slot went, reads go to the new primary's replica, which
+    // copies the moved key in its own time: the reads below wait for it.
+    let replica_of_to = cluster
+        .replicas()
+        .into_iter()
+        .find(|&replica| primary_followed_by(&cluster, replica) == to)
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the key on the new replica",
+        || read_on_replica(replica_of_to).is_ok_and(|value| value.is_some()),
+    );
     for _ in 0..4 {
         assert_eq!(get(&mut reader, key).as_deref(), Some("before the move"));
     }
