@@ -4,14 +4,18 @@
 //!
 //!     cargo bench --bench delay_relay -- --listen <port> --to <redis port> --rtt-us 2000
 //!
-//! Every chunk read from one side reaches the other half a round trip after it was read: one
-//! thread per direction reads, another writes each chunk when it is due. Threads sleep with the
-//! kernel's timer slack (about 50 µs), so a round trip through the relay takes `rtt` plus up
-//! to a tenth of a millisecond; `load.py` reports what the direct clients measured through it.
+//! Every chunk read from one side reaches the other half a round trip after it was read. One
+//! thread per connection and direction reads; one thread writes every chunk of every
+//! connection when it is due. The delay is the same for all, so chunks fall due in the order
+//! they were read, and one queue in that order serves them all: the writer sleeps only until
+//! the oldest chunk is due, and writes a burst of due chunks without sleeping in between.
+//! Sleeps have the kernel's timer slack (about 50 µs), so a round trip through the relay takes
+//! `rtt` plus up to a tenth of a millisecond; `load.py` reports what the direct clients
+//! measured through it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +41,8 @@ fn main() {
     let options = Options::parse();
     let one_way = Duration::from_micros(options.rtt_us / 2);
     let listener = TcpListener::bind(("127.0.0.1", options.listen)).expect("the listening port");
+    let (chunks, due) = mpsc::channel::<Chunk>();
+    thread::spawn(move || write_when_due(due));
     for client in listener.incoming() {
         let Ok(client) = client else {
             continue;
@@ -50,35 +56,52 @@ fn main() {
         for stream in [&client, &server] {
             let _ = stream.set_nodelay(true);
         }
-        carry(client, server_side, one_way);
-        carry(server, client_side, one_way);
+        carry(client, Arc::new(server_side), one_way, chunks.clone());
+        carry(server, Arc::new(client_side), one_way, chunks.clone());
     }
 }
 
-/// Carries what `from` sends to `to`, each chunk `delay` after it was read, until `from`
-/// closes; then closes `to`'s sending side, once what was read has been written.
-fn carry(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
-    let (chunks, due) = mpsc::channel::<(Instant, Vec<u8>)>();
+/// Bytes on their way to `to`, due at `at`; no bytes: `from` closed, and `to`'s sending side
+/// closes once what came before is written.
+struct Chunk {
+    at: Instant,
+    bytes: Vec<u8>,
+    to: Arc<TcpStream>,
+}
+
+/// Reads what `from` sends, for the writer to pass to `to` `delay` later, until `from` closes.
+fn carry(mut from: TcpStream, to: Arc<TcpStream>, delay: Duration, chunks: mpsc::Sender<Chunk>) {
     thread::spawn(move || {
         let mut buffer = vec![0; 64 * 1024];
-        while let Ok(read @ 1..) = from.read(&mut buffer) {
-            if chunks
-                .send((Instant::now() + delay, buffer[..read].to_vec()))
-                .is_err()
-            {
-                break;
+        loop {
+            // An error ends the direction as a close does.
+            let read = from.read(&mut buffer).unwrap_or_default();
+            let chunk = Chunk {
+                at: Instant::now() + delay,
+                bytes: buffer[..read].to_vec(),
+                to: Arc::clone(&to),
+            };
+            if chunks.send(chunk).is_err() || read == 0 {
+                return;
             }
         }
     });
-    thread::spawn(move || {
-        for (at, chunk) in due {
-            if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            if to.write_all(&chunk).is_err() {
-                break;
-            }
+}
+
+/// Writes every chunk when it is due, in the order read.
+fn write_when_due(due: mpsc::Receiver<Chunk>) {
+    for chunk in due {
+        if let Some(wait) = chunk.at.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
         }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+        let written = if chunk.bytes.is_empty() {
+            chunk.to.shutdown(Shutdown::Write)
+        } else {
+            (&*chunk.to).write_all(&chunk.bytes)
+        };
+        if written.is_err() {
+            // The other side is gone; its reader ends the connection's other direction.
+            let _ = chunk.to.shutdown(Shutdown::Both);
+        }
+    }
 }
