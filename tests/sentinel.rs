@@ -173,6 +173,45 @@ fn without_sentinels_the_last_primary_is_kept() {
     );
 }
 
+/// An operator switches the primary by hand and has the sentinels monitor the new one anew
+/// (`SENTINEL REMOVE`, then `MONITOR`), which starts its epoch again from 0 and announces no
+/// switch. The old primary's `-READONLY` makes keyward ask the sentinels, and it moves, since
+/// the primary it used says it is one no more.
+#[test]
+fn a_primary_monitored_anew_is_followed_once_the_old_one_steps_down() {
+    let sentinels = SentinelSet::start("anew");
+    let keyward = keyward_for(&sentinels, "");
+    set(&mut client(&keyward), "before", "switch").unwrap();
+    let old = sentinels.primary();
+    let replicas = sentinels.replicas();
+    let new = replicas[0];
+    let run = |port: u16, args: &[&str]| {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<redis::Value>(&mut sentinels.client(port))
+            .unwrap_or_else(|err| panic!("{args:?} on {port}: {err}"));
+    };
+    run(new, &["REPLICAOF", "NO", "ONE"]);
+    let new_port = new.to_string();
+    for port in [old, replicas[1]] {
+        run(port, &["REPLICAOF", "127.0.0.1", &new_port]);
+    }
+    for sentinel in sentinels.sentinel_ports() {
+        run(sentinel, &["SENTINEL", "REMOVE", "anew"]);
+        run(
+            sentinel,
+            &["SENTINEL", "MONITOR", "anew", "127.0.0.1", &new_port, "2"],
+        );
+    }
+    assert_eq!(sentinels.primary(), new);
+    write_until_on(&keyward, &sentinels, new);
+    let info = keyward_info(&mut client(&keyward));
+    assert!(
+        info.contains(&format!("sentinel_primary:127.0.0.1:{new}\r\n")),
+        "{info}"
+    );
+}
+
 const ROUTES: &str = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\n\
                       read_from = \"replica\"\nmax_lag = \"2s\"\n";
 

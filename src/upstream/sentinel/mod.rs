@@ -3,7 +3,8 @@
 //! keyward asks every sentinel which node is the primary (`SENTINEL MASTER`), believes the
 //! one that knows it under the greatest configuration epoch (a sentinel may lag a failover,
 //! and the old primary may still say it is one until the sentinels demote it), and checks the
-//! answer with `ROLE` on that node. It never goes back to an older epoch's primary. It
+//! answer with `ROLE` on that node. It never goes back to an older epoch's primary while the
+//! one in use still says it is the primary (sentinels monitoring anew start from epoch 0). It
 //! listens for `+switch-master` on every sentinel it can reach, which makes it ask at once,
 //! and asks again every [`CHECK_EVERY`], and whenever a connection finds its node no longer
 //! the primary (`-READONLY`) or unreachable.
@@ -163,7 +164,8 @@ impl Sentinel {
         loop {
             match self.find_primary().await {
                 Ok(named) => {
-                    self.adopt(named);
+                    let stepped_down = self.primary_stepped_down(&named).await;
+                    self.adopt(named, stepped_down);
                     *self.last_error.lock() = None;
                 }
                 Err(error) => {
@@ -223,13 +225,32 @@ impl Sentinel {
         }
     }
 
+    /// Whether the primary in use, when the sentinels name another under no later epoch, no
+    /// longer says it is one. Sentinels told to monitor a primary anew (`SENTINEL REMOVE`,
+    /// then `MONITOR`, after a switch made by hand) start again from epoch 0.
+    async fn primary_stepped_down(&self, named: &Named) -> bool {
+        let Some(current) = self.primary() else {
+            return false;
+        };
+        let later = named.epoch > self.epoch.load(Ordering::Acquire);
+        if *current == named.primary || later {
+            return false;
+        }
+        let settings = UpstreamSettings {
+            address: HostPort::clone(&current),
+            ..self.settings.clone()
+        };
+        ask::is_primary(&settings).await.is_err()
+    }
+
     /// Makes `named` the primary connections go to, if a later epoch names it than the one
-    /// in use; connections to the one before end now.
-    fn adopt(&self, named: Named) {
+    /// in use, or the one in use stepped down; connections to the one before end now.
+    fn adopt(&self, named: Named, stepped_down: bool) {
         let Named { primary, epoch, .. } = named;
         let previous = self.primary();
         let later = epoch > self.epoch.load(Ordering::Acquire);
-        if previous.as_deref() == Some(&primary) || (previous.is_some() && !later) {
+        if previous.as_deref() == Some(&primary) || (previous.is_some() && !later && !stepped_down)
+        {
             return;
         }
         self.epoch.store(epoch, Ordering::Release);
