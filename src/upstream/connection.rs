@@ -65,6 +65,10 @@ pub enum Reply {
     /// The reply to a read that a cache fill made on the session's behalf (it may have been
     /// another session's read of the same thing), for the session's request `ticket`.
     Fetched { ticket: u64, bytes: Bytes },
+    /// Not from Redis: the session must stop (keyward shuts down, or `CLIENT KILL` named it).
+    /// It comes by the channel the session waits on anyway, so that waiting for it costs the
+    /// session nothing.
+    Stop,
 }
 
 pub type ReplySender = mpsc::UnboundedSender<Reply>;

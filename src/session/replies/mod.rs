@@ -48,6 +48,8 @@ pub enum AfterReply {
     Continue,
     /// The dedicated connection is gone: close the client as Redis would have.
     CloseClient,
+    /// keyward stops the session ([`Reply::Stop`]).
+    Stop,
 }
 
 #[derive(Default)]
@@ -207,6 +209,7 @@ impl ReplyQueue {
                 return AfterReply::CloseClient;
             }
             Reply::Fetched { ticket, bytes } => self.fetched(ticket, bytes, output),
+            Reply::Stop => return AfterReply::Stop,
         }
         AfterReply::Continue
     }

@@ -250,7 +250,9 @@ impl Subscriptions {
             Some(
                 Reply::Frames { bytes, .. } | Reply::Push(bytes) | Reply::Fetched { bytes, .. },
             ) => bytes,
-            Some(Reply::Failed { .. } | Reply::Closed { .. }) | None => return Some(None),
+            Some(Reply::Failed { .. } | Reply::Closed { .. } | Reply::Stop) | None => {
+                return Some(None)
+            }
         };
         let mut passed = BytesMut::new();
         let mut left = false;

@@ -412,7 +412,7 @@ impl Router {
                     }
                 }
             }
-            Reply::Push(_) | Reply::Closed { .. } | Reply::Fetched { .. } => {}
+            Reply::Push(_) | Reply::Closed { .. } | Reply::Fetched { .. } | Reply::Stop => {}
         }
         self.deliveries.deliver();
     }
