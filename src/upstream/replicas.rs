@@ -86,15 +86,6 @@ impl Replicas {
 }
 
 impl Upstream {
-    /// The primary that serves `key`: the slot's in cluster mode, else the one keyward
-    /// forwards to.
-    pub fn primary_of(&self, key: &[u8]) -> Option<HostPort> {
-        match &self.cluster {
-            Some(cluster) => cluster.primary_of(key),
-            None => Some(HostPort::clone(&self.address())),
-        }
-    }
-
     /// A replica of `primary` that is online and at most `max_lag` behind, taking turns.
     pub fn replica(
         self: &Arc<Self>,
@@ -119,9 +110,8 @@ impl Upstream {
             .entry((replica.address.clone(), protocol))
             .or_insert_with(|| {
                 let settings = UpstreamSettings {
-                    address: replica.address.clone(),
                     reads_replica: true,
-                    ..self.settings().clone()
+                    ..self.settings().at(&replica.address)
                 };
                 self.open_node_connection(settings, Arc::default(), protocol)
             });

@@ -89,6 +89,15 @@ impl UpstreamSettings {
 }
 
 impl UpstreamSettings {
+    /// These settings for the node at `address`: a cluster's node, the primary Sentinel
+    /// names, a replica.
+    pub fn at(&self, address: &HostPort) -> UpstreamSettings {
+        UpstreamSettings {
+            address: address.clone(),
+            ..self.clone()
+        }
+    }
+
     /// These settings with a client's own user and password in place of keyward's.
     pub fn as_client(&self, login: &Login) -> UpstreamSettings {
         UpstreamSettings {

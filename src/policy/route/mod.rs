@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use metrics::{counter, Counter};
 
 use super::matcher::RuleMatcher;
@@ -65,13 +66,14 @@ impl Routing {
     /// one.
     fn primary_serving<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> Option<HostPort> {
         let first = keys.next()?;
-        if self.upstream.cluster.is_some() {
-            let slot = key_slot(first);
-            if !keys.all(|key| key_slot(key) == slot) {
-                return None;
-            }
+        let Some(cluster) = &self.upstream.cluster else {
+            return Some(HostPort::clone(&self.upstream.address()));
+        };
+        let slot = key_slot(first);
+        if !keys.all(|key| key_slot(key) == slot) {
+            return None;
         }
-        self.upstream.primary_of(first)
+        cluster.primary_of_slot(slot)
     }
 }
 
@@ -153,22 +155,23 @@ impl Phase for Routing {
         let (reply_to, ticket) = (handover.reply_to.clone(), handover.ticket);
         let (primary, address) = (handover.conn.clone(), handover.address.clone());
         let request = handover.request;
-        let asked = send_own(&taken.conn, request.clone(), 1, false);
         tokio::spawn(async move {
-            let mut bytes = match asked {
-                Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
-                Err(error) => error.reply(&address, 1),
-            };
+            let mut bytes = ask(&taken.conn, request.clone(), &address).await;
             // The slot moved while the replica was chosen: its primary, through the session's
             // connection, knows where it went.
             if bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ") {
-                bytes = match send_own(&primary, request, 1, false) {
-                    Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
-                    Err(error) => error.reply(&address, 1),
-                };
+                bytes = ask(&primary, request, &address).await;
             }
             let _ = reply_to.send(Reply::Fetched { ticket, bytes });
         });
         None
+    }
+}
+
+/// Sends `request` on `conn` and waits for its reply, or the error reply owed for it.
+async fn ask(conn: &ConnHandle, request: Bytes, address: &HostPort) -> Bytes {
+    match send_own(conn, request, 1, false) {
+        Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
+        Err(error) => error.reply(address, 1),
     }
 }

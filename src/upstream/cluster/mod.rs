@@ -169,17 +169,18 @@ impl Cluster {
         node.cloned().ok_or_else(|| "Hash slot not served".into())
     }
 
-    /// The primary serving `key` now.
-    pub fn primary_of(&self, key: &[u8]) -> Option<HostPort> {
+    /// The primary serving `slot` now.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<HostPort> {
         let map = self.map.load();
         let map = map.as_ref()?;
-        let owner = map.owner(key_slot(key))?;
+        let owner = map.owner(slot)?;
         Some(map.shards[owner].primary.clone())
     }
 
     /// The primary serving `key` now, as `host:port`.
     pub fn node_of_key(&self, key: &[u8]) -> Option<String> {
-        self.primary_of(key).map(|primary| primary.to_string())
+        let primary = self.primary_of_slot(key_slot(key))?;
+        Some(primary.to_string())
     }
 
     /// Whether the node at `address` serves slots as a primary now.
@@ -307,10 +308,7 @@ impl Cluster {
 
     /// The settings for a connection to the node at `address`.
     pub fn node_settings(&self, address: &HostPort) -> UpstreamSettings {
-        UpstreamSettings {
-            address: address.clone(),
-            ..self.settings.clone()
-        }
+        self.settings.at(address)
     }
 
     /// Asks for the map to be read again soon.

@@ -102,10 +102,7 @@ impl Sentinel {
         // The token first: a change after it is read cancels it.
         let leave = self.leave_token();
         let primary = self.primary().ok_or_else(|| self.unknown_because())?;
-        let settings = UpstreamSettings {
-            address: (*primary).clone(),
-            ..self.settings.clone()
-        };
+        let settings = self.settings.at(&primary);
         Ok((settings, leave))
     }
 
@@ -164,8 +161,9 @@ impl Sentinel {
         loop {
             match self.find_primary().await {
                 Ok(named) => {
-                    let stepped_down = self.primary_stepped_down(&named).await;
-                    self.adopt(named, stepped_down);
+                    if self.replaces_primary(&named).await {
+                        self.adopt(named);
+                    }
                     *self.last_error.lock() = None;
                 }
                 Err(error) => {
@@ -215,44 +213,33 @@ impl Sentinel {
             }
             return Err(errors.join("; "));
         };
-        let settings = UpstreamSettings {
-            address: named.primary.clone(),
-            ..self.settings.clone()
-        };
-        match ask::is_primary(&settings).await {
+        match ask::is_primary(&self.settings.at(&named.primary)).await {
             Ok(()) => Ok(named),
             Err(error) => Err(format!("the sentinels name {}, but {error}", named.primary)),
         }
     }
 
-    /// Whether the primary in use, when the sentinels name another under no later epoch, no
-    /// longer says it is one. Sentinels told to monitor a primary anew (`SENTINEL REMOVE`,
-    /// then `MONITOR`, after a switch made by hand) start again from epoch 0.
-    async fn primary_stepped_down(&self, named: &Named) -> bool {
+    /// Whether `named` takes the place of the primary in use: there is none yet, or `named` is
+    /// another under a later epoch, or under no later one while the one in use no longer says
+    /// it is a primary (sentinels told to monitor a primary anew, with `SENTINEL REMOVE`, then
+    /// `MONITOR`, after a switch made by hand, start again from epoch 0).
+    async fn replaces_primary(&self, named: &Named) -> bool {
         let Some(current) = self.primary() else {
-            return false;
+            return true;
         };
-        let later = named.epoch > self.epoch.load(Ordering::Acquire);
-        if *current == named.primary || later {
+        if *current == named.primary {
             return false;
         }
-        let settings = UpstreamSettings {
-            address: HostPort::clone(&current),
-            ..self.settings.clone()
-        };
-        ask::is_primary(&settings).await.is_err()
+        if named.epoch > self.epoch.load(Ordering::Acquire) {
+            return true;
+        }
+        ask::is_primary(&self.settings.at(&current)).await.is_err()
     }
 
-    /// Makes `named` the primary connections go to, if a later epoch names it than the one
-    /// in use, or the one in use stepped down; connections to the one before end now.
-    fn adopt(&self, named: Named, stepped_down: bool) {
+    /// Makes `named` the primary connections go to; connections to the one before end now.
+    fn adopt(&self, named: Named) {
         let Named { primary, epoch, .. } = named;
         let previous = self.primary();
-        let later = epoch > self.epoch.load(Ordering::Acquire);
-        if previous.as_deref() == Some(&primary) || (previous.is_some() && !later && !stepped_down)
-        {
-            return;
-        }
         self.epoch.store(epoch, Ordering::Release);
         let node = primary.to_string();
         self.primary.store(Some(Arc::new(primary)));
