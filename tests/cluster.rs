@@ -1197,13 +1197,6 @@ fn write_replicated(cluster: &RedisCluster, key: &str, value: &str) {
     assert_eq!(acknowledged, 1, "{key} reached the replica");
 }
 
-/// The primary the replica at `port` follows, by its own account (`ROLE`).
-fn primary_followed_by(cluster: &RedisCluster, port: u16) -> u16 {
-    let role: (String, String, u16, String, i64) =
-        redis::cmd("ROLE").query(&mut cluster.client(port)).unwrap();
-    role.2
-}
-
 /// Reads a route covers go to a replica of their keys' primary, shard by shard; other reads
 /// never go to a replica.
 #[test]
@@ -1220,7 +1213,7 @@ fn routed_reads_go_to_the_replica_of_their_slots_primary() {
     let replicas: Vec<(u16, u16)> = cluster
         .replicas()
         .into_iter()
-        .map(|replica| (replica, primary_followed_by(cluster, replica)))
+        .map(|replica| (replica, cluster.primary_followed_by(replica)))
         .collect();
     assert_eq!(replicas.len(), 3);
     // The first routed read of a shard makes keyward ask its primary about its replicas; the
@@ -1275,11 +1268,7 @@ fn a_routed_read_of_a_slot_that_moved_is_answered_where_it_went() {
     let mut reader = client(&keyward);
     let slot = cluster.key_slot(key);
     let from = cluster.slot_owner(slot);
-    let replica_of_from = cluster
-        .replicas()
-        .into_iter()
-        .find(|&replica| primary_followed_by(&cluster, replica) == from)
-        .unwrap();
+    let replica_of_from = cluster.replica_of(from);
     wait_for(
         Duration::from_secs(10),
         "the replica serves routed reads",
@@ -1302,11 +1291,7 @@ fn a_routed_read_of_a_slot_that_moved_is_answered_where_it_went() {
     assert!(redirected.is_err(), "the replica redirects: {redirected:?}");
     // Once keyward knows where the slot went, reads go to the new primary's replica, which
     // copies the moved key in its own time: the reads below wait for it.
-    let replica_of_to = cluster
-        .replicas()
-        .into_iter()
-        .find(|&replica| primary_followed_by(&cluster, replica) == to)
-        .unwrap();
+    let replica_of_to = cluster.replica_of(to);
     wait_for(
         Duration::from_secs(10),
         "the key on the new replica",

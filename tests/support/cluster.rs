@@ -184,6 +184,20 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The primary the replica at `port` follows, by its own account (`ROLE`).
+    pub fn primary_followed_by(&self, port: u16) -> u16 {
+        let (_, _, primary, _, _): (String, String, u16, String, i64) = command(port, &["ROLE"]);
+        primary
+    }
+
+    /// A running replica of the primary at `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        self.replicas()
+            .into_iter()
+            .find(|&replica| self.primary_followed_by(replica) == port)
+            .unwrap_or_else(|| panic!("no replica follows {port}"))
+    }
+
     /// A primary other than the one at `port`: where a slot of that one can move.
     pub fn other_primary(&self, port: u16) -> u16 {
         self.primaries()
