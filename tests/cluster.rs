@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 use support::cluster::RedisCluster;
-use support::node::gets_served;
+use support::node::{gets_served, replicas_acknowledging};
 use support::{wait_for, Keyward};
 
 /// keyward in front of `cluster`, once it serves every slot.
@@ -595,11 +595,7 @@ fn a_killed_primary_fails_fast_then_its_replica_serves() {
     // replicas that have its own connection's writes).
     let mut on_owner = cluster.client(owner);
     set(&mut on_owner, key, "before");
-    let acknowledged: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(10_000)
-        .query(&mut on_owner)
-        .unwrap();
+    let acknowledged = replicas_acknowledging(&mut on_owner, 1, Duration::from_secs(10));
     assert_eq!(acknowledged, 1, "the replica has the write");
     let read: Option<String> = redis::cmd("GET").arg(key).query(&mut client).unwrap();
     assert_eq!(read.as_deref(), Some("before"));
@@ -1189,11 +1185,7 @@ const ROUTES: &str = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\n\
 fn write_replicated(cluster: &RedisCluster, key: &str, value: &str) {
     let mut owner = cluster.client(cluster.slot_owner(cluster.key_slot(key)));
     set(&mut owner, key, value);
-    let acknowledged: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query(&mut owner)
-        .unwrap();
+    let acknowledged = replicas_acknowledging(&mut owner, 1, Duration::from_secs(5));
     assert_eq!(acknowledged, 1, "{key} reached the replica");
 }
 

@@ -3,10 +3,11 @@
 
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, ErrorKind, RedisResult};
 use support::cluster::RedisCluster;
+use support::node::replicas_acknowledging;
 
 /// A key with a hash tag: only `bar` is hashed, to slot 5061.
 const KEY: &str = "foo{bar}";
@@ -120,11 +121,7 @@ fn a_killed_primary_is_replaced_by_its_replica() {
     let owner = cluster.slot_owner(SLOT);
     let mut client = cluster.client(owner);
     set(&mut client, "kept");
-    let copies: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query(&mut client)
-        .unwrap();
+    let copies = replicas_acknowledging(&mut client, 1, Duration::from_secs(5));
     assert_eq!(copies, 1, "the replica has the key");
     let replicas = cluster.replicas();
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
-use support::node::gets_served;
+use support::node::{gets_served, replicas_acknowledging};
 use support::sentinel::SentinelSet;
 use support::{wait_for, Keyward};
 
@@ -230,11 +230,7 @@ fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
             .query(&mut on_primary)
             .unwrap();
     }
-    let acknowledged: i64 = redis::cmd("WAIT")
-        .arg(2)
-        .arg(5000)
-        .query(&mut on_primary)
-        .unwrap();
+    let acknowledged = replicas_acknowledging(&mut on_primary, 2, Duration::from_secs(5));
     assert_eq!(acknowledged, 2);
     let mut reader = client(&keyward);
     let replicas = sentinels.replicas();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
+use support::node::replicas_acknowledging;
 use support::sentinel::SentinelSet;
 
 const KEY: &str = "sentinel-harness";
@@ -20,16 +21,14 @@ fn get(client: &mut Connection) -> Option<String> {
     redis::cmd("GET").arg(KEY).query(client).unwrap()
 }
 
-/// `WAIT`: how many replicas acknowledged the client's writes within a second.
-fn replicas_acknowledging(client: &mut Connection) -> i64 {
-    redis::cmd("WAIT").arg(2).arg(1000).query(client).unwrap()
-}
-
 /// Writes `value` on the primary, and checks that both replicas hold it.
 fn write_and_check_replicas(sentinels: &SentinelSet, value: &str) {
     let mut primary = sentinels.client(sentinels.primary());
     set(&mut primary, value);
-    assert_eq!(replicas_acknowledging(&mut primary), 2);
+    assert_eq!(
+        replicas_acknowledging(&mut primary, 2, Duration::from_secs(1)),
+        2
+    );
     for replica in sentinels.replicas() {
         assert_eq!(
             get(&mut sentinels.client(replica)).as_deref(),

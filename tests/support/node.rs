@@ -63,3 +63,17 @@ pub fn gets_served(port: u16) -> u64 {
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// `WAIT`: how many replicas acknowledge the writes `client` made, waiting up to `timeout`
+/// for `replicas` of them.
+pub fn replicas_acknowledging(
+    client: &mut redis::Connection,
+    replicas: i64,
+    timeout: Duration,
+) -> i64 {
+    redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout.as_millis() as u64)
+        .query(client)
+        .unwrap_or_else(|err| panic!("WAIT: {err}"))
+}
