@@ -8,11 +8,12 @@
 //! - [`command`] says what each command is, resolved once per request: its flags, where its
 //!   keys are, how it affects the connection it runs on (generated from Redis's own `COMMAND`
 //!   output), and whether it is a cacheable read.
-//! - [`policy`] holds the policies, each a folder that owns its rules and state. Those that
-//!   decide on requests are phases (`policy::phase::Phase`), run in the order the phase list
-//!   gives (`policy::phases`): `deny`, `rate_limit`, `lock`, `cache`. Each passes a request
-//!   on, answers it, holds it, or takes it and answers it later; each hears of the writes it
-//!   watches once Redis answers them. `hotkeys` watches requests and their replies.
+//! - [`policy`] holds the policies, each a folder that owns its rules and state and
+//!   implements the phase trait (`policy::phase::Phase`). They run in the order the phase list
+//!   gives (`policy::phases`): `deny`, `rate_limit`, `lock`, `cache`, `route` decide on each
+//!   request: pass it on, answer it, hold it, or take it and answer it later; each hears of
+//!   the writes it watches once Redis answers them. Then those that follow requests to their
+//!   answers (`hotkeys`) start following it, and hear the answer the client gets.
 //! - after the phases, the session routes the request: the batch for its connection (shared,
 //!   or its own), keyward's own answer, or a connection aside.
 //! - [`upstream`] holds the connections to Redis: pools shared by sessions, connections of a

@@ -116,6 +116,13 @@ pub trait Phase: Sized {
     type Taken;
     /// What a session keeps of a taken request that the client's later requests wait for.
     type Held;
+    /// What the phase follows of one request, from the phases' decision to the answer the
+    /// client gets (hot keys: where the request's keys are kept); `()` for a phase that follows
+    /// none.
+    type Follow;
+    /// What a session keeps of the requests the phase follows, as their answers come (hot
+    /// keys: the keys and bytes of each); `()` for a phase that follows none.
+    type Follower: Default;
 
     /// The phase's shared part, made once when keyward starts.
     fn new(upstream: &Arc<Upstream>) -> Self;
@@ -156,6 +163,43 @@ pub trait Phase: Sized {
 
     /// The client of a held request left: it gets its answer now.
     fn give_up(&self, _held: &Self::Held, _reply_to: &ReplySender, _ticket: u64) {}
+
+    /// Whether it follows requests going this way under `policies` to their answers
+    /// ([`Phase::follow`]); when one does, the request's key positions are located for it.
+    #[inline]
+    fn follows(&self, _policies: &Policies, _way: Way) -> bool {
+        false
+    }
+
+    /// The phases decided a request's fate (it goes on, was taken, or is answered now):
+    /// `Some` if this phase follows it to its answer. Called once per request, whatever the
+    /// phases held it for before.
+    #[inline]
+    fn follow(
+        &self,
+        _policies: &Policies,
+        _follower: &mut Self::Follower,
+        _subject: &Subject<'_, '_>,
+        _request_len: usize,
+    ) -> Option<Self::Follow> {
+        None
+    }
+
+    /// The answer the client got for a request the phase follows (empty when none came from
+    /// Redis: a timeout, or a stream relayed without replies of its own).
+    #[inline]
+    fn answered_follow(_follower: &mut Self::Follower, _follow: Self::Follow, _answer: &[u8]) {}
+
+    /// Whether the follower gathered something the phase's shared part should have
+    /// ([`Phase::gathered`]).
+    #[inline]
+    fn has_gathered(_follower: &Self::Follower) -> bool {
+        false
+    }
+
+    /// The session's turn is over (its replies are about to be written): what the follower
+    /// gathered goes to the phase's shared part in one go.
+    fn gathered(&self, _policies: &Policies, _follower: &mut Self::Follower) {}
 
     /// Whether it watches forwarded writes under `policies` ([`Phase::writing`]).
     #[inline]

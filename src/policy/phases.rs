@@ -3,9 +3,14 @@
 //! A request meets deny rules first (a refused command costs nothing more), then rate limits
 //! (a command refused or delayed takes no lock and fills no cache), then lock queues (a lock
 //! attempt on a contended key waits its turn), then the cache (a read answered from memory or
-//! filled), then routes (a read sent to a replica). The first phase that does not pass decides; a held request comes back to the phase
-//! that held it. Adding a policy kind is one line in [`phase_list!`]'s invocation below, and a
-//! folder that implements [`Phase`].
+//! filled), then routes (a read sent to a replica). The first phase that does not pass
+//! decides; a held request comes back to the phase that held it. Once its fate is decided,
+//! the phases that follow requests to their answers (hot keys) start following it, whether
+//! it was let through, taken or answered: they hear the answer the client got, and hand what
+//! they gathered to their shared part once per turn of the session.
+//!
+//! Adding a policy kind is one line in [`phase_list!`]'s invocation below, and a folder that
+//! implements [`Phase`].
 
 use std::sync::Arc;
 
@@ -13,6 +18,7 @@ use bytes::Bytes;
 
 use super::cache::Coherence;
 use super::deny::Denying;
+use super::hotkeys::phase::Counting;
 use super::lock::LockTable;
 use super::phase::{Decision, Handover, Phase, Subject, Way};
 use super::rate_limit::RateLimiting;
@@ -63,6 +69,44 @@ macro_rules! phase_list {
             $($variant(<$phase as Phase>::Held),)+
         }
 
+        /// What the phases follow of one request until its answer, by phase.
+        #[derive(Default)]
+        pub struct Follows {
+            $(pub $field: Option<<$phase as Phase>::Follow>,)+
+        }
+
+        /// What a session keeps of the requests the phases follow, by phase.
+        #[derive(Default)]
+        pub struct Followers {
+            $(pub $field: <$phase as Phase>::Follower,)+
+        }
+
+        impl Follows {
+            /// Whether no phase follows the request.
+            #[inline(always)]
+            pub fn is_empty(&self) -> bool {
+                true $(&& self.$field.is_none())+
+            }
+        }
+
+        impl Followers {
+            /// The answer the client got for a request: each phase that follows it hears it.
+            #[inline(always)]
+            pub fn answered(&mut self, follows: Follows, answer: &[u8]) {
+                $(
+                    if let Some(follow) = follows.$field {
+                        <$phase as Phase>::answered_follow(&mut self.$field, follow, answer);
+                    }
+                )+
+            }
+
+            /// Whether some phase's follower gathered what its shared part should have.
+            #[inline(always)]
+            pub fn has_gathered(&self) -> bool {
+                false $(|| <$phase as Phase>::has_gathered(&self.$field))+
+            }
+        }
+
         impl Phases {
             pub fn new(upstream: &Arc<Upstream>) -> Phases {
                 Phases {
@@ -70,10 +114,38 @@ macro_rules! phase_list {
                 }
             }
 
-            /// Whether some phase has anything to do with a request going this way.
+            /// Whether some phase decides on or follows a request going this way.
             #[inline(always)]
             pub fn active(&self, policies: &Policies, way: Way) -> bool {
-                false $(|| self.$field.active(policies, way))+
+                false $(|| self.$field.active(policies, way) || self.$field.follows(policies, way))+
+            }
+
+            /// The phases decided the request's fate: those that follow it to its answer start
+            /// doing so.
+            #[inline(always)]
+            pub fn follow(
+                &self,
+                policies: &Policies,
+                followers: &mut Followers,
+                subject: &Subject<'_, '_>,
+                request_len: usize,
+            ) -> Follows {
+                Follows {
+                    $($field: match self.$field.follows(policies, subject.way) {
+                        true => self.$field.follow(
+                            policies,
+                            &mut followers.$field,
+                            subject,
+                            request_len,
+                        ),
+                        false => None,
+                    },)+
+                }
+            }
+
+            /// The session's turn is over: what its followers gathered goes to the phases.
+            pub fn gathered(&self, policies: &Policies, followers: &mut Followers) {
+                $(self.$field.gathered(policies, &mut followers.$field);)+
             }
 
             /// Takes the request through the phases that have anything to do with it, in
@@ -267,6 +339,7 @@ phase_list! {
     Lock(lock): LockTable,
     Cache(cache): Coherence,
     Route(route): Routing,
+    HotKeys(hotkeys): Counting,
 }
 
 /// A forwarded command, as the phases that watch writes see it.

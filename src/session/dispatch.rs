@@ -51,7 +51,7 @@ impl Session {
                 let bytes = input.take_request(request.consumed, request.rewritten);
                 let ticket = self.replies.next_ticket();
                 self.replies
-                    .push_fetched(false, self.observation.take(), Vec::new());
+                    .push_fetched(false, std::mem::take(&mut self.follows), Vec::new());
                 if request.info.notice == Notice::Unpause {
                     self.context.upstream.pause.end();
                 }
@@ -81,13 +81,13 @@ impl Session {
                 };
                 match sent {
                     Ok(()) => {
-                        let observed = self.observation.take();
-                        self.replies.push_fetched(false, observed, Vec::new());
+                        let follows = std::mem::take(&mut self.follows);
+                        self.replies.push_fetched(false, follows, Vec::new());
                     }
                     Err(bytes) => {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
-                        let observed = self.observation.take();
-                        self.replies.command_sent(id, request.sent_at, observed);
+                        let follows = std::mem::take(&mut self.follows);
+                        self.replies.command_sent(id, request.sent_at, follows);
                         self.forward(bytes, 1, false);
                     }
                 }
@@ -126,12 +126,12 @@ impl Session {
             // The batch ahead goes first, so sends are numbered in order.
             self.send_batch(input);
         }
-        let observed = self.observation.take();
+        let follows = std::mem::take(&mut self.follows);
         if self.counts_replies() {
-            self.replies.command_sent(info.id, sent_at, observed);
-        } else if let Some(pending) = observed {
-            // Relayed as a stream: no reply of its own to count.
-            self.replies.observations.finish(pending, &[]);
+            self.replies.command_sent(info.id, sent_at, follows);
+        } else if !follows.is_empty() {
+            // Relayed as a stream: no reply of its own to answer it.
+            self.replies.followers.answered(follows, &[]);
         }
         let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
         // The command's writes end with its own reply, not an earlier batch's (a rewritten

@@ -39,8 +39,7 @@ use crate::context::Context;
 use crate::directory::Listing;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
-use crate::policy::hotkeys::record::Pending;
-use crate::policy::phases::{PhaseStates, Written};
+use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{Monitoring, Opening, Reply};
 use client_ids::Redirect;
@@ -121,14 +120,12 @@ pub struct Session {
     last_active: Instant,
     /// Keys written by requests in the batch being gathered, that phases watch.
     written_keys: Vec<Written>,
-    /// Hot keys follow the request being judged: its keys, until its answer is known.
-    observation: Option<Pending>,
+    /// What the phases follow of the request just decided on, until it joins the reply queue.
+    follows: Follows,
     /// Forwarded requests the connection had no room for yet: the session stops reading and
     /// sends them once there is room, so a full queue slows the client down instead of
     /// refusing its commands. Later requests join them, so nothing overtakes them.
     parked: Option<Parked>,
-    /// Whether hot keys have decided on sampling the request at the front of the input.
-    hot_keys_looked: bool,
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
@@ -180,8 +177,7 @@ impl Session {
             in_transaction: false,
             last_active: Instant::now(),
             written_keys: Vec::new(),
-            observation: None,
-            hot_keys_looked: false,
+            follows: Follows::default(),
             parked: None,
             opening: None,
             redirect: None,
@@ -218,7 +214,7 @@ impl Session {
             if let Some(opening) = self.opening.take() {
                 opening.start();
             }
-            self.count_hot_keys();
+            self.hand_gathered_to_phases();
             self.write_output(stream)?;
             if self.finished() {
                 return Ok(());
@@ -436,16 +432,15 @@ impl Session {
         }
     }
 
-    /// Counts the commands whose answers came since the last call in the hot keys, all at
-    /// once.
-    fn count_hot_keys(&mut self) {
-        if !self.replies.observations.has_finished() {
+    /// Hands what the phases following requests gathered this turn (hot keys: the keys of
+    /// the answered commands) to their shared parts, all at once.
+    fn hand_gathered_to_phases(&mut self) {
+        if !self.replies.followers.has_gathered() {
             return;
         }
-        match &self.context.live.load().policies.hotkeys {
-            Some(hotkeys) => hotkeys.record(&mut self.replies.observations, Instant::now()),
-            None => self.replies.observations.discard(),
-        }
+        let live = self.context.live.load();
+        let followers = &mut self.replies.followers;
+        self.context.phases.gathered(&live.policies, followers);
     }
 }
 

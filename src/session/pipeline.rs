@@ -178,8 +178,8 @@ impl Session {
         }
     }
 
-    /// Takes one request through the phases, in order: classify, hot keys, judge, lock,
-    /// cache, then dispatch.
+    /// Takes one request through the pipeline, in order: classify, the policy phases, then
+    /// dispatch.
     #[inline(always)]
     fn process_request(
         &mut self,
@@ -222,22 +222,15 @@ impl Session {
             _ => None,
         };
         let blocks = is_blocking(info, &args);
-        let follows_hot_keys = self.follows_hot_keys(&step, policies);
         let phases = &self.context.phases;
         // How the request goes, when some phase has anything to do with it.
         let way = self.way(&step).filter(|&way| phases.active(policies, way));
-        if follows_hot_keys || way.is_some() {
+        if way.is_some() {
             self.key_positions.clear();
             info.key_positions(&args, &mut self.key_positions);
         }
-        if follows_hot_keys {
-            self.observation =
-                self.replies
-                    .observations
-                    .start(info, &args, &self.key_positions, source.len());
-        }
         let decision = match way {
-            Some(way) => self.run_phases(policies, info, &args, way),
+            Some(way) => self.run_phases(policies, info, &args, way, source.len()),
             None => Decision::Pass,
         };
         let taken = match decision {
@@ -253,9 +246,6 @@ impl Session {
             }
             Decision::Ask(question) => return self.ask(input, question),
         };
-        if matches!(step, Step::Forward) {
-            self.hot_keys_looked = false;
-        }
         let writes = self.note_writes(policies, info, &args, way, taken.as_ref());
         self.follow_transaction(&step, info);
         let request = Request {
@@ -278,7 +268,8 @@ impl Session {
         self.dispatch(input, step, request, writes)
     }
 
-    /// The policy phases, in their order, on the request as the session knows it.
+    /// The policy phases, in their order, on the request as the session knows it; once they
+    /// decided its fate, those that follow requests to their answers start following it.
     #[inline(always)]
     fn run_phases(
         &mut self,
@@ -286,6 +277,7 @@ impl Session {
         info: &'static CommandInfo,
         args: &Args<'_>,
         way: Way,
+        request_len: usize,
     ) -> Decision<Taken> {
         let subject = Subject {
             info,
@@ -302,7 +294,12 @@ impl Session {
             ticket: self.replies.next_ticket(),
         };
         let phases = &self.context.phases;
-        phases.decide(policies, &mut self.phase_states, &subject)
+        let decision = phases.decide(policies, &mut self.phase_states, &subject);
+        if !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_)) {
+            let followers = &mut self.replies.followers;
+            self.follows = phases.follow(policies, followers, &subject, request_len);
+        }
+        decision
     }
 
     /// What a forwarded request writes, noted for the phases that watch writes.
@@ -392,19 +389,6 @@ impl Session {
         }
     }
 
-    /// Whether hot keys follow this request: decided once per request, however many times
-    /// it is judged (a delay, a reload).
-    #[inline(always)]
-    fn follows_hot_keys(&mut self, step: &Step, policies: &Policies) -> bool {
-        match (step, &policies.hotkeys, self.hot_keys_looked) {
-            (Step::Forward, Some(hotkeys), false) => {
-                self.hot_keys_looked = true;
-                hotkeys.sampled()
-            }
-            _ => false,
-        }
-    }
-
     /// A request held until Redis answers a phase's question. If the question cannot be
     /// sent, the phase hears so at once and decides again.
     fn ask(&mut self, input: &mut Input, question: Bytes) -> Flow {
@@ -426,10 +410,8 @@ impl Session {
         consumed: usize,
         refusal: Bytes,
     ) -> Flow {
-        self.hot_keys_looked = false;
-        if let Some(pending) = self.observation.take() {
-            self.replies.observations.finish(pending, &refusal);
-        }
+        let follows = std::mem::take(&mut self.follows);
+        self.replies.followers.answered(follows, &refusal);
         self.received.add(&self.context.command_metrics, info.id);
         self.send_batch(input);
         input.bytes.advance(consumed);
@@ -473,7 +455,7 @@ impl Session {
         let ticket = self.replies.next_ticket();
         let shared = Phases::answered_elsewhere(&taken);
         self.replies
-            .push_fetched(shared, self.observation.take(), writes);
+            .push_fetched(shared, std::mem::take(&mut self.follows), writes);
         let address = self.context.upstream.address();
         let handover = Handover {
             request: bytes,

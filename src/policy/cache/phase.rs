@@ -18,6 +18,8 @@ impl Phase for Coherence {
     type Session = Vec<u8>;
     type Taken = Fill;
     type Held = Infallible;
+    type Follow = ();
+    type Follower = ();
 
     fn new(upstream: &Arc<Upstream>) -> Coherence {
         Coherence::new(Arc::clone(upstream))

@@ -104,6 +104,8 @@ impl Phase for Denying {
     type Session = ();
     type Taken = Infallible;
     type Held = Infallible;
+    type Follow = ();
+    type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> Denying {
         Denying

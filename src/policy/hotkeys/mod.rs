@@ -13,6 +13,7 @@
 
 pub mod big_keys;
 pub mod fold;
+pub mod phase;
 pub mod record;
 pub mod space_saving;
 pub mod staging;

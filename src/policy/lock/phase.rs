@@ -22,6 +22,8 @@ impl Phase for LockTable {
     type Session = ();
     type Taken = Claim;
     type Held = Queued;
+    type Follow = ();
+    type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> LockTable {
         LockTable::default()

@@ -62,6 +62,8 @@ impl Phase for RateLimiting {
     type Session = RateLimitSession;
     type Taken = Infallible;
     type Held = Infallible;
+    type Follow = ();
+    type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> RateLimiting {
         RateLimiting

@@ -81,6 +81,8 @@ impl Phase for Routing {
     type Session = Writes;
     type Taken = ToReplica;
     type Held = Infallible;
+    type Follow = ();
+    type Follower = ();
 
     fn new(upstream: &Arc<Upstream>) -> Routing {
         Routing {

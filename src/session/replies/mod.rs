@@ -16,8 +16,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::metrics::CommandMetrics;
-use crate::policy::hotkeys::record::{Pending, Recorder};
-use crate::policy::phases::Written;
+use crate::policy::phases::{Followers, Follows, Written};
 use crate::upstream::Reply;
 use sent::{Answered, Sent};
 
@@ -36,7 +35,7 @@ enum Expected {
     Fetched {
         ticket: u64,
         shared: bool,
-        observed: Option<Pending>,
+        follows: Follows,
         /// Keys it writes that other phases watch, over when its reply comes.
         written: Vec<Written>,
     },
@@ -65,8 +64,8 @@ pub struct ReplyQueue {
     next_ticket: u64,
     /// Written keys whose writes Redis has answered (or that failed), to be handed on.
     finished_writes: Vec<Written>,
-    /// Commands hot keys follow, finished as their answers come.
-    pub observations: Recorder,
+    /// What the phases keep of the requests they follow, told each answer as it comes.
+    pub followers: Followers,
     /// A list that brought reply lengths, kept for the next measured batch.
     spare_lengths: Vec<u32>,
 }
@@ -97,7 +96,7 @@ impl ReplyQueue {
         self.next_ticket
     }
 
-    pub fn push_fetched(&mut self, shared: bool, observed: Option<Pending>, written: Vec<Written>) {
+    pub fn push_fetched(&mut self, shared: bool, follows: Follows, written: Vec<Written>) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.fetching += 1;
@@ -105,7 +104,7 @@ impl ReplyQueue {
         self.entries.push_back(Expected::Fetched {
             ticket,
             shared,
-            observed,
+            follows,
             written,
         });
     }
@@ -119,23 +118,23 @@ impl ReplyQueue {
         }
     }
 
-    pub fn command_sent(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
-        self.sent.push(command_id, at, observed);
+    pub fn command_sent(&mut self, command_id: usize, at: Instant, follows: Follows) {
+        self.sent.push(command_id, at, follows);
     }
 
-    /// Hot keys follow commands that await their replies.
     /// An empty list with room for reply lengths, from an earlier reply if one brought any.
     pub fn spare_lengths(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.spare_lengths)
     }
 
+    /// Some phase follows commands that await their replies (and needs each one's frame).
     pub fn follows_commands(&self) -> bool {
         !self.sent.followed.is_empty()
     }
 
     /// Forgets the latest `count` sends, which never reached a connection.
     pub fn unsend(&mut self, count: usize) {
-        self.sent.unsend(count, &mut self.observations);
+        self.sent.unsend(count, &mut self.followers);
     }
 
     /// One upstream reply to be replaced by `reply` (see `Expected::Substitute`).
@@ -221,7 +220,7 @@ impl ReplyQueue {
         if let Some(entry) = entry {
             if let Expected::Fetched {
                 shared,
-                observed,
+                follows,
                 written,
                 ..
             } = entry
@@ -229,9 +228,7 @@ impl ReplyQueue {
                 self.finished_writes.append(written);
                 self.fetching -= 1;
                 self.fetching_shared -= u32::from(*shared);
-                if let Some(pending) = observed.take() {
-                    self.observations.finish(pending, &bytes);
-                }
+                self.followers.answered(std::mem::take(follows), &bytes);
             }
             *entry = Expected::Ready(bytes);
             self.write_ready(output);
@@ -254,8 +251,7 @@ impl ReplyQueue {
             }
         }
         let answered = Answered::none(usize::MAX);
-        self.sent
-            .take(answered, &mut self.observations, |_, _, _| {});
+        self.sent.take(answered, &mut self.followers, |_, _, _| {});
         self.outstanding = 0;
         self.write_ready(output);
     }
@@ -301,7 +297,7 @@ impl ReplyQueue {
         };
         self.sent.take(
             answered,
-            &mut self.observations,
+            &mut self.followers,
             |command_id, sent_at, taken| metrics.replied(command_id, now - sent_at, taken),
         );
         if index == 0 {
@@ -375,7 +371,7 @@ mod tests {
         let mut output = BytesMut::new();
         queue.push_upstream(1, Vec::new());
         let ticket = queue.next_ticket();
-        queue.push_fetched(true, None, Vec::new());
+        queue.push_fetched(true, Follows::default(), Vec::new());
         queue.push_upstream(2, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
         queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
@@ -421,8 +417,14 @@ mod tests {
         decoder.decode(&request).unwrap();
         let args = decoder.args(&request);
         let info = CommandTable::global().lookup(&args);
-        let pending = queue.observations.start(info, &args, &[1], request.len());
-        queue.command_sent(info.id, Instant::now(), pending);
+        let follows = Follows {
+            hotkeys: queue
+                .followers
+                .hotkeys
+                .start(info, &args, &[1], request.len()),
+            ..Follows::default()
+        };
+        queue.command_sent(info.id, Instant::now(), follows);
         queue.push_upstream(1, Vec::new());
     }
 
@@ -439,7 +441,8 @@ mod tests {
         queue.unsend(1);
         queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics);
         let seen: Vec<(Vec<u8>, u64)> = queue
-            .observations
+            .followers
+            .hotkeys
             .finished()
             .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
             .collect();
@@ -452,18 +455,19 @@ mod tests {
         let mut output = BytesMut::new();
         let outbound = |queue: &mut ReplyQueue| -> Vec<(Vec<u8>, u64)> {
             let seen = queue
-                .observations
+                .followers
+                .hotkeys
                 .finished()
                 .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
                 .collect();
-            queue.observations.discard();
+            queue.followers.hotkeys.discard();
             seen
         };
         for lengths in [vec![5, 9, 4], Vec::new()] {
             let mut queue = ReplyQueue::default();
             send_followed_get(&mut queue, "a");
             // Not followed: its reply is passed over.
-            queue.command_sent(0, Instant::now(), None);
+            queue.command_sent(0, Instant::now(), Follows::default());
             queue.push_upstream(1, Vec::new());
             send_followed_get(&mut queue, "c");
             assert!(queue.follows_commands());

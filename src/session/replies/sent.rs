@@ -1,19 +1,19 @@
 //! Forwarded commands awaiting their replies, in the order they were sent: what latency
-//! metrics and hot keys need of each reply once it comes.
+//! metrics and the phases that follow requests (hot keys) need of each reply once it comes.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::policy::hotkeys::record::{Pending, Recorder};
+use crate::policy::phases::{Followers, Follows};
 use crate::resp::frame;
 
 /// Forwarded commands awaiting their replies: runs of one command sent at one time, for
-/// latency metrics (one record per run), and beside them the commands hot keys follow, by
-/// their place in the order of sending, each finished with its own reply frame.
+/// latency metrics (one record per run), and beside them the commands phases follow, by
+/// their place in the order of sending, each answered with its own reply frame.
 #[derive(Default)]
 pub(super) struct Sent {
     runs: VecDeque<SentRun>,
-    pub(super) followed: VecDeque<(u64, Pending)>,
+    pub(super) followed: VecDeque<(u64, Follows)>,
     /// Commands sent (less those unsent), and commands answered, since the session began.
     sent: u64,
     answered: u64,
@@ -26,9 +26,9 @@ struct SentRun {
 }
 
 impl Sent {
-    pub(super) fn push(&mut self, command_id: usize, at: Instant, observed: Option<Pending>) {
-        if let Some(pending) = observed {
-            self.followed.push_back((self.sent, pending));
+    pub(super) fn push(&mut self, command_id: usize, at: Instant, follows: Follows) {
+        if !follows.is_empty() {
+            self.followed.push_back((self.sent, follows));
         }
         self.sent += 1;
         match self.runs.back_mut() {
@@ -41,8 +41,8 @@ impl Sent {
         }
     }
 
-    /// Forgets the latest `count` sends; the followed ones among them are finished empty.
-    pub(super) fn unsend(&mut self, mut count: usize, observations: &mut Recorder) {
+    /// Forgets the latest `count` sends; the followed ones among them are answered empty.
+    pub(super) fn unsend(&mut self, mut count: usize, followers: &mut Followers) {
         while count > 0 {
             let Some(run) = self.runs.back_mut() else {
                 break;
@@ -56,18 +56,18 @@ impl Sent {
             }
         }
         while self.followed.back().is_some_and(|(at, _)| *at >= self.sent) {
-            if let Some((_, pending)) = self.followed.pop_back() {
-                observations.finish(pending, &[]);
+            if let Some((_, follows)) = self.followed.pop_back() {
+                followers.answered(follows, &[]);
             }
         }
     }
 
     /// Removes the oldest sends that `answered` covers, calling `replied` for each run (or
-    /// part of one), and finishes the followed commands among them with their own frames.
+    /// part of one), and answers the followed commands among them with their own frames.
     pub(super) fn take(
         &mut self,
         answered: Answered<'_>,
-        observations: &mut Recorder,
+        followers: &mut Followers,
         mut replied: impl FnMut(usize, Instant, usize),
     ) {
         let first = self.answered;
@@ -93,7 +93,7 @@ impl Sent {
             .front()
             .is_some_and(|(at, _)| *at < self.answered)
         {
-            let Some((at, pending)) = self.followed.pop_front() else {
+            let Some((at, follows)) = self.followed.pop_front() else {
                 break;
             };
             for skipped in next_frame..at {
@@ -102,7 +102,7 @@ impl Sent {
             let (frame, after) = rest.split_at(answered.reply_len((at - first) as usize, rest));
             rest = after;
             next_frame = at + 1;
-            observations.finish(pending, frame);
+            followers.answered(follows, frame);
         }
     }
 }
