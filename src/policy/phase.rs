@@ -1,9 +1,12 @@
 //! What a policy is to the request pipeline: a [`Phase`] that decides on each request, in the
-//! order [`super::phases`] lists, and hears what happens to the requests it let through.
+//! order [`super::phases`] lists, and hears what happens to the requests it let through. A
+//! phase that only watches (hot keys) decides nothing and follows requests to the answers
+//! their clients get instead.
 //!
 //! A phase is the part of a policy shared by every session (its queues, its cache, or nothing
 //! at all); what it keeps per session lives in its [`Phase::Session`] value, which the session
-//! holds without looking into. The rules a phase applies come from the [`Policies`] in force,
+//! holds without looking into (and what it keeps of the requests it follows, in its
+//! [`Phase::Follower`], which the session's reply queue holds). The rules a phase applies come from the [`Policies`] in force,
 //! handed to every call, so that a reload changes them between two requests.
 
 use std::sync::Arc;
