@@ -167,16 +167,18 @@ pub trait Phase: Sized {
     /// The client of a held request left: it gets its answer now.
     fn give_up(&self, _held: &Self::Held, _reply_to: &ReplySender, _ticket: u64) {}
 
-    /// Whether it follows requests going this way under `policies` to their answers
-    /// ([`Phase::follow`]); when one does, the request's key positions are located for it.
+    /// Whether it would follow this request, going this way under `policies`, to its answer
+    /// ([`Phase::follow`]); when one would, the request's key positions are located for it.
+    /// Asked on each pass of the request through the phases (a held request passes again): a
+    /// phase that samples requests draws here, and the pass that decides the request's fate
+    /// is the one that counts.
     #[inline]
     fn follows(&self, _policies: &Policies, _way: Way) -> bool {
         false
     }
 
-    /// The phases decided a request's fate (it goes on, was taken, or is answered now):
-    /// `Some` if this phase follows it to its answer. Called once per request, whatever the
-    /// phases held it for before.
+    /// The phases decided a request's fate (it goes on, was taken, or is answered now), and
+    /// this phase said it follows it: `Some` if it does. Called once per request.
     #[inline]
     fn follow(
         &self,

@@ -114,14 +114,30 @@ macro_rules! phase_list {
                 }
             }
 
-            /// Whether some phase decides on or follows a request going this way.
+            /// Whether some phase has anything to decide on a request going this way.
             #[inline(always)]
             pub fn active(&self, policies: &Policies, way: Way) -> bool {
-                false $(|| self.$field.active(policies, way) || self.$field.follows(policies, way))+
+                false $(|| self.$field.active(policies, way))+
             }
 
-            /// The phases decided the request's fate: those that follow it to its answer start
-            /// doing so.
+            /// The phases that would follow a request going this way to its answer, one bit
+            /// each in list order (see [`Phase::follows`]); 0 for none.
+            #[inline(always)]
+            pub fn following(&self, policies: &Policies, way: Way) -> u8 {
+                let mut following = 0;
+                let mut index = 0;
+                $(
+                    if self.$field.follows(policies, way) {
+                        following |= 1 << index;
+                    }
+                    index += 1;
+                )+
+                let _ = index;
+                following
+            }
+
+            /// The phases decided the request's fate: those of `following` start following
+            /// it to its answer.
             #[inline(always)]
             pub fn follow(
                 &self,
@@ -129,18 +145,23 @@ macro_rules! phase_list {
                 followers: &mut Followers,
                 subject: &Subject<'_, '_>,
                 request_len: usize,
+                following: u8,
             ) -> Follows {
-                Follows {
-                    $($field: match self.$field.follows(policies, subject.way) {
-                        true => self.$field.follow(
+                let mut index = 0;
+                $(
+                    let $field = match following & (1 << index) {
+                        0 => None,
+                        _ => self.$field.follow(
                             policies,
                             &mut followers.$field,
                             subject,
                             request_len,
                         ),
-                        false => None,
-                    },)+
-                }
+                    };
+                    index += 1;
+                )+
+                let _ = index;
+                Follows { $($field,)+ }
             }
 
             /// The session's turn is over: what its followers gathered goes to the phases.

@@ -94,6 +94,17 @@ pub(super) struct Request {
     pub sent_at: Instant,
 }
 
+/// What the phases have to do with one request.
+#[derive(Clone, Copy)]
+struct PhaseRun {
+    way: Way,
+    /// Some phase decides on it.
+    deciding: bool,
+    /// The phases that follow it to its answer (`Phases::following`).
+    following: u8,
+    request_len: usize,
+}
+
 impl Session {
     /// Runs every complete request in the input through the pipeline. Returns `Some(switch)`
     /// when the request at the front needs a dedicated connection opened first.
@@ -223,15 +234,23 @@ impl Session {
         };
         let blocks = is_blocking(info, &args);
         let phases = &self.context.phases;
-        // How the request goes, when some phase has anything to do with it.
-        let way = self.way(&step).filter(|&way| phases.active(policies, way));
-        if way.is_some() {
-            self.key_positions.clear();
-            info.key_positions(&args, &mut self.key_positions);
-        }
+        let way = self.way(&step);
+        // How the request goes, when some phase has anything to decide on it.
+        let deciding = way.filter(|&way| phases.active(policies, way));
+        let following = way.map_or(0, |way| phases.following(policies, way));
         let decision = match way {
-            Some(way) => self.run_phases(policies, info, &args, way, source.len()),
-            None => Decision::Pass,
+            Some(way) if deciding.is_some() || following != 0 => {
+                self.key_positions.clear();
+                info.key_positions(&args, &mut self.key_positions);
+                let run = PhaseRun {
+                    way,
+                    deciding: deciding.is_some(),
+                    following,
+                    request_len: source.len(),
+                };
+                self.run_phases(policies, info, &args, run)
+            }
+            _ => Decision::Pass,
         };
         let taken = match decision {
             Decision::Pass => None,
@@ -246,7 +265,7 @@ impl Session {
             }
             Decision::Ask(question) => return self.ask(input, question),
         };
-        let writes = self.note_writes(policies, info, &args, way, taken.as_ref());
+        let writes = self.note_writes(policies, info, &args, deciding, taken.as_ref());
         self.follow_transaction(&step, info);
         let request = Request {
             info,
@@ -276,14 +295,13 @@ impl Session {
         policies: &Policies,
         info: &'static CommandInfo,
         args: &Args<'_>,
-        way: Way,
-        request_len: usize,
+        run: PhaseRun,
     ) -> Decision<Taken> {
         let subject = Subject {
             info,
             args,
             key_positions: &self.key_positions,
-            way,
+            way: run.way,
             sender: Sender {
                 name: self.client.name.as_deref(),
                 address: &self.peer_ip,
@@ -294,10 +312,15 @@ impl Session {
             ticket: self.replies.next_ticket(),
         };
         let phases = &self.context.phases;
-        let decision = phases.decide(policies, &mut self.phase_states, &subject);
-        if !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_)) {
+        let decision = match run.deciding {
+            true => phases.decide(policies, &mut self.phase_states, &subject),
+            false => Decision::Pass,
+        };
+        let decided = !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_));
+        if run.following != 0 && decided {
             let followers = &mut self.replies.followers;
-            self.follows = phases.follow(policies, followers, &subject, request_len);
+            let (length, following) = (run.request_len, run.following);
+            self.follows = phases.follow(policies, followers, &subject, length, following);
         }
         decision
     }

@@ -43,25 +43,21 @@ impl Phase for Counting {
         match taken {}
     }
 
-    /// Requests that reach Redis on the session's connection; those keyward answers itself
-    /// or sends aside name no key a client reads or writes there.
+    /// Sampled requests that reach Redis on the session's connection; those keyward answers
+    /// itself or sends aside name no key a client reads or writes there.
     #[inline]
     fn follows(&self, policies: &Policies, way: Way) -> bool {
-        way.forwarded() && policies.hotkeys.is_some()
+        way.forwarded() && policies.hotkeys.as_ref().is_some_and(|hotkeys| hotkeys.sampled())
     }
 
     #[inline]
     fn follow(
         &self,
-        policies: &Policies,
+        _: &Policies,
         recorder: &mut Recorder,
         subject: &Subject<'_, '_>,
         request_len: usize,
     ) -> Option<Pending> {
-        let hotkeys = policies.hotkeys.as_ref()?;
-        if !hotkeys.sampled() {
-            return None;
-        }
         recorder.start(
             subject.info,
             subject.args,
