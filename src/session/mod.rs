@@ -118,6 +118,9 @@ pub struct Session {
     in_transaction: bool,
     /// When the client last sent something or was last sent something, for `idle_timeout`.
     last_active: Instant,
+    /// The time of this turn of the session's loop, read once when first needed: a turn is
+    /// microseconds long, and every clock read costs each request.
+    clock: Option<Instant>,
     /// Keys written by requests in the batch being gathered, that phases watch.
     written_keys: Vec<Written>,
     /// What the phases follow of the request just decided on, until it joins the reply queue.
@@ -176,6 +179,7 @@ impl Session {
             holds: Holds::default(),
             in_transaction: false,
             last_active: Instant::now(),
+            clock: None,
             written_keys: Vec::new(),
             follows: Follows::default(),
             parked: None,
@@ -210,6 +214,7 @@ impl Session {
         loop {
             while let Some(switch) = self.process_input() {
                 self.open_dedicated(switch).await;
+                self.clock = None;
             }
             if let Some(opening) = self.opening.take() {
                 opening.start();
@@ -226,6 +231,7 @@ impl Session {
                 hold_armed = self.holds.until;
             }
             let wants_input = self.wants_input();
+            self.clock = None;
             let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
             tokio::select! {
                 biased;
@@ -327,6 +333,12 @@ impl Session {
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)
     }
 
+    /// The time of this turn of the loop (see `clock`).
+    #[inline(always)]
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
     fn read(&mut self, stream: &Stream) -> io::Result<()> {
         let wanted = READ_CHUNK.max(self.input_needed.saturating_sub(self.input.len()));
         if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
@@ -342,7 +354,7 @@ impl Session {
                     phases.give_up(held, &self.reply_sender, *ticket);
                 }
             }
-            Ok(_) => self.last_active = Instant::now(),
+            Ok(_) => self.last_active = self.now(),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
         }
@@ -354,7 +366,7 @@ impl Session {
             match stream.try_write(&self.output) {
                 Ok(written) => {
                     self.output.advance(written);
-                    self.last_active = Instant::now();
+                    self.last_active = self.now();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => return Err(error),
@@ -389,9 +401,9 @@ impl Session {
                 .taken
                 .take_if(|(taken_ticket, _)| taken_ticket == ticket);
         }
-        let after = self
-            .replies
-            .on_reply(reply, &mut self.output, &self.context.command_metrics);
+        let now = self.now();
+        let metrics = &self.context.command_metrics;
+        let after = self.replies.on_reply(reply, &mut self.output, metrics, now);
         let finished = self.replies.take_finished_writes();
         self.context.phases.end_writes(finished);
         match after {

@@ -113,6 +113,11 @@ impl Session {
             return None;
         }
         self.waiting_for_quiet = false;
+        if self.input.is_empty() {
+            // A wake-up for replies alone (most of them, unpipelined): nothing to decode, and
+            // no policies or clock to read.
+            return None;
+        }
         let mut input = Input {
             bytes: std::mem::take(&mut self.input),
             decoder: std::mem::take(&mut self.decoder),
@@ -126,7 +131,7 @@ impl Session {
 
     fn process(&mut self, input: &mut Input) -> Option<Switch> {
         let active = self.context.live.load();
-        let sent_at = Instant::now();
+        let sent_at = self.now();
         let mut dedicate = None;
         while matches!(
             self.closing,

@@ -171,12 +171,13 @@ impl ReplyQueue {
         all
     }
 
-    /// Handles one message from the upstream connection.
+    /// Handles one message from the upstream connection, which came at `now`.
     pub fn on_reply(
         &mut self,
         reply: Reply,
         output: &mut BytesMut,
         metrics: &CommandMetrics,
+        now: Instant,
     ) -> AfterReply {
         match reply {
             Reply::Push(bytes) => output.extend_from_slice(&bytes),
@@ -189,7 +190,7 @@ impl ReplyQueue {
                     self.write_ready(output);
                     return AfterReply::Continue;
                 }
-                self.settle(count, bytes, &lengths, output, metrics);
+                self.settle(count, bytes, &lengths, output, metrics, now);
                 if lengths.capacity() > self.spare_lengths.capacity() {
                     self.spare_lengths = lengths;
                     self.spare_lengths.clear();
@@ -201,7 +202,7 @@ impl ReplyQueue {
                     return AfterReply::Continue;
                 }
                 let errors = error.repeat(count as usize).into();
-                self.settle(count, errors, &[], output, metrics);
+                self.settle(count, errors, &[], output, metrics, now);
             }
             Reply::Closed { error } => {
                 self.fail_all(&error, output);
@@ -277,6 +278,7 @@ impl ReplyQueue {
         lengths: &[u32],
         output: &mut BytesMut,
         metrics: &CommandMetrics,
+        now: Instant,
     ) {
         self.outstanding = self.outstanding.saturating_sub(u64::from(count));
         let owed_by = self
@@ -289,7 +291,6 @@ impl ReplyQueue {
             output.extend_from_slice(&bytes);
             return;
         };
-        let now = Instant::now();
         let answered = Answered {
             count: count as usize,
             replies: &bytes,
@@ -355,11 +356,11 @@ mod tests {
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
         queue.push_upstream(1, Vec::new());
         assert!(output.is_empty());
-        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n");
-        queue.on_reply(frames(b":2\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b":2\r\n", 1), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n:2\r\n+local\r\n");
-        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n:2\r\n+local\r\n:3\r\n");
         assert!(queue.is_empty());
     }
@@ -373,15 +374,15 @@ mod tests {
         let ticket = queue.next_ticket();
         queue.push_fetched(true, Follows::default(), Vec::new());
         queue.push_upstream(2, Vec::new());
-        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics);
-        queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics);
+        queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
+        queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n");
         assert!(queue.awaiting_shared_reads() && queue.outstanding() == 0);
         let fetched = Reply::Fetched {
             ticket,
             bytes: Bytes::from_static(b"$4\r\nfill\r\n"),
         };
-        queue.on_reply(fetched, &mut output, &metrics);
+        queue.on_reply(fetched, &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n$4\r\nfill\r\n:2\r\n:3\r\n");
         assert!(queue.is_empty() && !queue.awaiting_fetches());
     }
@@ -402,7 +403,7 @@ mod tests {
             count: 2,
             lengths,
         };
-        queue.on_reply(reply, &mut output, &metrics);
+        queue.on_reply(reply, &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n:2\r\n");
         let spare = queue.spare_lengths();
         assert!(spare.is_empty() && spare.capacity() >= 16);
@@ -434,12 +435,12 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
         // A frame nobody waits for (a message from a link just left) answers nothing.
-        queue.on_reply(frames(b"+stray\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b"+stray\r\n", 1), &mut output, &metrics, Instant::now());
         send_followed_get(&mut queue, "a");
         send_followed_get(&mut queue, "b");
         // A send that never reached a connection is forgotten, and finished empty.
         queue.unsend(1);
-        queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics);
+        queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics, Instant::now());
         let seen: Vec<(Vec<u8>, u64)> = queue
             .followers
             .hotkeys
@@ -476,7 +477,7 @@ mod tests {
                 count: 3,
                 lengths,
             };
-            queue.on_reply(reply, &mut output, &metrics);
+            queue.on_reply(reply, &mut output, &metrics, Instant::now());
             assert_eq!(
                 outbound(&mut queue),
                 [(b"a".to_vec(), 5), (b"c".to_vec(), 4)]
