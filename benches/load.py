@@ -24,6 +24,9 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
     python3 benches/load.py --predixy PATH        # the same with Predixy as a peer too
     python3 benches/load.py --instructions        # keyward's instructions per request, per policy
+    python3 benches/load.py --profile [--predixy PATH]  # per proxy and request: user and system
+                                                  # CPU, context switches, syscalls by name
+    python3 benches/load.py --scaling             # 1 and 2 worker threads, nothing pinned
     python3 benches/load.py --cluster             # keyward before a Redis Cluster, against
                                                   # redis-benchmark --cluster straight to it
 
@@ -143,13 +146,22 @@ def wait_port(port, what, timeout=10):
 
 
 def pinned(cpu, argv):
+    """`argv` confined to one CPU; `None` leaves it free to run on any."""
+    if cpu is None:
+        return list(argv)
     return ["taskset", "-c", str(cpu), *argv]
 
 
-def cpu_seconds(pid):
+def cpu_times(pid):
+    """A process's user and system CPU seconds so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid):
+    return sum(cpu_times(pid))
 
 
 def rss_kib(pid):
@@ -160,8 +172,8 @@ def rss_kib(pid):
     return 0
 
 
-def benchmark(port, args, requests):
-    argv = pinned(1, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
+def benchmark(port, args, requests, cpus=1):
+    argv = pinned(cpus, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
                       "-n", str(requests), "-r", str(KEYSPACE), "-d", str(VALUE_BYTES), "--csv", *args])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True).stdout
     rows = [line.split(",") for line in out.strip().splitlines() if line and not line.startswith('"test"')]
@@ -534,6 +546,125 @@ def instructions(work, start_keyward, variants):
               f"{ir / base[scenario]:.2f} |")
 
 
+# The syscalls a proxy's request path makes, counted per request by --profile.
+PROFILED_SYSCALLS = ["epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom", "readv", "write",
+                     "sendto", "writev", "sendmsg", "futex"]
+
+
+def counted(pid, run):
+    """Runs `run()` while perf counts the process's syscalls (by name) and context switches;
+    returns what `run` returned and the counts. Counting, not tracing: each event costs the
+    process a counter increment, so the CPU figures of a profile run are a little high."""
+    events = ["context-switches", "raw_syscalls:sys_enter",
+              *(f"syscalls:sys_enter_{name}" for name in PROFILED_SYSCALLS)]
+    out = tempfile.mktemp(prefix="keyward-perf-")
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", ",".join(events), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        result = run()
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=10)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[0].isdigit():
+                counts[fields[2].replace("syscalls:sys_enter_", "")] = int(fields[0])
+    os.unlink(out)
+    return result, counts
+
+
+def profile(proxies, ports, requests):
+    """Per request, for each proxy: user and system CPU (from /proc), context switches (the
+    proxy's threads going to sleep and being woken), and syscalls by name (perf's counters)."""
+    rows = []
+    for name, args, multiplier in SCENARIOS:
+        count = requests * multiplier
+        for proxy, process in proxies.items():
+            user, system = cpu_times(process.pid)
+            rps, counts = counted(process.pid, lambda: benchmark(ports[proxy], args, count))
+            after_user, after_system = cpu_times(process.pid)
+            rows.append((name, proxy, rps, (after_user - user) / count * 1e6,
+                         (after_system - system) / count * 1e6,
+                         {event: n / count for event, n in counts.items()}))
+    print()
+    print(f"Where each proxy's time goes, per request (redis-benchmark, {CLIENTS} clients, {requests:,} "
+          f"requests per unpipelined run; syscalls and switches counted by perf while the run lasts):")
+    shown = [name for name in PROFILED_SYSCALLS
+             if any(row[5].get(name, 0) >= 0.005 for row in rows)]
+    print("| scenario | proxy | requests/s | user µs | system µs | context switches | syscalls | "
+          + " | ".join(shown) + " |")
+    print("| --- | --- |" + " ---: |" * (5 + len(shown)))
+    for name, proxy, rps, user, system, per in rows:
+        print(f"| {name} | {proxy} | {rps:,.0f} | {user:.2f} | {system:.2f} | "
+              f"{per.get('context-switches', 0):.3f} | {per.get('raw_syscalls:sys_enter', 0):.2f} | "
+              + " | ".join(f"{per.get(event, 0):.3f}" for event in shown) + " |")
+
+
+SCALING_CACHE_RULE = """
+[[cache]]
+name = "every key"
+keys = ["key:*"]
+ttl = "10m"
+max_memory = "64MB"
+"""
+# name, redis-benchmark arguments, requests multiplier, whether keyward answers from its cache.
+SCALING_SCENARIOS = [
+    ("GET, no pipelining", ["-t", "get", "-P", "1"], 1, False),
+    ("GET, pipeline 16", ["-t", "get", "-P", "16"], 8, False),
+    ("cached GET, no pipelining", ["-t", "get", "-P", "1"], 1, True),
+    ("cached GET, pipeline 16", ["-t", "get", "-P", "16"], 8, True),
+]
+
+
+def scaling(start_keyward, rounds, requests):
+    """keyward with one worker thread and with two, on both CPUs (not pinned), forwarding
+    to Redis and answering from its cache (where Redis does no work and the load generator is
+    the only other busy process): throughput, and the CPUs keyward and redis-benchmark used."""
+    import resource
+    variants = []
+    for threads in (1, 2):
+        for cached in (False, True):
+            port = free_port()
+            extra = f"[runtime]\nworker_threads = {threads}\n" + (SCALING_CACHE_RULE if cached else "")
+            process = start_keyward(f"keyward-{threads}-{cached}", port, free_port(), extra, cpus=None)
+            if cached:
+                # Every key read once, so that the runs measure hits.
+                benchmark(port, ["-t", "get", "-P", "16"], KEYSPACE * 5, cpus=None)
+            variants.append((threads, cached, port, process))
+    results = {}
+    for round_number in range(rounds):
+        for name, args, multiplier, cached in SCALING_SCENARIOS:
+            count = requests * multiplier
+            for threads, for_cache, port, process in variants:
+                if for_cache != cached:
+                    continue
+                before = cpu_seconds(process.pid)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                started = time.time()
+                rps = benchmark(port, args, count, cpus=None)
+                wall = time.time() - started
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                bench_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+                results.setdefault((name, threads), []).append(
+                    (rps, (cpu_seconds(process.pid) - before) / wall, bench_cpu / wall))
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
+    print()
+    print(f"keyward with 1 and 2 worker threads; keyward and redis-benchmark not pinned, Redis on cpu0 "
+          f"(2 CPUs in all), {CLIENTS} clients, {rounds} rounds, medians; CPUs used = CPU seconds per "
+          f"second of the run; cached: every GET answered from keyward's cache")
+    print("| scenario | requests/s, 1 thread | requests/s, 2 threads | 2 threads / 1 | keyward CPUs, 1 thread "
+          "| keyward CPUs, 2 threads | redis-benchmark CPUs, 1 thread | redis-benchmark CPUs, 2 threads |")
+    print("| --- |" + " ---: |" * 7)
+    for name, _, _, _ in SCALING_SCENARIOS:
+        one, two = ([statistics.median(run[i] for run in results[(name, threads)]) for i in range(3)]
+                    for threads in (1, 2))
+        print(f"| {name} | {one[0]:,.0f} | {two[0]:,.0f} | {two[0] / one[0]:.2f} | {one[1]:.2f} | "
+              f"{two[1]:.2f} | {one[2]:.2f} | {two[2]:.2f} |")
+
+
 def ratelimit_memory(redis_port, start_keyward):
     """A million distinct keys through one rate-limit rule: buckets and RSS while they are
     fresh, and after the janitor has dropped the idle ones."""
@@ -590,6 +721,12 @@ def main():
     parser.add_argument("--predixy", metavar="PATH",
                         help="a Predixy binary (../shared/peers/build-predixy.sh builds one): run it "
                              "as a peer beside twemproxy, with one worker thread")
+    parser.add_argument("--profile", action="store_true",
+                        help="with each proxy, count per request its user and system CPU, context "
+                             "switches and syscalls by name (perf stat), instead of the ratios")
+    parser.add_argument("--scaling", action="store_true",
+                        help="keyward with 1 and 2 worker threads, unpinned, forwarding and answering "
+                             "from its cache: how throughput grows with the second thread")
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
@@ -619,13 +756,13 @@ def main():
 
         start_redis(0, redis_port)
         def start_keyward(name, port, admin, extra="", wrapper=(), timeout=10, upstream_port=redis_port,
-                          upstream=""):
+                          upstream="", cpus=1):
             config = os.path.join(work, f"{name}.toml")
             with open(config, "w") as f:
                 f.write(f'[listen]\naddress = "127.0.0.1:{port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
                         f'[upstream]\naddress = "127.0.0.1:{upstream_port}"\n{upstream}'
                         f'[admin]\naddress = "127.0.0.1:{admin}"\n[log]\nlevel = "warn"\n{extra}')
-            process = start(pinned(1, [*wrapper, KEYWARD, "--config", config]))
+            process = start(pinned(cpus, [*wrapper, KEYWARD, "--config", config]))
             wait_port(port, name, timeout)
             return process
 
@@ -643,6 +780,9 @@ def main():
             return rest_benchmark(start_keyward, options.rounds, 2 if options.quick else 5)
         if options.remote:
             return remote_benchmark(redis_port, start, start_keyward, 2 if options.quick else 5)
+        if options.scaling:
+            preload(redis_port)
+            return scaling(start_keyward, options.rounds, options.requests)
         if options.cache:
             seconds = 2 if options.quick else 5
             return cache_benchmark(redis_port, keyward_port, start_keyward, options.rounds, seconds)
@@ -666,6 +806,11 @@ def main():
         time.sleep(0.5)
         idle_rss = rss_kib(keyward.pid)
         preload(redis_port)
+        if options.profile:
+            ports = {"keyward": keyward_port, "twemproxy": twem_port}
+            if "Predixy" in proxies:
+                ports["Predixy"] = predixy_port
+            return profile(proxies, ports, options.requests)
 
         scenarios = SCENARIOS
         if not options.policies:
