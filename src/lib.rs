@@ -28,7 +28,8 @@
 //! [`admin`] (HTTP: metrics, health, reports, and the admin page that shows them),
 //! [`http_api`] (Upstash's REST API, each request a session), [`metrics`] (every exported
 //! series), [`net`] and
-//! [`tls`] (sockets), [`glob`] (Redis's key patterns), [`secret`] (comparing secrets),
+//! [`tls`] (sockets), [`inbox`] (the channel that brings a session its replies), [`glob`]
+//! (Redis's key patterns), [`secret`] (comparing secrets),
 //! [`logging`], [`signals`] and [`app`] (start and stop), and [`top`] (`keyward top`).
 //!
 //! # Layers
@@ -36,7 +37,7 @@
 //! Lowest first. A module uses only modules of layers below its own, never one beside or
 //! above it (`tests/layers.rs` checks every `crate::` path against this list):
 //!
-//! 1. `resp`, `secret`, `glob`, `net`, `logging`, `directory`
+//! 1. `resp`, `secret`, `glob`, `net`, `logging`, `directory`, `inbox`
 //! 2. `command`
 //! 3. `config`, `metrics`
 //! 4. `tls`
@@ -57,6 +58,7 @@ mod context;
 mod directory;
 mod glob;
 mod http_api;
+mod inbox;
 pub mod logging;
 mod metrics;
 mod net;

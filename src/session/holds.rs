@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
+use crate::inbox;
 use crate::policy::phases::Held;
 use crate::resp::Protocol;
 use crate::upstream::{Batch, Reply, Upstream};
@@ -18,7 +18,7 @@ pub(super) struct Holds {
     pub until: Option<Instant>,
     /// Answers to the questions phases ask Redis, apart from the client's replies. Opened on
     /// first use: most sessions never ask.
-    answers: Option<(mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>)>,
+    answers: Option<(inbox::Sender<Reply>, inbox::Receiver<Reply>)>,
     /// A question is out; the request waits for its answer.
     pub asking: bool,
     /// A phase took the request and answers it with this ticket.
@@ -31,11 +31,7 @@ impl Holds {
         let batch = Batch {
             bytes: question,
             count: 1,
-            reply_to: self
-                .answers
-                .get_or_insert_with(mpsc::unbounded_channel)
-                .0
-                .clone(),
+            reply_to: self.answers.get_or_insert_with(inbox::channel).0.clone(),
             tracked: false,
             measured: None,
             hold: None,

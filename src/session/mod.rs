@@ -31,12 +31,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::CommandInfo;
 use crate::context::Context;
 use crate::directory::Listing;
+use crate::inbox;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
 use crate::policy::phases::{Follows, PhaseStates, Written};
@@ -85,8 +85,8 @@ pub struct Session {
     client: ClientState,
     link: Link,
     replies: ReplyQueue,
-    reply_sender: mpsc::UnboundedSender<Reply>,
-    reply_receiver: mpsc::UnboundedReceiver<Reply>,
+    reply_sender: inbox::Sender<Reply>,
+    reply_receiver: inbox::Receiver<Reply>,
     decoder: RequestDecoder,
     input: BytesMut,
     /// Bytes the request at the front of `input` needs before it can be decoded.
@@ -151,7 +151,7 @@ impl Session {
         let (id, listing) = context.sessions.enter(&context.shutdown);
         let client = ClientState::new(id, context.listen_password.is_none());
         let link = Link::Pooled(context.upstream.pooled(client.protocol, client.db, id));
-        let (reply_sender, reply_receiver) = mpsc::unbounded_channel();
+        let (reply_sender, reply_receiver) = inbox::channel();
         Session {
             context,
             listing,
@@ -519,7 +519,7 @@ impl Drop for StopWatch {
 /// cancellation future among the session's own branches cost about 300 instructions per
 /// unpipelined request (polled each time the session waits), a message costs nothing until
 /// it comes.
-fn watch_stop(stop: CancellationToken, inbox: mpsc::UnboundedSender<Reply>) -> StopWatch {
+fn watch_stop(stop: CancellationToken, inbox: inbox::Sender<Reply>) -> StopWatch {
     let watch = tokio::spawn(async move {
         stop.cancelled().await;
         let _ = inbox.send(Reply::Stop);

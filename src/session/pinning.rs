@@ -7,12 +7,12 @@
 //! aborts one whose command it refused).
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use super::link::Link;
 use super::pipeline::{Flow, Input, Step};
 use super::Session;
 use crate::command::{CommandInfo, LocalCommand, Role};
+use crate::inbox;
 use crate::resp::frame;
 use crate::resp::reply;
 use crate::resp::request::Args;
@@ -138,7 +138,7 @@ impl Session {
         if self.parked.is_some() {
             return Flow::Stop;
         }
-        let (dropped, _) = mpsc::unbounded_channel();
+        let (dropped, _) = inbox::channel();
         let multi = Batch {
             bytes: Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"),
             count: 1,

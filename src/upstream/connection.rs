@@ -26,6 +26,7 @@ use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
 use super::routing::read_replies;
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
+use crate::inbox;
 use crate::net::Stream;
 use crate::resp::frame::FrameScanner;
 
@@ -71,7 +72,7 @@ pub enum Reply {
     Stop,
 }
 
-pub type ReplySender = mpsc::UnboundedSender<Reply>;
+pub type ReplySender = inbox::Sender<Reply>;
 
 /// Stop taking batches while this much is written but not yet accepted by the socket.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;

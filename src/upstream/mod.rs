@@ -44,9 +44,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
 
 use crate::config::HostPort;
+use crate::inbox;
 use crate::metrics;
 use crate::resp::request::encode_command;
 use crate::resp::Protocol;
@@ -398,7 +398,7 @@ impl Upstream {
             for command in setup_left {
                 encode_command(command, &mut bytes);
             }
-            let (ignored, _) = mpsc::unbounded_channel();
+            let (ignored, _) = inbox::channel();
             let _ = handle.send(Batch {
                 bytes: bytes.freeze(),
                 count: setup_left.len() as u32,
@@ -446,7 +446,7 @@ impl Upstream {
         let upstream = Arc::clone(self);
         tokio::spawn(async move {
             let address = &upstream.address();
-            let owner = mpsc::unbounded_channel().0;
+            let owner = inbox::channel().0;
             let bytes = match upstream
                 .dedicated(OwnConnection::plain(protocol, &request), owner, false)
                 .await

@@ -2,16 +2,16 @@
 //! rate limits) on a connection sessions share, with their replies coming back to keyward.
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use super::connection::{Batch, Reply};
 use super::handle::{ConnHandle, SendError};
+use crate::inbox;
 use crate::resp::reply;
 
 /// Replies to commands keyward sent on its own behalf (cache fills, lock tries), which come
 /// back to it rather than to a session.
 pub struct OwnReplies {
-    replies: mpsc::UnboundedReceiver<Reply>,
+    replies: inbox::Receiver<Reply>,
     count: u32,
 }
 
@@ -24,7 +24,7 @@ pub fn send_own(
     count: u32,
     tracked: bool,
 ) -> Result<OwnReplies, SendError> {
-    let (reply_to, replies) = mpsc::unbounded_channel();
+    let (reply_to, replies) = inbox::channel();
     conn.send(Batch {
         bytes,
         count,

@@ -142,14 +142,14 @@ fn deliver_run(
 mod tests {
     use std::time::Instant;
 
-    use tokio::sync::mpsc;
+    use crate::inbox;
 
     use super::*;
     use crate::upstream::tracking::TrackingTarget;
     use crate::upstream::ConnHandle;
 
-    fn pending_for(count: u32) -> (Pending, mpsc::UnboundedReceiver<Reply>) {
-        let (reply_to, replies) = mpsc::unbounded_channel();
+    fn pending_for(count: u32) -> (Pending, inbox::Receiver<Reply>) {
+        let (reply_to, replies) = inbox::channel();
         (
             Pending {
                 reply_to: Some(reply_to),
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn pushes_go_to_the_owner_between_replies() {
         let (head, mut replies) = pending_for(2);
-        let (owner, mut owned) = mpsc::unbounded_channel();
+        let (owner, mut owned) = inbox::channel();
         let mut pending = VecDeque::from([head]);
         let mut input = BytesMut::from(&b":1\r\n>2\r\n+invalidate\r\n*0\r\n:2\r\n"[..]);
         route_untracked(

@@ -47,7 +47,11 @@ impl Phase for Counting {
     /// itself or sends aside name no key a client reads or writes there.
     #[inline]
     fn follows(&self, policies: &Policies, way: Way) -> bool {
-        way.forwarded() && policies.hotkeys.as_ref().is_some_and(|hotkeys| hotkeys.sampled())
+        way.forwarded()
+            && policies
+                .hotkeys
+                .as_ref()
+                .is_some_and(|hotkeys| hotkeys.sampled())
     }
 
     #[inline]

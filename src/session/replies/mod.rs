@@ -375,7 +375,12 @@ mod tests {
         queue.push_fetched(true, Follows::default(), Vec::new());
         queue.push_upstream(2, Vec::new());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
-        queue.on_reply(frames(b":2\r\n:3\r\n", 2), &mut output, &metrics, Instant::now());
+        queue.on_reply(
+            frames(b":2\r\n:3\r\n", 2),
+            &mut output,
+            &metrics,
+            Instant::now(),
+        );
         assert_eq!(&output[..], b":1\r\n");
         assert!(queue.awaiting_shared_reads() && queue.outstanding() == 0);
         let fetched = Reply::Fetched {
@@ -435,12 +440,22 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
         // A frame nobody waits for (a message from a link just left) answers nothing.
-        queue.on_reply(frames(b"+stray\r\n", 1), &mut output, &metrics, Instant::now());
+        queue.on_reply(
+            frames(b"+stray\r\n", 1),
+            &mut output,
+            &metrics,
+            Instant::now(),
+        );
         send_followed_get(&mut queue, "a");
         send_followed_get(&mut queue, "b");
         // A send that never reached a connection is forgotten, and finished empty.
         queue.unsend(1);
-        queue.on_reply(frames(b"$2\r\nhi\r\n", 1), &mut output, &metrics, Instant::now());
+        queue.on_reply(
+            frames(b"$2\r\nhi\r\n", 1),
+            &mut output,
+            &metrics,
+            Instant::now(),
+        );
         let seen: Vec<(Vec<u8>, u64)> = queue
             .followers
             .hotkeys

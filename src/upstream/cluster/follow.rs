@@ -27,6 +27,7 @@ use super::super::handshake;
 use super::super::own::serve_own;
 use super::{key_slot, Cluster};
 use crate::config::HostPort;
+use crate::inbox;
 use crate::net::Stream;
 use crate::resp::frame::{self, frames};
 use crate::resp::reply;
@@ -56,7 +57,7 @@ pub struct Follower {
 /// One node connection of the follower, and where its replies arrive.
 struct NodeLink {
     handle: ConnHandle,
-    replies: mpsc::UnboundedReceiver<Reply>,
+    replies: inbox::Receiver<Reply>,
     relay: ReplySender,
 }
 
@@ -114,7 +115,7 @@ impl Follower {
     fn serve(&self, stream: Stream) -> NodeLink {
         let (handle, batches) = ConnHandle::channel();
         handle.status.set_up();
-        let (relay, replies) = mpsc::unbounded_channel();
+        let (relay, replies) = inbox::channel();
         let owner = relay.clone();
         let address = self.node.load_full();
         let tracking = self.cluster.node_tracking(&address);

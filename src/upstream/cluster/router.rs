@@ -32,6 +32,7 @@ use super::redirect::Redirect;
 use super::{Cluster, SlotMap};
 use crate::command::CommandTable;
 use crate::config::HostPort;
+use crate::inbox;
 use crate::metrics;
 use crate::resp::frame::frames;
 use crate::resp::reply;
@@ -107,7 +108,7 @@ struct NodeLink {
     address: HostPort,
     conn: ConnHandle,
     sender: ReplySender,
-    replies: mpsc::UnboundedReceiver<Reply>,
+    replies: inbox::Receiver<Reply>,
     /// What each reply the node owes is for, in order.
     owed: VecDeque<Owed>,
 }
@@ -323,7 +324,7 @@ impl Router {
         if let Some(index) = self.links.iter().position(|link| link.address == *address) {
             return index;
         }
-        let (sender, replies) = mpsc::unbounded_channel();
+        let (sender, replies) = inbox::channel();
         let settings = self.cluster.node_settings(address);
         let tracking = self.cluster.node_tracking(address);
         let conn = self
