@@ -553,8 +553,9 @@ PROFILED_SYSCALLS = ["epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom
 
 def counted(pid, run):
     """Runs `run()` while perf counts the process's syscalls (by name) and context switches;
-    returns what `run` returned and the counts. Counting, not tracing: each event costs the
-    process a counter increment, so the CPU figures of a profile run are a little high."""
+    returns what `run` returned and the counts. Counting, not tracing, but enabling the syscall
+    tracepoints still sends every syscall down the kernel's slow path: a counted run is several
+    times slower, so its times are not used."""
     events = ["context-switches", "raw_syscalls:sys_enter",
               *(f"syscalls:sys_enter_{name}" for name in PROFILED_SYSCALLS)]
     out = tempfile.mktemp(prefix="keyward-perf-")
@@ -577,21 +578,23 @@ def counted(pid, run):
 
 
 def profile(proxies, ports, requests):
-    """Per request, for each proxy: user and system CPU (from /proc), context switches (the
-    proxy's threads going to sleep and being woken), and syscalls by name (perf's counters)."""
+    """Per request, for each proxy: user and system CPU (from /proc, in a run of its own),
+    then, in a second run, context switches (the proxy's threads going to sleep and being
+    woken) and syscalls by name (perf's counters)."""
     rows = []
     for name, args, multiplier in SCENARIOS:
         count = requests * multiplier
         for proxy, process in proxies.items():
             user, system = cpu_times(process.pid)
-            rps, counts = counted(process.pid, lambda: benchmark(ports[proxy], args, count))
+            rps = benchmark(ports[proxy], args, count)
             after_user, after_system = cpu_times(process.pid)
+            _, counts = counted(process.pid, lambda: benchmark(ports[proxy], args, count))
             rows.append((name, proxy, rps, (after_user - user) / count * 1e6,
                          (after_system - system) / count * 1e6,
                          {event: n / count for event, n in counts.items()}))
     print()
     print(f"Where each proxy's time goes, per request (redis-benchmark, {CLIENTS} clients, {requests:,} "
-          f"requests per unpipelined run; syscalls and switches counted by perf while the run lasts):")
+          f"requests per unpipelined run; CPU from /proc, then syscalls and switches counted by perf in a second run):")
     shown = [name for name in PROFILED_SYSCALLS
              if any(row[5].get(name, 0) >= 0.005 for row in rows)]
     print("| scenario | proxy | requests/s | user µs | system µs | context switches | syscalls | "
