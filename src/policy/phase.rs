@@ -6,8 +6,9 @@
 //! A phase is the part of a policy shared by every session (its queues, its cache, or nothing
 //! at all); what it keeps per session lives in its [`Phase::Session`] value, which the session
 //! holds without looking into (and what it keeps of the requests it follows, in its
-//! [`Phase::Follower`], which the session's reply queue holds). The rules a phase applies come from the [`Policies`] in force,
-//! handed to every call, so that a reload changes them between two requests.
+//! [`Phase::Follower`], which the session's reply queue holds). The rules a phase applies
+//! come from the [`Policies`] in force, handed to every call, so that a reload changes them
+//! between two requests.
 
 use std::sync::Arc;
 use std::time::Instant;
