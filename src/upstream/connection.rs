@@ -265,13 +265,13 @@ async fn drive(
         }
     };
     tokio::pin!(left);
-    // Armed at the watched request's next look (held, then asked about), or earlier when a
-    // new oldest request needs an earlier one; firing early only re-arms it. No clock is read
-    // per batch.
+    // Armed at the watched request's next look (held, then asked about), or sooner for a new
+    // oldest request; firing early only re-arms it. No clock is read per batch.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut armed_for: Option<Instant> = None;
     let mut watch = Watch::default();
+    let runs_after_wakers = runs_after_wakers();
     loop {
         if let Some(stall) = stall {
             watch.follow(pending.front().map(|oldest| oldest.taken_at), stall, status);
@@ -308,7 +308,7 @@ async fn drive(
                 // Let every session woken in this tick queue its batch first, so that one
                 // write carries them all. A connection of one session's own has nobody to wait
                 // for: its command goes out now, ahead of what other sessions send later.
-                if owner.is_none() {
+                if owner.is_none() && !runs_after_wakers {
                     tokio::task::yield_now().await;
                 }
                 while output.bytes < WRITE_HIGH_WATER {
@@ -339,6 +339,15 @@ async fn drive(
             }
         }
     }
+}
+
+/// Whether a task woken by a session runs only after every task woken before it. On one
+/// thread it does: the other sessions whose clients spoke in the same poll of the driver run
+/// first, so their batches are queued by then without a yield, which would cost one more poll
+/// of the driver. Several worker threads run a woken task next, before the others.
+fn runs_after_wakers() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
 }
 
 /// Looks at the oldest waiting request again when its time comes: past [`HELD_TOO_LONG`] it
