@@ -23,7 +23,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --locks               # 50 clients contending for one lock
     python3 benches/load.py --rest                # GETs over keyward's REST API against RESP
     python3 benches/load.py --predixy PATH        # the same with Predixy as a peer too
-    python3 benches/load.py --instructions        # keyward's instructions per request, per policy
+    python3 benches/load.py --instructions [--predixy PATH]  # keyward's instructions per
+                                                  # request, per policy (and Predixy's)
     python3 benches/load.py --profile [--predixy PATH]  # per proxy and request: user and system
                                                   # CPU, context switches, syscalls by name
     python3 benches/load.py --scaling             # 1 and 2 worker threads, nothing pinned
@@ -509,30 +510,39 @@ def callgrind_totals(path):
     return dict(zip(events, map(int, totals)))
 
 
-def instructions(work, start_keyward, variants):
+def instructions(work, start_keyward, variants, start_predixy=None):
     """Each variant's instructions and simulated cache misses per request, counted by callgrind
-    from just before to just after each scenario (startup and warm-up excluded)."""
+    from just before to just after each scenario (startup and warm-up excluded). With
+    `start_predixy`, Predixy is counted the same way, for the user-space work of the peer."""
     rows = []
-    for name, extra in variants:
-        port = free_port()
-        out = os.path.join(work, f"callgrind-{len(rows)}")
-        keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
-                                wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60)
+
+    def count(name, process, port, out):
         # Connections, pools and summaries warmed up, and the cache filled with every key.
         benchmark(port, ["-t", "get", "-P", "16"], 100_000)
         # GETs first: a SET scenario drops most cached keys, and refilling is not the steady state.
         for scenario, args, _ in sorted(SCENARIOS[:4], key=lambda s: "set" in s[1]):
             pipeline = int(args[args.index("-P") + 1])
             requests = INSTRUCTION_REQUESTS[pipeline]
-            subprocess.run(["callgrind_control", "--zero", str(keyward.pid)], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "--zero", str(process.pid)], capture_output=True, check=True)
             benchmark(port, args, requests)
-            subprocess.run(["callgrind_control", "--dump", str(keyward.pid)], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "--dump", str(process.pid)], capture_output=True, check=True)
             dumps = sorted((f for f in os.listdir(work) if f.startswith(os.path.basename(out) + ".")),
                            key=lambda f: int(f.rsplit(".", 1)[1]))
             totals = callgrind_totals(os.path.join(work, dumps[-1]))
             rows.append((name, scenario, totals, requests))
-        keyward.send_signal(signal.SIGTERM)
-        keyward.wait(timeout=60)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+    for name, extra in variants:
+        port = free_port()
+        out = os.path.join(work, f"callgrind-{len(rows)}")
+        keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
+                                wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60)
+        count(name, keyward, port, out)
+    if start_predixy:
+        out = os.path.join(work, "callgrind-predixy")
+        predixy, port = start_predixy([*CALLGRIND, f"--callgrind-out-file={out}"])
+        count("Predixy", predixy, port, out)
     print()
     print("keyward under callgrind, per request (instructions; L1 and L2 data misses, simulated):")
     print("| variant | scenario | instructions | L1 misses | L2 misses | instructions / keyward |")
@@ -723,7 +733,8 @@ def main():
                              "over one window of an hour (no stage flush in the run)")
     parser.add_argument("--predixy", metavar="PATH",
                         help="a Predixy binary (../shared/peers/build-predixy.sh builds one): run it "
-                             "as a peer beside twemproxy, with one worker thread")
+                             "as a peer beside twemproxy, with one worker thread (with --instructions, "
+                             "count its instructions too)")
     parser.add_argument("--profile", action="store_true",
                         help="with each proxy, count per request its user and system CPU, context "
                              "switches and syscalls by name (perf stat), instead of the ratios")
@@ -771,9 +782,19 @@ def main():
 
         if options.cluster:
             return cluster_benchmark(work, start, start_keyward, options.rounds, options.requests)
+        def start_predixy(wrapper=()):
+            port = free_port()
+            config = os.path.join(work, "predixy.conf")
+            with open(config, "w") as f:
+                f.write(PREDIXY_CONFIG.format(port=port, redis_port=redis_port))
+            process = start(pinned(1, [*wrapper, options.predixy, config]))
+            wait_port(port, "Predixy", 60 if wrapper else 10)
+            return process, port
+
         if options.instructions:
             preload(redis_port)
-            return instructions(work, start_keyward, POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS)
+            return instructions(work, start_keyward, POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS,
+                                start_predixy if options.predixy else None)
         keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
@@ -799,12 +820,7 @@ def main():
         # Each proxy's process, for its CPU time per request.
         proxies = {"keyward": keyward, "twemproxy": twemproxy}
         if options.predixy and not options.policies:
-            predixy_port = free_port()
-            predixy_config = os.path.join(work, "predixy.conf")
-            with open(predixy_config, "w") as f:
-                f.write(PREDIXY_CONFIG.format(port=predixy_port, redis_port=redis_port))
-            proxies["Predixy"] = start(pinned(1, [options.predixy, predixy_config]))
-            wait_port(predixy_port, "Predixy")
+            proxies["Predixy"], predixy_port = start_predixy()
 
         time.sleep(0.5)
         idle_rss = rss_kib(keyward.pid)
