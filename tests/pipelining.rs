@@ -126,6 +126,57 @@ fn single_threaded_runtime_keeps_every_clients_order() {
     }
 }
 
+/// A reply to a client that owes nothing else is written to its socket by the upstream
+/// connection. One too large for the socket to take at once continues from where the socket
+/// stopped, and what the client asked after it comes after it: a local reply, a forwarded one.
+#[test]
+fn a_reply_larger_than_the_socket_takes_at_once_arrives_whole_before_the_next() {
+    for worker_threads in [1, 2] {
+        let redis = support::RedisServer::start();
+        let config = format!("[runtime]\nworker_threads = {worker_threads}\n");
+        let keyward = support::Keyward::start(redis.port, &config);
+        let value: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut client = keyward.client();
+        redis::cmd("SET")
+            .arg("big")
+            .arg(&value)
+            .query::<()>(&mut client)
+            .unwrap();
+        let mut raw = keyward.raw();
+        raw.send(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+        // Nothing read yet: the reply fills the socket, and these wait behind it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        raw.send(b"PING\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n");
+        assert_eq!(raw.read_line(), format!("${}\r\n", value.len()));
+        assert!(
+            raw.read_exact(value.len()) == value,
+            "{worker_threads} thread(s)"
+        );
+        assert_eq!(raw.read_exact(2), b"\r\n");
+        assert_eq!(raw.read_line(), "+PONG\r\n");
+        assert_eq!(raw.read_line(), ":1\r\n");
+    }
+}
+
+/// Unpipelined requests one after another, each answered before the next is sent (the
+/// connection writes each reply itself), mixed with local commands, which the session
+/// answers: every reply is the one asked for.
+#[test]
+fn unpipelined_requests_get_their_own_replies_from_either_writer() {
+    let (_redis, keyward) = redis_and_keyward();
+    let mut raw = keyward.raw();
+    for n in 1..=2_000 {
+        raw.send(b"*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n");
+        assert_eq!(raw.read_line(), format!(":{n}\r\n"));
+        if n % 3 == 0 {
+            raw.send(format!("ECHO e{n}\r\n").as_bytes());
+            let echoed = format!("e{n}");
+            assert_eq!(raw.read_line(), format!("${}\r\n", echoed.len()));
+            assert_eq!(raw.read_line(), format!("{echoed}\r\n"));
+        }
+    }
+}
+
 /// Writes `commands` inline `SET`/`GET` pairs (after `prelude`) without reading, while another
 /// thread reads the replies; returns the replies' first lines (after the prelude's).
 fn pipeline_inline_without_reading(port: u16, prelude: &[u8], pairs: usize) -> Vec<String> {

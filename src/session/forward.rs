@@ -37,6 +37,7 @@ impl Session {
             tracked: false,
             measured: None,
             hold: None,
+            direct: None,
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -74,9 +75,13 @@ impl Session {
         };
         if let Some(parked) = &mut self.parked {
             parked.join(&bytes, count, measured, hold);
-            self.handed_over(count);
+            self.handed_over(count, false);
             return;
         }
+        let direct = (measured.is_none() && hold.is_none())
+            .then(|| self.lane_for_replies())
+            .flatten();
+        let in_lane = direct.is_some();
         let batch = Batch {
             bytes,
             count,
@@ -84,12 +89,13 @@ impl Session {
             tracked: false,
             measured,
             hold,
+            direct,
         };
         match conn.offer(batch) {
-            Ok(()) => self.handed_over(count),
+            Ok(()) => self.handed_over(count, in_lane),
             Err((SendError::Busy, batch)) => {
                 self.parked = Some(Parked::from(batch));
-                self.handed_over(count);
+                self.handed_over(count, false);
             }
             Err((error, _)) => {
                 let address = &self.context.upstream.address();
@@ -121,11 +127,12 @@ impl Session {
         }
     }
 
-    /// Accounts for `count` requests now in the connection's hands (or parked in front of it).
-    fn handed_over(&mut self, count: u32) {
+    /// Accounts for `count` requests now in the connection's hands (or parked in front of it),
+    /// whose replies it writes to the client itself if `in_lane`.
+    fn handed_over(&mut self, count: u32, in_lane: bool) {
         let written = std::mem::take(&mut self.written_keys);
         if self.counts_replies() {
-            self.replies.push_upstream(count, written);
+            self.replies.push_upstream(count, written, in_lane);
         } else {
             self.context.phases.end_writes(written);
         }
@@ -185,6 +192,7 @@ impl Parked {
             tracked: false,
             measured: self.measured,
             hold: self.hold,
+            direct: None,
         }
     }
 }

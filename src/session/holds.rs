@@ -35,6 +35,7 @@ impl Holds {
             tracked: false,
             measured: None,
             hold: None,
+            direct: None,
         };
         let conn = upstream.pooled(Protocol::Resp2, 0, client_id);
         self.asking = conn.send(batch).is_ok();

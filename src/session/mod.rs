@@ -18,6 +18,7 @@ mod dispatch;
 mod forward;
 mod holds;
 mod keyward;
+mod lane;
 mod link;
 mod local;
 mod pinning;
@@ -41,7 +42,7 @@ use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
 use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
-use crate::upstream::{Monitoring, Opening, Reply};
+use crate::upstream::{ClientLane, Monitoring, Opening, Reply};
 use client_ids::Redirect;
 use forward::Parked;
 use holds::Holds;
@@ -144,6 +145,10 @@ pub struct Session {
     arrived_at: Option<SocketAddr>,
     /// Cluster mode: the node the session's own connection reaches.
     pin: Option<Pin>,
+    /// The client's socket, for a connection to write replies to (see [`ClientLane`]).
+    lane: Option<Arc<ClientLane>>,
+    /// Replies written through the lane that the session has settled.
+    lane_settled: u64,
 }
 
 impl Session {
@@ -189,6 +194,8 @@ impl Session {
             as_own_user: false,
             arrived_at: None,
             pin: None,
+            lane: None,
+            lane_settled: 0,
         }
     }
 
@@ -198,6 +205,8 @@ impl Session {
             self.arrived_at = tcp.local_addr().ok();
         }
         let peer = self.peer;
+        let stream = Arc::new(stream);
+        self.lane = Some(ClientLane::new(Arc::clone(&stream)));
         match self.drive(&stream).await {
             Ok(()) => tracing::debug!(%peer, "client session ended"),
             Err(error) => tracing::debug!(%peer, %error, "client connection failed"),
@@ -212,6 +221,7 @@ impl Session {
         tokio::pin!(idle);
         let _stop_watch = watch_stop(self.listing.stop().clone(), self.reply_sender.clone());
         loop {
+            self.settle_lane();
             while let Some(switch) = self.process_input() {
                 self.open_dedicated(switch).await;
                 self.clock = None;
@@ -231,6 +241,9 @@ impl Session {
                 hold_armed = self.holds.until;
             }
             let wants_input = self.wants_input();
+            if self.lane_written_meanwhile(wants_input) {
+                continue;
+            }
             self.clock = None;
             let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
             tokio::select! {
@@ -248,12 +261,14 @@ impl Session {
                     readiness?;
                     self.read(stream)?;
                 }
-                readiness = stream.writable(), if !self.output.is_empty() => readiness?,
+                readiness = stream.writable(), if !self.output.is_empty() && !self.replies.lane_in_use() => readiness?,
                 () = &mut hold, if hold_armed.is_some() => {
                     self.holds.until = None;
                     hold_armed = None;
                 }
                 () = &mut idle, if self.context.idle_timeout.is_some() && self.closing.is_none() => {
+                    // A reply the lane wrote is activity, and leaves nothing owed.
+                    self.settle_lane();
                     match self.idle_deadline() {
                         Some(deadline) if deadline > Instant::now() => {
                             idle.as_mut().reset(deadline.into());
@@ -362,6 +377,10 @@ impl Session {
     }
 
     fn write_output(&mut self, stream: &Stream) -> io::Result<()> {
+        if self.replies.lane_in_use() {
+            // The connection may be writing to the socket (see `lane`).
+            return Ok(());
+        }
         while !self.output.is_empty() {
             match stream.try_write(&self.output) {
                 Ok(written) => {
@@ -379,8 +398,10 @@ impl Session {
     }
 
     fn on_reply(&mut self, reply: Reply) {
+        self.settle_lane();
         if !self.counts_replies() {
             match reply {
+                Reply::LaneWritten => {}
                 Reply::Frames { bytes, .. } | Reply::Push(bytes) | Reply::Fetched { bytes, .. } => {
                     self.output.extend_from_slice(&bytes);
                     self.enforce_streaming_output_limit();
@@ -460,6 +481,9 @@ impl Drop for Session {
     /// Writes still unanswered when the client goes end here: their keys must not stay
     /// uncacheable, nor their locks' waiters unwoken.
     fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.close();
+        }
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
         self.context.phases.end_writes(written);

@@ -3,8 +3,9 @@
 //!
 //! Replies come back in the order commands were written, so routing needs no tags: the task
 //! keeps a queue of (session, replies still owed) and hands each run of complete frames to the
-//! session at its head, as one buffer slice. A session's batch is never interleaved with
-//! another's, so the replies to one batch are contiguous.
+//! session at its head, as one buffer slice, or writes it to that session's client itself when
+//! the batch came with the client's lane (see [`ClientLane`]). A session's batch is never
+//! interleaved with another's, so the replies to one batch are contiguous.
 //!
 //! Caveat: a session that gave up on its replies (timeout, disconnect) still has them routed to
 //! it; it discards them itself. Dropping them here would need the task to know about sessions.
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::Breakage;
 use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
+use super::lane::ClientLane;
 use super::routing::read_replies;
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
@@ -45,6 +47,9 @@ pub struct Batch {
     pub measured: Option<Vec<u32>>,
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,
+    /// Set when the session owes its client nothing before these replies: they may be
+    /// written to the client's socket from here (see [`ClientLane`]).
+    pub direct: Option<Arc<ClientLane>>,
 }
 
 /// What a session receives from its upstream connection.
@@ -59,6 +64,8 @@ pub enum Reply {
     },
     /// A RESP3 push (pub/sub message, invalidation): not a reply to any command.
     Push(Bytes),
+    /// Replies went to the client through its lane, and the session asked to hear of it.
+    LaneWritten,
     /// The connection failed before `count` replies arrived; each gets `error`.
     Failed { count: u32, error: Bytes },
     /// A dedicated connection ended; `error` is owed for whatever was still in flight.
@@ -146,6 +153,8 @@ pub(super) struct Pending {
     pub(super) lengths: Vec<u32>,
     /// Released with the batch's last reply.
     pub(super) _hold: Option<Hold>,
+    /// Where its replies are written, until the socket does not take one whole.
+    pub(super) direct: Option<Arc<ClientLane>>,
 }
 
 /// What one connection holds while it runs.

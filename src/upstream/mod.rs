@@ -14,6 +14,7 @@ mod handle;
 mod handshake;
 mod holds;
 pub mod invalidations;
+mod lane;
 mod own;
 mod own_requests;
 mod pause;
@@ -31,6 +32,7 @@ pub use connection::{Batch, Reply, ReplySender};
 pub use errors::UpstreamError;
 pub use handle::{ConnHandle, Hold, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
+pub use lane::ClientLane;
 pub use own::{Opening, OwnConnection};
 pub use own_requests::{send_own, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
@@ -406,6 +408,7 @@ impl Upstream {
                 tracked: false,
                 measured: None,
                 hold: None,
+                direct: None,
             });
         }
         let opening = Opening {

@@ -32,6 +32,7 @@ pub fn send_own(
         tracked,
         measured: None,
         hold: None,
+        direct: None,
     })?;
     Ok(OwnReplies { replies, count })
 }

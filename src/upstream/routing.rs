@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::connection::{Pending, Reply, ReplySender, READ_CHUNK};
 use super::errors::Breakage;
+use super::lane::Written;
 use super::tracking::Fills;
 use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
@@ -111,6 +112,12 @@ fn deliver_run(
     let bytes = input.split_to(*run_len).freeze();
     if let Some(head) = pending.front_mut() {
         match &head.reply_to {
+            Some(_) if head.direct.is_some() => {
+                let instead = through_lane(head, bytes, *run_count);
+                if let (Some(instead), Some(reply_to)) = (instead, &head.reply_to) {
+                    let _ = reply_to.send(instead);
+                }
+            }
             Some(reply_to) => {
                 let _ = reply_to.send(Reply::Frames {
                     bytes,
@@ -138,6 +145,25 @@ fn deliver_run(
     *run_count = 0;
 }
 
+/// Writes a run to its client through the lane the batch came with. Returns what the session
+/// is to get instead: nothing, word that the run was written, or what the socket did not take
+/// (after which the batch's replies all go the usual way).
+fn through_lane(head: &mut Pending, bytes: Bytes, count: u32) -> Option<Reply> {
+    let sent = match &head.direct {
+        Some(lane) => match lane.write(&bytes, count) {
+            Written::All { tell } => return tell.then_some(Reply::LaneWritten),
+            Written::Part(sent) => sent,
+        },
+        None => 0,
+    };
+    head.direct = None;
+    Some(Reply::Frames {
+        bytes: bytes.slice(sent..),
+        count,
+        lengths: std::mem::take(&mut head.lengths),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -158,6 +184,7 @@ mod tests {
                 measured: false,
                 lengths: Vec::new(),
                 _hold: None,
+                direct: None,
             },
             replies,
         )

@@ -68,6 +68,10 @@ pub struct ReplyQueue {
     pub followers: Followers,
     /// A list that brought reply lengths, kept for the next measured batch.
     spare_lengths: Vec<u32>,
+    /// Replies at the front that the connection may write to the client itself (see
+    /// [`ClientLane`](crate::upstream::ClientLane)), not settled yet: nothing else may be
+    /// written to the client until they are.
+    in_lane: u64,
 }
 
 impl ReplyQueue {
@@ -143,7 +147,12 @@ impl ReplyQueue {
         self.entries.push_back(Expected::Substitute(reply));
     }
 
-    pub fn push_upstream(&mut self, count: u32, written: Vec<Written>) {
+    /// `count` replies owed by upstream, which the connection writes to the client itself if
+    /// `in_lane`.
+    pub fn push_upstream(&mut self, count: u32, written: Vec<Written>, in_lane: bool) {
+        if in_lane {
+            self.in_lane += u64::from(count);
+        }
         if count == 0 {
             self.finished_writes.extend(written);
             return;
@@ -153,6 +162,27 @@ impl ReplyQueue {
             remaining: count,
             written,
         });
+    }
+
+    /// Replies in the lane are not settled yet: the client's socket is not the session's.
+    pub fn lane_in_use(&self) -> bool {
+        self.in_lane > 0
+    }
+
+    /// All that is owed is replies in the lane.
+    pub fn owes_only_lane(&self) -> bool {
+        self.in_lane > 0 && self.entries.len() == 1
+    }
+
+    /// `count` replies were written to the client through the lane, the latest at `at`.
+    pub fn lane_written(
+        &mut self,
+        count: u32,
+        output: &mut BytesMut,
+        metrics: &CommandMetrics,
+        at: Instant,
+    ) {
+        self.settle(count, Bytes::new(), &[], output, metrics, at);
     }
 
     /// Written keys whose writes are over, since the last call.
@@ -181,6 +211,8 @@ impl ReplyQueue {
     ) -> AfterReply {
         match reply {
             Reply::Push(bytes) => output.extend_from_slice(&bytes),
+            // Settled by the session before it hands on the next message.
+            Reply::LaneWritten => {}
             Reply::Frames {
                 bytes,
                 count,
@@ -254,6 +286,7 @@ impl ReplyQueue {
         let answered = Answered::none(usize::MAX);
         self.sent.take(answered, &mut self.followers, |_, _, _| {});
         self.outstanding = 0;
+        self.in_lane = 0;
         self.write_ready(output);
     }
 
@@ -281,6 +314,8 @@ impl ReplyQueue {
         now: Instant,
     ) {
         self.outstanding = self.outstanding.saturating_sub(u64::from(count));
+        // Replies in the lane are the first owed, so these settle them first.
+        self.in_lane = self.in_lane.saturating_sub(u64::from(count));
         let owed_by = self
             .entries
             .iter()
@@ -352,9 +387,9 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(2, Vec::new());
+        queue.push_upstream(2, Vec::new(), false);
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
-        queue.push_upstream(1, Vec::new());
+        queue.push_upstream(1, Vec::new(), false);
         assert!(output.is_empty());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n");
@@ -366,14 +401,35 @@ mod tests {
     }
 
     #[test]
+    fn what_comes_after_replies_in_the_lane_waits_until_they_are_written() {
+        let metrics = CommandMetrics::new(CommandTable::global());
+        let mut queue = ReplyQueue::default();
+        let mut output = BytesMut::new();
+        queue.push_upstream(2, Vec::new(), true);
+        assert!(queue.owes_only_lane());
+        queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
+        queue.push_upstream(1, Vec::new(), false);
+        assert!(output.is_empty() && !queue.owes_only_lane());
+        queue.lane_written(1, &mut output, &metrics, Instant::now());
+        assert!(output.is_empty() && queue.lane_in_use());
+        // The socket took the second reply in part: the rest comes the usual way.
+        queue.on_reply(frames(b"2\r\n", 1), &mut output, &metrics, Instant::now());
+        assert_eq!(&output[..], b"2\r\n+local\r\n");
+        assert!(!queue.lane_in_use());
+        queue.on_reply(frames(b":3\r\n", 1), &mut output, &metrics, Instant::now());
+        assert_eq!(&output[..], b"2\r\n+local\r\n:3\r\n");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
     fn upstream_replies_wait_behind_a_cache_fill() {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(1, Vec::new());
+        queue.push_upstream(1, Vec::new(), false);
         let ticket = queue.next_ticket();
         queue.push_fetched(true, Follows::default(), Vec::new());
-        queue.push_upstream(2, Vec::new());
+        queue.push_upstream(2, Vec::new(), false);
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         queue.on_reply(
             frames(b":2\r\n:3\r\n", 2),
@@ -400,7 +456,7 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
         assert_eq!(queue.spare_lengths().capacity(), 0);
-        queue.push_upstream(2, Vec::new());
+        queue.push_upstream(2, Vec::new(), false);
         let mut lengths = Vec::with_capacity(16);
         lengths.extend([4, 4]);
         let reply = Reply::Frames {
@@ -431,7 +487,7 @@ mod tests {
             ..Follows::default()
         };
         queue.command_sent(info.id, Instant::now(), follows);
-        queue.push_upstream(1, Vec::new());
+        queue.push_upstream(1, Vec::new(), false);
     }
 
     #[test]
@@ -484,7 +540,7 @@ mod tests {
             send_followed_get(&mut queue, "a");
             // Not followed: its reply is passed over.
             queue.command_sent(0, Instant::now(), Follows::default());
-            queue.push_upstream(1, Vec::new());
+            queue.push_upstream(1, Vec::new(), false);
             send_followed_get(&mut queue, "c");
             assert!(queue.follows_commands());
             let reply = Reply::Frames {

@@ -170,6 +170,7 @@ impl Follower {
                 tracked: false,
                 measured: None,
                 hold: None,
+                direct: None,
             };
             if count == 0 || link.handle.send(batch).is_ok() {
                 return Some(link);
@@ -254,6 +255,8 @@ impl Subscriptions {
             Some(Reply::Failed { .. } | Reply::Closed { .. } | Reply::Stop) | None => {
                 return Some(None)
             }
+            // Batches to nodes write through no client's lane.
+            Some(Reply::LaneWritten) => return None,
         };
         let mut passed = BytesMut::new();
         let mut left = false;

@@ -350,6 +350,7 @@ impl Router {
             tracked,
             measured: None,
             hold: None,
+            direct: None,
         };
         loop {
             match node.conn.offer(batch) {
@@ -413,7 +414,11 @@ impl Router {
                     }
                 }
             }
-            Reply::Push(_) | Reply::Closed { .. } | Reply::Fetched { .. } | Reply::Stop => {}
+            Reply::Push(_)
+            | Reply::LaneWritten
+            | Reply::Closed { .. }
+            | Reply::Fetched { .. }
+            | Reply::Stop => {}
         }
         self.deliveries.deliver();
     }

@@ -1,0 +1,71 @@
+//! The session's side of its client lane (see [`ClientLane`]): which batches may have their
+//! replies written by the connection, settling the replies it wrote, and asking to hear of
+//! them when the session has something to do after them.
+
+use std::sync::Arc;
+
+use super::link::Link;
+use super::Session;
+use crate::upstream::ClientLane;
+
+impl Session {
+    /// The lane for a batch about to be forwarded, when its replies may go straight to the
+    /// client: nothing is owed before them nor waits to be written, and nothing about them
+    /// needs the session when they come (no keys written that phases watch, no transaction,
+    /// a shared connection that hands replies back as Redis sent them).
+    pub(super) fn lane_for_replies(&self) -> Option<Arc<ClientLane>> {
+        let free = self.replies.is_empty()
+            && self.output.is_empty()
+            && self.written_keys.is_empty()
+            && self.parked.is_none()
+            && !self.in_transaction
+            && self.pin.is_none()
+            && self.counts_replies()
+            && matches!(self.link, Link::Pooled(_));
+        free.then(|| self.lane.clone()).flatten()
+    }
+
+    /// Settles the replies the connection wrote through the lane since the last look. Done
+    /// before anything else the session hears or does, so that what follows them finds them
+    /// answered.
+    pub(super) fn settle_lane(&mut self) {
+        if !self.replies.lane_in_use() {
+            return;
+        }
+        let Some(lane) = &self.lane else {
+            return;
+        };
+        let (written, at) = lane.written();
+        let count = written - self.lane_settled;
+        if count == 0 {
+            return;
+        }
+        self.lane_settled = written;
+        let metrics = &self.context.command_metrics;
+        // At most one batch is in the lane at a time, and a batch's count is a `u32`.
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        self.replies
+            .lane_written(count, &mut self.output, metrics, at);
+        self.last_active = self.last_active.max(at);
+        if self.replies.is_empty() {
+            self.blocked = false;
+        }
+    }
+
+    /// Before the session waits: with replies still in the lane and something to do after
+    /// them (more to write, a request to run once they are in, leaving), asks the lane for
+    /// word when they are written. Returns whether they were written meanwhile, so that the
+    /// session looks again instead of waiting.
+    pub(super) fn lane_written_meanwhile(&self, wants_input: bool) -> bool {
+        if !self.replies.lane_in_use() {
+            return false;
+        }
+        // Only the client's next request can come after them: it wakes the session anyway.
+        if wants_input && self.output.is_empty() && self.replies.owes_only_lane() {
+            return false;
+        }
+        self.lane
+            .as_ref()
+            .is_some_and(|lane| lane.ask_wake() != self.lane_settled)
+    }
+}
