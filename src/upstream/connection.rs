@@ -293,21 +293,9 @@ async fn drive(
             armed_for = Some(next);
         }
         tokio::select! {
+            // Batches before replies: Redis works on the next requests while the replies to
+            // the last ones are handed out (fewer, larger writes under load).
             biased;
-            readiness = stream.readable() => {
-                let read = readiness
-                    .map_err(Breakage::Io)
-                    .and_then(|()| {
-                        let demoted = follows_primary.then_some(&mut *demoted);
-                        read_replies(stream, input, scanner, pending, owner, fills, demoted)
-                    });
-                if let Err(error) = read {
-                    return ServeEnd::Broken(error);
-                }
-                if follows_primary && *demoted {
-                    return ServeEnd::Broken(Breakage::NotPrimary);
-                }
-            }
             batch = batches.recv(), if output.bytes < WRITE_HIGH_WATER => {
                 let Some(batch) = batch else {
                     return ServeEnd::Released;
@@ -321,15 +309,27 @@ async fn drive(
                     tokio::task::yield_now().await;
                 }
                 while output.bytes < WRITE_HIGH_WATER {
-                    match batches.try_recv() {
-                        Ok(batch) => {
-                            output.take(batch, pending, now, fills)
-                        }
-                        Err(_) => break,
-                    }
+                    let Ok(batch) = batches.try_recv() else {
+                        break;
+                    };
+                    output.take(batch, pending, now, fills);
                 }
                 if let Err(error) = output.flush(stream) {
                     return ServeEnd::Broken(Breakage::Io(error));
+                }
+            }
+            readiness = stream.readable() => {
+                let read = readiness
+                    .map_err(Breakage::Io)
+                    .and_then(|()| {
+                        let demoted = follows_primary.then_some(&mut *demoted);
+                        read_replies(stream, input, scanner, pending, owner, fills, demoted)
+                    });
+                if let Err(error) = read {
+                    return ServeEnd::Broken(error);
+                }
+                if follows_primary && *demoted {
+                    return ServeEnd::Broken(Breakage::NotPrimary);
                 }
             }
             readiness = stream.writable(), if !output.is_empty() => {
