@@ -12,12 +12,15 @@ impl Session {
     /// The lane for a batch about to be forwarded, when its replies may go straight to the
     /// client: nothing is owed before them nor waits to be written, and nothing about them
     /// needs the session when they come (no keys written that phases watch, no transaction,
-    /// a shared connection that hands replies back as Redis sent them).
+    /// a shared connection that hands replies back as Redis sent them). Not for a blocking
+    /// command: the lane keeps the client's socket open until its reply, and a client that
+    /// leaves or is killed meanwhile must be let go at once.
     pub(super) fn lane_for_replies(&self) -> Option<Arc<ClientLane>> {
         let free = self.replies.is_empty()
             && self.output.is_empty()
             && self.written_keys.is_empty()
             && self.parked.is_none()
+            && !self.blocked
             && !self.in_transaction
             && self.pin.is_none()
             && self.counts_replies()
