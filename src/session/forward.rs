@@ -37,7 +37,7 @@ impl Session {
             tracked: false,
             measured: None,
             hold: None,
-            direct: None,
+            lane: None,
         };
         match conn.send(batch) {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -78,10 +78,8 @@ impl Session {
             self.handed_over(count, false);
             return;
         }
-        let direct = (measured.is_none() && hold.is_none())
-            .then(|| self.lane_for_replies())
-            .flatten();
-        let in_lane = direct.is_some();
+        let lane = self.lane_for_replies(holds);
+        let in_lane = lane.is_some();
         let batch = Batch {
             bytes,
             count,
@@ -89,7 +87,7 @@ impl Session {
             tracked: false,
             measured,
             hold,
-            direct,
+            lane,
         };
         match conn.offer(batch) {
             Ok(()) => self.handed_over(count, in_lane),
@@ -192,7 +190,7 @@ impl Parked {
             tracked: false,
             measured: self.measured,
             hold: self.hold,
-            direct: None,
+            lane: None,
         }
     }
 }

@@ -35,7 +35,7 @@ impl Holds {
             tracked: false,
             measured: None,
             hold: None,
-            direct: None,
+            lane: None,
         };
         let conn = upstream.pooled(Protocol::Resp2, 0, client_id);
         self.asking = conn.send(batch).is_ok();

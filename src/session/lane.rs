@@ -12,13 +12,16 @@ impl Session {
     /// The lane for a batch about to be forwarded, when its replies may go straight to the
     /// client: nothing is owed before them nor waits to be written, and nothing about them
     /// needs the session when they come (no keys written that phases watch, no transaction,
-    /// a shared connection that hands replies back as Redis sent them). Not for a blocking
-    /// command: the lane keeps the client's socket open until its reply, and a client that
-    /// leaves or is killed meanwhile must be let go at once.
-    pub(super) fn lane_for_replies(&self) -> Option<Arc<ClientLane>> {
-        let free = self.replies.is_empty()
+    /// a shared connection that hands replies back as Redis sent them, no phase following
+    /// them, none that Redis may hold: `holds`). Not for a blocking command: the lane keeps
+    /// the client's socket open until its reply, and a client that leaves or is killed
+    /// meanwhile must be let go at once.
+    pub(super) fn lane_for_replies(&self, holds: bool) -> Option<Arc<ClientLane>> {
+        let free = !holds
+            && self.replies.is_empty()
             && self.output.is_empty()
             && self.written_keys.is_empty()
+            && !self.replies.follows_commands()
             && self.parked.is_none()
             && !self.blocked
             && !self.in_transaction

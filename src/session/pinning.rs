@@ -146,7 +146,7 @@ impl Session {
             tracked: false,
             measured: None,
             hold: None,
-            direct: None,
+            lane: None,
         };
         if self.link.conn().send(multi).is_err() {
             // The connection cannot take it: the transaction opens one of its own.

@@ -49,7 +49,7 @@ pub struct Batch {
     pub hold: Option<Hold>,
     /// Set when the session owes its client nothing before these replies: they may be
     /// written to the client's socket from here (see [`ClientLane`]).
-    pub direct: Option<Arc<ClientLane>>,
+    pub lane: Option<Arc<ClientLane>>,
 }
 
 /// What a session receives from its upstream connection.
@@ -154,7 +154,7 @@ pub(super) struct Pending {
     /// Released with the batch's last reply.
     pub(super) _hold: Option<Hold>,
     /// Where its replies are written, until the socket does not take one whole.
-    pub(super) direct: Option<Arc<ClientLane>>,
+    pub(super) lane: Option<Arc<ClientLane>>,
 }
 
 /// What one connection holds while it runs.

@@ -408,7 +408,7 @@ impl Upstream {
                 tracked: false,
                 measured: None,
                 hold: None,
-                direct: None,
+                lane: None,
             });
         }
         let opening = Opening {

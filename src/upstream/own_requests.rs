@@ -32,7 +32,7 @@ pub fn send_own(
         tracked,
         measured: None,
         hold: None,
-        direct: None,
+        lane: None,
     })?;
     Ok(OwnReplies { replies, count })
 }

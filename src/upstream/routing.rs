@@ -3,12 +3,13 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{Pending, Reply, ReplySender, READ_CHUNK};
 use super::errors::Breakage;
-use super::lane::Written;
+use super::lane::{ClientLane, Written};
 use super::tracking::Fills;
 use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
@@ -112,18 +113,14 @@ fn deliver_run(
     let bytes = input.split_to(*run_len).freeze();
     if let Some(head) = pending.front_mut() {
         match &head.reply_to {
-            Some(_) if head.direct.is_some() => {
-                let instead = through_lane(head, bytes, *run_count);
-                if let (Some(instead), Some(reply_to)) = (instead, &head.reply_to) {
-                    let _ = reply_to.send(instead);
-                }
-            }
             Some(reply_to) => {
-                let _ = reply_to.send(Reply::Frames {
-                    bytes,
-                    count: *run_count,
-                    lengths: std::mem::take(&mut head.lengths),
-                });
+                if let Some(bytes) = through_lane(&mut head.lane, bytes, *run_count, reply_to) {
+                    let _ = reply_to.send(Reply::Frames {
+                        bytes,
+                        count: *run_count,
+                        lengths: std::mem::take(&mut head.lengths),
+                    });
+                }
             }
             // Tracking could not be turned on: the fill after it is not tracked, so it must
             // not be stored, and the next fill turns tracking on again first.
@@ -145,23 +142,31 @@ fn deliver_run(
     *run_count = 0;
 }
 
-/// Writes a run to its client through the lane the batch came with. Returns what the session
-/// is to get instead: nothing, word that the run was written, or what the socket did not take
-/// (after which the batch's replies all go the usual way).
-fn through_lane(head: &mut Pending, bytes: Bytes, count: u32) -> Option<Reply> {
-    let sent = match &head.direct {
-        Some(lane) => match lane.write(&bytes, count) {
-            Written::All { tell } => return tell.then_some(Reply::LaneWritten),
-            Written::Part(sent) => sent,
-        },
-        None => 0,
+/// Writes a run to its client through the lane its batch came with, if it came with one, and
+/// tells the session if it asked. Returns what is left for the session to write: the whole
+/// run without a lane, what the socket did not take (after which the batch's replies all go
+/// the usual way), or nothing.
+fn through_lane(
+    lane: &mut Option<Arc<ClientLane>>,
+    bytes: Bytes,
+    count: u32,
+    session: &ReplySender,
+) -> Option<Bytes> {
+    let Some(written) = lane.as_ref().map(|lane| lane.write(&bytes, count)) else {
+        return Some(bytes);
     };
-    head.direct = None;
-    Some(Reply::Frames {
-        bytes: bytes.slice(sent..),
-        count,
-        lengths: std::mem::take(&mut head.lengths),
-    })
+    match written {
+        Written::All { tell } => {
+            if tell {
+                let _ = session.send(Reply::LaneWritten);
+            }
+            None
+        }
+        Written::Part(sent) => {
+            *lane = None;
+            Some(bytes.slice(sent..))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -184,7 +189,7 @@ mod tests {
                 measured: false,
                 lengths: Vec::new(),
                 _hold: None,
-                direct: None,
+                lane: None,
             },
             replies,
         )

@@ -55,7 +55,7 @@ impl WriteQueue {
                 measured: batch.measured.is_some() && batch.count > 1,
                 lengths: batch.measured.unwrap_or_default(),
                 _hold: batch.hold,
-                direct: batch.direct,
+                lane: batch.lane,
             });
         }
         self.append(batch.bytes);
@@ -75,7 +75,7 @@ impl WriteQueue {
             measured: false,
             lengths: Vec::new(),
             _hold: None,
-            direct: None,
+            lane: None,
         });
         self.append(command);
     }

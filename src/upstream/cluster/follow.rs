@@ -170,7 +170,7 @@ impl Follower {
                 tracked: false,
                 measured: None,
                 hold: None,
-                direct: None,
+                lane: None,
             };
             if count == 0 || link.handle.send(batch).is_ok() {
                 return Some(link);

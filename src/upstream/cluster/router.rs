@@ -350,7 +350,7 @@ impl Router {
             tracked,
             measured: None,
             hold: None,
-            direct: None,
+            lane: None,
         };
         loop {
             match node.conn.offer(batch) {
