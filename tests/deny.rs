@@ -80,7 +80,13 @@ fn a_refused_command_that_needs_its_own_connection_opens_none() {
             .arg("INFO")
             .query(&mut keyward.client())
             .unwrap();
-        if info.contains("upstream_pooled_connections_up:4") {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse::<usize>().ok())
+        };
+        let up = field("upstream_pooled_connections_up");
+        if up.is_some_and(|up| up > 0) && up == field("upstream_pooled_connections") {
             break;
         }
         assert!(

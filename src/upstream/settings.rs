@@ -58,7 +58,7 @@ impl UpstreamSettings {
     ) -> Result<UpstreamSettings, String> {
         Ok(UpstreamSettings {
             address: config.upstream.address.clone(),
-            pool_size: config.upstream.pool_size.get(),
+            pool_size: config.upstream_pool_size(),
             connect_timeout: config.upstream.connect_timeout.get(),
             request_timeout: config.upstream.request_timeout.get(),
             credentials: Arc::new(match &config.upstream.password_file {
