@@ -498,6 +498,52 @@ fn shadow_mode_counts_but_never_serves() {
     }
     assert_eq!(redis_calls(&redis, "get"), 4);
     assert_eq!((stat(&keyward, "hits"), stat(&keyward, "misses")), (3, 1));
+
+    // A write by another client ends what the rule would have served, as it would in force.
+    set(&mut redis.client(), "user:1", "bob");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while stat(&keyward, "invalidations") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no invalidation: {}",
+            stats(&keyward)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(get(&mut client, "user:1").as_deref(), Some("bob"));
+    assert_eq!((stat(&keyward, "hits"), stat(&keyward, "misses")), (3, 2));
+}
+
+/// A shadow rule keeps no replies, yet weighs each entry as the rule in force would, so that
+/// it evicts as that rule would and its figures say what enforcing it would give.
+#[test]
+fn a_shadow_rule_weighs_entries_as_the_rule_in_force_would() {
+    let redis = RedisServer::start();
+    let rule =
+        "[[cache]]\nname = \"blobs\"\nkeys = [\"blob:*\"]\nttl = \"1m\"\nmax_memory = \"256KB\"\n";
+    let enforced = keyward_with_invalidations(&redis, rule);
+    let shadow = keyward_with_invalidations(&redis, &format!("{rule}mode = \"shadow\"\n"));
+    let value = "x".repeat(20_000);
+    let mut direct = redis.client();
+    for index in 0..100 {
+        set(&mut direct, &format!("blob:{index}"), &value);
+    }
+    for keyward in [&enforced, &shadow] {
+        let mut reader = keyward.client();
+        for index in (0..100).chain(90..100) {
+            let key = format!("blob:{index}");
+            assert_eq!(get(&mut reader, &key).map(|v| v.len()), Some(value.len()));
+        }
+    }
+    for keyward in [&enforced, &shadow] {
+        assert!(stat(keyward, "bytes") <= 256_000, "{}", stats(keyward));
+        assert!(stat(keyward, "evictions") > 0, "{}", stats(keyward));
+        assert!(stat(keyward, "entries") >= 5, "{}", stats(keyward));
+        assert_eq!(stat(keyward, "hits") + stat(keyward, "misses"), 110);
+        assert!(stat(keyward, "hits") > 0, "{}", stats(keyward));
+    }
+    let per_entry = |keyward: &Keyward| stat(keyward, "bytes") / stat(keyward, "entries");
+    assert_eq!(per_entry(&enforced), per_entry(&shadow));
 }
 
 #[test]

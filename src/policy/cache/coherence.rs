@@ -143,6 +143,10 @@ impl Coherence {
             Kind::OneKey => lookups
                 .next()
                 .and_then(|(key, &epoch)| rule.get(key, shape, epoch, now)),
+            // A shadow rule only needs to know that it would have served every key.
+            Kind::PerKey if rule.is_shadow() => lookups
+                .all(|(key, &epoch)| rule.get(key, shape, epoch, now).is_some())
+                .then(Bytes::new),
             Kind::PerKey => assemble(lookups.map(|(key, &epoch)| rule.get(key, shape, epoch, now))),
         };
         rule.count(cached.is_some());

@@ -13,6 +13,7 @@
 
 pub mod coherence;
 mod phase;
+mod shelf;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use metrics::{counter, gauge, Counter, Gauge};
-use smallvec::SmallVec;
 
 pub use crate::command::cacheable::Kind;
 use crate::command::CommandInfo;
@@ -31,69 +31,18 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Fill};
+use shelf::{CountEvictions, Shelf, Variant};
 
-/// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
-const ENTRY_OVERHEAD: usize = 96;
-/// Bytes each cached reply of an entry costs beyond its shape and reply.
-const VARIANT_OVERHEAD: usize = 48;
-
-/// The cached replies for one Redis key.
-#[derive(Clone, Default)]
-struct KeyEntries {
-    variants: SmallVec<[Variant; 1]>,
-    /// What the entry counts against `max_memory`, fixed when it is stored.
-    weight: u64,
+/// Where a rule keeps what it read (see [`shelf`]).
+enum Entries {
+    /// A rule in force: keys, shapes and replies as they are.
+    Replies(Shelf<Bytes, Bytes, Bytes>),
+    /// A shadow rule: hashes of keys and shapes, and the replies' sizes.
+    Ghosts {
+        shelf: Shelf<u64, u64, ()>,
+        hasher: ahash::RandomState,
+    },
 }
-
-#[derive(Clone)]
-struct Variant {
-    shape: Bytes,
-    reply: Bytes,
-    /// When it stops being served: `ttl` after it was read, or sooner if the key expires.
-    expires_at: Instant,
-    /// The tracking epoch it was read in: served only while that epoch lasts.
-    epoch: u64,
-}
-
-impl KeyEntries {
-    fn weigh(&mut self, key: &[u8]) {
-        let variants: usize = self
-            .variants
-            .iter()
-            .map(|variant| variant.shape.len() + variant.reply.len() + VARIANT_OVERHEAD)
-            .sum();
-        self.weight = (key.len() + variants + ENTRY_OVERHEAD) as u64;
-    }
-}
-
-#[derive(Clone)]
-struct EntryWeighter;
-
-impl quick_cache::Weighter<Bytes, Arc<KeyEntries>> for EntryWeighter {
-    fn weight(&self, _: &Bytes, entries: &Arc<KeyEntries>) -> u64 {
-        entries.weight
-    }
-}
-
-/// Counts the entries the cache drops to stay within `max_memory`.
-#[derive(Clone)]
-struct CountEvictions(Arc<Counters>);
-
-impl quick_cache::Lifecycle<Bytes, Arc<KeyEntries>> for CountEvictions {
-    type RequestState = ();
-
-    fn on_evict(&self, _: &mut (), _: Bytes, _: Arc<KeyEntries>) {
-        self.0.evictions.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-type Store = quick_cache::sync::Cache<
-    Bytes,
-    Arc<KeyEntries>,
-    EntryWeighter,
-    quick_cache::DefaultHashBuilder,
-    CountEvictions,
->;
 
 /// What a rule has counted.
 #[derive(Default)]
@@ -101,7 +50,7 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     invalidations: AtomicU64,
-    evictions: AtomicU64,
+    evictions: Arc<AtomicU64>,
 }
 
 /// A rule's Prometheus series, updated when `/metrics` is scraped.
@@ -118,8 +67,8 @@ struct RuleMetrics {
 pub struct RuleCache {
     pub rule: CacheRule,
     matcher: RuleMatcher,
-    store: Store,
-    counters: Arc<Counters>,
+    entries: Entries,
+    counters: Counters,
     metrics: RuleMetrics,
 }
 
@@ -136,15 +85,16 @@ pub struct RuleStats {
 
 impl RuleCache {
     pub fn new(rule: CacheRule) -> RuleCache {
-        let counters = Arc::new(Counters::default());
+        let counters = Counters::default();
         let capacity = rule.max_memory.get();
-        let store = Store::with(
-            (capacity / 256).clamp(16, 1 << 24) as usize,
-            capacity,
-            EntryWeighter,
-            quick_cache::DefaultHashBuilder::default(),
-            CountEvictions(Arc::clone(&counters)),
-        );
+        let evictions = CountEvictions(Arc::clone(&counters.evictions));
+        let entries = match rule.mode {
+            Mode::Enforce => Entries::Replies(Shelf::new(capacity, evictions)),
+            Mode::Shadow => Entries::Ghosts {
+                shelf: Shelf::new(capacity, evictions),
+                hasher: ahash::RandomState::new(),
+            },
+        };
         let name = rule.name.get_ref().clone();
         let metrics = RuleMetrics {
             hits: counter!("keyward_cache_hits_total", "rule" => name.clone()),
@@ -157,7 +107,7 @@ impl RuleCache {
         RuleCache {
             matcher: RuleMatcher::compile(&rule),
             rule,
-            store,
+            entries,
             counters,
             metrics,
         }
@@ -186,16 +136,15 @@ impl RuleCache {
     }
 
     /// The reply cached for `shape` of `key`, if it has not expired and was read in the
-    /// current tracking `epoch`.
+    /// current tracking `epoch`; under a shadow rule, an empty reply for a read it would have
+    /// served.
     fn get(&self, key: &[u8], shape: &[u8], epoch: u64, now: Instant) -> Option<Bytes> {
-        let entries = self.store.get(key)?;
-        entries
-            .variants
-            .iter()
-            .find(|variant| {
-                variant.epoch == epoch && &variant.shape[..] == shape && now < variant.expires_at
-            })
-            .map(|variant| variant.reply.clone())
+        match &self.entries {
+            Entries::Replies(shelf) => shelf.get(key, shape, epoch, now),
+            Entries::Ghosts { shelf, hasher } => shelf
+                .get(&hasher.hash_one(key), &hasher.hash_one(shape), epoch, now)
+                .map(|()| Bytes::new()),
+        }
     }
 
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
@@ -211,22 +160,30 @@ impl RuleCache {
             return;
         }
         let (now, ttl) = (Instant::now(), self.ttl());
-        let mut entries = self
-            .store
-            .get(key)
-            .map(|entries| (*entries).clone())
-            .unwrap_or_default();
-        entries.variants.retain(|variant| {
-            variant.shape != *shape && variant.epoch == epoch && now < variant.expires_at
-        });
-        entries.variants.push(Variant {
-            shape: shape.clone(),
-            reply,
-            expires_at: now + lifetime.map_or(ttl, |lifetime| lifetime.min(ttl)),
-            epoch,
-        });
-        entries.weigh(key);
-        self.store.insert(key.clone(), Arc::new(entries));
+        let expires_at = now + lifetime.map_or(ttl, |lifetime| lifetime.min(ttl));
+        let size = shape.len() + reply.len();
+        match &self.entries {
+            Entries::Replies(shelf) => {
+                let read = Variant {
+                    shape: shape.clone(),
+                    reply,
+                    size,
+                    expires_at,
+                    epoch,
+                };
+                shelf.insert(key.clone(), key.len(), read, now);
+            }
+            Entries::Ghosts { shelf, hasher } => {
+                let read = Variant {
+                    shape: hasher.hash_one(shape),
+                    reply: (),
+                    size,
+                    expires_at,
+                    epoch,
+                };
+                shelf.insert(hasher.hash_one(key), key.len(), read, now);
+            }
+        }
     }
 
     fn keeps(&self, reply: &[u8]) -> bool {
@@ -239,13 +196,20 @@ impl RuleCache {
 
     /// Drops every cached read of `key`.
     fn invalidate(&self, key: &[u8]) {
-        if self.store.remove(key).is_some() {
+        let removed = match &self.entries {
+            Entries::Replies(shelf) => shelf.remove(key),
+            Entries::Ghosts { shelf, hasher } => shelf.remove(&hasher.hash_one(key)),
+        };
+        if removed {
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn flush(&self) {
-        self.store.clear();
+        match &self.entries {
+            Entries::Replies(shelf) => shelf.clear(),
+            Entries::Ghosts { shelf, .. } => shelf.clear(),
+        }
     }
 
     fn count(&self, hit: bool) {
@@ -258,13 +222,17 @@ impl RuleCache {
     }
 
     pub fn stats(&self) -> RuleStats {
+        let (bytes, entries) = match &self.entries {
+            Entries::Replies(shelf) => (shelf.weight(), shelf.len()),
+            Entries::Ghosts { shelf, .. } => (shelf.weight(), shelf.len()),
+        };
         RuleStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),
             invalidations: self.counters.invalidations.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
-            bytes: self.store.weight(),
-            entries: self.store.len() as u64,
+            bytes,
+            entries: entries as u64,
         }
     }
 

@@ -1,0 +1,159 @@
+//! Where a rule keeps the reads it cached, by key, within `max_memory`.
+//!
+//! A rule in force keeps each key and reply as they are. A shadow rule only counts what it
+//! would have served, so it keeps no bytes at all: a 64-bit hash for each key and shape, and
+//! the size the real entry would have. Its lookups then touch one small entry instead of the
+//! key, the shape and the reply scattered over the heap, which is most of what a lookup costs
+//! when the keys do not fit in the CPU's caches; and it weighs its entries as the real cache
+//! would, so that it evicts what the real cache would and its counts say what enforcing the
+//! rule would give.
+
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, Weighter};
+use smallvec::SmallVec;
+
+/// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
+const ENTRY_OVERHEAD: usize = 96;
+/// Bytes each cached reply of an entry costs beyond its shape and reply.
+const VARIANT_OVERHEAD: usize = 48;
+
+/// The cached reads of one key: `S` tells one read's shape from another, `R` is what is kept
+/// of its reply.
+#[derive(Clone)]
+struct KeyEntries<S, R> {
+    variants: SmallVec<[Variant<S, R>; 1]>,
+    /// What the entry counts against `max_memory`, fixed when it is stored.
+    weight: u64,
+}
+
+/// One cached read of a key.
+#[derive(Clone)]
+pub(super) struct Variant<S, R> {
+    pub(super) shape: S,
+    pub(super) reply: R,
+    /// The bytes of the shape and the reply, for `max_memory`.
+    pub(super) size: usize,
+    /// When it stops being served: `ttl` after it was read, or sooner if the key expires.
+    pub(super) expires_at: Instant,
+    /// The tracking epoch it was read in: served only while that epoch lasts.
+    pub(super) epoch: u64,
+}
+
+#[derive(Clone)]
+struct EntryWeighter;
+
+impl<K, S, R> Weighter<K, Arc<KeyEntries<S, R>>> for EntryWeighter {
+    fn weight(&self, _: &K, entries: &Arc<KeyEntries<S, R>>) -> u64 {
+        entries.weight
+    }
+}
+
+/// Counts the entries the cache drops to stay within `max_memory`.
+#[derive(Clone)]
+pub(super) struct CountEvictions(pub(super) Arc<AtomicU64>);
+
+impl<K, V> Lifecycle<K, V> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: K, _: V) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A rule's entries: by key `K`, each read told apart by shape `S`, keeping `R` of its reply.
+pub(super) struct Shelf<K, S, R> {
+    cache: quick_cache::sync::Cache<
+        K,
+        Arc<KeyEntries<S, R>>,
+        EntryWeighter,
+        DefaultHashBuilder,
+        CountEvictions,
+    >,
+}
+
+impl<K, S, R> Shelf<K, S, R>
+where
+    K: Hash + Eq + Clone,
+    S: PartialEq + Clone,
+    R: Clone,
+{
+    /// A shelf of `capacity` bytes, as weighed by [`Shelf::insert`].
+    pub(super) fn new(capacity: u64, evictions: CountEvictions) -> Self {
+        Shelf {
+            cache: quick_cache::sync::Cache::with(
+                (capacity / 256).clamp(16, 1 << 24) as usize,
+                capacity,
+                EntryWeighter,
+                DefaultHashBuilder::default(),
+                evictions,
+            ),
+        }
+    }
+
+    /// What is kept of the reply to `shape` of `key`, if it has not expired and was read in
+    /// the current tracking `epoch`.
+    pub(super) fn get<Q, T>(&self, key: &Q, shape: &T, epoch: u64, now: Instant) -> Option<R>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+        S: PartialEq<T>,
+        T: ?Sized,
+    {
+        let entries = self.cache.get(key)?;
+        entries
+            .variants
+            .iter()
+            .find(|variant| {
+                variant.epoch == epoch && variant.shape == *shape && now < variant.expires_at
+            })
+            .map(|variant| variant.reply.clone())
+    }
+
+    /// Keeps `read` of `key` (whose name is `key_len` bytes), beside the key's other reads of
+    /// the same epoch that have not expired at `now`.
+    pub(super) fn insert(&self, key: K, key_len: usize, read: Variant<S, R>, now: Instant) {
+        let mut entries = self
+            .cache
+            .get(&key)
+            .map(|entries| (*entries).clone())
+            .unwrap_or(KeyEntries {
+                variants: SmallVec::new(),
+                weight: 0,
+            });
+        entries.variants.retain(|variant| {
+            variant.shape != read.shape && variant.epoch == read.epoch && now < variant.expires_at
+        });
+        entries.variants.push(read);
+        let variants: usize = entries
+            .variants
+            .iter()
+            .map(|variant| variant.size + VARIANT_OVERHEAD)
+            .sum();
+        entries.weight = (key_len + variants + ENTRY_OVERHEAD) as u64;
+        self.cache.insert(key, Arc::new(entries));
+    }
+
+    /// Drops every read of `key`; whether there was any.
+    pub(super) fn remove<Q>(&self, key: &Q) -> bool
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        self.cache.remove(key).is_some()
+    }
+
+    pub(super) fn clear(&self) {
+        self.cache.clear();
+    }
+
+    /// The bytes held, as weighed.
+    pub(super) fn weight(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.cache.len()
+    }
+}
