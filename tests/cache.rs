@@ -514,6 +514,41 @@ fn shadow_mode_counts_but_never_serves() {
     assert_eq!((stat(&keyward, "hits"), stat(&keyward, "misses")), (3, 2));
 }
 
+/// A shadow rule with a `sample_rate` follows that fraction of the keys and scales its
+/// figures back up: the estimates land near the exact counts, while the keys it does not
+/// follow cost no fill (no tracked read, no `PTTL`).
+#[test]
+fn a_sampled_shadow_rule_estimates_what_the_rule_would_count() {
+    let redis = RedisServer::start();
+    let keyward = keyward_with_invalidations(
+        &redis,
+        &format!("{PROFILES}mode = \"shadow\"\nsample_rate = 0.25\n"),
+    );
+    let keys: Vec<String> = (0..2_000).map(|index| format!("user:{index}")).collect();
+    let mut direct = redis::pipe();
+    for key in &keys {
+        direct.set(key, "x").ignore();
+    }
+    let () = direct.query(&mut redis.client()).unwrap();
+    let mut client = keyward.client();
+    for _ in 0..2 {
+        let mut reads = redis::pipe();
+        for key in &keys {
+            reads.get(key);
+        }
+        let values: Vec<String> = reads.query(&mut client).unwrap();
+        assert!(values.iter().all(|value| value == "x"));
+    }
+    assert_eq!(redis_calls(&redis, "get"), 4_000, "never served");
+    let (hits, misses) = (stat(&keyward, "hits"), stat(&keyward, "misses"));
+    // Exact: 2,000 each. A quarter of 2,000 keys followed: the count is off by ±4% at one
+    // standard deviation, so ±20% fails only by a fault.
+    assert!((1_600..=2_400).contains(&hits), "{}", stats(&keyward));
+    assert!((1_600..=2_400).contains(&misses), "{}", stats(&keyward));
+    let fills = redis_calls(&redis, "pttl");
+    assert!((300..=700).contains(&fills), "{fills} fills");
+}
+
 /// A shadow rule keeps no replies, yet weighs each entry as the rule in force would, so that
 /// it evicts as that rule would and its figures say what enforcing it would give.
 #[test]

@@ -91,6 +91,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
     diagnostics.extend(rules::check_rate_limits(&rate_limits));
     diagnostics.extend(rules::check_shadowing("deny", &denials, text));
     diagnostics.extend(rules::check_shadowing("cache", &caches, text));
+    diagnostics.extend(rules::check_caches(&caches));
     diagnostics.extend(rules::check_shadowing("lock", &locks, text));
     diagnostics.extend(rules::check_shadowing("route", &routes, text));
     diagnostics.extend(rules::check_routes(&routes));

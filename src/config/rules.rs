@@ -215,9 +215,24 @@ pub struct CacheRule {
     pub cache_nil: bool,
     #[serde(default)]
     pub mode: Mode,
+    /// Shadow mode: the fraction of keys (chosen by a hash of the key) whose reads the rule
+    /// follows, in (0, 1]; its figures are scaled back up. Default 1: every read.
+    #[serde(default)]
+    #[schemars(with = "Option<f64>")]
+    pub sample_rate: Option<Spanned<f64>>,
 }
 
 impl_rule!(CacheRule);
+
+impl CacheRule {
+    /// The fraction of keys a shadow rule follows; a rule in force caches every read.
+    pub fn sampled_fraction(&self) -> f64 {
+        match (self.mode, &self.sample_rate) {
+            (Mode::Shadow, Some(rate)) => *rate.get_ref(),
+            _ => 1.0,
+        }
+    }
+}
 
 /// `[[lock]]`: keys used as locks (`SET key token NX PX ms`). A losing attempt waits in a FIFO
 /// queue for the key, up to `max_wait`, instead of failing at once.
@@ -468,6 +483,32 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                 Some(delay.span()),
                 format!(
                     "max_delay has no effect in rule {:?}: it applies only with action = \"delay\"",
+                    rule.name.get_ref()
+                ),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// Cache rules' `sample_rate`: in range, and only where it means something.
+pub fn check_caches(rules: &[CacheRule]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for rule in rules {
+        let Some(rate) = &rule.sample_rate else {
+            continue;
+        };
+        let value = *rate.get_ref();
+        if !(value > 0.0 && value <= 1.0) {
+            diagnostics.push(Diagnostic::error(
+                rate.span(),
+                format!("sample_rate must be in (0, 1], found {value}"),
+            ));
+        } else if rule.mode == Mode::Enforce && value < 1.0 {
+            diagnostics.push(Diagnostic::warning(
+                Some(rate.span()),
+                format!(
+                    "sample_rate has no effect in rule {:?}: a rule in force caches every read it matches; it applies with mode = \"shadow\"",
                     rule.name.get_ref()
                 ),
             ));

@@ -124,6 +124,10 @@ impl Coherence {
         let Some(rule) = rule_for(rules, read.info, read.args, kind) else {
             return Decision::Pass;
         };
+        // A sampled shadow rule follows a read by its first key.
+        if !read.args.get(1).is_some_and(|key| rule.follows(key)) {
+            return Decision::Pass;
+        }
         let last_key = match kind {
             Kind::OneKey => 1,
             Kind::PerKey => read.args.len() - 1,

@@ -37,10 +37,14 @@ use shelf::{CountEvictions, Shelf, Variant};
 enum Entries {
     /// A rule in force: keys, shapes and replies as they are.
     Replies(Shelf<Bytes, Bytes, Bytes>),
-    /// A shadow rule: hashes of keys and shapes, and the replies' sizes.
+    /// A shadow rule: hashes of keys and shapes, and the replies' sizes, for the keys whose
+    /// hash is at most `followed` (a `sample_rate` of the keys, within as much of
+    /// `max_memory`: the shelf is the real cache in miniature, as in SHARDS, Waldspurger et
+    /// al., FAST '15).
     Ghosts {
         shelf: Shelf<u64, u64, ()>,
         hasher: ahash::RandomState,
+        followed: u64,
     },
 }
 
@@ -88,11 +92,14 @@ impl RuleCache {
         let counters = Counters::default();
         let capacity = rule.max_memory.get();
         let evictions = CountEvictions(Arc::clone(&counters.evictions));
+        let fraction = rule.sampled_fraction();
         let entries = match rule.mode {
             Mode::Enforce => Entries::Replies(Shelf::new(capacity, evictions)),
             Mode::Shadow => Entries::Ghosts {
-                shelf: Shelf::new(capacity, evictions),
+                shelf: Shelf::new((capacity as f64 * fraction).max(1.0) as u64, evictions),
                 hasher: ahash::RandomState::new(),
+                // Saturates at `u64::MAX` for a fraction of 1: every key.
+                followed: (fraction * u64::MAX as f64) as u64,
             },
         };
         let name = rule.name.get_ref().clone();
@@ -135,13 +142,24 @@ impl RuleCache {
         self.matcher.applies_to(info) && self.matcher.matches_key(key)
     }
 
+    /// Whether the rule looks up and stores reads of `key`: all of them, but for a shadow rule
+    /// with a `sample_rate`, whose other keys' reads go to Redis as if it had none.
+    fn follows(&self, key: &[u8]) -> bool {
+        match &self.entries {
+            Entries::Ghosts {
+                hasher, followed, ..
+            } if *followed != u64::MAX => hasher.hash_one(key) <= *followed,
+            _ => true,
+        }
+    }
+
     /// The reply cached for `shape` of `key`, if it has not expired and was read in the
     /// current tracking `epoch`; under a shadow rule, an empty reply for a read it would have
     /// served.
     fn get(&self, key: &[u8], shape: &[u8], epoch: u64, now: Instant) -> Option<Bytes> {
         match &self.entries {
             Entries::Replies(shelf) => shelf.get(key, shape, epoch, now),
-            Entries::Ghosts { shelf, hasher } => shelf
+            Entries::Ghosts { shelf, hasher, .. } => shelf
                 .get(&hasher.hash_one(key), &hasher.hash_one(shape), epoch, now)
                 .map(|()| Bytes::new()),
         }
@@ -173,7 +191,7 @@ impl RuleCache {
                 };
                 shelf.insert(key.clone(), key.len(), read, now);
             }
-            Entries::Ghosts { shelf, hasher } => {
+            Entries::Ghosts { shelf, hasher, .. } => {
                 let read = Variant {
                     shape: hasher.hash_one(shape),
                     reply: (),
@@ -198,7 +216,7 @@ impl RuleCache {
     fn invalidate(&self, key: &[u8]) {
         let removed = match &self.entries {
             Entries::Replies(shelf) => shelf.remove(key),
-            Entries::Ghosts { shelf, hasher } => shelf.remove(&hasher.hash_one(key)),
+            Entries::Ghosts { shelf, hasher, .. } => shelf.remove(&hasher.hash_one(key)),
         };
         if removed {
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
@@ -226,13 +244,17 @@ impl RuleCache {
             Entries::Replies(shelf) => (shelf.weight(), shelf.len()),
             Entries::Ghosts { shelf, .. } => (shelf.weight(), shelf.len()),
         };
+        // A sampled shadow rule's figures, scaled to all keys: what the rule would see.
+        let fraction = self.rule.sampled_fraction();
+        let scaled = |counted: u64| (counted as f64 / fraction).round() as u64;
+        let read = |counter: &AtomicU64| scaled(counter.load(Ordering::Relaxed));
         RuleStats {
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
-            invalidations: self.counters.invalidations.load(Ordering::Relaxed),
-            evictions: self.counters.evictions.load(Ordering::Relaxed),
-            bytes,
-            entries: entries as u64,
+            hits: read(&self.counters.hits),
+            misses: read(&self.counters.misses),
+            invalidations: read(&self.counters.invalidations),
+            evictions: read(&self.counters.evictions),
+            bytes: scaled(bytes),
+            entries: scaled(entries as u64),
         }
     }
 
