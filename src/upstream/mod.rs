@@ -208,6 +208,16 @@ impl Upstream {
         if self.cluster.is_none() && self.sentinel.is_none() {
             self.open_spare((protocol, db));
         }
+        // Likewise a shared connection beside the pool, for a session that owes nothing to
+        // move to when its own is held (see [`Upstream::detour`]): Redis answers it `-BUSY`
+        // during a busy script, where one opened then could not even be set up. (With one
+        // pooled connection per thread, no other pooled one may be free.)
+        let beside = self.open_shared(protocol, db);
+        self.detours
+            .lock()
+            .entry((protocol, db))
+            .or_default()
+            .push(beside);
         (0..self.settings.pool_size)
             .map(|_| self.open_shared(protocol, db))
             .collect()
@@ -529,10 +539,13 @@ impl Upstream {
         )
     }
 
-    /// (connections up, connections in all pools, last error seen) for `KEYWARD INFO`.
+    /// (connections up, connections in all pools and beside them, last error seen) for
+    /// `KEYWARD INFO`.
     pub fn pool_state(&self) -> (usize, usize, Option<String>) {
         let pools = self.pools.lock();
-        let conns = pools.values().flat_map(|pool| pool.iter());
+        let detours = self.detours.lock();
+        let beside = detours.values().flat_map(|conns| conns.iter());
+        let conns = pools.values().flat_map(|pool| pool.iter()).chain(beside);
         let (mut up, mut total, mut last_error) = (0, 0, None);
         for conn in conns {
             total += 1;
