@@ -116,8 +116,8 @@ fn a_pipelined_transaction_after_writes_sees_them() {
 fn a_command_refused_as_busy_aborts_the_transaction() {
     let (redis, keyward) = shared_upstream();
     // keyward knows how many databases Redis has (its first connection asked), so SELECT is
-    // answered by keyward and the database gets a pool: its shared connection and a spare,
-    // both open before the script starts.
+    // answered by keyward and the database gets a pool: its shared connection, one beside
+    // it and a spare, all open before the script starts.
     support::wait_for(
         std::time::Duration::from_secs(5),
         "keyward is ready",
@@ -134,7 +134,7 @@ fn a_command_refused_as_busy_aborts_the_transaction() {
                 .arg("LIST")
                 .query(&mut redis.client())
                 .unwrap();
-            clients.matches(" db=9 ").count() == 2
+            clients.matches(" db=9 ").count() == 3
         },
     );
     let mut runner = support::start_busy_script(&redis, &keyward);
