@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::de::{DeArray, DeString, DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
-use super::{find_table_key, rules, secret, Config, Diagnostic, Topology};
+use super::{find_table_key, rules, secret, values, Config, Diagnostic, Topology};
 
 /// Every value that is broken on its own, and every rule that conflicts with another.
 pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnostic> {
@@ -102,13 +102,10 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
 /// Settings that are valid alone but not together (or not in range once read).
 pub(super) fn settings_together(config: &Config, text: &str, diagnostics: &mut Vec<Diagnostic>) {
     let hotkeys = &config.hotkeys;
-    if !(hotkeys.sample_rate > 0.0 && hotkeys.sample_rate <= 1.0) {
+    if let Some(problem) = values::sample_rate_problem(hotkeys.sample_rate) {
         diagnostics.push(Diagnostic::error(
             find_value(text, "sample_rate").unwrap_or(0..0),
-            format!(
-                "sample_rate must be in (0, 1], found {}",
-                hotkeys.sample_rate
-            ),
+            problem,
         ));
     }
     if hotkeys.windows.is_empty() {

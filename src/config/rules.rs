@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
 use super::diagnostic::{closest, line_of, Diagnostic};
-use super::values::{ConfigBytes, ConfigDuration};
+use super::values::{self, ConfigBytes, ConfigDuration};
 use crate::command::cacheable;
 use crate::command::{flags, CommandTable};
 use crate::glob::Glob;
@@ -499,11 +499,8 @@ pub fn check_caches(rules: &[CacheRule]) -> Vec<Diagnostic> {
             continue;
         };
         let value = *rate.get_ref();
-        if !(value > 0.0 && value <= 1.0) {
-            diagnostics.push(Diagnostic::error(
-                rate.span(),
-                format!("sample_rate must be in (0, 1], found {value}"),
-            ));
+        if let Some(problem) = values::sample_rate_problem(value) {
+            diagnostics.push(Diagnostic::error(rate.span(), problem));
         } else if rule.mode == Mode::Enforce && value < 1.0 {
             diagnostics.push(Diagnostic::warning(
                 Some(rate.span()),

@@ -232,3 +232,8 @@ impl<'de> Deserialize<'de> for ConfigBytes {
         Ok(ConfigBytes(size.as_u64()))
     }
 }
+
+/// What is wrong with a `sample_rate` (hot keys', a shadow cache rule's), if anything.
+pub fn sample_rate_problem(rate: f64) -> Option<String> {
+    (!(rate > 0.0 && rate <= 1.0)).then(|| format!("sample_rate must be in (0, 1], found {rate}"))
+}
