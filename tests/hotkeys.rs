@@ -241,6 +241,48 @@ fn a_request_held_by_a_rate_limit_counts_once() {
     assert_eq!(report["keys"][0]["count"], 10, "{report}");
 }
 
+/// An unpipelined request's reply goes straight from Redis's connection to the client: the
+/// request still counts, with its reply, by the time the client has the answer, whether the
+/// client speaks again or not. Keys kept in full and keys cut short alike.
+#[test]
+fn unpipelined_requests_count_before_their_answers_arrive() {
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    let long = format!("long:{}", "x".repeat(100));
+    let longest = format!("longest:{}", "y".repeat(300));
+    let mut client = keyward.client();
+    let () = redis::cmd("SET")
+        .arg(&long)
+        .arg("value")
+        .query(&mut client)
+        .unwrap();
+    for round in 1..=3u64 {
+        for key in [&long, &longest] {
+            let _: Option<String> = redis::cmd("GET").arg(key).query(&mut client).unwrap();
+        }
+        let report = admin_json(&keyward, "/hotkeys?window=10s&by=bytes");
+        let keys = report["keys"].as_array().unwrap();
+        let counted = |prefix: &str| {
+            let entry = keys
+                .iter()
+                .find(|entry| entry["key"].as_str().unwrap().starts_with(prefix));
+            entry.map(|entry| (entry["reads"].as_u64(), entry["bytes_out"].as_u64()))
+        };
+        // `$5 value` (11 bytes) and `$-1` (5 bytes) per GET, and `+OK` for the SET.
+        let get_long = 4 + 9 + 6 + long.len() as u64 + 2;
+        assert_eq!(
+            counted(&long),
+            Some((Some(round * (get_long + 11)), Some(5 + round * 11))),
+            "{report}"
+        );
+        assert_eq!(
+            counted("longest:").map(|(_, out)| out),
+            Some(Some(round * 5)),
+            "{report}"
+        );
+    }
+}
+
 #[test]
 fn sampling_scales_counts_back_up() {
     let redis = RedisServer::start();

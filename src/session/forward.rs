@@ -64,7 +64,6 @@ impl Session {
     /// long, so a shared connection shows as held until they are answered.
     pub(super) fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
         self.leave_held_connection();
-        let conn = self.link.conn();
         let measured = self
             .replies
             .follows_commands()
@@ -78,7 +77,7 @@ impl Session {
             self.handed_over(count, false);
             return;
         }
-        let lane = self.lane_for_replies(holds);
+        let (lane, handed) = self.lane_for_batch(holds, count);
         let in_lane = lane.is_some();
         let batch = Batch {
             bytes,
@@ -89,7 +88,11 @@ impl Session {
             hold,
             lane,
         };
-        match conn.offer(batch) {
+        let offered = self.link.conn().offer(batch);
+        if offered.is_err() {
+            self.take_follows_back(handed);
+        }
+        match offered {
             Ok(()) => self.handed_over(count, in_lane),
             Err((SendError::Busy, batch)) => {
                 self.parked = Some(Parked::from(batch));

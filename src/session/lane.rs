@@ -5,23 +5,25 @@
 use std::sync::Arc;
 
 use super::link::Link;
+use super::replies::LoneFollows;
 use super::Session;
-use crate::upstream::ClientLane;
+#[cfg(doc)]
+use crate::policy::hotkeys::lane::LaneCount;
+use crate::upstream::{ClientLane, InLane};
 
 impl Session {
     /// The lane for a batch about to be forwarded, when its replies may go straight to the
     /// client: nothing is owed before them nor waits to be written, and nothing about them
     /// needs the session when they come (no keys written that phases watch, no transaction,
-    /// a shared connection that hands replies back as Redis sent them, no phase following
-    /// them, none that Redis may hold: `holds`). Not for a blocking command: the lane keeps
-    /// the client's socket open until its reply, and a client that leaves or is killed
-    /// meanwhile must be let go at once.
-    pub(super) fn lane_for_replies(&self, holds: bool) -> Option<Arc<ClientLane>> {
+    /// a shared connection that hands replies back as Redis sent them, none that Redis may
+    /// hold: `holds`). Not for a blocking command: the lane keeps the client's socket open
+    /// until its reply, and a client that leaves or is killed meanwhile must be let go at
+    /// once.
+    fn lane_for_replies(&self, holds: bool) -> Option<Arc<ClientLane>> {
         let free = !holds
             && self.replies.is_empty()
             && self.output.is_empty()
             && self.written_keys.is_empty()
-            && !self.replies.follows_commands()
             && self.parked.is_none()
             && !self.blocked
             && !self.in_transaction
@@ -29,6 +31,65 @@ impl Session {
             && self.counts_replies()
             && matches!(self.link, Link::Pooled(_));
         free.then(|| self.lane.clone()).flatten()
+    }
+
+    /// The lane for a batch of `count` requests about to be forwarded, if it may take one
+    /// (see [`lane_for_replies`](Self::lane_for_replies)). A phase following requests does not
+    /// keep a batch of one out of the lane: the request's follows go to the lane's listener,
+    /// which the connection tells the reply (see [`LaneCount`]); the follows handed on are
+    /// returned, to be [taken back](Self::take_follows_back) if the batch is not sent.
+    pub(super) fn lane_for_batch(
+        &mut self,
+        holds: bool,
+        count: u32,
+    ) -> (Option<InLane>, Option<LoneFollows>) {
+        let Some(lane) = self.lane_for_replies(holds) else {
+            return (None, None);
+        };
+        if !self.replies.follows_commands() {
+            return (Some(InLane { lane, told: false }), None);
+        }
+        let handed = (count == 1).then(|| self.hand_follows_to_lane()).flatten();
+        match handed {
+            Some(handed) => (Some(InLane { lane, told: true }), Some(handed)),
+            None => (None, None),
+        }
+    }
+
+    /// Hands the follows of the latest request to the lane's listener, when hot keys are all
+    /// that follow it and it names one key.
+    fn hand_follows_to_lane(&mut self) -> Option<LoneFollows> {
+        let live = self.context.live.load();
+        let hotkeys = live.policies.hotkeys.as_ref()?;
+        let mut lone = self.replies.take_lone_follows()?;
+        let recorder = &mut self.replies.followers.hotkeys;
+        let detached = match lone.follows.hotkeys.take() {
+            Some(pending) if lone.follows.is_empty() => recorder.detach(pending).map_err(Some),
+            other => Err(other),
+        };
+        match detached {
+            Ok(detached) => {
+                self.lane_count.hand(Arc::clone(hotkeys), detached);
+                Some(lone)
+            }
+            Err(pending) => {
+                lone.follows.hotkeys = pending;
+                self.replies.restore_follows(lone);
+                None
+            }
+        }
+    }
+
+    /// The batch whose follows went to the lane's listener was not sent: they come back.
+    pub(super) fn take_follows_back(&mut self, handed: Option<LoneFollows>) {
+        let Some(mut lone) = handed else {
+            return;
+        };
+        let Some(detached) = self.lane_count.take_back() else {
+            return;
+        };
+        lone.follows.hotkeys = Some(self.replies.followers.hotkeys.restore(detached));
+        self.replies.restore_follows(lone);
     }
 
     /// Settles the replies the connection wrote through the lane since the last look. Done

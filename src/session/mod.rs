@@ -40,6 +40,7 @@ use crate::directory::Listing;
 use crate::inbox;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
+use crate::policy::hotkeys::lane::LaneCount;
 use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{ClientLane, Monitoring, Opening, Reply};
@@ -149,6 +150,9 @@ pub struct Session {
     lane: Option<Arc<ClientLane>>,
     /// Replies written through the lane that the session has settled.
     lane_settled: u64,
+    /// Where hot keys count a lone request whose reply goes through the lane (see
+    /// [`LaneCount`]).
+    lane_count: Arc<LaneCount>,
 }
 
 impl Session {
@@ -196,6 +200,7 @@ impl Session {
             pin: None,
             lane: None,
             lane_settled: 0,
+            lane_count: Arc::default(),
         }
     }
 
@@ -206,7 +211,8 @@ impl Session {
         }
         let peer = self.peer;
         let stream = Arc::new(stream);
-        self.lane = Some(ClientLane::new(Arc::clone(&stream)));
+        let listener = Arc::clone(&self.lane_count);
+        self.lane = Some(ClientLane::new(Arc::clone(&stream), listener));
         match self.drive(&stream).await {
             Ok(()) => tracing::debug!(%peer, "client session ended"),
             Err(error) => tracing::debug!(%peer, %error, "client connection failed"),

@@ -4,8 +4,8 @@
 //! Replies come back in the order commands were written, so routing needs no tags: the task
 //! keeps a queue of (session, replies still owed) and hands each run of complete frames to the
 //! session at its head, as one buffer slice, or writes it to that session's client itself when
-//! the batch came with the client's lane (see [`ClientLane`]). A session's batch is never
-//! interleaved with another's, so the replies to one batch are contiguous.
+//! the batch came with the client's lane (see [`ClientLane`](super::ClientLane)). A session's
+//! batch is never interleaved with another's, so the replies to one batch are contiguous.
 //!
 //! Caveat: a session that gave up on its replies (timeout, disconnect) still has them routed to
 //! it; it discards them itself. Dropping them here would need the task to know about sessions.
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::Breakage;
 use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
-use super::lane::ClientLane;
+use super::lane::InLane;
 use super::routing::read_replies;
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
@@ -48,8 +48,8 @@ pub struct Batch {
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,
     /// Set when the session owes its client nothing before these replies: they may be
-    /// written to the client's socket from here (see [`ClientLane`]).
-    pub lane: Option<Arc<ClientLane>>,
+    /// written to the client's socket from here (see [`ClientLane`](super::ClientLane)).
+    pub lane: Option<InLane>,
 }
 
 /// What a session receives from its upstream connection.
@@ -154,7 +154,7 @@ pub(super) struct Pending {
     /// Released with the batch's last reply.
     pub(super) _hold: Option<Hold>,
     /// Where its replies are written, until the socket does not take one whole.
-    pub(super) lane: Option<Arc<ClientLane>>,
+    pub(super) lane: Option<InLane>,
 }
 
 /// What one connection holds while it runs.

@@ -12,6 +12,11 @@
 //! handed over this way are unsettled, and the connection writes only those. A reply the
 //! socket does not take whole goes to the session as usual (what is left of it), and so does
 //! everything after it in that batch.
+//!
+//! A session that follows a lone request to its answer (hot keys count its key with the
+//! reply's size) would be woken for every reply all the same. So a batch may ask that the
+//! lane's [`LaneListener`] hear its reply first: the session hands what it follows to the
+//! listener, and the connection finishes it there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,8 +26,21 @@ use bytes::Bytes;
 
 use crate::net::Stream;
 
+/// Hears each reply of a batch sent with [`InLane::told`] set, whole and before the client
+/// can have it (so before the client's next request reaches the session).
+pub trait LaneListener: Send + Sync {
+    fn reply(&self, reply: &[u8]);
+}
+
+/// A batch's way to its client: the lane, and whether its listener hears the replies.
+pub struct InLane {
+    pub lane: Arc<ClientLane>,
+    pub told: bool,
+}
+
 pub struct ClientLane {
     stream: Arc<Stream>,
+    listener: Arc<dyn LaneListener>,
     /// Replies written to the client through the lane, since it opened.
     written: AtomicU64,
     /// When the latest of them was written, in nanoseconds after `opened`.
@@ -45,9 +63,10 @@ pub(super) enum Written {
 }
 
 impl ClientLane {
-    pub fn new(stream: Arc<Stream>) -> Arc<ClientLane> {
+    pub fn new(stream: Arc<Stream>, listener: Arc<dyn LaneListener>) -> Arc<ClientLane> {
         Arc::new(ClientLane {
             stream,
+            listener,
             written: AtomicU64::new(0),
             written_at: AtomicU64::new(0),
             opened: Instant::now(),
@@ -56,8 +75,13 @@ impl ClientLane {
         })
     }
 
-    /// Writes `count` complete replies to the client, if the socket takes them now.
-    pub(super) fn write(&self, replies: &Bytes, count: u32) -> Written {
+    /// Writes `count` complete replies to the client, if the socket takes them now. The
+    /// listener hears them first if `told`, whatever becomes of them: they answer requests
+    /// Redis ran.
+    pub(super) fn write(&self, replies: &Bytes, count: u32, told: bool) -> Written {
+        if told {
+            self.listener.reply(replies);
+        }
         if self.closed.load(Ordering::Relaxed) {
             return Written::Part(0);
         }

@@ -32,7 +32,7 @@ pub use connection::{Batch, Reply, ReplySender};
 pub use errors::UpstreamError;
 pub use handle::{ConnHandle, Hold, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
-pub use lane::ClientLane;
+pub use lane::{ClientLane, InLane, LaneListener};
 pub use own::{Opening, OwnConnection};
 pub use own_requests::{send_own, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};

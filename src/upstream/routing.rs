@@ -3,13 +3,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{Pending, Reply, ReplySender, READ_CHUNK};
 use super::errors::Breakage;
-use super::lane::{ClientLane, Written};
+use super::lane::{InLane, Written};
 use super::tracking::Fills;
 use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
@@ -147,12 +146,15 @@ fn deliver_run(
 /// run without a lane, what the socket did not take (after which the batch's replies all go
 /// the usual way), or nothing.
 fn through_lane(
-    lane: &mut Option<Arc<ClientLane>>,
+    lane: &mut Option<InLane>,
     bytes: Bytes,
     count: u32,
     session: &ReplySender,
 ) -> Option<Bytes> {
-    let Some(written) = lane.as_ref().map(|lane| lane.write(&bytes, count)) else {
+    let Some(written) = lane
+        .as_ref()
+        .map(|way| way.lane.write(&bytes, count, way.told))
+    else {
         return Some(bytes);
     };
     match written {

@@ -13,6 +13,7 @@
 
 pub mod big_keys;
 pub mod fold;
+pub mod lane;
 pub mod phase;
 pub mod record;
 pub mod space_saving;
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::CommandTable;
 use crate::config::HotKeysConfig;
 use big_keys::{BigKeys, BigKeysReport, Side};
-use record::{Observation, Recorder};
+use record::{Detached, Observation, Recorder};
 use space_saving::{SpaceSaving, Tally};
 use staging::Staging;
 use windows::{Of, Period, PeriodClock, Windows};
@@ -144,10 +145,23 @@ impl HotKeys {
     /// Stages the counts of the commands `recorder` has finished, flushing the stage first if
     /// it holds an earlier period's counts or no room, and notes the big ones.
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
+        self.stage(recorder.finished(), now);
+        recorder.discard();
+    }
+
+    /// Stages the counts of a command followed apart from any recorder, once finished.
+    pub fn record_detached(&self, detached: &Detached, now: Instant) {
+        self.stage(
+            std::iter::once((detached.key(), detached.observation())),
+            now,
+        );
+    }
+
+    fn stage<'a>(&self, finished: impl Iterator<Item = (&'a [u8], &'a Observation)>, now: Instant) {
         let period = self.clock.number(now);
         let threshold = self.config.big_key_bytes.get();
         let mut stage = self.stage_for(period, now);
-        for (key, seen) in recorder.finished() {
+        for (key, seen) in finished {
             if stage.is_full() {
                 self.flush(stage, now);
                 stage = self.stage_for(period, now);
@@ -158,7 +172,6 @@ impl HotKeys {
             }
         }
         drop(stage);
-        recorder.discard();
     }
 
     /// The stage, locked and entered for counts of `period`; flushed first if it holds an

@@ -41,6 +41,13 @@ enum Expected {
     },
 }
 
+/// What the phases follow of the latest command sent, taken out of the queue.
+pub struct LoneFollows {
+    /// The command's place in the order of sending.
+    at: u64,
+    pub follows: Follows,
+}
+
 /// What the session must do after an upstream event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AfterReply {
@@ -134,6 +141,18 @@ impl ReplyQueue {
     /// Some phase follows commands that await their replies (and needs each one's frame).
     pub fn follows_commands(&self) -> bool {
         !self.sent.followed.is_empty()
+    }
+
+    /// The follows of the latest command sent, when it is the only followed command still
+    /// awaiting its reply: a batch of that command alone may hand them on (see `lane`).
+    pub fn take_lone_follows(&mut self) -> Option<LoneFollows> {
+        let (at, follows) = self.sent.take_lone_follows()?;
+        Some(LoneFollows { at, follows })
+    }
+
+    /// Puts back follows taken and not handed on after all.
+    pub fn restore_follows(&mut self, lone: LoneFollows) {
+        self.sent.restore_follows((lone.at, lone.follows));
     }
 
     /// Forgets the latest `count` sends, which never reached a connection.

@@ -41,6 +41,22 @@ impl Sent {
         }
     }
 
+    /// The follows of the latest command sent, when no other followed command awaits its
+    /// reply.
+    pub(super) fn take_lone_follows(&mut self) -> Option<(u64, Follows)> {
+        let lone = self.followed.len() == 1
+            && self
+                .followed
+                .back()
+                .is_some_and(|(at, _)| at + 1 == self.sent);
+        lone.then(|| self.followed.pop_back()).flatten()
+    }
+
+    /// Puts back what [`take_lone_follows`](Self::take_lone_follows) took.
+    pub(super) fn restore_follows(&mut self, taken: (u64, Follows)) {
+        self.followed.push_back(taken);
+    }
+
     /// Forgets the latest `count` sends; the followed ones among them are answered empty.
     pub(super) fn unsend(&mut self, mut count: usize, followers: &mut Followers) {
         while count > 0 {

@@ -21,6 +21,10 @@ use crate::command::CommandInfo;
 use crate::resp::frame;
 use crate::resp::request::Args;
 
+mod detach;
+
+pub use detach::Detached;
+
 /// Keys counted per command at most (`MGET` of a million keys counts the first ones).
 pub const MAX_KEYS_PER_COMMAND: usize = 64;
 /// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
@@ -327,6 +331,13 @@ fn push_shortened(key: &[u8], out: &mut Vec<u8>) {
 /// Starts following the command `words` and finishes it with `answer`, as a session would.
 #[cfg(test)]
 pub(crate) fn follow_command(recorder: &mut Recorder, words: &[&str], answer: &[u8]) {
+    let pending = start_command(recorder, words);
+    recorder.finish(pending, answer);
+}
+
+/// Starts following the command `words`, as a session does before forwarding it.
+#[cfg(test)]
+pub(crate) fn start_command(recorder: &mut Recorder, words: &[&str]) -> Pending {
     use crate::command::CommandTable;
     use crate::resp::request::{Decoded, RequestDecoder};
     let mut request = bytes::BytesMut::new();
@@ -339,8 +350,7 @@ pub(crate) fn follow_command(recorder: &mut Recorder, words: &[&str], answer: &[
     let info = CommandTable::global().lookup(&args);
     let mut positions = Vec::new();
     info.key_positions(&args, &mut positions);
-    let pending = recorder.start(info, &args, &positions, consumed).unwrap();
-    recorder.finish(pending, answer);
+    recorder.start(info, &args, &positions, consumed).unwrap()
 }
 
 #[cfg(test)]
