@@ -157,24 +157,17 @@ impl RateLimiter {
         charged: &mut Vec<u64>,
     ) -> Verdict {
         // Inline for the usual handful of keys: deciding costs no allocation.
-        let mut buckets: SmallVec<[&[u8]; 4]> = match self.rule.bucket {
-            Bucket::Key => keys.map(|key| key as &[u8]).collect(),
-            Bucket::Client => smallvec::smallvec![requester.client],
-            Bucket::Rule => smallvec::smallvec![&b""[..]],
-        };
-        let refusal = match self.rule.scope() {
-            Scope::Local => buckets.into_iter().find_map(|bucket| {
-                let id = self.bucket_id(bucket);
-                if charged.contains(&id) {
-                    return None;
-                }
-                let refusal = self.take(id, bucket);
-                if refusal.is_none() {
-                    charged.push(id);
-                }
-                refusal
-            }),
-            Scope::Global => {
+        let refusal = match (self.rule.scope(), self.rule.bucket) {
+            // Charged as they come, without gathering them first: most commands name one key.
+            (Scope::Local, Bucket::Key) => self.charge(keys, charged),
+            (Scope::Local, Bucket::Client) => self.charge([requester.client].into_iter(), charged),
+            (Scope::Local, Bucket::Rule) => self.charge([&b""[..]].into_iter(), charged),
+            (Scope::Global, _) => {
+                let mut buckets: SmallVec<[&[u8]; 4]> = match self.rule.bucket {
+                    Bucket::Key => keys.map(|key| key as &[u8]).collect(),
+                    Bucket::Client => smallvec::smallvec![requester.client],
+                    Bucket::Rule => smallvec::smallvec![&b""[..]],
+                };
                 buckets.sort_unstable();
                 buckets.dedup();
                 match answer {
@@ -218,6 +211,32 @@ impl RateLimiter {
     }
 
     /// Redis could not decide a global rule: `on_error` does.
+    /// Takes a token from each bucket not charged yet for this request: the first bucket that
+    /// has none refuses it (with how long until it has one).
+    fn charge<'k>(
+        &self,
+        buckets: impl Iterator<Item = &'k [u8]>,
+        charged: &mut Vec<u64>,
+    ) -> Option<(Vec<u8>, Duration)> {
+        for bucket in buckets {
+            let id = self.bucket_id(bucket);
+            if charged.contains(&id) {
+                continue;
+            }
+            let refusal = self.take(id, bucket);
+            if refusal.is_some() {
+                return refusal;
+            }
+            charged.push(id);
+        }
+        None
+    }
+
+    /// Whether the rule's buckets are its clients' (`bucket = "client"`).
+    pub fn buckets_by_client(&self) -> bool {
+        self.rule.bucket == Bucket::Client
+    }
+
     fn undecided(&self, bucket: &[u8], reason: &str) -> Verdict {
         tracing::warn!(rule = self.name(), %reason, "global rate limit undecided; applying on_error");
         match self.rule.on_error {

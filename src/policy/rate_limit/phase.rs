@@ -22,7 +22,8 @@ pub struct RateLimiting;
 #[derive(Debug, Default)]
 pub struct RateLimitSession {
     /// Reused for `bucket = "client"`: `name:<name>`, else `addr:<ip>`, so that a client
-    /// cannot name itself after another's address.
+    /// cannot name itself after another's address. Written when a rule first needs it for a
+    /// request (empty until then).
     client_bucket: Vec<u8>,
     /// Rules (by index) that already let this request through, or counted it in shadow.
     passed: Vec<usize>,
@@ -84,7 +85,6 @@ impl Phase for RateLimiting {
         if policies.rate_limits.is_empty() || !subject.way.forwarded() {
             return Decision::Pass;
         }
-        session.bucket_for(subject);
         let delayed = session
             .delayed_since
             .map_or(Duration::ZERO, |since| since.elapsed());
@@ -98,6 +98,9 @@ impl Phase for RateLimiting {
                 .peekable();
             if matcher.has_key_patterns() && matching.peek().is_none() {
                 continue;
+            }
+            if limiter.buckets_by_client() && session.client_bucket.is_empty() {
+                session.bucket_for(subject);
             }
             let answer = session.take_answer(index);
             let requester = Requester {
@@ -134,6 +137,7 @@ impl Phase for RateLimiting {
     fn done(&self, session: &mut RateLimitSession) {
         // A command naming a million keys leaves no million-entry list behind it.
         const KEPT: usize = 64;
+        session.client_bucket.clear();
         session.passed.clear();
         session.passed.shrink_to(KEPT);
         session.charged.clear();
