@@ -29,7 +29,8 @@ use crate::net::Stream;
 /// Hears each reply of a batch sent with [`InLane::told`] set, whole and before the client
 /// can have it (so before the client's next request reaches the session).
 pub trait LaneListener: Send + Sync {
-    fn reply(&self, reply: &[u8]);
+    /// The reply, which came at `now`.
+    fn reply(&self, reply: &[u8], now: Instant);
 }
 
 /// A batch's way to its client: the lane, and whether its listener hears the replies.
@@ -79,8 +80,10 @@ impl ClientLane {
     /// listener hears them first if `told`, whatever becomes of them: they answer requests
     /// Redis ran.
     pub(super) fn write(&self, replies: &Bytes, count: u32, told: bool) -> Written {
+        // One clock read serves both: the listener's and the session's time of the reply.
+        let now = Instant::now();
         if told {
-            self.listener.reply(replies);
+            self.listener.reply(replies, now);
         }
         if self.closed.load(Ordering::Relaxed) {
             return Written::Part(0);
@@ -92,7 +95,7 @@ impl ClientLane {
                 _ => return Written::Part(sent),
             }
         }
-        let at = self.opened.elapsed().as_nanos() as u64;
+        let at = now.saturating_duration_since(self.opened).as_nanos() as u64;
         self.written_at.store(at, Ordering::Relaxed);
         // Ordered with the session's request to be woken (see [`ClientLane::ask_wake`]).
         self.written.fetch_add(u64::from(count), Ordering::SeqCst);

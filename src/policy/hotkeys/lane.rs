@@ -29,9 +29,9 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn count(mut self, answer: &[u8]) {
+    fn count(mut self, answer: &[u8], now: Instant) {
         self.request.finish(answer);
-        self.hotkeys.record_detached(&self.request, Instant::now());
+        self.hotkeys.record_detached(&self.request, now);
     }
 }
 
@@ -42,7 +42,7 @@ impl LaneCount {
     pub fn hand(&self, hotkeys: Arc<HotKeys>, request: Detached) {
         let unanswered = self.waiting.lock().replace(Waiting { hotkeys, request });
         if let Some(unanswered) = unanswered {
-            unanswered.count(&[]);
+            unanswered.count(&[], Instant::now());
         }
     }
 
@@ -53,10 +53,10 @@ impl LaneCount {
 }
 
 impl LaneListener for LaneCount {
-    fn reply(&self, reply: &[u8]) {
+    fn reply(&self, reply: &[u8], now: Instant) {
         let waiting = self.waiting.lock().take();
         if let Some(waiting) = waiting {
-            waiting.count(reply);
+            waiting.count(reply, now);
         }
     }
 }
@@ -65,7 +65,7 @@ impl Drop for LaneCount {
     /// The session and its lane are gone: a request still waiting has had its last chance.
     fn drop(&mut self) {
         if let Some(waiting) = self.waiting.get_mut().take() {
-            waiting.count(&[]);
+            waiting.count(&[], Instant::now());
         }
     }
 }
@@ -115,13 +115,13 @@ mod tests {
         let mut recorder = Recorder::default();
         let lane = LaneCount::default();
         lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "answered"));
-        lane.reply(b"$1\r\nx\r\n");
+        lane.reply(b"$1\r\nx\r\n", Instant::now());
         // Its connection failed: it counts when the next one is handed over.
         lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "failed"));
         lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "taken back"));
         assert!(lane.take_back().is_some());
         // Nothing waits any more: a reply of a batch sent without the listener's request.
-        lane.reply(b"+OK\r\n");
+        lane.reply(b"+OK\r\n", Instant::now());
         lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "at the end"));
         drop(lane);
         let expected = [
