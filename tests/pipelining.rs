@@ -249,6 +249,33 @@ fn inline_pipelines_larger_than_the_upstream_queue_are_all_answered() {
     }
 }
 
+/// A read that a cache rule takes goes to Redis as a fill of its own (the read and the key's
+/// time to live): with the upstream queue full, it waits for room as any request does, and so
+/// does what the client sent after it, in force and in shadow mode alike. One worker thread:
+/// the session's turn fills the queue before the connection's task can empty it.
+#[test]
+fn cache_fills_wait_for_room_in_a_full_upstream_queue() {
+    let redis = support::RedisServer::start();
+    for mode in ["enforce", "shadow"] {
+        let rule = format!(
+            "[runtime]\nworker_threads = 1\n[[cache]]\nname = \"all\"\nkeys = [\"k*\"]\nttl = \"1m\"\n\
+             max_memory = \"64MB\"\nmode = \"{mode}\"\n"
+        );
+        let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", &rule);
+        let lines = pipeline_inline_without_reading(keyward.port, b"", 100_000);
+        let errors: Vec<_> = lines.iter().filter(|line| line.starts_with('-')).collect();
+        assert!(
+            errors.is_empty(),
+            "{mode}: {} errors, first: {:?}",
+            errors.len(),
+            errors.first()
+        );
+        for pair in lines.chunks(2) {
+            assert_eq!(pair, ["+OK\r\n", "$1\r\nv\r\n"], "{mode}");
+        }
+    }
+}
+
 #[test]
 fn a_huge_mset_and_resp_pipelines_from_many_clients_are_all_answered() {
     let redis = support::RedisServer::start();

@@ -20,7 +20,7 @@ use crate::command::CommandInfo;
 use crate::config::HostPort;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
-use crate::upstream::{ConnHandle, Reply, ReplySender, Upstream};
+use crate::upstream::{ConnHandle, Reply, ReplySender, Room, SendError, Upstream};
 
 /// How a request goes once the phases let it through: what the phases may do with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,10 @@ pub struct Handover<'r> {
     pub request: Bytes,
     /// The session's shared connection, where its commands stay in order.
     pub conn: &'r ConnHandle,
+    /// A place in `conn`'s queue kept for the request, so that a phase sending it there at
+    /// once cannot be told the queue is full; or why there is none (the connection is gone,
+    /// or the session ended while waiting for room).
+    pub room: Result<Room<'r>, SendError>,
     pub reply_to: &'r ReplySender,
     pub ticket: u64,
     pub db: u32,

@@ -1,13 +1,16 @@
 //! Handing requests to the session's connection: batches cut from the read buffer without a
 //! copy, requests parked while the connection's queue is full (the client is read no further
-//! until there is room), and answers keyward puts in their place among the replies owed.
+//! until there is room), requests a phase took, handed to it with room kept for them, and
+//! answers keyward puts in their place among the replies owed.
 
 use bytes::{Bytes, BytesMut};
 
 use super::link::Link;
-use super::pipeline::Input;
+use super::pipeline::{Flow, Input};
 use super::{Closing, Session};
-use crate::upstream::{Batch, Hold, Reply, ReplySender, SendError};
+use crate::policy::phase::Handover;
+use crate::policy::phases::{Held, Taken};
+use crate::upstream::{Batch, Hold, Reply, ReplySender, Room, SendError};
 
 impl Session {
     /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
@@ -139,10 +142,68 @@ impl Session {
         }
     }
 
-    /// Sends the parked requests now that the connection has room. Their replies are already
-    /// expected: if the connection is gone, they are answered as a broken connection's are.
+    /// Hands a request a phase took to that phase, with a place kept for it in the session's
+    /// connection's queue. When the queue is full, or requests before it wait for room, it
+    /// waits (parked) as they do, and the input after it waits too: the client is pushed
+    /// back, not refused.
+    pub(super) fn hand_over(&mut self, taken: TakenRequest) -> Flow {
+        let room = match &self.parked {
+            Some(_) => Err(SendError::Busy),
+            None => self.link.conn().reserve(),
+        };
+        if matches!(room, Err(SendError::Busy)) {
+            self.parked_take = Some(taken);
+            return Flow::Stop;
+        }
+        let ticket = taken.ticket;
+        match self.hand_over_in(taken, room) {
+            Some(held) => {
+                self.holds.taken = Some((ticket, held));
+                Flow::Stop
+            }
+            None => Flow::Next,
+        }
+    }
+
+    /// Hands a taken request over in `room` (or with why there is none).
+    fn hand_over_in(&self, taken: TakenRequest, room: Result<Room<'_>, SendError>) -> Option<Held> {
+        let address = self.context.upstream.address();
+        let handover = Handover {
+            request: taken.request,
+            conn: self.link.conn(),
+            room,
+            reply_to: &self.reply_sender,
+            ticket: taken.ticket,
+            db: self.client.db,
+            address: &address,
+        };
+        self.context.phases.hand_over(taken.taken, handover)
+    }
+
+    /// The session ends with a taken request still waiting for room: it is handed over
+    /// anyway, for the other clients its phase may have joined to it (readers of one cache
+    /// fill), who get its answer or, with no room, the connection's error.
+    pub(super) fn hand_over_parked_take_at_end(&mut self) {
+        let Some(taken) = self.parked_take.take() else {
+            return;
+        };
+        let ticket = taken.ticket;
+        let room = self.link.conn().reserve();
+        if let Some(held) = self.hand_over_in(taken, room) {
+            self.context
+                .phases
+                .give_up(&held, &self.reply_sender, ticket);
+        }
+    }
+
+    /// Sends the parked requests now that the connection has room, and once they are sent,
+    /// hands over the taken request parked behind them. Their replies are already expected:
+    /// if the connection is gone, they are answered as a broken connection's are.
     pub(super) fn unpark(&mut self) {
         let Some(parked) = self.parked.take() else {
+            if let Some(taken) = self.parked_take.take() {
+                self.hand_over(taken);
+            }
             return;
         };
         let count = parked.count;
@@ -157,6 +218,15 @@ impl Session {
             }
         }
     }
+}
+
+/// A request a phase took, waiting to be handed over (see [`Session::hand_over`]).
+pub(super) struct TakenRequest {
+    pub(super) taken: Taken,
+    /// The request as it goes to Redis.
+    pub(super) request: Bytes,
+    /// Where its reply goes among those the session owes.
+    pub(super) ticket: u64,
 }
 
 /// Requests waiting for room in their connection's queue, in order.

@@ -45,7 +45,7 @@ use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{ClientLane, Monitoring, Opening, Reply};
 use client_ids::Redirect;
-use forward::Parked;
+use forward::{Parked, TakenRequest};
 use holds::Holds;
 use link::{DedicatedError, Link};
 use local::ClientState;
@@ -131,6 +131,9 @@ pub struct Session {
     /// sends them once there is room, so a full queue slows the client down instead of
     /// refusing its commands. Later requests join them, so nothing overtakes them.
     parked: Option<Parked>,
+    /// A request a phase took that waits for room likewise, after the parked requests if
+    /// there are any; nothing after it is read until it is handed over.
+    parked_take: Option<TakenRequest>,
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
@@ -192,6 +195,7 @@ impl Session {
             written_keys: Vec::new(),
             follows: Follows::default(),
             parked: None,
+            parked_take: None,
             opening: None,
             redirect: None,
             monitoring: None,
@@ -251,7 +255,8 @@ impl Session {
                 continue;
             }
             self.clock = None;
-            let parked_on = self.parked.is_some().then(|| self.link.conn().clone());
+            let parked = self.parked.is_some() || self.parked_take.is_some();
+            let parked_on = parked.then(|| self.link.conn().clone());
             tokio::select! {
                 biased;
                 reply = self.reply_receiver.recv() => {
@@ -490,6 +495,7 @@ impl Drop for Session {
         if let Some(lane) = &self.lane {
             lane.close();
         }
+        self.hand_over_parked_take_at_end();
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
         self.context.phases.end_writes(written);

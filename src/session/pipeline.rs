@@ -25,6 +25,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::client_ids::{self, Asker, Redirect, Translation};
+use super::forward::TakenRequest;
 use super::link::{Link, Switch};
 use super::{Closing, Session};
 use crate::command::{
@@ -32,7 +33,7 @@ use crate::command::{
 };
 use crate::directory::Listing;
 use crate::metrics;
-use crate::policy::phase::{Decision, Handover, Sender, Subject, Way};
+use crate::policy::phase::{Decision, Sender, Subject, Way};
 use crate::policy::phases::{Phases, Taken, Write, Written};
 use crate::policy::Policies;
 use crate::resp::reply;
@@ -109,7 +110,7 @@ impl Session {
     /// Runs every complete request in the input through the pipeline. Returns `Some(switch)`
     /// when the request at the front needs a dedicated connection opened first.
     pub(super) fn process_input(&mut self) -> Option<Switch> {
-        if self.is_holding() || self.parked.is_some() {
+        if self.is_holding() || self.parked.is_some() || self.parked_take.is_some() {
             return None;
         }
         self.waiting_for_quiet = false;
@@ -484,22 +485,11 @@ impl Session {
         let shared = Phases::answered_elsewhere(&taken);
         self.replies
             .push_fetched(shared, std::mem::take(&mut self.follows), writes);
-        let address = self.context.upstream.address();
-        let handover = Handover {
+        self.hand_over(TakenRequest {
+            taken,
             request: bytes,
-            conn: self.link.conn(),
-            reply_to: &self.reply_sender,
             ticket,
-            db: self.client.db,
-            address: &address,
-        };
-        match self.context.phases.hand_over(taken, handover) {
-            Some(held) => {
-                self.holds.taken = Some((ticket, held));
-                Flow::Stop
-            }
-            None => Flow::Next,
-        }
+        })
     }
 }
 

@@ -78,6 +78,15 @@ pub struct ConnHandle {
     pub status: Arc<ConnStatus>,
 }
 
+/// A place in a connection's queue (see [`ConnHandle::reserve`]).
+pub struct Room<'a>(mpsc::Permit<'a, Batch>);
+
+impl Room<'_> {
+    pub fn send(self, batch: Batch) {
+        self.0.send(batch);
+    }
+}
+
 /// Why a batch could not be handed to its connection.
 pub enum SendError {
     /// More batches are queued than the connection can take; Redis is stalled or overloaded.
@@ -115,6 +124,18 @@ impl ConnHandle {
             mpsc::error::TrySendError::Full(batch) => (SendError::Busy, batch),
             mpsc::error::TrySendError::Closed(batch) => (SendError::Gone, batch),
         })
+    }
+
+    /// Room for one batch, held until it is used or dropped, when the queue has some now:
+    /// what must go next on this connection, in order, cannot then be refused as busy.
+    pub fn reserve(&self) -> Result<Room<'_>, SendError> {
+        self.batches
+            .try_reserve()
+            .map(Room)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(()) => SendError::Busy,
+                mpsc::error::TrySendError::Closed(()) => SendError::Gone,
+            })
     }
 
     /// Resolves once the connection's queue has room for a batch again (or the connection is

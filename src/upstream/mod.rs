@@ -30,11 +30,11 @@ mod write_queue;
 
 pub use connection::{Batch, Reply, ReplySender};
 pub use errors::UpstreamError;
-pub use handle::{ConnHandle, Hold, SendError};
+pub use handle::{ConnHandle, Hold, Room, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use lane::{ClientLane, InLane, LaneListener};
 pub use own::{Opening, OwnConnection};
-pub use own_requests::{send_own, OwnReplies};
+pub use own_requests::{send_own, send_own_in, send_own_when_room, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
 pub use settings::{client_tls, ClusterSettings, Login, SentinelSettings, UpstreamSettings};
 pub use tracking::{Invalidations, TrackingTarget};

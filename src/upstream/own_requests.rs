@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{Batch, Reply};
-use super::handle::{ConnHandle, SendError};
+use super::handle::{ConnHandle, Room, SendError};
 use crate::inbox;
 use crate::resp::reply;
 
@@ -24,8 +24,32 @@ pub fn send_own(
     count: u32,
     tracked: bool,
 ) -> Result<OwnReplies, SendError> {
+    let room = conn.reserve()?;
+    Ok(send_own_in(room, bytes, count, tracked))
+}
+
+/// [`send_own`] once the connection's queue has room: keyward's own commands wait for room
+/// as a client's requests do, rather than fail while Redis is slow. Only a connection that is
+/// gone refuses them.
+pub async fn send_own_when_room(
+    conn: &ConnHandle,
+    bytes: Bytes,
+    count: u32,
+    tracked: bool,
+) -> Result<OwnReplies, SendError> {
+    loop {
+        match conn.reserve() {
+            Ok(room) => return Ok(send_own_in(room, bytes, count, tracked)),
+            Err(SendError::Busy) => conn.room().await,
+            Err(gone) => return Err(gone),
+        }
+    }
+}
+
+/// [`send_own`] in room reserved beforehand, which cannot be refused.
+pub fn send_own_in(room: Room<'_>, bytes: Bytes, count: u32, tracked: bool) -> OwnReplies {
     let (reply_to, replies) = inbox::channel();
-    conn.send(Batch {
+    room.send(Batch {
         bytes,
         count,
         reply_to,
@@ -33,8 +57,8 @@ pub fn send_own(
         measured: None,
         hold: None,
         lane: None,
-    })?;
-    Ok(OwnReplies { replies, count })
+    });
+    OwnReplies { replies, count }
 }
 
 impl OwnReplies {

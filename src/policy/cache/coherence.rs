@@ -23,7 +23,7 @@ use super::{rule_for, write_shape, Kind, RuleCache};
 use crate::policy::phase::{Decision, Subject};
 use crate::resp::frame::{self, frame_len};
 use crate::resp::request::encode_command;
-use crate::upstream::{send_own, ConnHandle, Reply, ReplySender, SendError, Upstream};
+use crate::upstream::{send_own_in, Reply, ReplySender, Room, SendError, Upstream};
 
 /// A read the cache took ([`Decision::Take`]); its reply comes as `Reply::Fetched` with the
 /// subject's ticket.
@@ -202,12 +202,12 @@ impl Coherence {
         Decision::Take(Fill::Fetch(id))
     }
 
-    /// Sends a fill for flight `id` on `conn`; a task hands its reply to the flight's readers.
-    /// On error the flight is over (answered with `error`) and the caller answers nobody.
+    /// Sends a fill for flight `id` in `room` on the session's connection; a task hands its
+    /// reply to the flight's readers. Without room the flight is over, answered with `error`.
     pub fn fetch(
         self: &Arc<Self>,
         id: u64,
-        conn: &ConnHandle,
+        room: Result<Room<'_>, SendError>,
         request: Bytes,
         error: impl FnOnce(SendError) -> Bytes,
     ) {
@@ -225,10 +225,11 @@ impl Coherence {
         for key in &keys {
             encode_command(&[&b"PTTL"[..], key], &mut out);
         }
-        let replies = match send_own(conn, out.freeze(), 1 + keys.len() as u32, true) {
-            Ok(replies) => replies,
+        let room = match room {
+            Ok(room) => room,
             Err(failure) => return self.complete(id, error(failure), &[]),
         };
+        let replies = send_own_in(room, out.freeze(), 1 + keys.len() as u32, true);
         let coherence = Arc::clone(self);
         tokio::spawn(async move {
             let mut frames = match replies.all().await {

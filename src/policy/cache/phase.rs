@@ -52,7 +52,7 @@ impl Phase for Coherence {
     fn hand_over(self: &Arc<Self>, fill: Fill, handover: Handover<'_>) -> Option<Infallible> {
         if let Fill::Fetch(id) = fill {
             let address = handover.address;
-            self.fetch(id, handover.conn, handover.request, |error| {
+            self.fetch(id, handover.room, handover.request, |error| {
                 error.reply(address, 1)
             });
         }

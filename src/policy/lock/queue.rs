@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::{LockReport, Waiter};
 use crate::resp::{frame, reply};
-use crate::upstream::{send_own, ConnHandle, Reply, ReplySender};
+use crate::upstream::{send_own_when_room, ConnHandle, Reply, ReplySender};
 
 /// Deletes the lock only if it still holds the token (a waiter that left won it).
 const RELEASE: &[u8] =
@@ -301,12 +301,12 @@ fn time_out(waiter: Waiter) {
     }
 }
 
-/// Sends `count` commands on `conn` and waits for their replies (an error reply if there are
-/// none).
+/// Sends `count` commands on `conn` (once its queue has room) and waits for their replies (an
+/// error reply if there are none).
 async fn send(conn: &ConnHandle, request: Bytes, count: u32, tracked: bool) -> Bytes {
-    match send_own(conn, request, count, tracked) {
+    match send_own_when_room(conn, request, count, tracked).await {
         Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
-        Err(_) => reply::error("ERR upstream busy or unavailable"),
+        Err(_) => reply::error("ERR upstream unavailable"),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::command::flags;
 use crate::config::{HostPort, ReadFrom, RouteRule};
 use crate::resp::reply;
 use crate::upstream::cluster::key_slot;
-use crate::upstream::{send_own, ConnHandle, ReplicaPick, Reply, Upstream};
+use crate::upstream::{send_own_when_room, ConnHandle, ReplicaPick, Reply, Upstream};
 
 /// One `[[route]]` rule, compiled.
 pub struct Route {
@@ -170,9 +170,10 @@ impl Phase for Routing {
     }
 }
 
-/// Sends `request` on `conn` and waits for its reply, or the error reply owed for it.
+/// Sends `request` on `conn` (once its queue has room) and waits for its reply, or the error
+/// reply owed for it.
 async fn ask(conn: &ConnHandle, request: Bytes, address: &HostPort) -> Bytes {
-    match send_own(conn, request, 1, false) {
+    match send_own_when_room(conn, request, 1, false).await {
         Ok(replies) => replies.all().await.unwrap_or_else(|error| error),
         Err(error) => error.reply(address, 1),
     }
