@@ -9,6 +9,8 @@
 #     KEYWARD_BINARY  default target/debug/keyward; the word "direct" runs the suite against
 #                     redis-server alone, for comparison
 #   UNITS="unit/multi unit/pubsub" limits the run to those units.
+#   POLICIES=FILE adds FILE's TOML to keyward's configuration (policies in shadow mode must
+#   leave every answer as Redis gives it: tests/redis-suite-policies.toml).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -16,6 +18,7 @@ suite=$(realpath "${1:-$root/../shared/redis-7.0.15-tests}")
 target=${2:-$root/target/debug/keyward}
 [ "$target" = direct ] || target=$(realpath "$target")
 expected="$here/redis-suite-expected.txt"
+policies=${POLICIES:+$(realpath "$POLICIES")}
 tags="-slow -needs:debug -needs:repl -needs:save -needs:config-maxmemory -needs:config-resetstat -needs:reset -needs:pfdebug"
 
 work=$(mktemp -d)
@@ -100,6 +103,9 @@ level = "warn"
 [shutdown]
 grace_period = "1s"
 CONFIG
+  if [ -n "${POLICIES:-}" ]; then
+    cat "$policies" >>"$work/keyward.toml"
+  fi
 }
 
 # Starts keyward in front of redis_port on free ports (sets port), tried again likewise.
