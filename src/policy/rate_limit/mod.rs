@@ -156,13 +156,16 @@ impl RateLimiter {
         answer: Option<Answer>,
         charged: &mut Vec<u64>,
     ) -> Verdict {
-        // Inline for the usual handful of keys: deciding costs no allocation.
+        // The buckets are the command's matching keys, its client's, or the rule's one. Each
+        // scope names them itself: one iterator over all three kinds (a chain of options)
+        // cost about 130 instructions per command under callgrind, pipelined.
         let refusal = match (self.rule.scope(), self.rule.bucket) {
             // Charged as they come, without gathering them first: most commands name one key.
             (Scope::Local, Bucket::Key) => self.charge(keys, charged),
             (Scope::Local, Bucket::Client) => self.charge([requester.client].into_iter(), charged),
             (Scope::Local, Bucket::Rule) => self.charge([&b""[..]].into_iter(), charged),
             (Scope::Global, _) => {
+                // Inline for the usual handful of keys: deciding costs no allocation.
                 let mut buckets: SmallVec<[&[u8]; 4]> = match self.rule.bucket {
                     Bucket::Key => keys.map(|key| key as &[u8]).collect(),
                     Bucket::Client => smallvec::smallvec![requester.client],
@@ -210,7 +213,6 @@ impl RateLimiter {
         Verdict::Reject(reply::error(&rejection(self.name(), &bucket, wait)))
     }
 
-    /// Redis could not decide a global rule: `on_error` does.
     /// Takes a token from each bucket not charged yet for this request: the first bucket that
     /// has none refuses it (with how long until it has one).
     fn charge<'k>(
@@ -237,6 +239,7 @@ impl RateLimiter {
         self.rule.bucket == Bucket::Client
     }
 
+    /// Redis could not decide a global rule: `on_error` does.
     fn undecided(&self, bucket: &[u8], reason: &str) -> Verdict {
         tracing::warn!(rule = self.name(), %reason, "global rate limit undecided; applying on_error");
         match self.rule.on_error {
