@@ -120,10 +120,13 @@ impl ConnHandle {
     /// Like [`send`](Self::send), but a batch that cannot be handed over comes back with the
     /// reason, so that a session can keep it and try again once there is room.
     pub fn offer(&self, batch: Batch) -> Result<(), (SendError, Batch)> {
-        self.batches.try_send(batch).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(batch) => (SendError::Busy, batch),
-            mpsc::error::TrySendError::Closed(batch) => (SendError::Gone, batch),
-        })
+        match self.reserve() {
+            Ok(room) => {
+                room.send(batch);
+                Ok(())
+            }
+            Err(error) => Err((error, batch)),
+        }
     }
 
     /// Room for one batch, held until it is used or dropped, when the queue has some now:
