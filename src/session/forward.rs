@@ -67,16 +67,12 @@ impl Session {
     /// long, so a shared connection shows as held until they are answered.
     pub(super) fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
         self.leave_held_connection();
-        let measured = self
-            .replies
-            .follows_commands()
-            .then(|| self.replies.spare_lengths());
         let hold = match &self.link {
             Link::Pooled(conn) if holds => Some(conn.hold()),
             _ => None,
         };
         if let Some(parked) = &mut self.parked {
-            parked.join(&bytes, count, measured, hold);
+            parked.join(&bytes, count, self.replies.lengths_wanted(), hold);
             self.handed_over(count, false);
             return;
         }
@@ -87,7 +83,8 @@ impl Session {
             count,
             reply_to: self.reply_sender.clone(),
             tracked: false,
-            measured,
+            // After the lane took what it hears: those replies are not measured here.
+            measured: self.replies.lengths_wanted(),
             hold,
             lane,
         };

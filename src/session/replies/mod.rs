@@ -133,8 +133,14 @@ impl ReplyQueue {
         self.sent.push(command_id, at, follows);
     }
 
+    /// For a batch about to be sent: when some phase follows commands awaiting replies, an
+    /// empty list for the replies' lengths (from an earlier reply if one brought any).
+    pub fn lengths_wanted(&mut self) -> Option<Vec<u32>> {
+        self.follows_commands().then(|| self.spare_lengths())
+    }
+
     /// An empty list with room for reply lengths, from an earlier reply if one brought any.
-    pub fn spare_lengths(&mut self) -> Vec<u32> {
+    fn spare_lengths(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.spare_lengths)
     }
 
