@@ -211,6 +211,10 @@ impl Coherence {
         request: Bytes,
         error: impl FnOnce(SendError) -> Bytes,
     ) {
+        let room = match room {
+            Ok(room) => room,
+            Err(failure) => return self.complete(id, error(failure), &[]),
+        };
         // The read also asks for each key's remaining time to live, so that no entry outlives
         // its key: Redis's own expiry of it may come much later.
         let keys = {
@@ -225,10 +229,6 @@ impl Coherence {
         for key in &keys {
             encode_command(&[&b"PTTL"[..], key], &mut out);
         }
-        let room = match room {
-            Ok(room) => room,
-            Err(failure) => return self.complete(id, error(failure), &[]),
-        };
         let replies = send_own_in(room, out.freeze(), 1 + keys.len() as u32, true);
         let coherence = Arc::clone(self);
         tokio::spawn(async move {
