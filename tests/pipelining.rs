@@ -235,17 +235,21 @@ fn inline_pipelines_larger_than_the_upstream_queue_are_all_answered() {
         })
         .collect();
     for client in clients {
-        let lines = client.join().unwrap();
-        let errors: Vec<_> = lines.iter().filter(|line| line.starts_with('-')).collect();
-        assert!(
-            errors.is_empty(),
-            "{} errors, first: {:?}",
-            errors.len(),
-            errors.first()
-        );
-        for pair in lines.chunks(2) {
-            assert_eq!(pair, ["+OK\r\n", "$1\r\nv\r\n"]);
-        }
+        assert_every_pair_answered(&client.join().unwrap(), "");
+    }
+}
+
+/// Every `SET`/`GET` pair of [`pipeline_inline_without_reading`] got `+OK` and `v`: no error.
+fn assert_every_pair_answered(lines: &[String], setup: &str) {
+    let errors: Vec<_> = lines.iter().filter(|line| line.starts_with('-')).collect();
+    assert!(
+        errors.is_empty(),
+        "{setup}: {} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    for pair in lines.chunks(2) {
+        assert_eq!(pair, ["+OK\r\n", "$1\r\nv\r\n"], "{setup}");
     }
 }
 
@@ -263,16 +267,7 @@ fn cache_fills_wait_for_room_in_a_full_upstream_queue() {
         );
         let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", &rule);
         let lines = pipeline_inline_without_reading(keyward.port, b"", 100_000);
-        let errors: Vec<_> = lines.iter().filter(|line| line.starts_with('-')).collect();
-        assert!(
-            errors.is_empty(),
-            "{mode}: {} errors, first: {:?}",
-            errors.len(),
-            errors.first()
-        );
-        for pair in lines.chunks(2) {
-            assert_eq!(pair, ["+OK\r\n", "$1\r\nv\r\n"], "{mode}");
-        }
+        assert_every_pair_answered(&lines, mode);
     }
 }
 
