@@ -271,6 +271,34 @@ fn cache_fills_wait_for_room_in_a_full_upstream_queue() {
     }
 }
 
+/// A client that waits for room in a full queue is not overtaken by the one filling it. One
+/// client pipelines reads that a cache rule takes, each a fill and a batch of its own, and
+/// keeps the shared connection's queue full; another asks one `INCR` at a time, each a
+/// question to Redis for a global rate-limit rule first. Its questions wait for room as
+/// requests do (not an error for `on_error = "deny"` to refuse), and each waits its turn: before,
+/// the pipelining client took every place the connection freed and the other waited for its
+/// whole pipeline (about 10 s in a debug build, past the client's 5 s).
+#[test]
+fn a_client_waiting_for_room_in_a_full_queue_gets_its_turn() {
+    let redis = support::RedisServer::start();
+    let rule = "[runtime]\nworker_threads = 1\n[[rate_limit]]\nname = \"global\"\n\
+                keys = [\"g*\"]\nlimit = 1000000\nperiod = \"1h\"\nscope = \"global\"\n\
+                on_error = \"deny\"\n[[cache]]\nname = \"all\"\nkeys = [\"k*\"]\nttl = \"1m\"\n\
+                max_memory = \"64MB\"\nmode = \"shadow\"\n";
+    let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", rule);
+    let port = keyward.port;
+    let pipelining =
+        std::thread::spawn(move || pipeline_inline_without_reading(port, b"", 100_000));
+    let mut client = keyward.impatient_client();
+    let mut asked = 0;
+    while !pipelining.is_finished() {
+        let count: Result<i64, _> = redis::cmd("INCR").arg("g").query(&mut client);
+        asked += 1;
+        assert_eq!(count, Ok(asked), "request {asked} beside the pipeline");
+    }
+    assert_every_pair_answered(&pipelining.join().unwrap(), "beside global rate limit");
+}
+
 #[test]
 fn a_huge_mset_and_resp_pipelines_from_many_clients_are_all_answered() {
     let redis = support::RedisServer::start();

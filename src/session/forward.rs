@@ -153,7 +153,13 @@ impl Session {
             return Flow::Stop;
         }
         let ticket = taken.ticket;
-        match self.hand_over_in(taken, room) {
+        let held = self.hand_over_in(taken, room);
+        self.hold_taken(ticket, held)
+    }
+
+    /// The input waits while the phase that took a request holds it.
+    fn hold_taken(&mut self, ticket: u64, held: Option<Held>) -> Flow {
+        match held {
             Some(held) => {
                 self.holds.taken = Some((ticket, held));
                 Flow::Stop
@@ -193,22 +199,22 @@ impl Session {
         }
     }
 
-    /// Sends the parked requests now that the connection has room, and once they are sent,
-    /// hands over the taken request parked behind them. Their replies are already expected:
-    /// if the connection is gone, they are answered as a broken connection's are.
-    pub(super) fn unpark(&mut self) {
+    /// Sends the parked requests in the place `room` kept for them or, when none are left,
+    /// hands over the taken request parked behind them in it. Their replies are already
+    /// expected: if the connection is gone, they are answered as a broken connection's are.
+    pub(super) fn unpark(&mut self, room: Result<Room<'_>, SendError>) {
         let Some(parked) = self.parked.take() else {
             if let Some(taken) = self.parked_take.take() {
-                self.hand_over(taken);
+                let ticket = taken.ticket;
+                let held = self.hand_over_in(taken, room);
+                self.hold_taken(ticket, held);
             }
             return;
         };
         let count = parked.count;
-        let batch = parked.into_batch(self.reply_sender.clone());
-        match self.link.conn().offer(batch) {
-            Ok(()) => {}
-            Err((SendError::Busy, batch)) => self.parked = Some(Parked::from(batch)),
-            Err((error, _)) => {
+        match room {
+            Ok(room) => room.send(parked.into_batch(self.reply_sender.clone())),
+            Err(error) => {
                 let address = &self.context.upstream.address();
                 let error = error.reply(address, u64::from(count));
                 let _ = self.reply_sender.send(Reply::Failed { count, error });

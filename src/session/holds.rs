@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::inbox;
 use crate::policy::phases::Held;
 use crate::resp::Protocol;
-use crate::upstream::{Batch, Reply, Upstream};
+use crate::upstream::{Batch, ConnHandle, Reply, SendError, Upstream};
 
 #[derive(Default)]
 pub(super) struct Holds {
@@ -19,14 +19,19 @@ pub(super) struct Holds {
     /// Answers to the questions phases ask Redis, apart from the client's replies. Opened on
     /// first use: most sessions never ask.
     answers: Option<(inbox::Sender<Reply>, inbox::Receiver<Reply>)>,
-    /// A question is out; the request waits for its answer.
+    /// A question is out, or waits for room in its connection's queue (below); the request
+    /// waits for its answer.
     pub asking: bool,
+    /// A question that found its connection's queue full: it is sent once there is room, as
+    /// a request would be, rather than taken for one Redis could not answer.
+    unsent: Option<(ConnHandle, Batch)>,
     /// A phase took the request and answers it with this ticket.
     pub taken: Option<(u64, Held)>,
 }
 
 impl Holds {
-    /// Asks Redis `question`, on a shared connection. `false` if it could not be sent.
+    /// Asks Redis `question`, on a shared connection: `false` if that connection is gone. A
+    /// full queue is not a refusal: the question waits for room (see [`Holds::next_answer`]).
     pub fn ask(&mut self, upstream: &Arc<Upstream>, client_id: u64, question: Bytes) -> bool {
         let batch = Batch {
             bytes: question,
@@ -38,12 +43,26 @@ impl Holds {
             lane: None,
         };
         let conn = upstream.pooled(Protocol::Resp2, 0, client_id);
-        self.asking = conn.send(batch).is_ok();
+        self.asking = match conn.offer(batch) {
+            Ok(()) => true,
+            Err((SendError::Busy, batch)) => {
+                self.unsent = Some((conn, batch));
+                true
+            }
+            Err((SendError::Gone, _)) => false,
+        };
         self.asking
     }
 
-    /// Redis's answer to the question out; waits for ever when none is.
+    /// Redis's answer to the question out (none if its connection is gone); waits for ever
+    /// when none is. Cancel-safe: a question waiting for room stays here until it is sent.
     pub async fn next_answer(&mut self) -> Option<Reply> {
+        if let Some((conn, _)) = &self.unsent {
+            let conn = conn.clone();
+            let room = conn.room().await;
+            let (_, question) = self.unsent.take()?;
+            room.ok()?.send(question);
+        }
         match &mut self.answers {
             Some((_, answers)) => answers.recv().await,
             None => std::future::pending().await,

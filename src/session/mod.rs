@@ -43,7 +43,7 @@ use crate::net::Stream;
 use crate::policy::hotkeys::lane::LaneCount;
 use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
-use crate::upstream::{ClientLane, Monitoring, Opening, Reply};
+use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, SendError};
 use client_ids::Redirect;
 use forward::{Parked, TakenRequest};
 use holds::Holds;
@@ -295,12 +295,11 @@ impl Session {
                 // branch of this loop costs every wake-up of every session.
                 awaited = async {
                     if let Some(conn) = &parked_on {
-                        conn.room().await;
-                        return Awaited::Room;
+                        return Awaited::Room(conn.room().await);
                     }
                     Awaited::Answer(self.holds.next_answer().await)
                 }, if parked_on.is_some() || self.holds.asking => match awaited {
-                    Awaited::Room => self.unpark(),
+                    Awaited::Room(room) => self.unpark(room),
                     Awaited::Answer(answer) => {
                         self.holds.asking = false;
                         self.context.phases.answered(&mut self.phase_states, answer);
@@ -504,9 +503,9 @@ impl Drop for Session {
 }
 
 /// What a held request's wait ended with.
-enum Awaited {
-    /// The connection has room for the parked requests.
-    Room,
+enum Awaited<'a> {
+    /// A place in the connection's queue for the parked requests (or why there is none).
+    Room(Result<Room<'a>, SendError>),
     /// Redis's answer to a policy's question (a global rate limit).
     Answer(Option<Reply>),
 }

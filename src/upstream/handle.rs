@@ -141,9 +141,15 @@ impl ConnHandle {
             })
     }
 
-    /// Resolves once the connection's queue has room for a batch again (or the connection is
-    /// gone, which the next send reports).
-    pub async fn room(&self) {
-        drop(self.batches.reserve().await);
+    /// Waits for a place in the queue and keeps it (an error once the connection is gone).
+    /// Waiters get places in turn as the connection frees them, and [`reserve`](Self::reserve)
+    /// finds none while anyone waits: a client whose batch waited is not overtaken, turn
+    /// after turn, by one whose requests fill each freed place first.
+    pub async fn room(&self) -> Result<Room<'_>, SendError> {
+        self.batches
+            .reserve()
+            .await
+            .map(Room)
+            .map_err(|_| SendError::Gone)
     }
 }

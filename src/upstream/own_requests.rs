@@ -37,13 +37,7 @@ pub async fn send_own_when_room(
     count: u32,
     tracked: bool,
 ) -> Result<OwnReplies, SendError> {
-    loop {
-        match conn.reserve() {
-            Ok(room) => return Ok(send_own_in(room, bytes, count, tracked)),
-            Err(SendError::Busy) => conn.room().await,
-            Err(gone) => return Err(gone),
-        }
-    }
+    Ok(send_own_in(conn.room().await?, bytes, count, tracked))
 }
 
 /// [`send_own`] in room reserved beforehand, which cannot be refused.

@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
 use super::super::connection::{Batch, Reply, ReplySender};
-use super::super::handle::{ConnHandle, ConnStatus, SendError};
+use super::super::handle::{ConnHandle, ConnStatus};
 use super::super::Upstream;
 use super::delivery::Deliveries;
 use super::merge::{self, Merge};
@@ -343,7 +343,7 @@ impl Router {
     /// Hands commands to a node's connection; if it cannot take them, each gets an error.
     async fn send(&mut self, link: usize, bytes: Bytes, owed: Vec<Owed>, tracked: bool) {
         let node = &mut self.links[link];
-        let mut batch = Batch {
+        let batch = Batch {
             bytes,
             count: owed.len() as u32,
             reply_to: node.sender.clone(),
@@ -352,20 +352,12 @@ impl Router {
             hold: None,
             lane: None,
         };
-        loop {
-            match node.conn.offer(batch) {
-                Ok(()) => {
-                    node.owed.extend(owed);
-                    return;
-                }
-                // A full queue holds the router back, and so its sessions, rather than
-                // refusing their commands.
-                Err((SendError::Busy, returned)) => {
-                    batch = returned;
-                    node.conn.room().await;
-                }
-                Err((SendError::Gone, _)) => break,
-            }
+        // A full queue holds the router back, and so its sessions, rather than refusing
+        // their commands.
+        if let Ok(room) = node.conn.room().await {
+            room.send(batch);
+            node.owed.extend(owed);
+            return;
         }
         let error = reply::error(&format!("ERR upstream {} unavailable", node.address));
         for owed in owed {
