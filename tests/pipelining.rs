@@ -296,6 +296,7 @@ fn a_client_waiting_for_room_in_a_full_queue_gets_its_turn() {
         asked += 1;
         assert_eq!(count, Ok(asked), "request {asked} beside the pipeline");
     }
+    assert!(asked > 0, "the pipeline ended before the first INCR");
     assert_every_pair_answered(&pipelining.join().unwrap(), "beside global rate limit");
 }
 

@@ -54,8 +54,8 @@ impl Holds {
         self.asking
     }
 
-    /// Redis's answer to the question out (none if its connection is gone); waits for ever
-    /// when none is. Cancel-safe: a question waiting for room stays here until it is sent.
+    /// Redis's answer to the question out (none if its connection was gone before the question
+    /// could be sent); waits for ever when none is. Cancel-safe: a question waiting for room stays here until it is sent.
     pub async fn next_answer(&mut self) -> Option<Reply> {
         if let Some((conn, _)) = &self.unsent {
             let conn = conn.clone();

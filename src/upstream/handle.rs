@@ -144,7 +144,9 @@ impl ConnHandle {
     /// Waits for a place in the queue and keeps it (an error once the connection is gone).
     /// Waiters get places in turn as the connection frees them, and [`reserve`](Self::reserve)
     /// finds none while anyone waits: a client whose batch waited is not overtaken, turn
-    /// after turn, by one whose requests fill each freed place first.
+    /// after turn, by one whose requests fill each freed place first. A wait given up (a
+    /// session that turned to a reply that came first) loses its place, and its place goes to
+    /// the next in line.
     pub async fn room(&self) -> Result<Room<'_>, SendError> {
         self.batches
             .reserve()
