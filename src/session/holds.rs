@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::inbox;
 use crate::policy::phases::Held;
 use crate::resp::Protocol;
-use crate::upstream::{Batch, ConnHandle, Reply, SendError, Upstream};
+use crate::upstream::{Batch, Reply, RoomWait, SendError, Upstream};
 
 #[derive(Default)]
 pub(super) struct Holds {
@@ -24,7 +24,7 @@ pub(super) struct Holds {
     pub asking: bool,
     /// A question that found its connection's queue full: it is sent once there is room, as
     /// a request would be, rather than taken for one Redis could not answer.
-    unsent: Option<(ConnHandle, Batch)>,
+    unsent: Option<(RoomWait, Batch)>,
     /// A phase took the request and answers it with this ticket.
     pub taken: Option<(u64, Held)>,
 }
@@ -46,7 +46,7 @@ impl Holds {
         self.asking = match conn.offer(batch) {
             Ok(()) => true,
             Err((SendError::Busy, batch)) => {
-                self.unsent = Some((conn, batch));
+                self.unsent = Some((conn.wait_for_room(), batch));
                 true
             }
             Err((SendError::Gone, _)) => false,
@@ -55,11 +55,11 @@ impl Holds {
     }
 
     /// Redis's answer to the question out (none if its connection was gone before the question
-    /// could be sent); waits for ever when none is. Cancel-safe: a question waiting for room stays here until it is sent.
+    /// could be sent); waits for ever when none is. Cancel-safe: a question waiting for room
+    /// stays here, keeping its place in line, until it is sent.
     pub async fn next_answer(&mut self) -> Option<Reply> {
-        if let Some((conn, _)) = &self.unsent {
-            let conn = conn.clone();
-            let room = conn.room().await;
+        if let Some((wait, _)) = &mut self.unsent {
+            let room = wait.await;
             let (_, question) = self.unsent.take()?;
             room.ok()?.send(question);
         }

@@ -43,7 +43,7 @@ use crate::net::Stream;
 use crate::policy::hotkeys::lane::LaneCount;
 use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
-use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, SendError};
+use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, RoomWait, SendError};
 use client_ids::Redirect;
 use forward::{Parked, TakenRequest};
 use holds::Holds;
@@ -230,6 +230,8 @@ impl Session {
         let idle = tokio::time::sleep(self.context.idle_timeout.unwrap_or_default());
         tokio::pin!(idle);
         let _stop_watch = watch_stop(self.listing.stop().clone(), self.reply_sender.clone());
+        // Parked requests' wait for room, kept from turn to turn so that it keeps its place.
+        let mut room_wait: Option<RoomWait> = None;
         loop {
             self.settle_lane();
             while let Some(switch) = self.process_input() {
@@ -256,7 +258,11 @@ impl Session {
             }
             self.clock = None;
             let parked = self.parked.is_some() || self.parked_take.is_some();
-            let parked_on = parked.then(|| self.link.conn().clone());
+            if !parked {
+                room_wait = None;
+            } else if room_wait.is_none() {
+                room_wait = Some(self.link.conn().wait_for_room());
+            }
             tokio::select! {
                 biased;
                 reply = self.reply_receiver.recv() => {
@@ -294,12 +300,15 @@ impl Session {
                 // One branch for what held requests wait for (few sessions ever do): each
                 // branch of this loop costs every wake-up of every session.
                 awaited = async {
-                    if let Some(conn) = &parked_on {
-                        return Awaited::Room(conn.room().await);
+                    if let Some(wait) = &mut room_wait {
+                        return Awaited::Room(wait.await);
                     }
                     Awaited::Answer(self.holds.next_answer().await)
-                }, if parked_on.is_some() || self.holds.asking => match awaited {
-                    Awaited::Room(room) => self.unpark(room),
+                }, if parked || self.holds.asking => match awaited {
+                    Awaited::Room(room) => {
+                        room_wait = None;
+                        self.unpark(room);
+                    }
                     Awaited::Answer(answer) => {
                         self.holds.asking = false;
                         self.context.phases.answered(&mut self.phase_states, answer);
@@ -503,9 +512,9 @@ impl Drop for Session {
 }
 
 /// What a held request's wait ended with.
-enum Awaited<'a> {
+enum Awaited {
     /// A place in the connection's queue for the parked requests (or why there is none).
-    Room(Result<Room<'a>, SendError>),
+    Room(Result<Room<'static>, SendError>),
     /// Redis's answer to a policy's question (a global rate limit).
     Answer(Option<Reply>),
 }

@@ -2,6 +2,8 @@
 //! shows to everyone who holds one ([`ConnStatus`]): whether it is up, its last error, and
 //! whether Redis holds a request on it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,14 +80,25 @@ pub struct ConnHandle {
     pub status: Arc<ConnStatus>,
 }
 
-/// A place in a connection's queue (see [`ConnHandle::reserve`]).
-pub struct Room<'a>(mpsc::Permit<'a, Batch>);
+/// A place in a connection's queue (see [`ConnHandle::reserve`]), borrowed from the handle
+/// that found it or, when waited for across turns ([`ConnHandle::wait_for_room`]), owned.
+pub enum Room<'a> {
+    Borrowed(mpsc::Permit<'a, Batch>),
+    Owned(mpsc::OwnedPermit<Batch>),
+}
 
 impl Room<'_> {
     pub fn send(self, batch: Batch) {
-        self.0.send(batch);
+        match self {
+            Room::Borrowed(permit) => permit.send(batch),
+            Room::Owned(permit) => drop(permit.send(batch)),
+        }
     }
 }
+
+/// A wait for a place in a connection's queue that can be kept from one turn of a session to
+/// the next: polled again, it keeps its place in line (see [`ConnHandle::room`]).
+pub type RoomWait = Pin<Box<dyn Future<Output = Result<Room<'static>, SendError>> + Send>>;
 
 /// Why a batch could not be handed to its connection.
 pub enum SendError {
@@ -134,7 +147,7 @@ impl ConnHandle {
     pub fn reserve(&self) -> Result<Room<'_>, SendError> {
         self.batches
             .try_reserve()
-            .map(Room)
+            .map(Room::Borrowed)
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(()) => SendError::Busy,
                 mpsc::error::TrySendError::Closed(()) => SendError::Gone,
@@ -144,14 +157,26 @@ impl ConnHandle {
     /// Waits for a place in the queue and keeps it (an error once the connection is gone).
     /// Waiters get places in turn as the connection frees them, and [`reserve`](Self::reserve)
     /// finds none while anyone waits: a client whose batch waited is not overtaken, turn
-    /// after turn, by one whose requests fill each freed place first. A wait given up (a
-    /// session that turned to a reply that came first) loses its place, and its place goes to
-    /// the next in line.
+    /// after turn, by one whose requests fill each freed place first. A wait dropped before
+    /// it ends loses its place to the next in line: a session, which turns to whatever comes
+    /// first, keeps a [`wait_for_room`](Self::wait_for_room) from turn to turn instead.
     pub async fn room(&self) -> Result<Room<'_>, SendError> {
         self.batches
             .reserve()
             .await
-            .map(Room)
+            .map(Room::Borrowed)
             .map_err(|_| SendError::Gone)
+    }
+
+    /// [`room`](Self::room) as a wait of its own, which the caller keeps until it ends.
+    pub fn wait_for_room(&self) -> RoomWait {
+        let batches = self.batches.clone();
+        Box::pin(async move {
+            batches
+                .reserve_owned()
+                .await
+                .map(Room::Owned)
+                .map_err(|_| SendError::Gone)
+        })
     }
 }

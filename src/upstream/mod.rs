@@ -30,7 +30,7 @@ mod write_queue;
 
 pub use connection::{Batch, Reply, ReplySender};
 pub use errors::UpstreamError;
-pub use handle::{ConnHandle, Hold, Room, SendError};
+pub use handle::{ConnHandle, Hold, Room, RoomWait, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use lane::{ClientLane, InLane, LaneListener};
 pub use own::{Opening, OwnConnection};
