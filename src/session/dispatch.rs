@@ -88,7 +88,7 @@ impl Session {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
                         let follows = std::mem::take(&mut self.follows);
                         self.replies.command_sent(id, request.sent_at, follows);
-                        self.forward(bytes, 1, false);
+                        self.forward(bytes, 1, false, input.hotkeys);
                     }
                 }
                 Flow::Next
@@ -145,7 +145,7 @@ impl Session {
             }
             Some(encoded) => {
                 input.bytes.advance(consumed);
-                self.forward(encoded, 1, holds);
+                self.forward(encoded, 1, holds, input.hotkeys);
             }
         }
     }

@@ -3,11 +3,14 @@
 //! until there is room), requests a phase took, handed to it with room kept for them, and
 //! answers keyward puts in their place among the replies owed.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::link::Link;
 use super::pipeline::{Flow, Input};
 use super::{Closing, Session};
+use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::Handover;
 use crate::policy::phases::{Held, Taken};
 use crate::upstream::{Batch, Hold, Reply, ReplySender, Room, SendError};
@@ -60,12 +63,18 @@ impl Session {
             return;
         }
         let bytes = input.bytes.split_to(batch.len).freeze();
-        self.forward(bytes, batch.count, batch.holds);
+        self.forward(bytes, batch.count, batch.holds, input.hotkeys);
     }
 
     /// Hands requests to the session's connection. `holds`: Redis may hold one of them for
     /// long, so a shared connection shows as held until they are answered.
-    pub(super) fn forward(&mut self, bytes: Bytes, count: u32, holds: bool) {
+    pub(super) fn forward(
+        &mut self,
+        bytes: Bytes,
+        count: u32,
+        holds: bool,
+        hotkeys: Option<&Arc<HotKeys>>,
+    ) {
         self.leave_held_connection();
         let hold = match &self.link {
             Link::Pooled(conn) if holds => Some(conn.hold()),
@@ -76,7 +85,7 @@ impl Session {
             self.handed_over(count, false);
             return;
         }
-        let (lane, handed) = self.lane_for_batch(holds, count);
+        let (lane, handed) = self.lane_for_batch(holds, count, hotkeys);
         let in_lane = lane.is_some();
         let batch = Batch {
             bytes,

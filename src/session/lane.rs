@@ -9,6 +9,7 @@ use super::replies::LoneFollows;
 use super::Session;
 #[cfg(doc)]
 use crate::policy::hotkeys::lane::LaneCount;
+use crate::policy::hotkeys::HotKeys;
 use crate::upstream::{ClientLane, InLane};
 
 impl Session {
@@ -42,6 +43,7 @@ impl Session {
         &mut self,
         holds: bool,
         count: u32,
+        hotkeys: Option<&Arc<HotKeys>>,
     ) -> (Option<InLane>, Option<LoneFollows>) {
         let Some(lane) = self.lane_for_replies(holds) else {
             return (None, None);
@@ -49,7 +51,10 @@ impl Session {
         if !self.replies.follows_commands() {
             return (Some(InLane { lane, told: false }), None);
         }
-        let handed = (count == 1).then(|| self.hand_follows_to_lane()).flatten();
+        let handed = match (count, hotkeys) {
+            (1, Some(hotkeys)) => self.hand_follows_to_lane(hotkeys),
+            _ => None,
+        };
         match handed {
             Some(handed) => (Some(InLane { lane, told: true }), Some(handed)),
             None => (None, None),
@@ -58,9 +63,7 @@ impl Session {
 
     /// Hands the follows of the latest request to the lane's listener, when hot keys are all
     /// that follow it and it names one key.
-    fn hand_follows_to_lane(&mut self) -> Option<LoneFollows> {
-        let live = self.context.live.load();
-        let hotkeys = live.policies.hotkeys.as_ref()?;
+    fn hand_follows_to_lane(&mut self, hotkeys: &Arc<HotKeys>) -> Option<LoneFollows> {
         let mut lone = self.replies.take_lone_follows()?;
         let recorder = &mut self.replies.followers.hotkeys;
         let detached = match lone.follows.hotkeys.take() {

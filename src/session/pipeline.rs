@@ -33,6 +33,7 @@ use crate::command::{
 };
 use crate::directory::Listing;
 use crate::metrics;
+use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::{Decision, Sender, Subject, Way};
 use crate::policy::phases::{Phases, Taken, Write, Written};
 use crate::policy::Policies;
@@ -53,11 +54,15 @@ pub(super) enum Flow {
 /// The input while its requests are processed. It is taken out of the session meanwhile, so
 /// that a request's arguments, borrowed from it, stay readable while the phases change the
 /// session's state.
-pub(super) struct Input {
+pub(super) struct Input<'a> {
     pub bytes: BytesMut,
     decoder: RequestDecoder,
     /// Forwarded requests gathered at the front, not yet handed to the connection.
     pub batch: PendingBatch,
+    /// Hot keys, as the policies judging this input have them: where a lone request's count
+    /// goes when its reply takes the lane (see `Session::lane_for_batch`), without a second
+    /// look at the policies for each request.
+    pub hotkeys: Option<&'a Arc<HotKeys>>,
 }
 
 /// Forwarded requests gathered at the front of the input, not yet handed to a connection.
@@ -69,7 +74,7 @@ pub(super) struct PendingBatch {
     pub holds: bool,
 }
 
-impl Input {
+impl Input<'_> {
     /// Takes the request at the front of the input out of it, to send on its own.
     pub fn take_request(&mut self, consumed: usize, rewritten: Option<Bytes>) -> Bytes {
         match rewritten {
@@ -119,19 +124,20 @@ impl Session {
             // no policies or clock to read.
             return None;
         }
+        let active = self.context.live.load();
         let mut input = Input {
             bytes: std::mem::take(&mut self.input),
             decoder: std::mem::take(&mut self.decoder),
             batch: PendingBatch::default(),
+            hotkeys: active.policies.hotkeys.as_ref(),
         };
-        let switch = self.process(&mut input);
+        let switch = self.process(&mut input, &active.policies);
         self.input = input.bytes;
         self.decoder = input.decoder;
         switch
     }
 
-    fn process(&mut self, input: &mut Input) -> Option<Switch> {
-        let active = self.context.live.load();
+    fn process(&mut self, input: &mut Input, policies: &Policies) -> Option<Switch> {
         let sent_at = self.now();
         let mut dedicate = None;
         while matches!(
@@ -141,7 +147,7 @@ impl Session {
             let Some((consumed, rewritten)) = self.next_request(input) else {
                 break;
             };
-            match self.process_request(input, &active.policies, consumed, rewritten, sent_at) {
+            match self.process_request(input, policies, consumed, rewritten, sent_at) {
                 Flow::Next => {}
                 Flow::Stop => break,
                 Flow::Dedicate(switch) => {
