@@ -158,13 +158,16 @@ impl HotKeys {
     }
 
     fn stage<'a>(&self, finished: impl Iterator<Item = (&'a [u8], &'a Observation)>, now: Instant) {
-        let period = self.clock.number(now);
         let threshold = self.config.big_key_bytes.get();
-        let mut stage = self.stage_for(period, now);
+        let mut stage = self.stage.lock();
+        if !stage.takes(now) {
+            drop(stage);
+            stage = self.stage_for(self.clock.number(now), now);
+        }
         for (key, seen) in finished {
             if stage.is_full() {
                 self.flush(stage, now);
-                stage = self.stage_for(period, now);
+                stage = self.stage_for(self.clock.number(now), now);
             }
             stage.add(key, seen.counts);
             if seen.value > threshold || seen.counts.outbound > threshold {
@@ -182,7 +185,7 @@ impl HotKeys {
             self.flush(stage, now);
             stage = self.stage.lock();
         }
-        stage.enter(period);
+        stage.enter(period, self.clock.end_of(period));
         stage
     }
 

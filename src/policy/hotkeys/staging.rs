@@ -13,6 +13,7 @@
 //! not depend on.
 
 use std::ops::AddAssign;
+use std::time::Instant;
 
 use hashbrown::HashTable;
 
@@ -96,6 +97,9 @@ pub struct Staging {
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
+    /// When that period ends: counts seen before then join it without the clock's
+    /// arithmetic, which costs as much as a hash of the key.
+    period_ends: Option<Instant>,
     /// Where each key is folded into its pattern while flushing, one buffer for all of them.
     pattern: Vec<u8>,
 }
@@ -116,6 +120,7 @@ impl Staging {
             staged: HashTable::new(),
             limit: capacity.saturating_mul(STAGED_PER_COUNTER),
             period: None,
+            period_ends: None,
             pattern: Vec::new(),
         }
     }
@@ -127,6 +132,7 @@ impl Staging {
             staged: HashTable::with_capacity(flushed.staged.len()),
             limit: flushed.limit,
             period: None,
+            period_ends: None,
             pattern: Vec::new(),
         }
     }
@@ -141,10 +147,21 @@ impl Staging {
         self.staged.len() >= self.limit
     }
 
-    /// Readies the stage for counts seen in `period`. Counts of a session that read the clock
-    /// just before a period ended may join the next period's: the stage keeps the later.
-    pub fn enter(&mut self, period: u64) {
-        self.period = Some(self.period.map_or(period, |staged| staged.max(period)));
+    /// Readies the stage for counts seen in `period`, which ends at `ends`. Counts of a
+    /// session that read the clock just before a period ended may join the next period's:
+    /// the stage keeps the later.
+    pub fn enter(&mut self, period: u64, ends: Option<Instant>) {
+        if self.period.is_none_or(|staged| period > staged) {
+            self.period = Some(period);
+            self.period_ends = ends;
+        }
+    }
+
+    /// Whether counts seen at `at` join the staged period as they are (the stage entered a
+    /// period that has not ended by then, and has room).
+    #[inline]
+    pub fn takes(&self, at: Instant) -> bool {
+        self.period_ends.is_some_and(|ends| at < ends) && !self.is_full()
     }
 
     /// Adds a command's counts for `key`, in the period last [entered](Self::enter).
@@ -203,7 +220,7 @@ mod tests {
     #[test]
     fn a_flush_hands_each_key_once_with_its_sums() {
         let mut staging = Staging::new(4);
-        staging.enter(0);
+        staging.enter(0, None);
         staging.add(b"user:1", counts(false, 20, 10));
         staging.add(b"user:2", counts(true, 30, 5));
         staging.add(b"user:1", counts(true, 20, 5));
@@ -237,7 +254,7 @@ mod tests {
     fn keys_longer_than_an_entry_holds_are_staged_whole() {
         let long = "user:".repeat(20);
         let mut staging = Staging::new(4);
-        staging.enter(0);
+        staging.enter(0, None);
         staging.add(long.as_bytes(), counts(false, 1, 1));
         staging.add(long.as_bytes(), counts(true, 1, 1));
         staging.add(&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1));
@@ -268,7 +285,7 @@ mod tests {
     #[test]
     fn the_stage_is_full_at_its_limit() {
         let mut staging = Staging::new(1);
-        staging.enter(3);
+        staging.enter(3, None);
         for n in 0..STAGED_PER_COUNTER {
             assert!(!staging.is_full());
             staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1));
@@ -276,5 +293,30 @@ mod tests {
         }
         assert!(staging.is_full());
         assert_eq!(staging.period(), Some(3));
+    }
+
+    /// Counts seen before the staged period ends join it; from its end, or into a full stage,
+    /// the clock is read again; an earlier period entered late changes nothing.
+    #[test]
+    fn the_stage_takes_counts_until_its_period_ends() {
+        let start = Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        let mut staging = Staging::new(1);
+        assert!(!staging.takes(start), "nothing entered yet");
+        staging.enter(4, Some(start + second * 50));
+        staging.enter(3, Some(start + second * 40));
+        assert_eq!(staging.period(), Some(4));
+        assert!(staging.takes(start + second * 49));
+        assert!(!staging.takes(start + second * 50));
+        for n in 0..STAGED_PER_COUNTER {
+            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1));
+        }
+        assert!(!staging.takes(start), "full");
+        let mut endless = Staging::new(1);
+        endless.enter(0, None);
+        assert!(
+            !endless.takes(start),
+            "a period with no end in reach: the clock decides"
+        );
     }
 }

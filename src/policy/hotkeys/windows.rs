@@ -99,6 +99,14 @@ impl PeriodClock {
         u64::try_from(elapsed).map_or(u64::MAX, |elapsed| elapsed / self.length_nanos)
     }
 
+    /// The first instant after `period` (none past what an `Instant` holds).
+    pub fn end_of(&self, period: u64) -> Option<Instant> {
+        let nanos = (u128::from(period) + 1) * u128::from(self.length_nanos);
+        u64::try_from(nanos)
+            .ok()
+            .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
+    }
+
     /// The moment counts staged in `period` are counted at: `now` if it falls in that period,
     /// else the period's nearest instant.
     pub fn moment(&self, period: u64, now: Instant) -> Instant {
@@ -258,6 +266,8 @@ mod tests {
             origin + second * 30,
             "a clock read late"
         );
+        assert_eq!(clock.end_of(2), Some(origin + second * 30));
+        assert_eq!(clock.end_of(u64::MAX), None, "past what an Instant holds");
     }
 
     #[test]
