@@ -162,12 +162,12 @@ impl HotKeys {
         let mut stage = self.stage.lock();
         if !stage.takes(now) {
             drop(stage);
-            stage = self.stage_for(self.clock.number(now), now);
+            stage = self.stage_for(now);
         }
         for (key, seen) in finished {
             if stage.is_full() {
                 self.flush(stage, now);
-                stage = self.stage_for(self.clock.number(now), now);
+                stage = self.stage_for(now);
             }
             stage.add(key, seen.counts);
             if seen.value > threshold || seen.counts.outbound > threshold {
@@ -177,9 +177,10 @@ impl HotKeys {
         drop(stage);
     }
 
-    /// The stage, locked and entered for counts of `period`; flushed first if it holds an
+    /// The stage, locked and entered for counts seen `now`; flushed first if it holds an
     /// earlier period's counts or no room (other sessions may add to a new stage meanwhile).
-    fn stage_for(&self, period: u64, now: Instant) -> MutexGuard<'_, Staging> {
+    fn stage_for(&self, now: Instant) -> MutexGuard<'_, Staging> {
+        let period = self.clock.number(now);
         let mut stage = self.stage.lock();
         while stage.is_full() || stage.period().is_some_and(|staged| staged < period) {
             self.flush(stage, now);

@@ -101,26 +101,28 @@ impl PeriodClock {
 
     /// The first instant after `period` (none past what an `Instant` holds).
     pub fn end_of(&self, period: u64) -> Option<Instant> {
-        let nanos = (u128::from(period) + 1) * u128::from(self.length_nanos);
-        u64::try_from(nanos)
-            .ok()
-            .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
+        self.after_origin((u128::from(period) + 1) * u128::from(self.length_nanos))
     }
 
     /// The moment counts staged in `period` are counted at: `now` if it falls in that period,
     /// else the period's nearest instant.
     pub fn moment(&self, period: u64, now: Instant) -> Instant {
-        let instant = |nanos: u128| {
-            u64::try_from(nanos)
-                .ok()
-                .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
-        };
         let length = u128::from(self.length_nanos);
         let start = u128::from(period) * length;
-        match (instant(start), instant(start + length - 1)) {
+        match (
+            self.after_origin(start),
+            self.after_origin(start + length - 1),
+        ) {
             (Some(first), Some(last)) => now.clamp(first, last),
             _ => now,
         }
+    }
+
+    /// The instant `nanos` after the origin (none past what an `Instant` holds).
+    fn after_origin(&self, nanos: u128) -> Option<Instant> {
+        u64::try_from(nanos)
+            .ok()
+            .and_then(|nanos| self.origin.checked_add(Duration::from_nanos(nanos)))
     }
 }
 
