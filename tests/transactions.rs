@@ -182,3 +182,45 @@ fn a_blocked_brpoplpush_touches_a_watched_key_only_when_it_moves_an_element() {
         "the move touched the watched key"
     );
 }
+
+/// Commands refused inside `MULTI` when the transaction's connection has no room: Redis is
+/// stalled behind a large write, and the client's commands, sent a few at a time, fill the
+/// connection's queue (each refusal queues a command of its own that aborts the transaction).
+/// What aborts the transaction waits for room after the commands before it, as they do,
+/// instead of closing the client or overtaking them.
+#[test]
+fn commands_refused_in_a_transaction_wait_for_room_in_a_full_queue() {
+    // Each write is two batches: the command before the refusal, and the refusal's own.
+    const WRITES: usize = 3_000;
+    let redis = RedisServer::start();
+    let deny = "[[deny]]\nname = \"no-refused\"\nkeys = [\"refused:*\"]\n";
+    let keyward = Keyward::start_with_upstream(redis.port, "pool_size = 1", deny);
+    let mut client = keyward.raw();
+    client.send(b"MULTI\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+
+    redis.stall_behind_large_write(&mut client);
+    for i in 0..WRITES {
+        client.send(format!("SET k{i} v\r\nSET refused:{i} v\r\n").as_bytes());
+        std::thread::sleep(std::time::Duration::from_micros(300));
+    }
+    client.send(b"EXEC\r\n");
+    redis.signal("CONT");
+
+    assert_eq!(client.read_line(), "+QUEUED\r\n", "the large SET");
+    for i in 0..WRITES {
+        assert_eq!(client.read_line(), "+QUEUED\r\n", "SET k{i}");
+        let refusal = client.read_line();
+        assert!(refusal.starts_with("-NOPERM"), "refused:{i}: {refusal}");
+    }
+    let exec = client.read_line();
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    client.send(b"PING\r\n");
+    assert_eq!(
+        client.read_line(),
+        "+PONG\r\n",
+        "the client stays connected"
+    );
+    let large: Option<String> = keyward.client().get("large").unwrap();
+    assert_eq!(large, None, "the aborted transaction wrote nothing");
+}

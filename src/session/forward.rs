@@ -29,25 +29,25 @@ impl Session {
 
     /// Inside `MULTI`, a refused command must also abort the transaction, as a command Redis
     /// refuses at queue time does: a command Redis does not know is queued in its place (so
-    /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal.
+    /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal. When the
+    /// connection's queue is full, or requests wait for room before it, the marker waits too,
+    /// in order, and the client is read no further until it is sent.
     fn refuse_in_transaction(&mut self, refusal: Bytes) {
-        const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
         let Link::Dedicated { conn, .. } = &self.link else {
             self.replies.push_ready(refusal, &mut self.output);
             return;
         };
-        let batch = Batch {
-            bytes: Bytes::from_static(ABORTS_TRANSACTION),
-            count: 1,
-            reply_to: self.reply_sender.clone(),
-            tracked: false,
-            measured: None,
-            hold: None,
-            lane: None,
+        let sent = match self.parked.is_some() || self.parked_after.is_some() {
+            true => Err(SendError::Busy),
+            false => conn.send(abort_marker(self.reply_sender.clone())),
         };
-        match conn.send(batch) {
+        match sent {
             Ok(()) => self.replies.push_substitute(refusal),
-            Err(_) => {
+            Err(SendError::Busy) => {
+                self.replies.push_substitute(refusal);
+                self.parked_after = Some(AfterParked::AbortMarker);
+            }
+            Err(SendError::Gone) => {
                 // Without the marker the transaction would commit the rest: close the client,
                 // so Redis discards it with the connection.
                 self.replies.push_ready(refusal, &mut self.output);
@@ -158,7 +158,7 @@ impl Session {
             None => self.link.conn().reserve(),
         };
         if matches!(room, Err(SendError::Busy)) {
-            self.parked_take = Some(taken);
+            self.parked_after = Some(AfterParked::Taken(taken));
             return Flow::Stop;
         }
         let ticket = taken.ticket;
@@ -196,7 +196,7 @@ impl Session {
     /// anyway, for the other clients its phase may have joined to it (readers of one cache
     /// fill), who get its answer or, with no room, the connection's error.
     pub(super) fn hand_over_parked_take_at_end(&mut self) {
-        let Some(taken) = self.parked_take.take() else {
+        let Some(AfterParked::Taken(taken)) = self.parked_after.take() else {
             return;
         };
         let ticket = taken.ticket;
@@ -209,26 +209,57 @@ impl Session {
     }
 
     /// Sends the parked requests in the place `room` kept for them or, when none are left,
-    /// hands over the taken request parked behind them in it. Their replies are already
-    /// expected: if the connection is gone, they are answered as a broken connection's are.
+    /// what waits after them: a taken request, handed over in it, or a transaction's abort
+    /// marker. Their replies are already expected: if the connection is gone, they are
+    /// answered as a broken connection's are.
     pub(super) fn unpark(&mut self, room: Result<Room<'_>, SendError>) {
-        let Some(parked) = self.parked.take() else {
-            if let Some(taken) = self.parked_take.take() {
+        let (batch, count) = match (self.parked.take(), self.parked_after.take()) {
+            (Some(parked), after) => {
+                self.parked_after = after;
+                let count = parked.count;
+                (parked.into_batch(self.reply_sender.clone()), count)
+            }
+            (None, Some(AfterParked::Taken(taken))) => {
                 let ticket = taken.ticket;
                 let held = self.hand_over_in(taken, room);
                 self.hold_taken(ticket, held);
+                return;
             }
-            return;
+            (None, Some(AfterParked::AbortMarker)) => (abort_marker(self.reply_sender.clone()), 1),
+            (None, None) => return,
         };
-        let count = parked.count;
         match room {
-            Ok(room) => room.send(parked.into_batch(self.reply_sender.clone())),
+            Ok(room) => room.send(batch),
             Err(error) => {
                 let address = &self.context.upstream.address();
                 let error = error.reply(address, u64::from(count));
                 let _ = self.reply_sender.send(Reply::Failed { count, error });
             }
         }
+    }
+}
+
+/// What waits for room after the parked requests, if any are parked; nothing after it is read
+/// until it is sent.
+pub(super) enum AfterParked {
+    /// A request a phase took, to be handed over with the room.
+    Taken(TakenRequest),
+    /// The marker that aborts the transaction a refused command was in.
+    AbortMarker,
+}
+
+/// A command Redis does not know, queued in place of a refused one so that the transaction
+/// it was in aborts; its reply is replaced by the refusal.
+fn abort_marker(reply_to: ReplySender) -> Batch {
+    const ABORTS_TRANSACTION: &[u8] = b"*1\r\n$24\r\nKEYWARD.REFUSED.IN.MULTI\r\n";
+    Batch {
+        bytes: Bytes::from_static(ABORTS_TRANSACTION),
+        count: 1,
+        reply_to,
+        tracked: false,
+        measured: None,
+        hold: None,
+        lane: None,
     }
 }
 

@@ -45,7 +45,7 @@ use crate::policy::phases::{Follows, PhaseStates, Written};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, RoomWait, SendError};
 use client_ids::Redirect;
-use forward::{Parked, TakenRequest};
+use forward::{AfterParked, Parked};
 use holds::Holds;
 use link::{DedicatedError, Link};
 use local::ClientState;
@@ -131,9 +131,9 @@ pub struct Session {
     /// sends them once there is room, so a full queue slows the client down instead of
     /// refusing its commands. Later requests join them, so nothing overtakes them.
     parked: Option<Parked>,
-    /// A request a phase took that waits for room likewise, after the parked requests if
-    /// there are any; nothing after it is read until it is handed over.
-    parked_take: Option<TakenRequest>,
+    /// What waits for room likewise after the parked requests, if there are any: a request a
+    /// phase took, or a transaction's abort marker. Nothing after it is read until it is sent.
+    parked_after: Option<AfterParked>,
     /// A connection of the session's own, just opened: started once the requests that asked
     /// for it are handed over, so that they are written at once.
     opening: Option<Opening>,
@@ -195,7 +195,7 @@ impl Session {
             written_keys: Vec::new(),
             follows: Follows::default(),
             parked: None,
-            parked_take: None,
+            parked_after: None,
             opening: None,
             redirect: None,
             monitoring: None,
@@ -257,7 +257,7 @@ impl Session {
                 continue;
             }
             self.clock = None;
-            let parked = self.parked.is_some() || self.parked_take.is_some();
+            let parked = self.parked.is_some() || self.parked_after.is_some();
             if !parked {
                 room_wait = None;
             } else if room_wait.is_none() {

@@ -115,7 +115,7 @@ impl Session {
     /// Runs every complete request in the input through the pipeline. Returns `Some(switch)`
     /// when the request at the front needs a dedicated connection opened first.
     pub(super) fn process_input(&mut self) -> Option<Switch> {
-        if self.is_holding() || self.parked.is_some() || self.parked_take.is_some() {
+        if self.is_holding() || self.parked.is_some() || self.parked_after.is_some() {
             return None;
         }
         self.waiting_for_quiet = false;

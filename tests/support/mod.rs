@@ -164,6 +164,19 @@ impl RedisServer {
         assert!(status.success());
     }
 
+    /// Stops the server, then sends `client` a `SET` of a value larger than the sockets'
+    /// buffers and an upstream connection's own hold: the connection that carries it takes
+    /// no more batches until the server is sent `CONT`, and its queue fills.
+    pub fn stall_behind_large_write(&self, client: &mut RawClient) {
+        self.signal("STOP");
+        let value = vec![b'v'; 32 << 20];
+        let mut set =
+            format!("*3\r\n$3\r\nSET\r\n$5\r\nlarge\r\n${}\r\n", value.len()).into_bytes();
+        set.extend_from_slice(&value);
+        set.extend_from_slice(b"\r\n");
+        client.send(&set);
+    }
+
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
