@@ -330,3 +330,50 @@ fn a_huge_mset_and_resp_pipelines_from_many_clients_are_all_answered() {
         assert_eq!(values, expected);
     }
 }
+
+/// A client killed while its next cache fill waits for room in a full queue: readers of other
+/// clients joined to its fills still get their values. Redis is stalled behind a large write
+/// while the first client's reads fill the shared connection's queue (each fill is a batch of
+/// its own) and a second client reads the same keys.
+#[test]
+fn readers_joined_to_a_killed_clients_fill_get_their_values() {
+    const KEYS: usize = 6_000;
+    let redis = support::RedisServer::start();
+    let mut direct = redis.client();
+    let mut preload = redis::pipe();
+    for i in 0..KEYS {
+        preload
+            .cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+    }
+    let () = preload.query(&mut direct).unwrap();
+    let rule = "[[cache]]\nname = \"all\"\nkeys = [\"k*\"]\nttl = \"1m\"\nmax_memory = \"64MB\"\n";
+    let keyward = support::Keyward::start_with_upstream(redis.port, "pool_size = 1", rule);
+    let mut first = keyward.raw();
+    first.send(b"CLIENT ID\r\n");
+    let first_id = first.read_line().trim().trim_start_matches(':').to_string();
+    let mut second = keyward.raw();
+    second.send(b"PING\r\n");
+    assert_eq!(second.read_line(), "+PONG\r\n");
+
+    let reads: Vec<u8> = (0..KEYS)
+        .flat_map(|i| format!("GET k{i}\r\n").into_bytes())
+        .collect();
+    redis.stall_behind_large_write(&mut first);
+    first.send(&reads);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    second.send(&reads);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut killer = keyward.raw();
+    killer.send(format!("CLIENT KILL ID {first_id}\r\n").as_bytes());
+    assert_eq!(killer.read_line(), ":1\r\n");
+    redis.signal("CONT");
+
+    for i in 0..KEYS {
+        let header = second.read_line();
+        assert!(header.starts_with('$'), "GET k{i}: {header}");
+        assert_eq!(second.read_line(), format!("v{i}\r\n"), "GET k{i}");
+    }
+}

@@ -10,10 +10,11 @@ use bytes::{Bytes, BytesMut};
 use super::link::Link;
 use super::pipeline::{Flow, Input};
 use super::{Closing, Session};
+use crate::context::Context;
 use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::Handover;
-use crate::policy::phases::{Held, Taken};
-use crate::upstream::{Batch, Hold, Reply, ReplySender, Room, SendError};
+use crate::policy::phases::{Held, Phases, Taken};
+use crate::upstream::{Batch, ConnHandle, Hold, Reply, ReplySender, Room, SendError};
 
 impl Session {
     /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
@@ -153,11 +154,15 @@ impl Session {
     /// waits (parked) as they do, and the input after it waits too: the client is pushed
     /// back, not refused.
     pub(super) fn hand_over(&mut self, taken: TakenRequest) -> Flow {
+        // A read joined to another session's fill sends nothing here: it needs no place in
+        // the queue, and waits for none.
+        let sends = !Phases::answered_elsewhere(&taken.taken);
         let room = match &self.parked {
             Some(_) => Err(SendError::Busy),
-            None => self.link.conn().reserve(),
+            None if sends => self.link.conn().reserve(),
+            None => Err(SendError::Busy),
         };
-        if matches!(room, Err(SendError::Busy)) {
+        if sends && matches!(room, Err(SendError::Busy)) {
             self.parked_after = Some(AfterParked::Taken(taken));
             return Flow::Stop;
         }
@@ -179,33 +184,29 @@ impl Session {
 
     /// Hands a taken request over in `room` (or with why there is none).
     fn hand_over_in(&self, taken: TakenRequest, room: Result<Room<'_>, SendError>) -> Option<Held> {
-        let address = self.context.upstream.address();
-        let handover = Handover {
-            request: taken.request,
-            conn: self.link.conn(),
-            room,
-            reply_to: &self.reply_sender,
-            ticket: taken.ticket,
-            db: self.client.db,
-            address: &address,
-        };
-        self.context.phases.hand_over(taken.taken, handover)
+        let (conn, reply_to) = (self.link.conn(), &self.reply_sender);
+        hand_over_taken(&self.context, conn, reply_to, self.client.db, taken, room)
     }
 
     /// The session ends with a taken request still waiting for room: it is handed over
     /// anyway, for the other clients its phase may have joined to it (readers of one cache
-    /// fill), who get its answer or, with no room, the connection's error.
+    /// fill), who get its answer. A task of its own waits for room in the session's place in
+    /// line, so that they are not told the queue is busy while others wait for room.
     pub(super) fn hand_over_parked_take_at_end(&mut self) {
         let Some(AfterParked::Taken(taken)) = self.parked_after.take() else {
             return;
         };
-        let ticket = taken.ticket;
-        let room = self.link.conn().reserve();
-        if let Some(held) = self.hand_over_in(taken, room) {
-            self.context
-                .phases
-                .give_up(&held, &self.reply_sender, ticket);
-        }
+        let conn = self.link.conn().clone();
+        let wait = conn.wait_for_room();
+        let context = Arc::clone(&self.context);
+        let (reply_to, db) = (self.reply_sender.clone(), self.client.db);
+        tokio::spawn(async move {
+            let ticket = taken.ticket;
+            let room = wait.await;
+            if let Some(held) = hand_over_taken(&context, &conn, &reply_to, db, taken, room) {
+                context.phases.give_up(&held, &reply_to, ticket);
+            }
+        });
     }
 
     /// Sends the parked requests in the place `room` kept for them or, when none are left,
@@ -237,6 +238,29 @@ impl Session {
             }
         }
     }
+}
+
+/// Hands a request a phase took to that phase, with `room` on `conn`, the connection of the
+/// session whose replies go to `reply_to`.
+fn hand_over_taken(
+    context: &Context,
+    conn: &ConnHandle,
+    reply_to: &ReplySender,
+    db: u32,
+    taken: TakenRequest,
+    room: Result<Room<'_>, SendError>,
+) -> Option<Held> {
+    let address = context.upstream.address();
+    let handover = Handover {
+        request: taken.request,
+        conn,
+        room,
+        reply_to,
+        ticket: taken.ticket,
+        db,
+        address: &address,
+    };
+    context.phases.hand_over(taken.taken, handover)
 }
 
 /// What waits for room after the parked requests, if any are parked; nothing after it is read
