@@ -147,7 +147,7 @@ fn hotkey_update(c: &mut Criterion) {
             }
             pos += consumed;
         }
-        hotkeys.record(recorder, std::time::Instant::now());
+        hotkeys.record(recorder, quanta::Instant::now());
     };
     let gets = |first: u64| -> Vec<u8> {
         (first..first + PIPELINE as u64)

@@ -35,6 +35,9 @@ pub async fn serve(
     source: Option<(&Path, &str)>,
     stop: impl std::future::Future<Output = Result<Stop, String>>,
 ) -> Result<(), String> {
+    // The requests' clock calibrates itself on first use (up to 200 ms): before the first
+    // client, not during its first request.
+    quanta::Instant::now();
     let prometheus = metrics::install()?;
     metrics::max_clients(config.listen.max_clients.get());
     let settings = UpstreamSettings::from_config(&config)?;

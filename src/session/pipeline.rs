@@ -20,7 +20,6 @@
 //! per pipelined request), and what is handed from step to step is small.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -97,7 +96,7 @@ pub(super) struct Request {
     /// whose client ids were translated.
     pub rewritten: Option<Bytes>,
     /// When the requests of this pass over the input were sent, for latency metrics.
-    pub sent_at: Instant,
+    pub sent_at: quanta::Instant,
 }
 
 /// What the phases have to do with one request.
@@ -210,7 +209,7 @@ impl Session {
         policies: &Policies,
         consumed: usize,
         rewritten: Option<Bytes>,
-        sent_at: Instant,
+        sent_at: quanta::Instant,
     ) -> Flow {
         let start = input.batch.len;
         let source = match &rewritten {

@@ -8,9 +8,9 @@
 //! idle is counted all the same.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
+use quanta::Instant;
 
 use super::record::Detached;
 use super::HotKeys;

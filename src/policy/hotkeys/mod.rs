@@ -24,9 +24,10 @@ mod zipf;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
+use quanta::Instant;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+
+use quanta::Instant;
 
 use super::record::{Pending, Recorder};
 use crate::policy::phase::{Decision, Handover, Phase, Subject, Way};

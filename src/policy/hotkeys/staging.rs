@@ -13,9 +13,9 @@
 //! not depend on.
 
 use std::ops::AddAssign;
-use std::time::Instant;
 
 use hashbrown::HashTable;
+use quanta::Instant;
 
 use super::fold;
 #[cfg(doc)]

@@ -5,7 +5,9 @@
 //! are configured. Each window keeps its last complete period and its current one; a longer
 //! window's report adds the shortest window's current period, which it has not absorbed yet.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use quanta::Instant;
 
 use super::space_saving::SpaceSaving;
 use super::By;

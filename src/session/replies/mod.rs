@@ -11,9 +11,9 @@
 mod sent;
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use quanta::Instant;
 
 use crate::metrics::CommandMetrics;
 use crate::policy::phases::{Followers, Follows, Written};

@@ -2,7 +2,8 @@
 //! metrics and the phases that follow requests (hot keys) need of each reply once it comes.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+
+use quanta::Instant;
 
 use crate::policy::phases::{Followers, Follows};
 use crate::resp::frame;
