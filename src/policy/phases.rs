@@ -247,16 +247,17 @@ macro_rules! phase_list {
             }
 
             /// Notes what a forwarded command writes, for the phases that watch it; the phase
-            /// that took the command, if one did, sees to its writes itself.
+            /// that took the command, if one did, sees to its writes itself. `None` when no
+            /// phase watches what it writes (most commands): no list is made, and none
+            /// dropped, per command.
             #[inline(always)]
             pub fn note_writes(
                 &self,
                 policies: &Policies,
                 write: Write<'_, '_>,
-                written: &mut Vec<Written>,
-            ) {
+            ) -> Option<Vec<Written>> {
                 if write.info.has_flag(flags::READONLY) {
-                    return;
+                    return None;
                 }
                 // The phases that watch writes, less the one that took the command.
                 let mut watching: u8 = 0;
@@ -271,8 +272,9 @@ macro_rules! phase_list {
                 )+
                 let _ = index;
                 if watching == 0 {
-                    return;
+                    return None;
                 }
+                let mut written = Vec::new();
                 if write.info.role == Role::ChangesEveryKey {
                     let mut phases = 0;
                     let mut index = 0;
@@ -286,7 +288,7 @@ macro_rules! phase_list {
                     if phases != 0 {
                         written.push(Written { key: None, phases });
                     }
-                    return;
+                    return Some(written);
                 }
                 for key in write
                     .key_positions
@@ -309,6 +311,7 @@ macro_rules! phase_list {
                         });
                     }
                 }
+                Some(written)
             }
 
             /// Redis answered these writes (or their session ended): the phases that watch

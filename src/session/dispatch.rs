@@ -22,7 +22,7 @@ impl Session {
         input: &mut Input,
         step: Step,
         request: Request,
-        writes: Vec<Written>,
+        writes: Option<Vec<Written>>,
     ) -> Flow {
         let id = request.info.id;
         match step {
@@ -114,7 +114,12 @@ impl Session {
     /// Adds a request to the batch for the session's connection (or sends it on its own when
     /// keyward rewrote it). A blocking command and `CLIENT PAUSE` were noted before.
     #[inline(always)]
-    fn forward_request(&mut self, input: &mut Input, request: Request, mut writes: Vec<Written>) {
+    fn forward_request(
+        &mut self,
+        input: &mut Input,
+        request: Request,
+        writes: Option<Vec<Written>>,
+    ) {
         let Request {
             info,
             consumed,
@@ -136,7 +141,9 @@ impl Session {
         let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
         // The command's writes end with its own reply, not an earlier batch's (a rewritten
         // request's batch ahead was sent above).
-        self.written_keys.append(&mut writes);
+        if let Some(mut writes) = writes {
+            self.written_keys.append(&mut writes);
+        }
         match rewritten {
             None => {
                 input.batch.len += consumed;

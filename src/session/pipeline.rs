@@ -345,20 +345,17 @@ impl Session {
         args: &Args<'_>,
         way: Option<Way>,
         taken_by: Option<&Taken>,
-    ) -> Vec<Written> {
-        let mut writes = Vec::new();
-        if way.is_some_and(Way::forwarded) {
-            let write = Write {
-                info,
-                args,
-                key_positions: &self.key_positions,
-                taken_by,
-            };
-            self.context
-                .phases
-                .note_writes(policies, write, &mut writes);
+    ) -> Option<Vec<Written>> {
+        if !way.is_some_and(Way::forwarded) {
+            return None;
         }
-        writes
+        let write = Write {
+            info,
+            args,
+            key_positions: &self.key_positions,
+            taken_by,
+        };
+        self.context.phases.note_writes(policies, write)
     }
 
     /// How the request goes once the phases let it through, which tells them what they may
@@ -480,7 +477,7 @@ impl Session {
         input: &mut Input,
         taken: Taken,
         request: Request,
-        writes: Vec<Written>,
+        writes: Option<Vec<Written>>,
     ) -> Flow {
         self.received
             .add(&self.context.command_metrics, request.info.id);
@@ -488,8 +485,11 @@ impl Session {
         let bytes = input.take_request(request.consumed, request.rewritten);
         let ticket = self.replies.next_ticket();
         let shared = Phases::answered_elsewhere(&taken);
-        self.replies
-            .push_fetched(shared, std::mem::take(&mut self.follows), writes);
+        self.replies.push_fetched(
+            shared,
+            std::mem::take(&mut self.follows),
+            writes.unwrap_or_default(),
+        );
         self.hand_over(TakenRequest {
             taken,
             request: bytes,
