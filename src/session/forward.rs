@@ -141,10 +141,11 @@ impl Session {
     /// Accounts for `count` requests now in the connection's hands (or parked in front of it),
     /// whose replies it writes to the client itself if `in_lane`.
     fn handed_over(&mut self, count: u32, in_lane: bool) {
-        let written = std::mem::take(&mut self.written_keys);
+        let written =
+            (!self.written_keys.is_empty()).then(|| std::mem::take(&mut self.written_keys));
         if self.counts_replies() {
             self.replies.push_upstream(count, written, in_lane);
-        } else {
+        } else if let Some(written) = written {
             self.context.phases.end_writes(written);
         }
     }

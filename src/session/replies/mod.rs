@@ -26,8 +26,9 @@ enum Expected {
     Substitute(Bytes),
     Upstream {
         remaining: u32,
-        /// Keys written by these commands that cache or lock rules watch.
-        written: Vec<Written>,
+        /// Keys written by these commands that cache or lock rules watch (`None` when
+        /// there are none, as for most batches: no list to drop per reply).
+        written: Option<Vec<Written>>,
     },
     /// A request a policy phase took, whose reply the phase brings (`Reply::Fetched`), apart
     /// from the connection's replies. `shared`: the reply is another session's read, on
@@ -174,12 +175,12 @@ impl ReplyQueue {
 
     /// `count` replies owed by upstream, which the connection writes to the client itself if
     /// `in_lane`.
-    pub fn push_upstream(&mut self, count: u32, written: Vec<Written>, in_lane: bool) {
+    pub fn push_upstream(&mut self, count: u32, written: Option<Vec<Written>>, in_lane: bool) {
         if in_lane {
             self.in_lane += u64::from(count);
         }
         if count == 0 {
-            self.finished_writes.extend(written);
+            self.finished_writes.extend(written.into_iter().flatten());
             return;
         }
         self.outstanding += u64::from(count);
@@ -219,8 +220,13 @@ impl ReplyQueue {
     pub fn take_all_writes(&mut self) -> Vec<Written> {
         let mut all = std::mem::take(&mut self.finished_writes);
         for entry in &mut self.entries {
-            if let Expected::Upstream { written, .. } | Expected::Fetched { written, .. } = entry {
-                all.append(written);
+            match entry {
+                Expected::Upstream {
+                    written: Some(written),
+                    ..
+                }
+                | Expected::Fetched { written, .. } => all.append(written),
+                _ => {}
             }
         }
         all
@@ -300,7 +306,8 @@ impl ReplyQueue {
                 Expected::Upstream {
                     remaining, written, ..
                 } => {
-                    self.finished_writes.append(written);
+                    self.finished_writes
+                        .extend(written.take().into_iter().flatten());
                     *entry = Expected::Ready(error.repeat(*remaining as usize).into());
                 }
                 Expected::Substitute(_) => *entry = Expected::Ready(error.clone()),
@@ -379,7 +386,9 @@ impl ReplyQueue {
             *remaining -= taken;
             owed -= taken;
             if *remaining == 0 {
-                self.finished_writes.append(written);
+                if let Some(mut written) = written.take() {
+                    self.finished_writes.append(&mut written);
+                }
                 self.entries.remove(index);
             }
         }
@@ -412,9 +421,9 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(2, Vec::new(), false);
+        queue.push_upstream(2, None, false);
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
-        queue.push_upstream(1, Vec::new(), false);
+        queue.push_upstream(1, None, false);
         assert!(output.is_empty());
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n");
@@ -430,10 +439,10 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(2, Vec::new(), true);
+        queue.push_upstream(2, None, true);
         assert!(queue.owes_only_lane());
         queue.push_ready(Bytes::from_static(b"+local\r\n"), &mut output);
-        queue.push_upstream(1, Vec::new(), false);
+        queue.push_upstream(1, None, false);
         assert!(output.is_empty() && !queue.owes_only_lane());
         queue.lane_written(1, &mut output, &metrics, Instant::now());
         assert!(output.is_empty() && queue.lane_in_use());
@@ -451,10 +460,10 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        queue.push_upstream(1, Vec::new(), false);
+        queue.push_upstream(1, None, false);
         let ticket = queue.next_ticket();
         queue.push_fetched(true, Follows::default(), Vec::new());
-        queue.push_upstream(2, Vec::new(), false);
+        queue.push_upstream(2, None, false);
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         queue.on_reply(
             frames(b":2\r\n:3\r\n", 2),
@@ -481,7 +490,7 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
         assert_eq!(queue.spare_lengths().capacity(), 0);
-        queue.push_upstream(2, Vec::new(), false);
+        queue.push_upstream(2, None, false);
         let mut lengths = Vec::with_capacity(16);
         lengths.extend([4, 4]);
         let reply = Reply::Frames {
@@ -512,7 +521,7 @@ mod tests {
             ..Follows::default()
         };
         queue.command_sent(info.id, Instant::now(), follows);
-        queue.push_upstream(1, Vec::new(), false);
+        queue.push_upstream(1, None, false);
     }
 
     #[test]
@@ -565,7 +574,7 @@ mod tests {
             send_followed_get(&mut queue, "a");
             // Not followed: its reply is passed over.
             queue.command_sent(0, Instant::now(), Follows::default());
-            queue.push_upstream(1, Vec::new(), false);
+            queue.push_upstream(1, None, false);
             send_followed_get(&mut queue, "c");
             assert!(queue.follows_commands());
             let reply = Reply::Frames {
