@@ -54,6 +54,9 @@ macro_rules! phase_list {
             $($field: <$phase as Phase>::Session,)+
             /// The phase a held request meets first when it is decided on again.
             resume: usize,
+            /// The phases that decided on the request at the front, one bit each in list
+            /// order: only they have anything to forget when it is done with.
+            touched: u8,
             /// The generation of the policies `resume` was set under: under others it means
             /// nothing, and the request starts over.
             generation: u64,
@@ -184,6 +187,7 @@ macro_rules! phase_list {
                 let mut index = 0;
                 $(
                     if index >= states.resume && self.$field.active(policies, subject.way) {
+                        states.touched |= 1 << index;
                         let decision = self.$field.decide(policies, &mut states.$field, subject);
                         match decision {
                             Decision::Pass => {}
@@ -208,7 +212,15 @@ macro_rules! phase_list {
             #[inline(always)]
             fn settle(&self, states: &mut PhaseStates) {
                 states.resume = 0;
-                $(self.$field.done(&mut states.$field);)+
+                let touched = std::mem::take(&mut states.touched);
+                let mut index = 0;
+                $(
+                    if touched & (1 << index) != 0 {
+                        self.$field.done(&mut states.$field);
+                    }
+                    index += 1;
+                )+
+                let _ = index;
             }
 
             /// Redis's answer to the question of the phase that asked (`None`: not asked).
