@@ -187,10 +187,11 @@ fn a_blocked_brpoplpush_touches_a_watched_key_only_when_it_moves_an_element() {
 /// stalled behind a large write, and the client's commands, sent a few at a time, fill the
 /// connection's queue (each refusal queues a command of its own that aborts the transaction).
 /// What aborts the transaction waits for room after the commands before it, as they do,
-/// instead of closing the client or overtaking them.
+/// instead of closing the client or overtaking them, and the commands after it wait for it.
 #[test]
 fn commands_refused_in_a_transaction_wait_for_room_in_a_full_queue() {
-    // Each write is two batches: the command before the refusal, and the refusal's own.
+    // Each write is two batches (the command before the refusal, and the refusal's own), and a
+    // command after the refusal that joins the next.
     const WRITES: usize = 3_000;
     let redis = RedisServer::start();
     let deny = "[[deny]]\nname = \"no-refused\"\nkeys = [\"refused:*\"]\n";
@@ -201,7 +202,7 @@ fn commands_refused_in_a_transaction_wait_for_room_in_a_full_queue() {
 
     redis.stall_behind_large_write(&mut client);
     for i in 0..WRITES {
-        client.send(format!("SET k{i} v\r\nSET refused:{i} v\r\n").as_bytes());
+        client.send(format!("SET k{i} v\r\nSET refused:{i} v\r\nSET after{i} v\r\n").as_bytes());
         std::thread::sleep(std::time::Duration::from_micros(300));
     }
     client.send(b"EXEC\r\n");
@@ -212,6 +213,7 @@ fn commands_refused_in_a_transaction_wait_for_room_in_a_full_queue() {
         assert_eq!(client.read_line(), "+QUEUED\r\n", "SET k{i}");
         let refusal = client.read_line();
         assert!(refusal.starts_with("-NOPERM"), "refused:{i}: {refusal}");
+        assert_eq!(client.read_line(), "+QUEUED\r\n", "SET after{i}");
     }
     let exec = client.read_line();
     assert!(exec.starts_with("-EXECABORT"), "{exec}");

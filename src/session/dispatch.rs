@@ -37,8 +37,11 @@ impl Session {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);
                 input.bytes.advance(request.consumed);
-                self.answer_at_once(reply);
-                self.kill(kill)
+                let answered = self.answer_at_once(reply);
+                match self.kill(kill) {
+                    Flow::Next => answered,
+                    stop => stop,
+                }
             }
             Step::Forward => {
                 self.forward_request(input, request, writes);

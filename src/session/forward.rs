@@ -19,12 +19,17 @@ use crate::upstream::{Batch, ConnHandle, Hold, Reply, ReplySender, Room, SendErr
 impl Session {
     /// Answers the request at the front with keyward's `reply` (a refusal, or keyward's answer
     /// for a command that names a client), in its place among the replies owed. On a
-    /// streaming link replies are relayed as they come, so it is too.
-    pub(super) fn answer_at_once(&mut self, reply: Bytes) {
+    /// streaming link replies are relayed as they come, so it is too. `Flow::Stop` when the
+    /// transaction's abort marker waits for room: nothing after it may be sent before it.
+    pub(super) fn answer_at_once(&mut self, reply: Bytes) -> Flow {
         if self.in_transaction && self.counts_replies() {
             self.refuse_in_transaction(reply);
         } else {
             self.replies.push_ready(reply, &mut self.output);
+        }
+        match self.parked_after {
+            Some(_) => Flow::Stop,
+            None => Flow::Next,
         }
     }
 
@@ -32,7 +37,7 @@ impl Session {
     /// refuses at queue time does: a command Redis does not know is queued in its place (so
     /// `EXEC` answers `-EXECABORT`), and its error reply is replaced by the refusal. When the
     /// connection's queue is full, or requests wait for room before it, the marker waits too,
-    /// in order, and the client is read no further until it is sent.
+    /// in order, and the requests after it wait until it is sent.
     fn refuse_in_transaction(&mut self, refusal: Bytes) {
         let Link::Dedicated { conn, .. } = &self.link else {
             self.replies.push_ready(refusal, &mut self.output);
@@ -191,8 +196,8 @@ impl Session {
 
     /// The session ends with a taken request still waiting for room: it is handed over
     /// anyway, for the other clients its phase may have joined to it (readers of one cache
-    /// fill), who get its answer. A task of its own waits for room in the session's place in
-    /// line, so that they are not told the queue is busy while others wait for room.
+    /// fill), who get its answer. A task of its own waits for room in line with the others
+    /// waiting, so that they are not told the queue is busy while others wait for room.
     pub(super) fn hand_over_parked_take_at_end(&mut self) {
         let Some(AfterParked::Taken(taken)) = self.parked_after.take() else {
             return;

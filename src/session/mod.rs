@@ -366,6 +366,7 @@ impl Session {
         self.closing.is_none()
             && !self.waiting_for_quiet
             && self.parked.is_none()
+            && self.parked_after.is_none()
             && (!self.is_holding() || self.holds.taken.is_some())
             && self.output.len() < OUTPUT_HIGH_WATER
             && self.input.len() < INPUT_HIGH_WATER.max(self.input_needed)

@@ -446,8 +446,7 @@ impl Session {
         self.received.add(&self.context.command_metrics, info.id);
         self.send_batch(input);
         input.bytes.advance(consumed);
-        self.answer_at_once(refusal);
-        Flow::Next
+        self.answer_at_once(refusal)
     }
 
     /// Follows `MULTI` and its end on the session's own connection, where a refused command
