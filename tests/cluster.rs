@@ -295,6 +295,42 @@ fn transactions_run_on_the_node_of_their_first_key() {
     assert_eq!(raw.read_line(), "$1\r\n");
 }
 
+/// keyward answers `MULTI` itself in cluster mode until a command names the transaction's
+/// node. A command a policy refuses before then still aborts the transaction, as a command
+/// Redis refuses at queue time does: `EXEC` answers `-EXECABORT` and nothing of it runs.
+#[test]
+fn a_command_refused_before_the_transaction_reaches_its_node_aborts_it() {
+    let cluster = RedisCluster::shared();
+    let deny = "[[deny]]\nname = \"no-refused\"\nkeys = [\"refused:*\"]\n";
+    let keyward = keyward_for(cluster, deny);
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\nSET refused:x v\r\nSET {refused-tx}a 1\r\nEXEC\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    let refusal = raw.read_line();
+    assert!(refusal.starts_with("-NOPERM"), "{refusal}");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    let exec = raw.read_line();
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    assert_eq!(
+        get(&mut client(&keyward), "{refused-tx}a"),
+        None,
+        "nothing ran"
+    );
+
+    // Nothing but refused commands before EXEC.
+    raw.send(b"MULTI\r\nSET refused:x v\r\nEXEC\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert!(raw.read_line().starts_with("-NOPERM"));
+    let exec = raw.read_line();
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+
+    // The next transaction is not aborted by the last one's refusal.
+    raw.send(b"MULTI\r\nSET {refused-tx}a 2\r\nEXEC\r\n");
+    for line in ["+OK", "+QUEUED", "*1", "+OK"] {
+        assert_eq!(raw.read_line(), format!("{line}\r\n"));
+    }
+}
+
 /// A transaction whose slot moves while it is queued is aborted as Redis Cluster aborts it,
 /// never half run, and the client sees no redirection; its next transaction runs on the
 /// slot's new node.

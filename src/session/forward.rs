@@ -25,8 +25,24 @@ impl Session {
         if self.in_transaction && self.counts_replies() {
             self.refuse_in_transaction(reply);
         } else {
+            self.client.multi_refused |= self.client.multi_deferred;
             self.replies.push_ready(reply, &mut self.output);
         }
+        self.flow_after_marker()
+    }
+
+    /// A transaction whose `MULTI` keyward deferred (cluster mode) has just reached its node:
+    /// if a command was refused meanwhile, the abort marker follows `MULTI` there, its reply
+    /// dropped (the refusal was given).
+    pub(super) fn abort_if_refused_before(&mut self) {
+        if std::mem::take(&mut self.client.multi_refused) {
+            self.refuse_in_transaction(Bytes::new());
+        }
+    }
+
+    /// Nothing after an abort marker waiting for room may be sent before it: the input stops
+    /// until it is sent (see [`AfterParked`]).
+    pub(super) fn flow_after_marker(&self) -> Flow {
         match self.parked_after {
             Some(_) => Flow::Stop,
             None => Flow::Next,

@@ -26,6 +26,9 @@ pub struct ClientState {
     /// Cluster mode: `MULTI` was answered, and the connection it opens waits for the next
     /// command, which says which node the transaction runs on.
     pub multi_deferred: bool,
+    /// Cluster mode: keyward refused a command after the deferred `MULTI`, before the
+    /// transaction reached a node. Redis would abort it, so it is aborted once it does.
+    pub multi_refused: bool,
 }
 
 impl ClientState {
@@ -39,6 +42,7 @@ impl ClientState {
             lib_version: None,
             authenticated,
             multi_deferred: false,
+            multi_refused: false,
         }
     }
 
@@ -132,6 +136,7 @@ pub fn execute(
         }
         LocalCommand::DeferredMulti => {
             state.multi_deferred = true;
+            state.multi_refused = false;
             Outcome::Reply(reply::simple("OK"))
         }
         LocalCommand::Cluster => match &context.whereabouts {

@@ -154,7 +154,8 @@ impl Session {
         }
         self.client.multi_deferred = false;
         self.in_transaction = true;
-        Flow::Next
+        self.abort_if_refused_before();
+        self.flow_after_marker()
     }
 
     /// Leaves the session's own connection for the routed, shared ones, once nothing is owed
