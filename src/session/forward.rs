@@ -193,10 +193,16 @@ impl Session {
         self.hold_taken(ticket, held)
     }
 
-    /// The input waits while the phase that took a request holds it.
+    /// The input waits while the phase that took a request holds it. A client that already
+    /// closed its side waits in no line (see `Session::read`): the phase gives the request up
+    /// at once, and Redis's answer is the client's.
     fn hold_taken(&mut self, ticket: u64, held: Option<Held>) -> Flow {
         match held {
             Some(held) => {
+                if matches!(self.closing, Some(Closing::ClientDone)) {
+                    let phases = &self.context.phases;
+                    phases.give_up(&held, &self.reply_sender, ticket);
+                }
                 self.holds.taken = Some((ticket, held));
                 Flow::Stop
             }
