@@ -31,10 +31,13 @@ impl Session {
         self.flow_after_marker()
     }
 
-    /// A transaction whose `MULTI` keyward deferred (cluster mode) has just reached its node:
-    /// if a command was refused meanwhile, the abort marker follows `MULTI` there, its reply
-    /// dropped (the refusal was given).
-    pub(super) fn abort_if_refused_before(&mut self) {
+    /// A transaction whose `MULTI` keyward deferred (cluster mode) has reached its node, on
+    /// the session's own connection: it is in force there from now. If a command was refused
+    /// meanwhile, the abort marker follows `MULTI` there, its reply dropped (the refusal was
+    /// given); waiting for room, it stops the input.
+    pub(super) fn start_deferred_transaction(&mut self) {
+        self.client.multi_deferred = false;
+        self.in_transaction = true;
         if std::mem::take(&mut self.client.multi_refused) {
             self.refuse_in_transaction(Bytes::new());
         }
@@ -59,9 +62,10 @@ impl Session {
             self.replies.push_ready(refusal, &mut self.output);
             return;
         };
-        let sent = match self.parked.is_some() || self.parked_after.is_some() {
-            true => Err(SendError::Busy),
-            false => conn.send(abort_marker(self.reply_sender.clone())),
+        let sent = if self.parked.is_some() || self.parked_after.is_some() {
+            Err(SendError::Busy)
+        } else {
+            conn.send(abort_marker(self.reply_sender.clone()))
         };
         match sent {
             Ok(()) => self.replies.push_substitute(refusal),
@@ -179,10 +183,9 @@ impl Session {
         // A read joined to another session's fill sends nothing here: it needs no place in
         // the queue, and waits for none.
         let sends = !Phases::answered_elsewhere(&taken.taken);
-        let room = match &self.parked {
-            Some(_) => Err(SendError::Busy),
-            None if sends => self.link.conn().reserve(),
-            None => Err(SendError::Busy),
+        let room = match (&self.parked, sends) {
+            (None, true) => self.link.conn().reserve(),
+            _ => Err(SendError::Busy),
         };
         if sends && matches!(room, Err(SendError::Busy)) {
             self.parked_after = Some(AfterParked::Taken(taken));
@@ -193,20 +196,28 @@ impl Session {
         self.hold_taken(ticket, held)
     }
 
-    /// The input waits while the phase that took a request holds it. A client that already
-    /// closed its side waits in no line (see `Session::read`): the phase gives the request up
-    /// at once, and Redis's answer is the client's.
+    /// The input waits while the phase that took a request holds it.
     fn hold_taken(&mut self, ticket: u64, held: Option<Held>) -> Flow {
         match held {
             Some(held) => {
-                if matches!(self.closing, Some(Closing::ClientDone)) {
-                    let phases = &self.context.phases;
-                    phases.give_up(&held, &self.reply_sender, ticket);
-                }
                 self.holds.taken = Some((ticket, held));
+                self.stop_waiting_if_closed();
                 Flow::Stop
             }
             None => Flow::Next,
+        }
+    }
+
+    /// A client that closed (or half-closed) its side no longer waits in line, whether its
+    /// request was held before the close was read or after: the phase holding it gives it up,
+    /// and the client gets Redis's answer now, as it would directly.
+    pub(super) fn stop_waiting_if_closed(&self) {
+        if !matches!(self.closing, Some(Closing::ClientDone)) {
+            return;
+        }
+        if let Some((ticket, held)) = &self.holds.taken {
+            let phases = &self.context.phases;
+            phases.give_up(held, &self.reply_sender, *ticket);
         }
     }
 

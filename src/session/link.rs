@@ -226,13 +226,10 @@ impl Session {
                 }
                 self.listing.set_redis_id(opening.redis_id);
                 self.pin = opening.node.clone().map(|node| Pin::new(node, transient));
-                let multi = std::mem::take(&mut self.client.multi_deferred);
-                self.in_transaction |= multi;
                 self.link = Link::Dedicated { conn, streaming };
                 self.opening = Some(opening);
-                if multi {
-                    // Waiting for room, the marker stops the input at the next turn.
-                    self.abort_if_refused_before();
+                if self.client.multi_deferred {
+                    self.start_deferred_transaction();
                 }
             }
             Err(error) => {

@@ -386,12 +386,7 @@ impl Session {
         match stream.read_available(&mut self.input) {
             Ok(0) => {
                 self.closing = Some(Closing::ClientDone);
-                // A client that closed (or half-closed) its side no longer waits in line: it
-                // gets Redis's answer now, as it would directly.
-                if let Some((ticket, held)) = &self.holds.taken {
-                    let phases = &self.context.phases;
-                    phases.give_up(held, &self.reply_sender, *ticket);
-                }
+                self.stop_waiting_if_closed();
             }
             Ok(_) => self.last_active = self.now(),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}

@@ -152,9 +152,7 @@ impl Session {
             // The connection cannot take it: the transaction opens one of its own.
             return self.unpin(input);
         }
-        self.client.multi_deferred = false;
-        self.in_transaction = true;
-        self.abort_if_refused_before();
+        self.start_deferred_transaction();
         self.flow_after_marker()
     }
 
