@@ -11,6 +11,8 @@ pub struct Glob {
     pattern: Box<[u8]>,
     /// Bytes every match starts with, checked first: most patterns are `prefix:*`.
     literal_prefix: usize,
+    /// The pattern is `prefix*`, matched by its prefix alone.
+    prefix_star: bool,
 }
 
 impl Glob {
@@ -41,9 +43,11 @@ impl Glob {
             .iter()
             .position(|byte| matches!(byte, b'*' | b'?' | b'[' | b'\\'))
             .unwrap_or(bytes.len());
+        let prefix_star = literal_prefix + 1 == bytes.len() && bytes.last() == Some(&b'*');
         Ok(Glob {
             pattern: bytes.into(),
             literal_prefix,
+            prefix_star,
         })
     }
 
@@ -53,27 +57,26 @@ impl Glob {
         if other.pattern == self.pattern || &*other.pattern == b"*" {
             return true;
         }
-        other.is_prefix_star()
+        other.prefix_star
             && self.literal_prefix >= other.literal_prefix
             && self
                 .pattern
                 .starts_with(&other.pattern[..other.literal_prefix])
     }
 
+    /// Inlined for the prefix test, which decides nearly every match; the rest of the
+    /// pattern is matched out of line.
+    #[inline]
     pub fn matches(&self, text: &[u8]) -> bool {
         let prefix = &self.pattern[..self.literal_prefix];
         if !text.starts_with(prefix) {
             return false;
         }
-        self.is_prefix_star() || matches(&self.pattern[prefix.len()..], &text[prefix.len()..])
-    }
-
-    /// `prefix*`, the shape of most rules' patterns: matched by its prefix alone.
-    fn is_prefix_star(&self) -> bool {
-        self.literal_prefix + 1 == self.pattern.len() && self.pattern.last() == Some(&b'*')
+        self.prefix_star || matches(&self.pattern[prefix.len()..], &text[prefix.len()..])
     }
 }
 
+#[inline(never)]
 fn matches(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where to resume after the last `*`: (pattern after it, text position it absorbs up to).

@@ -39,11 +39,17 @@ pub enum Kind {
 }
 
 /// The cacheable kind of each command, by command id.
-fn kinds() -> &'static [Option<Kind>] {
-    static KINDS: OnceLock<Box<[Option<Kind>]>> = OnceLock::new();
+struct Kinds {
+    by_id: Box<[Option<Kind>]>,
+    /// `EXISTS`, cacheable with one key only.
+    exists: usize,
+}
+
+fn kinds() -> &'static Kinds {
+    static KINDS: OnceLock<Kinds> = OnceLock::new();
     KINDS.get_or_init(|| {
         let table = CommandTable::global();
-        (0..table.len())
+        let by_id = (0..table.len())
             .map(|id| {
                 let name = &*table.by_id(id).name;
                 match name {
@@ -52,22 +58,31 @@ fn kinds() -> &'static [Option<Kind>] {
                     _ => None,
                 }
             })
-            .collect()
+            .collect();
+        let exists = table.find_name("exists").map_or(usize::MAX, |info| info.id);
+        Kinds { by_id, exists }
     })
 }
 
+impl Kinds {
+    fn of(&self, info: &CommandInfo) -> Option<Kind> {
+        self.by_id.get(info.id).copied().flatten()
+    }
+}
+
 pub fn kind(info: &CommandInfo) -> Option<Kind> {
-    kinds().get(info.id).copied().flatten()
+    kinds().of(info)
 }
 
 /// The kind of this request, if it can be cached: `EXISTS` only with one key (its reply counts
 /// keys), and never a request with too few arguments (Redis answers it with an error).
 pub fn request_kind(info: &CommandInfo, args: &Args<'_>) -> Option<Kind> {
-    let kind = kind(info)?;
+    let kinds = kinds();
+    let kind = kinds.of(info)?;
     if !info.arity_ok(args.len()) || args.len() < 2 {
         return None;
     }
-    if &*info.name == "exists" && args.len() != 2 {
+    if info.id == kinds.exists && args.len() != 2 {
         return None;
     }
     Some(kind)
