@@ -583,6 +583,52 @@ fn a_shadow_rule_weighs_entries_as_the_rule_in_force_would() {
     assert_eq!(per_entry(&enforced), per_entry(&shadow));
 }
 
+/// A shadow rule keeps a stand-in for each read's shape (the shape itself when the read has
+/// no arguments, a hash when it has): it tells the reads of a key apart exactly as the rule in
+/// force does, so the two count the same hits and misses.
+#[test]
+fn a_shadow_rule_tells_the_reads_of_a_key_apart_as_the_rule_in_force_would() {
+    let redis = RedisServer::start();
+    let enforced = keyward_with_invalidations(&redis, PROFILES);
+    let shadow = keyward_with_invalidations(&redis, &format!("{PROFILES}mode = \"shadow\"\n"));
+    let mut direct = redis.client();
+    let () = redis::cmd("HSET")
+        .arg(&["user:1", "name", "alice", "email", "a@example.com"])
+        .query(&mut direct)
+        .unwrap();
+    let () = redis::cmd("SELECT").arg(1).query(&mut direct).unwrap();
+    let () = redis::cmd("HSET")
+        .arg(&["user:1", "name", "bob"])
+        .query(&mut direct)
+        .unwrap();
+    let reads: [(&[&str], u32); 6] = [
+        (&["HGET", "user:1", "name"], 0),
+        (&["HGET", "user:1", "email"], 0),
+        (&["HLEN", "user:1"], 0),
+        (&["HGETALL", "user:1"], 0),
+        (&["HGET", "user:1", "name"], 1),
+        (&["HLEN", "user:1"], 1),
+    ];
+    for keyward in [&enforced, &shadow] {
+        let mut client = keyward.client();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            for (read, db) in reads {
+                let () = redis::cmd("SELECT").arg(db).query(&mut client).unwrap();
+                let answer: redis::Value = redis::cmd(read[0])
+                    .arg(&read[1..])
+                    .query(&mut client)
+                    .unwrap();
+                answers.push(answer);
+            }
+        }
+        assert_eq!(answers[..6], answers[6..12]);
+        assert_eq!(answers[..6], answers[12..]);
+        let counts = (stat(keyward, "hits"), stat(keyward, "misses"));
+        assert_eq!(counts, (12, 6), "{}", stats(keyward));
+    }
+}
+
 #[test]
 fn flush_command_and_metrics() {
     let redis = RedisServer::start();

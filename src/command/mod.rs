@@ -139,6 +139,13 @@ impl CommandTable {
             }
         }
         commands.push(table_file::Entry::keyward());
+        // Ids fit in 16 bits, `unknown`'s included: the cache's shapes are written that way.
+        if commands.len() >= usize::from(u16::MAX) {
+            return Err(format!(
+                "{} commands: more than ids can tell apart",
+                commands.len()
+            ));
+        }
         let commands: Vec<CommandInfo> = commands
             .into_iter()
             .enumerate()

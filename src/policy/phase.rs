@@ -64,6 +64,10 @@ pub struct Subject<'r, 'a> {
     pub sender: Sender<'r>,
     pub db: u32,
     pub protocol: Protocol,
+    /// When the session took up the batch the request came in, read once for the batch:
+    /// after the request arrived and before it is answered, which is all a phase that
+    /// compares times with it needs.
+    pub now: quanta::Instant,
     /// Where a reply for a request a phase takes goes, and the ticket it will carry.
     pub reply_to: &'r ReplySender,
     pub ticket: u64,

@@ -108,6 +108,8 @@ struct PhaseRun {
     /// The phases that follow it to its answer (`Phases::following`).
     following: u8,
     request_len: usize,
+    /// The batch's time (`Subject::now`).
+    now: quanta::Instant,
 }
 
 impl Session {
@@ -258,6 +260,7 @@ impl Session {
                     deciding: deciding.is_some(),
                     following,
                     request_len: source.len(),
+                    now: sent_at,
                 };
                 self.run_phases(policies, info, &args, run)
             }
@@ -319,6 +322,7 @@ impl Session {
             },
             db: self.client.db,
             protocol: self.client.protocol,
+            now: run.now,
             reply_to: &self.reply_sender,
             ticket: self.replies.next_ticket(),
         };

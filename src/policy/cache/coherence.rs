@@ -12,7 +12,7 @@
 //! store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
@@ -121,37 +121,41 @@ impl Coherence {
         kind: Kind,
         shape: &mut Vec<u8>,
     ) -> Decision<Fill> {
-        let Some(rule) = rule_for(rules, read.info, read.args, kind) else {
+        let Some(first) = read.args.get(1) else {
+            return Decision::Pass;
+        };
+        let many: SmallVec<[&[u8]; 4]>;
+        let keys = match kind {
+            Kind::OneKey => std::slice::from_ref(&first),
+            Kind::PerKey => {
+                many = read.args.iter().skip(1).collect();
+                &many[..]
+            }
+        };
+        let Some(rule) = rule_for(rules, read.info, keys) else {
             return Decision::Pass;
         };
         // A sampled shadow rule follows a read by its first key.
-        if !read.args.get(1).is_some_and(|key| rule.follows(key)) {
+        if !rule.follows(first) {
             return Decision::Pass;
         }
-        let last_key = match kind {
-            Kind::OneKey => 1,
-            Kind::PerKey => read.args.len() - 1,
-        };
-        let keys = (1..=last_key).filter_map(|index| read.args.get(index));
-        let epochs: Option<SmallVec<[u64; 1]>> = keys
-            .clone()
-            .map(|key| self.upstream.key_epoch(key))
-            .collect();
-        let Some(epochs) = epochs else {
-            return Decision::Pass;
-        };
+        let mut epochs = SmallVec::<[u64; 1]>::new();
+        for key in keys {
+            match self.upstream.key_epoch(key) {
+                Some(epoch) => epochs.push(epoch),
+                None => return Decision::Pass,
+            }
+        }
         write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
-        let now = Instant::now();
-        let mut lookups = keys.clone().zip(&epochs);
+        let mut lookups = keys.iter().zip(&epochs);
+        let get = |(key, &epoch): (&&[u8], &u64)| rule.get(key, shape, epoch, read.now);
         let cached = match kind {
-            Kind::OneKey => lookups
-                .next()
-                .and_then(|(key, &epoch)| rule.get(key, shape, epoch, now)),
+            Kind::OneKey => lookups.next().and_then(get),
             // A shadow rule only needs to know that it would have served every key.
-            Kind::PerKey if rule.is_shadow() => lookups
-                .all(|(key, &epoch)| rule.get(key, shape, epoch, now).is_some())
-                .then(Bytes::new),
-            Kind::PerKey => assemble(lookups.map(|(key, &epoch)| rule.get(key, shape, epoch, now))),
+            Kind::PerKey if rule.is_shadow() => {
+                lookups.all(|lookup| get(lookup).is_some()).then(Bytes::new)
+            }
+            Kind::PerKey => assemble(lookups.map(get)),
         };
         rule.count(cached.is_some());
         if let Some(reply) = cached {
@@ -162,12 +166,12 @@ impl Coherence {
             };
         }
         let mut open_key = shape.clone();
-        for key in keys.clone() {
+        for key in keys {
             open_key.extend_from_slice(&(key.len() as u32).to_be_bytes());
             open_key.extend_from_slice(key);
         }
         let mut flights = self.flights();
-        if flights.flushing > 0 || keys.clone().any(|key| flights.writing.contains_key(key)) {
+        if flights.flushing > 0 || keys.iter().any(|key| flights.writing.contains_key(*key)) {
             return Decision::Pass;
         }
         if let Some(id) = flights.open.get(&open_key[..]).copied() {
@@ -181,7 +185,8 @@ impl Coherence {
         }
         let id = flights.next_id;
         flights.next_id += 1;
-        let keys: SmallVec<[Bytes; 1]> = keys.map(Bytes::copy_from_slice).collect();
+        let keys: SmallVec<[Bytes; 1]> =
+            keys.iter().map(|key| Bytes::copy_from_slice(key)).collect();
         for key in &keys {
             flights.by_key.entry(key.clone()).or_default().push(id);
         }

@@ -17,7 +17,9 @@ mod shelf;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use quanta::Instant;
 
 use bytes::{BufMut, Bytes};
 use metrics::{counter, gauge, Counter, Gauge};
@@ -31,18 +33,18 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Fill};
-use shelf::{CountEvictions, Shelf, Variant};
+use shelf::{CountEvictions, GhostShelf, ReplyShelf, Shelf, Variant};
 
 /// Where a rule keeps what it read (see [`shelf`]).
 enum Entries {
     /// A rule in force: keys, shapes and replies as they are.
-    Replies(Shelf<Bytes, Bytes, Bytes>),
-    /// A shadow rule: hashes of keys and shapes, and the replies' sizes, for the keys whose
-    /// hash is at most `followed` (a `sample_rate` of the keys, within as much of
-    /// `max_memory`: the shelf is the real cache in miniature, as in SHARDS, Waldspurger et
-    /// al., FAST '15).
+    Replies(ReplyShelf),
+    /// A shadow rule: hashes of keys, stand-ins for shapes ([`ghost_shape`]), and the replies'
+    /// sizes, for the keys whose hash is at most `followed` (a `sample_rate` of the keys,
+    /// within as much of `max_memory`: the shelf is the real cache in miniature, as in SHARDS,
+    /// Waldspurger et al., FAST '15).
     Ghosts {
-        shelf: Shelf<u64, u64, ()>,
+        shelf: GhostShelf,
         hasher: ahash::RandomState,
         followed: u64,
     },
@@ -137,11 +139,6 @@ impl RuleCache {
         self.matcher.matches_key(key)
     }
 
-    /// Whether this rule caches `info` on `key`.
-    fn covers(&self, info: &CommandInfo, key: &[u8]) -> bool {
-        self.matcher.applies_to(info) && self.matcher.matches_key(key)
-    }
-
     /// Whether the rule looks up and stores reads of `key`: all of them, but for a shadow rule
     /// with a `sample_rate`, whose other keys' reads go to Redis as if it had none.
     fn follows(&self, key: &[u8]) -> bool {
@@ -160,7 +157,12 @@ impl RuleCache {
         match &self.entries {
             Entries::Replies(shelf) => shelf.get(key, shape, epoch, now),
             Entries::Ghosts { shelf, hasher, .. } => shelf
-                .get(&hasher.hash_one(key), &hasher.hash_one(shape), epoch, now)
+                .get(
+                    &hasher.hash_one(key),
+                    &ghost_shape(hasher, shape),
+                    epoch,
+                    now,
+                )
                 .map(|()| Bytes::new()),
         }
     }
@@ -193,7 +195,7 @@ impl RuleCache {
             }
             Entries::Ghosts { shelf, hasher, .. } => {
                 let read = Variant {
-                    shape: hasher.hash_one(shape),
+                    shape: ghost_shape(hasher, shape),
                     reply: (),
                     size,
                     expires_at,
@@ -269,22 +271,16 @@ impl RuleCache {
     }
 }
 
-/// The rule that caches a read: the first rule in force that covers it, else the first
-/// shadow rule that does, so that adding a shadow rule never stops a rule in force from
+/// The rule that caches a read of `keys`: the first rule in force that covers it, else the
+/// first shadow rule that does, so that adding a shadow rule never stops a rule in force from
 /// serving. `None` when no rule does (for `MGET`, one rule must cover every key).
 fn rule_for<'r>(
     rules: &'r [Arc<RuleCache>],
     info: &CommandInfo,
-    args: &Args<'_>,
-    kind: Kind,
+    keys: &[&[u8]],
 ) -> Option<&'r Arc<RuleCache>> {
-    let first = args.get(1)?;
     let covers = |rule: &&Arc<RuleCache>| {
-        rule.covers(info, first)
-            && (kind == Kind::OneKey
-                || (2..args.len())
-                    .filter_map(|index| args.get(index))
-                    .all(|key| rule.matcher.matches_key(key)))
+        rule.matcher.applies_to(info) && keys.iter().all(|key| rule.matcher.matches_key(key))
     };
     let mut shadow = None;
     for rule in rules.iter().filter(covers) {
@@ -296,8 +292,19 @@ fn rule_for<'r>(
     shadow
 }
 
+/// What a shadow rule keeps of a shape: the 7 bytes of a read without arguments as they are;
+/// a longer shape's hash, with the top bit set, so that the two never meet. Most reads have
+/// no arguments, and are spared a hash.
+fn ghost_shape(hasher: &ahash::RandomState, shape: &[u8]) -> u64 {
+    match <[u8; 7]>::try_from(shape) {
+        Ok([b0, b1, b2, b3, b4, b5, b6]) => u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, 0]),
+        Err(_) => hasher.hash_one(shape) | 1 << 63,
+    }
+}
+
 /// Writes the shape of a read into `out`: database, protocol, command, and for a one-key
-/// read the arguments after the key (an `MGET` element's shape has none).
+/// read the arguments after the key (an `MGET` element's shape has none). Without arguments
+/// it is 7 bytes, which a shadow rule keeps as they are ([`ghost_shape`]).
 fn write_shape(
     out: &mut Vec<u8>,
     db: u32,
@@ -307,9 +314,10 @@ fn write_shape(
     kind: Kind,
 ) {
     out.clear();
-    out.put_u32(db);
-    out.put_u8(protocol.version());
-    out.put_u32(info.id as u32);
+    let [db0, db1, db2, db3] = db.to_be_bytes();
+    // Command ids fit in 16 bits (`CommandTable::from_tsv`).
+    let [id0, id1] = (info.id as u16).to_be_bytes();
+    out.extend_from_slice(&[db0, db1, db2, db3, protocol.version(), id0, id1]);
     if kind == Kind::OneKey {
         for arg in (2..args.len()).filter_map(|index| args.get(index)) {
             // Arguments are compared as written: command options are case-insensitive in

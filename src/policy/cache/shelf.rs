@@ -1,18 +1,20 @@
 //! Where a rule keeps the reads it cached, by key, within `max_memory`.
 //!
 //! A rule in force keeps each key and reply as they are. A shadow rule only counts what it
-//! would have served, so it keeps no bytes at all: a 64-bit hash for each key and shape, and
-//! the size the real entry would have. Its lookups then touch one small entry instead of the
-//! key, the shape and the reply scattered over the heap, which is most of what a lookup costs
-//! when the keys do not fit in the CPU's caches; and it weighs its entries as the real cache
-//! would, so that it evicts what the real cache would and its counts say what enforcing the
-//! rule would give.
+//! would have served, so it keeps no bytes at all: a 64-bit hash for each key, a 64-bit
+//! stand-in for each shape (the shape itself when it fits), and the size the real entry would
+//! have. Its lookups then touch one small entry instead of the key, the shape and the reply
+//! scattered over the heap, which is most of what a lookup costs when the keys do not fit in
+//! the CPU's caches; and it weighs its entries as the real cache would, so that it evicts what
+//! the real cache would and its counts say what enforcing the rule would give.
 
 use std::hash::Hash;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
+use bytes::Bytes;
+use quanta::Instant;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, Weighter};
 use smallvec::SmallVec;
 
@@ -24,14 +26,14 @@ const VARIANT_OVERHEAD: usize = 48;
 /// The cached reads of one key: `S` tells one read's shape from another, `R` is what is kept
 /// of its reply.
 #[derive(Clone)]
-struct KeyEntries<S, R> {
+pub(super) struct KeyEntries<S, R> {
     variants: SmallVec<[Variant<S, R>; 1]>,
     /// What the entry counts against `max_memory`, fixed when it is stored.
     weight: u64,
 }
 
 /// One cached read of a key.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(super) struct Variant<S, R> {
     pub(super) shape: S,
     pub(super) reply: R,
@@ -46,11 +48,47 @@ pub(super) struct Variant<S, R> {
 #[derive(Clone)]
 struct EntryWeighter;
 
-impl<K, S, R> Weighter<K, Arc<KeyEntries<S, R>>> for EntryWeighter {
-    fn weight(&self, _: &K, entries: &Arc<KeyEntries<S, R>>) -> u64 {
+impl<K, S, R, H: Deref<Target = KeyEntries<S, R>>> Weighter<K, H> for EntryWeighter {
+    fn weight(&self, _: &K, entries: &H) -> u64 {
         entries.weight
     }
 }
+
+/// Entries of plain numbers, held as they are (see [`Shelf`]): a copy of a key's one entry
+/// costs less than cloning it entry by entry.
+pub(super) struct Inline<S, R>(KeyEntries<S, R>);
+
+impl<S: Copy, R: Copy> Clone for Inline<S, R> {
+    fn clone(&self) -> Self {
+        let variants = match &self.0.variants[..] {
+            [one] => SmallVec::from_buf([*one]),
+            many => SmallVec::from_slice(many),
+        };
+        Inline(KeyEntries {
+            variants,
+            weight: self.0.weight,
+        })
+    }
+}
+
+impl<S, R> Deref for Inline<S, R> {
+    type Target = KeyEntries<S, R>;
+
+    fn deref(&self) -> &KeyEntries<S, R> {
+        &self.0
+    }
+}
+
+impl<S, R> From<KeyEntries<S, R>> for Inline<S, R> {
+    fn from(entries: KeyEntries<S, R>) -> Self {
+        Inline(entries)
+    }
+}
+
+/// A rule in force's shelf: keys, shapes and replies as they are.
+pub(super) type ReplyShelf = Shelf<Bytes, Arc<KeyEntries<Bytes, Bytes>>>;
+/// A shadow rule's shelf: hashes of keys, stand-ins for shapes, and nothing of the replies.
+pub(super) type GhostShelf = Shelf<u64, Inline<u64, ()>>;
 
 /// Counts the entries the cache drops to stay within `max_memory`.
 #[derive(Clone)]
@@ -64,22 +102,20 @@ impl<K, V> Lifecycle<K, V> for CountEvictions {
     }
 }
 
-/// A rule's entries: by key `K`, each read told apart by shape `S`, keeping `R` of its reply.
-pub(super) struct Shelf<K, S, R> {
-    cache: quick_cache::sync::Cache<
-        K,
-        Arc<KeyEntries<S, R>>,
-        EntryWeighter,
-        DefaultHashBuilder,
-        CountEvictions,
-    >,
+/// A rule's entries: by key `K`, each read told apart by shape `S` and keeping `R` of its reply.
+/// The cache clones what holds a key's entries (`H`) on every lookup: an `Arc` when they own
+/// replies, the entries themselves when they are a few numbers (a shadow rule's, [`Inline`]),
+/// which spares a lookup the pointer to follow and the count to change.
+pub(super) struct Shelf<K, H> {
+    cache: quick_cache::sync::Cache<K, H, EntryWeighter, DefaultHashBuilder, CountEvictions>,
 }
 
-impl<K, S, R> Shelf<K, S, R>
+impl<K, S, R, H> Shelf<K, H>
 where
     K: Hash + Eq + Clone,
     S: PartialEq + Clone,
     R: Clone,
+    H: Clone + Deref<Target = KeyEntries<S, R>> + From<KeyEntries<S, R>>,
 {
     /// A shelf of `capacity` bytes, as weighed by [`Shelf::insert`].
     pub(super) fn new(capacity: u64, evictions: CountEvictions) -> Self {
@@ -133,7 +169,7 @@ where
             .map(|variant| variant.size + VARIANT_OVERHEAD)
             .sum();
         entries.weight = (key_len + variants + ENTRY_OVERHEAD) as u64;
-        self.cache.insert(key, Arc::new(entries));
+        self.cache.insert(key, H::from(entries));
     }
 
     /// Drops every read of `key`; whether there was any.
