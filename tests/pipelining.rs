@@ -377,3 +377,66 @@ fn readers_joined_to_a_killed_clients_fill_get_their_values() {
         assert_eq!(second.read_line(), format!("v{i}\r\n"), "GET k{i}");
     }
 }
+
+/// A read a route sends to a replica goes there at once, even when the shared connection to
+/// the primary has no room left: it takes no place in that connection's queue. The primary is
+/// stalled behind a large write while another client's writes fill the queue.
+#[test]
+fn reads_routed_to_a_replica_wait_for_no_room_on_the_primary() {
+    const WRITES: usize = 6_000;
+    let primary = support::RedisServer::start();
+    let replica_of = ["--replicaof", "127.0.0.1", &primary.port.to_string()];
+    let replica = support::RedisServer::start_with_args(&replica_of);
+    let () = redis::cmd("SET")
+        .arg(&["report:1", "ready"])
+        .query(&mut primary.client())
+        .unwrap();
+    let read = |client: &mut redis::Connection| -> Option<String> {
+        redis::cmd("GET").arg("report:1").query(client).unwrap()
+    };
+    let limit = std::time::Duration::from_secs(10);
+    // The replica serves the key once it has loaded the primary's data, but the primary lists
+    // it as online (and keyward routes to it) only once it has acknowledged that.
+    let mut on_primary = primary.client();
+    let acknowledged = support::node::replicas_acknowledging(&mut on_primary, 1, limit);
+    assert_eq!(acknowledged, 1, "the replica has the key");
+    support::wait_for(limit, "the primary lists the replica online", || {
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut on_primary)
+            .unwrap();
+        replication.contains("state=online")
+    });
+    let upstream = "pool_size = 1\nrequest_timeout = \"1m\"";
+    let route = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\nread_from = \"replica\"\nmax_lag = \"1m\"\n";
+    let keyward = support::Keyward::start_with_upstream(primary.port, upstream, route);
+    // The stalled connection is not reset while the test runs: a read waiting for it would
+    // wait until the primary resumes, which it does only once the read is answered (the
+    // reader gives up after 5 s). The first routed reads go to the primary, until keyward
+    // has asked it about its replicas.
+    let mut reader = keyward.impatient_client();
+    support::wait_for(limit, "the replica serves routed reads", || {
+        let before = support::node::gets_served(replica.port);
+        assert_eq!(read(&mut reader).as_deref(), Some("ready"));
+        support::node::gets_served(replica.port) > before
+    });
+
+    let mut writer = keyward.raw();
+    primary.stall_behind_large_write(&mut writer);
+    for i in 0..WRITES {
+        writer.send(format!("SET k{i} v\r\n").as_bytes());
+        std::thread::sleep(std::time::Duration::from_micros(300));
+    }
+    let served_before = support::node::gets_served(replica.port);
+    let answer: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("report:1").query(&mut reader);
+    match answer {
+        Ok(value) => assert_eq!(value.as_deref(), Some("ready")),
+        Err(error) => panic!("no answer while the primary is stalled: {error}"),
+    }
+    assert_eq!(support::node::gets_served(replica.port), served_before + 1);
+    primary.signal("CONT");
+    for i in 0..=WRITES {
+        assert_eq!(writer.read_line(), "+OK\r\n", "write {i}");
+    }
+}

@@ -173,6 +173,13 @@ pub trait Phase: Sized {
         false
     }
 
+    /// Whether a taken request is sent on the session's connection, and so needs a place in its
+    /// queue: not when it is read elsewhere (joined to another session's cache fill, or sent
+    /// to a replica), which a full queue on the session's connection must not hold up.
+    fn uses_session_connection(_taken: &Self::Taken) -> bool {
+        true
+    }
+
     /// The client of a held request left: it gets its answer now.
     fn give_up(&self, _held: &Self::Held, _reply_to: &ReplySender, _ticket: u64) {}
 

@@ -251,6 +251,15 @@ macro_rules! phase_list {
                 }
             }
 
+            /// Whether a taken request needs a place in the session's connection's queue.
+            pub fn uses_session_connection(taken: &Taken) -> bool {
+                match taken {
+                    $(Taken::$variant(taken) => {
+                        <$phase as Phase>::uses_session_connection(taken)
+                    })+
+                }
+            }
+
             /// The client of a held request left.
             pub fn give_up(&self, held: &Held, reply_to: &ReplySender, ticket: u64) {
                 match held {

@@ -176,13 +176,13 @@ impl Session {
     }
 
     /// Hands a request a phase took to that phase, with a place kept for it in the session's
-    /// connection's queue. When the queue is full, or requests before it wait for room, it
-    /// waits (parked) as they do, and the input after it waits too: the client is pushed
-    /// back, not refused.
+    /// connection's queue when it goes out there. When the queue is full, or requests before
+    /// it wait for room, it waits (parked) as they do, and the input after it waits too: the
+    /// client is pushed back, not refused.
     pub(super) fn hand_over(&mut self, taken: TakenRequest) -> Flow {
-        // A read joined to another session's fill sends nothing here: it needs no place in
-        // the queue, and waits for none.
-        let sends = !Phases::answered_elsewhere(&taken.taken);
+        // A read joined to another session's fill, or sent to a replica, sends nothing here: it
+        // needs no place in the queue, and waits for none.
+        let sends = Phases::uses_session_connection(&taken.taken);
         let room = match (&self.parked, sends) {
             (None, true) => self.link.conn().reserve(),
             _ => Err(SendError::Busy),

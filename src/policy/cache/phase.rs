@@ -63,6 +63,10 @@ impl Phase for Coherence {
         matches!(fill, Fill::Joined)
     }
 
+    fn uses_session_connection(fill: &Fill) -> bool {
+        matches!(fill, Fill::Fetch(_))
+    }
+
     #[inline]
     fn watches_writes(&self, policies: &Policies) -> bool {
         !policies.caches.is_empty()

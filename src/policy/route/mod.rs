@@ -152,6 +152,11 @@ impl Phase for Routing {
         }
     }
 
+    /// The read goes to the replica's connection, whatever the session's own waits for.
+    fn uses_session_connection(_: &ToReplica) -> bool {
+        false
+    }
+
     fn hand_over(self: &Arc<Self>, taken: ToReplica, handover: Handover<'_>) -> Option<Infallible> {
         taken.route.replica_reads.increment(1);
         let (reply_to, ticket) = (handover.reply_to.clone(), handover.ticket);
