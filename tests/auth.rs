@@ -105,3 +105,25 @@ fn a_client_that_has_not_authenticated_kills_no_one() {
     target.send(b"PING\r\n");
     assert_eq!(target.read_line(), "+PONG\r\n");
 }
+
+/// `AUTH` with keyward's password is answered by keyward, which cannot queue it in the
+/// transaction Redis keeps: inside `MULTI` it is refused, and the transaction aborts.
+#[test]
+fn auth_inside_a_transaction_is_refused_and_aborts_it() {
+    let (redis, keyward) = protected();
+    let mut raw = keyward.raw();
+    raw.send(b"AUTH let-me-in\r\nMULTI\r\nSET k v\r\nAUTH let-me-in\r\nEXEC\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    assert_eq!(
+        raw.read_line(),
+        "-ERR Command not allowed inside a transaction\r\n"
+    );
+    assert!(raw.read_line().starts_with("-EXECABORT"));
+    let stored: Option<String> = redis::cmd("GET")
+        .arg("k")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(stored, None);
+}

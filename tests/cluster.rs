@@ -331,6 +331,57 @@ fn a_command_refused_before_the_transaction_reaches_its_node_aborts_it() {
     }
 }
 
+/// keyward answers `CLUSTER SLOTS` itself with its own view of the cluster, which Redis cannot
+/// queue in the transaction: inside one it is refused and the transaction aborts. So it is
+/// after the transaction reached its node, before (keyward answers `MULTI` itself until a
+/// command names the node), and in a next transaction on the connection the last one pinned.
+#[test]
+fn a_cluster_view_inside_a_transaction_is_refused_and_aborts_it() {
+    const REFUSAL: &str = "-ERR Command not allowed inside a transaction\r\n";
+    let cluster = RedisCluster::shared();
+    let keyward = keyward_for(cluster, "");
+    let mut raw = keyward.raw();
+    let aborted = |raw: &mut support::RawClient| {
+        let exec = raw.read_line();
+        assert!(exec.starts_with("-EXECABORT"), "{exec}");
+        assert_eq!(
+            get(&mut client(&keyward), "{view-tx}a"),
+            None,
+            "nothing ran"
+        );
+    };
+    raw.send(b"MULTI\r\nSET {view-tx}a 1\r\nCLUSTER SLOTS\r\nEXEC\r\n");
+    for line in ["+OK\r\n", "+QUEUED\r\n", REFUSAL] {
+        assert_eq!(raw.read_line(), line);
+    }
+    aborted(&mut raw);
+
+    // A client on the shared connections, whose MULTI keyward answers.
+    let mut fresh = keyward.raw();
+    fresh.send(b"MULTI\r\nCLUSTER SLOTS\r\nSET {view-tx}a 1\r\nEXEC\r\n");
+    for line in ["+OK\r\n", REFUSAL, "+QUEUED\r\n"] {
+        assert_eq!(
+            fresh.read_line(),
+            line,
+            "before the transaction reaches its node"
+        );
+    }
+    aborted(&mut fresh);
+
+    raw.send(b"MULTI\r\nSET {view-tx}b 1\r\nEXEC\r\nMULTI\r\nCLUSTER SLOTS\r\nEXEC\r\n");
+    for line in [
+        "+OK\r\n",
+        "+QUEUED\r\n",
+        "*1\r\n",
+        "+OK\r\n",
+        "+OK\r\n",
+        REFUSAL,
+    ] {
+        assert_eq!(raw.read_line(), line, "on the pinned connection");
+    }
+    aborted(&mut raw);
+}
+
 /// A transaction whose slot moves while it is queued is aborted as Redis Cluster aborts it,
 /// never half run, and the client sees no redirection; its next transaction runs on the
 /// slot's new node.

@@ -226,3 +226,24 @@ fn commands_refused_in_a_transaction_wait_for_room_in_a_full_queue() {
     let large: Option<String> = keyward.client().get("large").unwrap();
     assert_eq!(large, None, "the aborted transaction wrote nothing");
 }
+
+/// keyward answers its own commands itself and cannot queue them in the transaction Redis
+/// keeps: inside `MULTI` it refuses them as Redis refuses a command not allowed there, and
+/// `EXEC` aborts, so the client never sees a reply out of its transaction's place.
+#[test]
+fn keywards_own_commands_are_refused_inside_a_transaction_and_abort_it() {
+    let (redis, keyward) = shared_upstream();
+    let mut client = keyward.raw();
+    client.send(b"MULTI\r\nSET k v\r\nKEYWARD INFO\r\nEXEC\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    assert_eq!(client.read_line(), "+QUEUED\r\n");
+    assert_eq!(
+        client.read_line(),
+        "-ERR Command not allowed inside a transaction\r\n"
+    );
+    assert!(client.read_line().starts_with("-EXECABORT"));
+    let stored: Option<String> = redis.client().get("k").unwrap();
+    assert_eq!(stored, None, "the aborted transaction wrote nothing");
+    client.send(b"KEYWARD INFO\r\n");
+    assert!(client.read_line().starts_with('$'), "answered outside one");
+}

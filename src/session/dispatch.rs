@@ -26,13 +26,7 @@ impl Session {
     ) -> Flow {
         let id = request.info.id;
         match step {
-            Step::Refuse(refusal) => {
-                self.received.add(&self.context.command_metrics, id);
-                self.send_batch(input);
-                input.bytes.advance(request.consumed);
-                self.replies.push_ready(refusal, &mut self.output);
-                Flow::Next
-            }
+            Step::Refuse(refusal) => self.refuse(input, request.info, request.consumed, refusal),
             Step::Answer { reply, kill } => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);

@@ -38,28 +38,28 @@ impl Session {
 
     /// Decides what to do with a request on the session's current connection.
     pub(super) fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
+        // What keyward answers itself cannot be queued in the transaction Redis keeps (or is
+        // about to keep, for a `MULTI` cluster mode deferred): it is refused as Redis refuses a
+        // command not allowed there, which aborts the transaction.
+        let in_transaction = self.in_transaction || self.client.multi_deferred;
+        if in_transaction && self.answered_by_keyward(info).is_some() {
+            return Step::Refuse(reply::error("ERR Command not allowed inside a transaction"));
+        }
         match &self.link {
-            Link::Dedicated { streaming, .. } => match info.effect {
-                Effect::Local(LocalCommand::Keyward) if !streaming => {
-                    Step::Local(LocalCommand::Keyward)
+            Link::Dedicated { streaming, .. } => {
+                if let (Some(command), false) = (self.answered_by_keyward(info), *streaming) {
+                    return Step::Local(command);
                 }
-                // RESET ends every state that made the connection the session's own: the
-                // session goes back to the pool (and logs out of keyward, if it requires a
-                // password). Redis would log keyward's own connection out instead.
-                Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
-                // With a listen password, AUTH is with keyward, wherever the session is.
-                Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
-                    if self.context.listen_password.is_some() && !streaming =>
-                {
-                    Step::Local(command)
+                match info.effect {
+                    // RESET ends every state that made the connection the session's own: the
+                    // session goes back to the pool (and logs out of keyward, if it requires a
+                    // password). Redis would log keyward's own connection out instead.
+                    Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
+                    Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
+                    _ if info.role == Role::Tracking && self.in_cluster() => tracking_refused(),
+                    _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
                 }
-                Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
-                Effect::ClusterView { .. } if self.in_cluster() && !streaming => {
-                    Step::Local(LocalCommand::Cluster)
-                }
-                _ if info.role == Role::Tracking && self.in_cluster() => tracking_refused(),
-                _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
-            },
+            }
             // Cluster mode, after `MULTI`: the transaction's connection opens with this command.
             Link::Pooled(_) if self.client.multi_deferred => match info.effect {
                 Effect::Local(command @ (LocalCommand::Reset | LocalCommand::Quit)) => {
@@ -92,6 +92,22 @@ impl Session {
                     leaves_state: false,
                 } => Step::Forward,
             },
+        }
+    }
+
+    /// What keyward answers itself of this command on any connection, never Redis: its own
+    /// commands, `AUTH` and `HELLO` with a listen password (the login is with keyward), and
+    /// cluster mode's views of the cluster.
+    fn answered_by_keyward(&self, info: &CommandInfo) -> Option<LocalCommand> {
+        match info.effect {
+            Effect::Local(LocalCommand::Keyward) => Some(LocalCommand::Keyward),
+            Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
+                if self.context.listen_password.is_some() =>
+            {
+                Some(command)
+            }
+            Effect::ClusterView { .. } if self.in_cluster() => Some(LocalCommand::Cluster),
+            _ => None,
         }
     }
 

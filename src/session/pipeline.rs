@@ -436,9 +436,9 @@ impl Session {
         Flow::Next
     }
 
-    /// A request a phase answered (a refusal, or a reply it had at hand): answered at once,
-    /// in its place.
-    fn refuse(
+    /// A request a phase answered (a refusal, or a reply it had at hand), or one refused
+    /// before the phases: answered at once, in its place.
+    pub(super) fn refuse(
         &mut self,
         input: &mut Input,
         info: &CommandInfo,
@@ -503,7 +503,8 @@ impl Session {
 
 /// What a request turns into.
 pub(super) enum Step {
-    /// Answered with this error at once (the client has not authenticated).
+    /// Answered with this error at once: the client has not authenticated, or keyward would
+    /// answer the command itself inside a transaction (which the refusal aborts).
     Refuse(Bytes),
     /// Answered by keyward, once the policies let it through: a command that names a client
     /// Redis does not know (see [`client_ids`]), which may close that client.
