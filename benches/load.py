@@ -16,6 +16,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
 
     python3 benches/load.py [--rounds 5] [--requests 200000] [--quick]
     python3 benches/load.py --policies            # keyward with and without policy rules
+    python3 benches/load.py --policies --variants "cache (shadow)" --baseline OLD_BINARY
+                                                  # one variant, this build against an older one
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
     python3 benches/load.py --remote              # the same behind a relay adding 0.5 / 2 ms
@@ -729,6 +731,12 @@ def main():
     parser.add_argument("--policies", action="store_true",
                         help="compare keyward without policies to keyward with a rate-limit rule "
                              "matching every key, in shadow and in enforce mode")
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="with --policies, only these policy variants (as the table names them)")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="with --policies, also run each variant on the keyward binary at PATH "
+                             "(an older build), in the same interleaved rounds: a same-sitting comparison "
+                             "(its ratios are to this build's keyward without policies)")
     parser.add_argument("--cache", action="store_true",
                         help="Zipf-distributed GETs over 100,000 keys: Redis direct, keyward, and "
                              "keyward with a cache rule")
@@ -785,13 +793,13 @@ def main():
 
         start_redis(0, redis_port)
         def start_keyward(name, port, admin, extra="", wrapper=(), timeout=10, upstream_port=redis_port,
-                          upstream="", cpus=1):
+                          upstream="", cpus=1, binary=KEYWARD):
             config = os.path.join(work, f"{name}.toml")
             with open(config, "w") as f:
                 f.write(f'[listen]\naddress = "127.0.0.1:{port}"\nmax_clients = {IDLE_CONNECTIONS + 1000}\n'
                         f'[upstream]\naddress = "127.0.0.1:{upstream_port}"\n{upstream}'
                         f'[admin]\naddress = "127.0.0.1:{admin}"\n[log]\nlevel = "warn"\n{extra}')
-            process = start(pinned(cpus, [*wrapper, KEYWARD, "--config", config]))
+            process = start(pinned(cpus, [*wrapper, binary, "--config", config]))
             wait_port(port, name, timeout)
             return process
 
@@ -859,10 +867,19 @@ def main():
             targets.append(("Redis on cpu1", shared_cpu_port))
         else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
-            for number, (name, extra) in enumerate(POLICY_VARIANTS[1:]):
-                port = free_port()
-                start_keyward(f"keyward-variant-{number}", port, free_port(), extra)
-                targets.append((name, port))
+            variants = [(name, extra) for name, extra in POLICY_VARIANTS[1:]
+                        if not options.variants or name in options.variants]
+            unknown = set(options.variants or []) - {name for name, _ in POLICY_VARIANTS}
+            if unknown:
+                raise SystemExit(f"no policy variant named {', '.join(sorted(unknown))}; the variants: "
+                                 + ", ".join(name for name, _ in POLICY_VARIANTS[1:]))
+            builds = [("", KEYWARD)] + ([(" (baseline)", options.baseline)] if options.baseline else [])
+            for number, (name, extra) in enumerate(variants):
+                for label, binary in builds:
+                    port = free_port()
+                    start_keyward(f"keyward-variant-{number}{label.strip(' ()')}", port, free_port(), extra,
+                                  binary=binary)
+                    targets.append((name + label, port))
             scenarios = SCENARIOS[:4]
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
         cpu_per_million = {(s[0], proxy): [] for s in scenarios for proxy in proxies}
