@@ -3,20 +3,19 @@
 
 mod support;
 
-use support::{free_port, Keyward, RedisServer};
+use support::{Keyward, RedisServer};
 
 fn protected() -> (RedisServer, Keyward) {
     let redis = RedisServer::start();
-    let (port, admin) = (free_port(), free_port());
-    let keyward = Keyward::start_with_config_env(
-        port,
-        admin,
+    let keyward = Keyward::start_on_free_ports(
         &[("KEYWARD_TEST_LISTEN_PASSWORD", "let-me-in")],
-        &format!(
-            "[listen]\naddress = \"127.0.0.1:{port}\"\npassword_env = \"KEYWARD_TEST_LISTEN_PASSWORD\"\n\
-             [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
-            redis.port
-        ),
+        |port, admin| {
+            format!(
+                "[listen]\naddress = \"127.0.0.1:{port}\"\npassword_env = \"KEYWARD_TEST_LISTEN_PASSWORD\"\n\
+                 [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
+                redis.port
+            )
+        },
     );
     (redis, keyward)
 }

@@ -654,20 +654,18 @@ fn subscribers_get_messages_as_server_sent_events_until_they_leave() {
 #[test]
 fn rest_sessions_count_towards_max_clients() {
     let redis = RedisServer::start();
-    let (port, admin_port, rest_port) = (free_port(), free_port(), free_port());
-    let keyward = Keyward::start_with_config_env(
-        port,
-        admin_port,
-        &[("TEST_WEB_TOKEN", WEB_TOKEN)],
-        &format!(
+    let mut rest_port = 0;
+    let keyward = Keyward::start_on_free_ports(&[("TEST_WEB_TOKEN", WEB_TOKEN)], |port, admin| {
+        rest_port = free_port();
+        format!(
             "[listen]\naddress = \"127.0.0.1:{port}\"\nmax_clients = 1\n\
              [upstream]\naddress = \"127.0.0.1:{}\"\n\
-             [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+             [admin]\naddress = \"127.0.0.1:{admin}\"\n\
              [http_api]\naddress = \"127.0.0.1:{rest_port}\"\n\
              [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_WEB_TOKEN\"\n",
             redis.port
-        ),
-    );
+        )
+    });
     let address = SocketAddr::from(([127, 0, 0, 1], rest_port));
     let ping = || {
         let auth = format!("Authorization: Bearer {WEB_TOKEN}\r\n");

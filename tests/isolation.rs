@@ -173,16 +173,13 @@ fn a_subscriber_that_stops_reading_is_disconnected_not_buffered_forever() {
 #[test]
 fn idle_clients_are_closed_but_active_subscribed_and_blocked_ones_are_not() {
     let redis = RedisServer::start();
-    let (port, admin) = (support::free_port(), support::free_port());
-    let keyward = Keyward::start_with_config(
-        port,
-        admin,
-        &format!(
+    let keyward = Keyward::start_on_free_ports(&[], |port, admin| {
+        format!(
             "[listen]\naddress = \"127.0.0.1:{port}\"\nidle_timeout = \"300ms\"\n\
              [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
             redis.port
-        ),
-    );
+        )
+    });
     let mut idle = keyward.raw();
     let mut active = keyward.raw();
     let mut subscriber = keyward.raw();

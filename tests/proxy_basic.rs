@@ -94,17 +94,13 @@ fn quit_replies_then_closes() {
 #[test]
 fn max_clients_refuses_like_redis() {
     let redis = support::RedisServer::start();
-    let port = support::free_port();
-    let admin = support::free_port();
-    let keyward = support::Keyward::start_with_config(
-        port,
-        admin,
-        &format!(
+    let keyward = support::Keyward::start_on_free_ports(&[], |port, admin| {
+        format!(
             "[listen]\naddress = \"127.0.0.1:{port}\"\nmax_clients = 2\n\
              [upstream]\naddress = \"127.0.0.1:{}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
             redis.port
-        ),
-    );
+        )
+    });
     let connected = |client: &mut support::RawClient| -> usize {
         client.send(b"KEYWARD INFO\r\n");
         let len: usize = client.read_line()[1..].trim().parse().unwrap();

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{
-    free_port, http_request, http_request_to, metric_value, network_address, Keyward, RedisServer,
-};
+use support::{http_request, http_request_to, metric_value, network_address, Keyward, RedisServer};
 
 fn config_status(keyward: &Keyward) -> serde_json::Value {
     let (status, body) = keyward.admin_get("/config");
@@ -278,16 +276,17 @@ fn an_unreadable_config_file_is_a_rejected_reload() {
 fn reload_from_another_host_needs_the_admin_token() {
     let redis = RedisServer::start();
     let here = network_address();
-    let (port, admin) = (free_port(), free_port());
     // Bound to the network address only, so every request below comes from a non-loopback
     // address, as another host's would.
-    let config = format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
-         [admin]\naddress = \"{here}:{admin}\"\ntoken_env = \"KEYWARD_ADMIN_TOKEN\"\n",
-        redis.port
-    );
-    let _keyward =
-        Keyward::start_with_config_env(port, admin, &[("KEYWARD_ADMIN_TOKEN", "t0ken")], &config);
+    let keyward =
+        Keyward::start_on_free_ports(&[("KEYWARD_ADMIN_TOKEN", "t0ken")], |port, admin| {
+            format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
+             [admin]\naddress = \"{here}:{admin}\"\ntoken_env = \"KEYWARD_ADMIN_TOKEN\"\n",
+            redis.port
+        )
+        });
+    let admin = keyward.admin_port;
     let reload =
         |headers: &str| http_request_to(SocketAddr::new(here, admin), "POST", "/reload", headers);
     let (status, body) = reload("");

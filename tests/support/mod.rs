@@ -240,35 +240,31 @@ impl Keyward {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Keyward {
-        // A free port can be taken by a parallel test before keyward binds it: try again
-        // with fresh ports when keyward exits at start.
-        for _ in 0..3 {
-            let port = free_port();
-            let admin_port = free_port();
-            let config = format!(
+        Keyward::start_on_free_ports(env, |port, admin_port| {
+            format!(
                 "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
                  [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
                  connect_timeout = \"500ms\"\n{upstream}\n\
                  [admin]\naddress = \"127.0.0.1:{admin_port}\"\n\n{extra}"
-            );
+            )
+        })
+    }
+
+    /// Starts keyward with the config `config_for` writes for its listen and admin ports, on
+    /// free ports. A free port can be taken by a parallel test before keyward binds it: when
+    /// keyward exits at start, it is tried again on fresh ones.
+    pub fn start_on_free_ports(
+        env: &[(&str, &str)],
+        mut config_for: impl FnMut(u16, u16) -> String,
+    ) -> Keyward {
+        for _ in 0..3 {
+            let (port, admin_port) = (free_port(), free_port());
+            let config = config_for(port, admin_port);
             if let Some(keyward) = Keyward::try_start(port, admin_port, env, &config) {
                 return keyward;
             }
         }
         panic!("keyward exited at start three times");
-    }
-
-    pub fn start_with_config(port: u16, admin_port: u16, config: &str) -> Keyward {
-        Keyward::start_with_config_env(port, admin_port, &[], config)
-    }
-
-    pub fn start_with_config_env(
-        port: u16,
-        admin_port: u16,
-        env: &[(&str, &str)],
-        config: &str,
-    ) -> Keyward {
-        Keyward::try_start(port, admin_port, env, config).expect("keyward exited at start")
     }
 
     /// Starts keyward; `None` if it exits before it listens (its ports were taken).
