@@ -331,6 +331,43 @@ fn a_command_refused_before_the_transaction_reaches_its_node_aborts_it() {
     }
 }
 
+/// A command the transaction's node refuses (a busy script there) before keyward's deferred
+/// `MULTI` reached the node aborts the transaction too, as Redis's refusal does inside one
+/// on Redis directly: `EXEC` answers `-EXECABORT`, and nothing of it runs. Its own cluster: a
+/// busy node would refuse the other tests' commands.
+#[test]
+fn a_command_refused_as_busy_before_the_transaction_reaches_its_node_aborts_it() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let node = cluster.slot_owner(cluster.key_slot("{busy-tx}a"));
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut cluster.client(node))
+        .unwrap();
+    let mut runner = keyward.raw();
+    runner.send(b"EVAL \"while true do end\" 1 {busy-tx}script\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut raw = keyward.raw();
+    raw.send(b"MULTI\r\nSET {busy-tx}a 1\r\n");
+    assert_eq!(raw.read_line(), "+OK\r\n");
+    let refusal = raw.read_line();
+    assert!(refusal.starts_with("-BUSY"), "{refusal}");
+    let () = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query(&mut cluster.client(node))
+        .unwrap();
+    assert!(runner.read_line().contains("killed"));
+
+    raw.send(b"SET {busy-tx}b 2\r\nEXEC\r\n");
+    assert_eq!(raw.read_line(), "+QUEUED\r\n");
+    let exec = raw.read_line();
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    for key in ["{busy-tx}a", "{busy-tx}b"] {
+        assert_eq!(get(&mut client(&keyward), key), None, "nothing ran");
+    }
+}
+
 /// keyward answers `CLUSTER SLOTS` itself with its own view of the cluster, which Redis cannot
 /// queue in the transaction: inside one it is refused and the transaction aborts. So it is
 /// after the transaction reached its node, before (keyward answers `MULTI` itself until a
