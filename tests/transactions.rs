@@ -247,3 +247,29 @@ fn keywards_own_commands_are_refused_inside_a_transaction_and_abort_it() {
     client.send(b"KEYWARD INFO\r\n");
     assert!(client.read_line().starts_with('$'), "answered outside one");
 }
+
+/// A transaction that subscribes leaves the connection streaming once `EXEC` runs it, no
+/// longer in a transaction: what the client sends then reaches Redis, as it would directly,
+/// and is not refused as if inside one.
+#[test]
+fn a_transaction_that_subscribes_ends_with_its_exec() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.raw();
+    client.send(b"MULTI\r\nSUBSCRIBE news\r\nEXEC\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    assert_eq!(client.read_line(), "+QUEUED\r\n");
+    assert_eq!(client.read_line(), "*1\r\n", "EXEC's one reply");
+    for line in ["*3", "$9", "subscribe", "$4", "news", ":1"] {
+        assert_eq!(client.read_line(), format!("{line}\r\n"));
+    }
+    client.send(b"KEYWARD INFO\r\n");
+    let reply = client.read_line();
+    assert!(
+        reply.starts_with("-ERR") && !reply.contains("inside a transaction"),
+        "{reply}"
+    );
+    client.send(b"PING\r\n");
+    for line in ["*2", "$4", "pong", "$0", ""] {
+        assert_eq!(client.read_line(), format!("{line}\r\n"));
+    }
+}

@@ -40,9 +40,10 @@ impl Session {
     pub(super) fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
         // What keyward answers itself cannot be queued in the transaction Redis keeps (or is
         // about to keep, for a `MULTI` cluster mode deferred): it is refused as Redis refuses a
-        // command not allowed there, which aborts the transaction.
+        // command not allowed there, which aborts the transaction. On a streaming connection
+        // everything reaches Redis, and replies are not followed (nor is a transaction's end).
         let in_transaction = self.in_transaction || self.client.multi_deferred;
-        if in_transaction && self.answered_by_keyward(info).is_some() {
+        if in_transaction && self.counts_replies() && self.answered_by_keyward(info).is_some() {
             return Step::Refuse(reply::error("ERR Command not allowed inside a transaction"));
         }
         match &self.link {
