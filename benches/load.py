@@ -18,6 +18,7 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --policies            # keyward with and without policy rules
     python3 benches/load.py --policies --variants "cache (shadow)" --baseline OLD_BINARY
                                                   # one variant, this build against an older one
+    python3 benches/load.py --policies --keyspace 1000   # keys over 1,000 instead of 10,000
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
     python3 benches/load.py --remote              # the same behind a relay adding 0.5 / 2 ms
@@ -724,6 +725,7 @@ def ratelimit_memory(redis_port, start_keyward):
 
 
 def main():
+    global KEYSPACE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000, help="requests per unpipelined run")
@@ -767,7 +769,11 @@ def main():
     parser.add_argument("--ratelimit-memory", action="store_true",
                         help="drive a million distinct keys through a rate-limit rule and report "
                              "buckets and RSS, before and after idle buckets are dropped")
+    parser.add_argument("--keyspace", type=int, default=KEYSPACE,
+                        help=f"random keys over this many (default {KEYSPACE:,}): what a policy keeps "
+                             "per key grows with it, and so do its cache misses")
     options = parser.parse_args()
+    KEYSPACE = options.keyspace
     if options.quick:
         options.rounds, options.requests = 1, 50_000
     ensure_tools(valgrind=options.instructions)
