@@ -333,8 +333,11 @@ fn a_command_refused_before_the_transaction_reaches_its_node_aborts_it() {
 
 /// A command the transaction's node refuses (a busy script there) before keyward's deferred
 /// `MULTI` reached the node aborts the transaction too, as Redis's refusal does inside one
-/// on Redis directly: `EXEC` answers `-EXECABORT`, and nothing of it runs. Its own cluster: a
-/// busy node would refuse the other tests' commands.
+/// on Redis directly: `EXEC` answers `-EXECABORT`, and nothing of it runs. For a client
+/// without a name, the connection opens (`HELLO` and `MULTI` run while a script is busy) and
+/// Redis refuses the command; a named client's connection cannot open (`CLIENT SETNAME` is
+/// refused), and keyward refuses the command with Redis's error. Its own cluster: a busy
+/// node would refuse the other tests' commands.
 #[test]
 fn a_command_refused_as_busy_before_the_transaction_reaches_its_node_aborts_it() {
     let cluster = RedisCluster::start();
@@ -344,25 +347,35 @@ fn a_command_refused_as_busy_before_the_transaction_reaches_its_node_aborts_it()
         .arg(&["SET", "busy-reply-threshold", "50"])
         .query(&mut cluster.client(node))
         .unwrap();
+    let mut named = keyward.raw();
+    named.send(b"CLIENT SETNAME worker\r\n");
+    assert_eq!(named.read_line(), "+OK\r\n");
     let mut runner = keyward.raw();
     runner.send(b"EVAL \"while true do end\" 1 {busy-tx}script\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(Duration::from_secs(5), "the node is busy", || {
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query(&mut cluster.client(node));
+        ping.is_err_and(|error| error.to_string().contains("BUSY"))
+    });
 
-    let mut raw = keyward.raw();
-    raw.send(b"MULTI\r\nSET {busy-tx}a 1\r\n");
-    assert_eq!(raw.read_line(), "+OK\r\n");
-    let refusal = raw.read_line();
-    assert!(refusal.starts_with("-BUSY"), "{refusal}");
+    let mut clients = [keyward.raw(), named];
+    for raw in &mut clients {
+        raw.send(b"MULTI\r\nSET {busy-tx}a 1\r\n");
+        assert_eq!(raw.read_line(), "+OK\r\n");
+        let refusal = raw.read_line();
+        assert!(refusal.starts_with("-BUSY"), "{refusal}");
+    }
     let () = redis::cmd("SCRIPT")
         .arg("KILL")
         .query(&mut cluster.client(node))
         .unwrap();
     assert!(runner.read_line().contains("killed"));
 
-    raw.send(b"SET {busy-tx}b 2\r\nEXEC\r\n");
-    assert_eq!(raw.read_line(), "+QUEUED\r\n");
-    let exec = raw.read_line();
-    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    for raw in &mut clients {
+        raw.send(b"SET {busy-tx}b 2\r\nEXEC\r\n");
+        assert_eq!(raw.read_line(), "+QUEUED\r\n");
+        let exec = raw.read_line();
+        assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    }
     for key in ["{busy-tx}a", "{busy-tx}b"] {
         assert_eq!(get(&mut client(&keyward), key), None, "nothing ran");
     }

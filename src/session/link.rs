@@ -15,9 +15,10 @@ use crate::resp::request::Args;
 use crate::upstream::{ConnHandle, Login, OwnConnection, UpstreamError};
 
 impl Session {
-    /// Answers the request that needed a dedicated connection with the error from opening one,
-    /// then closes the client: running what it pipelined after (the commands of a `MULTI`, say)
-    /// on the shared connection would change their meaning.
+    /// Answers the request that needed a dedicated connection with the error from opening one.
+    /// When Redis refused the opening (a busy script, the client's own wrong password), the
+    /// client goes on; else it is closed: running what it pipelined after (the commands of a
+    /// `MULTI`, say) on the shared connection would change their meaning.
     pub(super) fn refuse_after_failed_open(
         &mut self,
         input: &mut Input,
@@ -27,10 +28,12 @@ impl Session {
         self.received.add(&self.context.command_metrics, info.id);
         input.bytes.advance(consumed);
         if let Some(error) = self.dedicated_error.take() {
-            self.replies.push_ready(error.reply, &mut self.output);
             if !error.closes {
-                return Flow::Next;
+                // Inside a `MULTI` keyward deferred, the refusal aborts the transaction, as it
+                // would have had `MULTI` reached Redis.
+                return self.answer_at_once(error.reply);
             }
+            self.replies.push_ready(error.reply, &mut self.output);
         }
         self.closing = Some(Closing::UpstreamGone);
         Flow::Stop
@@ -253,9 +256,10 @@ impl Session {
                 let address = &self.context.upstream.address();
                 self.dedicated_error = Some(DedicatedError {
                     reply: error.reply(address),
-                    // Redis refused the request itself, as it would have directly (a busy
-                    // script, the client's own wrong password): what the client sent after it
-                    // meets Redis as it would have (`EXEC without MULTI`).
+                    // Redis refused the opening (a busy script, the client's own wrong
+                    // password): the client goes on, and what it sent after meets Redis
+                    // (`EXEC without MULTI` after a refused `MULTI`; `EXECABORT` after a
+                    // command refused in a deferred one).
                     closes: !matches!(error, UpstreamError::Busy(_) | UpstreamError::Rejected(_)),
                 });
             }
