@@ -391,20 +391,16 @@ fn a_cluster_view_inside_a_transaction_is_refused_and_aborts_it() {
     let cluster = RedisCluster::shared();
     let keyward = keyward_for(cluster, "");
     let mut raw = keyward.raw();
-    let aborted = |raw: &mut support::RawClient| {
+    let aborted = |raw: &mut support::RawClient, key: &str| {
         let exec = raw.read_line();
         assert!(exec.starts_with("-EXECABORT"), "{exec}");
-        assert_eq!(
-            get(&mut client(&keyward), "{view-tx}a"),
-            None,
-            "nothing ran"
-        );
+        assert_eq!(get(&mut client(&keyward), key), None, "nothing ran");
     };
     raw.send(b"MULTI\r\nSET {view-tx}a 1\r\nCLUSTER SLOTS\r\nEXEC\r\n");
     for line in ["+OK\r\n", "+QUEUED\r\n", REFUSAL] {
         assert_eq!(raw.read_line(), line);
     }
-    aborted(&mut raw);
+    aborted(&mut raw, "{view-tx}a");
 
     // A client on the shared connections, whose MULTI keyward answers.
     let mut fresh = keyward.raw();
@@ -416,20 +412,23 @@ fn a_cluster_view_inside_a_transaction_is_refused_and_aborts_it() {
             "before the transaction reaches its node"
         );
     }
-    aborted(&mut fresh);
+    aborted(&mut fresh, "{view-tx}a");
 
-    raw.send(b"MULTI\r\nSET {view-tx}b 1\r\nEXEC\r\nMULTI\r\nCLUSTER SLOTS\r\nEXEC\r\n");
+    raw.send(
+        b"MULTI\r\nSET {view-tx}b 1\r\nEXEC\r\nMULTI\r\nSET {view-tx}c 1\r\nCLUSTER SLOTS\r\nEXEC\r\n",
+    );
     for line in [
         "+OK\r\n",
         "+QUEUED\r\n",
         "*1\r\n",
         "+OK\r\n",
         "+OK\r\n",
+        "+QUEUED\r\n",
         REFUSAL,
     ] {
         assert_eq!(raw.read_line(), line, "on the pinned connection");
     }
-    aborted(&mut raw);
+    aborted(&mut raw, "{view-tx}c");
 }
 
 /// A transaction whose slot moves while it is queued is aborted as Redis Cluster aborts it,

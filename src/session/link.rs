@@ -101,7 +101,8 @@ impl Session {
 
     /// What keyward answers itself of this command on any connection, never Redis: its own
     /// commands, `AUTH` and `HELLO` with a listen password (the login is with keyward), and
-    /// cluster mode's views of the cluster.
+    /// in cluster mode the views of the cluster and the commands of cluster clients that
+    /// keyward's one node makes moot (`READONLY`, `READWRITE`, `ASKING`).
     fn answered_by_keyward(&self, info: &CommandInfo) -> Option<LocalCommand> {
         match info.effect {
             Effect::Local(LocalCommand::Keyward) => Some(LocalCommand::Keyward),

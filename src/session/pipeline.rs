@@ -363,7 +363,8 @@ impl Session {
     }
 
     /// How the request goes once the phases let it through, which tells them what they may
-    /// do with it; `None` for one refused before the phases (unauthenticated).
+    /// do with it; `None` for one refused before the phases (unauthenticated, or answered by
+    /// keyward inside a transaction).
     #[inline(always)]
     fn way(&self, step: &Step) -> Option<Way> {
         match step {
