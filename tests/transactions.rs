@@ -273,3 +273,48 @@ fn a_transaction_that_subscribes_ends_with_its_exec() {
         assert_eq!(client.read_line(), format!("{line}\r\n"));
     }
 }
+
+/// Redis refuses `MULTI`, `EXEC` and `DISCARD` with the wrong number of arguments: the
+/// refused `MULTI` starts no transaction and the refused `DISCARD` ends none, but the refused
+/// `EXEC` discards the transaction. keyward's own commands are answered or refused after each
+/// as the transaction Redis keeps says.
+#[test]
+fn a_multi_exec_or_discard_redis_refuses_leaves_the_transaction_as_redis_does() {
+    let (_redis, keyward) = shared_upstream();
+    let mut client = keyward.raw();
+    let wrong_arguments = |client: &mut support::RawClient| {
+        let refusal = client.read_line();
+        assert!(
+            refusal.starts_with("-ERR wrong number of arguments"),
+            "{refusal}"
+        );
+    };
+    let answered = |client: &mut support::RawClient| {
+        let header = client.read_line();
+        let length: usize = header
+            .strip_prefix('$')
+            .and_then(|length| length.trim().parse().ok())
+            .unwrap_or_else(|| panic!("answered outside a transaction: {header}"));
+        client.read_exact(length + 2);
+    };
+    const REFUSAL: &str = "-ERR Command not allowed inside a transaction\r\n";
+
+    client.send(b"WATCH k\r\nMULTI extra\r\nKEYWARD INFO\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    wrong_arguments(&mut client);
+    answered(&mut client);
+
+    client.send(b"MULTI\r\nEXEC extra\r\nKEYWARD INFO\r\nEXEC\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    let discarded = client.read_line();
+    assert!(discarded.starts_with("-EXECABORT"), "{discarded}");
+    answered(&mut client);
+    assert_eq!(client.read_line(), "-ERR EXEC without MULTI\r\n");
+
+    client.send(b"MULTI\r\nDISCARD extra\r\nKEYWARD INFO\r\nEXEC\r\n");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    wrong_arguments(&mut client);
+    assert_eq!(client.read_line(), REFUSAL);
+    let aborted = client.read_line();
+    assert!(aborted.starts_with("-EXECABORT"), "{aborted}");
+}

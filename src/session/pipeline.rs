@@ -280,7 +280,7 @@ impl Session {
             Decision::Ask(question) => return self.ask(input, question),
         };
         let writes = self.note_writes(policies, info, &args, deciding, taken.as_ref());
-        self.follow_transaction(&step, info);
+        self.follow_transaction(&step, info, args.len());
         let request = Request {
             info,
             consumed,
@@ -455,12 +455,15 @@ impl Session {
     }
 
     /// Follows `MULTI` and its end on the session's own connection, where a refused command
-    /// must also abort the transaction (see [`Session::answer_at_once`]).
+    /// must also abort the transaction (see [`Session::answer_at_once`]). Redis refuses a
+    /// command with the wrong number of arguments: a refused `MULTI` starts no transaction and
+    /// a refused `DISCARD` ends none, but a refused `EXEC` discards it.
     #[inline(always)]
-    fn follow_transaction(&mut self, step: &Step, info: &CommandInfo) {
+    fn follow_transaction(&mut self, step: &Step, info: &CommandInfo, arguments: usize) {
         if !matches!(step, Step::Forward)
             || !self.counts_replies()
             || !matches!(self.link, Link::Dedicated { .. })
+            || (!info.arity_ok(arguments) && &*info.name != "exec")
         {
             return;
         }
