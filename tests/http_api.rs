@@ -26,21 +26,23 @@ struct Rest {
 impl Rest {
     fn start(rules: &str) -> Rest {
         let redis = RedisServer::start();
-        let port = free_port();
-        let config = format!(
-            "[http_api]\naddress = \"127.0.0.1:{port}\"\n\
-             [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_WEB_TOKEN\"\n\
-             [[http_api.tokens]]\nname = \"reports\"\ntoken_env = \"TEST_READ_TOKEN\"\n\
-             read_only = true\n\n{rules}"
-        );
-        let keyward = Keyward::start_with_env(
+        let mut port = 0;
+        let keyward = Keyward::start_with_ports_of_its_own(
             redis.port,
             "",
-            &config,
             &[
                 ("TEST_WEB_TOKEN", WEB_TOKEN),
                 ("TEST_READ_TOKEN", READ_TOKEN),
             ],
+            || {
+                port = free_port();
+                format!(
+                    "[http_api]\naddress = \"127.0.0.1:{port}\"\n\
+                     [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_WEB_TOKEN\"\n\
+                     [[http_api.tokens]]\nname = \"reports\"\ntoken_env = \"TEST_READ_TOKEN\"\n\
+                     read_only = true\n\n{rules}"
+                )
+            },
         );
         Rest {
             redis,

@@ -247,18 +247,21 @@ fn a_redis_certificate_keyward_does_not_trust_gives_errors_not_hangs() {
 fn the_rest_api_serves_https() {
     let certificates = Certificates::make();
     let redis = RedisServer::start();
-    let port = support::free_port();
-    let _keyward = Keyward::start_with_env(
+    let mut port = 0;
+    let _keyward = Keyward::start_with_ports_of_its_own(
         redis.port,
         "",
-        &format!(
-            "[http_api]\naddress = \"127.0.0.1:{port}\"\n\
-             tls = {{ cert = {}, key = {} }}\n\
-             [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_REST_TOKEN\"\n",
-            certificates.toml("server.pem"),
-            certificates.toml("server.key")
-        ),
         &[("TEST_REST_TOKEN", "s3cret")],
+        || {
+            port = support::free_port();
+            format!(
+                "[http_api]\naddress = \"127.0.0.1:{port}\"\n\
+                 tls = {{ cert = {}, key = {} }}\n\
+                 [[http_api.tokens]]\nname = \"web\"\ntoken_env = \"TEST_REST_TOKEN\"\n",
+                certificates.toml("server.pem"),
+                certificates.toml("server.key")
+            )
+        },
     );
     let mut client = tls_client(port, &certificates.path("ca.pem"));
     let body = r#"["ECHO","over https"]"#;

@@ -240,7 +240,19 @@ impl Keyward {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Keyward {
+        Keyward::start_with_ports_of_its_own(upstream_port, upstream, env, || extra.to_string())
+    }
+
+    /// Like [`Keyward::start_with_env`], for a config that names ports of its own (a REST
+    /// API's, say): `extra_for` picks them and writes the config's end anew for each try.
+    pub fn start_with_ports_of_its_own(
+        upstream_port: u16,
+        upstream: &str,
+        env: &[(&str, &str)],
+        mut extra_for: impl FnMut() -> String,
+    ) -> Keyward {
         Keyward::start_on_free_ports(env, |port, admin_port| {
+            let extra = extra_for();
             format!(
                 "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
                  [upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
