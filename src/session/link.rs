@@ -42,28 +42,24 @@ impl Session {
     /// Decides what to do with a request on the session's current connection.
     pub(super) fn step_for(&self, info: &CommandInfo, args: &Args<'_>) -> Step {
         // What keyward answers itself cannot be queued in the transaction Redis keeps (or is
-        // about to keep, for a `MULTI` cluster mode deferred): it is refused as Redis refuses a
-        // command not allowed there, which aborts the transaction. On a streaming connection
-        // everything reaches Redis, and replies are not followed (nor is a transaction's end).
-        let in_transaction = self.in_transaction || self.client.multi_deferred;
-        if in_transaction && self.counts_replies() && self.answered_by_keyward(info).is_some() {
-            return Step::Refuse(reply::error("ERR Command not allowed inside a transaction"));
+        // about to keep, for a `MULTI` cluster mode deferred): there it is refused as Redis
+        // refuses a command not allowed, which aborts the transaction.
+        if let Some(command) = self.answered_by_keyward(info) {
+            if self.in_transaction || self.client.multi_deferred {
+                return Step::Refuse(reply::error("ERR Command not allowed inside a transaction"));
+            }
+            return Step::Local(command);
         }
         match &self.link {
-            Link::Dedicated { streaming, .. } => {
-                if let (Some(command), false) = (self.answered_by_keyward(info), *streaming) {
-                    return Step::Local(command);
-                }
-                match info.effect {
-                    // RESET ends every state that made the connection the session's own: the
-                    // session goes back to the pool (and logs out of keyward, if it requires a
-                    // password). Redis would log keyward's own connection out instead.
-                    Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
-                    Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
-                    _ if info.role == Role::Tracking && self.in_cluster() => tracking_refused(),
-                    _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
-                }
-            }
+            Link::Dedicated { streaming, .. } => match info.effect {
+                // RESET ends every state that made the connection the session's own: the
+                // session goes back to the pool (and logs out of keyward, if it requires a
+                // password). Redis would log keyward's own connection out instead.
+                Effect::Local(LocalCommand::Reset) => Step::Local(LocalCommand::Reset),
+                Effect::Streaming if !streaming => Step::Dedicate { streaming: true },
+                _ if info.role == Role::Tracking && self.in_cluster() => tracking_refused(),
+                _ => self.pinned_step(info, args).unwrap_or(Step::Forward),
+            },
             // Cluster mode, after `MULTI`: the transaction's connection opens with this command.
             Link::Pooled(_) if self.client.multi_deferred => match info.effect {
                 Effect::Local(command @ (LocalCommand::Reset | LocalCommand::Quit)) => {
@@ -87,9 +83,7 @@ impl Session {
                 }
                 Effect::DedicatedWithBlockOption => Step::Forward,
                 Effect::Streaming => Step::Dedicate { streaming: true },
-                Effect::ClusterView { .. } if self.in_cluster() => {
-                    Step::Local(LocalCommand::Cluster)
-                }
+                // Cluster mode's views are keyward's own (`answered_by_keyward`).
                 Effect::ClusterView { leaves_state: true } => Step::Dedicate { streaming: false },
 
                 Effect::ClusterView {
@@ -99,21 +93,23 @@ impl Session {
         }
     }
 
-    /// What keyward answers itself of this command on any connection, never Redis: its own
-    /// commands, `AUTH` and `HELLO` with a listen password (the login is with keyward), and
-    /// in cluster mode the views of the cluster and the commands of cluster clients that
-    /// keyward's one node makes moot (`READONLY`, `READWRITE`, `ASKING`).
+    /// What keyward answers itself of this command, never Redis: its own commands, `AUTH` and
+    /// `HELLO` with a listen password (the login is with keyward), and in cluster mode the
+    /// views of the cluster and the commands of cluster clients that keyward's one node makes
+    /// moot (`READONLY`, `READWRITE`, `ASKING`). None on a stream, where everything reaches
+    /// Redis and replies are not followed.
     fn answered_by_keyward(&self, info: &CommandInfo) -> Option<LocalCommand> {
-        match info.effect {
-            Effect::Local(LocalCommand::Keyward) => Some(LocalCommand::Keyward),
+        let command = match info.effect {
+            Effect::Local(LocalCommand::Keyward) => LocalCommand::Keyward,
             Effect::Local(command @ (LocalCommand::Auth | LocalCommand::Hello))
                 if self.context.listen_password.is_some() =>
             {
-                Some(command)
+                command
             }
-            Effect::ClusterView { .. } if self.in_cluster() => Some(LocalCommand::Cluster),
-            _ => None,
-        }
+            Effect::ClusterView { .. } if self.in_cluster() => LocalCommand::Cluster,
+            _ => return None,
+        };
+        self.counts_replies().then_some(command)
     }
 
     fn whereabouts(&self) -> Whereabouts {
