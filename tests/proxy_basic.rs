@@ -103,8 +103,7 @@ fn max_clients_refuses_like_redis() {
     });
     let connected = |client: &mut support::RawClient| -> usize {
         client.send(b"KEYWARD INFO\r\n");
-        let len: usize = client.read_line()[1..].trim().parse().unwrap();
-        let info = String::from_utf8(client.read_exact(len + 2)).unwrap();
+        let info = String::from_utf8(client.read_bulk().unwrap()).unwrap();
         info.lines()
             .find_map(|line| line.strip_prefix("connected_clients:"))
             .unwrap()

@@ -436,6 +436,18 @@ impl RawClient {
         line
     }
 
+    /// Reads a bulk string reply's bytes; the reply's first line when it is something else.
+    pub fn read_bulk(&mut self) -> Result<Vec<u8>, String> {
+        let header = self.read_line();
+        let length: usize = header
+            .strip_prefix('$')
+            .and_then(|length| length.trim().parse().ok())
+            .ok_or_else(|| header.clone())?;
+        let mut bytes = self.read_exact(length + 2);
+        bytes.truncate(length);
+        Ok(bytes)
+    }
+
     pub fn read_exact(&mut self, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
         self.stream.read_exact(&mut buf).expect("read exact");
