@@ -333,10 +333,9 @@ fn a_command_refused_before_the_transaction_reaches_its_node_aborts_it() {
 
 /// A command the transaction's node refuses (a busy script there) before keyward's deferred
 /// `MULTI` reached the node aborts the transaction too, as Redis's refusal does inside one
-/// on Redis directly: `EXEC` answers `-EXECABORT`, and nothing of it runs. For a client
-/// without a name, the connection opens (`HELLO` and `MULTI` run while a script is busy) and
-/// Redis refuses the command; a named client's connection cannot open (`CLIENT SETNAME` is
-/// refused), and keyward refuses the command with Redis's error. Its own cluster: a busy
+/// on Redis directly: `EXEC` answers `-EXECABORT`, and nothing of it runs. The connection
+/// opens (`HELLO` and `MULTI` run while a script is busy; a named client's opens without its
+/// name, which Redis refuses to set) and Redis refuses the command. Its own cluster: a busy
 /// node would refuse the other tests' commands.
 #[test]
 fn a_command_refused_as_busy_before_the_transaction_reaches_its_node_aborts_it() {

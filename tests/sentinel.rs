@@ -290,3 +290,47 @@ fn routed_reads_go_to_replicas_and_the_rest_to_the_primary() {
         "read from the primary"
     );
 }
+
+/// A named client's transaction while a script is busy on the primary: without spare
+/// connections (the primary may change while one waits), its connection of its own opens
+/// then, and Redis refuses to name it. Redis would accept `MULTI` from the client, refuse
+/// the command with `-BUSY` and so abort `EXEC`; so does keyward.
+#[test]
+fn a_named_clients_transaction_during_a_busy_script_is_aborted_as_redis_aborts_it() {
+    let sentinels = SentinelSet::start("busy");
+    let keyward = keyward_for(&sentinels, "");
+    let primary = sentinels.primary();
+    let mut named = keyward.raw();
+    named.send(b"CLIENT SETNAME app\r\n");
+    assert_eq!(named.read_line(), "+OK\r\n");
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "busy-reply-threshold", "50"])
+        .query(&mut sentinels.client(primary))
+        .unwrap();
+    let mut runner = support::RawClient::connect(primary);
+    runner.send(b"EVAL \"while true do end\" 0\r\n");
+    wait_for(Duration::from_secs(5), "the script is busy", || {
+        let mut probe = support::RawClient::connect(primary);
+        probe.send(b"PING\r\n");
+        probe.read_line().starts_with("-BUSY")
+    });
+    named.send(b"MULTI\r\nSET busy:k v\r\nEXEC\r\n");
+    assert_eq!(named.read_line(), "+OK\r\n");
+    assert!(named.read_line().starts_with("-BUSY"));
+    assert!(named.read_line().starts_with("-EXECABORT"));
+    // The sentinels may have killed the script by now: they do once the primary seems down.
+    let mut killer = support::RawClient::connect(primary);
+    killer.send(b"SCRIPT KILL\r\n");
+    let killed = killer.read_line();
+    assert!(
+        killed == "+OK\r\n" || killed.starts_with("-NOTBUSY"),
+        "{killed}"
+    );
+    assert!(runner.read_line().contains("killed"));
+    let mut after = client(&keyward);
+    assert_eq!(
+        get(&mut after, "busy:k"),
+        None,
+        "nothing of the transaction ran"
+    );
+}
