@@ -86,6 +86,26 @@ impl Flights {
     }
 }
 
+/// Bytes of a key's length in a flight's key.
+const KEY_LENGTH_BYTES: usize = std::mem::size_of::<u32>();
+
+/// What a flight is found by: the read's shape, then each key after its length. Built at its
+/// final size, so that it becomes `Bytes` without being copied.
+fn flight_key(shape: &[u8], keys: &[&[u8]]) -> Vec<u8> {
+    let size = shape.len()
+        + keys
+            .iter()
+            .map(|key| KEY_LENGTH_BYTES + key.len())
+            .sum::<usize>();
+    let mut open_key = Vec::with_capacity(size);
+    open_key.extend_from_slice(shape);
+    for key in keys {
+        open_key.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        open_key.extend_from_slice(key);
+    }
+    open_key
+}
+
 /// Flight `id` takes no more readers, and its reply will not be stored.
 fn close(open: &mut FxHashMap<Bytes, u64>, id: u64, open_key: &Bytes) {
     if open.get(open_key) == Some(&id) {
@@ -165,11 +185,7 @@ impl Coherence {
                 Decision::Answer(reply)
             };
         }
-        let mut open_key = shape.clone();
-        for key in keys {
-            open_key.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            open_key.extend_from_slice(key);
-        }
+        let open_key = flight_key(shape, keys);
         let mut flights = self.flights();
         if flights.flushing > 0 || keys.iter().any(|key| flights.writing.contains_key(*key)) {
             return Decision::Pass;
@@ -185,21 +201,30 @@ impl Coherence {
         }
         let id = flights.next_id;
         flights.next_id += 1;
-        let keys: SmallVec<[Bytes; 1]> =
-            keys.iter().map(|key| Bytes::copy_from_slice(key)).collect();
+        // The shape and the keys are parts of the flight's key: one allocation holds all three.
+        let open_key = Bytes::from(open_key);
+        let mut at = shape.len();
+        let keys: SmallVec<[Bytes; 1]> = keys
+            .iter()
+            .map(|key| {
+                at += KEY_LENGTH_BYTES;
+                let held = open_key.slice(at..at + key.len());
+                at += key.len();
+                held
+            })
+            .collect();
         for key in &keys {
             flights.by_key.entry(key.clone()).or_default().push(id);
         }
-        let open_key = Bytes::from(open_key);
         flights.open.insert(open_key.clone(), id);
         flights.running.insert(
             id,
             Flight {
                 rule: Arc::clone(rule),
                 kind,
+                shape: open_key.slice(..shape.len()),
                 open_key,
                 keys,
-                shape: Bytes::copy_from_slice(shape),
                 epochs,
                 readers: SmallVec::from_iter([(read.reply_to.clone(), read.ticket)]),
             },
@@ -230,7 +255,11 @@ impl Coherence {
                 .map(|flight| flight.keys.clone())
                 .unwrap_or_default()
         };
-        let mut out = BytesMut::from(&request[..]);
+        // Room for the request and each `PTTL` (its header and the key's length in digits
+        // take under 32 bytes), so that the buffer is never moved while it is written.
+        let pttl_bytes: usize = keys.iter().map(|key| key.len() + 32).sum();
+        let mut out = BytesMut::with_capacity(request.len() + pttl_bytes);
+        out.extend_from_slice(&request);
         for key in &keys {
             encode_command(&[&b"PTTL"[..], key], &mut out);
         }
@@ -245,7 +274,7 @@ impl Coherence {
                 Ok(Some(len)) => frames.split_to(len),
                 _ => return coherence.complete(id, frames, &[]),
             };
-            let mut lifetimes = Vec::with_capacity(keys.len());
+            let mut lifetimes = SmallVec::<[Option<Duration>; 1]>::new();
             while let Ok(Some(len)) = frame_len(&frames) {
                 let lifetime = frame::integer(&frames.split_to(len))
                     .and_then(|ms| u64::try_from(ms).ok())
@@ -277,9 +306,9 @@ impl Coherence {
                     .zip(&flight.epochs)
                     .all(|(key, &epoch)| self.upstream.key_epoch(key) == Some(epoch));
             if current {
-                let replies = match flight.kind {
-                    Kind::OneKey => vec![reply.clone()],
-                    Kind::PerKey => elements(&reply, flight.keys.len()),
+                let replies: SmallVec<[Bytes; 1]> = match flight.kind {
+                    Kind::OneKey => SmallVec::from_buf([reply.clone()]),
+                    Kind::PerKey => elements(&reply, flight.keys.len()).into(),
                 };
                 let stored = flight.keys.iter().zip(&flight.epochs).zip(lifetimes);
                 for (((key, &epoch), lifetime), reply) in stored.zip(replies) {
