@@ -351,6 +351,49 @@ fn memory_stays_within_max_memory() {
     assert!(stat(&keyward, "entries") >= 5, "{}", stats(&keyward));
 }
 
+/// An entry keeps no more memory than it is weighed at. A reply arrives in the buffer its
+/// connection reads into (64 KiB, shared with the replies around it); an entry that kept a
+/// slice of it would keep the whole buffer. Here each cached reply follows a large reply the
+/// rule does not cache, so each would keep a buffer of its own: 1,000 entries of a few hundred
+/// bytes, 64 MiB.
+#[test]
+fn an_entry_keeps_only_its_own_bytes() {
+    let redis = RedisServer::start();
+    let keyward = keyward_with_invalidations(
+        &redis,
+        "[[cache]]\nname = \"small\"\nkeys = [\"small:*\"]\nttl = \"1h\"\nmax_memory = \"64MB\"\n",
+    );
+    let mut direct = redis.client();
+    set(&mut direct, "large", &"x".repeat(60_000));
+    for index in 0..1_000 {
+        set(&mut direct, &format!("small:{index}"), "value");
+    }
+    let mut reader = keyward.client();
+    let mut read_both = |index: usize| {
+        assert_eq!(get(&mut reader, "large").map(|v| v.len()), Some(60_000));
+        assert_eq!(
+            get(&mut reader, &format!("small:{index}")).as_deref(),
+            Some("value")
+        );
+    };
+    // The connection's buffers and the allocator's arenas reach their size first.
+    for index in 0..50 {
+        read_both(index);
+    }
+    let before = keyward.resident_bytes();
+    for index in 50..1_000 {
+        read_both(index);
+    }
+    let grown = keyward.resident_bytes().saturating_sub(before);
+    assert_eq!(stat(&keyward, "entries"), 1_000, "{}", stats(&keyward));
+    assert!(
+        grown < 16 << 20,
+        "950 entries of {} bytes in all grew keyward by {} KiB",
+        stat(&keyward, "bytes"),
+        grown >> 10
+    );
+}
+
 #[test]
 fn each_protocol_gets_its_own_reply_shape() {
     let redis = RedisServer::start();

@@ -363,6 +363,18 @@ impl Keyward {
         RawClient::connect(self.port)
     }
 
+    /// The memory keyward's process holds (its resident set), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("keyward's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kib * 1024
+    }
+
     /// The body of an admin endpoint, e.g. `/metrics`.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin_port, path)

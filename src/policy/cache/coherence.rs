@@ -314,7 +314,7 @@ impl Coherence {
                 for (((key, &epoch), lifetime), reply) in stored.zip(replies) {
                     flight
                         .rule
-                        .insert(key, &flight.shape, reply, epoch, *lifetime);
+                        .insert(key, &flight.shape, &reply, epoch, *lifetime);
                 }
             }
             flight

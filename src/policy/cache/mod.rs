@@ -170,28 +170,32 @@ impl RuleCache {
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
     fn insert(
         &self,
-        key: &Bytes,
-        shape: &Bytes,
-        reply: Bytes,
+        key: &[u8],
+        shape: &[u8],
+        reply: &[u8],
         epoch: u64,
         lifetime: Option<Duration>,
     ) {
-        if !self.keeps(&reply) {
+        if !self.keeps(reply) {
             return;
         }
         let (now, ttl) = (Instant::now(), self.ttl());
         let expires_at = now + lifetime.map_or(ttl, |lifetime| lifetime.min(ttl));
         let size = shape.len() + reply.len();
         match &self.entries {
+            // An entry holds copies of its own bytes, and nothing more than it is weighed at.
+            // The reply is part of the buffer its connection read it into (64 KiB, shared with
+            // other replies), the key and shape part of the flight's key, and an `MGET`
+            // element part of the whole reply: a slice would keep all of it alive.
             Entries::Replies(shelf) => {
                 let read = Variant {
-                    shape: shape.clone(),
-                    reply,
+                    shape: Bytes::copy_from_slice(shape),
+                    reply: Bytes::copy_from_slice(reply),
                     size,
                     expires_at,
                     epoch,
                 };
-                shelf.insert(key.clone(), key.len(), read, now);
+                shelf.insert(Bytes::copy_from_slice(key), key.len(), read, now);
             }
             Entries::Ghosts { shelf, hasher, .. } => {
                 let read = Variant {
