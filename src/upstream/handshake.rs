@@ -128,13 +128,6 @@ async fn handshake(
                 continue;
             }
             if message.starts_with("BUSY") {
-                // A busy script: Redis takes only a few commands until it ends. A name only
-                // labels the connection in Redis's own `CLIENT LIST`, so the connection
-                // serves without it, as a spare does (nobody reads its setup's replies), and
-                // the client's command meets Redis as it would have directly.
-                if only_labels(command) {
-                    continue;
-                }
                 return Err(UpstreamError::Busy(message));
             }
             if name == "HELLO" && credentials::is_refusal(&message) {
@@ -171,12 +164,6 @@ async fn handshake(
         client_id,
         facts,
     })
-}
-
-/// Whether a setup command only names the connection (`CLIENT SETNAME`).
-fn only_labels(command: &[Vec<u8>]) -> bool {
-    matches!(command, [client, setname, _]
-        if client.eq_ignore_ascii_case(b"CLIENT") && setname.eq_ignore_ascii_case(b"SETNAME"))
 }
 
 /// What a new connection runs before it serves: `HELLO` (with keyward's login), the database,

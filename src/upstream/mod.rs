@@ -33,6 +33,7 @@ pub use errors::UpstreamError;
 pub use handle::{ConnHandle, Hold, Room, RoomWait, SendError};
 pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use lane::{ClientLane, InLane, LaneListener};
+use own::connect_own;
 pub use own::{Opening, OwnConnection};
 pub use own_requests::{send_own, send_own_in, send_own_when_room, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
@@ -350,7 +351,7 @@ impl Upstream {
         }
         let (connected, setup_left) = match spare {
             Some(connected) => (connected, setup),
-            None => match handshake::connect(&settings, protocol, db, setup, false).await {
+            None => match connect_own(&settings, protocol, db, setup).await {
                 Ok(connected) => (connected, &[][..]),
                 // Redis refuses keyward's credentials (a password changed in Redis before
                 // keyward's was): a client authenticating as a user of its own opens its
@@ -361,12 +362,13 @@ impl Upstream {
                         return Err(UpstreamError::Refused(refusal));
                     };
                     let settings = settings.as_client(login);
-                    let connected = handshake::connect(&settings, protocol, db, setup, false)
-                        .await
-                        .map_err(|error| match error {
-                            UpstreamError::Refused(message) => UpstreamError::Rejected(message),
-                            other => other,
-                        })?;
+                    let connected =
+                        connect_own(&settings, protocol, db, setup)
+                            .await
+                            .map_err(|error| match error {
+                                UpstreamError::Refused(message) => UpstreamError::Rejected(message),
+                                other => other,
+                            })?;
                     (connected, &[][..])
                 }
                 Err(error) => {

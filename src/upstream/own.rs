@@ -10,8 +10,9 @@ use super::cluster::{Follower, NodeCell};
 use super::connection::{serve, Batch, ConnState, ReplySender, ServeEnd};
 use super::errors::broken_error;
 use super::handle::ConnStatus;
+use super::handshake::{self, Handshaken};
 use super::tracking::TrackingTarget;
-use super::Login;
+use super::{Login, UpstreamError, UpstreamSettings};
 use crate::metrics;
 use crate::net::Stream;
 use crate::resp::Protocol;
@@ -118,4 +119,33 @@ pub(super) async fn serve_own(
         tracing::debug!(%reason, "dedicated upstream connection closed");
     }
     metrics::upstream_connection_closed(&address);
+}
+
+/// Connects for one session's own use, running `setup` (the client's state) first. While a
+/// script is busy, Redis refuses `CLIENT SETNAME`, which only labels the connection in Redis's
+/// own `CLIENT LIST`: the connection is then opened again without the name, so that the
+/// client's command meets Redis as it would have directly (`MULTI` is accepted then). What the
+/// client's state needs (its database) is never left out: such a refusal stays one.
+pub(super) async fn connect_own(
+    settings: &UpstreamSettings,
+    protocol: Protocol,
+    db: u32,
+    setup: &[Vec<Vec<u8>>],
+) -> Result<Handshaken, UpstreamError> {
+    let names = |command: &&Vec<Vec<u8>>| {
+        matches!(&command[..], [client, setname, _]
+            if client.eq_ignore_ascii_case(b"CLIENT") && setname.eq_ignore_ascii_case(b"SETNAME"))
+    };
+    match handshake::connect(settings, protocol, db, setup, false).await {
+        Err(UpstreamError::Busy(refusal)) if setup.iter().any(|command| names(&command)) => {
+            tracing::debug!(%refusal, "opening a client's own connection without its name");
+            let unnamed: Vec<Vec<Vec<u8>>> = setup
+                .iter()
+                .filter(|command| !names(command))
+                .cloned()
+                .collect();
+            handshake::connect(settings, protocol, db, &unnamed, false).await
+        }
+        other => other,
+    }
 }
