@@ -1105,6 +1105,70 @@ fn subscriptions_follow_their_slot_and_a_failover() {
     expect_message("message", "plain", "plain too");
 }
 
+/// A subscriber whose shard channel's slot moves to a node busy with a script is refused there
+/// (`-BUSY` to subscribing again): keyward tries again until the node takes the subscription,
+/// and the client never sees the refusal of a command it did not send. Its own cluster: a
+/// busy node would refuse the other tests' commands.
+#[test]
+fn subscriptions_that_follow_to_a_busy_node_are_taken_once_it_is_free() {
+    let cluster = RedisCluster::start();
+    let keyward = keyward_for(&cluster, "");
+    let channel = "{busy-follow}news";
+    let mut subscriber = keyward.raw();
+    subscriber.send(format!("SSUBSCRIBE {channel}\r\n").as_bytes());
+    let length = format!("${}", channel.len());
+    for line in ["*3", "$10", "ssubscribe", &length, channel, ":1"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+    let slot = cluster.key_slot(channel);
+    let from = cluster.slot_owner(slot);
+    let to = cluster.other_primary(from);
+    let on = |port: u16, args: &[&str]| {
+        let () = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(&mut cluster.client(port))
+            .unwrap_or_else(|err| panic!("{args:?} on {port}: {err}"));
+    };
+    let (slot_arg, to_id) = (slot.to_string(), cluster.node_id(to));
+    let others: Vec<u16> = cluster
+        .primaries()
+        .into_iter()
+        .filter(|&port| port != to)
+        .collect();
+    cluster.begin_migration(slot, from, to);
+    on(to, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+    on(to, &["CONFIG", "SET", "busy-reply-threshold", "50"]);
+    let mut script_runner = cluster.client(to);
+    let script = std::thread::spawn(move || {
+        redis::cmd("EVAL")
+            .arg(&["while true do end", "0"])
+            .query::<()>(&mut script_runner)
+    });
+    wait_for(Duration::from_secs(5), "the node is busy", || {
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query(&mut cluster.client(to));
+        ping.is_err_and(|error| error.to_string().contains("BUSY"))
+    });
+    // The slot leaves its old node, which unsubscribes the client there; keyward follows it
+    // to the busy node.
+    for port in others {
+        on(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    on(to, &["SCRIPT", "KILL"]);
+    assert!(script.join().unwrap().is_err(), "the script was killed");
+
+    let mut publisher = client(&keyward);
+    wait_for(Duration::from_secs(10), "the subscription is taken", || {
+        redis::cmd("SPUBLISH")
+            .arg(&[channel, "once free"])
+            .query::<i64>(&mut publisher)
+            == Ok(1)
+    });
+    for line in ["*3", "$8", "smessage", &length, channel, "$9", "once free"] {
+        assert_eq!(subscriber.read_line(), format!("{line}\r\n"));
+    }
+}
+
 const CACHED: &str = "[[cache]]\nname = \"profiles\"\nkeys = [\"profile:*\"]\nttl = \"30s\"\n\
                       max_memory = \"1MB\"\n\
                       [[lock]]\nname = \"bookings\"\nkeys = [\"booking:*\"]\nmax_wait = \"5s\"\n";

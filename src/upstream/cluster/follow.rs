@@ -13,6 +13,10 @@
 //! One connection reaches one node, so only a slot that takes every shard channel of the
 //! connection along is followed; when a slot moves and leaves other shard channels behind,
 //! the client hears Redis's `sunsubscribe` for those that left.
+//!
+//! A node that refuses to subscribe again (a script keeps it busy, it is still loading, or the
+//! map was stale and it answers `MOVED`) is left, and the subscriptions are followed again:
+//! the client never sees the refusal of a command it did not send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +73,8 @@ enum Heard {
     Swallow,
     /// Redis unsubscribed the client from a shard channel unasked: its slot left the node.
     Left,
+    /// Redis refused to subscribe again.
+    Refused,
 }
 
 impl Follower {
@@ -82,6 +88,8 @@ impl Follower {
     ) {
         let mut node = self.serve(stream);
         let mut subscriptions = Subscriptions::default();
+        // When following must be done by, while the subscriptions are not all confirmed again.
+        let mut recovery: Option<Instant> = None;
         loop {
             tokio::select! {
                 batch = batches.recv() => {
@@ -92,15 +100,26 @@ impl Follower {
                     let _ = node.handle.send(batch);
                 }
                 reply = node.replies.recv() => {
-                    let Some(away_from) = subscriptions.relay(reply, &session, &self.node) else {
+                    let away = subscriptions.relay(reply, &session, &self.node);
+                    if subscriptions.swallow == 0 {
+                        recovery = None;
+                    }
+                    let Some(away_from) = away else {
                         continue;
                     };
-                    match self.follow(&mut subscriptions, away_from).await {
+                    let deadline =
+                        *recovery.get_or_insert_with(|| Instant::now() + RECOVERY_WINDOW);
+                    match self.follow(&mut subscriptions, away_from, deadline).await {
                         Some(next) => node = next,
                         None => {
                             let address = self.node.load_full();
+                            let refusal = subscriptions
+                                .refusal
+                                .as_deref()
+                                .map(|refusal| format!(" (last refused: {refusal})"))
+                                .unwrap_or_default();
                             let error = reply::error(&format!(
-                                "ERR upstream {address}: subscriptions lost, no node took them within {RECOVERY_WINDOW:?}"
+                                "ERR upstream {address}: subscriptions lost, no node took them within {RECOVERY_WINDOW:?}{refusal}"
                             ));
                             let _ = session.send(Reply::Closed { error });
                             return;
@@ -136,13 +155,14 @@ impl Follower {
     }
 
     /// Opens a connection to the node serving the subscriptions now (another than
-    /// `away_from`, when their slot left it), and subscribes there to all of them again.
+    /// `away_from`, when their slot left it), and subscribes there to all of them again, by
+    /// `deadline`.
     async fn follow(
         &self,
         subscriptions: &mut Subscriptions,
         away_from: Option<Arc<HostPort>>,
+        deadline: Instant,
     ) -> Option<NodeLink> {
-        let deadline = Instant::now() + RECOVERY_WINDOW;
         while Instant::now() < deadline {
             self.cluster.refresh_soon();
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -205,6 +225,8 @@ struct Subscriptions {
     leaving_all: u32,
     /// Confirmations still to come of subscribing again, which the client must not see.
     swallow: usize,
+    /// The last error a node answered to subscribing again, for the client if none takes them.
+    refusal: Option<String>,
 }
 
 impl Subscriptions {
@@ -259,22 +281,35 @@ impl Subscriptions {
             Some(Reply::LaneWritten) => return None,
         };
         let mut passed = BytesMut::new();
-        let mut left = false;
+        let mut away = None;
         for frame in frames(&bytes) {
             match self.hear(&bytes.slice_ref(frame)) {
                 Heard::Pass => passed.extend_from_slice(frame),
                 Heard::Swallow => {}
-                Heard::Left => left = true,
+                Heard::Left => away = Some(Some(node.load_full())),
+                // What the node sends after is of a connection being left.
+                Heard::Refused => {
+                    away = Some(None);
+                    break;
+                }
             }
         }
         if !passed.is_empty() {
             let _ = session.send(Reply::Push(passed.freeze()));
         }
-        left.then(|| Some(node.load_full()))
+        away
     }
 
     /// Follows one frame from the node.
     fn hear(&mut self, frame: &Bytes) -> Heard {
+        // Replies come in order, and subscribing again was sent before anything of the
+        // client's on the connection: an error while confirmations are due is the node's
+        // refusal of it.
+        if self.swallow > 0 && frame.first() == Some(&b'-') {
+            self.swallow = 0;
+            self.refusal = Some(String::from_utf8_lossy(&frame[1..]).trim_end().to_string());
+            return Heard::Refused;
+        }
         let Some((kind, channel, remaining)) = subscription_news(frame) else {
             return Heard::Pass;
         };
@@ -460,5 +495,24 @@ mod tests {
         assert_eq!(subscriptions.hear(&resp3), Heard::Pass);
         let message = news("message", "news", 1);
         assert_eq!(subscriptions.hear(&message), Heard::Pass);
+    }
+
+    #[test]
+    fn an_error_while_subscribing_again_is_a_refusal_the_client_never_sees() {
+        let mut subscriptions = Subscriptions {
+            swallow: 2,
+            ..Subscriptions::default()
+        };
+        subscriptions.hear(&news("ssubscribe", "{a}x", 1));
+        let busy = Bytes::from_static(b"-BUSY Redis is busy running a script.\r\n");
+        assert_eq!(subscriptions.hear(&busy), Heard::Refused);
+        assert_eq!(subscriptions.swallow, 0);
+        assert_eq!(
+            subscriptions.refusal.as_deref(),
+            Some("BUSY Redis is busy running a script.")
+        );
+        // Once every confirmation came, an error answers one of the client's own commands.
+        let own = Bytes::from_static(b"-ERR only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE\r\n");
+        assert_eq!(subscriptions.hear(&own), Heard::Pass);
     }
 }
