@@ -378,48 +378,95 @@ fn readers_joined_to_a_killed_clients_fill_get_their_values() {
     }
 }
 
+/// A primary with a replica that has `report:1` (`ready`), and keyward in front of them with a
+/// route that sends reads of `report:*` to the replica, on one shared connection to the
+/// primary.
+struct Routed {
+    primary: support::RedisServer,
+    replica: support::RedisServer,
+    keyward: support::Keyward,
+}
+
+impl Routed {
+    fn start(max_lag: &str) -> Routed {
+        let primary = support::RedisServer::start();
+        let replica_of = ["--replicaof", "127.0.0.1", &primary.port.to_string()];
+        let replica = support::RedisServer::start_with_args(&replica_of);
+        let () = redis::cmd("SET")
+            .arg(&["report:1", "ready"])
+            .query(&mut primary.client())
+            .unwrap();
+        // The replica serves the key once it has loaded the primary's data, but the primary
+        // lists it as online (and keyward routes to it) only once it has acknowledged that.
+        let limit = std::time::Duration::from_secs(10);
+        let mut on_primary = primary.client();
+        let acknowledged = support::node::replicas_acknowledging(&mut on_primary, 1, limit);
+        assert_eq!(acknowledged, 1, "the replica has the key");
+        support::wait_for(limit, "the primary lists the replica online", || {
+            let replication: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut on_primary)
+                .unwrap();
+            replication.contains("state=online")
+        });
+        let upstream = "pool_size = 1\nrequest_timeout = \"1m\"";
+        let route = format!(
+            "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\nread_from = \"replica\"\n\
+             max_lag = \"{max_lag}\"\n"
+        );
+        let keyward = support::Keyward::start_with_upstream(primary.port, upstream, &route);
+        Routed {
+            primary,
+            replica,
+            keyward,
+        }
+    }
+
+    /// Reads with `reader` until one is served by the replica: the first routed reads go to
+    /// the primary, until keyward has asked it about its replicas.
+    fn wait_for_replica_reads(&self, reader: &mut redis::Connection) {
+        let limit = std::time::Duration::from_secs(10);
+        support::wait_for(limit, "the replica serves routed reads", || {
+            let before = support::node::gets_served(self.replica.port);
+            let value: Option<String> = redis::cmd("GET").arg("report:1").query(reader).unwrap();
+            assert_eq!(value.as_deref(), Some("ready"));
+            support::node::gets_served(self.replica.port) > before
+        });
+    }
+}
+
+/// A client that pipelines a read after its write reads what it wrote, however long Redis
+/// takes to answer the write: the read goes to the primary behind it, even once the route's
+/// `max_lag` has passed since the client sent it. The primary is stopped meanwhile.
+#[test]
+fn a_routed_read_never_overtakes_its_clients_unanswered_write() {
+    let routed = Routed::start("1s");
+    routed.wait_for_replica_reads(&mut routed.keyward.client());
+    let mut client = routed.keyward.raw();
+    routed.primary.signal("STOP");
+    client.send(b"SET report:1 written\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    client.send(b"GET report:1\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    routed.primary.signal("CONT");
+    assert_eq!(client.read_line(), "+OK\r\n");
+    assert_eq!(client.read_line(), "$7\r\n");
+    assert_eq!(client.read_line(), "written\r\n");
+}
+
 /// A read a route sends to a replica goes there at once, even when the shared connection to
 /// the primary has no room left: it takes no place in that connection's queue. The primary is
 /// stalled behind a large write while another client's writes fill the queue.
 #[test]
 fn reads_routed_to_a_replica_wait_for_no_room_on_the_primary() {
     const WRITES: usize = 6_000;
-    let primary = support::RedisServer::start();
-    let replica_of = ["--replicaof", "127.0.0.1", &primary.port.to_string()];
-    let replica = support::RedisServer::start_with_args(&replica_of);
-    let () = redis::cmd("SET")
-        .arg(&["report:1", "ready"])
-        .query(&mut primary.client())
-        .unwrap();
-    let read = |client: &mut redis::Connection| -> Option<String> {
-        redis::cmd("GET").arg("report:1").query(client).unwrap()
-    };
-    let limit = std::time::Duration::from_secs(10);
-    // The replica serves the key once it has loaded the primary's data, but the primary lists
-    // it as online (and keyward routes to it) only once it has acknowledged that.
-    let mut on_primary = primary.client();
-    let acknowledged = support::node::replicas_acknowledging(&mut on_primary, 1, limit);
-    assert_eq!(acknowledged, 1, "the replica has the key");
-    support::wait_for(limit, "the primary lists the replica online", || {
-        let replication: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut on_primary)
-            .unwrap();
-        replication.contains("state=online")
-    });
-    let upstream = "pool_size = 1\nrequest_timeout = \"1m\"";
-    let route = "[[route]]\nname = \"reports\"\nkeys = [\"report:*\"]\nread_from = \"replica\"\nmax_lag = \"1m\"\n";
-    let keyward = support::Keyward::start_with_upstream(primary.port, upstream, route);
+    let routed = Routed::start("1m");
+    let (primary, replica, keyward) = (&routed.primary, &routed.replica, &routed.keyward);
     // The stalled connection is not reset while the test runs: a read waiting for it would
     // wait until the primary resumes, which it does only once the read is answered (the
-    // reader gives up after 5 s). The first routed reads go to the primary, until keyward
-    // has asked it about its replicas.
+    // reader gives up after 5 s).
     let mut reader = keyward.impatient_client();
-    support::wait_for(limit, "the replica serves routed reads", || {
-        let before = support::node::gets_served(replica.port);
-        assert_eq!(read(&mut reader).as_deref(), Some("ready"));
-        support::node::gets_served(replica.port) > before
-    });
+    routed.wait_for_replica_reads(&mut reader);
 
     let mut writer = keyward.raw();
     primary.stall_behind_large_write(&mut writer);

@@ -228,22 +228,22 @@ pub trait Phase: Sized {
         false
     }
 
-    /// A command forwarded now writes `key`. `true` if the phase wants to hear when Redis has
-    /// answered it ([`Phase::written`]).
-    fn writing(&self, _policies: &Policies, _key: &[u8]) -> bool {
+    /// A command the session forwards now writes `key`. `true` if the phase wants to hear
+    /// when Redis has answered it ([`Phase::written`]).
+    fn writing(&self, _policies: &Policies, _session: &mut Self::Session, _key: &[u8]) -> bool {
         false
     }
 
     /// Redis answered a write the phase wanted to hear of (or its session ended).
-    fn written(&self, _key: &[u8]) {}
+    fn written(&self, _session: &mut Self::Session, _key: &[u8]) {}
 
-    /// A command forwarded now changes every key (`FLUSHALL`, `SWAPDB`…); `true` if the phase
-    /// wants to hear when Redis has answered it ([`Phase::flushed`]).
-    fn flushing(&self, _policies: &Policies) -> bool {
+    /// A command the session forwards now changes every key (`FLUSHALL`, `SWAPDB`…); `true`
+    /// if the phase wants to hear when Redis has answered it ([`Phase::flushed`]).
+    fn flushing(&self, _policies: &Policies, _session: &mut Self::Session) -> bool {
         false
     }
 
-    fn flushed(&self) {}
+    fn flushed(&self, _session: &mut Self::Session) {}
 
     /// Whether the phase wants Redis's news of changed keys ([`Phase::changed`]).
     fn watches_changes(&self, _policies: &Policies) -> bool {

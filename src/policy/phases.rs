@@ -275,6 +275,7 @@ macro_rules! phase_list {
             pub fn note_writes(
                 &self,
                 policies: &Policies,
+                states: &mut PhaseStates,
                 write: Write<'_, '_>,
             ) -> Option<Vec<Written>> {
                 if write.info.has_flag(flags::READONLY) {
@@ -300,7 +301,9 @@ macro_rules! phase_list {
                     let mut phases = 0;
                     let mut index = 0;
                     $(
-                        if watching & (1 << index) != 0 && self.$field.flushing(policies) {
+                        if watching & (1 << index) != 0
+                            && self.$field.flushing(policies, &mut states.$field)
+                        {
                             phases |= 1 << index;
                         }
                         index += 1;
@@ -319,7 +322,9 @@ macro_rules! phase_list {
                     let mut phases = 0;
                     let mut index = 0;
                     $(
-                        if watching & (1 << index) != 0 && self.$field.writing(policies, key) {
+                        if watching & (1 << index) != 0
+                            && self.$field.writing(policies, &mut states.$field, key)
+                        {
                             phases |= 1 << index;
                         }
                         index += 1;
@@ -337,14 +342,18 @@ macro_rules! phase_list {
 
             /// Redis answered these writes (or their session ended): the phases that watch
             /// them hear of it.
-            pub fn end_writes(&self, written: impl IntoIterator<Item = Written>) {
+            pub fn end_writes(
+                &self,
+                states: &mut PhaseStates,
+                written: impl IntoIterator<Item = Written>,
+            ) {
                 for write in written {
                     let mut index = 0;
                     $(
                         if write.phases & (1 << index) != 0 {
                             match &write.key {
-                                Some(key) => self.$field.written(key),
-                                None => self.$field.flushed(),
+                                Some(key) => self.$field.written(&mut states.$field, key),
+                                None => self.$field.flushed(&mut states.$field),
                             }
                         }
                         index += 1;

@@ -137,7 +137,9 @@ impl Session {
                 let address = &self.context.upstream.address();
                 let error = error.reply(address, u64::from(count));
                 let written = std::mem::take(&mut self.written_keys);
-                self.context.phases.end_writes(written);
+                self.context
+                    .phases
+                    .end_writes(&mut self.phase_states, written);
                 if self.counts_replies() {
                     self.replies.unsend(count as usize);
                 }
@@ -171,7 +173,9 @@ impl Session {
         if self.counts_replies() {
             self.replies.push_upstream(count, written, in_lane);
         } else if let Some(written) = written {
-            self.context.phases.end_writes(written);
+            self.context
+                .phases
+                .end_writes(&mut self.phase_states, written);
         }
     }
 

@@ -445,7 +445,9 @@ impl Session {
         let metrics = &self.context.command_metrics;
         let after = self.replies.on_reply(reply, &mut self.output, metrics, now);
         let finished = self.replies.take_finished_writes();
-        self.context.phases.end_writes(finished);
+        self.context
+            .phases
+            .end_writes(&mut self.phase_states, finished);
         match after {
             AfterReply::Continue => {}
             AfterReply::CloseClient => self.closing = Some(Closing::UpstreamGone),
@@ -506,7 +508,9 @@ impl Drop for Session {
         self.hand_over_parked_take_at_end();
         let mut written = self.replies.take_all_writes();
         written.append(&mut self.written_keys);
-        self.context.phases.end_writes(written);
+        self.context
+            .phases
+            .end_writes(&mut self.phase_states, written);
         self.context.sessions.leave(self.client.id);
     }
 }

@@ -343,7 +343,7 @@ impl Session {
     /// What a forwarded request writes, noted for the phases that watch writes.
     #[inline(always)]
     fn note_writes(
-        &self,
+        &mut self,
         policies: &Policies,
         info: &CommandInfo,
         args: &Args<'_>,
@@ -359,7 +359,8 @@ impl Session {
             key_positions: &self.key_positions,
             taken_by,
         };
-        self.context.phases.note_writes(policies, write)
+        let states = &mut self.phase_states;
+        self.context.phases.note_writes(policies, states, write)
     }
 
     /// How the request goes once the phases let it through, which tells them what they may

@@ -75,7 +75,7 @@ impl Phase for Coherence {
     /// Under a rule in force, reads of the key are not cached until Redis has answered the
     /// write; under a shadow rule, dropping its entries is enough (their counts may be off by
     /// a read that raced the write).
-    fn writing(&self, policies: &Policies, key: &[u8]) -> bool {
+    fn writing(&self, policies: &Policies, _: &mut Vec<u8>, key: &[u8]) -> bool {
         let covering = |shadow: bool| {
             policies
                 .caches
@@ -92,11 +92,11 @@ impl Phase for Coherence {
         false
     }
 
-    fn written(&self, key: &[u8]) {
+    fn written(&self, _: &mut Vec<u8>, key: &[u8]) {
         self.end_write(key);
     }
 
-    fn flushing(&self, policies: &Policies) -> bool {
+    fn flushing(&self, policies: &Policies, _: &mut Vec<u8>) -> bool {
         if policies.caches.is_empty() {
             return false;
         }
@@ -104,7 +104,7 @@ impl Phase for Coherence {
         true
     }
 
-    fn flushed(&self) {
+    fn flushed(&self, _: &mut Vec<u8>) {
         self.end_flush();
     }
 

@@ -78,22 +78,22 @@ impl Phase for LockTable {
     }
 
     /// Only writes of keys that rules in force name: a shadow rule queues nobody.
-    fn writing(&self, policies: &Policies, key: &[u8]) -> bool {
+    fn writing(&self, policies: &Policies, _: &mut Self::Session, key: &[u8]) -> bool {
         policies
             .locks
             .iter()
             .any(|rule| !rule.is_shadow() && rule.matches_key(key))
     }
 
-    fn written(&self, key: &[u8]) {
+    fn written(&self, _: &mut Self::Session, key: &[u8]) {
         self.released(key);
     }
 
-    fn flushing(&self, policies: &Policies) -> bool {
+    fn flushing(&self, policies: &Policies, _: &mut Self::Session) -> bool {
         !policies.locks.is_empty()
     }
 
-    fn flushed(&self) {
+    fn flushed(&self, _: &mut Self::Session) {
         self.wake_all();
     }
 

@@ -8,8 +8,9 @@
 //! Until keyward has heard from a primary about its replicas (just after the first routed read
 //! of its keys, or after a failover), the primary serves its reads.
 //!
-//! A session that wrote (anything, on any connection) reads from the primary alone for the
-//! next `max_lag`: a replica may not have its write yet. Writes never go to a replica.
+//! A session reads from the primary alone while Redis has not answered a write of its (on any
+//! connection), and for `max_lag` after it answered the last: a replica may not have the
+//! write yet. Writes never go to a replica.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,10 +50,28 @@ pub struct Routing {
     upstream: Arc<Upstream>,
 }
 
-/// What a session keeps: when it last wrote.
+/// What a session keeps of its writes. A write may wait in keyward or in its connection's queue
+/// for longer than `max_lag` (Redis is slow), and a read sent to a replica meanwhile would run
+/// before it: so the time that counts is when Redis answered it.
 #[derive(Default)]
 pub struct Writes {
+    /// When it last wrote, or last heard Redis answer a write of its: the later.
     last: Option<Instant>,
+    /// Keys its writes name that Redis has not answered yet (one per key written, or per
+    /// command that changes every key).
+    unanswered: u32,
+}
+
+impl Writes {
+    /// It wrote, or Redis answered a write of its, now.
+    fn mark(&mut self) {
+        self.last = Some(Instant::now());
+    }
+
+    /// Whether a replica may not have what the session wrote.
+    fn lately(&self, max_lag: std::time::Duration) -> bool {
+        self.unanswered > 0 || self.last.is_some_and(|at| at.elapsed() < max_lag)
+    }
 }
 
 /// A read taken for a replica.
@@ -105,7 +124,7 @@ impl Phase for Routing {
         let info = subject.info;
         if !info.has_flag(flags::READONLY) {
             if info.has_flag(flags::WRITE) {
-                writes.last = Some(Instant::now());
+                writes.mark();
             }
             return Decision::Pass;
         }
@@ -126,8 +145,7 @@ impl Phase for Routing {
             return Decision::Pass;
         };
         let max_lag = route.rule.max_lag.get();
-        let wrote_lately = writes.last.is_some_and(|at| at.elapsed() < max_lag);
-        if route.rule.read_from == ReadFrom::Primary || wrote_lately {
+        if route.rule.read_from == ReadFrom::Primary || writes.lately(max_lag) {
             return Decision::Pass;
         }
         // In a cluster, the replicas of the primary serving the keys, if one serves them all
@@ -150,6 +168,31 @@ impl Phase for Routing {
                 route.rule.name.get_ref()
             ))),
         }
+    }
+
+    /// Every write, while routes exist: a session's reads stay on the primary until Redis has
+    /// answered its writes.
+    #[inline]
+    fn watches_writes(&self, policies: &Policies) -> bool {
+        !policies.routes.is_empty()
+    }
+
+    fn writing(&self, _: &Policies, writes: &mut Writes, _: &[u8]) -> bool {
+        writes.unanswered += 1;
+        true
+    }
+
+    fn written(&self, writes: &mut Writes, _: &[u8]) {
+        writes.unanswered = writes.unanswered.saturating_sub(1);
+        writes.mark();
+    }
+
+    fn flushing(&self, policies: &Policies, writes: &mut Writes) -> bool {
+        self.writing(policies, writes, &[])
+    }
+
+    fn flushed(&self, writes: &mut Writes) {
+        self.written(writes, &[]);
     }
 
     /// The read goes to the replica's connection, whatever the session's own waits for.
