@@ -116,7 +116,7 @@ impl Session {
         let batch = Batch {
             bytes,
             count,
-            reply_to: self.reply_sender.clone(),
+            reply_to: self.reply_sender.clone().into(),
             tracked: false,
             // After the lane took what it hears: those replies are not measured here.
             measured: self.replies.lengths_wanted(),
@@ -322,7 +322,7 @@ fn abort_marker(reply_to: ReplySender) -> Batch {
     Batch {
         bytes: Bytes::from_static(ABORTS_TRANSACTION),
         count: 1,
-        reply_to,
+        reply_to: reply_to.into(),
         tracked: false,
         measured: None,
         hold: None,
@@ -369,7 +369,7 @@ impl Parked {
         Batch {
             bytes: self.bytes.freeze(),
             count: self.count,
-            reply_to,
+            reply_to: reply_to.into(),
             tracked: false,
             measured: self.measured,
             hold: self.hold,

@@ -36,7 +36,12 @@ impl Holds {
         let batch = Batch {
             bytes: question,
             count: 1,
-            reply_to: self.answers.get_or_insert_with(inbox::channel).0.clone(),
+            reply_to: self
+                .answers
+                .get_or_insert_with(inbox::channel)
+                .0
+                .clone()
+                .into(),
             tracked: false,
             measured: None,
             hold: None,

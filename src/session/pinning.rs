@@ -142,7 +142,7 @@ impl Session {
         let multi = Batch {
             bytes: Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"),
             count: 1,
-            reply_to: dropped,
+            reply_to: dropped.into(),
             tracked: false,
             measured: None,
             hold: None,

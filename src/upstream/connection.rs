@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::errors::Breakage;
 use super::handle::{ConnStatus, Hold, HELD_TOO_LONG};
 use super::lane::InLane;
+use super::reply_to::ReplyTo;
 use super::routing::read_replies;
 use super::tracking::{Fills, TrackingTarget};
 use super::write_queue::WriteQueue;
@@ -36,7 +37,7 @@ use crate::resp::frame::FrameScanner;
 pub struct Batch {
     pub bytes: Bytes,
     pub count: u32,
-    pub reply_to: ReplySender,
+    pub reply_to: ReplyTo,
     /// A cache fill: Redis must track the keys it reads, so that keyward hears when they
     /// change (see `tracking`).
     pub tracked: bool,
@@ -77,6 +78,17 @@ pub enum Reply {
     /// It comes by the channel the session waits on anyway, so that waiting for it costs the
     /// session nothing.
     Stop,
+}
+
+impl Reply {
+    /// `count` complete frames, without their lengths.
+    pub fn frames(bytes: Bytes, count: u32) -> Reply {
+        Reply::Frames {
+            bytes,
+            count,
+            lengths: Vec::new(),
+        }
+    }
 }
 
 pub type ReplySender = inbox::Sender<Reply>;
@@ -144,7 +156,7 @@ pub(super) enum ServeEnd {
 pub(super) struct Pending {
     /// `None` for keyward's own tracking commands before a fill: their replies are checked,
     /// not delivered.
-    pub(super) reply_to: Option<ReplySender>,
+    pub(super) reply_to: Option<ReplyTo>,
     pub(super) remaining: u32,
     /// When the batch was taken for writing, to notice a connection that stopped answering.
     pub(super) taken_at: Instant,
@@ -198,10 +210,10 @@ pub(super) async fn serve(
     if let ServeEnd::Broken(reason) = &end {
         let error = broken_reply(reason);
         for waiting in state.pending.drain(..) {
-            let Some(reply_to) = waiting.reply_to else {
+            let Some(mut reply_to) = waiting.reply_to else {
                 continue;
             };
-            let _ = reply_to.send(Reply::Failed {
+            reply_to.send(Reply::Failed {
                 count: waiting.remaining,
                 error: error.clone(),
             });

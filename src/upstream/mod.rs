@@ -20,6 +20,7 @@ mod own_requests;
 mod pause;
 mod pooled;
 mod replicas;
+mod reply_to;
 mod routing;
 pub mod sentinel;
 mod settings;
@@ -35,8 +36,9 @@ pub use handshake::{connect, next_backoff, read_frame, Handshaken, ServerFacts};
 pub use lane::{ClientLane, InLane, LaneListener};
 use own::connect_own;
 pub use own::{Opening, OwnConnection};
-pub use own_requests::{send_own, send_own_in, send_own_when_room, OwnReplies};
+pub use own_requests::{send_own, send_own_then, send_own_when_room, OwnReplies};
 pub use pause::{parse_pause, Pause, Paused};
+pub use reply_to::{Gathered, ReplyTo};
 pub use settings::{client_tls, ClusterSettings, Login, SentinelSettings, UpstreamSettings};
 pub use tracking::{Invalidations, TrackingTarget};
 
@@ -416,7 +418,7 @@ impl Upstream {
             let _ = handle.send(Batch {
                 bytes: bytes.freeze(),
                 count: setup_left.len() as u32,
-                reply_to: ignored,
+                reply_to: ignored.into(),
                 tracked: false,
                 measured: None,
                 hold: None,

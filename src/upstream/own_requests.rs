@@ -1,18 +1,18 @@
 //! Commands keyward sends on its own behalf (cache fills, lock tries, questions for global
 //! rate limits) on a connection sessions share, with their replies coming back to keyward.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::connection::{Batch, Reply};
+use tokio::sync::oneshot;
+
+use super::connection::Batch;
 use super::handle::{ConnHandle, Room, SendError};
-use crate::inbox;
-use crate::resp::reply;
+use super::reply_to::{connection_closed, Gathered, ReplyTo};
 
-/// Replies to commands keyward sent on its own behalf (cache fills, lock tries), which come
-/// back to it rather than to a session.
+/// Replies to commands keyward sent on its own behalf (lock tries, questions for global rate
+/// limits), awaited by the task that sent them.
 pub struct OwnReplies {
-    replies: inbox::Receiver<Reply>,
-    count: u32,
+    replies: oneshot::Receiver<Gathered>,
 }
 
 /// Sends `count` commands on `conn` for keyward itself. The send happens now, so the commands
@@ -41,38 +41,40 @@ pub async fn send_own_when_room(
 }
 
 /// [`send_own`] in room reserved beforehand, which cannot be refused.
-pub fn send_own_in(room: Room<'_>, bytes: Bytes, count: u32, tracked: bool) -> OwnReplies {
-    let (reply_to, replies) = inbox::channel();
+fn send_own_in(room: Room<'_>, bytes: Bytes, count: u32, tracked: bool) -> OwnReplies {
+    let (gathered, replies) = oneshot::channel();
+    send_own_then(room, bytes, count, tracked, move |all| {
+        let _ = gathered.send(all);
+    });
+    OwnReplies { replies }
+}
+
+/// Sends `count` commands in `room` for keyward itself, and hands their replies to `then` on
+/// the connection's task once all have come (see [`ReplyTo::gather`]): for a caller that
+/// would otherwise run a task only to wait for them (a cache fill).
+pub fn send_own_then(
+    room: Room<'_>,
+    bytes: Bytes,
+    count: u32,
+    tracked: bool,
+    then: impl FnOnce(Gathered) + Send + 'static,
+) {
     room.send(Batch {
         bytes,
         count,
-        reply_to,
+        reply_to: ReplyTo::gather(count, then),
         tracked,
         measured: None,
         hold: None,
         lane: None,
     });
-    OwnReplies { replies, count }
 }
 
 impl OwnReplies {
     /// Every reply frame, in order; or the error reply owed when the connection failed first.
-    pub async fn all(mut self) -> Result<Bytes, Bytes> {
-        let mut frames = BytesMut::new();
-        let mut received = 0;
-        while received < self.count {
-            match self.replies.recv().await {
-                Some(Reply::Frames { bytes, count, .. }) => {
-                    if received == 0 && count == self.count {
-                        return Ok(bytes);
-                    }
-                    frames.extend_from_slice(&bytes);
-                    received += count;
-                }
-                Some(Reply::Failed { error, .. } | Reply::Closed { error }) => return Err(error),
-                _ => return Err(reply::error("ERR upstream connection closed")),
-            }
-        }
-        Ok(frames.freeze())
+    pub async fn all(self) -> Gathered {
+        self.replies
+            .await
+            .unwrap_or_else(|_| Err(connection_closed()))
     }
 }

@@ -152,7 +152,8 @@ async fn fail_until_retry(batches: &mut mpsc::Receiver<Batch>, waiting: Waiting<
                 let Some(batch) = batch else { return false };
                 let reason = status.last_error().unwrap_or_else(|| "not connected".into());
                 let error = reply::error(&format!("ERR upstream {address} unavailable: {reason}"));
-                let _ = batch.reply_to.send(Reply::Failed { count: batch.count, error });
+                let mut reply_to = batch.reply_to;
+                reply_to.send(Reply::Failed { count: batch.count, error });
             }
         }
     }

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::connection::{Pending, Reply, ReplySender, READ_CHUNK};
 use super::errors::Breakage;
 use super::lane::{InLane, Written};
+use super::reply_to::ReplyTo;
 use super::tracking::Fills;
 use crate::net::Stream;
 use crate::resp::frame::{is_push, FrameScanner};
@@ -70,11 +71,7 @@ fn route(
             let _ = owner.send(if push {
                 Reply::Push(frame)
             } else {
-                Reply::Frames {
-                    bytes: frame,
-                    count: 1,
-                    lengths: Vec::new(),
-                }
+                Reply::frames(frame, 1)
             });
             continue;
         }
@@ -111,10 +108,10 @@ fn deliver_run(
     }
     let bytes = input.split_to(*run_len).freeze();
     if let Some(head) = pending.front_mut() {
-        match &head.reply_to {
+        match &mut head.reply_to {
             Some(reply_to) => {
                 if let Some(bytes) = through_lane(&mut head.lane, bytes, *run_count, reply_to) {
-                    let _ = reply_to.send(Reply::Frames {
+                    reply_to.send(Reply::Frames {
                         bytes,
                         count: *run_count,
                         lengths: std::mem::take(&mut head.lengths),
@@ -149,7 +146,7 @@ fn through_lane(
     lane: &mut Option<InLane>,
     bytes: Bytes,
     count: u32,
-    session: &ReplySender,
+    session: &mut ReplyTo,
 ) -> Option<Bytes> {
     let Some(written) = lane
         .as_ref()
@@ -160,7 +157,7 @@ fn through_lane(
     match written {
         Written::All { tell } => {
             if tell {
-                let _ = session.send(Reply::LaneWritten);
+                session.send(Reply::LaneWritten);
             }
             None
         }
@@ -185,7 +182,7 @@ mod tests {
         let (reply_to, replies) = inbox::channel();
         (
             Pending {
-                reply_to: Some(reply_to),
+                reply_to: Some(reply_to.into()),
                 remaining: count,
                 taken_at: Instant::now(),
                 measured: false,

@@ -2,7 +2,7 @@
 //! entry once.
 //!
 //! A miss starts a *flight*: the request is sent as a tracked fill on the reader's connection,
-//! and a small task waits for its reply. Readers of the same thing that miss meanwhile join the
+//! whose task completes the flight when the reply comes. Readers of the same thing that miss meanwhile join the
 //! flight instead of reading again (single flight). When the reply comes, it goes to every
 //! reader, and is stored only if no invalidation or write for its key arrived while it was in
 //! flight, and no invalidations may have been lost since it started (each key's epoch: in
@@ -23,7 +23,7 @@ use super::{rule_for, write_shape, Kind, RuleCache};
 use crate::policy::phase::{Decision, Subject};
 use crate::resp::frame::{self, frame_len};
 use crate::resp::request::encode_command;
-use crate::upstream::{send_own_in, Reply, ReplySender, Room, SendError, Upstream};
+use crate::upstream::{send_own_then, Reply, ReplySender, Room, SendError, Upstream};
 
 /// A read the cache took ([`Decision::Take`]); its reply comes as `Reply::Fetched` with the
 /// subject's ticket.
@@ -232,8 +232,9 @@ impl Coherence {
         Decision::Take(Fill::Fetch(id))
     }
 
-    /// Sends a fill for flight `id` in `room` on the session's connection; a task hands its
-    /// reply to the flight's readers. Without room the flight is over, answered with `error`.
+    /// Sends a fill for flight `id` in `room` on the session's connection; the connection's
+    /// task hands its reply to the flight's readers. Without room the flight is over, answered
+    /// with `error`.
     pub fn fetch(
         self: &Arc<Self>,
         id: u64,
@@ -263,10 +264,10 @@ impl Coherence {
         for key in &keys {
             encode_command(&[&b"PTTL"[..], key], &mut out);
         }
-        let replies = send_own_in(room, out.freeze(), 1 + keys.len() as u32, true);
         let coherence = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut frames = match replies.all().await {
+        let count = 1 + keys.len() as u32;
+        send_own_then(room, out.freeze(), count, true, move |gathered| {
+            let mut frames = match gathered {
                 Ok(frames) => frames,
                 Err(error) => return coherence.complete(id, error, &[]),
             };

@@ -409,11 +409,7 @@ mod tests {
     use crate::command::CommandTable;
 
     fn frames(bytes: &'static [u8], count: u32) -> Reply {
-        Reply::Frames {
-            bytes: Bytes::from_static(bytes),
-            count,
-            lengths: Vec::new(),
-        }
+        Reply::frames(Bytes::from_static(bytes), count)
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::super::connection::{Reply, ReplySender};
+use super::super::connection::Reply;
 use super::super::handle::Hold;
+use super::super::reply_to::ReplyTo;
 
 /// The batches whose replies are not all handed back, oldest first.
 #[derive(Default)]
@@ -18,7 +19,7 @@ pub(super) struct Deliveries {
 
 /// A session's batch.
 struct Waiting {
-    reply_to: ReplySender,
+    reply_to: ReplyTo,
     replies: Vec<Option<Bytes>>,
     /// Replies already handed back, from the first.
     delivered: usize,
@@ -36,7 +37,7 @@ impl Deliveries {
     /// Takes a batch of `count` commands; its id names it in [`Deliveries::answer`].
     pub(super) fn open(
         &mut self,
-        reply_to: ReplySender,
+        reply_to: ReplyTo,
         count: usize,
         measured: bool,
         hold: Option<Hold>,
@@ -67,7 +68,7 @@ impl Deliveries {
             let this = &self.waiting[at];
             let behind_older = unfinished
                 .iter()
-                .any(|&older| self.waiting[older].reply_to.same_channel(&this.reply_to));
+                .any(|&older| self.waiting[older].reply_to.same_inbox(&this.reply_to));
             if !behind_older {
                 hand_back(&mut self.waiting[at]);
             }
@@ -115,7 +116,7 @@ fn hand_back(waiting: &mut Waiting) {
         joined.freeze()
     };
     waiting.delivered += ready;
-    let _ = waiting.reply_to.send(Reply::Frames {
+    waiting.reply_to.send(Reply::Frames {
         bytes,
         count: ready as u32,
         lengths,

@@ -95,7 +95,7 @@ impl Follower {
                 batch = batches.recv() => {
                     let Some(mut batch) = batch else { return };
                     subscriptions.note_requests(&batch.bytes);
-                    batch.reply_to = node.relay.clone();
+                    batch.reply_to = node.relay.clone().into();
                     // A connection that is gone says so among its replies.
                     let _ = node.handle.send(batch);
                 }
@@ -186,7 +186,7 @@ impl Follower {
             let batch = Batch {
                 bytes,
                 count: 0,
-                reply_to: link.relay.clone(),
+                reply_to: link.relay.clone().into(),
                 tracked: false,
                 measured: None,
                 hold: None,

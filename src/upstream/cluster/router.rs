@@ -172,7 +172,8 @@ impl Router {
             let error = reply::error(&format!(
                 "CLUSTERDOWN keyward does not know the cluster's slot map: {reason}"
             ));
-            let _ = batch.reply_to.send(Reply::Failed {
+            let mut reply_to = batch.reply_to;
+            reply_to.send(Reply::Failed {
                 count: batch.count,
                 error,
             });
@@ -346,7 +347,7 @@ impl Router {
         let batch = Batch {
             bytes,
             count: owed.len() as u32,
-            reply_to: node.sender.clone(),
+            reply_to: node.sender.clone().into(),
             tracked,
             measured: None,
             hold: None,
