@@ -28,6 +28,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --predixy PATH        # the same with Predixy as a peer too
     python3 benches/load.py --instructions [--predixy PATH]  # keyward's instructions per
                                                   # request, per policy (and Predixy's)
+    python3 benches/load.py --instructions --variants "cache (enforce)" --missing 0.05
+                                                  # the same where 5% of GETs miss the cache
     python3 benches/load.py --profile [--predixy PATH]  # per proxy and request: user and system
                                                   # CPU, context switches, syscalls by name
     python3 benches/load.py --scaling             # 1 and 2 worker threads, nothing pinned
@@ -59,6 +61,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYWARD = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "keyward")
 CLIENTS = 50
 KEYSPACE = 10_000
+# The fraction of the keyspace left out of Redis (--missing).
+MISSING = 0.0
 VALUE_BYTES = 64
 RUN_TIMEOUT = 120
 IDLE_CONNECTIONS = 10_000
@@ -121,6 +125,8 @@ POLICY_VARIANTS = [
 # measured run: this row is the per-command cost alone.
 INSTRUCTION_ONLY_VARIANTS = [
     ("hot keys (one 1h window)", HOT_KEYS + 'windows = ["1h"]\n'),
+    # Reads answered from memory; with --missing, the cost of a miss, which fills the cache.
+    ("cache (enforce)", CACHE_SHADOW.replace('mode = "shadow"', 'mode = "enforce"')),
 ]
 SCENARIOS = [
     # name, redis-benchmark arguments, requests multiplier
@@ -130,6 +136,15 @@ SCENARIOS = [
     ("SET, pipeline 16", ["-t", "set", "-P", "16"], 4),
     ("MGET 10 keys, pipeline 16", ["-P", "16", "MGET", *MGET_KEYS], 2),
 ]
+
+
+def chosen(variants, names):
+    """The policy variants named (all without names), less keyward alone, which every run has."""
+    unknown = set(names or []) - {name for name, _ in variants[1:]}
+    if unknown:
+        raise SystemExit(f"no policy variant named {', '.join(sorted(unknown))}; the variants: "
+                         + ", ".join(name for name, _ in variants[1:]))
+    return [(name, extra) for name, extra in variants[1:] if not names or name in names]
 
 
 def free_port():
@@ -264,15 +279,22 @@ def ready(admin_port):
 
 def preload(redis_port):
     """Every key the scenarios read, written once, straight into Redis, as redis-benchmark
-    names them (`key:` and a 12-digit number below KEYSPACE). Random SETs would leave some
-    keys out (e^-5 of them after 5 per key), and a GET of a missing key is not what a cache
-    keeps: each such GET would refill."""
+    names them (`key:` and a 12-digit number below KEYSPACE), but for the last MISSING of them,
+    which are deleted (SET scenarios write them). Random SETs would leave some keys out (e^-5
+    of them after 5 per key), and a GET of a missing key is not what a cache keeps: each such
+    GET would refill."""
     value = b"x" * VALUE_BYTES
+    present = round(KEYSPACE * (1 - MISSING))
+
+    def command(n):
+        if n < present:
+            return b"*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$%d\r\n%s\r\n" % (n, VALUE_BYTES, value)
+        return b"*2\r\n$3\r\nDEL\r\n$16\r\nkey:%012d\r\n" % n
+
     with socket.create_connection(("127.0.0.1", redis_port)) as s:
         for start in range(0, KEYSPACE, 10_000):
             batch = range(start, min(start + 10_000, KEYSPACE))
-            s.sendall(b"".join(b"*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$%d\r\n%s\r\n"
-                               % (n, VALUE_BYTES, value) for n in batch))
+            s.sendall(b"".join(command(n) for n in batch))
             replies = b""
             while replies.count(b"\r\n") < len(batch):
                 chunk = s.recv(1 << 16)
@@ -543,13 +565,16 @@ def callgrind_totals(path):
     return dict(zip(events, map(int, totals)))
 
 
-def instructions(work, start_keyward, variants, start_predixy=None):
+def instructions(work, start_keyward, variants, reset, start_predixy=None, baseline=None):
     """Each variant's instructions and simulated cache misses per request, counted by callgrind
     from just before to just after each scenario (startup and warm-up excluded). With
-    `start_predixy`, Predixy is counted the same way, for the user-space work of the peer."""
+    `start_predixy`, Predixy is counted the same way, for the user-space work of the peer; with
+    `baseline` (a keyward binary), each variant is counted on it too. `reset` writes the keys
+    as they were before the first (the SET scenarios write missing ones)."""
     rows = []
 
     def count(name, process, port, out):
+        reset()
         # Connections, pools and summaries warmed up, and the cache filled with every key.
         benchmark(port, ["-t", "get", "-P", "16"], 100_000)
         # GETs first: a SET scenario drops most cached keys, and refilling is not the steady state.
@@ -566,12 +591,15 @@ def instructions(work, start_keyward, variants, start_predixy=None):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
+    builds = [("", KEYWARD)] + ([(" (baseline)", baseline)] if baseline else [])
     for name, extra in variants:
-        port = free_port()
-        out = os.path.join(work, f"callgrind-{len(rows)}")
-        keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
-                                wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60)
-        count(name, keyward, port, out)
+        for label, binary in builds:
+            port = free_port()
+            out = os.path.join(work, f"callgrind-{len(rows)}")
+            keyward = start_keyward(f"keyward-callgrind-{len(rows)}", port, free_port(), extra,
+                                    wrapper=[*CALLGRIND, f"--callgrind-out-file={out}"], timeout=60,
+                                    binary=binary)
+            count(name + label, keyward, port, out)
     if start_predixy:
         out = os.path.join(work, "callgrind-predixy")
         predixy, port = start_predixy([*CALLGRIND, f"--callgrind-out-file={out}"])
@@ -740,7 +768,7 @@ def ratelimit_memory(redis_port, start_keyward):
 
 
 def main():
-    global KEYSPACE
+    global KEYSPACE, MISSING
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000, help="requests per unpipelined run")
@@ -749,9 +777,11 @@ def main():
                         help="compare keyward without policies to keyward with a rate-limit rule "
                              "matching every key, in shadow and in enforce mode")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
-                        help="with --policies, only these policy variants (as the table names them)")
+                        help="with --policies or --instructions, only these policy variants (as the "
+                             "tables name them)")
     parser.add_argument("--baseline", metavar="PATH",
-                        help="with --policies, also run each variant on the keyward binary at PATH "
+                        help="with --policies or --instructions, also run each variant on the keyward "
+                             "binary at PATH "
                              "(an older build), in the same interleaved rounds: a same-sitting comparison "
                              "(its ratios are to this build's keyward without policies)")
     parser.add_argument("--cache", action="store_true",
@@ -787,8 +817,12 @@ def main():
     parser.add_argument("--keyspace", type=int, default=KEYSPACE,
                         help=f"random keys over this many (default {KEYSPACE:,}): what a policy keeps "
                              "per key grows with it, and so do its cache misses")
+    parser.add_argument("--missing", type=float, default=MISSING, metavar="FRACTION",
+                        help="leave this fraction of the keys out of Redis: under a cache rule "
+                             "their GETs miss every time (a nil is not kept), until a SET scenario "
+                             "writes them; --instructions runs its GET scenarios first")
     options = parser.parse_args()
-    KEYSPACE = options.keyspace
+    KEYSPACE, MISSING = options.keyspace, options.missing
     if options.quick:
         options.rounds, options.requests = 1, 50_000
     ensure_tools(valgrind=options.instructions)
@@ -836,9 +870,9 @@ def main():
             return process, port
 
         if options.instructions:
-            preload(redis_port)
-            return instructions(work, start_keyward, POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS,
-                                start_predixy if options.predixy else None)
+            variants = chosen(POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS, options.variants)
+            return instructions(work, start_keyward, POLICY_VARIANTS[:1] + variants,
+                                lambda: preload(redis_port), start_predixy if options.predixy else None, options.baseline)
         keyward = start_keyward("keyward", keyward_port, admin_port)
         if options.ratelimit_memory:
             return ratelimit_memory(redis_port, start_keyward)
@@ -888,12 +922,7 @@ def main():
             targets.append(("Redis on cpu1", shared_cpu_port))
         else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
-            variants = [(name, extra) for name, extra in POLICY_VARIANTS[1:]
-                        if not options.variants or name in options.variants]
-            unknown = set(options.variants or []) - {name for name, _ in POLICY_VARIANTS}
-            if unknown:
-                raise SystemExit(f"no policy variant named {', '.join(sorted(unknown))}; the variants: "
-                                 + ", ".join(name for name, _ in POLICY_VARIANTS[1:]))
+            variants = chosen(POLICY_VARIANTS, options.variants)
             builds = [("", KEYWARD)] + ([(" (baseline)", options.baseline)] if options.baseline else [])
             for number, (name, extra) in enumerate(variants):
                 for label, binary in builds:
