@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::cache::Coherence;
 use super::deny::Denying;
@@ -31,11 +31,15 @@ use crate::upstream::{Reply, ReplySender, Upstream};
 /// A write through keyward that phases watch, remembered until Redis answers it.
 #[derive(Debug)]
 pub struct Written {
-    /// The key written; `None` for a command that changes every key.
-    key: Option<Bytes>,
+    /// The key written; `None` for a command that changes every key. Most keys fit inline:
+    /// a write to a key a rule covers costs no allocation of its own.
+    key: Option<SmallVec<[u8; 32]>>,
     /// The phases that want to hear of its end, one bit each, in list order.
     phases: u8,
 }
+
+/// What one command writes that phases watch: most write one key, kept without an allocation.
+pub type WrittenKeys = SmallVec<[Written; 1]>;
 
 /// Declares the phases: their shared parts ([`Phases`]), what a session keeps of each
 /// ([`PhaseStates`]), and the calls that run them in order.
@@ -277,7 +281,7 @@ macro_rules! phase_list {
                 policies: &Policies,
                 states: &mut PhaseStates,
                 write: Write<'_, '_>,
-            ) -> Option<Vec<Written>> {
+            ) -> Option<WrittenKeys> {
                 if write.info.has_flag(flags::READONLY) {
                     return None;
                 }
@@ -296,7 +300,7 @@ macro_rules! phase_list {
                 if watching == 0 {
                     return None;
                 }
-                let mut written = Vec::new();
+                let mut written = WrittenKeys::new();
                 if write.info.role == Role::ChangesEveryKey {
                     let mut phases = 0;
                     let mut index = 0;
@@ -332,7 +336,7 @@ macro_rules! phase_list {
                     let _ = index;
                     if phases != 0 {
                         written.push(Written {
-                            key: Some(Bytes::copy_from_slice(key)),
+                            key: Some(SmallVec::from_slice(key)),
                             phases,
                         });
                     }

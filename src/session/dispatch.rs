@@ -12,7 +12,7 @@ use super::pipeline::{may_be_held, Flow, Input, Request, Step};
 use super::{Closing, Session};
 use crate::command::{flags, Effect, LocalCommand, Notice, Role};
 use crate::directory::Listing;
-use crate::policy::phases::Written;
+use crate::policy::phases::WrittenKeys;
 
 impl Session {
     /// Sends or answers a request the earlier phases passed on.
@@ -22,7 +22,7 @@ impl Session {
         input: &mut Input,
         step: Step,
         request: Request,
-        writes: Option<Vec<Written>>,
+        writes: Option<WrittenKeys>,
     ) -> Flow {
         let id = request.info.id;
         match step {
@@ -47,8 +47,11 @@ impl Session {
                 self.send_batch(input);
                 let bytes = input.take_request(request.consumed, request.rewritten);
                 let ticket = self.replies.next_ticket();
-                self.replies
-                    .push_fetched(false, std::mem::take(&mut self.follows), Vec::new());
+                self.replies.push_fetched(
+                    false,
+                    std::mem::take(&mut self.follows),
+                    WrittenKeys::new(),
+                );
                 if request.info.notice == Notice::Unpause {
                     self.context.upstream.pause.end();
                 }
@@ -79,7 +82,8 @@ impl Session {
                 match sent {
                     Ok(()) => {
                         let follows = std::mem::take(&mut self.follows);
-                        self.replies.push_fetched(false, follows, Vec::new());
+                        self.replies
+                            .push_fetched(false, follows, WrittenKeys::new());
                     }
                     Err(bytes) => {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
@@ -115,7 +119,7 @@ impl Session {
         &mut self,
         input: &mut Input,
         request: Request,
-        writes: Option<Vec<Written>>,
+        writes: Option<WrittenKeys>,
     ) {
         let Request {
             info,

@@ -41,7 +41,7 @@ use crate::inbox;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
 use crate::policy::hotkeys::lane::LaneCount;
-use crate::policy::phases::{Follows, PhaseStates, Written};
+use crate::policy::phases::{Follows, PhaseStates, WrittenKeys};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, RoomWait, SendError};
 use client_ids::Redirect;
@@ -127,7 +127,7 @@ pub struct Session {
     /// about 40 instructions to subtract, and each reading about 40 more.
     clock: Option<quanta::Instant>,
     /// Keys written by requests in the batch being gathered, that phases watch.
-    written_keys: Vec<Written>,
+    written_keys: WrittenKeys,
     /// What the phases follow of the request just decided on, until it joins the reply queue.
     follows: Follows,
     /// Forwarded requests the connection had no room for yet: the session stops reading and
@@ -195,7 +195,7 @@ impl Session {
             in_transaction: false,
             last_active: quanta::Instant::now(),
             clock: None,
-            written_keys: Vec::new(),
+            written_keys: WrittenKeys::new(),
             follows: Follows::default(),
             parked: None,
             parked_after: None,
@@ -507,7 +507,7 @@ impl Drop for Session {
         }
         self.hand_over_parked_take_at_end();
         let mut written = self.replies.take_all_writes();
-        written.append(&mut self.written_keys);
+        written.extend(self.written_keys.drain(..));
         self.context
             .phases
             .end_writes(&mut self.phase_states, written);

@@ -34,7 +34,7 @@ use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::{Decision, Sender, Subject, Way};
-use crate::policy::phases::{Phases, Taken, Write, Written};
+use crate::policy::phases::{Phases, Taken, Write, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
@@ -349,7 +349,7 @@ impl Session {
         args: &Args<'_>,
         way: Option<Way>,
         taken_by: Option<&Taken>,
-    ) -> Option<Vec<Written>> {
+    ) -> Option<WrittenKeys> {
         if !way.is_some_and(Way::forwarded) {
             return None;
         }
@@ -485,7 +485,7 @@ impl Session {
         input: &mut Input,
         taken: Taken,
         request: Request,
-        writes: Option<Vec<Written>>,
+        writes: Option<WrittenKeys>,
     ) -> Flow {
         self.received
             .add(&self.context.command_metrics, request.info.id);

@@ -11,12 +11,13 @@
 //! and storing take the same lock, so an invalidation can never slip between the check and the
 //! store.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
 use super::{rule_for, write_shape, Kind, RuleCache};
@@ -57,9 +58,11 @@ struct Flights {
     open: FxHashMap<Bytes, u64>,
     /// Running flights by the keys they read, to close them.
     by_key: FxHashMap<Bytes, SmallVec<[u64; 1]>>,
-    /// Keys written through keyward whose writes Redis has not answered yet: no read of them
-    /// is stored or shared until it has.
-    writing: FxHashMap<Bytes, u32>,
+    /// Keys written through keyward whose writes Redis has not answered yet, by their
+    /// [`write_hash`]: no read of them is stored or shared until it has. Two keys of one hash
+    /// only keep a read of the other from being cached meanwhile, and a write keeps no copy
+    /// of its key here.
+    writing: FxHashMap<u64, u32>,
     /// Flushes sent through keyward that Redis has not answered yet: no read is stored or
     /// shared until it has.
     flushing: u32,
@@ -104,6 +107,11 @@ fn flight_key(shape: &[u8], keys: &[&[u8]]) -> Vec<u8> {
         open_key.extend_from_slice(key);
     }
     open_key
+}
+
+/// What [`Flights::writing`] knows a written key by.
+fn write_hash(key: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 /// Flight `id` takes no more readers, and its reply will not be stored.
@@ -187,7 +195,8 @@ impl Coherence {
         }
         let open_key = flight_key(shape, keys);
         let mut flights = self.flights();
-        if flights.flushing > 0 || keys.iter().any(|key| flights.writing.contains_key(*key)) {
+        let written = |key: &&[u8]| flights.writing.contains_key(&write_hash(key));
+        if flights.flushing > 0 || keys.iter().any(written) {
             return Decision::Pass;
         }
         if let Some(id) = flights.open.get(&open_key[..]).copied() {
@@ -341,10 +350,7 @@ impl Coherence {
     pub fn begin_write(&self, rules: &[Arc<RuleCache>], key: &[u8]) {
         let mut flights = self.flights();
         Self::invalidate_locked(&mut flights, rules, key);
-        *flights
-            .writing
-            .entry(Bytes::copy_from_slice(key))
-            .or_default() += 1;
+        *flights.writing.entry(write_hash(key)).or_default() += 1;
     }
 
     /// Redis answered a write of `key` (or it failed): reads of it may be cached again. Nothing
@@ -352,10 +358,11 @@ impl Coherence {
     /// stored), so there is nothing to drop.
     pub fn end_write(&self, key: &[u8]) {
         let mut flights = self.flights();
-        if let Some(count) = flights.writing.get_mut(key) {
+        let hash = write_hash(key);
+        if let Some(count) = flights.writing.get_mut(&hash) {
             *count -= 1;
             if *count == 0 {
-                flights.writing.remove(key);
+                flights.writing.remove(&hash);
             }
         }
     }

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use quanta::Instant;
 
 use crate::metrics::CommandMetrics;
-use crate::policy::phases::{Followers, Follows, Written};
+use crate::policy::phases::{Followers, Follows, Written, WrittenKeys};
 use crate::upstream::Reply;
 use sent::{Answered, Sent};
 
@@ -28,7 +28,7 @@ enum Expected {
         remaining: u32,
         /// Keys written by these commands that cache or lock rules watch (`None` when
         /// there are none, as for most batches: no list to drop per reply).
-        written: Option<Vec<Written>>,
+        written: Option<WrittenKeys>,
     },
     /// A request a policy phase took, whose reply the phase brings (`Reply::Fetched`), apart
     /// from the connection's replies. `shared`: the reply is another session's read, on
@@ -38,7 +38,7 @@ enum Expected {
         shared: bool,
         follows: Follows,
         /// Keys it writes that other phases watch, over when its reply comes.
-        written: Vec<Written>,
+        written: WrittenKeys,
     },
 }
 
@@ -108,7 +108,7 @@ impl ReplyQueue {
         self.next_ticket
     }
 
-    pub fn push_fetched(&mut self, shared: bool, follows: Follows, written: Vec<Written>) {
+    pub fn push_fetched(&mut self, shared: bool, follows: Follows, written: WrittenKeys) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.fetching += 1;
@@ -175,7 +175,7 @@ impl ReplyQueue {
 
     /// `count` replies owed by upstream, which the connection writes to the client itself if
     /// `in_lane`.
-    pub fn push_upstream(&mut self, count: u32, written: Option<Vec<Written>>, in_lane: bool) {
+    pub fn push_upstream(&mut self, count: u32, written: Option<WrittenKeys>, in_lane: bool) {
         if in_lane {
             self.in_lane += u64::from(count);
         }
@@ -225,7 +225,7 @@ impl ReplyQueue {
                     written: Some(written),
                     ..
                 }
-                | Expected::Fetched { written, .. } => all.append(written),
+                | Expected::Fetched { written, .. } => all.extend(written.drain(..)),
                 _ => {}
             }
         }
@@ -289,7 +289,7 @@ impl ReplyQueue {
                 ..
             } = entry
             {
-                self.finished_writes.append(written);
+                self.finished_writes.extend(written.drain(..));
                 self.fetching -= 1;
                 self.fetching_shared -= u32::from(*shared);
                 self.followers.answered(std::mem::take(follows), &bytes);
@@ -386,8 +386,8 @@ impl ReplyQueue {
             *remaining -= taken;
             owed -= taken;
             if *remaining == 0 {
-                if let Some(mut written) = written.take() {
-                    self.finished_writes.append(&mut written);
+                if let Some(written) = written.take() {
+                    self.finished_writes.extend(written);
                 }
                 self.entries.remove(index);
             }
@@ -458,7 +458,7 @@ mod tests {
         let mut output = BytesMut::new();
         queue.push_upstream(1, None, false);
         let ticket = queue.next_ticket();
-        queue.push_fetched(true, Follows::default(), Vec::new());
+        queue.push_fetched(true, Follows::default(), WrittenKeys::new());
         queue.push_upstream(2, None, false);
         queue.on_reply(frames(b":1\r\n", 1), &mut output, &metrics, Instant::now());
         queue.on_reply(
