@@ -273,8 +273,7 @@ macro_rules! phase_list {
 
             /// Notes what a forwarded command writes, for the phases that watch it; the phase
             /// that took the command, if one did, sees to its writes itself. `None` when no
-            /// phase watches what it writes (most commands): no list is made, and none
-            /// dropped, per command.
+            /// phase wants to hear of its end (most commands): nothing is carried with it.
             #[inline(always)]
             pub fn note_writes(
                 &self,
@@ -316,7 +315,7 @@ macro_rules! phase_list {
                     if phases != 0 {
                         written.push(Written { key: None, phases });
                     }
-                    return Some(written);
+                    return (!written.is_empty()).then_some(written);
                 }
                 for key in write
                     .key_positions
@@ -341,7 +340,7 @@ macro_rules! phase_list {
                         });
                     }
                 }
-                Some(written)
+                (!written.is_empty()).then_some(written)
             }
 
             /// Redis answered these writes (or their session ended): the phases that watch
