@@ -92,7 +92,9 @@ impl Follower {
         let mut recovery: Option<Instant> = None;
         loop {
             tokio::select! {
-                batch = batches.recv() => {
+                // The client's commands wait while confirmations of subscribing again are due:
+                // a node that refuses to subscribe again is left with whatever was sent after.
+                batch = batches.recv(), if subscriptions.swallow == 0 => {
                     let Some(mut batch) = batch else { return };
                     subscriptions.note_requests(&batch.bytes);
                     batch.reply_to = node.relay.clone().into();
@@ -101,10 +103,12 @@ impl Follower {
                 }
                 reply = node.replies.recv() => {
                     let away = subscriptions.relay(reply, &session, &self.node);
-                    if subscriptions.swallow == 0 {
-                        recovery = None;
-                    }
                     let Some(away_from) = away else {
+                        // Every subscription is confirmed again: the next trouble has a
+                        // window of its own.
+                        if subscriptions.swallow == 0 {
+                            recovery = None;
+                        }
                         continue;
                     };
                     let deadline =
