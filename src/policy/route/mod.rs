@@ -10,7 +10,8 @@
 //!
 //! A session reads from the primary alone while Redis has not answered a write of its (on any
 //! connection), and for `max_lag` after it answered the last: a replica may not have the
-//! write yet. Writes never go to a replica.
+//! write yet. A write inside a transaction counts as answered when Redis queues it, and
+//! `EXEC` when the session sends it. Writes never go to a replica.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use metrics::{counter, Counter};
 use super::matcher::RuleMatcher;
 use super::phase::{Decision, Handover, Phase, Subject, Way};
 use super::Policies;
-use crate::command::flags;
+use crate::command::{flags, Role};
 use crate::config::{HostPort, ReadFrom, RouteRule};
 use crate::resp::reply;
 use crate::upstream::cluster::key_slot;
@@ -123,7 +124,7 @@ impl Phase for Routing {
     ) -> Decision<ToReplica> {
         let info = subject.info;
         if !info.has_flag(flags::READONLY) {
-            if info.has_flag(flags::WRITE) {
+            if info.has_flag(flags::WRITE) || info.role == Role::EndsTransaction {
                 writes.mark();
             }
             return Decision::Pass;
