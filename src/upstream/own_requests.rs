@@ -1,5 +1,5 @@
-//! Commands keyward sends on its own behalf (cache fills, lock tries, questions for global
-//! rate limits) on a connection sessions share, with their replies coming back to keyward.
+//! Commands keyward sends on its own behalf (cache fills, lock tries, reads sent to replicas)
+//! on a connection sessions share, with their replies coming back to keyward.
 
 use bytes::Bytes;
 
@@ -9,8 +9,8 @@ use super::connection::Batch;
 use super::handle::{ConnHandle, Room, SendError};
 use super::reply_to::{connection_closed, Gathered, ReplyTo};
 
-/// Replies to commands keyward sent on its own behalf (lock tries, questions for global rate
-/// limits), awaited by the task that sent them.
+/// Replies to commands keyward sent on its own behalf (lock tries, reads sent to replicas),
+/// awaited by the task that sent them.
 pub struct OwnReplies {
     replies: oneshot::Receiver<Gathered>,
 }
@@ -49,8 +49,8 @@ fn send_own_in(room: Room<'_>, bytes: Bytes, count: u32, tracked: bool) -> OwnRe
     OwnReplies { replies }
 }
 
-/// Sends `count` commands in `room` for keyward itself, and hands their replies to `then` on
-/// the connection's task once all have come (see [`ReplyTo::gather`]): for a caller that
+/// Sends `count` commands in `room` for keyward itself, and hands their replies to `then`
+/// where they are read once all have come (see [`ReplyTo::gather`]): for a caller that
 /// would otherwise run a task only to wait for them (a cache fill).
 pub fn send_own_then(
     room: Room<'_>,

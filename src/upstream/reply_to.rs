@@ -1,6 +1,7 @@
 //! Where a batch's replies go: to the session (or relay) that sent it, through its inbox; or,
-//! for commands keyward sends on its own behalf, gathered on the connection's task and handed
-//! to a closure once the last has come.
+//! for commands keyward sends on its own behalf, gathered where they are read (the
+//! connection's task; in cluster mode, the router's) and handed to a closure once the last has
+//! come.
 //!
 //! A cache fill used to wait for its replies in a task of its own, woken through a channel of
 //! its own: about a fifth of what a miss cost beyond a hit (see BENCHMARKS.md). Gathering

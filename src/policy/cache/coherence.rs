@@ -2,7 +2,8 @@
 //! entry once.
 //!
 //! A miss starts a *flight*: the request is sent as a tracked fill on the reader's connection,
-//! whose task completes the flight when the reply comes. Readers of the same thing that miss meanwhile join the
+//! and the task that reads its reply (the connection's, or in cluster mode the router's)
+//! completes the flight. Readers of the same thing that miss meanwhile join the
 //! flight instead of reading again (single flight). When the reply comes, it goes to every
 //! reader, and is stored only if no invalidation or write for its key arrived while it was in
 //! flight, and no invalidations may have been lost since it started (each key's epoch: in
@@ -241,8 +242,8 @@ impl Coherence {
         Decision::Take(Fill::Fetch(id))
     }
 
-    /// Sends a fill for flight `id` in `room` on the session's connection; the connection's
-    /// task hands its reply to the flight's readers. Without room the flight is over, answered
+    /// Sends a fill for flight `id` in `room` on the session's connection; the task that reads
+    /// its reply hands it to the flight's readers. Without room the flight is over, answered
     /// with `error`.
     pub fn fetch(
         self: &Arc<Self>,
