@@ -102,20 +102,11 @@ impl Follower {
                     let _ = node.handle.send(batch);
                 }
                 reply = node.replies.recv() => {
-                    let away = subscriptions.relay(reply, &session, &self.node);
-                    let Some(away_from) = away else {
-                        // Every subscription is confirmed again: the next trouble has a
-                        // window of its own.
-                        if subscriptions.swallow == 0 {
-                            recovery = None;
-                        }
-                        continue;
-                    };
-                    let deadline =
-                        *recovery.get_or_insert_with(|| Instant::now() + RECOVERY_WINDOW);
-                    match self.follow(&mut subscriptions, away_from, deadline).await {
-                        Some(next) => node = next,
-                        None => {
+                    if let Some(away_from) = subscriptions.relay(reply, &session, &self.node) {
+                        let deadline =
+                            *recovery.get_or_insert_with(|| Instant::now() + RECOVERY_WINDOW);
+                        let Some(next) = self.follow(&mut subscriptions, away_from, deadline).await
+                        else {
                             let address = self.node.load_full();
                             let refusal = subscriptions
                                 .refusal
@@ -127,7 +118,13 @@ impl Follower {
                             ));
                             let _ = session.send(Reply::Closed { error });
                             return;
-                        }
+                        };
+                        node = next;
+                    }
+                    // Every subscription is confirmed again (or there was none to subscribe to
+                    // again): the next trouble has a window of its own.
+                    if subscriptions.swallow == 0 {
+                        recovery = None;
                     }
                 }
             }
