@@ -283,6 +283,66 @@ fn unpipelined_requests_count_before_their_answers_arrive() {
     }
 }
 
+/// A pipeline's replies go straight from Redis's connection to the client too, and its
+/// commands count with their own replies: those the client's socket takes at once, and those
+/// that wait in keyward while the client reads nothing (the socket is full); commands without
+/// keys among them count for nothing, and an `MGET`'s elements go to their keys.
+#[test]
+fn pipelined_requests_count_with_their_own_replies_however_they_reach_the_client() {
+    const VALUE: usize = 100_000;
+    const ROUNDS: u64 = 100;
+    let redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    let value = "v".repeat(VALUE);
+    let () = redis::cmd("SET")
+        .arg("pipelined:big")
+        .arg(&value)
+        .query(&mut redis.client())
+        .unwrap();
+    let mut client = keyward.raw();
+    let get = b"*2\r\n$3\r\nGET\r\n$13\r\npipelined:big\r\n";
+    let ping = b"*1\r\n$4\r\nPING\r\n";
+    let mget = b"*3\r\n$4\r\nMGET\r\n$15\r\npipelined:small\r\n$13\r\npipelined:big\r\n";
+    let pipeline: Vec<u8> = (0..ROUNDS)
+        .flat_map(|_| [&get[..], &ping[..], &mget[..]].concat())
+        .collect();
+    client.send(&pipeline);
+    // 20 MB of replies: far more than the socket holds until the client reads.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..ROUNDS {
+        assert_eq!(client.read_bulk().map(|read| read.len()), Ok(VALUE));
+        assert_eq!(client.read_line(), "+PONG\r\n");
+        assert_eq!(client.read_line(), "*2\r\n");
+        assert_eq!(client.read_bulk(), Err("$-1\r\n".to_string()));
+        assert_eq!(client.read_bulk().map(|read| read.len()), Ok(VALUE));
+    }
+    let report = admin_json(&keyward, "/hotkeys?window=10s&by=bytes");
+    let counted = |key: &str| {
+        let entries = report["keys"].as_array().unwrap();
+        let entry = entries.iter().find(|entry| entry["key"] == key).unwrap();
+        (entry["reads"].as_u64(), entry["bytes_out"].as_u64())
+    };
+    let bulk = (format!("${VALUE}\r\n").len() + VALUE + 2) as u64;
+    let get_in = get.len() as u64;
+    // Each of the MGET's keys gets itself and half the rest of the request.
+    let mget_shared = (mget.len() - 15 - 13) as u64 / 2;
+    assert_eq!(
+        counted("pipelined:big"),
+        (
+            Some(ROUNDS * (get_in + bulk + 13 + mget_shared + bulk)),
+            Some(ROUNDS * 2 * bulk)
+        ),
+        "{report}"
+    );
+    assert_eq!(
+        counted("pipelined:small"),
+        (Some(ROUNDS * (15 + mget_shared + 5)), Some(ROUNDS * 5)),
+        "{report}"
+    );
+    let requests = admin_json(&keyward, "/hotkeys?window=10s");
+    assert_eq!(requests["total"], 3 * ROUNDS, "{requests}");
+}
+
 #[test]
 fn sampling_scales_counts_back_up() {
     let redis = RedisServer::start();

@@ -39,6 +39,29 @@ pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// `count` replies of one frame each, split off one at a time: by `lengths` when they are the
+/// lengths of them all (as a connection measures them), else by walking each frame. The last
+/// is whatever is left; a frame that cannot be walked splits off empty.
+pub fn replies<'a>(
+    mut rest: &'a [u8],
+    lengths: &'a [u32],
+    count: usize,
+) -> impl Iterator<Item = &'a [u8]> {
+    let measured = lengths.len() == count;
+    (0..count).map(move |nth| {
+        let len = if nth + 1 == count {
+            rest.len()
+        } else if measured {
+            lengths[nth] as usize
+        } else {
+            complete_len(rest).unwrap_or(0)
+        };
+        let (reply, after) = rest.split_at(len.min(rest.len()));
+        rest = after;
+        reply
+    })
+}
+
 /// The length of the complete frame at the start of `buf`; `None` if it is incomplete or
 /// malformed.
 pub fn complete_len(buf: &[u8]) -> Option<usize> {

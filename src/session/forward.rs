@@ -107,25 +107,29 @@ impl Session {
             _ => None,
         };
         if let Some(parked) = &mut self.parked {
-            parked.join(&bytes, count, self.replies.lengths_wanted(), hold);
+            let measured = self.replies.follows_commands();
+            parked.join(&bytes, count, self.replies.lengths_wanted(measured), hold);
             self.handed_over(count, false);
             return;
         }
+        let follows = self.replies.follows_commands();
         let (lane, handed) = self.lane_for_batch(holds, count, hotkeys);
         let in_lane = lane.is_some();
+        // Whoever hears the replies of followed commands (the session, or the lane's listener)
+        // has their lengths measured, unless there is only one.
+        let measured = follows && (count > 1 || !handed);
         let batch = Batch {
             bytes,
             count,
             reply_to: self.reply_sender.clone().into(),
             tracked: false,
-            // After the lane took what it hears: those replies are not measured here.
-            measured: self.replies.lengths_wanted(),
+            measured: self.replies.lengths_wanted(measured),
             hold,
             lane,
         };
         let offered = self.link.conn().offer(batch);
         if offered.is_err() {
-            self.take_follows_back(handed);
+            self.take_follows_back(count, handed);
         }
         match offered {
             Ok(()) => self.handed_over(count, in_lane),

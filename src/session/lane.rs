@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::link::Link;
-use super::replies::LoneFollows;
 use super::Session;
 #[cfg(doc)]
 use crate::policy::hotkeys::lane::LaneCount;
@@ -36,63 +35,36 @@ impl Session {
 
     /// The lane for a batch of `count` requests about to be forwarded, if it may take one
     /// (see [`lane_for_replies`](Self::lane_for_replies)). A phase following requests does not
-    /// keep a batch of one out of the lane: the request's follows go to the lane's listener,
-    /// which the connection tells the reply (see [`LaneCount`]); the follows handed on are
-    /// returned, to be [taken back](Self::take_follows_back) if the batch is not sent.
+    /// keep the batch out of the lane: the requests' follows go to the lane's listener, which
+    /// the connection tells the replies (see [`LaneCount`]). Returns whether they went, to be
+    /// [taken back](Self::take_follows_back) if the batch is not sent.
     pub(super) fn lane_for_batch(
         &mut self,
         holds: bool,
         count: u32,
         hotkeys: Option<&Arc<HotKeys>>,
-    ) -> (Option<InLane>, Option<LoneFollows>) {
+    ) -> (Option<InLane>, bool) {
         let Some(lane) = self.lane_for_replies(holds) else {
-            return (None, None);
+            return (None, false);
         };
         if !self.replies.follows_commands() {
-            return (Some(InLane { lane, told: false }), None);
+            return (Some(InLane::new(lane, false)), false);
         }
-        let handed = match (count, hotkeys) {
-            (1, Some(hotkeys)) => self.hand_follows_to_lane(hotkeys),
-            _ => None,
-        };
-        match handed {
-            Some(handed) => (Some(InLane { lane, told: true }), Some(handed)),
-            None => (None, None),
-        }
-    }
-
-    /// Hands the follows of the latest request to the lane's listener, when hot keys are all
-    /// that follow it and it names one key.
-    fn hand_follows_to_lane(&mut self, hotkeys: &Arc<HotKeys>) -> Option<LoneFollows> {
-        let mut lone = self.replies.take_lone_follows()?;
-        let recorder = &mut self.replies.followers.hotkeys;
-        let detached = match lone.follows.hotkeys.take() {
-            Some(pending) if lone.follows.is_empty() => recorder.detach(pending).map_err(Some),
-            other => Err(other),
-        };
-        match detached {
-            Ok(detached) => {
-                self.lane_count.hand(Arc::clone(hotkeys), detached);
-                Some(lone)
-            }
-            Err(pending) => {
-                lone.follows.hotkeys = pending;
-                self.replies.restore_follows(lone);
-                None
-            }
-        }
+        let handed = hotkeys.is_some_and(|hotkeys| {
+            self.replies.hand_follows(count, |recorder, places| {
+                self.lane_count.hand(Arc::clone(hotkeys), recorder, places);
+            })
+        });
+        (handed.then(|| InLane::new(lane, true)), handed)
     }
 
     /// The batch whose follows went to the lane's listener was not sent: they come back.
-    pub(super) fn take_follows_back(&mut self, handed: Option<LoneFollows>) {
-        let Some(mut lone) = handed else {
-            return;
-        };
-        let Some(detached) = self.lane_count.take_back() else {
-            return;
-        };
-        lone.follows.hotkeys = Some(self.replies.followers.hotkeys.restore(detached));
-        self.replies.restore_follows(lone);
+    pub(super) fn take_follows_back(&mut self, count: u32, handed: bool) {
+        if handed {
+            self.replies.take_follows_back(count, |recorder, restore| {
+                self.lane_count.take_back(recorder, restore);
+            });
+        }
     }
 
     /// Settles the replies the connection wrote through the lane since the last look. Done

@@ -58,9 +58,9 @@ pub(super) struct Input<'a> {
     decoder: RequestDecoder,
     /// Forwarded requests gathered at the front, not yet handed to the connection.
     pub batch: PendingBatch,
-    /// Hot keys, as the policies judging this input have them: where a lone request's count
-    /// goes when its reply takes the lane (see `Session::lane_for_batch`), without a second
-    /// look at the policies for each request.
+    /// Hot keys, as the policies judging this input have them: where a batch's counts go when
+    /// its replies take the lane (see `Session::lane_for_batch`), without a second look at the
+    /// policies for each batch.
     pub hotkeys: Option<&'a Arc<HotKeys>>,
 }
 

@@ -13,10 +13,11 @@
 //! socket does not take whole goes to the session as usual (what is left of it), and so does
 //! everything after it in that batch.
 //!
-//! A session that follows a lone request to its answer (hot keys count its key with the
-//! reply's size) would be woken for every reply all the same. So a batch may ask that the
-//! lane's [`LaneListener`] hear its reply first: the session hands what it follows to the
-//! listener, and the connection finishes it there.
+//! A session that follows requests to their answers (hot keys count their keys with the
+//! replies' sizes) would be woken for every batch's replies all the same. So a batch may ask
+//! that the lane's [`LaneListener`] hear its replies first: the session hands what it follows
+//! to the listener, and the connection finishes it there. The listener hears every reply of
+//! such a batch, also those that go the usual way after the socket did not take one whole.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,17 +28,42 @@ use quanta::Instant;
 
 use crate::net::Stream;
 
-/// Hears each reply of a batch sent with [`InLane::told`] set, whole and before the client
-/// can have it (so before the client's next request reaches the session).
+/// Hears the replies of a batch sent with [`InLane::told`] set, whole, in order and before
+/// the client can have them (so before the client's next request reaches the session).
 pub trait LaneListener: Send + Sync {
-    /// The reply, which came at `now`.
-    fn reply(&self, reply: &[u8], now: Instant);
+    /// The next `count` replies of the batch, one frame each (with their lengths, when the
+    /// batch asked the connection to measure them), which came at `now`.
+    fn reply(&self, replies: &[u8], lengths: &[u32], count: u32, now: Instant);
 }
 
 /// A batch's way to its client: the lane, and whether its listener hears the replies.
 pub struct InLane {
-    pub lane: Arc<ClientLane>,
-    pub told: bool,
+    lane: Arc<ClientLane>,
+    told: bool,
+    /// The socket did not take a reply whole: the rest of the batch goes the usual way, and
+    /// the listener still hears it.
+    socket_full: bool,
+}
+
+impl InLane {
+    pub fn new(lane: Arc<ClientLane>, told: bool) -> InLane {
+        InLane {
+            lane,
+            told,
+            socket_full: false,
+        }
+    }
+
+    /// Writes the batch's next `count` replies to the client, if the socket takes them now
+    /// and took every one before them.
+    pub(super) fn write(&mut self, replies: &Bytes, lengths: &[u32], count: u32) -> Written {
+        let writes = !self.socket_full;
+        let written = self.lane.write(replies, lengths, count, self.told, writes);
+        if let Written::Part(_) = written {
+            self.socket_full = true;
+        }
+        written
+    }
 }
 
 pub struct ClientLane {
@@ -77,16 +103,23 @@ impl ClientLane {
         })
     }
 
-    /// Writes `count` complete replies to the client, if the socket takes them now. The
-    /// listener hears them first if `told`, whatever becomes of them: they answer requests
-    /// Redis ran.
-    pub(super) fn write(&self, replies: &Bytes, count: u32, told: bool) -> Written {
+    /// Writes `count` complete replies to the client, if `writes` and the socket takes them
+    /// now. The listener hears them first if `told`, whatever becomes of them: they answer
+    /// requests Redis ran.
+    fn write(
+        &self,
+        replies: &Bytes,
+        lengths: &[u32],
+        count: u32,
+        told: bool,
+        writes: bool,
+    ) -> Written {
         // One clock read serves both: the listener's and the session's time of the reply.
         let now = Instant::now();
         if told {
-            self.listener.reply(replies, now);
+            self.listener.reply(replies, lengths, count, now);
         }
-        if self.closed.load(Ordering::Relaxed) {
+        if !writes || self.closed.load(Ordering::Relaxed) {
             return Written::Part(0);
         }
         let mut sent = 0;

@@ -110,12 +110,15 @@ fn deliver_run(
     if let Some(head) = pending.front_mut() {
         match &mut head.reply_to {
             Some(reply_to) => {
-                if let Some(bytes) = through_lane(&mut head.lane, bytes, *run_count, reply_to) {
-                    reply_to.send(Reply::Frames {
+                let lengths = &head.lengths;
+                match through_lane(&mut head.lane, bytes, *run_count, lengths, reply_to) {
+                    Some(bytes) => reply_to.send(Reply::Frames {
                         bytes,
                         count: *run_count,
                         lengths: std::mem::take(&mut head.lengths),
-                    });
+                    }),
+                    // The lane's listener had the lengths; the list serves the batch's next run.
+                    None => head.lengths.clear(),
                 }
             }
             // Tracking could not be turned on: the fill after it is not tracked, so it must
@@ -141,30 +144,25 @@ fn deliver_run(
 /// Writes a run to its client through the lane its batch came with, if it came with one, and
 /// tells the session if it asked. Returns what is left for the session to write: the whole
 /// run without a lane, what the socket did not take (after which the batch's replies all go
-/// the usual way), or nothing.
+/// the usual way, still heard by the lane's listener), or nothing.
 fn through_lane(
     lane: &mut Option<InLane>,
     bytes: Bytes,
     count: u32,
+    lengths: &[u32],
     session: &mut ReplyTo,
 ) -> Option<Bytes> {
-    let Some(written) = lane
-        .as_ref()
-        .map(|way| way.lane.write(&bytes, count, way.told))
-    else {
+    let Some(way) = lane else {
         return Some(bytes);
     };
-    match written {
+    match way.write(&bytes, lengths, count) {
         Written::All { tell } => {
             if tell {
                 session.send(Reply::LaneWritten);
             }
             None
         }
-        Written::Part(sent) => {
-            *lane = None;
-            Some(bytes.slice(sent..))
-        }
+        Written::Part(sent) => Some(bytes.slice(sent..)),
     }
 }
 

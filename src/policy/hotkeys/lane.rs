@@ -1,72 +1,96 @@
-//! Counting a lone request whose reply the connection writes to the client itself (through
-//! the client's lane, see [`ClientLane`](crate::upstream::ClientLane)).
+//! Counting a batch whose replies the connection writes to the client itself (through the
+//! client's lane, see [`ClientLane`](crate::upstream::ClientLane)).
 //!
-//! A session that had to hear of such a reply to count its key would be woken for every
-//! unpipelined request, which is most of what the lane saves. Instead the session hands the
-//! request, taken out of its recorder, to its [`LaneCount`]; the connection tells it the reply
-//! before writing it, and the count reaches the stage from there. A client that then stays
-//! idle is counted all the same.
+//! A session that had to hear of such replies to count their keys would be woken for every
+//! batch, which is most of what the lane saves. Instead the session hands the batch's
+//! followed commands, with its recorder, to its [`LaneCount`]; the connection tells it the
+//! replies before writing them, and the counts reach the stage from there. A client that then
+//! stays idle is counted all the same.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use quanta::Instant;
 
-use super::record::Detached;
+use super::record::{Detached, Pending, Recorder};
 use super::HotKeys;
 use crate::upstream::LaneListener;
 
-/// A session's request waiting for its reply in the lane, if one is.
+/// A session's batch waiting for its replies in the lane, if one is.
 #[derive(Default)]
 pub struct LaneCount {
-    waiting: Mutex<Option<Waiting>>,
+    waiting: Mutex<Waiting>,
 }
 
+#[derive(Default)]
 struct Waiting {
-    /// The hot keys in force when the request was judged.
-    hotkeys: Arc<HotKeys>,
-    request: Detached,
+    /// The hot keys in force when the batch was judged; none while no batch waits.
+    hotkeys: Option<Arc<HotKeys>>,
+    /// The batch's followed commands; empty, and kept for the next batch, while none waits.
+    batch: Detached,
 }
 
 impl Waiting {
-    fn count(mut self, answer: &[u8], now: Instant) {
-        self.request.finish(answer);
-        self.hotkeys.record_detached(&self.request, now);
+    /// Counts what the batch's commands heard so far, and ends the wait once all are answered.
+    fn count(&mut self, now: Instant) {
+        let Some(hotkeys) = &self.hotkeys else {
+            return;
+        };
+        hotkeys.record(self.batch.recorder(), now);
+        if !self.batch.is_waiting() {
+            self.hotkeys = None;
+        }
+    }
+
+    /// Counts the commands still waiting without an answer, as requests that timed out are.
+    fn give_up(&mut self) {
+        if self.hotkeys.is_some() {
+            self.batch.give_up();
+            self.count(Instant::now());
+        }
     }
 }
 
 impl LaneCount {
-    /// Hands over a request whose batch is about to go with the lane. One handed over before
-    /// and never answered there (its connection failed) is counted now without an answer, as
-    /// a request that timed out is.
-    pub fn hand(&self, hotkeys: Arc<HotKeys>, request: Detached) {
-        let unanswered = self.waiting.lock().replace(Waiting { hotkeys, request });
-        if let Some(unanswered) = unanswered {
-            unanswered.count(&[], Instant::now());
-        }
+    /// Hands over the commands `recorder` follows (all of them a batch's, about to go with
+    /// the lane, at `places` in it), leaving it an empty recorder. A batch handed over
+    /// before and not answered there in full (its connection failed) is counted now without
+    /// the answers it lacks.
+    pub fn hand(
+        &self,
+        hotkeys: Arc<HotKeys>,
+        recorder: &mut Recorder,
+        places: impl Iterator<Item = u32>,
+    ) {
+        let mut waiting = self.waiting.lock();
+        waiting.give_up();
+        waiting.batch.take(recorder, places);
+        waiting.hotkeys = Some(hotkeys);
     }
 
-    /// Takes back the request handed over, whose batch never reached the connection.
-    pub fn take_back(&self) -> Option<Detached> {
-        self.waiting.lock().take().map(|waiting| waiting.request)
+    /// Gives back to `recorder` the commands handed over, whose batch never reached the
+    /// connection: `restore` is given each one's place in the batch and its follow.
+    pub fn take_back(&self, recorder: &mut Recorder, restore: impl FnMut(u32, Pending)) {
+        let mut waiting = self.waiting.lock();
+        waiting.hotkeys = None;
+        waiting.batch.give_back(recorder, restore);
     }
 }
 
 impl LaneListener for LaneCount {
-    fn reply(&self, reply: &[u8], now: Instant) {
-        let waiting = self.waiting.lock().take();
-        if let Some(waiting) = waiting {
-            waiting.count(reply, now);
+    fn reply(&self, replies: &[u8], lengths: &[u32], count: u32, now: Instant) {
+        let mut waiting = self.waiting.lock();
+        if waiting.hotkeys.is_some() {
+            waiting.batch.hear(replies, lengths, count);
+            waiting.count(now);
         }
     }
 }
 
 impl Drop for LaneCount {
-    /// The session and its lane are gone: a request still waiting has had its last chance.
+    /// The session and its lane are gone: a batch still waiting has had its last chance.
     fn drop(&mut self) {
-        if let Some(waiting) = self.waiting.get_mut().take() {
-            waiting.count(&[], Instant::now());
-        }
+        self.waiting.get_mut().give_up();
     }
 }
 
@@ -76,12 +100,16 @@ mod tests {
 
     use super::*;
     use crate::config::{ConfigDuration, HotKeysConfig};
-    use crate::policy::hotkeys::record::{start_command, Recorder};
+    use crate::policy::hotkeys::record::start_command;
     use crate::policy::hotkeys::By;
 
-    fn handed(recorder: &mut Recorder, key: &str) -> Detached {
-        let pending = start_command(recorder, &["GET", key]);
-        recorder.detach(pending).unwrap()
+    /// Hands over a batch of `GET`s of `keys`.
+    fn hand(lane: &LaneCount, hotkeys: &Arc<HotKeys>, keys: &[&str]) {
+        let mut recorder = Recorder::default();
+        for key in keys {
+            start_command(&mut recorder, &["GET", key]);
+        }
+        lane.hand(Arc::clone(hotkeys), &mut recorder, 0..keys.len() as u32);
     }
 
     /// Keys counted so far, with the bytes their replies took.
@@ -106,28 +134,35 @@ mod tests {
     }
 
     #[test]
-    fn a_request_counts_with_its_reply_or_without_one_when_none_comes() {
+    fn a_batch_counts_with_its_replies_or_without_those_that_never_come() {
         let hotkeys = Arc::new(HotKeys::new(HotKeysConfig {
             enabled: true,
             windows: vec![ConfigDuration::from_millis(3_600_000)],
             ..HotKeysConfig::default()
         }));
-        let mut recorder = Recorder::default();
         let lane = LaneCount::default();
-        lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "answered"));
-        lane.reply(b"$1\r\nx\r\n", Instant::now());
-        // Its connection failed: it counts when the next one is handed over.
-        lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "failed"));
-        lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "taken back"));
-        assert!(lane.take_back().is_some());
-        // Nothing waits any more: a reply of a batch sent without the listener's request.
-        lane.reply(b"+OK\r\n", Instant::now());
-        lane.hand(Arc::clone(&hotkeys), handed(&mut recorder, "at the end"));
+        hand(&lane, &hotkeys, &["answered", "in two runs"]);
+        lane.reply(b"$1\r\nx\r\n", &[], 1, Instant::now());
+        lane.reply(b"$2\r\nxy\r\n", &[], 1, Instant::now());
+        // Its connection failed after one reply: the other counts when the next batch is
+        // handed over.
+        hand(&lane, &hotkeys, &["half", "failed"]);
+        lane.reply(b"+OK\r\n", &[], 1, Instant::now());
+        hand(&lane, &hotkeys, &["taken back"]);
+        let mut recorder = Recorder::default();
+        let mut restored = 0;
+        lane.take_back(&mut recorder, |_, _| restored += 1);
+        assert_eq!(restored, 1);
+        // Nothing waits any more: a reply of a batch sent without the listener's commands.
+        lane.reply(b"+OK\r\n", &[], 1, Instant::now());
+        hand(&lane, &hotkeys, &["at the end"]);
         drop(lane);
         let expected = [
             ("answered".to_string(), 1, Some(7)),
             ("at the end".to_string(), 1, Some(0)),
             ("failed".to_string(), 1, Some(0)),
+            ("half".to_string(), 1, Some(5)),
+            ("in two runs".to_string(), 1, Some(8)),
         ];
         assert_eq!(counted(&hotkeys), expected);
     }

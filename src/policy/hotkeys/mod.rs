@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::CommandTable;
 use crate::config::HotKeysConfig;
 use big_keys::{BigKeys, BigKeysReport, Side};
-use record::{Detached, Observation, Recorder};
+use record::{Observation, Recorder};
 use space_saving::{SpaceSaving, Tally};
 use staging::Staging;
 use windows::{Of, Period, PeriodClock, Windows};
@@ -148,14 +148,6 @@ impl HotKeys {
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
         self.stage(recorder.finished(), now);
         recorder.discard();
-    }
-
-    /// Stages the counts of a command followed apart from any recorder, once finished.
-    pub fn record_detached(&self, detached: &Detached, now: Instant) {
-        self.stage(
-            std::iter::once((detached.key(), detached.observation())),
-            now,
-        );
     }
 
     fn stage<'a>(&self, finished: impl Iterator<Item = (&'a [u8], &'a Observation)>, now: Instant) {

@@ -8,6 +8,7 @@
 //! Replies are never given up on here: a shared connection that stops answering is reset by
 //! its own watch (`request_timeout`), which fails everything it owes.
 
+mod handed;
 mod sent;
 
 use std::collections::VecDeque;
@@ -40,13 +41,6 @@ enum Expected {
         /// Keys it writes that other phases watch, over when its reply comes.
         written: WrittenKeys,
     },
-}
-
-/// What the phases follow of the latest command sent, taken out of the queue.
-pub struct LoneFollows {
-    /// The command's place in the order of sending.
-    at: u64,
-    pub follows: Follows,
 }
 
 /// What the session must do after an upstream event.
@@ -134,32 +128,15 @@ impl ReplyQueue {
         self.sent.push(command_id, at, follows);
     }
 
-    /// For a batch about to be sent: when some phase follows commands awaiting replies, an
-    /// empty list for the replies' lengths (from an earlier reply if one brought any).
-    pub fn lengths_wanted(&mut self) -> Option<Vec<u32>> {
-        self.follows_commands().then(|| self.spare_lengths())
-    }
-
-    /// An empty list with room for reply lengths, from an earlier reply if one brought any.
-    fn spare_lengths(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.spare_lengths)
+    /// For a batch about to be sent, if `wanted`: an empty list for the replies' lengths (from
+    /// an earlier reply if one brought any).
+    pub fn lengths_wanted(&mut self, wanted: bool) -> Option<Vec<u32>> {
+        wanted.then(|| std::mem::take(&mut self.spare_lengths))
     }
 
     /// Some phase follows commands that await their replies (and needs each one's frame).
     pub fn follows_commands(&self) -> bool {
         !self.sent.followed.is_empty()
-    }
-
-    /// The follows of the latest command sent, when it is the only followed command still
-    /// awaiting its reply: a batch of that command alone may hand them on (see `lane`).
-    pub fn take_lone_follows(&mut self) -> Option<LoneFollows> {
-        let (at, follows) = self.sent.take_lone_follows()?;
-        Some(LoneFollows { at, follows })
-    }
-
-    /// Puts back follows taken and not handed on after all.
-    pub fn restore_follows(&mut self, lone: LoneFollows) {
-        self.sent.restore_follows((lone.at, lone.follows));
     }
 
     /// Forgets the latest `count` sends, which never reached a connection.
@@ -485,7 +462,7 @@ mod tests {
         let metrics = CommandMetrics::new(CommandTable::global());
         let mut queue = ReplyQueue::default();
         let mut output = BytesMut::new();
-        assert_eq!(queue.spare_lengths().capacity(), 0);
+        assert_eq!(queue.lengths_wanted(true).unwrap().capacity(), 0);
         queue.push_upstream(2, None, false);
         let mut lengths = Vec::with_capacity(16);
         lengths.extend([4, 4]);
@@ -496,9 +473,13 @@ mod tests {
         };
         queue.on_reply(reply, &mut output, &metrics, Instant::now());
         assert_eq!(&output[..], b":1\r\n:2\r\n");
-        let spare = queue.spare_lengths();
+        let spare = queue.lengths_wanted(true).unwrap();
         assert!(spare.is_empty() && spare.capacity() >= 16);
-        assert_eq!(queue.spare_lengths().capacity(), 0, "handed out once");
+        assert_eq!(
+            queue.lengths_wanted(true).unwrap().capacity(),
+            0,
+            "handed out once"
+        );
     }
 
     /// Follows `GET <key>` for hot keys, as the session does when it forwards it.

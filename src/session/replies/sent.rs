@@ -42,20 +42,9 @@ impl Sent {
         }
     }
 
-    /// The follows of the latest command sent, when no other followed command awaits its
-    /// reply.
-    pub(super) fn take_lone_follows(&mut self) -> Option<(u64, Follows)> {
-        let lone = self.followed.len() == 1
-            && self
-                .followed
-                .back()
-                .is_some_and(|(at, _)| at + 1 == self.sent);
-        lone.then(|| self.followed.pop_back()).flatten()
-    }
-
-    /// Puts back what [`take_lone_follows`](Self::take_lone_follows) took.
-    pub(super) fn restore_follows(&mut self, taken: (u64, Follows)) {
-        self.followed.push_back(taken);
+    /// The place in the order of sending of the first of the latest `count` commands sent.
+    pub(super) fn first_of_latest(&self, count: u32) -> u64 {
+        self.sent.saturating_sub(u64::from(count))
     }
 
     /// Forgets the latest `count` sends; the followed ones among them are answered empty.
@@ -103,7 +92,7 @@ impl Sent {
             }
         }
         // Replies are looked at only as far as the last followed command among them.
-        let mut rest = answered.replies;
+        let mut replies = frame::replies(answered.replies, answered.lengths, answered.count);
         let mut next_frame = first;
         while self
             .followed
@@ -113,11 +102,7 @@ impl Sent {
             let Some((at, follows)) = self.followed.pop_front() else {
                 break;
             };
-            for skipped in next_frame..at {
-                rest = &rest[answered.reply_len((skipped - first) as usize, rest)..];
-            }
-            let (frame, after) = rest.split_at(answered.reply_len((at - first) as usize, rest));
-            rest = after;
+            let frame = replies.nth((at - next_frame) as usize).unwrap_or_default();
             next_frame = at + 1;
             followers.answered(follows, frame);
         }
@@ -140,18 +125,5 @@ impl Answered<'_> {
             replies: &[],
             lengths: &[],
         }
-    }
-
-    /// The length of the `nth` reply, which starts `rest`.
-    #[inline]
-    fn reply_len(&self, nth: usize, rest: &[u8]) -> usize {
-        if self.count == 1 {
-            return rest.len();
-        }
-        let measured = match self.lengths.get(nth) {
-            Some(&len) if self.lengths.len() == self.count => Some(len as usize),
-            _ => frame::complete_len(rest),
-        };
-        measured.unwrap_or(0).min(rest.len())
     }
 }

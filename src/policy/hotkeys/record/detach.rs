@@ -1,82 +1,95 @@
-//! Taking a command out of its recorder's line, to be finished and counted elsewhere: by the
-//! connection that writes its reply to the client itself (see [`lane`](crate::policy::hotkeys::lane)).
+//! Taking a batch's followed commands out of their session, to be finished and counted
+//! elsewhere: by the connection that writes the batch's replies to the client itself (see
+//! [`lane`](crate::policy::hotkeys::lane)).
 
-use super::{Followed, KeptKey, Observation, Pending, Recorder};
-#[cfg(doc)]
-use crate::policy::hotkeys::space_saving::INLINE_KEY;
+use std::collections::VecDeque;
 
-/// A command that names one key, out of its recorder's line (see [`Recorder::detach`]).
-#[derive(Debug)]
+use super::{Pending, Recorder};
+use crate::resp::frame;
+
+/// A batch's followed commands, out of their session: the recorder that followed them, which
+/// holds nothing else, and the place in the batch of each one's reply. Reused from batch to
+/// batch, so that handing a batch over allocates nothing.
+#[derive(Default)]
 pub struct Detached {
-    seen: Observation,
-    /// The kept key, when longer than [`INLINE_KEY`].
-    long: Vec<u8>,
+    recorder: Recorder,
+    /// The places of the followed commands not answered yet, in order.
+    places: VecDeque<u32>,
+    /// Replies of the batch heard so far.
+    heard: u32,
 }
 
 impl Detached {
-    pub fn key(&self) -> &[u8] {
-        match &self.seen.key {
-            KeptKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            KeptKey::Long(_) => &self.long,
+    /// Takes the commands `recorder` follows, whose replies come at `places` in their batch,
+    /// and leaves it this one's recorder, which is empty.
+    pub fn take(&mut self, recorder: &mut Recorder, places: impl Iterator<Item = u32>) {
+        debug_assert!(self.recorder.commands.is_empty());
+        std::mem::swap(&mut self.recorder, recorder);
+        self.places.clear();
+        self.places.extend(places);
+        self.heard = 0;
+    }
+
+    /// Gives the commands back to `recorder` (empty, as [`take`](Self::take) left it), as
+    /// their batch never reached the connection: `restore` is given each one's place and
+    /// the command to follow it by.
+    pub fn give_back(&mut self, recorder: &mut Recorder, mut restore: impl FnMut(u32, Pending)) {
+        std::mem::swap(&mut self.recorder, recorder);
+        for (place, pending) in self.places.drain(..).zip(recorder.pendings()) {
+            restore(place, pending);
         }
     }
 
-    pub fn observation(&self) -> &Observation {
-        &self.seen
+    /// Whether some followed command still waits for its reply.
+    pub fn is_waiting(&self) -> bool {
+        !self.places.is_empty()
     }
 
-    /// The command's answer is known (see [`Recorder::finish`]).
-    pub fn finish(&mut self, answer: &[u8]) {
-        self.seen.counts.outbound = answer.len() as u64;
+    /// Hears the batch's next `count` replies, one frame each in `replies` (with their
+    /// `lengths`, if measured): the followed commands among them are finished.
+    pub fn hear(&mut self, replies: &[u8], lengths: &[u32], count: u32) {
+        let end = self.heard + count;
+        let mut replies = frame::replies(replies, lengths, count as usize);
+        let mut next = self.heard;
+        while let Some(&place) = self.places.front().filter(|&&place| place < end) {
+            let reply = replies.nth((place - next) as usize).unwrap_or_default();
+            next = place + 1;
+            self.places.pop_front();
+            self.recorder.finish_next(reply);
+        }
+        self.heard = end;
+    }
+
+    /// Finishes the commands still waiting without an answer (their connection failed, or
+    /// the session is gone), as a request that timed out is.
+    pub fn give_up(&mut self) {
+        for _ in self.places.drain(..) {
+            self.recorder.finish_next(&[]);
+        }
+    }
+
+    /// The recorder, with the commands finished so far.
+    pub fn recorder(&mut self) -> &mut Recorder {
+        &mut self.recorder
     }
 }
 
 impl Recorder {
-    /// Takes the latest command out of line when it names one key and is not finished, to be
-    /// finished and counted elsewhere (by the connection that writes its reply: see
-    /// [`lane`](crate::policy::hotkeys::lane)); otherwise hands `pending` back.
-    pub fn detach(&mut self, pending: Pending) -> Result<Detached, Pending> {
-        let nth = pending.0.wrapping_sub(self.first) as usize;
-        let latest = self.commands.len().checked_sub(1);
-        let lone = latest == Some(nth)
-            && self
-                .commands
-                .back()
-                .is_some_and(|command| command.named == 1 && !command.finished)
-            && self.keys_from(nth) + 1 == self.keys.len();
-        if !lone {
-            return Err(pending);
-        }
-        let Some(seen) = self.keys.pop_back() else {
-            return Err(pending);
-        };
-        self.commands.pop_back();
-        let mut long = Vec::new();
-        if let KeptKey::Long(range) = &seen.key {
-            let start = (range.start - self.first_long_byte) as usize;
-            long.extend(self.long_keys.drain(start..));
-        }
-        Ok(Detached { seen, long })
+    /// Whether the recorder follows `count` commands and none is finished: when they are a
+    /// batch's, they are all it holds and may leave with it (see [`Detached::take`]).
+    pub fn follows_only(&self, count: usize) -> bool {
+        self.commands.len() == count && self.finished == 0
     }
 
-    /// Puts a detached command back in line, as the latest (its batch never reached the
-    /// connection).
-    pub fn restore(&mut self, detached: Detached) -> Pending {
-        let first_key = self.first_key + self.keys.len() as u64;
-        let long_bytes = self.long_keys_end();
-        let mut seen = detached.seen;
-        if let KeptKey::Long(range) = &mut seen.key {
-            self.long_keys.extend_from_slice(&detached.long);
-            *range = long_bytes..self.long_keys_end();
-        }
-        self.keys.push_back(seen);
-        self.commands.push_back(Followed {
-            first_key,
-            long_bytes,
-            named: 1,
-            finished: false,
-        });
-        Pending(self.first + self.commands.len() as u64 - 1)
+    /// Finishes the first command not finished yet.
+    fn finish_next(&mut self, answer: &[u8]) {
+        let next = Pending(self.first + self.finished as u64);
+        self.finish(next, answer);
+    }
+
+    /// The commands followed, in order.
+    fn pendings(&self) -> impl Iterator<Item = Pending> {
+        (self.first..self.first + self.commands.len() as u64).map(Pending)
     }
 }
 
@@ -85,44 +98,74 @@ mod tests {
     use super::super::{follow_command, start_command as start};
     use super::*;
 
-    fn counted(recorder: &Recorder) -> Vec<(Vec<u8>, u64)> {
-        recorder
+    fn counted(recorder: &mut Recorder) -> Vec<(Vec<u8>, u64)> {
+        let seen = recorder
             .finished()
             .map(|(key, seen)| (key.to_vec(), seen.counts.outbound))
-            .collect()
+            .collect();
+        recorder.discard();
+        seen
     }
 
     #[test]
-    fn a_lone_key_leaves_the_line_and_comes_back_whole() {
+    fn a_batch_leaves_with_its_recorder_and_hears_its_replies_in_runs() {
         let long = "k".repeat(100);
-        for key in ["short", long.as_str()] {
-            let mut recorder = Recorder::default();
-            follow_command(&mut recorder, &["GET", "before"], b"$-1\r\n");
-            let pending = start(&mut recorder, &["GET", key]);
-            let mut detached = recorder.detach(pending).unwrap();
-            assert_eq!(detached.key(), key.as_bytes());
-            assert_eq!(counted(&recorder), [(b"before".to_vec(), 5)]);
-            detached.finish(b"+OK\r\n");
-            assert_eq!(detached.observation().counts.outbound, 5);
-
-            let pending = start(&mut recorder, &["GET", "other"]);
-            let other = recorder.detach(pending).unwrap();
-            let pending = recorder.restore(other);
-            recorder.finish(pending, b"$1\r\nx\r\n");
-            assert_eq!(counted(&recorder)[1], (b"other".to_vec(), 7));
-        }
+        let mut recorder = Recorder::default();
+        follow_command(&mut recorder, &["GET", "before"], b"$-1\r\n");
+        counted(&mut recorder);
+        start(&mut recorder, &["GET", "a"]);
+        start(&mut recorder, &["GET", &long]);
+        start(&mut recorder, &["MGET", "c", "d"]);
+        assert!(recorder.follows_only(3));
+        let mut detached = Detached::default();
+        // The batch's second command names no key: nothing follows its reply.
+        detached.take(&mut recorder, [0, 2, 3].into_iter());
+        assert!(recorder.follows_only(0) && detached.is_waiting());
+        detached.hear(b"$1\r\nx\r\n+PONG\r\n", &[], 2);
+        detached.hear(b"$-1\r\n*2\r\n$1\r\ny\r\n$-1\r\n", &[5, 17], 2);
+        assert!(!detached.is_waiting());
+        assert_eq!(
+            counted(detached.recorder()),
+            [
+                (b"a".to_vec(), 7),
+                (long.into_bytes(), 5),
+                (b"c".to_vec(), 7),
+                (b"d".to_vec(), 5)
+            ]
+        );
     }
 
     #[test]
-    fn a_command_with_several_keys_or_not_the_latest_stays_in_line() {
+    fn a_batch_not_sent_comes_back_whole_and_one_not_answered_counts_empty() {
         let mut recorder = Recorder::default();
-        let mget = start(&mut recorder, &["MGET", "a", "b"]);
-        let mget = recorder.detach(mget).unwrap_err();
-        let get = start(&mut recorder, &["GET", "c"]);
-        let mget = recorder.detach(mget).unwrap_err();
-        recorder.finish(mget, b"*2\r\n$-1\r\n$-1\r\n");
-        recorder.finish(get, b"$-1\r\n");
-        let keys: Vec<Vec<u8>> = counted(&recorder).into_iter().map(|(key, _)| key).collect();
-        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        start(&mut recorder, &["GET", "a"]);
+        start(&mut recorder, &["GET", "b"]);
+        let mut detached = Detached::default();
+        detached.take(&mut recorder, [0, 1].into_iter());
+        let mut restored = Vec::new();
+        detached.give_back(&mut recorder, |place, pending| {
+            restored.push((place, pending))
+        });
+        assert_eq!(
+            restored.iter().map(|(place, _)| *place).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        for (_, pending) in restored.into_iter().rev() {
+            recorder.finish(pending, b"+OK\r\n");
+        }
+        assert_eq!(
+            counted(&mut recorder),
+            [(b"a".to_vec(), 5), (b"b".to_vec(), 5)]
+        );
+
+        start(&mut recorder, &["GET", "c"]);
+        start(&mut recorder, &["GET", "d"]);
+        detached.take(&mut recorder, [0, 1].into_iter());
+        detached.hear(b"$1\r\nx\r\n", &[], 1);
+        detached.give_up();
+        assert_eq!(
+            counted(detached.recorder()),
+            [(b"c".to_vec(), 7), (b"d".to_vec(), 0)]
+        );
     }
 }
