@@ -1367,6 +1367,19 @@ fn hot_keys_name_the_node_serving_them() {
             })
         },
     );
+    // Each GET counts with its own reply, `$-1` (5 bytes).
+    let bytes: String = redis::cmd("KEYWARD")
+        .arg(&["HOTKEYS", "WINDOW", "10s", "BY", "bytes"])
+        .query(&mut client)
+        .unwrap();
+    let line = bytes
+        .lines()
+        .find(|line| line.starts_with(&format!("key:{hot} ")))
+        .unwrap();
+    assert!(
+        line.split_whitespace().any(|word| word == "out=250"),
+        "{bytes}"
+    );
     let metrics = keyward.admin_get("/metrics").1;
     let label = format!("node=\"{node}\"");
     let requests = support::metric_value(

@@ -16,9 +16,10 @@ impl Session {
     /// client: nothing is owed before them nor waits to be written, and nothing about them
     /// needs the session when they come (no keys written that phases watch, no transaction,
     /// a shared connection that hands replies back as Redis sent them, none that Redis may
-    /// hold: `holds`). Not for a blocking command: the lane keeps the client's socket open
-    /// until its reply, and a client that leaves or is killed meanwhile must be let go at
-    /// once.
+    /// hold: `holds`), and a connection that writes through lanes (a cluster's router, which
+    /// shares a batch out among nodes, writes through none). Not for a blocking command: the
+    /// lane keeps the client's socket open until its reply, and a client that leaves or is
+    /// killed meanwhile must be let go at once.
     fn lane_for_replies(&self, holds: bool) -> Option<Arc<ClientLane>> {
         let free = !holds
             && self.replies.is_empty()
@@ -29,7 +30,8 @@ impl Session {
             && !self.in_transaction
             && self.pin.is_none()
             && self.counts_replies()
-            && matches!(self.link, Link::Pooled(_));
+            && matches!(self.link, Link::Pooled(_))
+            && !self.in_cluster();
         free.then(|| self.lane.clone()).flatten()
     }
 

@@ -121,7 +121,7 @@ impl Session {
         }
     }
 
-    fn in_cluster(&self) -> bool {
+    pub(super) fn in_cluster(&self) -> bool {
         self.context.upstream.cluster.is_some()
     }
 
