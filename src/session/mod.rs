@@ -156,8 +156,7 @@ pub struct Session {
     lane: Option<Arc<ClientLane>>,
     /// Replies written through the lane that the session has settled.
     lane_settled: u64,
-    /// Where hot keys count a lone request whose reply goes through the lane (see
-    /// [`LaneCount`]).
+    /// Where hot keys count a batch whose replies go through the lane (see [`LaneCount`]).
     lane_count: Arc<LaneCount>,
 }
 

@@ -44,7 +44,8 @@ pub struct Batch {
     /// `Some` when the sender wants each reply's length with the replies (hot keys follow
     /// some of these commands): the connection delimits every frame anyway, and the session
     /// walking them again would cost as much. The list is where the lengths go, recycled from
-    /// an earlier reply, so that measuring allocates nothing once a session has done it.
+    /// an earlier reply, so that measuring allocates nothing once a session has done it; the
+    /// list of a batch whose replies the lane's listener hears ends with the batch.
     pub measured: Option<Vec<u32>>,
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,
@@ -165,7 +166,8 @@ pub(super) struct Pending {
     pub(super) lengths: Vec<u32>,
     /// Released with the batch's last reply.
     pub(super) _hold: Option<Hold>,
-    /// Where its replies are written, until the socket does not take one whole.
+    /// Where its replies are written, until the socket does not take one whole (see
+    /// [`InLane`]).
     pub(super) lane: Option<InLane>,
 }
 

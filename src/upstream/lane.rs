@@ -85,8 +85,8 @@ pub struct ClientLane {
 pub(super) enum Written {
     /// All of them reached the socket; the session is to be told (it asked to be woken).
     All { tell: bool },
-    /// The socket took this many bytes (or the lane is closed: none); the rest goes the
-    /// usual way.
+    /// The socket took this many bytes (none when the lane is closed, or an earlier run of
+    /// the batch did not fit); the rest goes the usual way.
     Part(usize),
 }
 

@@ -36,7 +36,9 @@ impl Waiting {
         let Some(hotkeys) = &self.hotkeys else {
             return;
         };
-        hotkeys.record(self.batch.recorder(), now);
+        if self.batch.recorder().has_finished() {
+            hotkeys.record(self.batch.recorder(), now);
+        }
         if !self.batch.is_waiting() {
             self.hotkeys = None;
         }

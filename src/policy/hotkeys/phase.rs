@@ -4,8 +4,8 @@
 //!
 //! A session's [`Recorder`] is the phase's follower: it keeps the keys of the requests in
 //! flight and, once per turn of the session, hands the finished ones to the [`HotKeys`] in
-//! force (its stage takes one lock for a whole pipeline). A lone request whose reply the
-//! connection writes to the client itself leaves the recorder for the session's
+//! force (its stage takes one lock for a whole pipeline). A batch whose replies the connection
+//! writes to the client itself leaves with the recorder for the session's
 //! [`LaneCount`](super::lane::LaneCount), and is counted there.
 
 use std::convert::Infallible;

@@ -75,8 +75,9 @@ impl Detached {
 }
 
 impl Recorder {
-    /// Whether the recorder follows `count` commands and none is finished: when they are a
-    /// batch's, they are all it holds and may leave with it (see [`Detached::take`]).
+    /// Whether the recorder follows `count` commands and the first is not finished: when the
+    /// session follows `count` commands of a batch, they are then all the recorder holds, none
+    /// finished, and may leave with it (see [`Detached::take`]).
     pub fn follows_only(&self, count: usize) -> bool {
         self.commands.len() == count && self.finished == 0
     }
