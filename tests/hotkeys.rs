@@ -343,6 +343,38 @@ fn pipelined_requests_count_with_their_own_replies_however_they_reach_the_client
     assert_eq!(requests["total"], 3 * ROUNDS, "{requests}");
 }
 
+/// A pipeline whose connection fails before its replies counts at once, without them, though
+/// its client sends nothing more.
+#[test]
+fn a_pipeline_whose_connection_fails_counts_at_once() {
+    let mut redis = RedisServer::start();
+    let keyward = Keyward::start(redis.port, HOTKEYS);
+    let mut client = keyward.raw();
+    client.send(b"*1\r\n$4\r\nPING\r\n");
+    assert_eq!(client.read_line(), "+PONG\r\n");
+    redis.signal("STOP");
+    client.send(b"*2\r\n$3\r\nGET\r\n$6\r\nfail:a\r\n*2\r\n$3\r\nGET\r\n$6\r\nfail:b\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    redis.kill();
+    for _ in 0..2 {
+        let line = client.read_line();
+        assert!(line.starts_with('-'), "{line}");
+    }
+    let report = admin_json(&keyward, "/hotkeys?window=10s&by=bytes");
+    let mut counted: Vec<(String, u64)> = report["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let key = entry["key"].as_str().unwrap().to_string();
+            (key, entry["bytes_out"].as_u64().unwrap())
+        })
+        .collect();
+    counted.sort();
+    let expected = [("fail:a".to_string(), 0), ("fail:b".to_string(), 0)];
+    assert_eq!(counted, expected, "{report}");
+}
+
 #[test]
 fn sampling_scales_counts_back_up() {
     let redis = RedisServer::start();

@@ -435,6 +435,10 @@ impl Session {
             Some(pin) => self.without_redirections(reply, pin),
             None => reply,
         };
+        if let Reply::Failed { .. } = &reply {
+            // What the lane's listener awaited of a batch, if anything, will not come.
+            self.lane_count.give_up();
+        }
         if let Reply::Fetched { ticket, .. } = &reply {
             self.holds
                 .taken

@@ -70,6 +70,12 @@ impl LaneCount {
         waiting.hotkeys = Some(hotkeys);
     }
 
+    /// The connection failed what it owed of the batch: the commands still waiting count now,
+    /// without their replies, rather than at the next batch or when the client leaves.
+    pub fn give_up(&self) {
+        self.waiting.lock().give_up();
+    }
+
     /// Gives back to `recorder` the commands handed over, whose batch never reached the
     /// connection: `restore` is given each one's place in the batch and its follow.
     pub fn take_back(&self, recorder: &mut Recorder, restore: impl FnMut(u32, Pending)) {
@@ -90,7 +96,8 @@ impl LaneListener for LaneCount {
 }
 
 impl Drop for LaneCount {
-    /// The session and its lane are gone: a batch still waiting has had its last chance.
+    /// The session and its lane are gone: a batch still waiting has had its last chance (its
+    /// connection failed, or the session ended before it heard).
     fn drop(&mut self) {
         self.waiting.get_mut().give_up();
     }
