@@ -146,18 +146,13 @@ impl HotKeys {
     /// Stages the counts of the commands `recorder` has finished, flushing the stage first if
     /// it holds an earlier period's counts or no room, and notes the big ones.
     pub fn record(&self, recorder: &mut Recorder, now: Instant) {
-        self.stage(recorder.finished(), now);
-        recorder.discard();
-    }
-
-    fn stage<'a>(&self, finished: impl Iterator<Item = (&'a [u8], &'a Observation)>, now: Instant) {
         let threshold = self.config.big_key_bytes.get();
         let mut stage = self.stage.lock();
         if !stage.takes(now) {
             drop(stage);
             stage = self.stage_for(now);
         }
-        for (key, seen) in finished {
+        for (key, seen) in recorder.finished() {
             if stage.is_full() {
                 self.flush(stage, now);
                 stage = self.stage_for(now);
@@ -168,6 +163,7 @@ impl HotKeys {
             }
         }
         drop(stage);
+        recorder.discard();
     }
 
     /// The stage, locked and entered for counts seen `now`; flushed first if it holds an
