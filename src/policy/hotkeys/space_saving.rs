@@ -28,10 +28,9 @@
 //! Absorbing uses plain Space-Saving's takeover, and a summary that has absorbed stays with it:
 //! the keys the absorbed summaries did not hold were never counted in its cells.
 
-use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 use hashbrown::HashTable;
-use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 /// What one observation adds to a key's counter, in the summary's unit (requests or bytes).
@@ -138,9 +137,12 @@ pub struct SpaceSaving {
     credited: u64,
 }
 
-/// The hash summaries index a key by.
+/// The hash the summaries and the stage find a key by. Seeded at random once per process, so
+/// that nobody sending keys can pick many that agree in the bits a table places them by:
+/// each of those would be compared with all the others on every update.
 pub fn key_hash(key: &[u8]) -> u64 {
-    FxBuildHasher.hash_one(key)
+    static SEEDED: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::new);
+    SEEDED.hash_one(key)
 }
 
 impl SpaceSaving {
@@ -441,6 +443,24 @@ mod tests {
         let mut all: Vec<(&Vec<u8>, &u64)> = exact.iter().collect();
         all.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         all[..n].iter().map(|(key, _)| key.to_vec()).collect()
+    }
+
+    /// Keys picked to agree in the low bits of an unseeded hash, as anyone sending keys could
+    /// pick them, are spread by the seeded one.
+    #[test]
+    fn keys_picked_to_collide_are_spread() {
+        use std::hash::BuildHasher;
+        let unseeded = |key: &str| rustc_hash::FxBuildHasher.hash_one(key.as_bytes()) & 1023;
+        let picked: Vec<String> = (0u64..)
+            .map(|n| format!("user:{n}"))
+            .filter(|key| unseeded(key) == 0)
+            .take(200)
+            .collect();
+        let places: std::collections::HashSet<u64> = picked
+            .iter()
+            .map(|key| key_hash(key.as_bytes()) & 1023)
+            .collect();
+        assert!(places.len() > 100, "200 keys in {} places", places.len());
     }
 
     #[test]
