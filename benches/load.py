@@ -7,6 +7,9 @@ redis-benchmark also runs) on free loopback ports, then runs every scenario agai
 target, target after target, for a number of rounds, and prints per-scenario medians, the
 ratios of keyward to direct and to each peer, each proxy's CPU seconds per million requests
 (from /proc) and keyward's memory. Absolute numbers on a shared machine are noise; the ratios are the result.
+With --policies the targets run in a new order each round, and each ratio to keyward alone is
+the median of the rounds' own ratios, with their middle half: the machine's speed drifts from
+round to round more than it does within one.
 
 A second redis-server pinned to cpu1 is measured too: a server answering every client on the
 CPU that the proxies share with redis-benchmark. Unpipelined, where a read and a write per
@@ -47,6 +50,7 @@ Everything it starts listens on 127.0.0.1 and is stopped on exit.
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -540,15 +544,29 @@ def report_policies(results, targets, scenarios, rounds):
           f"{rounds} rounds, medians in requests/s; one rule of each kind matching every key the "
           f"benchmark touches (a rate limit never hit); hot keys with the default [hotkeys] settings "
           f"(sample_rate 1.0), and with sample_rate 0.1; 'all policies': every kind at once, in shadow mode")
+    print("Each ratio is the median over rounds of that round's run against keyward's, with the "
+          "middle half of the rounds' ratios in brackets: the machine's speed drifts more between "
+          "rounds than within one.")
     names = [name for name, _ in targets]
     compared = names[2:]
     print("| scenario | " + " | ".join(names) + " | " + " | ".join(f"{n}/keyward" for n in compared) + " |")
     print("| --- | " + " | ".join("---:" for _ in names + compared) + " |")
     for scenario, _, _ in scenarios:
         medians = [statistics.median(results[(scenario, name)]) for name in names]
-        base = medians[1]
+        ratios = [paired_ratio(results[(scenario, name)], results[(scenario, "keyward")]) for name in compared]
         print(f"| {scenario} | " + " | ".join(f"{m:,.0f}" for m in medians)
-              + " | " + " | ".join(f"{m / base:.3f}" for m in medians[2:]) + " |")
+              + " | " + " | ".join(ratios) + " |")
+
+
+def paired_ratio(runs, baseline_runs):
+    """The median of each round's ratio of `runs` to `baseline_runs`, and the middle half of
+    those ratios (their quartiles), as text."""
+    ratios = [run / base for run, base in zip(runs, baseline_runs)]
+    median = statistics.median(ratios)
+    if len(ratios) < 4:
+        return f"{median:.3f}"
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{median:.3f} ({low:.2f}–{high:.2f})"
 
 
 # Requests per scenario under callgrind, which runs keyward about 50 times slower.
@@ -937,7 +955,10 @@ def main():
         for round_number in range(options.rounds):
             for name, args, multiplier in scenarios:
                 requests = options.requests * multiplier
-                for target, port in targets:
+                # With policies, the variants run in a new order each round, so that none is
+                # always measured just after a slow or a fast one.
+                order = random.sample(targets, len(targets)) if options.policies else targets
+                for target, port in order:
                     process = proxies.get(target)
                     before = process and cpu_seconds(process.pid)
                     rps = benchmark(port, args, requests)
