@@ -402,6 +402,13 @@ mod tests {
     use crate::policy::hotkeys::zipf::zipf_stream;
     use rustc_hash::FxHashMap;
 
+    /// These tests place keys by an unseeded hash, so that which keys share a filter cell is
+    /// the same in every run; the summaries take whatever hash they are given.
+    fn key_hash(key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(key)
+    }
+
     fn observe_one(summary: &mut SpaceSaving, key: &[u8], write: bool) {
         let tally = Tally {
             count: 1,
@@ -449,8 +456,7 @@ mod tests {
     /// pick them, are spread by the seeded one.
     #[test]
     fn keys_picked_to_collide_are_spread() {
-        use std::hash::BuildHasher;
-        let unseeded = |key: &str| rustc_hash::FxBuildHasher.hash_one(key.as_bytes()) & 1023;
+        let unseeded = |key: &str| key_hash(key.as_bytes()) & 1023;
         let picked: Vec<String> = (0u64..)
             .map(|n| format!("user:{n}"))
             .filter(|key| unseeded(key) == 0)
@@ -458,7 +464,7 @@ mod tests {
             .collect();
         let places: std::collections::HashSet<u64> = picked
             .iter()
-            .map(|key| key_hash(key.as_bytes()) & 1023)
+            .map(|key| super::key_hash(key.as_bytes()) & 1023)
             .collect();
         assert!(places.len() > 100, "200 keys in {} places", places.len());
     }
