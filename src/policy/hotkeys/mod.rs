@@ -13,6 +13,7 @@
 
 pub mod big_keys;
 pub mod fold;
+pub mod key_hash;
 pub mod lane;
 pub mod phase;
 pub mod record;

@@ -28,8 +28,6 @@
 //! Absorbing uses plain Space-Saving's takeover, and a summary that has absorbed stays with it:
 //! the keys the absorbed summaries did not hold were never counted in its cells.
 
-use std::sync::LazyLock;
-
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
@@ -121,7 +119,7 @@ pub struct SpaceSaving {
     /// Each slot's place in `heap`.
     heap_position: Vec<u32>,
     /// Slot numbers by key hash. The hash is computed once per key and shared by every summary
-    /// the key goes to (see [`key_hash`]).
+    /// the key goes to (see [`key_hash`](super::key_hash::key_hash)).
     index: HashTable<u32>,
     /// The weight of keys not held, by cell (see the module's notes); allocated when a full
     /// summary first observes a key it does not hold, so summaries that never fill (a few
@@ -135,14 +133,6 @@ pub struct SpaceSaving {
     total: u64,
     /// Credited to keys by [`absorb`](Self::absorb) for summaries they were missing from.
     credited: u64,
-}
-
-/// The hash the summaries and the stage find a key by. Seeded at random once per process, so
-/// that nobody sending keys can pick many that agree in the bits a table places them by:
-/// each of those would be compared with all the others on every update.
-pub fn key_hash(key: &[u8]) -> u64 {
-    static SEEDED: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::new);
-    SEEDED.hash_one(key)
 }
 
 impl SpaceSaving {
@@ -450,23 +440,6 @@ mod tests {
         let mut all: Vec<(&Vec<u8>, &u64)> = exact.iter().collect();
         all.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         all[..n].iter().map(|(key, _)| key.to_vec()).collect()
-    }
-
-    /// Keys picked to agree in the low bits of an unseeded hash, as anyone sending keys could
-    /// pick them, are spread by the seeded one.
-    #[test]
-    fn keys_picked_to_collide_are_spread() {
-        let unseeded = |key: &str| key_hash(key.as_bytes()) & 1023;
-        let picked: Vec<String> = (0u64..)
-            .map(|n| format!("user:{n}"))
-            .filter(|key| unseeded(key) == 0)
-            .take(200)
-            .collect();
-        let places: std::collections::HashSet<u64> = picked
-            .iter()
-            .map(|key| super::key_hash(key.as_bytes()) & 1023)
-            .collect();
-        assert!(places.len() > 100, "200 keys in {} places", places.len());
     }
 
     #[test]

@@ -18,9 +18,10 @@ use hashbrown::HashTable;
 use quanta::Instant;
 
 use super::fold;
+use super::key_hash::key_hash;
 #[cfg(doc)]
 use super::space_saving::INLINE_KEY;
-use super::space_saving::{holds, key_hash, HeldKey, Tally};
+use super::space_saving::{holds, HeldKey, Tally};
 use super::windows::{Of, Period};
 use super::By;
 

@@ -208,7 +208,8 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::hotkeys::space_saving::{key_hash, Tally};
+    use crate::policy::hotkeys::key_hash::key_hash;
+    use crate::policy::hotkeys::space_saving::Tally;
 
     fn count(period: &mut Period, key: &[u8], times: u64) {
         let tally = Tally {
