@@ -21,6 +21,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
     python3 benches/load.py --policies            # keyward with and without policy rules
     python3 benches/load.py --policies --variants "cache (shadow)" --baseline OLD_BINARY
                                                   # one variant, this build against an older one
+                                                  # (or several: --baseline A B, each named by
+                                                  # its file name)
     python3 benches/load.py --policies --keyspace 1000   # keys over 1,000 instead of 10,000
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
@@ -583,11 +585,19 @@ def callgrind_totals(path):
     return dict(zip(events, map(int, totals)))
 
 
-def instructions(work, start_keyward, variants, reset, start_predixy=None, baseline=None):
+def baseline_builds(paths):
+    """The builds given with --baseline, each labelled by its file name (" (baseline)" for a
+    single one, as before several could be given)."""
+    if len(paths) == 1:
+        return [(" (baseline)", paths[0])]
+    return [(f" ({os.path.basename(path)})", path) for path in paths]
+
+
+def instructions(work, start_keyward, variants, reset, start_predixy=None, baseline=()):
     """Each variant's instructions and simulated cache misses per request, counted by callgrind
     from just before to just after each scenario (startup and warm-up excluded). With
     `start_predixy`, Predixy is counted the same way, for the user-space work of the peer; with
-    `baseline` (a keyward binary), each variant is counted on it too. `reset` writes the keys
+    `baseline` (keyward binaries), each variant is counted on each of them too. `reset` writes the keys
     as they were before the first (the SET scenarios write missing ones)."""
     rows = []
 
@@ -609,7 +619,7 @@ def instructions(work, start_keyward, variants, reset, start_predixy=None, basel
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
-    builds = [("", KEYWARD)] + ([(" (baseline)", baseline)] if baseline else [])
+    builds = [("", KEYWARD)] + baseline_builds(baseline)
     for name, extra in variants:
         for label, binary in builds:
             port = free_port()
@@ -797,11 +807,11 @@ def main():
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="with --policies or --instructions, only these policy variants (as the "
                              "tables name them)")
-    parser.add_argument("--baseline", metavar="PATH",
+    parser.add_argument("--baseline", metavar="PATH", nargs="+", default=[],
                         help="with --policies or --instructions, also run each variant on the keyward "
-                             "binary at PATH "
-                             "(an older build), in the same interleaved rounds: a same-sitting comparison "
-                             "(its ratios are to this build's keyward without policies)")
+                             "binary at each PATH (older or experimental builds, named by their file "
+                             "names), in the same interleaved rounds: a same-sitting comparison "
+                             "(their ratios are to this build's keyward without policies)")
     parser.add_argument("--cache", action="store_true",
                         help="Zipf-distributed GETs over 100,000 keys: Redis direct, keyward, and "
                              "keyward with a cache rule")
@@ -941,7 +951,7 @@ def main():
         else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
             variants = chosen(POLICY_VARIANTS, options.variants)
-            builds = [("", KEYWARD)] + ([(" (baseline)", options.baseline)] if options.baseline else [])
+            builds = [("", KEYWARD)] + baseline_builds(options.baseline)
             for number, (name, extra) in enumerate(variants):
                 for label, binary in builds:
                     port = free_port()
