@@ -8,50 +8,69 @@
 //! or report after the shortest window's period ends, at every report, and when the table is
 //! full. A key asked for a hundred times between flushes is folded and ranked once.
 //!
-//! The summaries take weighted observations, and staged counts are exact, so their guarantees
-//! hold unchanged; only the order in which keys arrive differs, which Space-Saving's bounds do
-//! not depend on.
+//! The summaries take weighted observations, and staged counts are exact (but for keys whose
+//! 64-bit hashes agree, see [`Staged`]), so their guarantees hold unchanged; only the order in
+//! which keys arrive differs, which Space-Saving's bounds do not depend on.
 
 use std::ops::AddAssign;
 
 use hashbrown::HashTable;
 use quanta::Instant;
+use rustc_hash::FxHashMap;
 
 use super::fold;
 use super::key_hash::key_hash;
 #[cfg(doc)]
 use super::space_saving::INLINE_KEY;
-use super::space_saving::{holds, HeldKey, Tally};
+use super::space_saving::{HeldKey, Tally};
 use super::windows::{Of, Period};
 use super::By;
 
 /// Keys staged per counter of a summary before the stage is flushed. A full stage of the
-/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 65 bytes (an entry
-/// and a control byte): 2.1 MB, plus an allocation for each key longer than [`INLINE_KEY`]
-/// (up to 3.6 MB more with the longest keys kept). Two full stages can exist at once, when a
-/// flush waits for another's fold. A flush holds the summaries for as long as its keys take to
-/// fold and rank (a few milliseconds when full); in exchange a working set of up to this many
-/// keys per counter reaches the summaries once per period.
+/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 33 bytes (an entry
+/// and a control byte): 1.1 MB, plus the keys themselves in a list of their own (32 bytes
+/// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
+/// the longest keys kept). Two full stages can exist at once, when a flush waits for another's
+/// fold. A flush holds the summaries for as long as its keys take to fold and rank (a few
+/// milliseconds when full); in exchange a working set of up to this many keys per counter
+/// reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
 
-/// A staged key and what its commands added, in one cache line: an update reads the table's
-/// control bytes and this line, and nothing else for a key of up to [`INLINE_KEY`] bytes.
-#[repr(align(64))]
+/// A staged key's counts, found by the key's hash alone, in half a cache line. Every command
+/// updates one entry at random among the stage's, which has long left the cache since that
+/// key's last command: a stage of 10,000 keys touches 320 KB of entries rather than the
+/// 640 KB it took with the key kept in each, and an update reads nothing else but the
+/// table's control bytes. The key's bytes are read only when the stage is flushed.
+#[repr(align(32))]
 struct Staged {
-    key: HeldKey,
+    /// The key's [`key_hash`]. Keys of one stage are told apart by it: a seeded 64-bit hash
+    /// makes two of a full stage's 16,384 keys agree about once in 10^11 stages, and nobody
+    /// sending keys can pick keys that do.
+    hash: u64,
+    /// Where the key is in the stage's list of keys.
+    key: u32,
     /// Saturating: more than four billion requests for one key within one period of the
     /// shortest window (over a million a second for an hour) are counted as four billion.
     requests: u32,
     /// Of `requests`, from commands that write.
     writes: u32,
-    /// Bytes in and out together, of all commands and of those that write.
-    bytes: u64,
-    write_bytes: u64,
-    /// Of `bytes`, what went out with replies.
-    outbound: u64,
+    /// Bytes in and out together, of all commands and of those that write, and of `bytes`,
+    /// what went out with replies. A key that would pass four billion of them within a
+    /// period moves its byte counts to the stage's spilled counts first.
+    bytes: u32,
+    write_bytes: u32,
+    outbound: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Staged>() == 64);
+const _: () = assert!(std::mem::size_of::<Staged>() == 32);
+
+/// Byte counts of a staged key beyond what its entry holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bytes {
+    bytes: u64,
+    write_bytes: u64,
+    outbound: u64,
+}
 
 /// One command's counts for one of its keys.
 #[derive(Debug, Clone, Copy)]
@@ -63,18 +82,52 @@ pub struct Counts {
 }
 
 impl Staged {
-    fn add(&mut self, counts: Counts) {
-        let bytes = counts.inbound + counts.outbound;
-        let write = u64::from(counts.write);
-        self.requests = self.requests.saturating_add(1);
-        self.writes = self.writes.saturating_add(u32::from(counts.write));
-        self.bytes += bytes;
-        self.write_bytes += bytes * write;
-        self.outbound += counts.outbound;
+    fn new(hash: u64, key: u32) -> Staged {
+        Staged {
+            hash,
+            key,
+            requests: 0,
+            writes: 0,
+            bytes: 0,
+            write_bytes: 0,
+            outbound: 0,
+        }
     }
 
-    /// What the staged commands add to a summary ranking `by` requests or bytes.
-    fn tally(&self, by: By) -> Tally {
+    /// Adds a command's counts; its byte counts go to `spilled` first when the entry's would
+    /// overflow.
+    #[inline]
+    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Bytes>) {
+        self.requests = self.requests.saturating_add(1);
+        self.writes = self.writes.saturating_add(u32::from(counts.write));
+        let bytes = counts.inbound.saturating_add(counts.outbound);
+        let held = u64::from(self.bytes) + bytes;
+        if held > u64::from(u32::MAX) {
+            self.spill(counts, spilled);
+            return;
+        }
+        // Neither part can pass the whole, which fits.
+        self.bytes = held as u32;
+        self.write_bytes += bytes as u32 * u32::from(counts.write);
+        self.outbound += counts.outbound as u32;
+    }
+
+    /// Moves the entry's byte counts and this command's to `spilled`.
+    #[cold]
+    fn spill(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Bytes>) {
+        let bytes = counts.inbound.saturating_add(counts.outbound);
+        let total = spilled.entry(self.key).or_default();
+        total.bytes += u64::from(self.bytes) + bytes;
+        total.write_bytes += u64::from(self.write_bytes) + bytes * u64::from(counts.write);
+        total.outbound += u64::from(self.outbound) + counts.outbound;
+        self.bytes = 0;
+        self.write_bytes = 0;
+        self.outbound = 0;
+    }
+
+    /// What the staged commands add to a summary ranking `by` requests or bytes, with the
+    /// byte counts the entry spilled.
+    fn tally(&self, by: By, spilled: Bytes) -> Tally {
         match by {
             By::Requests => Tally {
                 count: u64::from(self.requests),
@@ -83,18 +136,22 @@ impl Staged {
                 outbound: 0,
             },
             By::Bytes => Tally {
-                count: self.bytes,
+                count: u64::from(self.bytes) + spilled.bytes,
                 error: 0,
-                writes: self.write_bytes,
-                outbound: self.outbound,
+                writes: u64::from(self.write_bytes) + spilled.write_bytes,
+                outbound: u64::from(self.outbound) + spilled.outbound,
             },
         }
     }
 }
 
 pub struct Staging {
-    /// The staged keys by hash, their counts held in the table itself: one place to look.
+    /// The staged keys' counts, by hash: one place to look.
     staged: HashTable<Staged>,
+    /// The staged keys, in the order they came.
+    keys: Vec<HeldKey>,
+    /// Byte counts that did not fit in their entries, by the number of their key.
+    spilled: FxHashMap<u32, Bytes>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
@@ -119,7 +176,12 @@ impl Staging {
     pub fn new(capacity: usize) -> Staging {
         Staging {
             staged: HashTable::new(),
-            limit: capacity.saturating_mul(STAGED_PER_COUNTER),
+            keys: Vec::new(),
+            spilled: FxHashMap::default(),
+            // An entry numbers its key in 32 bits.
+            limit: capacity
+                .saturating_mul(STAGED_PER_COUNTER)
+                .min(u32::MAX as usize),
             period: None,
             period_ends: None,
             pattern: Vec::new(),
@@ -131,6 +193,8 @@ impl Staging {
     pub fn succeeding(flushed: &Staging) -> Staging {
         Staging {
             staged: HashTable::with_capacity(flushed.staged.len()),
+            keys: Vec::with_capacity(flushed.keys.len()),
+            spilled: FxHashMap::default(),
             limit: flushed.limit,
             period: None,
             period_ends: None,
@@ -169,34 +233,29 @@ impl Staging {
     #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
-        let found = self.staged.find_mut(hash, |staged| holds(&staged.key, key));
-        if let Some(staged) = found {
-            staged.add(counts);
+        let spilled = &mut self.spilled;
+        if let Some(staged) = self.staged.find_mut(hash, |staged| staged.hash == hash) {
+            staged.add(counts, spilled);
             return;
         }
-        let mut fresh = Staged {
-            key: HeldKey::from_slice(key),
-            requests: 0,
-            writes: 0,
-            bytes: 0,
-            write_bytes: 0,
-            outbound: 0,
-        };
-        fresh.add(counts);
-        self.staged
-            .insert_unique(hash, fresh, |staged| key_hash(&staged.key));
+        let mut fresh = Staged::new(hash, self.keys.len() as u32);
+        fresh.add(counts, spilled);
+        self.keys.push(HeldKey::from_slice(key));
+        self.staged.insert_unique(hash, fresh, |staged| staged.hash);
     }
 
     /// Hands every staged key to `period`'s summaries, with its pattern.
     pub fn flush_into(mut self, period: &mut Period) {
         for staged in &self.staged {
-            let key = &staged.key[..];
-            let hash = key_hash(key);
+            let key = &self.keys[staged.key as usize][..];
+            let spilled = self.spilled.get(&staged.key).copied().unwrap_or_default();
             fold::fold(key, &mut self.pattern);
             let pattern_hash = key_hash(&self.pattern);
             for by in [By::Requests, By::Bytes] {
-                let tally = staged.tally(by);
-                period.summary_mut(Of::Keys, by).observe(key, hash, tally);
+                let tally = staged.tally(by, spilled);
+                period
+                    .summary_mut(Of::Keys, by)
+                    .observe(key, staged.hash, tally);
                 period
                     .summary_mut(Of::Patterns, by)
                     .observe(&self.pattern, pattern_hash, tally);
@@ -252,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_longer_than_an_entry_holds_are_staged_whole() {
+    fn keys_longer_than_held_inline_are_staged_whole() {
         let long = "user:".repeat(20);
         let mut staging = Staging::new(4);
         staging.enter(0, None);
@@ -269,18 +328,40 @@ mod tests {
 
     #[test]
     fn request_counts_saturate_instead_of_wrapping() {
-        let mut staged = Staged {
-            key: HeldKey::from_slice(b"k"),
-            requests: u32::MAX - 1,
-            writes: u32::MAX,
-            bytes: 0,
-            write_bytes: 0,
-            outbound: 0,
-        };
-        staged.add(counts(true, 1, 1));
-        staged.add(counts(true, 1, 1));
+        let mut spilled = FxHashMap::default();
+        let mut staged = Staged::new(0, 0);
+        staged.requests = u32::MAX - 1;
+        staged.writes = u32::MAX;
+        staged.add(counts(true, 1, 1), &mut spilled);
+        staged.add(counts(true, 1, 1), &mut spilled);
         assert_eq!((staged.requests, staged.writes), (u32::MAX, u32::MAX));
         assert_eq!(staged.bytes, 4);
+    }
+
+    /// A key whose byte counts outgrow its entry keeps every byte: its entry's counts move
+    /// aside, and the flush adds them back.
+    #[test]
+    fn byte_counts_past_an_entry_are_kept_whole() {
+        let mut staging = Staging::new(4);
+        staging.enter(0, None);
+        let big = u64::from(u32::MAX) - 10;
+        staging.add(b"big", counts(true, 20, big));
+        staging.add(b"big", counts(false, 5, 6));
+        staging.add(b"big", counts(true, 30, 40));
+        staging.add(b"small", counts(false, 1, 2));
+        let mut period = Period::new(4);
+        staging.flush_into(&mut period);
+        let bytes: Vec<_> = period.summary(Of::Keys, By::Bytes).counters().collect();
+        let tally = |key: &[u8]| bytes.iter().find(|c| c.key == key).unwrap().tally;
+        let big_tally = tally(b"big");
+        assert_eq!(
+            (big_tally.count, big_tally.writes, big_tally.outbound),
+            (big + 20 + 11 + 70, big + 20 + 70, big + 6 + 40)
+        );
+        assert_eq!((tally(b"small").count, tally(b"small").writes), (3, 0));
+        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
+        let big_requests = requests.iter().find(|c| c.key == b"big").unwrap().tally;
+        assert_eq!((big_requests.count, big_requests.writes), (3, 2));
     }
 
     #[test]
