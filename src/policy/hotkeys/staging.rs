@@ -66,7 +66,7 @@ const _: () = assert!(std::mem::size_of::<Staged>() == 32);
 
 /// Byte counts of a staged key beyond what its entry holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Bytes {
+struct SpilledBytes {
     bytes: u64,
     write_bytes: u64,
     outbound: u64,
@@ -97,7 +97,7 @@ impl Staged {
     /// Adds a command's counts; its byte counts go to `spilled` first when the entry's would
     /// overflow.
     #[inline]
-    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Bytes>) {
+    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, SpilledBytes>) {
         self.requests = self.requests.saturating_add(1);
         self.writes = self.writes.saturating_add(u32::from(counts.write));
         let bytes = counts.inbound.saturating_add(counts.outbound);
@@ -114,7 +114,7 @@ impl Staged {
 
     /// Moves the entry's byte counts and this command's to `spilled`.
     #[cold]
-    fn spill(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Bytes>) {
+    fn spill(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, SpilledBytes>) {
         let bytes = counts.inbound.saturating_add(counts.outbound);
         let total = spilled.entry(self.key).or_default();
         total.bytes += u64::from(self.bytes) + bytes;
@@ -127,7 +127,7 @@ impl Staged {
 
     /// What the staged commands add to a summary ranking `by` requests or bytes, with the
     /// byte counts the entry spilled.
-    fn tally(&self, by: By, spilled: Bytes) -> Tally {
+    fn tally(&self, by: By, spilled: SpilledBytes) -> Tally {
         match by {
             By::Requests => Tally {
                 count: u64::from(self.requests),
@@ -151,7 +151,7 @@ pub struct Staging {
     /// The staged keys, in the order they came.
     keys: Vec<HeldKey>,
     /// Byte counts that did not fit in their entries, by the number of their key.
-    spilled: FxHashMap<u32, Bytes>,
+    spilled: FxHashMap<u32, SpilledBytes>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
