@@ -56,21 +56,13 @@ struct Staged {
     writes: u32,
     /// Bytes in and out together, of all commands and of those that write, and of `bytes`,
     /// what went out with replies. A key that would pass four billion of them within a
-    /// period moves its byte counts to the stage's spilled counts first.
+    /// period moves its byte counts to the stage's spilled tallies first.
     bytes: u32,
     write_bytes: u32,
     outbound: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Staged>() == 32);
-
-/// Byte counts of a staged key beyond what its entry holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct SpilledBytes {
-    bytes: u64,
-    write_bytes: u64,
-    outbound: u64,
-}
 
 /// One command's counts for one of its keys.
 #[derive(Debug, Clone, Copy)]
@@ -97,13 +89,13 @@ impl Staged {
     /// Adds a command's counts; its byte counts go to `spilled` first when the entry's would
     /// overflow.
     #[inline]
-    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, SpilledBytes>) {
+    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Tally>) {
         self.requests = self.requests.saturating_add(1);
         self.writes = self.writes.saturating_add(u32::from(counts.write));
         let bytes = counts.inbound.saturating_add(counts.outbound);
         let held = u64::from(self.bytes) + bytes;
         if held > u64::from(u32::MAX) {
-            self.spill(counts, spilled);
+            self.spill(bytes, counts, spilled);
             return;
         }
         // Neither part can pass the whole, which fits.
@@ -112,14 +104,16 @@ impl Staged {
         self.outbound += counts.outbound as u32;
     }
 
-    /// Moves the entry's byte counts and this command's to `spilled`.
+    /// Moves the entry's byte counts and this command's (`bytes` in and out) to the key's
+    /// tally in `spilled`, as a summary ranking by bytes counts them.
     #[cold]
-    fn spill(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, SpilledBytes>) {
-        let bytes = counts.inbound.saturating_add(counts.outbound);
-        let total = spilled.entry(self.key).or_default();
-        total.bytes += u64::from(self.bytes) + bytes;
-        total.write_bytes += u64::from(self.write_bytes) + bytes * u64::from(counts.write);
-        total.outbound += u64::from(self.outbound) + counts.outbound;
+    fn spill(&mut self, bytes: u64, counts: Counts, spilled: &mut FxHashMap<u32, Tally>) {
+        *spilled.entry(self.key).or_default() += Tally {
+            count: u64::from(self.bytes) + bytes,
+            error: 0,
+            writes: u64::from(self.write_bytes) + bytes * u64::from(counts.write),
+            outbound: u64::from(self.outbound) + counts.outbound,
+        };
         self.bytes = 0;
         self.write_bytes = 0;
         self.outbound = 0;
@@ -127,7 +121,7 @@ impl Staged {
 
     /// What the staged commands add to a summary ranking `by` requests or bytes, with the
     /// byte counts the entry spilled.
-    fn tally(&self, by: By, spilled: SpilledBytes) -> Tally {
+    fn tally(&self, by: By, spilled: Tally) -> Tally {
         match by {
             By::Requests => Tally {
                 count: u64::from(self.requests),
@@ -135,12 +129,16 @@ impl Staged {
                 writes: u64::from(self.writes),
                 outbound: 0,
             },
-            By::Bytes => Tally {
-                count: u64::from(self.bytes) + spilled.bytes,
-                error: 0,
-                writes: u64::from(self.write_bytes) + spilled.write_bytes,
-                outbound: u64::from(self.outbound) + spilled.outbound,
-            },
+            By::Bytes => {
+                let mut tally = Tally {
+                    count: u64::from(self.bytes),
+                    error: 0,
+                    writes: u64::from(self.write_bytes),
+                    outbound: u64::from(self.outbound),
+                };
+                tally += spilled;
+                tally
+            }
         }
     }
 }
@@ -150,8 +148,9 @@ pub struct Staging {
     staged: HashTable<Staged>,
     /// The staged keys, in the order they came.
     keys: Vec<HeldKey>,
-    /// Byte counts that did not fit in their entries, by the number of their key.
-    spilled: FxHashMap<u32, SpilledBytes>,
+    /// Byte counts that did not fit in their entries, by the number of their key, as a
+    /// summary ranking by bytes counts them.
+    spilled: FxHashMap<u32, Tally>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
@@ -277,28 +276,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flush_hands_each_key_once_with_its_sums() {
+    /// The period a stage for four counters hands `commands` to.
+    fn flushed(commands: &[(&[u8], Counts)]) -> Period {
         let mut staging = Staging::new(4);
         staging.enter(0, None);
-        staging.add(b"user:1", counts(false, 20, 10));
-        staging.add(b"user:2", counts(true, 30, 5));
-        staging.add(b"user:1", counts(true, 20, 5));
+        for &(key, counts) in commands {
+            staging.add(key, counts);
+        }
         let mut period = Period::new(4);
         staging.flush_into(&mut period);
-        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
-        let user_1 = requests.iter().find(|c| c.key == b"user:1").unwrap();
-        assert_eq!((user_1.tally.count, user_1.tally.writes), (2, 1));
-        let bytes: Vec<_> = period.summary(Of::Keys, By::Bytes).counters().collect();
-        let user_1 = bytes.iter().find(|c| c.key == b"user:1").unwrap();
-        assert_eq!(
-            (
-                user_1.tally.count,
-                user_1.tally.writes,
-                user_1.tally.outbound
-            ),
-            (55, 25, 15)
-        );
+        period
+    }
+
+    /// What `period`'s summary of keys by `by` counted for `key`.
+    fn tally(period: &Period, by: By, key: &[u8]) -> Tally {
+        let summary = period.summary(Of::Keys, by);
+        summary.counters().find(|c| c.key == key).unwrap().tally
+    }
+
+    #[test]
+    fn a_flush_hands_each_key_once_with_its_sums() {
+        let period = flushed(&[
+            (b"user:1", counts(false, 20, 10)),
+            (b"user:2", counts(true, 30, 5)),
+            (b"user:1", counts(true, 20, 5)),
+        ]);
+        let requests = tally(&period, By::Requests, b"user:1");
+        assert_eq!((requests.count, requests.writes), (2, 1));
+        let bytes = tally(&period, By::Bytes, b"user:1");
+        assert_eq!((bytes.count, bytes.writes, bytes.outbound), (55, 25, 15));
         let patterns: Vec<_> = period
             .summary(Of::Patterns, By::Requests)
             .counters()
@@ -313,17 +319,15 @@ mod tests {
     #[test]
     fn keys_longer_than_held_inline_are_staged_whole() {
         let long = "user:".repeat(20);
-        let mut staging = Staging::new(4);
-        staging.enter(0, None);
-        staging.add(long.as_bytes(), counts(false, 1, 1));
-        staging.add(long.as_bytes(), counts(true, 1, 1));
-        staging.add(&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1));
-        let mut period = Period::new(4);
-        staging.flush_into(&mut period);
-        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
-        let whole = requests.iter().find(|c| c.key == long.as_bytes()).unwrap();
-        assert_eq!((whole.tally.count, whole.tally.writes), (2, 1));
-        assert_eq!(requests.len(), 2);
+        let period = flushed(&[
+            (long.as_bytes(), counts(false, 1, 1)),
+            (long.as_bytes(), counts(true, 1, 1)),
+            (&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1)),
+        ]);
+        let whole = tally(&period, By::Requests, long.as_bytes());
+        assert_eq!((whole.count, whole.writes), (2, 1));
+        let keys = period.summary(Of::Keys, By::Requests).counters().count();
+        assert_eq!(keys, 2);
     }
 
     #[test]
@@ -342,25 +346,21 @@ mod tests {
     /// aside, and the flush adds them back.
     #[test]
     fn byte_counts_past_an_entry_are_kept_whole() {
-        let mut staging = Staging::new(4);
-        staging.enter(0, None);
         let big = u64::from(u32::MAX) - 10;
-        staging.add(b"big", counts(true, 20, big));
-        staging.add(b"big", counts(false, 5, 6));
-        staging.add(b"big", counts(true, 30, 40));
-        staging.add(b"small", counts(false, 1, 2));
-        let mut period = Period::new(4);
-        staging.flush_into(&mut period);
-        let bytes: Vec<_> = period.summary(Of::Keys, By::Bytes).counters().collect();
-        let tally = |key: &[u8]| bytes.iter().find(|c| c.key == key).unwrap().tally;
-        let big_tally = tally(b"big");
+        let period = flushed(&[
+            (b"big", counts(true, 20, big)),
+            (b"big", counts(false, 5, 6)),
+            (b"big", counts(true, 30, 40)),
+            (b"small", counts(false, 1, 2)),
+        ]);
+        let big_bytes = tally(&period, By::Bytes, b"big");
         assert_eq!(
-            (big_tally.count, big_tally.writes, big_tally.outbound),
+            (big_bytes.count, big_bytes.writes, big_bytes.outbound),
             (big + 20 + 11 + 70, big + 20 + 70, big + 6 + 40)
         );
-        assert_eq!((tally(b"small").count, tally(b"small").writes), (3, 0));
-        let requests: Vec<_> = period.summary(Of::Keys, By::Requests).counters().collect();
-        let big_requests = requests.iter().find(|c| c.key == b"big").unwrap().tally;
+        let small_bytes = tally(&period, By::Bytes, b"small");
+        assert_eq!((small_bytes.count, small_bytes.writes), (3, 0));
+        let big_requests = tally(&period, By::Requests, b"big");
         assert_eq!((big_requests.count, big_requests.writes), (3, 2));
     }
 
