@@ -2,8 +2,7 @@
 //! elsewhere: by the connection that writes the batch's replies to the client itself (see
 //! [`lane`](crate::policy::hotkeys::lane)).
 
-use std::collections::VecDeque;
-
+use super::queue::Queue;
 use super::{Pending, Recorder};
 use crate::resp::frame;
 
@@ -14,7 +13,7 @@ use crate::resp::frame;
 pub struct Detached {
     recorder: Recorder,
     /// The places of the followed commands not answered yet, in order.
-    places: VecDeque<u32>,
+    places: Queue<u32>,
     /// Replies of the batch heard so far.
     heard: u32,
 }
@@ -35,9 +34,10 @@ impl Detached {
     /// the command to follow it by.
     pub fn give_back(&mut self, recorder: &mut Recorder, mut restore: impl FnMut(u32, Pending)) {
         std::mem::swap(&mut self.recorder, recorder);
-        for (place, pending) in self.places.drain(..).zip(recorder.pendings()) {
+        for (&place, pending) in self.places.as_slice().iter().zip(recorder.pendings()) {
             restore(place, pending);
         }
+        self.places.clear();
     }
 
     /// Whether some followed command still waits for its reply.
@@ -51,21 +51,29 @@ impl Detached {
         let end = self.heard + count;
         let mut replies = frame::replies(replies, lengths, count as usize);
         let mut next = self.heard;
-        while let Some(&place) = self.places.front().filter(|&&place| place < end) {
+        let mut answered = 0;
+        for &place in self
+            .places
+            .as_slice()
+            .iter()
+            .take_while(|&&place| place < end)
+        {
             let reply = replies.nth((place - next) as usize).unwrap_or_default();
             next = place + 1;
-            self.places.pop_front();
+            answered += 1;
             self.recorder.finish_next(reply);
         }
+        self.places.drop_front(answered);
         self.heard = end;
     }
 
     /// Finishes the commands still waiting without an answer (their connection failed, or
     /// the session is gone), as a request that timed out is.
     pub fn give_up(&mut self) {
-        for _ in self.places.drain(..) {
+        for _ in 0..self.places.len() {
             self.recorder.finish_next(&[]);
         }
+        self.places.clear();
     }
 
     /// The recorder, with the commands finished so far.
@@ -83,6 +91,7 @@ impl Recorder {
     }
 
     /// Finishes the first command not finished yet.
+    #[inline]
     fn finish_next(&mut self, answer: &[u8]) {
         let next = Pending(self.first + self.finished as u64);
         self.finish(next, answer);

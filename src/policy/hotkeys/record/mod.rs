@@ -11,7 +11,6 @@
 //! equal share of the rest of the request, and its own element of an array reply with one
 //! element per key (as `MGET` has); any other reply is shared equally.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::ops::Range;
 
@@ -22,8 +21,10 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 
 mod detach;
+mod queue;
 
 pub use detach::Detached;
+use queue::Queue;
 
 /// Keys counted per command at most (`MGET` of a million keys counts the first ones).
 pub const MAX_KEYS_PER_COMMAND: usize = 64;
@@ -77,8 +78,8 @@ pub struct Observation {
 /// costs (see BENCHMARKS.md), more than its instructions.
 #[derive(Default)]
 pub struct Recorder {
-    commands: VecDeque<Followed>,
-    keys: VecDeque<Observation>,
+    commands: Queue<Followed>,
+    keys: Queue<Observation>,
     /// The numbers of the command at the front of `commands` and of the key at the front of
     /// `keys`.
     first: u64,
@@ -87,7 +88,7 @@ pub struct Recorder {
     finished: usize,
     /// The bytes of the kept keys longer than [`INLINE_KEY`], in the order kept, and the
     /// number of the first.
-    long_keys: Vec<u8>,
+    long_keys: Queue<u8>,
     first_long_byte: u64,
 }
 
@@ -135,14 +136,14 @@ impl Recorder {
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
         // A command already counted is not found (and never asked for).
         let nth = pending.0.wrapping_sub(self.first) as usize;
-        let Some(followed) = self.commands.get_mut(nth) else {
+        let Some(followed) = self.commands.as_mut_slice().get_mut(nth) else {
             return;
         };
         followed.finished = true;
         let first_key = (followed.first_key - self.first_key) as usize;
         match followed.named {
             1 => {
-                if let Some(only) = self.keys.get_mut(first_key) {
+                if let Some(only) = self.keys.as_mut_slice().get_mut(first_key) {
                     only.counts.outbound = answer.len() as u64;
                 }
             }
@@ -152,6 +153,7 @@ impl Recorder {
             self.finished += 1;
             while self
                 .commands
+                .as_slice()
                 .get(self.finished)
                 .is_some_and(|command| command.finished)
             {
@@ -167,15 +169,18 @@ impl Recorder {
 
     /// The keys of the finished commands at the front, each with its observation.
     pub fn finished(&self) -> impl Iterator<Item = (&[u8], &Observation)> {
-        self.keys
-            .range(..self.keys_from(self.finished))
+        self.keys.as_slice()[..self.keys_from(self.finished)]
+            .iter()
             .map(|seen| {
                 let key = match &seen.key {
                     KeptKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
                     KeptKey::Long(range) => {
                         let start = (range.start - self.first_long_byte) as usize;
                         let end = (range.end - self.first_long_byte) as usize;
-                        self.long_keys.get(start..end).unwrap_or_default()
+                        self.long_keys
+                            .as_slice()
+                            .get(start..end)
+                            .unwrap_or_default()
                     }
                 };
                 (key, seen)
@@ -186,22 +191,20 @@ impl Recorder {
     /// turned off).
     pub fn discard(&mut self) {
         let keys = self.keys_from(self.finished);
-        self.keys.drain(..keys);
-        self.commands.drain(..self.finished);
+        self.keys.drop_front(keys);
+        self.commands.drop_front(self.finished);
         self.first += self.finished as u64;
         self.first_key += keys as u64;
         self.finished = 0;
-        // Long keys no command still holds are dropped once they are half the buffer or more,
-        // so that each byte is moved at most once on average, however long commands stay.
+        // Long keys no command still holds leave with them.
         let held_from = self
             .commands
-            .front()
+            .as_slice()
+            .first()
             .map_or(self.long_keys_end(), |command| command.long_bytes);
-        let unheld = (held_from - self.first_long_byte) as usize;
-        if unheld > 0 && unheld * 2 >= self.long_keys.len() {
-            self.long_keys.drain(..unheld);
-            self.first_long_byte = held_from;
-        }
+        self.long_keys
+            .drop_front((held_from - self.first_long_byte) as usize);
+        self.first_long_byte = held_from;
     }
 
     /// Gives each of the `nth` command's `named` keys its own element of an array answer with
@@ -211,7 +214,7 @@ impl Recorder {
         let mut elements = frame::array_elements(answer, named as usize);
         let even_share = answer.len() as u64 / u64::from(named.max(1));
         let keys = self.keys_from(nth)..self.keys_from(nth + 1);
-        for key in self.keys.range_mut(keys) {
+        for key in &mut self.keys.as_mut_slice()[keys] {
             key.counts.outbound = elements
                 .as_mut()
                 .and_then(Iterator::next)
@@ -222,7 +225,8 @@ impl Recorder {
     /// Where the keys of the `nth` command in line start in `keys` (where they end, past the
     /// last command).
     fn keys_from(&self, nth: usize) -> usize {
-        self.commands.get(nth).map_or(self.keys.len(), |command| {
+        let command = self.commands.as_slice().get(nth);
+        command.map_or(self.keys.len(), |command| {
             (command.first_key - self.first_key) as usize
         })
     }
@@ -306,7 +310,8 @@ impl Recorder {
         // The request bytes that belong to no key: the command name, the framing, arguments
         // before the first key.
         let share = (request_len as u64).saturating_sub(segments) / key_positions.len() as u64;
-        for key in self.keys.range_mut(self.keys.len() - kept.len()..) {
+        let first_kept = self.keys.len() - kept.len();
+        for key in &mut self.keys.as_mut_slice()[first_kept..] {
             key.counts.inbound += share;
         }
     }
@@ -322,7 +327,7 @@ fn argument_bytes(args: &Args<'_>, positions: Range<usize>) -> u64 {
 
 /// Appends a key longer than [`MAX_KEY_LEN`] as its start and a hash of the whole.
 #[cold]
-fn push_shortened(key: &[u8], out: &mut Vec<u8>) {
+fn push_shortened(key: &[u8], out: &mut Queue<u8>) {
     let hash = rustc_hash::FxBuildHasher.hash_one(key);
     out.extend_from_slice(&key[..MAX_KEY_LEN]);
     out.extend_from_slice(format!("...#{hash:016x}").as_bytes());
