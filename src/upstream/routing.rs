@@ -134,11 +134,25 @@ fn deliver_run(
         }
         head.remaining -= *run_count;
         if head.remaining == 0 {
-            pending.pop_front();
+            let spent = pending.pop_front().map(|done| done.lengths);
+            pass_on_lengths(spent, pending.front_mut());
         }
     }
     *run_len = 0;
     *run_count = 0;
+}
+
+/// A list of lengths that a finished batch still holds (its replies were heard through the
+/// lane, so none went to its session) serves the next batch that measures and has none: the
+/// sessions of such batches get no list back to send with their next one, and without this
+/// every batch of theirs would allocate one.
+fn pass_on_lengths(spent: Option<Vec<u32>>, next: Option<&mut Pending>) {
+    if let (Some(mut list), Some(next)) = (spent, next) {
+        if next.measured && next.lengths.capacity() == 0 && list.capacity() > 0 {
+            list.clear();
+            next.lengths = list;
+        }
+    }
 }
 
 /// Writes a run to its client through the lane its batch came with, if it came with one, and
@@ -268,6 +282,30 @@ mod tests {
         };
         assert_eq!(lengths(replies.try_recv().unwrap()), [5, 9]);
         assert_eq!(lengths(replies.try_recv().unwrap()), [12]);
+    }
+
+    /// A batch whose list of lengths stayed with it (its replies went through the lane) leaves
+    /// the list to the next batch that measures, emptied, instead of each allocating one.
+    #[test]
+    fn a_spent_list_of_lengths_serves_the_next_measured_batch() {
+        let spent = || {
+            let mut list = Vec::with_capacity(16);
+            list.extend([5, 9]);
+            Some(list)
+        };
+        let (mut next, _replies) = pending_for(2);
+        pass_on_lengths(spent(), Some(&mut next));
+        assert_eq!(
+            next.lengths.capacity(),
+            0,
+            "the next batch does not measure"
+        );
+        next.measured = true;
+        pass_on_lengths(spent(), Some(&mut next));
+        assert!(next.lengths.is_empty() && next.lengths.capacity() >= 16);
+        next.lengths.push(7);
+        pass_on_lengths(spent(), Some(&mut next));
+        assert_eq!(next.lengths, [7], "a batch's own list is kept");
     }
 
     #[test]
