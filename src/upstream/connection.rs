@@ -45,7 +45,7 @@ pub struct Batch {
     /// some of these commands): the connection delimits every frame anyway, and the session
     /// walking them again would cost as much. The list is where the lengths go, recycled from
     /// an earlier reply, so that measuring allocates nothing once a session has done it; the
-    /// list of a batch whose replies the lane's listener hears ends with the batch.
+    /// list of a batch whose replies the lane's listener hears goes on to the batch after it.
     pub measured: Option<Vec<u32>>,
     /// Set when the batch holds a command Redis may hold for long (see [`Hold`]).
     pub hold: Option<Hold>,

@@ -143,9 +143,10 @@ fn deliver_run(
 }
 
 /// A list of lengths that a finished batch still holds (its replies were heard through the
-/// lane, so none went to its session) serves the next batch that measures and has none: the
-/// sessions of such batches get no list back to send with their next one, and without this
-/// every batch of theirs would allocate one.
+/// lane, so none went to its session) serves the batch next in line, if that one measures and
+/// has none: the sessions of such batches get no list back to send with their next one, and
+/// each would allocate one. Under pipelined load the next batch is nearly always such a one
+/// (another session's), and when it is not the list is dropped, as before.
 fn pass_on_lengths(spent: Option<Vec<u32>>, next: Option<&mut Pending>) {
     if let (Some(mut list), Some(next)) = (spent, next) {
         if next.measured && next.lengths.capacity() == 0 && list.capacity() > 0 {

@@ -56,7 +56,7 @@ struct Staged {
     writes: u32,
     /// Bytes in and out together, of all commands and of those that write, and of `bytes`,
     /// what went out with replies. A key that would pass four billion of them within a
-    /// period moves its byte counts to the stage's spilled tallies first.
+    /// period moves its byte counts to the stage's side map of spilled counts first.
     bytes: u32,
     write_bytes: u32,
     outbound: u32,
@@ -105,7 +105,7 @@ impl Staged {
     }
 
     /// Moves the entry's byte counts and this command's (`bytes` in and out) to the key's
-    /// tally in `spilled`, as a summary ranking by bytes counts them.
+    /// tally in `spilled`, in the form a summary ranking by bytes takes.
     #[cold]
     fn spill(&mut self, bytes: u64, counts: Counts, spilled: &mut FxHashMap<u32, Tally>) {
         *spilled.entry(self.key).or_default() += Tally {
@@ -148,8 +148,8 @@ pub struct Staging {
     staged: HashTable<Staged>,
     /// The staged keys, in the order they came.
     keys: Vec<HeldKey>,
-    /// Byte counts that did not fit in their entries, by the number of their key, as a
-    /// summary ranking by bytes counts them.
+    /// Byte counts that did not fit in their entries, by the number of their key, in the form
+    /// a summary ranking by bytes takes.
     spilled: FxHashMap<u32, Tally>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).

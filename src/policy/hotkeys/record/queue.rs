@@ -4,7 +4,7 @@
 //! next one to finish, the run of finished ones to count). A `VecDeque` wraps every position
 //! around its ring; here a position is an offset from the front, and the live items are one
 //! slice. What leaves the front stays in the `Vec` until it is half of it (or all of it), so
-//! each item is moved at most once on average and the memory held is at most twice the live
+//! each item is moved at most once on average and the `Vec` holds at most twice the live
 //! items.
 
 /// Items in the order pushed; those before `front` have left the queue.
@@ -45,8 +45,10 @@ impl<T> Queue<T> {
         &mut self.items[self.front..]
     }
 
-    /// Removes the first `count` items (all of them, if fewer are queued).
+    /// Removes the first `count` items. Asking for more than are queued is a mistake, caught
+    /// in debug builds; in others it removes them all.
     pub fn drop_front(&mut self, count: usize) {
+        debug_assert!(count <= self.len(), "{count} of {} dropped", self.len());
         self.front = (self.front + count).min(self.items.len());
         if self.front == self.items.len() {
             self.items.clear();
@@ -62,8 +64,13 @@ impl<T> Queue<T> {
         self.drop_front(self.len());
     }
 
-    /// The items the queue holds room for, counting those that have left but are not yet
-    /// dropped.
+    /// The items kept: those queued, and those that have left but are not yet dropped.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The items the queue holds room for.
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.items.capacity()
@@ -96,7 +103,7 @@ mod tests {
         queue.drop_front(5);
         assert_eq!(queue.as_slice(), [8, 9, 10]);
         queue.as_mut_slice()[0] = 80;
-        queue.drop_front(100);
+        queue.drop_front(3);
         assert!(queue.is_empty());
         queue.push_back(11);
         assert_eq!((queue.as_slice(), queue.len()), (&[11][..], 1));
@@ -114,7 +121,7 @@ mod tests {
             assert_eq!(queue.as_slice()[0], n - 3);
         }
         assert_eq!(queue.len(), 4);
-        assert!(queue.items.len() <= 8, "{}", queue.items.len());
+        assert!(queue.held() <= 8, "{}", queue.held());
         assert!(queue.capacity() <= 16, "{}", queue.capacity());
     }
 }
