@@ -24,6 +24,8 @@ less per command than Redis (it leaves the commands' work to the Redis on cpu0) 
                                                   # (or several: --baseline A B, each named by
                                                   # its file name)
     python3 benches/load.py --policies --keyspace 1000   # keys over 1,000 instead of 10,000
+    python3 benches/load.py --policies --variants "hot keys" --scenarios "GET, pipeline 16" --rounds 40
+                                                  # one scenario only, for more rounds of it
     python3 benches/load.py --ratelimit-memory    # a million distinct keys through a rule
     python3 benches/load.py --cache               # Zipf GETs: direct, keyward, keyward + cache
     python3 benches/load.py --remote              # the same behind a relay adding 0.5 / 2 ms
@@ -151,6 +153,15 @@ def chosen(variants, names):
         raise SystemExit(f"no policy variant named {', '.join(sorted(unknown))}; the variants: "
                          + ", ".join(name for name, _ in variants[1:]))
     return [(name, extra) for name, extra in variants[1:] if not names or name in names]
+
+
+def chosen_scenarios(scenarios, names):
+    """The scenarios named (all without names)."""
+    unknown = set(names or []) - {name for name, _, _ in scenarios}
+    if unknown:
+        raise SystemExit(f"no scenario named {'; '.join(sorted(unknown))}; the scenarios: "
+                         + "; ".join(name for name, _, _ in scenarios))
+    return [scenario for scenario in scenarios if not names or scenario[0] in names]
 
 
 def free_port():
@@ -540,7 +551,7 @@ def rest_benchmark(start_keyward, rounds, seconds):
     print(f"\nREST/RESP throughput: {medians['REST'] / medians['RESP']:.2f}")
 
 
-def report_policies(results, targets, scenarios, rounds):
+def report_policies(results, cpu_per_million, targets, scenarios, rounds):
     print()
     print(f"redis-benchmark: {CLIENTS} clients, {VALUE_BYTES}-byte values, random keys over {KEYSPACE}, "
           f"{rounds} rounds, medians in requests/s; one rule of each kind matching every key the "
@@ -558,6 +569,16 @@ def report_policies(results, targets, scenarios, rounds):
         ratios = [paired_ratio(results[(scenario, name)], results[(scenario, "keyward")]) for name in compared]
         print(f"| {scenario} | " + " | ".join(f"{m:,.0f}" for m in medians)
               + " | " + " | ".join(ratios) + " |")
+    print()
+    print("keyward's CPU time per request (user and system, from /proc), in µs, and each variant's as a "
+          "multiple of keyward alone's, paired by round as above:")
+    print("| scenario | " + " | ".join(names[1:]) + " | " + " | ".join(f"{n}/keyward" for n in compared) + " |")
+    print("| --- | " + " | ".join("---:" for _ in names[1:] + compared) + " |")
+    for scenario, _, _ in scenarios:
+        micros = [statistics.median(cpu_per_million[(scenario, name)]) for name in names[1:]]
+        ratios = [paired_ratio(cpu_per_million[(scenario, name)], cpu_per_million[(scenario, "keyward")])
+                  for name in compared]
+        print(f"| {scenario} | " + " | ".join(f"{m:.3f}" for m in micros) + " | " + " | ".join(ratios) + " |")
 
 
 def paired_ratio(runs, baseline_runs):
@@ -807,6 +828,9 @@ def main():
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="with --policies or --instructions, only these policy variants (as the "
                              "tables name them)")
+    parser.add_argument("--scenarios", nargs="+", metavar="NAME",
+                        help="with --policies, only these scenarios (as the tables name them): more "
+                             "rounds of the one in question in the same time")
     parser.add_argument("--baseline", metavar="PATH", nargs="+", default=[],
                         help="with --policies or --instructions, also run each variant on the keyward "
                              "binary at each PATH (older or experimental builds, named by their file "
@@ -955,10 +979,10 @@ def main():
             for number, (name, extra) in enumerate(variants):
                 for label, binary in builds:
                     port = free_port()
-                    start_keyward(f"keyward-variant-{number}{label.strip(' ()')}", port, free_port(), extra,
-                                  binary=binary)
+                    proxies[name + label] = start_keyward(f"keyward-variant-{number}{label.strip(' ()')}", port,
+                                                          free_port(), extra, binary=binary)
                     targets.append((name + label, port))
-            scenarios = SCENARIOS[:4]
+            scenarios = chosen_scenarios(SCENARIOS[:4], options.scenarios)
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
         cpu_per_million = {(s[0], proxy): [] for s in scenarios for proxy in proxies}
         started = time.time()
@@ -979,7 +1003,7 @@ def main():
             print(f"round {round_number + 1}/{options.rounds} done ({time.time() - started:.0f}s)", flush=True)
         loaded_rss = rss_kib(keyward.pid)
         if options.policies:
-            return report_policies(results, targets, scenarios, options.rounds)
+            return report_policies(results, cpu_per_million, targets, scenarios, options.rounds)
 
         before = rss_kib(keyward.pid)
         sockets = open_idle_connections(keyward_port, IDLE_CONNECTIONS)
