@@ -9,10 +9,11 @@
 //! full. A key asked for a hundred times between flushes is folded and ranked once.
 //!
 //! The summaries take weighted observations, and staged counts are exact (but for keys whose
-//! 64-bit hashes agree, see [`Staged`]), so their guarantees hold unchanged; only the order in
-//! which keys arrive differs, which Space-Saving's bounds do not depend on.
+//! hashes agree in the 56 bits an entry keeps, see [`Staged`]), so their guarantees hold
+//! unchanged; only the order in which keys arrive differs, which Space-Saving's bounds do not
+//! depend on.
 
-use std::ops::AddAssign;
+mod entry;
 
 use hashbrown::HashTable;
 use quanta::Instant;
@@ -25,132 +26,29 @@ use super::space_saving::INLINE_KEY;
 use super::space_saving::{HeldKey, Tally};
 use super::windows::{Of, Period};
 use super::By;
+pub use entry::Counts;
+use entry::{identity, placement, Staged, Sums};
 
 /// Keys staged per counter of a summary before the stage is flushed. A full stage of the
-/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 33 bytes (an entry
-/// and a control byte): 1.1 MB, plus the keys themselves in a list of their own (32 bytes
+/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
+/// and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
 /// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
-/// the longest keys kept). Two full stages can exist at once, when a flush waits for another's
-/// fold. A flush holds the summaries for as long as its keys take to fold and rank (a few
-/// milliseconds when full); in exchange a working set of up to this many keys per counter
-/// reaches the summaries once per period.
+/// the longest keys kept), and 48 bytes for each key that outgrew its entry.
+/// Two full stages can exist at once, when a flush waits for another's fold. A flush holds
+/// the summaries for as long as its keys take to fold and rank (a few milliseconds when
+/// full); in exchange a working set of up to this many keys per counter reaches the
+/// summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
 
-/// A staged key's counts, found by the key's hash alone, in half a cache line. Every command
-/// updates one entry at random among the stage's, which has long left the cache since that
-/// key's last command: a stage of 10,000 keys touches 320 KB of entries rather than the
-/// 640 KB it took with the key kept in each, and an update reads nothing else but the
-/// table's control bytes. The key's bytes are read only when the stage is flushed.
-#[repr(align(32))]
-struct Staged {
-    /// The key's [`key_hash`]. Keys of one stage are told apart by it: a seeded 64-bit hash
-    /// makes two of a full stage's 16,384 keys agree about once in 10^11 stages, and nobody
-    /// sending keys can pick keys that do.
-    hash: u64,
-    /// Where the key is in the stage's list of keys.
-    key: u32,
-    /// Saturating: more than four billion requests for one key within one period of the
-    /// shortest window (over a million a second for an hour) are counted as four billion.
-    requests: u32,
-    /// Of `requests`, from commands that write.
-    writes: u32,
-    /// Bytes in and out together, of all commands and of those that write, and of `bytes`,
-    /// what went out with replies. A key that would pass four billion of them within a
-    /// period moves its byte counts to the stage's side map of spilled counts first.
-    bytes: u32,
-    write_bytes: u32,
-    outbound: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Staged>() == 32);
-
-/// One command's counts for one of its keys.
-#[derive(Debug, Clone, Copy)]
-pub struct Counts {
-    /// Bytes it brought in for the key and took back out.
-    pub inbound: u64,
-    pub outbound: u64,
-    pub write: bool,
-}
-
-impl Staged {
-    fn new(hash: u64, key: u32) -> Staged {
-        Staged {
-            hash,
-            key,
-            requests: 0,
-            writes: 0,
-            bytes: 0,
-            write_bytes: 0,
-            outbound: 0,
-        }
-    }
-
-    /// Adds a command's counts; its byte counts go to `spilled` first when the entry's would
-    /// overflow.
-    #[inline]
-    fn add(&mut self, counts: Counts, spilled: &mut FxHashMap<u32, Tally>) {
-        self.requests = self.requests.saturating_add(1);
-        self.writes = self.writes.saturating_add(u32::from(counts.write));
-        let bytes = counts.inbound.saturating_add(counts.outbound);
-        let held = u64::from(self.bytes) + bytes;
-        if held > u64::from(u32::MAX) {
-            self.spill(bytes, counts, spilled);
-            return;
-        }
-        // Neither part can pass the whole, which fits.
-        self.bytes = held as u32;
-        self.write_bytes += bytes as u32 * u32::from(counts.write);
-        self.outbound += counts.outbound as u32;
-    }
-
-    /// Moves the entry's byte counts and this command's (`bytes` in and out) to the key's
-    /// tally in `spilled`, in the form a summary ranking by bytes takes.
-    #[cold]
-    fn spill(&mut self, bytes: u64, counts: Counts, spilled: &mut FxHashMap<u32, Tally>) {
-        *spilled.entry(self.key).or_default() += Tally {
-            count: u64::from(self.bytes) + bytes,
-            error: 0,
-            writes: u64::from(self.write_bytes) + bytes * u64::from(counts.write),
-            outbound: u64::from(self.outbound) + counts.outbound,
-        };
-        self.bytes = 0;
-        self.write_bytes = 0;
-        self.outbound = 0;
-    }
-
-    /// What the staged commands add to a summary ranking `by` requests or bytes, with the
-    /// byte counts the entry spilled.
-    fn tally(&self, by: By, spilled: Tally) -> Tally {
-        match by {
-            By::Requests => Tally {
-                count: u64::from(self.requests),
-                error: 0,
-                writes: u64::from(self.writes),
-                outbound: 0,
-            },
-            By::Bytes => {
-                let mut tally = Tally {
-                    count: u64::from(self.bytes),
-                    error: 0,
-                    writes: u64::from(self.write_bytes),
-                    outbound: u64::from(self.outbound),
-                };
-                tally += spilled;
-                tally
-            }
-        }
-    }
-}
-
 pub struct Staging {
-    /// The staged keys' counts, by hash: one place to look.
+    /// The staged keys' counts, by hash: one place to look, a quarter of a cache line each.
+    /// A command reads nothing else but the table's control bytes: a stage of 10,000 keys
+    /// is updated at random over 256 KB.
     staged: HashTable<Staged>,
-    /// The staged keys, in the order they came.
+    /// The staged keys, in the order they came, read only when the stage is flushed.
     keys: Vec<HeldKey>,
-    /// Byte counts that did not fit in their entries, by the number of their key, in the form
-    /// a summary ranking by bytes takes.
-    spilled: FxHashMap<u32, Tally>,
+    /// The counts of keys that outgrew their entries, by the keys' [`identity`].
+    spilled: FxHashMap<u64, Sums>,
     limit: usize,
     /// The period of the shortest window the staged counts fall in (none while empty).
     period: Option<u64>,
@@ -161,15 +59,6 @@ pub struct Staging {
     pattern: Vec<u8>,
 }
 
-impl AddAssign for Tally {
-    fn add_assign(&mut self, other: Tally) {
-        self.count += other.count;
-        self.error += other.error;
-        self.writes += other.writes;
-        self.outbound += other.outbound;
-    }
-}
-
 impl Staging {
     /// A stage for summaries of `capacity` counters.
     pub fn new(capacity: usize) -> Staging {
@@ -177,10 +66,9 @@ impl Staging {
             staged: HashTable::new(),
             keys: Vec::new(),
             spilled: FxHashMap::default(),
-            // An entry numbers its key in 32 bits.
-            limit: capacity
-                .saturating_mul(STAGED_PER_COUNTER)
-                .min(u32::MAX as usize),
+            // The table places keys by at most the low 32 bits of their hash (see `entry`),
+            // which 2^31 keys need.
+            limit: capacity.saturating_mul(STAGED_PER_COUNTER).min(1 << 31),
             period: None,
             period_ends: None,
             pattern: Vec::new(),
@@ -232,29 +120,48 @@ impl Staging {
     #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
-        let spilled = &mut self.spilled;
-        if let Some(staged) = self.staged.find_mut(hash, |staged| staged.hash == hash) {
-            staged.add(counts, spilled);
-            return;
+        let identity = identity(hash);
+        let staged = match self
+            .staged
+            .find_mut(placement(hash), |staged| staged.is(identity))
+        {
+            Some(staged) => staged,
+            None => {
+                self.keys.push(HeldKey::from_slice(key));
+                self.staged
+                    .insert_unique(placement(hash), Staged::new(hash), |staged| {
+                        staged.placement()
+                    })
+                    .into_mut()
+            }
+        };
+        if !staged.try_add(counts) {
+            spill(staged, identity, counts, &mut self.spilled);
         }
-        let mut fresh = Staged::new(hash, self.keys.len() as u32);
-        fresh.add(counts, spilled);
-        self.keys.push(HeldKey::from_slice(key));
-        self.staged.insert_unique(hash, fresh, |staged| staged.hash);
     }
 
     /// Hands every staged key to `period`'s summaries, with its pattern.
     pub fn flush_into(mut self, period: &mut Period) {
-        for staged in &self.staged {
-            let key = &self.keys[staged.key as usize][..];
-            let spilled = self.spilled.get(&staged.key).copied().unwrap_or_default();
+        for key in &self.keys {
+            let key = &key[..];
+            let hash = key_hash(key);
+            let identity = identity(hash);
+            // Every listed key has its entry: a key is listed when its entry is made.
+            let Some(staged) = self
+                .staged
+                .find(placement(hash), |staged| staged.is(identity))
+            else {
+                continue;
+            };
+            let mut sums = staged.sums();
+            if let Some(spilled) = self.spilled.get(&identity) {
+                sums += *spilled;
+            }
             fold::fold(key, &mut self.pattern);
             let pattern_hash = key_hash(&self.pattern);
             for by in [By::Requests, By::Bytes] {
-                let tally = staged.tally(by, spilled);
-                period
-                    .summary_mut(Of::Keys, by)
-                    .observe(key, staged.hash, tally);
+                let tally = tally(sums, by);
+                period.summary_mut(Of::Keys, by).observe(key, hash, tally);
                 period
                     .summary_mut(Of::Patterns, by)
                     .observe(&self.pattern, pattern_hash, tally);
@@ -263,18 +170,37 @@ impl Staging {
     }
 }
 
+/// Moves an entry's counts and a command's that did not fit in it to the key's full-width
+/// counts in `spilled`.
+#[cold]
+fn spill(staged: &mut Staged, identity: u64, counts: Counts, spilled: &mut FxHashMap<u64, Sums>) {
+    let mut sums = staged.take();
+    sums += Sums::from(counts);
+    *spilled.entry(identity).or_default() += sums;
+}
+
+/// What a key's counts add to a summary ranking `by` requests or bytes.
+fn tally(sums: Sums, by: By) -> Tally {
+    match by {
+        By::Requests => Tally {
+            count: sums.requests,
+            error: 0,
+            writes: sums.writes,
+            outbound: 0,
+        },
+        By::Bytes => Tally {
+            count: sums.bytes,
+            error: 0,
+            writes: sums.write_bytes,
+            outbound: sums.outbound,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::hotkeys::space_saving::INLINE_KEY;
-
-    fn counts(write: bool, inbound: u64, outbound: u64) -> Counts {
-        Counts {
-            inbound,
-            outbound,
-            write,
-        }
-    }
 
     /// The period a stage for four counters hands `commands` to.
     fn flushed(commands: &[(&[u8], Counts)]) -> Period {
@@ -297,9 +223,9 @@ mod tests {
     #[test]
     fn a_flush_hands_each_key_once_with_its_sums() {
         let period = flushed(&[
-            (b"user:1", counts(false, 20, 10)),
-            (b"user:2", counts(true, 30, 5)),
-            (b"user:1", counts(true, 20, 5)),
+            (b"user:1", Counts::of(false, 20, 10)),
+            (b"user:2", Counts::of(true, 30, 5)),
+            (b"user:1", Counts::of(true, 20, 5)),
         ]);
         let requests = tally(&period, By::Requests, b"user:1");
         assert_eq!((requests.count, requests.writes), (2, 1));
@@ -320,9 +246,9 @@ mod tests {
     fn keys_longer_than_held_inline_are_staged_whole() {
         let long = "user:".repeat(20);
         let period = flushed(&[
-            (long.as_bytes(), counts(false, 1, 1)),
-            (long.as_bytes(), counts(true, 1, 1)),
-            (&long.as_bytes()[..INLINE_KEY], counts(false, 1, 1)),
+            (long.as_bytes(), Counts::of(false, 1, 1)),
+            (long.as_bytes(), Counts::of(true, 1, 1)),
+            (&long.as_bytes()[..INLINE_KEY], Counts::of(false, 1, 1)),
         ]);
         let whole = tally(&period, By::Requests, long.as_bytes());
         assert_eq!((whole.count, whole.writes), (2, 1));
@@ -330,16 +256,25 @@ mod tests {
         assert_eq!(keys, 2);
     }
 
+    /// A key asked for more often than its entry counts keeps every request and byte: the
+    /// entry's counts move aside each time they fill it, and the flush adds them back.
     #[test]
-    fn request_counts_saturate_instead_of_wrapping() {
-        let mut spilled = FxHashMap::default();
-        let mut staged = Staged::new(0, 0);
-        staged.requests = u32::MAX - 1;
-        staged.writes = u32::MAX;
-        staged.add(counts(true, 1, 1), &mut spilled);
-        staged.add(counts(true, 1, 1), &mut spilled);
-        assert_eq!((staged.requests, staged.writes), (u32::MAX, u32::MAX));
-        assert_eq!(staged.bytes, 4);
+    fn counts_past_an_entry_are_kept_whole() {
+        let read = (&b"busy"[..], Counts::of(false, 30, 70));
+        let write = (&b"busy"[..], Counts::of(true, 90, 5));
+        let mut commands = vec![read; 5_000];
+        commands.extend([write; 3_000]);
+        commands.push((b"quiet", Counts::of(false, 1, 2)));
+        let period = flushed(&commands);
+        let requests = tally(&period, By::Requests, b"busy");
+        assert_eq!((requests.count, requests.writes), (8_000, 3_000));
+        let bytes = tally(&period, By::Bytes, b"busy");
+        assert_eq!(
+            (bytes.count, bytes.writes, bytes.outbound),
+            (5_000 * 100 + 3_000 * 95, 3_000 * 95, 5_000 * 70 + 3_000 * 5)
+        );
+        let quiet = tally(&period, By::Bytes, b"quiet");
+        assert_eq!((quiet.count, quiet.outbound), (3, 2));
     }
 
     /// A key whose byte counts outgrow its entry keeps every byte: its entry's counts move
@@ -348,10 +283,10 @@ mod tests {
     fn byte_counts_past_an_entry_are_kept_whole() {
         let big = u64::from(u32::MAX) - 10;
         let period = flushed(&[
-            (b"big", counts(true, 20, big)),
-            (b"big", counts(false, 5, 6)),
-            (b"big", counts(true, 30, 40)),
-            (b"small", counts(false, 1, 2)),
+            (b"big", Counts::of(true, 20, big)),
+            (b"big", Counts::of(false, 5, 6)),
+            (b"big", Counts::of(true, 30, 40)),
+            (b"small", Counts::of(false, 1, 2)),
         ]);
         let big_bytes = tally(&period, By::Bytes, b"big");
         assert_eq!(
@@ -370,8 +305,8 @@ mod tests {
         staging.enter(3, None);
         for n in 0..STAGED_PER_COUNTER {
             assert!(!staging.is_full());
-            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1));
-            staging.add(b"k0", counts(false, 1, 1));
+            staging.add(format!("k{n}").as_bytes(), Counts::of(false, 1, 1));
+            staging.add(b"k0", Counts::of(false, 1, 1));
         }
         assert!(staging.is_full());
         assert_eq!(staging.period(), Some(3));
@@ -391,7 +326,7 @@ mod tests {
         assert!(staging.takes(start + second * 49));
         assert!(!staging.takes(start + second * 50));
         for n in 0..STAGED_PER_COUNTER {
-            staging.add(format!("k{n}").as_bytes(), counts(false, 1, 1));
+            staging.add(format!("k{n}").as_bytes(), Counts::of(false, 1, 1));
         }
         assert!(!staging.takes(start), "full");
         let mut endless = Staging::new(1);
