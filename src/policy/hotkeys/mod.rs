@@ -24,6 +24,7 @@ pub mod windows;
 mod zipf;
 
 use std::fmt::Write as _;
+use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -304,6 +305,15 @@ impl HotKeys {
 
     fn scaled(&self, value: u64) -> u64 {
         (value as f64 / self.config.sample_rate).round() as u64
+    }
+}
+
+impl AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.count += other.count;
+        self.error += other.error;
+        self.writes += other.writes;
+        self.outbound += other.outbound;
     }
 }
 

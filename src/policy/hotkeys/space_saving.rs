@@ -28,8 +28,6 @@
 //! Absorbing uses plain Space-Saving's takeover, and a summary that has absorbed stays with it:
 //! the keys the absorbed summaries did not hold were never counted in its cells.
 
-use std::ops::AddAssign;
-
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
@@ -43,15 +41,6 @@ pub struct Tally {
     pub writes: u64,
     /// Of `count`, how much went from Redis to the client (replies), the rest came in.
     pub outbound: u64,
-}
-
-impl AddAssign for Tally {
-    fn add_assign(&mut self, other: Tally) {
-        self.count += other.count;
-        self.error += other.error;
-        self.writes += other.writes;
-        self.outbound += other.outbound;
-    }
 }
 
 /// A counted key, as reported.
