@@ -2,8 +2,8 @@
 //! 128-bit word.
 //!
 //! Every command updates one entry at random among the stage's, so the stage's table is most
-//! of what hot keys keep in memory and most of what they miss in the cache: 16 bytes an entry
-//! halve what a field per count took. Five counters side by side in one word, each with a
+//! of what a counted command touches in memory and most of what it misses in the cache:
+//! 16 bytes an entry halve what a field per count took. Five counters side by side in one word, each with a
 //! spare bit above it, take one addition and one test per command: the spare bit of a counter
 //! that would overflow is set by its carry, and the entry's counts then move, whole and exact,
 //! to the stage's side map of spilled counts.
@@ -117,7 +117,8 @@ const SPARE_BITS: u128 = REQUESTS.spare_bit()
 const _: () = assert!(IDENTITY_SHIFT == 128 - 56);
 
 /// A command whose bytes (in and out together) reach this goes straight to the spilled
-/// counts: below it, each of its byte counts fits every byte counter.
+/// counts (one map update, beside that many bytes copied): below it, each of its byte counts
+/// fits every byte counter.
 const NARROW_BYTES: u64 = 1 << OUTBOUND.width;
 
 /// The bits of a key's hash an entry leaves out (8 of them, from bit 32): above any bit a
@@ -259,6 +260,15 @@ mod tests {
             writes.try_add(Counts::of(false, 1, 0)),
             "bytes read still fit"
         );
+        let mut bytes_alone = Staged::new(4);
+        for _ in 0..326 {
+            assert!(bytes_alone.try_add(Counts::of(false, 200, 1)));
+        }
+        assert!(
+            !bytes_alone.try_add(Counts::of(false, 200, 1)),
+            "bytes in all"
+        );
+        assert_eq!(bytes_alone.sums().bytes, 326 * 201);
         let mut big = Staged::new(3);
         assert!(
             !big.try_add(Counts::of(false, NARROW_BYTES, 0)),

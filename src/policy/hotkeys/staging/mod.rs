@@ -33,7 +33,8 @@ use entry::{identity, placement, Staged, Sums};
 /// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
 /// and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
 /// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
-/// the longest keys kept), and 48 bytes for each key that outgrew its entry.
+/// the longest keys kept), and 50 to 100 bytes (48 and the map's slack) for each key that
+/// outgrew its entry in the period.
 /// Two full stages can exist at once, when a flush waits for another's fold. A flush holds
 /// the summaries for as long as its keys take to fold and rank (a few milliseconds when
 /// full); in exchange a working set of up to this many keys per counter reaches the
@@ -146,11 +147,11 @@ impl Staging {
             let key = &key[..];
             let hash = key_hash(key);
             let identity = identity(hash);
-            // Every listed key has its entry: a key is listed when its entry is made.
-            let Some(staged) = self
+            let found = self
                 .staged
-                .find(placement(hash), |staged| staged.is(identity))
-            else {
+                .find(placement(hash), |staged| staged.is(identity));
+            debug_assert!(found.is_some(), "a key is listed when its entry is made");
+            let Some(staged) = found else {
                 continue;
             };
             let mut sums = staged.sums();
@@ -240,6 +241,38 @@ mod tests {
             (patterns[0].key, patterns[0].tally.count),
             (&b"user:*"[..], 3)
         );
+    }
+
+    /// Keys found again after the table grew many times, spilled ones among them: a pattern
+    /// gets every request and byte its keys were sent.
+    #[test]
+    fn a_grown_stage_hands_over_every_count() {
+        let keys: Vec<String> = (0..1_000).map(|n| format!("user:{n}")).collect();
+        let mut commands = Vec::new();
+        for (n, key) in keys.iter().enumerate() {
+            let times = if n % 100 == 0 { 1_500 } else { 3 };
+            let counts = Counts::of(n % 2 == 0, 40, 30);
+            commands.extend(std::iter::repeat_n((key.as_bytes(), counts), times));
+        }
+        let mut staging = Staging::new(64);
+        staging.enter(0, None);
+        for &(key, counts) in &commands {
+            staging.add(key, counts);
+        }
+        let mut period = Period::new(64);
+        staging.flush_into(&mut period);
+        let sent = commands.len() as u64;
+        let pattern = |by| {
+            let summary = period.summary(Of::Patterns, by);
+            summary
+                .counters()
+                .find(|c| c.key == b"user:*")
+                .unwrap()
+                .tally
+        };
+        assert_eq!(pattern(By::Requests).count, sent);
+        let bytes = pattern(By::Bytes);
+        assert_eq!((bytes.count, bytes.outbound), (sent * 70, sent * 30));
     }
 
     #[test]
