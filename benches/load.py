@@ -611,7 +611,10 @@ def baseline_builds(paths):
     single one, as before several could be given)."""
     if len(paths) == 1:
         return [(" (baseline)", paths[0])]
-    return [(f" ({os.path.basename(path)})", path) for path in paths]
+    names = [os.path.basename(path) for path in paths]
+    if len(set(names)) < len(names):
+        raise SystemExit("each --baseline build needs a file name of its own: the tables name them by it")
+    return [(f" ({name})", path) for name, path in zip(names, paths)]
 
 
 def instructions(work, start_keyward, variants, reset, start_predixy=None, baseline=()):
@@ -874,6 +877,8 @@ def main():
                              "their GETs miss every time (a nil is not kept), until a SET scenario "
                              "writes them; --instructions runs its GET scenarios first")
     options = parser.parse_args()
+    if options.scenarios and not options.policies:
+        parser.error("--scenarios chooses among the scenarios of --policies")
     KEYSPACE, MISSING = options.keyspace, options.missing
     if options.quick:
         options.rounds, options.requests = 1, 50_000
