@@ -3,13 +3,16 @@
 //! `big_key_bytes`.
 //!
 //! Counts come from weighted, filtered Space-Saving summaries of `capacity` counters (see
-//! [`space_saving`]), built as [`windows`] describes and fed through an exact [`staging`]
-//! table, so that each key reaches them once per flush rather than once per command. Every
-//! count reported is an upper bound, overstating by at most the report's `error_bound`, and
-//! `count - error` is a lower bound; a key not listed had at most `error_bound`. `error_bound`
-//! never exceeds the window's total divided by `capacity` for the shortest window, and three
-//! times that for longer ones. With `sample_rate` below 1, counts are scaled up from the
-//! sampled commands.
+//! [`space_saving`]), built as [`windows`] describes and fed through a [`staging`] area: a
+//! small count-min sketch takes the commands of keys too light to matter, and an exact table
+//! stages the rest, so that each staged key reaches the summaries once per flush rather than
+//! once per command. Every count reported is an upper bound, overstating by at most the
+//! report's `error_bound`, and `count - error` is a lower bound; a key not listed had at most
+//! `error_bound`. `error_bound` never exceeds one and a half times the window's total divided
+//! by `capacity` for the shortest window (the summaries' share and the sketch's); for longer
+//! ones it stayed within four and a half times that in the tests. Patterns count the sketch's commands one in
+//! [`PATTERN_SAMPLE`](staging::PATTERN_SAMPLE), scaled back up. With `sample_rate` below 1,
+//! counts are scaled up from the sampled commands.
 
 pub mod big_keys;
 pub mod fold;
@@ -372,8 +375,8 @@ mod tests {
     use zipf::zipf_stream;
 
     #[test]
-    fn staged_counts_keep_the_true_top_20_within_the_bound() {
-        // A stream over a million keys fills the stage (16,384 keys) many times over.
+    fn counts_keep_the_true_top_20_within_the_bound() {
+        // A stream over a million keys, most of them too light to be staged.
         let config = HotKeysConfig {
             enabled: true,
             windows: vec![ConfigDuration::from_millis(3_600_000)],
@@ -394,7 +397,8 @@ mod tests {
             .report(Duration::from_secs(3600), By::Requests, 20)
             .expect("the configured window");
         assert_eq!(report.total, 1_000_000);
-        assert!(report.error_bound <= report.total / 1024);
+        // The summaries' bound, and the sketch's share (a 2,048th of the period's commands).
+        assert!(report.error_bound <= report.total / 1024 + report.total / 2048);
         let mut truth: Vec<(&String, &u64)> = exact.iter().collect();
         truth.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let reported: Vec<&str> = report.keys.iter().map(|e| e.key.as_str()).collect();
@@ -408,10 +412,9 @@ mod tests {
             assert!(entry.count >= true_count && entry.count - entry.error <= true_count);
             assert!(entry.error <= report.error_bound);
         }
-        let patterns = &report.patterns;
-        assert_eq!(
-            (patterns[0].key.as_str(), patterns[0].count),
-            ("key:*", 1_000_000)
-        );
+        // Commands the sketch took count for their pattern one in 16, sixteen times over.
+        let pattern = &report.patterns[0];
+        assert_eq!(pattern.key, "key:*");
+        assert!(pattern.count.abs_diff(1_000_000) < 10_000, "{pattern:?}");
     }
 }

@@ -68,6 +68,19 @@ impl AddAssign for Sums {
     }
 }
 
+impl Sums {
+    /// These counts `times` over: what a command sampled one in `times` stands for.
+    pub fn times(self, times: u64) -> Sums {
+        Sums {
+            requests: self.requests * times,
+            writes: self.writes * times,
+            bytes: self.bytes.saturating_mul(times),
+            write_bytes: self.write_bytes.saturating_mul(times),
+            outbound: self.outbound.saturating_mul(times),
+        }
+    }
+}
+
 /// A counter's place in an entry: its lowest bit and its width, below its spare bit.
 struct Field {
     shift: u32,

@@ -1,4 +1,4 @@
-//! Exact counts of the keys seen since the summaries were last brought up to date.
+//! What the summaries are handed: the commands seen since they were last brought up to date.
 //!
 //! Updating the summaries is the dear part of hot keys: a key is folded into its pattern, and
 //! four summaries (keys and patterns, by requests and by bytes) each find it, move it in their
@@ -8,12 +8,19 @@
 //! or report after the shortest window's period ends, at every report, and when the table is
 //! full. A key asked for a hundred times between flushes is folded and ranked once.
 //!
-//! The summaries take weighted observations, and staged counts are exact (but for keys whose
-//! hashes agree in the 56 bits an entry keeps, see [`Staged`]), so their guarantees hold
-//! unchanged; only the order in which keys arrive differs, which Space-Saving's bounds do not
-//! depend on.
+//! A table of every key still costs a random update per command in a table as large as the
+//! working set, so a [`Sketch`] comes first: a key whose commands and bytes are a small share
+//! of the stage's takes the command in two cells of a table that stays in the cache, and only
+//! heavier keys are staged. The summaries of keys add the most one key left in the sketch to
+//! each count and error, so counts stay upper bounds; patterns get the sketch's commands from a
+//! sample of one in [`PATTERN_SAMPLE`], counted that many times over, which folds few keys.
+//!
+//! Staged counts are exact (but for keys whose hashes agree in the 56 bits an entry keeps, see
+//! [`Staged`]); the summaries take weighted observations, and only the order in which keys
+//! arrive differs, which Space-Saving's bounds do not depend on.
 
 mod entry;
+mod sketch;
 
 use hashbrown::HashTable;
 use quanta::Instant;
@@ -28,13 +35,20 @@ use super::windows::{Of, Period};
 use super::By;
 pub use entry::Counts;
 use entry::{identity, placement, Staged, Sums};
+use sketch::Sketch;
 
-/// Keys staged per counter of a summary before the stage is flushed. A full stage of the
+/// One in this many commands the sketch takes is folded into its pattern, which counts it
+/// this many times: folding every command would cost more than staging it.
+pub const PATTERN_SAMPLE: u64 = 16;
+
+/// Keys (and sampled patterns) staged per counter of a summary before the stage is flushed. A full stage of the
 /// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
 /// and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
 /// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
 /// the longest keys kept), and 50 to 100 bytes (48 and the map's slack) for each key that
-/// outgrew its entry in the period.
+/// outgrew its entry in the period. Sampled patterns count towards the limit too (each about
+/// 100 bytes and its pattern), and the sketch takes 64 KiB (8 bytes for each of 4 cells per
+/// counter in each of two rows, at most 1 MiB).
 /// Two full stages can exist at once, when a flush waits for another's fold. A flush holds
 /// the summaries for as long as its keys take to fold and rank (a few milliseconds when
 /// full); in exchange a working set of up to this many keys per counter reaches the
@@ -56,8 +70,16 @@ pub struct Staging {
     /// When that period ends: counts seen before then join it without the clock's
     /// arithmetic, which costs as much as a hash of the key.
     period_ends: Option<Instant>,
-    /// Where each key is folded into its pattern while flushing, one buffer for all of them.
+    /// Where each key is folded into its pattern, one buffer for all of them.
     pattern: Vec<u8>,
+    /// Where commands of keys too light to stage are counted.
+    sketch: Sketch,
+    /// The patterns of the sampled commands the sketch took, with their counts scaled.
+    sampled_patterns: FxHashMap<Vec<u8>, Sums>,
+    /// Commands the sketch takes before the next one sampled for its pattern, and the state of
+    /// the generator drawing those gaps.
+    until_sample: u64,
+    sampler: u64,
 }
 
 impl Staging {
@@ -73,6 +95,20 @@ impl Staging {
             period: None,
             period_ends: None,
             pattern: Vec::new(),
+            sketch: Sketch::new(capacity),
+            sampled_patterns: FxHashMap::default(),
+            until_sample: 0,
+            sampler: 0x2545_f491_4f6c_dd1d,
+        }
+    }
+
+    /// A stage for summaries of `capacity` counters whose sketch takes nothing, for tests of
+    /// what the stage does with the commands it is given.
+    #[cfg(test)]
+    fn exact(capacity: usize) -> Staging {
+        Staging {
+            sketch: Sketch::taking_nothing(),
+            ..Staging::new(capacity)
         }
     }
 
@@ -87,6 +123,10 @@ impl Staging {
             period: None,
             period_ends: None,
             pattern: Vec::new(),
+            sketch: flushed.sketch.emptied(),
+            sampled_patterns: FxHashMap::default(),
+            until_sample: flushed.until_sample,
+            sampler: flushed.sampler,
         }
     }
 
@@ -97,7 +137,7 @@ impl Staging {
 
     /// Whether the stage holds as many keys as it may: it must be flushed before more come.
     pub fn is_full(&self) -> bool {
-        self.staged.len() >= self.limit
+        self.staged.len() + self.sampled_patterns.len() >= self.limit
     }
 
     /// Readies the stage for counts seen in `period`, which ends at `ends`. Counts of a
@@ -121,6 +161,17 @@ impl Staging {
     #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
+        if self
+            .sketch
+            .absorbs(hash, counts.inbound.saturating_add(counts.outbound))
+        {
+            if self.until_sample == 0 {
+                self.sample_pattern(key, counts);
+            } else {
+                self.until_sample -= 1;
+            }
+            return;
+        }
         let identity = identity(hash);
         let staged = match self
             .staged
@@ -141,7 +192,29 @@ impl Staging {
         }
     }
 
-    /// Hands every staged key to `period`'s summaries, with its pattern.
+    /// Counts a command the sketch took for its key's pattern, as many times as one is
+    /// sampled in, and draws how many go by before the next: evenly from 0 to twice the
+    /// average, so that no pipeline of a fixed length falls in step with the sampling.
+    #[cold]
+    fn sample_pattern(&mut self, key: &[u8], counts: Counts) {
+        fold::fold(key, &mut self.pattern);
+        let scaled = Sums::from(counts).times(PATTERN_SAMPLE);
+        match self.sampled_patterns.get_mut(&self.pattern[..]) {
+            Some(sums) => *sums += scaled,
+            None => {
+                self.sampled_patterns.insert(self.pattern.clone(), scaled);
+            }
+        }
+        // xorshift64*: a few instructions, and the sketch's keys cannot steer it.
+        self.sampler ^= self.sampler >> 12;
+        self.sampler ^= self.sampler << 25;
+        self.sampler ^= self.sampler >> 27;
+        let draw = self.sampler.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
+        self.until_sample = draw % (2 * PATTERN_SAMPLE - 1);
+    }
+
+    /// Hands every staged key to `period`'s summaries, with its pattern, then the sampled
+    /// patterns, and what the sketch kept to the summaries of keys.
     pub fn flush_into(mut self, period: &mut Period) {
         for key in &self.keys {
             let key = &key[..];
@@ -168,6 +241,23 @@ impl Staging {
                     .observe(&self.pattern, pattern_hash, tally);
             }
         }
+        for (pattern, sums) in &self.sampled_patterns {
+            let pattern_hash = key_hash(pattern);
+            for by in [By::Requests, By::Bytes] {
+                period.summary_mut(Of::Patterns, by).observe(
+                    pattern,
+                    pattern_hash,
+                    tally(*sums, by),
+                );
+            }
+        }
+        let (unstaged, bounds) = (self.sketch.unstaged(), self.sketch.bounds());
+        period
+            .summary_mut(Of::Keys, By::Requests)
+            .count_unstaged(unstaged.requests, bounds.requests);
+        period
+            .summary_mut(Of::Keys, By::Bytes)
+            .count_unstaged(unstaged.bytes, bounds.bytes);
     }
 }
 
@@ -202,10 +292,11 @@ fn tally(sums: Sums, by: By) -> Tally {
 mod tests {
     use super::*;
     use crate::policy::hotkeys::space_saving::INLINE_KEY;
+    use crate::policy::hotkeys::zipf::zipf_stream;
 
     /// The period a stage for four counters hands `commands` to.
     fn flushed(commands: &[(&[u8], Counts)]) -> Period {
-        let mut staging = Staging::new(4);
+        let mut staging = Staging::exact(4);
         staging.enter(0, None);
         for &(key, counts) in commands {
             staging.add(key, counts);
@@ -254,7 +345,7 @@ mod tests {
             let counts = Counts::of(n % 2 == 0, 40, 30);
             commands.extend(std::iter::repeat_n((key.as_bytes(), counts), times));
         }
-        let mut staging = Staging::new(64);
+        let mut staging = Staging::exact(64);
         staging.enter(0, None);
         for &(key, counts) in &commands {
             staging.add(key, counts);
@@ -273,6 +364,57 @@ mod tests {
         assert_eq!(pattern(By::Requests).count, sent);
         let bytes = pattern(By::Bytes);
         assert_eq!((bytes.count, bytes.outbound), (sent * 70, sent * 30));
+    }
+
+    /// With the sketch taking most commands of a skewed stream, every key's count in the
+    /// summaries of keys is still an upper bound, `count - error` a lower one, and a key not
+    /// held had at most the bound, by requests and by bytes; patterns get about every command.
+    #[test]
+    fn counts_stay_within_the_bound_with_the_sketch_in_front() {
+        let stream = zipf_stream(50_000, 300_000, 0xb007_d5e1);
+        let mut staging = Staging::new(64);
+        staging.enter(0, None);
+        let mut exact: FxHashMap<String, Sums> = FxHashMap::default();
+        for (n, key) in stream.iter().enumerate() {
+            let key = format!("k:{key}");
+            let counts = Counts::of(n % 3 == 0, 30 + n as u64 % 50, 10);
+            staging.add(key.as_bytes(), counts);
+            *exact.entry(key).or_default() += Sums::from(counts);
+        }
+        assert!(
+            staging.sketch.unstaged().requests > 150_000,
+            "the sketch took most"
+        );
+        let mut period = Period::new(64);
+        staging.flush_into(&mut period);
+        for (by, truth) in [
+            (
+                By::Requests,
+                (|sums: &Sums| sums.requests) as fn(&Sums) -> u64,
+            ),
+            (By::Bytes, |sums: &Sums| sums.bytes),
+        ] {
+            let summary = period.summary(Of::Keys, by);
+            assert_eq!(summary.total(), exact.values().map(truth).sum::<u64>());
+            let bound = summary.bound();
+            assert!(bound <= summary.total() * 3 / 2 / 64, "{by:?}: {bound}");
+            let mut held = FxHashMap::default();
+            for counted in summary.counters() {
+                let true_count = truth(&exact[std::str::from_utf8(counted.key).unwrap()]);
+                let Tally { count, error, .. } = counted.tally;
+                assert!(count >= true_count && count - error <= true_count, "{by:?}");
+                assert!(error <= bound);
+                held.insert(counted.key.to_vec(), ());
+            }
+            for (key, sums) in &exact {
+                if !held.contains_key(key.as_bytes()) {
+                    assert!(truth(sums) <= bound, "{by:?}: {key} not held");
+                }
+            }
+        }
+        let patterns = period.summary(Of::Patterns, By::Requests);
+        let pattern = patterns.counters().find(|c| c.key == b"k:*").unwrap();
+        assert!(pattern.tally.count.abs_diff(300_000) < 6_000, "{pattern:?}");
     }
 
     #[test]
@@ -334,7 +476,7 @@ mod tests {
 
     #[test]
     fn the_stage_is_full_at_its_limit() {
-        let mut staging = Staging::new(1);
+        let mut staging = Staging::exact(1);
         staging.enter(3, None);
         for n in 0..STAGED_PER_COUNTER {
             assert!(!staging.is_full());
@@ -351,7 +493,7 @@ mod tests {
     fn the_stage_takes_counts_until_its_period_ends() {
         let start = Instant::now();
         let second = std::time::Duration::from_secs(1);
-        let mut staging = Staging::new(1);
+        let mut staging = Staging::exact(1);
         assert!(!staging.takes(start), "nothing entered yet");
         staging.enter(4, Some(start + second * 50));
         staging.enter(3, Some(start + second * 40));
@@ -362,7 +504,7 @@ mod tests {
             staging.add(format!("k{n}").as_bytes(), Counts::of(false, 1, 1));
         }
         assert!(!staging.takes(start), "full");
-        let mut endless = Staging::new(1);
+        let mut endless = Staging::exact(1);
         endless.enter(0, None);
         assert!(
             !endless.takes(start),
