@@ -22,9 +22,9 @@ const CELLS_PER_COUNTER: usize = 4;
 /// Cells per row at most (512 KiB a row): a larger `capacity` stages more keys instead.
 const MAX_CELLS: usize = 1 << 16;
 
-/// Weight that went to the sketch instead of the stage.
+/// Requests and bytes: offered to the sketch, or the most one key left there.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Unstaged {
+pub struct Weight {
     pub requests: u64,
     pub bytes: u64,
 }
@@ -36,9 +36,9 @@ pub struct Sketch {
     row_mask: u64,
     /// Log2 of `share`: a threshold is a total shifted right by it.
     share_shift: u32,
-    /// Every command and byte offered since the stage began, staged or not.
-    offered: Unstaged,
-    unstaged: Unstaged,
+    /// Every command and byte offered since the stage began, staged or not: what the stage
+    /// did not take, the sketch did.
+    offered: Weight,
 }
 
 impl Sketch {
@@ -54,8 +54,7 @@ impl Sketch {
                 .saturating_mul(2)
                 .next_power_of_two()
                 .trailing_zeros(),
-            offered: Unstaged::default(),
-            unstaged: Unstaged::default(),
+            offered: Weight::default(),
         }
     }
 
@@ -72,8 +71,7 @@ impl Sketch {
     pub fn emptied(&self) -> Sketch {
         Sketch {
             cells: vec![0; self.cells.len()].into_boxed_slice(),
-            offered: Unstaged::default(),
-            unstaged: Unstaged::default(),
+            offered: Weight::default(),
             ..*self
         }
     }
@@ -87,7 +85,7 @@ impl Sketch {
         let request_share = (self.offered.requests >> self.share_shift).min(most);
         let byte_share = (self.offered.bytes >> self.share_shift).min(most);
         self.offered.requests += 1;
-        self.offered.bytes = self.offered.bytes.saturating_add(bytes);
+        self.offered.bytes += bytes;
         // Bits the stage's table and the summaries place keys by are left alone: rows taken
         // from the same bits would make the same keys collide.
         let first = ((hash >> 32) & self.row_mask) as usize;
@@ -102,22 +100,20 @@ impl Sketch {
             let cell = self.cells[place];
             self.cells[place] = (cell & most).max(requests) | (cell >> 32).max(key_bytes) << 32;
         }
-        self.unstaged.requests += 1;
-        self.unstaged.bytes += bytes;
         true
     }
 
-    /// The weight counted here rather than staged.
-    pub fn unstaged(&self) -> Unstaged {
-        self.unstaged
+    /// Every command and byte offered, staged or not.
+    pub fn offered(&self) -> Weight {
+        self.offered
     }
 
     /// The most weight (requests, bytes) any one key left in the sketch: its largest cells.
-    pub fn bounds(&self) -> Unstaged {
+    pub fn bounds(&self) -> Weight {
         let most = u64::from(u32::MAX);
         self.cells
             .iter()
-            .fold(Unstaged::default(), |bounds, &cell| Unstaged {
+            .fold(Weight::default(), |bounds, &cell| Weight {
                 requests: bounds.requests.max(cell & most),
                 bytes: bounds.bytes.max(cell >> 32),
             })
@@ -137,7 +133,7 @@ mod tests {
         for n in 0..2048u64 {
             assert!(!sketch.absorbs(key_hash(&n.to_le_bytes()), 10));
         }
-        assert_eq!(sketch.unstaged(), Unstaged::default());
+        assert_eq!(sketch.bounds(), Weight::default());
     }
 
     /// Over a skewed stream, the heavy keys are staged, most commands are not, and no key left
@@ -145,9 +141,9 @@ mod tests {
     #[test]
     fn what_a_key_leaves_in_the_sketch_is_within_its_bounds() {
         let mut sketch = Sketch::new(64);
-        let mut left: FxHashMap<usize, Unstaged> = FxHashMap::default();
+        let mut left: FxHashMap<usize, Weight> = FxHashMap::default();
         let mut hottest_staged = 0;
-        let mut bytes_offered = 0;
+        let mut bytes_offered: u64 = 0;
         let stream = zipf_stream(20_000, 200_000, 0x5ce7_c4a1);
         for (n, key) in stream.iter().enumerate() {
             let bytes = 20 + (n as u64 % 7) * 100;
@@ -167,12 +163,13 @@ mod tests {
         for key_left in left.values() {
             assert!(key_left.requests <= bounds.requests && key_left.bytes <= bounds.bytes);
         }
-        let unstaged = sketch.unstaged();
+        let offered = sketch.offered();
         assert_eq!(
-            unstaged.requests,
-            left.values().map(|l| l.requests).sum::<u64>()
+            (offered.requests, offered.bytes),
+            (stream.len() as u64, bytes_offered)
         );
-        assert!(unstaged.requests > stream.len() as u64 / 2, "{unstaged:?}");
+        let unstaged: u64 = left.values().map(|l| l.requests).sum();
+        assert!(unstaged > stream.len() as u64 / 2, "{unstaged}");
         let hottest = stream.iter().filter(|key| **key == 0).count();
         assert!(
             hottest_staged * 10 > hottest * 9,
