@@ -183,18 +183,18 @@ impl Staged {
     /// them; then the entry is left as it was, and the caller spills.
     #[inline]
     pub fn try_add(&mut self, counts: Counts) -> bool {
-        let bytes = counts.inbound.saturating_add(counts.outbound);
-        if bytes >= NARROW_BYTES {
+        let sums = Sums::from(counts);
+        if sums.bytes >= NARROW_BYTES {
             return false;
         }
-        let write = u64::from(counts.write);
-        // Each counter holds less than its width allows, and so does each part of `step`:
-        // their sum carries at most into the counter's spare bit, never into the next one.
-        let step = REQUESTS.place(1)
-            | WRITES.place(write)
-            | BYTES.place(bytes)
-            | WRITE_BYTES.place(bytes * write)
-            | OUTBOUND.place(counts.outbound);
+        // Each counter holds less than its width allows, and so does each part of `step`
+        // (the other counts are at most `bytes`): their sum carries at most into the counter's
+        // spare bit, never into the next one.
+        let step = REQUESTS.place(sums.requests)
+            | WRITES.place(sums.writes)
+            | BYTES.place(sums.bytes)
+            | WRITE_BYTES.place(sums.write_bytes)
+            | OUTBOUND.place(sums.outbound);
         let sum = self.0 + step;
         if sum & SPARE_BITS != 0 {
             return false;
