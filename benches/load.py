@@ -146,22 +146,15 @@ SCENARIOS = [
 ]
 
 
-def chosen(variants, names):
-    """The policy variants named (all without names), less keyward alone, which every run has."""
-    unknown = set(names or []) - {name for name, _ in variants[1:]}
+def chosen(items, names, kind, separator=", "):
+    """The items (name first) named, all without names; an unknown name ends the run with the
+    list of known ones. Scenario names hold commas, so they are listed with semicolons."""
+    known = [item[0] for item in items]
+    unknown = set(names or []) - set(known)
     if unknown:
-        raise SystemExit(f"no policy variant named {', '.join(sorted(unknown))}; the variants: "
-                         + ", ".join(name for name, _ in variants[1:]))
-    return [(name, extra) for name, extra in variants[1:] if not names or name in names]
-
-
-def chosen_scenarios(scenarios, names):
-    """The scenarios named (all without names)."""
-    unknown = set(names or []) - {name for name, _, _ in scenarios}
-    if unknown:
-        raise SystemExit(f"no scenario named {'; '.join(sorted(unknown))}; the scenarios: "
-                         + "; ".join(name for name, _, _ in scenarios))
-    return [scenario for scenario in scenarios if not names or scenario[0] in names]
+        raise SystemExit(f"no {kind} named {separator.join(sorted(unknown))}; the {kind}s: "
+                         + separator.join(known))
+    return [item for item in items if not names or item[0] in names]
 
 
 def free_port():
@@ -927,7 +920,8 @@ def main():
             return process, port
 
         if options.instructions:
-            variants = chosen(POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS, options.variants)
+            # Keyward alone runs anyway.
+            variants = chosen((POLICY_VARIANTS + INSTRUCTION_ONLY_VARIANTS)[1:], options.variants, "policy variant")
             return instructions(work, start_keyward, POLICY_VARIANTS[:1] + variants,
                                 lambda: preload(redis_port), start_predixy if options.predixy else None, options.baseline)
         keyward = start_keyward("keyward", keyward_port, admin_port)
@@ -979,7 +973,7 @@ def main():
             targets.append(("Redis on cpu1", shared_cpu_port))
         else:
             targets = [("direct", redis_port), ("keyward", keyward_port)]
-            variants = chosen(POLICY_VARIANTS, options.variants)
+            variants = chosen(POLICY_VARIANTS[1:], options.variants, "policy variant")
             builds = [("", KEYWARD)] + baseline_builds(options.baseline)
             for number, (name, extra) in enumerate(variants):
                 for label, binary in builds:
@@ -987,7 +981,7 @@ def main():
                     proxies[name + label] = start_keyward(f"keyward-variant-{number}{label.strip(' ()')}", port,
                                                           free_port(), extra, binary=binary)
                     targets.append((name + label, port))
-            scenarios = chosen_scenarios(SCENARIOS[:4], options.scenarios)
+            scenarios = chosen(SCENARIOS[:4], options.scenarios, "scenario", "; ")
         results = {(s[0], t[0]): [] for s in scenarios for t in targets}
         cpu_per_million = {(s[0], proxy): [] for s in scenarios for proxy in proxies}
         started = time.time()
