@@ -26,7 +26,7 @@
 //! grows by it; a key held there but not here may have had up to this summary's bound here,
 //! which it inherits as count and error when it takes a counter. For a window absorbed from
 //! periods of `N` total weight, `bound` stayed within `3N / capacity` on the Zipf streams of
-//! the tests (the credits are within `N / capacity`).
+//! the tests (the credits are at most the sum of the periods' bounds).
 //!
 //! Weight that reached no counter, because the stage's sketch kept it, is counted by
 //! [`count_unstaged`](SpaceSaving::count_unstaged) with the most any one key had of it, `U`:
@@ -143,7 +143,7 @@ pub struct SpaceSaving {
     credited: u64,
     /// The most weight any key had that reached no counter (see
     /// [`count_unstaged`](Self::count_unstaged)): part of every count and error reported.
-    unstaged: u64,
+    unstaged_bound: u64,
 }
 
 impl SpaceSaving {
@@ -158,7 +158,7 @@ impl SpaceSaving {
             absorbed: false,
             total: 0,
             credited: 0,
-            unstaged: 0,
+            unstaged_bound: 0,
         }
     }
 
@@ -200,16 +200,20 @@ impl SpaceSaving {
     /// grow by `bound`, so counts stay upper bounds and a key not held stays within the bound.
     pub fn count_unstaged(&mut self, weight: u64, bound: u64) {
         self.total += weight;
-        self.unstaged += bound;
+        self.unstaged_bound += bound;
     }
 
     /// Adds every counter of `other` (a summary of a later stretch of the same stream).
     pub fn absorb(&mut self, other: &SpaceSaving) {
+        let was_empty = self.slots.is_empty();
         for counted in other.counters() {
             self.add(counted.key, counted.hash, counted.tally);
         }
         let credit = other.bound();
-        if credit > 0 {
+        // Filled from the other alone, a summary whose smallest count is the other's bound or
+        // more already bounds every key it does not hold.
+        let covered = was_empty && self.floor() >= credit;
+        if credit > 0 && !covered {
             for slot in 0..self.slots.len() {
                 let held = &self.slots[slot];
                 if other.find(&held.key, held.hash).is_none() {
@@ -229,7 +233,7 @@ impl SpaceSaving {
 
     /// The most any key's count overstates, and the most a key not held can have had.
     pub fn bound(&self) -> u64 {
-        self.floor() + self.credited + self.unstaged
+        self.floor() + self.credited + self.unstaged_bound
     }
 
     /// Every counter, in no particular order.
@@ -240,8 +244,8 @@ impl SpaceSaving {
                 key: &slot.key,
                 hash: slot.hash,
                 tally: Tally {
-                    count: entry.count + self.unstaged,
-                    error: slot.error + self.unstaged,
+                    count: entry.count + self.unstaged_bound,
+                    error: slot.error + self.unstaged_bound,
                     writes: slot.writes,
                     outbound: slot.outbound,
                 },
@@ -258,7 +262,7 @@ impl SpaceSaving {
         self.absorbed = false;
         self.total = 0;
         self.credited = 0;
-        self.unstaged = 0;
+        self.unstaged_bound = 0;
     }
 
     fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
