@@ -9,11 +9,12 @@
 //! full. A key asked for a hundred times between flushes is folded and ranked once.
 //!
 //! A table of every key still costs a random update per command in a table as large as the
-//! working set, so a [`Sketch`] comes first: a key whose commands and bytes are a small share
-//! of the stage's takes the command in two cells of a table that stays in the cache, and only
-//! heavier keys are staged. The summaries of keys add the most one key left in the sketch to
-//! each count and error, so counts stay upper bounds; patterns get the sketch's commands from a
-//! sample of one in [`PATTERN_SAMPLE`], counted that many times over, which folds few keys.
+//! working set, so a [`Sketch`] comes first: while a key has left no more than a small share
+//! of the stage's commands and bytes in it, its command raises two cells of a table that stays
+//! in the cache; the other commands are staged. The summaries of keys add the most one key
+//! left in the sketch to each count and error, so counts stay upper bounds; patterns get the
+//! sketch's commands from a sample of one in [`PATTERN_SAMPLE`], counted that many times over,
+//! which folds few keys.
 //!
 //! Staged counts are exact (but for keys whose hashes agree in the 56 bits an entry keeps, see
 //! [`Staged`]); the summaries take weighted observations, and only the order in which keys
@@ -22,7 +23,7 @@
 mod entry;
 mod sketch;
 
-use hashbrown::HashTable;
+use hashbrown::{HashMap, HashTable};
 use quanta::Instant;
 use rustc_hash::FxHashMap;
 
@@ -41,14 +42,15 @@ use sketch::{Sketch, Weight};
 /// this many times: folding every command would cost more than staging it.
 pub const PATTERN_SAMPLE: u64 = 16;
 
-/// Keys (and sampled patterns) staged per counter of a summary before the stage is flushed. A full stage of the
-/// default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
+/// Keys (and sampled patterns) staged per counter of a summary before the stage is flushed.
+/// A full stage of the default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
 /// and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
 /// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
 /// the longest keys kept), and 50 to 100 bytes (48 and the map's slack) for each key that
 /// outgrew its entry in the period. Sampled patterns count towards the limit too (each about
 /// 100 bytes and its pattern), and the sketch takes 64 KiB (8 bytes for each of 4 cells per
-/// counter in each of two rows, at most 1 MiB).
+/// counter in each of two rows, rounded up to a power of two: 64 to 128 bytes per counter, at
+/// most 1 MiB).
 /// Two full stages can exist at once, when a flush waits for another's fold. A flush holds
 /// the summaries for as long as its keys take to fold and rank (a few milliseconds when
 /// full); in exchange a working set of up to this many keys per counter reaches the
@@ -57,8 +59,8 @@ pub const STAGED_PER_COUNTER: usize = 16;
 
 pub struct Staging {
     /// The staged keys' counts, by hash: one place to look, a quarter of a cache line each.
-    /// A command reads nothing else but the table's control bytes: a stage of 10,000 keys
-    /// is updated at random over 256 KB.
+    /// A staged command reads nothing else but the sketch's cells and the table's control
+    /// bytes: a stage of 10,000 keys is updated at random over 256 KB.
     staged: HashTable<Staged>,
     /// The staged keys, in the order they came, read only when the stage is flushed.
     keys: Vec<HeldKey>,
@@ -75,7 +77,8 @@ pub struct Staging {
     /// Where commands of keys too light to stage are counted.
     sketch: Sketch,
     /// The patterns of the sampled commands the sketch took, with their counts scaled.
-    sampled_patterns: FxHashMap<Vec<u8>, Sums>,
+    /// Seeded like the keys' hash: clients choose the patterns.
+    sampled_patterns: HashMap<Vec<u8>, Sums, ahash::RandomState>,
     /// Commands the sketch takes before the next one sampled for its pattern, and the state of
     /// the generator drawing those gaps.
     until_sample: u64,
@@ -96,7 +99,7 @@ impl Staging {
             period_ends: None,
             pattern: Vec::new(),
             sketch: Sketch::new(capacity),
-            sampled_patterns: FxHashMap::default(),
+            sampled_patterns: HashMap::default(),
             until_sample: 0,
             sampler: 0x2545_f491_4f6c_dd1d,
         }
@@ -124,7 +127,7 @@ impl Staging {
             period_ends: None,
             pattern: Vec::new(),
             sketch: flushed.sketch.emptied(),
-            sampled_patterns: FxHashMap::default(),
+            sampled_patterns: HashMap::default(),
             until_sample: flushed.until_sample,
             sampler: flushed.sampler,
         }
@@ -163,7 +166,7 @@ impl Staging {
         let hash = key_hash(key);
         if self
             .sketch
-            .absorbs(hash, counts.inbound.saturating_add(counts.outbound))
+            .keeps(hash, counts.inbound.saturating_add(counts.outbound))
         {
             if self.until_sample == 0 {
                 self.sample_pattern(key, counts);
@@ -194,8 +197,9 @@ impl Staging {
 
     /// Counts a command the sketch took for its key's pattern, as many times as one is
     /// sampled in, and draws how many go by before the next: evenly from 0 to twice the
-    /// average, so that no pipeline of a fixed length falls in step with the sampling.
-    #[cold]
+    /// average, so that no pipeline of a fixed length falls in step with the sampling. Out of
+    /// line: one command in 16 of those the sketch takes comes here.
+    #[inline(never)]
     fn sample_pattern(&mut self, key: &[u8], counts: Counts) {
         fold::fold(key, &mut self.pattern);
         let scaled = Sums::from(counts).times(PATTERN_SAMPLE);
@@ -235,33 +239,23 @@ impl Staging {
             taken.requests += sums.requests;
             taken.bytes += sums.bytes;
             fold::fold(key, &mut self.pattern);
+            hand_over(period, Of::Keys, key, hash, sums);
             let pattern_hash = key_hash(&self.pattern);
-            for by in [By::Requests, By::Bytes] {
-                let tally = tally(sums, by);
-                period.summary_mut(Of::Keys, by).observe(key, hash, tally);
-                period
-                    .summary_mut(Of::Patterns, by)
-                    .observe(&self.pattern, pattern_hash, tally);
-            }
+            hand_over(period, Of::Patterns, &self.pattern, pattern_hash, sums);
         }
         for (pattern, sums) in &self.sampled_patterns {
-            let pattern_hash = key_hash(pattern);
-            for by in [By::Requests, By::Bytes] {
-                period.summary_mut(Of::Patterns, by).observe(
-                    pattern,
-                    pattern_hash,
-                    tally(*sums, by),
-                );
-            }
+            hand_over(period, Of::Patterns, pattern, key_hash(pattern), *sums);
         }
-        // What the stage did not take, the sketch did.
+        // What the stage did not take, the sketch did (every command staged was offered first).
         let (offered, bounds) = (self.sketch.offered(), self.sketch.bounds());
-        period
-            .summary_mut(Of::Keys, By::Requests)
-            .count_unstaged(offered.requests - taken.requests, bounds.requests);
+        debug_assert!(offered.requests >= taken.requests && offered.bytes >= taken.bytes);
+        period.summary_mut(Of::Keys, By::Requests).count_unstaged(
+            offered.requests.saturating_sub(taken.requests),
+            bounds.requests,
+        );
         period
             .summary_mut(Of::Keys, By::Bytes)
-            .count_unstaged(offered.bytes - taken.bytes, bounds.bytes);
+            .count_unstaged(offered.bytes.saturating_sub(taken.bytes), bounds.bytes);
     }
 }
 
@@ -272,6 +266,16 @@ fn spill(staged: &mut Staged, identity: u64, counts: Counts, spilled: &mut FxHas
     let mut sums = staged.take();
     sums += Sums::from(counts);
     *spilled.entry(identity).or_default() += sums;
+}
+
+/// Hands a key's (or a pattern's) counts to `period`'s summaries of `of`, by requests and by
+/// bytes.
+fn hand_over(period: &mut Period, of: Of, key: &[u8], hash: u64, sums: Sums) {
+    for by in [By::Requests, By::Bytes] {
+        period
+            .summary_mut(of, by)
+            .observe(key, hash, tally(sums, by));
+    }
 }
 
 /// What a key's counts add to a summary ranking `by` requests or bytes.
@@ -370,25 +374,39 @@ mod tests {
         assert_eq!((bytes.count, bytes.outbound), (sent * 70, sent * 30));
     }
 
-    /// With the sketch taking most commands of a skewed stream, every key's count in the
-    /// summaries of keys is still an upper bound, `count - error` a lower one, and a key not
-    /// held had at most the bound, by requests and by bytes; patterns get about every command.
+    /// With the sketch taking most commands of a skewed stream, and several stages flushed into
+    /// one period, every key's count in the summaries of keys is still an upper bound,
+    /// `count - error` a lower one, and a key not held had at most the bound, by requests and
+    /// by bytes; patterns get about every command.
     #[test]
     fn counts_stay_within_the_bound_with_the_sketch_in_front() {
+        const COUNTERS: usize = 64;
         let stream = zipf_stream(50_000, 300_000, 0xb007_d5e1);
-        let mut staging = Staging::new(64);
+        let mut staging = Staging::new(COUNTERS);
         staging.enter(0, None);
+        let mut period = Period::new(COUNTERS);
+        let (mut flushes, mut staged) = (0, 0);
         let mut exact: FxHashMap<String, Sums> = FxHashMap::default();
         for (n, key) in stream.iter().enumerate() {
+            // Stages are flushed into the same period when full or for a report, as hot
+            // keys do.
+            if staging.is_full() || (n > 0 && n % 50_000 == 0) {
+                let fresh = Staging::succeeding(&staging);
+                staged += staging.keys.len();
+                std::mem::replace(&mut staging, fresh).flush_into(&mut period);
+                staging.enter(0, None);
+                flushes += 1;
+            }
             let key = format!("k:{key}");
             let counts = Counts::of(n % 3 == 0, 30 + n as u64 % 50, 10);
             staging.add(key.as_bytes(), counts);
             *exact.entry(key).or_default() += Sums::from(counts);
         }
-        let (staged, seen) = (staging.keys.len(), exact.len());
-        assert!(staged * 5 < seen, "{staged} of {seen} keys staged");
-        let mut period = Period::new(64);
+        staged += staging.keys.len();
         staging.flush_into(&mut period);
+        assert_eq!(flushes, 5);
+        let seen = exact.len();
+        assert!(staged * 2 < seen, "{staged} keys staged of {seen}");
         for (by, truth) in [
             (
                 By::Requests,
@@ -399,7 +417,10 @@ mod tests {
             let summary = period.summary(Of::Keys, by);
             assert_eq!(summary.total(), exact.values().map(truth).sum::<u64>());
             let bound = summary.bound();
-            assert!(bound <= summary.total() * 3 / 2 / 64, "{by:?}: {bound}");
+            assert!(
+                bound <= summary.total() * 3 / 2 / COUNTERS as u64,
+                "{by:?}: {bound}"
+            );
             let mut held = FxHashMap::default();
             for counted in summary.counters() {
                 let true_count = truth(&exact[std::str::from_utf8(counted.key).unwrap()]);

@@ -1,26 +1,29 @@
-//! A count-min sketch in front of the stage, so that only keys with a real share of a period's
+//! A count-min sketch in front of the stage, so that only keys with a real share of a stage's
 //! commands or bytes take an entry of their own.
 //!
-//! Staging every key costs a random update in a table as large as the period's working set:
+//! Staging every key costs a random update in a table as large as the stage's working set:
 //! over 10,000 keys, about a tenth of what keyward spends on a pipelined `GET` (BENCHMARKS.md,
-//! twenty-sixth and twenty-seventh rounds). A key that has had at most `1 / share` of the
-//! period's commands and bytes so far (`share` is twice the summaries' capacity, rounded up to
-//! a power of two) adds its command to two cells of a table of a few tens of kilobytes
-//! instead, which stays in the cache; the rest are staged exactly. The first `share`
-//! commands of a stage are all staged, so a quiet proxy counts every command exactly.
+//! twenty-sixth and twenty-seventh rounds). A command whose key has left at most `1 / share`
+//! of the stage's commands and bytes so far in the sketch (`share` is twice the summaries'
+//! capacity, rounded up to a power of two) adds to two cells of a table of a few tens of
+//! kilobytes instead, which stays in the cache; the other commands are staged. The first
+//! `share` commands of a stage are all staged, so a quiet proxy counts every command exactly.
 //!
 //! Conservative update (a cell grows only as far as the key's new estimate) keeps every
-//! estimate at or above the key's true unstaged weight, and every cell at or below the
-//! threshold in force when it was written. So the weight a key left in the sketch is at most
-//! the largest cell, [`bounds`](Sketch::bounds), which never exceeds the stage's total
-//! divided by `share`: the summaries add it to every count and error they report, and a key
-//! that never reached the stage had no more than it.
+//! estimate at or above what its key left in the sketch, and every cell at or below the
+//! share in force when it was written. A busy key is staged but for the commands that follow
+//! the share up as the stage's total grows: what any key left in the sketch is at most the
+//! largest cell, [`bounds`](Sketch::bounds), which never exceeds the stage's total divided by
+//! `share`. The summaries add it to every count and error they report, and a key that never
+//! reached the stage had no more than it.
 
 /// Cells per summary counter in each of the two rows: more cells, fewer keys share one, and
 /// fewer light keys look heavy enough to be staged.
 const CELLS_PER_COUNTER: usize = 4;
 /// Cells per row at most (512 KiB a row): a larger `capacity` stages more keys instead.
 const MAX_CELLS: usize = 1 << 16;
+/// The most a half of a cell holds.
+const HALF: u64 = u32::MAX as u64;
 
 /// Requests and bytes: offered to the sketch, or the most one key left there.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct Sketch {
 impl Sketch {
     /// A sketch for summaries of `capacity` counters.
     pub fn new(capacity: usize) -> Sketch {
+        // As the summaries do: a share past 2^33 would take every command anyway.
+        let capacity = capacity.clamp(1, u32::MAX as usize);
         let row = (capacity.saturating_mul(CELLS_PER_COUNTER))
             .clamp(1, MAX_CELLS)
             .next_power_of_two();
@@ -77,28 +82,27 @@ impl Sketch {
     }
 
     /// Counts a command of `bytes` for the key of `hash` in the sketch, if the key's estimate
-    /// stays within the period's share with it; otherwise leaves the sketch as it was and
+    /// stays within the stage's share with it; otherwise leaves the sketch as it was and
     /// answers false: the command must be staged.
     #[inline]
-    pub fn absorbs(&mut self, hash: u64, bytes: u64) -> bool {
-        let most = u64::from(u32::MAX);
-        let request_share = (self.offered.requests >> self.share_shift).min(most);
-        let byte_share = (self.offered.bytes >> self.share_shift).min(most);
+    pub fn keeps(&mut self, hash: u64, bytes: u64) -> bool {
+        let request_share = (self.offered.requests >> self.share_shift).min(HALF);
+        let byte_share = (self.offered.bytes >> self.share_shift).min(HALF);
         self.offered.requests += 1;
         self.offered.bytes += bytes;
-        // Bits the stage's table and the summaries place keys by are left alone: rows taken
-        // from the same bits would make the same keys collide.
+        // Each row from bits of its own: rows taken from the same bits would make the same
+        // keys collide in both.
         let first = ((hash >> 32) & self.row_mask) as usize;
         let second = (self.row_mask + 1 + ((hash >> 48) & self.row_mask)) as usize;
         let (a, b) = (self.cells[first], self.cells[second]);
-        let requests = (a & most).min(b & most) + 1;
+        let requests = (a & HALF).min(b & HALF) + 1;
         let key_bytes = (a >> 32).min(b >> 32).saturating_add(bytes);
         if requests > request_share || key_bytes > byte_share {
             return false;
         }
         for place in [first, second] {
             let cell = self.cells[place];
-            self.cells[place] = (cell & most).max(requests) | (cell >> 32).max(key_bytes) << 32;
+            self.cells[place] = (cell & HALF).max(requests) | (cell >> 32).max(key_bytes) << 32;
         }
         true
     }
@@ -110,11 +114,10 @@ impl Sketch {
 
     /// The most weight (requests, bytes) any one key left in the sketch: its largest cells.
     pub fn bounds(&self) -> Weight {
-        let most = u64::from(u32::MAX);
         self.cells
             .iter()
             .fold(Weight::default(), |bounds, &cell| Weight {
-                requests: bounds.requests.max(cell & most),
+                requests: bounds.requests.max(cell & HALF),
                 bytes: bounds.bytes.max(cell >> 32),
             })
     }
@@ -131,9 +134,18 @@ mod tests {
     fn a_stages_first_commands_are_all_staged() {
         let mut sketch = Sketch::new(1024);
         for n in 0..2048u64 {
-            assert!(!sketch.absorbs(key_hash(&n.to_le_bytes()), 10));
+            assert!(!sketch.keeps(key_hash(&n.to_le_bytes()), 10));
         }
         assert_eq!(sketch.bounds(), Weight::default());
+        assert!(
+            sketch.keeps(key_hash(b"light"), 10),
+            "the share is one command now"
+        );
+        let one = Weight {
+            requests: 1,
+            bytes: 10,
+        };
+        assert_eq!(sketch.bounds(), one);
     }
 
     /// Over a skewed stream, the heavy keys are staged, most commands are not, and no key left
@@ -149,7 +161,7 @@ mod tests {
             let bytes = 20 + (n as u64 % 7) * 100;
             bytes_offered += bytes;
             let hash = key_hash(&key.to_le_bytes());
-            if sketch.absorbs(hash, bytes) {
+            if sketch.keeps(hash, bytes) {
                 let key_left = left.entry(*key).or_default();
                 key_left.requests += 1;
                 key_left.bytes += bytes;
@@ -182,9 +194,9 @@ mod tests {
     fn a_big_command_is_staged() {
         let mut sketch = Sketch::new(1);
         for n in 0..100u64 {
-            sketch.absorbs(key_hash(&n.to_le_bytes()), 10);
+            sketch.keeps(key_hash(&n.to_le_bytes()), 10);
         }
-        assert!(!sketch.absorbs(key_hash(b"big"), 1 << 20));
-        assert!(sketch.absorbs(key_hash(b"small"), 1));
+        assert!(!sketch.keeps(key_hash(b"big"), 1 << 20));
+        assert!(sketch.keeps(key_hash(b"small"), 1));
     }
 }
