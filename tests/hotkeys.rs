@@ -292,9 +292,9 @@ fn pipelined_requests_count_with_their_own_replies_however_they_reach_the_client
     const VALUE: usize = 100_000;
     const ROUNDS: u64 = 100;
     let redis = RedisServer::start();
-    // Counters enough that the stage's sketch takes none of these 200 counted commands (it
-    // takes a key's command once the key is light beside twice the counters' number): the
-    // bytes of each are counted exactly.
+    // Counters enough that the stage's sketch takes none of these 200 commands with keys (300
+    // keys in all): it takes nothing of a stage's first 2 x 1,024 commands, so the bytes of
+    // each key are counted exactly.
     let keyward = Keyward::start(
         redis.port,
         &HOTKEYS.replace("capacity = 64", "capacity = 1024"),

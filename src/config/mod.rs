@@ -53,8 +53,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HotKeysConfig {
     pub enabled: bool,
-    /// Counters per summary: bounds memory, and the error of every count to the window's
-    /// total divided by this (three times that for windows longer than the shortest).
+    /// Counters per summary: bounds memory, and the error of every key's count to 1.5 times
+    /// the window's total divided by this (4.5 times in the tests for longer windows).
     pub capacity: NonZeroUsize,
     /// Sliding windows reported (each covers between one and two of its lengths; longer
     /// windows move in steps of the shortest).
