@@ -7,9 +7,9 @@
 //! small count-min sketch takes each command whose key has left little in it so far, and an
 //! exact table stages the rest, so that each staged key reaches the summaries once per flush rather than
 //! once per command. Every key's count reported is an upper bound, overstating by at most the
-//! report's `error_bound`, and `count - error` is a lower bound; a key not listed had at most
-//! `error_bound`. `error_bound` never exceeds one and a half times the window's total divided
-//! by `capacity` for the shortest window (the summaries' share and the sketch's); for longer
+//! report's `error_bound`, and `count - error` is a lower bound; a key the summaries do not
+//! hold had at most `error_bound`. `error_bound` never exceeds one and a half times the
+//! window's total divided by `capacity` for the shortest window (the summaries' share and the sketch's); for longer
 //! ones it stayed within four and a half times that in the tests. Patterns count the sketch's
 //! commands one in [`PATTERN_SAMPLE`](staging::PATTERN_SAMPLE), scaled back up: a pattern's
 //! count is exact for its staged keys and an estimate for the rest. With `sample_rate` below 1,
@@ -110,7 +110,8 @@ pub struct Report {
     pub by: By,
     /// Requests (or bytes) counted in the window, scaled for sampling.
     pub total: u64,
-    /// The most any count below may overstate, and the most a key not listed can have had.
+    /// The most any key's count below may overstate, and the most a key the summaries do not
+    /// hold can have had (one not listed, unless `limit` cut the list).
     pub error_bound: u64,
     pub keys: Vec<Entry>,
     pub patterns: Vec<Entry>,

@@ -210,9 +210,10 @@ impl SpaceSaving {
             self.add(counted.key, counted.hash, counted.tally);
         }
         let credit = other.bound();
-        // Filled from the other alone, a summary whose smallest count is the other's bound or
-        // more already bounds every key it does not hold.
-        let covered = was_empty && self.floor() >= credit;
+        // Filled from the other alone (with room for all its counters, so that none took
+        // another over), a summary whose smallest count is the other's bound or more already
+        // bounds every key it does not hold.
+        let covered = was_empty && self.capacity >= other.capacity && self.floor() >= credit;
         if credit > 0 && !covered {
             for slot in 0..self.slots.len() {
                 let held = &self.slots[slot];

@@ -130,6 +130,27 @@ fn weight_counted_unstaged_keeps_counts_within_the_bound() {
     assert_within_bound(&window, &exact);
 }
 
+/// A window filled from one full period holds its counters and takes its bound, not twice it:
+/// the smallest count it copied already bounds the keys the period lost.
+#[test]
+fn a_window_filled_from_one_period_keeps_the_periods_bound() {
+    let mut period = SpaceSaving::new(64);
+    for &key in &zipf_stream(10_000, 50_000, 0x0f11_ed00_0000_0001) {
+        observe_one(&mut period, format!("key:{key}").as_bytes(), false);
+    }
+    period.count_unstaged(1_000, 7);
+    let mut window = SpaceSaving::new(64);
+    window.absorb(&period);
+    assert!(period.bound() > 7);
+    assert_eq!(window.bound(), period.bound());
+    let mut smaller = SpaceSaving::new(32);
+    smaller.absorb(&period);
+    assert!(
+        smaller.bound() >= 2 * period.bound(),
+        "takeovers: the credit stays"
+    );
+}
+
 #[test]
 fn keeps_exact_counts_and_parts_while_under_capacity() {
     let mut summary = SpaceSaving::new(4);

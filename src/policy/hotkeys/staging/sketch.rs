@@ -47,7 +47,8 @@ pub struct Sketch {
 impl Sketch {
     /// A sketch for summaries of `capacity` counters.
     pub fn new(capacity: usize) -> Sketch {
-        // As the summaries do: a share past 2^33 would take every command anyway.
+        // As the summaries do: past that, the share only grows beyond any stage's total, and
+        // the stage takes every command.
         let capacity = capacity.clamp(1, u32::MAX as usize);
         let row = (capacity.saturating_mul(CELLS_PER_COUNTER))
             .clamp(1, MAX_CELLS)
