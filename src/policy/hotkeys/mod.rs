@@ -5,12 +5,13 @@
 //! Counts come from weighted, filtered Space-Saving summaries of `capacity` counters (see
 //! [`space_saving`]), built as [`windows`] describes and fed through a [`staging`] area: a
 //! small count-min sketch takes each command whose key has left little in it so far, and an
-//! exact table stages the rest, so that each staged key reaches the summaries once per flush rather than
-//! once per command. Every key's count reported is an upper bound, overstating by at most the
-//! report's `error_bound`, and `count - error` is a lower bound; a key the summaries do not
-//! hold had at most `error_bound`. `error_bound` never exceeds one and a half times the
-//! window's total divided by `capacity` for the shortest window (the summaries' share and the sketch's); for longer
-//! ones it stayed within four and a half times that in the tests. Patterns count the sketch's
+//! exact table stages the rest, so that each staged key reaches the summaries once per flush
+//! rather than once per command. Every key's count reported is an upper bound, overstating by
+//! at most the report's `error_bound`, and `count - error` is a lower bound; a key the
+//! summaries do not hold had at most `error_bound`. `error_bound` never exceeds one and a half
+//! times the window's total divided by `capacity` for the shortest window (the summaries'
+//! share and the sketch's); for longer ones it stayed within four and a half times that in
+//! the tests. Patterns count the sketch's
 //! commands one in [`PATTERN_SAMPLE`](staging::PATTERN_SAMPLE), scaled back up: a pattern's
 //! count is exact for its staged keys and an estimate for the rest. With `sample_rate` below 1,
 //! counts are scaled up from the sampled commands.

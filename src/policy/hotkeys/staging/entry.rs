@@ -1,12 +1,12 @@
 //! A staged key's entry: most of the key's hash and its counts since the last flush, in one
 //! 128-bit word.
 //!
-//! Every command updates one entry at random among the stage's, so the stage's table is most
-//! of what a counted command touches in memory and most of what it misses in the cache:
-//! 16 bytes an entry halve what a field per count took. Five counters side by side in one word, each with a
-//! spare bit above it, take one addition and one test per command: the spare bit of a counter
-//! that would overflow is set by its carry, and the entry's counts then move, whole and exact,
-//! to the stage's side map of spilled counts.
+//! Every staged command updates one entry at random among the stage's, so the stage's table is most
+//! of what a staged command touches in memory and most of what it misses in the cache: 16 bytes an
+//! entry halve what a field per count took. Five counters side by side in one word, each with a
+//! spare bit above it, take one addition and one test per command: the spare bit of a counter that
+//! would overflow is set by its carry, and the entry's counts then move, whole and exact, to the
+//! stage's side map of spilled counts.
 
 use std::ops::AddAssign;
 
@@ -19,9 +19,15 @@ pub struct Counts {
     pub write: bool,
 }
 
-#[cfg(test)]
 impl Counts {
+    /// Bytes in and out together: what ranks a key by bytes, and what the sketch weighs.
+    #[inline]
+    pub fn bytes(self) -> u64 {
+        self.inbound.saturating_add(self.outbound)
+    }
+
     /// A command's counts, in the order tests write them.
+    #[cfg(test)]
     pub fn of(write: bool, inbound: u64, outbound: u64) -> Counts {
         Counts {
             inbound,
@@ -46,7 +52,7 @@ pub struct Sums {
 
 impl From<Counts> for Sums {
     fn from(counts: Counts) -> Sums {
-        let bytes = counts.inbound.saturating_add(counts.outbound);
+        let bytes = counts.bytes();
         let writes = u64::from(counts.write);
         Sums {
             requests: 1,

@@ -42,19 +42,18 @@ use sketch::{Sketch, Weight};
 /// this many times: folding every command would cost more than staging it.
 pub const PATTERN_SAMPLE: u64 = 16;
 
-/// Keys (and sampled patterns) staged per counter of a summary before the stage is flushed.
-/// A full stage of the default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an entry
-/// and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
-/// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with
-/// the longest keys kept), and 50 to 100 bytes (48 and the map's slack) for each key that
-/// outgrew its entry in the period. Sampled patterns count towards the limit too (each about
-/// 100 bytes and its pattern), and the sketch takes 64 KiB (8 bytes for each of 4 cells per
-/// counter in each of two rows, rounded up to a power of two: 64 to 128 bytes per counter, at
-/// most 1 MiB).
-/// Two full stages can exist at once, when a flush waits for another's fold. A flush holds
-/// the summaries for as long as its keys take to fold and rank (a few milliseconds when
-/// full); in exchange a working set of up to this many keys per counter reaches the
-/// summaries once per period.
+/// Keys (and sampled patterns) staged per counter of a summary before the stage is flushed. A full
+/// stage of the default 1,024 counters holds 16,384 keys in a table of 32,768 slots of 17 bytes (an
+/// entry and a control byte): 557 KB, plus the keys themselves in a list of their own (32 bytes
+/// each, and an allocation for each key longer than [`INLINE_KEY`], up to 3.6 MB more with the
+/// longest keys kept), and 50 to 100 bytes (48 and the map's slack) for each key that outgrew its
+/// entry in the period. Sampled patterns count towards the limit too (each about 100 bytes and its
+/// pattern), and the sketch takes 64 KiB (8 bytes for each of 4 cells per counter in each of two
+/// rows, rounded up to a power of two: 64 to 128 bytes per counter, at most 1 MiB). Up to three
+/// stages and their sketches can exist at once, when a flush waits for another's fold (the next
+/// stage is made, sized like the last, before the wait). A flush holds the summaries for as long as
+/// its keys take to fold and rank (a few milliseconds when full); in exchange a working set of up
+/// to this many keys per counter reaches the summaries once per period.
 pub const STAGED_PER_COUNTER: usize = 16;
 
 pub struct Staging {
@@ -164,10 +163,7 @@ impl Staging {
     #[inline]
     pub fn add(&mut self, key: &[u8], counts: Counts) {
         let hash = key_hash(key);
-        if self
-            .sketch
-            .keeps(hash, counts.inbound.saturating_add(counts.outbound))
-        {
+        if self.sketch.keeps(hash, counts.bytes()) {
             if self.until_sample == 0 {
                 self.sample_pattern(key, counts);
             } else {
