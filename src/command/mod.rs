@@ -88,7 +88,9 @@ impl CommandInfo {
         }
     }
 
-    /// Pushes the argument positions of this command's keys to `out`.
+    /// Pushes the argument positions of this command's keys to `out`. Inlined: most
+    /// commands name one key, first, and the phases that need keys ask for every request.
+    #[inline]
     pub fn key_positions(&self, args: &Args<'_>, out: &mut Vec<usize>) {
         if self.key_is_first_argument {
             if args.len() > 1 {

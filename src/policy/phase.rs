@@ -73,6 +73,17 @@ pub struct Subject<'r, 'a> {
     pub ticket: u64,
 }
 
+/// What a phase that follows a request to its answer is told of it: only what the request
+/// itself says, so that a request no phase decides on is followed without its whole
+/// [`Subject`] being put together.
+#[derive(Clone, Copy)]
+pub struct Followed<'r, 'a> {
+    pub info: &'static CommandInfo,
+    pub args: &'r Args<'a>,
+    /// Where its keys are in `args`.
+    pub key_positions: &'r [usize],
+}
+
 /// What a phase decides about a request.
 pub enum Decision<T> {
     /// On to the next phase (after the last, the request goes its way).
@@ -200,7 +211,7 @@ pub trait Phase: Sized {
         &self,
         _policies: &Policies,
         _follower: &mut Self::Follower,
-        _subject: &Subject<'_, '_>,
+        _request: Followed<'_, '_>,
         _request_len: usize,
     ) -> Option<Self::Follow> {
         None

@@ -33,7 +33,7 @@ use crate::command::{
 use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
-use crate::policy::phase::{Decision, Sender, Subject, Way};
+use crate::policy::phase::{Decision, Followed, Sender, Subject, Way};
 use crate::policy::phases::{Phases, Taken, Write, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
@@ -311,31 +311,40 @@ impl Session {
         args: &Args<'_>,
         run: PhaseRun,
     ) -> Decision<Taken> {
-        let subject = Subject {
-            info,
-            args,
-            key_positions: &self.key_positions,
-            way: run.way,
-            sender: Sender {
-                name: self.client.name.as_deref(),
-                address: &self.peer_ip,
-            },
-            db: self.client.db,
-            protocol: self.client.protocol,
-            now: run.now,
-            reply_to: &self.reply_sender,
-            ticket: self.replies.next_ticket(),
-        };
         let phases = &self.context.phases;
+        // Put together only for phases that decide: one that only follows reads what the
+        // request itself says.
         let decision = match run.deciding {
-            true => phases.decide(policies, &mut self.phase_states, &subject),
+            true => {
+                let subject = Subject {
+                    info,
+                    args,
+                    key_positions: &self.key_positions,
+                    way: run.way,
+                    sender: Sender {
+                        name: self.client.name.as_deref(),
+                        address: &self.peer_ip,
+                    },
+                    db: self.client.db,
+                    protocol: self.client.protocol,
+                    now: run.now,
+                    reply_to: &self.reply_sender,
+                    ticket: self.replies.next_ticket(),
+                };
+                phases.decide(policies, &mut self.phase_states, &subject)
+            }
             false => Decision::Pass,
         };
         let decided = !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_));
         if run.following != 0 && decided {
+            let request = Followed {
+                info,
+                args,
+                key_positions: &self.key_positions,
+            };
             let followers = &mut self.replies.followers;
             let (length, following) = (run.request_len, run.following);
-            self.follows = phases.follow(policies, followers, &subject, length, following);
+            self.follows = phases.follow(policies, followers, request, length, following);
         }
         decision
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use quanta::Instant;
 
 use super::record::{Pending, Recorder};
-use crate::policy::phase::{Decision, Handover, Phase, Subject, Way};
+use crate::policy::phase::{Decision, Followed, Handover, Phase, Subject, Way};
 use crate::policy::Policies;
 use crate::upstream::Upstream;
 
@@ -62,13 +62,13 @@ impl Phase for Counting {
         &self,
         _: &Policies,
         recorder: &mut Recorder,
-        subject: &Subject<'_, '_>,
+        request: Followed<'_, '_>,
         request_len: usize,
     ) -> Option<Pending> {
         recorder.start(
-            subject.info,
-            subject.args,
-            subject.key_positions,
+            request.info,
+            request.args,
+            request.key_positions,
             request_len,
         )
     }
