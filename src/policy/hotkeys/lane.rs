@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use quanta::Instant;
 
-use super::record::{Detached, Pending, Recorder};
+use super::record::{Detached, Pending, Places, Recorder};
 use super::HotKeys;
 use crate::upstream::LaneListener;
 
@@ -62,7 +62,7 @@ impl LaneCount {
         &self,
         hotkeys: Arc<HotKeys>,
         recorder: &mut Recorder,
-        places: impl Iterator<Item = u32>,
+        places: Places<impl Iterator<Item = u32>>,
     ) {
         let mut waiting = self.waiting.lock();
         waiting.give_up();
@@ -118,7 +118,8 @@ mod tests {
         for key in keys {
             start_command(&mut recorder, &["GET", key]);
         }
-        lane.hand(Arc::clone(hotkeys), &mut recorder, 0..keys.len() as u32);
+        let places = Places::Listed(0..keys.len() as u32);
+        lane.hand(Arc::clone(hotkeys), &mut recorder, places);
     }
 
     /// Keys counted so far, with the bytes their replies took.

@@ -3,7 +3,7 @@
 //! [`LaneCount`](crate::policy::hotkeys::lane::LaneCount)).
 
 use super::ReplyQueue;
-use crate::policy::hotkeys::record::{Pending, Recorder};
+use crate::policy::hotkeys::record::{Pending, Places, Recorder};
 use crate::policy::phases::Follows;
 
 impl ReplyQueue {
@@ -15,7 +15,7 @@ impl ReplyQueue {
     pub fn hand_follows(
         &mut self,
         count: u32,
-        hand: impl FnOnce(&mut Recorder, &mut dyn Iterator<Item = u32>),
+        hand: impl FnOnce(&mut Recorder, Places<&mut dyn Iterator<Item = u32>>),
     ) -> bool {
         let first = self.sent.first_of_latest(count);
         let followed = &mut self.sent.followed;
@@ -28,8 +28,18 @@ impl ReplyQueue {
                 alone
             });
         if batch_alone {
-            let mut places = followed.drain(..).map(|(at, _)| (at - first) as u32);
-            hand(&mut self.followers.hotkeys, &mut places);
+            // Every command of the batch is followed (a pipeline of reads, say): its places
+            // are all of them, and the list need not be read.
+            let every = followed.len() == count as usize;
+            if every {
+                followed.clear();
+            }
+            let mut listed = followed.drain(..).map(|(at, _)| (at - first) as u32);
+            let places = match every {
+                true => Places::Every(count),
+                false => Places::Listed(&mut listed as &mut dyn Iterator<Item = u32>),
+            };
+            hand(&mut self.followers.hotkeys, places);
         }
         batch_alone
     }

@@ -6,6 +6,15 @@ use super::queue::Queue;
 use super::{Pending, Recorder};
 use crate::resp::frame;
 
+/// Where in its batch the replies of the followed commands come.
+pub enum Places<I> {
+    /// Every command of the batch is followed (a pipeline of reads, say): the first `count`
+    /// places, known without reading them off one by one.
+    Every(u32),
+    /// Those listed, in order.
+    Listed(I),
+}
+
 /// A batch's followed commands, out of their session: the recorder that followed them, which
 /// holds nothing else, and the place in the batch of each one's reply. Reused from batch to
 /// batch, so that handing a batch over allocates nothing.
@@ -21,11 +30,14 @@ pub struct Detached {
 impl Detached {
     /// Takes the commands `recorder` follows, whose replies come at `places` in their batch,
     /// and leaves it this one's recorder, which is empty.
-    pub fn take(&mut self, recorder: &mut Recorder, places: impl Iterator<Item = u32>) {
+    pub fn take(&mut self, recorder: &mut Recorder, places: Places<impl Iterator<Item = u32>>) {
         debug_assert!(self.recorder.commands.is_empty());
         std::mem::swap(&mut self.recorder, recorder);
         self.places.clear();
-        self.places.extend(places);
+        match places {
+            Places::Every(count) => self.places.extend(0..count),
+            Places::Listed(listed) => self.places.extend(listed),
+        }
         self.heard = 0;
     }
 
@@ -129,7 +141,7 @@ mod tests {
         assert!(recorder.follows_only(3));
         let mut detached = Detached::default();
         // The batch's second command names no key: nothing follows its reply.
-        detached.take(&mut recorder, [0, 2, 3].into_iter());
+        detached.take(&mut recorder, Places::Listed([0, 2, 3].into_iter()));
         assert!(recorder.follows_only(0) && detached.is_waiting());
         detached.hear(b"$1\r\nx\r\n+PONG\r\n", &[], 2);
         detached.hear(b"$-1\r\n*2\r\n$1\r\ny\r\n$-1\r\n", &[5, 17], 2);
@@ -151,7 +163,7 @@ mod tests {
         start(&mut recorder, &["GET", "a"]);
         start(&mut recorder, &["GET", "b"]);
         let mut detached = Detached::default();
-        detached.take(&mut recorder, [0, 1].into_iter());
+        detached.take(&mut recorder, Places::<std::ops::Range<u32>>::Every(2));
         let mut restored = Vec::new();
         detached.give_back(&mut recorder, |place, pending| {
             restored.push((place, pending))
@@ -170,7 +182,7 @@ mod tests {
 
         start(&mut recorder, &["GET", "c"]);
         start(&mut recorder, &["GET", "d"]);
-        detached.take(&mut recorder, [0, 1].into_iter());
+        detached.take(&mut recorder, Places::Listed(0..2));
         detached.hear(b"$1\r\nx\r\n", &[], 1);
         detached.give_up();
         assert_eq!(

@@ -23,7 +23,7 @@ use crate::resp::request::Args;
 mod detach;
 mod queue;
 
-pub use detach::Detached;
+pub use detach::{Detached, Places};
 use queue::Queue;
 
 /// Keys counted per command at most (`MGET` of a million keys counts the first ones).
