@@ -77,7 +77,7 @@ pub struct Subject<'r, 'a> {
 /// itself says, so that a request no phase decides on is followed without its whole
 /// [`Subject`] being put together.
 #[derive(Clone, Copy)]
-pub struct Followed<'r, 'a> {
+pub struct FollowedRequest<'r, 'a> {
     pub info: &'static CommandInfo,
     pub args: &'r Args<'a>,
     /// Where its keys are in `args`.
@@ -211,7 +211,7 @@ pub trait Phase: Sized {
         &self,
         _policies: &Policies,
         _follower: &mut Self::Follower,
-        _request: Followed<'_, '_>,
+        _request: FollowedRequest<'_, '_>,
         _request_len: usize,
     ) -> Option<Self::Follow> {
         None

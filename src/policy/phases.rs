@@ -20,7 +20,7 @@ use super::cache::Coherence;
 use super::deny::Denying;
 use super::hotkeys::phase::Counting;
 use super::lock::LockTable;
-use super::phase::{Decision, Followed, Handover, Phase, Subject, Way};
+use super::phase::{Decision, FollowedRequest, Handover, Phase, Subject, Way};
 use super::rate_limit::RateLimiting;
 use super::route::Routing;
 use super::Policies;
@@ -150,7 +150,7 @@ macro_rules! phase_list {
                 &self,
                 policies: &Policies,
                 followers: &mut Followers,
-                request: Followed<'_, '_>,
+                request: FollowedRequest<'_, '_>,
                 request_len: usize,
                 following: u8,
             ) -> Follows {

@@ -33,7 +33,7 @@ use crate::command::{
 use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
-use crate::policy::phase::{Decision, Followed, Sender, Subject, Way};
+use crate::policy::phase::{Decision, FollowedRequest, Sender, Subject, Way};
 use crate::policy::phases::{Phases, Taken, Write, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
@@ -337,7 +337,7 @@ impl Session {
         };
         let decided = !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_));
         if run.following != 0 && decided {
-            let request = Followed {
+            let request = FollowedRequest {
                 info,
                 args,
                 key_positions: &self.key_positions,

@@ -11,10 +11,10 @@
 //! summaries do not hold had at most `error_bound`. `error_bound` never exceeds one and a half
 //! times the window's total divided by `capacity` for the shortest window (the summaries'
 //! share and the sketch's); for longer ones it stayed within four and a half times that in
-//! the tests. Patterns count the sketch's
-//! commands one in [`PATTERN_SAMPLE`](staging::PATTERN_SAMPLE), scaled back up: a pattern's
-//! count is exact for its staged keys and an estimate for the rest. With `sample_rate` below 1,
-//! counts are scaled up from the sampled commands.
+//! the tests. Patterns count the sketch's commands one in
+//! [`PATTERN_SAMPLE`](staging::PATTERN_SAMPLE), scaled back up: a pattern's count is exact
+//! for its staged keys and an estimate for the rest. With `sample_rate` below 1, counts are
+//! scaled up from the sampled commands.
 
 pub mod big_keys;
 pub mod fold;

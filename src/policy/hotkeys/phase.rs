@@ -14,7 +14,7 @@ use std::sync::Arc;
 use quanta::Instant;
 
 use super::record::{Pending, Recorder};
-use crate::policy::phase::{Decision, Followed, Handover, Phase, Subject, Way};
+use crate::policy::phase::{Decision, FollowedRequest, Handover, Phase, Subject, Way};
 use crate::policy::Policies;
 use crate::upstream::Upstream;
 
@@ -62,7 +62,7 @@ impl Phase for Counting {
         &self,
         _: &Policies,
         recorder: &mut Recorder,
-        request: Followed<'_, '_>,
+        request: FollowedRequest<'_, '_>,
         request_len: usize,
     ) -> Option<Pending> {
         recorder.start(
