@@ -2,9 +2,7 @@
 //! value. Time-dependent reads (`TTL`, `PTTL`) and random ones (`RANDOMKEY`, `SRANDMEMBER`,
 //! `SCAN`) are never cached.
 
-use std::sync::OnceLock;
-
-use super::{CommandInfo, CommandTable};
+use super::CommandInfo;
 use crate::resp::request::Args;
 
 /// The cacheable reads, as the command table names them.
@@ -38,52 +36,43 @@ pub enum Kind {
     PerKey,
 }
 
-/// The cacheable kind of each command, by command id.
-struct Kinds {
-    by_id: Box<[Option<Kind>]>,
-    /// `EXISTS`, cacheable with one key only.
-    exists: usize,
+/// How a command may be cached, fixed when the command table is built
+/// ([`CommandInfo::cacheable`]): a read asks for it on every request under a cache rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cacheable {
+    pub kind: Kind,
+    /// The arguments (the name counted) a request of it may have to be cached: what Redis
+    /// accepts, with a key, and for `EXISTS` one key only (its reply counts keys).
+    fewest_args: usize,
+    most_args: usize,
 }
 
-fn kinds() -> &'static Kinds {
-    static KINDS: OnceLock<Kinds> = OnceLock::new();
-    KINDS.get_or_init(|| {
-        let table = CommandTable::global();
-        let by_id = (0..table.len())
-            .map(|id| {
-                let name = &*table.by_id(id).name;
-                match name {
-                    "mget" => Some(Kind::PerKey),
-                    _ if NAMES.contains(&name) => Some(Kind::OneKey),
-                    _ => None,
-                }
-            })
-            .collect();
-        let exists = table.find_name("exists").map_or(usize::MAX, |info| info.id);
-        Kinds { by_id, exists }
+/// How the command named `name` (as the table names it) with Redis arity `arity` may be
+/// cached, if at all.
+pub(super) fn cacheable(name: &str, arity: i32) -> Option<Cacheable> {
+    let kind = match name {
+        "mget" => Kind::PerKey,
+        _ if NAMES.contains(&name) => Kind::OneKey,
+        _ => return None,
+    };
+    let (fewest_args, most_args) = match usize::try_from(arity) {
+        Ok(exact) => (exact, exact),
+        Err(_) => (arity.unsigned_abs() as usize, usize::MAX),
+    };
+    let most_args = if name == "exists" { 2 } else { most_args };
+    Some(Cacheable {
+        kind,
+        fewest_args: fewest_args.max(2),
+        most_args,
     })
 }
 
-impl Kinds {
-    fn of(&self, info: &CommandInfo) -> Option<Kind> {
-        self.by_id.get(info.id).copied().flatten()
-    }
-}
-
-pub fn kind(info: &CommandInfo) -> Option<Kind> {
-    kinds().of(info)
-}
-
-/// The kind of this request, if it can be cached: `EXISTS` only with one key (its reply counts
-/// keys), and never a request with too few arguments (Redis answers it with an error).
+/// The kind of this request, if it can be cached: never a request Redis answers with an
+/// error, one without a key, nor `EXISTS` of several keys.
+#[inline]
 pub fn request_kind(info: &CommandInfo, args: &Args<'_>) -> Option<Kind> {
-    let kinds = kinds();
-    let kind = kinds.of(info)?;
-    if !info.arity_ok(args.len()) || args.len() < 2 {
-        return None;
-    }
-    if info.id == kinds.exists && args.len() != 2 {
-        return None;
-    }
-    Some(kind)
+    let cacheable = info.cacheable?;
+    (cacheable.fewest_args..=cacheable.most_args)
+        .contains(&args.len())
+        .then_some(cacheable.kind)
 }

@@ -71,6 +71,8 @@ pub struct CommandInfo {
     pub notice: Notice,
     pub holding: Holding,
     pub role: Role,
+    /// How reads of this command may be cached; `None` for a command never cached.
+    pub cacheable: Option<cacheable::Cacheable>,
 }
 
 impl CommandInfo {
@@ -269,6 +271,27 @@ mod tests {
             Ok(Decoded::Request { .. })
         ));
         f(&decoder.args(&input))
+    }
+
+    #[test]
+    fn a_read_is_cacheable_with_the_arguments_redis_accepts_and_exists_with_one_key() {
+        use cacheable::Kind;
+        let kind = |words: &[&str]| {
+            with_args(words, |args| {
+                cacheable::request_kind(CommandTable::global().lookup(args), args)
+            })
+        };
+        assert_eq!(kind(&["GET", "k"]), Some(Kind::OneKey));
+        assert_eq!(kind(&["get", "k", "extra"]), None);
+        assert_eq!(kind(&["MGET", "a", "b", "c"]), Some(Kind::PerKey));
+        assert_eq!(kind(&["EXISTS", "k"]), Some(Kind::OneKey));
+        assert_eq!(kind(&["EXISTS", "a", "b"]), None);
+        assert_eq!(kind(&["HMGET", "h"]), None);
+        assert_eq!(kind(&["HMGET", "h", "f", "g"]), Some(Kind::OneKey));
+        assert_eq!(kind(&["GETRANGE", "k", "0"]), None);
+        assert_eq!(kind(&["GETRANGE", "k", "0", "3"]), Some(Kind::OneKey));
+        assert_eq!(kind(&["SET", "k", "v"]), None);
+        assert_eq!(kind(&["NOSUCHCOMMAND", "k"]), None);
     }
 
     fn keys(words: &[&str]) -> Vec<String> {

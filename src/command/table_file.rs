@@ -5,7 +5,7 @@
 
 use super::effect::{effect_of, holding_of, notice_of, role_of};
 use super::keys::{self, BeginSearch, FindKeys, KeySpec};
-use super::{flags, CommandInfo};
+use super::{cacheable, flags, CommandInfo};
 
 pub(super) struct Entry {
     name: String,
@@ -53,6 +53,7 @@ impl Entry {
             notice: notice_of(&self.name),
             holding: holding_of(&self.name, self.flags),
             role: role_of(&self.name),
+            cacheable: cacheable::cacheable(&self.name, self.arity),
             uppercase: self.name.to_ascii_uppercase().into_bytes().into(),
             name: self.name.into(),
             arity: self.arity,

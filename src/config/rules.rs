@@ -400,7 +400,7 @@ pub fn check_values(kind: &str, rules: &[&RuleValues], text: &str) -> Vec<Diagno
             }
             // Only reads can be answered from memory.
             let known = table.find_name(command.get_ref());
-            if kind == "cache" && known.is_some_and(|info| cacheable::kind(info).is_none()) {
+            if kind == "cache" && known.is_some_and(|info| info.cacheable.is_none()) {
                 diagnostics.push(Diagnostic::error(
                     command.span(),
                     format!(
