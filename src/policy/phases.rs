@@ -41,6 +41,15 @@ pub struct Written {
 /// What one command writes that phases watch: most write one key, kept without an allocation.
 pub type WrittenKeys = SmallVec<[Written; 1]>;
 
+/// What the phases have to do with one request, one bit per phase in list order.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Roles {
+    /// The phases that decide on it.
+    pub deciding: u8,
+    /// The phases that follow it to its answer.
+    pub following: u8,
+}
+
 /// Declares the phases: their shared parts ([`Phases`]), what a session keeps of each
 /// ([`PhaseStates`]), and the calls that run them in order.
 macro_rules! phase_list {
@@ -121,26 +130,23 @@ macro_rules! phase_list {
                 }
             }
 
-            /// Whether some phase has anything to decide on a request going this way.
+            /// What the phases have to do with a request going this way: which decide on it
+            /// ([`Phase::active`]) and which would follow it to its answer ([`Phase::follows`]).
             #[inline(always)]
-            pub fn active(&self, policies: &Policies, way: Way) -> bool {
-                false $(|| self.$field.active(policies, way))+
-            }
-
-            /// The phases that would follow a request going this way to its answer, one bit
-            /// each in list order (see [`Phase::follows`]); 0 for none.
-            #[inline(always)]
-            pub fn following(&self, policies: &Policies, way: Way) -> u8 {
-                let mut following = 0;
+            pub fn roles(&self, policies: &Policies, way: Way) -> Roles {
+                let mut roles = Roles::default();
                 let mut index = 0;
                 $(
+                    if self.$field.active(policies, way) {
+                        roles.deciding |= 1 << index;
+                    }
                     if self.$field.follows(policies, way) {
-                        following |= 1 << index;
+                        roles.following |= 1 << index;
                     }
                     index += 1;
                 )+
                 let _ = index;
-                following
+                roles
             }
 
             /// The phases decided the request's fate: those of `following` start following
@@ -176,7 +182,7 @@ macro_rules! phase_list {
                 $(self.$field.gathered(policies, &mut followers.$field);)+
             }
 
-            /// Takes the request through the phases that have anything to do with it, in
+            /// Takes the request through the phases of `deciding` ([`Roles::deciding`]), in
             /// order, from the one that held it.
             #[inline(always)]
             pub fn decide(
@@ -184,13 +190,14 @@ macro_rules! phase_list {
                 policies: &Policies,
                 states: &mut PhaseStates,
                 subject: &Subject<'_, '_>,
+                deciding: u8,
             ) -> Decision<Taken> {
                 if states.follow(policies) {
                     self.settle(states);
                 }
                 let mut index = 0;
                 $(
-                    if index >= states.resume && self.$field.active(policies, subject.way) {
+                    if deciding & (1 << index) != 0 && index >= states.resume {
                         states.touched |= 1 << index;
                         let decision = self.$field.decide(policies, &mut states.$field, subject);
                         match decision {

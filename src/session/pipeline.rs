@@ -34,7 +34,7 @@ use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::{Decision, FollowedRequest, Sender, Subject, Way};
-use crate::policy::phases::{Phases, Taken, Write, WrittenKeys};
+use crate::policy::phases::{Phases, Roles, Taken, Write, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
@@ -103,10 +103,8 @@ pub(super) struct Request {
 #[derive(Clone, Copy)]
 struct PhaseRun {
     way: Way,
-    /// Some phase decides on it.
-    deciding: bool,
-    /// The phases that follow it to its answer (`Phases::following`).
-    following: u8,
+    /// The phases that decide on it and those that follow it to its answer.
+    roles: Roles,
     request_len: usize,
     /// The batch's time (`Subject::now`).
     now: quanta::Instant,
@@ -248,17 +246,14 @@ impl Session {
         let blocks = is_blocking(info, &args);
         let phases = &self.context.phases;
         let way = self.way(&step);
-        // How the request goes, when some phase has anything to decide on it.
-        let deciding = way.filter(|&way| phases.active(policies, way));
-        let following = way.map_or(0, |way| phases.following(policies, way));
+        let roles = way.map_or_else(Roles::default, |way| phases.roles(policies, way));
         let decision = match way {
-            Some(way) if deciding.is_some() || following != 0 => {
+            Some(way) if roles.deciding != 0 || roles.following != 0 => {
                 self.key_positions.clear();
                 info.key_positions(&args, &mut self.key_positions);
                 let run = PhaseRun {
                     way,
-                    deciding: deciding.is_some(),
-                    following,
+                    roles,
                     request_len: source.len(),
                     now: sent_at,
                 };
@@ -279,6 +274,8 @@ impl Session {
             }
             Decision::Ask(question) => return self.ask(input, question),
         };
+        // How the request goes, when some phase decides on it.
+        let deciding = way.filter(|_| roles.deciding != 0);
         let writes = self.note_writes(policies, info, &args, deciding, taken.as_ref());
         self.follow_transaction(&step, info, args.len());
         let request = Request {
@@ -314,8 +311,9 @@ impl Session {
         let phases = &self.context.phases;
         // Put together only for phases that decide: one that only follows reads what the
         // request itself says.
-        let decision = match run.deciding {
-            true => {
+        let decision = match run.roles.deciding {
+            0 => Decision::Pass,
+            deciding => {
                 let subject = Subject {
                     info,
                     args,
@@ -331,19 +329,18 @@ impl Session {
                     reply_to: &self.reply_sender,
                     ticket: self.replies.next_ticket(),
                 };
-                phases.decide(policies, &mut self.phase_states, &subject)
+                phases.decide(policies, &mut self.phase_states, &subject, deciding)
             }
-            false => Decision::Pass,
         };
         let decided = !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_));
-        if run.following != 0 && decided {
+        if run.roles.following != 0 && decided {
             let request = FollowedRequest {
                 info,
                 args,
                 key_positions: &self.key_positions,
             };
             let followers = &mut self.replies.followers;
-            let (length, following) = (run.request_len, run.following);
+            let (length, following) = (run.request_len, run.roles.following);
             self.follows = phases.follow(policies, followers, request, length, following);
         }
         decision
