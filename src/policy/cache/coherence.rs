@@ -153,19 +153,33 @@ impl Coherence {
         let Some(first) = read.args.get(1) else {
             return Decision::Pass;
         };
-        let many: SmallVec<[&[u8]; 4]>;
-        let keys = match kind {
-            Kind::OneKey => std::slice::from_ref(&first),
+        // Each kind gets its own copy of `consult_keys`: for a one-key read, every loop over
+        // the keys is one step the compiler lays out straight.
+        match kind {
+            Kind::OneKey => self.consult_keys(rules, read, kind, &[first], shape),
             Kind::PerKey => {
-                many = read.args.iter().skip(1).collect();
-                &many[..]
+                let keys: SmallVec<[&[u8]; 4]> = read.args.iter().skip(1).collect();
+                self.consult_keys(rules, read, kind, &keys, shape)
             }
-        };
+        }
+    }
+
+    /// [`consult`](Self::consult) for the read of `keys`, the first of which is its first
+    /// argument.
+    #[inline(always)]
+    fn consult_keys(
+        &self,
+        rules: &[Arc<RuleCache>],
+        read: &Subject<'_, '_>,
+        kind: Kind,
+        keys: &[&[u8]],
+        shape: &mut Vec<u8>,
+    ) -> Decision<Fill> {
         let Some(rule) = rule_for(rules, read.info, keys) else {
             return Decision::Pass;
         };
         // A sampled shadow rule follows a read by its first key.
-        if !rule.follows(first) {
+        if !rule.follows(keys[0]) {
             return Decision::Pass;
         }
         let mut epochs = SmallVec::<[u64; 1]>::new();
@@ -176,24 +190,27 @@ impl Coherence {
             }
         }
         write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
-        let mut lookups = keys.iter().zip(&epochs);
-        let get = |(key, &epoch): (&&[u8], &u64)| rule.get(key, shape, epoch, read.now);
-        let cached = match kind {
-            Kind::OneKey => lookups.next().and_then(get),
-            // A shadow rule only needs to know that it would have served every key.
-            Kind::PerKey if rule.is_shadow() => {
-                lookups.all(|lookup| get(lookup).is_some()).then(Bytes::new)
-            }
-            Kind::PerKey => assemble(lookups.map(get)),
-        };
+        let cached = rule.lookup(keys, &epochs, shape, kind, read.now);
         rule.count(cached.is_some());
-        if let Some(reply) = cached {
-            return if rule.is_shadow() {
-                Decision::Pass
-            } else {
-                Decision::Answer(reply)
-            };
+        match cached {
+            Some(_) if rule.is_shadow() => Decision::Pass,
+            Some(reply) => Decision::Answer(reply),
+            None => self.fill(rule, read, kind, keys, shape, epochs),
         }
+    }
+
+    /// A read no entry answered: it joins the same read in flight, or starts a flight of its
+    /// own. Out of line, so that a hit (most reads) sets up none of what a flight needs.
+    #[inline(never)]
+    fn fill(
+        &self,
+        rule: &Arc<RuleCache>,
+        read: &Subject<'_, '_>,
+        kind: Kind,
+        keys: &[&[u8]],
+        shape: &[u8],
+        epochs: SmallVec<[u64; 1]>,
+    ) -> Decision<Fill> {
         let open_key = flight_key(shape, keys);
         let mut flights = self.flights();
         let written = |key: &&[u8]| flights.writing.contains_key(&write_hash(key));
@@ -412,20 +429,6 @@ impl Coherence {
             rule.flush();
         }
     }
-}
-
-/// An `MGET` reply from cached elements, if every one is cached.
-fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
-    let mut count = 0;
-    let mut body = Vec::new();
-    for element in elements {
-        body.extend_from_slice(&element?);
-        count += 1;
-    }
-    let mut reply = BytesMut::with_capacity(body.len() + 16);
-    crate::resp::put_header(&mut reply, b'*', count);
-    reply.extend_from_slice(&body);
-    Some(reply.freeze())
 }
 
 /// The elements of an array reply of `expected` elements (none if it is anything else).

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use quanta::Instant;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use metrics::{counter, gauge, Counter, Gauge};
 
 pub use crate::command::cacheable::Kind;
@@ -167,6 +167,29 @@ impl RuleCache {
         }
     }
 
+    /// The reply cached for `shape` of `keys` read at `epochs` (for `MGET`, the reply put
+    /// together from each key's element), if every key has one; under a shadow rule, an
+    /// empty reply for a read it would have served.
+    fn lookup(
+        &self,
+        keys: &[&[u8]],
+        epochs: &[u64],
+        shape: &[u8],
+        kind: Kind,
+        now: Instant,
+    ) -> Option<Bytes> {
+        let mut lookups = keys.iter().zip(epochs);
+        let get = |(key, &epoch): (&&[u8], &u64)| self.get(key, shape, epoch, now);
+        match kind {
+            Kind::OneKey => lookups.next().and_then(get),
+            // A shadow rule only needs to know that it would have served every key.
+            Kind::PerKey if self.is_shadow() => {
+                lookups.all(|lookup| get(lookup).is_some()).then(Bytes::new)
+            }
+            Kind::PerKey => assemble(lookups.map(get)),
+        }
+    }
+
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
     fn insert(
         &self,
@@ -275,23 +298,41 @@ impl RuleCache {
     }
 }
 
+/// An `MGET` reply from cached elements, if every one is cached.
+fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
+    let mut count = 0;
+    let mut body = Vec::new();
+    for element in elements {
+        body.extend_from_slice(&element?);
+        count += 1;
+    }
+    let mut reply = BytesMut::with_capacity(body.len() + 16);
+    crate::resp::put_header(&mut reply, b'*', count);
+    reply.extend_from_slice(&body);
+    Some(reply.freeze())
+}
+
 /// The rule that caches a read of `keys`: the first rule in force that covers it, else the
 /// first shadow rule that does, so that adding a shadow rule never stops a rule in force from
-/// serving. `None` when no rule does (for `MGET`, one rule must cover every key).
+/// serving. `None` when no rule does (for `MGET`, one rule must cover every key). Inlined
+/// into each kind's copy of [`Coherence::consult`], where a one-key read's loop over its keys
+/// is one step.
+#[inline(always)]
 fn rule_for<'r>(
     rules: &'r [Arc<RuleCache>],
     info: &CommandInfo,
     keys: &[&[u8]],
 ) -> Option<&'r Arc<RuleCache>> {
-    let covers = |rule: &&Arc<RuleCache>| {
-        rule.matcher.applies_to(info) && keys.iter().all(|key| rule.matcher.matches_key(key))
-    };
     let mut shadow = None;
-    for rule in rules.iter().filter(covers) {
+    for rule in rules {
+        let matcher = &rule.matcher;
+        if !matcher.applies_to(info) || !keys.iter().all(|key| matcher.matches_key(key)) {
+            continue;
+        }
         if !rule.is_shadow() {
             return Some(rule);
         }
-        shadow.get_or_insert(rule);
+        shadow = shadow.or(Some(rule));
     }
     shadow
 }
