@@ -216,23 +216,14 @@ pub struct CacheRule {
     #[serde(default)]
     pub mode: Mode,
     /// Shadow mode: the fraction of keys (chosen by a hash of the key) whose reads the rule
-    /// follows, in (0, 1]; its figures are scaled back up. Default 1: every read.
+    /// follows, in (0, 1]; its figures are scaled back up. Default: every key until the rule
+    /// keeps 8,192 entries, then half as many keys each time it does again.
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
     pub sample_rate: Option<Spanned<f64>>,
 }
 
 impl_rule!(CacheRule);
-
-impl CacheRule {
-    /// The fraction of keys a shadow rule follows; a rule in force caches every read.
-    pub fn sampled_fraction(&self) -> f64 {
-        match (self.mode, &self.sample_rate) {
-            (Mode::Shadow, Some(rate)) => *rate.get_ref(),
-            _ => 1.0,
-        }
-    }
-}
 
 /// `[[lock]]`: keys used as locks (`SET key token NX PX ms`). A losing attempt waits in a FIFO
 /// queue for the key, up to `max_wait`, instead of failing at once.

@@ -13,9 +13,10 @@
 
 pub mod coherence;
 mod phase;
+mod sample;
 mod shelf;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Fill};
+use sample::KeySample;
 use shelf::{CountEvictions, GhostShelf, ReplyShelf, Shelf, Variant};
 
 /// Where a rule keeps what it read (see [`shelf`]).
@@ -40,13 +42,11 @@ enum Entries {
     /// A rule in force: keys, shapes and replies as they are.
     Replies(ReplyShelf),
     /// A shadow rule: hashes of keys, stand-ins for shapes ([`ghost_shape`]), and the replies'
-    /// sizes, for the keys whose hash is at most `followed` (a `sample_rate` of the keys,
-    /// within as much of `max_memory`: the shelf is the real cache in miniature, as in SHARDS,
-    /// Waldspurger et al., FAST '15).
+    /// sizes, for the keys of its `sample`, within as much of `max_memory`: the real cache in
+    /// miniature ([`sample`]).
     Ghosts {
         shelf: GhostShelf,
-        hasher: ahash::RandomState,
-        followed: u64,
+        sample: KeySample,
     },
 }
 
@@ -93,16 +93,21 @@ impl RuleCache {
     pub fn new(rule: CacheRule) -> RuleCache {
         let counters = Counters::default();
         let capacity = rule.max_memory.get();
-        let evictions = CountEvictions(Arc::clone(&counters.evictions));
-        let fraction = rule.sampled_fraction();
+        let halvings = Arc::<AtomicU32>::default();
+        let evictions = CountEvictions {
+            evicted: Arc::clone(&counters.evictions),
+            halvings: Arc::clone(&halvings),
+        };
         let entries = match rule.mode {
             Mode::Enforce => Entries::Replies(Shelf::new(capacity, evictions)),
-            Mode::Shadow => Entries::Ghosts {
-                shelf: Shelf::new((capacity as f64 * fraction).max(1.0) as u64, evictions),
-                hasher: ahash::RandomState::new(),
-                // Saturates at `u64::MAX` for a fraction of 1: every key.
-                followed: (fraction * u64::MAX as f64) as u64,
-            },
+            Mode::Shadow => {
+                let sample_rate = rule.sample_rate.as_ref().map(|rate| *rate.get_ref());
+                let sample = KeySample::new(sample_rate, halvings);
+                Entries::Ghosts {
+                    shelf: Shelf::new(share(capacity, sample.fraction()), evictions),
+                    sample,
+                }
+            }
         };
         let name = rule.name.get_ref().clone();
         let metrics = RuleMetrics {
@@ -140,13 +145,19 @@ impl RuleCache {
     }
 
     /// Whether the rule looks up and stores reads of `key`: all of them, but for a shadow rule
-    /// with a `sample_rate`, whose other keys' reads go to Redis as if it had none.
+    /// that follows a sample of the keys, whose other keys' reads go to Redis as if it had none.
     fn follows(&self, key: &[u8]) -> bool {
         match &self.entries {
-            Entries::Ghosts {
-                hasher, followed, ..
-            } if *followed != u64::MAX => hasher.hash_one(key) <= *followed,
-            _ => true,
+            Entries::Ghosts { sample, .. } => sample.follows(key),
+            Entries::Replies(_) => true,
+        }
+    }
+
+    /// What one hit, miss or invalidation counts for ([`KeySample::weight`]).
+    fn weight(&self) -> u64 {
+        match &self.entries {
+            Entries::Ghosts { sample, .. } => sample.weight(),
+            Entries::Replies(_) => 1,
         }
     }
 
@@ -156,10 +167,10 @@ impl RuleCache {
     fn get(&self, key: &[u8], shape: &[u8], epoch: u64, now: Instant) -> Option<Bytes> {
         match &self.entries {
             Entries::Replies(shelf) => shelf.get(key, shape, epoch, now),
-            Entries::Ghosts { shelf, hasher, .. } => shelf
+            Entries::Ghosts { shelf, sample } => shelf
                 .get(
-                    &hasher.hash_one(key),
-                    &ghost_shape(hasher, shape),
+                    &sample.hash(key),
+                    &ghost_shape(sample.hasher(), shape),
                     epoch,
                     now,
                 )
@@ -220,15 +231,26 @@ impl RuleCache {
                 };
                 shelf.insert(Bytes::copy_from_slice(key), key.len(), read, now);
             }
-            Entries::Ghosts { shelf, hasher, .. } => {
+            Entries::Ghosts { shelf, sample } => {
+                let hash = sample.hash(key);
+                // The sample may have shrunk while the read was in flight.
+                if !sample.follows_hash(hash) {
+                    return;
+                }
                 let read = Variant {
-                    shape: ghost_shape(hasher, shape),
+                    shape: ghost_shape(sample.hasher(), shape),
                     reply: (),
                     size,
                     expires_at,
                     epoch,
                 };
-                shelf.insert(hasher.hash_one(key), key.len(), read, now);
+                shelf.insert(hash, key.len(), read, now);
+                if let Some(threshold) = sample.halve_if_full(|| shelf.len()) {
+                    // An entry stored meanwhile above the new threshold stays until evicted,
+                    // never looked up again.
+                    shelf.retain(|hash| *hash <= threshold);
+                    shelf.set_capacity(share(self.rule.max_memory.get(), sample.fraction()));
+                }
             }
         }
     }
@@ -245,10 +267,13 @@ impl RuleCache {
     fn invalidate(&self, key: &[u8]) {
         let removed = match &self.entries {
             Entries::Replies(shelf) => shelf.remove(key),
-            Entries::Ghosts { shelf, hasher, .. } => shelf.remove(&hasher.hash_one(key)),
+            Entries::Ghosts { shelf, sample } => shelf.remove(&sample.hash(key)),
         };
         if removed {
-            self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+            let weight = self.weight();
+            self.counters
+                .invalidations
+                .fetch_add(weight, Ordering::Relaxed);
         }
     }
 
@@ -265,25 +290,29 @@ impl RuleCache {
         } else {
             &self.counters.misses
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(self.weight(), Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> RuleStats {
-        let (bytes, entries) = match &self.entries {
-            Entries::Replies(shelf) => (shelf.weight(), shelf.len()),
-            Entries::Ghosts { shelf, .. } => (shelf.weight(), shelf.len()),
-        };
         // A sampled shadow rule's figures, scaled to all keys: what the rule would see.
-        let fraction = self.rule.sampled_fraction();
-        let scaled = |counted: u64| (counted as f64 / fraction).round() as u64;
-        let read = |counter: &AtomicU64| scaled(counter.load(Ordering::Relaxed));
+        let (bytes, entries, counts_scale, shelf_scale) = match &self.entries {
+            Entries::Replies(shelf) => (shelf.weight(), shelf.len(), 1.0, 1.0),
+            Entries::Ghosts { shelf, sample } => (
+                shelf.weight(),
+                shelf.len(),
+                sample.scale(),
+                sample.shelf_scale(),
+            ),
+        };
+        let scaled = |counted: u64, scale: f64| (counted as f64 * scale).round() as u64;
+        let read = |counter: &AtomicU64| scaled(counter.load(Ordering::Relaxed), counts_scale);
         RuleStats {
             hits: read(&self.counters.hits),
             misses: read(&self.counters.misses),
             invalidations: read(&self.counters.invalidations),
             evictions: read(&self.counters.evictions),
-            bytes: scaled(bytes),
-            entries: scaled(entries as u64),
+            bytes: scaled(bytes, shelf_scale),
+            entries: scaled(entries as u64, shelf_scale),
         }
     }
 
@@ -335,6 +364,11 @@ fn rule_for<'r>(
         shadow = shadow.or(Some(rule));
     }
     shadow
+}
+
+/// `fraction` of `capacity` bytes, at least one.
+fn share(capacity: u64, fraction: f64) -> u64 {
+    (capacity as f64 * fraction).max(1.0) as u64
 }
 
 /// What a shadow rule keeps of a shape: the 7 bytes of a read without arguments as they are;

@@ -10,7 +10,7 @@
 
 use std::hash::Hash;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -90,15 +90,21 @@ pub(super) type ReplyShelf = Shelf<Bytes, Arc<KeyEntries<Bytes, Bytes>>>;
 /// A shadow rule's shelf: hashes of keys, stand-ins for shapes, and nothing of the replies.
 pub(super) type GhostShelf = Shelf<u64, Inline<u64, ()>>;
 
-/// Counts the entries the cache drops to stay within `max_memory`.
+/// Counts the entries the cache drops to stay within `max_memory`: each as many as a hit a
+/// shadow rule counts now ([`KeySample::weight`](super::sample::KeySample::weight), from its
+/// `halvings`; a rule in force's stay at 0).
 #[derive(Clone)]
-pub(super) struct CountEvictions(pub(super) Arc<AtomicU64>);
+pub(super) struct CountEvictions {
+    pub(super) evicted: Arc<AtomicU64>,
+    pub(super) halvings: Arc<AtomicU32>,
+}
 
 impl<K, V> Lifecycle<K, V> for CountEvictions {
     type RequestState = ();
 
     fn on_evict(&self, _: &mut (), _: K, _: V) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        let weight = 1 << self.halvings.load(Ordering::Relaxed);
+        self.evicted.fetch_add(weight, Ordering::Relaxed);
     }
 }
 
@@ -182,6 +188,16 @@ where
 
     pub(super) fn clear(&self) {
         self.cache.clear();
+    }
+
+    /// Keeps only the keys `keep` says to keep.
+    pub(super) fn retain(&self, keep: impl Fn(&K) -> bool) {
+        self.cache.retain(|key, _| keep(key));
+    }
+
+    /// Weighs at most `capacity` bytes from now on, dropping the least used entries beyond.
+    pub(super) fn set_capacity(&self, capacity: u64) {
+        self.cache.set_capacity(capacity);
     }
 
     /// The bytes held, as weighed.
