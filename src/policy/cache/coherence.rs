@@ -326,7 +326,14 @@ impl Coherence {
             let Some(flight) = flights.forget(id) else {
                 return;
             };
+            // A read is followed by its first key; a shadow rule's sample may have shrunk
+            // since it started.
+            let followed = flight
+                .keys
+                .first()
+                .is_some_and(|key| flight.rule.follows(key));
             let current = unchanged
+                && followed
                 && lifetimes.len() == flight.keys.len()
                 && flight
                     .keys

@@ -16,7 +16,7 @@ mod phase;
 mod sample;
 mod shelf;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Fill};
-use sample::KeySample;
+use sample::{Halvings, KeySample};
 use shelf::{CountEvictions, GhostShelf, ReplyShelf, Shelf, Variant};
 
 /// Where a rule keeps what it read (see [`shelf`]).
@@ -93,10 +93,10 @@ impl RuleCache {
     pub fn new(rule: CacheRule) -> RuleCache {
         let counters = Counters::default();
         let capacity = rule.max_memory.get();
-        let halvings = Arc::<AtomicU32>::default();
+        let halvings = Halvings::default();
         let evictions = CountEvictions {
             evicted: Arc::clone(&counters.evictions),
-            halvings: Arc::clone(&halvings),
+            halvings: halvings.clone(),
         };
         let entries = match rule.mode {
             Mode::Enforce => Entries::Replies(Shelf::new(capacity, evictions)),
@@ -232,11 +232,6 @@ impl RuleCache {
                 shelf.insert(Bytes::copy_from_slice(key), key.len(), read, now);
             }
             Entries::Ghosts { shelf, sample } => {
-                let hash = sample.hash(key);
-                // The sample may have shrunk while the read was in flight.
-                if !sample.follows_hash(hash) {
-                    return;
-                }
                 let read = Variant {
                     shape: ghost_shape(sample.hasher(), shape),
                     reply: (),
@@ -244,13 +239,14 @@ impl RuleCache {
                     expires_at,
                     epoch,
                 };
-                shelf.insert(hash, key.len(), read, now);
-                if let Some(threshold) = sample.halve_if_full(|| shelf.len()) {
-                    // An entry stored meanwhile above the new threshold stays until evicted,
-                    // never looked up again.
+                shelf.insert(sample.hash(key), key.len(), read, now);
+                // An entry stored meanwhile above the new threshold stays until evicted, never
+                // looked up again.
+                let shrink = |threshold: u64, fraction: f64| {
                     shelf.retain(|hash| *hash <= threshold);
-                    shelf.set_capacity(share(self.rule.max_memory.get(), sample.fraction()));
-                }
+                    shelf.set_capacity(share(self.rule.max_memory.get(), fraction));
+                };
+                sample.halve_if_full(|| shelf.len(), shrink);
             }
         }
     }
@@ -344,8 +340,8 @@ fn assemble(elements: impl Iterator<Item = Option<Bytes>>) -> Option<Bytes> {
 /// The rule that caches a read of `keys`: the first rule in force that covers it, else the
 /// first shadow rule that does, so that adding a shadow rule never stops a rule in force from
 /// serving. `None` when no rule does (for `MGET`, one rule must cover every key). Inlined
-/// into each kind's copy of [`Coherence::consult`], where a one-key read's loop over its keys
-/// is one step.
+/// into each kind's copy of the consultation (`Coherence::consult_keys`), where a one-key
+/// read's loop over its keys is one step.
 #[inline(always)]
 fn rule_for<'r>(
     rules: &'r [Arc<RuleCache>],

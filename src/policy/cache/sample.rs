@@ -10,36 +10,58 @@
 //! cost however many keys are read, and a few thousand followed keys still estimate the hit
 //! ratio to within a percent or so.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// The most entries a shadow rule without a `sample_rate` keeps before it follows half as
 /// many keys (the paper's choice of sample size).
 pub(super) const MOST_ENTRIES: usize = 8192;
-/// The threshold halves at most this often: one key in 65,536 is still followed.
+/// The sample halves at most this often: one key in 65,536 is still followed.
 const MOST_HALVINGS: u32 = 16;
+
+/// How often a shadow rule's sample halved, shared with what counts its evictions: each hit,
+/// miss, invalidation or eviction counted now stands for `1 << halvings` of those counted
+/// before the first halving, so that counts made at different rates add up.
+#[derive(Clone, Default)]
+pub(super) struct Halvings(Arc<AtomicU32>);
+
+impl Halvings {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// What one thing counted now stands for.
+    #[inline]
+    pub(super) fn weight(&self) -> u64 {
+        1 << self.get()
+    }
+}
 
 /// A shadow rule's sample of the keys.
 pub(super) struct KeySample {
     hasher: ahash::RandomState,
-    /// Keys whose hash is at most this are followed.
-    threshold: AtomicU64,
-    /// The `sample_rate`, when one is set: the threshold then stays where it started.
+    /// Keys whose hash is at most this, shifted right once per halving, are followed.
+    first_threshold: u64,
+    /// The `sample_rate`, when one is set: the sample then never halves.
     fixed: Option<f64>,
-    /// How often the threshold halved (shared with the count of evictions, which weighs each
-    /// eviction by it as [`KeySample::weight`] does).
-    halvings: Arc<AtomicU32>,
+    halvings: Halvings,
+    /// Held while the sample halves and the shelf lets go of the keys it no longer follows,
+    /// so that one shelf too full halves it once.
+    halving: Mutex<()>,
 }
 
 impl KeySample {
-    pub(super) fn new(sample_rate: Option<f64>, halvings: Arc<AtomicU32>) -> KeySample {
+    pub(super) fn new(sample_rate: Option<f64>, halvings: Halvings) -> KeySample {
         let fraction = sample_rate.unwrap_or(1.0);
         KeySample {
             hasher: ahash::RandomState::new(),
             // Saturates at `u64::MAX` for a fraction of 1: every key.
-            threshold: AtomicU64::new((fraction * u64::MAX as f64) as u64),
+            first_threshold: (fraction * u64::MAX as f64) as u64,
             fixed: sample_rate,
             halvings,
+            halving: Mutex::new(()),
         }
     }
 
@@ -52,25 +74,23 @@ impl KeySample {
         &self.hasher
     }
 
-    /// Whether reads of `key` are followed; every key's are until the threshold falls, which
+    fn threshold(&self) -> u64 {
+        self.first_threshold >> self.halvings.get()
+    }
+
+    /// Whether reads of `key` are followed; every key's are until the sample shrinks, which
     /// spares them the hash.
     #[inline]
     pub(super) fn follows(&self, key: &[u8]) -> bool {
-        let threshold = self.threshold.load(Ordering::Relaxed);
+        let threshold = self.threshold();
         threshold == u64::MAX || self.hash(key) <= threshold
     }
 
-    /// Whether the key of hash `hash` is still followed.
-    pub(super) fn follows_hash(&self, hash: u64) -> bool {
-        hash <= self.threshold.load(Ordering::Relaxed)
-    }
-
     /// What one hit, miss or invalidation counted now stands for, in units of the fixed
-    /// fraction (see [`KeySample::scale`]): each halving doubles it, so that counts made at
-    /// different rates add up.
+    /// fraction ([`KeySample::scale`]).
     #[inline]
     pub(super) fn weight(&self) -> u64 {
-        1 << self.halvings.load(Ordering::Relaxed)
+        self.halvings.weight()
     }
 
     /// What the counters are multiplied by when read: the inverse of the fixed fraction.
@@ -81,7 +101,7 @@ impl KeySample {
     /// What the shelf's own figures (bytes, entries) are multiplied by when read: the inverse
     /// of the fraction followed now.
     pub(super) fn shelf_scale(&self) -> f64 {
-        self.scale() * (1u64 << self.halvings.load(Ordering::Relaxed)) as f64
+        self.scale() * self.weight() as f64
     }
 
     /// The fraction of `max_memory` the shelf may hold now.
@@ -89,22 +109,27 @@ impl KeySample {
         1.0 / self.shelf_scale()
     }
 
-    /// After an entry was stored in the shelf: if it holds too many (`entries` counts them,
-    /// asked only of a sample that may still shrink), follows half as many keys and returns
-    /// the new threshold, under which the caller's shelf keeps its keys. Of two callers that
-    /// find too many at once, only one halves.
-    pub(super) fn halve_if_full(&self, entries: impl FnOnce() -> usize) -> Option<u64> {
-        let halvings = self.halvings.load(Ordering::Relaxed);
-        if self.fixed.is_some() || halvings >= MOST_HALVINGS || entries() <= MOST_ENTRIES {
-            return None;
+    /// After an entry was stored in the shelf: if it holds more than [`MOST_ENTRIES`]
+    /// (`entries` counts them, asked only of a sample that may still shrink), follows half as
+    /// many keys and has `shrink` make the shelf keep only the keys of hash at most the new
+    /// threshold, within the new fraction of `max_memory`. Callers that find the shelf too
+    /// full while it shrinks leave it to the one shrinking it.
+    pub(super) fn halve_if_full(&self, entries: impl Fn() -> usize, shrink: impl FnOnce(u64, f64)) {
+        if self.fixed.is_some() || self.halvings.get() >= MOST_HALVINGS {
+            return;
         }
-        let threshold = self.threshold.load(Ordering::Relaxed);
-        let halved = threshold / 2;
-        self.threshold
-            .compare_exchange(threshold, halved, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        self.halvings.fetch_add(1, Ordering::Relaxed);
-        Some(halved)
+        if entries() <= MOST_ENTRIES {
+            return;
+        }
+        let Some(_halving) = self.halving.try_lock() else {
+            return;
+        };
+        // Another caller may have halved it between the count and the lock.
+        if entries() <= MOST_ENTRIES {
+            return;
+        }
+        self.halvings.0.fetch_add(1, Ordering::Relaxed);
+        shrink(self.threshold(), self.fraction());
     }
 }
 
@@ -113,7 +138,14 @@ mod tests {
     use super::*;
 
     fn sample(rate: Option<f64>) -> KeySample {
-        KeySample::new(rate, Arc::default())
+        KeySample::new(rate, Halvings::default())
+    }
+
+    /// Halves `sample` if a shelf of `entries` is too full; the threshold it was told.
+    fn halve(sample: &KeySample, entries: usize) -> Option<u64> {
+        let mut told = None;
+        sample.halve_if_full(|| entries, |threshold, _| told = Some(threshold));
+        told
     }
 
     #[test]
@@ -122,8 +154,8 @@ mod tests {
         let keys: Vec<String> = (0..10_000).map(|index| format!("key:{index}")).collect();
         assert!(keys.iter().all(|key| sample.follows(key.as_bytes())));
         assert_eq!((sample.weight(), sample.shelf_scale()), (1, 1.0));
-        assert_eq!(sample.halve_if_full(|| MOST_ENTRIES), None);
-        let threshold = sample.halve_if_full(|| MOST_ENTRIES + 1).unwrap();
+        assert_eq!(halve(&sample, MOST_ENTRIES), None);
+        let threshold = halve(&sample, MOST_ENTRIES + 1).unwrap();
         assert_eq!(threshold, u64::MAX / 2);
         assert_eq!((sample.weight(), sample.shelf_scale()), (2, 2.0));
         assert_eq!(sample.fraction(), 0.5);
@@ -133,17 +165,30 @@ mod tests {
             .count();
         // Half of 10,000 keys: ±50 at one standard deviation.
         assert!((4_700..=5_300).contains(&followed), "{followed}");
-        let hashes_agree = keys.iter().all(|key| {
-            sample.follows(key.as_bytes()) == sample.follows_hash(sample.hash(key.as_bytes()))
+        let by_hash = keys.iter().all(|key| {
+            sample.follows(key.as_bytes()) == (sample.hash(key.as_bytes()) <= threshold)
         });
-        assert!(hashes_agree);
+        assert!(by_hash);
+    }
+
+    #[test]
+    fn a_shelf_found_too_full_while_it_shrinks_is_halved_once() {
+        let sample = sample(None);
+        sample.halve_if_full(
+            || MOST_ENTRIES + 1,
+            |_, _| {
+                // Another fill finds the shelf still too full before this shrink is done.
+                assert_eq!(halve(&sample, MOST_ENTRIES + 1), None);
+            },
+        );
+        assert_eq!(sample.weight(), 2);
     }
 
     #[test]
     fn the_threshold_stops_halving_at_one_key_in_65536() {
         let sample = sample(None);
         for _ in 0..40 {
-            sample.halve_if_full(|| MOST_ENTRIES + 1);
+            halve(&sample, MOST_ENTRIES + 1);
         }
         assert_eq!(sample.weight(), 1 << MOST_HALVINGS);
         assert_eq!(sample.fraction(), 1.0 / 65_536.0);
@@ -152,11 +197,11 @@ mod tests {
     #[test]
     fn a_fixed_rate_never_halves_and_scales_its_counts_by_its_inverse() {
         let sample = sample(Some(0.25));
-        assert_eq!(sample.halve_if_full(|| 1_000_000), None);
+        assert_eq!(halve(&sample, 1_000_000), None);
         assert_eq!(
             (sample.weight(), sample.scale(), sample.shelf_scale()),
             (1, 4.0, 4.0)
         );
-        assert!(!sample.follows_hash(u64::MAX / 4 + 1024));
+        assert_eq!(sample.threshold(), (0.25 * u64::MAX as f64) as u64);
     }
 }

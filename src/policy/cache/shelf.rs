@@ -10,13 +10,15 @@
 
 use std::hash::Hash;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use quanta::Instant;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, Weighter};
 use smallvec::SmallVec;
+
+use super::sample::Halvings;
 
 /// Bytes an entry costs beyond its key and replies (bookkeeping in keyward and the cache).
 const ENTRY_OVERHEAD: usize = 96;
@@ -90,21 +92,20 @@ pub(super) type ReplyShelf = Shelf<Bytes, Arc<KeyEntries<Bytes, Bytes>>>;
 /// A shadow rule's shelf: hashes of keys, stand-ins for shapes, and nothing of the replies.
 pub(super) type GhostShelf = Shelf<u64, Inline<u64, ()>>;
 
-/// Counts the entries the cache drops to stay within `max_memory`: each as many as a hit a
-/// shadow rule counts now ([`KeySample::weight`](super::sample::KeySample::weight), from its
-/// `halvings`; a rule in force's stay at 0).
+/// Counts the entries the cache drops to stay within `max_memory`, each for as many as a
+/// shadow rule's sample stands for now (a rule in force's never halves).
 #[derive(Clone)]
 pub(super) struct CountEvictions {
     pub(super) evicted: Arc<AtomicU64>,
-    pub(super) halvings: Arc<AtomicU32>,
+    pub(super) halvings: Halvings,
 }
 
 impl<K, V> Lifecycle<K, V> for CountEvictions {
     type RequestState = ();
 
     fn on_evict(&self, _: &mut (), _: K, _: V) {
-        let weight = 1 << self.halvings.load(Ordering::Relaxed);
-        self.evicted.fetch_add(weight, Ordering::Relaxed);
+        self.evicted
+            .fetch_add(self.halvings.weight(), Ordering::Relaxed);
     }
 }
 
