@@ -217,7 +217,7 @@ pub struct CacheRule {
     pub mode: Mode,
     /// Shadow mode: the fraction of keys (chosen by a hash of the key) whose reads the rule
     /// follows, in (0, 1]; its figures are scaled back up. Default: every key until the rule
-    /// keeps 8,192 entries, then half as many keys each time it does again.
+    /// keeps more than 8,192 entries, then half as many keys each time it does again.
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
     pub sample_rate: Option<Spanned<f64>>,
