@@ -328,28 +328,24 @@ impl Coherence {
             };
             // A read is followed by its first key; a shadow rule's sample may have shrunk
             // since it started.
-            let followed = flight
-                .keys
-                .first()
-                .is_some_and(|key| flight.rule.follows(key));
+            let read_by = flight.keys.first();
             let current = unchanged
-                && followed
+                && read_by.is_some_and(|key| flight.rule.follows(key))
                 && lifetimes.len() == flight.keys.len()
                 && flight
                     .keys
                     .iter()
                     .zip(&flight.epochs)
                     .all(|(key, &epoch)| self.upstream.key_epoch(key) == Some(epoch));
-            if current {
+            if let (true, Some(read_by)) = (current, read_by) {
                 let replies: SmallVec<[Bytes; 1]> = match flight.kind {
                     Kind::OneKey => SmallVec::from_buf([reply.clone()]),
                     Kind::PerKey => elements(&reply, flight.keys.len()).into(),
                 };
                 let stored = flight.keys.iter().zip(&flight.epochs).zip(lifetimes);
                 for (((key, &epoch), lifetime), reply) in stored.zip(replies) {
-                    flight
-                        .rule
-                        .insert(key, &flight.shape, &reply, epoch, *lifetime);
+                    let rule = &flight.rule;
+                    rule.insert(key, read_by, &flight.shape, &reply, epoch, *lifetime);
                 }
             }
             flight

@@ -174,7 +174,7 @@ impl RuleCache {
                     epoch,
                     now,
                 )
-                .map(|()| Bytes::new()),
+                .map(|_| Bytes::new()),
         }
     }
 
@@ -202,9 +202,12 @@ impl RuleCache {
     }
 
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
+    /// `read_by` is the key the read was followed by (its first), which a shadow rule's
+    /// sample keeps it by.
     fn insert(
         &self,
         key: &[u8],
+        read_by: &[u8],
         shape: &[u8],
         reply: &[u8],
         epoch: u64,
@@ -234,16 +237,16 @@ impl RuleCache {
             Entries::Ghosts { shelf, sample } => {
                 let read = Variant {
                     shape: ghost_shape(sample.hasher(), shape),
-                    reply: (),
+                    reply: sample.hash(read_by),
                     size,
                     expires_at,
                     epoch,
                 };
                 shelf.insert(sample.hash(key), key.len(), read, now);
-                // An entry stored meanwhile above the new threshold stays until evicted, never
-                // looked up again.
+                // An `MGET`'s other keys stay while the read is followed, whatever their own
+                // hashes.
                 let shrink = |threshold: u64, fraction: f64| {
-                    shelf.retain(|hash| *hash <= threshold);
+                    shelf.retain_reads(|read_by| *read_by <= threshold);
                     shelf.set_capacity(share(self.rule.max_memory.get(), fraction));
                 };
                 sample.halve_if_full(|| shelf.len(), shrink);

@@ -13,11 +13,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 /// The most entries a shadow rule without a `sample_rate` keeps before it follows half as
 /// many keys (the paper's choice of sample size).
-pub(super) const MOST_ENTRIES: usize = 8192;
+const MOST_ENTRIES: usize = 8192;
 /// The sample halves at most this often: one key in 65,536 is still followed.
 const MOST_HALVINGS: u32 = 16;
 
@@ -47,9 +45,6 @@ pub(super) struct KeySample {
     /// The `sample_rate`, when one is set: the sample then never halves.
     fixed: Option<f64>,
     halvings: Halvings,
-    /// Held while the sample halves and the shelf lets go of the keys it no longer follows,
-    /// so that one shelf too full halves it once.
-    halving: Mutex<()>,
 }
 
 impl KeySample {
@@ -61,7 +56,6 @@ impl KeySample {
             first_threshold: (fraction * u64::MAX as f64) as u64,
             fixed: sample_rate,
             halvings,
-            halving: Mutex::new(()),
         }
     }
 
@@ -109,22 +103,19 @@ impl KeySample {
         1.0 / self.shelf_scale()
     }
 
-    /// After an entry was stored in the shelf: if it holds more than [`MOST_ENTRIES`]
+    /// After a read was stored in the shelf: if it holds more than [`MOST_ENTRIES`]
     /// (`entries` counts them, asked only of a sample that may still shrink), follows half as
-    /// many keys and has `shrink` make the shelf keep only the keys of hash at most the new
-    /// threshold, within the new fraction of `max_memory`. Callers that find the shelf too
-    /// full while it shrinks leave it to the one shrinking it.
-    pub(super) fn halve_if_full(&self, entries: impl Fn() -> usize, shrink: impl FnOnce(u64, f64)) {
+    /// many keys and has `shrink` make the shelf keep only the reads followed by a key of hash
+    /// at most the new threshold, within the new fraction of `max_memory`. Reads are stored
+    /// one at a time (under the cache's flights lock), so one full shelf halves it once.
+    pub(super) fn halve_if_full(
+        &self,
+        entries: impl FnOnce() -> usize,
+        shrink: impl FnOnce(u64, f64),
+    ) {
         if self.fixed.is_some() || self.halvings.get() >= MOST_HALVINGS {
             return;
         }
-        if entries() <= MOST_ENTRIES {
-            return;
-        }
-        let Some(_halving) = self.halving.try_lock() else {
-            return;
-        };
-        // Another caller may have halved it between the count and the lock.
         if entries() <= MOST_ENTRIES {
             return;
         }
@@ -169,19 +160,6 @@ mod tests {
             sample.follows(key.as_bytes()) == (sample.hash(key.as_bytes()) <= threshold)
         });
         assert!(by_hash);
-    }
-
-    #[test]
-    fn a_shelf_found_too_full_while_it_shrinks_is_halved_once() {
-        let sample = sample(None);
-        sample.halve_if_full(
-            || MOST_ENTRIES + 1,
-            |_, _| {
-                // Another fill finds the shelf still too full before this shrink is done.
-                assert_eq!(halve(&sample, MOST_ENTRIES + 1), None);
-            },
-        );
-        assert_eq!(sample.weight(), 2);
     }
 
     #[test]

@@ -26,7 +26,7 @@ const ENTRY_OVERHEAD: usize = 96;
 const VARIANT_OVERHEAD: usize = 48;
 
 /// The cached reads of one key: `S` tells one read's shape from another, `R` is what is kept
-/// of its reply.
+/// of its reply (a shadow rule: only what its sample keeps the read by).
 #[derive(Clone)]
 pub(super) struct KeyEntries<S, R> {
     variants: SmallVec<[Variant<S, R>; 1]>,
@@ -89,8 +89,10 @@ impl<S, R> From<KeyEntries<S, R>> for Inline<S, R> {
 
 /// A rule in force's shelf: keys, shapes and replies as they are.
 pub(super) type ReplyShelf = Shelf<Bytes, Arc<KeyEntries<Bytes, Bytes>>>;
-/// A shadow rule's shelf: hashes of keys, stand-ins for shapes, and nothing of the replies.
-pub(super) type GhostShelf = Shelf<u64, Inline<u64, ()>>;
+/// A shadow rule's shelf: hashes of keys, stand-ins for shapes, and nothing of the replies but
+/// the hash of the key each read was followed by (an `MGET`'s first), which its sample keeps
+/// it by.
+pub(super) type GhostShelf = Shelf<u64, Inline<u64, u64>>;
 
 /// Counts the entries the cache drops to stay within `max_memory`, each for as many as a
 /// shadow rule's sample stands for now (a rule in force's never halves).
@@ -191,9 +193,10 @@ where
         self.cache.clear();
     }
 
-    /// Keeps only the keys `keep` says to keep.
-    pub(super) fn retain(&self, keep: impl Fn(&K) -> bool) {
-        self.cache.retain(|key, _| keep(key));
+    /// Keeps only the keys with a read whose kept part `keep` says to keep.
+    pub(super) fn retain_reads(&self, keep: impl Fn(&R) -> bool) {
+        self.cache
+            .retain(|_, entries| entries.variants.iter().any(|read| keep(&read.reply)));
     }
 
     /// Weighs at most `capacity` bytes from now on, dropping the least used entries beyond.
