@@ -4,8 +4,8 @@
 //! threshold, keeps their entries within as much of `max_memory`, and scales what it counts
 //! back up (SHARDS, Waldspurger et al., FAST '15). With a `sample_rate` the fraction is fixed.
 //! Without one the rule follows every key until its shelf holds more than [`MOST_ENTRIES`]
-//! entries; then the threshold halves, the entries of the keys no longer followed go, and so
-//! on (the paper's fixed-size variant). Following a read costs a lookup in the shelf, which
+//! entries; then the threshold halves, the reads followed by keys above it go, and so on (the
+//! paper's fixed-size variant). Following a read costs a lookup in the shelf, which
 //! waits on memory once the entries outgrow the CPU's caches: bounding the entries bounds that
 //! cost however many keys are read, and a few thousand followed keys still estimate the hit
 //! ratio to within a percent or so.
