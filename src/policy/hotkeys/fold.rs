@@ -7,72 +7,59 @@
 
 /// Writes the pattern of `key` into `out`.
 ///
-/// One pass over the key, classifying each byte by table: this runs for every key counted, so
-/// it must cost a few instructions per byte. A piece is emitted as soon as it ends; a part that
-/// turns out to be a UUID replaces what its pieces emitted.
+/// One pass over the key, a piece at a time (the bytes up to the next separator or joiner),
+/// classifying each byte by table: this runs for every key counted, so it must cost a few
+/// instructions per byte. A piece is emitted as soon as it ends; a part that turns out to be
+/// a UUID replaces what its pieces emitted.
 pub fn fold(key: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let mut part_start = 0;
     let mut part_out = 0;
-    let mut piece = Piece::default();
-    for (index, &byte) in key.iter().enumerate() {
-        let class = CLASSES[byte as usize];
-        if class & (SEPARATOR | JOINER) == 0 {
-            piece.add(index, class);
-            continue;
+    let mut start = 0;
+    loop {
+        // What the piece's bytes all are, and where it ends.
+        let mut classes = DIGIT | HEX;
+        let mut end = start;
+        while let Some(&byte) = key.get(end) {
+            let class = CLASSES[byte as usize];
+            if class & (SEPARATOR | JOINER) != 0 {
+                break;
+            }
+            classes &= class;
+            end += 1;
         }
-        piece.emit(key, index, out);
-        if class & SEPARATOR != 0 {
-            fold_uuid(&key[part_start..index], part_out, out);
-            out.push(byte);
-            part_start = index + 1;
+        emit_piece(&key[start..end], classes, out);
+        let Some(&delimiter) = key.get(end) else {
+            break;
+        };
+        if CLASSES[delimiter as usize] & SEPARATOR != 0 {
+            fold_uuid(&key[part_start..end], part_out, out);
+            out.push(delimiter);
+            part_start = end + 1;
             part_out = out.len();
         } else {
-            out.push(byte);
+            out.push(delimiter);
         }
-        piece = Piece::default();
+        start = end + 1;
     }
-    piece.emit(key, key.len(), out);
     fold_uuid(&key[part_start..], part_out, out);
 }
 
-/// The piece being read: where it started and whether it is all digits, all hex so far.
-#[derive(Clone, Copy)]
-struct Piece {
-    start: Option<usize>,
-    classes: u8,
-}
-
-impl Default for Piece {
-    fn default() -> Self {
-        Piece {
-            start: None,
-            classes: DIGIT | HEX,
-        }
+/// Writes a piece whose bytes are all of `classes`: a number or a run of 8 or more hex digits
+/// as `*`, any other as it is.
+#[inline]
+fn emit_piece(piece: &[u8], classes: u8, out: &mut Vec<u8>) {
+    if piece.is_empty() {
+        return;
+    }
+    let variable = classes & DIGIT != 0 || (classes & HEX != 0 && piece.len() >= 8);
+    if variable {
+        out.push(b'*');
+    } else {
+        out.extend_from_slice(piece);
     }
 }
 
-impl Piece {
-    fn add(&mut self, index: usize, class: u8) {
-        self.start.get_or_insert(index);
-        self.classes &= class;
-    }
-
-    /// Writes the piece that ends at `end`: `*` for a number or a run of 8 or more hex digits.
-    fn emit(self, key: &[u8], end: usize, out: &mut Vec<u8>) {
-        let Some(start) = self.start else {
-            return;
-        };
-        let variable = self.classes & DIGIT != 0 || (self.classes & HEX != 0 && end - start >= 8);
-        if variable {
-            out.push(b'*');
-        } else {
-            out.extend_from_slice(&key[start..end]);
-        }
-    }
-}
-
-/// If `part` is a UUID, replaces what was written for it (from `written_from`) with `*`.
 fn fold_uuid(part: &[u8], written_from: usize, out: &mut Vec<u8>) {
     if is_uuid(part) {
         out.truncate(written_from);
