@@ -21,8 +21,13 @@ pub enum Places<I> {
 #[derive(Default)]
 pub struct Detached {
     recorder: Recorder,
-    /// The places of the followed commands not answered yet, in order.
+    /// The places of the followed commands not answered yet, in order; kept only when some
+    /// command of the batch is not followed (otherwise a command's place is its number).
     places: Queue<u32>,
+    /// Whether every command of the batch is followed.
+    every: bool,
+    /// Followed commands not answered yet.
+    waiting: u32,
     /// Replies of the batch heard so far.
     heard: u32,
 }
@@ -34,9 +39,13 @@ impl Detached {
         debug_assert!(self.recorder.commands.is_empty());
         std::mem::swap(&mut self.recorder, recorder);
         self.places.clear();
+        self.every = matches!(places, Places::Every(_));
         match places {
-            Places::Every(count) => self.places.extend(0..count),
-            Places::Listed(listed) => self.places.extend(listed),
+            Places::Every(count) => self.waiting = count,
+            Places::Listed(listed) => {
+                self.places.extend(listed);
+                self.waiting = self.places.len() as u32;
+            }
         }
         self.heard = 0;
     }
@@ -46,22 +55,48 @@ impl Detached {
     /// the command to follow it by.
     pub fn give_back(&mut self, recorder: &mut Recorder, mut restore: impl FnMut(u32, Pending)) {
         std::mem::swap(&mut self.recorder, recorder);
-        for (&place, pending) in self.places.as_slice().iter().zip(recorder.pendings()) {
-            restore(place, pending);
+        let pendings = recorder.pendings();
+        if self.every {
+            (0..)
+                .zip(pendings)
+                .for_each(|(place, pending)| restore(place, pending));
+        } else {
+            let places = self.places.as_slice().iter().copied();
+            places
+                .zip(pendings)
+                .for_each(|(place, pending)| restore(place, pending));
         }
         self.places.clear();
+        self.waiting = 0;
     }
 
     /// Whether some followed command still waits for its reply.
     pub fn is_waiting(&self) -> bool {
-        !self.places.is_empty()
+        self.waiting > 0
     }
 
     /// Hears the batch's next `count` replies, one frame each in `replies` (with their
     /// `lengths`, if measured): the followed commands among them are finished.
     pub fn hear(&mut self, replies: &[u8], lengths: &[u32], count: u32) {
+        let replies = frame::replies(replies, lengths, count as usize);
+        let answered = if self.every {
+            // The replies are the commands', in order.
+            let answered = count.min(self.waiting);
+            let recorder = &mut self.recorder;
+            replies
+                .take(answered as usize)
+                .for_each(|reply| recorder.finish_next(reply));
+            answered
+        } else {
+            self.hear_listed(replies, count)
+        };
+        self.waiting -= answered;
+        self.heard += count;
+    }
+
+    /// Finishes the listed commands among the next `count` replies; returns how many.
+    fn hear_listed<'a>(&mut self, mut replies: impl Iterator<Item = &'a [u8]>, count: u32) -> u32 {
         let end = self.heard + count;
-        let mut replies = frame::replies(replies, lengths, count as usize);
         let mut next = self.heard;
         let mut answered = 0;
         for &place in self
@@ -75,17 +110,18 @@ impl Detached {
             answered += 1;
             self.recorder.finish_next(reply);
         }
-        self.places.drop_front(answered);
-        self.heard = end;
+        self.places.drop_front(answered as usize);
+        answered
     }
 
     /// Finishes the commands still waiting without an answer (their connection failed, or
     /// the session is gone), as a request that timed out is.
     pub fn give_up(&mut self) {
-        for _ in 0..self.places.len() {
+        for _ in 0..self.waiting {
             self.recorder.finish_next(&[]);
         }
         self.places.clear();
+        self.waiting = 0;
     }
 
     /// The recorder, with the commands finished so far.
