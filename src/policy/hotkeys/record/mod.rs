@@ -236,8 +236,9 @@ impl Recorder {
         self.first_long_byte + self.long_keys.len() as u64
     }
 
-    /// Keeps one key with the bytes its command brought for it.
-    #[inline]
+    /// Keeps one key with the bytes its command brought for it. Inlined into both callers:
+    /// a call costs a third of what keeping a key does.
+    #[inline(always)]
     fn keep(&mut self, key: &[u8], inbound: u64, value: u64, write: bool, command: usize) {
         let key = if key.len() <= INLINE_KEY {
             let mut bytes = [0; INLINE_KEY];
