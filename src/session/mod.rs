@@ -21,6 +21,7 @@ mod keyward;
 mod lane;
 mod link;
 mod local;
+mod phase_run;
 mod pinning;
 mod pipeline;
 mod replies;

@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::client_ids::{self, Asker, Redirect, Translation};
 use super::forward::TakenRequest;
 use super::link::{Link, Switch};
+use super::phase_run::PhaseRun;
 use super::{Closing, Session};
 use crate::command::{
     flags, CommandInfo, CommandTable, Effect, Holding, LocalCommand, Notice, Role,
@@ -33,8 +34,8 @@ use crate::command::{
 use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
-use crate::policy::phase::{Decision, FollowedRequest, Sender, Subject, Way};
-use crate::policy::phases::{Phases, Roles, Taken, Write, WrittenKeys};
+use crate::policy::phase::{Decision, Way};
+use crate::policy::phases::{Phases, Roles, Taken, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
@@ -97,17 +98,6 @@ pub(super) struct Request {
     pub rewritten: Option<Bytes>,
     /// When the requests of this pass over the input were sent, for latency metrics.
     pub sent_at: quanta::Instant,
-}
-
-/// What the phases have to do with one request.
-#[derive(Clone, Copy)]
-struct PhaseRun {
-    way: Way,
-    /// The phases that decide on it and those that follow it to its answer.
-    roles: Roles,
-    request_len: usize,
-    /// The batch's time (`Subject::now`).
-    now: quanta::Instant,
 }
 
 impl Session {
@@ -296,77 +286,6 @@ impl Session {
             }
         }
         self.dispatch(input, step, request, writes)
-    }
-
-    /// The policy phases, in their order, on the request as the session knows it; once they
-    /// decided its fate, those that follow requests to their answers start following it.
-    #[inline(always)]
-    fn run_phases(
-        &mut self,
-        policies: &Policies,
-        info: &'static CommandInfo,
-        args: &Args<'_>,
-        run: PhaseRun,
-    ) -> Decision<Taken> {
-        let phases = &self.context.phases;
-        // Put together only for phases that decide: one that only follows reads what the
-        // request itself says.
-        let decision = match run.roles.deciding {
-            0 => Decision::Pass,
-            deciding => {
-                let subject = Subject {
-                    info,
-                    args,
-                    key_positions: &self.key_positions,
-                    way: run.way,
-                    sender: Sender {
-                        name: self.client.name.as_deref(),
-                        address: &self.peer_ip,
-                    },
-                    db: self.client.db,
-                    protocol: self.client.protocol,
-                    now: run.now,
-                    reply_to: &self.reply_sender,
-                    ticket: self.replies.next_ticket(),
-                };
-                phases.decide(policies, &mut self.phase_states, &subject, deciding)
-            }
-        };
-        let decided = !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_));
-        if run.roles.following != 0 && decided {
-            let request = FollowedRequest {
-                info,
-                args,
-                key_positions: &self.key_positions,
-            };
-            let followers = &mut self.replies.followers;
-            let (length, following) = (run.request_len, run.roles.following);
-            self.follows = phases.follow(policies, followers, request, length, following);
-        }
-        decision
-    }
-
-    /// What a forwarded request writes, noted for the phases that watch writes.
-    #[inline(always)]
-    fn note_writes(
-        &mut self,
-        policies: &Policies,
-        info: &CommandInfo,
-        args: &Args<'_>,
-        way: Option<Way>,
-        taken_by: Option<&Taken>,
-    ) -> Option<WrittenKeys> {
-        if !way.is_some_and(Way::forwarded) {
-            return None;
-        }
-        let write = Write {
-            info,
-            args,
-            key_positions: &self.key_positions,
-            taken_by,
-        };
-        let states = &mut self.phase_states;
-        self.context.phases.note_writes(policies, states, write)
     }
 
     /// How the request goes once the phases let it through, which tells them what they may
