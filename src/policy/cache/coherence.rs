@@ -179,9 +179,9 @@ impl Coherence {
             return Decision::Pass;
         };
         // A sampled shadow rule follows a read by its first key.
-        if !rule.follows(keys[0]) {
+        let Some(followed) = rule.follows(keys[0]) else {
             return Decision::Pass;
-        }
+        };
         let mut epochs = SmallVec::<[u64; 1]>::new();
         for key in keys {
             match self.upstream.key_epoch(key) {
@@ -190,7 +190,7 @@ impl Coherence {
             }
         }
         write_shape(shape, read.db, read.protocol, read.info, read.args, kind);
-        let cached = rule.lookup(keys, &epochs, shape, kind, read.now);
+        let cached = rule.lookup(keys, followed, &epochs, shape, kind, read.now);
         rule.count(cached.is_some());
         match cached {
             Some(_) if rule.is_shadow() => Decision::Pass,
@@ -328,9 +328,11 @@ impl Coherence {
             };
             // A read is followed by its first key; a shadow rule's sample may have shrunk
             // since it started.
-            let read_by = flight.keys.first();
+            let read_by = flight.keys.first().and_then(|key| {
+                let followed = flight.rule.follows(key)?;
+                Some((&key[..], followed))
+            });
             let current = unchanged
-                && read_by.is_some_and(|key| flight.rule.follows(key))
                 && lifetimes.len() == flight.keys.len()
                 && flight
                     .keys

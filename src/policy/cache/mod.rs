@@ -34,7 +34,7 @@ use crate::resp::frame;
 use crate::resp::request::Args;
 use crate::resp::Protocol;
 pub use coherence::{Coherence, Fill};
-use sample::{Halvings, KeySample};
+use sample::{Followed, Halvings, KeySample};
 use shelf::{CountEvictions, GhostShelf, ReplyShelf, Shelf, Variant};
 
 /// Where a rule keeps what it read (see [`shelf`]).
@@ -146,10 +146,10 @@ impl RuleCache {
 
     /// Whether the rule looks up and stores reads of `key`: all of them, but for a shadow rule
     /// that follows a sample of the keys, whose other keys' reads go to Redis as if it had none.
-    fn follows(&self, key: &[u8]) -> bool {
+    fn follows(&self, key: &[u8]) -> Option<Followed> {
         match &self.entries {
             Entries::Ghosts { sample, .. } => sample.follows(key),
-            Entries::Replies(_) => true,
+            Entries::Replies(_) => Some(Followed { hash: None }),
         }
     }
 
@@ -163,13 +163,20 @@ impl RuleCache {
 
     /// The reply cached for `shape` of `key`, if it has not expired and was read in the
     /// current tracking `epoch`; under a shadow rule, an empty reply for a read it would have
-    /// served.
-    fn get(&self, key: &[u8], shape: &[u8], epoch: u64, now: Instant) -> Option<Bytes> {
+    /// served. `hash` is the key's hash under the rule's sample, if already taken.
+    fn get(
+        &self,
+        key: &[u8],
+        hash: Option<u64>,
+        shape: &[u8],
+        epoch: u64,
+        now: Instant,
+    ) -> Option<Bytes> {
         match &self.entries {
             Entries::Replies(shelf) => shelf.get(key, shape, epoch, now),
             Entries::Ghosts { shelf, sample } => shelf
                 .get(
-                    &sample.hash(key),
+                    &hash.unwrap_or_else(|| sample.hash(key)),
                     &ghost_shape(sample.hasher(), shape),
                     epoch,
                     now,
@@ -180,17 +187,21 @@ impl RuleCache {
 
     /// The reply cached for `shape` of `keys` read at `epochs` (for `MGET`, the reply put
     /// together from each key's element), if every key has one; under a shadow rule, an
-    /// empty reply for a read it would have served.
+    /// empty reply for a read it would have served. The read is `followed` by its first key.
     fn lookup(
         &self,
         keys: &[&[u8]],
+        followed: Followed,
         epochs: &[u64],
         shape: &[u8],
         kind: Kind,
         now: Instant,
     ) -> Option<Bytes> {
-        let mut lookups = keys.iter().zip(epochs);
-        let get = |(key, &epoch): (&&[u8], &u64)| self.get(key, shape, epoch, now);
+        let hashes = std::iter::once(followed.hash).chain(std::iter::repeat(None));
+        let mut lookups = keys.iter().zip(hashes).zip(epochs);
+        let get = |((key, hash), &epoch): ((&&[u8], Option<u64>), &u64)| {
+            self.get(key, hash, shape, epoch, now)
+        };
         match kind {
             Kind::OneKey => lookups.next().and_then(get),
             // A shadow rule only needs to know that it would have served every key.
@@ -203,11 +214,11 @@ impl RuleCache {
 
     /// Stores a reply unless the rule does not keep it (an error; a nil, unless `cache_nil`).
     /// `read_by` is the key the read was followed by (its first), which a shadow rule's
-    /// sample keeps it by.
+    /// sample keeps it by, with what following it found.
     fn insert(
         &self,
         key: &[u8],
-        read_by: &[u8],
+        read_by: (&[u8], Followed),
         shape: &[u8],
         reply: &[u8],
         epoch: u64,
@@ -235,14 +246,21 @@ impl RuleCache {
                 shelf.insert(Bytes::copy_from_slice(key), key.len(), read, now);
             }
             Entries::Ghosts { shelf, sample } => {
+                let (first_key, followed) = read_by;
+                let read_by = followed.hash.unwrap_or_else(|| sample.hash(first_key));
+                // The read's first key is the very slice it is followed by.
+                let hash = match std::ptr::eq(key, first_key) {
+                    true => read_by,
+                    false => sample.hash(key),
+                };
                 let read = Variant {
                     shape: ghost_shape(sample.hasher(), shape),
-                    reply: sample.hash(read_by),
+                    reply: read_by,
                     size,
                     expires_at,
                     epoch,
                 };
-                shelf.insert(sample.hash(key), key.len(), read, now);
+                shelf.insert(hash, key.len(), read, now);
                 // An `MGET`'s other keys stay while the read is followed, whatever their own
                 // hashes.
                 let shrink = |threshold: u64, fraction: f64| {

@@ -37,6 +37,14 @@ impl Halvings {
     }
 }
 
+/// The first key of a read a rule follows, with its hash when the sample took it to decide:
+/// the lookup that comes next needs that hash, and a key's hash costs as much as the rest of
+/// the lookup.
+#[derive(Clone, Copy)]
+pub(super) struct Followed {
+    pub hash: Option<u64>,
+}
+
 /// A shadow rule's sample of the keys.
 pub(super) struct KeySample {
     hasher: ahash::RandomState,
@@ -73,11 +81,15 @@ impl KeySample {
     }
 
     /// Whether reads of `key` are followed; every key's are until the sample shrinks, which
-    /// spares them the hash.
+    /// spares them the hash. A key followed comes with its hash once deciding took it.
     #[inline]
-    pub(super) fn follows(&self, key: &[u8]) -> bool {
+    pub(super) fn follows(&self, key: &[u8]) -> Option<Followed> {
         let threshold = self.threshold();
-        threshold == u64::MAX || self.hash(key) <= threshold
+        if threshold == u64::MAX {
+            return Some(Followed { hash: None });
+        }
+        let hash = self.hash(key);
+        (hash <= threshold).then_some(Followed { hash: Some(hash) })
     }
 
     /// What one hit, miss or invalidation counted now stands for, in units of the fixed
@@ -143,7 +155,9 @@ mod tests {
     fn without_a_rate_every_key_is_followed_until_the_shelf_fills_then_half_of_them() {
         let sample = sample(None);
         let keys: Vec<String> = (0..10_000).map(|index| format!("key:{index}")).collect();
-        assert!(keys.iter().all(|key| sample.follows(key.as_bytes())));
+        assert!(keys
+            .iter()
+            .all(|key| sample.follows(key.as_bytes()).is_some()));
         assert_eq!((sample.weight(), sample.shelf_scale()), (1, 1.0));
         assert_eq!(halve(&sample, MOST_ENTRIES), None);
         let threshold = halve(&sample, MOST_ENTRIES + 1).unwrap();
@@ -152,12 +166,14 @@ mod tests {
         assert_eq!(sample.fraction(), 0.5);
         let followed = keys
             .iter()
-            .filter(|key| sample.follows(key.as_bytes()))
+            .filter(|key| sample.follows(key.as_bytes()).is_some())
             .count();
         // Half of 10,000 keys: ±50 at one standard deviation.
         assert!((4_700..=5_300).contains(&followed), "{followed}");
         let by_hash = keys.iter().all(|key| {
-            sample.follows(key.as_bytes()) == (sample.hash(key.as_bytes()) <= threshold)
+            let followed = sample.follows(key.as_bytes()).map(|followed| followed.hash);
+            let hash = sample.hash(key.as_bytes());
+            followed == (hash <= threshold).then_some(Some(hash))
         });
         assert!(by_hash);
     }
