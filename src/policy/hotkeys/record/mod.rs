@@ -94,8 +94,9 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts following a command whose request took `request_len` bytes; none for a command
-    /// without keys, which hot keys do not count.
-    #[inline]
+    /// without keys, which hot keys do not count. Inlined into the request loop, as the steps
+    /// of the pipeline are: a call here cost about 10 instructions a command.
+    #[inline(always)]
     pub fn start(
         &mut self,
         info: &CommandInfo,
