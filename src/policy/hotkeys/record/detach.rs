@@ -21,13 +21,12 @@ pub enum Places<I> {
 #[derive(Default)]
 pub struct Detached {
     recorder: Recorder,
-    /// The places of the followed commands not answered yet, in order; kept only when some
-    /// command of the batch is not followed (otherwise a command's place is its number).
+    /// The places of the followed commands not answered yet, in order, when some command of
+    /// the batch is not followed.
     places: Queue<u32>,
-    /// Whether every command of the batch is followed.
-    every: bool,
-    /// Followed commands not answered yet.
-    waiting: u32,
+    /// The commands not answered yet of a batch whose every command is followed: a command's
+    /// place is then its number, and no list is kept.
+    unlisted: u32,
     /// Replies of the batch heard so far.
     heard: u32,
 }
@@ -39,13 +38,10 @@ impl Detached {
         debug_assert!(self.recorder.commands.is_empty());
         std::mem::swap(&mut self.recorder, recorder);
         self.places.clear();
-        self.every = matches!(places, Places::Every(_));
+        self.unlisted = 0;
         match places {
-            Places::Every(count) => self.waiting = count,
-            Places::Listed(listed) => {
-                self.places.extend(listed);
-                self.waiting = self.places.len() as u32;
-            }
+            Places::Every(count) => self.unlisted = count,
+            Places::Listed(listed) => self.places.extend(listed),
         }
         self.heard = 0;
     }
@@ -55,47 +51,40 @@ impl Detached {
     /// the command to follow it by.
     pub fn give_back(&mut self, recorder: &mut Recorder, mut restore: impl FnMut(u32, Pending)) {
         std::mem::swap(&mut self.recorder, recorder);
-        let pendings = recorder.pendings();
-        if self.every {
-            (0..)
-                .zip(pendings)
-                .for_each(|(place, pending)| restore(place, pending));
-        } else {
-            let places = self.places.as_slice().iter().copied();
-            places
-                .zip(pendings)
-                .for_each(|(place, pending)| restore(place, pending));
+        // Nothing was heard: the unlisted places are the first ones.
+        let places = (0..self.unlisted).chain(self.places.as_slice().iter().copied());
+        for (place, pending) in places.zip(recorder.pendings()) {
+            restore(place, pending);
         }
         self.places.clear();
-        self.waiting = 0;
+        self.unlisted = 0;
     }
 
     /// Whether some followed command still waits for its reply.
     pub fn is_waiting(&self) -> bool {
-        self.waiting > 0
+        self.unlisted > 0 || !self.places.is_empty()
     }
 
     /// Hears the batch's next `count` replies, one frame each in `replies` (with their
     /// `lengths`, if measured): the followed commands among them are finished.
     pub fn hear(&mut self, replies: &[u8], lengths: &[u32], count: u32) {
         let replies = frame::replies(replies, lengths, count as usize);
-        let answered = if self.every {
+        if self.unlisted > 0 {
             // The replies are the commands', in order.
-            let answered = count.min(self.waiting);
+            let answered = count.min(self.unlisted);
             let recorder = &mut self.recorder;
             replies
                 .take(answered as usize)
                 .for_each(|reply| recorder.finish_next(reply));
-            answered
+            self.unlisted -= answered;
         } else {
-            self.hear_listed(replies, count)
-        };
-        self.waiting -= answered;
+            self.hear_listed(replies, count);
+        }
         self.heard += count;
     }
 
-    /// Finishes the listed commands among the next `count` replies; returns how many.
-    fn hear_listed<'a>(&mut self, mut replies: impl Iterator<Item = &'a [u8]>, count: u32) -> u32 {
+    /// Finishes the listed commands among the next `count` replies.
+    fn hear_listed<'a>(&mut self, mut replies: impl Iterator<Item = &'a [u8]>, count: u32) {
         let end = self.heard + count;
         let mut next = self.heard;
         let mut answered = 0;
@@ -110,18 +99,17 @@ impl Detached {
             answered += 1;
             self.recorder.finish_next(reply);
         }
-        self.places.drop_front(answered as usize);
-        answered
+        self.places.drop_front(answered);
     }
 
     /// Finishes the commands still waiting without an answer (their connection failed, or
     /// the session is gone), as a request that timed out is.
     pub fn give_up(&mut self) {
-        for _ in 0..self.waiting {
+        for _ in 0..self.unlisted as usize + self.places.len() {
             self.recorder.finish_next(&[]);
         }
         self.places.clear();
-        self.waiting = 0;
+        self.unlisted = 0;
     }
 
     /// The recorder, with the commands finished so far.
@@ -190,6 +178,26 @@ mod tests {
                 (b"c".to_vec(), 7),
                 (b"d".to_vec(), 5)
             ]
+        );
+    }
+
+    #[test]
+    fn a_batch_whose_every_command_is_followed_hears_its_replies_in_runs() {
+        let mut recorder = Recorder::default();
+        for key in ["a", "b", "c"] {
+            start(&mut recorder, &["GET", key]);
+        }
+        let mut detached = Detached::default();
+        detached.take(&mut recorder, Places::<std::ops::Range<u32>>::Every(3));
+        detached.hear(b"$1\r\nx\r\n", &[], 1);
+        assert!(detached.is_waiting());
+        detached.hear(b"$-1\r\n$2\r\nxy\r\n", &[5, 8], 2);
+        assert!(!detached.is_waiting());
+        // A reply past the batch's last follows nothing.
+        detached.hear(b"+OK\r\n", &[], 1);
+        assert_eq!(
+            counted(detached.recorder()),
+            [(b"a".to_vec(), 7), (b"b".to_vec(), 5), (b"c".to_vec(), 8)]
         );
     }
 
