@@ -326,14 +326,13 @@ impl Coherence {
             let Some(flight) = flights.forget(id) else {
                 return;
             };
-            // A read is followed by its first key; a shadow rule's sample may have shrunk
-            // since it started.
-            let read_by = flight.keys.first().and_then(|key| {
+            // Stored only from a flight still open, and whose first key (a read is followed
+            // by it) a shadow rule's sample still follows: it may have shrunk since.
+            let read_by = flight.keys.first().filter(|_| unchanged).and_then(|key| {
                 let followed = flight.rule.follows(key)?;
                 Some((&key[..], followed))
             });
-            let current = unchanged
-                && lifetimes.len() == flight.keys.len()
+            let current = lifetimes.len() == flight.keys.len()
                 && flight
                     .keys
                     .iter()
