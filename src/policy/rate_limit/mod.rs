@@ -1,4 +1,5 @@
-//! `[[rate_limit]]`: GCRA per bucket, with the `governor` crate's keyed limiter.
+//! `[[rate_limit]]`: GCRA per bucket, in keyward's memory ([`gcra`]) or, for a global rule, in
+//! Redis ([`global`]).
 //!
 //! A rule allows `limit` commands per `period` after a burst of `burst`: one cell is replenished
 //! every `period / limit`, at most `burst` are available at once. Buckets are per key, per client
@@ -9,26 +10,24 @@
 //! in order, so keys checked before the one that refused have used a cell for a command that did
 //! not run.
 
+mod gcra;
 pub mod global;
 mod phase;
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DashMapStateStore;
-use governor::Quota;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use rustc_hash::FxBuildHasher;
+use quanta::Instant;
 use smallvec::SmallVec;
 
 use super::matcher::RuleMatcher;
 use crate::config::rules::{Action, Bucket, Mode, OnError, Scope};
 use crate::config::RateLimitRule;
 use crate::resp::reply;
+use gcra::Buckets;
 use global::Answer;
 pub use phase::{RateLimitSession, RateLimiting};
 
@@ -50,14 +49,12 @@ pub struct Requester<'a> {
     pub client: &'a [u8],
 }
 
-/// GCRA state per bucket, keyed by the bucket's hash (see [`RateLimiter::bucket_id`]).
-type Buckets = governor::RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
-
 /// The buckets of a rule, kept across reloads as long as the rule's shape (limit, period,
 /// burst, bucket, scope) does not change: switching a rule from shadow to enforce keeps what
 /// shadow mode counted.
 struct BucketState {
-    limiter: Buckets,
+    /// By the bucket's hash (see [`RateLimiter::bucket_id`]).
+    buckets: Buckets,
     /// Keyed with random keys, so that clients cannot choose keys that share a bucket.
     hasher: ahash::RandomState,
 }
@@ -68,7 +65,6 @@ pub struct RateLimiter {
     state: Arc<BucketState>,
     /// Time between two cells, `period / limit`.
     interval: Duration,
-    clock: DefaultClock,
     /// Counts behind the Prometheus series, kept across reloads for the same series so that
     /// the counters never go backwards.
     allowed: Arc<AtomicU64>,
@@ -85,7 +81,7 @@ impl RateLimiter {
     /// Builds the limiter of a rule; `previous` is the limiter of the rule with the same name
     /// before a reload, whose buckets and counts carry over where they still apply.
     pub fn new(rule: RateLimitRule, previous: Option<&RateLimiter>) -> RateLimiter {
-        let (quota, interval) = quota(&rule);
+        let interval = interval(&rule);
         let name = rule.name.get_ref().clone();
         let outcome = match (rule.mode, rule.action) {
             (Mode::Shadow, _) => "shadow",
@@ -103,11 +99,7 @@ impl RateLimiter {
         let state = previous.filter(same_shape).map_or_else(
             || {
                 Arc::new(BucketState {
-                    limiter: Buckets::dashmap_with_clock_and_hasher(
-                        quota,
-                        DefaultClock::default(),
-                        FxBuildHasher,
-                    ),
+                    buckets: Buckets::new(interval, rule.burst()),
                     hasher: ahash::RandomState::new(),
                 })
             },
@@ -117,7 +109,6 @@ impl RateLimiter {
             matcher: RuleMatcher::compile(&rule),
             state,
             interval,
-            clock: DefaultClock::default(),
             allowed: previous.map_or_else(Arc::default, |previous| Arc::clone(&previous.allowed)),
             limited: previous
                 .filter(|previous| previous.outcome == outcome)
@@ -144,7 +135,8 @@ impl RateLimiter {
     }
 
     /// Decides for a command this rule matches. `keys` are the command's keys that match the
-    /// rule's patterns (used when `bucket = "key"`); `delayed` is how long the command has
+    /// rule's patterns (used when `bucket = "key"`); `now` is when it came (its batch's time,
+    /// [`Subject::now`](crate::policy::phase::Subject)); `delayed` is how long the command has
     /// already been held; `answer` is Redis's answer for a global rule, once it came; `charged`
     /// holds the buckets already charged for this command, which are not charged again when it
     /// is judged again after a delay (nor twice when it names a key twice).
@@ -152,6 +144,7 @@ impl RateLimiter {
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
         requester: &Requester<'_>,
+        now: Instant,
         delayed: Duration,
         answer: Option<Answer>,
         charged: &mut Vec<u64>,
@@ -161,9 +154,11 @@ impl RateLimiter {
         // cost about 130 instructions per command under callgrind, pipelined.
         let refusal = match (self.rule.scope(), self.rule.bucket) {
             // Charged as they come, without gathering them first: most commands name one key.
-            (Scope::Local, Bucket::Key) => self.charge(keys, charged),
-            (Scope::Local, Bucket::Client) => self.charge([requester.client].into_iter(), charged),
-            (Scope::Local, Bucket::Rule) => self.charge([&b""[..]].into_iter(), charged),
+            (Scope::Local, Bucket::Key) => self.charge(keys, now, charged),
+            (Scope::Local, Bucket::Client) => {
+                self.charge([requester.client].into_iter(), now, charged)
+            }
+            (Scope::Local, Bucket::Rule) => self.charge([&b""[..]].into_iter(), now, charged),
             (Scope::Global, _) => {
                 // Inline for the usual handful of keys: deciding costs no allocation.
                 let mut buckets: SmallVec<[&[u8]; 4]> = match self.rule.bucket {
@@ -218,6 +213,7 @@ impl RateLimiter {
     fn charge<'k>(
         &self,
         buckets: impl Iterator<Item = &'k [u8]>,
+        now: Instant,
         charged: &mut Vec<u64>,
     ) -> Option<(Vec<u8>, Duration)> {
         for bucket in buckets {
@@ -225,7 +221,7 @@ impl RateLimiter {
             if charged.contains(&id) {
                 continue;
             }
-            let refusal = self.take(id, bucket);
+            let refusal = self.take(id, bucket, now);
             if refusal.is_some() {
                 return refusal;
             }
@@ -257,10 +253,10 @@ impl RateLimiter {
     }
 
     /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
-    fn take(&self, id: u64, bucket: &[u8]) -> Option<(Vec<u8>, Duration)> {
-        match self.state.limiter.check_key(&id) {
+    fn take(&self, id: u64, bucket: &[u8], now: Instant) -> Option<(Vec<u8>, Duration)> {
+        match self.state.buckets.take(id, now) {
             Ok(()) => None,
-            Err(not_until) => Some((bucket.to_vec(), not_until.wait_time_from(self.clock.now()))),
+            Err(wait) => Some((bucket.to_vec(), wait)),
         }
     }
 
@@ -272,8 +268,7 @@ impl RateLimiter {
 
     /// Drops buckets that are back to full.
     pub fn forget_idle(&self) {
-        self.state.limiter.retain_recent();
-        self.state.limiter.shrink_to_fit();
+        self.state.buckets.forget_full(Instant::now());
     }
 
     /// Copies the rule's counts to its Prometheus series. Counting uses plain atomics on the
@@ -283,7 +278,7 @@ impl RateLimiter {
             .absolute(self.allowed.load(Ordering::Relaxed));
         self.limited_metric
             .absolute(self.limited.load(Ordering::Relaxed));
-        self.buckets_metric.set(self.state.limiter.len() as f64);
+        self.buckets_metric.set(self.state.buckets.len() as f64);
     }
 
     /// (allowed, limited, buckets) for `KEYWARD RATELIMIT STATS`.
@@ -291,21 +286,15 @@ impl RateLimiter {
         (
             self.allowed.load(Ordering::Relaxed),
             self.limited.load(Ordering::Relaxed),
-            self.state.limiter.len(),
+            self.state.buckets.len(),
         )
     }
 }
 
-/// The GCRA quota of a rule: one cell every `period / limit`, at most `burst` at once. Also
-/// returns the interval between cells.
-fn quota(rule: &RateLimitRule) -> (Quota, Duration) {
+/// The time between two cells of a rule, `period / limit`.
+fn interval(rule: &RateLimitRule) -> Duration {
     let limit = (*rule.limit.get_ref()).max(1);
-    let interval = (rule.period.get() / limit).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(rule.burst().max(1)).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(interval)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst);
-    (quota, interval)
+    (rule.period.get() / limit).max(Duration::from_nanos(1))
 }
 
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
@@ -335,71 +324,5 @@ fn printable(bucket: &[u8]) -> String {
         "-".into()
     } else {
         shown
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use governor::clock::FakeRelativeClock;
-
-    fn rule(limit: u32, period: &str, burst: u32) -> RateLimitRule {
-        let text = format!(
-            "[[rate_limit]]\nname = \"r\"\nlimit = {limit}\nperiod = \"{period}\"\nburst = {burst}\n"
-        );
-        Config::parse(&text).unwrap().0.rate_limit.remove(0)
-    }
-
-    /// Offers a command every `step` for `total`, on a simulated clock; returns the times of
-    /// the allowed ones.
-    fn allowed_times(rule: &RateLimitRule, step: Duration, total: Duration) -> Vec<Duration> {
-        let clock = FakeRelativeClock::default();
-        let limiter = governor::RateLimiter::direct_with_clock(quota(rule).0, clock.clone());
-        let mut now = Duration::ZERO;
-        let mut allowed = Vec::new();
-        while now <= total {
-            if limiter.check().is_ok() {
-                allowed.push(now);
-            }
-            clock.advance(step);
-            now += step;
-        }
-        allowed
-    }
-
-    #[test]
-    fn never_more_than_the_quota_and_never_short_by_more_than_one() {
-        for (limit, period, burst) in [(5, "15m", 5), (10, "1h", 3), (60, "1m", 60), (100, "1s", 1)]
-        {
-            let rule = rule(limit, period, burst);
-            let interval = rule.period.get() / limit;
-            // A divisor of the interval, so that offers fall exactly when cells free up.
-            let step = interval / 8;
-            let total = rule.period.get() * 3;
-            let times = allowed_times(&rule, step, total);
-            // Over every window of the run, at most burst + window / interval are allowed, and
-            // at least that minus one when offered faster than the rate.
-            for window in [interval * 2, rule.period.get(), total] {
-                for start in (0..times.len()).step_by((times.len() / 20).max(1)) {
-                    let from = times[start];
-                    let count = times
-                        .iter()
-                        .filter(|&&t| t >= from && t < from + window)
-                        .count();
-                    let most = burst as usize + (window.as_nanos() / interval.as_nanos()) as usize;
-                    assert!(
-                        count <= most,
-                        "{limit}/{period} burst {burst}: {count} > {most} in {window:?}"
-                    );
-                }
-            }
-            let expected = burst as usize + (total.as_nanos() / interval.as_nanos()) as usize;
-            assert!(
-                times.len() + 1 >= expected && times.len() <= expected,
-                "{limit}/{period} burst {burst}: {} allowed over {total:?}, GCRA allows {expected}",
-                times.len()
-            );
-        }
     }
 }

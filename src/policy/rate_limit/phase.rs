@@ -106,8 +106,9 @@ impl Phase for RateLimiting {
             let requester = Requester {
                 client: &session.client_bucket,
             };
+            let charged = &mut session.charged;
             let verdict =
-                limiter.decide(matching, &requester, delayed, answer, &mut session.charged);
+                limiter.decide(matching, &requester, subject.now, delayed, answer, charged);
             match verdict {
                 Verdict::Allow => {
                     session.passed.push(index);
@@ -133,7 +134,7 @@ impl Phase for RateLimiting {
 
     /// Forgets the request judged, for the next one. The lists keep their memory, so judging
     /// a command costs no allocation once a session has judged a few.
-    #[inline]
+    #[inline(always)]
     fn done(&self, session: &mut RateLimitSession) {
         // A command naming a million keys leaves no million-entry list behind it.
         const KEPT: usize = 64;
