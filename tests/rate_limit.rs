@@ -352,6 +352,35 @@ fn a_shadow_rule_does_not_hide_the_rules_after_it() {
     assert!(error.contains("real user:1"), "{error}");
 }
 
+/// A request a rule delays is judged again when its delay ends, from that rule on: the shadow
+/// rule before it counted it once, however often it was held.
+#[test]
+fn a_delayed_request_is_counted_once_by_the_rules_before_the_one_that_held_it() {
+    let (_redis, keyward) = keyward_with(
+        "[[rate_limit]]\nname = \"watch\"\nkeys = [\"d:*\"]\nlimit = 100\nperiod = \"1h\"\nmode = \"shadow\"\n\n\
+         [[rate_limit]]\nname = \"pace\"\nkeys = [\"d:*\"]\nlimit = 10\nperiod = \"1s\"\nburst = 1\naction = \"delay\"\nmax_delay = \"2s\"\n",
+    );
+    let mut client = keyward.client();
+    let mut pipe = redis::pipe();
+    for _ in 0..4 {
+        pipe.cmd("INCR").arg("d:1");
+    }
+    let replies: Vec<i64> = pipe.query(&mut client).unwrap();
+    assert_eq!(replies, [1, 2, 3, 4]);
+    let metrics = keyward.admin_get("/metrics").1;
+    let allowed = |rule: &str| {
+        let rule = format!("rule=\"{rule}\"");
+        metric_value(&metrics, "keyward_ratelimit_allowed_total", &[&rule])
+    };
+    assert_eq!((allowed("watch"), allowed("pace")), (4.0, 4.0), "{metrics}");
+    let delayed = metric_value(
+        &metrics,
+        "keyward_ratelimit_delay_seconds_count",
+        &["rule=\"pace\""],
+    );
+    assert!(delayed >= 3.0, "{metrics}");
+}
+
 #[test]
 fn a_refusal_inside_multi_aborts_the_transaction() {
     let (redis, keyward) = keyward_with(

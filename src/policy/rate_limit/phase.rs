@@ -25,23 +25,27 @@ pub struct RateLimitSession {
     /// cannot name itself after another's address. Written when a rule first needs it for a
     /// request (empty until then).
     client_bucket: Vec<u8>,
-    /// Rules (by index) that already let this request through, or counted it in shadow.
-    passed: Vec<usize>,
+    /// The rule (by index) the request is judged from when it comes back: the one that held
+    /// it, or whose question to Redis is out. Those before it already let it through or
+    /// counted it in shadow.
+    from_rule: usize,
     /// Buckets already charged for this request (which also keeps a key named twice in one
     /// command from being charged twice).
     charged: Vec<u64>,
-    /// Redis's answers for global rules, by rule index.
-    answers: Vec<(usize, Answer)>,
-    /// The global rule whose question is out.
-    asking: Option<usize>,
+    /// Redis's answer to the question of the global rule at `from_rule`.
+    answer: Option<Answer>,
     /// When the request was first delayed, to enforce `max_delay`.
     delayed_since: Option<Instant>,
 }
 
 impl RateLimitSession {
+    /// The answer to `rule`'s question, if it asked one.
     fn take_answer(&mut self, rule: usize) -> Option<Answer> {
-        let position = self.answers.iter().position(|(index, _)| *index == rule)?;
-        Some(self.answers.swap_remove(position).1)
+        if rule == self.from_rule {
+            self.answer.take()
+        } else {
+            None
+        }
     }
 
     fn bucket_for(&mut self, subject: &Subject<'_, '_>) {
@@ -88,9 +92,10 @@ impl Phase for RateLimiting {
         let delayed = session
             .delayed_since
             .map_or(Duration::ZERO, |since| since.elapsed());
-        for (index, limiter) in policies.rate_limits.iter().enumerate() {
+        let rules = policies.rate_limits.iter().enumerate();
+        for (index, limiter) in rules.skip(session.from_rule) {
             let matcher = limiter.matcher();
-            if !matcher.applies_to(subject.info) || session.passed.contains(&index) {
+            if !matcher.applies_to(subject.info) {
                 continue;
             }
             let mut matching = matcher
@@ -111,7 +116,6 @@ impl Phase for RateLimiting {
                 limiter.decide(matching, &requester, subject.now, delayed, answer, charged);
             match verdict {
                 Verdict::Allow => {
-                    session.passed.push(index);
                     session.charged.clear();
                     if !limiter.is_shadow() {
                         return Decision::Pass;
@@ -119,12 +123,13 @@ impl Phase for RateLimiting {
                 }
                 Verdict::Reject(refusal) => return Decision::Answer(refusal),
                 Verdict::Delay(wait) => {
+                    session.from_rule = index;
                     let now = Instant::now();
                     session.delayed_since.get_or_insert(now);
                     return Decision::HoldUntil(now + wait);
                 }
                 Verdict::AskRedis(question) => {
-                    session.asking = Some(index);
+                    session.from_rule = index;
                     return Decision::Ask(question);
                 }
             }
@@ -139,17 +144,14 @@ impl Phase for RateLimiting {
         // A command naming a million keys leaves no million-entry list behind it.
         const KEPT: usize = 64;
         session.client_bucket.clear();
-        session.passed.clear();
-        session.passed.shrink_to(KEPT);
+        session.from_rule = 0;
         session.charged.clear();
         session.charged.shrink_to(KEPT);
-        session.answers.clear();
-        session.asking = None;
+        session.answer = None;
         session.delayed_since = None;
     }
 
     fn answered(&self, session: &mut RateLimitSession, answer: Option<Reply>) {
-        let rule = session.asking.take().unwrap_or_default();
         let answer = match answer {
             Some(Reply::Frames { bytes, .. }) => global::read_answer(&bytes),
             Some(Reply::Failed { error, .. }) => {
@@ -157,7 +159,7 @@ impl Phase for RateLimiting {
             }
             _ => Err("no answer from Redis".to_string()),
         };
-        session.answers.push((rule, answer));
+        session.answer = Some(answer);
     }
 
     fn hand_over(self: &Arc<Self>, taken: Infallible, _: Handover<'_>) -> Option<Infallible> {
@@ -174,14 +176,16 @@ mod tests {
     /// keep no more than a little memory.
     #[test]
     fn a_request_done_with_leaves_nothing_behind() {
-        let mut session = RateLimitSession::default();
-        session.passed.extend(0..10_000);
-        session.charged.extend(0..10_000);
-        session.asking = Some(3);
-        session.delayed_since = Some(std::time::Instant::now());
+        let mut session = RateLimitSession {
+            from_rule: 3,
+            charged: (0..10_000).collect(),
+            answer: Some(Ok(None)),
+            delayed_since: Some(std::time::Instant::now()),
+            ..RateLimitSession::default()
+        };
         RateLimiting.done(&mut session);
-        assert!(session.passed.is_empty() && session.charged.is_empty());
-        assert!(session.passed.capacity() <= 64 && session.charged.capacity() <= 64);
-        assert!(session.asking.is_none() && session.delayed_since.is_none());
+        assert!(session.from_rule == 0 && session.charged.is_empty());
+        assert!(session.charged.capacity() <= 64);
+        assert!(session.answer.is_none() && session.delayed_since.is_none());
     }
 }
