@@ -5,7 +5,7 @@
 //! crate's keyed limiter took about 120 instructions of a pipelined GET under a rule, since it
 //! reads the clock for every check and takes a map shard's read lock to then compare-and-swap
 //! the bucket. A check here reads the time of the session's batch, which the session already
-//! has, and updates a plain integer under one shard's lock. The algorithm is the one the global
+//! has, and updates one instant under one shard's lock. The algorithm is the one the global
 //! rules run in Redis (see `global.rs`).
 
 use std::collections::HashMap;
@@ -22,29 +22,27 @@ const SHARDS: usize = 64;
 /// little older than the time the table is swept at, and such a bucket must still be found.
 const FULL_FOR: Duration = Duration::from_secs(1);
 
-/// One shard's buckets: theoretical arrival times (nanoseconds since [`Buckets::start`]) by
-/// bucket identity. On a cache line of its own, so that threads locking neighbouring shards do
-/// not take the line from each other.
+/// One shard's buckets: theoretical arrival times by bucket identity. On a cache line of its
+/// own, so that threads locking neighbouring shards do not take the line from each other.
 #[repr(align(64))]
 #[derive(Default)]
-struct Shard(Mutex<HashMap<u64, u64, FxBuildHasher>>);
+struct Shard(Mutex<HashMap<u64, Instant, FxBuildHasher>>);
 
-/// The cell rate, in nanoseconds: a cell every `interval`, and `tolerance` (`(burst - 1) ×
-/// interval`) of them ahead of time at most.
+/// The cell rate: a cell every `interval`, and `tolerance` (`(burst - 1) × interval`) of them
+/// ahead of time at most. Times stay `quanta` instants, as the sessions read them: the table
+/// needs no origin of its own.
 #[derive(Debug, Clone, Copy)]
 struct Gcra {
-    interval: u64,
-    tolerance: u64,
+    interval: Duration,
+    tolerance: Duration,
 }
 
 impl Gcra {
     fn new(interval: Duration, burst: u32) -> Gcra {
-        let interval = u64::try_from(interval.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let interval = interval.max(Duration::from_nanos(1));
         Gcra {
             interval,
-            tolerance: interval.saturating_mul(u64::from(burst.max(1) - 1)),
+            tolerance: interval.saturating_mul(burst.max(1) - 1),
         }
     }
 
@@ -52,20 +50,22 @@ impl Gcra {
     /// for a full bucket): `Ok` with the bucket's next arrival time if it conforms, else `Err`
     /// with how long until it would.
     #[inline]
-    fn conform(self, tat: u64, now: u64) -> Result<u64, u64> {
-        let earliest = tat.saturating_sub(self.tolerance);
-        if now < earliest {
-            return Err(earliest - now);
+    fn conform(self, tat: Instant, now: Instant) -> Result<Instant, Duration> {
+        // No earliest time before the clock's origin: the bucket conforms.
+        if let Some(earliest) = tat.checked_sub(self.tolerance) {
+            if now < earliest {
+                return Err(earliest.duration_since(now));
+            }
         }
-        Ok(tat.max(now).saturating_add(self.interval))
+        let from = tat.max(now);
+        // An instant is 64 bits of nanoseconds: adding overflows after centuries.
+        Ok(from.checked_add(self.interval).unwrap_or(from))
     }
 }
 
 /// The buckets of a local rule, by identity (a keyed hash of the bucket's name).
 pub struct Buckets {
     gcra: Gcra,
-    /// Times are kept as nanoseconds since this.
-    start: Instant,
     shards: Box<[Shard]>,
 }
 
@@ -74,7 +74,6 @@ impl Buckets {
     pub fn new(interval: Duration, burst: u32) -> Buckets {
         Buckets {
             gcra: Gcra::new(interval, burst),
-            start: Instant::now(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
         }
     }
@@ -83,12 +82,6 @@ impl Buckets {
     /// until the bucket has one.
     #[inline]
     pub fn take(&self, id: u64, now: Instant) -> Result<(), Duration> {
-        self.take_at(id, self.since_start(now))
-            .map_err(Duration::from_nanos)
-    }
-
-    #[inline]
-    fn take_at(&self, id: u64, now: u64) -> Result<(), u64> {
         let mut shard = self.shard(id).0.lock();
         match shard.get_mut(&id) {
             Some(tat) => *tat = self.gcra.conform(*tat, now)?,
@@ -104,9 +97,9 @@ impl Buckets {
     /// Drops the buckets that have been full for a while: one not in the table is full, so
     /// this changes no decision, and millions of keys seen once do not keep memory.
     pub fn forget_full(&self, now: Instant) {
-        let full_before = self
-            .since_start(now)
-            .saturating_sub(FULL_FOR.as_nanos() as u64);
+        let Some(full_before) = now.checked_sub(FULL_FOR) else {
+            return;
+        };
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock();
             shard.retain(|_, tat| *tat > full_before);
@@ -124,12 +117,6 @@ impl Buckets {
         // The table's hash mixes the low bits; the shard takes others.
         &self.shards[(id >> 40) as usize % SHARDS]
     }
-
-    #[inline]
-    fn since_start(&self, now: Instant) -> u64 {
-        let elapsed = now.saturating_duration_since(self.start).as_nanos();
-        u64::try_from(elapsed).unwrap_or(u64::MAX)
-    }
 }
 
 #[cfg(test)]
@@ -138,12 +125,18 @@ mod tests {
 
     const MILLI: u64 = 1_000_000;
 
+    /// The instant `nanos` after a mock clock's origin.
+    fn at(nanos: u64) -> Instant {
+        let (clock, _) = quanta::Clock::mock();
+        clock.now() + Duration::from_nanos(nanos)
+    }
+
     /// Offers a command to one bucket every `step` nanoseconds for `total`; returns the times
     /// of the allowed ones.
     fn allowed_times(buckets: &Buckets, step: u64, total: u64) -> Vec<u64> {
         (0..=total / step)
             .map(|n| n * step)
-            .filter(|&now| buckets.take_at(7, now).is_ok())
+            .filter(|&now| buckets.take(7, at(now)).is_ok())
             .collect()
     }
 
@@ -192,27 +185,27 @@ mod tests {
     #[test]
     fn the_wait_told_is_exact() {
         let buckets = Buckets::new(Duration::from_millis(100), 2);
-        assert!(buckets.take_at(1, 0).is_ok() && buckets.take_at(1, 0).is_ok());
-        let wait = buckets.take_at(1, 30 * MILLI).unwrap_err();
-        assert_eq!(wait, 70 * MILLI);
-        assert!(buckets.take_at(1, 30 * MILLI + wait - 1).is_err());
-        assert!(buckets.take_at(1, 30 * MILLI + wait).is_ok());
+        assert!(buckets.take(1, at(0)).is_ok() && buckets.take(1, at(0)).is_ok());
+        let wait = buckets.take(1, at(30 * MILLI)).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(70));
+        assert!(buckets.take(1, at(100 * MILLI - 1)).is_err());
+        assert!(buckets.take(1, at(100 * MILLI)).is_ok());
         // Another bucket is untouched by all this.
-        assert!(buckets.take_at(2, 30 * MILLI).is_ok());
+        assert!(buckets.take(2, at(30 * MILLI)).is_ok());
     }
 
     /// Sweeping drops only buckets full for a while, so no decision changes with it.
     #[test]
     fn sweeping_forgets_full_buckets_only() {
+        let second = 1_000 * MILLI;
         let buckets = Buckets::new(Duration::from_secs(10), 1);
-        let start = buckets.start;
-        assert!(buckets.take(1, start).is_ok());
-        assert!(buckets.take(2, start + Duration::from_secs(20)).is_ok());
+        assert!(buckets.take(1, at(second)).is_ok());
+        assert!(buckets.take(2, at(21 * second)).is_ok());
         assert_eq!(buckets.len(), 2);
-        // Bucket 1 is full again from 10 s, bucket 2 only from 30 s.
-        buckets.forget_full(start + Duration::from_secs(25));
+        // Bucket 1 is full again from 11 s, bucket 2 only from 31 s.
+        buckets.forget_full(at(25 * second));
         assert_eq!(buckets.len(), 1);
-        assert!(buckets.take(2, start + Duration::from_secs(25)).is_err());
-        assert!(buckets.take(1, start + Duration::from_secs(25)).is_ok());
+        assert!(buckets.take(2, at(25 * second)).is_err());
+        assert!(buckets.take(1, at(25 * second)).is_ok());
     }
 }
