@@ -50,7 +50,7 @@ fn json_output_lists_every_diagnostic() {
     let report: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(report["valid"], false);
     let diagnostics = report["diagnostics"].as_array().unwrap();
-    assert_eq!(diagnostics.len(), 10);
+    assert_eq!(diagnostics.len(), 12);
     assert_eq!(diagnostics[1]["line"], 8);
     assert_eq!(diagnostics[1]["column"], 9);
     assert_eq!(diagnostics[1]["severity"], "error");

@@ -442,6 +442,12 @@ pub fn check_shadowing<R: Rule>(kind: &str, rules: &[R], text: &str) -> Vec<Diag
     diagnostics
 }
 
+const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// How far ahead of the clock a bucket may run (`burst × period / limit`): its times are
+/// nanoseconds in 64 bits, which end after 584 years.
+const MAX_BURST_AHEAD: std::time::Duration = YEAR.saturating_mul(100);
+
 /// Checks the values of whole rate-limit rules that only make sense together (each value
 /// alone is checked by [`check_values`]).
 pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
@@ -466,6 +472,20 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                 format!(
                     "a global rule allows at most 10000 commands per second per bucket (each decision is a round trip to Redis); limit {limit} per {:?} is more",
                     rule.period.get()
+                ),
+            ));
+        }
+        let ahead = (rule.period.get() / limit.max(1)).saturating_mul(rule.burst());
+        if ahead > MAX_BURST_AHEAD {
+            let span = rule.burst.as_ref().map_or(rule.limit.span(), Spanned::span);
+            diagnostics.push(Diagnostic::error(
+                span,
+                format!(
+                    "burst {} of {limit} per {:?} lets a bucket run {} years ahead; keep burst × period / limit within {} years",
+                    rule.burst(),
+                    rule.period.get(),
+                    ahead.as_secs() / YEAR.as_secs(),
+                    MAX_BURST_AHEAD.as_secs() / YEAR.as_secs()
                 ),
             ));
         }
