@@ -438,8 +438,8 @@ mod tests {
     }
 
     /// A reload frees the old policies; the new ones may be built at the same address, and
-    /// what a held request kept under the old ones (the phase it resumes at, the rule indices
-    /// it passed) must not carry over to them.
+    /// what a held request kept under the old ones (the phase it resumes at, the rule it
+    /// resumes from) must not carry over to them.
     #[test]
     fn progress_starts_over_under_policies_built_where_the_old_ones_were() {
         let rule = |name: &str| {

@@ -58,7 +58,8 @@ impl Gcra {
             }
         }
         let from = tat.max(now);
-        // An instant is 64 bits of nanoseconds: adding overflows after centuries.
+        // An instant is 64 bits of nanoseconds, which end after 584 years; rules keep a bucket
+        // within a century ahead (`config::rules::check_rate_limits`).
         Ok(from.checked_add(self.interval).unwrap_or(from))
     }
 }
@@ -107,7 +108,8 @@ impl Buckets {
         }
     }
 
-    /// Buckets in the table (those not full, and those full only for a moment).
+    /// Buckets in the table: those not full, and full ones until the first sweep a second
+    /// after they filled.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.0.lock().len()).sum()
     }

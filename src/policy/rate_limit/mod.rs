@@ -253,10 +253,12 @@ impl RateLimiter {
     }
 
     /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
+    /// The wait counts from now, not from the batch's time the check used: a command late in a
+    /// long batch is held, or told to retry, no longer than its bucket needs.
     fn take(&self, id: u64, bucket: &[u8], now: Instant) -> Option<(Vec<u8>, Duration)> {
         match self.state.buckets.take(id, now) {
             Ok(()) => None,
-            Err(wait) => Some((bucket.to_vec(), wait)),
+            Err(wait) => Some((bucket.to_vec(), wait.saturating_sub(now.elapsed()))),
         }
     }
 
@@ -300,7 +302,7 @@ fn interval(rule: &RateLimitRule) -> Duration {
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
 fn rejection(rule: &str, bucket: &[u8], wait: Duration) -> String {
     // Rounded up: retrying after the time shown must succeed.
-    let millis = wait.as_micros().div_ceil(1000).max(1);
+    let millis = wait.as_nanos().div_ceil(1_000_000).max(1);
     format!(
         "RATELIMITED {rule} {} retry in {millis} ms",
         printable(bucket)

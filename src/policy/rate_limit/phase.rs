@@ -26,8 +26,8 @@ pub struct RateLimitSession {
     /// request (empty until then).
     client_bucket: Vec<u8>,
     /// The rule (by index) the request is judged from when it comes back: the one that held
-    /// it, or whose question to Redis is out. Those before it already let it through or
-    /// counted it in shadow.
+    /// it, or whose question to Redis is out. Those before it did not match it or only counted
+    /// it in shadow (a rule in force that lets a request through decides).
     from_rule: usize,
     /// Buckets already charged for this request (which also keeps a key named twice in one
     /// command from being charged twice).
