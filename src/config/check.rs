@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::de::{DeArray, DeString, DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
-use super::{find_table_key, rules, secret, values, Config, Diagnostic, Topology};
+use super::{find_table_key, rule_checks, secret, values, Config, Diagnostic, Topology};
 
 /// Every value that is broken on its own, and every rule that conflicts with another.
 pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnostic> {
@@ -18,7 +18,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
     let mut caches = Vec::new();
     let mut locks = Vec::new();
     let mut routes = Vec::new();
-    let mut values: Vec<(&str, rules::RuleValues)> = Vec::new();
+    let mut values: Vec<(&str, rule_checks::RuleValues)> = Vec::new();
     let parse_alone = |key: &Spanned<DeString<'_>>, piece: Spanned<DeValue<'_>>| {
         let mut section = DeTable::default();
         section.insert(key.clone(), piece);
@@ -67,7 +67,7 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
                             .map(|(_, error)| Diagnostic::from_toml(error).with_found(text)),
                     );
                     let broken: Vec<&str> = broken.iter().map(|(field, _)| *field).collect();
-                    if let Some(rule) = rules::RuleValues::read(element, &broken) {
+                    if let Some(rule) = rule_checks::RuleValues::read(element, &broken) {
                         values.push((key.get_ref(), rule));
                     }
                 }
@@ -80,21 +80,25 @@ pub(super) fn each_value(root: &Spanned<DeTable<'_>>, text: &str) -> Vec<Diagnos
         }
     }
     for kind in ["rate_limit", "deny", "cache", "lock", "route"] {
-        let kind_values: Vec<&rules::RuleValues> = values
+        let kind_values: Vec<&rule_checks::RuleValues> = values
             .iter()
             .filter(|(written, _)| *written == kind)
             .map(|(_, rule)| rule)
             .collect();
-        diagnostics.extend(rules::check_values(kind, &kind_values, text));
+        diagnostics.extend(rule_checks::check_values(kind, &kind_values, text));
     }
-    diagnostics.extend(rules::check_shadowing("rate_limit", &rate_limits, text));
-    diagnostics.extend(rules::check_rate_limits(&rate_limits));
-    diagnostics.extend(rules::check_shadowing("deny", &denials, text));
-    diagnostics.extend(rules::check_shadowing("cache", &caches, text));
-    diagnostics.extend(rules::check_caches(&caches));
-    diagnostics.extend(rules::check_shadowing("lock", &locks, text));
-    diagnostics.extend(rules::check_shadowing("route", &routes, text));
-    diagnostics.extend(rules::check_routes(&routes));
+    diagnostics.extend(rule_checks::check_shadowing(
+        "rate_limit",
+        &rate_limits,
+        text,
+    ));
+    diagnostics.extend(rule_checks::check_rate_limits(&rate_limits));
+    diagnostics.extend(rule_checks::check_shadowing("deny", &denials, text));
+    diagnostics.extend(rule_checks::check_shadowing("cache", &caches, text));
+    diagnostics.extend(rule_checks::check_caches(&caches));
+    diagnostics.extend(rule_checks::check_shadowing("lock", &locks, text));
+    diagnostics.extend(rule_checks::check_shadowing("route", &routes, text));
+    diagnostics.extend(rule_checks::check_routes(&routes));
     diagnostics.sort_by_key(|diagnostic| diagnostic.span.as_ref().map(|span| span.start));
     diagnostics
 }

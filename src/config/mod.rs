@@ -8,6 +8,7 @@
 mod check;
 mod diagnostic;
 mod http_api;
+mod rule_checks;
 pub mod rules;
 mod values;
 

@@ -59,7 +59,7 @@ impl Gcra {
         }
         let from = tat.max(now);
         // An instant is 64 bits of nanoseconds, which end after 584 years; rules keep a bucket
-        // within a century ahead (`config::rules::check_rate_limits`).
+        // within a century ahead (`config::rule_checks::check_rate_limits`).
         Ok(from.checked_add(self.interval).unwrap_or(from))
     }
 }
