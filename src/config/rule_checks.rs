@@ -184,7 +184,7 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
                 ),
             ));
         }
-        let ahead = (rule.period.get() / limit.max(1)).saturating_mul(rule.burst());
+        let ahead = rule.interval().saturating_mul(rule.burst());
         if ahead > MAX_BURST_AHEAD {
             let span = rule.burst.as_ref().map_or(rule.limit.span(), Spanned::span);
             diagnostics.push(Diagnostic::error(

@@ -128,6 +128,13 @@ impl RateLimitRule {
             .map_or(*self.limit.get_ref(), |burst| *burst.get_ref())
     }
 
+    /// The time between two cells, `period / limit` (at least a nanosecond; a rule finer than
+    /// that is refused by the checks).
+    pub fn interval(&self) -> std::time::Duration {
+        let limit = (*self.limit.get_ref()).max(1);
+        (self.period.get() / limit).max(std::time::Duration::from_nanos(1))
+    }
+
     pub fn scope(&self) -> Scope {
         self.scope
             .as_ref()

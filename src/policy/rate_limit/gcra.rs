@@ -39,7 +39,6 @@ struct Gcra {
 
 impl Gcra {
     fn new(interval: Duration, burst: u32) -> Gcra {
-        let interval = interval.max(Duration::from_nanos(1));
         Gcra {
             interval,
             tolerance: interval.saturating_mul(burst.max(1) - 1),
@@ -71,7 +70,10 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    /// Buckets that allow a command every `interval`, `burst` at once at most.
+    /// Buckets that allow a command every `interval` ([`RateLimitRule::interval`], never
+    /// zero), `burst` at once at most.
+    ///
+    /// [`RateLimitRule::interval`]: crate::config::RateLimitRule::interval
     pub fn new(interval: Duration, burst: u32) -> Buckets {
         Buckets {
             gcra: Gcra::new(interval, burst),

@@ -81,7 +81,7 @@ impl RateLimiter {
     /// Builds the limiter of a rule; `previous` is the limiter of the rule with the same name
     /// before a reload, whose buckets and counts carry over where they still apply.
     pub fn new(rule: RateLimitRule, previous: Option<&RateLimiter>) -> RateLimiter {
-        let interval = interval(&rule);
+        let interval = rule.interval();
         let name = rule.name.get_ref().clone();
         let outcome = match (rule.mode, rule.action) {
             (Mode::Shadow, _) => "shadow",
@@ -291,12 +291,6 @@ impl RateLimiter {
             self.state.buckets.len(),
         )
     }
-}
-
-/// The time between two cells of a rule, `period / limit`.
-fn interval(rule: &RateLimitRule) -> Duration {
-    let limit = (*rule.limit.get_ref()).max(1);
-    (rule.period.get() / limit).max(Duration::from_nanos(1))
 }
 
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.
