@@ -20,7 +20,9 @@ pub struct Queued {
 
 impl Phase for LockTable {
     type Session = ();
-    type Taken = Claim;
+    /// Boxed: a claim is the largest thing a phase takes, and every request's decision is
+    /// as large as the largest; a lock attempt is rare enough to pay for the allocation.
+    type Taken = Box<Claim>;
     type Held = Queued;
     type Follow = ();
     type Follower = ();
@@ -42,23 +44,23 @@ impl Phase for LockTable {
         policies: &Policies,
         _: &mut (),
         subject: &Subject<'_, '_>,
-    ) -> Decision<Claim> {
+    ) -> Decision<Box<Claim>> {
         if subject.way != Way::Shared {
             return Decision::Pass;
         }
         match attempt::claim(&policies.locks, subject.info, subject.args) {
-            Some(claim) => Decision::Take(claim),
+            Some(claim) => Decision::Take(Box::new(claim)),
             None => Decision::Pass,
         }
     }
 
-    fn hand_over(self: &Arc<Self>, claim: Claim, handover: Handover<'_>) -> Option<Queued> {
+    fn hand_over(self: &Arc<Self>, claim: Box<Claim>, handover: Handover<'_>) -> Option<Queued> {
         let queued = Queued {
             db: handover.db,
             key: claim.key.clone(),
         };
         self.attempt(LockAttempt {
-            claim,
+            claim: *claim,
             db: handover.db,
             request: handover.request,
             conn: handover.conn.clone(),
