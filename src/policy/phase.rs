@@ -164,7 +164,8 @@ pub trait Phase: Sized {
     ) -> Decision<Self::Taken>;
 
     /// The request is done with (let through, answered or taken) or the policies changed:
-    /// whatever was kept for it goes.
+    /// whatever was kept for it goes. It may come for a request the phase was to meet and
+    /// did not (an earlier phase decided first): there is then nothing to forget.
     #[inline]
     fn done(&self, _session: &mut Self::Session) {}
 

@@ -67,8 +67,8 @@ macro_rules! phase_list {
             $($field: <$phase as Phase>::Session,)+
             /// The phase a held request meets first when it is decided on again.
             resume: usize,
-            /// The phases that decided on the request at the front, one bit each in list
-            /// order: only they have anything to forget when it is done with.
+            /// The phases the request at the front was to meet, one bit each in list order:
+            /// only they have anything to forget when it is done with.
             touched: u8,
             /// The generation of the policies `resume` was set under: under others it means
             /// nothing, and the request starts over.
@@ -195,10 +195,13 @@ macro_rules! phase_list {
                 if states.follow(policies) {
                     self.settle(states);
                 }
+                // The phases still to meet, from the one that held the request. They count as
+                // touched from here: forgetting a request a phase has not met is harmless.
+                let pending = deciding & (u8::MAX << states.resume);
+                states.touched |= pending;
                 let mut index = 0;
                 $(
-                    if deciding & (1 << index) != 0 && index >= states.resume {
-                        states.touched |= 1 << index;
+                    if pending & (1 << index) != 0 {
                         let decision = self.$field.decide(policies, &mut states.$field, subject);
                         match decision {
                             Decision::Pass => {}
