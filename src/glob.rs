@@ -13,6 +13,10 @@ pub struct Glob {
     literal_prefix: usize,
     /// The pattern is `prefix*`, matched by its prefix alone.
     prefix_star: bool,
+    /// A literal prefix of at most eight bytes as a little-endian word (zeros after it), and
+    /// the mask of its bytes: most prefixes (`user:`, `session:`) are checked against a key of
+    /// eight bytes or more with one comparison of words, without calling `memcmp`.
+    short_prefix: Option<(u64, u64)>,
 }
 
 impl Glob {
@@ -44,10 +48,17 @@ impl Glob {
             .position(|byte| matches!(byte, b'*' | b'?' | b'[' | b'\\'))
             .unwrap_or(bytes.len());
         let prefix_star = literal_prefix + 1 == bytes.len() && bytes.last() == Some(&b'*');
+        let short_prefix = (literal_prefix <= 8).then(|| {
+            let mut word = [0; 8];
+            word[..literal_prefix].copy_from_slice(&bytes[..literal_prefix]);
+            let mask = u64::MAX.checked_shr(64 - 8 * literal_prefix as u32);
+            (u64::from_le_bytes(word), mask.unwrap_or(0))
+        });
         Ok(Glob {
             pattern: bytes.into(),
             literal_prefix,
             prefix_star,
+            short_prefix,
         })
     }
 
@@ -69,7 +80,11 @@ impl Glob {
     #[inline]
     pub fn matches(&self, text: &[u8]) -> bool {
         let prefix = &self.pattern[..self.literal_prefix];
-        if !text.starts_with(prefix) {
+        let starts = match (self.short_prefix, text.first_chunk::<8>()) {
+            (Some((word, mask)), Some(head)) => u64::from_le_bytes(*head) & mask == word,
+            _ => text.starts_with(prefix),
+        };
+        if !starts {
             return false;
         }
         self.prefix_star || matches(&self.pattern[prefix.len()..], &text[prefix.len()..])
@@ -181,8 +196,12 @@ fn class(pattern: &[u8], open: usize, byte: u8) -> (bool, usize) {
 mod tests {
     use super::Glob;
 
-    fn glob_matches(pattern: &str, text: &str) -> bool {
-        Glob::new(pattern).unwrap().matches(text.as_bytes())
+    /// Each (pattern, key, whether it matches).
+    fn assert_cases(cases: &[(&str, &str, bool)]) {
+        for &(pattern, text, expected) in cases {
+            let matched = Glob::new(pattern).unwrap().matches(text.as_bytes());
+            assert_eq!(matched, expected, "{pattern:?} vs {text:?}");
+        }
     }
 
     #[test]
@@ -211,13 +230,36 @@ mod tests {
             ("lock:*", "lock:", true),
             ("[\\]]", "]", true),
         ];
-        for (pattern, text, expected) in cases {
-            assert_eq!(
-                glob_matches(pattern, text),
-                expected,
-                "{pattern:?} vs {text:?}"
-            );
-        }
+        assert_cases(&cases);
+    }
+
+    /// Prefixes of up to eight bytes are compared as words against keys of eight bytes or
+    /// more, and byte by byte against shorter keys: both must agree with the pattern.
+    #[test]
+    fn prefixes_match_whatever_their_length_and_the_key_length() {
+        let cases = [
+            ("*", "12345678", true),
+            ("k*", "key:0001", true),
+            ("k*", "Key:0001", false),
+            ("key:*", "key:000000001234", true),
+            ("key:*", "kez:000000001234", false),
+            ("key:*", "key;000000001234", false),
+            ("key:*", "key:", true),
+            ("key:*", "key", false),
+            ("session:*", "session:", true),
+            ("session:*", "session:1", true),
+            ("session:*", "sessionX1", false),
+            ("session:1*", "session:12", true),
+            ("session:1*", "session:21", false),
+            ("session:1*", "session:1", true),
+            ("ab", "ab", true),
+            ("ab", "abcdefghij", false),
+            ("user:????", "user:1234", true),
+            ("user:????", "usEr:1234", false),
+            ("user:id:*:x", "user:id:7:x", true),
+            ("user:id:*:x", "user:iD:7:x", false),
+        ];
+        assert_cases(&cases);
     }
 
     #[test]
