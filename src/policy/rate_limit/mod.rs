@@ -221,9 +221,8 @@ impl RateLimiter {
             if charged.contains(&id) {
                 continue;
             }
-            let refusal = self.take(id, bucket, now);
-            if refusal.is_some() {
-                return refusal;
+            if let Err(wait) = self.state.buckets.take(id, now) {
+                return Some(refused(bucket, wait, now));
             }
             charged.push(id);
         }
@@ -249,16 +248,6 @@ impl RateLimiter {
                     reason
                 )))
             }
-        }
-    }
-
-    /// Takes one cell from a bucket: `None` if it conformed, else the bucket and the wait.
-    /// The wait counts from now, not from the batch's time the check used: a command late in a
-    /// long batch is held, or told to retry, no longer than its bucket needs.
-    fn take(&self, id: u64, bucket: &[u8], now: Instant) -> Option<(Vec<u8>, Duration)> {
-        match self.state.buckets.take(id, now) {
-            Ok(()) => None,
-            Err(wait) => Some((bucket.to_vec(), wait.saturating_sub(now.elapsed()))),
         }
     }
 
@@ -291,6 +280,16 @@ impl RateLimiter {
             self.state.buckets.len(),
         )
     }
+}
+
+/// A bucket that refused a command checked at `now`, and how long until it has a cell. The wait
+/// counts from the refusal, not from the batch's time the check used: a command late in a long
+/// batch is held, or told to retry, no longer than its bucket needs. Out of line: the path of
+/// every command let through does not carry it.
+#[cold]
+#[inline(never)]
+fn refused(bucket: &[u8], wait: Duration, now: Instant) -> (Vec<u8>, Duration) {
+    (bucket.to_vec(), wait.saturating_sub(now.elapsed()))
 }
 
 /// `RATELIMITED <rule> <bucket> retry in <ms> ms`; the bucket is shown printable and short.

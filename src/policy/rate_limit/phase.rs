@@ -146,7 +146,9 @@ impl Phase for RateLimiting {
         session.client_bucket.clear();
         session.from_rule = 0;
         session.charged.clear();
-        session.charged.shrink_to(KEPT);
+        if session.charged.capacity() > KEPT {
+            session.charged.shrink_to(KEPT);
+        }
         session.answer = None;
         session.delayed_since = None;
     }
