@@ -92,8 +92,9 @@ impl Phase for RateLimiting {
         let delayed = session
             .delayed_since
             .map_or(Duration::ZERO, |since| since.elapsed());
-        let rules = policies.rate_limits.iter().enumerate();
-        for (index, limiter) in rules.skip(session.from_rule) {
+        let from = session.from_rule;
+        let rules = policies.rate_limits.get(from..).unwrap_or_default();
+        for (index, limiter) in (from..).zip(rules) {
             let matcher = limiter.matcher();
             if !matcher.applies_to(subject.info) {
                 continue;
