@@ -63,8 +63,6 @@ pub struct RateLimiter {
     pub rule: RateLimitRule,
     matcher: RuleMatcher,
     state: Arc<BucketState>,
-    /// Time between two cells, `period / limit`.
-    interval: Duration,
     /// Counts behind the Prometheus series, kept across reloads for the same series so that
     /// the counters never go backwards.
     allowed: Arc<AtomicU64>,
@@ -81,7 +79,6 @@ impl RateLimiter {
     /// Builds the limiter of a rule; `previous` is the limiter of the rule with the same name
     /// before a reload, whose buckets and counts carry over where they still apply.
     pub fn new(rule: RateLimitRule, previous: Option<&RateLimiter>) -> RateLimiter {
-        let interval = rule.interval();
         let name = rule.name.get_ref().clone();
         let outcome = match (rule.mode, rule.action) {
             (Mode::Shadow, _) => "shadow",
@@ -99,7 +96,7 @@ impl RateLimiter {
         let state = previous.filter(same_shape).map_or_else(
             || {
                 Arc::new(BucketState {
-                    buckets: Buckets::new(interval, rule.burst()),
+                    buckets: Buckets::new(rule.interval(), rule.burst()),
                     hasher: ahash::RandomState::new(),
                 })
             },
@@ -108,7 +105,6 @@ impl RateLimiter {
         RateLimiter {
             matcher: RuleMatcher::compile(&rule),
             state,
-            interval,
             allowed: previous.map_or_else(Arc::default, |previous| Arc::clone(&previous.allowed)),
             limited: previous
                 .filter(|previous| previous.outcome == outcome)
@@ -173,7 +169,7 @@ impl RateLimiter {
                         return Verdict::AskRedis(global::encode_check(
                             self.name(),
                             &buckets,
-                            self.interval,
+                            self.rule.interval(),
                             self.rule.burst(),
                         ))
                     }
