@@ -163,7 +163,9 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for rule in rules {
         let limit = *rule.limit.get_ref();
-        if limit > 0 && rule.period.get() / limit == std::time::Duration::ZERO {
+        // Between two cells; a zero limit has an error of its own (`check_values`).
+        let apart = rule.period.get() / limit.max(1);
+        if limit > 0 && apart == std::time::Duration::ZERO {
             diagnostics.push(Diagnostic::error(
                 rule.limit.span(),
                 format!(
@@ -174,7 +176,7 @@ pub fn check_rate_limits(rules: &[RateLimitRule]) -> Vec<Diagnostic> {
         }
         if rule.scope() == Scope::Global
             && limit > 0
-            && rule.period.get() / limit < std::time::Duration::from_micros(100)
+            && apart < std::time::Duration::from_micros(100)
         {
             diagnostics.push(Diagnostic::error(
                 rule.limit.span(),
