@@ -32,8 +32,11 @@ impl<T> Queue<T> {
         self.len() == 0
     }
 
-    pub fn push_back(&mut self, item: T) {
+    /// Queues `item` at the back, and gives it back to be finished in place.
+    pub fn push_back(&mut self, item: T) -> &mut T {
+        let at = self.items.len();
         self.items.push(item);
+        &mut self.items[at]
     }
 
     /// The items in the queue, front first.
