@@ -140,8 +140,10 @@ pub trait Phase: Sized {
     /// What a session keeps of a taken request that the client's later requests wait for.
     type Held;
     /// What the phase follows of one request, from the phases' decision to the answer the
-    /// client gets (hot keys: where the request's keys are kept); `()` for a phase that follows
-    /// none.
+    /// client gets (hot keys: where the request's keys are kept); `Infallible` for a phase that
+    /// follows none, so that its place in [`Follows`](crate::policy::phases::Follows) takes no
+    /// room: a request's follows then fit in a register and pass through calls without being
+    /// read back from memory.
     type Follow;
     /// What a session keeps of the requests the phase follows, as their answers come (hot
     /// keys: the keys and bytes of each); `()` for a phase that follows none.

@@ -409,6 +409,11 @@ phase_list! {
     HotKeys(hotkeys): Counting,
 }
 
+// A request's follows travel with it through calls, and into the reply queue: in a register,
+// they are never written field by field and read back as a block (which waits for the writes
+// to reach the cache).
+const _: () = assert!(std::mem::size_of::<Follows>() <= 8);
+
 /// A forwarded command, as the phases that watch writes see it.
 pub struct Write<'r, 'a> {
     pub info: &'r CommandInfo,

@@ -26,7 +26,10 @@ impl Session {
     ) -> Flow {
         let id = request.info.id;
         match step {
-            Step::Refuse(refusal) => self.refuse(input, request.info, request.consumed, refusal),
+            Step::Refuse(refusal) => {
+                let (info, consumed) = (request.info, request.consumed);
+                self.refuse(input, info, consumed, refusal, request.follows)
+            }
             Step::Answer { reply, kill } => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);
@@ -47,11 +50,8 @@ impl Session {
                 self.send_batch(input);
                 let bytes = input.take_request(request.consumed, request.rewritten);
                 let ticket = self.replies.next_ticket();
-                self.replies.push_fetched(
-                    false,
-                    std::mem::take(&mut self.follows),
-                    WrittenKeys::new(),
-                );
+                self.replies
+                    .push_fetched(false, request.follows, WrittenKeys::new());
                 if request.info.notice == Notice::Unpause {
                     self.context.upstream.pause.end();
                 }
@@ -81,14 +81,13 @@ impl Session {
                 };
                 match sent {
                     Ok(()) => {
-                        let follows = std::mem::take(&mut self.follows);
                         self.replies
-                            .push_fetched(false, follows, WrittenKeys::new());
+                            .push_fetched(false, request.follows, WrittenKeys::new());
                     }
                     Err(bytes) => {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
-                        let follows = std::mem::take(&mut self.follows);
-                        self.replies.command_sent(id, request.sent_at, follows);
+                        let (at, follows) = (request.sent_at, request.follows);
+                        self.replies.command_sent(id, at, follows);
                         self.forward(bytes, 1, false, input.hotkeys);
                     }
                 }
@@ -126,13 +125,13 @@ impl Session {
             consumed,
             rewritten,
             sent_at,
+            follows,
         } = request;
         self.received.add(&self.context.command_metrics, info.id);
         if rewritten.is_some() {
             // The batch ahead goes first, so sends are numbered in order.
             self.send_batch(input);
         }
-        let follows = std::mem::take(&mut self.follows);
         if self.counts_replies() {
             self.replies.command_sent(info.id, sent_at, follows);
         } else if !follows.is_empty() {

@@ -42,7 +42,7 @@ use crate::inbox;
 use crate::metrics::{self, ReceivedTally};
 use crate::net::Stream;
 use crate::policy::hotkeys::lane::LaneCount;
-use crate::policy::phases::{Follows, PhaseStates, WrittenKeys};
+use crate::policy::phases::{PhaseStates, WrittenKeys};
 use crate::resp::request::RequestDecoder;
 use crate::upstream::{ClientLane, Monitoring, Opening, Reply, Room, RoomWait, SendError};
 use client_ids::Redirect;
@@ -129,8 +129,6 @@ pub struct Session {
     clock: Option<quanta::Instant>,
     /// Keys written by requests in the batch being gathered, that phases watch.
     written_keys: WrittenKeys,
-    /// What the phases follow of the request just decided on, until it joins the reply queue.
-    follows: Follows,
     /// Forwarded requests the connection had no room for yet: the session stops reading and
     /// sends them once there is room, so a full queue slows the client down instead of
     /// refusing its commands. Later requests join them, so nothing overtakes them.
@@ -196,7 +194,6 @@ impl Session {
             last_active: quanta::Instant::now(),
             clock: None,
             written_keys: WrittenKeys::new(),
-            follows: Follows::default(),
             parked: None,
             parked_after: None,
             opening: None,

@@ -6,7 +6,7 @@
 use super::Session;
 use crate::command::CommandInfo;
 use crate::policy::phase::{Decision, FollowedRequest, Sender, Subject, Way};
-use crate::policy::phases::{Roles, Taken, Write, WrittenKeys};
+use crate::policy::phases::{Follows, Roles, Taken, Write, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::request::Args;
 
@@ -23,7 +23,8 @@ pub(super) struct PhaseRun {
 
 impl Session {
     /// The policy phases, in their order, on the request as the session knows it; once they
-    /// decided its fate, those that follow requests to their answers start following it.
+    /// decided its fate, those that follow requests to their answers start following it: what
+    /// they follow comes back with the decision, to go with the request.
     #[inline(always)]
     pub(super) fn run_phases(
         &mut self,
@@ -31,12 +32,14 @@ impl Session {
         info: &'static CommandInfo,
         args: &Args<'_>,
         run: PhaseRun,
-    ) -> Decision<Taken> {
+    ) -> (Decision<Taken>, Follows) {
         // A request no phase decides on passes as it is, without a decision moved about: with
         // only hot keys in force, that is every request.
         if run.roles.deciding == 0 {
-            self.start_following(policies, info, args, run);
-            return Decision::Pass;
+            return (
+                Decision::Pass,
+                self.start_following(policies, info, args, run),
+            );
         }
         // Put together only for phases that decide: one that only follows reads what the
         // request itself says.
@@ -62,10 +65,11 @@ impl Session {
             &subject,
             run.roles.deciding,
         );
-        if !matches!(decision, Decision::HoldUntil(_) | Decision::Ask(_)) {
-            self.start_following(policies, info, args, run);
-        }
-        decision
+        let follows = match decision {
+            Decision::HoldUntil(_) | Decision::Ask(_) => Follows::default(),
+            _ => self.start_following(policies, info, args, run),
+        };
+        (decision, follows)
     }
 
     /// The request's fate is decided: the phases that follow it to its answer start.
@@ -76,9 +80,9 @@ impl Session {
         info: &'static CommandInfo,
         args: &Args<'_>,
         run: PhaseRun,
-    ) {
+    ) -> Follows {
         if run.roles.following == 0 {
-            return;
+            return Follows::default();
         }
         let request = FollowedRequest {
             info,
@@ -87,10 +91,9 @@ impl Session {
         };
         let followers = &mut self.replies.followers;
         let (length, following) = (run.request_len, run.roles.following);
-        self.follows = self
-            .context
+        self.context
             .phases
-            .follow(policies, followers, request, length, following);
+            .follow(policies, followers, request, length, following)
     }
 
     /// What a forwarded request writes, noted for the phases that watch writes.

@@ -35,7 +35,7 @@ use crate::directory::Listing;
 use crate::metrics;
 use crate::policy::hotkeys::HotKeys;
 use crate::policy::phase::{Decision, Way};
-use crate::policy::phases::{Phases, Roles, Taken, WrittenKeys};
+use crate::policy::phases::{Follows, Phases, Roles, Taken, WrittenKeys};
 use crate::policy::Policies;
 use crate::resp::reply;
 use crate::resp::request::{Args, Decoded, RequestDecoder};
@@ -98,6 +98,10 @@ pub(super) struct Request {
     pub rewritten: Option<Bytes>,
     /// When the requests of this pass over the input were sent, for latency metrics.
     pub sent_at: quanta::Instant,
+    /// What the phases follow of it to its answer. It travels with the request to the reply
+    /// queue (or to the answer keyward gives), so nothing of one request waits in the session
+    /// for the next to pick up.
+    pub follows: Follows,
 }
 
 impl Session {
@@ -237,7 +241,7 @@ impl Session {
         let phases = &self.context.phases;
         let way = self.way(&step);
         let roles = way.map_or_else(Roles::default, |way| phases.roles(policies, way));
-        let decision = match way {
+        let (decision, follows) = match way {
             Some(way) if roles.deciding != 0 || roles.following != 0 => {
                 self.key_positions.clear();
                 info.key_positions(&args, &mut self.key_positions);
@@ -249,12 +253,14 @@ impl Session {
                 };
                 self.run_phases(policies, info, &args, run)
             }
-            _ => Decision::Pass,
+            _ => (Decision::Pass, Follows::default()),
         };
         let taken = match decision {
             Decision::Pass => None,
             Decision::Take(taken) => Some(taken),
-            Decision::Answer(refusal) => return self.refuse(input, info, consumed, refusal),
+            Decision::Answer(refusal) => {
+                return self.refuse(input, info, consumed, refusal, follows)
+            }
             Decision::HoldUntil(until) => {
                 // The request stays at the front of the input, and so does everything the
                 // client pipelined after it.
@@ -273,6 +279,7 @@ impl Session {
             consumed,
             rewritten: replacement.or(rewritten),
             sent_at,
+            follows,
         };
         if let Some(taken) = taken {
             return self.take(input, taken, request, writes);
@@ -371,8 +378,8 @@ impl Session {
         info: &CommandInfo,
         consumed: usize,
         refusal: Bytes,
+        follows: Follows,
     ) -> Flow {
-        let follows = std::mem::take(&mut self.follows);
         self.replies.followers.answered(follows, &refusal);
         self.received.add(&self.context.command_metrics, info.id);
         self.send_batch(input);
@@ -418,11 +425,8 @@ impl Session {
         let bytes = input.take_request(request.consumed, request.rewritten);
         let ticket = self.replies.next_ticket();
         let shared = Phases::answered_elsewhere(&taken);
-        self.replies.push_fetched(
-            shared,
-            std::mem::take(&mut self.follows),
-            writes.unwrap_or_default(),
-        );
+        self.replies
+            .push_fetched(shared, request.follows, writes.unwrap_or_default());
         self.hand_over(TakenRequest {
             taken,
             request: bytes,

@@ -18,7 +18,7 @@ impl Phase for Coherence {
     type Session = Vec<u8>;
     type Taken = Fill;
     type Held = Infallible;
-    type Follow = ();
+    type Follow = Infallible;
     type Follower = ();
 
     fn new(upstream: &Arc<Upstream>) -> Coherence {

@@ -104,7 +104,7 @@ impl Phase for Denying {
     type Session = ();
     type Taken = Infallible;
     type Held = Infallible;
-    type Follow = ();
+    type Follow = Infallible;
     type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> Denying {

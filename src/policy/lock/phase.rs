@@ -2,6 +2,7 @@
 //! ([`LockTable::attempt`]), and the client's later requests wait with it. Writes of such keys
 //! may release a lock: once Redis has answered one, the key's waiters try again.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ impl Phase for LockTable {
     /// as large as the largest; a lock attempt is rare enough to pay for the allocation.
     type Taken = Box<Claim>;
     type Held = Queued;
-    type Follow = ();
+    type Follow = Infallible;
     type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> LockTable {

@@ -67,7 +67,7 @@ impl Phase for RateLimiting {
     type Session = RateLimitSession;
     type Taken = Infallible;
     type Held = Infallible;
-    type Follow = ();
+    type Follow = Infallible;
     type Follower = ();
 
     fn new(_: &Arc<Upstream>) -> RateLimiting {

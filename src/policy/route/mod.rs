@@ -101,7 +101,7 @@ impl Phase for Routing {
     type Session = Writes;
     type Taken = ToReplica;
     type Held = Infallible;
-    type Follow = ();
+    type Follow = Infallible;
     type Follower = ();
 
     fn new(upstream: &Arc<Upstream>) -> Routing {

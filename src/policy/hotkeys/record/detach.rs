@@ -129,13 +129,13 @@ impl Recorder {
     /// Finishes the first command not finished yet.
     #[inline]
     fn finish_next(&mut self, answer: &[u8]) {
-        let next = Pending(self.first + self.finished as u64);
+        let next = Pending::new(self.first + self.finished as u64);
         self.finish(next, answer);
     }
 
     /// The commands followed, in order.
     fn pendings(&self) -> impl Iterator<Item = Pending> {
-        (self.first..self.first + self.commands.len() as u64).map(Pending)
+        (self.first..self.first + self.commands.len() as u64).map(Pending::new)
     }
 }
 

@@ -12,6 +12,7 @@
 //! element per key (as `MGET` has); any other reply is shared equally.
 
 use std::hash::BuildHasher;
+use std::num::NonZeroU64;
 use std::ops::Range;
 
 use super::space_saving::INLINE_KEY;
@@ -31,9 +32,20 @@ pub const MAX_KEYS_PER_COMMAND: usize = 64;
 /// Bytes of a key kept; a longer key is kept as its start and a hash of the whole.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// A command hot keys follow: its number in the order the recorder started following.
+/// A command hot keys follow: its number in the order the recorder started following, plus
+/// one, so that an `Option<Pending>` takes no more room than a number.
 #[derive(Debug)]
-pub struct Pending(u64);
+pub struct Pending(NonZeroU64);
+
+impl Pending {
+    fn new(number: u64) -> Pending {
+        Pending(NonZeroU64::MIN.saturating_add(number))
+    }
+
+    fn number(&self) -> u64 {
+        self.0.get() - 1
+    }
+}
 
 /// A followed command not yet counted. Its kept keys run from its `first_key` to the next
 /// command's.
@@ -128,7 +140,7 @@ impl Recorder {
             named: key_positions.len() as u32,
             finished: false,
         });
-        Some(Pending(self.first + self.commands.len() as u64 - 1))
+        Some(Pending::new(self.first + self.commands.len() as u64 - 1))
     }
 
     /// The command's answer is known: `answer` is what the client gets (empty when it got
@@ -136,7 +148,7 @@ impl Recorder {
     #[inline]
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
         // A command already counted is not found (and never asked for).
-        let nth = pending.0.wrapping_sub(self.first) as usize;
+        let nth = pending.number().wrapping_sub(self.first) as usize;
         let Some(followed) = self.commands.as_mut_slice().get_mut(nth) else {
             return;
         };
