@@ -196,7 +196,12 @@ impl RequestDecoder {
 #[derive(Clone, Copy)]
 pub struct Args<'a> {
     source: &'a [u8],
-    ranges: &'a [(usize, usize)],
+    /// The decoder's list itself, not a slice of it: a slice made right after decoding reads
+    /// the list's address and its length in one load, and a load spanning a write still on its
+    /// way to the cache (the length, just set) waits for it. Read where an argument is wanted,
+    /// the length is taken on its own, from the write.
+    #[allow(clippy::ptr_arg)]
+    ranges: &'a Vec<(usize, usize)>,
 }
 
 impl<'a> Args<'a> {
