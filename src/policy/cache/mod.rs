@@ -16,6 +16,7 @@ mod phase;
 mod sample;
 mod shelf;
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -391,7 +392,7 @@ fn share(capacity: u64, fraction: f64) -> u64 {
 /// What a shadow rule keeps of a shape: the 7 bytes of a read without arguments as they are;
 /// a longer shape's hash, with the top bit set, so that the two never meet. Most reads have
 /// no arguments, and are spared a hash.
-fn ghost_shape(hasher: &ahash::RandomState, shape: &[u8]) -> u64 {
+fn ghost_shape(hasher: &foldhash::quality::RandomState, shape: &[u8]) -> u64 {
     match <[u8; 7]>::try_from(shape) {
         Ok([b0, b1, b2, b3, b4, b5, b6]) => u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, 0]),
         Err(_) => hasher.hash_one(shape) | 1 << 63,

@@ -10,6 +10,7 @@
 //! cost however many keys are read, and a few thousand followed keys still estimate the hit
 //! ratio to within a percent or so.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ pub(super) struct Followed {
 
 /// A shadow rule's sample of the keys.
 pub(super) struct KeySample {
-    hasher: ahash::RandomState,
+    hasher: foldhash::quality::RandomState,
     /// Keys whose hash is at most this, shifted right once per halving, are followed.
     first_threshold: u64,
     /// The `sample_rate`, when one is set: the sample then never halves.
@@ -59,7 +60,7 @@ impl KeySample {
     pub(super) fn new(sample_rate: Option<f64>, halvings: Halvings) -> KeySample {
         let fraction = sample_rate.unwrap_or(1.0);
         KeySample {
-            hasher: ahash::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             // Saturates at `u64::MAX` for a fraction of 1: every key.
             first_threshold: (fraction * u64::MAX as f64) as u64,
             fixed: sample_rate,
@@ -72,7 +73,7 @@ impl KeySample {
         self.hasher.hash_one(key)
     }
 
-    pub(super) fn hasher(&self) -> &ahash::RandomState {
+    pub(super) fn hasher(&self) -> &foldhash::quality::RandomState {
         &self.hasher
     }
 

@@ -1,20 +1,20 @@
 //! How hot keys hash a key: the stage, and the summaries it is flushed into, find keys by the
 //! same hash.
 
+use std::hash::BuildHasher;
 use std::sync::LazyLock;
 
 /// The hash the summaries and the stage find a key by. Seeded at random once per process, so
 /// that nobody sending keys can pick many that agree in the bits a table places them by:
 /// each of those would be compared with all the others on every update.
 pub fn key_hash(key: &[u8]) -> u64 {
-    static SEEDED: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::new);
+    static SEEDED: LazyLock<foldhash::quality::RandomState> =
+        LazyLock::new(foldhash::quality::RandomState::default);
     SEEDED.hash_one(key)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::hash::BuildHasher;
-
     use super::*;
 
     /// Keys picked to agree in the low bits of an unseeded hash, as anyone sending keys could

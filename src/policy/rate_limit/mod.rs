@@ -14,6 +14,7 @@ mod gcra;
 pub mod global;
 mod phase;
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,7 @@ struct BucketState {
     /// By the bucket's hash (see [`RateLimiter::bucket_id`]).
     buckets: Buckets,
     /// Keyed with random keys, so that clients cannot choose keys that share a bucket.
-    hasher: ahash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 pub struct RateLimiter {
@@ -97,7 +98,7 @@ impl RateLimiter {
             || {
                 Arc::new(BucketState {
                     buckets: Buckets::new(rule.interval(), rule.burst()),
-                    hasher: ahash::RandomState::new(),
+                    hasher: foldhash::fast::RandomState::default(),
                 })
             },
             |previous| Arc::clone(&previous.state),

@@ -77,7 +77,7 @@ pub struct Staging {
     sketch: Sketch,
     /// The patterns of the sampled commands the sketch took, with their counts scaled.
     /// Seeded like the keys' hash: clients choose the patterns.
-    sampled_patterns: HashMap<Vec<u8>, Sums, ahash::RandomState>,
+    sampled_patterns: HashMap<Vec<u8>, Sums, foldhash::fast::RandomState>,
     /// Commands the sketch takes before the next one sampled for its pattern, and the state of
     /// the generator drawing those gaps.
     until_sample: u64,
