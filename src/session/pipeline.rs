@@ -435,7 +435,11 @@ impl Session {
     }
 }
 
-/// What a request turns into.
+/// What a request turns into. Its tag is a whole word: with a byte's, the seven bytes after it
+/// (a small payload, or none) were copied in two overlapping moves each time a step was moved,
+/// and the second move read back across both of the first one's writes, which waits for them
+/// to reach the cache (about a fifth of the request loop's time under perf).
+#[repr(u64)]
 pub(super) enum Step {
     /// Answered with this error at once: the client has not authenticated, or keyward would
     /// answer the command itself inside a transaction (which the refusal aborts).
