@@ -69,10 +69,12 @@ fn a_transaction_that_cannot_get_its_connection_is_refused_whole() {
     let _: String = redis::cmd("PING").query(&mut keyward.client()).unwrap();
     let mut admin = redis.client();
     let mut clients = String::new();
-    // This client, the pooled connection and the spare keyward opens beside it.
+    // This client, the pooled connection, the shared one keyward keeps beside it for detours,
+    // and the spare it opens ahead of need. The spare's handshake runs in a task of its own
+    // and may finish last: counting three let the limit below shut it out on a busy machine.
     support::wait_for(Duration::from_secs(5), "keyward's spare connection", || {
         clients = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
-        clients.lines().count() >= 3
+        clients.lines().count() >= 4
     });
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
