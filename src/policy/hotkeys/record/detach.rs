@@ -129,8 +129,7 @@ impl Recorder {
     /// Finishes the first command not finished yet.
     #[inline]
     fn finish_next(&mut self, answer: &[u8]) {
-        let next = Pending::new(self.first + self.finished as u64);
-        self.finish(next, answer);
+        self.finish_nth(self.finished, answer);
     }
 
     /// The commands followed, in order.

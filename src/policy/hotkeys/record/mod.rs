@@ -148,7 +148,12 @@ impl Recorder {
     #[inline]
     pub fn finish(&mut self, pending: Pending, answer: &[u8]) {
         // A command already counted is not found (and never asked for).
-        let nth = pending.number().wrapping_sub(self.first) as usize;
+        self.finish_nth(pending.number().wrapping_sub(self.first) as usize, answer);
+    }
+
+    /// Finishes the `nth` command in line, if there is one.
+    #[inline]
+    fn finish_nth(&mut self, nth: usize, answer: &[u8]) {
         let Some(followed) = self.commands.as_mut_slice().get_mut(nth) else {
             return;
         };
