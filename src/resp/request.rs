@@ -200,7 +200,6 @@ pub struct Args<'a> {
     /// the list's address and its length in one load, and a load spanning a write still on its
     /// way to the cache (the length, just set) waits for it. Read where an argument is wanted,
     /// the length is taken on its own, from the write.
-    #[allow(clippy::ptr_arg)]
     ranges: &'a Vec<(usize, usize)>,
 }
 

@@ -26,10 +26,13 @@ impl Session {
     ) -> Flow {
         let id = request.info.id;
         match step {
-            Step::Refuse(refusal) => {
-                let (info, consumed) = (request.info, request.consumed);
-                self.refuse(input, info, consumed, refusal, request.follows)
-            }
+            Step::Refuse(refusal) => self.refuse(
+                input,
+                request.info,
+                request.consumed,
+                refusal,
+                request.follows,
+            ),
             Step::Answer { reply, kill } => {
                 self.received.add(&self.context.command_metrics, id);
                 self.send_batch(input);
@@ -86,8 +89,8 @@ impl Session {
                     }
                     Err(bytes) => {
                         // No room now: sent as it is, in order, and the reply unrelabelled.
-                        let (at, follows) = (request.sent_at, request.follows);
-                        self.replies.command_sent(id, at, follows);
+                        self.replies
+                            .command_sent(id, request.sent_at, request.follows);
                         self.forward(bytes, 1, false, input.hotkeys);
                     }
                 }
