@@ -15,14 +15,17 @@ use crate::directory::Listing;
 use crate::policy::phases::WrittenKeys;
 
 impl Session {
-    /// Sends or answers a request the earlier phases passed on.
+    /// Sends or answers a request the earlier phases passed on. The keys it writes stay in the
+    /// caller's frame, where they were just noted (most often as `None`): moved in by value,
+    /// they were copied in 16-byte loads across those fresh 8-byte writes, which waits until
+    /// the writes reach the cache (a fifth of the request loop's perf samples).
     #[inline(always)]
     pub(super) fn dispatch(
         &mut self,
         input: &mut Input,
         step: Step,
         request: Request,
-        writes: Option<WrittenKeys>,
+        writes: &mut Option<WrittenKeys>,
     ) -> Flow {
         let id = request.info.id;
         match step {
@@ -121,7 +124,7 @@ impl Session {
         &mut self,
         input: &mut Input,
         request: Request,
-        writes: Option<WrittenKeys>,
+        writes: &mut Option<WrittenKeys>,
     ) {
         let Request {
             info,
@@ -144,8 +147,8 @@ impl Session {
         let holds = may_be_held(info.holding, self.context.upstream.pause.in_force());
         // The command's writes end with its own reply, not an earlier batch's (a rewritten
         // request's batch ahead was sent above).
-        if let Some(mut writes) = writes {
-            self.written_keys.append(&mut writes);
+        if let Some(writes) = writes {
+            self.written_keys.append(writes);
         }
         match rewritten {
             None => {

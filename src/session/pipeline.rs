@@ -272,7 +272,7 @@ impl Session {
         };
         // How the request goes, when some phase decides on it.
         let deciding = way.filter(|_| roles.deciding != 0);
-        let writes = self.note_writes(policies, info, &args, deciding, taken.as_ref());
+        let mut writes = self.note_writes(policies, info, &args, deciding, taken.as_ref());
         self.follow_transaction(&step, info, args.len());
         let request = Request {
             info,
@@ -292,7 +292,7 @@ impl Session {
                 self.context.upstream.pause.begin(length, paused);
             }
         }
-        self.dispatch(input, step, request, writes)
+        self.dispatch(input, step, request, &mut writes)
     }
 
     /// How the request goes once the phases let it through, which tells them what they may
