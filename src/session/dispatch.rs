@@ -16,9 +16,10 @@ use crate::policy::phases::WrittenKeys;
 
 impl Session {
     /// Sends or answers a request the earlier phases passed on. The keys it writes stay in the
-    /// caller's frame, where they were just noted (most often as `None`): moved in by value,
-    /// they were copied in 16-byte loads across those fresh 8-byte writes, which waits until
-    /// the writes reach the cache (a fifth of the request loop's perf samples).
+    /// caller's frame, where they were just noted (most often as `None`), as for a request a
+    /// phase took: moved in by value, they were copied in 16-byte loads across those fresh
+    /// 8-byte writes, which waits until the writes reach the cache (a fifth of the request
+    /// loop's perf samples).
     #[inline(always)]
     pub(super) fn dispatch(
         &mut self,

@@ -282,7 +282,7 @@ impl Session {
             follows,
         };
         if let Some(taken) = taken {
-            return self.take(input, taken, request, writes);
+            return self.take(input, taken, request, &mut writes);
         }
         if matches!(step, Step::Forward) {
             if blocks {
@@ -417,7 +417,7 @@ impl Session {
         input: &mut Input,
         taken: Taken,
         request: Request,
-        writes: Option<WrittenKeys>,
+        writes: &mut Option<WrittenKeys>,
     ) -> Flow {
         self.received
             .add(&self.context.command_metrics, request.info.id);
@@ -426,7 +426,7 @@ impl Session {
         let ticket = self.replies.next_ticket();
         let shared = Phases::answered_elsewhere(&taken);
         self.replies
-            .push_fetched(shared, request.follows, writes.unwrap_or_default());
+            .push_fetched(shared, request.follows, writes.take().unwrap_or_default());
         self.hand_over(TakenRequest {
             taken,
             request: bytes,
